@@ -1,0 +1,81 @@
+"""The root Typer app and the one place where errors become `error:` / `hint:` lines."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+import typer
+
+from szoq_hub import __version__
+from szoq_hub.errors import SzoqError
+
+from .render import err
+
+app = typer.Typer(
+    name="szoq",
+    help="Zeroth-order fine-tuning of quantized LLMs with shareable sensitivity masks.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"szoq {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    debug: bool = typer.Option(False, "--debug", help="Show full tracebacks and debug logs.", envvar="SZOQ_DEBUG"),
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+) -> None:
+    """szoq: build, share and fine-tune with sensitivity masks."""
+    if debug:
+        os.environ["SZOQ_DEBUG"] = "1"
+    logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+
+
+def _register() -> None:
+    from . import mask  # noqa: F401  (registers the `mask` group)
+
+    for optional in ("mask_hub", "finetune"):
+        try:
+            __import__(f"{__package__}.{optional}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"{__package__}.{optional}":
+                raise
+
+
+def _hub_error(exc: Exception) -> SzoqError | None:
+    """Map huggingface_hub exceptions that escaped the library to SzoqError."""
+    try:
+        from szoq_hub.hub import as_szoq_error
+    except ImportError:
+        return None
+    return as_szoq_error(exc)
+
+
+def main() -> None:
+    """Console-script entry: run the app, print errors as one line plus a hint."""
+    _register()
+    try:
+        app()
+    except KeyboardInterrupt:
+        err.print("error: interrupted", markup=False)
+        sys.exit(130)
+    except Exception as exc:  # the one place errors are mapped
+        if os.environ.get("SZOQ_DEBUG"):
+            raise
+        mapped = exc if isinstance(exc, SzoqError) else _hub_error(exc)
+        if mapped is None:
+            err.print(f"error: {type(exc).__name__}: {exc}", markup=False)
+            err.print("hint: this is a bug in szoq; rerun with --debug for the traceback and report it", markup=False)
+            sys.exit(1)
+        err.print(f"error: {mapped.message}", markup=False)
+        if mapped.hint:
+            err.print(f"hint: {mapped.hint}", markup=False)
+        sys.exit(2 if isinstance(mapped, SzoqError) else 1)

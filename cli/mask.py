@@ -1,0 +1,148 @@
+"""`szoq mask ...`: build, list, show, verify, rm, diff."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+import tempfile
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from szoq_hub.build import MaskBuildConfig, build_mask, is_main_process
+from szoq_hub.catalog import builtin_masks
+from szoq_hub.mask import diff_masks, load_mask
+from szoq_hub.models import DEFAULT_MODEL, model_fingerprint, resolve_model
+from szoq_hub.refs import open_mask, resolve_mask_ref
+from szoq_hub.registry import Registry
+
+from .app import app
+from .render import note, out, print_json, progress_bar, table
+
+mask_app = typer.Typer(help="Build, inspect and share sensitivity masks.", no_args_is_help=True)
+app.add_typer(mask_app, name="mask")
+
+
+@mask_app.command("build")
+def build(
+    model: str = typer.Argument(DEFAULT_MODEL, help="Model alias, Hub id, local folder or .gguf file."),
+    calibration: str = typer.Option("c4", help="'c4' (needs datasets + network) or a .jsonl(.gz)/.txt file."),
+    samples: int = typer.Option(32, help="Calibration windows N."),
+    seq_len: int = typer.Option(256, help="Tokens per window L."),
+    density: float = typer.Option(1e-3, help="Share of weights kept, in (0, 1)."),
+    scope: str = typer.Option("per-matrix", help="per-matrix or global."),
+    scorer: str = typer.Option("fisher", help="fisher, magnitude or random."),
+    targets: Optional[str] = typer.Option(None, help="Regex over parameter names (default: decoder linear weights)."),
+    seed: int = typer.Option(0, help="Seed of window order (and of random scores)."),
+    revision: Optional[str] = typer.Option(None, help="Hub revision of the model."),
+    name: Optional[str] = typer.Option(None, help="Registry name (default: derived from the model and scorer)."),
+    version: Optional[str] = typer.Option(None, help="Registry version (default: next vN)."),
+    out_dir: Optional[Path] = typer.Option(None, "--out", help="Also write the artifact folder here."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
+    """Compute a sensitivity mask and register it. Example: szoq mask build smollm2-135m-instruct --calibration c4.jsonl.gz"""
+    config = MaskBuildConfig(model=model, revision=revision, calibration=calibration, samples=samples, seq_len=seq_len,
+                             density=density, scope=scope, scorer=scorer, targets=targets, seed=seed)
+    registry = Registry()
+    registry_name = name or _default_name(model, scorer)
+    if is_main_process():  # fail on a bad name or unwritable home before the long part
+        from szoq_hub.registry import check_name
+        from szoq_hub.paths import ensure_writable_dir
+        check_name(registry_name)
+        ensure_writable_dir(registry.root, "SZOQ_HOME registry folder")
+    command = "szoq mask build " + " ".join(shlex.quote(a) for a in sys.argv[sys.argv.index("build") + 1:]) if "build" in sys.argv else None
+    with progress_bar("scoring", "windows") as bar:
+        task = bar.add_task("scoring windows", total=None, info="")
+
+        def on_progress(done: int, total: int, tokens: int) -> None:
+            elapsed = bar.tasks[task].elapsed or 1e-9
+            bar.update(task, completed=done, total=total, info=f"{tokens / elapsed:,.0f} tok/s")
+
+        with tempfile.TemporaryDirectory(prefix="szoq-build-") as tmp:
+            mask, folder = build_mask(config, Path(tmp) / "mask", progress=on_progress, command=command)
+            if folder is None:  # not rank 0
+                return
+            entry = registry.add(folder, registry_name, version, source={"built_with": config.__dict__})
+            if out_dir is not None:
+                from szoq_hub.mask import save_mask
+                save_mask(mask, out_dir)
+    result = {"ref": entry.ref, "path": str(entry.path), "sha256": entry.sha256, "nnz": mask.nnz, "captured_share": mask.config.stats.get("captured_share")}
+    if out_dir is not None:
+        result["out"] = str(out_dir)
+    if as_json:
+        print_json(result)
+    else:
+        out.print(f"{entry.ref}\t{entry.path}", markup=False)
+        note(f"built {mask.nnz:,} weights ({scorer}, density {density:g}); score mass captured {result['captured_share']}")
+
+
+def _default_name(model: str, scorer: str) -> str:
+    import re
+
+    base = re.sub(r"[^a-z0-9._-]+", "-", Path(model).name.lower().removesuffix(".gguf")).strip("-.") or "mask"
+    return base if scorer == "fisher" else f"{base}-{scorer}"
+
+
+@mask_app.command("list")
+def list_(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """List local masks and the built-in ones. Example: szoq mask list --json"""
+    entries = Registry().entries()
+    builtins = builtin_masks()
+    if as_json:
+        print_json({"registry": [e.to_dict() for e in entries],
+                    "builtin": [{"name": b.name, "path": str(b.path), "base_model": b.base_model, "scorer": b.scorer, "density": b.density} for b in builtins]})
+        return
+    rows = [[e.ref, e.sha256[:12], e.created_at, (e.hub or {}).get("repo_id", "")] for e in entries]
+    rows += [[f"{b.name} (built-in)", b.sha256[:12], "", ""] for b in builtins]
+    table(None, ["ref", "sha256", "created", "hub"], rows)
+
+
+@mask_app.command("show")
+def show(ref: str = typer.Argument(..., help="NAME[@VERSION], a folder, or ORG/NAME[@REV]."),
+         as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """Show a mask's metadata, stats and per-layer density. Example: szoq mask show smollm2-135m-instruct"""
+    folder = resolve_mask_ref(ref)
+    mask = load_mask(folder)
+    cfg = mask.config
+    import math
+    layers = [{"tensor": n, "shape": s, "nnz": int(mask.indices[n].numel()) if n in mask.indices else 0,
+               "density": (int(mask.indices[n].numel()) if n in mask.indices else 0) / math.prod(s)} for n, s in cfg.shapes.items()]
+    if as_json:
+        from dataclasses import asdict
+        print_json({"path": str(folder), "config": asdict(cfg), "nnz": mask.nnz, "layers": layers})
+        return
+    facts = [["base model", cfg.base_model], ["fingerprint", cfg.fingerprint[:16]], ["scorer", cfg.scorer],
+             ["density", f"{cfg.density:g} ({cfg.scope})"], ["nnz", f"{mask.nnz:,}"],
+             ["captured share", cfg.stats.get("captured_share", "n/a")], ["calibration", cfg.calibration],
+             ["created", cfg.created_at], ["path", folder]]
+    table(ref, ["fact", "value"], facts)
+    table(None, ["tensor", "shape", "nnz", "density"], [[l["tensor"], "x".join(map(str, l["shape"])), l["nnz"], f"{l['density']:.2e}"] for l in layers])
+
+
+@mask_app.command("verify")
+def verify(ref: str = typer.Argument(..., help="NAME[@VERSION], a folder, or ORG/NAME[@REV]."),
+           model: Optional[str] = typer.Option(None, help="Also check the fingerprint against this model.")) -> None:
+    """Verify a mask artifact (and its fit to a model). Example: szoq mask verify mymask --model smollm2-135m-instruct"""
+    fingerprint = model_fingerprint(resolve_model(model)) if model else None
+    mask = open_mask(ref, fingerprint=fingerprint)
+    out.print(f"ok\t{ref}\t{mask.nnz} weights" + (f"\tmatches {model}" if model else ""), markup=False)
+
+
+@mask_app.command("rm")
+def rm(ref: str = typer.Argument(..., help="NAME@VERSION, or NAME for every version.")) -> None:
+    """Remove a mask from the local registry. Example: szoq mask rm mymask@v1"""
+    for entry in Registry().remove(ref):
+        out.print(f"removed\t{entry.ref}", markup=False)
+
+
+@mask_app.command("diff")
+def diff(ref_a: str = typer.Argument(..., help="Mask A."), ref_b: str = typer.Argument(..., help="Mask B."),
+         as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """Overlap of two masks: shared nnz, Jaccard, recall of A in B, per layer. Example: szoq mask diff a@v1 b"""
+    result = diff_masks(open_mask(ref_a), open_mask(ref_b))
+    if as_json:
+        print_json(result.to_dict())
+        return
+    table(None, ["tensor", "nnz A", "nnz B", "shared", "jaccard"], [[x.name, x.nnz_a, x.nnz_b, x.shared, f"{x.jaccard:.3f}"] for x in result.layers])
+    out.print(f"shared {result.shared:,} of A {result.nnz_a:,} / B {result.nnz_b:,}; jaccard {result.jaccard:.4f}; recall of A in B {result.recall:.4f}", markup=False)

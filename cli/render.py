@@ -1,0 +1,43 @@
+"""Output helpers: data goes to stdout, everything else (progress, notes, errors) to stderr."""
+
+from __future__ import annotations
+
+import json
+import os
+from contextlib import contextmanager
+from typing import Iterator
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+out = Console(soft_wrap=True, highlight=False)
+err = Console(stderr=True, highlight=False)
+
+
+def print_json(data: object) -> None:
+    """Write JSON to stdout (no colour, no wrapping: for scripts)."""
+    print(json.dumps(data, indent=2, default=str))
+
+
+def note(message: str) -> None:
+    """A human note on stderr."""
+    err.print(message, markup=False)
+
+
+def table(title: str | None, columns: list[str], rows: list[list[object]]) -> None:
+    """Print a table to stdout."""
+    t = Table(title=title, show_edge=False, header_style="bold")
+    for c in columns:
+        t.add_column(c)
+    for r in rows:
+        t.add_row(*[str(x) for x in r])
+    out.print(t)
+
+
+@contextmanager
+def progress_bar(description: str, unit: str = "") -> Iterator[Progress]:
+    """A rich progress bar on stderr (hidden when SZOQ_NO_PROGRESS is set)."""
+    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn()]
+    with Progress(*columns, console=err, disable=bool(os.environ.get("SZOQ_NO_PROGRESS")), transient=False) as bar:
+        yield bar

@@ -1,0 +1,1 @@
+"""Curated szoq masks shipped with the package (see catalog.json)."""

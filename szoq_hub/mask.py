@@ -1,0 +1,435 @@
+"""The sensitivity mask: selection of top-scored weights, the artifact on disk, verification.
+
+Artifact layout (a folder; the same files go to the Hub):
+- `mask.safetensors`: one int32 tensor of sorted, unique flat indices per target parameter,
+  keyed by the parameter name; `__metadata__` holds the facts as strings (JSON for structure).
+- `mask_config.json`: the same facts as a typed config, plus stats.
+- `README.md`: a model card.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from . import __version__
+from .errors import ConfigError, FingerprintMismatch, MaskError
+
+FORMAT = "szoq.mask"
+FORMAT_VERSION = "1"
+MASK_FILE = "mask.safetensors"
+CONFIG_FILE = "mask_config.json"
+CARD_FILE = "README.md"
+ARTIFACT_FILES = (MASK_FILE, CONFIG_FILE, CARD_FILE)
+SCOPES = ("per-matrix", "global")
+CARD_TAGS = ["szoq", "sensitivity-mask", "zeroth-order"]
+
+
+@dataclass
+class MaskConfig:
+    """Facts about a mask (what `mask_config.json` holds and the header mirrors)."""
+
+    base_model: str
+    base_revision: str | None
+    fingerprint: str
+    density: float
+    scope: str
+    scorer: str
+    shapes: dict[str, list[int]]
+    calibration: dict | None = None
+    targets: str | None = None
+    seed: int = 0
+    command: str | None = None
+    szoq_version: str = __version__
+    created_at: str = ""
+    format: str = FORMAT
+    format_version: str = FORMAT_VERSION
+    stats: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        check_density(self.density)
+        if self.scope not in SCOPES:
+            raise ConfigError(f"unknown scope {self.scope!r}", hint=f"choose one of: {', '.join(SCOPES)}")
+
+    def header(self) -> dict[str, str]:
+        """The safetensors `__metadata__` (str -> str only; structure as JSON strings)."""
+        return {
+            "format": self.format,
+            "format_version": self.format_version,
+            "base_model": self.base_model,
+            "base_revision": self.base_revision or "",
+            "fingerprint": self.fingerprint,
+            "density": repr(self.density),
+            "scope": self.scope,
+            "scorer": self.scorer,
+            "shapes": json.dumps(self.shapes, sort_keys=True),
+            "calibration": json.dumps(self.calibration, sort_keys=True),
+            "szoq_version": self.szoq_version,
+            "created_at": self.created_at,
+        }
+
+
+@dataclass
+class SensitivityMask:
+    """A loaded, verified mask: sorted unique int32 flat indices per parameter name."""
+
+    indices: dict[str, torch.Tensor]
+    config: MaskConfig
+
+    @property
+    def nnz(self) -> int:
+        return sum(int(t.numel()) for t in self.indices.values())
+
+
+def check_density(density: float) -> None:
+    """Raise ConfigError unless 0 < density < 1."""
+    if not (isinstance(density, (int, float)) and 0.0 < density < 1.0 and math.isfinite(density)):
+        raise ConfigError(f"density must be in (0, 1), got {density}", hint="the paper uses 1e-3 (0.1% of the weights)")
+
+
+def _top_k_flat(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """Indices of the k largest entries of a flat tensor; ties go to the lowest index.
+
+    Returns:
+        Sorted int64 indices [k].
+    """
+    if k >= scores.numel():
+        return torch.arange(scores.numel())
+    threshold = torch.topk(scores, k, sorted=False).values.min()
+    above = (scores > threshold).nonzero().flatten()  # strictly better: always kept
+    ties = (scores == threshold).nonzero().flatten()[: k - above.numel()]  # lowest index first
+    return torch.cat([above, ties]).sort().values
+
+
+def select(scores: dict[str, torch.Tensor], density: float, scope: str = "per-matrix") -> dict[str, torch.Tensor]:
+    """Pick the top-scored weights.
+
+    Args:
+        scores: name -> scores shaped like the parameter.
+        density: Share of weights to keep, in (0, 1).
+        scope: `per-matrix` keeps floor(numel * density) (at least 1) per tensor;
+            `global` keeps floor(total * density) over all tensors together.
+
+    Returns:
+        name -> sorted int32 flat indices (tensors with no pick are left out in global scope).
+    """
+    check_density(density)
+    if scope == "per-matrix":
+        return {
+            n: _top_k_flat(s.flatten(), max(1, math.floor(s.numel() * density))).to(torch.int32)
+            for n, s in scores.items()
+        }
+    if scope != "global":
+        raise ConfigError(f"unknown scope {scope!r}", hint=f"choose one of: {', '.join(SCOPES)}")
+    total = sum(s.numel() for s in scores.values())
+    k = max(1, math.floor(total * density))
+    # The global top-k lies inside the union of each tensor's own top-k: find the threshold
+    # there instead of concatenating every score.
+    cands = torch.cat([torch.topk(s.flatten(), min(k, s.numel()), sorted=False).values for s in scores.values()])
+    threshold = torch.topk(cands, k, sorted=False).values.min()
+    n_above = {n: int((s > threshold).sum()) for n, s in scores.items()}
+    room = k - sum(n_above.values())
+    out = {}
+    for n, s in scores.items():  # ties at the threshold go to earlier tensors, lower indices
+        flat = s.flatten()
+        ties = (flat == threshold).nonzero().flatten()[: max(room, 0)]
+        room -= ties.numel()
+        idx = torch.cat([(flat > threshold).nonzero().flatten(), ties]).sort().values
+        if idx.numel():
+            out[n] = idx.to(torch.int32)
+    return out
+
+
+def captured_share(scores: dict[str, torch.Tensor], indices: dict[str, torch.Tensor]) -> float:
+    """Share of the total score mass held by the selected weights."""
+    total = sum(float(s.double().sum()) for s in scores.values())
+    kept = sum(float(scores[n].flatten()[i.long()].double().sum()) for n, i in indices.items())
+    return kept / total if total > 0 else 0.0
+
+
+def mask_stats(indices: dict[str, torch.Tensor], shapes: dict[str, list[int]]) -> dict:
+    """nnz per tensor and in total."""
+    nnz = {n: int(indices[n].numel()) if n in indices else 0 for n in shapes}
+    numel = sum(math.prod(s) for s in shapes.values())
+    return {"nnz": nnz, "total_nnz": sum(nnz.values()), "total_numel": numel}
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 hex digest of a file."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def render_card(config: MaskConfig, *, title: str | None = None, repo_id: str | None = None, tag: str | None = None) -> str:
+    """Model card text: YAML front matter for the Hub, then a human summary."""
+    from huggingface_hub import ModelCardData
+
+    data = ModelCardData(library_name="szoq", base_model=config.base_model if "/" in config.base_model else None, tags=CARD_TAGS)
+    stats = config.stats
+    calib = config.calibration or {}
+    use_ref = f"{repo_id}@{tag}" if repo_id and tag else (repo_id or "PATH_OR_REF")
+    lines = [
+        "---",
+        data.to_yaml(),
+        "---",
+        "",
+        f"# {title or 'Sensitivity mask'} for {config.base_model}",
+        "",
+        "A static sparsity mask for zeroth-order fine-tuning of quantized LLMs (SensZOQ, ICLR 2025):",
+        "the weights listed here stay in fp32 and are the only ones fine-tuned; the rest is quantized.",
+        "",
+        "| fact | value |",
+        "|---|---|",
+        f"| base model | `{config.base_model}` |",
+        f"| scorer | {config.scorer} |",
+        f"| density | {config.density:g} ({config.scope}) |",
+        f"| selected weights (nnz) | {stats.get('total_nnz', 'n/a')} of {stats.get('total_numel', 'n/a')} |",
+        f"| score mass captured | {stats.get('captured_share', 'n/a')} |",
+        f"| calibration | {calib.get('source', 'none')}, {calib.get('samples', '-')} x {calib.get('seq_len', '-')} tokens, seed {calib.get('seed', '-')} |",
+        f"| fingerprint | `{config.fingerprint[:16]}` |",
+        f"| szoq version | {config.szoq_version} |",
+        "",
+        "## Build recipe",
+        "",
+        "```",
+        config.command or "(not recorded)",
+        "```",
+        "",
+        "## Use",
+        "",
+        "```",
+        f"szoq finetune --model {config.base_model} --mask {use_ref}",
+        "```",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def save_mask(mask: SensitivityMask, folder: Path) -> Path:
+    """Write the artifact folder atomically (a temp folder renamed into place).
+
+    Returns:
+        The folder.
+
+    Raises:
+        MaskError: when the target exists and is not empty.
+    """
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    if folder.exists() and any(folder.iterdir()):
+        raise MaskError(f"{folder} already exists and is not empty", hint="choose another --out folder or remove it")
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".mask-", dir=folder.parent))
+    try:
+        tensors = {n: t.contiguous().to(torch.int32) for n, t in mask.indices.items()}
+        save_file(tensors, str(tmp / MASK_FILE), metadata=mask.config.header())
+        (tmp / CONFIG_FILE).write_text(json.dumps(asdict(mask.config), indent=2, sort_keys=True) + "\n")
+        (tmp / CARD_FILE).write_text(render_card(mask.config))
+        if folder.exists():
+            folder.rmdir()
+        os.replace(tmp, folder)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return folder
+
+
+def read_header(path: Path) -> dict[str, str]:
+    """Parse only the safetensors header metadata of a mask file (cheap, no tensor data).
+
+    Raises:
+        MaskError: not a safetensors file, truncated, or not a szoq mask.
+    """
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(8)
+            if len(head) < 8:
+                raise ValueError("file shorter than a safetensors header")
+            n = int.from_bytes(head, "little")
+            if n > 100_000_000:
+                raise ValueError("header length is implausible")
+            raw = fh.read(n)
+            if len(raw) < n:
+                raise ValueError("header is truncated")
+        header = json.loads(raw)
+    except (OSError, ValueError) as exc:
+        raise MaskError(f"{path} is not a readable safetensors file ({exc})", hint="the file is corrupt or truncated: pull or build it again") from None
+    meta = header.get("__metadata__") or {}
+    if meta.get("format") != FORMAT:
+        raise MaskError(f"{path} is not a szoq mask (format={meta.get('format')!r})", hint="a szoq mask has format=szoq.mask in its safetensors header")
+    return meta
+
+
+def _config_from_header(meta: dict[str, str], path: Path) -> MaskConfig:
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise MaskError(f"{path}: unsupported mask format_version {meta.get('format_version')!r}", hint="upgrade szoq: pip install -U szoq")
+    try:
+        return MaskConfig(
+            base_model=meta["base_model"],
+            base_revision=meta.get("base_revision") or None,
+            fingerprint=meta["fingerprint"],
+            density=float(meta["density"]),
+            scope=meta["scope"],
+            scorer=meta["scorer"],
+            shapes={k: list(v) for k, v in json.loads(meta["shapes"]).items()},
+            calibration=json.loads(meta.get("calibration") or "null"),
+            szoq_version=meta.get("szoq_version", ""),
+            created_at=meta.get("created_at", ""),
+        )
+    except (KeyError, ValueError, TypeError) as exc:
+        raise MaskError(f"{path}: mask header is incomplete or invalid ({exc})", hint="rebuild the mask with szoq mask build") from None
+    except ConfigError as exc:
+        raise MaskError(f"{path}: {exc.message}", hint=exc.hint) from None
+
+
+def verify_indices(indices: dict[str, torch.Tensor], shapes: dict[str, list[int]], where: str = "mask") -> None:
+    """Check dtype, sortedness, uniqueness and range of every index tensor.
+
+    Raises:
+        MaskError: naming the tensor and the problem.
+    """
+    for name, idx in indices.items():
+        if name not in shapes:
+            raise MaskError(f"{where}: tensor {name!r} has no recorded shape", hint="the artifact is inconsistent: rebuild it")
+        if idx.dtype != torch.int32:
+            raise MaskError(f"{where}: tensor {name!r} has dtype {idx.dtype}, expected int32", hint="the artifact is corrupt: rebuild it")
+        if idx.dim() != 1:
+            raise MaskError(f"{where}: tensor {name!r} is not 1-D", hint="the artifact is corrupt: rebuild it")
+        numel = math.prod(shapes[name])
+        if idx.numel() == 0:
+            continue
+        if int(idx.min()) < 0 or int(idx.max()) >= numel:
+            raise MaskError(f"{where}: tensor {name!r} has indices out of range [0, {numel})", hint="the mask does not fit the recorded shape: rebuild it")
+        diffs = idx[1:] - idx[:-1]
+        if bool((diffs < 0).any()):
+            raise MaskError(f"{where}: tensor {name!r} has unsorted indices", hint="the artifact is corrupt: rebuild it")
+        if bool((diffs == 0).any()):
+            raise MaskError(f"{where}: tensor {name!r} has duplicate indices", hint="the artifact is corrupt: rebuild it")
+
+
+def load_mask(folder: Path, *, fingerprint: str | None = None) -> SensitivityMask:
+    """Load and verify a mask artifact folder (or a `mask.safetensors` path).
+
+    Args:
+        folder: The artifact folder.
+        fingerprint: When given, the mask must have been built for this model fingerprint.
+
+    Returns:
+        The verified mask.
+
+    Raises:
+        MaskError: corrupt, truncated or inconsistent artifact.
+        FingerprintMismatch: built for another model.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    path = folder if folder.name == MASK_FILE else folder / MASK_FILE
+    if not path.is_file():
+        raise MaskError(f"{path} not found", hint="a mask folder holds mask.safetensors; build one with szoq mask build")
+    meta = read_header(path)
+    config = _config_from_header(meta, path)
+    try:
+        indices = load_file(str(path))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise MaskError(f"{path} is corrupt or truncated ({str(exc).splitlines()[0]})", hint="pull or build the mask again") from None
+    verify_indices(indices, config.shapes, where=str(path))
+    cfg_path = path.parent / CONFIG_FILE
+    if cfg_path.is_file():
+        try:
+            extra = json.loads(cfg_path.read_text())
+        except ValueError:
+            raise MaskError(f"{cfg_path} is not valid JSON", hint="the artifact is corrupt: pull or build it again") from None
+        if extra.get("fingerprint") != config.fingerprint:
+            raise MaskError(f"{cfg_path} does not match {path.name} (fingerprint differs)", hint="the artifact is inconsistent: pull or build it again")
+        config.stats = extra.get("stats", {})
+        config.command = extra.get("command")
+        config.targets = extra.get("targets")
+        config.seed = extra.get("seed", 0)
+    if fingerprint is not None and fingerprint != config.fingerprint:
+        raise FingerprintMismatch(
+            f"mask was built for {config.base_model} (fingerprint {config.fingerprint[:12]}), not for this model ({fingerprint[:12]})",
+            hint="build a mask for this model with: szoq mask build MODEL",
+        )
+    return SensitivityMask(indices, config)
+
+
+@dataclass
+class LayerOverlap:
+    """Overlap of two masks on one tensor."""
+
+    name: str
+    nnz_a: int
+    nnz_b: int
+    shared: int
+
+    @property
+    def jaccard(self) -> float:
+        union = self.nnz_a + self.nnz_b - self.shared
+        return self.shared / union if union else 1.0
+
+
+@dataclass
+class MaskDiff:
+    """Overlap of mask A with mask B: shared nnz, Jaccard, recall of A in B, per layer."""
+
+    layers: list[LayerOverlap]
+
+    @property
+    def shared(self) -> int:
+        return sum(x.shared for x in self.layers)
+
+    @property
+    def nnz_a(self) -> int:
+        return sum(x.nnz_a for x in self.layers)
+
+    @property
+    def nnz_b(self) -> int:
+        return sum(x.nnz_b for x in self.layers)
+
+    @property
+    def jaccard(self) -> float:
+        union = self.nnz_a + self.nnz_b - self.shared
+        return self.shared / union if union else 1.0
+
+    @property
+    def recall(self) -> float:
+        """Share of A's weights that B also selects."""
+        return self.shared / self.nnz_a if self.nnz_a else 1.0
+
+    def to_dict(self) -> dict:
+        return {
+            "shared": self.shared, "nnz_a": self.nnz_a, "nnz_b": self.nnz_b,
+            "jaccard": self.jaccard, "recall_a_in_b": self.recall,
+            "layers": [dict(asdict(x), jaccard=x.jaccard) for x in self.layers],
+        }
+
+
+def diff_masks(a: SensitivityMask, b: SensitivityMask) -> MaskDiff:
+    """Compare two masks tensor by tensor.
+
+    Raises:
+        MaskError: when the same tensor name has different shapes in A and B.
+    """
+    layers = []
+    for name in sorted(set(a.config.shapes) | set(b.config.shapes)):
+        sa, sb = a.config.shapes.get(name), b.config.shapes.get(name)
+        if sa and sb and sa != sb:
+            raise MaskError(f"tensor {name!r} has shape {sa} in A and {sb} in B", hint="compare masks of the same base model")
+        ia = a.indices.get(name, torch.empty(0, dtype=torch.int32))
+        ib = b.indices.get(name, torch.empty(0, dtype=torch.int32))
+        shared = int(torch.isin(ia, ib).sum()) if ia.numel() and ib.numel() else 0
+        layers.append(LayerOverlap(name, int(ia.numel()), int(ib.numel()), shared))
+    return MaskDiff(layers)

