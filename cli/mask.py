@@ -93,9 +93,9 @@ def list_(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> 
         print_json({"registry": [e.to_dict() for e in entries],
                     "builtin": [{"name": b.name, "path": str(b.path), "base_model": b.base_model, "scorer": b.scorer, "density": b.density} for b in builtins]})
         return
-    rows = [[e.ref, e.sha256[:12], e.created_at, (e.hub or {}).get("repo_id", "")] for e in entries]
-    rows += [[f"{b.name} (built-in)", b.sha256[:12], "", ""] for b in builtins]
-    table(None, ["ref", "sha256", "created", "hub"], rows)
+    rows = [[e.ref, "local", e.sha256[:12], e.created_at, (e.hub or {}).get("repo_id", "")] for e in entries]
+    rows += [[b.name, "built-in", b.sha256[:12], "", ""] for b in builtins]
+    table(None, ["ref", "kind", "sha256", "created", "hub"], rows)
 
 
 @mask_app.command("show")

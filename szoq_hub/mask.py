@@ -237,12 +237,22 @@ def save_mask(mask: SensitivityMask, folder: Path) -> Path:
         save_file(tensors, str(tmp / MASK_FILE), metadata=mask.config.header())
         (tmp / CONFIG_FILE).write_text(json.dumps(asdict(mask.config), indent=2, sort_keys=True) + "\n")
         (tmp / CARD_FILE).write_text(render_card(mask.config))
+        _apply_umask(tmp)
         if folder.exists():
             folder.rmdir()
         os.replace(tmp, folder)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return folder
+
+
+def _apply_umask(folder: Path) -> None:
+    """mkdtemp creates 0700 folders; give the finished artifact ordinary permissions."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(folder, 0o777 & ~umask)
+    for f in folder.iterdir():
+        os.chmod(f, 0o666 & ~umask)
 
 
 def read_header(path: Path) -> dict[str, str]:

@@ -22,7 +22,7 @@ from typing import Callable
 from filelock import FileLock
 
 from .errors import RegistryError
-from .mask import ARTIFACT_FILES, MASK_FILE, file_sha256, load_mask
+from .mask import ARTIFACT_FILES, MASK_FILE, _apply_umask, file_sha256, load_mask
 from .paths import ensure_writable_dir, szoq_home
 
 SCHEMA_VERSION = 2
@@ -188,6 +188,7 @@ class Registry:
                     shutil.copy2(folder / fname, tmp / fname)
             if file_sha256(tmp / MASK_FILE) != sha:
                 raise RegistryError(f"{folder / MASK_FILE} changed while it was being stored", hint="retry")
+            _apply_umask(tmp)
             if target.exists():  # a crashed earlier store left a partial folder
                 shutil.rmtree(target)
             os.replace(tmp, target)
