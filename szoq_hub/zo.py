@@ -1,0 +1,304 @@
+"""Zeroth-order optimizers over one flat vector of trainable values (MeZO's SPSA, sparse).
+
+The optimizers never see a model: they perturb a flat fp32 tensor in place and call a closure
+that returns the loss at the current contents. One step, for each of q samples:
+
+    seed_i = drawn from Generator(run seed, step)      # recorded, so the step can be replayed
+    z_i    ~ N(0, I) from Generator(seed_i)            # regenerated, never stored
+    L+     = L(v + eps z_i),  L- = L(v - eps z_i)
+    g_i    = (L+ - L-) / (2 eps)                       # projected gradient
+then  v <- v - lr (mean_i g_i z_i + wd v)  (SGD; momentum / Adam keep their state over the same
+estimate). The vector is restored exactly from a snapshot between the two forwards, so there is
+no add/subtract drift.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+import torch
+
+from .errors import ConfigError, TrainingError
+
+log = logging.getLogger(__name__)
+
+OPTIMIZERS = ("zo-sgd", "zo-momentum", "zo-adam")
+LR_SCHEDULES = ("constant", "linear", "cosine")
+_SEED_SPACE = 2**62
+
+
+@dataclass
+class ZOConfig:
+    """Settings of a ZO optimizer (validated on creation)."""
+
+    lr: float = field(default=1e-4, metadata={"help": "learning rate (peak, after warmup)"})
+    eps: float = field(default=1e-3, metadata={"help": "perturbation scale"})
+    optimizer: str = field(default="zo-sgd", metadata={"help": "zo-sgd, zo-momentum or zo-adam"})
+    zo_samples: int = field(default=1, metadata={"help": "SPSA estimates averaged per step (q)"})
+    lr_schedule: str = field(default="constant", metadata={"help": "constant, linear or cosine"})
+    warmup: int = field(default=0, metadata={"help": "linear warmup steps (lr = lr * step / warmup)"})
+    weight_decay: float = field(default=0.0, metadata={"help": "decoupled weight decay on the values"})
+    total_steps: int = field(default=1, metadata={"help": "steps of the run (for linear/cosine decay)"})
+    seed: int = field(default=0, metadata={"help": "run seed; step seeds derive from it"})
+    momentum: float = field(default=0.9, metadata={"help": "zo-momentum: momentum factor"})
+    beta1: float = field(default=0.9, metadata={"help": "zo-adam: first-moment decay"})
+    beta2: float = field(default=0.999, metadata={"help": "zo-adam: second-moment decay"})
+    adam_eps: float = field(default=1e-8, metadata={"help": "zo-adam: denominator epsilon"})
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in OPTIMIZERS:
+            raise ConfigError(f"unknown optimizer {self.optimizer!r}", hint=f"choose one of: {', '.join(OPTIMIZERS)}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ConfigError(f"unknown lr schedule {self.lr_schedule!r}", hint=f"choose one of: {', '.join(LR_SCHEDULES)}")
+        if not (math.isfinite(self.lr) and self.lr >= 0):
+            raise ConfigError(f"--lr must be a finite number >= 0, got {self.lr}", hint="e.g. --lr 1e-4")
+        if not (math.isfinite(self.eps) and self.eps > 0):
+            raise ConfigError(f"--eps must be > 0, got {self.eps}", hint="the paper uses --eps 1e-3")
+        if self.zo_samples < 1:
+            raise ConfigError(f"--zo-samples must be >= 1, got {self.zo_samples}", hint="e.g. --zo-samples 1")
+        if self.warmup < 0 or self.total_steps < 1:
+            raise ConfigError(f"need --warmup >= 0 and steps >= 1 (got {self.warmup}, {self.total_steps})", hint="e.g. --warmup 0")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise ConfigError(f"--weight-decay must be >= 0, got {self.weight_decay}", hint="e.g. --weight-decay 0")
+        for name in ("momentum", "beta1", "beta2"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ConfigError(f"{name} must be in [0, 1), got {getattr(self, name)}", hint="e.g. 0.9")
+
+
+@dataclass
+class StepRecord:
+    """What one step did: enough to replay the update without any forward pass."""
+
+    step: int
+    lr: float
+    seeds: list[int]
+    grads: list[float]
+    loss_plus: list[float]
+    loss_minus: list[float]
+
+    @property
+    def loss(self) -> float:
+        """Mean of the perturbed losses (an estimate of the loss at v)."""
+        return (sum(self.loss_plus) + sum(self.loss_minus)) / (2 * len(self.seeds))
+
+    @property
+    def grad_norm(self) -> float:
+        """|g| averaged over samples (the projected gradient's magnitude)."""
+        return sum(abs(g) for g in self.grads) / len(self.grads)
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "loss": self.loss}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "StepRecord":
+        return cls(**{k: data[k] for k in ("step", "lr", "seeds", "grads", "loss_plus", "loss_minus")})
+
+
+def lr_at(config: ZOConfig, step: int) -> float:
+    """Learning rate of 0-based `step`: linear warmup from 0, then constant/linear/cosine to 0.
+
+    Args:
+        config: The optimizer settings.
+        step: 0-based step index.
+
+    Returns:
+        The learning rate.
+    """
+    if step < config.warmup:
+        return config.lr * step / config.warmup
+    if config.lr_schedule == "constant":
+        return config.lr
+    span = max(1, config.total_steps - config.warmup)
+    progress = min(1.0, (step - config.warmup) / span)
+    if config.lr_schedule == "linear":
+        return config.lr * (1.0 - progress)
+    return config.lr * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def step_seeds(run_seed: int, step: int, samples: int) -> list[int]:
+    """The perturbation seeds of one step, drawn from a generator seeded by (run seed, step)."""
+    gen = torch.Generator().manual_seed((run_seed * 1_000_003 + step) % _SEED_SPACE)
+    return [int(s) for s in torch.randint(0, _SEED_SPACE, (samples,), generator=gen)]
+
+
+def perturbation(seed: int, n: int) -> torch.Tensor:
+    """z ~ N(0, I) [n] fp32, a pure function of `seed` (regenerated instead of stored)."""
+    return torch.randn(n, generator=torch.Generator().manual_seed(seed), dtype=torch.float32)
+
+
+class ZOSGD:
+    """Two-point SPSA (MeZO) over a flat value vector, plain SGD update.
+
+    Args:
+        values: The flat fp32 trainable tensor [nnz]; mutated in place.
+        config: Optimizer settings.
+
+    Example:
+        opt = ZOSGD(sparse.values, ZOConfig(lr=1e-4, total_steps=300))
+        record = opt.step(lambda: loss_on_batch(), step=0)
+    """
+
+    def __init__(self, values: torch.Tensor, config: ZOConfig) -> None:
+        if values.dtype != torch.float32 or values.dim() != 1:
+            raise ConfigError(f"ZO values must be a flat fp32 tensor, got {values.dtype} {tuple(values.shape)}", hint="pass SparseModel.values")
+        self.values = values
+        self.config = config
+
+    def step(self, closure: Callable[[], float], step: int) -> StepRecord:
+        """Estimate the gradient with 2 q forwards and apply the update.
+
+        Args:
+            closure: Returns the loss (a float) at the current contents of `values`.
+            step: 0-based step index (seeds and lr derive from it).
+
+        Returns:
+            The step's record.
+
+        Raises:
+            TrainingError: a non-finite loss or update; `values` is left as before the step.
+        """
+        record = self.estimate(closure, step)
+        self.apply(record)
+        return record
+
+    def estimate(self, closure: Callable[[], float], step: int) -> StepRecord:
+        """Evaluate L(v +- eps z_i) for each sample; `values` is restored exactly afterwards."""
+        eps = self.config.eps
+        v = self.values
+        snapshot = v.clone()  # [nnz]
+        seeds = step_seeds(self.config.seed, step, self.config.zo_samples)
+        plus, minus, grads = [], [], []
+        try:
+            for seed in seeds:
+                z = perturbation(seed, v.numel())  # [nnz]
+                torch.add(snapshot, z, alpha=eps, out=v)
+                lp = float(closure())
+                torch.add(snapshot, z, alpha=-eps, out=v)
+                lm = float(closure())
+                del z
+                if not (math.isfinite(lp) and math.isfinite(lm)):
+                    raise TrainingError(
+                        f"non-finite loss at step {step} (L+={lp}, L-={lm})",
+                        hint="lower --lr or --eps; the last checkpoint is intact and --resume continues from it",
+                    )
+                plus.append(lp)
+                minus.append(lm)
+                grads.append((lp - lm) / (2 * eps))
+        finally:
+            v.copy_(snapshot)
+        return StepRecord(step, lr_at(self.config, step), seeds, grads, plus, minus)
+
+    def direction(self, record: StepRecord) -> torch.Tensor:
+        """The gradient estimate mean_i g_i z_i [nnz], rebuilt from the seeds."""
+        n = self.values.numel()
+        est = torch.zeros(n, dtype=torch.float32)
+        for seed, g in zip(record.seeds, record.grads):
+            est.add_(perturbation(seed, n), alpha=g / len(record.seeds))
+        return est
+
+    def apply(self, record: StepRecord) -> None:
+        """Apply a recorded step (also used to replay a run from its step log).
+
+        Raises:
+            TrainingError: the update would make a value non-finite (nothing is changed).
+        """
+        snapshot = self.values.clone()
+        self._update(record)
+        if not bool(torch.isfinite(self.values).all()):
+            self.values.copy_(snapshot)
+            raise TrainingError(
+                f"the update at step {record.step} made values non-finite (lr {record.lr:g}, |g| {record.grad_norm:.3g})",
+                hint="lower --lr; the last checkpoint is intact and --resume continues from it",
+            )
+
+    def _update(self, record: StepRecord) -> None:
+        lr, wd, v = record.lr, self.config.weight_decay, self.values
+        if wd:
+            v.mul_(1.0 - lr * wd)  # v - lr wd v, using v before the gradient step
+        n = v.numel()
+        for seed, g in zip(record.seeds, record.grads):
+            v.add_(perturbation(seed, n), alpha=-lr * g / len(record.seeds))
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Optimizer state beyond `values` (none for SGD)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Restore state saved by `state_dict`."""
+
+
+class ZOMomentum(ZOSGD):
+    """ZO-SGD with heavy-ball momentum: m <- mu m + (g_hat + wd v); v <- v - lr m."""
+
+    def __init__(self, values: torch.Tensor, config: ZOConfig) -> None:
+        super().__init__(values, config)
+        self.m = torch.zeros_like(values)  # [nnz]
+
+    def _update(self, record: StepRecord) -> None:
+        grad = self.direction(record)  # [nnz]
+        if self.config.weight_decay:
+            grad.add_(self.values, alpha=self.config.weight_decay)
+        self.m.mul_(self.config.momentum).add_(grad)
+        self.values.add_(self.m, alpha=-record.lr)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {"m": self.m.clone()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.m.copy_(state["m"])
+
+
+class ZOAdam(ZOSGD):
+    """Adam over the ZO gradient estimate with decoupled weight decay (state: 2 x nnz floats)."""
+
+    def __init__(self, values: torch.Tensor, config: ZOConfig) -> None:
+        super().__init__(values, config)
+        self.m = torch.zeros_like(values)  # [nnz]
+        self.s = torch.zeros_like(values)  # [nnz]
+        self.t = 0
+
+    def _update(self, record: StepRecord) -> None:
+        c = self.config
+        grad = self.direction(record)  # [nnz]
+        self.t += 1
+        self.m.mul_(c.beta1).add_(grad, alpha=1 - c.beta1)
+        self.s.mul_(c.beta2).addcmul_(grad, grad, value=1 - c.beta2)
+        m_hat = self.m / (1 - c.beta1**self.t)
+        s_hat = self.s / (1 - c.beta2**self.t)
+        if c.weight_decay:
+            self.values.mul_(1.0 - record.lr * c.weight_decay)
+        self.values.addcdiv_(m_hat, s_hat.sqrt().add_(c.adam_eps), value=-record.lr)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {"m": self.m.clone(), "s": self.s.clone(), "t": torch.tensor(self.t)}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.m.copy_(state["m"])
+        self.s.copy_(state["s"])
+        self.t = int(state["t"])
+
+
+def make_optimizer(values: torch.Tensor, config: ZOConfig) -> ZOSGD:
+    """Build the optimizer named by `config.optimizer` over `values`."""
+    cls = {"zo-sgd": ZOSGD, "zo-momentum": ZOMomentum, "zo-adam": ZOAdam}[config.optimizer]
+    return cls(values, config)
+
+
+def replay(values: torch.Tensor, config: ZOConfig, records: list[StepRecord]) -> torch.Tensor:
+    """Re-apply a run's step log to initial values without any forward pass.
+
+    Args:
+        values: Initial values [nnz] (mutated in place).
+        config: The run's optimizer settings.
+        records: Step records in order.
+
+    Returns:
+        `values`, now equal to the run's final values.
+    """
+    opt = make_optimizer(values, config)
+    for record in records:
+        opt.apply(record)
+    return values
