@@ -206,8 +206,12 @@ class ZOSGD:
             TrainingError: the update would make a value non-finite (nothing is changed).
         """
         snapshot = self.values.clone()
-        self._update(record)
-        if not bool(torch.isfinite(self.values).all()):
+        try:
+            self._update(record)
+            finite = bool(torch.isfinite(self.values).all())
+        except (RuntimeError, OverflowError):  # a step size beyond fp32 range
+            finite = False
+        if not finite:
             self.values.copy_(snapshot)
             raise TrainingError(
                 f"the update at step {record.step} made values non-finite (lr {record.lr:g}, |g| {record.grad_norm:.3g})",

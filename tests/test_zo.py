@@ -141,7 +141,7 @@ def test_non_finite_loss_raises_and_leaves_values():
 
 def test_non_finite_update_raises_and_leaves_values():
     values, target = _problem(n=10)
-    opt = ZOSGD(values, ZOConfig(lr=1e38, eps=1e-3))
+    opt = ZOSGD(values, ZOConfig(lr=1e300, eps=1e-3))
     with pytest.raises(TrainingError, match="non-finite"):
         opt.step(quadratic(values, target), 0)
     assert torch.equal(values, torch.zeros(10))
