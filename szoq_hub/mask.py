@@ -225,8 +225,6 @@ def save_mask(mask: SensitivityMask, folder: Path) -> Path:
     Raises:
         MaskError: when the target exists and is not empty.
     """
-    from safetensors.torch import save_file
-
     folder = Path(folder)
     if folder.exists() and any(folder.iterdir()):
         raise MaskError(f"{folder} already exists and is not empty", hint="choose another --out folder or remove it")
@@ -234,7 +232,7 @@ def save_mask(mask: SensitivityMask, folder: Path) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=".mask-", dir=folder.parent))
     try:
         tensors = {n: t.contiguous().to(torch.int32) for n, t in mask.indices.items()}
-        save_file(tensors, str(tmp / MASK_FILE), metadata=mask.config.header())
+        write_safetensors(tensors, tmp / MASK_FILE, mask.config.header())
         (tmp / CONFIG_FILE).write_text(json.dumps(asdict(mask.config), indent=2, sort_keys=True) + "\n")
         (tmp / CARD_FILE).write_text(render_card(mask.config))
         _apply_umask(tmp)
@@ -244,6 +242,33 @@ def save_mask(mask: SensitivityMask, folder: Path) -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return folder
+
+
+_DTYPES = {torch.int32: "I32", torch.int64: "I64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16"}
+
+
+def write_safetensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
+    """Write a safetensors file byte-reproducibly (sorted header keys, names in sorted order).
+
+    `safetensors.torch.save_file` orders the header through a hash map, so the same content
+    can hash differently between processes; masks are content-addressed, so they are written
+    here with a canonical header instead. Files stay readable by any safetensors reader.
+    """
+    entries, blobs, offset = {}, [], 0
+    for name in sorted(tensors):
+        t = tensors[name].detach().contiguous().cpu()
+        data = t.view(torch.uint8).numpy().tobytes() if t.numel() else b""
+        entries[name] = {"dtype": _DTYPES[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + len(data)]}
+        blobs.append(data)
+        offset += len(data)
+    header = {"__metadata__": dict(sorted(metadata.items())), **entries}
+    raw = json.dumps(header, separators=(",", ":"), sort_keys=False).encode()
+    raw += b" " * (-len(raw) % 8)  # the format aligns the data start to 8 bytes
+    with open(path, "wb") as fh:
+        fh.write(len(raw).to_bytes(8, "little"))
+        fh.write(raw)
+        for data in blobs:
+            fh.write(data)
 
 
 def _apply_umask(folder: Path) -> None:

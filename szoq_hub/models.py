@@ -104,11 +104,13 @@ def _cached_file_sha256(path: Path) -> str:
 
 
 def _require_gguf() -> None:
-    if importlib.util.find_spec("gguf") is None:
+    try:
+        import gguf  # noqa: F401
+    except ImportError:
         raise DependencyError(
             "loading a GGUF model needs the `gguf` package",
             hint="pip install gguf",
-        )
+        ) from None
 
 
 def _convert_gguf(gguf_path: Path, digest: str) -> Path:

