@@ -11,8 +11,6 @@ import typer
 from szoq_hub import __version__
 from szoq_hub.errors import SzoqError
 
-from .render import err
-
 app = typer.Typer(
     name="szoq",
     help="Zeroth-order fine-tuning of quantized LLMs with shareable sensitivity masks.",
@@ -37,6 +35,11 @@ def root(
     if debug:
         os.environ["SZOQ_DEBUG"] = "1"
     logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    if not debug:  # szoq draws its own progress; keep transformers' bars and notices quiet
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_error()
 
 
 def _register() -> None:
@@ -65,17 +68,18 @@ def main() -> None:
     try:
         app()
     except KeyboardInterrupt:
-        err.print("error: interrupted", markup=False)
+        print("error: interrupted", file=sys.stderr)
         sys.exit(130)
     except Exception as exc:  # the one place errors are mapped
         if os.environ.get("SZOQ_DEBUG"):
             raise
         mapped = exc if isinstance(exc, SzoqError) else _hub_error(exc)
         if mapped is None:
-            err.print(f"error: {type(exc).__name__}: {exc}", markup=False)
-            err.print("hint: this is a bug in szoq; rerun with --debug for the traceback and report it", markup=False)
+            print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
+            print("hint: this is a bug in szoq; rerun with --debug for the traceback and report it", file=sys.stderr)
             sys.exit(1)
-        err.print(f"error: {mapped.message}", markup=False)
+        # plain print: an error line must never be wrapped or styled
+        print(f"error: {mapped.message}", file=sys.stderr)
         if mapped.hint:
-            err.print(f"hint: {mapped.hint}", markup=False)
+            print(f"hint: {mapped.hint}", file=sys.stderr)
         sys.exit(2 if isinstance(mapped, SzoqError) else 1)

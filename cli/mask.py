@@ -73,7 +73,7 @@ def build(
     if as_json:
         print_json(result)
     else:
-        out.print(f"{entry.ref}\t{entry.path}", markup=False)
+        print(f"{entry.ref}\t{entry.path}")
         note(f"built {mask.nnz:,} weights ({scorer}, density {density:g}); score mass captured {result['captured_share']}")
 
 
@@ -126,14 +126,14 @@ def verify(ref: str = typer.Argument(..., help="NAME[@VERSION], a folder, or ORG
     """Verify a mask artifact (and its fit to a model). Example: szoq mask verify mymask --model smollm2-135m-instruct"""
     fingerprint = model_fingerprint(resolve_model(model)) if model else None
     mask = open_mask(ref, fingerprint=fingerprint)
-    out.print(f"ok\t{ref}\t{mask.nnz} weights" + (f"\tmatches {model}" if model else ""), markup=False)
+    print(f"ok\t{ref}\t{mask.nnz} weights" + (f"\tmatches {model}" if model else ""))
 
 
 @mask_app.command("rm")
 def rm(ref: str = typer.Argument(..., help="NAME@VERSION, or NAME for every version.")) -> None:
     """Remove a mask from the local registry. Example: szoq mask rm mymask@v1"""
     for entry in Registry().remove(ref):
-        out.print(f"removed\t{entry.ref}", markup=False)
+        print(f"removed\t{entry.ref}")
 
 
 @mask_app.command("diff")
@@ -145,4 +145,4 @@ def diff(ref_a: str = typer.Argument(..., help="Mask A."), ref_b: str = typer.Ar
         print_json(result.to_dict())
         return
     table(None, ["tensor", "nnz A", "nnz B", "shared", "jaccard"], [[x.name, x.nnz_a, x.nnz_b, x.shared, f"{x.jaccard:.3f}"] for x in result.layers])
-    out.print(f"shared {result.shared:,} of A {result.nnz_a:,} / B {result.nnz_b:,}; jaccard {result.jaccard:.4f}; recall of A in B {result.recall:.4f}", markup=False)
+    print(f"shared {result.shared:,} of A {result.nnz_a:,} / B {result.nnz_b:,}; jaccard {result.jaccard:.4f}; recall of A in B {result.recall:.4f}")

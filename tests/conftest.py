@@ -32,14 +32,60 @@ def model_cache(tmp_path_factory) -> Path:
     return path
 
 
+def pytest_configure(config) -> None:
+    """Start the loopback Hub server and point the Hugging Face client at it.
+
+    huggingface_hub reads HF_ENDPOINT, HF_HOME, HF_HUB_DISABLE_XET and HF_HUB_OFFLINE once, at
+    import, so this runs before anything imports it; it is then imported here (online) so that
+    no later env change can flip those settings. Traffic goes to 127.0.0.1 only.
+    """
+    import sys
+    import tempfile
+
+    from hub_server import FakeHub
+
+    if "huggingface_hub" in sys.modules:
+        raise pytest.UsageError("huggingface_hub was imported before tests/conftest.py could point it at the loopback Hub")
+    hub = FakeHub()
+    hub.add_token("hf_alice_write_0123456789", "alice", orgs=("team",), role="write")
+    hub.add_token("hf_alice_read_0123456789", "alice", orgs=("team",), role="read")
+    hub.add_token("hf_bob_write_0123456789", "bob", role="write")
+    hf_home = tempfile.mkdtemp(prefix="szoq-test-hf-home-")
+    os.environ.update({
+        "HF_ENDPOINT": hub.start(), "HF_HOME": hf_home, "HF_HUB_DISABLE_XET": "1", "HF_HUB_DISABLE_TELEMETRY": "1",
+        "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+    })
+    for var in ("HF_HUB_OFFLINE", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"):
+        os.environ.pop(var, None)
+    import huggingface_hub  # noqa: F401  (pins the settings above for this process)
+
+    config._szoq_hub = hub  # type: ignore[attr-defined]
+    config._szoq_hf_home = hf_home  # type: ignore[attr-defined]
+
+
+def pytest_unconfigure(config) -> None:
+    import shutil
+
+    hub = getattr(config, "_szoq_hub", None)
+    if hub is not None:
+        hub.stop()
+        shutil.rmtree(config._szoq_hf_home, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def hub_server(pytestconfig):
+    """The loopback Hub server (tests.hub_server.FakeHub) that HF_ENDPOINT points at."""
+    return pytestconfig._szoq_hub
+
+
 @pytest.fixture(autouse=True)
-def isolated_state(tmp_path, monkeypatch, model_cache) -> Path:
-    """Point all szoq and Hugging Face state at temp dirs; never touch the network."""
+def isolated_state(request, tmp_path, monkeypatch, model_cache) -> Path:
+    """Point all szoq state at temp dirs; tests not using the loopback Hub are offline."""
     home = tmp_path / "szoq-home"
     monkeypatch.setenv("SZOQ_HOME", str(home))
     monkeypatch.setenv("SZOQ_MODEL_CACHE", str(model_cache))
     monkeypatch.setenv("SZOQ_NO_PROGRESS", "1")
-    if "HF_ENDPOINT" not in os.environ:  # the Hub tests set their own loopback endpoint
+    if "hub_server" not in request.fixturenames:  # Hub tests talk to the loopback server
         monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     return home
 
