@@ -1,0 +1,398 @@
+"""The quantized dense-and-sparse runtime model that zeroth-order fine-tuning runs on.
+
+For every masked weight W with index set M, the runtime keeps `values = W.flatten()[M]` in
+fp32 as the only trainable state, zeroes those entries of W and quantizes the rest with
+bitsandbytes. A masked layer computes `quantized_base(x) + sparse_part(x)`; the sensitive
+weights are never rounded by the quantizer. Embeddings, norms and lm_head stay frozen in the
+compute dtype. Weights stream tensor by tensor from the safetensors checkpoint, so the
+full-precision model is never resident at once.
+
+How the sparse part is applied (see `szoq_hub/sparse_ops.py` and bench/bench_runtime.py):
+- 4-bit modes (`nf4`, `fp4`): the layer dequantizes its base weight into a transient buffer
+  (what bitsandbytes' own unpacked CPU/GPU path does) and writes the current sparse values into
+  it before the matmul. Masked entries of the base are exactly 0 (NF4 and FP4 both hold 0), so
+  the buffer equals base + delta exactly, at the cost of one nnz-sized scatter per layer.
+- `int8` and `none`: base(x), then `out += x[..., cols] @ S`, where `cols` are the few input
+  columns the mask touches (precomputed) and S [n_cols, out] is filled from `values` on each
+  forward. Sensitivity masks concentrate on a handful of input channels (SmolLM2: 1-27 of
+  576/1536 columns per layer), so this costs ~1-3% of the dense matmul.
+
+Nothing derived from `values` is cached across forwards: the ZO optimizer mutates `values`
+in place between forwards and every forward reads its current contents.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .errors import ConfigError, DependencyError, FingerprintMismatch, MaskError, ModelError
+from .mask import SensitivityMask
+from .models import ModelSource, model_fingerprint, resolve_model
+
+log = logging.getLogger(__name__)
+
+QUANT_MODES = ("nf4", "fp4", "int8", "none")
+BLOCKSIZE_4BIT = 64  # bitsandbytes' default for Linear4bit / BitsAndBytesConfig
+
+
+@dataclass
+class SparseModel:
+    """A causal LM whose masked linears are quantized base + exact sparse fp32 values.
+
+    Attributes:
+        model: The transformers causal LM (eval mode, no trainable parameters).
+        tokenizer: Its tokenizer (pad token set).
+        source: Where the weights came from.
+        mask: The sensitivity mask that selected the sparse weights.
+        values: fp32 [nnz], the only trainable state: the masked weights, concatenated in mask
+            tensor order. Mutate it in place only (`copy_`, `add_`); every forward reads it.
+        segments: (parameter name, offset, length) of each masked tensor inside `values`.
+        quant: The quantization mode of the base (`nf4`, `fp4`, `int8`, `none`).
+    """
+
+    model: nn.Module
+    tokenizer: Any
+    source: ModelSource
+    mask: SensitivityMask
+    values: torch.Tensor
+    segments: list[tuple[str, int, int]]
+    quant: str
+
+    def delta_tensors(self) -> dict[str, torch.Tensor]:
+        """The current sparse values per masked tensor.
+
+        Returns:
+            name -> fp32 [nnz_name] copy of its slice of `values`, in mask order.
+        """
+        return {name: self.values[off : off + n].detach().clone() for name, off, n in self.segments}
+
+    def load_delta(self, tensors: dict[str, torch.Tensor]) -> None:
+        """Copy per-tensor sparse values into `values` (in place).
+
+        Args:
+            tensors: name -> [nnz_name] values, the form `delta_tensors` returns.
+
+        Raises:
+            MaskError: names missing or unexpected, a length that does not match the mask,
+                or non-finite values.
+        """
+        expected = {name for name, _, _ in self.segments}
+        missing, extra = sorted(expected - set(tensors)), sorted(set(tensors) - expected)
+        if missing or extra:
+            raise MaskError(
+                f"delta does not match the mask: {len(missing)} tensor(s) missing, {len(extra)} unexpected"
+                + (f" (e.g. {(missing or extra)[0]})" if missing or extra else ""),
+                hint="load a delta fine-tuned with this mask",
+            )
+        for name, off, n in self.segments:
+            t = tensors[name]
+            if t.dim() != 1 or t.numel() != n:
+                raise MaskError(
+                    f"delta tensor {name} has shape {list(t.shape)}, the mask selects {n} weights",
+                    hint="load a delta fine-tuned with this mask",
+                )
+            if not torch.isfinite(t).all():
+                raise MaskError(f"delta tensor {name} holds non-finite values", hint="the delta file is corrupt")
+        with torch.no_grad():
+            for name, off, n in self.segments:
+                self.values[off : off + n].copy_(tensors[name].to(torch.float32))
+
+
+class SparseQuantLinear(nn.Module):
+    """A linear layer = quantized base weight (masked entries zeroed) + exact sparse values.
+
+    The sparse values live in a slice of the model-wide `values` vector; the layer keeps a
+    view of it, so in-place updates of `values` are seen by the next forward.
+
+    Args:
+        weight: [out, in] full-precision weight (consumed: masked entries are zeroed in place).
+        bias: [out] or None.
+        flat_idx: sorted int flat indices (row * in + col) of the masked entries, [nnz].
+        values: [nnz] view into the model-wide fp32 value vector (already filled).
+        quant: one of QUANT_MODES.
+        compute_dtype: dtype of activations and of the dequantized base.
+    """
+
+    def __init__(
+        self,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None,
+        flat_idx: torch.Tensor,
+        values: torch.Tensor,
+        quant: str,
+        compute_dtype: torch.dtype,
+    ) -> None:
+        super().__init__()
+        out_features, in_features = weight.shape
+        self.in_features, self.out_features = in_features, out_features
+        self.quant = quant
+        self.compute_dtype = compute_dtype
+        self.values = values  # [nnz] view, NOT a parameter: the optimizer owns it
+        flat_idx = flat_idx.to(torch.long)
+        self.register_buffer("flat_idx", flat_idx, persistent=False)  # [nnz]
+        # Column form for int8 / none: out += x[..., cols] @ S with S [n_cols, out].
+        rows, cols = flat_idx // in_features, flat_idx % in_features
+        ucols, col_rank = torch.unique(cols, return_inverse=True)  # [C], [nnz]
+        self.register_buffer("cols", ucols, persistent=False)  # [C]
+        self.register_buffer("s_pos", col_rank * out_features + rows, persistent=False)  # [nnz] into S.flatten()
+
+        with torch.no_grad():
+            w = weight.detach().to(torch.float32).reshape(-1)
+            w[flat_idx] = 0.0  # the base never holds the sensitive weights
+            w = w.view(out_features, in_features)
+            self.bias = None if bias is None else nn.Parameter(bias.detach().to(compute_dtype), requires_grad=False)
+            self.base = None
+            if quant in ("nf4", "fp4"):
+                import bitsandbytes.functional as bnbf
+
+                packed, state = bnbf.quantize_4bit(w, blocksize=BLOCKSIZE_4BIT, quant_type=quant)
+                state.dtype = compute_dtype  # dequantize straight into the compute dtype
+                self.register_buffer("qweight", packed)  # [(out*in)//2, 1] uint8
+                self.quant_state = state
+            elif quant == "int8":
+                import bitsandbytes as bnb
+
+                base = bnb.nn.Linear8bitLt(
+                    in_features, out_features, bias=False, has_fp16_weights=False, threshold=0.0, device="meta"
+                )
+                base.weight = bnb.nn.Int8Params(w.to(compute_dtype), requires_grad=False, has_fp16_weights=False).to("cpu")
+                self.base = base
+            elif quant == "none":
+                self.register_buffer("weight", w.to(compute_dtype))  # [out, in], zeros at the mask
+            else:  # guarded by load_sparse_model
+                raise ConfigError(f"unknown quant {quant!r}", hint=f"choose one of: {', '.join(QUANT_MODES)}")
+
+    def extra_repr(self) -> str:
+        return f"in={self.in_features}, out={self.out_features}, quant={self.quant}, nnz={self.flat_idx.numel()}, cols={self.cols.numel()}"
+
+    def dense_weight(self) -> torch.Tensor:
+        """The effective weight base + sparse values as a dense [out, in] tensor (reference/merge only)."""
+        w = self._base_weight().clone()
+        w.view(-1).index_put_((self.flat_idx,), self.values.to(w.dtype))
+        return w
+
+    def _base_weight(self) -> torch.Tensor:
+        """The dequantized base weight [out, in] (masked entries exactly 0)."""
+        if self.quant in ("nf4", "fp4"):
+            import bitsandbytes.functional as bnbf
+
+            return bnbf.dequantize_4bit(self.qweight, self.quant_state)
+        if self.quant == "int8":
+            w = self.base.weight
+            return (w.data.to(torch.float32) * (w.SCB.to(torch.float32)[:, None] / 127.0)).to(self.compute_dtype)
+        return self.weight
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x [..., in]
+        x = x.to(self.compute_dtype)
+        if self.quant in ("nf4", "fp4"):
+            import bitsandbytes.functional as bnbf
+
+            # Fold: the dequantized buffer is fresh every call, its masked entries are exactly
+            # 0, so writing the current values gives base + delta exactly (nnz-sized scatter).
+            w = bnbf.dequantize_4bit(self.qweight, self.quant_state)  # [out, in]
+            if self.flat_idx.numel():
+                w.view(-1).index_put_((self.flat_idx,), self.values.to(w.dtype))
+            return nn.functional.linear(x, w, self.bias)  # [..., out]
+        out = self.base(x) if self.quant == "int8" else nn.functional.linear(x, self.weight)  # [..., out]
+        out = out.to(self.compute_dtype)
+        if self.flat_idx.numel():
+            c = self.cols.numel()
+            s = x.new_zeros(c * self.out_features)  # [C * out]
+            s[self.s_pos] = self.values.to(x.dtype)
+            xg = x[..., self.cols].reshape(-1, c)  # [N, C]
+            out2d = out.reshape(-1, self.out_features)  # [N, out] (view of out)
+            out2d.addmm_(xg, s.view(c, self.out_features))
+        if self.bias is not None and self.quant != "none":
+            out = out + self.bias
+        elif self.bias is not None:
+            out.add_(self.bias)
+        return out
+
+
+def _require_bnb(quant: str) -> None:
+    if quant != "none" and importlib.util.find_spec("bitsandbytes") is None:
+        raise DependencyError(
+            f"--quant {quant} needs bitsandbytes",
+            hint="pip install 'bitsandbytes>=0.48' (or use --quant none)",
+        )
+
+
+def _checkpoint_files(folder: Path) -> list[Path]:
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        raise ModelError(
+            f"{folder} holds no *.safetensors weights; the runtime streams safetensors only",
+            hint="convert the checkpoint with save_pretrained(..., safe_serialization=True)",
+        )
+    return files
+
+
+def _iter_checkpoint(files: list[Path]):
+    """Yield (name, tensor) one tensor at a time from safetensors files."""
+    from safetensors import safe_open
+
+    for path in files:
+        with safe_open(str(path), framework="pt", device="cpu") as fh:
+            for key in fh.keys():
+                yield key, fh.get_tensor(key)
+
+
+def _set_tensor(model: nn.Module, name: str, tensor: torch.Tensor, dtype: torch.dtype) -> bool:
+    """Install a frozen parameter or buffer by dotted name. Returns False if unknown."""
+    module_name, _, leaf = name.rpartition(".")
+    try:
+        module = model.get_submodule(module_name)
+    except AttributeError:
+        return False
+    if leaf in module._parameters:
+        old = module._parameters[leaf]
+        if old is not None and tuple(old.shape) != tuple(tensor.shape):
+            raise ModelError(f"checkpoint tensor {name} has shape {list(tensor.shape)}, the model expects {list(old.shape)}", hint="the config and weights do not match")
+        target = dtype if tensor.is_floating_point() else tensor.dtype
+        module._parameters[leaf] = nn.Parameter(tensor.to(target), requires_grad=False)
+        return True
+    if leaf in module._buffers:
+        target = dtype if tensor.is_floating_point() else tensor.dtype
+        module._buffers[leaf] = tensor.to(target)
+        return True
+    return False
+
+
+def load_sparse_model(
+    model: str | ModelSource,
+    mask: SensitivityMask,
+    *,
+    quant: str = "nf4",
+    compute_dtype: torch.dtype = torch.float32,
+    revision: str | None = None,
+) -> SparseModel:
+    """Load a model as quantized base + exact sparse fp32 values over a mask, streaming weights.
+
+    Args:
+        model: A model reference (alias, Hub id, folder, .gguf) or a resolved `ModelSource`.
+        mask: The sensitivity mask; its fingerprint must match the model's.
+        quant: `nf4` (default), `fp4`, `int8` (bitsandbytes) or `none` (dense compute dtype).
+        compute_dtype: dtype of activations, frozen parameters and dequantized bases.
+        revision: Hub revision when `model` is a Hub id.
+
+    Returns:
+        The `SparseModel` (eval mode; `values` holds the original masked weights).
+
+    Raises:
+        ConfigError: unknown quant mode.
+        DependencyError: bitsandbytes missing for a quantized mode.
+        FingerprintMismatch: the mask was built for another model (checked before any weight
+            is read).
+        MaskError: the mask names a parameter that is not a linear weight of the model.
+        ModelError: the model cannot be resolved or its checkpoint is not safetensors.
+    """
+    if quant not in QUANT_MODES:
+        raise ConfigError(f"unknown quant {quant!r}", hint=f"choose one of: {', '.join(QUANT_MODES)}")
+    _require_bnb(quant)
+    source = model if isinstance(model, ModelSource) else resolve_model(model, revision=revision)
+    fingerprint = model_fingerprint(source)
+    if fingerprint != mask.config.fingerprint:
+        raise FingerprintMismatch(
+            f"the mask was built for {mask.config.base_model} (fingerprint {mask.config.fingerprint[:12]}), "
+            f"not {source.ref} ({fingerprint[:12]})",
+            hint=f"use a mask built for {source.ref}: szoq mask build {source.ref} ...",
+        )
+
+    from accelerate import init_empty_weights
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    config = AutoConfig.from_pretrained(source.path)
+    # Parameters on the meta device, buffers (rotary inv_freq) real: no weight memory yet.
+    with init_empty_weights(include_buffers=False):
+        lm = AutoModelForCausalLM.from_config(config, dtype=compute_dtype)
+    lm.eval()
+
+    # Which linears become SparseQuantLinear: every decoder linear (quantize all but the
+    # mask), plus anything masked, which must be a linear weight.
+    out_emb = lm.get_output_embeddings()
+    linear_names = {
+        f"{n}.weight" for n, m in lm.named_modules() if isinstance(m, nn.Linear) and m is not out_emb
+    }
+    for name in mask.indices:
+        if name not in linear_names:
+            raise MaskError(
+                f"the mask selects {name}, which is not a decoder linear weight",
+                hint="the runtime fine-tunes linear weights only; build the mask with the default --targets",
+            )
+    if quant == "none":
+        wanted = set(mask.indices)  # only masked layers change form; the rest stay nn.Linear
+    else:
+        wanted = linear_names
+
+    segments: list[tuple[str, int, int]] = []
+    offset = 0
+    for name, idx in mask.indices.items():
+        segments.append((name, offset, int(idx.numel())))
+        offset += int(idx.numel())
+    values = torch.zeros(offset, dtype=torch.float32)  # [nnz]
+    seg_of = {name: (off, n) for name, off, n in segments}
+
+    pending_bias: dict[str, torch.Tensor] = {}
+    pending_weight: dict[str, torch.Tensor] = {}
+
+    def build(prefix: str, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+        wname = f"{prefix}.weight"
+        idx = mask.indices.get(wname, torch.zeros(0, dtype=torch.int32))
+        off, n = seg_of.get(wname, (0, 0))
+        with torch.no_grad():
+            view = values[off : off + n]
+            view.copy_(weight.reshape(-1)[idx.long()].to(torch.float32))
+        layer = SparseQuantLinear(weight, bias, idx, view, quant, compute_dtype)
+        parent_name, _, leaf = prefix.rpartition(".")
+        setattr(lm.get_submodule(parent_name), leaf, layer)
+
+    has_bias = {n: lm.get_submodule(n[: -len(".weight")]).bias is not None for n in wanted}
+    loaded: set[str] = set()
+    for key, tensor in _iter_checkpoint(_checkpoint_files(Path(source.path))):
+        if key in wanted:
+            prefix = key[: -len(".weight")]
+            if has_bias[key] and f"{prefix}.bias" not in pending_bias:
+                pending_weight[key] = tensor  # wait for its bias (rare: Llama has none)
+                continue
+            build(prefix, tensor, pending_bias.pop(f"{prefix}.bias", None))
+            loaded.add(key)
+        elif key.endswith(".bias") and f"{key[: -len('.bias')]}.weight" in wanted:
+            wkey = f"{key[: -len('.bias')]}.weight"
+            if wkey in pending_weight:
+                build(wkey[: -len(".weight")], pending_weight.pop(wkey), tensor)
+                loaded.add(wkey)
+            else:
+                pending_bias[key] = tensor
+            loaded.add(key)
+        elif _set_tensor(lm, key, tensor, compute_dtype):
+            loaded.add(key)
+        else:
+            log.warning("checkpoint tensor %s has no place in the model; ignored", key)
+        del tensor  # streaming: nothing keeps the full-precision tensor past this point
+
+    if getattr(config, "tie_word_embeddings", False) or "lm_head.weight" not in loaded:
+        emb = lm.get_input_embeddings()
+        if out_emb is not None and out_emb.weight.device.type == "meta":
+            out_emb.weight = emb.weight  # tied: one tensor, as transformers ties them
+    missing = [n for n, p in lm.named_parameters() if p.device.type == "meta"]
+    missing += [n for n in wanted if n not in loaded]
+    if missing:
+        raise ModelError(
+            f"the checkpoint lacks {len(missing)} tensor(s) the model needs (e.g. {missing[0]})",
+            hint="the weight files are incomplete or do not match config.json",
+        )
+    for p in lm.parameters():
+        p.requires_grad_(False)
+
+    tokenizer = AutoTokenizer.from_pretrained(source.path)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    log.info("loaded %s: %d masked tensors, nnz %d, quant %s", source.ref, len(segments), offset, quant)
+    return SparseModel(lm, tokenizer, source, mask, values, segments, quant)

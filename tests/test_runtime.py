@@ -1,0 +1,246 @@
+"""The quantized dense-and-sparse runtime against slow dense references on the same weights."""
+
+from __future__ import annotations
+
+import weakref
+
+import pytest
+import torch
+
+from szoq_hub import runtime
+from szoq_hub.errors import ConfigError, DependencyError, FingerprintMismatch, MaskError
+from szoq_hub.runtime import QUANT_MODES, SparseQuantLinear, load_sparse_model
+
+ATOL = 2e-5
+
+
+@pytest.fixture
+def tiny_mask(tiny_model_dir, tiny_text_file, tmp_path):
+    from szoq_hub.build import MaskBuildConfig, build_mask
+
+    mask, _ = build_mask(
+        MaskBuildConfig(model=str(tiny_model_dir), calibration=str(tiny_text_file), samples=4, seq_len=16),
+        tmp_path / "mask",
+    )
+    return mask
+
+
+@pytest.fixture
+def batch(tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    enc = tok(["the movie was great", "a terrible film with a boring plot"], return_tensors="pt", padding=True)
+    return enc["input_ids"], enc["attention_mask"]
+
+
+def _logits(model, batch) -> torch.Tensor:
+    ids, attn = batch
+    with torch.no_grad():
+        return model(input_ids=ids, attention_mask=attn).logits  # [B, T, V]
+
+
+def dense_reference(model_dir, mask, quant: str, values: dict[str, torch.Tensor] | None = None):
+    """The slow reference: a plain transformers model whose decoder linears hold
+    dequant(quantize(W with the masked entries zeroed)) with the exact sparse values written back.
+
+    Args:
+        values: name -> fp32 [nnz] sparse values; None = the original weights at the mask.
+    """
+    import bitsandbytes.functional as bnbf
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    out_emb = model.get_output_embeddings()
+    for name, module in model.named_modules():
+        if not isinstance(module, torch.nn.Linear) or module is out_emb:
+            continue
+        wname = f"{name}.weight"
+        w = module.weight.data.clone()  # [out, in]
+        idx = mask.indices.get(wname, torch.zeros(0, dtype=torch.int32)).long()
+        original = w.view(-1)[idx].clone()
+        if quant == "none" and wname not in mask.indices:
+            continue
+        w.view(-1)[idx] = 0.0
+        if quant in ("nf4", "fp4"):
+            packed, state = bnbf.quantize_4bit(w, blocksize=64, quant_type=quant)
+            w = bnbf.dequantize_4bit(packed, state)
+        w.view(-1)[idx] = original if values is None else values[wname]
+        module.weight.data = w
+    return model
+
+
+@pytest.mark.parametrize("quant", ["none", "nf4", "fp4"])
+def test_logits_match_dense_reference(tiny_model_dir, tiny_mask, batch, quant):
+    sm = load_sparse_model(str(tiny_model_dir), tiny_mask, quant=quant)
+    ref = dense_reference(tiny_model_dir, tiny_mask, quant)
+    torch.testing.assert_close(_logits(sm.model, batch), _logits(ref, batch), atol=ATOL, rtol=0)
+
+
+def test_none_equals_original_model(tiny_model_dir, tiny_mask, batch):
+    from transformers import AutoModelForCausalLM
+
+    sm = load_sparse_model(str(tiny_model_dir), tiny_mask, quant="none")
+    original = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    torch.testing.assert_close(_logits(sm.model, batch), _logits(original, batch), atol=1e-5, rtol=0)
+
+
+def test_nf4_differs_from_original(tiny_model_dir, tiny_mask, batch):
+    """Guards the reference test: nf4 really quantizes (else the comparison proves nothing)."""
+    from transformers import AutoModelForCausalLM
+
+    sm = load_sparse_model(str(tiny_model_dir), tiny_mask, quant="nf4")
+    original = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    assert (_logits(sm.model, batch) - _logits(original, batch)).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("quant", ["nf4", "fp4"])
+def test_4bit_represents_zero_exactly(quant):
+    import bitsandbytes.functional as bnbf
+
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(64, 128, generator=g)  # [out, in]
+    idx = torch.randperm(w.numel(), generator=g)[:200]
+    w.view(-1)[idx] = 0.0
+    packed, state = bnbf.quantize_4bit(w, blocksize=64, quant_type=quant)
+    back = bnbf.dequantize_4bit(packed, state)
+    assert (back.view(-1)[idx] == 0.0).all()
+
+
+@pytest.mark.parametrize("quant", ["nf4", "fp4", "int8", "none"])
+def test_masked_entries_of_base_are_zero_and_values_exact(tiny_model_dir, tiny_mask, quant):
+    from safetensors.torch import load_file
+
+    sm = load_sparse_model(str(tiny_model_dir), tiny_mask, quant=quant)
+    state = load_file(str(tiny_model_dir / "model.safetensors"))
+    layers = {n: m for n, m in sm.model.named_modules() if isinstance(m, SparseQuantLinear)}
+    for name, off, n in sm.segments:
+        layer = layers[name[: -len(".weight")]]
+        assert (layer._base_weight().reshape(-1)[layer.flat_idx] == 0.0).all()
+        # The trainable values are the checkpoint's weights, bit for bit (never rounded).
+        assert torch.equal(sm.values[off : off + n], state[name].reshape(-1)[tiny_mask.indices[name].long()])
+    assert sm.values.dtype == torch.float32 and sm.values.numel() == tiny_mask.nnz
+
+
+@pytest.mark.parametrize("quant", ["none", "nf4", "fp4"])
+def test_inplace_value_updates_reach_the_forward(tiny_model_dir, tiny_mask, batch, quant):
+    sm = load_sparse_model(str(tiny_model_dir), tiny_mask, quant=quant)
+    before = _logits(sm.model, batch)
+    g = torch.Generator().manual_seed(1)
+    for _ in range(2):  # twice: a stale cache would pass the first round only
+        sm.values.add_(torch.randn(sm.values.shape, generator=g) * 0.5)
+        ref = dense_reference(tiny_model_dir, tiny_mask, quant, sm.delta_tensors())
+        after = _logits(sm.model, batch)
+        torch.testing.assert_close(after, _logits(ref, batch), atol=ATOL, rtol=0)
+        assert (after - before).abs().max() > 1e-3
+    sm.values.copy_(torch.zeros_like(sm.values))  # copy_ too, and zero delta
+    torch.testing.assert_close(
+        _logits(sm.model, batch), _logits(dense_reference(tiny_model_dir, tiny_mask, quant, sm.delta_tensors()), batch), atol=ATOL, rtol=0
+    )
+
+
+def test_int8_sparse_part_is_exact_on_top_of_the_int8_base(tiny_model_dir, tiny_mask):
+    """int8 quantizes activations too, so compare per layer: layer(x) = base(x) + x @ delta^T."""
+    sm = load_sparse_model(str(tiny_model_dir), tiny_mask, quant="int8")
+    g = torch.Generator().manual_seed(2)
+    sm.values.add_(torch.randn(sm.values.shape, generator=g))
+    layers = [m for m in sm.model.modules() if isinstance(m, SparseQuantLinear) and m.flat_idx.numel()]
+    assert layers
+    for layer in layers:
+        x = torch.randn(3, 5, layer.in_features, generator=g)  # [B, T, in]
+        delta = torch.zeros(layer.out_features * layer.in_features)
+        delta[layer.flat_idx] = layer.values
+        with torch.no_grad():
+            expected = layer.base(x) + x @ delta.view(layer.out_features, layer.in_features).T  # [B, T, out]
+            torch.testing.assert_close(layer(x), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_int8_runs_close_to_original(tiny_model_dir, tiny_mask, batch):
+    from transformers import AutoModelForCausalLM
+
+    sm = load_sparse_model(str(tiny_model_dir), tiny_mask, quant="int8")
+    original = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    a, b = _logits(sm.model, batch), _logits(original, batch)
+    assert torch.isfinite(a).all()
+    assert (a - b).abs().max() < 0.1 * b.abs().max()
+
+
+def test_frozen_parts_tied_and_nothing_trainable(tiny_model_dir, tiny_mask):
+    sm = load_sparse_model(str(tiny_model_dir), tiny_mask, quant="nf4")
+    lm = sm.model
+    assert lm.lm_head.weight is lm.model.embed_tokens.weight
+    assert lm.model.embed_tokens.weight.dtype == torch.float32
+    assert not any(p.requires_grad for p in lm.parameters())
+    assert not any(p.device.type == "meta" for p in lm.parameters())
+    n_sparse = sum(isinstance(m, SparseQuantLinear) for m in lm.modules())
+    assert n_sparse == 2 * 7  # every decoder linear is quantized, masked or not
+    assert [s[0] for s in sm.segments] == list(tiny_mask.indices)
+    assert sum(s[2] for s in sm.segments) == sm.values.numel()
+
+
+def test_delta_roundtrip_and_validation(tiny_model_dir, tiny_mask):
+    sm = load_sparse_model(str(tiny_model_dir), tiny_mask, quant="none")
+    delta = sm.delta_tensors()
+    assert list(delta) == [s[0] for s in sm.segments]
+    changed = {n: t + 1.0 for n, t in delta.items()}
+    sm.load_delta(changed)
+    for name, off, n in sm.segments:
+        assert torch.equal(sm.values[off : off + n], changed[name])
+    delta["x"] = delta[next(iter(delta))]  # the copy is independent of values
+    first = next(iter(changed))
+    with pytest.raises(MaskError):
+        sm.load_delta({n: t for n, t in changed.items() if n != first})
+    with pytest.raises(MaskError):
+        sm.load_delta({**changed, "model.not.there": torch.zeros(3)})
+    with pytest.raises(MaskError):
+        sm.load_delta({**changed, first: torch.zeros(changed[first].numel() + 1)})
+    with pytest.raises(MaskError):
+        sm.load_delta({**changed, first: torch.full_like(changed[first], float("nan"))})
+
+
+def test_fingerprint_mismatch_refused_before_weights(tiny_model_dir, tiny_mask, monkeypatch):
+    def no_weights(*args, **kwargs):
+        raise AssertionError("weights were read before the fingerprint check")
+
+    monkeypatch.setattr(runtime, "_iter_checkpoint", no_weights)
+    tiny_mask.config.fingerprint = "0" * 64
+    with pytest.raises(FingerprintMismatch) as err:
+        load_sparse_model(str(tiny_model_dir), tiny_mask)
+    assert err.value.hint
+
+
+def test_bad_quant_and_missing_bitsandbytes(tiny_model_dir, tiny_mask, monkeypatch):
+    with pytest.raises(ConfigError):
+        load_sparse_model(str(tiny_model_dir), tiny_mask, quant="q3")
+    real = runtime.importlib.util.find_spec
+    monkeypatch.setattr(runtime.importlib.util, "find_spec", lambda n, *a: None if n == "bitsandbytes" else real(n, *a))
+    with pytest.raises(DependencyError) as err:
+        load_sparse_model(str(tiny_model_dir), tiny_mask, quant="nf4")
+    assert "pip install" in err.value.hint
+    load_sparse_model(str(tiny_model_dir), tiny_mask, quant="none")  # no bitsandbytes needed
+
+
+def test_streaming_load_holds_one_linear_weight_at_a_time(tiny_model_dir, tiny_mask, monkeypatch):
+    """Every full-precision linear weight the checkpoint yields must be dead before the next
+    one is read: a loader that collected the state dict first would keep them all alive."""
+    real_iter = runtime._iter_checkpoint
+    alive: list[weakref.ref] = []
+    peak = {"n": 0}
+
+    def tracking(files):
+        for name, tensor in real_iter(files):
+            if name.endswith("_proj.weight"):
+                live = sum(r() is not None for r in alive)
+                peak["n"] = max(peak["n"], live)
+                alive.append(weakref.ref(tensor))
+            yield name, tensor
+            del tensor
+
+    monkeypatch.setattr(runtime, "_iter_checkpoint", tracking)
+    load_sparse_model(str(tiny_model_dir), tiny_mask, quant="nf4")
+    assert len(alive) == 14
+    assert peak["n"] == 0, f"{peak['n']} earlier fp32 linear weights were still alive"
+
+
+def test_quant_modes_constant():
+    assert QUANT_MODES == ("nf4", "fp4", "int8", "none")
