@@ -1,0 +1,131 @@
+"""`szoq finetune`, `szoq eval`, `szoq merge`: fine-tune sparse values, score them, bake them in."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from szoq_hub.finetune import DEFAULT_LR, DEFAULT_MASK, FinetuneConfig, finetune
+from szoq_hub.models import DEFAULT_MODEL
+
+from .app import app
+from .render import note, out, print_json, progress_bar
+
+_MODEL = typer.Option(DEFAULT_MODEL, "--model", help="Model alias, Hub id, local folder or .gguf file.")
+_MASK = typer.Option(DEFAULT_MASK, "--mask", help="Mask: folder, registry NAME[@VERSION], built-in name, or ORG/NAME[@REV].")
+_QUANT = typer.Option("nf4", "--quant", help="Base quantization: nf4, fp4, int8 or none.")
+_DATA = typer.Option(None, "--data-dir", help="GLUE/SuperGLUE folder (default $SZOQ_DATA_DIR; else `datasets` online).")
+
+
+@app.command("finetune")
+def finetune_cmd(
+    model: str = _MODEL, mask: str = _MASK,
+    task: str = typer.Option("sst2", "--task", help="sst2, rte, cb, boolq, wic, wsc, copa or multirc."),
+    train: Optional[str] = typer.Option(None, "--train", help="Custom task: train file (jsonl/csv/tsv)."),
+    eval_file: Optional[str] = typer.Option(None, "--eval", help="Custom task: eval file (default: held out from --train)."),
+    template: Optional[str] = typer.Option(None, "--template", help="Custom task: format string over row fields, e.g. '{text} It was'."),
+    labels: Optional[str] = typer.Option(None, "--labels", help="Custom task: label=word pairs, e.g. '0=terrible,1=great'."),
+    label_field: str = typer.Option("label", "--label-field", help="Custom task: the row field holding the label."),
+    task_file: Optional[str] = typer.Option(None, "--task-file", help="Custom task as a JSON/YAML file."),
+    quant: str = _QUANT,
+    steps: int = typer.Option(300, "--steps", help="ZO steps."),
+    batch_size: int = typer.Option(16, "--batch-size", help="Examples per step."),
+    lr: float = typer.Option(DEFAULT_LR, "--lr", help="Learning rate."),
+    eps: float = typer.Option(1e-3, "--eps", help="Perturbation scale."),
+    optimizer: str = typer.Option("zo-sgd", "--optimizer", help="zo-sgd, zo-momentum or zo-adam."),
+    zo_samples: int = typer.Option(1, "--zo-samples", help="SPSA estimates averaged per step."),
+    lr_schedule: str = typer.Option("constant", "--lr-schedule", help="constant, linear or cosine."),
+    warmup: int = typer.Option(0, "--warmup", help="Linear warmup steps."),
+    weight_decay: float = typer.Option(0.0, "--weight-decay", help="Weight decay."),
+    eval_every: int = typer.Option(100, "--eval-every", help="Dev evaluation every K steps (0 = at the end)."),
+    save_every: int = typer.Option(100, "--save-every", help="Checkpoint every K steps."),
+    seed: int = typer.Option(0, "--seed", help="Seed of sampling, batches and perturbations."),
+    train_samples: int = typer.Option(1000, "--train-samples", help="Train examples drawn."),
+    dev_samples: int = typer.Option(500, "--dev-samples", help="Dev examples drawn (from the train split)."),
+    eval_samples: int = typer.Option(1000, "--eval-samples", help="Eval examples drawn (from validation)."),
+    out_dir: Path = typer.Option(Path("runs/finetune"), "--out", help="Output folder."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the stopped run in --out."),
+    data_dir: Optional[str] = _DATA,
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
+    """ZO fine-tune the sparse values of a quantized model. Example: szoq finetune --task sst2 --steps 300 --out runs/sst2"""
+    config = FinetuneConfig(model=model, mask=mask, task=task, train_file=train, eval_file=eval_file, template=template, labels=labels,
+                            label_field=label_field, task_file=task_file, data_dir=data_dir, quant=quant, steps=steps, batch_size=batch_size,
+                            lr=lr, eps=eps, optimizer=optimizer, zo_samples=zo_samples, lr_schedule=lr_schedule, warmup=warmup,
+                            weight_decay=weight_decay, eval_every=eval_every, save_every=save_every, seed=seed, train_samples=train_samples,
+                            dev_samples=dev_samples, eval_samples=eval_samples, out=str(out_dir))
+    with progress_bar("fine-tuning", "steps") as bar:
+        bar_task = bar.add_task("loading", total=steps, info="")
+        state = {"dev": "-", "t0": time.perf_counter(), "first": 0}
+
+        def on_progress(e: dict) -> None:
+            if e["kind"] == "start":
+                state.update(first=e["start"], t0=time.perf_counter())
+                bar.update(bar_task, description=f"{e['task']} ZO", completed=e["start"])
+            elif e["kind"] == "eval":
+                state["dev"] = f"{e['dev']:.3f}"
+            elif e["kind"] == "step":
+                rate = (e["step"] - state["first"]) / max(time.perf_counter() - state["t0"], 1e-9)
+                bar.update(bar_task, completed=e["step"],
+                           info=f"loss {e['loss']:.4f} |g| {e['grad']:.3g} lr {e['lr']:.2g} {rate:.2f} step/s dev {state['dev']}")
+
+        result = finetune(config, resume=resume, progress=on_progress)
+    from szoq_hub.build import is_main_process
+    if not is_main_process():
+        return
+    data = {"out": str(result.out), "steps": result.steps, "metric": result.metric, "best_step": result.best_step,
+            "best_dev": result.best_dev, "eval": result.eval_metric, "seconds": round(result.seconds, 1)}
+    if as_json:
+        print_json(data)
+        return
+    out.print(str(result.out), markup=False)
+    note(f"eval {result.metric} {result.eval_metric:.4f} (best dev {result.best_dev} at step {result.best_step}); {result.seconds:.0f} s")
+
+
+@app.command("eval")
+def eval_cmd(
+    model: str = _MODEL, mask: str = _MASK,
+    task: str = typer.Option("sst2", "--task", help="Built-in task name."),
+    train: Optional[str] = typer.Option(None, "--train", help="Custom task: train file (demonstrations)."),
+    eval_file: Optional[str] = typer.Option(None, "--eval", help="Custom task: eval file."),
+    template: Optional[str] = typer.Option(None, "--template", help="Custom task: format string."),
+    labels: Optional[str] = typer.Option(None, "--labels", help="Custom task: label=word pairs."),
+    label_field: str = typer.Option("label", "--label-field", help="Custom task: label field."),
+    task_file: Optional[str] = typer.Option(None, "--task-file", help="Custom task as a JSON/YAML file."),
+    delta: Optional[Path] = typer.Option(None, "--delta", help="Fine-tuned run folder or delta.safetensors (default: zero-shot)."),
+    icl_shots: int = typer.Option(0, "--icl-shots", help="In-context demonstrations per example."),
+    quant: str = _QUANT,
+    eval_samples: int = typer.Option(1000, "--eval-samples", help="Eval examples drawn (from validation)."),
+    batch_size: int = typer.Option(32, "--batch-size", help="Evaluation batch size."),
+    seed: int = typer.Option(0, "--seed", help="Seed of sampling and demonstrations."),
+    data_dir: Optional[str] = _DATA,
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Score zero-shot, in-context or fine-tuned. Example: szoq eval --task sst2 --delta runs/sst2"""
+    from szoq_hub.evaluate import EvalConfig, evaluate
+
+    config = EvalConfig(model=model, mask=mask, task=task, train_file=train, eval_file=eval_file, template=template, labels=labels,
+                        label_field=label_field, task_file=task_file, delta=str(delta) if delta else None, icl_shots=icl_shots,
+                        quant=quant, eval_samples=eval_samples, batch_size=batch_size, seed=seed, data_dir=data_dir)
+    result = evaluate(config)
+    if as_json:
+        print_json(result.to_dict())
+        return
+    out.print(f"{result.task}\t{result.mode}\t{result.metric}\t{result.value:.4f}\t{result.n}", markup=False)
+
+
+@app.command("merge")
+def merge_cmd(
+    model: str = _MODEL, mask: str = _MASK,
+    delta: Path = typer.Option(..., "--delta", help="Fine-tuned run folder or delta.safetensors."),
+    out_dir: Path = typer.Option(..., "--out", help="Folder for the merged transformers model."),
+    dtype: str = typer.Option("fp32", "--dtype", help="fp32, bf16 or fp16."),
+) -> None:
+    """Write a plain transformers model with the fine-tuned values applied. Example: szoq merge --delta runs/sst2 --out merged/"""
+    from szoq_hub.merge import merge
+
+    folder = merge(model=model, mask_ref=mask, delta=delta, out=out_dir, dtype=dtype)
+    out.print(str(folder), markup=False)

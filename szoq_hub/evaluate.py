@@ -1,0 +1,100 @@
+"""`evaluate`: task metric of zero-shot, in-context (K demonstrations) or fine-tuned sparse values."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass, field
+
+from .delta import load_delta
+from .errors import ConfigError
+from .finetune import DEFAULT_MASK, open_model_and_mask, require_quant_backend, score
+from .models import DEFAULT_MODEL
+from .scoring import encode
+from .tasks import CustomTask, Sampling, load_task, load_task_file, parse_labels, with_demonstrations
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EvalConfig:
+    """Settings of an evaluation (validated on creation)."""
+
+    model: str = field(default=DEFAULT_MODEL, metadata={"help": "model alias, Hub id, folder or .gguf"})
+    mask: str = field(default=DEFAULT_MASK, metadata={"help": "mask the runtime (and the delta) uses"})
+    task: str | None = field(default="sst2", metadata={"help": "built-in task"})
+    train_file: str | None = None
+    eval_file: str | None = None
+    template: str | None = None
+    labels: str | None = None
+    label_field: str = "label"
+    task_file: str | None = None
+    delta: str | None = field(default=None, metadata={"help": "run folder or delta file; None = zero-shot"})
+    icl_shots: int = field(default=0, metadata={"help": "in-context demonstrations per example"})
+    quant: str = "nf4"
+    eval_samples: int = 1000
+    batch_size: int = 32
+    seed: int = 0
+    data_dir: str | None = None
+    revision: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.icl_shots < 0 or self.batch_size <= 0 or self.eval_samples <= 0:
+            raise ConfigError(f"need --icl-shots >= 0, --batch-size > 0, --eval-samples > 0 (got {self.icl_shots}, {self.batch_size}, {self.eval_samples})", hint="e.g. --icl-shots 16")
+        if self.train_file is not None and (self.template is None or self.labels is None):
+            raise ConfigError("--train needs --template and --labels", hint="e.g. --template '{text} It was' --labels '0=terrible,1=great'")
+
+    def custom_task(self) -> CustomTask | None:
+        if self.task_file:
+            return load_task_file(self.task_file)
+        if self.train_file:
+            return CustomTask(train=self.train_file, eval=self.eval_file, template=self.template, labels=parse_labels(self.labels), label_field=self.label_field)
+        return None
+
+
+@dataclass
+class EvalResult:
+    """One evaluation."""
+
+    task: str
+    mode: str  # zero-shot | icl-K | delta
+    metric: str
+    value: float
+    n: int
+    delta: str | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def evaluate(config: EvalConfig) -> EvalResult:
+    """Score a model (optionally with a fine-tuned delta) on a task's eval split.
+
+    Args:
+        config: The evaluation settings.
+
+    Returns:
+        The `EvalResult`.
+
+    Raises:
+        TaskError, ConfigError, DependencyError: bad input, before weights load.
+        FingerprintMismatch: mask or delta for another model / mask.
+        MaskError: corrupt delta.
+    """
+    from .runtime import load_sparse_model
+
+    require_quant_backend(config.quant)
+    source, fingerprint, mask, mask_sha = open_model_and_mask(config.model, config.mask, config.revision)
+    delta = load_delta(config.delta, mask=mask, mask_sha256=mask_sha, fingerprint=fingerprint) if config.delta else None
+    task = load_task(config.task, custom=config.custom_task(), data_dir=config.data_dir,
+                     sampling=Sampling(train_samples=1000, dev_samples=0, eval_samples=config.eval_samples, seed=config.seed))
+    examples = with_demonstrations(task.eval, task.train, config.icl_shots, config.seed)
+    sparse = load_sparse_model(source, mask, quant=config.quant)
+    if delta is not None:
+        sparse.load_delta(delta.tensors)
+    tok = sparse.tokenizer
+    pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    value = score(sparse.model, encode(tok, examples), task.metric, pad_id, config.batch_size)
+    mode = "delta" if delta is not None else (f"icl-{config.icl_shots}" if config.icl_shots else "zero-shot")
+    if delta is not None and config.icl_shots:
+        mode = f"delta+icl-{config.icl_shots}"
+    return EvalResult(task.name, mode, task.metric, value, len(examples), config.delta)

@@ -1,0 +1,419 @@
+"""`finetune`: ZO fine-tuning of the sparse values of a quantized model on a task.
+
+Output folder (rank 0 writes; the run is complete once `delta.safetensors` exists, which is
+written last):
+- `finetune_config.json`  every setting and the seed (resume refuses a different one)
+- `metrics.jsonl`         one line per step (step, seeds, g, losses, lr: a replayable log), per
+                          dev evaluation, and the final evaluation
+- `checkpoint.safetensors` latest values + optimizer state + step (atomic temp + rename)
+- `best-dev.safetensors`  the delta with the best dev score so far (what the paper keeps)
+- `README.md`             a model card
+- `delta.safetensors`     the final (best-dev) delta: fp32 values per masked tensor, header
+                          linking the mask sha256 and the base model fingerprint
+Under torchrun every rank computes the loss on its shard of each batch with the same
+perturbation seed; losses are all-reduced (weighted by shard size) so all ranks apply the same
+update.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import math
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.distributed as dist
+
+from . import __version__
+from .build import _maybe_init_distributed, is_main_process
+from .delta import DELTA_FILE, load_delta, save_delta
+from .errors import ConfigError, DependencyError, TrainingError
+from .mask import MASK_FILE, SensitivityMask, file_sha256, load_mask
+from .models import DEFAULT_MODEL, ModelSource, model_fingerprint, resolve_model
+from .refs import resolve_mask_ref
+from .scoring import Encoded, encode, loss_sum, metric_value, predict
+from .tasks import CustomTask, Sampling, TaskData, load_task, load_task_file, parse_labels
+from .zo import LR_SCHEDULES, OPTIMIZERS, StepRecord, ZOConfig, make_optimizer
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MASK = "smollm2-135m-instruct"
+DEFAULT_LR = 1e-4
+CONFIG_FILE = "finetune_config.json"
+METRICS_FILE = "metrics.jsonl"
+CHECKPOINT_FILE = "checkpoint.safetensors"
+BEST_FILE = "best-dev.safetensors"
+CARD_FILE = "README.md"
+# Settings that may differ when resuming (they do not change the trajectory).
+_RESUME_FREE = ("out", "data_dir", "eval_batch_size")
+
+ProgressFn = Callable[[dict], None]
+
+
+@dataclass
+class FinetuneConfig:
+    """Every setting of a fine-tuning run (validated on creation; saved as finetune_config.json)."""
+
+    model: str = field(default=DEFAULT_MODEL, metadata={"help": "model alias, Hub id, folder or .gguf"})
+    mask: str = field(default=DEFAULT_MASK, metadata={"help": "mask ref: folder, registry name, built-in, ORG/NAME"})
+    task: str | None = field(default="sst2", metadata={"help": "built-in task (ignored with train_file/task_file)"})
+    train_file: str | None = field(default=None, metadata={"help": "custom task: train rows (jsonl/csv/tsv)"})
+    eval_file: str | None = field(default=None, metadata={"help": "custom task: eval rows"})
+    template: str | None = field(default=None, metadata={"help": "custom task: Python format string over row fields"})
+    labels: str | None = field(default=None, metadata={"help": "custom task: value=word,value=word"})
+    label_field: str = field(default="label", metadata={"help": "custom task: the label field"})
+    task_file: str | None = field(default=None, metadata={"help": "custom task as a JSON/YAML file"})
+    data_dir: str | None = field(default=None, metadata={"help": "GLUE/SuperGLUE folder (default SZOQ_DATA_DIR)"})
+    revision: str | None = field(default=None, metadata={"help": "Hub revision of the model"})
+    quant: str = field(default="nf4", metadata={"help": "nf4, fp4, int8 or none"})
+    steps: int = field(default=300, metadata={"help": "ZO steps"})
+    batch_size: int = field(default=16, metadata={"help": "examples per step (all ranks together)"})
+    lr: float = field(default=DEFAULT_LR, metadata={"help": "learning rate"})
+    eps: float = field(default=1e-3, metadata={"help": "perturbation scale"})
+    optimizer: str = field(default="zo-sgd", metadata={"help": "zo-sgd, zo-momentum or zo-adam"})
+    zo_samples: int = field(default=1, metadata={"help": "SPSA estimates per step"})
+    lr_schedule: str = field(default="constant", metadata={"help": "constant, linear or cosine"})
+    warmup: int = field(default=0, metadata={"help": "warmup steps"})
+    weight_decay: float = field(default=0.0, metadata={"help": "weight decay"})
+    eval_every: int = field(default=100, metadata={"help": "dev evaluation every K steps (0 = only at the end)"})
+    save_every: int = field(default=100, metadata={"help": "checkpoint every K steps"})
+    seed: int = field(default=0, metadata={"help": "seed of sampling, batches and perturbations"})
+    train_samples: int = field(default=1000, metadata={"help": "train examples drawn"})
+    dev_samples: int = field(default=500, metadata={"help": "dev examples drawn from the train split"})
+    eval_samples: int = field(default=1000, metadata={"help": "eval examples drawn from validation"})
+    eval_batch_size: int = field(default=32, metadata={"help": "batch size of evaluation"})
+    out: str = field(default="runs/finetune", metadata={"help": "output folder"})
+
+    def __post_init__(self) -> None:
+        if self.steps <= 0:
+            raise ConfigError(f"--steps must be > 0, got {self.steps}", hint="e.g. --steps 300")
+        if self.batch_size <= 0:
+            raise ConfigError(f"--batch-size must be > 0, got {self.batch_size}", hint="e.g. --batch-size 16")
+        if self.eval_batch_size <= 0:
+            raise ConfigError(f"--eval-batch-size must be > 0, got {self.eval_batch_size}", hint="e.g. --eval-batch-size 32")
+        if self.eval_every < 0 or self.save_every <= 0:
+            raise ConfigError(f"need --eval-every >= 0 and --save-every > 0 (got {self.eval_every}, {self.save_every})", hint="e.g. --eval-every 100 --save-every 100")
+        if self.train_file is None and self.task_file is None and self.template is not None:
+            raise ConfigError("--template needs --train FILE", hint="pass --train FILE --template ... --labels ...")
+        if self.train_file is not None and (self.template is None or self.labels is None):
+            raise ConfigError("--train needs --template and --labels", hint="e.g. --template '{text} It was' --labels '0=terrible,1=great'")
+        from .runtime import QUANT_MODES
+
+        if self.quant not in QUANT_MODES:
+            raise ConfigError(f"unknown quant {self.quant!r}", hint=f"choose one of: {', '.join(QUANT_MODES)}")
+        self.zo_config()  # validates optimizer, lr, eps, schedule, ...
+
+    def zo_config(self) -> ZOConfig:
+        """The optimizer part of the settings."""
+        return ZOConfig(lr=self.lr, eps=self.eps, optimizer=self.optimizer, zo_samples=self.zo_samples, lr_schedule=self.lr_schedule,
+                        warmup=self.warmup, weight_decay=self.weight_decay, total_steps=self.steps, seed=self.seed)
+
+    def custom_task(self) -> CustomTask | None:
+        """The custom task the settings describe, or None for a built-in task."""
+        if self.task_file:
+            return load_task_file(self.task_file)
+        if self.train_file:
+            return CustomTask(train=self.train_file, eval=self.eval_file, template=self.template, labels=parse_labels(self.labels), label_field=self.label_field)
+        return None
+
+    def sampling(self) -> Sampling:
+        return Sampling(self.train_samples, self.dev_samples, self.eval_samples, self.seed)
+
+
+@dataclass
+class FinetuneResult:
+    """What a run produced."""
+
+    out: Path
+    steps: int
+    metric: str
+    best_step: int | None
+    best_dev: float | None
+    eval_metric: float
+    seconds: float
+    resumed_from: int = 0
+
+
+# --- shared setup (also used by evaluate and merge) -----------------------------------------
+
+def require_quant_backend(quant: str) -> None:
+    """Raise DependencyError when a quantized mode lacks bitsandbytes (checked before loading)."""
+    if quant != "none" and importlib.util.find_spec("bitsandbytes") is None:
+        raise DependencyError(f"--quant {quant} needs bitsandbytes", hint="pip install bitsandbytes, or pass --quant none")
+
+
+def open_model_and_mask(model: str, mask_ref: str, revision: str | None = None) -> tuple[ModelSource, str, SensitivityMask, str]:
+    """Resolve the model and open its mask, checking the fingerprint before any weight loads.
+
+    Returns:
+        (source, fingerprint, mask, mask file sha256).
+
+    Raises:
+        ModelError, MaskError, RegistryError, FingerprintMismatch.
+    """
+    source = resolve_model(model, revision=revision)
+    fingerprint = model_fingerprint(source)
+    folder = resolve_mask_ref(mask_ref)
+    mask = load_mask(folder, fingerprint=fingerprint)
+    return source, fingerprint, mask, file_sha256(folder / MASK_FILE)
+
+
+def world() -> tuple[int, int]:
+    """(rank, world size) under torch.distributed, else (0, 1)."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def distributed_predict(model, examples: list[Encoded], pad_id: int, batch_size: int) -> list[int]:
+    """Predictions for all examples; under torchrun each rank scores a shard and they are gathered."""
+    rank, size = world()
+    if size == 1:
+        return predict(model, examples, pad_id, batch_size)
+    mine = predict(model, examples[rank::size], pad_id, batch_size) if examples[rank::size] else []
+    gathered: list[list[int]] = [None] * size  # type: ignore[list-item]
+    dist.all_gather_object(gathered, mine)
+    preds = [0] * len(examples)
+    for r, part in enumerate(gathered):
+        preds[r::size] = part
+    return preds
+
+
+def score(model, examples: list[Encoded], metric: str, pad_id: int, batch_size: int) -> float:
+    """The task metric of the model on encoded examples."""
+    preds = distributed_predict(model, examples, pad_id, batch_size)
+    return metric_value(metric, preds, [e.label for e in examples])
+
+
+# --- the run ---------------------------------------------------------------------------------
+
+def _batch_indices(n: int, batch_size: int, step: int, seed: int, cache: dict[int, list[int]]) -> list[int]:
+    """Indices of the step's batch: epochs are seeded permutations, so any step is reproducible."""
+    out = []
+    for k in range(step * batch_size, (step + 1) * batch_size):
+        epoch, i = divmod(k, n)
+        if epoch not in cache:
+            cache[epoch] = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 7919 + epoch)).tolist()
+        out.append(cache[epoch][i])
+    return out
+
+
+def _identity(config: FinetuneConfig) -> dict:
+    return {k: v for k, v in asdict(config).items() if k not in _RESUME_FREE}
+
+
+def _check_out(config: FinetuneConfig, resume: bool) -> int:
+    """Validate the output folder; returns the step to start from (0 or the checkpoint's)."""
+    out = Path(config.out)
+    has_files = out.is_dir() and any(out.iterdir())
+    if out.exists() and not out.is_dir():
+        raise TrainingError(f"--out {out} is a file", hint="choose a folder for --out")
+    if not resume:
+        if has_files:
+            raise TrainingError(f"--out {out} already exists and is not empty", hint="pass --resume to continue that run, or choose another --out")
+        return 0
+    cfg_path = out / CONFIG_FILE
+    if not cfg_path.is_file():
+        raise TrainingError(f"--resume: {out} holds no {CONFIG_FILE}", hint="resume a folder written by szoq finetune, or drop --resume")
+    try:
+        saved = json.loads(cfg_path.read_text())
+    except ValueError:
+        raise TrainingError(f"--resume: {cfg_path} is not valid JSON", hint="the run folder is damaged; start a new run") from None
+    saved_settings = {k: v for k, v in saved.get("settings", {}).items() if k not in _RESUME_FREE}
+    differ = sorted(k for k in set(saved_settings) | set(_identity(config)) if saved_settings.get(k) != _identity(config).get(k))
+    if differ:
+        shown = ", ".join(f"{k} ({saved_settings.get(k)!r} -> {_identity(config).get(k)!r})" for k in differ[:3])
+        raise TrainingError(f"--resume: {out} was run with different settings: {shown}", hint="resume with the same options (see its finetune_config.json), or choose another --out")
+    if (out / DELTA_FILE).is_file():
+        raise TrainingError(f"--resume: the run in {out} is already complete", hint="use its delta.safetensors, or choose another --out for a new run")
+    return 0
+
+
+def _load_checkpoint(out: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]] | None:
+    from safetensors import SafetensorError, safe_open
+
+    path = out / CHECKPOINT_FILE
+    if not path.is_file():
+        return None
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            return {k: fh.get_tensor(k) for k in fh.keys()}, dict(fh.metadata() or {})
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise TrainingError(f"{path} is corrupt ({str(exc).splitlines()[0]})", hint="start a new run in another --out folder") from None
+
+
+def _save_checkpoint(out: Path, values: torch.Tensor, opt_state: dict[str, torch.Tensor], meta: dict[str, str]) -> None:
+    from safetensors.torch import save_file
+
+    tensors = {"values": values.detach().clone()}
+    for k, v in opt_state.items():
+        tensors[f"opt.{k}"] = v.reshape(-1) if v.dim() == 0 else v
+    fd, tmp = tempfile.mkstemp(prefix=".checkpoint-", suffix=".tmp", dir=out)
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=meta)
+        os.replace(tmp, out / CHECKPOINT_FILE)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop log lines past the checkpoint (they are redone on resume)."""
+    if not path.is_file():
+        return
+    keep = []
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue  # a line cut by a crash
+        if (row.get("kind") == "step" and row["step"] < step) or (row.get("kind") == "eval" and row["step"] <= step):
+            keep.append(line)
+    path.write_text("".join(k + "\n" for k in keep))
+
+
+def render_run_card(config: FinetuneConfig, base_model: str, mask_sha: str, result: dict) -> str:
+    """Model card of a fine-tuned delta."""
+    from huggingface_hub import ModelCardData
+
+    data = ModelCardData(library_name="szoq", base_model=base_model if "/" in base_model else None, tags=["szoq", "sparse-delta", "zeroth-order"])
+    task = config.task if not (config.train_file or config.task_file) else "custom"
+    rows = [("base model", f"`{base_model}`"), ("mask", f"`{config.mask}` (sha256 {mask_sha[:12]})"), ("task", task),
+            ("quant", config.quant), ("optimizer", f"{config.optimizer}, lr {config.lr:g}, eps {config.eps:g}, batch {config.batch_size}, {config.steps} steps"),
+            ("best dev", f"{result.get('best_dev')} at step {result.get('best_step')}"), (f"eval {result.get('metric')}", result.get("eval_metric")),
+            ("seed", config.seed), ("szoq version", __version__)]
+    lines = ["---", data.to_yaml(), "---", "", f"# Sparse ZO delta for {base_model}", "",
+             "Fine-tuned sparse values (fp32) over a sensitivity mask, trained with zeroth-order SPSA on a quantized base (SensZOQ).", "",
+             "| fact | value |", "|---|---|", *[f"| {k} | {v} |" for k, v in rows], "", "## Use", "", "```",
+             f"szoq eval --model {config.model} --mask {config.mask} --delta THIS_FOLDER --task {task}",
+             f"szoq merge --model {config.model} --mask {config.mask} --delta THIS_FOLDER --out merged/", "```", ""]
+    return "\n".join(lines)
+
+
+def finetune(config: FinetuneConfig, *, resume: bool = False, progress: ProgressFn | None = None) -> FinetuneResult:
+    """Fine-tune the sparse values of a quantized model with ZO on a task.
+
+    Args:
+        config: The run's settings.
+        resume: Continue the stopped run in `config.out` from its last checkpoint.
+        progress: Called with dicts: {"kind": "start"|"step"|"eval"|"final", ...}.
+
+    Returns:
+        The run's `FinetuneResult` (on every rank; only rank 0 writes files).
+
+    Raises:
+        ConfigError, TaskError, DependencyError: bad input (before anything is written).
+        FingerprintMismatch: the mask does not fit the model (before weights load).
+        TrainingError: output folder conflicts, non-finite loss (the last checkpoint stays).
+    """
+    from .runtime import load_sparse_model
+
+    started = time.perf_counter()
+    _maybe_init_distributed()
+    rank, size = world()
+    emit = progress or (lambda _event: None)
+    require_quant_backend(config.quant)
+    _check_out(config, resume)
+    source, fingerprint, mask, mask_sha = open_model_and_mask(config.model, config.mask, config.revision)
+    task = load_task(config.task, custom=config.custom_task(), data_dir=config.data_dir, sampling=config.sampling())
+    sparse = load_sparse_model(source, mask, quant=config.quant)
+    tok = sparse.tokenizer
+    pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    train, dev, evals = (encode(tok, x) for x in (task.train, task.dev, task.eval))
+    out = Path(config.out)
+    settings = asdict(config)
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        if not resume:
+            (out / CONFIG_FILE).write_text(json.dumps({"settings": settings, "task": {"name": task.name, "metric": task.metric, **task.info},
+                                                        "base_model": source.base_model, "fingerprint": fingerprint, "mask_sha256": mask_sha,
+                                                        "nnz": mask.nnz, "szoq_version": __version__, "world_size": size}, indent=2) + "\n")
+
+    values = sparse.values
+    opt = make_optimizer(values, config.zo_config())
+    start, best_dev, best_step = 0, -math.inf, None
+    best_values: torch.Tensor | None = None
+    ckpt = _load_checkpoint(out) if resume else None
+    if ckpt is not None:
+        tensors, meta = ckpt
+        values.copy_(tensors["values"])
+        state = {k.removeprefix("opt."): v for k, v in tensors.items() if k.startswith("opt.")}
+        if "t" in state:
+            state["t"] = state["t"].reshape(())
+        opt.load_state_dict(state)
+        start, best_step = int(meta["step"]), (int(meta["best_step"]) if meta.get("best_step") else None)
+        best_dev = float(meta["best_dev"])
+        if best_step is not None:  # every rank holds the best values in memory
+            sparse_best = load_delta(out / BEST_FILE, mask=mask, mask_sha256=mask_sha, fingerprint=fingerprint)
+            best_values = torch.cat([sparse_best.tensors[name] for name, _, _ in sparse.segments])  # [nnz]
+    if rank == 0:
+        _truncate_metrics(out / METRICS_FILE, start)
+    metrics = open(out / METRICS_FILE, "a") if rank == 0 else None
+    delta_meta = dict(mask_sha256=mask_sha, fingerprint=fingerprint, base_model=source.base_model)
+
+    def log_row(row: dict) -> None:
+        if metrics is not None:
+            metrics.write(json.dumps(row) + "\n")
+            metrics.flush()
+
+    def save_best(step: int, dev_score: float) -> None:
+        nonlocal best_dev, best_step, best_values
+        best_dev, best_step, best_values = dev_score, step, values.clone()
+        if rank == 0:
+            save_delta(out / BEST_FILE, sparse.delta_tensors(), **delta_meta, settings={**settings, "step": step, "dev": dev_score})
+
+    emit({"kind": "start", "steps": config.steps, "start": start, "task": task.name, "train": len(train), "dev": len(dev), "eval": len(evals), "nnz": mask.nnz})
+    perms: dict[int, list[int]] = {}
+    try:
+        for step in range(start, config.steps):
+            t0 = time.perf_counter()
+            batch = _batch_indices(len(train), config.batch_size, step, config.seed, perms)
+            shard = [train[i] for i in batch[rank::size]]
+
+            def closure() -> float:
+                local = loss_sum(sparse.model, shard, pad_id) if shard else 0.0
+                if size == 1:
+                    return local / len(batch)
+                total = torch.tensor([local, float(len(shard))], dtype=torch.float64)
+                dist.all_reduce(total)
+                return float(total[0] / total[1])
+
+            record: StepRecord = opt.step(closure, step)
+            done = step + 1
+            log_row({"kind": "step", **record.to_dict(), "seconds": round(time.perf_counter() - t0, 4)})
+            emit({"kind": "step", "step": done, "steps": config.steps, "loss": record.loss, "grad": record.grad_norm, "lr": record.lr})
+            if dev and ((config.eval_every and done % config.eval_every == 0) or done == config.steps):
+                dev_score = score(sparse.model, dev, task.metric, pad_id, config.eval_batch_size)
+                log_row({"kind": "eval", "step": done, "split": "dev", task.metric: dev_score})
+                emit({"kind": "eval", "step": done, "dev": dev_score, "metric": task.metric})
+                if dev_score > best_dev:
+                    save_best(done, dev_score)
+            if rank == 0 and (done % config.save_every == 0 or done == config.steps):
+                _save_checkpoint(out, values, opt.state_dict(), {"step": str(done), "best_dev": repr(best_dev), "best_step": str(best_step or "")})
+    finally:
+        if metrics is not None:
+            metrics.close()
+
+    # Keep the best-dev values (the paper's protocol); without a dev set, the final ones.
+    if best_values is not None:
+        values.copy_(best_values)
+    eval_score = score(sparse.model, evals, task.metric, pad_id, config.eval_batch_size)
+    result = {"metric": task.metric, "eval_metric": eval_score, "best_dev": None if best_step is None else best_dev, "best_step": best_step}
+    emit({"kind": "final", **result})
+    if rank == 0:
+        with open(out / METRICS_FILE, "a") as fh:
+            fh.write(json.dumps({"kind": "final", "split": "eval", **result}) + "\n")
+        (out / CARD_FILE).write_text(render_run_card(config, source.base_model, mask_sha, result))
+        save_delta(out / DELTA_FILE, sparse.delta_tensors(), **delta_meta, settings={**settings, **result, "task": task.name})
+    if size > 1:
+        dist.barrier()
+    return FinetuneResult(out, config.steps, task.metric, best_step, result["best_dev"], eval_score, time.perf_counter() - started, start)
+

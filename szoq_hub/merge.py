@@ -1,0 +1,69 @@
+"""`merge`: bake a fine-tuned sparse delta into a plain transformers model folder."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from .delta import load_delta
+from .errors import ConfigError, TrainingError
+from .finetune import open_model_and_mask
+from .models import load_model
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def merge(*, model: str, mask_ref: str, delta: str | Path, out: str | Path, dtype: str = "fp32", revision: str | None = None) -> Path:
+    """Write `out` as a standard transformers folder whose masked weights hold the delta's values.
+
+    The runtime keeps masked weights exactly as the fine-tuned fp32 values, so the merged
+    weight is W with W.flatten()[M] = values (the quantized base is not involved: the merge is
+    made on the original full-precision weights).
+
+    Args:
+        model: The base model reference the delta was trained on.
+        mask_ref: The mask the delta was trained with.
+        delta: Run folder or delta file.
+        out: Output folder (must not exist or be empty).
+        dtype: fp32, bf16 or fp16 for the saved weights.
+        revision: Hub revision of the model.
+
+    Returns:
+        The folder written.
+
+    Raises:
+        ConfigError: unknown dtype. TrainingError: `out` not empty.
+        FingerprintMismatch, MaskError: delta not fitting the model/mask, or corrupt.
+    """
+    if dtype not in DTYPES:
+        raise ConfigError(f"unknown --dtype {dtype!r}", hint=f"choose one of: {', '.join(DTYPES)}")
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise TrainingError(f"--out {out} already exists and is not empty", hint="choose another --out folder or remove it")
+    source, fingerprint, mask, mask_sha = open_model_and_mask(model, mask_ref, revision)
+    loaded_delta = load_delta(delta, mask=mask, mask_sha256=mask_sha, fingerprint=fingerprint)
+    loaded = load_model(source, dtype=torch.float32)
+    params = dict(loaded.model.named_parameters())
+    with torch.no_grad():
+        for name, idx in mask.indices.items():
+            params[name].view(-1)[idx.long()] = loaded_delta.tensors[name]  # [nnz_name] into the flat weight
+    loaded.model.to(DTYPES[dtype])
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".merge-", dir=out.parent))
+    try:
+        loaded.model.save_pretrained(tmp)
+        loaded.tokenizer.save_pretrained(tmp)
+        if out.exists():
+            out.rmdir()
+        os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    log.info("merged %d values into %s", mask.nnz, out)
+    return out

@@ -1,0 +1,144 @@
+"""Option scoring: mean log-probability of each option's tokens, computing only what is needed.
+
+- Shared single-token options (sst2, rte, cb, ...): one forward over the left-padded prompts with
+  `logits_to_keep=1`; the options are read off the log-softmax at the last position.
+- Otherwise (copa, custom multi-token words): one forward per (example, option) sequence,
+  left-padded so all options end at the same column, with `logits_to_keep = max option length
+  + 1`: logits exist only for the positions that predict option tokens.
+Never a full-vocabulary logit tensor for every position.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .tasks import Example
+
+MAX_PROMPT_TOKENS = 1024
+
+
+@dataclass
+class Encoded:
+    """Token ids of one example."""
+
+    prompt: list[int]
+    options: list[list[int]]
+    label: int
+
+
+def encode(tokenizer, examples: list[Example], max_prompt_tokens: int = MAX_PROMPT_TOKENS) -> list[Encoded]:
+    """Tokenize prompts and options separately (options without special tokens).
+
+    Long prompts are cut from the left so the answer position is kept.
+    """
+    prompts = tokenizer([e.prompt for e in examples], add_special_tokens=True)["input_ids"]
+    vocab: dict[str, list[int]] = {}
+    out = []
+    for ex, ids in zip(examples, prompts):
+        opts = []
+        for o in ex.options:
+            if o not in vocab:
+                vocab[o] = tokenizer(o, add_special_tokens=False)["input_ids"] or [tokenizer.eos_token_id]
+            opts.append(vocab[o])
+        out.append(Encoded(ids[-max_prompt_tokens:], opts, ex.label))
+    return out
+
+
+def _left_pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-pad to a [N, T] id tensor and its [N, T] attention mask."""
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    attn = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, width - len(s):] = torch.tensor(s, dtype=torch.long)
+        attn[i, width - len(s):] = 1
+    return ids, attn
+
+
+def _forward(model, ids: torch.Tensor, attn: torch.Tensor, keep: int) -> torch.Tensor:
+    """Logits of the last `keep` positions [N, keep, V], with positions counted past the padding."""
+    position_ids = (attn.cumsum(-1) - 1).clamp(min=0)  # [N, T]
+    out = model(input_ids=ids, attention_mask=attn, position_ids=position_ids, logits_to_keep=keep, use_cache=False)
+    return out.logits
+
+
+def shared_single_token(batch: list[Encoded]) -> bool:
+    """True when every example has the same options and each is one token."""
+    first = batch[0].options
+    return all(len(o) == 1 for o in first) and all(e.options == first for e in batch)
+
+
+@torch.no_grad()
+def option_scores(model, batch: list[Encoded], pad_id: int) -> torch.Tensor:
+    """Mean log-probability of each option's tokens given the prompt.
+
+    Args:
+        model: A transformers causal LM.
+        batch: Encoded examples.
+        pad_id: Padding token id.
+
+    Returns:
+        [B, max options] fp32 scores; -inf where an example has fewer options.
+    """
+    if shared_single_token(batch):
+        ids, attn = _left_pad([e.prompt for e in batch], pad_id)  # [B, T]
+        logp = _forward(model, ids, attn, 1)[:, -1, :].float().log_softmax(-1)  # [B, V]
+        opts = torch.tensor([o[0] for o in batch[0].options])  # [O]
+        return logp[:, opts]  # [B, O]
+    pairs = [(b, j) for b, e in enumerate(batch) for j in range(len(e.options))]
+    seqs = [batch[b].prompt + batch[b].options[j] for b, j in pairs]
+    lens = torch.tensor([len(batch[b].options[j]) for b, j in pairs])  # [N]
+    width = int(lens.max())
+    ids, attn = _left_pad(seqs, pad_id)  # [N, T]
+    logits = _forward(model, ids, attn, width + 1)[:, :-1, :]  # [N, L, V]: predicts the last L tokens
+    logp = logits.float().log_softmax(-1)
+    targets = ids[:, -width:]  # [N, L]
+    token_lp = logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # [N, L]
+    valid = torch.arange(width).unsqueeze(0) >= (width - lens).unsqueeze(1)  # [N, L]
+    per_seq = (token_lp * valid).sum(-1) / lens  # [N]
+    scores = torch.full((len(batch), max(len(e.options) for e in batch)), -math.inf)
+    for k, (b, j) in enumerate(pairs):
+        scores[b, j] = per_seq[k]
+    return scores
+
+
+def loss_sum(model, batch: list[Encoded], pad_id: int) -> float:
+    """Sum over the batch of the cross-entropy over option scores (float64 for reductions)."""
+    scores = option_scores(model, batch, pad_id)  # [B, O]
+    labels = torch.tensor([e.label for e in batch])
+    return float(F.cross_entropy(scores.double(), labels, reduction="sum"))
+
+
+def predict(model, examples: list[Encoded], pad_id: int, batch_size: int = 16) -> list[int]:
+    """argmax option per example, batched by similar length (order of `examples` kept)."""
+    order = sorted(range(len(examples)), key=lambda i: len(examples[i].prompt))
+    preds = [0] * len(examples)
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        scores = option_scores(model, [examples[i] for i in idx], pad_id)
+        for i, p in zip(idx, scores.argmax(-1).tolist()):
+            preds[i] = p
+    return preds
+
+
+def metric_value(metric: str, preds: list[int], labels: list[int]) -> float:
+    """accuracy, binary f1 (positive = 1) or macro_f1 over the classes present in labels or preds."""
+    if not labels:
+        return float("nan")
+    if metric == "accuracy":
+        return sum(p == y for p, y in zip(preds, labels)) / len(labels)
+
+    def f1(cls: int) -> float:
+        tp = sum(p == cls and y == cls for p, y in zip(preds, labels))
+        fp = sum(p == cls and y != cls for p, y in zip(preds, labels))
+        fn = sum(p != cls and y == cls for p, y in zip(preds, labels))
+        return 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0
+
+    if metric == "f1":
+        return f1(1)
+    classes = sorted(set(labels) | set(preds))
+    return sum(f1(c) for c in classes) / len(classes)
