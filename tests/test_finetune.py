@@ -1,0 +1,325 @@
+"""The fine-tuning loop, checkpoints/resume, the delta artifact, eval, merge, data-parallel, CLI."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import SHARED_DATA, TINY_TEXTS, make_tiny_llama
+from szoq_hub.delta import load_delta, save_delta
+from szoq_hub.errors import FingerprintMismatch, MaskError, TrainingError
+from szoq_hub.finetune import CHECKPOINT_FILE, FinetuneConfig, finetune
+
+ROWS = [{"text": t, "label": int("great" in t or "wonderful" in t)} for t in TINY_TEXTS]
+
+
+@pytest.fixture(scope="module")
+def tiny_mask(tiny_model_dir, tmp_path_factory) -> Path:
+    from szoq_hub.build import MaskBuildConfig, build_mask
+
+    root = tmp_path_factory.mktemp("tiny-mask")
+    (root / "calib.txt").write_text("\n".join(TINY_TEXTS * 5))
+    build_mask(MaskBuildConfig(model=str(tiny_model_dir), calibration=str(root / "calib.txt"), samples=4, seq_len=16, density=0.01), root / "mask")
+    return root / "mask"
+
+
+@pytest.fixture
+def train_file(tmp_path) -> Path:
+    path = tmp_path / "train.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
+    return path
+
+
+def _config(model, mask, train_file, out, **kw) -> FinetuneConfig:
+    base = dict(model=str(model), mask=str(mask), task=None, train_file=str(train_file), template="{text} It was", labels="0=bad,1=good",
+                quant="none", steps=6, batch_size=4, eval_every=3, save_every=3, train_samples=12, dev_samples=4, eval_samples=4, out=str(out))
+    base.update(kw)
+    return FinetuneConfig(**base)
+
+
+def _delta_values(folder: Path) -> dict[str, torch.Tensor]:
+    return load_delta(folder).tensors
+
+
+def run_cli(args: list[str], monkeypatch, capsys) -> tuple[int, str, str]:
+    """Run the console entry point (`main`, where errors are mapped) in-process."""
+    from szoq_cli.app import main
+
+    monkeypatch.setattr(sys, "argv", ["szoq", *args])
+    code = 0
+    try:
+        main()
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_run_writes_a_complete_linked_artifact(tiny_model_dir, tiny_mask, train_file, tmp_path):
+    from szoq_hub.mask import file_sha256
+    from szoq_hub.models import model_fingerprint, resolve_model
+
+    out = tmp_path / "run"
+    events = []
+    result = finetune(_config(tiny_model_dir, tiny_mask, train_file, out, quant="nf4"), progress=events.append)
+    files = {p.name for p in out.iterdir()}
+    assert {"delta.safetensors", "finetune_config.json", "metrics.jsonl", "README.md", "best-dev.safetensors", CHECKPOINT_FILE} <= files
+    delta = load_delta(out, fingerprint=model_fingerprint(resolve_model(str(tiny_model_dir))), mask_sha256=file_sha256(tiny_mask / "mask.safetensors"))
+    assert all(t.dtype == torch.float32 for t in delta.tensors.values())
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in rows if r["kind"] == "step"]
+    assert [r["step"] for r in steps] == list(range(6)) and all({"seeds", "grads", "loss_plus", "loss_minus", "lr"} <= set(r) for r in steps)
+    assert [r["step"] for r in rows if r["kind"] == "eval"] == [3, 6] and rows[-1]["kind"] == "final"
+    assert result.best_step in (3, 6) and 0.0 <= result.eval_metric <= 1.0
+    assert {e["kind"] for e in events} == {"start", "step", "eval", "final"}
+    cfg = json.loads((out / "finetune_config.json").read_text())
+    assert cfg["settings"]["seed"] == 0 and cfg["settings"]["lr"] == 1e-4 and cfg["mask_sha256"] == delta.mask_sha256
+
+
+def test_step_log_replays_to_the_final_values(tiny_model_dir, tiny_mask, train_file, tmp_path):
+    """Replaying the recorded (seed, g, lr) from the original weights gives the last checkpoint."""
+    from safetensors.torch import load_file
+
+    from szoq_hub.runtime import load_sparse_model
+    from szoq_hub.refs import open_mask
+    from szoq_hub.zo import StepRecord, replay
+
+    out = tmp_path / "run"
+    config = _config(tiny_model_dir, tiny_mask, train_file, out, optimizer="zo-adam", lr=1e-3, eval_every=0)
+    finetune(config)
+    records = [StepRecord.from_dict(r) for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if r["kind"] == "step"]
+    initial = load_sparse_model(str(tiny_model_dir), open_mask(str(tiny_mask)), quant="none").values.clone()
+    replayed = replay(initial, config.zo_config(), records)
+    assert torch.equal(replayed, load_file(str(out / CHECKPOINT_FILE))["values"])
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_resume_is_bit_identical(tiny_model_dir, tiny_mask, train_file, tmp_path):
+    kw = dict(quant="nf4", steps=20, save_every=5, eval_every=5, optimizer="zo-momentum")
+    finetune(_config(tiny_model_dir, tiny_mask, train_file, tmp_path / "straight", **kw))
+
+    def stop_at_12(event):
+        if event["kind"] == "step" and event["step"] == 12:
+            raise _Stop  # a run killed after step 12: the checkpoint is at step 10
+    with pytest.raises(_Stop):
+        finetune(_config(tiny_model_dir, tiny_mask, train_file, tmp_path / "resumed", **kw), progress=stop_at_12)
+    assert not (tmp_path / "resumed" / "delta.safetensors").exists()  # not looking complete
+    result = finetune(_config(tiny_model_dir, tiny_mask, train_file, tmp_path / "resumed", **kw), resume=True)
+    assert result.resumed_from == 10
+    a, b = _delta_values(tmp_path / "straight"), _delta_values(tmp_path / "resumed")
+    assert all(torch.equal(a[n], b[n]) for n in a)
+    steps = [json.loads(l)["step"] for l in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines() if '"kind": "step"' in l]
+    assert steps == list(range(20))  # log lines past the checkpoint were redone, not duplicated
+
+
+def test_resume_refuses_other_settings_and_complete_runs(tiny_model_dir, tiny_mask, train_file, tmp_path):
+    out = tmp_path / "run"
+    finetune(_config(tiny_model_dir, tiny_mask, train_file, out))
+    with pytest.raises(TrainingError, match="different settings: lr"):
+        finetune(_config(tiny_model_dir, tiny_mask, train_file, out, lr=1e-3), resume=True)
+    with pytest.raises(TrainingError, match="already complete"):
+        finetune(_config(tiny_model_dir, tiny_mask, train_file, out), resume=True)
+    with pytest.raises(TrainingError, match="not empty"):
+        finetune(_config(tiny_model_dir, tiny_mask, train_file, out))
+
+
+def test_non_finite_stops_with_checkpoint_intact(tiny_model_dir, tiny_mask, train_file, tmp_path):
+    from safetensors.torch import load_file
+
+    out = tmp_path / "run"
+    # Warmup makes step 0's lr exactly 0 (a finite checkpoint at step 1), then lr 1e37 explodes.
+    config = _config(tiny_model_dir, tiny_mask, train_file, out, lr=1e38, warmup=10, save_every=1, eval_every=0)
+    with pytest.raises(TrainingError, match="non-finite"):
+        finetune(config)
+    ckpt = load_file(str(out / CHECKPOINT_FILE))
+    assert torch.isfinite(ckpt["values"]).all()
+    assert not (out / "delta.safetensors").exists()
+
+
+def test_fingerprint_mismatch_refused_before_anything(tiny_mask, train_file, tmp_path, monkeypatch):
+    other = make_tiny_llama(tmp_path / "other", seed=1)
+    import szoq_hub.runtime as runtime
+
+    monkeypatch.setattr(runtime, "load_sparse_model", lambda *a, **k: pytest.fail("weights loaded"))
+    with pytest.raises(FingerprintMismatch):
+        finetune(_config(other, tiny_mask, train_file, tmp_path / "run"))
+    assert not (tmp_path / "run").exists()
+
+
+def test_delta_artifact_refuses_corrupt_and_mismatched(tiny_mask, tmp_path):
+    from szoq_hub.refs import open_mask
+
+    mask = open_mask(str(tiny_mask))
+    tensors = {n: torch.randn(i.numel()) for n, i in mask.indices.items()}
+    path = save_delta(tmp_path / "d", tensors, mask_sha256="a" * 64, fingerprint="f" * 64, base_model="tiny")
+    assert load_delta(tmp_path / "d", mask=mask, mask_sha256="a" * 64, fingerprint="f" * 64).tensors.keys() == tensors.keys()
+    with pytest.raises(FingerprintMismatch):
+        load_delta(path, fingerprint="0" * 64)
+    with pytest.raises(FingerprintMismatch):
+        load_delta(path, mask_sha256="b" * 64)
+    name = next(iter(tensors))
+    bad = dict(tensors, **{name: tensors[name][:-1]})
+    save_delta(tmp_path / "short", bad, mask_sha256="a" * 64, fingerprint="f" * 64, base_model="tiny")
+    with pytest.raises(MaskError, match="the mask selects"):
+        load_delta(tmp_path / "short", mask=mask)
+    data = path.read_bytes()
+    (tmp_path / "cut").mkdir()
+    (tmp_path / "cut" / "delta.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(MaskError, match="corrupt or truncated"):
+        load_delta(tmp_path / "cut")
+
+
+def test_merge_matches_runtime_quant_none(tiny_model_dir, tiny_mask, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from szoq_hub.mask import file_sha256
+    from szoq_hub.merge import merge
+    from szoq_hub.models import model_fingerprint, resolve_model
+    from szoq_hub.refs import open_mask
+    from szoq_hub.runtime import load_sparse_model
+
+    mask = open_mask(str(tiny_mask))
+    sparse = load_sparse_model(str(tiny_model_dir), mask, quant="none")
+    sparse.values.add_(torch.randn(sparse.values.numel(), generator=torch.Generator().manual_seed(0)) * 0.5)  # a visible delta
+    save_delta(tmp_path / "run", sparse.delta_tensors(), mask_sha256=file_sha256(tiny_mask / "mask.safetensors"),
+               fingerprint=model_fingerprint(resolve_model(str(tiny_model_dir))), base_model="tiny")
+    merged = merge(model=str(tiny_model_dir), mask_ref=str(tiny_mask), delta=tmp_path / "run", out=tmp_path / "merged")
+    plain = AutoModelForCausalLM.from_pretrained(merged).eval()
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    ids = sparse.tokenizer(["the movie was great", "zeroth order fine tuning"], return_tensors="pt", padding=True)
+    with torch.no_grad():
+        want = sparse.model(**ids).logits
+        got = plain(**ids).logits
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+        assert not torch.allclose(base(**ids).logits, want, atol=1e-3)  # the delta mattered
+    bf16 = merge(model=str(tiny_model_dir), mask_ref=str(tiny_mask), delta=tmp_path / "run", out=tmp_path / "bf16", dtype="bf16")
+    assert AutoModelForCausalLM.from_pretrained(bf16).dtype == torch.bfloat16
+    with pytest.raises(TrainingError, match="not empty"):
+        merge(model=str(tiny_model_dir), mask_ref=str(tiny_mask), delta=tmp_path / "run", out=tmp_path / "merged")
+
+
+def _dp_worker(rank: int, world: int, port: int, config_kw: dict, result_file: str) -> None:
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    import torch.distributed as dist
+
+    result = finetune(FinetuneConfig(**config_kw))
+    if rank == 1:
+        Path(result_file).write_text(json.dumps({"eval": result.eval_metric, "best": result.best_step}))
+    dist.destroy_process_group()
+
+
+def test_data_parallel_two_gloo_ranks_match_one_process(tiny_model_dir, tiny_mask, train_file, tmp_path):
+    import socket
+
+    import torch.multiprocessing as mp
+
+    kw = dict(steps=4, eval_every=2, save_every=2)
+    single = finetune(_config(tiny_model_dir, tiny_mask, train_file, tmp_path / "one", **kw))
+    config = _config(tiny_model_dir, tiny_mask, train_file, tmp_path / "two", **kw)
+    from dataclasses import asdict
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_dp_worker, args=(2, port, asdict(config), str(tmp_path / "rank1.json")), nprocs=2, join=True)
+    a, b = _delta_values(tmp_path / "one"), _delta_values(tmp_path / "two")
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], atol=1e-6, rtol=0)
+    one = [json.loads(l) for l in (tmp_path / "one" / "metrics.jsonl").read_text().splitlines() if '"step"' in l and '"seeds"' in l]
+    two = [json.loads(l) for l in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines() if '"step"' in l and '"seeds"' in l]
+    assert [r["seeds"] for r in one] == [r["seeds"] for r in two]
+    for r1, r2 in zip(one, two):
+        assert r2["loss_plus"][0] == pytest.approx(r1["loss_plus"][0], abs=1e-6)
+    rank1 = json.loads((tmp_path / "rank1.json").read_text())
+    assert rank1["eval"] == pytest.approx(single.eval_metric) and rank1["best"] == single.best_step
+
+
+# --- CLI -------------------------------------------------------------------------------------
+
+def test_cli_finetune_eval_merge(tiny_model_dir, tiny_mask, train_file, tmp_path, monkeypatch, capsys):
+    common = ["--model", str(tiny_model_dir), "--mask", str(tiny_mask), "--quant", "none"]
+    custom = ["--train", str(train_file), "--template", "{text} It was", "--labels", "0=bad,1=good"]
+    code, out, err = run_cli(["finetune", *common, *custom, "--steps", "4", "--batch-size", "4", "--eval-every", "2",
+                              "--train-samples", "12", "--dev-samples", "4", "--eval-samples", "4", "--out", str(tmp_path / "run"), "--json"], monkeypatch, capsys)
+    assert code == 0, err
+    assert json.loads(out)["steps"] == 4
+    for extra in ([], ["--icl-shots", "2"], ["--delta", str(tmp_path / "run")]):
+        code, out, err = run_cli(["eval", *common, *custom, "--eval-samples", "4", *extra, "--json"], monkeypatch, capsys)
+        assert code == 0, err
+        assert json.loads(out)["mode"] in ("zero-shot", "icl-2", "delta")
+    code, out, err = run_cli(["merge", *common[:4], "--delta", str(tmp_path / "run"), "--out", str(tmp_path / "merged")], monkeypatch, capsys)
+    assert code == 0, err
+    assert (tmp_path / "merged" / "config.json").exists()
+
+
+@pytest.mark.parametrize("case", ["unknown_task", "missing_field", "no_verbalizer", "empty_train", "batch0", "steps0", "resume_other",
+                                  "no_bnb", "fingerprint", "bad_quant", "bad_optimizer"])
+def test_cli_bad_input(case, tiny_model_dir, tiny_mask, train_file, tmp_path, monkeypatch, capsys):
+    out_dir = tmp_path / "run"
+    model = str(tiny_model_dir)
+    args = ["--mask", str(tiny_mask), "--quant", "none", "--steps", "2", "--batch-size", "2", "--out", str(out_dir)]
+    custom = ["--train", str(train_file), "--template", "{text} It was", "--labels", "0=bad,1=good"]
+    if case == "unknown_task":
+        extra = ["--task", "sst3"]
+    elif case == "missing_field":
+        extra = ["--train", str(train_file), "--template", "{sentence} It was", "--labels", "0=bad,1=good"]
+    elif case == "no_verbalizer":
+        extra = ["--train", str(train_file), "--template", "{text}", "--labels", "1=good"]
+    elif case == "empty_train":
+        (tmp_path / "empty.jsonl").write_text("")
+        extra = ["--train", str(tmp_path / "empty.jsonl"), "--template", "{text}", "--labels", "0=bad,1=good"]
+    elif case == "batch0":
+        extra = [*custom, "--batch-size", "0"]
+    elif case == "steps0":
+        extra = [*custom, "--steps", "0"]
+    elif case == "resume_other":
+        finetune(_config(tiny_model_dir, tiny_mask, train_file, out_dir, steps=2, eval_every=0))
+        (out_dir / "delta.safetensors").unlink()  # a stopped run
+        extra = [*custom, "--lr", "0.5", "--resume"]
+    elif case == "no_bnb":
+        real = importlib.util.find_spec
+        monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a, **k: None if name == "bitsandbytes" else real(name, *a, **k))
+        extra = [*custom, "--quant", "nf4"]
+    elif case == "fingerprint":
+        model = str(make_tiny_llama(tmp_path / "other", seed=1))
+        extra = custom
+    elif case == "bad_quant":
+        extra = [*custom, "--quant", "int3"]
+    else:
+        extra = [*custom, "--optimizer", "zo-lion"]
+    code, out, err = run_cli(["finetune", "--model", model, *args, *extra], monkeypatch, capsys)
+    assert code != 0
+    lines = err.strip().splitlines()
+    assert any(l.startswith("error: ") for l in lines) and any(l.startswith("hint: ") for l in lines), err
+    assert "Traceback" not in err and "is a bug in szoq" not in err
+    assert not (out_dir / "delta.safetensors").exists()
+    if case not in ("resume_other",):
+        assert not out_dir.exists()
+
+
+@pytest.mark.slow
+def test_real_model_sst2_end_to_end(real_model_available, tmp_path, monkeypatch, capsys):
+    """A short SST-2 run on SmolLM2-135M (nf4, built-in C4 mask), then eval of its delta."""
+    if not (SHARED_DATA / "sst2").is_dir():
+        pytest.skip(f"shared data not found at {SHARED_DATA}")
+    if os.environ.get("SZOQ_TEST_MODEL_CACHE") is None and Path("/tmp/szoqhome/models").is_dir():
+        monkeypatch.setenv("SZOQ_MODEL_CACHE", "/tmp/szoqhome/models")
+    monkeypatch.setenv("SZOQ_DATA_DIR", str(SHARED_DATA))
+    code, out, err = run_cli(["finetune", "--steps", "4", "--batch-size", "8", "--eval-every", "2", "--save-every", "2",
+                              "--dev-samples", "16", "--eval-samples", "32", "--out", str(tmp_path / "run"), "--json"], monkeypatch, capsys)
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["best_step"] in (2, 4) and 0 <= result["eval"] <= 1
+    code, out, err = run_cli(["eval", "--delta", str(tmp_path / "run"), "--eval-samples", "32", "--json"], monkeypatch, capsys)
+    assert code == 0, err
+    assert json.loads(out)["value"] == pytest.approx(result["eval"])

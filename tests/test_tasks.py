@@ -1,0 +1,163 @@
+"""Tasks, templates, sampling and option scoring (fast paths against a slow full-logit reference)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from conftest import SHARED_DATA
+from szoq_hub.errors import DependencyError, TaskError
+from szoq_hub.scoring import encode, loss_sum, metric_value, option_scores, shared_single_token
+from szoq_hub.tasks import TASKS, CustomTask, Example, Sampling, load_task, load_task_file, parse_labels, with_demonstrations
+
+needs_data = pytest.mark.skipif(not (SHARED_DATA / "sst2").is_dir(), reason=f"shared data not found at {SHARED_DATA}")
+
+
+@needs_data
+@pytest.mark.parametrize("name", TASKS)
+def test_builtin_tasks_load_from_data_dir(name):
+    data = load_task(name, data_dir=SHARED_DATA, sampling=Sampling(train_samples=20, dev_samples=5, eval_samples=30, seed=0))
+    assert data.train and data.eval and len(data.train) <= 20 and len(data.eval) <= 30
+    for ex in data.train + data.dev + data.eval:
+        assert 0 <= ex.label < len(ex.options) and ex.prompt
+    prompts = {e.prompt for e in data.train}
+    assert not prompts & {e.prompt for e in data.dev}  # dev is disjoint from train
+
+
+@needs_data
+def test_sst2_template_and_verbalizers_match_mezo():
+    data = load_task("sst2", data_dir=SHARED_DATA, sampling=Sampling(5, 0, 5))
+    ex = data.eval[0]
+    assert ex.prompt.endswith(" It was") and ex.options == [" terrible", " great"]
+    assert data.metric == "accuracy" and load_task("cb", data_dir=SHARED_DATA, sampling=Sampling(5, 0, 5)).metric == "macro_f1"
+
+
+@needs_data
+def test_sampling_is_seeded_and_capped():
+    a = load_task("cb", data_dir=SHARED_DATA, sampling=Sampling(1000, 500, 1000, seed=3))
+    b = load_task("cb", data_dir=SHARED_DATA, sampling=Sampling(1000, 500, 1000, seed=3))
+    c = load_task("cb", data_dir=SHARED_DATA, sampling=Sampling(1000, 500, 1000, seed=4))
+    assert [e.prompt for e in a.train] == [e.prompt for e in b.train] != [e.prompt for e in c.train]
+    assert len(a.train) + len(a.dev) == 250 and len(a.dev) > 0 and len(a.eval) == 56  # capped by what exists
+
+
+@needs_data
+def test_copa_has_per_example_multi_token_options():
+    data = load_task("copa", data_dir=SHARED_DATA, sampling=Sampling(5, 0, 5))
+    ex = data.eval[0]
+    assert ex.prompt.endswith((" because", " so")) and all(o.startswith(" ") for o in ex.options)
+
+
+def test_unknown_task():
+    with pytest.raises(TaskError, match="unknown task"):
+        load_task("sst3")
+
+
+def test_no_data_anywhere_names_both_ways(monkeypatch, tmp_path):
+    monkeypatch.delenv("SZOQ_DATA_DIR", raising=False)
+    with pytest.raises((TaskError, DependencyError)) as info:
+        load_task("rte")
+    assert "--data-dir" in info.value.hint and "datasets" in info.value.hint
+    with pytest.raises(TaskError, match="has no rte data"):
+        load_task("rte", data_dir=tmp_path)
+
+
+def _jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_custom_task_jsonl_csv_tsv(tmp_path):
+    rows = [{"text": f"row {i}", "label": i % 2} for i in range(20)]
+    _jsonl(tmp_path / "t.jsonl", rows)
+    (tmp_path / "t.csv").write_text("text,label\n" + "".join(f"row {i},{i % 2}\n" for i in range(20)))
+    (tmp_path / "t.tsv").write_text("text\tlabel\n" + "".join(f"row {i}\t{i % 2}\n" for i in range(20)))
+    for name in ("t.jsonl", "t.csv", "t.tsv"):
+        task = CustomTask(train=str(tmp_path / name), template="{text} It was", labels=parse_labels("0=bad,1=good"))
+        data = load_task(custom=task, sampling=Sampling(10, 2, 4))
+        assert len(data.train) == 10 and len(data.dev) == 2 and len(data.eval) == 4
+        ex = data.train[0]
+        assert ex.options == [" bad", " good"] and ex.prompt.endswith("It was")  # leading space added
+
+
+def test_custom_task_file_json(tmp_path):
+    _jsonl(tmp_path / "train.jsonl", [{"q": "x", "y": "yes"}, {"q": "z", "y": "no"}] * 5)
+    (tmp_path / "task.json").write_text(json.dumps({"train": "train.jsonl", "template": "Q: {q}\nA:", "labels": {"no": " No", "yes": " Yes"}, "label_field": "y"}))
+    data = load_task(custom=load_task_file(tmp_path / "task.json"), sampling=Sampling(4, 0, 2))
+    assert data.train[0].options == [" No", " Yes"]
+
+
+@pytest.mark.parametrize("rows,template,labels,match", [
+    ([{"text": "a", "label": 0}], "{sentence} It was", "0=bad,1=good", "field 'sentence'"),
+    ([{"text": "a", "label": 2}, {"text": "b", "label": 0}], "{text}", "0=bad,1=good", "label '2' has no verbalizer"),
+    ([{"text": "a", "label": 0}], "{text}", "0=bad,1", "has no '='"),
+])
+def test_custom_task_errors(tmp_path, rows, template, labels, match):
+    path = _jsonl(tmp_path / "t.jsonl", rows)
+    with pytest.raises(TaskError, match=match):
+        load_task(custom=CustomTask(train=str(path), template=template, labels=parse_labels(labels)))
+
+
+def test_empty_train_file(tmp_path):
+    (tmp_path / "e.jsonl").write_text("")
+    with pytest.raises(TaskError, match="no rows"):
+        load_task(custom=CustomTask(train=str(tmp_path / "e.jsonl"), template="{text}", labels={"0": "a"}))
+
+
+def test_icl_demonstrations_prefix_solved_examples():
+    pool = [Example(f"p{i}", [" a", " b"], i % 2) for i in range(10)]
+    out = with_demonstrations([Example("q", [" a", " b"], 0)], pool, 3, seed=0)
+    assert out[0].prompt.count("\n\n") == 3 and out[0].prompt.endswith("\n\nq")
+    with pytest.raises(TaskError):
+        with_demonstrations(pool, pool[:2], 3, 0)
+
+
+def test_metrics():
+    assert metric_value("accuracy", [1, 0, 1], [1, 1, 1]) == pytest.approx(2 / 3)
+    assert metric_value("f1", [1, 0, 1, 0], [1, 1, 0, 0]) == pytest.approx(0.5)
+    assert metric_value("macro_f1", [0, 1, 2], [0, 1, 2]) == 1.0
+
+
+# --- scoring against a slow reference --------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def tiny_lm(tiny_model_dir):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    return AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval(), AutoTokenizer.from_pretrained(tiny_model_dir)
+
+
+def _reference_scores(model, enc):
+    """Slow path: one unpadded forward per (example, option) with full logits."""
+    out = torch.full((len(enc), max(len(e.options) for e in enc)), -float("inf"))
+    for b, e in enumerate(enc):
+        for j, opt in enumerate(e.options):
+            ids = torch.tensor([e.prompt + opt])
+            logp = model(ids).logits[0].log_softmax(-1)  # [T, V]
+            lp = [logp[len(e.prompt) - 1 + k, t] for k, t in enumerate(opt)]
+            out[b, j] = torch.stack(lp).mean()
+    return out
+
+
+def test_single_token_fast_path_matches_reference(tiny_lm):
+    model, tok = tiny_lm
+    exs = [Example(p, [" great", " terrible"], i % 2) for i, p in enumerate(["the movie was", "a boring plot and bad acting. It was", "It was"])]
+    enc = encode(tok, exs)
+    enc = [type(e)(e.prompt, [o[:1] for o in e.options], e.label) for e in enc]  # force single tokens
+    assert shared_single_token(enc)
+    with torch.no_grad():
+        torch.testing.assert_close(option_scores(model, enc, tok.pad_token_id), _reference_scores(model, enc), atol=1e-4, rtol=1e-4)
+
+
+def test_multi_token_path_matches_reference(tiny_lm):
+    model, tok = tiny_lm
+    exs = [Example("the movie was", [" great and wonderful", " bad"], 0), Example("zeroth order", [" fine tuning of models", " quantized", " x"], 2)]
+    enc = encode(tok, exs)
+    assert not shared_single_token(enc)
+    with torch.no_grad():
+        torch.testing.assert_close(option_scores(model, enc, tok.pad_token_id), _reference_scores(model, enc), atol=1e-4, rtol=1e-4)
+        ref = _reference_scores(model, enc)
+    expected = sum(float(-ref[b].log_softmax(-1)[e.label]) for b, e in enumerate(enc))
+    assert loss_sum(model, enc, tok.pad_token_id) == pytest.approx(expected, rel=1e-4)
