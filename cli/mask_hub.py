@@ -99,5 +99,5 @@ def search(
         print_json([r.to_dict() for r in results])
         return
     table(None, ["repo", "base model", "scorer", "density", "nnz", "updated"],
-          [[r.repo_id, r.base_model or "", r.scorer or "", "" if r.density is None else f"{r.density:g}", r.nnz or "", r.last_modified or ""] for r in results])
+          [[r.repo_id, r.base_model or "", r.scorer or "", "" if r.density is None else f"{r.density:g}", r.nnz or "", (r.last_modified or "")[:10]] for r in results])
     note(f"{len(results)} mask repo(s)")

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Iterator
 
 from . import __version__
-from .errors import ConfigError, HubError, SzoqError
+from .errors import ConfigError, HubError, RegistryError, SzoqError
 from .mask import ARTIFACT_FILES, CARD_FILE, CARD_TAGS, CONFIG_FILE, FORMAT, MASK_FILE, file_sha256, load_mask, render_card
 from .registry import Registry, RegistryEntry, _version_key, check_name, check_version
 
@@ -405,7 +405,12 @@ def pull_mask(repo_id: str, *, revision: str | None = None, name: str | None = N
         for fname, p in paths.items():  # copy out of the cache: registry objects are plain files
             shutil.copyfile(p, Path(tmp) / fname)
         hub = {"repo_id": repo_id, "revision": rev, "commit": commit, "tag": tag, "url": f"{endpoint()}/{repo_id}"}
-        entry = registry.add(Path(tmp), alias, tag or commit[:7], source={"hub": hub}, hub=hub)
+        try:
+            entry = registry.add(Path(tmp), alias, tag or commit[:7], source={"hub": hub}, hub=hub)
+        except RegistryError as exc:
+            if "already exists with other content" not in exc.message:
+                raise
+            raise RegistryError(exc.message, hint=f"pull it under another local name: szoq mask pull {repo_id}@{rev} --name NEW-NAME") from None
     return PullResult(entry.ref, entry.path, repo_id, rev, commit, tag, entry.sha256, offline)
 
 

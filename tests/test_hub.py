@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from szoq_hub.errors import ConfigError, HubError, MaskError
+from szoq_hub.errors import ConfigError, HubError, MaskError, RegistryError
 from szoq_hub.mask import CARD_FILE, CONFIG_FILE, MASK_FILE, MaskConfig, SensitivityMask, mask_stats, save_mask
 from szoq_hub.registry import Registry
 
@@ -120,6 +120,11 @@ def test_push_v1_then_v2_then_pull_v1_gives_v1(hub, tmp_path):
     got = pull_mask(repo, revision="v1", name="teammate")
     assert got.ref == "teammate@v1" and got.commit == c1
     assert artifact_bytes(got.path) == artifact_bytes(Registry().get(v1).path)
+    other = repo_name()  # another repo's v1 under the same local name is refused, with a way out
+    push_mask(register(tmp_path, name="other", seed=3), repo_id=other, token=WRITE)
+    with pytest.raises(RegistryError, match="already exists with other content") as info:
+        pull_mask(other, revision="v1", name="teammate")
+    assert f"szoq mask pull {other}@v1 --name" in info.value.hint
     latest = pull_mask(repo, name="teammate")
     assert latest.ref == "teammate@v2" and artifact_bytes(latest.path) == artifact_bytes(Registry().get(v2).path)
     # re-pushing v1 (already tagged) changes nothing; a different mask under a taken tag is refused
