@@ -1,0 +1,164 @@
+"""Fine-tuning benchmark on the real SmolLM2-135M: step time and peak memory of sparse ZO.
+
+Writes bench/results/finetune.json and bench/results/finetune.md:
+(1) ZO step time / one inference forward, same batch and quantized model (floor 2.0,
+    target <= 2.2): timed in one process, interleaved, median of --runs.
+(3) peak RSS of a fine-tuning run / peak RSS of inference only (same model, quant, batch;
+    target <= 1.15): each measured in its own subprocess (ru_maxrss), interleaved.
+(4) that fine-tuning peak RSS / peak RSS of a dense full-model ZO run (MeZO over every decoder
+    linear weight, in place, seeded per step) on the unquantized fp32 model.
+Item (2) (forward vs plain bnb nf4) lives in bench/bench_runtime.py.
+
+Usage: SZOQ_DATA_DIR=../shared/data python bench/bench_finetune.py [--runs 5] [--quant nf4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+DATA = Path(os.environ.get("SZOQ_DATA_DIR", HERE.parent.parent / "shared" / "data"))
+
+
+def _batch(tokenizer, batch_size: int):
+    from szoq_hub.scoring import encode
+    from szoq_hub.tasks import Sampling, load_task
+
+    task = load_task("sst2", data_dir=DATA, sampling=Sampling(batch_size, 0, 1, seed=0))
+    return encode(tokenizer, task.train)
+
+
+def _sparse(quant: str):
+    from szoq_hub.refs import open_mask
+    from szoq_hub.runtime import load_sparse_model
+
+    return load_sparse_model("smollm2-135m-instruct", open_mask("smollm2-135m-instruct"), quant=quant)
+
+
+def worker(kind: str, quant: str, batch_size: int, steps: int) -> dict:
+    """One memory measurement in this (fresh) process."""
+    from szoq_hub.scoring import loss_sum, option_scores
+    from szoq_hub.zo import ZOConfig, make_optimizer, perturbation, step_seeds
+
+    if kind in ("inference", "finetune"):
+        sp = _sparse(quant)
+        enc = _batch(sp.tokenizer, batch_size)
+        pad = sp.tokenizer.pad_token_id
+        if kind == "inference":
+            for _ in range(2 * steps):  # as many forwards as the ZO run
+                option_scores(sp.model, enc, pad)
+        else:
+            opt = make_optimizer(sp.values, ZOConfig(lr=1e-4, total_steps=steps))
+            for s in range(steps):
+                opt.step(lambda: loss_sum(sp.model, enc, pad) / len(enc), s)
+    else:  # dense MeZO on the fp32 model: perturb every decoder linear weight in place
+        from szoq_hub.models import load_model, resolve_model, target_parameter_names
+
+        loaded = load_model(resolve_model("smollm2-135m-instruct"), dtype=torch.float32)
+        model, tok = loaded.model, loaded.tokenizer
+        enc = _batch(tok, batch_size)
+        pad = tok.pad_token_id
+        params = dict(model.named_parameters())
+        names = target_parameter_names(model)
+
+        def perturb(seed: int, scale: float) -> None:
+            for i, n in enumerate(names):  # z regenerated per tensor from (seed, i): never stored
+                p = params[n].data.view(-1)
+                p.add_(perturbation(seed + i, p.numel()), alpha=scale)
+
+        with torch.no_grad():
+            for s in range(steps):
+                (seed,) = step_seeds(0, s, 1)
+                perturb(seed, 1e-3)
+                lp = loss_sum(model, enc, pad)
+                perturb(seed, -2e-3)
+                lm = loss_sum(model, enc, pad)
+                perturb(seed, 1e-3)
+                perturb(seed, -2e-6 * (lp - lm) / 2e-3)
+    rss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    return {"kind": kind, "peak_rss_mib": round(rss_kib / 1024, 1)}
+
+
+def timing(quant: str, batch_size: int, runs: int) -> dict:
+    """(1): median forward and median ZO step, interleaved in one process."""
+    from szoq_hub.scoring import loss_sum, option_scores
+    from szoq_hub.zo import ZOConfig, make_optimizer
+
+    sp = _sparse(quant)
+    enc = _batch(sp.tokenizer, batch_size)
+    pad = sp.tokenizer.pad_token_id
+    opt = make_optimizer(sp.values, ZOConfig(lr=1e-4, total_steps=runs + 1))
+    option_scores(sp.model, enc, pad)  # warm-up (bnb repacks 4-bit weights on the first call)
+    fwd, step = [], []
+    for s in range(runs):
+        t = time.perf_counter()
+        option_scores(sp.model, enc, pad)
+        fwd.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        opt.step(lambda: loss_sum(sp.model, enc, pad) / len(enc), s)
+        step.append(time.perf_counter() - t)
+    f, z = statistics.median(fwd), statistics.median(step)
+    return {"forward_s": round(f, 4), "zo_step_s": round(z, 4), "ratio": round(z / f, 3), "forward_all": fwd, "step_all": step}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=3, help="ZO steps of each memory run")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--quant", default="nf4")
+    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        print(json.dumps(worker(args.worker, args.quant, args.batch_size, args.steps)))
+        return
+
+    def measure(kind: str) -> float:
+        cmd = [sys.executable, __file__, "--worker", kind, "--quant", args.quant, "--batch-size", str(args.batch_size), "--steps", str(args.steps)]
+        out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+        return json.loads(out.strip().splitlines()[-1])["peak_rss_mib"]
+
+    started = time.time()
+    time_result = timing(args.quant, args.batch_size, args.runs)
+    mem = {"inference": [], "finetune": [], "dense_zo_fp32": []}
+    for kind in ("inference", "finetune", "dense_zo_fp32"):  # interleaved kinds, one subprocess each
+        mem[kind].append(measure(kind))
+    peak = {k: min(v) for k, v in mem.items()}
+    result = {
+        "model": "smollm2-135m-instruct", "mask": "smollm2-135m-instruct (built-in, C4 fisher, 0.1%)", "quant": args.quant,
+        "batch_size": args.batch_size, "task": "sst2", "runs": args.runs, "memory_steps": args.steps,
+        "zo_step_over_forward": {**time_result, "floor": 2.0, "target": 2.2},
+        "peak_rss_mib": peak,
+        "finetune_over_inference_rss": {"ratio": round(peak["finetune"] / peak["inference"], 3), "target": 1.15},
+        "finetune_over_dense_zo_fp32_rss": {"ratio": round(peak["finetune"] / peak["dense_zo_fp32"], 3)},
+        "machine": {"python": platform.python_version(), "torch": torch.__version__, "cpus": os.cpu_count(), "threads": torch.get_num_threads(),
+                    "note": "shared CPU: ratios come from one run with interleaved variants"},
+        "seconds": round(time.time() - started, 1),
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "finetune.json").write_text(json.dumps(result, indent=2) + "\n")
+    z = result["zo_step_over_forward"]
+    md = ["# Fine-tuning benchmark (SmolLM2-135M, built-in mask, SST-2 batch %d, %s)" % (args.batch_size, args.quant), "",
+          "| measure | value | target |", "|---|---|---|",
+          f"| (1) ZO step / inference forward | {z['ratio']} ({z['zo_step_s']} s / {z['forward_s']} s) | floor 2.0, <= 2.2 |",
+          f"| (3) peak RSS fine-tune / inference | {result['finetune_over_inference_rss']['ratio']} ({peak['finetune']} / {peak['inference']} MiB) | <= 1.15 |",
+          f"| (4) peak RSS fine-tune / dense fp32 ZO | {result['finetune_over_dense_zo_fp32_rss']['ratio']} ({peak['finetune']} / {peak['dense_zo_fp32']} MiB) | report |",
+          "", "Measured on a shared 2-core CPU; medians of interleaved runs in one invocation.", ""]
+    (RESULTS / "finetune.md").write_text("\n".join(md))
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
