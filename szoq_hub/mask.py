@@ -9,7 +9,6 @@ Artifact layout (a folder; the same files go to the Hub):
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -22,6 +21,7 @@ import torch
 
 from . import __version__
 from .errors import ConfigError, FingerprintMismatch, MaskError
+from .paths import file_sha256  # noqa: F401  (re-exported: artifacts are addressed by it)
 
 FORMAT = "szoq.mask"
 FORMAT_VERSION = "1"
@@ -160,15 +160,6 @@ def mask_stats(indices: dict[str, torch.Tensor], shapes: dict[str, list[int]]) -
     nnz = {n: int(indices[n].numel()) if n in indices else 0 for n in shapes}
     numel = sum(math.prod(s) for s in shapes.values())
     return {"nnz": nnz, "total_nnz": sum(nnz.values()), "total_numel": numel}
-
-
-def file_sha256(path: Path) -> str:
-    """sha256 hex digest of a file."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def render_card(config: MaskConfig, *, title: str | None = None, repo_id: str | None = None, tag: str | None = None) -> str:

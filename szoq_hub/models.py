@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from .errors import DependencyError, ModelError
-from .paths import model_cache_dir
+from .paths import file_sha256, model_cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -71,14 +71,6 @@ class LoadedModel:
     source: ModelSource
 
 
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _cached_file_sha256(path: Path) -> str:
     """sha256 of a file, cached by (path, size, mtime) because weight files are large."""
     stat = path.stat()
@@ -91,7 +83,7 @@ def _cached_file_sha256(path: Path) -> str:
         pass
     if key in table:
         return table[key]
-    digest = _sha256_file(path)
+    digest = file_sha256(path)
     table[key] = digest
     try:
         cache.parent.mkdir(parents=True, exist_ok=True)

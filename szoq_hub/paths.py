@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -49,3 +50,12 @@ def ensure_writable_dir(path: Path, what: str) -> Path:
             hint="set SZOQ_HOME to a writable directory, e.g. export SZOQ_HOME=~/.cache/szoq",
         ) from None
     return path
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 hex digest of a file, read in chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
