@@ -2,8 +2,7 @@
 plain bitsandbytes nf4 model, on the real SmolLM2-135M-Instruct and its built-in C4 mask.
 
 Batch: 16 SST-2 dev prompts (`{sentence} It was`), left-padded, `logits_to_keep=1`, fp32
-compute, under `torch.inference_mode()`. Variants are timed interleaved (A, B, C, ... A, B, C,
-...) in one process so that CPU contention from other processes hits all of them alike; only
+compute, under `torch.inference_mode()`. Variants are timed interleaved (A, B, C, then B, C, A, ...) in one process so that CPU contention from other processes hits all of them alike; only
 ratios of medians are quoted.
 
 Variants:
@@ -170,8 +169,10 @@ def main() -> None:
     with torch.inference_mode():
         for v in variants:  # warm-up (bnb repacks 4-bit weights on the first forward)
             models[v](**batch, logits_to_keep=1)
-        for _ in range(args.runs):
-            for v in variants:
+        for r in range(args.runs):
+            # Rotate the order each round so no variant always follows the same neighbour
+            # (cache state and contention bursts then fall on every variant alike).
+            for v in variants[r % len(variants):] + variants[: r % len(variants)]:
                 t = time.perf_counter()
                 models[v](**batch, logits_to_keep=1)
                 times[v].append(time.perf_counter() - t)
@@ -236,7 +237,10 @@ def main() -> None:
         "|---|---|---|---|",
     ]
     for v in variants:
-        lines.append(f"| {v} | {med[v]:.3f} | {med[v] / base:.3f} | {result['paired_ratios'][f'{v}/bnb_nf4']:.3f} |")
+        if base:
+            lines.append(f"| {v} | {med[v]:.3f} | {med[v] / base:.3f} | {result['paired_ratios'][f'{v}/bnb_nf4']:.3f} |")
+        else:
+            lines.append(f"| {v} | {med[v]:.3f} | - | - |")
     if result["ratio_szoq_vs_same_kernel"]:
         lines += ["", f"szoq_nf4 / bnb_nf4_unpacked (same base kernel; the sparse part's own cost): "
                   f"**{result['ratio_szoq_vs_same_kernel']:.3f}** (paired {result['paired_ratio_szoq_vs_same_kernel']:.3f})"]

@@ -216,6 +216,10 @@ class SparseQuantLinear(nn.Module):
         return out
 
 
+def _contiguous_input(module: nn.Module, args: tuple) -> tuple:
+    return (args[0].contiguous(), *args[1:])
+
+
 def _require_bnb(quant: str) -> None:
     if quant != "none" and importlib.util.find_spec("bitsandbytes") is None:
         raise DependencyError(
@@ -390,6 +394,11 @@ def load_sparse_model(
         )
     for p in lm.parameters():
         p.requires_grad_(False)
+    if out_emb is not None:
+        # `logits_to_keep` hands lm_head a strided slice [B, k, H]; with a weight that does
+        # not require grad, torch.matmul then takes a batched (bmm, expanded weight) path that
+        # cost ~9% of a SmolLM2 forward. A contiguous input folds to one mm.
+        out_emb.register_forward_pre_hook(_contiguous_input)
 
     tokenizer = AutoTokenizer.from_pretrained(source.path)
     if tokenizer.pad_token is None:

@@ -244,3 +244,12 @@ def test_streaming_load_holds_one_linear_weight_at_a_time(tiny_model_dir, tiny_m
 
 def test_quant_modes_constant():
     assert QUANT_MODES == ("nf4", "fp4", "int8", "none")
+
+
+def test_logits_to_keep_matches_full_logits(tiny_model_dir, tiny_mask, batch):
+    """lm_head gets a contiguous copy of the kept positions (a speed fix): same numbers."""
+    sm = load_sparse_model(str(tiny_model_dir), tiny_mask, quant="nf4")
+    ids, attn = batch
+    with torch.no_grad():
+        last = sm.model(input_ids=ids, attention_mask=attn, logits_to_keep=1).logits  # [B, 1, V]
+    torch.testing.assert_close(last, _logits(sm.model, batch)[:, -1:], atol=1e-5, rtol=0)
