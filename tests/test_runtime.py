@@ -253,3 +253,29 @@ def test_logits_to_keep_matches_full_logits(tiny_model_dir, tiny_mask, batch):
     with torch.no_grad():
         last = sm.model(input_ids=ids, attention_mask=attn, logits_to_keep=1).logits  # [B, 1, V]
     torch.testing.assert_close(last, _logits(sm.model, batch)[:, -1:], atol=1e-5, rtol=0)
+
+
+@pytest.mark.slow
+def test_real_smollm2_nf4_with_builtin_mask(real_model_available):
+    """The real model and its built-in mask: loads, values are the checkpoint's, forward runs."""
+    from pathlib import Path
+
+    from safetensors import safe_open
+
+    from szoq_hub.mask import load_mask
+    from szoq_hub.models import resolve_model
+
+    folder = Path(__file__).resolve().parents[1] / "masks" / "smollm2-135m-instruct"
+    if not (folder / "mask.safetensors").exists():
+        pytest.skip("built-in mask not present")
+    source = resolve_model("smollm2-135m-instruct")
+    mask = load_mask(folder)
+    sm = load_sparse_model(source, mask, quant="nf4")
+    name, off, n = sm.segments[0]
+    with safe_open(str(next(Path(source.path).glob("*.safetensors"))), framework="pt") as fh:
+        expected = fh.get_tensor(name).reshape(-1)[mask.indices[name].long()]
+    assert torch.equal(sm.values[off : off + n], expected)
+    enc = sm.tokenizer(["a gripping, funny film . It was"], return_tensors="pt")
+    with torch.no_grad():
+        logits = sm.model(**enc, logits_to_keep=1).logits  # [1, 1, V]
+    assert torch.isfinite(logits).all()
