@@ -7,7 +7,7 @@ weights are never rounded by the quantizer. Embeddings, norms and lm_head stay f
 compute dtype. Weights stream tensor by tensor from the safetensors checkpoint, so the
 full-precision model is never resident at once.
 
-How the sparse part is applied (see `szoq_hub/sparse_ops.py` and bench/bench_runtime.py):
+How the sparse part is applied (measured in bench/bench_runtime.py):
 - 4-bit modes (`nf4`, `fp4`): the layer dequantizes its base weight into a transient buffer
   (what bitsandbytes' own unpacked CPU/GPU path does) and writes the current sparse values into
   it before the matmul. Masked entries of the base are exactly 0 (NF4 and FP4 both hold 0), so
