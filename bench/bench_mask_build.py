@@ -112,6 +112,11 @@ def main() -> None:
     weight_bytes = build["weight_bytes"]
     build_ratio = (build["peak_rss"] - imports["peak_rss"]) / weight_bytes
     plain_ratio = (plain["peak_rss"] - imports["peak_rss"]) / weight_bytes
+    # The plain loop holds weights + a full set of gradients (2x weight bytes) + activations:
+    # what it holds beyond 2x is the activation cost of one window, the "plus activations"
+    # of the target.
+    activation_ratio = max(plain_ratio - 2.0, 0.0)
+    build_less_act = build_ratio - activation_ratio
     data = {
         "model": "smollm2-135m-instruct", "windows": args.windows, "seq_len": args.seq_len, "rounds": args.rounds,
         "tokens_per_s": {"fisher_build": fisher_tps, "plain_fwd_bwd": plain_tps},
@@ -121,11 +126,15 @@ def main() -> None:
         "fp32_weight_bytes": weight_bytes,
         "build_rss_over_weights": build_ratio,
         "plain_rss_over_weights": plain_ratio,
+        "activations_over_weights": activation_ratio,
+        "build_rss_less_activations_over_weights": build_less_act,
         "targets": {"throughput_ratio_min": 0.8, "build_rss_over_weights_max": "2.3 + activations"},
     }
     rows = [
         ("fisher build tokens/s / plain fwd+bwd tokens/s", f"{data['throughput_ratio']:.2f}x", ">= 0.8x"),
         ("build peak RSS (less imports) / fp32 weight bytes", f"{build_ratio:.2f}x", "<= 2.3x + activations"),
+        ("activations of one window (plain peak - 2x weights) / fp32 weight bytes", f"{activation_ratio:.2f}x", "measured"),
+        ("build peak RSS less imports and activations / fp32 weight bytes", f"{build_less_act:.2f}x", "<= 2.3x"),
         ("plain fwd+bwd peak RSS (less imports) / fp32 weight bytes", f"{plain_ratio:.2f}x", "reference"),
     ]
     write_results("mask_build", data, rows)
