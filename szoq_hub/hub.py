@@ -230,19 +230,8 @@ def _hub_errors(repo_id: str, revision: str | None = None, action: str = "access
 
 
 def hub_card(config, *, repo_id: str, tag: str | None) -> str:
-    """The model card pushed to the Hub: `render_card` plus a `szoq:` block for search.
-
-    The `szoq:` metadata (density, scorer, scope, nnz) lets `search` show them from the listing
-    alone; a `base_model` that is not a Hub id (a local path) is left out of the metadata.
-    """
-    from huggingface_hub import ModelCard
-
-    card = ModelCard(render_card(config, repo_id=repo_id, tag=tag))
-    if card.data.base_model and not _REPO_ID.match(str(card.data.base_model)):
-        card.data.base_model = None
-    card.data.szoq = {"density": config.density, "scope": config.scope, "scorer": config.scorer,
-                      "nnz": config.stats.get("total_nnz"), "fingerprint": config.fingerprint}
-    return str(card)
+    """The model card pushed to the Hub (`render_card` with the repo id and tag filled in)."""
+    return render_card(config, repo_id=repo_id, tag=tag)
 
 
 # -- push ------------------------------------------------------------------------------------

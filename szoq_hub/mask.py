@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import asdict, dataclass, field
@@ -166,7 +167,12 @@ def render_card(config: MaskConfig, *, title: str | None = None, repo_id: str | 
     """Model card text: YAML front matter for the Hub, then a human summary."""
     from huggingface_hub import ModelCardData
 
-    data = ModelCardData(library_name="szoq", base_model=config.base_model if "/" in config.base_model else None, tags=CARD_TAGS)
+    # `base_model` must be a Hub id for the Hub to link it; a local path stays out of the YAML.
+    hub_id = re.fullmatch(r"[A-Za-z0-9][\w.\-]*/[\w.\-]+", config.base_model) and not Path(config.base_model).exists()
+    # The `szoq:` block lets `szoq mask search` show density and scorer from a listing alone.
+    szoq_meta = {"density": config.density, "scope": config.scope, "scorer": config.scorer,
+                 "nnz": config.stats.get("total_nnz"), "fingerprint": config.fingerprint}
+    data = ModelCardData(library_name="szoq", base_model=config.base_model if hub_id else None, tags=CARD_TAGS, szoq=szoq_meta)
     stats = config.stats
     calib = config.calibration or {}
     use_ref = f"{repo_id}@{tag}" if repo_id and tag else (repo_id or "PATH_OR_REF")
