@@ -87,8 +87,19 @@ def worker(kind: str, quant: str, batch_size: int, steps: int) -> dict:
                 lm = loss_sum(model, enc, pad)
                 perturb(seed, 1e-3)
                 perturb(seed, -2e-6 * (lp - lm) / 2e-3)
-    rss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
-    return {"kind": kind, "peak_rss_mib": round(rss_kib / 1024, 1)}
+    return {"kind": kind, "peak_rss_mib": round(peak_rss_kib() / 1024, 1)}
+
+
+def peak_rss_kib() -> int:
+    """This process's peak RSS. VmHWM, not ru_maxrss: Linux keeps ru_maxrss across fork+exec,
+    so a worker started by a parent that already held the model would report the parent's peak."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
 def timing(quant: str, batch_size: int, runs: int) -> dict:
@@ -119,6 +130,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3, help="ZO steps of each memory run")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--quant", default="nf4")
+    parser.add_argument("--only", choices=["timing", "memory"], default=None, help="measure one part; the other is kept from the last JSON")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -131,11 +143,16 @@ def main() -> None:
         return json.loads(out.strip().splitlines()[-1])["peak_rss_mib"]
 
     started = time.time()
-    time_result = timing(args.quant, args.batch_size, args.runs)
-    mem = {"inference": [], "finetune": [], "dense_zo_fp32": []}
-    for kind in ("inference", "finetune", "dense_zo_fp32"):  # interleaved kinds, one subprocess each
-        mem[kind].append(measure(kind))
-    peak = {k: min(v) for k, v in mem.items()}
+    previous = json.loads((RESULTS / "finetune.json").read_text()) if args.only and (RESULTS / "finetune.json").is_file() else {}
+    # Memory first, from a parent that has not loaded the model (cleaner process tree).
+    if args.only != "timing":
+        mem = {"inference": [], "finetune": [], "dense_zo_fp32": []}
+        for kind in ("inference", "finetune", "dense_zo_fp32"):  # one fresh subprocess each
+            mem[kind].append(measure(kind))
+        peak = {k: min(v) for k, v in mem.items()}
+    else:
+        peak = previous["peak_rss_mib"]
+    time_result = timing(args.quant, args.batch_size, args.runs) if args.only != "memory" else previous["zo_step_over_forward"]
     result = {
         "model": "smollm2-135m-instruct", "mask": "smollm2-135m-instruct (built-in, C4 fisher, 0.1%)", "quant": args.quant,
         "batch_size": args.batch_size, "task": "sst2", "runs": args.runs, "memory_steps": args.steps,
