@@ -45,7 +45,7 @@ def root(
 def _register() -> None:
     from . import mask  # noqa: F401  (registers the `mask` group)
 
-    for optional in ("mask_hub", "finetune"):
+    for optional in ("mask_hub", "finetune", "delta"):
         try:
             __import__(f"{__package__}.{optional}")
         except ModuleNotFoundError as exc:

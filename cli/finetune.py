@@ -8,6 +8,7 @@ from typing import Optional
 
 import typer
 
+from szoq_hub.delta import resolve_delta_ref
 from szoq_hub.finetune import DEFAULT_LR, DEFAULT_MASK, FinetuneConfig, finetune
 from szoq_hub.models import DEFAULT_MODEL
 
@@ -95,7 +96,7 @@ def eval_cmd(
     labels: Optional[str] = typer.Option(None, "--labels", help="Custom task: label=word pairs."),
     label_field: str = typer.Option("label", "--label-field", help="Custom task: label field."),
     task_file: Optional[str] = typer.Option(None, "--task-file", help="Custom task as a JSON/YAML file."),
-    delta: Optional[Path] = typer.Option(None, "--delta", help="Fine-tuned run folder or delta.safetensors (default: zero-shot)."),
+    delta: Optional[Path] = typer.Option(None, "--delta", help="Run folder, delta.safetensors or ORG/NAME[@REV] on the Hub (default: zero-shot)."),
     icl_shots: int = typer.Option(0, "--icl-shots", help="In-context demonstrations per example."),
     quant: str = _QUANT,
     eval_samples: int = typer.Option(1000, "--eval-samples", help="Eval examples drawn (from validation)."),
@@ -108,7 +109,7 @@ def eval_cmd(
     from szoq_hub.evaluate import EvalConfig, evaluate
 
     config = EvalConfig(model=model, mask=mask, task=task, train_file=train, eval_file=eval_file, template=template, labels=labels,
-                        label_field=label_field, task_file=task_file, delta=str(delta) if delta else None, icl_shots=icl_shots,
+                        label_field=label_field, task_file=task_file, delta=str(resolve_delta_ref(str(delta))) if delta else None, icl_shots=icl_shots,
                         quant=quant, eval_samples=eval_samples, batch_size=batch_size, seed=seed, data_dir=data_dir)
     result = evaluate(config)
     if as_json:
@@ -120,12 +121,12 @@ def eval_cmd(
 @app.command("merge")
 def merge_cmd(
     model: str = _MODEL, mask: str = _MASK,
-    delta: Path = typer.Option(..., "--delta", help="Fine-tuned run folder or delta.safetensors."),
+    delta: Path = typer.Option(..., "--delta", help="Run folder, delta.safetensors or ORG/NAME[@REV] on the Hub."),
     out_dir: Path = typer.Option(..., "--out", help="Folder for the merged transformers model."),
     dtype: str = typer.Option("fp32", "--dtype", help="fp32, bf16 or fp16."),
 ) -> None:
     """Write a plain transformers model with the fine-tuned values applied. Example: szoq merge --delta runs/sst2 --out merged/"""
     from szoq_hub.merge import merge
 
-    folder = merge(model=model, mask_ref=mask, delta=delta, out=out_dir, dtype=dtype)
+    folder = merge(model=model, mask_ref=mask, delta=resolve_delta_ref(str(delta)), out=out_dir, dtype=dtype)
     out.print(str(folder), markup=False)

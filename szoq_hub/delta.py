@@ -143,3 +143,37 @@ def load_delta(ref: str | Path, *, mask: SensitivityMask | None = None, mask_sha
             if tensors[name].numel() != idx.numel():
                 raise MaskError(f"{path}: {name} has {tensors[name].numel()} values, the mask selects {idx.numel()}", hint="pass the --mask the delta was fine-tuned with")
     return Delta(tensors, meta)
+
+
+def resolve_delta_ref(ref: str | Path, *, token: str | None = None, offline: bool = False) -> Path:
+    """Resolve `--delta`: a local run folder / delta file, or `ORG/NAME[@REV]` pulled from the Hub.
+
+    Args:
+        ref: A path, or a Hub ref (tag, branch or commit sha after `@`; default main).
+        token: Hub token; default `HF_TOKEN` or the login.
+        offline: Read Hub refs only from the local Hugging Face cache.
+
+    Returns:
+        A local path for `load_delta` (a pulled delta is already verified).
+
+    Raises:
+        HubError: a Hub ref that cannot be pulled (also names the missing local folder).
+        MaskError: the pulled file is not a valid delta.
+    """
+    from .errors import HubError
+    from .refs import is_hub_ref
+    from .registry import parse_ref
+
+    path = Path(ref).expanduser()
+    if path.exists() or not is_hub_ref(str(ref)):
+        return path
+    from .hub import pull_delta
+
+    repo_id, revision = parse_ref(str(ref))
+    try:
+        return pull_delta(repo_id, revision=revision, token=token, offline=offline).path
+    except HubError as exc:
+        if "not found" not in exc.message:
+            raise
+        # `runs/sst2` looks like ORG/NAME too: say that no such local folder exists either.
+        raise HubError(f"no local folder {ref}, and on the Hub: {exc.message}", hint=exc.hint) from None

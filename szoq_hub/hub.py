@@ -1,7 +1,10 @@
-"""Share masks through the Hugging Face Hub: push, pull, info (header only), search.
+"""Share masks and fine-tuned deltas through the Hugging Face Hub: push, pull, info, search.
 
-One Hub model repo holds one mask: `mask.safetensors`, `mask_config.json` and the model card
-`README.md`, written in ONE commit; versions are tags, pins are commit shas. Everything goes
+One Hub model repo holds one artifact, written in ONE commit; versions are tags, pins are commit
+shas. A mask repo holds `mask.safetensors`, `mask_config.json` and the model card `README.md`; a
+delta repo holds `delta.safetensors`, `finetune_config.json`, `metrics.jsonl` and the card (never
+checkpoints). Masks and deltas share one push and one pull implementation, parametrized by an
+`Artifact` (its files, its verifier, its card). Everything goes
 through the public `huggingface_hub` API (keyword-only, `revision=` and `token=` passed through),
 so any Hugging Face tool can read what szoq pushes.
 
@@ -22,9 +25,10 @@ import tempfile
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from . import __version__
+from .delta import DELTA_FILE, Delta, load_delta
 from .errors import ConfigError, HubError, RegistryError, SzoqError
 from .mask import ARTIFACT_FILES, CARD_FILE, CARD_TAGS, CONFIG_FILE, FORMAT, MASK_FILE, file_sha256, load_mask, render_card
 from .registry import Registry, RegistryEntry, _version_key, check_name, check_version
@@ -35,11 +39,39 @@ _REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._
 _HEX = re.compile(r"^[0-9a-f]{7,40}$")
 SEARCH_TAGS = CARD_TAGS[:2]  # szoq, sensitivity-mask
 LOGIN_HINT = "pass --token, set HF_TOKEN, or run: hf auth login"
+DELTA_CARD_TAGS = ["szoq", "sparse-delta", "zeroth-order"]
+RUN_CONFIG_FILE = "finetune_config.json"  # the names szoq finetune writes (szoq_hub.finetune)
+RUN_METRICS_FILE = "metrics.jsonl"
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """What differs between the artifacts szoq shares on the Hub (a mask, a fine-tuned delta).
+
+    Attributes:
+        kind: "mask" or "delta" (used in messages, commit titles and hints).
+        main_file: The file whose bytes identify a version (its Hub hash decides no-op pushes).
+        files: Files uploaded and downloaded besides the card, each when present; main_file first.
+        verify: Loads and verifies a local folder; raises a SzoqError when it is not valid.
+        card: (folder, verified artifact, repo_id, tag) -> the README.md pushed with it.
+        search_hint: How to find repos of this kind (hint of "not a ... repo" errors).
+    """
+
+    kind: str
+    main_file: str
+    files: tuple[str, ...]
+    verify: Callable[[Path], object]
+    card: Callable[[Path, object, str, str | None], str]
+    search_hint: str
+
+    @property
+    def download_files(self) -> tuple[str, ...]:
+        return (*self.files, CARD_FILE)
 
 
 @dataclass
 class PushResult:
-    """What `push_mask` did. status: pushed | tagged | unchanged | pull-request."""
+    """What `push_mask` / `push_delta` did. status: pushed | tagged | unchanged | pull-request."""
 
     repo_id: str
     url: str
@@ -60,7 +92,7 @@ class PushResult:
 
 @dataclass
 class PullResult:
-    """What `pull_mask` registered locally."""
+    """What `pull_mask` registered locally, or where `pull_delta` put a verified delta."""
 
     ref: str
     path: Path
@@ -160,7 +192,8 @@ def _remote_hash(file_info) -> str:
     return file_info.blob_id
 
 
-def as_szoq_error(exc: BaseException, *, repo_id: str | None = None, revision: str | None = None, action: str = "access") -> SzoqError | None:
+def as_szoq_error(exc: BaseException, *, repo_id: str | None = None, revision: str | None = None, action: str = "access",
+                  kind: str = "mask") -> SzoqError | None:
     """Map a huggingface_hub / HTTP exception to a one-line `HubError` with a hint.
 
     Args:
@@ -168,6 +201,7 @@ def as_szoq_error(exc: BaseException, *, repo_id: str | None = None, revision: s
         repo_id: The repo concerned, for the message.
         revision: The revision concerned, for the message.
         action: What was being done (push, pull, read), for the message.
+        kind: The artifact concerned ("mask" or "delta"), for the message and hint.
 
     Returns:
         The mapped error, or None when `exc` is not a Hub error.
@@ -184,10 +218,11 @@ def as_szoq_error(exc: BaseException, *, repo_id: str | None = None, revision: s
     if isinstance(exc, hf.RepositoryNotFoundError):
         return HubError(f"Hub repo {repo} not found (or it is private and this token cannot see it)", hint=f"check the name; for a private repo {LOGIN_HINT}")
     if isinstance(exc, hf.RemoteEntryNotFoundError):
-        return HubError(f"{at} has no {MASK_FILE}: it is not a szoq mask repo", hint="find mask repos with: szoq mask search")
+        art = ARTIFACTS[kind]
+        return HubError(f"{at} has no {art.main_file}: it is not a szoq {kind} repo", hint=art.search_hint)
     if isinstance(exc, (hf.LocalEntryNotFoundError, hf.OfflineModeIsEnabled)):
         return HubError(f"{at} is not in the local Hugging Face cache and szoq is offline",
-                        hint=f"run once while online: szoq mask pull {at}")
+                        hint=f"run once while online: szoq {kind} pull {at}")
     if isinstance(exc, hf.HfHubHTTPError) and exc.response is not None:
         status = exc.response.status_code
         if status == 401:
@@ -216,14 +251,14 @@ def _server_message(exc) -> str:
 
 
 @contextmanager
-def _hub_errors(repo_id: str, revision: str | None = None, action: str = "access") -> Iterator[None]:
+def _hub_errors(repo_id: str, revision: str | None = None, action: str = "access", kind: str = "mask") -> Iterator[None]:
     """Turn Hub exceptions inside the block into HubError naming the repo and revision."""
     try:
         yield
     except SzoqError:
         raise
     except Exception as exc:
-        mapped = as_szoq_error(exc, repo_id=repo_id, revision=revision, action=action)
+        mapped = as_szoq_error(exc, repo_id=repo_id, revision=revision, action=action, kind=kind)
         if mapped is None:
             raise
         raise mapped from None
@@ -232,6 +267,68 @@ def _hub_errors(repo_id: str, revision: str | None = None, action: str = "access
 def hub_card(config, *, repo_id: str, tag: str | None) -> str:
     """The model card pushed to the Hub (`render_card` with the repo id and tag filled in)."""
     return render_card(config, repo_id=repo_id, tag=tag)
+
+
+# -- the two artifacts -----------------------------------------------------------------------
+def _is_hub_id(name: str | None) -> bool:
+    """True for an `ORG/NAME` Hub id (a local path never goes into the card's `base_model:`)."""
+    return bool(name) and bool(re.fullmatch(r"[A-Za-z0-9][\w.\-]*/[\w.\-]+", name)) and not Path(name).exists()
+
+
+def render_delta_card(folder: Path, delta: Delta, *, repo_id: str, tag: str | None) -> str:
+    """The model card pushed with a delta: the run's own card, with Hub metadata and use lines.
+
+    The body of the `README.md` that `szoq finetune` wrote is kept (its `THIS_FOLDER`
+    placeholders become `ORG/NAME@TAG`); the front matter is rebuilt so that it always carries
+    `library_name: szoq`, `base_model:` (when it is a Hub id) and the delta tags.
+
+    Args:
+        folder: The run folder.
+        delta: The verified delta in it.
+        repo_id: `ORG/NAME` it is pushed to.
+        tag: The tag it gets (None for a pull request).
+
+    Returns:
+        The card text.
+    """
+    from huggingface_hub import ModelCardData
+
+    ref = f"{repo_id}@{tag}" if tag else repo_id
+    run = _read_json(folder / RUN_CONFIG_FILE)
+    settings = run.get("settings") or delta.settings
+    base_model = delta.meta.get("base_model", "")
+    task = (run.get("task") or {}).get("name") or settings.get("task") or "TASK"
+    szoq_meta = {"kind": "delta", "task": task, "mask_sha256": delta.mask_sha256, "fingerprint": delta.fingerprint,
+                 "nnz": int(delta.meta.get("nnz", 0)), "quant": settings.get("quant")}
+    data = ModelCardData(library_name="szoq", base_model=base_model if _is_hub_id(base_model) else None, tags=DELTA_CARD_TAGS, szoq=szoq_meta)
+    local = folder / CARD_FILE
+    body = re.sub(r"\A---\n.*?\n---\n", "", local.read_text(), count=1, flags=re.S) if local.is_file() else \
+        f"\n# Sparse ZO delta for {base_model}\n\nFine-tuned sparse values (fp32) over a sensitivity mask (SensZOQ).\n"
+    body = body.replace("THIS_FOLDER", ref)
+    if f"--delta {ref}" not in body:  # a hand-written card: add the use lines
+        body = body.rstrip("\n") + f"\n\n## Use\n\n```\nszoq eval --task {task} --delta {ref}\nszoq merge --delta {ref} --out merged/\n```\n"
+    return "\n".join(["---", data.to_yaml(), "---", body if body.startswith("\n") else "\n" + body])
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text()) if path.is_file() else {}
+    except ValueError:
+        return {}
+
+
+def _verify_delta_folder(folder: Path) -> Delta:
+    if not (folder / DELTA_FILE).is_file() and not (folder / "checkpoint.safetensors").is_file():
+        raise ConfigError(f"{folder} is not a szoq delta folder (no {DELTA_FILE})", hint="push the --out folder of a finished szoq finetune run")
+    return load_delta(folder)  # raises on a corrupt or unfinished delta, with its own hint
+
+
+MASK = Artifact("mask", MASK_FILE, (MASK_FILE, CONFIG_FILE), load_mask,
+                lambda folder, mask, repo_id, tag: hub_card(mask.config, repo_id=repo_id, tag=tag), "find mask repos with: szoq mask search")
+DELTA = Artifact("delta", DELTA_FILE, (DELTA_FILE, RUN_CONFIG_FILE, RUN_METRICS_FILE), _verify_delta_folder,
+                 lambda folder, delta, repo_id, tag: render_delta_card(folder, delta, repo_id=repo_id, tag=tag),
+                 "a delta repo holds delta.safetensors pushed by: szoq delta push RUN_FOLDER --repo ORG/NAME")
+ARTIFACTS = {a.kind: a for a in (MASK, DELTA)}
 
 
 # -- push ------------------------------------------------------------------------------------
@@ -274,38 +371,95 @@ def push_mask(ref: str, *, repo_id: str, tag: str | None = None, private: bool =
     check_repo_id(repo_id)
     registry = registry or Registry()
     folder, entry = _local_artifact(ref, registry)
-    mask = load_mask(folder)  # never publish an artifact that does not verify
     tag = tag or (entry.version if entry else None)
     if not tag:
+        load_mask(folder)  # a broken folder says so before asking for a tag
         raise ConfigError(f"{ref} is a folder, not a registry entry: no version to use as tag", hint="pass --tag, e.g. --tag v1")
-    try:
-        check_version(tag)
-    except SzoqError as exc:
-        raise ConfigError(f"invalid tag {tag!r}", hint=exc.hint) from None
-    data = (folder / MASK_FILE).read_bytes()
+    result = _push(MASK, folder, repo_id=repo_id, tag=tag, private=private, token=token, create_pr=create_pr, message=message,
+                   ref=entry.ref if entry else None)
+    if entry is not None:
+        registry.update_hub(entry.ref, {"repo_id": repo_id, "commit": result.commit, "tag": result.tag, "url": result.url,
+                                        "pr_url": result.pr_url})
+    return result
+
+
+def push_delta(folder: str | Path, *, repo_id: str, tag: str | None = None, private: bool = False, token: str | None = None,
+               create_pr: bool = False, message: str | None = None) -> PushResult:
+    """Publish a fine-tuned delta (a `szoq finetune` output folder) to a Hub repo, like a mask.
+
+    Uploads `delta.safetensors`, `finetune_config.json`, `metrics.jsonl` (when present) and a
+    card in one commit on top of the head read just before, then tags it. Checkpoints are never
+    uploaded. Pushing a delta that a tag (or main) already holds makes no commit.
+
+    Args:
+        folder: The run folder (or its `delta.safetensors`).
+        repo_id: `ORG/NAME` of the Hub repo (created if missing, as a model repo).
+        tag: Tag to create; default `v1`, or the next `vN` when the repo has tags already.
+        private: Create the repo as private (an existing repo keeps its visibility).
+        token: Hub token; default `HF_TOKEN` or the login.
+        create_pr: Open a pull request instead of committing to main (no tag is created).
+        message: Commit title.
+
+    Returns:
+        PushResult with the repo URL, commit sha, tag and status (`ref` is None).
+
+    Raises:
+        ConfigError: bad repo id or tag, or a folder that is not a delta.
+        MaskError: the local delta is corrupt or the run is unfinished.
+        HubError: auth, race (parent moved), tag taken by another delta, network.
+    """
+    check_repo_id(repo_id)
+    path = Path(folder).expanduser()
+    if not path.exists():
+        raise ConfigError(f"{path} not found", hint="push the --out folder of a finished szoq finetune run")
+    return _push(DELTA, path.parent if path.name == DELTA_FILE else path, repo_id=repo_id, tag=tag, private=private, token=token,
+                 create_pr=create_pr, message=message, ref=None)
+
+
+def _push(art: Artifact, folder: Path, *, repo_id: str, tag: str | None, private: bool, token: str | None, create_pr: bool,
+          message: str | None, ref: str | None) -> PushResult:
+    """The one push of every artifact: verify, create repo, one commit on `parent_commit`, tag.
+
+    `tag=None` picks the tag: the one already holding these bytes (then nothing is pushed), else
+    the next `vN` (`v1` in a new repo). An explicit tag that holds other bytes is refused.
+    """
+    loaded = art.verify(folder)  # never publish an artifact that does not verify
+    if tag is not None:
+        try:
+            check_version(tag)
+        except SzoqError as exc:
+            raise ConfigError(f"invalid tag {tag!r}", hint=exc.hint) from None
+    data = (folder / art.main_file).read_bytes()
     sha256 = hashlib.sha256(data).hexdigest()
+    label = f"szoq {art.kind}"
     api = _api()
-    with _hub_errors(repo_id, action="push to"):
+    with _hub_errors(repo_id, action="push to", kind=art.kind):
         url = str(api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True, token=token))
         refs = api.list_repo_refs(repo_id, repo_type="model", token=token)
         tags = {t.name: t.target_commit for t in refs.tags}
         head = next(b.target_commit for b in refs.branches if b.name == "main")
+
+        def holds(commit: str) -> bool:
+            return _holds(api, art, repo_id, commit, data, token)
+
+        if tag is None:  # the latest tag already holding these bytes, else the next version
+            tag = next((t for t in sorted(tags, key=_version_key, reverse=True) if holds(tags[t])), None) or _next_tag(tags)
         if tag in tags:
-            if not _holds_mask(api, repo_id, tags[tag], data, token):
-                raise HubError(f"tag {tag} already exists on {repo_id} and holds another mask", hint="push under a new tag, e.g. --tag " + _next_tag(tags))
-            result = PushResult(repo_id, url, tags[tag], tag, entry.ref if entry else None, sha256, "unchanged")
-        elif not create_pr and _holds_mask(api, repo_id, head, data, token):
-            api.create_tag(repo_id, tag=tag, revision=head, tag_message=f"szoq mask {tag}", repo_type="model", token=token)
-            result = PushResult(repo_id, url, head, tag, entry.ref if entry else None, sha256, "tagged")
+            if not holds(tags[tag]):
+                raise HubError(f"tag {tag} already exists on {repo_id} and holds another {art.kind}", hint="push under a new tag, e.g. --tag " + _next_tag(tags))
+            result = PushResult(repo_id, url, tags[tag], tag, ref, sha256, "unchanged")
+        elif not create_pr and holds(head):
+            api.create_tag(repo_id, tag=tag, revision=head, tag_message=f"{label} {tag}", repo_type="model", token=token)
+            result = PushResult(repo_id, url, head, tag, ref, sha256, "tagged")
         else:
             with tempfile.TemporaryDirectory(prefix="szoq-push-") as tmp:
                 card = Path(tmp) / CARD_FILE
-                card.write_text(hub_card(mask.config, repo_id=repo_id, tag=tag))
+                card.write_text(art.card(folder, loaded, repo_id, tag))
                 info = api.create_commit(
                     repo_id,
-                    operations=_operations(folder, card),
-                    commit_message=message or f"szoq mask {tag}" + (f" ({entry.ref})" if entry else ""),
-                    commit_description=f"sha256 of {MASK_FILE}: {sha256}",
+                    operations=_operations(art, folder, card),
+                    commit_message=message or f"{label} {tag}" + (f" ({ref})" if ref else ""),
+                    commit_description=f"sha256 of {art.main_file}: {sha256}",
                     parent_commit=head,
                     revision="main",
                     create_pr=create_pr,
@@ -313,30 +467,25 @@ def push_mask(ref: str, *, repo_id: str, tag: str | None = None, private: bool =
                     token=token,
                 )
             if create_pr:
-                result = PushResult(repo_id, url, info.oid, None, entry.ref if entry else None, sha256, "pull-request", info.pr_url)
+                result = PushResult(repo_id, url, info.oid, None, ref, sha256, "pull-request", info.pr_url)
             else:
-                api.create_tag(repo_id, tag=tag, revision=info.oid, tag_message=f"szoq mask {tag}", repo_type="model", token=token)
-                result = PushResult(repo_id, url, info.oid, tag, entry.ref if entry else None, sha256, "pushed")
-    if entry is not None:
-        registry.update_hub(entry.ref, {"repo_id": repo_id, "commit": result.commit, "tag": result.tag, "url": url,
-                                        "pr_url": result.pr_url})
-    log.info("push %s -> %s@%s (%s)", ref, repo_id, result.commit, result.status)
+                api.create_tag(repo_id, tag=tag, revision=info.oid, tag_message=f"{label} {tag}", repo_type="model", token=token)
+                result = PushResult(repo_id, url, info.oid, tag, ref, sha256, "pushed")
+    log.info("push %s %s -> %s@%s (%s)", art.kind, ref or folder, repo_id, result.commit, result.status)
     return result
 
 
-def _operations(folder: Path, card: Path) -> list:
+def _operations(art: Artifact, folder: Path, card: Path) -> list:
     from huggingface_hub import CommitOperationAdd
 
-    ops = [CommitOperationAdd(path_in_repo=MASK_FILE, path_or_fileobj=str(folder / MASK_FILE))]
-    if (folder / CONFIG_FILE).exists():
-        ops.append(CommitOperationAdd(path_in_repo=CONFIG_FILE, path_or_fileobj=str(folder / CONFIG_FILE)))
+    ops = [CommitOperationAdd(path_in_repo=f, path_or_fileobj=str(folder / f)) for f in art.files if (folder / f).is_file()]
     ops.append(CommitOperationAdd(path_in_repo=CARD_FILE, path_or_fileobj=str(card)))
     return ops
 
 
-def _holds_mask(api, repo_id: str, commit: str, data: bytes, token: str | None) -> bool:
-    """True when `mask.safetensors` at `commit` is byte-identical to `data` (by its Hub hash)."""
-    files = api.get_paths_info(repo_id, [MASK_FILE], revision=commit, repo_type="model", token=token)
+def _holds(api, art: Artifact, repo_id: str, commit: str, data: bytes, token: str | None) -> bool:
+    """True when the artifact's main file at `commit` is byte-identical to `data` (by its Hub hash)."""
+    files = api.get_paths_info(repo_id, [art.main_file], revision=commit, repo_type="model", token=token)
     return bool(files) and _content_matches(data, _remote_hash(files[0]))
 
 
@@ -377,19 +526,16 @@ def pull_mask(repo_id: str, *, revision: str | None = None, name: str | None = N
             download, offline without a cached copy.
         MaskError: the downloaded artifact does not verify (nothing is registered).
     """
-    from huggingface_hub import constants
-
     check_repo_id(repo_id)
     registry = registry or Registry()
     alias = check_name(name or default_alias(repo_id))
     rev = revision or "main"
-    offline = offline or constants.HF_HUB_OFFLINE
-    with _hub_errors(repo_id, rev, action="read"):
-        if offline:
-            paths, commit, expected, tag = _from_cache(repo_id, rev, registry, token)
-        else:
-            paths, commit, expected, tag = _download(repo_id, rev, token)
-    _check_hash(paths[MASK_FILE], expected, repo_id, commit)
+    # What the registry knows of this repo lets an offline pull expand short shas and name tags.
+    known: dict[str, str | None] = {}
+    for e in registry.entries():
+        if (e.hub or {}).get("repo_id") == repo_id and e.hub.get("commit") and (e.hub.get("tag") or e.hub["commit"] not in known):
+            known[e.hub["commit"]] = e.hub.get("tag")
+    paths, commit, tag, from_cache = _fetch(MASK, repo_id, rev, token=token, offline=offline, known=known)
     with tempfile.TemporaryDirectory(prefix="szoq-pull-") as tmp:
         for fname, p in paths.items():  # copy out of the cache: registry objects are plain files
             shutil.copyfile(p, Path(tmp) / fname)
@@ -400,65 +546,147 @@ def pull_mask(repo_id: str, *, revision: str | None = None, name: str | None = N
             if "already exists with other content" not in exc.message:
                 raise
             raise RegistryError(exc.message, hint=f"pull it under another local name: szoq mask pull {repo_id}@{rev} --name NEW-NAME") from None
-    return PullResult(entry.ref, entry.path, repo_id, rev, commit, tag, entry.sha256, offline)
+    return PullResult(entry.ref, entry.path, repo_id, rev, commit, tag, entry.sha256, from_cache)
 
 
-def _download(repo_id: str, rev: str, token: str | None) -> tuple[dict[str, Path], str, str, str | None]:
+def pull_delta(repo_id: str, *, revision: str | None = None, token: str | None = None, offline: bool = False,
+               out: str | Path | None = None) -> PullResult:
+    """Download a fine-tuned delta at a revision into the Hugging Face cache and verify it.
+
+    Only `delta.safetensors`, `finetune_config.json`, `metrics.jsonl` and `README.md` are
+    fetched. The delta file must match the commit's hash and load as a szoq delta before its
+    folder is returned; a corrupt download is removed from the cache. Offline (or
+    `HF_HUB_OFFLINE=1`) it reads the cache only.
+
+    Args:
+        repo_id: `ORG/NAME`.
+        revision: Tag, branch or commit sha (full or short); default main.
+        token: Hub token; default `HF_TOKEN` or the login.
+        offline: Read only the local Hugging Face cache.
+        out: Also copy the files into this folder (new or empty) and return it.
+
+    Returns:
+        PullResult whose `path` is a verified delta folder (the cache snapshot, or `out`) and
+        whose `ref` is `ORG/NAME@<tag or short sha>`.
+
+    Raises:
+        ConfigError: bad repo id, or `out` holds other files.
+        HubError: repo/revision not found, no access, not a delta repo, hash mismatch, cut-off
+            download, offline without a cached copy.
+        MaskError: the downloaded file is not a valid szoq delta.
+    """
+    from huggingface_hub import constants
+    from huggingface_hub.file_download import repo_folder_name
+
+    check_repo_id(repo_id)
+    rev = revision or "main"
+    snapshots = Path(constants.HF_HUB_CACHE) / repo_folder_name(repo_id=repo_id, repo_type="model") / "snapshots"
+    known = {p.name: None for p in snapshots.iterdir()} if snapshots.is_dir() else {}
+    paths, commit, tag, from_cache = _fetch(DELTA, repo_id, rev, token=token, offline=offline, known=known)
+    folder = paths[DELTA_FILE].parent  # the snapshot of `commit`: all its files sit side by side
+    load_delta(folder)  # never hand out a delta that does not verify
+    if out is not None:
+        folder = _copy_out(paths, Path(out).expanduser())
+    return PullResult(f"{repo_id}@{tag or commit[:7]}", folder, repo_id, rev, commit, tag, file_sha256(paths[DELTA_FILE]), from_cache)
+
+
+def _copy_out(paths: dict[str, Path], out: Path) -> Path:
+    """Copy pulled files into `out` atomically (a temp folder next to it, then a rename)."""
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ConfigError(f"--out {out} exists and is not empty", hint="choose a new folder for --out")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    try:
+        for fname, p in paths.items():
+            shutil.copyfile(p, tmp / fname)
+        if out.exists():
+            out.rmdir()
+        os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def _fetch(art: Artifact, repo_id: str, rev: str, *, token: str | None, offline: bool,
+           known: dict[str, str | None]) -> tuple[dict[str, Path], str, str | None, bool]:
+    """The one pull of every artifact: its files at `rev` through the cache, hash-checked.
+
+    Args:
+        art: Which artifact.
+        repo_id: `ORG/NAME`.
+        rev: Tag, branch or commit sha.
+        token: Hub token.
+        offline: Read only the cache (also when `HF_HUB_OFFLINE=1`).
+        known: Commits of this repo known locally -> their tag (offline: expands short shas).
+
+    Returns:
+        (file name -> cached path, commit sha, tag or None, read from the cache).
+    """
+    from huggingface_hub import constants
+
+    offline = offline or constants.HF_HUB_OFFLINE
+    with _hub_errors(repo_id, rev, action="read", kind=art.kind):
+        if offline:
+            paths, commit, expected, tag = _from_cache(art, repo_id, rev, token, known)
+        else:
+            paths, commit, expected, tag = _download(art, repo_id, rev, token)
+    _check_hash(art, paths[art.main_file], expected, repo_id, commit)
+    return paths, commit, tag, offline
+
+
+def _download(art: Artifact, repo_id: str, rev: str, token: str | None) -> tuple[dict[str, Path], str, str, str | None]:
     from huggingface_hub import hf_hub_download
 
     api = _api()
     info = api.model_info(repo_id, revision=rev, files_metadata=True, token=token)
     commit = info.sha
     siblings = {s.rfilename: s for s in info.siblings or []}
-    if MASK_FILE not in siblings:
-        raise HubError(f"{repo_id}@{rev} holds no {MASK_FILE}: it is not a szoq mask repo", hint="find mask repos with: szoq mask search")
+    if art.main_file not in siblings:
+        raise HubError(f"{repo_id}@{rev} holds no {art.main_file}: it is not a szoq {art.kind} repo", hint=art.search_hint)
     # Download by the name the user gave (so the cache learns the tag/branch for offline use),
     # except short shas, which the cache would store as their own ref: pin those by full sha.
     dl_rev = commit if _HEX.match(rev) else rev
     paths = {}
-    for fname in ARTIFACT_FILES:
+    for fname in art.download_files:
         if fname in siblings:
             paths[fname] = Path(hf_hub_download(repo_id, fname, revision=dl_rev, repo_type="model", token=token))
             if paths[fname].parent.name != commit:
                 raise HubError(f"{repo_id}@{rev} moved while pulling (now {paths[fname].parent.name[:7]}, was {commit[:7]})",
-                               hint=f"run the pull again, or pin a commit: szoq mask pull {repo_id}@{commit}")
+                               hint=f"run the pull again, or pin a commit: szoq {art.kind} pull {repo_id}@{commit}")
     refs = api.list_repo_refs(repo_id, repo_type="model", token=token)
     tags = {t.name: t.target_commit for t in refs.tags}
     if rev in tags:
         tag = rev
-    else:  # name the entry after a tag of this commit when there is one (latest version first)
+    else:  # name the result after a tag of this commit when there is one (latest version first)
         at_commit = sorted((t for t, c in tags.items() if c == commit), key=_version_key, reverse=True)
         tag = at_commit[0] if at_commit else None
-    return paths, commit, _remote_hash(siblings[MASK_FILE]), tag
+    return paths, commit, _remote_hash(siblings[art.main_file]), tag
 
 
-def _from_cache(repo_id: str, rev: str, registry: Registry, token: str | None) -> tuple[dict[str, Path], str, str, str | None]:
+def _from_cache(art: Artifact, repo_id: str, rev: str, token: str | None,
+                known: dict[str, str | None]) -> tuple[dict[str, Path], str, str, str | None]:
     from huggingface_hub import errors as hf
     from huggingface_hub import hf_hub_download
 
-    known = [e for e in registry.entries() if (e.hub or {}).get("repo_id") == repo_id]
     dl_rev, tag = rev, None
-    for e in known:
-        if e.hub.get("commit", "").startswith(rev) and _HEX.match(rev):
-            dl_rev = e.hub["commit"]
+    if _HEX.match(rev):
+        dl_rev = next((c for c in known if c.startswith(rev)), rev)
     paths = {}
-    for fname in ARTIFACT_FILES:
+    for fname in art.download_files:
         try:
             paths[fname] = Path(hf_hub_download(repo_id, fname, revision=dl_rev, repo_type="model", token=token, local_files_only=True))
         except hf.LocalEntryNotFoundError:
-            if fname == MASK_FILE:
+            if fname == art.main_file:
                 raise
-    commit = paths[MASK_FILE].parent.name
-    for e in known:
-        if e.hub.get("commit") == commit and e.hub.get("tag"):
-            tag = e.hub["tag"]
+    commit = paths[art.main_file].parent.name
+    tag = known.get(commit)
     if tag is None and rev != "main" and not _HEX.match(rev):
         tag = rev
     # The cache names each blob after the Hub's hash of it: verify against that.
-    return paths, commit, Path(os.path.realpath(paths[MASK_FILE])).name, tag
+    return paths, commit, Path(os.path.realpath(paths[art.main_file])).name, tag
 
 
-def _check_hash(path: Path, expected: str, repo_id: str, commit: str) -> None:
+def _check_hash(art: Artifact, path: Path, expected: str, repo_id: str, commit: str) -> None:
     data = path.read_bytes()
     if _content_matches(data, expected):
         return
@@ -469,7 +697,7 @@ def _check_hash(path: Path, expected: str, repo_id: str, commit: str) -> None:
             p.unlink()
         except OSError:
             pass
-    raise HubError(f"{MASK_FILE} from {repo_id}@{commit[:7]} does not match the commit's hash (got sha256 {hashlib.sha256(data).hexdigest()[:12]})",
+    raise HubError(f"{art.main_file} from {repo_id}@{commit[:7]} does not match the commit's hash (got sha256 {hashlib.sha256(data).hexdigest()[:12]})",
                    hint="the download was corrupted and has been removed from the cache: run the pull again")
 
 
