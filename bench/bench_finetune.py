@@ -125,6 +125,9 @@ def timing(quant: str, batch_size: int, runs: int) -> dict:
 
 
 def main() -> None:
+    from szoq_hub.memory import use_predictable_malloc
+
+    use_predictable_malloc()  # the allocator policy the `szoq` CLI runs with
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--steps", type=int, default=3, help="ZO steps of each memory run")

@@ -76,6 +76,9 @@ def run_child(mode: str, windows: int, seq_len: int) -> dict:
 
 
 def main() -> None:
+    from szoq_hub.memory import use_predictable_malloc
+
+    use_predictable_malloc()  # the allocator policy the `szoq` CLI runs with
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--windows", type=int, default=4)
     ap.add_argument("--seq-len", type=int, default=256)

@@ -134,6 +134,9 @@ def profile_sparse_share(lm, batch) -> dict:
 
 
 def main() -> None:
+    from szoq_hub.memory import use_predictable_malloc
+
+    use_predictable_malloc()  # the allocator policy the `szoq` CLI runs with
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=9)
     ap.add_argument("--batch", type=int, default=16)

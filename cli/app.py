@@ -65,6 +65,9 @@ def _hub_error(exc: Exception) -> SzoqError | None:
 def main() -> None:
     """Console-script entry: run the app, print errors as one line plus a hint."""
     _register()
+    from szoq_hub.memory import use_predictable_malloc
+
+    use_predictable_malloc()
     try:
         app()
     except KeyboardInterrupt:

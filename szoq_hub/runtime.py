@@ -24,6 +24,7 @@ in place between forwards and every forward reads its current contents.
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -238,14 +239,40 @@ def _checkpoint_files(folder: Path) -> list[Path]:
     return files
 
 
-def _iter_checkpoint(files: list[Path]):
-    """Yield (name, tensor) one tensor at a time from safetensors files."""
-    from safetensors import safe_open
+_ST_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool,
+}
 
+
+def _iter_checkpoint(files: list[Path]):
+    """Yield (name, tensor) one owned tensor at a time from safetensors files.
+
+    Plain reads instead of safetensors' mmap: a mapping keeps every page it has touched
+    resident until it is closed (the whole checkpoint, by the end of a file), and writes into
+    mapped views copy-on-write scattered pages. Reading each tensor into its own buffer keeps
+    the process at one full-precision tensor at a time.
+    """
     for path in files:
-        with safe_open(str(path), framework="pt", device="cpu") as fh:
-            for key in fh.keys():
-                yield key, fh.get_tensor(key)
+        with open(path, "rb") as fh:
+            try:
+                n = int.from_bytes(fh.read(8), "little")
+                header = json.loads(fh.read(n))
+            except ValueError:
+                raise ModelError(f"{path} is not a readable safetensors file", hint="the checkpoint is corrupt: download or convert it again") from None
+            base = 8 + n
+            entries = sorted(((k, v) for k, v in header.items() if k != "__metadata__"), key=lambda kv: kv[1]["data_offsets"][0])
+            for key, meta in entries:
+                start, end = meta["data_offsets"]
+                dtype = _ST_DTYPES.get(meta["dtype"])
+                if dtype is None:
+                    raise ModelError(f"{path}: tensor {key} has unsupported dtype {meta['dtype']}", hint="convert the checkpoint to fp32/bf16/fp16 safetensors")
+                tensor = torch.empty(meta["shape"], dtype=dtype)
+                raw = tensor.view(-1).view(torch.uint8) if tensor.numel() else torch.empty(0, dtype=torch.uint8)
+                fh.seek(base + start)
+                if raw.numel() and fh.readinto(raw.numpy()) != end - start:
+                    raise ModelError(f"{path} is truncated (tensor {key})", hint="the checkpoint is incomplete: download or convert it again")
+                yield key, tensor
 
 
 def _set_tensor(model: nn.Module, name: str, tensor: torch.Tensor, dtype: torch.dtype) -> bool:

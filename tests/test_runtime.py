@@ -242,6 +242,32 @@ def test_streaming_load_holds_one_linear_weight_at_a_time(tiny_model_dir, tiny_m
     assert peak["n"] == 0, f"{peak['n']} earlier fp32 linear weights were still alive"
 
 
+def test_checkpoint_reader_matches_safetensors_and_refuses_truncation(tiny_model_dir, tmp_path):
+    from safetensors.torch import load_file
+
+    from szoq_hub.errors import ModelError
+
+    path = tiny_model_dir / "model.safetensors"
+    ours = dict(runtime._iter_checkpoint([path]))
+    theirs = load_file(str(path))
+    assert ours.keys() == theirs.keys()
+    assert all(torch.equal(ours[k], theirs[k]) and ours[k].dtype == theirs[k].dtype for k in theirs)
+    cut = tmp_path / "cut.safetensors"
+    cut.write_bytes(path.read_bytes()[:-100])
+    with pytest.raises(ModelError, match="truncated"):
+        list(runtime._iter_checkpoint([cut]))
+
+
+def test_predictable_malloc_applies_on_glibc():
+    import platform
+
+    from szoq_hub.memory import use_predictable_malloc
+
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("mallopt policy is glibc-only")
+    assert use_predictable_malloc() is True
+
+
 def test_quant_modes_constant():
     assert QUANT_MODES == ("nf4", "fp4", "int8", "none")
 
