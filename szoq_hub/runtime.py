@@ -273,6 +273,7 @@ def _iter_checkpoint(files: list[Path]):
                 if raw.numel() and fh.readinto(raw.numpy()) != end - start:
                     raise ModelError(f"{path} is truncated (tensor {key})", hint="the checkpoint is incomplete: download or convert it again")
                 yield key, tensor
+                del tensor, raw  # the consumer is done with it: free before reading the next
 
 
 def _set_tensor(model: nn.Module, name: str, tensor: torch.Tensor, dtype: torch.dtype) -> bool:
