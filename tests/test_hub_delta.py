@@ -48,12 +48,12 @@ def run_dir(tiny_model_dir, tiny_mask, train_jsonl, tmp_path_factory) -> Path:  
     return out
 
 
-def other_run(run_dir: Path, dest: Path, shift: float = 0.01) -> Path:
-    """A copy of the run whose delta holds other values (same mask and model)."""
+def other_run(run_dir: Path, dest: Path, shift: float = 0.01, base_model: str | None = None) -> Path:
+    """A copy of the run whose delta holds other values (same mask and model unless `base_model`)."""
     shutil.copytree(run_dir, dest)
     d = load_delta(dest)
     save_delta(dest, {n: t + shift for n, t in d.tensors.items()}, mask_sha256=d.mask_sha256, fingerprint=d.fingerprint,
-               base_model=d.meta["base_model"], settings=d.settings)
+               base_model=base_model or d.meta["base_model"], settings=d.settings)
     return dest
 
 
@@ -68,6 +68,7 @@ def test_push_pull_by_tag_and_sha_is_byte_equal_and_repush_is_a_noop(hub, run_di
     card = files["README.md"].decode()
     assert card.startswith("---\n") and "library_name: szoq" in card and "- sparse-delta" in card
     assert f"--delta {repo}@v1" in card and "THIS_FOLDER" not in card
+    assert "base_model:" not in card.split("\n---\n")[0]  # the tiny model is a local path, never a Hub link
 
     local = (run_dir / DELTA_FILE).read_bytes()
     for rev in ("v1", "main", res.commit, res.commit[:7]):
@@ -83,8 +84,9 @@ def test_push_pull_by_tag_and_sha_is_byte_equal_and_repush_is_a_noop(hub, run_di
     assert again.status == "unchanged" and again.noop and again.tag == "v1" and again.commit == res.commit
     assert len(hub.repos[repo].commits) == commits
 
-    v2 = push_delta(other_run(run_dir, tmp_path / "run2"), repo_id=repo, token=WRITE)  # default tag: the next vN
-    assert v2.status == "pushed" and v2.tag == "v2"
+    v2 = push_delta(other_run(run_dir, tmp_path / "run2", base_model="HuggingFaceTB/SmolLM2-135M"), repo_id=repo, token=WRITE)
+    assert v2.status == "pushed" and v2.tag == "v2"  # default tag: the next vN
+    assert "base_model: HuggingFaceTB/SmolLM2-135M" in hub.repos[repo].commits[v2.commit].files["README.md"].decode()
     assert (pull_delta(repo, revision="v1").path / DELTA_FILE).read_bytes() == local
     assert push_delta(run_dir, repo_id=repo, token=WRITE).tag == "v1"  # v1's bytes are still v1: no-op
     with pytest.raises(HubError, match="tag v1 already exists .* holds another delta") as info:
