@@ -40,6 +40,9 @@ def root(
 
         hf_logging.disable_progress_bar()
         hf_logging.set_verbosity_error()
+        # bitsandbytes warns on CPU that the optional `kernels` package is missing; szoq does
+        # not use it (it downloads kernels at run time), so the warning is noise here.
+        logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
 
 
 def _register() -> None:
