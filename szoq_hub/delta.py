@@ -21,6 +21,7 @@ from .mask import SensitivityMask
 FORMAT = "szoq.delta"
 FORMAT_VERSION = "1"
 DELTA_FILE = "delta.safetensors"
+DELTA_CARD_TAGS = ["szoq", "sparse-delta", "zeroth-order"]
 
 
 @dataclass

@@ -33,9 +33,9 @@ import torch.distributed as dist
 
 from . import __version__
 from .build import _maybe_init_distributed, is_main_process
-from .delta import DELTA_FILE, load_delta, save_delta
+from .delta import DELTA_CARD_TAGS, DELTA_FILE, load_delta, save_delta
 from .errors import ConfigError, DependencyError, TrainingError
-from .mask import MASK_FILE, SensitivityMask, file_sha256, load_mask
+from .mask import MASK_FILE, SensitivityMask, card_base_model, file_sha256, load_mask
 from .models import DEFAULT_MODEL, ModelSource, model_fingerprint, resolve_model
 from .refs import resolve_mask_ref
 from .scoring import Encoded, encode, loss_sum, metric_value, predict
@@ -284,7 +284,7 @@ def render_run_card(config: FinetuneConfig, base_model: str, mask_sha: str, resu
     """Model card of a fine-tuned delta."""
     from huggingface_hub import ModelCardData
 
-    data = ModelCardData(library_name="szoq", base_model=base_model if "/" in base_model else None, tags=["szoq", "sparse-delta", "zeroth-order"])
+    data = ModelCardData(library_name="szoq", base_model=card_base_model(base_model), tags=DELTA_CARD_TAGS)
     task = config.task if not (config.train_file or config.task_file) else "custom"
     rows = [("base model", f"`{base_model}`"), ("mask", f"`{config.mask}` (sha256 {mask_sha[:12]})"), ("task", task),
             ("quant", config.quant), ("optimizer", f"{config.optimizer}, lr {config.lr:g}, eps {config.eps:g}, batch {config.batch_size}, {config.steps} steps"),

@@ -28,9 +28,9 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from . import __version__
-from .delta import DELTA_FILE, Delta, load_delta
+from .delta import DELTA_CARD_TAGS, DELTA_FILE, Delta, load_delta
 from .errors import ConfigError, HubError, RegistryError, SzoqError
-from .mask import ARTIFACT_FILES, CARD_FILE, CARD_TAGS, CONFIG_FILE, FORMAT, MASK_FILE, file_sha256, load_mask, render_card
+from .mask import ARTIFACT_FILES, CARD_FILE, CARD_TAGS, CONFIG_FILE, FORMAT, MASK_FILE, card_base_model, file_sha256, load_mask, render_card
 from .registry import Registry, RegistryEntry, _version_key, check_name, check_version
 
 log = logging.getLogger(__name__)
@@ -39,7 +39,6 @@ _REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._
 _HEX = re.compile(r"^[0-9a-f]{7,40}$")
 SEARCH_TAGS = CARD_TAGS[:2]  # szoq, sensitivity-mask
 LOGIN_HINT = "pass --token, set HF_TOKEN, or run: hf auth login"
-DELTA_CARD_TAGS = ["szoq", "sparse-delta", "zeroth-order"]
 RUN_CONFIG_FILE = "finetune_config.json"  # the names szoq finetune writes (szoq_hub.finetune)
 RUN_METRICS_FILE = "metrics.jsonl"
 
@@ -270,11 +269,6 @@ def hub_card(config, *, repo_id: str, tag: str | None) -> str:
 
 
 # -- the two artifacts -----------------------------------------------------------------------
-def _is_hub_id(name: str | None) -> bool:
-    """True for an `ORG/NAME` Hub id (a local path never goes into the card's `base_model:`)."""
-    return bool(name) and bool(re.fullmatch(r"[A-Za-z0-9][\w.\-]*/[\w.\-]+", name)) and not Path(name).exists()
-
-
 def render_delta_card(folder: Path, delta: Delta, *, repo_id: str, tag: str | None) -> str:
     """The model card pushed with a delta: the run's own card, with Hub metadata and use lines.
 
@@ -300,7 +294,7 @@ def render_delta_card(folder: Path, delta: Delta, *, repo_id: str, tag: str | No
     task = (run.get("task") or {}).get("name") or settings.get("task") or "TASK"
     szoq_meta = {"kind": "delta", "task": task, "mask_sha256": delta.mask_sha256, "fingerprint": delta.fingerprint,
                  "nnz": int(delta.meta.get("nnz", 0)), "quant": settings.get("quant")}
-    data = ModelCardData(library_name="szoq", base_model=base_model if _is_hub_id(base_model) else None, tags=DELTA_CARD_TAGS, szoq=szoq_meta)
+    data = ModelCardData(library_name="szoq", base_model=card_base_model(base_model), tags=DELTA_CARD_TAGS, szoq=szoq_meta)
     local = folder / CARD_FILE
     body = re.sub(r"\A---\n.*?\n---\n", "", local.read_text(), count=1, flags=re.S) if local.is_file() else \
         f"\n# Sparse ZO delta for {base_model}\n\nFine-tuned sparse values (fp32) over a sensitivity mask (SensZOQ).\n"

@@ -163,16 +163,21 @@ def mask_stats(indices: dict[str, torch.Tensor], shapes: dict[str, list[int]]) -
     return {"nnz": nnz, "total_nnz": sum(nnz.values()), "total_numel": numel}
 
 
+def card_base_model(base_model: str | None) -> str | None:
+    """The `base_model:` a card may carry: a Hub id links on the Hub; a local path stays out."""
+    if base_model and re.fullmatch(r"[A-Za-z0-9][\w.\-]*/[\w.\-]+", base_model) and not Path(base_model).exists():
+        return base_model
+    return None
+
+
 def render_card(config: MaskConfig, *, title: str | None = None, repo_id: str | None = None, tag: str | None = None) -> str:
     """Model card text: YAML front matter for the Hub, then a human summary."""
     from huggingface_hub import ModelCardData
 
-    # `base_model` must be a Hub id for the Hub to link it; a local path stays out of the YAML.
-    hub_id = re.fullmatch(r"[A-Za-z0-9][\w.\-]*/[\w.\-]+", config.base_model) and not Path(config.base_model).exists()
     # The `szoq:` block lets `szoq mask search` show density and scorer from a listing alone.
     szoq_meta = {"density": config.density, "scope": config.scope, "scorer": config.scorer,
                  "nnz": config.stats.get("total_nnz"), "fingerprint": config.fingerprint}
-    data = ModelCardData(library_name="szoq", base_model=config.base_model if hub_id else None, tags=CARD_TAGS, szoq=szoq_meta)
+    data = ModelCardData(library_name="szoq", base_model=card_base_model(config.base_model), tags=CARD_TAGS, szoq=szoq_meta)
     stats = config.stats
     calib = config.calibration or {}
     use_ref = f"{repo_id}@{tag}" if repo_id and tag else (repo_id or "PATH_OR_REF")
