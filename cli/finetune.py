@@ -58,7 +58,7 @@ def finetune_cmd(
                             lr=lr, eps=eps, optimizer=optimizer, zo_samples=zo_samples, lr_schedule=lr_schedule, warmup=warmup,
                             weight_decay=weight_decay, eval_every=eval_every, save_every=save_every, seed=seed, train_samples=train_samples,
                             dev_samples=dev_samples, eval_samples=eval_samples, out=str(out_dir))
-    with progress_bar("fine-tuning", "steps") as bar:
+    with progress_bar() as bar:
         bar_task = bar.add_task("loading", total=steps, info="")
         state = {"dev": "-", "t0": time.perf_counter(), "first": 0}
 

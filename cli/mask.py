@@ -12,7 +12,8 @@ import typer
 
 from szoq_hub.build import MaskBuildConfig, build_mask, is_main_process
 from szoq_hub.catalog import builtin_masks
-from szoq_hub.mask import diff_masks, load_mask
+from szoq_hub.errors import MaskError
+from szoq_hub.mask import diff_masks, load_mask, save_mask
 from szoq_hub.models import DEFAULT_MODEL, model_fingerprint, resolve_model
 from szoq_hub.refs import open_mask, resolve_mask_ref
 from szoq_hub.registry import Registry
@@ -51,9 +52,11 @@ def build(
         from szoq_hub.paths import ensure_writable_dir
         check_name(registry_name)
         ensure_writable_dir(registry.root, "SZOQ_HOME registry folder")
+        if out_dir is not None and out_dir.exists() and any(out_dir.iterdir()):
+            raise MaskError(f"{out_dir} already exists and is not empty", hint="choose another --out folder or remove it")
     command = "szoq mask build " + " ".join(shlex.quote(a) for a in sys.argv[sys.argv.index("build") + 1:]) if "build" in sys.argv else None
-    with progress_bar("scoring", "windows") as bar:
-        task = bar.add_task("scoring windows", total=None, info="")
+    with progress_bar() as bar:
+        task = bar.add_task("scoring windows" if scorer == "fisher" else f"{scorer} scores", total=None, info="")
 
         def on_progress(done: int, total: int, tokens: int) -> None:
             elapsed = bar.tasks[task].elapsed or 1e-9
@@ -65,7 +68,6 @@ def build(
                 return
             entry = registry.add(folder, registry_name, version, source={"built_with": config.__dict__})
             if out_dir is not None:
-                from szoq_hub.mask import save_mask
                 save_mask(mask, out_dir)
     result = {"ref": entry.ref, "path": str(entry.path), "sha256": entry.sha256, "nnz": mask.nnz, "captured_share": mask.config.stats.get("captured_share")}
     if out_dir is not None:

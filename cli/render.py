@@ -36,7 +36,7 @@ def table(title: str | None, columns: list[str], rows: list[list[object]]) -> No
 
 
 @contextmanager
-def progress_bar(description: str, unit: str = "") -> Iterator[Progress]:
+def progress_bar() -> Iterator[Progress]:
     """A rich progress bar on stderr (hidden when SZOQ_NO_PROGRESS is set)."""
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn()]
     with Progress(*columns, console=err, disable=bool(os.environ.get("SZOQ_NO_PROGRESS")), transient=False) as bar:

@@ -104,6 +104,16 @@ def test_unwritable_home_fails_before_building(run_cli, tiny_model_dir, tiny_tex
     assert "scoring" not in err
 
 
+def test_occupied_out_folder_is_refused_before_building(run_cli, tiny_model_dir, tiny_text_file, tmp_path):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "keep.txt").write_text("precious")
+    code, _, err = build_cli(run_cli, tiny_model_dir, tiny_text_file, "--out", tmp_path / "out")
+    assert_one_line_error(code, err, "not empty")
+    assert (tmp_path / "out" / "keep.txt").read_text() == "precious"
+    code, out, _ = run_cli("mask", "list", "--json")
+    assert json.loads(out)["registry"] == []
+
+
 def test_failed_build_leaves_nothing_half_written(run_cli, tiny_model_dir, tiny_text_file, tmp_path):
     out_dir = tmp_path / "out"
     code, _, err = build_cli(run_cli, tiny_model_dir, tiny_text_file, "--targets", "nothing_matches", "--out", out_dir)
