@@ -12,7 +12,7 @@ from szoq_hub.registry import parse_ref
 
 from .app import app
 from .mask_hub import TOKEN_HELP
-from .render import note, print_json
+from .render import note, print_json, push_summary
 
 delta_app = typer.Typer(help="Share fine-tuned deltas (szoq finetune output folders) through the Hub.", no_args_is_help=True)
 app.add_typer(delta_app, name="delta")
@@ -34,15 +34,7 @@ def push(
     if as_json:
         print_json(result.to_dict())
         return
-    print(f"{result.url}\t{result.commit}\t{result.tag or result.pr_url}")
-    if result.status == "unchanged":
-        note(f"unchanged: {repo}@{result.tag} already holds this delta (commit {result.commit[:7]}); nothing pushed")
-    elif result.status == "tagged":
-        note(f"main of {repo} already holds this delta: tagged commit {result.commit[:7]} as {result.tag}")
-    elif result.status == "pull-request":
-        note(f"opened a pull request on {repo}: {result.pr_url} (no tag until it is merged)")
-    else:
-        note(f"pushed {folder} to {repo}@{result.tag} (commit {result.commit[:7]}); use it with: szoq eval --delta {repo}@{result.tag}")
+    push_summary(result, repo=repo, kind="delta", what=str(folder), use="szoq eval --delta {ref}")
 
 
 @delta_app.command("pull")

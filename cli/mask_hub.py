@@ -10,7 +10,7 @@ from szoq_hub.hub import check_repo_id, mask_info, pull_mask, push_mask, search_
 from szoq_hub.registry import parse_ref
 
 from .mask import mask_app
-from .render import note, print_json, table
+from .render import note, print_json, push_summary, table
 
 TOKEN_HELP = "Hub token (default: HF_TOKEN or the `hf auth login` token). Never printed."
 
@@ -36,15 +36,7 @@ def push(
     if as_json:
         print_json(result.to_dict())
         return
-    print(f"{result.url}\t{result.commit}\t{result.tag or result.pr_url}")
-    if result.status == "unchanged":
-        note(f"unchanged: {repo}@{result.tag} already holds this mask (commit {result.commit[:7]}); nothing pushed")
-    elif result.status == "tagged":
-        note(f"main of {repo} already holds this mask: tagged commit {result.commit[:7]} as {result.tag}")
-    elif result.status == "pull-request":
-        note(f"opened a pull request on {repo}: {result.pr_url} (no tag until it is merged)")
-    else:
-        note(f"pushed {ref} to {repo}@{result.tag} (commit {result.commit[:7]}); use it with: szoq finetune --mask {repo}@{result.tag}")
+    push_summary(result, repo=repo, kind="mask", what=str(ref), use="szoq finetune --mask {ref}")
 
 
 @mask_app.command("pull")

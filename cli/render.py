@@ -41,3 +41,24 @@ def progress_bar() -> Iterator[Progress]:
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn()]
     with Progress(*columns, console=err, disable=bool(os.environ.get("SZOQ_NO_PROGRESS")), transient=False) as bar:
         yield bar
+
+
+def push_summary(result, *, repo: str, kind: str, what: str, use: str) -> None:
+    """Render a Hub push result: the data line on stdout, what happened on stderr.
+
+    Args:
+        result: A `szoq_hub.hub.PushResult`.
+        repo: The repo id pushed to.
+        kind: `mask` or `delta`.
+        what: What was pushed, as the user named it.
+        use: The command that uses the pushed artifact, with `{ref}` for `ORG/NAME@TAG`.
+    """
+    print(f"{result.url}\t{result.commit}\t{result.tag or result.pr_url}")
+    if result.status == "unchanged":
+        note(f"unchanged: {repo}@{result.tag} already holds this {kind} (commit {result.commit[:7]}); nothing pushed")
+    elif result.status == "tagged":
+        note(f"main of {repo} already holds this {kind}: tagged commit {result.commit[:7]} as {result.tag}")
+    elif result.status == "pull-request":
+        note(f"opened a pull request on {repo}: {result.pr_url} (no tag until it is merged)")
+    else:
+        note(f"pushed {what} to {repo}@{result.tag} (commit {result.commit[:7]}); use it with: " + use.format(ref=f"{repo}@{result.tag}"))
