@@ -19,7 +19,7 @@ from szoq_hub.refs import open_mask, resolve_mask_ref
 from szoq_hub.registry import Registry
 
 from .app import app
-from .render import note, out, print_json, progress_bar, table
+from .render import note, print_json, progress_bar, table
 
 mask_app = typer.Typer(help="Build, inspect and share sensitivity masks.", no_args_is_help=True)
 app.add_typer(mask_app, name="mask")

@@ -10,7 +10,7 @@ from .errors import ConfigError
 from .finetune import DEFAULT_MASK, open_model_and_mask, require_quant_backend, score
 from .models import DEFAULT_MODEL
 from .scoring import encode
-from .tasks import CustomTask, Sampling, load_task, load_task_file, parse_labels, with_demonstrations
+from .tasks import CustomTask, Sampling, custom_task_from, load_task, with_demonstrations
 
 log = logging.getLogger(__name__)
 
@@ -44,11 +44,8 @@ class EvalConfig:
             raise ConfigError("--train needs --template and --labels", hint="e.g. --template '{text} It was' --labels '0=terrible,1=great'")
 
     def custom_task(self) -> CustomTask | None:
-        if self.task_file:
-            return load_task_file(self.task_file)
-        if self.train_file:
-            return CustomTask(train=self.train_file, eval=self.eval_file, template=self.template, labels=parse_labels(self.labels), label_field=self.label_field)
-        return None
+        return custom_task_from(task_file=self.task_file, train_file=self.train_file, eval_file=self.eval_file,
+                                template=self.template, labels=self.labels, label_field=self.label_field)
 
 
 @dataclass

@@ -24,7 +24,7 @@ import math
 import os
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -32,15 +32,15 @@ import torch
 import torch.distributed as dist
 
 from . import __version__
-from .build import _maybe_init_distributed, is_main_process
+from .build import _maybe_init_distributed
 from .delta import DELTA_CARD_TAGS, DELTA_FILE, load_delta, save_delta
 from .errors import ConfigError, DependencyError, TrainingError
 from .mask import MASK_FILE, SensitivityMask, card_base_model, file_sha256, load_mask
 from .models import DEFAULT_MODEL, ModelSource, model_fingerprint, resolve_model
 from .refs import resolve_mask_ref
 from .scoring import Encoded, encode, loss_sum, metric_value, predict
-from .tasks import CustomTask, Sampling, TaskData, load_task, load_task_file, parse_labels
-from .zo import LR_SCHEDULES, OPTIMIZERS, StepRecord, ZOConfig, make_optimizer
+from .tasks import CustomTask, Sampling, custom_task_from, load_task
+from .zo import StepRecord, ZOConfig, make_optimizer
 
 log = logging.getLogger(__name__)
 
@@ -117,11 +117,8 @@ class FinetuneConfig:
 
     def custom_task(self) -> CustomTask | None:
         """The custom task the settings describe, or None for a built-in task."""
-        if self.task_file:
-            return load_task_file(self.task_file)
-        if self.train_file:
-            return CustomTask(train=self.train_file, eval=self.eval_file, template=self.template, labels=parse_labels(self.labels), label_field=self.label_field)
-        return None
+        return custom_task_from(task_file=self.task_file, train_file=self.train_file, eval_file=self.eval_file,
+                                template=self.template, labels=self.labels, label_field=self.label_field)
 
     def sampling(self) -> Sampling:
         return Sampling(self.train_samples, self.dev_samples, self.eval_samples, self.seed)

@@ -30,7 +30,7 @@ from typing import Callable, Iterator
 from . import __version__
 from .delta import DELTA_CARD_TAGS, DELTA_FILE, Delta, load_delta
 from .errors import ConfigError, HubError, RegistryError, SzoqError
-from .mask import ARTIFACT_FILES, CARD_FILE, CARD_TAGS, CONFIG_FILE, FORMAT, MASK_FILE, card_base_model, file_sha256, load_mask, render_card
+from .mask import CARD_FILE, CARD_TAGS, CONFIG_FILE, FORMAT, MASK_FILE, card_base_model, file_sha256, load_mask, render_card
 from .registry import Registry, RegistryEntry, _version_key, check_name, check_version
 
 log = logging.getLogger(__name__)

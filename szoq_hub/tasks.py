@@ -464,3 +464,13 @@ def with_demonstrations(examples: list[Example], pool: list[Example], shots: int
 def describe(task: TaskData) -> dict[str, Any]:
     """Small JSON-able summary of a loaded task."""
     return {"task": task.name, "metric": task.metric, **task.info}
+
+
+def custom_task_from(*, task_file: str | None, train_file: str | None, eval_file: str | None, template: str | None,
+                     labels: str | None, label_field: str = "label") -> CustomTask | None:
+    """The custom task that command-line settings describe (a task file wins), or None for built-ins."""
+    if task_file:
+        return load_task_file(task_file)
+    if train_file:
+        return CustomTask(train=train_file, eval=eval_file, template=template, labels=parse_labels(labels), label_field=label_field)
+    return None
