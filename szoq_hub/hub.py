@@ -31,6 +31,7 @@ from . import __version__
 from .delta import DELTA_CARD_TAGS, DELTA_FILE, Delta, load_delta
 from .errors import ConfigError, HubError, RegistryError, SzoqError
 from .mask import CARD_FILE, CARD_TAGS, CONFIG_FILE, FORMAT, MASK_FILE, card_base_model, file_sha256, load_mask, render_card
+from .paths import atomic_dir
 from .registry import Registry, RegistryEntry, _version_key, check_name, check_version
 
 log = logging.getLogger(__name__)
@@ -588,16 +589,9 @@ def _copy_out(paths: dict[str, Path], out: Path) -> Path:
     """Copy pulled files into `out` atomically (a temp folder next to it, then a rename)."""
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ConfigError(f"--out {out} exists and is not empty", hint="choose a new folder for --out")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
-    try:
+    with atomic_dir(out) as tmp:
         for fname, p in paths.items():
             shutil.copyfile(p, tmp / fname)
-        if out.exists():
-            out.rmdir()
-        os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 

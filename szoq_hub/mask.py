@@ -11,10 +11,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -22,7 +19,7 @@ import torch
 
 from . import __version__
 from .errors import ConfigError, FingerprintMismatch, MaskError
-from .paths import file_sha256  # noqa: F401  (re-exported: artifacts are addressed by it)
+from .paths import atomic_dir, file_sha256  # noqa: F401  (file_sha256 re-exported: artifacts are addressed by it)
 
 FORMAT = "szoq.mask"
 FORMAT_VERSION = "1"
@@ -230,19 +227,11 @@ def save_mask(mask: SensitivityMask, folder: Path) -> Path:
     folder = Path(folder)
     if folder.exists() and any(folder.iterdir()):
         raise MaskError(f"{folder} already exists and is not empty", hint="choose another --out folder or remove it")
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".mask-", dir=folder.parent))
-    try:
+    with atomic_dir(folder) as tmp:
         tensors = {n: t.contiguous().to(torch.int32) for n, t in mask.indices.items()}
         write_safetensors(tensors, tmp / MASK_FILE, mask.config.header())
         (tmp / CONFIG_FILE).write_text(json.dumps(asdict(mask.config), indent=2, sort_keys=True) + "\n")
         (tmp / CARD_FILE).write_text(render_card(mask.config))
-        _apply_umask(tmp)
-        if folder.exists():
-            folder.rmdir()
-        os.replace(tmp, folder)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return folder
 
 
@@ -271,15 +260,6 @@ def write_safetensors(tensors: dict[str, torch.Tensor], path: Path, metadata: di
         fh.write(raw)
         for data in blobs:
             fh.write(data)
-
-
-def _apply_umask(folder: Path) -> None:
-    """mkdtemp creates 0700 folders; give the finished artifact ordinary permissions."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(folder, 0o777 & ~umask)
-    for f in folder.iterdir():
-        os.chmod(f, 0o666 & ~umask)
 
 
 def read_header(path: Path) -> dict[str, str]:

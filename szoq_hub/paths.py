@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
+import tempfile
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 from .errors import RegistryError
 
@@ -59,3 +63,35 @@ def file_sha256(path: Path) -> str:
         for chunk in iter(lambda: fh.read(1 << 22), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def _apply_umask(folder: Path) -> None:
+    """mkdtemp creates 0700 folders; give a finished folder ordinary permissions."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(folder, 0o777 & ~umask)
+    for f in folder.iterdir():
+        os.chmod(f, 0o666 & ~umask)
+
+
+@contextmanager
+def atomic_dir(target: Path) -> Iterator[Path]:
+    """Build a folder in a temp sibling and rename it into place only when the body succeeds.
+
+    Readers never see a half-written `target`; a failure leaves nothing behind. `target` may
+    exist only as an empty folder (callers refuse non-empty ones first, with their own hint).
+
+    Yields:
+        The temp folder to write into.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        yield tmp
+        _apply_umask(tmp)
+        if target.exists():
+            target.rmdir()
+        os.replace(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -22,8 +22,8 @@ from typing import Callable
 from filelock import FileLock
 
 from .errors import RegistryError
-from .mask import ARTIFACT_FILES, MASK_FILE, _apply_umask, file_sha256, load_mask
-from .paths import ensure_writable_dir, szoq_home
+from .mask import ARTIFACT_FILES, MASK_FILE, file_sha256, load_mask
+from .paths import atomic_dir, ensure_writable_dir, szoq_home
 
 SCHEMA_VERSION = 2
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,95}$")
@@ -178,22 +178,16 @@ class Registry:
 
     def _store_object(self, folder: Path, sha: str) -> None:
         target = self.objects / sha
-        if (target / MASK_FILE).exists():
+        if (target / MASK_FILE).exists() and file_sha256(target / MASK_FILE) == sha:
             return
-        self.objects.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=".obj-", dir=self.objects))
-        try:
+        if target.exists():  # a damaged object (edited or truncated by hand): store it afresh
+            shutil.rmtree(target)
+        with atomic_dir(target) as tmp:
             for fname in ARTIFACT_FILES:
                 if (folder / fname).exists():
                     shutil.copy2(folder / fname, tmp / fname)
             if file_sha256(tmp / MASK_FILE) != sha:
                 raise RegistryError(f"{folder / MASK_FILE} changed while it was being stored", hint="retry")
-            _apply_umask(tmp)
-            if target.exists():  # a crashed earlier store left a partial folder
-                shutil.rmtree(target)
-            os.replace(tmp, target)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
 
     def entries(self) -> list[RegistryEntry]:
         """All entries, by name then creation order."""

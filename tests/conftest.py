@@ -57,7 +57,10 @@ def pytest_configure(config) -> None:
     })
     for var in ("HF_HUB_OFFLINE", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"):
         os.environ.pop(var, None)
-    import huggingface_hub  # noqa: F401  (pins the settings above for this process)
+    # The package imports lazily: import the settings module itself so that its values are
+    # read now (online, loopback endpoint), not in the first test that touches the Hub client
+    # (which may run with HF_HUB_OFFLINE=1 set by `isolated_state`).
+    import huggingface_hub.constants  # noqa: F401
 
     config._szoq_hub = hub  # type: ignore[attr-defined]
     config._szoq_hf_home = hf_home  # type: ignore[attr-defined]
@@ -85,7 +88,7 @@ def isolated_state(request, tmp_path, monkeypatch, model_cache) -> Path:
     monkeypatch.setenv("SZOQ_HOME", str(home))
     monkeypatch.setenv("SZOQ_MODEL_CACHE", str(model_cache))
     monkeypatch.setenv("SZOQ_NO_PROGRESS", "1")
-    if "hub_server" not in request.fixturenames:  # Hub tests talk to the loopback server
+    if not {"hub", "hub_server"} & set(request.fixturenames):  # Hub tests talk to the loopback server
         monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     return home
 
@@ -174,3 +177,12 @@ def assert_one_line_error(code: int, err: str, *needles: str) -> None:
     for needle in needles:
         assert needle in lines[0], (needle, err)
     assert any(l.startswith("hint:") for l in err.splitlines()), err
+
+
+@pytest.fixture
+def hub(hub_server):
+    """The loopback Hub with no faults armed and an empty log of what it served."""
+    hub_server.faults.clear()
+    hub_server.served.clear()
+    yield hub_server
+    hub_server.faults.clear()

@@ -26,13 +26,6 @@ SHAPES = {"model.layers.0.mlp.up_proj.weight": [128, 64], "model.layers.0.self_a
 _counter = itertools.count()
 
 
-@pytest.fixture
-def hub(hub_server):
-    hub_server.faults.clear()
-    hub_server.served.clear()
-    yield hub_server
-    hub_server.faults.clear()
-
 
 def repo_name(prefix: str = "team") -> str:
     return f"{prefix}/mask-{os.getpid()}-{next(_counter)}"

@@ -15,13 +15,6 @@ from test_hub import BOB, READ, WRITE, make_mask, register, repo_name
 SECRET = WRITE
 
 
-@pytest.fixture
-def hub(hub_server):
-    hub_server.faults.clear()
-    hub_server.served.clear()
-    yield hub_server
-    hub_server.faults.clear()
-
 
 def test_push_pull_info_search_and_the_token_never_shows(hub, run_cli, tmp_path, monkeypatch, isolated_state):
     repo = repo_name()

@@ -25,13 +25,6 @@ SECRET = WRITE
 TRAIN_ARGS = ["--template", "{text} It was", "--labels", "0=bad,1=good"]
 
 
-@pytest.fixture
-def hub(hub_server):
-    hub_server.faults.clear()
-    hub_server.served.clear()
-    yield hub_server
-    hub_server.faults.clear()
-
 
 @pytest.fixture(scope="module")
 def train_jsonl(tmp_path_factory) -> Path:

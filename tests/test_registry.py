@@ -82,6 +82,19 @@ def test_crash_leftovers_leave_registry_readable(tmp_path):
     assert open_mask("m").nnz == 5
 
 
+def test_damaged_object_is_stored_afresh(tmp_path):
+    from szoq_hub.mask import file_sha256
+
+    folder = artifact(tmp_path, 1)
+    sha = file_sha256(folder / MASK_FILE)
+    reg = Registry()
+    damaged = reg.objects / sha
+    damaged.mkdir(parents=True)
+    (damaged / MASK_FILE).write_bytes(b"\x00" * 3)  # same address, wrong bytes
+    entry = reg.add(folder, "m")
+    assert file_sha256(entry.path / MASK_FILE) == sha and open_mask("m").nnz == 5
+
+
 def test_corrupt_index_is_an_error_not_a_reset(tmp_path):
     reg = Registry()
     reg.add(artifact(tmp_path, 1), "m")
