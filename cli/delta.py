@@ -11,7 +11,7 @@ from szoq_hub.hub import check_repo_id, pull_delta, push_delta
 from szoq_hub.registry import parse_ref
 
 from .app import app
-from .mask_hub import TOKEN_HELP
+from .mask_hub import CREATE_PR, JSON, MESSAGE, OFFLINE, PRIVATE, REPO, TOKEN
 from .render import note, print_json, push_summary
 
 delta_app = typer.Typer(help="Share fine-tuned deltas (szoq finetune output folders) through the Hub.", no_args_is_help=True)
@@ -21,13 +21,13 @@ app.add_typer(delta_app, name="delta")
 @delta_app.command("push")
 def push(
     folder: Path = typer.Argument(..., help="Output folder of a finished szoq finetune run."),
-    repo: str = typer.Option(..., "--repo", help="Hub repo ORG/NAME (created if missing)."),
+    repo: str = REPO,
     tag: Optional[str] = typer.Option(None, help="Tag for this version (default: v1, or the next vN)."),
-    private: bool = typer.Option(False, "--private", help="Create the repo as private."),
-    token: Optional[str] = typer.Option(None, "--token", help=TOKEN_HELP, show_default=False),
-    create_pr: bool = typer.Option(False, "--create-pr", help="Open a pull request instead of committing to main."),
-    message: Optional[str] = typer.Option(None, "--message", "-m", help="Commit title."),
-    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+    private: bool = PRIVATE,
+    token: Optional[str] = TOKEN,
+    create_pr: bool = CREATE_PR,
+    message: Optional[str] = MESSAGE,
+    as_json: bool = JSON,
 ) -> None:
     """Publish a fine-tuned delta to the Hub (one commit + a tag). Example: szoq delta push runs/sst2 --repo my-team/sst2"""
     result = push_delta(folder, repo_id=repo, tag=tag, private=private, token=token, create_pr=create_pr, message=message)
@@ -41,9 +41,9 @@ def push(
 def pull(
     ref: str = typer.Argument(..., help="ORG/NAME[@REV]; REV is a tag, branch or commit sha (default: main)."),
     out_dir: Optional[Path] = typer.Option(None, "--out", help="Also copy the files into this new folder."),
-    token: Optional[str] = typer.Option(None, "--token", help=TOKEN_HELP, show_default=False),
-    offline: bool = typer.Option(False, "--offline", help="Use only the local Hugging Face cache (also HF_HUB_OFFLINE=1)."),
-    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+    token: Optional[str] = TOKEN,
+    offline: bool = OFFLINE,
+    as_json: bool = JSON,
 ) -> None:
     """Download and verify a fine-tuned delta from the Hub. Example: szoq delta pull my-team/sst2@v1 --out runs/team"""
     repo_id, revision = parse_ref(ref)

@@ -19,18 +19,21 @@ _MODEL = typer.Option(DEFAULT_MODEL, "--model", help="Model alias, Hub id, local
 _MASK = typer.Option(DEFAULT_MASK, "--mask", help="Mask: folder, registry NAME[@VERSION], built-in name, or ORG/NAME[@REV].")
 _QUANT = typer.Option("nf4", "--quant", help="Base quantization: nf4, fp4, int8 or none.")
 _DATA = typer.Option(None, "--data-dir", help="GLUE/SuperGLUE folder (default $SZOQ_DATA_DIR; else `datasets` online).")
+# The custom-task options of `finetune` and `eval`.
+_TRAIN = typer.Option(None, "--train", help="Custom task: train file (jsonl/csv/tsv; eval takes ICL demonstrations from it).")
+_EVAL = typer.Option(None, "--eval", help="Custom task: eval file (default: held out from --train).")
+_TEMPLATE = typer.Option(None, "--template", help="Custom task: format string over row fields, e.g. '{text} It was'.")
+_LABELS = typer.Option(None, "--labels", help="Custom task: label=word pairs, e.g. '0=terrible,1=great'.")
+_LABEL_FIELD = typer.Option("label", "--label-field", help="Custom task: the row field holding the label.")
+_TASK_FILE = typer.Option(None, "--task-file", help="Custom task as a JSON/YAML file.")
 
 
 @app.command("finetune")
 def finetune_cmd(
     model: str = _MODEL, mask: str = _MASK,
     task: str = typer.Option("sst2", "--task", help="sst2, rte, cb, boolq, wic, wsc, copa or multirc."),
-    train: Optional[str] = typer.Option(None, "--train", help="Custom task: train file (jsonl/csv/tsv)."),
-    eval_file: Optional[str] = typer.Option(None, "--eval", help="Custom task: eval file (default: held out from --train)."),
-    template: Optional[str] = typer.Option(None, "--template", help="Custom task: format string over row fields, e.g. '{text} It was'."),
-    labels: Optional[str] = typer.Option(None, "--labels", help="Custom task: label=word pairs, e.g. '0=terrible,1=great'."),
-    label_field: str = typer.Option("label", "--label-field", help="Custom task: the row field holding the label."),
-    task_file: Optional[str] = typer.Option(None, "--task-file", help="Custom task as a JSON/YAML file."),
+    train: Optional[str] = _TRAIN, eval_file: Optional[str] = _EVAL, template: Optional[str] = _TEMPLATE,
+    labels: Optional[str] = _LABELS, label_field: str = _LABEL_FIELD, task_file: Optional[str] = _TASK_FILE,
     quant: str = _QUANT,
     steps: int = typer.Option(300, "--steps", help="ZO steps."),
     batch_size: int = typer.Option(16, "--batch-size", help="Examples per step."),
@@ -90,12 +93,8 @@ def finetune_cmd(
 def eval_cmd(
     model: str = _MODEL, mask: str = _MASK,
     task: str = typer.Option("sst2", "--task", help="Built-in task name."),
-    train: Optional[str] = typer.Option(None, "--train", help="Custom task: train file (demonstrations)."),
-    eval_file: Optional[str] = typer.Option(None, "--eval", help="Custom task: eval file."),
-    template: Optional[str] = typer.Option(None, "--template", help="Custom task: format string."),
-    labels: Optional[str] = typer.Option(None, "--labels", help="Custom task: label=word pairs."),
-    label_field: str = typer.Option("label", "--label-field", help="Custom task: label field."),
-    task_file: Optional[str] = typer.Option(None, "--task-file", help="Custom task as a JSON/YAML file."),
+    train: Optional[str] = _TRAIN, eval_file: Optional[str] = _EVAL, template: Optional[str] = _TEMPLATE,
+    labels: Optional[str] = _LABELS, label_field: str = _LABEL_FIELD, task_file: Optional[str] = _TASK_FILE,
     delta: Optional[Path] = typer.Option(None, "--delta", help="Run folder, delta.safetensors or ORG/NAME[@REV] on the Hub (default: zero-shot)."),
     icl_shots: int = typer.Option(0, "--icl-shots", help="In-context demonstrations per example."),
     quant: str = _QUANT,

@@ -13,6 +13,14 @@ from .mask import mask_app
 from .render import note, print_json, push_summary, table
 
 TOKEN_HELP = "Hub token (default: HF_TOKEN or the `hf auth login` token). Never printed."
+# Options shared by every Hub command (masks here, deltas in delta.py).
+REPO = typer.Option(..., "--repo", help="Hub repo ORG/NAME (created if missing).")
+PRIVATE = typer.Option(False, "--private", help="Create the repo as private.")
+TOKEN = typer.Option(None, "--token", help=TOKEN_HELP, show_default=False)
+CREATE_PR = typer.Option(False, "--create-pr", help="Open a pull request instead of committing to main.")
+MESSAGE = typer.Option(None, "--message", "-m", help="Commit title.")
+OFFLINE = typer.Option(False, "--offline", help="Use only the local Hugging Face cache (also HF_HUB_OFFLINE=1).")
+JSON = typer.Option(False, "--json", help="Print the result as JSON.")
 
 
 def _hub_ref(ref: str) -> tuple[str, str | None]:
@@ -23,13 +31,13 @@ def _hub_ref(ref: str) -> tuple[str, str | None]:
 @mask_app.command("push")
 def push(
     ref: str = typer.Argument(..., help="Local mask: NAME[@VERSION] or an artifact folder."),
-    repo: str = typer.Option(..., "--repo", help="Hub repo ORG/NAME (created if missing)."),
+    repo: str = REPO,
     tag: Optional[str] = typer.Option(None, help="Tag for this version (default: the registry version, e.g. v2)."),
-    private: bool = typer.Option(False, "--private", help="Create the repo as private."),
-    token: Optional[str] = typer.Option(None, "--token", help=TOKEN_HELP, show_default=False),
-    create_pr: bool = typer.Option(False, "--create-pr", help="Open a pull request instead of committing to main."),
-    message: Optional[str] = typer.Option(None, "--message", "-m", help="Commit title."),
-    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+    private: bool = PRIVATE,
+    token: Optional[str] = TOKEN,
+    create_pr: bool = CREATE_PR,
+    message: Optional[str] = MESSAGE,
+    as_json: bool = JSON,
 ) -> None:
     """Publish a mask to a Hub repo (one commit + a tag). Example: szoq mask push mymask@v2 --repo my-team/smollm2-mask"""
     result = push_mask(ref, repo_id=repo, tag=tag, private=private, token=token, create_pr=create_pr, message=message)
@@ -43,9 +51,9 @@ def push(
 def pull(
     ref: str = typer.Argument(..., help="ORG/NAME[@REV]; REV is a tag, branch or commit sha (default: main)."),
     name: Optional[str] = typer.Option(None, "--name", help="Local registry name (default: the repo NAME)."),
-    token: Optional[str] = typer.Option(None, "--token", help=TOKEN_HELP, show_default=False),
-    offline: bool = typer.Option(False, "--offline", help="Use only the local Hugging Face cache (also HF_HUB_OFFLINE=1)."),
-    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+    token: Optional[str] = TOKEN,
+    offline: bool = OFFLINE,
+    as_json: bool = JSON,
 ) -> None:
     """Download, verify and register a mask from the Hub. Example: szoq mask pull my-team/smollm2-mask@v2 --name team"""
     repo_id, revision = _hub_ref(ref)
@@ -60,7 +68,7 @@ def pull(
 @mask_app.command("info")
 def info(
     ref: str = typer.Argument(..., help="ORG/NAME[@REV] on the Hub."),
-    token: Optional[str] = typer.Option(None, "--token", help=TOKEN_HELP, show_default=False),
+    token: Optional[str] = TOKEN,
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Show a Hub mask's facts from its header only (no download). Example: szoq mask info my-team/smollm2-mask@v1"""
@@ -82,7 +90,7 @@ def search(
     base_model: Optional[str] = typer.Option(None, "--base-model", help="Only masks for this base model (Hub id)."),
     author: Optional[str] = typer.Option(None, "--author", help="Only repos of this user or organisation."),
     limit: int = typer.Option(100, help="At most this many results."),
-    token: Optional[str] = typer.Option(None, "--token", help=TOKEN_HELP, show_default=False),
+    token: Optional[str] = TOKEN,
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """List Hub repos tagged szoq/sensitivity-mask. Example: szoq mask search --base-model HuggingFaceTB/SmolLM2-135M"""
