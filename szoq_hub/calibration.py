@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gzip
-import hashlib
 import json
 import logging
 from dataclasses import asdict, dataclass
@@ -13,6 +12,7 @@ from typing import Iterator
 import torch
 
 from .errors import CalibrationError, DependencyError
+from .paths import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +116,7 @@ def load_windows(source: str, tokenizer, *, samples: int, seq_len: int, seed: in
         if not path.is_file():
             raise CalibrationError(f"calibration file {path} not found", hint="pass an existing .jsonl(.gz) or .txt file, or 'c4'")
         texts = list(_read_texts(path))
-        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        digest = file_sha256(path)
     if not texts:
         raise CalibrationError(f"calibration source {source} holds no text", hint="use a file with non-empty 'text' fields or lines")
 

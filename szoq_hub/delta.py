@@ -8,8 +8,6 @@ the run's settings as a JSON string. Loading verifies all of it against the mask
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +15,7 @@ import torch
 
 from .errors import FingerprintMismatch, MaskError
 from .mask import SensitivityMask
+from .paths import atomic_file
 
 FORMAT = "szoq.delta"
 FORMAT_VERSION = "1"
@@ -64,18 +63,11 @@ def save_delta(path: Path, tensors: dict[str, torch.Tensor], *, mask_sha256: str
     path = Path(path)
     if path.suffix != ".safetensors":
         path = path / DELTA_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
     meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "mask_sha256": mask_sha256, "fingerprint": fingerprint,
             "base_model": base_model, "nnz": str(sum(int(t.numel()) for t in tensors.values())),
             "settings": json.dumps(settings or {}, sort_keys=True)}
-    fd, tmp = tempfile.mkstemp(prefix=".delta-", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file({n: t.detach().to(torch.float32).contiguous() for n, t in tensors.items()}, tmp, metadata=meta)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_file(path) as tmp:
+        save_file({n: t.detach().to(torch.float32).contiguous() for n, t in tensors.items()}, str(tmp), metadata=meta)
     return path
 
 

@@ -21,8 +21,6 @@ import importlib.util
 import json
 import logging
 import math
-import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -37,6 +35,7 @@ from .delta import DELTA_CARD_TAGS, DELTA_FILE, load_delta, save_delta
 from .errors import ConfigError, DependencyError, TrainingError
 from .mask import MASK_FILE, SensitivityMask, card_base_model, file_sha256, load_mask
 from .models import DEFAULT_MODEL, ModelSource, model_fingerprint, resolve_model
+from .paths import atomic_file
 from .refs import resolve_mask_ref
 from .scoring import Encoded, encode, loss_sum, metric_value, predict
 from .tasks import CustomTask, Sampling, custom_task_from, load_task
@@ -252,14 +251,8 @@ def _save_checkpoint(out: Path, values: torch.Tensor, opt_state: dict[str, torch
     tensors = {"values": values.detach().clone()}
     for k, v in opt_state.items():
         tensors[f"opt.{k}"] = v.reshape(-1) if v.dim() == 0 else v
-    fd, tmp = tempfile.mkstemp(prefix=".checkpoint-", suffix=".tmp", dir=out)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=meta)
-        os.replace(tmp, out / CHECKPOINT_FILE)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_file(out / CHECKPOINT_FILE) as tmp:
+        save_file(tensors, str(tmp), metadata=meta)
 
 
 def _truncate_metrics(path: Path, step: int) -> None:

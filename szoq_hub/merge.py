@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import logging
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 
 from .delta import load_delta
+from .paths import atomic_dir
 from .errors import ConfigError, TrainingError
 from .finetune import open_model_and_mask
 from .models import load_model
@@ -55,15 +53,8 @@ def merge(*, model: str, mask_ref: str, delta: str | Path, out: str | Path, dtyp
         for name, idx in mask.indices.items():
             params[name].view(-1)[idx.long()] = loaded_delta.tensors[name]  # [nnz_name] into the flat weight
     loaded.model.to(DTYPES[dtype])
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".merge-", dir=out.parent))
-    try:
+    with atomic_dir(out) as tmp:
         loaded.model.save_pretrained(tmp)
         loaded.tokenizer.save_pretrained(tmp)
-        if out.exists():
-            out.rmdir()
-        os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     log.info("merged %d values into %s", mask.nnz, out)
     return out

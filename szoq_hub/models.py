@@ -11,10 +11,7 @@ import hashlib
 import importlib.util
 import json
 import logging
-import os
 import re
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +19,7 @@ import torch
 from torch import nn
 
 from .errors import DependencyError, ModelError
-from .paths import file_sha256, model_cache_dir
+from .paths import atomic_dir, atomic_file, file_sha256, model_cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -86,10 +83,8 @@ def _cached_file_sha256(path: Path) -> str:
     digest = file_sha256(path)
     table[key] = digest
     try:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(table))
-        os.replace(tmp, cache)
+        with atomic_file(cache) as tmp:
+            tmp.write_text(json.dumps(table))
     except OSError:  # a read-only cache only costs a re-hash next time
         pass
     return digest
@@ -130,16 +125,14 @@ def _convert_gguf(gguf_path: Path, digest: str) -> Path:
     model.is_quantized = False
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
     try:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        try:
-            os.replace(tmp, target)
-        except OSError:  # another process converted it first
-            pass
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        with atomic_dir(target) as tmp:
+            model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+    except OSError:
+        if not (target / "config.json").exists():
+            raise
+        # another process finished the same conversion first: use its copy
     return target
 
 

@@ -65,13 +65,43 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _apply_umask(folder: Path) -> None:
-    """mkdtemp creates 0700 folders; give a finished folder ordinary permissions."""
+def _umask() -> int:
     umask = os.umask(0)
     os.umask(umask)
+    return umask
+
+
+def _apply_umask(folder: Path) -> None:
+    """mkdtemp creates 0700 folders; give a finished folder ordinary permissions."""
+    umask = _umask()
     os.chmod(folder, 0o777 & ~umask)
     for f in folder.iterdir():
         os.chmod(f, 0o666 & ~umask)
+
+
+@contextmanager
+def atomic_file(target: Path) -> Iterator[Path]:
+    """Write a file under a temp name beside `target`; on success sync it and rename it into place.
+
+    Readers see the old file or the new one, never a half-written one; a failure leaves the
+    old file untouched and no temp file behind.
+
+    Yields:
+        The temp path to write to.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{target.name}-", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 @contextmanager

@@ -10,10 +10,8 @@ upgraded through numbered migrations.
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -23,7 +21,7 @@ from filelock import FileLock
 
 from .errors import RegistryError
 from .mask import ARTIFACT_FILES, MASK_FILE, file_sha256, load_mask
-from .paths import atomic_dir, ensure_writable_dir, szoq_home
+from .paths import atomic_dir, atomic_file, ensure_writable_dir, szoq_home
 
 SCHEMA_VERSION = 2
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,95}$")
@@ -127,16 +125,8 @@ class Registry:
         return index
 
     def _write(self, index: dict) -> None:
-        fd, tmp = tempfile.mkstemp(prefix=".index-", dir=self.root)
-        try:
-            with os.fdopen(fd, "w") as fh:
-                json.dump(index, fh, indent=2, sort_keys=True)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, self.index_path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        with atomic_file(self.index_path) as tmp:
+            tmp.write_text(json.dumps(index, indent=2, sort_keys=True))
 
     def _entry(self, name: str, raw: dict) -> RegistryEntry:
         return RegistryEntry(name, raw["version"], raw["sha256"], raw["created_at"], self.objects / raw["sha256"], raw.get("source") or {}, raw.get("hub"))
