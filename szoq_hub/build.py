@@ -6,7 +6,7 @@ import logging
 import os
 import shlex
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -124,7 +124,3 @@ def build_mask(config: MaskBuildConfig, out: Path | None, *, progress: ProgressF
         return mask, None
     return mask, save_mask(mask, out)
 
-
-def build_summary(config: MaskBuildConfig) -> dict:
-    """The build options as a plain dict (recorded with registry entries)."""
-    return asdict(config)

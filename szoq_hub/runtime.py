@@ -173,12 +173,6 @@ class SparseQuantLinear(nn.Module):
     def extra_repr(self) -> str:
         return f"in={self.in_features}, out={self.out_features}, quant={self.quant}, nnz={self.flat_idx.numel()}, cols={self.cols.numel()}"
 
-    def dense_weight(self) -> torch.Tensor:
-        """The effective weight base + sparse values as a dense [out, in] tensor (reference/merge only)."""
-        w = self._base_weight().clone()
-        w.view(-1).index_put_((self.flat_idx,), self.values.to(w.dtype))
-        return w
-
     def _base_weight(self) -> torch.Tensor:
         """The dequantized base weight [out, in] (masked entries exactly 0)."""
         if self.quant in ("nf4", "fp4"):
