@@ -1,0 +1,57 @@
+"""bench/scale_models.py: shard-by-shard random checkpoints that transformers loads, resumable."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+import scale_models  # noqa: E402
+
+
+def test_shards_index_resume_and_spec(tmp_path):
+    from safetensors import safe_open
+    from transformers import AutoModelForCausalLM
+
+    folder = tmp_path / "ckpt"
+    shard_gib = 3e-3  # ~3 MiB: the tiny shape spans several shards
+    scale_models.write_checkpoint("llama-tiny", folder, seed=3, shard_gib=shard_gib, tokenizer=False, log=lambda s: None)
+    index = json.loads((folder / "model.safetensors.index.json").read_text())
+    files = sorted(set(index["weight_map"].values()))
+    assert len(files) >= 3
+    assert sorted(p.name for p in folder.glob("*.safetensors")) == files
+    for f in files:  # no shard beyond the limit unless it is a single tensor
+        with safe_open(str(folder / f), "pt") as sf:
+            keys = list(sf.keys())
+            assert all(index["weight_map"][k] == f for k in keys)
+        assert (folder / f).stat().st_size <= shard_gib * 2**30 + 64 * 1024 or len(keys) == 1
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    params = dict(model.named_parameters())
+    assert set(params) == set(index["weight_map"])
+    assert index["metadata"]["total_parameters"] == sum(p.numel() for p in params.values())
+    assert str(model.dtype) == "torch.bfloat16"
+    assert 0.015 < params["model.layers.0.mlp.up_proj.weight"].float().std() < 0.025
+    assert (params["model.norm.weight"] == 1).all()
+
+    # resume: a missing shard and marker are rewritten byte-identically; others are kept
+    victim = folder / files[1]
+    before = victim.read_bytes()
+    victim.unlink()
+    (folder / scale_models.MARKER).unlink()
+    kept_mtime = (folder / files[0]).stat().st_mtime_ns
+    scale_models.write_checkpoint("llama-tiny", folder, seed=3, shard_gib=shard_gib, tokenizer=False, log=lambda s: None)
+    assert victim.read_bytes() == before
+    assert (folder / files[0]).stat().st_mtime_ns == kept_mtime
+    # another seed in the same folder is refused, not mixed in
+    with pytest.raises(SystemExit, match="another spec"):
+        scale_models.write_checkpoint("llama-tiny", folder, seed=4, shard_gib=shard_gib, tokenizer=False, log=lambda s: None)
+
+
+def test_real_shapes():
+    counts = {name: sum(scale_models._numel(s) for _, s in scale_models.parameter_shapes(scale_models.make_config(name)))
+              for name in ("llama-2-7b", "llama-1.1b")}
+    assert round(counts["llama-2-7b"] / 1e9, 2) == 6.88
+    assert round(counts["llama-1.1b"] / 1e9, 2) == 1.17
