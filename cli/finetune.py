@@ -53,6 +53,7 @@ def finetune_cmd(
     out_dir: Path = typer.Option(Path("runs/finetune"), "--out", help="Output folder."),
     resume: bool = typer.Option(False, "--resume", help="Continue the stopped run in --out."),
     data_dir: Optional[str] = _DATA,
+    report_to: str = typer.Option("none", "--report-to", help="Also log metrics to: none, tensorboard, trackio or wandb (offline modes honoured)."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """ZO fine-tune the sparse values of a quantized model. Example: szoq finetune --task sst2 --steps 300 --out runs/sst2"""
@@ -60,7 +61,7 @@ def finetune_cmd(
                             label_field=label_field, task_file=task_file, data_dir=data_dir, quant=quant, steps=steps, batch_size=batch_size,
                             lr=lr, eps=eps, optimizer=optimizer, zo_samples=zo_samples, lr_schedule=lr_schedule, warmup=warmup,
                             weight_decay=weight_decay, eval_every=eval_every, save_every=save_every, seed=seed, train_samples=train_samples,
-                            dev_samples=dev_samples, eval_samples=eval_samples, out=str(out_dir))
+                            dev_samples=dev_samples, eval_samples=eval_samples, out=str(out_dir), report_to=report_to)
     with progress_bar() as bar:
         bar_task = bar.add_task("loading", total=steps, info="")
         state = {"dev": "-", "t0": time.perf_counter(), "first": 0}

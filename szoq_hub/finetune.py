@@ -38,6 +38,7 @@ from .models import DEFAULT_MODEL, ModelSource, model_fingerprint, resolve_model
 from .paths import atomic_file
 from .refs import resolve_mask_ref
 from .scoring import Encoded, encode, loss_sum, metric_value, predict
+from .tracking import check_report_to, open_tracker, scalars
 from .tasks import CustomTask, Sampling, custom_task_from, load_task
 from .zo import StepRecord, ZOConfig, make_optimizer
 
@@ -51,7 +52,7 @@ CHECKPOINT_FILE = "checkpoint.safetensors"
 BEST_FILE = "best-dev.safetensors"
 CARD_FILE = "README.md"
 # Settings that may differ when resuming (they do not change the trajectory).
-_RESUME_FREE = ("out", "data_dir", "eval_batch_size")
+_RESUME_FREE = ("out", "data_dir", "eval_batch_size", "report_to")
 
 ProgressFn = Callable[[dict], None]
 
@@ -89,6 +90,7 @@ class FinetuneConfig:
     eval_samples: int = field(default=1000, metadata={"help": "eval examples drawn from validation"})
     eval_batch_size: int = field(default=32, metadata={"help": "batch size of evaluation"})
     out: str = field(default="runs/finetune", metadata={"help": "output folder"})
+    report_to: str = field(default="none", metadata={"help": "also log metrics to: none, tensorboard, trackio or wandb"})
 
     def __post_init__(self) -> None:
         if self.steps <= 0:
@@ -108,6 +110,10 @@ class FinetuneConfig:
         if self.quant not in QUANT_MODES:
             raise ConfigError(f"unknown quant {self.quant!r}", hint=f"choose one of: {', '.join(QUANT_MODES)}")
         self.zo_config()  # validates optimizer, lr, eps, schedule, ...
+        from .tracking import REPORT_TO
+
+        if self.report_to not in REPORT_TO:
+            raise ConfigError(f"unknown --report-to {self.report_to!r}", hint=f"choose one of: {', '.join(REPORT_TO)}")
 
     def zo_config(self) -> ZOConfig:
         """The optimizer part of the settings."""
@@ -311,6 +317,7 @@ def finetune(config: FinetuneConfig, *, resume: bool = False, progress: Progress
     rank, size = world()
     emit = progress or (lambda _event: None)
     require_quant_backend(config.quant)
+    check_report_to(config.report_to)
     _check_out(config, resume)
     source, fingerprint, mask, mask_sha = open_model_and_mask(config.model, config.mask, config.revision)
     task = load_task(config.task, custom=config.custom_task(), data_dir=config.data_dir, sampling=config.sampling())
@@ -347,12 +354,15 @@ def finetune(config: FinetuneConfig, *, resume: bool = False, progress: Progress
     if rank == 0:
         _truncate_metrics(out / METRICS_FILE, start)
     metrics = open(out / METRICS_FILE, "a") if rank == 0 else None
+    tracker = open_tracker(config.report_to, out=out, name=out.name, config=settings) if rank == 0 else None
     delta_meta = dict(mask_sha256=mask_sha, fingerprint=fingerprint, base_model=source.base_model)
 
     def log_row(row: dict) -> None:
         if metrics is not None:
             metrics.write(json.dumps(row) + "\n")
             metrics.flush()
+        if tracker is not None:
+            tracker.log(scalars(row), row["step"] + (row["kind"] == "step"))  # x axis: steps done
 
     def save_best(step: int, dev_score: float) -> None:
         nonlocal best_dev, best_step, best_values
@@ -388,6 +398,10 @@ def finetune(config: FinetuneConfig, *, resume: bool = False, progress: Progress
                     save_best(done, dev_score)
             if rank == 0 and (done % config.save_every == 0 or done == config.steps):
                 _save_checkpoint(out, values, opt.state_dict(), {"step": str(done), "best_dev": repr(best_dev), "best_step": str(best_step or "")})
+    except BaseException:
+        if tracker is not None:
+            tracker.close()
+        raise
     finally:
         if metrics is not None:
             metrics.close()
@@ -399,8 +413,12 @@ def finetune(config: FinetuneConfig, *, resume: bool = False, progress: Progress
     result = {"metric": task.metric, "eval_metric": eval_score, "best_dev": None if best_step is None else best_dev, "best_step": best_step}
     emit({"kind": "final", **result})
     if rank == 0:
+        final = {"kind": "final", "split": "eval", **result}
         with open(out / METRICS_FILE, "a") as fh:
-            fh.write(json.dumps({"kind": "final", "split": "eval", **result}) + "\n")
+            fh.write(json.dumps(final) + "\n")
+        if tracker is not None:
+            tracker.log(scalars(final), config.steps)
+            tracker.close()
         (out / CARD_FILE).write_text(render_run_card(config, source.base_model, mask_sha, result))
         save_delta(out / DELTA_FILE, sparse.delta_tensors(), **delta_meta, settings={**settings, **result, "task": task.name})
     if size > 1:
