@@ -102,14 +102,20 @@ def list_(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> 
 
 @mask_app.command("show")
 def show(ref: str = typer.Argument(..., help="NAME[@VERSION], a folder, or ORG/NAME[@REV]."),
-         as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
-    """Show a mask's metadata, stats and per-layer density. Example: szoq mask show smollm2-135m-instruct"""
+         as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+         plot: Optional[Path] = typer.Option(None, "--plot", help="Also draw a density / captured-share heatmap to this PNG.")) -> None:
+    """Show a mask's metadata, stats and per-layer density. Example: szoq mask show smollm2-135m-instruct --plot mask.png"""
     folder = resolve_mask_ref(ref)
     mask = load_mask(folder)
     cfg = mask.config
+    if plot is not None:
+        from szoq_hub.plots import plot_mask
+
+        note(f"wrote {plot_mask(mask, plot)}")
     import math
     layers = [{"tensor": n, "shape": s, "nnz": int(mask.indices[n].numel()) if n in mask.indices else 0,
-               "density": (int(mask.indices[n].numel()) if n in mask.indices else 0) / math.prod(s)} for n, s in cfg.shapes.items()]
+               "density": (int(mask.indices[n].numel()) if n in mask.indices else 0) / math.prod(s),
+               "captured_share": cfg.stats.get("captured_share_per_tensor", {}).get(n)} for n, s in cfg.shapes.items()]
     if as_json:
         from dataclasses import asdict
         print_json({"path": str(folder), "config": asdict(cfg), "nnz": mask.nnz, "layers": layers})
@@ -119,7 +125,8 @@ def show(ref: str = typer.Argument(..., help="NAME[@VERSION], a folder, or ORG/N
              ["captured share", cfg.stats.get("captured_share", "n/a")], ["calibration", cfg.calibration],
              ["created", cfg.created_at], ["path", folder]]
     table(ref, ["fact", "value"], facts)
-    table(None, ["tensor", "shape", "nnz", "density"], [[l["tensor"], "x".join(map(str, l["shape"])), l["nnz"], f"{l['density']:.2e}"] for l in layers])
+    table(None, ["tensor", "shape", "nnz", "density", "captured"],
+          [[l["tensor"], "x".join(map(str, l["shape"])), l["nnz"], f"{l['density']:.2e}", "n/a" if l["captured_share"] is None else f"{l['captured_share']:.3f}"] for l in layers])
 
 
 @mask_app.command("verify")

@@ -15,7 +15,7 @@ import torch.distributed as dist
 
 from .calibration import load_windows
 from .errors import ConfigError
-from .mask import MaskConfig, SCOPES, SensitivityMask, captured_share, check_density, mask_stats, save_mask, select
+from .mask import MaskConfig, SCOPES, SensitivityMask, captured_share, captured_share_per_tensor, check_density, mask_stats, save_mask, select
 from .models import DEFAULT_MODEL, fingerprint_from, load_model, resolve_model, target_parameter_names
 from .sensitivity import ProgressFn, check_scorer, fisher_scores, magnitude_scores, random_scores
 
@@ -103,6 +103,7 @@ def build_mask(config: MaskBuildConfig, out: Path | None, *, progress: ProgressF
     indices = select(scores, config.density, config.scope)
     stats = mask_stats(indices, shapes)
     stats["captured_share"] = round(captured_share(scores, indices), 6)
+    stats["captured_share_per_tensor"] = captured_share_per_tensor(scores, indices)
     del scores
     mask_config = MaskConfig(
         base_model=source.base_model,

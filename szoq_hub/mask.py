@@ -153,6 +153,16 @@ def captured_share(scores: dict[str, torch.Tensor], indices: dict[str, torch.Ten
     return kept / total if total > 0 else 0.0
 
 
+def captured_share_per_tensor(scores: dict[str, torch.Tensor], indices: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Per tensor, the share of its own score mass held by its selected weights (0 when none)."""
+    out = {}
+    for name, s in scores.items():
+        total = float(s.double().sum())
+        kept = float(s.flatten()[indices[name].long()].double().sum()) if name in indices else 0.0
+        out[name] = round(kept / total, 6) if total > 0 else 0.0
+    return out
+
+
 def mask_stats(indices: dict[str, torch.Tensor], shapes: dict[str, list[int]]) -> dict:
     """nnz per tensor and in total."""
     nnz = {n: int(indices[n].numel()) if n in indices else 0 for n in shapes}

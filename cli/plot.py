@@ -1,0 +1,25 @@
+"""`szoq plot RUN [RUN...]`: loss and dev metric against steps, several runs overlaid (PNG)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from szoq_hub.delta import resolve_delta_ref
+from szoq_hub.plots import plot_runs
+
+from .app import app
+from .render import note
+
+
+@app.command("plot")
+def plot_cmd(
+    runs: list[str] = typer.Argument(..., help="szoq finetune output folders (or ORG/NAME[@REV] deltas on the Hub)."),
+    out_file: Path = typer.Option(Path("szoq-plot.png"), "--out", help="The PNG to write."),
+) -> None:
+    """Plot loss and dev metric against steps from metrics.jsonl. Example: szoq plot runs/sst2 runs/rte --out runs.png"""
+    folders = [resolve_delta_ref(r) for r in runs]
+    path = plot_runs([f.parent if f.suffix == ".safetensors" else f for f in folders], out_file, labels=runs)
+    print(path)
+    note(f"plotted {len(runs)} run(s)")
