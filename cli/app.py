@@ -48,7 +48,7 @@ def root(
 def _register() -> None:
     from . import mask  # noqa: F401  (registers the `mask` group)
 
-    for optional in ("mask_hub", "finetune", "delta"):
+    for optional in ("mask_hub", "finetune", "delta", "plot", "export"):
         try:
             __import__(f"{__package__}.{optional}")
         except ModuleNotFoundError as exc:
