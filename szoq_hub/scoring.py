@@ -2,7 +2,8 @@
 
 - Shared single-token options (sst2, rte, cb, ...): one forward over the left-padded prompts with
   `logits_to_keep=1`; the options are read off the log-softmax at the last position.
-- Otherwise (copa, custom multi-token words): one forward per (example, option) sequence,
+- Otherwise (copa, custom multi-token words, or a tokenizer that merges the option into the
+  prompt's last token): one forward per (example, option) sequence,
   left-padded so all options end at the same column, with `logits_to_keep = max option length
   + 1`: logits exist only for the positions that predict option tokens.
 Never a full-vocabulary logit tensor for every position.
@@ -23,28 +24,50 @@ MAX_PROMPT_TOKENS = 1024
 
 @dataclass
 class Encoded:
-    """Token ids of one example."""
+    """Token ids of one example.
+
+    Attributes:
+        prompt: enc(prompt).
+        options: Per option, the trailing tokens of enc(prompt + option) that the option adds.
+        label: Index of the right option.
+        contexts: Per option, the tokens before them (enc(prompt + option) minus the trailing
+            tokens); equal to `prompt` unless the tokenizer merges across the boundary.
+    """
 
     prompt: list[int]
     options: list[list[int]]
     label: int
+    contexts: list[list[int]] | None = None
+
+    def __post_init__(self) -> None:
+        if self.contexts is None:
+            self.contexts = [self.prompt] * len(self.options)
 
 
 def encode(tokenizer, examples: list[Example], max_prompt_tokens: int = MAX_PROMPT_TOKENS) -> list[Encoded]:
-    """Tokenize prompts and options separately (options without special tokens).
+    """Tokenize each prompt + option together and take the option's tokens from the end (MeZO).
 
-    Long prompts are cut from the left so the answer position is kept.
+    Tokenizing an option apart from its prompt is wrong for SentencePiece-style tokenizers
+    (Llama-2, Mistral): `" terrible"` alone becomes `['▁', '▁terrible']`, inside the sentence
+    `['▁terrible']`. The option's length is len(enc(prompt + option)) - len(enc(prompt)).
+    Long contexts are cut from the left so the answer position is kept.
     """
     prompts = tokenizer([e.prompt for e in examples], add_special_tokens=True)["input_ids"]
-    vocab: dict[str, list[int]] = {}
-    out = []
+    fulls = tokenizer([e.prompt + o for e in examples for o in e.options], add_special_tokens=True)["input_ids"]
+    out, k = [], 0
     for ex, ids in zip(examples, prompts):
-        opts = []
-        for o in ex.options:
-            if o not in vocab:
-                vocab[o] = tokenizer(o, add_special_tokens=False)["input_ids"] or [tokenizer.eos_token_id]
-            opts.append(vocab[o])
-        out.append(Encoded(ids[-max_prompt_tokens:], opts, ex.label))
+        opts, ctxs = [], []
+        for _ in ex.options:
+            full = fulls[k]
+            k += 1
+            n = len(full) - len(ids)
+            if n < 1:  # an empty option (or one the tokenizer swallowed): score end-of-sequence
+                opts.append([tokenizer.eos_token_id])
+                ctxs.append(full[-max_prompt_tokens:])
+            else:
+                opts.append(full[-n:])
+                ctxs.append(full[:-n][-max_prompt_tokens:])
+        out.append(Encoded(ids[-max_prompt_tokens:], opts, ex.label, ctxs))
     return out
 
 
@@ -67,9 +90,10 @@ def _forward(model, ids: torch.Tensor, attn: torch.Tensor, keep: int) -> torch.T
 
 
 def shared_single_token(batch: list[Encoded]) -> bool:
-    """True when every example has the same options and each is one token."""
+    """True when every example has the same options, each one token right after the whole prompt."""
     first = batch[0].options
-    return all(len(o) == 1 for o in first) and all(e.options == first for e in batch)
+    return (all(len(o) == 1 for o in first) and all(e.options == first for e in batch)
+            and all(c == e.prompt for e in batch for c in e.contexts))
 
 
 @torch.no_grad()
@@ -90,7 +114,7 @@ def option_scores(model, batch: list[Encoded], pad_id: int) -> torch.Tensor:
         opts = torch.tensor([o[0] for o in batch[0].options])  # [O]
         return logp[:, opts]  # [B, O]
     pairs = [(b, j) for b, e in enumerate(batch) for j in range(len(e.options))]
-    seqs = [batch[b].prompt + batch[b].options[j] for b, j in pairs]
+    seqs = [batch[b].contexts[j] + batch[b].options[j] for b, j in pairs]
     lens = torch.tensor([len(batch[b].options[j]) for b, j in pairs])  # [N]
     width = int(lens.max())
     ids, attn = _left_pad(seqs, pad_id)  # [N, T]

@@ -10,7 +10,8 @@ import torch
 from conftest import SHARED_DATA
 from szoq_hub.errors import DependencyError, TaskError
 from szoq_hub.scoring import encode, loss_sum, metric_value, option_scores, shared_single_token
-from szoq_hub.tasks import TASKS, CustomTask, Example, Sampling, load_task, load_task_file, parse_labels, with_demonstrations
+from szoq_hub.tasks import (TASKS, CustomTask, Example, Sampling, load_task, load_task_file, lowercase_sentence_start, parse_labels,
+                            with_demonstrations)
 
 needs_data = pytest.mark.skipif(not (SHARED_DATA / "sst2").is_dir(), reason=f"shared data not found at {SHARED_DATA}")
 
@@ -31,7 +32,53 @@ def test_sst2_template_and_verbalizers_match_mezo():
     data = load_task("sst2", data_dir=SHARED_DATA, sampling=Sampling(5, 0, 5))
     ex = data.eval[0]
     assert ex.prompt.endswith(" It was") and ex.options == [" terrible", " great"]
-    assert data.metric == "accuracy" and load_task("cb", data_dir=SHARED_DATA, sampling=Sampling(5, 0, 5)).metric == "macro_f1"
+    assert data.metric == "accuracy"
+
+
+@needs_data
+@pytest.mark.parametrize("name", ["cb", "multirc"])
+def test_cb_and_multirc_report_accuracy_like_mezo(name):
+    assert load_task(name, data_dir=SHARED_DATA, sampling=Sampling(5, 0, 5)).metric == "accuracy"
+
+
+@needs_data
+def test_copa_lowercases_choices_but_not_i():
+    data = load_task("copa", data_dir=SHARED_DATA, sampling=Sampling(400, 0, 100))
+    options = [o for e in data.train + data.eval for o in e.options]
+    assert sum(o.startswith((" I ", " I'")) for o in options) > 100  # "I" kept (149 of the 1000 choices start with it)
+    assert not any(o.startswith((" i ", " i'")) for o in options)
+    assert any(o.startswith(" the ") for o in options) and not any(o.startswith(" The ") for o in options)
+
+
+@pytest.mark.parametrize("sentence,context,expected", [
+    ("The man laughed.", "", "the man laughed."),
+    ("I woke up.", "", "I woke up."),
+    ("I'm tired.", "", "I'm tired."),
+    ("TV prices fell.", "", "TV prices fell."),
+    ("Mary left early.", "I waved at Mary.", "Mary left early."),  # a name: capitalized mid-sentence elsewhere
+    ("She left early.", "She waved.", "she left early."),  # sentence-initial elsewhere only: not a name
+])
+def test_lowercase_sentence_start(sentence, context, expected):
+    assert lowercase_sentence_start(sentence, context) == expected
+
+
+def _multirc_rows(passages=12, questions=3, answers=5):
+    return [{"idx": p, "passage": {"text": f"passage {p}", "questions": [
+        {"idx": q, "question": f"q{p}.{q}?", "answers": [{"idx": a, "text": f"a{a}", "label": a % 2} for a in range(answers)]}
+        for q in range(questions)]}} for p in range(passages)]
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_multirc_dev_never_shares_a_question_with_train(tmp_path, seed):
+    folder = tmp_path / "superglue" / "MultiRC"
+    folder.mkdir(parents=True)
+    _jsonl(folder / "train32.jsonl", _multirc_rows())
+    _jsonl(folder / "val.jsonl", _multirc_rows(2))
+    data = load_task("multirc", data_dir=tmp_path, sampling=Sampling(120, 50, 10, seed=seed))
+    train_q, dev_q = {e.group for e in data.train}, {e.group for e in data.dev}
+    assert len(data.train) == 120 and len(data.dev) == 50  # whole questions of 5 answers fill both budgets exactly
+    assert dev_q and not train_q & dev_q
+    assert all(sum(e.group == g for e in data.train) == 5 for g in train_q)  # every question whole
 
 
 @needs_data
@@ -134,9 +181,9 @@ def _reference_scores(model, enc):
     out = torch.full((len(enc), max(len(e.options) for e in enc)), -float("inf"))
     for b, e in enumerate(enc):
         for j, opt in enumerate(e.options):
-            ids = torch.tensor([e.prompt + opt])
+            ids = torch.tensor([e.contexts[j] + opt])
             logp = model(ids).logits[0].log_softmax(-1)  # [T, V]
-            lp = [logp[len(e.prompt) - 1 + k, t] for k, t in enumerate(opt)]
+            lp = [logp[len(e.contexts[j]) - 1 + k, t] for k, t in enumerate(opt)]
             out[b, j] = torch.stack(lp).mean()
     return out
 
@@ -161,3 +208,49 @@ def test_multi_token_path_matches_reference(tiny_lm):
         ref = _reference_scores(model, enc)
     expected = sum(float(-ref[b].log_softmax(-1)[e.label]) for b, e in enumerate(enc))
     assert loss_sum(model, enc, tok.pad_token_id) == pytest.approx(expected, rel=1e-4)
+
+
+# --- SentencePiece-style tokenization (Llama-2 / Mistral): options scored inside the prompt --
+
+def _sentencepiece_tokenizer():
+    """A Llama-2-style tokenizer built locally: Prepend("▁") + Replace(" ", "▁") normalizer,
+    unigram pieces, Metaspace decoder. Alone, " terrible" becomes ['▁', '▁terrible']."""
+    from tokenizers import Tokenizer, decoders, models, normalizers
+    from transformers import PreTrainedTokenizerFast
+
+    pieces = ["<unk>", "<s>", "</s>", "<pad>", "▁", "▁It", "▁was", "▁terrible", "▁great", "▁the", "▁movie", "▁bad", "▁so",
+              "▁Yes", "▁No", "\n", *"terribleogdsmvhwIYNa."]
+    tok = Tokenizer(models.Unigram([(p, -1.0 if len(p) > 1 else -5.0) for p in dict.fromkeys(pieces)], unk_id=0, byte_fallback=False))
+    tok.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always", split=False)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>", pad_token="<pad>")
+
+
+def test_sentencepiece_options_are_the_trailing_tokens_of_prompt_plus_option():
+    tok = _sentencepiece_tokenizer()
+    assert tok.convert_ids_to_tokens(tok(" terrible", add_special_tokens=False)["input_ids"]) == ["▁", "▁terrible"]  # the trap
+    enc = encode(tok, [Example("the movie was so bad. It was", [" terrible", " great"], 0)])[0]
+    assert [tok.convert_ids_to_tokens(o) for o in enc.options] == [["▁terrible"], ["▁great"]]
+    assert enc.contexts == [enc.prompt, enc.prompt]
+    full = tok("the movie was so bad. It was terrible")["input_ids"]
+    assert enc.contexts[0] + enc.options[0] == full
+    assert shared_single_token([enc])  # one forward per batch still applies
+
+
+def test_sentencepiece_scores_match_a_reference_on_the_joint_encoding():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tok = _sentencepiece_tokenizer()
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                         num_attention_heads=4, num_key_value_heads=2, pad_token_id=tok.pad_token_id)).eval()
+    exs = [Example("It was", [" terrible", " great"], 0), Example("the movie was so bad. It was", [" terrible", " great"], 1)]
+    enc = encode(tok, exs)
+    expected = torch.zeros(2, 2)
+    with torch.no_grad():
+        for b, e in enumerate(exs):
+            for j, opt in enumerate(e.options):
+                full = tok(e.prompt + opt)["input_ids"]  # the option is the last token of the joint encoding
+                logp = model(torch.tensor([full])).logits[0].log_softmax(-1)  # [T, V]
+                expected[b, j] = logp[len(full) - 2, full[-1]]
+        torch.testing.assert_close(option_scores(model, enc, tok.pad_token_id), expected, atol=1e-5, rtol=1e-5)
