@@ -42,7 +42,8 @@ class TaskData:
 
     Attributes:
         name: Task name (`sst2`, ..., or `custom`).
-        metric: `accuracy`, `f1` (binary, positive = option 1) or `macro_f1`.
+        metric: `accuracy` for every built-in task (MeZO's metric, CB and MultiRC included); also
+            `f1` (binary, positive = option 1) or `macro_f1` for custom use.
         train, dev, eval: Examples; dev is drawn from the train split, eval from validation.
         demos: The pool for in-context demonstrations (the sampled train examples).
     """
@@ -106,11 +107,28 @@ def _wsc(r: dict) -> Example:
     return Example(prompt, ["No", "Yes"], int(bool(r["label"])))
 
 
+def lowercase_sentence_start(sentence: str, context: str = "") -> str:
+    """Lowercase a sentence's first letter where that is right in mid-sentence position.
+
+    MeZO lowercases every COPA choice ("The man ..." -> "... so the man ..."), which also turns
+    "I" into "i" (149 of the 1000 choices). The first word keeps its case when it is "I" or an
+    "I'm"-style contraction, an acronym or a word with inner capitals ("TV", "McDonald"), or a
+    name: a word that `context` (the premise and other choice) also capitalizes mid-sentence.
+    """
+    word = sentence.split(" ", 1)[0]
+    bare = word.rstrip(".,;:!?")
+    mid_sentence = {w.rstrip(".,;:!?") for part in context.split(". ") for w in part.split()[1:]}
+    keep = (bare == "I" or bare.startswith("I'") or not bare[:1].isupper() or any(ch.isupper() for ch in bare[1:])
+            or bare in mid_sentence)
+    return sentence if keep else sentence[0].lower() + sentence[1:]
+
+
 def _copa(r: dict) -> Example:
     premise = r["premise"].strip()
     premise = premise[:-1] if premise.endswith(".") else premise
     connector = {"cause": " because", "effect": " so"}[r["question"]]
-    options = [" " + c[0].lower() + c[1:] for c in (r["choice1"], r["choice2"])]
+    context = " ".join((r["premise"], r["choice1"], r["choice2"]))
+    options = [" " + lowercase_sentence_start(c, context) for c in (r["choice1"], r["choice2"])]
     return Example(premise + connector, options, int(r["label"]))
 
 
@@ -134,12 +152,12 @@ class TaskSpec:
 BUILTIN: dict[str, TaskSpec] = {
     "sst2": TaskSpec(_sst2, "accuracy", "sst2/train.tsv", "sst2/dev.tsv", ("glue", "sst2")),
     "rte": TaskSpec(_rte, "accuracy", "superglue/RTE/train.jsonl", "superglue/RTE/val.jsonl", ("super_glue", "rte")),
-    "cb": TaskSpec(_cb, "macro_f1", "superglue/CB/train.jsonl", "superglue/CB/val.jsonl", ("super_glue", "cb")),
+    "cb": TaskSpec(_cb, "accuracy", "superglue/CB/train.jsonl", "superglue/CB/val.jsonl", ("super_glue", "cb")),
     "boolq": TaskSpec(_boolq, "accuracy", "superglue/BoolQ/train.jsonl", "superglue/BoolQ/val.jsonl", ("super_glue", "boolq")),
     "wic": TaskSpec(_wic, "accuracy", "superglue/WiC/original/train.data.txt", "superglue/WiC/val.jsonl", ("super_glue", "wic")),
     "wsc": TaskSpec(_wsc, "accuracy", "superglue/WSC/train.jsonl", "superglue/WSC/val.jsonl", ("super_glue", "wsc.fixed")),
     "copa": TaskSpec(_copa, "accuracy", "superglue/COPA/train.jsonl", "superglue/COPA/val.jsonl", ("super_glue", "copa")),
-    "multirc": TaskSpec(_multirc, "f1", "superglue/MultiRC/train32.jsonl", "superglue/MultiRC/val.jsonl", ("super_glue", "multirc")),
+    "multirc": TaskSpec(_multirc, "accuracy", "superglue/MultiRC/train32.jsonl", "superglue/MultiRC/val.jsonl", ("super_glue", "multirc")),
 }
 
 
@@ -187,7 +205,8 @@ def _flatten_multirc(rows: list[dict]) -> list[dict]:
     flat = []
     for r in rows:
         if "paragraph" in r and "answer" in r:  # already flat (Hub layout)
-            flat.append({**r, "group": str(r.get("idx", {}).get("question", "")) if isinstance(r.get("idx"), dict) else None})
+            idx = r.get("idx")
+            flat.append({**r, "group": f"{idx.get('paragraph')}-{idx.get('question')}" if isinstance(idx, dict) else None})
             continue
         text = r["passage"]["text"]
         for q in r["passage"]["questions"]:
@@ -374,6 +393,27 @@ def _split_train_dev(n: int, sampling: Sampling) -> tuple[int, int]:
     return train, dev
 
 
+def _split_by_group(examples: list[Example], n_train: int, n_dev: int, seed: int) -> tuple[list[Example], list[Example]]:
+    """(train, dev) of whole groups in seeded order: a group goes to train while it fits, then to dev.
+
+    Splitting by answer row would put answers to the same question on both sides, so dev would
+    score questions the model was trained on.
+    """
+    groups: dict[str | None, list[Example]] = {}
+    for e in examples:
+        groups.setdefault(e.group, []).append(e)
+    keys = list(groups)
+    train: list[Example] = []
+    dev: list[Example] = []
+    for i in _perm(len(keys), seed):
+        members = groups[keys[i]]
+        if not train or len(train) + len(members) <= n_train:  # the first group always trains (cut if too big)
+            train += members[: n_train - len(train)]
+        elif len(dev) + len(members) <= n_dev:
+            dev += members
+    return train, dev
+
+
 def _build_all(rows: list[dict], build: Callable[[dict], Example], where: str) -> list[Example]:
     out = []
     for i, row in enumerate(rows):
@@ -425,10 +465,13 @@ def load_task(task: str | None = None, *, custom: CustomTask | None = None, data
         name, metric = task, spec.metric
         train_all = _build_all(train_rows, spec.build, f"{task} train")
         eval_all = _build_all(eval_rows, spec.build, f"{task} validation")
-    order = _perm(len(train_all), sampling.seed)
     n_train, n_dev = _split_train_dev(len(train_all), sampling)
-    train = [train_all[i] for i in order[:n_train]]
-    dev = [train_all[i] for i in order[n_train:n_train + n_dev]]
+    if any(e.group is not None for e in train_all):  # MultiRC: a question's answers stay on one side
+        train, dev = _split_by_group(train_all, n_train, n_dev, sampling.seed)
+    else:
+        order = _perm(len(train_all), sampling.seed)
+        train = [train_all[i] for i in order[:n_train]]
+        dev = [train_all[i] for i in order[n_train:n_train + n_dev]]
     eval_order = _perm(len(eval_all), sampling.seed + 2)
     evals = [eval_all[i] for i in eval_order[: sampling.eval_samples]]
     info = {"source": source, "train_rows": len(train_all), "eval_rows": len(eval_all), "train": len(train), "dev": len(dev), "eval": len(evals)}
