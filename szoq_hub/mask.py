@@ -87,6 +87,16 @@ class SensitivityMask:
         return sum(int(t.numel()) for t in self.indices.values())
 
 
+INT32_MAX = 2**31 - 1
+
+
+def check_int32_range(name: str, numel: int) -> None:
+    """Raise MaskError when a tensor is too large for int32 flat indices (they would wrap around)."""
+    if numel - 1 > INT32_MAX:
+        raise MaskError(f"{name} has {numel} elements: its flat indices do not fit the mask format's int32",
+                        hint="leave this tensor out with --targets (masks store int32 flat indices)")
+
+
 def check_density(density: float) -> None:
     """Raise ConfigError unless 0 < density < 1."""
     if not (isinstance(density, (int, float)) and 0.0 < density < 1.0 and math.isfinite(density)):
@@ -118,8 +128,21 @@ def select(scores: dict[str, torch.Tensor], density: float, scope: str = "per-ma
 
     Returns:
         name -> sorted int32 flat indices (tensors with no pick are left out in global scope).
+
+    Raises:
+        MaskError: a NaN or infinite score (it would silently empty a tensor's selection, or in
+            global scope the whole mask), or nothing to select from.
     """
     check_density(density)
+    for n, s in scores.items():  # before anything touches the scores
+        check_int32_range(n, s.numel())
+    if not scores or all(s.numel() == 0 for s in scores.values()):
+        raise MaskError("no weights to score: the target selection is empty", hint="check --targets; by default every linear weight of the decoder is a target")
+    for n, s in scores.items():
+        bad = int((~torch.isfinite(s)).sum())
+        if bad:
+            raise MaskError(f"{bad} of {s.numel()} scores of {n} are NaN or infinite",
+                            hint="the calibration forward/backward overflowed: build in fp32 from a model whose weights are finite, or use shorter --seq-len")
     if scope == "per-matrix":
         return {
             n: _top_k_flat(s.flatten(), max(1, math.floor(s.numel() * density))).to(torch.int32)
@@ -232,11 +255,15 @@ def save_mask(mask: SensitivityMask, folder: Path) -> Path:
         The folder.
 
     Raises:
-        MaskError: when the target exists and is not empty.
+        MaskError: when the target exists and is not empty, or the mask holds no weight.
     """
     folder = Path(folder)
+    if mask.nnz == 0:
+        raise MaskError("refusing to save a mask with 0 weights (fine-tuning it would train nothing)", hint="check the scores and --density")
     if folder.exists() and any(folder.iterdir()):
         raise MaskError(f"{folder} already exists and is not empty", hint="choose another --out folder or remove it")
+    for n, shape in mask.config.shapes.items():
+        check_int32_range(n, math.prod(shape))
     with atomic_dir(folder) as tmp:
         tensors = {n: t.contiguous().to(torch.int32) for n, t in mask.indices.items()}
         write_safetensors(tensors, tmp / MASK_FILE, mask.config.header())
@@ -373,6 +400,8 @@ def load_mask(folder: Path, *, fingerprint: str | None = None) -> SensitivityMas
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         raise MaskError(f"{path} is corrupt or truncated ({str(exc).splitlines()[0]})", hint="pull or build the mask again") from None
     verify_indices(indices, config.shapes, where=str(path))
+    if sum(int(t.numel()) for t in indices.values()) == 0:
+        raise MaskError(f"{path} selects 0 weights (fine-tuning it would train nothing)", hint="rebuild the mask: szoq mask build MODEL")
     cfg_path = path.parent / CONFIG_FILE
     if cfg_path.is_file():
         try:

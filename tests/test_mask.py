@@ -76,6 +76,43 @@ def test_density_outside_open_interval_is_refused(density):
         select({"a": torch.rand(4)}, density)
 
 
+@pytest.mark.parametrize("scope", ["per-matrix", "global"])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_scores_are_refused_not_silently_dropped(scope, bad):
+    gen = torch.Generator().manual_seed(0)
+    scores = {n: torch.rand(s, generator=gen) for n, s in SHAPES.items()}
+    scores["b.weight"][1, 2] = bad  # one overflowed score used to empty b (global: the whole mask)
+    with pytest.raises(MaskError, match=r"1 of 16 scores of b.weight are NaN or infinite") as info:
+        select(scores, 0.1, scope)
+    assert "fp32" in info.value.hint
+
+
+def test_flat_indices_beyond_int32_are_refused_before_the_cast(tmp_path):
+    huge = torch.zeros(1).expand(2**31 + 5)  # [2^31 + 5] without the memory (stride 0)
+    with pytest.raises(MaskError, match=r"2147483653 elements: its flat indices do not fit the mask format's int32"):
+        select({"huge.weight": huge, "a.weight": torch.rand(4)}, 0.5, "per-matrix")
+    with pytest.raises(MaskError, match="int32"):
+        save_mask(make_mask({"a.weight": [1]}, shapes={"a.weight": [2**16, 2**15 + 1]}), tmp_path / "m")
+
+
+def test_empty_target_selection_is_refused():
+    with pytest.raises(MaskError, match="no weights to score"):
+        select({}, 0.1, "global")
+
+
+def test_zero_weight_mask_is_refused_on_save_and_load(tmp_path):
+    empty = make_mask({})
+    with pytest.raises(MaskError, match="0 weights"):
+        save_mask(empty, tmp_path / "m")
+    folder = save_mask(make_mask({"a.weight": [1]}), tmp_path / "ok")  # then empty its tensor file by hand
+    from szoq_hub.mask import write_safetensors
+
+    meta = read_header(folder / "mask.safetensors")
+    write_safetensors({"a.weight": torch.zeros(0, dtype=torch.int32)}, folder / "mask.safetensors", meta)
+    with pytest.raises(MaskError, match="selects 0 weights"):
+        load_mask(folder)
+
+
 def test_artifact_round_trip(tmp_path):
     mask = make_mask({"a.weight": [0, 5, 127], "b.weight": [3], "c.weight": [0, 14]})
     folder = save_mask(mask, tmp_path / "m")
