@@ -205,7 +205,7 @@ class ZOSGD:
         Raises:
             TrainingError: the update would make a value non-finite (nothing is changed).
         """
-        snapshot = self.values.clone()
+        snapshot, state = self.values.clone(), self.state_dict()  # state_dict() returns copies
         try:
             self._update(record)
             finite = bool(torch.isfinite(self.values).all())
@@ -213,6 +213,7 @@ class ZOSGD:
             finite = False
         if not finite:
             self.values.copy_(snapshot)
+            self.load_state_dict(state)  # momentum / Adam moments and step count as before the step
             raise TrainingError(
                 f"the update at step {record.step} made values non-finite (lr {record.lr:g}, |g| {record.grad_norm:.3g})",
                 hint="lower --lr; the last checkpoint is intact and --resume continues from it",

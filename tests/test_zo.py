@@ -147,6 +147,98 @@ def test_non_finite_update_raises_and_leaves_values():
     assert torch.equal(values, torch.zeros(10))
 
 
+# --- hand-written references: plain Python floats, no optimizer code --------------------------
+
+def _f32(xs: list[float]) -> list[float]:
+    """Round to fp32, as the optimizer's value and state vectors store them."""
+    return torch.tensor(xs, dtype=torch.float32).tolist()
+
+
+def _hand_estimate(v: list[float], target: list[float], seed: int, eps: float) -> tuple[list[float], float]:
+    """z and the projected gradient g = (L(v + eps z) - L(v - eps z)) / (2 eps), by hand."""
+    z = torch.randn(len(v), generator=torch.Generator().manual_seed(seed)).tolist()
+    loss = lambda w: sum((wi - ti) ** 2 for wi, ti in zip(w, target))  # noqa: E731
+    # The optimizer perturbs an fp32 vector; round the perturbed points to fp32 like it does.
+    f32 = lambda xs: torch.tensor(xs, dtype=torch.float32).tolist()  # noqa: E731
+    lp = loss(f32([vi + eps * zi for vi, zi in zip(v, z)]))
+    lm = loss(f32([vi - eps * zi for vi, zi in zip(v, z)]))
+    return z, (lp - lm) / (2 * eps)
+
+
+def test_momentum_matches_a_hand_written_reference_over_steps():
+    n, lr, eps, mu, wd = 16, 1e-2, 1e-3, 0.9, 0.05
+    values, target = _problem(n=n)
+    opt = make_optimizer(values, ZOConfig(lr=lr, eps=eps, optimizer="zo-momentum", momentum=mu, weight_decay=wd, total_steps=4, seed=11))
+    v, m, t = [0.0] * n, [0.0] * n, target.tolist()
+    for step in range(4):
+        record = opt.step(quadratic(values, target), step)
+        (seed,) = step_seeds(11, step, 1)
+        z, g = _hand_estimate(v, t, seed, eps)
+        assert record.grads[0] == pytest.approx(g, rel=1e-5)
+        m = [mu * mi + (g * zi + wd * vi) for mi, zi, vi in zip(m, z, v)]  # m <- mu m + (g z + wd v)
+        m = _f32(m)
+        v = _f32([vi - lr * mi for vi, mi in zip(v, m)])  # v <- v - lr m
+        torch.testing.assert_close(values, torch.tensor(v), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(opt.m, torch.tensor(m), rtol=1e-4, atol=1e-6)
+
+
+def test_adam_matches_a_hand_written_reference_over_steps():
+    n, lr, eps, b1, b2, aeps, wd = 16, 1e-2, 1e-3, 0.9, 0.999, 1e-8, 0.05
+    values, target = _problem(n=n)
+    values.add_(0.5)  # start away from 0 so that weight decay matters
+    opt = make_optimizer(values, ZOConfig(lr=lr, eps=eps, optimizer="zo-adam", beta1=b1, beta2=b2, adam_eps=aeps, weight_decay=wd,
+                                          total_steps=4, seed=13))
+    v, m, s, t = [0.5] * n, [0.0] * n, [0.0] * n, target.tolist()
+    for step in range(4):
+        opt.step(quadratic(values, target), step)
+        (seed,) = step_seeds(13, step, 1)
+        z, g = _hand_estimate(v, t, seed, eps)
+        k = step + 1
+        m = [b1 * mi + (1 - b1) * g * zi for mi, zi in zip(m, z)]
+        s = [b2 * si + (1 - b2) * (g * zi) ** 2 for si, zi in zip(s, z)]
+        m, s = _f32(m), _f32(s)
+        v = _f32([vi * (1 - lr * wd) - lr * (mi / (1 - b1**k)) / (math.sqrt(si / (1 - b2**k)) + aeps) for vi, mi, si in zip(v, m, s)])
+        torch.testing.assert_close(values, torch.tensor(v), rtol=1e-4, atol=1e-6)
+    assert opt.t == 4
+
+
+def test_sgd_with_schedule_matches_a_hand_written_reference_over_steps():
+    n, lr, eps = 16, 1e-2, 1e-3
+    values, target = _problem(n=n)
+    config = ZOConfig(lr=lr, eps=eps, lr_schedule="linear", warmup=1, total_steps=5, seed=17)
+    opt = make_optimizer(values, config)
+    v, t = [0.0] * n, target.tolist()
+    for step in range(5):
+        opt.step(quadratic(values, target), step)
+        (seed,) = step_seeds(17, step, 1)
+        z, g = _hand_estimate(v, t, seed, eps)
+        lr_k = 0.0 if step == 0 else lr * (1 - (step - 1) / 4)  # warmup 1 step, then linear to 0 at step 5
+        v = _f32([vi - lr_k * g * zi for vi, zi in zip(v, z)])
+        torch.testing.assert_close(values, torch.tensor(v), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["zo-momentum", "zo-adam"])
+def test_non_finite_update_leaves_optimizer_state_unchanged(name):
+    from szoq_hub.zo import StepRecord
+
+    values, target = _problem(n=10)
+    opt = make_optimizer(values, ZOConfig(lr=1e-2, optimizer=name, total_steps=10, seed=0))
+    opt.step(quadratic(values, target), 0)  # a normal step: non-zero state
+    before_values, before_state = values.clone(), {k: v.clone() for k, v in opt.state_dict().items()}
+    bad = StepRecord(step=1, lr=1e-2, seeds=[123], grads=[float("inf")], loss_plus=[1.0], loss_minus=[0.0])
+    with pytest.raises(TrainingError, match="non-finite"):
+        opt.apply(bad)
+    assert torch.equal(values, before_values)
+    after = opt.state_dict()
+    assert after.keys() == before_state.keys() and all(torch.equal(after[k], before_state[k]) for k in after)
+    opt.step(quadratic(values, target), 1)  # and it goes on as if the bad step never happened
+    twin_values = _problem(n=10)[0]
+    twin = make_optimizer(twin_values, ZOConfig(lr=1e-2, optimizer=name, total_steps=10, seed=0))
+    for step in range(2):
+        twin.step(quadratic(twin_values, target), step)
+    assert torch.equal(values, twin_values)
+
+
 @pytest.mark.parametrize("kwargs", [dict(optimizer="sgd"), dict(lr_schedule="step"), dict(eps=0.0), dict(lr=-1.0),
                                     dict(zo_samples=0), dict(warmup=-1), dict(weight_decay=-0.1), dict(lr=math.nan)])
 def test_config_validation(kwargs):
