@@ -42,8 +42,8 @@ class TaskData:
 
     Attributes:
         name: Task name (`sst2`, ..., or `custom`).
-        metric: `accuracy` for every built-in task (MeZO's metric, CB and MultiRC included); also
-            `f1` (binary, positive = option 1) or `macro_f1` for custom use.
+        metric: `accuracy`: MeZO's metric for every built-in task (CB and MultiRC included) and
+            for custom tasks.
         train, dev, eval: Examples; dev is drawn from the train split, eval from validation.
         demos: The pool for in-context demonstrations (the sampled train examples).
     """
