@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .checkpoint import checkpoint_files
 from .errors import DependencyError, ModelError
 from .paths import atomic_dir, atomic_file, file_sha256, model_cache_dir
 
@@ -34,7 +35,6 @@ ALIASES: dict[str, tuple[str, str, str]] = {
     ),
 }
 
-_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt", ".pth")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
 
 
@@ -151,12 +151,8 @@ def _alias_gguf(name: str) -> tuple[Path, str]:
 
 
 def _local_identity(folder: Path) -> str:
-    files = sorted(p for p in folder.iterdir() if p.suffix in _WEIGHT_SUFFIXES and p.is_file())
-    if not files:
-        raise ModelError(
-            f"{folder} holds no weight files (*.safetensors, *.bin)",
-            hint="point at a folder written by save_pretrained, or a .gguf file",
-        )
+    """sha256 over the weight files the checkpoint consists of (see checkpoint_files)."""
+    files = sorted(checkpoint_files(folder))
     h = hashlib.sha256()
     for p in files:
         h.update(f"{p.name}:{_cached_file_sha256(p)}\n".encode())
@@ -189,6 +185,10 @@ def _hub_source(ref: str, revision: str | None) -> ModelSource:
             f"model {ref} is not in the Hugging Face cache and the Hub cannot be reached",
             hint=f"run once online: hf download {ref}",
         ) from None
+    try:
+        checkpoint_files(folder)  # refuse a pickle-only repo now (only safetensors were fetched)
+    except ModelError as exc:
+        raise ModelError(f"{ref} has no *.safetensors weights at this revision", hint=exc.hint) from None
     return ModelSource(ref, "hub", folder, ref, folder.name, f"hub:{ref}@{folder.name}")
 
 
@@ -272,7 +272,8 @@ def load_model(source: ModelSource, *, dtype: torch.dtype = torch.float32) -> Lo
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(source.path)
-        model = AutoModelForCausalLM.from_pretrained(source.path, dtype=dtype)
+        checkpoint_files(Path(source.path))  # never fall back to unpickling .bin weights
+        model = AutoModelForCausalLM.from_pretrained(source.path, dtype=dtype, use_safetensors=True)
     except (OSError, ValueError) as exc:
         raise ModelError(f"cannot load {source.ref}: {str(exc).splitlines()[0]}", hint="check that the folder is a transformers causal LM") from None
     if tokenizer.pad_token is None:

@@ -24,7 +24,6 @@ in place between forwards and every forward reads its current contents.
 from __future__ import annotations
 
 import importlib.util
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +32,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .checkpoint import KeyMapper, checkpoint_files, iter_tensors
 from .errors import ConfigError, DependencyError, FingerprintMismatch, MaskError, ModelError
 from .mask import SensitivityMask
 from .models import ModelSource, model_fingerprint, resolve_model
@@ -223,51 +223,12 @@ def _require_bnb(quant: str) -> None:
         )
 
 
-def _checkpoint_files(folder: Path) -> list[Path]:
-    files = sorted(folder.glob("*.safetensors"))
-    if not files:
-        raise ModelError(
-            f"{folder} holds no *.safetensors weights; the runtime streams safetensors only",
-            hint="convert the checkpoint with save_pretrained(..., safe_serialization=True)",
-        )
-    return files
-
-
-_ST_DTYPES = {
-    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool,
-}
-
-
-def _iter_checkpoint(files: list[Path]):
-    """Yield (name, tensor) one owned tensor at a time from safetensors files.
-
-    Plain reads instead of safetensors' mmap: a mapping keeps every page it has touched
-    resident until it is closed (the whole checkpoint, by the end of a file), and writes into
-    mapped views copy-on-write scattered pages. Reading each tensor into its own buffer keeps
-    the process at one full-precision tensor at a time.
-    """
-    for path in files:
-        with open(path, "rb") as fh:
-            try:
-                n = int.from_bytes(fh.read(8), "little")
-                header = json.loads(fh.read(n))
-            except ValueError:
-                raise ModelError(f"{path} is not a readable safetensors file", hint="the checkpoint is corrupt: download or convert it again") from None
-            base = 8 + n
-            entries = sorted(((k, v) for k, v in header.items() if k != "__metadata__"), key=lambda kv: kv[1]["data_offsets"][0])
-            for key, meta in entries:
-                start, end = meta["data_offsets"]
-                dtype = _ST_DTYPES.get(meta["dtype"])
-                if dtype is None:
-                    raise ModelError(f"{path}: tensor {key} has unsupported dtype {meta['dtype']}", hint="convert the checkpoint to fp32/bf16/fp16 safetensors")
-                tensor = torch.empty(meta["shape"], dtype=dtype)
-                raw = tensor.view(-1).view(torch.uint8) if tensor.numel() else torch.empty(0, dtype=torch.uint8)
-                fh.seek(base + start)
-                if raw.numel() and fh.readinto(raw.numpy()) != end - start:
-                    raise ModelError(f"{path} is truncated (tensor {key})", hint="the checkpoint is incomplete: download or convert it again")
-                yield key, tensor
-                del tensor, raw  # the consumer is done with it: free before reading the next
+def _conv1d_type() -> type | None:
+    try:
+        from transformers.pytorch_utils import Conv1D
+    except ImportError:
+        return None
+    return Conv1D
 
 
 def _set_tensor(model: nn.Module, name: str, tensor: torch.Tensor, dtype: torch.dtype) -> bool:
@@ -341,11 +302,15 @@ def load_sparse_model(
     lm.eval()
 
     # Which linears become SparseQuantLinear: every decoder linear (quantize all but the
-    # mask), plus anything masked, which must be a linear weight.
+    # mask), plus anything masked, which must be a linear weight. GPT-2's Conv1D is a linear
+    # whose weight is stored transposed ([in, out]).
     out_emb = lm.get_output_embeddings()
+    conv1d = _conv1d_type()
+    linear_types = (nn.Linear,) if conv1d is None else (nn.Linear, conv1d)
     linear_names = {
-        f"{n}.weight" for n, m in lm.named_modules() if isinstance(m, nn.Linear) and m is not out_emb
+        f"{n}.weight" for n, m in lm.named_modules() if isinstance(m, linear_types) and m is not out_emb
     }
+    transposed = {f"{n}.weight" for n, m in lm.named_modules() if conv1d is not None and isinstance(m, conv1d)}
     for name in mask.indices:
         if name not in linear_names:
             raise MaskError(
@@ -353,7 +318,7 @@ def load_sparse_model(
                 hint="the runtime fine-tunes linear weights only; build the mask with the default --targets",
             )
     if quant == "none":
-        wanted = set(mask.indices)  # only masked layers change form; the rest stay nn.Linear
+        wanted = set(mask.indices)  # only masked layers change form; the rest stay as they are
     else:
         wanted = linear_names
 
@@ -370,19 +335,28 @@ def load_sparse_model(
 
     def build(prefix: str, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
         wname = f"{prefix}.weight"
-        idx = mask.indices.get(wname, torch.zeros(0, dtype=torch.int32))
+        idx = mask.indices.get(wname, torch.zeros(0, dtype=torch.int32)).long()  # flat, as the model stores it
         off, n = seg_of.get(wname, (0, 0))
         with torch.no_grad():
             view = values[off : off + n]
-            view.copy_(weight.reshape(-1)[idx.long()].to(torch.float32))
+            view.copy_(weight.reshape(-1)[idx].to(torch.float32))  # mask order, as deltas store them
+        if wname in transposed:  # Conv1D: [in, out] -> [out, in]; index i*out + o -> o*in + i
+            n_in, n_out = weight.shape
+            weight = weight.t().contiguous()
+            idx = (idx % n_out) * n_in + idx // n_out  # same order as `view` (no longer sorted)
         layer = SparseQuantLinear(weight, bias, idx, view, quant, compute_dtype)
         parent_name, _, leaf = prefix.rpartition(".")
         setattr(lm.get_submodule(parent_name), leaf, layer)
 
     has_bias = {n: lm.get_submodule(n[: -len(".weight")]).bias is not None for n in wanted}
+    to_model_name = KeyMapper(lm)  # before any module is replaced
     loaded: set[str] = set()
-    for key, tensor in _iter_checkpoint(_checkpoint_files(Path(source.path))):
-        if key in wanted:
+    ignored: list[str] = []
+    for ckpt_key, tensor in iter_tensors(checkpoint_files(Path(source.path))):
+        key = to_model_name(ckpt_key)
+        if key is None:
+            ignored.append(ckpt_key)
+        elif key in wanted:
             prefix = key[: -len(".weight")]
             if has_bias[key] and f"{prefix}.bias" not in pending_bias:
                 pending_weight[key] = tensor  # wait for its bias (rare: Llama has none)
@@ -400,13 +374,13 @@ def load_sparse_model(
         elif _set_tensor(lm, key, tensor, compute_dtype):
             loaded.add(key)
         else:
-            log.warning("checkpoint tensor %s has no place in the model; ignored", key)
+            ignored.append(ckpt_key)
         del tensor  # streaming: nothing keeps the full-precision tensor past this point
+    if ignored:
+        log.warning("%d checkpoint tensor(s) have no place in the model and were ignored (e.g. %s)", len(ignored), ignored[0])
 
-    if getattr(config, "tie_word_embeddings", False) or "lm_head.weight" not in loaded:
-        emb = lm.get_input_embeddings()
-        if out_emb is not None and out_emb.weight.device.type == "meta":
-            out_emb.weight = emb.weight  # tied: one tensor, as transformers ties them
+    if out_emb is not None and (getattr(config, "tie_word_embeddings", False) or out_emb.weight.device.type == "meta"):
+        out_emb.weight = lm.get_input_embeddings().weight  # tied: one tensor, as transformers ties them
     missing = [n for n, p in lm.named_parameters() if p.device.type == "meta"]
     missing += [n for n in wanted if n not in loaded]
     if missing:

@@ -202,7 +202,7 @@ def test_fingerprint_mismatch_refused_before_weights(tiny_model_dir, tiny_mask, 
     def no_weights(*args, **kwargs):
         raise AssertionError("weights were read before the fingerprint check")
 
-    monkeypatch.setattr(runtime, "_iter_checkpoint", no_weights)
+    monkeypatch.setattr(runtime, "iter_tensors", no_weights)
     tiny_mask.config.fingerprint = "0" * 64
     with pytest.raises(FingerprintMismatch) as err:
         load_sparse_model(str(tiny_model_dir), tiny_mask)
@@ -223,7 +223,7 @@ def test_bad_quant_and_missing_bitsandbytes(tiny_model_dir, tiny_mask, monkeypat
 def test_streaming_load_holds_one_linear_weight_at_a_time(tiny_model_dir, tiny_mask, monkeypatch):
     """Every full-precision linear weight the checkpoint yields must be dead before the next
     one is read: a loader that collected the state dict first would keep them all alive."""
-    real_iter = runtime._iter_checkpoint
+    real_iter = runtime.iter_tensors
     alive: list[weakref.ref] = []
     peak = {"n": 0}
 
@@ -236,7 +236,7 @@ def test_streaming_load_holds_one_linear_weight_at_a_time(tiny_model_dir, tiny_m
             yield name, tensor
             del tensor
 
-    monkeypatch.setattr(runtime, "_iter_checkpoint", tracking)
+    monkeypatch.setattr(runtime, "iter_tensors", tracking)
     load_sparse_model(str(tiny_model_dir), tiny_mask, quant="nf4")
     assert len(alive) == 14
     assert peak["n"] == 0, f"{peak['n']} earlier fp32 linear weights were still alive"
@@ -248,14 +248,14 @@ def test_checkpoint_reader_matches_safetensors_and_refuses_truncation(tiny_model
     from szoq_hub.errors import ModelError
 
     path = tiny_model_dir / "model.safetensors"
-    ours = dict(runtime._iter_checkpoint([path]))
+    ours = dict(runtime.iter_tensors([path]))
     theirs = load_file(str(path))
     assert ours.keys() == theirs.keys()
     assert all(torch.equal(ours[k], theirs[k]) and ours[k].dtype == theirs[k].dtype for k in theirs)
     cut = tmp_path / "cut.safetensors"
     cut.write_bytes(path.read_bytes()[:-100])
     with pytest.raises(ModelError, match="truncated"):
-        list(runtime._iter_checkpoint([cut]))
+        list(runtime.iter_tensors([cut]))
 
 
 def test_predictable_malloc_applies_on_glibc():

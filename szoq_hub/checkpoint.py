@@ -1,0 +1,171 @@
+"""Read a safetensors checkpoint tensor by tensor, under the names the model uses.
+
+Three things a transformers checkpoint folder asks of a reader that streams it:
+- Which files hold the weights: `model.safetensors.index.json` names them when present (a folder
+  may hold other `*.safetensors`, e.g. Mistral's `consolidated.safetensors`, that are not part
+  of the transformers checkpoint); else `model.safetensors`; else every `*.safetensors`.
+  Pickle weights (`*.bin`, `*.pt`, `*.pth`) are never read: unpickling runs arbitrary code.
+- How checkpoint keys map to the model's parameter names: the rules of transformers'
+  `from_pretrained` itself (its registered key renamings, e.g. `LayerNorm.gamma` -> `.weight`,
+  then adding or stripping `base_model_prefix`, so a `GPT2Model` checkpoint with `h.0...` keys
+  loads into `GPT2LMHeadModel`'s `transformer.h.0...`).
+- Reading without mmap (see `iter_tensors`).
+Conversions that fuse or split several checkpoint tensors into one parameter (MoE expert
+stacking) need every part in memory at once and are refused with a clear error.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .errors import ModelError
+
+log = logging.getLogger(__name__)
+
+INDEX_FILE = "model.safetensors.index.json"
+SINGLE_FILE = "model.safetensors"
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
+
+_PICKLE_HINT = (
+    "szoq reads safetensors only and never unpickles .bin/.pt files (loading a pickle can run arbitrary code). "
+    "Use a revision of the repo with *.safetensors (many have one, e.g. a refs/pr/N branch), or convert once in a "
+    "trusted environment: AutoModelForCausalLM.from_pretrained(PATH).save_pretrained(OUT)"
+)
+
+
+def checkpoint_files(folder: Path) -> list[Path]:
+    """The safetensors files that make up the checkpoint in `folder`.
+
+    Args:
+        folder: A transformers model folder.
+
+    Returns:
+        The files named by `model.safetensors.index.json` (in order, each once) when it exists,
+        else `[model.safetensors]` when it exists, else every `*.safetensors` in the folder.
+
+    Raises:
+        ModelError: an unreadable index or one naming a missing file; a folder holding only
+            pickle weights (refused, never unpickled) or no weights at all.
+    """
+    index = folder / INDEX_FILE
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+            names = list(dict.fromkeys(weight_map.values()))
+        except (ValueError, KeyError, TypeError, AttributeError):
+            raise ModelError(f"{index} is not a valid safetensors index (no weight_map)", hint="the checkpoint is corrupt: download or save it again") from None
+        files = [folder / n for n in names]
+        missing = [p.name for p in files if not p.is_file()]
+        if missing:
+            raise ModelError(
+                f"{index.name} names {len(missing)} file(s) missing from {folder} (e.g. {missing[0]})",
+                hint="the download is incomplete: download the model again",
+            )
+        return files
+    if (folder / SINGLE_FILE).is_file():
+        return [folder / SINGLE_FILE]
+    files = sorted(folder.glob("*.safetensors"))
+    if files:
+        return files
+    pickles = sorted(p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES and p.is_file()) if folder.is_dir() else []
+    if pickles:
+        raise ModelError(f"{folder} holds only pickle weights ({', '.join(pickles[:3])}), no *.safetensors", hint=_PICKLE_HINT)
+    raise ModelError(f"{folder} holds no *.safetensors weights", hint=_PICKLE_HINT)
+
+
+_ST_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool,
+}
+
+
+def iter_tensors(files: list[Path]):
+    """Yield (checkpoint key, tensor) one owned tensor at a time from safetensors files.
+
+    Plain reads instead of safetensors' mmap: a mapping keeps every page it has touched
+    resident until it is closed (the whole checkpoint, by the end of a file), and writes into
+    mapped views copy-on-write scattered pages. Reading each tensor into its own buffer keeps
+    the process at one full-precision tensor at a time.
+
+    Raises:
+        ModelError: a file that is not safetensors, truncated, or holds an unsupported dtype.
+    """
+    for path in files:
+        with open(path, "rb") as fh:
+            try:
+                n = int.from_bytes(fh.read(8), "little")
+                header = json.loads(fh.read(n))
+            except ValueError:
+                raise ModelError(f"{path} is not a readable safetensors file", hint="the checkpoint is corrupt: download or convert it again") from None
+            base = 8 + n
+            entries = sorted(((k, v) for k, v in header.items() if k != "__metadata__"), key=lambda kv: kv[1]["data_offsets"][0])
+            for key, meta in entries:
+                start, end = meta["data_offsets"]
+                dtype = _ST_DTYPES.get(meta["dtype"])
+                if dtype is None:
+                    raise ModelError(f"{path}: tensor {key} has unsupported dtype {meta['dtype']}", hint="convert the checkpoint to fp32/bf16/fp16 safetensors")
+                tensor = torch.empty(meta["shape"], dtype=dtype)
+                raw = tensor.view(-1).view(torch.uint8) if tensor.numel() else torch.empty(0, dtype=torch.uint8)
+                fh.seek(base + start)
+                if raw.numel() and fh.readinto(raw.numpy()) != end - start:
+                    raise ModelError(f"{path} is truncated (tensor {key})", hint="the checkpoint is incomplete: download or convert it again")
+                yield key, tensor
+                del tensor, raw  # the consumer is done with it: free before reading the next
+
+
+class KeyMapper:
+    """Map checkpoint keys to the model's state-dict names as `from_pretrained` does.
+
+    Built from the model before any module is replaced (it needs the original state-dict
+    names, on the meta device or not).
+
+    Args:
+        model: The transformers model the checkpoint is loaded into.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        self.names = set(model.state_dict().keys())
+        self.prefix = getattr(model, "base_model_prefix", "") or ""
+        self._names_dict = dict.fromkeys(self.names, True)  # rename_source_key asks `.get(name)` only
+        self._renamings: list = []
+        self._converters: list = []
+        self._rename = None
+        try:  # transformers >= 5: its registered key conversions and its own rename rule
+            from transformers.conversion_mapping import get_model_conversion_mapping
+            from transformers.core_model_loading import WeightConverter, WeightRenaming, rename_source_key
+        except ImportError:  # older transformers: prefix handling only (below)
+            return
+        mapping = get_model_conversion_mapping(model)
+        self._renamings = [m for m in mapping if isinstance(m, WeightRenaming)]
+        self._converters = [m for m in mapping if isinstance(m, WeightConverter)]
+        self._rename = rename_source_key
+
+    def __call__(self, key: str) -> str | None:
+        """The model name of a checkpoint key, or None when the model has no place for it.
+
+        Raises:
+            ModelError: the key needs a multi-tensor conversion (fusing or splitting tensors).
+        """
+        if self._rename is not None:
+            name, converter = self._rename(key, self._renamings, self._converters, self.prefix or None, self._names_dict)
+            if name not in self.names and key in self.names:  # as transformers: prefer the key as it is
+                name, converter = key, None
+            if converter is not None and name in self.names:
+                raise ModelError(
+                    f"checkpoint tensor {key} must be converted ({converter} -> {name}) with other tensors; "
+                    "the streaming runtime loads one tensor at a time",
+                    hint="save the model once with transformers (from_pretrained + save_pretrained) to store it in its current layout",
+                )
+            return name if name in self.names else None
+        if key in self.names:
+            return key
+        if self.prefix and key.startswith(self.prefix + ".") and key[len(self.prefix) + 1:] in self.names:
+            return key[len(self.prefix) + 1:]
+        if self.prefix and f"{self.prefix}.{key}" in self.names:
+            return f"{self.prefix}.{key}"
+        return None
