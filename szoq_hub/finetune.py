@@ -251,10 +251,14 @@ def _load_checkpoint(out: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]
         raise TrainingError(f"{path} is corrupt ({str(exc).splitlines()[0]})", hint="start a new run in another --out folder") from None
 
 
-def _save_checkpoint(out: Path, values: torch.Tensor, opt_state: dict[str, torch.Tensor], meta: dict[str, str]) -> None:
+def _save_checkpoint(out: Path, values: torch.Tensor, opt_state: dict[str, torch.Tensor], meta: dict[str, str],
+                     best: torch.Tensor | None = None) -> None:
+    """Write values, optimizer state and the best-dev values (so resume never trusts a newer best-dev file)."""
     from safetensors.torch import save_file
 
     tensors = {"values": values.detach().clone()}
+    if best is not None:
+        tensors["best"] = best.detach().clone()  # [nnz]
     for k, v in opt_state.items():
         tensors[f"opt.{k}"] = v.reshape(-1) if v.dim() == 0 else v
     with atomic_file(out / CHECKPOINT_FILE) as tmp:
@@ -348,7 +352,9 @@ def finetune(config: FinetuneConfig, *, resume: bool = False, progress: Progress
         opt.load_state_dict(state)
         start, best_step = int(meta["step"]), (int(meta["best_step"]) if meta.get("best_step") else None)
         best_dev = float(meta["best_dev"])
-        if best_step is not None:  # every rank holds the best values in memory
+        if best_step is not None and "best" in tensors:  # every rank holds the best values in memory
+            best_values = tensors["best"]  # [nnz]
+        elif best_step is not None:  # a checkpoint from before "best" was stored in it
             sparse_best = load_delta(out / BEST_FILE, mask=mask, mask_sha256=mask_sha, fingerprint=fingerprint)
             best_values = torch.cat([sparse_best.tensors[name] for name, _, _ in sparse.segments])  # [nnz]
     if rank == 0:
@@ -370,6 +376,14 @@ def finetune(config: FinetuneConfig, *, resume: bool = False, progress: Progress
         if rank == 0:
             save_delta(out / BEST_FILE, sparse.delta_tensors(), **delta_meta, settings={**settings, "step": step, "dev": dev_score})
 
+    if resume and rank == 0:
+        # best-dev.safetensors may be newer than the checkpoint (an eval after it improved, then
+        # the run stopped): make it the checkpoint's best again, or drop it if there was none.
+        if best_values is not None:
+            best_tensors = {name: best_values[off : off + n].clone() for name, off, n in sparse.segments}
+            save_delta(out / BEST_FILE, best_tensors, **delta_meta, settings={**settings, "step": best_step, "dev": best_dev})
+        else:
+            (out / BEST_FILE).unlink(missing_ok=True)
     emit({"kind": "start", "steps": config.steps, "start": start, "task": task.name, "train": len(train), "dev": len(dev), "eval": len(evals), "nnz": mask.nnz})
     perms: dict[int, list[int]] = {}
     try:
@@ -397,7 +411,8 @@ def finetune(config: FinetuneConfig, *, resume: bool = False, progress: Progress
                 if dev_score > best_dev:
                     save_best(done, dev_score)
             if rank == 0 and (done % config.save_every == 0 or done == config.steps):
-                _save_checkpoint(out, values, opt.state_dict(), {"step": str(done), "best_dev": repr(best_dev), "best_step": str(best_step or "")})
+                _save_checkpoint(out, values, opt.state_dict(), {"step": str(done), "best_dev": repr(best_dev), "best_step": str(best_step or "")},
+                                 best_values)
     except BaseException:
         if tracker is not None:
             tracker.close()

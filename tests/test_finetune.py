@@ -121,6 +121,39 @@ def test_resume_is_bit_identical(tiny_model_dir, tiny_mask, train_file, tmp_path
     assert steps == list(range(20))  # log lines past the checkpoint were redone, not duplicated
 
 
+def test_resume_makes_best_dev_agree_with_the_checkpoint(tiny_model_dir, tiny_mask, train_file, tmp_path):
+    """A best-dev file newer than the checkpoint (an eval improved after it, then the run died)
+    is put back to the checkpoint's best step, score and values on --resume."""
+    from safetensors import safe_open
+
+    kw = dict(quant="none", eval_every=1, save_every=2)
+    reference = finetune(_config(tiny_model_dir, tiny_mask, train_file, tmp_path / "two", steps=2, **kw))  # same first 2 steps
+    ref_best = load_delta(tmp_path / "two" / "best-dev.safetensors")
+
+    def stop_at_4(event):
+        if event["kind"] == "step" and event["step"] == 4:
+            raise _Stop  # after step 3's eval; the checkpoint is at step 2
+    out = tmp_path / "run"
+    with pytest.raises(_Stop):
+        finetune(_config(tiny_model_dir, tiny_mask, train_file, out, steps=4, **kw), progress=stop_at_4)
+    with safe_open(str(out / CHECKPOINT_FILE), framework="pt") as fh:
+        meta = fh.metadata()
+    assert (int(meta["best_step"]), float(meta["best_dev"])) == (reference.best_step, reference.best_dev)
+    # What a run that improved at step 3 and died leaves behind: a newer best-dev file.
+    newer = {n: t + 1.0 for n, t in ref_best.tensors.items()}
+    save_delta(out / "best-dev.safetensors", newer, mask_sha256=ref_best.mask_sha256, fingerprint=ref_best.fingerprint,
+               base_model="x", settings={**ref_best.settings, "step": 3, "dev": 1.0})
+
+    def stop_at_start(event):
+        if event["kind"] == "start":
+            raise _Stop
+    with pytest.raises(_Stop):
+        finetune(_config(tiny_model_dir, tiny_mask, train_file, out, steps=4, **kw), resume=True, progress=stop_at_start)
+    best = load_delta(out / "best-dev.safetensors")
+    assert (best.settings["step"], best.settings["dev"]) == (reference.best_step, reference.best_dev)
+    assert all(torch.equal(best.tensors[n], ref_best.tensors[n]) for n in ref_best.tensors)
+
+
 def test_resume_refuses_other_settings_and_complete_runs(tiny_model_dir, tiny_mask, train_file, tmp_path):
     out = tmp_path / "run"
     finetune(_config(tiny_model_dir, tiny_mask, train_file, out))
