@@ -1,4 +1,4 @@
-"""The root Typer app and the one place where errors become `error:` / `hint:` lines."""
+"""The `szoq` entry point and the one place where errors become `error:` / `hint:` lines."""
 
 from __future__ import annotations
 
@@ -6,49 +6,15 @@ import logging
 import os
 import sys
 
-import typer
-
-from szoq_hub import __version__
 from szoq_hub.errors import SzoqError
 
-app = typer.Typer(
-    name="szoq",
-    help="Zeroth-order fine-tuning of quantized LLMs with shareable sensitivity masks.",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    add_completion=False,
-)
-
-
-def _version(value: bool) -> None:
-    if value:
-        print(f"szoq {__version__}")
-        raise typer.Exit()
-
-
-@app.callback()
-def root(
-    debug: bool = typer.Option(False, "--debug", help="Show full tracebacks and debug logs.", envvar="SZOQ_DEBUG"),
-    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
-) -> None:
-    """szoq: build, share and fine-tune with sensitivity masks."""
-    if debug:
-        os.environ["SZOQ_DEBUG"] = "1"
-    logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    if not debug:  # szoq draws its own progress; keep transformers' bars and notices quiet
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()
-        hf_logging.set_verbosity_error()
-        # bitsandbytes warns on CPU that the optional `kernels` package is missing; szoq does
-        # not use it (it downloads kernels at run time), so the warning is noise here.
-        logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+from .root import app  # noqa: F401  (the app `main` runs; tests and tools import it from here)
 
 
 def _register() -> None:
     from . import mask  # noqa: F401  (registers the `mask` group)
 
-    for optional in ("mask_hub", "finetune", "delta", "plot", "export"):
+    for optional in ("mask_hub", "finetune", "delta", "plot", "export", "gc"):
         try:
             __import__(f"{__package__}.{optional}")
         except ModuleNotFoundError as exc:
@@ -59,7 +25,7 @@ def _register() -> None:
 def _hub_error(exc: Exception) -> SzoqError | None:
     """Map huggingface_hub exceptions that escaped the library to SzoqError."""
     try:
-        from szoq_hub.hub import as_szoq_error
+        from szoq_hub.transport import as_szoq_error
     except ImportError:
         return None
     return as_szoq_error(exc)

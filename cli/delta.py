@@ -10,7 +10,7 @@ import typer
 from szoq_hub.hub import check_repo_id, pull_delta, push_delta
 from szoq_hub.registry import parse_ref
 
-from .app import app
+from .root import app
 from .mask_hub import CREATE_PR, JSON, MESSAGE, OFFLINE, PRIVATE, REPO, TOKEN
 from .render import note, print_json, push_summary
 

@@ -12,7 +12,7 @@ from szoq_hub.finetune import DEFAULT_MASK
 from szoq_hub.models import DEFAULT_MODEL
 from szoq_hub.peft_export import export_peft
 
-from .app import app
+from .root import app
 from .render import note, print_json
 
 export_app = typer.Typer(help="Export fine-tuned deltas to other ecosystems.", no_args_is_help=True)

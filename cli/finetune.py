@@ -8,11 +8,11 @@ from typing import Optional
 
 import typer
 
-from szoq_hub.delta import resolve_delta_ref
+from szoq_hub.refs import resolve_delta_ref
 from szoq_hub.finetune import DEFAULT_LR, DEFAULT_MASK, FinetuneConfig, finetune
 from szoq_hub.models import DEFAULT_MODEL
 
-from .app import app
+from .root import app
 from .render import note, out, print_json, progress_bar
 
 _MODEL = typer.Option(DEFAULT_MODEL, "--model", help="Model alias, Hub id, local folder or .gguf file.")

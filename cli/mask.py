@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shlex
 import sys
 import tempfile
@@ -14,11 +15,12 @@ from szoq_hub.build import MaskBuildConfig, build_mask, is_main_process
 from szoq_hub.catalog import builtin_masks
 from szoq_hub.errors import MaskError
 from szoq_hub.mask import diff_masks, load_mask, save_mask
-from szoq_hub.models import DEFAULT_MODEL, model_fingerprint, resolve_model
+from szoq_hub.models import DEFAULT_MODEL, fingerprint_from, parameter_layout, resolve_model
+from szoq_hub.paths import path_exists
 from szoq_hub.refs import open_mask, resolve_mask_ref
 from szoq_hub.registry import Registry
 
-from .app import app
+from .root import app
 from .render import note, print_json, progress_bar, table
 
 mask_app = typer.Typer(help="Build, inspect and share sensitivity masks.", no_args_is_help=True)
@@ -54,7 +56,9 @@ def build(
         ensure_writable_dir(registry.root, "SZOQ_HOME registry folder")
         if out_dir is not None and out_dir.exists() and any(out_dir.iterdir()):
             raise MaskError(f"{out_dir} already exists and is not empty", hint="choose another --out folder or remove it")
-    command = "szoq mask build " + " ".join(shlex.quote(a) for a in sys.argv[sys.argv.index("build") + 1:]) if "build" in sys.argv else None
+    if scorer != "fisher" and _given("--calibration"):
+        note(f"--calibration is not read by --scorer {scorer}: ignored (and not recorded)")
+    command = build_recipe(sys.argv, drop=() if scorer == "fisher" else ("--calibration",))
     with progress_bar() as bar:
         task = bar.add_task("scoring windows" if scorer == "fisher" else f"{scorer} scores", total=None, info="")
 
@@ -77,6 +81,40 @@ def build(
     else:
         print(f"{entry.ref}\t{entry.path}")
         note(f"built {mask.nnz:,} weights ({scorer}, density {density:g}); score mass captured {result['captured_share']}")
+
+
+def _given(option: str) -> bool:
+    return any(a == option or a.startswith(option + "=") for a in sys.argv)
+
+
+def build_recipe(argv: list[str], drop: tuple[str, ...] = ()) -> str | None:
+    """The `szoq mask build` command line to record in the mask, safe to publish.
+
+    A local path becomes its file or folder name (the recipe is shared with the mask), and the
+    options in `drop` (with their values) are left out.
+    """
+    if "build" not in argv:
+        return None
+    words, out, skip = argv[argv.index("build") + 1:], [], False
+    for word in words:
+        if skip:
+            skip = False
+            continue
+        key, eq, value = word.partition("=")
+        if key in drop:
+            skip = not eq
+            continue
+        if eq and key.startswith("--"):
+            out.append(f"{key}={_public(value)}")
+        else:
+            out.append(_public(word))
+    return "szoq mask build " + " ".join(shlex.quote(w) for w in out)
+
+
+def _public(word: str) -> str:
+    if os.path.isabs(word) or word.startswith("~") or (os.sep in word and path_exists(word)):
+        return Path(word).name or word
+    return word
 
 
 def _default_name(model: str, scorer: str) -> str:
@@ -133,8 +171,12 @@ def show(ref: str = typer.Argument(..., help="NAME[@VERSION], a folder, or ORG/N
 def verify(ref: str = typer.Argument(..., help="NAME[@VERSION], a folder, or ORG/NAME[@REV]."),
            model: Optional[str] = typer.Option(None, help="Also check the fingerprint against this model.")) -> None:
     """Verify a mask artifact (and its fit to a model). Example: szoq mask verify mymask --model smollm2-135m-instruct"""
-    fingerprint = model_fingerprint(resolve_model(model)) if model else None
-    mask = open_mask(ref, fingerprint=fingerprint)
+    fingerprint, layout = None, None
+    if model:
+        source = resolve_model(model)
+        layout = parameter_layout(source)  # the recorded shapes must be this model's too
+        fingerprint = fingerprint_from(layout, source.identity)
+    mask = open_mask(ref, fingerprint=fingerprint, layout=layout)
     print(f"ok\t{ref}\t{mask.nnz} weights" + (f"\tmatches {model}" if model else ""))
 
 

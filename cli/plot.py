@@ -9,7 +9,7 @@ import typer
 from szoq_hub.delta import resolve_delta_ref
 from szoq_hub.plots import plot_runs
 
-from .app import app
+from .root import app
 from .render import note
 
 

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shlex
-import sys
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -116,7 +114,7 @@ def build_mask(config: MaskBuildConfig, out: Path | None, *, progress: ProgressF
         calibration=calibration,
         targets=config.targets,
         seed=config.seed,
-        command=command or "szoq mask build " + " ".join(shlex.quote(a) for a in sys.argv[3:]),
+        command=command,
         created_at=build_timestamp(),
         stats=stats,
     )

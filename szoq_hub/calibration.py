@@ -50,14 +50,24 @@ def _read_texts(path: Path) -> Iterator[str]:
                         raise CalibrationError(f"{path}:{lineno} has no 'text' field", hint="each line must be an object with a 'text' field")
                     if text.strip():
                         yield text
+        except UnicodeDecodeError as exc:
+            raise CalibrationError(f"{path} is not UTF-8 text (byte {exc.start} of a line)", hint="pass a .jsonl(.gz) file of {\"text\": ...} lines") from None
         except (OSError, EOFError) as exc:
             raise CalibrationError(f"cannot read {path}: {exc}", hint="check that the file is complete") from None
     else:
         # Plain text: paragraphs separated by blank lines are documents.
         try:
-            raw = path.read_text(encoding="utf-8", errors="replace").replace("\r\n", "\n")
+            data = path.read_bytes()
         except OSError as exc:
             raise CalibrationError(f"cannot read {path}: {exc.strerror}", hint="check the path") from None
+        try:
+            raw = data.decode("utf-8").replace("\r\n", "\n")
+        except UnicodeDecodeError as exc:
+            raise CalibrationError(f"{path} is not UTF-8 text (invalid byte at offset {exc.start})",
+                                   hint="pass a plain-text or .jsonl(.gz) file; binary files are not calibration data") from None
+        if "\x00" in raw:
+            raise CalibrationError(f"{path} holds NUL bytes: it is a binary file, not text",
+                                   hint="pass a plain-text or .jsonl(.gz) file; binary files are not calibration data")
         for line in raw.split("\n"):
             if line.strip():
                 yield line

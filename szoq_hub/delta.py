@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from . import schema
 from .errors import FingerprintMismatch, MaskError
 from .mask import SensitivityMask
 from .paths import atomic_file
@@ -77,6 +78,13 @@ def delta_path(ref: str | Path) -> Path:
     return path if path.suffix == ".safetensors" else path / DELTA_FILE
 
 
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except OSError:  # a name no file system accepts
+        return False
+
+
 def load_delta(ref: str | Path, *, mask: SensitivityMask | None = None, mask_sha256: str | None = None,
                fingerprint: str | None = None) -> Delta:
     """Load and verify a delta.
@@ -97,28 +105,22 @@ def load_delta(ref: str | Path, *, mask: SensitivityMask | None = None, mask_sha
     from safetensors import SafetensorError, safe_open
 
     path = delta_path(ref)
-    if not path.is_file():
+    if not _is_file(path):
         folder = path.parent
         hint = ("the run did not finish: continue it with szoq finetune --resume --out " + str(folder)
-                if (folder / "checkpoint").is_dir() else "pass the output folder of szoq finetune")
+                if (folder / "checkpoint").is_dir() or (folder / "checkpoint.safetensors").is_file() else "pass the output folder of szoq finetune")
         raise MaskError(f"{path} not found", hint=hint)
+    header = schema.read_header(path)
+    schema.delta_fields(header, str(path), fmt=FORMAT, version=FORMAT_VERSION)  # types, counts, dtypes
+    meta = header.metadata
     try:
         with safe_open(str(path), framework="pt") as fh:
-            meta = fh.metadata() or {}
             tensors = {k: fh.get_tensor(k) for k in fh.keys()}
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         raise MaskError(f"{path} is corrupt or truncated ({str(exc).splitlines()[0]})", hint="fine-tune again or restore the file") from None
-    if meta.get("format") != FORMAT:
-        raise MaskError(f"{path} is not a szoq delta (format={meta.get('format')!r})", hint="pass the delta.safetensors written by szoq finetune")
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise MaskError(f"{path}: unsupported delta format_version {meta.get('format_version')!r}", hint="upgrade szoq")
     for name, t in tensors.items():
-        if t.dtype != torch.float32 or t.dim() != 1:
-            raise MaskError(f"{path}: tensor {name} is {t.dtype} {list(t.shape)}, expected fp32 1-D", hint="the delta is corrupt")
         if not bool(torch.isfinite(t).all()):
             raise MaskError(f"{path}: tensor {name} holds non-finite values", hint="the delta is corrupt")
-    if str(sum(int(t.numel()) for t in tensors.values())) != meta.get("nnz"):
-        raise MaskError(f"{path}: value count does not match the header", hint="the delta is corrupt")
     if fingerprint is not None and meta.get("fingerprint") != fingerprint:
         raise FingerprintMismatch(
             f"delta was trained on {meta.get('base_model')} (fingerprint {meta.get('fingerprint', '')[:12]}), not this model ({fingerprint[:12]})",
@@ -136,37 +138,3 @@ def load_delta(ref: str | Path, *, mask: SensitivityMask | None = None, mask_sha
             if tensors[name].numel() != idx.numel():
                 raise MaskError(f"{path}: {name} has {tensors[name].numel()} values, the mask selects {idx.numel()}", hint="pass the --mask the delta was fine-tuned with")
     return Delta(tensors, meta)
-
-
-def resolve_delta_ref(ref: str | Path, *, token: str | None = None, offline: bool = False) -> Path:
-    """Resolve `--delta`: a local run folder / delta file, or `ORG/NAME[@REV]` pulled from the Hub.
-
-    Args:
-        ref: A path, or a Hub ref (tag, branch or commit sha after `@`; default main).
-        token: Hub token; default `HF_TOKEN` or the login.
-        offline: Read Hub refs only from the local Hugging Face cache.
-
-    Returns:
-        A local path for `load_delta` (a pulled delta is already verified).
-
-    Raises:
-        HubError: a Hub ref that cannot be pulled (also names the missing local folder).
-        MaskError: the pulled file is not a valid delta.
-    """
-    from .errors import HubError
-    from .refs import is_hub_ref
-    from .registry import parse_ref
-
-    path = Path(ref).expanduser()
-    if path.exists() or not is_hub_ref(str(ref)):
-        return path
-    from .hub import pull_delta
-
-    repo_id, revision = parse_ref(str(ref))
-    try:
-        return pull_delta(repo_id, revision=revision, token=token, offline=offline).path
-    except HubError as exc:
-        if "not found" not in exc.message:
-            raise
-        # `runs/sst2` looks like ORG/NAME too: say that no such local folder exists either.
-        raise HubError(f"no local folder {ref}, and on the Hub: {exc.message}", hint=exc.hint) from None

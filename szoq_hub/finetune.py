@@ -34,7 +34,7 @@ from .build import _maybe_init_distributed
 from .delta import DELTA_CARD_TAGS, DELTA_FILE, load_delta, save_delta
 from .errors import ConfigError, DependencyError, TrainingError
 from .mask import MASK_FILE, SensitivityMask, card_base_model, file_sha256, load_mask
-from .models import DEFAULT_MODEL, ModelSource, model_fingerprint, resolve_model
+from .models import DEFAULT_MODEL, ModelSource, fingerprint_from, parameter_layout, resolve_model
 from .paths import atomic_file
 from .refs import resolve_mask_ref
 from .scoring import Encoded, encode, loss_sum, metric_value, predict
@@ -158,12 +158,14 @@ def open_model_and_mask(model: str, mask_ref: str, revision: str | None = None) 
         (source, fingerprint, mask, mask file sha256).
 
     Raises:
-        ModelError, MaskError, RegistryError, FingerprintMismatch.
+        ModelError, RegistryError, FingerprintMismatch.
+        MaskError: a corrupt mask, or one whose recorded shapes are not the model's.
     """
     source = resolve_model(model, revision=revision)
-    fingerprint = model_fingerprint(source)
+    layout = parameter_layout(source)
+    fingerprint = fingerprint_from(layout, source.identity)
     folder = resolve_mask_ref(mask_ref)
-    mask = load_mask(folder, fingerprint=fingerprint)
+    mask = load_mask(folder, fingerprint=fingerprint, layout=layout)  # recorded shapes must be the model's
     return source, fingerprint, mask, file_sha256(folder / MASK_FILE)
 
 

@@ -18,8 +18,9 @@ from pathlib import Path
 import torch
 
 from . import __version__
+from . import schema
 from .errors import ConfigError, FingerprintMismatch, MaskError
-from .paths import atomic_dir, file_sha256  # noqa: F401  (file_sha256 re-exported: artifacts are addressed by it)
+from .paths import atomic_dir, file_sha256, path_exists  # noqa: F401  (file_sha256 re-exported: artifacts are addressed by it)
 
 FORMAT = "szoq.mask"
 FORMAT_VERSION = "1"
@@ -72,6 +73,11 @@ class MaskConfig:
             "calibration": json.dumps(self.calibration, sort_keys=True),
             "szoq_version": self.szoq_version,
             "created_at": self.created_at,
+            # The header is the artifact's single source of truth: mask_config.json mirrors it.
+            "stats": json.dumps(self.stats, sort_keys=True),
+            "command": self.command or "",
+            "targets": self.targets or "",
+            "seed": str(int(self.seed)),
         }
 
 
@@ -195,7 +201,7 @@ def mask_stats(indices: dict[str, torch.Tensor], shapes: dict[str, list[int]]) -
 
 def card_base_model(base_model: str | None) -> str | None:
     """The `base_model:` a card may carry: a Hub id links on the Hub; a local path stays out."""
-    if base_model and re.fullmatch(r"[A-Za-z0-9][\w.\-]*/[\w.\-]+", base_model) and not Path(base_model).exists():
+    if base_model and re.fullmatch(r"[A-Za-z0-9][\w.\-]*/[\w.\-]+", base_model) and not path_exists(base_model):
         return base_model
     return None
 
@@ -248,6 +254,11 @@ def render_card(config: MaskConfig, *, title: str | None = None, repo_id: str | 
     return "\n".join(lines)
 
 
+def config_json(config: MaskConfig) -> str:
+    """The text of `mask_config.json`: the header's facts, readable (one canonical form)."""
+    return json.dumps(asdict(config), indent=2, sort_keys=True) + "\n"
+
+
 def save_mask(mask: SensitivityMask, folder: Path) -> Path:
     """Write the artifact folder atomically (a temp folder renamed into place).
 
@@ -267,7 +278,7 @@ def save_mask(mask: SensitivityMask, folder: Path) -> Path:
     with atomic_dir(folder) as tmp:
         tensors = {n: t.contiguous().to(torch.int32) for n, t in mask.indices.items()}
         write_safetensors(tensors, tmp / MASK_FILE, mask.config.header())
-        (tmp / CONFIG_FILE).write_text(json.dumps(asdict(mask.config), indent=2, sort_keys=True) + "\n")
+        (tmp / CONFIG_FILE).write_text(config_json(mask.config))
         (tmp / CARD_FILE).write_text(render_card(mask.config))
     return folder
 
@@ -305,46 +316,28 @@ def read_header(path: Path) -> dict[str, str]:
     Raises:
         MaskError: not a safetensors file, truncated, or not a szoq mask.
     """
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(8)
-            if len(head) < 8:
-                raise ValueError("file shorter than a safetensors header")
-            n = int.from_bytes(head, "little")
-            if n > 100_000_000:
-                raise ValueError("header length is implausible")
-            raw = fh.read(n)
-            if len(raw) < n:
-                raise ValueError("header is truncated")
-        header = json.loads(raw)
-    except (OSError, ValueError) as exc:
-        raise MaskError(f"{path} is not a readable safetensors file ({exc})", hint="the file is corrupt or truncated: pull or build it again") from None
-    meta = header.get("__metadata__") or {}
+    header = schema.read_header(path)
+    meta = header.metadata
     if meta.get("format") != FORMAT:
-        raise MaskError(f"{path} is not a szoq mask (format={meta.get('format')!r})", hint="a szoq mask has format=szoq.mask in its safetensors header")
+        raise MaskError(f"{path} is not a szoq mask (format={meta.get('format')!r:.40})", hint="a szoq mask has format=szoq.mask in its safetensors header")
     return meta
 
 
-def _config_from_header(meta: dict[str, str], path: Path) -> MaskConfig:
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise MaskError(f"{path}: unsupported mask format_version {meta.get('format_version')!r}", hint="upgrade szoq: pip install -U szoq")
-    try:
-        return MaskConfig(
-            base_model=meta["base_model"],
-            base_revision=meta.get("base_revision") or None,
-            fingerprint=meta["fingerprint"],
-            density=float(meta["density"]),
-            scope=meta["scope"],
-            scorer=meta["scorer"],
-            shapes={k: list(v) for k, v in json.loads(meta["shapes"]).items()},
-            calibration=json.loads(meta.get("calibration") or "null"),
-            szoq_version=meta.get("szoq_version", ""),
-            created_at=meta.get("created_at", ""),
-        )
-    except (KeyError, ValueError, TypeError) as exc:
-        raise MaskError(f"{path}: mask header is incomplete or invalid ({exc})", hint="rebuild the mask with szoq mask build") from None
-    except ConfigError as exc:
-        raise MaskError(f"{path}: {exc.message}", hint=exc.hint) from None
+def config_from_header(header: schema.Header, where: str, config_text: bytes | None = None, config_where: str = CONFIG_FILE) -> MaskConfig:
+    """The mask's facts: the type-checked header, plus what only an older mask_config.json holds.
+
+    Args:
+        header: The parsed safetensors header.
+        where: The file, for messages.
+        config_text: The bytes of mask_config.json when there is one; it must agree with the header.
+        config_where: The config file, for messages.
+
+    Raises:
+        MaskError: not a szoq mask, a field of the wrong type, or a config that disagrees.
+    """
+    fields = schema.mask_fields(header, where, scopes=SCOPES, fmt=FORMAT, version=FORMAT_VERSION)
+    extras = schema.mask_config_extras(config_text, fields, config_where) if config_text is not None else {}
+    return MaskConfig(**fields, **extras)
 
 
 def verify_indices(indices: dict[str, torch.Tensor], shapes: dict[str, list[int]], where: str = "mask") -> None:
@@ -372,18 +365,20 @@ def verify_indices(indices: dict[str, torch.Tensor], shapes: dict[str, list[int]
             raise MaskError(f"{where}: tensor {name!r} has duplicate indices", hint="the artifact is corrupt: rebuild it")
 
 
-def load_mask(folder: Path, *, fingerprint: str | None = None) -> SensitivityMask:
+def load_mask(folder: Path, *, fingerprint: str | None = None, layout: list[tuple[str, tuple[int, ...], str]] | None = None) -> SensitivityMask:
     """Load and verify a mask artifact folder (or a `mask.safetensors` path).
 
     Args:
         folder: The artifact folder.
         fingerprint: When given, the mask must have been built for this model fingerprint.
+        layout: When given (`models.parameter_layout`), every recorded tensor must be a
+            parameter of that model with the recorded shape.
 
     Returns:
         The verified mask.
 
     Raises:
-        MaskError: corrupt, truncated or inconsistent artifact.
+        MaskError: corrupt, truncated or inconsistent artifact, or shapes that do not fit `layout`.
         FingerprintMismatch: built for another model.
     """
     from safetensors import SafetensorError
@@ -393,8 +388,12 @@ def load_mask(folder: Path, *, fingerprint: str | None = None) -> SensitivityMas
     path = folder if folder.name == MASK_FILE else folder / MASK_FILE
     if not path.is_file():
         raise MaskError(f"{path} not found", hint="a mask folder holds mask.safetensors; build one with szoq mask build")
-    meta = read_header(path)
-    config = _config_from_header(meta, path)
+    cfg_path = path.parent / CONFIG_FILE
+    try:
+        config_text = cfg_path.read_bytes() if cfg_path.is_file() else None
+    except OSError as exc:
+        raise MaskError(f"cannot read {cfg_path} ({exc.strerror})", hint="check the folder's permissions") from None
+    config = config_from_header(schema.read_header(path), str(path), config_text, str(cfg_path))
     try:
         indices = load_file(str(path))
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
@@ -402,23 +401,13 @@ def load_mask(folder: Path, *, fingerprint: str | None = None) -> SensitivityMas
     verify_indices(indices, config.shapes, where=str(path))
     if sum(int(t.numel()) for t in indices.values()) == 0:
         raise MaskError(f"{path} selects 0 weights (fine-tuning it would train nothing)", hint="rebuild the mask: szoq mask build MODEL")
-    cfg_path = path.parent / CONFIG_FILE
-    if cfg_path.is_file():
-        try:
-            extra = json.loads(cfg_path.read_text())
-        except ValueError:
-            raise MaskError(f"{cfg_path} is not valid JSON", hint="the artifact is corrupt: pull or build it again") from None
-        if extra.get("fingerprint") != config.fingerprint:
-            raise MaskError(f"{cfg_path} does not match {path.name} (fingerprint differs)", hint="the artifact is inconsistent: pull or build it again")
-        config.stats = extra.get("stats", {})
-        config.command = extra.get("command")
-        config.targets = extra.get("targets")
-        config.seed = extra.get("seed", 0)
     if fingerprint is not None and fingerprint != config.fingerprint:
         raise FingerprintMismatch(
             f"mask was built for {config.base_model} (fingerprint {config.fingerprint[:12]}), not for this model ({fingerprint[:12]})",
             hint="build a mask for this model with: szoq mask build MODEL",
         )
+    if layout is not None:
+        schema.check_fits_model(config.shapes, layout, str(path))
     return SensitivityMask(indices, config)
 
 

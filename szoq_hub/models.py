@@ -46,7 +46,8 @@ class ModelSource:
         ref: The reference as the user gave it.
         kind: `alias`, `gguf`, `local` or `hub`.
         path: A local folder transformers can load (a GGUF source points at its converted copy).
-        base_model: The Hub id to credit in cards (`base_model:`), or the local path.
+        base_model: The Hub id to credit in cards (`base_model:`), or the local folder's or
+            file's name (never its path: masks and deltas that record it are shared).
         revision: Hub commit sha, or None for local sources.
         identity: A string naming the exact weights (`hub:ID@SHA` or `sha256:...`).
     """
@@ -217,11 +218,12 @@ def resolve_model(ref: str, *, revision: str | None = None) -> ModelSource:
             raise ModelError(f"GGUF file {path} not found", hint="check the path")
         _require_gguf()
         digest = _cached_file_sha256(path)
-        return ModelSource(ref, "gguf", _convert_gguf(path, digest), str(path), None, f"sha256:{digest}")
+        return ModelSource(ref, "gguf", _convert_gguf(path, digest), path.name, None, f"sha256:{digest}")
     if path.is_dir():
         if not (path / "config.json").exists():
             raise ModelError(f"{path} has no config.json", hint="point at a folder written by save_pretrained")
-        return ModelSource(ref, "local", path, str(path), None, _local_identity(path))
+        # Only the folder's name is recorded: masks and deltas are shared, local paths are private.
+        return ModelSource(ref, "local", path, path.resolve().name, None, _local_identity(path))
     if _HUB_ID.match(ref) and not path.exists():
         return _hub_source(ref, revision)
     raise ModelError(

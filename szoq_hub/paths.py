@@ -56,6 +56,58 @@ def ensure_writable_dir(path: Path, what: str) -> Path:
     return path
 
 
+def path_exists(path: str | Path) -> bool:
+    """`Path.exists` that says False, instead of raising, for names no file system accepts."""
+    try:
+        return Path(path).expanduser().exists()
+    except (OSError, ValueError):  # e.g. ENAMETOOLONG, or a NUL byte
+        return False
+
+
+def shorten(text: object, limit: int = 80) -> str:
+    """A value as it may appear in a one-line message: at most `limit` characters."""
+    text = str(text)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def temp_prefix(name: str) -> str:
+    """Prefix of a temp file or folder beside `name`: hidden, with the writer's pid.
+
+    `szoq gc` removes such debris only when that process is gone, so a writer that is still
+    running never loses its temp file.
+    """
+    return f".{name}-{os.getpid()}-"
+
+
+def pid_alive(pid: int) -> bool:
+    """True when a process with this id exists on this machine."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):
+        return pid > 0  # exists but belongs to another user; absurd ids are not alive
+    return True
+
+
+@contextmanager
+def scratch_dir(kind: str) -> Iterator[Path]:
+    """A private temp folder under `$SZOQ_HOME/tmp`, removed on exit.
+
+    Its name carries the pid (`KIND-PID-XXXX`), so the folder of a killed process is found and
+    removed by `szoq gc`, while one in use is left alone.
+
+    Yields:
+        The folder.
+    """
+    root = ensure_writable_dir(szoq_home() / "tmp", "SZOQ_HOME temp folder")
+    tmp = Path(tempfile.mkdtemp(prefix=f"{kind}-{os.getpid()}-", dir=root))
+    try:
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def file_sha256(path: Path) -> str:
     """sha256 hex digest of a file, read in chunks."""
     h = hashlib.sha256()
@@ -91,7 +143,7 @@ def atomic_file(target: Path) -> Iterator[Path]:
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{target.name}-", suffix=".tmp", dir=target.parent)
+    fd, name = tempfile.mkstemp(prefix=temp_prefix(target.name), suffix=".tmp", dir=target.parent)
     os.close(fd)
     tmp = Path(name)
     try:
@@ -116,7 +168,7 @@ def atomic_dir(target: Path) -> Iterator[Path]:
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(target.name), dir=target.parent))
     try:
         yield tmp
         _apply_umask(tmp)

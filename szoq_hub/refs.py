@@ -1,8 +1,9 @@
-"""Turn a mask reference into a verified artifact folder.
+"""Turn a mask or delta reference into a verified artifact folder.
 
-A REF is, in order of lookup: a path to an artifact folder (or its `mask.safetensors`),
+A mask REF is, in order of lookup: a path to an artifact folder (or its `mask.safetensors`),
 `NAME[@VERSION]` in the local registry, a curated mask name from `masks/catalog.json`, or
-`ORG/NAME[@REV]` on the Hugging Face Hub (pulled into the registry on demand).
+`ORG/NAME[@REV]` on the Hugging Face Hub (pulled into the registry on demand). A delta REF is a
+run folder, a `delta.safetensors` file, or `ORG/NAME[@REV]` on the Hub.
 """
 
 from __future__ import annotations
@@ -10,15 +11,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from .catalog import find_builtin
-from .errors import RegistryError
+from .errors import HubError, RegistryError
 from .mask import MASK_FILE, SensitivityMask, load_mask
+from .paths import path_exists, shorten
 from .registry import Registry, parse_ref
-
-
-def is_hub_ref(ref: str) -> bool:
-    """True for `ORG/NAME[@REV]` that is not an existing local path."""
-    name, _ = parse_ref(ref)
-    return name.count("/") == 1 and not Path(ref).exists() and not name.startswith((".", "/", "~"))
+from .transport import is_hub_ref  # noqa: F401  (re-exported)
 
 
 def resolve_mask_ref(ref: str, *, registry: Registry | None = None, offline: bool = False) -> Path:
@@ -29,12 +26,12 @@ def resolve_mask_ref(ref: str, *, registry: Registry | None = None, offline: boo
         HubError: a Hub ref that cannot be pulled.
     """
     path = Path(ref).expanduser()
-    if path.is_dir() and (path / MASK_FILE).exists():
-        return path
-    if path.is_file() and path.name == MASK_FILE:
-        return path.parent
-    if path.exists():
-        raise RegistryError(f"{path} is not a mask artifact (no {MASK_FILE})", hint="a mask folder holds mask.safetensors, mask_config.json and README.md")
+    if path_exists(path):
+        if path.is_dir() and (path / MASK_FILE).exists():
+            return path
+        if path.is_file() and path.name == MASK_FILE:
+            return path.parent
+        raise RegistryError(f"{shorten(path)} is not a mask artifact (no {MASK_FILE})", hint="a mask folder holds mask.safetensors, mask_config.json and README.md")
     registry = registry or Registry()
     if is_hub_ref(ref):
         from .hub import pull_mask
@@ -51,6 +48,37 @@ def resolve_mask_ref(ref: str, *, registry: Registry | None = None, offline: boo
     return registry.get(ref).path  # raises the not-found error with its hint
 
 
-def open_mask(ref: str, *, fingerprint: str | None = None, registry: Registry | None = None, offline: bool = False) -> SensitivityMask:
-    """Resolve and load a mask, verifying it (and its fingerprint when given)."""
-    return load_mask(resolve_mask_ref(ref, registry=registry, offline=offline), fingerprint=fingerprint)
+def open_mask(ref: str, *, fingerprint: str | None = None, layout: list[tuple[str, tuple[int, ...], str]] | None = None,
+              registry: Registry | None = None, offline: bool = False) -> SensitivityMask:
+    """Resolve and load a mask, verifying it, its fingerprint and its shapes against `layout` when given."""
+    return load_mask(resolve_mask_ref(ref, registry=registry, offline=offline), fingerprint=fingerprint, layout=layout)
+
+
+def resolve_delta_ref(ref: str | Path, *, token: str | None = None, offline: bool = False) -> Path:
+    """Resolve `--delta`: a local run folder / delta file, or `ORG/NAME[@REV]` pulled from the Hub.
+
+    Args:
+        ref: A path, or a Hub ref (tag, branch or commit sha after `@`; default main).
+        token: Hub token; default `HF_TOKEN` or the login.
+        offline: Read Hub refs only from the local Hugging Face cache.
+
+    Returns:
+        A local path for `load_delta` (a pulled delta is already verified).
+
+    Raises:
+        HubError: a Hub ref that cannot be pulled (also names the missing local folder).
+        MaskError: the pulled file is not a valid delta.
+    """
+    path = Path(ref).expanduser()
+    if path_exists(path) or not is_hub_ref(str(ref)):
+        return path
+    from .delta_hub import pull_delta
+
+    repo_id, revision = parse_ref(str(ref))
+    try:
+        return pull_delta(repo_id, revision=revision, token=token, offline=offline).path
+    except HubError as exc:
+        if "not found" not in exc.message:
+            raise
+        # `runs/sst2` looks like ORG/NAME too: say that no such local folder exists either.
+        raise HubError(f"no local folder {ref}, and on the Hub: {exc.message}", hint=exc.hint) from None

@@ -20,8 +20,8 @@ from typing import Callable
 from filelock import FileLock
 
 from .errors import RegistryError
-from .mask import ARTIFACT_FILES, MASK_FILE, file_sha256, load_mask
-from .paths import atomic_dir, atomic_file, ensure_writable_dir, szoq_home
+from .mask import CARD_FILE, CONFIG_FILE, MASK_FILE, SensitivityMask, config_json, file_sha256, load_mask
+from .paths import atomic_dir, atomic_file, ensure_writable_dir, shorten, szoq_home
 
 SCHEMA_VERSION = 2
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,95}$")
@@ -69,14 +69,14 @@ class RegistryEntry:
 def check_name(name: str) -> str:
     """Validate a registry name (lowercase letters, digits, `.`, `_`, `-`)."""
     if not _NAME.match(name):
-        raise RegistryError(f"invalid mask name {name!r}", hint="use lowercase letters, digits, '.', '_' or '-', e.g. smollm2-c4")
+        raise RegistryError(f"invalid mask name {shorten(name)!r}", hint="use lowercase letters, digits, '.', '_' or '-', e.g. smollm2-c4")
     return name
 
 
 def check_version(version: str) -> str:
     """Validate a version label such as `v3` or `2026-01`."""
     if not _VERSION.match(version):
-        raise RegistryError(f"invalid version {version!r}", hint="use letters, digits, '.', '_' or '-', e.g. v2")
+        raise RegistryError(f"invalid version {shorten(version)!r}", hint="use letters, digits, '.', '_' or '-', e.g. v2")
     return version
 
 
@@ -86,9 +86,13 @@ def parse_ref(ref: str) -> tuple[str, str | None]:
     return name, (version or None)
 
 
-def _version_key(v: str) -> tuple[int, int, str]:
+def version_key(v: str) -> tuple[int, int, str]:
+    """Sort key of version labels: `vN` by N, after any other label."""
     m = re.fullmatch(r"v(\d+)", v)
     return (1, int(m.group(1)), "") if m else (0, 0, v)
+
+
+_version_key = version_key  # the name before 0.1
 
 
 class Registry:
@@ -144,17 +148,17 @@ class Registry:
         check_name(name)
         if version is not None:
             check_version(version)
-        load_mask(folder)  # refuse corrupt artifacts before they enter the store
+        mask = load_mask(folder)  # refuse corrupt artifacts before they enter the store
         sha = file_sha256(Path(folder) / MASK_FILE)
         with self._lock():
-            self._store_object(Path(folder), sha)
+            self._store_object(Path(folder), sha, mask)
             index = self._read()
             versions = index["masks"].setdefault(name, [])
             if version is None:
                 same = [v for v in versions if v["sha256"] == sha]
                 if same and same[-1] is versions[-1]:  # re-adding the latest content: no new version
                     return self._entry(name, same[-1])
-                nums = [_version_key(v["version"])[1] for v in versions if _version_key(v["version"])[0]]
+                nums = [version_key(v["version"])[1] for v in versions if version_key(v["version"])[0]]
                 version = f"v{max(nums, default=0) + 1}"
             for v in versions:
                 if v["version"] == version:
@@ -166,16 +170,19 @@ class Registry:
             self._write(index)
             return self._entry(name, raw)
 
-    def _store_object(self, folder: Path, sha: str) -> None:
+    def _store_object(self, folder: Path, sha: str, mask: SensitivityMask) -> None:
         target = self.objects / sha
         if (target / MASK_FILE).exists() and file_sha256(target / MASK_FILE) == sha:
             return
         if target.exists():  # a damaged object (edited or truncated by hand): store it afresh
             shutil.rmtree(target)
         with atomic_dir(target) as tmp:
-            for fname in ARTIFACT_FILES:
-                if (folder / fname).exists():
-                    shutil.copy2(folder / fname, tmp / fname)
+            shutil.copy2(folder / MASK_FILE, tmp / MASK_FILE)
+            if (folder / CARD_FILE).is_file():
+                shutil.copy2(folder / CARD_FILE, tmp / CARD_FILE)
+            # The config is written from the verified header, not copied: an object's files
+            # are a function of its mask.safetensors, whichever copy of the artifact came first.
+            (tmp / CONFIG_FILE).write_text(config_json(mask.config))
             if file_sha256(tmp / MASK_FILE) != sha:
                 raise RegistryError(f"{folder / MASK_FILE} changed while it was being stored", hint="retry")
 
@@ -204,7 +211,7 @@ class Registry:
             name, _ = parse_ref(ref)
             known = self._read()["masks"].get(name)
             hint = f"versions of {name}: {', '.join(v['version'] for v in known)}" if known else "list local masks with: szoq mask list"
-            raise RegistryError(f"no mask {ref!r} in the local registry", hint=hint)
+            raise RegistryError(f"no mask {shorten(ref)!r} in the local registry", hint=hint)
         if not (entry.path / MASK_FILE).exists():
             raise RegistryError(f"the files of {entry.ref} are missing from {entry.path}", hint=f"remove it with szoq mask rm {entry.ref} and pull or build it again")
         return entry
@@ -219,7 +226,7 @@ class Registry:
                     raw["hub"] = hub
                     self._write(index)
                     return self._entry(name, raw)
-        raise RegistryError(f"no mask {ref!r} in the local registry", hint="list local masks with: szoq mask list")
+        raise RegistryError(f"no mask {shorten(ref)!r} in the local registry", hint="list local masks with: szoq mask list")
 
     def remove(self, ref: str) -> list[RegistryEntry]:
         """Remove `NAME@VERSION` (or every version of NAME); drop objects no longer named.
@@ -233,7 +240,7 @@ class Registry:
             versions = index["masks"].get(name) or []
             gone = [v for v in versions if version is None or v["version"] == version]
             if not gone:
-                raise RegistryError(f"no mask {ref!r} in the local registry", hint="list local masks with: szoq mask list")
+                raise RegistryError(f"no mask {shorten(ref)!r} in the local registry", hint="list local masks with: szoq mask list")
             keep = [v for v in versions if v not in gone]
             if keep:
                 index["masks"][name] = keep
