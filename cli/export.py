@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from szoq_hub.delta import resolve_delta_ref
+from szoq_hub.refs import resolve_delta_ref
 from szoq_hub.finetune import DEFAULT_MASK
 from szoq_hub.models import DEFAULT_MODEL
 from szoq_hub.peft_export import export_peft

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from szoq_hub.delta import resolve_delta_ref
+from szoq_hub.refs import resolve_delta_ref
 from szoq_hub.plots import plot_runs
 
 from .root import app
