@@ -52,6 +52,8 @@ def encode(tokenizer, examples: list[Example], max_prompt_tokens: int = MAX_PROM
     `['▁terrible']`. The option's length is len(enc(prompt + option)) - len(enc(prompt)).
     Long contexts are cut from the left so the answer position is kept.
     """
+    if not examples:  # e.g. --dev-samples 0 (tokenizers refuse an empty batch)
+        return []
     prompts = tokenizer([e.prompt for e in examples], add_special_tokens=True)["input_ids"]
     fulls = tokenizer([e.prompt + o for e in examples for o in e.options], add_special_tokens=True)["input_ids"]
     out, k = [], 0

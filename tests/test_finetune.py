@@ -356,3 +356,12 @@ def test_real_model_sst2_end_to_end(real_model_available, tmp_path, monkeypatch,
     code, out, err = run_cli(["eval", "--delta", str(tmp_path / "run"), "--eval-samples", "32", "--json"], monkeypatch, capsys)
     assert code == 0, err
     assert json.loads(out)["value"] == pytest.approx(result["eval"])
+
+
+def test_run_without_dev_set_keeps_final_values(tiny_model_dir, tiny_mask, train_file, tmp_path):
+    """--dev-samples 0 is allowed: no dev evaluation, the delta holds the final values."""
+    result = finetune(_config(tiny_model_dir, tiny_mask, train_file, tmp_path / "run", steps=2, dev_samples=0, eval_every=0))
+    assert result.steps == 2 and result.best_step is None
+    rows = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert not [r for r in rows if r["kind"] == "eval" and r.get("split") == "dev"]
+    assert _delta_values(tmp_path / "run")

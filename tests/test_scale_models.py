@@ -55,3 +55,19 @@ def test_real_shapes():
               for name in ("llama-2-7b", "llama-1.1b")}
     assert round(counts["llama-2-7b"] / 1e9, 2) == 6.88
     assert round(counts["llama-1.1b"] / 1e9, 2) == 1.17
+
+
+def test_bench_stopgap_random_mask_equals_mask_build(tiny_model_dir, tmp_path):
+    """bench_scale's streaming random-mask writer yields the mask `mask build --scorer random` does."""
+    import bench_scale
+    import torch
+
+    from szoq_hub.build import MaskBuildConfig, build_mask
+    from szoq_hub.refs import open_mask
+
+    bench_scale.stream_random_mask(tiny_model_dir, tmp_path / "stream", 0.01, seed=2)
+    ours = open_mask(str(tmp_path / "stream"))
+    theirs, _ = build_mask(MaskBuildConfig(model=str(tiny_model_dir), scorer="random", density=0.01, seed=2), None)
+    assert sorted(ours.indices) == sorted(theirs.indices)
+    assert all(torch.equal(ours.indices[n], theirs.indices[n]) for n in ours.indices)
+    assert ours.config.fingerprint == theirs.config.fingerprint
