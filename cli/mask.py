@@ -43,10 +43,16 @@ def build(
     version: Optional[str] = typer.Option(None, help="Registry version (default: next vN)."),
     out_dir: Optional[Path] = typer.Option(None, "--out", help="Also write the artifact folder here."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+    dtype: str = typer.Option("auto", help="Scoring dtype: auto (the checkpoint's), float32, bfloat16, float16; Σg² is fp32."),
+    max_memory: Optional[str] = typer.Option(None, help="Memory bound of a fisher build, e.g. 3.5GB: scores in passes over groups of tensors."),
+    score_quant: str = typer.Option("none", help="Frozen base while scoring: none or nf4 (bitsandbytes 4-bit, QLoRA-style)."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
+    fsdp: bool = typer.Option(False, "--fsdp", help="Shard weights, gradients and scores with FSDP2 across torchrun ranks."),
 ) -> None:
     """Compute a sensitivity mask and register it. Example: szoq mask build smollm2-135m-instruct --calibration c4.jsonl.gz"""
     config = MaskBuildConfig(model=model, revision=revision, calibration=calibration, samples=samples, seq_len=seq_len,
-                             density=density, scope=scope, scorer=scorer, targets=targets, seed=seed)
+                             density=density, scope=scope, scorer=scorer, targets=targets, seed=seed, dtype=dtype,
+                             max_memory=max_memory, score_quant=score_quant, device=device, fsdp=fsdp)
     registry = Registry()
     registry_name = name or _default_name(model, scorer)
     if is_main_process():  # fail on a bad name or unwritable home before the long part

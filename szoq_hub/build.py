@@ -1,7 +1,15 @@
-"""`build_mask`: model + calibration windows -> scores -> selection -> artifact folder."""
+"""`build_mask`: model + calibration windows -> scores -> selection -> artifact folder.
+
+Memory (see README "Building masks for large models"): the model is streamed from its
+safetensors files into the scoring dtype (the checkpoint's own by default; `--score-quant nf4`
+quantizes each decoder linear as it is read), scores are turned into a selection tensor by
+tensor (`selection.StreamingSelector`), and `--max-memory` splits the fisher build into passes
+over groups of target tensors (`build_plan`). Magnitude and random builds load no model.
+"""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from dataclasses import dataclass, field
@@ -10,16 +18,22 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from torch import nn
 
+from .build_plan import BuildPlan, activation_bytes, parse_size, plan_groups, resident_bytes
 from .calibration import load_windows
-from .errors import ConfigError
-from .mask import MaskConfig, SCOPES, SensitivityMask, captured_share, captured_share_per_tensor, check_density, mask_stats, save_mask, select
-from .models import DEFAULT_MODEL, fingerprint_from, load_model, resolve_model, target_parameter_names
-from .sensitivity import ProgressFn, check_scorer, fisher_scores, magnitude_scores, random_scores
+from .errors import ConfigError, DependencyError, ModelError
+from .mask import MaskConfig, SCOPES, SensitivityMask, check_density, mask_stats, save_mask
+from .models import DEFAULT_MODEL, ModelSource, load_config, model_fingerprint, resolve_model, target_parameter_names
+from .selection import StreamingSelector
+from .sensitivity import (SCORE_QUANTS, Frozen4bitLinear, ProgressFn, check_scorer, fisher_scores,
+                          shard_windows, stream_magnitude_scores, stream_random_scores)
 
 log = logging.getLogger(__name__)
 
 DEFAULT_CALIBRATION = "c4"
+DTYPES = {"auto": None, "float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+          "float16": torch.float16, "fp16": torch.float16}
 
 
 @dataclass
@@ -36,6 +50,11 @@ class MaskBuildConfig:
     scorer: str = field(default="fisher", metadata={"help": "fisher, magnitude or random"})
     targets: str | None = field(default=None, metadata={"help": "regex over parameter names"})
     seed: int = field(default=0, metadata={"help": "seed of window order and random scores"})
+    dtype: str = field(default="auto", metadata={"help": "scoring dtype: auto (the checkpoint's), float32, bfloat16, float16"})
+    max_memory: str | None = field(default=None, metadata={"help": "memory bound of a fisher build, e.g. 3.5GB"})
+    score_quant: str = field(default="none", metadata={"help": "frozen base while scoring: none or nf4"})
+    device: str = field(default="auto", metadata={"help": "auto, cpu, cuda or cuda:N"})
+    fsdp: bool = field(default=False, metadata={"help": "shard the model with FSDP2 across torchrun ranks"})
 
     def __post_init__(self) -> None:
         check_density(self.density)
@@ -44,11 +63,39 @@ class MaskBuildConfig:
             raise ConfigError(f"unknown scope {self.scope!r}", hint=f"choose one of: {', '.join(SCOPES)}")
         if self.samples < 1 or self.seq_len < 2:
             raise ConfigError(f"need --samples >= 1 and --seq-len >= 2 (got {self.samples}, {self.seq_len})", hint="e.g. --samples 32 --seq-len 256")
+        if self.dtype not in DTYPES:
+            raise ConfigError(f"unknown --dtype {self.dtype!r}", hint="choose one of: auto, float32, bfloat16, float16")
+        if self.score_quant not in SCORE_QUANTS:
+            raise ConfigError(f"unknown --score-quant {self.score_quant!r}", hint=f"choose one of: {', '.join(SCORE_QUANTS)}")
+        if self.max_memory is not None:
+            parse_size(self.max_memory)
+        if self.score_quant != "none" and self.fsdp:
+            raise ConfigError("--score-quant nf4 and --fsdp cannot be combined", hint="FSDP shards full-precision weights; use one or the other")
+        resolve_device(self.device)
 
 
-def _maybe_init_distributed() -> None:
+def resolve_device(spec: str) -> torch.device:
+    """`auto` (CUDA when available, else CPU), `cpu`, `cuda` or `cuda:N`.
+
+    Raises:
+        ConfigError: an unknown device or one this machine does not have.
+    """
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(spec)
+    except RuntimeError:
+        raise ConfigError(f"unknown --device {spec!r}", hint="choose auto, cpu, cuda or cuda:N") from None
+    if device.type not in ("cpu", "cuda"):
+        raise ConfigError(f"unsupported --device {spec!r}", hint="choose auto, cpu, cuda or cuda:N")
+    if device.type == "cuda" and (not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()):
+        raise ConfigError(f"--device {spec} is not available on this machine", hint="use --device cpu (or auto)")
+    return device
+
+
+def _maybe_init_distributed(device: torch.device) -> None:
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
-        dist.init_process_group("gloo")
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
 
 
 def build_timestamp() -> str:
@@ -63,46 +110,194 @@ def is_main_process() -> bool:
     return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
 
 
-def build_mask(config: MaskBuildConfig, out: Path | None, *, progress: ProgressFn | None = None, command: str | None = None) -> tuple[SensitivityMask, Path | None]:
+# ---- the checkpoint, read tensor by tensor -------------------------------------------------
+
+def checkpoint_files(folder: Path) -> list[Path]:
+    """The safetensors files of a checkpoint: those its index names when sharded, else all.
+
+    Raises:
+        ModelError: no safetensors files, or an index naming a missing shard.
+    """
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        except (ValueError, KeyError, AttributeError):
+            raise ModelError(f"{index} is not a valid safetensors index", hint="the checkpoint is corrupt: download or convert it again") from None
+        files = [folder / n for n in names]
+        missing = [f.name for f in files if not f.is_file()]
+        if missing:
+            raise ModelError(f"{folder} lacks shard {missing[0]} named by its index", hint="the checkpoint is incomplete: download it again")
+        return files
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        raise ModelError(f"{folder} holds no *.safetensors weights; mask build streams safetensors only",
+                         hint="convert the checkpoint with save_pretrained(..., safe_serialization=True)")
+    return files
+
+
+def checkpoint_dtype(files: list[Path]) -> torch.dtype:
+    """The dtype of the first floating-point tensor in the checkpoint (header only)."""
+    from .runtime import _ST_DTYPES
+
+    for path in files:
+        with open(path, "rb") as fh:
+            n = int.from_bytes(fh.read(8), "little")
+            try:
+                header = json.loads(fh.read(n))
+            except ValueError:
+                raise ModelError(f"{path} is not a readable safetensors file", hint="the checkpoint is corrupt: download or convert it again") from None
+        for key, meta in header.items():
+            dtype = _ST_DTYPES.get(meta.get("dtype")) if key != "__metadata__" else None
+            if dtype is not None and dtype.is_floating_point:
+                return dtype
+    return torch.float32
+
+
+def _iter_tensors(files: list[Path], names: set[str] | None = None):
+    """(name, tensor) one at a time; with `names`, only those (the others are never read)."""
+    from .runtime import _iter_checkpoint
+
+    if names is None:
+        yield from _iter_checkpoint(files)
+        return
+    for path in files:  # a one-file view per shard so unwanted tensors cost no read
+        with open(path, "rb") as fh:
+            n = int.from_bytes(fh.read(8), "little")
+            header = json.loads(fh.read(n))
+        if names & set(header):
+            for key, tensor in _iter_checkpoint([path]):
+                if key in names:
+                    yield key, tensor
+
+
+def load_scoring_model(source: ModelSource, *, dtype: torch.dtype, quant: str = "none", device: torch.device | None = None) -> nn.Module:
+    """The causal LM for scoring, streamed from safetensors straight into `dtype` on `device`.
+
+    Only one full-precision tensor is in flight at a time; with `quant="nf4"` every decoder
+    linear becomes a `Frozen4bitLinear` as its weight is read.
+
+    Raises:
+        DependencyError: `nf4` without bitsandbytes.
+        ModelError: the checkpoint does not match its config.
+    """
+    from accelerate import init_empty_weights
+    from transformers import AutoModelForCausalLM
+
+    from .runtime import _set_tensor
+
+    if quant == "nf4":
+        try:
+            import bitsandbytes  # noqa: F401
+        except ImportError:
+            raise DependencyError("--score-quant nf4 needs bitsandbytes", hint="pip install 'bitsandbytes>=0.48'") from None
+    device = device or torch.device("cpu")
+    config = load_config(source)
+    with init_empty_weights(include_buffers=False):  # parameters on meta, buffers (rotary) real
+        lm = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    lm.eval()
+    out_emb = lm.get_output_embeddings()
+    linears = {f"{n}.weight" for n, m in lm.named_modules() if isinstance(m, nn.Linear) and m is not out_emb} if quant == "nf4" else set()
+    loaded: set[str] = set()
+    for key, tensor in _iter_tensors(checkpoint_files(Path(source.path))):
+        if key in linears:
+            prefix = key[: -len(".weight")]
+            parent, _, leaf = prefix.rpartition(".")
+            old = lm.get_submodule(prefix)
+            if tuple(old.weight.shape) != tuple(tensor.shape):
+                raise ModelError(f"checkpoint tensor {key} has shape {list(tensor.shape)}, the model expects {list(old.weight.shape)}", hint="the config and weights do not match")
+            setattr(lm.get_submodule(parent), leaf, Frozen4bitLinear(tensor.to(device), old.bias, dtype))
+            loaded.add(key)
+        elif _set_tensor(lm, key, tensor.to(device), dtype):
+            loaded.add(key)
+        else:
+            log.warning("checkpoint tensor %s has no place in the model; ignored", key)
+        del tensor
+    if out_emb is not None and out_emb.weight.device.type == "meta":
+        out_emb.weight = lm.get_input_embeddings().weight  # tied, as transformers ties them
+    missing = [n for n, p in lm.named_parameters() if p.device.type == "meta"] + sorted(linears - loaded)
+    if missing:
+        raise ModelError(f"the checkpoint lacks {len(missing)} tensor(s) the model needs (e.g. {missing[0]})",
+                         hint="the weight files are incomplete or do not match config.json")
+    for p in lm.parameters():
+        p.requires_grad_(False)
+    return lm.to(device)  # buffers built on the CPU follow the weights
+
+
+def _meta_targets(source: ModelSource, targets: str | None) -> dict[str, list[int]]:
+    """Target name -> shape, from the config alone (meta device)."""
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        meta = AutoModelForCausalLM.from_config(load_config(source), dtype=torch.float32)
+    params = dict(meta.named_parameters())
+    return {n: list(params[n].shape) for n in target_parameter_names(meta, targets)}
+
+
+# ---- the build ---------------------------------------------------------------------------
+
+def build_mask(config: MaskBuildConfig, out: Path | None, *, progress: ProgressFn | None = None, command: str | None = None,
+               plan_out: dict | None = None) -> tuple[SensitivityMask, Path | None]:
     """Compute a sensitivity mask and write its artifact folder.
 
-    Under torchrun (WORLD_SIZE > 1) every rank scores its shard of the windows, the scores are
-    all-reduced, and only rank 0 writes.
+    Under torchrun (WORLD_SIZE > 1) every rank scores its shard of the windows and the scores
+    are all-reduced; with `fsdp`, every rank scores every window on its shard of the weights
+    instead. Only rank 0 writes.
 
     Args:
         config: Build options.
         out: Folder to write the artifact to (must not exist or be empty); None = do not write.
         progress: Optional progress callback (windows done, total, tokens).
         command: The command line to record as the build recipe.
+        plan_out: If given, filled with the memory plan's figures (passes, budget, ...).
 
     Returns:
         (mask, folder written or None on non-zero ranks / when out is None).
+
+    Raises:
+        ConfigError: bad options, or a --max-memory the model cannot fit in.
+        ModelError, CalibrationError, DependencyError: as the model and data loaders raise.
     """
-    _maybe_init_distributed()
+    device = resolve_device(config.device)
+    if config.fsdp:
+        from .fsdp_scoring import init_fsdp
+
+        device = init_fsdp(device)
+    else:
+        _maybe_init_distributed(device)
     source = resolve_model(config.model, revision=config.revision)
-    loaded = load_model(source, dtype=torch.float32)
-    model = loaded.model
-    targets = target_parameter_names(model, config.targets)
-    layout = [(n, tuple(p.shape), str(p.dtype).removeprefix("torch.")) for n, p in model.named_parameters()]
-    fingerprint = fingerprint_from(layout, source.identity)
+    fingerprint = model_fingerprint(source)
+    shapes = _meta_targets(source, config.targets)
+    targets = list(shapes)
+    numels = {n: int(torch.Size(s).numel()) for n, s in shapes.items()}
+    selector = StreamingSelector(targets, numels, config.density, config.scope)
+    files = checkpoint_files(Path(source.path))
+    dtype = DTYPES[config.dtype] or checkpoint_dtype(files)
 
     calibration = None
     if config.scorer == "fisher":
-        windows, info = load_windows(config.calibration, loaded.tokenizer, samples=config.samples, seq_len=config.seq_len, seed=config.seed)
-        calibration = info.to_dict()
-        scores = fisher_scores(model, targets, windows, progress=progress)
-    elif config.scorer == "magnitude":
-        scores = magnitude_scores(model, targets)
+        calibration = _fisher_select(config, source, files, targets, numels, dtype, device, selector, progress, plan_out)
     else:
-        scores = random_scores(model, targets, config.seed)
-
-    params = dict(model.named_parameters())
-    shapes = {n: list(params[n].shape) for n in targets}
-    indices = select(scores, config.density, config.scope)
+        if config.scorer == "magnitude":
+            scores = stream_magnitude_scores(_iter_tensors(files, set(targets)))
+        else:
+            scores = stream_random_scores(shapes, config.seed)
+        seen = set()
+        for name, s in scores:
+            selector.add(name, s)
+            seen.add(name)
+            del s
+        if len(seen) != len(targets):
+            missing = next(n for n in targets if n not in seen)
+            raise ModelError(f"the checkpoint has no tensor {missing}", hint="the weight files do not match config.json")
+    indices, share, per_tensor = selector.result()
     stats = mask_stats(indices, shapes)
-    stats["captured_share"] = round(captured_share(scores, indices), 6)
-    stats["captured_share_per_tensor"] = captured_share_per_tensor(scores, indices)
-    del scores
+    stats["captured_share"] = round(share, 6)
+    stats["captured_share_per_tensor"] = per_tensor
+    if config.scorer == "fisher" and dtype != torch.float32:
+        stats["score_dtype"] = str(dtype).removeprefix("torch.")
+    if config.scorer == "fisher" and config.score_quant != "none":
+        stats["score_quant"] = config.score_quant
     mask_config = MaskConfig(
         base_model=source.base_model,
         base_revision=source.revision,
@@ -123,3 +318,41 @@ def build_mask(config: MaskBuildConfig, out: Path | None, *, progress: ProgressF
         return mask, None
     return mask, save_mask(mask, out)
 
+
+def _fisher_select(config: MaskBuildConfig, source: ModelSource, files: list[Path], targets: list[str], numels: dict[str, int],
+                   dtype: torch.dtype, device: torch.device, selector: StreamingSelector, progress: ProgressFn | None,
+                   plan_out: dict | None) -> dict:
+    """Score with fisher in planned passes and feed each finished tensor to the selector."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(source.path)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    windows, info = load_windows(config.calibration, tokenizer, samples=config.samples, seq_len=config.seq_len, seed=config.seed)
+    model = load_scoring_model(source, dtype=dtype, quant=config.score_quant, device=device)
+    shard_numels = numels
+    if config.fsdp:
+        from .fsdp_scoring import shard_model
+
+        shard_numels = shard_model(model, numels)
+    budget = parse_size(config.max_memory) if config.max_memory else None
+    plan: BuildPlan = plan_groups(targets, shard_numels, budget=budget, resident=resident_bytes(device),
+                                  activations=activation_bytes(model.config, windows.shape[1], dtype),
+                                  grad_bytes=torch.finfo(dtype).bits // 8)
+    if plan_out is not None:
+        plan_out.update(plan.to_dict())
+    log.info("fisher build in %d pass(es)", len(plan.groups))
+    per_pass = windows.shape[0]
+    if not config.fsdp and dist.is_available() and dist.is_initialized():  # data-parallel: this rank's share
+        per_pass = len(shard_windows(windows.shape[0], dist.get_rank(), dist.get_world_size()))
+    total = per_pass * len(plan.groups)
+    for p, group in enumerate(plan.groups):
+        if config.fsdp:
+            from .fsdp_scoring import fsdp_fisher_select
+
+            fsdp_fisher_select(model, group, windows, selector, progress=progress, progress_offset=p * per_pass, progress_total=total)
+            continue
+        acc = fisher_scores(model, group, windows, progress=progress, progress_offset=p * per_pass, progress_total=total)
+        for name in group:  # select as the pass ends; free each accumulator at once
+            selector.add(name, acc.pop(name))
+    return info.to_dict()

@@ -1,0 +1,129 @@
+"""Memory planning of a bounded mask build: which target tensors are scored in which pass.
+
+A fisher pass holds the model, the activations of one window, an fp32 Σg² accumulator per
+target tensor of its group, and the transients of one tensor at a time (its gradient, that
+gradient in fp32, the selection's comparisons). The plan measures what the process holds
+once the model is loaded, estimates activations from the config, and packs target tensors
+in model order into groups whose accumulators fit the rest of `--max-memory`. Scores do not
+depend on the grouping (each weight's gradient is the same whichever others are scored), so
+the mask is the same for any plan; only time grows with the number of passes.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .errors import ConfigError
+
+_UNITS = {"": 1, "B": 1, "K": 10**3, "KB": 10**3, "M": 10**6, "MB": 10**6, "G": 10**9, "GB": 10**9, "T": 10**12, "TB": 10**12,
+          "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
+_SAFETY = 1.10  # activations are estimated, not measured: keep 10% over the estimate
+_RESERVE = 64 * 2**20  # allocator slack, tokenizer, window tensors, Python objects
+
+
+def parse_size(text: str) -> int:
+    """Bytes of a size like `3.5GB`, `3500MB`, `3.5GiB` or `123456789` (GB = 10^9, GiB = 2^30).
+
+    Raises:
+        ConfigError: not a positive size.
+    """
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([A-Za-z]*)\s*", text or "")
+    unit = m.group(2).upper() if m else None
+    if not m or unit not in _UNITS or float(m.group(1)) <= 0:
+        raise ConfigError(f"--max-memory {text!r} is not a size", hint="e.g. --max-memory 3.5GB (GB = 10^9 bytes, GiB = 2^30)")
+    return int(float(m.group(1)) * _UNITS[unit])
+
+
+def format_size(n: float) -> str:
+    return f"{n / 1e9:.2f} GB"
+
+
+def resident_bytes(device: torch.device) -> int:
+    """What the build holds now: process RSS on CPU, allocated memory on an accelerator."""
+    if device.type == "cuda":
+        return int(torch.cuda.memory_allocated(device))
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def activation_bytes(config, seq_len: int, dtype: torch.dtype) -> int:
+    """Upper estimate of what autograd keeps for one window of `seq_len` tokens.
+
+    Per decoder layer: the residual stream, norms, q/k/v/o, attention probabilities and the
+    MLP's gate/up/act tensors; then the logits with their fp32 loss copies and gradient.
+    """
+    h = config.hidden_size
+    inter = getattr(config, "intermediate_size", 4 * h)
+    heads = config.num_attention_heads
+    kv = getattr(config, "num_key_value_heads", heads) * (h // heads)
+    vocab = config.vocab_size
+    elt = torch.finfo(dtype).bits // 8
+    per_layer = seq_len * (8 * h + 2 * kv + 5 * inter) * elt + 2 * heads * seq_len * seq_len * elt
+    logits = seq_len * vocab * (elt + 3 * 4)
+    return int((config.num_hidden_layers * per_layer + logits) * _SAFETY)
+
+
+@dataclass
+class BuildPlan:
+    """Groups of target tensors, one fisher pass each, and the figures behind them."""
+
+    groups: list[list[str]]
+    budget: int | None
+    resident: int
+    activations: int
+    accumulators: list[int]
+
+    def to_dict(self) -> dict:
+        return {"passes": len(self.groups), "budget": self.budget, "resident": self.resident,
+                "activations": self.activations, "accumulator_bytes": self.accumulators}
+
+
+def plan_groups(targets: list[str], numels: dict[str, int], *, budget: int | None, resident: int, activations: int,
+                grad_bytes: int) -> BuildPlan:
+    """Pack targets in order into passes whose accumulators fit the budget.
+
+    Args:
+        targets: Target names in model order.
+        numels: name -> weights the process holds accumulators for (a shard under FSDP).
+        budget: `--max-memory` in bytes, or None for one pass over everything.
+        resident: Bytes held before scoring (process, libraries, model).
+        activations: Estimated activation bytes of one window.
+        grad_bytes: Bytes per element of a weight gradient (the scoring dtype).
+
+    Raises:
+        ConfigError: the budget cannot hold the model, activations and one tensor's pass.
+    """
+    if budget is None:
+        return BuildPlan([list(targets)], None, resident, activations, [4 * sum(numels[n] for n in targets)])
+    largest = max(numels[n] for n in targets)
+    transient = largest * (grad_bytes + 4 + 2)  # one gradient, its fp32 copy, selection masks
+    room = budget - resident - activations - transient - _RESERVE
+    need = resident + activations + transient + _RESERVE + 4 * largest
+    if room < 4 * largest:
+        raise ConfigError(
+            f"--max-memory {format_size(budget)} cannot hold this build: {format_size(resident)} resident with the model, "
+            f"~{format_size(activations)} activations and {format_size(transient + 4 * largest)} for its largest tensor",
+            hint=f"raise --max-memory to at least {format_size(need * 1.02)}, or shrink the resident model: --score-quant nf4, --dtype bfloat16, --seq-len",
+        )
+    groups: list[list[str]] = []
+    sizes: list[int] = []
+    for name in targets:
+        cost = 4 * numels[name]
+        if groups and sizes[-1] + cost <= room:
+            groups[-1].append(name)
+            sizes[-1] += cost
+        else:
+            groups.append([name])
+            sizes.append(cost)
+    return BuildPlan(groups, budget, resident, activations, sizes)
