@@ -73,20 +73,24 @@ def build(
             bar.update(task, completed=done, total=total, info=f"{tokens / elapsed:,.0f} tok/s")
 
         with tempfile.TemporaryDirectory(prefix="szoq-build-") as tmp:
-            mask, folder = build_mask(config, Path(tmp) / "mask", progress=on_progress, command=command)
+            plan: dict = {}
+            mask, folder = build_mask(config, Path(tmp) / "mask", progress=on_progress, command=command, plan_out=plan)
             if folder is None:  # not rank 0
                 return
             entry = registry.add(folder, registry_name, version, source={"built_with": config.__dict__})
             if out_dir is not None:
                 save_mask(mask, out_dir)
     result = {"ref": entry.ref, "path": str(entry.path), "sha256": entry.sha256, "nnz": mask.nnz, "captured_share": mask.config.stats.get("captured_share")}
+    if plan:
+        result["passes"] = plan["passes"]
     if out_dir is not None:
         result["out"] = str(out_dir)
     if as_json:
         print_json(result)
     else:
         print(f"{entry.ref}\t{entry.path}")
-        note(f"built {mask.nnz:,} weights ({scorer}, density {density:g}); score mass captured {result['captured_share']}")
+        passes = f" in {plan['passes']} passes" if plan.get("passes", 1) > 1 else ""
+        note(f"built {mask.nnz:,} weights ({scorer}, density {density:g}){passes}; score mass captured {result['captured_share']}")
 
 
 def _given(option: str) -> bool:

@@ -1,0 +1,118 @@
+"""Benchmark memory-bounded fisher mask builds on randomly initialised real-size checkpoints.
+
+Each build runs as `szoq mask build` in a fresh process; its peak RSS comes from the kernel's
+rusage of that process (os.wait4), its time from the wall clock. Scenarios:
+
+- llama-1.1b (4 windows x 128 tokens): `--max-memory 3.5GB` against the unbounded build;
+  target: the bounded build peaks below 3.5 GB RSS and writes the same mask.safetensors.
+- llama-2-7b (2 windows x 64 tokens): bf16 scoring under `--max-memory`, and the same with
+  `--score-quant nf4`; target: both complete on the 24 GiB machine (peak RSS and time).
+
+Resumable: each finished run is written to results/ at once and skipped on the next start.
+
+Usage (checkpoints from bench/scale_models.py; run under flock /work/locks/heavy.lock, niced):
+    python bench/bench_mask_build_scale.py llama-1.1b /work/scale/llama-1.1b
+    python bench/bench_mask_build_scale.py llama-2-7b /work/scale/llama-2-7b [--max-memory 19GB]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import RESULTS, SHARED_DATA, write_results  # noqa: E402
+
+C4 = Path(os.environ.get("SZOQ_SHARED_DATA", SHARED_DATA)) / "c4" / "c4_validation_2k.jsonl.gz"
+SCENARIOS = {
+    "llama-1.1b": {"windows": 4, "seq_len": 128, "max_memory": "3.5GB",
+                   "runs": {"bounded": ["--max-memory", "{max_memory}"], "unbounded": []}},
+    "llama-2-7b": {"windows": 2, "seq_len": 64, "max_memory": "19GB",
+                   "runs": {"bf16-bounded": ["--max-memory", "{max_memory}"],
+                            "nf4-bounded": ["--max-memory", "{max_memory}", "--score-quant", "nf4"]}},
+}
+
+
+def run_build(folder: Path, out: Path, windows: int, seq_len: int, extra: list[str], log: Path) -> dict:
+    """One `szoq mask build` in a fresh process: wall time, peak RSS, its JSON result."""
+    env = {**os.environ, "SZOQ_HOME": tempfile.mkdtemp(prefix="szoq-bench-home-"), "SOURCE_DATE_EPOCH": "1767225600"}
+    cmd = [sys.executable, "-m", "szoq_cli", "mask", "build", str(folder), "--calibration", str(C4), "--samples", str(windows),
+           "--seq-len", str(seq_len), "--device", "cpu", "--out", str(out), "--json", *extra]
+    t0 = time.perf_counter()
+    with open(log, "w") as err:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True, env=env)
+        stdout = proc.stdout.read()
+        _, status, usage = os.wait4(proc.pid, 0)  # this child's own rusage: its peak RSS
+    seconds = time.perf_counter() - t0
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise SystemExit(f"build failed ({proc.returncode}); see {log}")
+    return {"args": extra, "seconds": seconds, "peak_rss_bytes": usage.ru_maxrss * 1024, "result": json.loads(stdout)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("shape", choices=sorted(SCENARIOS))
+    ap.add_argument("folder", type=Path)
+    ap.add_argument("--max-memory", default=None, help="override the scenario's bound")
+    ap.add_argument("--work", type=Path, default=Path("/work/scale/masks"), help="where the built masks go (outside the repo)")
+    ap.add_argument("--only", default=None, help="run just this scenario run")
+    args = ap.parse_args()
+    sc = SCENARIOS[args.shape]
+    max_memory = args.max_memory or sc["max_memory"]
+    name = f"mask_build_{args.shape.replace('-', '_').replace('.', '_')}"
+    path = RESULTS / f"{name}.json"
+    data = json.loads(path.read_text()) if path.exists() else {}
+    if data.get("max_memory") != max_memory or data.get("windows") != sc["windows"]:
+        data = {"shape": args.shape, "windows": sc["windows"], "seq_len": sc["seq_len"], "max_memory": max_memory, "runs": {}}
+    args.work.mkdir(parents=True, exist_ok=True)
+    for run, template in sc["runs"].items():
+        if run in data["runs"] or (args.only and run != args.only):
+            continue
+        extra = [a.format(max_memory=max_memory) for a in template]
+        out = args.work / f"{args.shape}-{run}"
+        if out.exists():
+            import shutil
+
+            shutil.rmtree(out)
+        print(f"{run}: szoq mask build {' '.join(extra)}", flush=True)
+        data["runs"][run] = run_build(args.folder, out, sc["windows"], sc["seq_len"], extra, args.work / f"{args.shape}-{run}.log")
+        data["runs"][run]["out"] = str(out)
+        data["machine_busy"] = os.getloadavg()
+        _write(name, data)
+    _write(name, data)
+
+
+def _write(name: str, data: dict) -> None:
+    from szoq_hub.mask import diff_masks, file_sha256, load_mask
+
+    runs = data["runs"]
+    for r in runs.values():
+        r["mask_sha256"] = file_sha256(Path(r["out"]) / "mask.safetensors")
+    names = list(runs)
+    if len(names) == 2:
+        a, b = (load_mask(Path(runs[n]["out"])) for n in names)
+        diff = diff_masks(a, b)
+        data["compare"] = {"runs": names, "same_mask_file": runs[names[0]]["mask_sha256"] == runs[names[1]]["mask_sha256"],
+                           "jaccard": diff.jaccard, "captured_share": [runs[n]["result"]["captured_share"] for n in names]}
+    bound = float(data["max_memory"].rstrip("GB")) * 1e9
+    rows = [(f"{n}: peak RSS", f"{r['peak_rss_bytes'] / 1e9:.2f} GB",
+             f"< {data['max_memory']}" if "--max-memory" in r["args"] else "reference") for n, r in runs.items()]
+    rows += [(f"{n}: wall time", f"{r['seconds'] / 60:.1f} min", "completes") for n, r in runs.items()]
+    rows += [(f"{n}: captured Σg² share", f"{r['result']['captured_share']}", "") for n, r in runs.items()]
+    if "compare" in data:
+        c = data["compare"]
+        rows.append((f"{c['runs'][0]} vs {c['runs'][1]}: same mask.safetensors", str(c["same_mask_file"]), "True" if data["shape"] == "llama-1.1b" else "measured"))
+        rows.append((f"{c['runs'][0]} vs {c['runs'][1]}: Jaccard", f"{c['jaccard']:.4f}", ""))
+    data["targets"] = {"peak_rss_below": bound} if data["shape"] == "llama-1.1b" else {"completes_on": "24 GiB"}
+    write_results(name, data, rows)
+
+
+if __name__ == "__main__":
+    main()
