@@ -22,6 +22,7 @@ from torch import nn
 
 from .build_plan import BuildPlan, activation_bytes, parse_size, plan_groups, resident_bytes
 from .calibration import load_windows
+from .checkpoint import _ST_DTYPES, KeyMapper, checkpoint_files, iter_tensors
 from .errors import ConfigError, DependencyError, ModelError
 from .mask import MaskConfig, SCOPES, SensitivityMask, check_density, mask_stats, save_mask
 from .models import DEFAULT_MODEL, ModelSource, load_config, model_fingerprint, resolve_model, target_parameter_names
@@ -93,9 +94,9 @@ def resolve_device(spec: str) -> torch.device:
     return device
 
 
-def _maybe_init_distributed(device: torch.device) -> None:
+def _maybe_init_distributed(device: torch.device | None = None) -> None:
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        dist.init_process_group("nccl" if device is not None and device.type == "cuda" else "gloo")
 
 
 def build_timestamp() -> str:
@@ -112,63 +113,36 @@ def is_main_process() -> bool:
 
 # ---- the checkpoint, read tensor by tensor -------------------------------------------------
 
-def checkpoint_files(folder: Path) -> list[Path]:
-    """The safetensors files of a checkpoint: those its index names when sharded, else all.
-
-    Raises:
-        ModelError: no safetensors files, or an index naming a missing shard.
-    """
-    index = folder / "model.safetensors.index.json"
-    if index.is_file():
-        try:
-            names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        except (ValueError, KeyError, AttributeError):
-            raise ModelError(f"{index} is not a valid safetensors index", hint="the checkpoint is corrupt: download or convert it again") from None
-        files = [folder / n for n in names]
-        missing = [f.name for f in files if not f.is_file()]
-        if missing:
-            raise ModelError(f"{folder} lacks shard {missing[0]} named by its index", hint="the checkpoint is incomplete: download it again")
-        return files
-    files = sorted(folder.glob("*.safetensors"))
-    if not files:
-        raise ModelError(f"{folder} holds no *.safetensors weights; mask build streams safetensors only",
-                         hint="convert the checkpoint with save_pretrained(..., safe_serialization=True)")
-    return files
-
-
 def checkpoint_dtype(files: list[Path]) -> torch.dtype:
-    """The dtype of the first floating-point tensor in the checkpoint (header only)."""
-    from .runtime import _ST_DTYPES
-
+    """The dtype of the first floating-point tensor in the checkpoint (headers only)."""
     for path in files:
-        with open(path, "rb") as fh:
-            n = int.from_bytes(fh.read(8), "little")
-            try:
-                header = json.loads(fh.read(n))
-            except ValueError:
-                raise ModelError(f"{path} is not a readable safetensors file", hint="the checkpoint is corrupt: download or convert it again") from None
-        for key, meta in header.items():
-            dtype = _ST_DTYPES.get(meta.get("dtype")) if key != "__metadata__" else None
+        for meta in _header(path).values():
+            dtype = _ST_DTYPES.get(meta.get("dtype")) if isinstance(meta, dict) else None
             if dtype is not None and dtype.is_floating_point:
                 return dtype
     return torch.float32
 
 
-def _iter_tensors(files: list[Path], names: set[str] | None = None):
-    """(name, tensor) one at a time; with `names`, only those (the others are never read)."""
-    from .runtime import _iter_checkpoint
-
-    if names is None:
-        yield from _iter_checkpoint(files)
-        return
-    for path in files:  # a one-file view per shard so unwanted tensors cost no read
-        with open(path, "rb") as fh:
+def _header(path: Path) -> dict:
+    with open(path, "rb") as fh:
+        try:
             n = int.from_bytes(fh.read(8), "little")
             header = json.loads(fh.read(n))
-        if names & set(header):
-            for key, tensor in _iter_checkpoint([path]):
-                if key in names:
-                    yield key, tensor
+        except ValueError:
+            raise ModelError(f"{path} is not a readable safetensors file", hint="the checkpoint is corrupt: download or convert it again") from None
+    header.pop("__metadata__", None)
+    return header
+
+
+def _iter_named(files: list[Path], to_name: KeyMapper, names: set[str]):
+    """(model name, tensor) of just `names`, one at a time; shards holding none are not read."""
+    for path in files:
+        if any(to_name(key) in names for key in _header(path)):
+            for key, tensor in iter_tensors([path]):
+                name = to_name(key)
+                if name in names:
+                    yield name, tensor
+                del tensor
 
 
 def load_scoring_model(source: ModelSource, *, dtype: torch.dtype, quant: str = "none", device: torch.device | None = None) -> nn.Module:
@@ -197,10 +171,14 @@ def load_scoring_model(source: ModelSource, *, dtype: torch.dtype, quant: str = 
         lm = AutoModelForCausalLM.from_config(config, dtype=dtype)
     lm.eval()
     out_emb = lm.get_output_embeddings()
-    linears = {f"{n}.weight" for n, m in lm.named_modules() if isinstance(m, nn.Linear) and m is not out_emb} if quant == "nf4" else set()
+    linears = {f"{n}.weight" for n, m in lm.named_modules() if type(m) is nn.Linear and m is not out_emb} if quant == "nf4" else set()
+    to_name = KeyMapper(lm)  # before any module is replaced
     loaded: set[str] = set()
-    for key, tensor in _iter_tensors(checkpoint_files(Path(source.path))):
-        if key in linears:
+    for ckpt_key, tensor in iter_tensors(checkpoint_files(Path(source.path))):
+        key = to_name(ckpt_key)
+        if key is None:
+            log.warning("checkpoint tensor %s has no place in the model; ignored", ckpt_key)
+        elif key in linears:
             prefix = key[: -len(".weight")]
             parent, _, leaf = prefix.rpartition(".")
             old = lm.get_submodule(prefix)
@@ -213,7 +191,7 @@ def load_scoring_model(source: ModelSource, *, dtype: torch.dtype, quant: str = 
         else:
             log.warning("checkpoint tensor %s has no place in the model; ignored", key)
         del tensor
-    if out_emb is not None and out_emb.weight.device.type == "meta":
+    if out_emb is not None and (getattr(config, "tie_word_embeddings", False) or out_emb.weight.device.type == "meta"):
         out_emb.weight = lm.get_input_embeddings().weight  # tied, as transformers ties them
     missing = [n for n, p in lm.named_parameters() if p.device.type == "meta"] + sorted(linears - loaded)
     if missing:
@@ -224,14 +202,12 @@ def load_scoring_model(source: ModelSource, *, dtype: torch.dtype, quant: str = 
     return lm.to(device)  # buffers built on the CPU follow the weights
 
 
-def _meta_targets(source: ModelSource, targets: str | None) -> dict[str, list[int]]:
-    """Target name -> shape, from the config alone (meta device)."""
+def _meta_model(source: ModelSource) -> nn.Module:
+    """The model on the meta device: names and shapes from the config alone, no weights."""
     from transformers import AutoModelForCausalLM
 
     with torch.device("meta"):
-        meta = AutoModelForCausalLM.from_config(load_config(source), dtype=torch.float32)
-    params = dict(meta.named_parameters())
-    return {n: list(params[n].shape) for n in target_parameter_names(meta, targets)}
+        return AutoModelForCausalLM.from_config(load_config(source), dtype=torch.float32)
 
 
 # ---- the build ---------------------------------------------------------------------------
@@ -267,7 +243,9 @@ def build_mask(config: MaskBuildConfig, out: Path | None, *, progress: ProgressF
         _maybe_init_distributed(device)
     source = resolve_model(config.model, revision=config.revision)
     fingerprint = model_fingerprint(source)
-    shapes = _meta_targets(source, config.targets)
+    meta = _meta_model(source)
+    params = dict(meta.named_parameters())
+    shapes = {n: list(params[n].shape) for n in target_parameter_names(meta, config.targets)}
     targets = list(shapes)
     numels = {n: int(torch.Size(s).numel()) for n, s in shapes.items()}
     selector = StreamingSelector(targets, numels, config.density, config.scope)
@@ -279,7 +257,7 @@ def build_mask(config: MaskBuildConfig, out: Path | None, *, progress: ProgressF
         calibration = _fisher_select(config, source, files, targets, numels, dtype, device, selector, progress, plan_out)
     else:
         if config.scorer == "magnitude":
-            scores = stream_magnitude_scores(_iter_tensors(files, set(targets)))
+            scores = stream_magnitude_scores(_iter_named(files, KeyMapper(meta), set(targets)))
         else:
             scores = stream_random_scores(shapes, config.seed)
         seen = set()

@@ -30,7 +30,7 @@ from torch import nn
 
 from .errors import ConfigError
 from .mask import _top_k_flat
-from .selection import StreamingSelector
+from .selection import StreamingSelector, check_finite
 from .sensitivity import ProgressFn, _add_square
 
 
@@ -139,6 +139,7 @@ def fsdp_fisher_select(
         row_numel = int(torch.Size(full_shape[1:]).numel())
         offset = _row_offset(full_shape[0], local.shape[0], rank, world) * row_numel
         flat = local.reshape(-1)
+        check_finite(n, flat)
         idx = _top_k_flat(flat, min(selector.k_for(n), flat.numel())) if flat.numel() else torch.empty(0, dtype=torch.int64)
         mine = (flat[idx].float().cpu(), (idx + offset).cpu())
         mass = torch.tensor([float(flat.double().sum())], dtype=torch.float64, device=device)

@@ -20,8 +20,8 @@ import math
 
 import torch
 
-from .mask import SCOPES, _top_k_flat, check_density
-from .errors import ConfigError
+from .errors import ConfigError, MaskError
+from .mask import SCOPES, _top_k_flat, check_density, check_int32_range
 
 _POS_SHIFT = 40  # flat indices stay below 2**40; (position << 40) | index orders by both
 
@@ -79,6 +79,14 @@ def per_matrix_k(numel: int, density: float) -> int:
     return max(1, math.floor(numel * density))
 
 
+def check_finite(name: str, scores: torch.Tensor) -> None:
+    """Raise MaskError for NaN or infinite scores (as `mask.select` does)."""
+    bad = int((~torch.isfinite(scores)).sum())
+    if bad:
+        raise MaskError(f"{bad} of {scores.numel()} scores of {name} are NaN or infinite",
+                        hint="the calibration forward/backward overflowed: build in fp32 from a model whose weights are finite, or use shorter --seq-len")
+
+
 class StreamingSelector:
     """Select a mask's indices from score tensors fed one at a time.
 
@@ -96,6 +104,10 @@ class StreamingSelector:
         check_density(density)
         if scope not in SCOPES:
             raise ConfigError(f"unknown scope {scope!r}", hint=f"choose one of: {', '.join(SCOPES)}")
+        if not targets or all(numels[n] == 0 for n in targets):
+            raise MaskError("no weights to score: the target selection is empty", hint="check --targets; by default every linear weight of the decoder is a target")
+        for n in targets:  # before any scoring time is spent
+            check_int32_range(n, numels[n])
         self.targets = list(targets)
         self.position = {n: i for i, n in enumerate(self.targets)}
         self.numels = dict(numels)
@@ -116,6 +128,7 @@ class StreamingSelector:
     def add(self, name: str, scores: torch.Tensor) -> None:
         """Consume the complete scores of one target tensor (then free them)."""
         flat = scores.detach().reshape(-1)  # [numel]
+        check_finite(name, flat)
         self.total_mass[name] = float(flat.double().sum())
         idx = _top_k_flat(flat, min(self.k_for(name), flat.numel()))  # [k] sorted int64
         vals = flat[idx]
@@ -142,12 +155,13 @@ class StreamingSelector:
         """Record the Σ score of a tensor computed elsewhere (e.g. summed over shards)."""
         self.total_mass[name] = mass
 
-    def result(self) -> tuple[dict[str, torch.Tensor], float]:
-        """The selection and its captured share.
+    def result(self) -> tuple[dict[str, torch.Tensor], float, dict[str, float]]:
+        """The selection and its captured shares.
 
         Returns:
             (name -> sorted int32 flat indices in target order, as `mask.select` gives;
-            share of the total score mass the selected weights hold, as `captured_share`).
+            share of the total score mass the selected weights hold, as `captured_share`;
+            name -> share of its own mass, as `captured_share_per_tensor`).
         """
         for name, top in self._shards.items():
             pos = self.position[name]
@@ -157,12 +171,16 @@ class StreamingSelector:
         if self.scope == "global":
             groups = self._global.by_position()
             self._picked = {self.targets[pos]: iv for pos, iv in groups.items()}
-        indices, kept = {}, 0.0
+        indices, kept, per_tensor = {}, 0.0, {}
         for name in self.targets:
+            mine = 0.0
             if name in self._picked:
                 idx, vals = self._picked[name]
                 if idx.numel() or self.scope == "per-matrix":
                     indices[name] = idx.to(torch.int32)
-                    kept += float(vals.double().sum())
+                    mine = float(vals.double().sum())
+                    kept += mine
+            own = self.total_mass.get(name, 0.0)
+            per_tensor[name] = round(mine / own, 6) if own > 0 else 0.0
         total = sum(self.total_mass.get(n, 0.0) for n in self.targets)
-        return indices, (kept / total if total > 0 else 0.0)
+        return indices, (kept / total if total > 0 else 0.0), per_tensor

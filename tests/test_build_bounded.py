@@ -15,7 +15,7 @@ from szoq_hub.build import MaskBuildConfig, build_mask, checkpoint_files, load_s
 from szoq_hub.build_plan import activation_bytes, parse_size, plan_groups
 from szoq_hub.calibration import load_windows
 from szoq_hub.errors import ConfigError, ModelError
-from szoq_hub.mask import captured_share, select
+from szoq_hub.mask import captured_share, captured_share_per_tensor, select
 from szoq_hub.models import load_model, resolve_model, target_parameter_names
 from szoq_hub.selection import StreamingSelector
 from szoq_hub.sensitivity import fisher_scores
@@ -99,9 +99,10 @@ def test_streaming_selector_equals_select_with_ties_in_any_order_and_shards(scop
         sel = StreamingSelector(list(shapes), numels, 0.2, scope)
         for n in order:
             sel.add(n, scores[n].clone())
-        got, share = sel.result()
+        got, share, per_tensor = sel.result()
         assert_same_indices(got, want)
         assert share == pytest.approx(captured_share(scores, want), abs=1e-12)
+        assert per_tensor == captured_share_per_tensor(scores, want)
     sel = StreamingSelector(list(shapes), numels, 0.2, scope)  # row shards, as FSDP ranks hold them
     for n in reversed(shapes):
         flat = scores[n].reshape(-1)
@@ -113,6 +114,14 @@ def test_streaming_selector_equals_select_with_ties_in_any_order_and_shards(scop
             sel.add_candidates(n, part[cand], cand + start)  # a superset of the shard's top-k is fine
         sel.add_mass(n, float(flat.double().sum()))
     assert_same_indices(sel.result()[0], want)
+
+
+def test_streaming_selector_refuses_non_finite_scores():
+    from szoq_hub.errors import MaskError
+
+    sel = StreamingSelector(["a"], {"a": 4}, 0.5, "global")
+    with pytest.raises(MaskError, match="NaN or infinite"):
+        sel.add("a", torch.tensor([1.0, float("nan"), 2.0, 3.0]))
 
 
 # ---- the build -------------------------------------------------------------------------------
@@ -190,7 +199,7 @@ def test_missing_shard_is_a_model_error(bf16_model_dir, tmp_path):
     shutil.copytree(bf16_model_dir, broken)
     index = json.loads((broken / "model.safetensors.index.json").read_text())
     (broken / sorted(set(index["weight_map"].values()))[0]).unlink()
-    with pytest.raises(ModelError, match="lacks shard"):
+    with pytest.raises(ModelError, match="missing"):
         build_mask(MaskBuildConfig(model=str(broken), scorer="magnitude"), None)
 
 
