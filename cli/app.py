@@ -6,7 +6,7 @@ import logging
 import os
 import sys
 
-from szoq_hub.errors import SzoqError
+from szoq_hub.errors import Interrupted, SzoqError
 
 from .root import app  # noqa: F401  (the app `main` runs; tests and tools import it from here)
 
@@ -31,6 +31,26 @@ def _hub_error(exc: Exception) -> SzoqError | None:
     return as_szoq_error(exc)
 
 
+def _interrupt_in(exc: BaseException) -> KeyboardInterrupt | None:
+    """The KeyboardInterrupt that an exit was raised from, if any."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, KeyboardInterrupt):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def _interrupted(exc: KeyboardInterrupt) -> None:
+    """Ctrl-C: one `error:` line (where it stopped and what was kept), a hint, exit 130."""
+    print(f"error: {exc.message}" if isinstance(exc, Interrupted) else "error: interrupted", file=sys.stderr)
+    hint = exc.hint if isinstance(exc, Interrupted) else "nothing half-written is ever used; szoq gc removes what an interrupted write left behind"
+    if hint:
+        print(f"hint: {hint}", file=sys.stderr)
+    sys.exit(130)
+
+
 def main() -> None:
     """Console-script entry: run the app, print errors as one line plus a hint."""
     _register()
@@ -39,9 +59,14 @@ def main() -> None:
     use_predictable_malloc()
     try:
         app()
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        sys.exit(130)
+    except KeyboardInterrupt as exc:
+        _interrupted(exc)
+    except SystemExit as exc:
+        # Typer turns Ctrl-C inside a command into a silent exit 130: say what happened.
+        interrupt = _interrupt_in(exc)
+        if interrupt is None:
+            raise
+        _interrupted(interrupt)
     except Exception as exc:  # the one place errors are mapped
         if os.environ.get("SZOQ_DEBUG"):
             raise

@@ -69,6 +69,8 @@ def finetune_cmd(
         def on_progress(e: dict) -> None:
             if e["kind"] == "start":
                 state.update(first=e["start"], t0=time.perf_counter())
+                if e.get("resumed"):
+                    note(_resume_note(e, out_dir))
                 bar.update(bar_task, description=f"{e['task']} ZO", completed=e["start"])
             elif e["kind"] == "eval":
                 state["dev"] = f"{e['dev']:.3f}"
@@ -88,6 +90,13 @@ def finetune_cmd(
         return
     out.print(str(result.out), markup=False)
     note(f"eval {result.metric} {result.eval_metric:.4f} (best dev {result.best_dev} at step {result.best_step}); {result.seconds:.0f} s")
+
+
+def _resume_note(e: dict, out_dir: Path) -> str:
+    redone = f"; {e['redone']} logged steps are redone (set aside in metrics.redone.jsonl)" if e.get("redone") else ""
+    if e.get("checkpoint") is None:
+        return f"--resume: {out_dir} has no checkpoint yet (the run stopped before step {e['save_every']}): starting again from step 0{redone}"
+    return f"resuming {out_dir} from its checkpoint at step {e['checkpoint']} of {e['steps']}{redone}"
 
 
 @app.command("eval")

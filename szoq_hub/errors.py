@@ -58,3 +58,23 @@ class TaskError(SzoqError):
 
 class TrainingError(SzoqError):
     """Fine-tuning cannot start or continue."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during a long run, carrying what was kept and how to continue.
+
+    It stays a `KeyboardInterrupt` (not a `SzoqError`), so that code catching `Exception` never
+    swallows a user's Ctrl-C; the CLI prints its message and hint and exits with 130.
+
+    Args:
+        message: One line saying where the run stopped and what is on disk.
+        hint: One line saying how to continue.
+    """
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return self.message

@@ -32,7 +32,7 @@ import torch.distributed as dist
 from . import __version__
 from .build import _maybe_init_distributed
 from .delta import DELTA_CARD_TAGS, DELTA_FILE, load_delta, save_delta
-from .errors import ConfigError, DependencyError, TrainingError
+from .errors import ConfigError, DependencyError, Interrupted, TrainingError
 from .mask import MASK_FILE, SensitivityMask, card_base_model, file_sha256, load_mask
 from .models import DEFAULT_MODEL, ModelSource, fingerprint_from, parameter_layout, resolve_model
 from .paths import atomic_file
@@ -50,6 +50,7 @@ CONFIG_FILE = "finetune_config.json"
 METRICS_FILE = "metrics.jsonl"
 CHECKPOINT_FILE = "checkpoint.safetensors"
 BEST_FILE = "best-dev.safetensors"
+REDONE_FILE = "metrics.redone.jsonl"  # log lines past the checkpoint, set aside on resume
 CARD_FILE = "README.md"
 # Settings that may differ when resuming (they do not change the trajectory).
 _RESUME_FREE = ("out", "data_dir", "eval_batch_size", "report_to")
@@ -267,19 +268,49 @@ def _save_checkpoint(out: Path, values: torch.Tensor, opt_state: dict[str, torch
         save_file(tensors, str(tmp), metadata=meta)
 
 
-def _truncate_metrics(path: Path, step: int) -> None:
-    """Drop log lines past the checkpoint (they are redone on resume)."""
+def _truncate_metrics(path: Path, step: int) -> int:
+    """Set aside log lines past the checkpoint (their steps are redone, bit for bit, on resume).
+
+    The lines are appended to `metrics.redone.jsonl` beside the log rather than lost.
+
+    Returns:
+        How many step lines were set aside.
+    """
     if not path.is_file():
-        return
-    keep = []
-    for line in path.read_text().splitlines():
+        return 0
+    keep, drop, redone = [], [], 0
+    for line in path.read_text(errors="replace").splitlines():
         try:
             row = json.loads(line)
-        except ValueError:
-            continue  # a line cut by a crash
-        if (row.get("kind") == "step" and row["step"] < step) or (row.get("kind") == "eval" and row["step"] <= step):
-            keep.append(line)
-    path.write_text("".join(k + "\n" for k in keep))
+            kind = row.get("kind")
+            kept = (kind == "step" and row["step"] < step) or (kind == "eval" and row["step"] <= step)
+        except (ValueError, TypeError, KeyError, AttributeError):
+            kind, kept = None, False  # a line cut by a crash, or not one szoq wrote
+        (keep if kept else drop).append(line)
+        redone += not kept and kind == "step"
+    if drop:
+        with open(path.with_name(REDONE_FILE), "a") as fh:
+            fh.write("".join(d + "\n" for d in drop))
+    with atomic_file(path) as tmp:
+        tmp.write_text("".join(k + "\n" for k in keep))
+    return redone
+
+
+def _diverged_hint(config: FinetuneConfig, last_checkpoint: int | None) -> str:
+    """A hint for a diverged run that works as written: --resume keeps --lr, so a lower --lr is a new run."""
+    lower = DEFAULT_LR if config.lr > DEFAULT_LR else config.lr / 10
+    kept = (f"the checkpoint at step {last_checkpoint} in {config.out} is intact, but --resume keeps --lr"
+            if last_checkpoint else f"no checkpoint was written yet (every {config.save_every} steps)")
+    return f"{kept}; lower --lr (e.g. --lr {lower:g}) or --eps and start a new run with a new --out, e.g. --out {config.out}-lr{lower:g}"
+
+
+def _interrupted(config: FinetuneConfig, done: int, last_checkpoint: int | None) -> Interrupted:
+    """What Ctrl-C leaves behind, and the command that continues from it."""
+    if last_checkpoint:
+        return Interrupted(f"interrupted at step {done} of {config.steps}; the checkpoint at step {last_checkpoint} is in {config.out}",
+                           hint=f"continue with the same options plus --resume: szoq finetune ... --resume --out {config.out}")
+    return Interrupted(f"interrupted at step {done} of {config.steps}, before the first checkpoint (every {config.save_every} steps)",
+                       hint=f"--resume --out {config.out} starts it again from step 0 (or lower --save-every to checkpoint sooner)")
 
 
 def render_run_card(config: FinetuneConfig, base_model: str, mask_sha: str, result: dict) -> str:
@@ -359,8 +390,9 @@ def finetune(config: FinetuneConfig, *, resume: bool = False, progress: Progress
         elif best_step is not None:  # a checkpoint from before "best" was stored in it
             sparse_best = load_delta(out / BEST_FILE, mask=mask, mask_sha256=mask_sha, fingerprint=fingerprint)
             best_values = torch.cat([sparse_best.tensors[name] for name, _, _ in sparse.segments])  # [nnz]
-    if rank == 0:
-        _truncate_metrics(out / METRICS_FILE, start)
+    redone = _truncate_metrics(out / METRICS_FILE, start) if rank == 0 and resume else 0
+    if resume:
+        log.info("resuming %s at step %d (%s)", out, start, "checkpoint" if ckpt is not None else "no checkpoint yet")
     metrics = open(out / METRICS_FILE, "a") if rank == 0 else None
     tracker = open_tracker(config.report_to, out=out, name=out.name, config=settings) if rank == 0 else None
     delta_meta = dict(mask_sha256=mask_sha, fingerprint=fingerprint, base_model=source.base_model)
@@ -386,7 +418,10 @@ def finetune(config: FinetuneConfig, *, resume: bool = False, progress: Progress
             save_delta(out / BEST_FILE, best_tensors, **delta_meta, settings={**settings, "step": best_step, "dev": best_dev})
         else:
             (out / BEST_FILE).unlink(missing_ok=True)
-    emit({"kind": "start", "steps": config.steps, "start": start, "task": task.name, "train": len(train), "dev": len(dev), "eval": len(evals), "nnz": mask.nnz})
+    emit({"kind": "start", "steps": config.steps, "start": start, "task": task.name, "train": len(train), "dev": len(dev), "eval": len(evals), "nnz": mask.nnz,
+          "resumed": resume, "checkpoint": start if ckpt is not None else None, "redone": redone, "save_every": config.save_every})
+    last_checkpoint = start if ckpt is not None else None
+    done = start
     perms: dict[int, list[int]] = {}
     try:
         for step in range(start, config.steps):
@@ -402,7 +437,10 @@ def finetune(config: FinetuneConfig, *, resume: bool = False, progress: Progress
                 dist.all_reduce(total)
                 return float(total[0] / total[1])
 
-            record: StepRecord = opt.step(closure, step)
+            try:
+                record: StepRecord = opt.step(closure, step)
+            except TrainingError as exc:
+                raise TrainingError(exc.message, hint=_diverged_hint(config, last_checkpoint)) from None
             done = step + 1
             log_row({"kind": "step", **record.to_dict(), "seconds": round(time.perf_counter() - t0, 4)})
             emit({"kind": "step", "step": done, "steps": config.steps, "loss": record.loss, "grad": record.grad_norm, "lr": record.lr})
@@ -415,6 +453,11 @@ def finetune(config: FinetuneConfig, *, resume: bool = False, progress: Progress
             if rank == 0 and (done % config.save_every == 0 or done == config.steps):
                 _save_checkpoint(out, values, opt.state_dict(), {"step": str(done), "best_dev": repr(best_dev), "best_step": str(best_step or "")},
                                  best_values)
+                last_checkpoint = done
+    except KeyboardInterrupt:
+        if tracker is not None:
+            tracker.close()
+        raise _interrupted(config, done, last_checkpoint) from None
     except BaseException:
         if tracker is not None:
             tracker.close()
