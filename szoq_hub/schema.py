@@ -353,9 +353,9 @@ def run_config(path: Path, error: type[SzoqError] = MaskError, hint: str = "the 
     return config
 
 
-def text_or_none(value: Any, limit: int = 200) -> str | None:
-    """A short string from a stranger's card, else None."""
-    if isinstance(value, list) and len(value) == 1:  # `base_model:` may be a one-item list
+def text_or_none(value: Any, limit: int = 200, *, one_item_list: bool = False) -> str | None:
+    """A short string from a stranger's card, else None (`one_item_list`: also `[string]`)."""
+    if one_item_list and isinstance(value, list) and len(value) == 1:  # `base_model:` may be a one-item list
         value = value[0]
     return value[:limit] if isinstance(value, str) else None
 
@@ -374,7 +374,7 @@ def listing_fields(card: Any) -> dict[str, Any]:
     block = block if isinstance(block, dict) else {}
     density = block.get("density")
     nnz = block.get("nnz")
-    return {"base_model": text_or_none(card.get("base_model")),
+    return {"base_model": text_or_none(card.get("base_model"), one_item_list=True),
             "density": float(density) if is_number(density) else None,
             "scorer": text_or_none(block.get("scorer"), 32),
             "nnz": nnz if is_int(nnz) and nnz >= 0 else None}

@@ -12,7 +12,8 @@ a missing or private repo is 401 `RepoNotFound` for anonymous callers and 404 fo
 ones; a write without a token is 401, with a read-only token or to a foreign namespace 403.
 
 Test hooks: `served` records every response (method, path, status, bytes of body sent);
-`faults` injects a cut-off download, corrupt content, or a concurrent commit before the next one.
+`faults` injects a cut-off download, corrupt content, a concurrent commit before the next one, or
+a connection that drops after a commit landed (`drop_commit_answer`).
 """
 
 from __future__ import annotations
@@ -437,6 +438,10 @@ class _Handler(BaseHTTPRequestHandler):
                 pr_url = f"{self.hub.url}/{repo.repo_id}/discussions/{num}"
             else:
                 repo.branches[rev] = c.sha
+        if self.hub.faults.pop("drop_commit_answer", None):  # the commit landed, the answer is lost
+            self.close_connection = True
+            self.connection.shutdown(2)
+            return
         self._json(200, {"success": True, "commitOid": c.sha, "commitUrl": f"{self.hub.url}/{repo.repo_id}/commit/{c.sha}",
                          "pullRequestUrl": pr_url})
 
