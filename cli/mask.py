@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import shlex
 import sys
-import tempfile
 from pathlib import Path
 from typing import Optional
 
@@ -16,7 +15,7 @@ from szoq_hub.catalog import builtin_masks
 from szoq_hub.errors import MaskError
 from szoq_hub.mask import diff_masks, load_mask, save_mask
 from szoq_hub.models import DEFAULT_MODEL, fingerprint_from, parameter_layout, resolve_model
-from szoq_hub.paths import path_exists
+from szoq_hub.paths import path_exists, scratch_dir
 from szoq_hub.refs import open_mask, resolve_mask_ref
 from szoq_hub.registry import Registry
 
@@ -72,9 +71,9 @@ def build(
             elapsed = bar.tasks[task].elapsed or 1e-9
             bar.update(task, completed=done, total=total, info=f"{tokens / elapsed:,.0f} tok/s")
 
-        with tempfile.TemporaryDirectory(prefix="szoq-build-") as tmp:
+        with scratch_dir("szoq-build") as tmp:  # a killed build leaves it to `szoq gc`
             plan: dict = {}
-            mask, folder = build_mask(config, Path(tmp) / "mask", progress=on_progress, command=command, plan_out=plan)
+            mask, folder = build_mask(config, tmp / "mask", progress=on_progress, command=command, plan_out=plan)
             if folder is None:  # not rank 0
                 return
             entry = registry.add(folder, registry_name, version, source={"built_with": config.__dict__})
