@@ -14,7 +14,7 @@ from .root import app  # noqa: F401  (the app `main` runs; tests and tools impor
 def _register() -> None:
     from . import mask  # noqa: F401  (registers the `mask` group)
 
-    for optional in ("mask_hub", "finetune", "delta", "plot", "export", "gc"):
+    for optional in ("mask_hub", "finetune", "delta", "plot", "export", "cleanup"):
         try:
             __import__(f"{__package__}.{optional}")
         except ModuleNotFoundError as exc:

@@ -303,7 +303,7 @@ def push_artifact(art: Artifact, folder: Path, *, repo_id: str, tag: str | None,
             client.create_tag(repo_id, tag=tag, revision=head, tag_message=f"{label} {tag}", repo_type="model", token=token)
             result = PushResult(repo_id, url, head, tag, ref, sha256, "tagged")
         else:
-            with tempfile.TemporaryDirectory(prefix="szoq-push-") as tmp:
+            with tempfile.TemporaryDirectory(prefix="szoq-push-") as tmp:  # a card only: works with a read-only SZOQ_HOME
                 card = Path(tmp) / CARD_FILE
                 card.write_text(art.card(folder, loaded, repo_id, tag))
                 info = client.create_commit(

@@ -1,0 +1,27 @@
+"""`szoq gc`: remove the debris of interrupted writes and say what was freed."""
+
+from __future__ import annotations
+
+import typer
+
+from szoq_hub.cleanup import collect_garbage
+
+from .render import note, print_json, table
+from .root import app
+
+
+@app.command("gc")
+def gc_cmd(
+    dry_run: bool = typer.Option(False, "--dry-run", help="Only list what would be removed."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
+    """Remove what interrupted writes left behind (never a complete entry). Example: szoq gc --dry-run"""
+    report = collect_garbage(dry_run=dry_run)
+    if as_json:
+        print_json(report.to_dict())
+        return
+    if report.removed:
+        table(None, ["kind", "path", "bytes"], [[d.kind, d.path, f"{d.bytes:,}"] for d in report.removed])
+    verb = "would free" if dry_run else "freed"
+    busy = f"; {report.busy} temp file(s) of running szoq processes left alone" if report.busy else ""
+    note(f"{verb} {report.freed_bytes / 2**20:.1f} MiB in {len(report.removed)} item(s){busy}")
