@@ -18,6 +18,8 @@ from .render import note, out, print_json, progress_bar
 _MODEL = typer.Option(DEFAULT_MODEL, "--model", help="Model alias, Hub id, local folder or .gguf file.")
 _MASK = typer.Option(DEFAULT_MASK, "--mask", help="Mask: folder, registry NAME[@VERSION], built-in name, or ORG/NAME[@REV].")
 _QUANT = typer.Option("nf4", "--quant", help="Base quantization: nf4, fp4, int8 or none.")
+_DEVICE = typer.Option("auto", "--device", help="auto (CUDA when available), cpu, cuda or cuda:N.")
+_DTYPE = typer.Option(None, "--dtype", help="Compute dtype: bf16, fp16 or fp32 (default: bf16 on CUDA, fp32 on CPU). Sparse values stay fp32.")
 _DATA = typer.Option(None, "--data-dir", help="GLUE/SuperGLUE folder (default $SZOQ_DATA_DIR; else `datasets` online).")
 # The custom-task options of `finetune` and `eval`.
 _TRAIN = typer.Option(None, "--train", help="Custom task: train file (jsonl/csv/tsv; eval takes ICL demonstrations from it).")
@@ -34,7 +36,7 @@ def finetune_cmd(
     task: str = typer.Option("sst2", "--task", help="sst2, rte, cb, boolq, wic, wsc, copa or multirc."),
     train: Optional[str] = _TRAIN, eval_file: Optional[str] = _EVAL, template: Optional[str] = _TEMPLATE,
     labels: Optional[str] = _LABELS, label_field: str = _LABEL_FIELD, task_file: Optional[str] = _TASK_FILE,
-    quant: str = _QUANT,
+    quant: str = _QUANT, device: str = _DEVICE, dtype: Optional[str] = _DTYPE,
     steps: int = typer.Option(300, "--steps", help="ZO steps."),
     batch_size: int = typer.Option(16, "--batch-size", help="Examples per step."),
     lr: float = typer.Option(DEFAULT_LR, "--lr", help="Learning rate."),
@@ -58,7 +60,7 @@ def finetune_cmd(
 ) -> None:
     """ZO fine-tune the sparse values of a quantized model. Example: szoq finetune --task sst2 --steps 300 --out runs/sst2"""
     config = FinetuneConfig(model=model, mask=mask, task=task, train_file=train, eval_file=eval_file, template=template, labels=labels,
-                            label_field=label_field, task_file=task_file, data_dir=data_dir, quant=quant, steps=steps, batch_size=batch_size,
+                            label_field=label_field, task_file=task_file, data_dir=data_dir, quant=quant, device=device, dtype=dtype, steps=steps, batch_size=batch_size,
                             lr=lr, eps=eps, optimizer=optimizer, zo_samples=zo_samples, lr_schedule=lr_schedule, warmup=warmup,
                             weight_decay=weight_decay, eval_every=eval_every, save_every=save_every, seed=seed, train_samples=train_samples,
                             dev_samples=dev_samples, eval_samples=eval_samples, out=str(out_dir), report_to=report_to)
@@ -107,7 +109,7 @@ def eval_cmd(
     labels: Optional[str] = _LABELS, label_field: str = _LABEL_FIELD, task_file: Optional[str] = _TASK_FILE,
     delta: Optional[Path] = typer.Option(None, "--delta", help="Run folder, delta.safetensors or ORG/NAME[@REV] on the Hub (default: zero-shot)."),
     icl_shots: int = typer.Option(0, "--icl-shots", help="In-context demonstrations per example."),
-    quant: str = _QUANT,
+    quant: str = _QUANT, device: str = _DEVICE, dtype: Optional[str] = _DTYPE,
     eval_samples: int = typer.Option(1000, "--eval-samples", help="Eval examples drawn (from validation)."),
     batch_size: int = typer.Option(32, "--batch-size", help="Evaluation batch size."),
     seed: int = typer.Option(0, "--seed", help="Seed of sampling and demonstrations."),
@@ -119,7 +121,7 @@ def eval_cmd(
 
     config = EvalConfig(model=model, mask=mask, task=task, train_file=train, eval_file=eval_file, template=template, labels=labels,
                         label_field=label_field, task_file=task_file, delta=str(resolve_delta_ref(str(delta))) if delta else None, icl_shots=icl_shots,
-                        quant=quant, eval_samples=eval_samples, batch_size=batch_size, seed=seed, data_dir=data_dir)
+                        quant=quant, device=device, dtype=dtype, eval_samples=eval_samples, batch_size=batch_size, seed=seed, data_dir=data_dir)
     result = evaluate(config)
     if as_json:
         print_json(result.to_dict())
@@ -132,10 +134,11 @@ def merge_cmd(
     model: str = _MODEL, mask: str = _MASK,
     delta: Path = typer.Option(..., "--delta", help="Run folder, delta.safetensors or ORG/NAME[@REV] on the Hub."),
     out_dir: Path = typer.Option(..., "--out", help="Folder for the merged transformers model."),
-    dtype: str = typer.Option("fp32", "--dtype", help="fp32, bf16 or fp16."),
+    dtype: str = typer.Option("fp32", "--dtype", help="dtype of the saved weights: fp32, bf16 or fp16."),
+    device: str = _DEVICE,
 ) -> None:
     """Write a plain transformers model with the fine-tuned values applied. Example: szoq merge --delta runs/sst2 --out merged/"""
     from szoq_hub.merge import merge
 
-    folder = merge(model=model, mask_ref=mask, delta=resolve_delta_ref(str(delta)), out=out_dir, dtype=dtype)
+    folder = merge(model=model, mask_ref=mask, delta=resolve_delta_ref(str(delta)), out=out_dir, dtype=dtype, device=device)
     out.print(str(folder), markup=False)

@@ -6,6 +6,7 @@ import logging
 from dataclasses import asdict, dataclass, field
 
 from .delta import load_delta
+from .devices import check_device_spec, check_dtype_spec, resolve_device
 from .errors import ConfigError
 from .finetune import DEFAULT_MASK, open_model_and_mask, require_quant_backend, score
 from .models import DEFAULT_MODEL
@@ -31,6 +32,8 @@ class EvalConfig:
     delta: str | None = field(default=None, metadata={"help": "run folder or delta file; None = zero-shot"})
     icl_shots: int = field(default=0, metadata={"help": "in-context demonstrations per example"})
     quant: str = "nf4"
+    device: str = field(default="auto", metadata={"help": "auto (CUDA when available), cpu, cuda or cuda:N"})
+    dtype: str | None = field(default=None, metadata={"help": "compute dtype bf16, fp16 or fp32 (None: the device's default)"})
     eval_samples: int = 1000
     batch_size: int = 32
     seed: int = 0
@@ -42,6 +45,8 @@ class EvalConfig:
             raise ConfigError(f"need --icl-shots >= 0, --batch-size > 0, --eval-samples > 0 (got {self.icl_shots}, {self.batch_size}, {self.eval_samples})", hint="e.g. --icl-shots 16")
         if self.train_file is not None and (self.template is None or self.labels is None):
             raise ConfigError("--train needs --template and --labels", hint="e.g. --template '{text} It was' --labels '0=terrible,1=great'")
+        check_device_spec(self.device)
+        check_dtype_spec(self.dtype)
 
     def custom_task(self) -> CustomTask | None:
         return custom_task_from(task_file=self.task_file, train_file=self.train_file, eval_file=self.eval_file,
@@ -73,19 +78,21 @@ def evaluate(config: EvalConfig) -> EvalResult:
         The `EvalResult`.
 
     Raises:
-        TaskError, ConfigError, DependencyError: bad input, before weights load.
+        TaskError, ConfigError, DependencyError: bad input (CUDA asked for but unavailable
+            included), before weights load.
         FingerprintMismatch: mask or delta for another model / mask.
         MaskError: corrupt delta.
     """
     from .runtime import load_sparse_model
 
     require_quant_backend(config.quant)
+    device = resolve_device(config.device)
     source, fingerprint, mask, mask_sha = open_model_and_mask(config.model, config.mask, config.revision)
     delta = load_delta(config.delta, mask=mask, mask_sha256=mask_sha, fingerprint=fingerprint) if config.delta else None
     task = load_task(config.task, custom=config.custom_task(), data_dir=config.data_dir,
                      sampling=Sampling(train_samples=1000, dev_samples=0, eval_samples=config.eval_samples, seed=config.seed))
     examples = with_demonstrations(task.eval, task.train, config.icl_shots, config.seed)
-    sparse = load_sparse_model(source, mask, quant=config.quant)
+    sparse = load_sparse_model(source, mask, quant=config.quant, device=device, compute_dtype=config.dtype)
     if delta is not None:
         sparse.load_delta(delta.tensors)
     tok = sparse.tokenizer

@@ -10,9 +10,15 @@ written last):
 - `README.md`             a model card
 - `delta.safetensors`     the final (best-dev) delta: fp32 values per masked tensor, header
                           linking the mask sha256 and the base model fingerprint
-Under torchrun every rank computes the loss on its shard of each batch with the same
-perturbation seed; losses are all-reduced (weighted by shard size) so all ranks apply the same
+Each step evaluates its 2q perturbed points (v +- eps z_i) in ONE forward over 2q copies of the
+batch (`SparseModel.perturbed`), so every quantized base is dequantized once per step.
+Under torchrun every rank computes the 2q losses on its shard of each batch with the same
+perturbation seeds; losses are all-reduced (weighted by shard size) so all ranks apply the same
 update.
+
+`device` / `dtype` are resolved once (devices.py) and recorded in finetune_config.json as
+`runtime`; --resume refuses another device type or compute dtype, because z is drawn from the
+device's own generator and the losses depend on the compute dtype.
 """
 
 from __future__ import annotations
@@ -32,12 +38,13 @@ import torch.distributed as dist
 from . import __version__
 from .build import _maybe_init_distributed
 from .delta import DELTA_CARD_TAGS, DELTA_FILE, load_delta, save_delta
+from .devices import check_device_spec, check_dtype_spec, dtype_name, resolve_device, resolve_dtype
 from .errors import ConfigError, DependencyError, Interrupted, TrainingError
 from .mask import MASK_FILE, SensitivityMask, card_base_model, file_sha256, load_mask
 from .models import DEFAULT_MODEL, ModelSource, fingerprint_from, parameter_layout, resolve_model
 from .paths import atomic_file
 from .refs import resolve_mask_ref
-from .scoring import Encoded, encode, loss_sum, metric_value, predict
+from .scoring import Encoded, encode, loss_sums, metric_value, predict
 from .tracking import check_report_to, open_tracker, scalars
 from .tasks import CustomTask, Sampling, custom_task_from, load_task
 from .zo import StepRecord, ZOConfig, make_optimizer
@@ -52,8 +59,9 @@ CHECKPOINT_FILE = "checkpoint.safetensors"
 BEST_FILE = "best-dev.safetensors"
 REDONE_FILE = "metrics.redone.jsonl"  # log lines past the checkpoint, set aside on resume
 CARD_FILE = "README.md"
-# Settings that may differ when resuming (they do not change the trajectory).
-_RESUME_FREE = ("out", "data_dir", "eval_batch_size", "report_to")
+# Settings that may differ when resuming (they do not change the trajectory). device and dtype
+# are compared resolved (the `runtime` block), not as typed: `auto` and `cpu` can be the same.
+_RESUME_FREE = ("out", "data_dir", "eval_batch_size", "device", "dtype", "report_to")
 
 ProgressFn = Callable[[dict], None]
 
@@ -74,6 +82,8 @@ class FinetuneConfig:
     data_dir: str | None = field(default=None, metadata={"help": "GLUE/SuperGLUE folder (default SZOQ_DATA_DIR)"})
     revision: str | None = field(default=None, metadata={"help": "Hub revision of the model"})
     quant: str = field(default="nf4", metadata={"help": "nf4, fp4, int8 or none"})
+    device: str = field(default="auto", metadata={"help": "auto (CUDA when available), cpu, cuda or cuda:N"})
+    dtype: str | None = field(default=None, metadata={"help": "compute dtype bf16, fp16 or fp32 (None: bf16 on CUDA, fp32 on CPU)"})
     steps: int = field(default=300, metadata={"help": "ZO steps"})
     batch_size: int = field(default=16, metadata={"help": "examples per step (all ranks together)"})
     lr: float = field(default=DEFAULT_LR, metadata={"help": "learning rate"})
@@ -110,6 +120,8 @@ class FinetuneConfig:
 
         if self.quant not in QUANT_MODES:
             raise ConfigError(f"unknown quant {self.quant!r}", hint=f"choose one of: {', '.join(QUANT_MODES)}")
+        check_device_spec(self.device)
+        check_dtype_spec(self.dtype)
         self.zo_config()  # validates optimizer, lr, eps, schedule, ...
         from .tracking import REPORT_TO
 
@@ -241,6 +253,27 @@ def _check_out(config: FinetuneConfig, resume: bool) -> int:
     return 0
 
 
+def runtime_of(device: torch.device, dtype: torch.dtype) -> dict[str, str]:
+    """The resolved device type and compute dtype a run records (what --resume must match)."""
+    return {"device_type": device.type, "dtype": dtype_name(dtype)}
+
+
+def _check_runtime(config: FinetuneConfig, runtime: dict[str, str]) -> None:
+    """--resume: refuse another device type or compute dtype than the run was started with."""
+    try:
+        saved = json.loads((Path(config.out) / CONFIG_FILE).read_text()).get("runtime")
+    except (OSError, ValueError):
+        return  # _check_out already refused a missing or damaged config
+    if saved is None:  # runs from before devices: CPU, fp32
+        saved = {"device_type": "cpu", "dtype": "fp32"}
+    if saved != runtime:
+        raise TrainingError(
+            f"--resume: {config.out} ran on {saved['device_type']} in {saved['dtype']}, this resume would run on "
+            f"{runtime['device_type']} in {runtime['dtype']}",
+            hint=f"resume with --device {saved['device_type']} --dtype {saved['dtype']} (z is drawn by the device's own generator)",
+        )
+
+
 def _load_checkpoint(out: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]] | None:
     from safetensors import SafetensorError, safe_open
 
@@ -259,11 +292,11 @@ def _save_checkpoint(out: Path, values: torch.Tensor, opt_state: dict[str, torch
     """Write values, optimizer state and the best-dev values (so resume never trusts a newer best-dev file)."""
     from safetensors.torch import save_file
 
-    tensors = {"values": values.detach().clone()}
+    tensors = {"values": values.detach().to("cpu", copy=True)}
     if best is not None:
-        tensors["best"] = best.detach().clone()  # [nnz]
+        tensors["best"] = best.detach().to("cpu", copy=True)  # [nnz]
     for k, v in opt_state.items():
-        tensors[f"opt.{k}"] = v.reshape(-1) if v.dim() == 0 else v
+        tensors[f"opt.{k}"] = (v.reshape(-1) if v.dim() == 0 else v).cpu()
     with atomic_file(out / CHECKPOINT_FILE) as tmp:
         save_file(tensors, str(tmp), metadata=meta)
 
@@ -355,10 +388,15 @@ def finetune(config: FinetuneConfig, *, resume: bool = False, progress: Progress
     emit = progress or (lambda _event: None)
     require_quant_backend(config.quant)
     check_report_to(config.report_to)
+    device = resolve_device(config.device)
+    dtype = resolve_dtype(config.dtype, device)
+    runtime = runtime_of(device, dtype)
     _check_out(config, resume)
+    if resume:
+        _check_runtime(config, runtime)
     source, fingerprint, mask, mask_sha = open_model_and_mask(config.model, config.mask, config.revision)
     task = load_task(config.task, custom=config.custom_task(), data_dir=config.data_dir, sampling=config.sampling())
-    sparse = load_sparse_model(source, mask, quant=config.quant)
+    sparse = load_sparse_model(source, mask, quant=config.quant, device=device, compute_dtype=dtype)
     tok = sparse.tokenizer
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     train, dev, evals = (encode(tok, x) for x in (task.train, task.dev, task.eval))
@@ -369,7 +407,7 @@ def finetune(config: FinetuneConfig, *, resume: bool = False, progress: Progress
         if not resume:
             (out / CONFIG_FILE).write_text(json.dumps({"settings": settings, "task": {"name": task.name, "metric": task.metric, **task.info},
                                                         "base_model": source.base_model, "fingerprint": fingerprint, "mask_sha256": mask_sha,
-                                                        "nnz": mask.nnz, "szoq_version": __version__, "world_size": size}, indent=2) + "\n")
+                                                        "nnz": mask.nnz, "szoq_version": __version__, "world_size": size, "runtime": runtime}, indent=2) + "\n")
 
     values = sparse.values
     opt = make_optimizer(values, config.zo_config())
@@ -429,13 +467,14 @@ def finetune(config: FinetuneConfig, *, resume: bool = False, progress: Progress
             batch = _batch_indices(len(train), config.batch_size, step, config.seed, perms)
             shard = [train[i] for i in batch[rank::size]]
 
-            def closure() -> float:
-                local = loss_sum(sparse.model, shard, pad_id) if shard else 0.0
+            def closure(points: torch.Tensor) -> list[float]:  # points [P = 2q, nnz]
+                with sparse.perturbed(points) as parts:  # one forward over P copies of the shard
+                    local = loss_sums(sparse.model, shard, pad_id, copies=parts) if shard else [0.0] * parts
                 if size == 1:
-                    return local / len(batch)
-                total = torch.tensor([local, float(len(shard))], dtype=torch.float64)
+                    return [x / len(batch) for x in local]
+                total = torch.tensor([*local, float(len(shard))], dtype=torch.float64)  # [P + 1]
                 dist.all_reduce(total)
-                return float(total[0] / total[1])
+                return [float(x / total[-1]) for x in total[:-1]]
 
             try:
                 record: StepRecord = opt.step(closure, step)

@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from .delta import load_delta
+from .devices import DTYPES, resolve_device
 from .paths import atomic_dir
 from .errors import ConfigError, TrainingError
 from .finetune import open_model_and_mask
@@ -15,10 +16,8 @@ from .models import load_model
 
 log = logging.getLogger(__name__)
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def merge(*, model: str, mask_ref: str, delta: str | Path, out: str | Path, dtype: str = "fp32", revision: str | None = None) -> Path:
+def merge(*, model: str, mask_ref: str, delta: str | Path, out: str | Path, dtype: str = "fp32", device: str = "auto",
+          revision: str | None = None) -> Path:
     """Write `out` as a standard transformers folder whose masked weights hold the delta's values.
 
     The runtime keeps masked weights exactly as the fine-tuned fp32 values, so the merged
@@ -31,27 +30,32 @@ def merge(*, model: str, mask_ref: str, delta: str | Path, out: str | Path, dtyp
         delta: Run folder or delta file.
         out: Output folder (must not exist or be empty).
         dtype: fp32, bf16 or fp16 for the saved weights.
+        device: Where the weights are patched (`auto`, `cpu`, `cuda`, `cuda:N`); the folder
+            written is the same on every device.
         revision: Hub revision of the model.
 
     Returns:
         The folder written.
 
     Raises:
-        ConfigError: unknown dtype. TrainingError: `out` not empty.
+        ConfigError: unknown dtype or device, CUDA unavailable. TrainingError: `out` not empty.
         FingerprintMismatch, MaskError: delta not fitting the model/mask, or corrupt.
     """
     if dtype not in DTYPES:
         raise ConfigError(f"unknown --dtype {dtype!r}", hint=f"choose one of: {', '.join(DTYPES)}")
+    target = resolve_device(device)
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise TrainingError(f"--out {out} already exists and is not empty", hint="choose another --out folder or remove it")
     source, fingerprint, mask, mask_sha = open_model_and_mask(model, mask_ref, revision)
     loaded_delta = load_delta(delta, mask=mask, mask_sha256=mask_sha, fingerprint=fingerprint)
     loaded = load_model(source, dtype=torch.float32)
+    loaded.model.to(target)
     params = dict(loaded.model.named_parameters())
     with torch.no_grad():
         for name, idx in mask.indices.items():
-            params[name].view(-1)[idx.long()] = loaded_delta.tensors[name]  # [nnz_name] into the flat weight
+            flat = params[name].view(-1)  # [out * in]
+            flat[idx.to(device=target, dtype=torch.long)] = loaded_delta.tensors[name].to(target)  # [nnz_name] into the flat weight
     loaded.model.to(DTYPES[dtype])
     with atomic_dir(out) as tmp:
         loaded.model.save_pretrained(tmp)

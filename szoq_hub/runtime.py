@@ -7,32 +7,46 @@ weights are never rounded by the quantizer. Embeddings, norms and lm_head stay f
 compute dtype. Weights stream tensor by tensor from the safetensors checkpoint, so the
 full-precision model is never resident at once.
 
-How the sparse part is applied (measured in bench/bench_runtime.py):
-- 4-bit modes (`nf4`, `fp4`): the layer dequantizes its base weight into a transient buffer
-  (what bitsandbytes' own unpacked CPU/GPU path does) and writes the current sparse values into
-  it before the matmul. Masked entries of the base are exactly 0 (NF4 and FP4 both hold 0), so
-  the buffer equals base + delta exactly, at the cost of one nnz-sized scatter per layer.
-- `int8` and `none`: base(x), then `out += x[..., cols] @ S`, where `cols` are the few input
-  columns the mask touches (precomputed) and S [n_cols, out] is filled from `values` on each
-  forward. Sensitivity masks concentrate on a handful of input channels (SmolLM2: 1-27 of
-  576/1536 columns per layer), so this costs ~1-3% of the dense matmul.
+How the sparse part is applied (measured in bench/bench_runtime.py and bench/bench_finetune.py):
+- Column form, the general case: base(x), then `out += x[..., cols] @ S`, where `cols` are the
+  few input columns the mask touches (precomputed) and S [n_cols, out] is filled from the fp32
+  values on each forward. Sensitivity masks concentrate on a handful of input channels
+  (SmolLM2: 1-27 of 576/1536 columns per layer), so this costs ~1-3% of the dense matmul. The
+  correction is computed in fp32 from the fp32 values and added to the base output in fp32;
+  the sum is rounded once to the compute dtype (as every layer output is).
+- Fold, 4-bit with fp32 compute and one set of values: the freshly dequantized buffer's masked
+  entries are exactly 0 (NF4 and FP4 both hold 0), so writing the values into it gives
+  base + delta exactly at the cost of one nnz-sized scatter. With a bf16/fp16 buffer the fold
+  would round the values, so those dtypes take the column form.
+- Paired pass (`SparseModel.perturbed`): a ZO step evaluates 2q points (v + eps z_i, v - eps z_i)
+  as ONE batch whose rows are P = 2q copies of the step's batch. Each layer dequantizes its
+  base once, computes base(x) for all P*B rows, and adds part p's correction
+  `x_p[..., cols] @ S_p` to its rows only (one batched matmul over the parts). On CUDA the same
+  code runs on bitsandbytes' CUDA dequantize kernel; whether fold or column form is faster
+  there for inference is a GPU-check item (bench/gpu_check.sh), not assumed here.
+
+Device and dtype: every tensor of the runtime (base weights, 4-bit quant state, indices, the
+fp32 values) is registered so that `model.to(device)` moves it; `model.to(dtype)` changes the
+compute dtype but never the fp32 values or the quantization constants.
 
 Nothing derived from `values` is cached across forwards: the ZO optimizer mutates `values`
-in place between forwards and every forward reads its current contents.
+in place between steps and every forward reads its current contents.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import logging
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from torch import nn
 
 from .checkpoint import KeyMapper, checkpoint_files, iter_tensors
+from .devices import resolve_device, resolve_dtype
 from .errors import ConfigError, DependencyError, FingerprintMismatch, MaskError, ModelError
 from .mask import SensitivityMask
 from .models import ModelSource, model_fingerprint, resolve_model
@@ -41,6 +55,28 @@ log = logging.getLogger(__name__)
 
 QUANT_MODES = ("nf4", "fp4", "int8", "none")
 BLOCKSIZE_4BIT = 64  # bitsandbytes' default for Linear4bit / BitsAndBytesConfig
+
+
+class SparseValues(nn.Module):
+    """The model-wide fp32 master vector of sparse values, registered once on the model.
+
+    `values` [nnz] is a buffer, so `model.to(device)` moves it; `_apply` keeps it fp32 whatever
+    dtype the model is cast to (the ZO update must not be rounded to the compute dtype).
+    During a paired pass `parts` [P, nnz] holds the P value vectors of the batch's P row blocks.
+    """
+
+    def __init__(self, nnz: int, device: torch.device) -> None:
+        super().__init__()
+        self.register_buffer("values", torch.zeros(nnz, dtype=torch.float32, device=device), persistent=False)  # [nnz]
+        self.parts: torch.Tensor | None = None  # [P, nnz] fp32 during a paired forward, else None
+
+    def _apply(self, fn, recurse: bool = True):
+        device = fn(torch.empty(0, device=self.values.device)).device  # follow the device only
+        self.values = self.values.to(device)
+        return self
+
+    def extra_repr(self) -> str:
+        return f"nnz={self.values.numel()}, fp32"
 
 
 @dataclass
@@ -52,8 +88,7 @@ class SparseModel:
         tokenizer: Its tokenizer (pad token set).
         source: Where the weights came from.
         mask: The sensitivity mask that selected the sparse weights.
-        values: fp32 [nnz], the only trainable state: the masked weights, concatenated in mask
-            tensor order. Mutate it in place only (`copy_`, `add_`); every forward reads it.
+        store: The `SparseValues` module registered on `model` (holds `values`).
         segments: (parameter name, offset, length) of each masked tensor inside `values`.
         quant: The quantization mode of the base (`nf4`, `fp4`, `int8`, `none`).
     """
@@ -62,17 +97,55 @@ class SparseModel:
     tokenizer: Any
     source: ModelSource
     mask: SensitivityMask
-    values: torch.Tensor
+    store: SparseValues
     segments: list[tuple[str, int, int]]
     quant: str
+
+    @property
+    def values(self) -> torch.Tensor:
+        """fp32 [nnz], the only trainable state: the masked weights, concatenated in mask tensor
+        order, on the model's device. Mutate it in place only (`copy_`, `add_`); every forward
+        reads it. `model.to(device)` replaces the tensor: take this property again afterwards."""
+        return self.store.values
+
+    @property
+    def device(self) -> torch.device:
+        """The device every runtime tensor lives on."""
+        return self.store.values.device
+
+    @contextmanager
+    def perturbed(self, points: torch.Tensor) -> Iterator[int]:
+        """Within the block, a forward over P row blocks uses value vector p for block p.
+
+        The batch passed to the model must be P copies of one batch, stacked copy-major
+        ([P * B, ...]); each masked layer computes its quantized base once for all rows and adds
+        each block's own sparse part. `values` itself is not touched.
+
+        Args:
+            points: [P, nnz] fp32 value vectors (any device; moved to the model's).
+
+        Yields:
+            P, the number of row blocks the batch must have.
+
+        Raises:
+            ConfigError: `points` is not [P, nnz].
+        """
+        if points.dim() != 2 or points.shape[1] != self.values.numel():
+            raise ConfigError(f"perturbed values must be [P, {self.values.numel()}], got {list(points.shape)}", hint="pass one row per perturbation")
+        self.store.parts = points.to(device=self.device, dtype=torch.float32)
+        try:
+            yield points.shape[0]
+        finally:
+            self.store.parts = None
 
     def delta_tensors(self) -> dict[str, torch.Tensor]:
         """The current sparse values per masked tensor.
 
         Returns:
-            name -> fp32 [nnz_name] copy of its slice of `values`, in mask order.
+            name -> fp32 [nnz_name] CPU copy of its slice of `values`, in mask order.
         """
-        return {name: self.values[off : off + n].detach().clone() for name, off, n in self.segments}
+        values = self.values.detach().to("cpu", copy=True)  # [nnz]
+        return {name: values[off : off + n].clone() for name, off, n in self.segments}
 
     def load_delta(self, tensors: dict[str, torch.Tensor]) -> None:
         """Copy per-tensor sparse values into `values` (in place).
@@ -109,14 +182,17 @@ class SparseModel:
 class SparseQuantLinear(nn.Module):
     """A linear layer = quantized base weight (masked entries zeroed) + exact sparse values.
 
-    The sparse values live in a slice of the model-wide `values` vector; the layer keeps a
-    view of it, so in-place updates of `values` are seen by the next forward.
+    The sparse values live in a slice [offset, offset + nnz) of the model-wide `SparseValues`
+    store; the layer reads the store on every forward, so in-place updates are seen and a
+    `model.to(device)` that moves the store is followed.
 
     Args:
-        weight: [out, in] full-precision weight (consumed: masked entries are zeroed in place).
+        weight: [out, in] full-precision weight on the target device (consumed: masked entries
+            are zeroed in place).
         bias: [out] or None.
         flat_idx: sorted int flat indices (row * in + col) of the masked entries, [nnz].
-        values: [nnz] view into the model-wide fp32 value vector (already filled).
+        store: The model-wide `SparseValues` (already filled).
+        offset: Start of this layer's values inside the store.
         quant: one of QUANT_MODES.
         compute_dtype: dtype of activations and of the dequantized base.
     """
@@ -126,19 +202,24 @@ class SparseQuantLinear(nn.Module):
         weight: torch.Tensor,
         bias: torch.Tensor | None,
         flat_idx: torch.Tensor,
-        values: torch.Tensor,
+        store: SparseValues,
+        offset: int,
         quant: str,
         compute_dtype: torch.dtype,
     ) -> None:
         super().__init__()
         out_features, in_features = weight.shape
+        device = weight.device
         self.in_features, self.out_features = in_features, out_features
         self.quant = quant
         self.compute_dtype = compute_dtype
-        self.values = values  # [nnz] view, NOT a parameter: the optimizer owns it
-        flat_idx = flat_idx.to(torch.long)
+        # The store is shared by every layer and registered once on the model: a plain
+        # reference here (object.__setattr__), not a submodule, so it is moved exactly once.
+        object.__setattr__(self, "store", store)
+        self.offset, self.nnz = offset, int(flat_idx.numel())
+        flat_idx = flat_idx.to(device=device, dtype=torch.long)
         self.register_buffer("flat_idx", flat_idx, persistent=False)  # [nnz]
-        # Column form for int8 / none: out += x[..., cols] @ S with S [n_cols, out].
+        # Column form: out += x[..., cols] @ S with S [n_cols, out].
         rows, cols = flat_idx // in_features, flat_idx % in_features
         ucols, col_rank = torch.unique(cols, return_inverse=True)  # [C], [nnz]
         self.register_buffer("cols", ucols, persistent=False)  # [C]
@@ -148,30 +229,50 @@ class SparseQuantLinear(nn.Module):
             w = weight.detach().to(torch.float32).reshape(-1)
             w[flat_idx] = 0.0  # the base never holds the sensitive weights
             w = w.view(out_features, in_features)
-            self.bias = None if bias is None else nn.Parameter(bias.detach().to(compute_dtype), requires_grad=False)
+            self.bias = None if bias is None else nn.Parameter(bias.detach().to(device=device, dtype=compute_dtype), requires_grad=False)
             self.base = None
+            self.quant_state = None
             if quant in ("nf4", "fp4"):
                 import bitsandbytes.functional as bnbf
 
+                # On CUDA this is bitsandbytes' CUDA kernel (w is on the GPU), on CPU its CPU one.
                 packed, state = bnbf.quantize_4bit(w, blocksize=BLOCKSIZE_4BIT, quant_type=quant)
                 state.dtype = compute_dtype  # dequantize straight into the compute dtype
                 self.register_buffer("qweight", packed)  # [(out*in)//2, 1] uint8
-                self.quant_state = state
+                self.quant_state = state  # fp32 absmax + code: moved by _apply, never cast
             elif quant == "int8":
                 import bitsandbytes as bnb
 
                 base = bnb.nn.Linear8bitLt(
                     in_features, out_features, bias=False, has_fp16_weights=False, threshold=0.0, device="meta"
                 )
-                base.weight = bnb.nn.Int8Params(w.to(compute_dtype), requires_grad=False, has_fp16_weights=False).to("cpu")
+                # Int8Params quantizes when moved off the CPU-resident fp weight to `device`.
+                base.weight = bnb.nn.Int8Params(w.to("cpu", compute_dtype), requires_grad=False, has_fp16_weights=False).to(device)
                 self.base = base
             elif quant == "none":
                 self.register_buffer("weight", w.to(compute_dtype))  # [out, in], zeros at the mask
             else:  # guarded by load_sparse_model
                 raise ConfigError(f"unknown quant {quant!r}", hint=f"choose one of: {', '.join(QUANT_MODES)}")
 
+    @property
+    def values(self) -> torch.Tensor:
+        """This layer's current values: fp32 [nnz] view into the store."""
+        return self.store.values[self.offset : self.offset + self.nnz]
+
+    def _apply(self, fn, recurse: bool = True):
+        super()._apply(fn, recurse)
+        # The quant state is not a tensor attribute nn.Module knows: move it by device, and let
+        # a cast of the model change the dtype the base is dequantized into (absmax stays fp32).
+        probe = fn(torch.empty(0, dtype=self.compute_dtype, device=self.flat_idx.device))
+        if probe.is_floating_point():
+            self.compute_dtype = probe.dtype
+        if self.quant_state is not None:
+            self.quant_state.to(probe.device)
+            self.quant_state.dtype = self.compute_dtype
+        return self
+
     def extra_repr(self) -> str:
-        return f"in={self.in_features}, out={self.out_features}, quant={self.quant}, nnz={self.flat_idx.numel()}, cols={self.cols.numel()}"
+        return f"in={self.in_features}, out={self.out_features}, quant={self.quant}, nnz={self.nnz}, cols={self.cols.numel()}"
 
     def _base_weight(self) -> torch.Tensor:
         """The dequantized base weight [out, in] (masked entries exactly 0)."""
@@ -186,29 +287,48 @@ class SparseQuantLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x [..., in]
         x = x.to(self.compute_dtype)
+        parts = self.store.parts  # [P, nnz_total] during a paired pass
         if self.quant in ("nf4", "fp4"):
-            import bitsandbytes.functional as bnbf
-
-            # Fold: the dequantized buffer is fresh every call, its masked entries are exactly
-            # 0, so writing the current values gives base + delta exactly (nnz-sized scatter).
-            w = bnbf.dequantize_4bit(self.qweight, self.quant_state)  # [out, in]
-            if self.flat_idx.numel():
-                w.view(-1).index_put_((self.flat_idx,), self.values.to(w.dtype))
-            return nn.functional.linear(x, w, self.bias)  # [..., out]
-        out = self.base(x) if self.quant == "int8" else nn.functional.linear(x, self.weight)  # [..., out]
-        out = out.to(self.compute_dtype)
-        if self.flat_idx.numel():
-            c = self.cols.numel()
-            s = x.new_zeros(c * self.out_features)  # [C * out]
-            s[self.s_pos] = self.values.to(x.dtype)
-            xg = x[..., self.cols].reshape(-1, c)  # [N, C]
-            out2d = out.reshape(-1, self.out_features)  # [N, out] (view of out)
-            out2d.addmm_(xg, s.view(c, self.out_features))
-        if self.bias is not None and self.quant != "none":
+            w = self._base_weight()  # [out, in], dequantized once for all rows and parts
+            if parts is None and self.nnz and self.compute_dtype == torch.float32:
+                # Fold: the buffer is fresh every call and its masked entries are exactly 0,
+                # so writing the fp32 values gives base + delta exactly (nnz-sized scatter).
+                w.view(-1).index_put_((self.flat_idx,), self.values)
+                return nn.functional.linear(x, w, self.bias)  # [..., out]
+            out = nn.functional.linear(x, w)  # [..., out]
+        elif self.quant == "int8":
+            out = self.base(x).to(self.compute_dtype)  # [..., out]
+        else:
+            out = nn.functional.linear(x, self.weight)  # [..., out]
+        if self.nnz:
+            out = self._add_sparse(x, out, parts)
+        if self.bias is not None:
             out = out + self.bias
-        elif self.bias is not None:
-            out.add_(self.bias)
         return out
+
+    def _add_sparse(self, x: torch.Tensor, out: torch.Tensor, parts: torch.Tensor | None) -> torch.Tensor:
+        """out + x[..., cols] @ S_p for each row block p, computed and summed in fp32.
+
+        Args:
+            x: [N..., in] compute dtype; its leading dim holds P blocks of equal size.
+            out: [N..., out] base output (contiguous, fresh).
+            parts: [P, nnz_total] value vectors, or None for the store's `values` (P = 1).
+
+        Returns:
+            [N..., out] in the compute dtype.
+        """
+        vals = (self.values if parts is None else parts[:, self.offset : self.offset + self.nnz]).reshape(-1, self.nnz)  # [P, nnz]
+        p, c, n_out = vals.shape[0], self.cols.numel(), self.out_features
+        if x.shape[0] % p:
+            raise ConfigError(f"a paired forward needs {p} equal row blocks, got {x.shape[0]} rows", hint="repeat the batch once per perturbation")
+        s = vals.new_zeros(p, c * n_out)  # [P, C * out] fp32
+        s[:, self.s_pos] = vals
+        xg = x[..., self.cols].reshape(p, -1, c).to(torch.float32)  # [P, M, C]
+        if out.dtype == torch.float32:
+            out.view(p, -1, n_out).baddbmm_(xg, s.view(p, c, n_out))  # [P, M, out] in place
+            return out
+        acc = out.view(p, -1, n_out).to(torch.float32).baddbmm_(xg, s.view(p, c, n_out))  # [P, M, out] fp32
+        return acc.to(self.compute_dtype).view(out.shape)
 
 
 def _contiguous_input(module: nn.Module, args: tuple) -> tuple:
@@ -231,8 +351,8 @@ def _conv1d_type() -> type | None:
     return Conv1D
 
 
-def _set_tensor(model: nn.Module, name: str, tensor: torch.Tensor, dtype: torch.dtype) -> bool:
-    """Install a frozen parameter or buffer by dotted name. Returns False if unknown."""
+def _set_tensor(model: nn.Module, name: str, tensor: torch.Tensor, dtype: torch.dtype, device: torch.device) -> bool:
+    """Install a frozen parameter or buffer by dotted name on `device`. Returns False if unknown."""
     module_name, _, leaf = name.rpartition(".")
     try:
         module = model.get_submodule(module_name)
@@ -243,11 +363,11 @@ def _set_tensor(model: nn.Module, name: str, tensor: torch.Tensor, dtype: torch.
         if old is not None and tuple(old.shape) != tuple(tensor.shape):
             raise ModelError(f"checkpoint tensor {name} has shape {list(tensor.shape)}, the model expects {list(old.shape)}", hint="the config and weights do not match")
         target = dtype if tensor.is_floating_point() else tensor.dtype
-        module._parameters[leaf] = nn.Parameter(tensor.to(target), requires_grad=False)
+        module._parameters[leaf] = nn.Parameter(tensor.to(device=device, dtype=target), requires_grad=False)
         return True
     if leaf in module._buffers:
         target = dtype if tensor.is_floating_point() else tensor.dtype
-        module._buffers[leaf] = tensor.to(target)
+        module._buffers[leaf] = tensor.to(device=device, dtype=target)
         return True
     return False
 
@@ -257,7 +377,8 @@ def load_sparse_model(
     mask: SensitivityMask,
     *,
     quant: str = "nf4",
-    compute_dtype: torch.dtype = torch.float32,
+    device: str | torch.device | None = "auto",
+    compute_dtype: str | torch.dtype | None = None,
     revision: str | None = None,
 ) -> SparseModel:
     """Load a model as quantized base + exact sparse fp32 values over a mask, streaming weights.
@@ -266,14 +387,18 @@ def load_sparse_model(
         model: A model reference (alias, Hub id, folder, .gguf) or a resolved `ModelSource`.
         mask: The sensitivity mask; its fingerprint must match the model's.
         quant: `nf4` (default), `fp4`, `int8` (bitsandbytes) or `none` (dense compute dtype).
-        compute_dtype: dtype of activations, frozen parameters and dequantized bases.
+        device: `auto` (CUDA when available), `cpu`, `cuda`, `cuda:N` or a torch.device: every
+            runtime tensor is created there, tensor by tensor, as the checkpoint streams.
+        compute_dtype: dtype of activations, embeddings, norms, lm_head and dequantized bases
+            (`bf16`, `fp16`, `fp32` or a torch dtype); None = the device's default
+            (`devices.DEFAULT_DTYPE`). The sparse values stay fp32 whatever this is.
         revision: Hub revision when `model` is a Hub id.
 
     Returns:
         The `SparseModel` (eval mode; `values` holds the original masked weights).
 
     Raises:
-        ConfigError: unknown quant mode.
+        ConfigError: unknown quant mode, device or dtype; CUDA asked for but unavailable.
         DependencyError: bitsandbytes missing for a quantized mode.
         FingerprintMismatch: the mask was built for another model (checked before any weight
             is read).
@@ -283,6 +408,8 @@ def load_sparse_model(
     if quant not in QUANT_MODES:
         raise ConfigError(f"unknown quant {quant!r}", hint=f"choose one of: {', '.join(QUANT_MODES)}")
     _require_bnb(quant)
+    device = resolve_device(device)
+    compute_dtype = resolve_dtype(compute_dtype, device)
     source = model if isinstance(model, ModelSource) else resolve_model(model, revision=revision)
     fingerprint = model_fingerprint(source)
     if fingerprint != mask.config.fingerprint:
@@ -327,7 +454,8 @@ def load_sparse_model(
     for name, idx in mask.indices.items():
         segments.append((name, offset, int(idx.numel())))
         offset += int(idx.numel())
-    values = torch.zeros(offset, dtype=torch.float32)  # [nnz]
+    store = SparseValues(offset, device)  # values [nnz] fp32 on the device
+    values = store.values
     seg_of = {name: (off, n) for name, off, n in segments}
 
     pending_bias: dict[str, torch.Tensor] = {}
@@ -337,14 +465,14 @@ def load_sparse_model(
         wname = f"{prefix}.weight"
         idx = mask.indices.get(wname, torch.zeros(0, dtype=torch.int32)).long()  # flat, as the model stores it
         off, n = seg_of.get(wname, (0, 0))
+        weight = weight.to(device)  # [out, in] (one full-precision tensor on the device at a time)
         with torch.no_grad():
-            view = values[off : off + n]
-            view.copy_(weight.reshape(-1)[idx].to(torch.float32))  # mask order, as deltas store them
+            values[off : off + n].copy_(weight.reshape(-1)[idx.to(device)].to(torch.float32))  # mask order, as deltas store them
         if wname in transposed:  # Conv1D: [in, out] -> [out, in]; index i*out + o -> o*in + i
             n_in, n_out = weight.shape
             weight = weight.t().contiguous()
-            idx = (idx % n_out) * n_in + idx // n_out  # same order as `view` (no longer sorted)
-        layer = SparseQuantLinear(weight, bias, idx, view, quant, compute_dtype)
+            idx = (idx % n_out) * n_in + idx // n_out  # same order as the values (no longer sorted)
+        layer = SparseQuantLinear(weight, bias, idx, store, off, quant, compute_dtype)
         parent_name, _, leaf = prefix.rpartition(".")
         setattr(lm.get_submodule(parent_name), leaf, layer)
 
@@ -371,7 +499,7 @@ def load_sparse_model(
             else:
                 pending_bias[key] = tensor
             loaded.add(key)
-        elif _set_tensor(lm, key, tensor, compute_dtype):
+        elif _set_tensor(lm, key, tensor, compute_dtype, device):
             loaded.add(key)
         else:
             ignored.append(ckpt_key)
@@ -388,6 +516,8 @@ def load_sparse_model(
             f"the checkpoint lacks {len(missing)} tensor(s) the model needs (e.g. {missing[0]})",
             hint="the weight files are incomplete or do not match config.json",
         )
+    lm.szoq_sparse = store  # registered once: model.to(device) moves the values with the rest
+    lm.to(device)  # what was created on the CPU outside the checkpoint (rotary inv_freq buffers)
     for p in lm.parameters():
         p.requires_grad_(False)
     if out_emb is not None:
@@ -399,5 +529,5 @@ def load_sparse_model(
     tokenizer = AutoTokenizer.from_pretrained(source.path)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    log.info("loaded %s: %d masked tensors, nnz %d, quant %s", source.ref, len(segments), offset, quant)
-    return SparseModel(lm, tokenizer, source, mask, values, segments, quant)
+    log.info("loaded %s: %d masked tensors, nnz %d, quant %s, %s, %s", source.ref, len(segments), offset, quant, device, compute_dtype)
+    return SparseModel(lm, tokenizer, source, mask, store, segments, quant)

@@ -7,6 +7,10 @@
   left-padded so all options end at the same column, with `logits_to_keep = max option length
   + 1`: logits exist only for the positions that predict option tokens.
 Never a full-vocabulary logit tensor for every position.
+
+`copies=P` scores P copies of the batch in one forward (rows copy-major: [P * N, ...]); with
+`runtime.SparseModel.perturbed` each copy sees its own sparse values, which is how a ZO step
+evaluates its +eps z and -eps z points in one pass. Tensors are built on the model's device.
 """
 
 from __future__ import annotations
@@ -84,9 +88,16 @@ def _left_pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.T
     return ids, attn
 
 
-def _forward(model, ids: torch.Tensor, attn: torch.Tensor, keep: int) -> torch.Tensor:
-    """Logits of the last `keep` positions [N, keep, V], with positions counted past the padding."""
-    position_ids = (attn.cumsum(-1) - 1).clamp(min=0)  # [N, T]
+def _device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _forward(model, ids: torch.Tensor, attn: torch.Tensor, keep: int, copies: int = 1) -> torch.Tensor:
+    """Logits of the last `keep` positions [copies * N, keep, V], with positions counted past the
+    padding; the [N, T] ids are repeated `copies` times (copy-major) on the model's device."""
+    device = _device(model)
+    ids, attn = ids.to(device).repeat(copies, 1), attn.to(device).repeat(copies, 1)  # [copies * N, T]
+    position_ids = (attn.cumsum(-1) - 1).clamp(min=0)  # [copies * N, T]
     out = model(input_ids=ids, attention_mask=attn, position_ids=position_ids, logits_to_keep=keep, use_cache=False)
     return out.logits
 
@@ -99,44 +110,63 @@ def shared_single_token(batch: list[Encoded]) -> bool:
 
 
 @torch.no_grad()
-def option_scores(model, batch: list[Encoded], pad_id: int) -> torch.Tensor:
+def option_scores(model, batch: list[Encoded], pad_id: int, copies: int = 1) -> torch.Tensor:
     """Mean log-probability of each option's tokens given the prompt.
 
     Args:
         model: A transformers causal LM.
         batch: Encoded examples.
         pad_id: Padding token id.
+        copies: Score this many copies of the batch in one forward (see the module doc).
 
     Returns:
-        [B, max options] fp32 scores; -inf where an example has fewer options.
+        [copies * B, max options] fp32 scores on the CPU (copy-major); -inf where an example
+        has fewer options.
     """
     if shared_single_token(batch):
         ids, attn = _left_pad([e.prompt for e in batch], pad_id)  # [B, T]
-        logp = _forward(model, ids, attn, 1)[:, -1, :].float().log_softmax(-1)  # [B, V]
-        opts = torch.tensor([o[0] for o in batch[0].options])  # [O]
-        return logp[:, opts]  # [B, O]
+        logp = _forward(model, ids, attn, 1, copies)[:, -1, :].float().log_softmax(-1)  # [copies * B, V]
+        opts = torch.tensor([o[0] for o in batch[0].options], device=logp.device)  # [O]
+        return logp[:, opts].cpu()  # [copies * B, O]
     pairs = [(b, j) for b, e in enumerate(batch) for j in range(len(e.options))]
     seqs = [batch[b].contexts[j] + batch[b].options[j] for b, j in pairs]
     lens = torch.tensor([len(batch[b].options[j]) for b, j in pairs])  # [N]
     width = int(lens.max())
     ids, attn = _left_pad(seqs, pad_id)  # [N, T]
-    logits = _forward(model, ids, attn, width + 1)[:, :-1, :]  # [N, L, V]: predicts the last L tokens
+    logits = _forward(model, ids, attn, width + 1, copies)[:, :-1, :]  # [copies * N, L, V]: predicts the last L tokens
     logp = logits.float().log_softmax(-1)
-    targets = ids[:, -width:]  # [N, L]
-    token_lp = logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # [N, L]
+    targets = ids[:, -width:].to(logp.device).repeat(copies, 1)  # [copies * N, L]
+    token_lp = logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1).cpu()  # [copies * N, L]
     valid = torch.arange(width).unsqueeze(0) >= (width - lens).unsqueeze(1)  # [N, L]
-    per_seq = (token_lp * valid).sum(-1) / lens  # [N]
-    scores = torch.full((len(batch), max(len(e.options) for e in batch)), -math.inf)
-    for k, (b, j) in enumerate(pairs):
-        scores[b, j] = per_seq[k]
+    per_seq = ((token_lp.view(copies, len(pairs), width) * valid).sum(-1) / lens).view(-1)  # [copies * N]
+    n_opts = max(len(e.options) for e in batch)
+    scores = torch.full((copies * len(batch), n_opts), -math.inf)
+    for c in range(copies):
+        for k, (b, j) in enumerate(pairs):
+            scores[c * len(batch) + b, j] = per_seq[c * len(pairs) + k]
     return scores
+
+
+def loss_sums(model, batch: list[Encoded], pad_id: int, copies: int = 1) -> list[float]:
+    """Per copy, the sum over the batch of the cross-entropy over option scores (float64 sums).
+
+    Args:
+        model: A transformers causal LM (a `SparseModel.model` inside `perturbed` for P > 1).
+        batch: Encoded examples.
+        pad_id: Padding token id.
+        copies: Copies of the batch scored in one forward.
+
+    Returns:
+        `copies` losses, copy order.
+    """
+    scores = option_scores(model, batch, pad_id, copies).double().view(copies, len(batch), -1)  # [P, B, O]
+    labels = torch.tensor([e.label for e in batch])
+    return [float(F.cross_entropy(s, labels, reduction="sum")) for s in scores]
 
 
 def loss_sum(model, batch: list[Encoded], pad_id: int) -> float:
     """Sum over the batch of the cross-entropy over option scores (float64 for reductions)."""
-    scores = option_scores(model, batch, pad_id)  # [B, O]
-    labels = torch.tensor([e.label for e in batch])
-    return float(F.cross_entropy(scores.double(), labels, reduction="sum"))
+    return loss_sums(model, batch, pad_id)[0]
 
 
 def predict(model, examples: list[Encoded], pad_id: int, batch_size: int = 16) -> list[int]:

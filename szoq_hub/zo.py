@@ -1,15 +1,23 @@
 """Zeroth-order optimizers over one flat vector of trainable values (MeZO's SPSA, sparse).
 
-The optimizers never see a model: they perturb a flat fp32 tensor in place and call a closure
-that returns the loss at the current contents. One step, for each of q samples:
+The optimizers never see a model. One step, for each of q samples:
 
     seed_i = drawn from Generator(run seed, step)      # recorded, so the step can be replayed
-    z_i    ~ N(0, I) from Generator(seed_i)            # regenerated, never stored
+    z_i    ~ N(0, I) from Generator(seed_i)            # regenerated on v's device, never stored
     L+     = L(v + eps z_i),  L- = L(v - eps z_i)
     g_i    = (L+ - L-) / (2 eps)                       # projected gradient
 then  v <- v - lr (mean_i g_i z_i + wd v)  (SGD; momentum / Adam keep their state over the same
-estimate). The vector is restored exactly from a snapshot between the two forwards, so there is
-no add/subtract drift.
+estimate).
+
+The closure is *paired*: it receives all 2q points at once, as a [2q, nnz] fp32 tensor with rows
+(v + eps z_1, v - eps z_1, v + eps z_2, ...), and returns the 2q losses in that order, so a
+runtime can evaluate them as one batch (runtime.SparseModel.perturbed: one dequantization of the
+base per step). `v` itself is never modified while the losses are computed, so there is no
+perturb/restore drift. `in_place` adapts a closure that reads `v` in place (one forward per
+point, v restored bitwise afterwards) for models that cannot batch the points.
+
+z is drawn on the device of `v` from a generator of that device type: a run, its step-log
+replay and --resume are exact on one device type (CPU and CUDA generators differ).
 """
 
 from __future__ import annotations
@@ -17,7 +25,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 
@@ -28,6 +36,8 @@ log = logging.getLogger(__name__)
 OPTIMIZERS = ("zo-sgd", "zo-momentum", "zo-adam")
 LR_SCHEDULES = ("constant", "linear", "cosine")
 _SEED_SPACE = 2**62
+
+PairedClosure = Callable[[torch.Tensor], Sequence[float]]
 
 
 @dataclass
@@ -124,9 +134,36 @@ def step_seeds(run_seed: int, step: int, samples: int) -> list[int]:
     return [int(s) for s in torch.randint(0, _SEED_SPACE, (samples,), generator=gen)]
 
 
-def perturbation(seed: int, n: int) -> torch.Tensor:
-    """z ~ N(0, I) [n] fp32, a pure function of `seed` (regenerated instead of stored)."""
-    return torch.randn(n, generator=torch.Generator().manual_seed(seed), dtype=torch.float32)
+def perturbation(seed: int, n: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """z ~ N(0, I) [n] fp32 on `device`, a pure function of (seed, device type), drawn there
+    from that device's generator (regenerated instead of stored or copied across devices)."""
+    gen = torch.Generator(device=device).manual_seed(seed)
+    return torch.randn(n, generator=gen, dtype=torch.float32, device=device)
+
+
+def in_place(values: torch.Tensor, closure: Callable[[], float]) -> PairedClosure:
+    """Adapt a closure that reads `values` in place to the paired form (one call per point).
+
+    Args:
+        values: The flat vector the closure reads.
+        closure: Returns the loss at the current contents of `values`.
+
+    Returns:
+        A paired closure; `values` is restored bitwise after it ran (also on error).
+    """
+
+    def paired(points: torch.Tensor) -> list[float]:  # points [P, nnz]
+        snapshot = values.clone()
+        try:
+            losses = []
+            for point in points:
+                values.copy_(point)
+                losses.append(float(closure()))
+            return losses
+        finally:
+            values.copy_(snapshot)
+
+    return paired
 
 
 class ZOSGD:
@@ -138,7 +175,7 @@ class ZOSGD:
 
     Example:
         opt = ZOSGD(sparse.values, ZOConfig(lr=1e-4, total_steps=300))
-        record = opt.step(lambda: loss_on_batch(), step=0)
+        record = opt.step(lambda points: losses_at(points), step=0)  # points [2q, nnz]
     """
 
     def __init__(self, values: torch.Tensor, config: ZOConfig) -> None:
@@ -147,11 +184,11 @@ class ZOSGD:
         self.values = values
         self.config = config
 
-    def step(self, closure: Callable[[], float], step: int) -> StepRecord:
-        """Estimate the gradient with 2 q forwards and apply the update.
+    def step(self, closure: PairedClosure, step: int) -> StepRecord:
+        """Estimate the gradient from 2 q losses and apply the update.
 
         Args:
-            closure: Returns the loss (a float) at the current contents of `values`.
+            closure: Paired closure: [2q, nnz] points -> their 2q losses (see the module doc).
             step: 0-based step index (seeds and lr derive from it).
 
         Returns:
@@ -164,39 +201,41 @@ class ZOSGD:
         self.apply(record)
         return record
 
-    def estimate(self, closure: Callable[[], float], step: int) -> StepRecord:
-        """Evaluate L(v +- eps z_i) for each sample; `values` is restored exactly afterwards."""
+    def estimate(self, closure: PairedClosure, step: int) -> StepRecord:
+        """Evaluate L(v +- eps z_i) for each sample in one closure call; `values` is untouched.
+
+        Raises:
+            TrainingError: a non-finite loss, or a closure that returned the wrong count.
+        """
         eps = self.config.eps
         v = self.values
-        snapshot = v.clone()  # [nnz]
         seeds = step_seeds(self.config.seed, step, self.config.zo_samples)
-        plus, minus, grads = [], [], []
-        try:
-            for seed in seeds:
-                z = perturbation(seed, v.numel())  # [nnz]
-                torch.add(snapshot, z, alpha=eps, out=v)
-                lp = float(closure())
-                torch.add(snapshot, z, alpha=-eps, out=v)
-                lm = float(closure())
-                del z
-                if not (math.isfinite(lp) and math.isfinite(lm)):
-                    raise TrainingError(
-                        f"non-finite loss at step {step} (L+={lp}, L-={lm})",
-                        hint="lower --lr or --eps; the last checkpoint is intact and --resume continues from it",
-                    )
-                plus.append(lp)
-                minus.append(lm)
-                grads.append((lp - lm) / (2 * eps))
-        finally:
-            v.copy_(snapshot)
+        points = torch.empty(2 * len(seeds), v.numel(), dtype=torch.float32, device=v.device)  # [2q, nnz]
+        for i, seed in enumerate(seeds):
+            z = perturbation(seed, v.numel(), v.device)  # [nnz]
+            torch.add(v, z, alpha=eps, out=points[2 * i])
+            torch.add(v, z, alpha=-eps, out=points[2 * i + 1])
+            del z
+        losses = [float(x) for x in closure(points)]
+        del points
+        if len(losses) != 2 * len(seeds):
+            raise TrainingError(f"the loss closure returned {len(losses)} losses for {2 * len(seeds)} points", hint="return one loss per row of points")
+        plus, minus = losses[0::2], losses[1::2]
+        for lp, lm in zip(plus, minus):
+            if not (math.isfinite(lp) and math.isfinite(lm)):
+                raise TrainingError(
+                    f"non-finite loss at step {step} (L+={lp}, L-={lm})",
+                    hint="lower --lr or --eps; the last checkpoint is intact and --resume continues from it",
+                )
+        grads = [(lp - lm) / (2 * eps) for lp, lm in zip(plus, minus)]
         return StepRecord(step, lr_at(self.config, step), seeds, grads, plus, minus)
 
     def direction(self, record: StepRecord) -> torch.Tensor:
         """The gradient estimate mean_i g_i z_i [nnz], rebuilt from the seeds."""
         n = self.values.numel()
-        est = torch.zeros(n, dtype=torch.float32)
+        est = torch.zeros(n, dtype=torch.float32, device=self.values.device)
         for seed, g in zip(record.seeds, record.grads):
-            est.add_(perturbation(seed, n), alpha=g / len(record.seeds))
+            est.add_(perturbation(seed, n, self.values.device), alpha=g / len(record.seeds))
         return est
 
     def apply(self, record: StepRecord) -> None:
@@ -225,7 +264,7 @@ class ZOSGD:
             v.mul_(1.0 - lr * wd)  # v - lr wd v, using v before the gradient step
         n = v.numel()
         for seed, g in zip(record.seeds, record.grads):
-            v.add_(perturbation(seed, n), alpha=-lr * g / len(record.seeds))
+            v.add_(perturbation(seed, n, v.device), alpha=-lr * g / len(record.seeds))
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """Optimizer state beyond `values` (none for SGD)."""

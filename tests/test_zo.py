@@ -8,13 +8,18 @@ import pytest
 import torch
 
 from szoq_hub.errors import ConfigError, TrainingError
-from szoq_hub.zo import ZOConfig, ZOSGD, lr_at, make_optimizer, perturbation, replay, step_seeds
+from szoq_hub.zo import ZOConfig, ZOSGD, in_place, lr_at, make_optimizer, perturbation, replay, step_seeds
 
 
 def quadratic(values: torch.Tensor, target: torch.Tensor):
-    def closure() -> float:
-        return float(((values.double() - target.double()) ** 2).sum())
+    """The paired closure of |v - target|^2: one loss per row of the points."""
+    def closure(points: torch.Tensor) -> list[float]:  # [P, n]
+        return [float(((p.double() - target.double()) ** 2).sum()) for p in points]
     return closure
+
+
+def loss_at(values: torch.Tensor, target: torch.Tensor) -> float:
+    return float(((values.double() - target.double()) ** 2).sum())
 
 
 def _problem(n: int = 200, seed: int = 0):
@@ -48,18 +53,46 @@ def test_values_restored_exactly_between_forwards():
     values.add_(torch.randn(200, generator=torch.Generator().manual_seed(1)) * 1e3)  # large values expose drift
     opt = ZOSGD(values, ZOConfig(lr=0.0, eps=1e-3))
     before = values.clone()
-    opt.estimate(quadratic(values, target), step=0)
-    assert torch.equal(values, before)  # bitwise, not approximately
+    seen = []
+    opt.estimate(lambda points: [seen.append(values.clone()) or loss_at(values, target) for _ in points], step=0)
+    assert all(torch.equal(v, before) for v in seen)  # the paired form never writes v
+    opt.estimate(in_place(values, lambda: loss_at(values, target)), step=0)
+    assert torch.equal(values, before)  # the in-place form restores bitwise, not approximately
 
 
 def test_closure_sees_both_perturbations():
     values, _ = _problem(n=50)
+    values.fill_(2.0)
     seen = []
-    opt = ZOSGD(values, ZOConfig(eps=0.5, seed=3))
-    opt.estimate(lambda: seen.append(values.clone()) or 0.0, step=0)
-    z = perturbation(step_seeds(3, 0, 1)[0], 50)
-    torch.testing.assert_close(seen[0], 0.5 * z)
-    torch.testing.assert_close(seen[1], -0.5 * z)
+    opt = ZOSGD(values, ZOConfig(eps=0.5, seed=3, zo_samples=2))
+    opt.estimate(lambda points: seen.append(points.clone()) or [0.0] * len(points), step=0)
+    (points,) = seen
+    assert points.shape == (4, 50) and points.dtype == torch.float32
+    for i, seed in enumerate(step_seeds(3, 0, 2)):  # rows: +z_1, -z_1, +z_2, -z_2
+        z = perturbation(seed, 50)
+        assert torch.equal(points[2 * i], torch.add(values, z, alpha=0.5))
+        assert torch.equal(points[2 * i + 1], torch.add(values, z, alpha=-0.5))
+
+
+def test_paired_and_in_place_forms_give_the_same_step():
+    """The two closure forms evaluate the same points: same losses, same update, bit for bit."""
+    _, target = _problem()
+    config = ZOConfig(lr=1e-2, zo_samples=3, seed=4, total_steps=5)
+    a, b = torch.zeros(200), torch.zeros(200)
+    opt_a, opt_b = make_optimizer(a, config), make_optimizer(b, config)
+    for s in range(5):
+        ra = opt_a.step(quadratic(a, target), s)
+        rb = opt_b.step(in_place(b, lambda: loss_at(b, target)), s)
+        assert ra == rb
+    assert torch.equal(a, b)
+
+
+def test_closure_returning_the_wrong_count_is_refused():
+    values = torch.zeros(8)
+    opt = ZOSGD(values, ZOConfig(zo_samples=2))
+    with pytest.raises(TrainingError, match="returned 1 losses for 4 points"):
+        opt.step(lambda points: [0.0], 0)
+    assert torch.equal(values, torch.zeros(8))
 
 
 def test_zo_samples_average_q_estimates():
@@ -80,10 +113,10 @@ def test_optimizers_descend_on_a_quadratic(name):
     lr = {"zo-sgd": 5e-3, "zo-momentum": 4e-4, "zo-adam": 2e-2}[name]
     opt = make_optimizer(values, ZOConfig(lr=lr, optimizer=name, total_steps=300, seed=0))
     closure = quadratic(values, target)
-    start = closure()
+    start = loss_at(values, target)
     for step in range(300):
         opt.step(closure, step)
-    assert closure() < 0.5 * start
+    assert loss_at(values, target) < 0.5 * start
 
 
 @pytest.mark.parametrize("name", ["zo-sgd", "zo-momentum", "zo-adam"])
@@ -135,7 +168,7 @@ def test_non_finite_loss_raises_and_leaves_values():
     values = torch.ones(10)
     opt = ZOSGD(values, ZOConfig())
     with pytest.raises(TrainingError, match="non-finite loss"):
-        opt.step(lambda: math.nan, 0)
+        opt.step(lambda points: [math.nan] * len(points), 0)
     assert torch.equal(values, torch.ones(10))
 
 

@@ -1,0 +1,112 @@
+"""Where szoq computes and in which dtype: one resolver for `--device` and one for `--dtype`.
+
+`--device auto` picks CUDA when torch sees a GPU, else the CPU; `cuda` / `cuda:N` must exist.
+`--dtype` names the compute dtype of activations, embeddings, norms, lm_head and the
+dequantized base. The trainable sparse values are an fp32 master vector whatever the compute
+dtype (see runtime.py), so the choice trades speed for activation precision only.
+
+Default compute dtype per device type:
+- CUDA: bf16 (tensor cores; fp32 range, so no loss scaling is needed without a backward pass).
+- CPU: fp32; bench/bench_dtype.py measures bf16 against fp32 on this CPU (speed, and the
+  agreement of the two-point loss differences), results in bench/results/dtype.md.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .errors import ConfigError
+
+DEVICE_CHOICES = ("auto", "cpu", "cuda", "cuda:N")
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+DEFAULT_DTYPE = {"cuda": "bf16", "cpu": "fp32"}
+
+
+def resolve_device(spec: str | torch.device | None = "auto") -> torch.device:
+    """The torch device a `--device` value names.
+
+    Args:
+        spec: `auto` (or None), `cpu`, `cuda`, `cuda:N`, or a `torch.device`.
+
+    Returns:
+        The device (`cuda` resolves to the current CUDA device index).
+
+    Raises:
+        ConfigError: an unknown device string, or CUDA asked for but not available (or an
+            index past the visible GPUs).
+    """
+    if isinstance(spec, torch.device):
+        spec = str(spec)
+    text = (spec or "auto").strip().lower()
+    if text == "auto":
+        return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+    if text == "cpu":
+        return torch.device("cpu")
+    kind, _, index = text.partition(":")
+    if kind != "cuda" or (index and not index.isdigit()):
+        raise ConfigError(f"unknown --device {spec!r}", hint=f"choose one of: {', '.join(DEVICE_CHOICES)}")
+    if not torch.cuda.is_available():
+        raise ConfigError(
+            f"--device {spec}: torch sees no CUDA GPU (torch {torch.__version__}, built for CUDA: {torch.version.cuda or 'no'})",
+            hint="use --device cpu (or auto), or install a CUDA build of torch on a machine with a GPU",
+        )
+    n = torch.cuda.device_count()
+    i = int(index) if index else torch.cuda.current_device()
+    if i >= n:
+        raise ConfigError(f"--device {spec}: only {n} CUDA device(s) visible", hint=f"choose cuda:0 .. cuda:{n - 1}")
+    return torch.device("cuda", i)
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """The `--dtype` spelling of a torch dtype (`bf16`, `fp16`, `fp32`)."""
+    for name, value in DTYPES.items():
+        if value == dtype:
+            return name
+    raise ConfigError(f"unsupported compute dtype {dtype}", hint=f"choose one of: {', '.join(DTYPES)}")
+
+
+def resolve_dtype(spec: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    """The compute dtype a `--dtype` value names; None picks the device type's default.
+
+    Args:
+        spec: `bf16`, `fp16`, `fp32`, a torch dtype, or None / `auto` for the default.
+        device: The resolved device (its type chooses the default).
+
+    Returns:
+        The torch dtype.
+
+    Raises:
+        ConfigError: an unknown dtype.
+    """
+    if isinstance(spec, torch.dtype):
+        dtype_name(spec)  # validates
+        return spec
+    if spec is None or spec == "auto":
+        spec = DEFAULT_DTYPE.get(device.type, "fp32")
+    if spec not in DTYPES:
+        raise ConfigError(f"unknown --dtype {spec!r}", hint=f"choose one of: {', '.join(DTYPES)}")
+    return DTYPES[spec]
+
+
+def check_device_spec(spec: str) -> None:
+    """Validate the spelling of a `--device` value without touching CUDA (for config checks).
+
+    Raises:
+        ConfigError: not `auto`, `cpu`, `cuda` or `cuda:N`.
+    """
+    kind, _, index = (spec or "").strip().lower().partition(":")
+    if kind in ("auto", "cpu") and not index:
+        return
+    if kind == "cuda" and (not index or index.isdigit()):
+        return
+    raise ConfigError(f"unknown --device {spec!r}", hint=f"choose one of: {', '.join(DEVICE_CHOICES)}")
+
+
+def check_dtype_spec(spec: str | None) -> None:
+    """Validate a `--dtype` value (None = the device's default).
+
+    Raises:
+        ConfigError: not `bf16`, `fp16` or `fp32`.
+    """
+    if spec is not None and spec != "auto" and spec not in DTYPES:
+        raise ConfigError(f"unknown --dtype {spec!r}", hint=f"choose one of: {', '.join(DTYPES)}")

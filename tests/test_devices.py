@@ -1,0 +1,382 @@
+"""Devices and compute dtypes of the runtime, and the paired pass that evaluates a ZO step's
+perturbations in one forward, against the two-pass form on the same points."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import TINY_TEXTS, assert_one_line_error
+from szoq_hub.devices import DTYPES, check_device_spec, check_dtype_spec, resolve_device, resolve_dtype
+from szoq_hub.errors import ConfigError, TrainingError
+from szoq_hub.finetune import CHECKPOINT_FILE, FinetuneConfig, finetune
+from szoq_hub.runtime import SparseQuantLinear, SparseValues, load_sparse_model
+from szoq_hub.scoring import Encoded, loss_sum, loss_sums, option_scores
+from szoq_hub.zo import ZOConfig, in_place, make_optimizer
+
+no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error raised without a GPU")
+ROWS = [{"text": t, "label": int("great" in t or "wonderful" in t)} for t in TINY_TEXTS]
+
+
+@pytest.fixture(scope="module")
+def tiny_mask(tiny_model_dir, tmp_path_factory):
+    from szoq_hub.build import MaskBuildConfig, build_mask
+
+    root = tmp_path_factory.mktemp("tiny-mask")
+    (root / "calib.txt").write_text("\n".join(TINY_TEXTS * 5))
+    mask, _ = build_mask(MaskBuildConfig(model=str(tiny_model_dir), calibration=str(root / "calib.txt"), samples=4, seq_len=16, density=0.02),
+                         root / "mask")
+    return mask, root / "mask"
+
+
+@pytest.fixture(scope="module")
+def encoded(tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    from szoq_hub.scoring import encode
+    from szoq_hub.tasks import Example
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    examples = [Example(f"{t} It was", [" bad", " good"], r["label"]) for t, r in zip(TINY_TEXTS[:6], ROWS)]
+    return encode(tok, examples), tok.pad_token_id
+
+
+def _points(sm, p: int, scale: float = 0.05, seed: int = 0) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    return sm.values[None] + scale * torch.randn(p, sm.values.numel(), generator=gen)  # [P, nnz]
+
+
+# --- resolving --device / --dtype ------------------------------------------------------------
+
+def test_resolve_device_cpu_and_auto():
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device(torch.device("cpu")) == torch.device("cpu")
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert resolve_device("auto").type == expected and resolve_device(None).type == expected
+
+
+@no_cuda
+@pytest.mark.parametrize("spec", ["cuda", "cuda:0", "CUDA:1"])
+def test_cuda_without_a_gpu_is_a_config_error_with_a_hint(spec):
+    with pytest.raises(ConfigError, match="no CUDA GPU") as err:
+        resolve_device(spec)
+    assert "--device cpu" in err.value.hint
+    check_device_spec(spec)  # the spelling itself is valid
+
+
+@pytest.mark.parametrize("spec", ["tpu", "cuda:x", "cpu:0", "", "gpu"])
+def test_unknown_device_strings_are_refused(spec):
+    with pytest.raises(ConfigError, match="unknown --device"):
+        resolve_device(spec) if spec else check_device_spec(spec)
+    with pytest.raises(ConfigError):
+        check_device_spec(spec)
+
+
+def test_resolve_dtype_defaults_and_names():
+    assert resolve_dtype(None, torch.device("cpu")) == torch.float32
+    assert resolve_dtype(None, torch.device("cuda", 0)) == torch.bfloat16
+    assert resolve_dtype("auto", torch.device("cuda", 0)) == torch.bfloat16
+    for name, dtype in DTYPES.items():
+        assert resolve_dtype(name, torch.device("cpu")) == dtype
+    assert resolve_dtype(torch.float16, torch.device("cpu")) == torch.float16
+    with pytest.raises(ConfigError, match="unknown --dtype"):
+        resolve_dtype("fp8", torch.device("cpu"))
+    with pytest.raises(ConfigError):
+        check_dtype_spec("int8")
+    with pytest.raises(ConfigError):
+        FinetuneConfig(device="npu")
+    with pytest.raises(ConfigError):
+        FinetuneConfig(dtype="half")
+
+
+# --- all runtime state follows .to() ----------------------------------------------------------
+
+def _all_tensors(sm) -> dict[str, torch.Tensor]:
+    """Every tensor the runtime model uses: parameters, buffers, the 4-bit quant states."""
+    # remove_duplicate=False: a move to `meta` unties lm_head from the embeddings (the two
+    # parameters are replaced one by one); list both names either way.
+    tensors = {f"param {n}": p for n, p in sm.model.named_parameters(remove_duplicate=False)}
+    tensors.update({f"buffer {n}": b for n, b in sm.model.named_buffers(remove_duplicate=False)})
+    for name, m in sm.model.named_modules():
+        if isinstance(m, SparseQuantLinear) and m.quant_state is not None:
+            tensors[f"{name}.quant_state.absmax"] = m.quant_state.absmax
+            tensors[f"{name}.quant_state.code"] = m.quant_state.code
+    tensors["store values"] = sm.values
+    return tensors
+
+
+@pytest.mark.parametrize("quant", ["nf4", "none"])
+def test_every_runtime_tensor_follows_model_to_device(tiny_model_dir, tiny_mask, quant):
+    """`meta` stands in for an accelerator: a tensor that stays behind would still be on the CPU."""
+    sm = load_sparse_model(str(tiny_model_dir), tiny_mask[0], quant=quant, device="cpu")
+    before = _all_tensors(sm)
+    assert before and all(t.device.type == "cpu" for t in before.values())
+    assert any(n.startswith("buffer") and n.endswith("szoq_sparse.values") for n in before)  # registered once, as a buffer
+    assert sum(isinstance(m, SparseValues) for m in sm.model.modules()) == 1
+    sm.model.to("meta")
+    after = _all_tensors(sm)
+    assert after.keys() == before.keys()
+    stayed = [n for n, t in after.items() if t.device.type != "meta"]
+    assert not stayed, stayed
+    assert sm.device.type == "meta" and sm.values.dtype == torch.float32
+    layers = [m for m in sm.model.modules() if isinstance(m, SparseQuantLinear) and m.nnz]
+    assert layers and all(m.values.device.type == "meta" for m in layers)  # layers read the moved store
+
+
+def test_model_to_dtype_casts_compute_but_keeps_values_and_quant_constants_fp32(tiny_model_dir, tiny_mask, encoded):
+    mask = tiny_mask[0]
+    ref = load_sparse_model(str(tiny_model_dir), mask, quant="nf4", device="cpu")
+    sm = load_sparse_model(str(tiny_model_dir), mask, quant="nf4", device="cpu")
+    values = sm.values.clone()
+    sm.model.to(torch.bfloat16)
+    assert torch.equal(sm.values, values) and sm.values.dtype == torch.float32
+    assert sm.model.get_input_embeddings().weight.dtype == torch.bfloat16
+    for m in sm.model.modules():
+        if isinstance(m, SparseQuantLinear):
+            assert m.compute_dtype == torch.bfloat16 and m.quant_state.dtype == torch.bfloat16
+            assert m.quant_state.absmax.dtype == torch.float32 and m._base_weight().dtype == torch.bfloat16
+    batch, pad = encoded
+    a, b = option_scores(ref.model, batch, pad), option_scores(sm.model, batch, pad)
+    assert (a - b).abs().max() < 0.1 and (a - b).abs().max() > 0  # bf16 ran, and ran close
+
+
+# --- compute dtype ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("quant", ["nf4", "none"])
+def test_bf16_compute_keeps_fp32_master_values(tiny_model_dir, tiny_mask, encoded, quant):
+    from safetensors.torch import load_file
+
+    mask = tiny_mask[0]
+    sm = load_sparse_model(str(tiny_model_dir), mask, quant=quant, device="cpu", compute_dtype="bf16")
+    ref = load_sparse_model(str(tiny_model_dir), mask, quant=quant, device="cpu", compute_dtype="fp32")
+    lm = sm.model
+    assert lm.get_input_embeddings().weight.dtype == torch.bfloat16
+    assert lm.get_output_embeddings().weight.dtype == torch.bfloat16
+    assert lm.model.norm.weight.dtype == torch.bfloat16
+    assert all(m._base_weight().dtype == torch.bfloat16 for m in lm.modules() if isinstance(m, SparseQuantLinear))
+    # The master values are the checkpoint's weights bit for bit (fp32, never rounded to bf16).
+    state = load_file(str(tiny_model_dir / "model.safetensors"))
+    assert sm.values.dtype == torch.float32
+    for name, off, n in sm.segments:
+        assert torch.equal(sm.values[off : off + n], state[name].reshape(-1)[mask.indices[name].long()])
+    batch, pad = encoded
+    for _ in range(2):  # the same values, perturbed in place: bf16 tracks fp32
+        a, b = option_scores(ref.model, batch, pad), option_scores(sm.model, batch, pad)
+        assert (a - b).abs().max() < 0.1
+        noise = torch.randn(sm.values.shape, generator=torch.Generator().manual_seed(3))
+        sm.values.add_(noise)
+        ref.values.add_(noise)
+
+
+def test_bf16_sparse_part_is_added_in_fp32(tiny_model_dir, tiny_mask):
+    """The correction x[..., cols] @ S is computed from the fp32 values and summed in fp32: the
+    layer output equals round_bf16(base(x) + x @ delta^T computed in fp32)."""
+    sm = load_sparse_model(str(tiny_model_dir), tiny_mask[0], quant="nf4", device="cpu", compute_dtype="bf16")
+    gen = torch.Generator().manual_seed(4)
+    sm.values.add_(torch.randn(sm.values.shape, generator=gen) * 1e-3)  # below bf16 resolution of the weights
+    layer = next(m for m in sm.model.modules() if isinstance(m, SparseQuantLinear) and m.nnz)
+    x = torch.randn(2, 5, layer.in_features, generator=gen).to(torch.bfloat16)  # [B, T, in]
+    delta = torch.zeros(layer.out_features * layer.in_features)
+    delta[layer.flat_idx] = layer.values
+    with torch.no_grad():
+        base = torch.nn.functional.linear(x, layer._base_weight()).float()  # [B, T, out]
+        expected = (base + x.float() @ delta.view(layer.out_features, layer.in_features).T).to(torch.bfloat16)
+        out = layer(x)
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out, expected, atol=0, rtol=0)
+
+
+# --- the paired pass --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("quant,dtype,tol", [("nf4", "fp32", 1e-5), ("fp4", "fp32", 1e-5), ("int8", "fp32", 1e-5), ("none", "fp32", 1e-5),
+                                             ("nf4", "bf16", 2e-2)])
+def test_paired_losses_match_the_two_pass_form(tiny_model_dir, tiny_mask, encoded, quant, dtype, tol):
+    sm = load_sparse_model(str(tiny_model_dir), tiny_mask[0], quant=quant, device="cpu", compute_dtype=dtype)
+    batch, pad = encoded
+    points = _points(sm, 4)  # [4, nnz] (2q points with q = 2)
+    before = sm.values.clone()
+    with sm.perturbed(points) as parts:
+        paired = loss_sums(sm.model, batch, pad, copies=parts)
+    assert sm.store.parts is None and torch.equal(sm.values, before)
+    two_pass = in_place(sm.values, lambda: loss_sum(sm.model, batch, pad))(points)
+    assert len(paired) == 4 and len(set(paired)) == 4  # the parts really differ
+    assert paired == pytest.approx(two_pass, rel=tol)
+
+
+def test_paired_single_token_options_match(tiny_model_dir, tiny_mask, encoded):
+    """The shared single-token path (sst2-like: one forward, logits_to_keep=1) with copies."""
+    _, pad = encoded
+    sm = load_sparse_model(str(tiny_model_dir), tiny_mask[0], quant="nf4", device="cpu")
+    batch = [Encoded(e.prompt, [[5], [7]], e.label) for e in encoded[0]]
+    points = _points(sm, 4)
+    with sm.perturbed(points) as parts:
+        paired = loss_sums(sm.model, batch, pad, copies=parts)
+    two_pass = in_place(sm.values, lambda: loss_sum(sm.model, batch, pad))(points)
+    assert len(set(paired)) == 4 and paired == pytest.approx(two_pass, rel=1e-5)
+
+
+def test_paired_multi_token_options_match(tiny_model_dir, tiny_mask, encoded):
+    """The per-(example, option) path (copa, custom words) with copies."""
+    _, pad = encoded
+    sm = load_sparse_model(str(tiny_model_dir), tiny_mask[0], quant="nf4", device="cpu")
+    batch = [Encoded(e.prompt, [[5, 9], [7], [11, 3, 4]][: 2 + i % 2], i % 2) for i, e in enumerate(encoded[0][:4])]
+    points = _points(sm, 2)
+    with sm.perturbed(points):
+        paired = option_scores(sm.model, batch, pad, copies=2)  # [2 * B, O]
+    for p in range(2):
+        sm.values.copy_(points[p])
+        torch.testing.assert_close(paired[p * len(batch):(p + 1) * len(batch)], option_scores(sm.model, batch, pad), atol=1e-5, rtol=1e-5)
+
+
+def test_paired_pass_dequantizes_each_base_once(tiny_model_dir, tiny_mask, encoded, monkeypatch):
+    import bitsandbytes.functional as bnbf
+
+    sm = load_sparse_model(str(tiny_model_dir), tiny_mask[0], quant="nf4", device="cpu")
+    n_layers = sum(isinstance(m, SparseQuantLinear) for m in sm.model.modules())
+    calls = {"n": 0}
+    real = bnbf.dequantize_4bit
+
+    def counting(*a, **k):
+        calls["n"] += 1
+        return real(*a, **k)
+
+    monkeypatch.setattr(bnbf, "dequantize_4bit", counting)
+    batch, pad = encoded
+    opt = make_optimizer(sm.values, ZOConfig(zo_samples=2))
+
+    def closure(points):
+        with sm.perturbed(points) as parts:
+            return [x / len(batch) for x in loss_sums(sm.model, batch, pad, copies=parts)]
+
+    opt.step(closure, 0)
+    assert calls["n"] == n_layers  # 4 points, one forward: one dequantization per layer
+
+
+def test_perturbed_refuses_wrong_shapes(tiny_model_dir, tiny_mask, encoded):
+    sm = load_sparse_model(str(tiny_model_dir), tiny_mask[0], quant="none", device="cpu")
+    with pytest.raises(ConfigError):
+        with sm.perturbed(torch.zeros(2, sm.values.numel() + 1)):
+            pass
+    batch, pad = encoded
+    with pytest.raises(ConfigError, match="equal row blocks"):
+        with sm.perturbed(_points(sm, 2)), torch.no_grad():
+            sm.model(input_ids=torch.full((3, 4), pad))  # 3 rows cannot split in 2
+    assert sm.store.parts is None  # cleared on error
+
+
+# --- runs: device and dtype recorded, reproducible, resume on the same runtime only -----------
+
+@pytest.fixture
+def train_file(tmp_path) -> Path:
+    path = tmp_path / "train.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
+    return path
+
+
+def _config(model, mask, train_file, out, **kw) -> FinetuneConfig:
+    base = dict(model=str(model), mask=str(mask), task=None, train_file=str(train_file), template="{text} It was", labels="0=bad,1=good",
+                quant="nf4", steps=4, batch_size=4, zo_samples=2, lr=1e-3, eval_every=0, save_every=2, train_samples=12, dev_samples=4,
+                eval_samples=4, device="cpu", out=str(out))
+    base.update(kw)
+    return FinetuneConfig(**base)
+
+
+def test_paired_run_is_bit_reproducible_and_matches_the_two_pass_losses(tiny_model_dir, tiny_mask, train_file, tmp_path):
+    from safetensors.torch import load_file
+
+    from szoq_hub.refs import open_mask
+    from szoq_hub.scoring import encode
+    from szoq_hub.tasks import load_task
+    from szoq_hub.zo import StepRecord
+
+    mask_dir = tiny_mask[1]
+    config = _config(tiny_model_dir, mask_dir, train_file, tmp_path / "a", dtype="bf16")
+    finetune(config)
+    finetune(_config(tiny_model_dir, mask_dir, train_file, tmp_path / "b", dtype="bf16"))
+    a, b = (load_file(str(tmp_path / r / CHECKPOINT_FILE))["values"] for r in "ab")
+    assert torch.equal(a, b)
+    saved = json.loads((tmp_path / "a" / "finetune_config.json").read_text())
+    assert saved["runtime"] == {"device_type": "cpu", "dtype": "bf16"}
+
+    # fp32: the paired run's logged losses are the two-pass losses at the same points.
+    config = _config(tiny_model_dir, mask_dir, train_file, tmp_path / "c", steps=2)
+    finetune(config)
+    records = [StepRecord.from_dict(r) for r in map(json.loads, (tmp_path / "c" / "metrics.jsonl").read_text().splitlines()) if r["kind"] == "step"]
+    sm = load_sparse_model(str(tiny_model_dir), open_mask(str(mask_dir)), quant="nf4", device="cpu")
+    task = load_task(None, custom=config.custom_task(), sampling=config.sampling())
+    train = encode(sm.tokenizer, task.train)
+    from szoq_hub.finetune import _batch_indices
+
+    opt = make_optimizer(sm.values, config.zo_config())
+    for record in records:
+        shard = [train[i] for i in _batch_indices(len(train), config.batch_size, record.step, config.seed, {})]
+        two_pass = opt.estimate(in_place(sm.values, lambda: loss_sum(sm.model, shard, sm.tokenizer.pad_token_id) / len(shard)), record.step)
+        assert record.loss_plus == pytest.approx(two_pass.loss_plus, rel=1e-5)
+        assert record.loss_minus == pytest.approx(two_pass.loss_minus, rel=1e-5)
+        opt.apply(record)
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_resume_is_exact_and_refuses_another_dtype(tiny_model_dir, tiny_mask, train_file, tmp_path):
+    from szoq_hub.delta import load_delta
+
+    mask_dir = tiny_mask[1]
+    finetune(_config(tiny_model_dir, mask_dir, train_file, tmp_path / "straight", dtype="bf16"))
+
+    def stop_at_3(event):
+        if event["kind"] == "step" and event["step"] == 3:
+            raise _Stop
+
+    out = tmp_path / "resumed"
+    with pytest.raises(_Stop):
+        finetune(_config(tiny_model_dir, mask_dir, train_file, out, dtype="bf16"), progress=stop_at_3)
+    with pytest.raises(TrainingError, match="ran on cpu in bf16") as err:
+        finetune(_config(tiny_model_dir, mask_dir, train_file, out, dtype="fp32"), resume=True)
+    assert "--dtype bf16" in err.value.hint
+    result = finetune(_config(tiny_model_dir, mask_dir, train_file, out, dtype="bf16", device="auto" if not torch.cuda.is_available() else "cpu"),
+                      resume=True)
+    assert result.resumed_from == 2
+    a, b = load_delta(tmp_path / "straight").tensors, load_delta(out).tensors
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@no_cuda
+def test_cli_device_errors_are_one_line(tiny_model_dir, tiny_mask, train_file, tmp_path, run_cli):
+    custom = ["--train", str(train_file), "--template", "{text} It was", "--labels", "0=bad,1=good"]
+    common = ["--model", str(tiny_model_dir), "--mask", str(tiny_mask[1]), "--quant", "none"]
+    code, _, err = run_cli("finetune", *common, *custom, "--steps", "1", "--device", "cuda", "--out", str(tmp_path / "run"))
+    assert_one_line_error(code, err, "no CUDA GPU")
+    assert not (tmp_path / "run").exists()
+    code, _, err = run_cli("eval", *common, *custom, "--device", "tpu")
+    assert_one_line_error(code, err, "unknown --device")
+    code, _, err = run_cli("eval", *common, *custom, "--dtype", "fp8")
+    assert_one_line_error(code, err, "unknown --dtype")
+    code, _, err = run_cli("merge", *common[:4], "--delta", str(tmp_path), "--out", str(tmp_path / "m"), "--device", "cuda:1")
+    assert_one_line_error(code, err, "no CUDA GPU")
+
+
+def test_eval_and_merge_take_device_and_dtype(tiny_model_dir, tiny_mask, train_file, tmp_path):
+    from safetensors.torch import load_file
+
+    from szoq_hub.evaluate import EvalConfig, evaluate
+    from szoq_hub.merge import merge
+
+    mask, mask_dir = tiny_mask
+    run = tmp_path / "run"
+    finetune(_config(tiny_model_dir, mask_dir, train_file, run, steps=2))
+    common = dict(model=str(tiny_model_dir), mask=str(mask_dir), task=None, train_file=str(train_file), template="{text} It was",
+                  labels="0=bad,1=good", eval_samples=4, delta=str(run))
+    fp32 = evaluate(EvalConfig(**common, device="cpu", dtype="fp32"))
+    bf16 = evaluate(EvalConfig(**common, device="cpu", dtype="bf16"))
+    assert fp32.n == bf16.n == 4 and fp32.mode == "delta"
+    merged = merge(model=str(tiny_model_dir), mask_ref=str(mask_dir), delta=run, out=tmp_path / "merged", device="cpu")
+    weights = load_file(str(next(merged.glob("*.safetensors"))))
+    delta = load_file(str(run / "delta.safetensors"))
+    for name, idx in mask.indices.items():
+        assert torch.equal(weights[name].reshape(-1)[idx.long()], delta[name])
