@@ -254,3 +254,8 @@ def test_sentencepiece_scores_match_a_reference_on_the_joint_encoding():
                 logp = model(torch.tensor([full])).logits[0].log_softmax(-1)  # [T, V]
                 expected[b, j] = logp[len(full) - 2, full[-1]]
         torch.testing.assert_close(option_scores(model, enc, tok.pad_token_id), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_encode_of_no_examples_is_empty(tiny_lm):
+    _, tok = tiny_lm
+    assert encode(tok, []) == []  # --dev-samples 0: the tokenizer itself refuses an empty batch
