@@ -21,7 +21,8 @@ def test_build_list_show_verify_diff_rm(run_cli, tiny_model_dir, tiny_text_file)
     ref, path = out.strip().split("\t")
     assert ref == "tiny@v1" and path.endswith("/registry/objects/" + path.rsplit("/", 1)[1])
     code, out, err = build_cli(run_cli, tiny_model_dir, tiny_text_file, "--name", "tiny", "--scorer", "magnitude", "--json")
-    assert code == 0, err and json.loads(out)["ref"] == "tiny@v2"
+    assert code == 0, err
+    assert json.loads(out)["ref"] == "tiny@v2"
 
     code, out, _ = run_cli("mask", "list", "--json")
     listed = json.loads(out)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import weakref
 
 import pytest
@@ -9,7 +11,7 @@ import torch
 
 from szoq_hub import runtime
 from szoq_hub.errors import ConfigError, DependencyError, FingerprintMismatch, MaskError
-from szoq_hub.runtime import QUANT_MODES, SparseQuantLinear, load_sparse_model
+from szoq_hub.runtime import SparseQuantLinear, load_sparse_model
 
 ATOL = 2e-5
 
@@ -40,14 +42,37 @@ def _logits(model, batch) -> torch.Tensor:
         return model(input_ids=ids, attention_mask=attn).logits  # [B, T, V]
 
 
+# The 4-bit code books, written out by hand (QLoRA's NF4 table; bitsandbytes' FP4 = e2m1 / 12).
+NF4_CODE = [-1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453, -0.28444138169288635, -0.18477343022823334,
+            -0.09105003625154495, 0.0, 0.07958029955625534, 0.16093020141124725, 0.24611230194568634, 0.33791524171829224,
+            0.44070982933044434, 0.5626170039176941, 0.7229568362236023, 1.0]
+FP4_CODE = sorted({s * v / 12 for v in (0.0, 0.0625, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0) for s in (1, -1)})
+
+
+def hand_4bit(w: torch.Tensor, quant: str, blocksize: int = 64) -> torch.Tensor:
+    """dequant(quant(w)) by hand: per block of 64, the nearest code point of w / absmax, times absmax."""
+    code = torch.tensor(NF4_CODE if quant == "nf4" else FP4_CODE)  # [16] or [15] (FP4 has +0 and -0)
+    blocks = w.reshape(-1, blocksize)  # [numel / 64, 64]
+    absmax = blocks.abs().amax(-1, keepdim=True)  # [numel / 64, 1]
+    nearest = ((blocks / absmax).unsqueeze(-1) - code).abs().argmin(-1)  # [numel / 64, 64]; ties: the lower code
+    return (code[nearest] * absmax).reshape(w.shape)
+
+
+def test_hand_4bit_is_exact_on_code_points():
+    absmax = 2.0
+    w = torch.tensor(NF4_CODE * 4) * absmax  # every block holds each code point once (and +-absmax)
+    torch.testing.assert_close(hand_4bit(w, "nf4"), w, rtol=0, atol=0)
+    assert len(FP4_CODE) == 15 and FP4_CODE[0] == -1.0 and 1 / 192 in FP4_CODE
+
+
 def dense_reference(model_dir, mask, quant: str, values: dict[str, torch.Tensor] | None = None):
     """The slow reference: a plain transformers model whose decoder linears hold
     dequant(quantize(W with the masked entries zeroed)) with the exact sparse values written back.
+    The 4-bit round trip is `hand_4bit`, not the bitsandbytes call the runtime makes.
 
     Args:
         values: name -> fp32 [nnz] sparse values; None = the original weights at the mask.
     """
-    import bitsandbytes.functional as bnbf
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
@@ -63,8 +88,7 @@ def dense_reference(model_dir, mask, quant: str, values: dict[str, torch.Tensor]
             continue
         w.view(-1)[idx] = 0.0
         if quant in ("nf4", "fp4"):
-            packed, state = bnbf.quantize_4bit(w, blocksize=64, quant_type=quant)
-            w = bnbf.dequantize_4bit(packed, state)
+            w = hand_4bit(w, quant)
         w.view(-1)[idx] = original if values is None else values[wname]
         module.weight.data = w
     return model
@@ -210,8 +234,9 @@ def test_fingerprint_mismatch_refused_before_weights(tiny_model_dir, tiny_mask, 
 
 
 def test_bad_quant_and_missing_bitsandbytes(tiny_model_dir, tiny_mask, monkeypatch):
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError, match="q3") as bad:
         load_sparse_model(str(tiny_model_dir), tiny_mask, quant="q3")
+    assert all(mode in bad.value.hint for mode in ("nf4", "fp4", "int8", "none"))  # the hint lists what works
     real = runtime.importlib.util.find_spec
     monkeypatch.setattr(runtime.importlib.util, "find_spec", lambda n, *a: None if n == "bitsandbytes" else real(n, *a))
     with pytest.raises(DependencyError) as err:
@@ -258,18 +283,33 @@ def test_checkpoint_reader_matches_safetensors_and_refuses_truncation(tiny_model
         list(runtime.iter_tensors([cut]))
 
 
-def test_predictable_malloc_applies_on_glibc():
+def test_predictable_malloc_returns_freed_blocks_to_the_os():
     import platform
-
-    from szoq_hub.memory import use_predictable_malloc
 
     if platform.libc_ver()[0] != "glibc":
         pytest.skip("mallopt policy is glibc-only")
-    assert use_predictable_malloc() is True
-
-
-def test_quant_modes_constant():
-    assert QUANT_MODES == ("nf4", "fp4", "int8", "none")
+    # glibc's dynamic mmap threshold: after a 16 MiB block is freed, an 8 MiB block comes from the
+    # heap and stays resident after free. Pinned, it is mapped and unmapped: RSS goes back.
+    script = """
+import ctypes, sys
+from szoq_hub.memory import use_predictable_malloc
+if sys.argv[1] == "pin":
+    use_predictable_malloc()
+libc = ctypes.CDLL("libc.so.6")
+libc.malloc.restype, libc.malloc.argtypes, libc.free.argtypes = ctypes.c_void_p, [ctypes.c_size_t], [ctypes.c_void_p]
+def rss_kb():
+    return int(next(l for l in open("/proc/self/status") if l.startswith("VmRSS")).split()[1])
+def touch_and_free(size):
+    p = libc.malloc(size); ctypes.memset(p, 1, size); libc.free(p)
+touch_and_free(16 << 20)
+base = rss_kb()
+touch_and_free(8 << 20)
+print(rss_kb() - base)
+"""
+    kept = {mode: int(subprocess.run([sys.executable, "-c", script, mode], capture_output=True, text=True, check=True).stdout)
+            for mode in ("pin", "default")}
+    assert kept["default"] > 4096  # the control: without the pin, 8 MiB stay resident
+    assert kept["pin"] < 1024
 
 
 def test_logits_to_keep_matches_full_logits(tiny_model_dir, tiny_mask, batch):
