@@ -1,0 +1,372 @@
+"""Quality study: does the C4 sensitivity mask (SensZOQ) beat the alternatives on real tasks?
+
+SmolLM2-135M-Instruct, nf4 base, the `szoq` CLI itself. The grid is a list of cells (task,
+method, seed, density); every finished cell is cached as one JSON file under
+`bench/results/quality/cells/`, so the study resumes where it stopped (a half-finished fine-tuning
+run also resumes from its checkpoint). Each cell records `argv`: the `szoq` arguments (without
+`--out`) that rerun it, and for mask methods `mask_argv`, the `szoq mask build` that made the
+mask. `bench/results/quality.json` ({"cells": [...], "transfer": [...], "pending": [...]}),
+`quality.md` and the PNG plots are regenerated from the cached cells after every cell.
+
+Methods: zero-shot, icl (K demonstrations), senszoq (the built-in C4 fisher mask), random and
+magnitude masks at the same density, task-fisher (fisher mask on the task's own train text:
+the reference the C4 mask should come close to), dense (all linear weights: not runnable yet,
+see `pending`). lr/eps are fixed for every cell (`SPARSE_LR`, `EPS`); see README "Results".
+
+    nice -n 19 python bench/quality.py            # run pending cells in priority order
+    python bench/quality.py --report              # only regenerate json/md/plots
+    python bench/quality.py --only 'sst2-*' --max-cells 2
+
+Needs `pip install -e '.[bench]'` for the plots; the data folder `../shared/data`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import json
+import math
+import os
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
+CELLS = RESULTS / "quality" / "cells"
+TRANSFER = RESULTS / "quality" / "transfer"
+DATA = Path(os.environ.get("SZOQ_DATA_DIR", ROOT.parent / "shared" / "data"))
+WORK = Path(os.environ.get("SZOQ_QUALITY_WORK", Path.home() / ".cache" / "szoq" / "quality"))
+MODEL = "smollm2-135m-instruct"
+C4 = DATA / "c4" / "c4_validation_2k.jsonl.gz"
+
+SPARSE_LR, DENSE_LR, EPS = 1e-4, 2e-6, 1e-3  # FINDINGS.md's SST-2 settings (not re-swept here)
+STEPS, BATCH, EVAL_EVERY = 300, 16, 50
+TRAIN, DEV, EVAL = 1000, 200, 500
+ICL_SHOTS = {"sst2": 16, "rte": 4, "cb": 4, "boolq": 2}  # long passages get fewer demonstrations
+TASKS = ("sst2", "rte", "cb", "boolq")
+SEEDS = (0, 1, 2)
+DENSITY = 1e-3
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One point of the grid."""
+
+    task: str
+    method: str  # zero-shot | icl | senszoq | random | magnitude | task-fisher | dense
+    seed: int
+    density: float | None = DENSITY
+    steps: int = STEPS
+
+    @property
+    def key(self) -> str:
+        dens = "" if self.density in (None, DENSITY) else f"-d{self.density:g}"
+        return f"{self.task}-{self.method}{dens}-s{self.seed}"
+
+    @property
+    def trains(self) -> bool:
+        return self.method not in ("zero-shot", "icl")
+
+
+def plan() -> list[Cell]:
+    """Every cell, most informative first (SST-2 senszoq vs random vs zero-shot, then the rest)."""
+    cells: list[Cell] = []
+    add = lambda c: cells.append(c) if c not in cells else None  # noqa: E731
+    add(Cell("sst2", "zero-shot", 0, None, 0))
+    add(Cell("sst2", "senszoq", 0))
+    add(Cell("sst2", "random", 0))
+    add(Cell("sst2", "icl", 0, None, 0))
+    for s in (1, 2):
+        add(Cell("sst2", "senszoq", s))
+        add(Cell("sst2", "random", s))
+    add(Cell("sst2", "magnitude", 0))
+    add(Cell("sst2", "task-fisher", 0))
+    for task in ("rte", "cb", "boolq"):
+        add(Cell(task, "zero-shot", 0, None, 0))
+        add(Cell(task, "senszoq", 0))
+        add(Cell(task, "random", 0))
+    for d in (1e-4, 1e-2):
+        add(Cell("sst2", "senszoq", 0, d))
+    for task in ("rte", "cb", "boolq"):
+        add(Cell(task, "icl", 0, None, 0))
+        add(Cell(task, "magnitude", 0))
+        add(Cell(task, "task-fisher", 0))
+    for task in TASKS:
+        for s in (1, 2):
+            add(Cell(task, "zero-shot", s, None, 0))
+            add(Cell(task, "senszoq", s))
+            add(Cell(task, "random", s))
+    for task in TASKS:
+        for s in SEEDS:
+            add(Cell(task, "dense", s, 1.0))
+    return cells
+
+
+# --- running ---------------------------------------------------------------------------------
+
+def _env() -> dict:
+    env = dict(os.environ, SZOQ_DATA_DIR=str(DATA))
+    env.setdefault("SZOQ_MODEL_CACHE", "/work/cache/models" if Path("/work/cache/models").is_dir() else str(WORK / "models"))
+    env.setdefault("SZOQ_HOME", str(WORK / "home"))
+    return env
+
+
+def _szoq(args: list[str]) -> str:
+    cmd = [sys.executable, "-m", "szoq_cli", *args]
+    print("$ szoq " + " ".join(shlex.quote(a) for a in args), file=sys.stderr, flush=True)
+    done = subprocess.run(cmd, env=_env(), stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    if done.returncode != 0:
+        raise RuntimeError(f"szoq {' '.join(args[:2])} failed with exit code {done.returncode}")
+    return done.stdout
+
+
+def _git_sha() -> str:
+    return subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+
+
+def _calibration_file(task: str) -> Path:
+    """The task's sampled train rows (seed 0) as text: prompt + the right option, one per line."""
+    path = WORK / "calibration" / f"{task}.jsonl"
+    if not path.is_file():
+        from szoq_hub.tasks import Sampling, load_task
+
+        data = load_task(task, data_dir=DATA, sampling=Sampling(TRAIN, 0, 1, 0))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text("".join(json.dumps({"text": e.prompt + e.options[e.label]}) + "\n" for e in data.train))
+        tmp.replace(path)
+    return path
+
+
+def mask_for(cell: Cell) -> tuple[str, list[str] | None]:
+    """(--mask value, the `szoq mask build` argv that made it or None for the built-in mask)."""
+    if cell.method == "senszoq" and cell.density == DENSITY:
+        return MODEL, None
+    if cell.method == "senszoq":
+        name, build = f"c4-fisher-d{cell.density:g}", ["--calibration", str(C4), "--samples", "32", "--seq-len", "256"]
+    elif cell.method in ("random", "magnitude"):
+        name, build = f"{cell.method}-d{cell.density:g}", ["--scorer", cell.method]
+    elif cell.method == "task-fisher":
+        name, build = f"{cell.task}-fisher-d{cell.density:g}", ["--calibration", str(_calibration_file(cell.task)), "--samples", "32", "--seq-len", "256"]
+    else:
+        raise ValueError(cell.method)
+    argv = ["mask", "build", MODEL, *build, "--density", f"{cell.density:g}", "--name", f"quality-{name}"]
+    folder = WORK / "masks" / name
+    if not (folder / "mask.safetensors").is_file():
+        _szoq([*argv, "--out", str(folder)])
+    return str(folder), argv
+
+
+def run_cell(cell: Cell) -> dict:
+    """Run one cell through the CLI and return its record."""
+    t0 = time.perf_counter()
+    extra: dict = {}
+    if not cell.trains:
+        argv = ["eval", "--model", MODEL, "--task", cell.task, "--eval-samples", str(EVAL), "--seed", str(cell.seed), "--json"]
+        if cell.method == "icl":
+            argv[-1:-1] = ["--icl-shots", str(ICL_SHOTS[cell.task])]
+            extra["icl_shots"] = ICL_SHOTS[cell.task]
+        res = json.loads(_szoq(argv))
+        acc, n, curve, lr, eps = res["value"], res["n"], [], None, None
+        extra["metric"] = res["metric"]
+    else:
+        if cell.method == "dense":
+            raise NotImplementedError("dense ZO has no runnable path yet (see README 'Results')")
+        mask, mask_argv = mask_for(cell)
+        extra["mask_argv"] = mask_argv
+        lr, eps = SPARSE_LR, EPS
+        argv = ["finetune", "--model", MODEL, "--mask", mask, "--task", cell.task, "--steps", str(cell.steps), "--batch-size", str(BATCH),
+                "--lr", f"{lr:g}", "--eps", f"{eps:g}", "--eval-every", str(EVAL_EVERY), "--save-every", str(EVAL_EVERY),
+                "--seed", str(cell.seed), "--train-samples", str(TRAIN), "--dev-samples", str(DEV), "--eval-samples", str(EVAL), "--json"]
+        out = WORK / "runs" / cell.key
+        resume = ["--resume"] if (out / "finetune_config.json").is_file() else []
+        res = json.loads(_szoq([*argv, "--out", str(out), *resume]))
+        rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
+        metric = res["metric"]
+        curve = [[r["step"], r[metric]] for r in rows if r.get("kind") == "eval" and r.get("split") == "dev"]
+        cfg = json.loads((out / "finetune_config.json").read_text())
+        acc, n = res["eval"], cfg["task"]["eval"]
+        extra.update(metric=metric, best_step=res["best_step"], best_dev=res["best_dev"], nnz=cfg["nnz"], dev_n=cfg["task"]["dev"],
+                     resumed=bool(resume))
+    return {**asdict(cell), "key": cell.key, "accuracy": acc, "n": n, "lr": lr, "eps": eps, "dev_curve": curve,
+            "wall_s": round(time.perf_counter() - t0, 1), "git_sha": _git_sha(), "argv": argv, **extra}
+
+
+def transfer(task: str) -> dict:
+    """Share of the task's Σg² that the C4 mask captures, beside the task mask's own share (and a random mask's)."""
+    import torch
+
+    from szoq_hub.calibration import load_windows
+    from szoq_hub.catalog import find_builtin
+    from szoq_hub.mask import captured_share, load_mask, select
+    from szoq_hub.models import load_model, resolve_model, target_parameter_names
+    from szoq_hub.sensitivity import fisher_scores, stream_random_scores
+
+    os.environ.update({k: v for k, v in _env().items() if k.startswith("SZOQ_")})
+    t0 = time.perf_counter()
+    loaded = load_model(resolve_model(MODEL), dtype=torch.float32)
+    targets = target_parameter_names(loaded.model, None)
+    windows, info = load_windows(str(_calibration_file(task)), loaded.tokenizer, samples=16, seq_len=256, seed=0)
+    scores = fisher_scores(loaded.model, targets, windows)
+    c4 = load_mask(find_builtin(MODEL).path)
+    own = select(scores, DENSITY, "per-matrix")
+    rand = select(dict(stream_random_scores({n: list(scores[n].shape) for n in targets}, 0)), DENSITY, "per-matrix")
+    return {"task": task, "density": DENSITY, "windows": 16, "seq_len": 256, "c4_share": captured_share(scores, c4.indices),
+            "task_share": captured_share(scores, own), "random_share": captured_share(scores, rand),
+            "wall_s": round(time.perf_counter() - t0, 1), "git_sha": _git_sha()}
+
+
+# --- reporting -------------------------------------------------------------------------------
+
+def load_cells() -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted(CELLS.glob("*.json"))]
+
+
+def _summary(cells: list[dict]) -> list[dict]:
+    groups: dict[tuple, list[dict]] = {}
+    for c in cells:
+        groups.setdefault((c["task"], c["method"], c["density"], c["steps"]), []).append(c)
+    rows = []
+    for (task, method, density, steps), cs in sorted(groups.items(), key=lambda kv: (TASKS.index(kv[0][0]) if kv[0][0] in TASKS else 99, str(kv[0][1]), str(kv[0][2]))):
+        accs = [c["accuracy"] for c in cs]
+        rows.append({"task": task, "method": method, "density": density, "steps": steps, "seeds": sorted(c["seed"] for c in cs),
+                     "mean": statistics.mean(accs), "std": statistics.stdev(accs) if len(accs) > 1 else None, "n": cs[0]["n"]})
+    return rows
+
+
+def _fmt(r: dict) -> str:
+    std = f" ± {100 * r['std']:.1f}" if r["std"] is not None else ""
+    return f"{100 * r['mean']:.1f}{std}"
+
+
+def report() -> None:
+    cells = load_cells()
+    done = {c["key"] for c in cells}
+    pending = [c.key for c in plan() if c.key not in done and c.method != "dense"]
+    not_runnable = [c.key for c in plan() if c.method == "dense"]
+    transfer_rows = [json.loads(p.read_text()) for p in sorted(TRANSFER.glob("*.json"))]
+    pending += [f"transfer-{t}" for t in TASKS if not (TRANSFER / f"{t}.json").is_file()]
+    data = {"cells": cells, "summary": _summary(cells), "transfer": transfer_rows, "pending": pending, "not_runnable": not_runnable,
+            "settings": {"model": MODEL, "quant": "nf4", "steps": STEPS, "batch": BATCH, "lr": SPARSE_LR, "eps": EPS, "train": TRAIN,
+                         "dev": DEV, "eval": EVAL, "eval_every": EVAL_EVERY, "density": DENSITY, "icl_shots": ICL_SHOTS}}
+    tmp = RESULTS / "quality.json.tmp"
+    tmp.write_text(json.dumps(data, indent=1) + "\n")
+    tmp.replace(RESULTS / "quality.json")
+    lines = ["| task | method | density | steps | accuracy % (mean ± std) | seeds | n eval |", "|---|---|---|---|---|---|---|"]
+    for r in data["summary"]:
+        dens = "-" if r["density"] is None else f"{r['density']:g}"
+        lines.append(f"| {r['task']} | {r['method']} | {dens} | {r['steps']} | {_fmt(r)} | {len(r['seeds'])} ({','.join(map(str, r['seeds']))}) | {r['n']} |")
+    if transfer_rows:
+        lines += ["", "| task | Σg² share: C4 mask | task mask | random mask |", "|---|---|---|---|"]
+        lines += [f"| {t['task']} | {100 * t['c4_share']:.1f}% | {100 * t['task_share']:.1f}% | {100 * t['random_share']:.2f}% |" for t in transfer_rows]
+    lines += ["", f"Pending cells ({len(pending)}): " + (", ".join(pending) if pending else "none"),
+              "", f"Not runnable yet ({len(not_runnable)}, no dense ZO path in szoq): " + ", ".join(not_runnable)]
+    (RESULTS / "quality.md").write_text("\n".join(lines) + "\n")
+    plots(cells)
+    _readme_table(lines, cells)
+
+
+def _readme_table(lines: list[str], cells: list[dict]) -> None:
+    """Put the current table (what exists, n per cell, what is pending) into README's Results."""
+    readme = ROOT / "README.md"
+    start, end = "<!-- quality-table -->", "<!-- /quality-table -->"
+    text = readme.read_text()
+    if start not in text or end not in text:
+        return
+    pngs = [f"![{name}](bench/results/{name}.png)" for name in ("quality_steps", "quality_density") if (RESULTS / f"{name}.png").is_file()]
+    shas = sorted({c["git_sha"][:7] for c in cells})
+    body = [start, f"Cells finished: {len(cells)} (git {', '.join(shas) or '-'}); accuracy in %, std over seeds where there are 2 or more.", "",
+            *lines, "", *pngs, end]
+    head, rest = text.split(start, 1)
+    readme.write_text(head + "\n".join(body) + rest.split(end, 1)[1])
+
+
+def plots(cells: list[dict]) -> None:
+    """accuracy vs steps (SST-2 dev curves) and accuracy vs density (SST-2 senszoq)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("plots skipped: pip install -e '.[bench]' (matplotlib)", file=sys.stderr)
+        return
+    sst2 = [c for c in cells if c["task"] == "sst2"]
+    if not any(c["dev_curve"] for c in sst2):
+        return
+    fig, ax = plt.subplots(figsize=(6, 4))
+    colors = {"senszoq": "C0", "random": "C1", "magnitude": "C2", "task-fisher": "C3", "dense": "C4"}
+    for c in sst2:
+        if c["dev_curve"] and c["density"] == DENSITY:
+            xs, ys = zip(*c["dev_curve"])
+            ax.plot(xs, [100 * y for y in ys], marker="o", color=colors.get(c["method"], "k"), label=f"{c['method']} s{c['seed']}")
+    for c in sst2:
+        if c["method"] == "zero-shot":
+            ax.axhline(100 * c["accuracy"], color="gray", ls="--", label=f"zero-shot s{c['seed']} (eval)")
+    ax.set(xlabel="ZO steps", ylabel="SST-2 dev accuracy %", title=f"SST-2, SmolLM2-135M nf4, density {DENSITY:g}")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(RESULTS / "quality_steps.png", dpi=110)
+    plt.close(fig)
+    dens = sorted((c["density"], c["accuracy"]) for c in sst2 if c["method"] == "senszoq")
+    if dens:
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        ax.semilogx([d for d, _ in dens], [100 * a for _, a in dens], "o", color="C0", label="senszoq (C4 fisher)")
+        for c in sst2:
+            if c["method"] in ("random", "magnitude", "task-fisher"):
+                ax.semilogx([c["density"]], [100 * c["accuracy"]], "x", color=colors[c["method"]], label=c["method"])
+        ax.set(xlabel="mask density", ylabel="SST-2 eval accuracy %", title=f"{STEPS} ZO steps")
+        handles, labels = ax.get_legend_handles_labels()
+        uniq = dict(zip(labels, handles))
+        ax.legend(uniq.values(), uniq.keys(), fontsize=7)
+        fig.tight_layout()
+        fig.savefig(RESULTS / "quality_density.png", dpi=110)
+        plt.close(fig)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--report", action="store_true", help="only regenerate quality.json/md/plots")
+    ap.add_argument("--only", default="*", help="fnmatch pattern over cell keys")
+    ap.add_argument("--max-cells", type=int, default=0, help="stop after this many cells (0 = all)")
+    ap.add_argument("--transfer", action="store_true", help="compute the missing Σg² transfer rows (one per task)")
+    args = ap.parse_args()
+    CELLS.mkdir(parents=True, exist_ok=True)
+    if args.report:
+        report()
+        return
+    if args.transfer:
+        TRANSFER.mkdir(parents=True, exist_ok=True)
+        for task in TASKS:
+            path = TRANSFER / f"{task}.json"
+            if not path.is_file():
+                row = transfer(task)
+                path.with_suffix(".tmp").write_text(json.dumps(row, indent=1) + "\n")
+                path.with_suffix(".tmp").replace(path)
+                print(f"transfer {task}: C4 mask {row['c4_share']:.3f}, task mask {row['task_share']:.3f}", flush=True)
+        report()
+        return
+    ran = 0
+    for cell in plan():
+        path = CELLS / f"{cell.key}.json"
+        if path.is_file() or not fnmatch.fnmatch(cell.key, args.only) or cell.method == "dense":
+            continue
+        record = run_cell(cell)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(record, indent=1) + "\n")
+        tmp.replace(path)
+        print(f"{cell.key}: {record['accuracy']:.4f} (n={record['n']}, {record['wall_s']:.0f} s)", flush=True)
+        report()
+        ran += 1
+        if args.max_cells and ran >= args.max_cells:
+            break
+    report()
+
+
+if __name__ == "__main__":
+    main()
