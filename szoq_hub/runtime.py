@@ -351,8 +351,10 @@ def _conv1d_type() -> type | None:
     return Conv1D
 
 
-def _set_tensor(model: nn.Module, name: str, tensor: torch.Tensor, dtype: torch.dtype, device: torch.device) -> bool:
-    """Install a frozen parameter or buffer by dotted name on `device`. Returns False if unknown."""
+def _set_tensor(model: nn.Module, name: str, tensor: torch.Tensor, dtype: torch.dtype, device: torch.device | None = None) -> bool:
+    """Install a frozen parameter or buffer by dotted name on `device` (None: where `tensor` is).
+    Returns False if unknown."""
+    device = tensor.device if device is None else device
     module_name, _, leaf = name.rpartition(".")
     try:
         module = model.get_submodule(module_name)
