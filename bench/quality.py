@@ -185,8 +185,12 @@ def run_cell(cell: Cell) -> dict:
                 "--seed", str(cell.seed), "--train-samples", str(TRAIN), "--dev-samples", str(DEV), "--eval-samples", str(EVAL), "--json"]
         out = WORK / "runs" / cell.key
         resume = ["--resume"] if (out / "finetune_config.json").is_file() else []
-        res = json.loads(_szoq([*argv, "--out", str(out), *resume]))
+        if (out / "delta.safetensors").is_file():  # finished, but stopped before its cell was written
+            resume = ["(finished earlier)"]
+        else:
+            json.loads(_szoq([*argv, "--out", str(out), *resume]))
         rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
+        res = {**rows[-1], "eval": rows[-1]["eval_metric"]}  # the run's "final" row
         metric = res["metric"]
         curve = [[r["step"], r[metric]] for r in rows if r.get("kind") == "eval" and r.get("split") == "dev"]
         cfg = json.loads((out / "finetune_config.json").read_text())

@@ -128,7 +128,7 @@ def _copa(r: dict) -> Example:
     premise = premise[:-1] if premise.endswith(".") else premise
     connector = {"cause": " because", "effect": " so"}[r["question"]]
     context = " ".join((r["premise"], r["choice1"], r["choice2"]))
-    options = [" " + lowercase_sentence_start(c, context) for c in (r["choice1"], r["choice2"])]
+    options = [" " + lowercase_sentence_start(c.strip(), context) for c in (r["choice1"], r["choice2"])]  # one choice starts with a space
     return Example(premise + connector, options, int(r["label"]))
 
 

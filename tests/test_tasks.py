@@ -47,7 +47,8 @@ def test_copa_lowercases_choices_but_not_i():
     options = [o for e in data.train + data.eval for o in e.options]
     assert sum(o.startswith((" I ", " I'")) for o in options) > 100  # "I" kept (149 of the 1000 choices start with it)
     assert not any(o.startswith((" i ", " i'")) for o in options)
-    assert any(o.startswith(" the ") for o in options) and not any(o.startswith(" The ") for o in options)
+    assert any(o.startswith(" the ") for o in options) and not any(o.split()[0] == "The" for o in options)
+    assert not any(o.startswith("  ") for o in options)  # a choice in the data starts with a space
 
 
 @pytest.mark.parametrize("sentence,context,expected", [
