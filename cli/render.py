@@ -10,6 +10,7 @@ from typing import Iterator
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
+from rich.text import Text
 
 out = Console(soft_wrap=True, highlight=False)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -27,11 +28,11 @@ def note(message: str) -> None:
 
 def table(title: str | None, columns: list[str], rows: list[list[object]]) -> None:
     """Print a table to stdout."""
-    t = Table(title=title, show_edge=False, header_style="bold")
+    t = Table(title=Text(title) if title else None, show_edge=False, header_style="bold")
     for c in columns:
         t.add_column(c)
-    for r in rows:
-        t.add_row(*[str(x) for x in r])
+    for r in rows:  # plain Text: values from artifacts are data, never rich markup
+        t.add_row(*[Text(str(x)) for x in r])
     out.print(t)
 
 

@@ -35,7 +35,7 @@ from typing import Callable
 import torch
 import torch.distributed as dist
 
-from . import __version__
+from . import __version__, schema
 from .build import _maybe_init_distributed
 from .delta import DELTA_CARD_TAGS, DELTA_FILE, load_delta, save_delta
 from .devices import check_device_spec, check_dtype_spec, dtype_name, resolve_device, resolve_dtype
@@ -239,11 +239,8 @@ def _check_out(config: FinetuneConfig, resume: bool) -> int:
     cfg_path = out / CONFIG_FILE
     if not cfg_path.is_file():
         raise TrainingError(f"--resume: {out} holds no {CONFIG_FILE}", hint="resume a folder written by szoq finetune, or drop --resume")
-    try:
-        saved = json.loads(cfg_path.read_text())
-    except ValueError:
-        raise TrainingError(f"--resume: {cfg_path} is not valid JSON", hint="the run folder is damaged; start a new run") from None
-    saved_settings = {k: v for k, v in saved.get("settings", {}).items() if k not in _RESUME_FREE}
+    saved = schema.run_config(cfg_path, TrainingError, hint="the run folder is damaged; start a new run")  # types checked
+    saved_settings = {k: v for k, v in saved["settings"].items() if k not in _RESUME_FREE}
     differ = sorted(k for k in set(saved_settings) | set(_identity(config)) if saved_settings.get(k) != _identity(config).get(k))
     if differ:
         shown = ", ".join(f"{k} ({saved_settings.get(k)!r} -> {_identity(config).get(k)!r})" for k in differ[:3])
@@ -282,9 +279,17 @@ def _load_checkpoint(out: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]
         return None
     try:
         with safe_open(str(path), framework="pt") as fh:
-            return {k: fh.get_tensor(k) for k in fh.keys()}, dict(fh.metadata() or {})
-    except (SafetensorError, OSError, ValueError) as exc:
+            tensors, meta = {k: fh.get_tensor(k) for k in fh.keys()}, dict(fh.metadata() or {})
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         raise TrainingError(f"{path} is corrupt ({str(exc).splitlines()[0]})", hint="start a new run in another --out folder") from None
+    try:
+        float(meta.get("best_dev", "-inf"))
+        ok = "values" in tensors and meta.get("step", "").isdigit() and (meta.get("best_step") or "0").isdigit()
+    except ValueError:
+        ok = False
+    if not ok:
+        raise TrainingError(f"{path} is corrupt (no values or no step)", hint="start a new run in another --out folder")
+    return tensors, meta
 
 
 def _save_checkpoint(out: Path, values: torch.Tensor, opt_state: dict[str, torch.Tensor], meta: dict[str, str],
