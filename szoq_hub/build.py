@@ -20,7 +20,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from .build_plan import BuildPlan, activation_bytes, parse_size, plan_groups, resident_bytes
+from .build_plan import BuildPlan, activation_bytes, layer_of, parse_size, plan_groups, resident_bytes
 from .calibration import load_windows
 from .checkpoint import _ST_DTYPES, KeyMapper, checkpoint_files, iter_tensors
 from .errors import ConfigError, DependencyError, ModelError
@@ -314,8 +314,10 @@ def _fisher_select(config: MaskBuildConfig, source: ModelSource, files: list[Pat
 
         shard_numels = shard_model(model, numels)
     budget = parse_size(config.max_memory) if config.max_memory else None
+    # In 4-bit mode the embedded sequence needs a gradient, so every layer keeps activations.
+    first = (lambda name: 0) if config.score_quant != "none" else layer_of
     plan: BuildPlan = plan_groups(targets, shard_numels, budget=budget, resident=resident_bytes(device),
-                                  activations=activation_bytes(model.config, windows.shape[1], dtype),
+                                  activations=lambda name: activation_bytes(model.config, windows.shape[1], dtype, first(name)),
                                   grad_bytes=torch.finfo(dtype).bits // 8)
     if plan_out is not None:
         plan_out.update(plan.to_dict())

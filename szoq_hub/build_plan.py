@@ -14,6 +14,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -57,11 +58,19 @@ def resident_bytes(device: torch.device) -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def activation_bytes(config, seq_len: int, dtype: torch.dtype) -> int:
+def layer_of(name: str) -> int:
+    """The decoder layer a parameter belongs to (`...layers.12...` -> 12; 0 when none)."""
+    m = re.search(r"\.(\d+)\.", name)
+    return int(m.group(1)) if m else 0
+
+
+def activation_bytes(config, seq_len: int, dtype: torch.dtype, first_layer: int = 0) -> int:
     """Upper estimate of what autograd keeps for one window of `seq_len` tokens.
 
-    Per decoder layer: the residual stream, norms, q/k/v/o, attention probabilities and the
-    MLP's gate/up/act tensors; then the logits with their fp32 loss copies and gradient.
+    Per decoder layer from `first_layer` on (autograd saves nothing before the first layer
+    whose output needs a gradient): the residual stream, norms, q/k/v/o, attention
+    probabilities and the MLP's gate/up/act tensors; then the logits with their fp32 loss
+    copies and gradient.
     """
     h = config.hidden_size
     inter = getattr(config, "intermediate_size", 4 * h)
@@ -71,7 +80,8 @@ def activation_bytes(config, seq_len: int, dtype: torch.dtype) -> int:
     elt = torch.finfo(dtype).bits // 8
     per_layer = seq_len * (8 * h + 2 * kv + 5 * inter) * elt + 2 * heads * seq_len * seq_len * elt
     logits = seq_len * vocab * (elt + 3 * 4)
-    return int((config.num_hidden_layers * per_layer + logits) * _SAFETY)
+    layers = max(config.num_hidden_layers - first_layer, 1)
+    return int((layers * per_layer + logits) * _SAFETY)
 
 
 @dataclass
@@ -89,8 +99,8 @@ class BuildPlan:
                 "activations": self.activations, "accumulator_bytes": self.accumulators}
 
 
-def plan_groups(targets: list[str], numels: dict[str, int], *, budget: int | None, resident: int, activations: int,
-                grad_bytes: int) -> BuildPlan:
+def plan_groups(targets: list[str], numels: dict[str, int], *, budget: int | None, resident: int,
+                activations: int | Callable[[str], int], grad_bytes: int) -> BuildPlan:
     """Pack targets in order into passes whose accumulators fit the budget.
 
     Args:
@@ -98,32 +108,39 @@ def plan_groups(targets: list[str], numels: dict[str, int], *, budget: int | Non
         numels: name -> weights the process holds accumulators for (a shard under FSDP).
         budget: `--max-memory` in bytes, or None for one pass over everything.
         resident: Bytes held before scoring (process, libraries, model).
-        activations: Estimated activation bytes of one window.
+        activations: Estimated activation bytes of one window, or a function giving them for
+            a pass whose group starts at the named tensor (later layers keep less).
         grad_bytes: Bytes per element of a weight gradient (the scoring dtype).
 
     Raises:
         ConfigError: the budget cannot hold the model, activations and one tensor's pass.
     """
+    act = activations if callable(activations) else (lambda name: activations)
+    full = max(act(n) for n in targets)
     if budget is None:
-        return BuildPlan([list(targets)], None, resident, activations, [4 * sum(numels[n] for n in targets)])
+        return BuildPlan([list(targets)], None, resident, full, [4 * sum(numels[n] for n in targets)])
     largest = max(numels[n] for n in targets)
     transient = largest * (grad_bytes + 4 + 2)  # one gradient, its fp32 copy, selection masks
-    room = budget - resident - activations - transient - _RESERVE
-    need = resident + activations + transient + _RESERVE + 4 * largest
-    if room < 4 * largest:
+
+    def room(first: str) -> int:  # accumulator bytes a pass starting at `first` can hold
+        return budget - resident - act(first) - transient - _RESERVE
+
+    worst = min(targets, key=lambda n: room(n) - 4 * numels[n])
+    if room(worst) < 4 * numels[worst]:
+        need = resident + act(worst) + transient + _RESERVE + 4 * numels[worst]
         raise ConfigError(
             f"--max-memory {format_size(budget)} cannot hold this build: {format_size(resident)} resident with the model, "
-            f"~{format_size(activations)} activations and {format_size(transient + 4 * largest)} for its largest tensor",
+            f"~{format_size(act(worst))} activations and {format_size(transient + 4 * numels[worst])} for one tensor's pass",
             hint=f"raise --max-memory to at least {format_size(need * 1.02)}, or shrink the resident model: --score-quant nf4, --dtype bfloat16, --seq-len",
         )
     groups: list[list[str]] = []
     sizes: list[int] = []
     for name in targets:
         cost = 4 * numels[name]
-        if groups and sizes[-1] + cost <= room:
+        if groups and sizes[-1] + cost <= room(groups[-1][0]):
             groups[-1].append(name)
             sizes[-1] += cost
         else:
             groups.append([name])
             sizes.append(cost)
-    return BuildPlan(groups, budget, resident, activations, sizes)
+    return BuildPlan(groups, budget, resident, full, sizes)

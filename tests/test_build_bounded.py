@@ -143,7 +143,7 @@ def test_fp32_build_equals_unbounded_reference_and_bounded_passes_change_nothing
     budget = acts + 160 * 2**20 + largest * (4 + 4 + 2) + 4 * 2 * largest
     plan: dict = {}
     bounded, _ = build_mask(cfg(tiny_model_dir, tiny_text_file, density=0.02, scope=scope, max_memory=str(budget)), None, plan_out=plan)
-    assert plan["passes"] >= 5
+    assert plan["passes"] >= 3
     assert_same_indices(bounded.indices, want)
     assert bounded.config.stats == mask.config.stats
 
