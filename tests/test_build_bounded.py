@@ -81,6 +81,13 @@ def test_plan_packs_in_order_and_refuses_a_budget_below_one_tensor():
     assert plan.groups == [["a", "b"], ["c", "d"]]  # order kept; each group's fp32 accumulators fit 16 kB
     assert all(size <= 4 * 4000 for size in plan.accumulators)
     assert plan_groups(list(numels), numels, budget=None, **base).groups == [list(numels)]
+    # a pass that starts at a later layer keeps fewer activations, so its group may hold more
+    later = plan_groups(list(numels), numels, budget=reserve + transient + 4 * 4000 + 8000,
+                        activations=lambda n: 8000 if n in ("a", "b") else 0, resident=0, grad_bytes=2)
+    assert later.groups == [["a", "b"], ["c", "d"]] and later.accumulators == [16000, 10000]
+    tight = plan_groups(list(numels), numels, budget=reserve + transient + 4 * 3000 + 8000,
+                        activations=lambda n: 8000 if n == "a" else 0, resident=0, grad_bytes=2)
+    assert tight.groups == [["a"], ["b", "c"], ["d"]]
     with pytest.raises(ConfigError, match="cannot hold") as info:
         plan_groups(list(numels), numels, budget=reserve + transient + 4 * 2999, **base)
     assert "at least" in info.value.hint
@@ -235,6 +242,8 @@ def test_cli_rejects_bad_memory_device_and_dtype(run_cli, tiny_model_dir, tiny_t
     assert_one_line_error(*run_cli(*base, "--dtype", "int3")[::2], "--dtype")
     if not torch.cuda.is_available():
         assert_one_line_error(*run_cli(*base, "--device", "cuda:0")[::2], "not available")
+    assert_one_line_error(*run_cli(*base, "--fsdp")[::2], "torchrun")
+    assert_one_line_error(*run_cli(*base, "--fsdp", "--score-quant", "nf4")[::2], "cannot be combined")
     code, out, err = run_cli(*base, "--max-memory", "100MB")
     assert_one_line_error(code, err, "cannot hold")
     assert "at least" in err
