@@ -9,6 +9,7 @@ over groups of target tensors (`build_plan`). Magnitude and random builds load n
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -20,14 +21,14 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from .build_plan import BuildPlan, activation_bytes, layer_of, parse_size, plan_groups, resident_bytes
+from .build_plan import BuildPlan, activation_bytes, layer_of, parse_size, pass_cost, plan_groups, resident_bytes
 from .calibration import load_windows
 from .checkpoint import _ST_DTYPES, KeyMapper, checkpoint_files, iter_tensors
 from .errors import ConfigError, DependencyError, ModelError
 from .mask import MaskConfig, SCOPES, SensitivityMask, check_density, mask_stats, save_mask
 from .models import DEFAULT_MODEL, ModelSource, load_config, model_fingerprint, resolve_model, target_parameter_names
 from .selection import StreamingSelector
-from .sensitivity import (SCORE_QUANTS, Frozen4bitLinear, ProgressFn, check_scorer, fisher_scores,
+from .sensitivity import (SCORE_QUANTS, Frozen4bitLinear, ProgressFn, check_scorer, checkpointed_layers, decoder_layers, fisher_scores,
                           shard_windows, stream_magnitude_scores, stream_random_scores)
 
 log = logging.getLogger(__name__)
@@ -314,11 +315,7 @@ def _fisher_select(config: MaskBuildConfig, source: ModelSource, files: list[Pat
 
         shard_numels = shard_model(model, numels)
     budget = parse_size(config.max_memory) if config.max_memory else None
-    # In 4-bit mode the embedded sequence needs a gradient, so every layer keeps activations.
-    first = (lambda name: 0) if config.score_quant != "none" else layer_of
-    plan: BuildPlan = plan_groups(targets, shard_numels, budget=budget, resident=resident_bytes(device),
-                                  activations=lambda name: activation_bytes(model.config, windows.shape[1], dtype, first(name)),
-                                  grad_bytes=torch.finfo(dtype).bits // 8)
+    plan = _plan(model, config, targets, shard_numels, budget, resident_bytes(device), windows.shape[1], dtype)
     if plan_out is not None:
         plan_out.update(plan.to_dict())
     log.info("fisher build in %d pass(es)", len(plan.groups))
@@ -326,6 +323,39 @@ def _fisher_select(config: MaskBuildConfig, source: ModelSource, files: list[Pat
     if not config.fsdp and dist.is_available() and dist.is_initialized():  # data-parallel: this rank's share
         per_pass = len(shard_windows(windows.shape[0], dist.get_rank(), dist.get_world_size()))
     total = per_pass * len(plan.groups)
+    with checkpointed_layers(model) if plan.checkpointed else contextlib.nullcontext():
+        _run_passes(model, config, plan, windows, selector, progress, per_pass, total)
+    return info.to_dict()
+
+
+def _plan(model: nn.Module, config: MaskBuildConfig, targets: list[str], numels: dict[str, int], budget: int | None,
+          resident: int, seq_len: int, dtype: torch.dtype) -> BuildPlan:
+    """The cheaper of the plans with and without checkpointed decoder layers that fits.
+
+    Raises:
+        ConfigError: neither fits the budget (the error of the smaller need).
+    """
+    # In 4-bit mode the embedded sequence needs a gradient, so every layer keeps activations.
+    first = (lambda name: 0) if config.score_quant != "none" else layer_of
+    n_layers = getattr(model.config, "num_hidden_layers", 1)
+    options = [False] + ([True] if budget is not None and decoder_layers(model) and not config.fsdp else [])
+    plans, errors = [], []
+    for ckpt in options:
+        try:
+            plan = plan_groups(targets, numels, budget=budget, resident=resident, grad_bytes=torch.finfo(dtype).bits // 8,
+                               activations=lambda name, ckpt=ckpt: activation_bytes(model.config, seq_len, dtype, first(name), ckpt))
+        except ConfigError as exc:
+            errors.append(exc)
+            continue
+        plan.checkpointed = ckpt
+        plans.append(plan)
+    if not plans:
+        raise errors[-1]
+    return min(plans, key=lambda p: pass_cost(p.groups, n_layers, p.checkpointed))
+
+
+def _run_passes(model: nn.Module, config: MaskBuildConfig, plan: BuildPlan, windows: torch.Tensor, selector: StreamingSelector,
+                progress: ProgressFn | None, per_pass: int, total: int) -> None:
     for p, group in enumerate(plan.groups):
         if config.fsdp:
             from .fsdp_scoring import fsdp_fisher_select
@@ -335,4 +365,3 @@ def _fisher_select(config: MaskBuildConfig, source: ModelSource, files: list[Pat
         acc = fisher_scores(model, group, windows, progress=progress, progress_offset=p * per_pass, progress_total=total)
         for name in group:  # select as the pass ends; free each accumulator at once
             selector.add(name, acc.pop(name))
-    return info.to_dict()

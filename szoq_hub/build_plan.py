@@ -64,13 +64,13 @@ def layer_of(name: str) -> int:
     return int(m.group(1)) if m else 0
 
 
-def activation_bytes(config, seq_len: int, dtype: torch.dtype, first_layer: int = 0) -> int:
+def activation_bytes(config, seq_len: int, dtype: torch.dtype, first_layer: int = 0, checkpointed: bool = False) -> int:
     """Upper estimate of what autograd keeps for one window of `seq_len` tokens.
 
     Per decoder layer from `first_layer` on (autograd saves nothing before the first layer
     whose output needs a gradient): the residual stream, norms, q/k/v/o, attention
     probabilities and the MLP's gate/up/act tensors; then the logits with their fp32 loss
-    copies and gradient.
+    copies and gradient. With `checkpointed` decoder layers, only each layer's input is kept.
     """
     h = config.hidden_size
     inter = getattr(config, "intermediate_size", 4 * h)
@@ -81,7 +81,22 @@ def activation_bytes(config, seq_len: int, dtype: torch.dtype, first_layer: int 
     per_layer = seq_len * (8 * h + 2 * kv + 5 * inter) * elt + 2 * heads * seq_len * seq_len * elt
     logits = seq_len * vocab * (elt + 3 * 4)
     layers = max(config.num_hidden_layers - first_layer, 1)
+    if checkpointed:  # each layer keeps its input; one layer at a time is recomputed in full
+        return int((layers * seq_len * h * elt + per_layer + logits) * _SAFETY)
     return int((layers * per_layer + logits) * _SAFETY)
+
+
+def pass_cost(plan_groups_: list[list[str]], n_layers: int, checkpointed: bool) -> float:
+    """Relative compute of a plan, in forwards of the whole model per window.
+
+    A pass runs the full forward and backpropagates down to its group's first layer (backward
+    ~2x forward); checkpointing adds one more forward of those layers.
+    """
+    total = 0.0
+    for group in plan_groups_:
+        depth = (n_layers - layer_of(group[0])) / max(n_layers, 1)
+        total += 1 + (3 if checkpointed else 2) * depth
+    return total
 
 
 @dataclass
@@ -93,9 +108,10 @@ class BuildPlan:
     resident: int
     activations: int
     accumulators: list[int]
+    checkpointed: bool = False
 
     def to_dict(self) -> dict:
-        return {"passes": len(self.groups), "budget": self.budget, "resident": self.resident,
+        return {"passes": len(self.groups), "budget": self.budget, "checkpointed": self.checkpointed, "resident": self.resident,
                 "activations": self.activations, "accumulator_bytes": self.accumulators}
 
 

@@ -16,6 +16,7 @@ Magnitude and random scores need no model: they stream tensor by tensor (`stream
 from __future__ import annotations
 
 import logging
+from contextlib import contextmanager
 from typing import Callable, Iterator
 
 import torch
@@ -191,6 +192,42 @@ def fisher_scores(
             p.requires_grad_(saved[n])
             p.grad = None
     return acc
+
+
+def decoder_layers(model: nn.Module) -> list[nn.Module]:
+    """The model's decoder blocks (the classes transformers never splits across devices)."""
+    kinds = set(getattr(model, "_no_split_modules", None) or ())
+    return [m for m in model.modules() if type(m).__name__ in kinds]
+
+
+@contextmanager
+def checkpointed_layers(model: nn.Module):
+    """Recompute each decoder block in backward instead of keeping its activations.
+
+    Autograd then keeps one [1, L, hidden] input per block, plus one block's activations
+    while it is recomputed; the recomputation runs the same kernels on the same inputs, so
+    gradients are unchanged. Costs one more forward of the backpropagated layers per window.
+    """
+    from torch.utils.checkpoint import checkpoint
+
+    patched = []
+    for layer in decoder_layers(model):
+        own = layer.__dict__.get("forward")
+        original = layer.forward
+
+        def forward(*args, _original=original, **kwargs):
+            return checkpoint(_original, *args, use_reentrant=False, **kwargs)
+
+        layer.forward = forward
+        patched.append((layer, own))
+    try:
+        yield
+    finally:
+        for layer, own in patched:
+            if own is None:
+                del layer.forward
+            else:
+                layer.forward = own
 
 
 def stream_magnitude_scores(tensors: Iterator[tuple[str, torch.Tensor]]) -> Iterator[tuple[str, torch.Tensor]]:

@@ -155,6 +155,22 @@ def test_fp32_build_equals_unbounded_reference_and_bounded_passes_change_nothing
     assert bounded.config.stats == mask.config.stats
 
 
+def test_checkpointed_layers_give_the_same_scores_bit_for_bit(tiny_model_dir, tiny_text_file):
+    from szoq_hub.sensitivity import checkpointed_layers, decoder_layers
+
+    loaded = load_model(resolve_model(str(tiny_model_dir)))
+    model, targets = loaded.model, target_parameter_names(loaded.model)
+    windows, _ = load_windows(str(tiny_text_file), loaded.tokenizer, samples=2, seq_len=12)
+    plain = fisher_scores(model, targets, windows)
+    assert len(decoder_layers(model)) == 2
+    with checkpointed_layers(model):
+        assert all("forward" in layer.__dict__ for layer in decoder_layers(model))
+        ckpt = fisher_scores(model, targets[3:], windows)
+    assert not any("forward" in layer.__dict__ for layer in decoder_layers(model))  # restored
+    for n in targets[3:]:
+        assert torch.equal(ckpt[n], plain[n]), n
+
+
 def test_bf16_checkpoint_scores_in_bf16_with_fp32_accumulators(bf16_model_dir, tiny_text_file):
     source = resolve_model(str(bf16_model_dir))
     model = load_scoring_model(source, dtype=torch.bfloat16)
