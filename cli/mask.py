@@ -42,7 +42,7 @@ def build(
     version: Optional[str] = typer.Option(None, help="Registry version (default: next vN)."),
     out_dir: Optional[Path] = typer.Option(None, "--out", help="Also write the artifact folder here."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
-    dtype: str = typer.Option("auto", help="Scoring dtype: auto (the checkpoint's), float32, bfloat16, float16; Σg² is fp32."),
+    dtype: str = typer.Option("auto", help="Scoring dtype: auto (the checkpoint's), bf16, fp16, fp32; Σg² is fp32."),
     max_memory: Optional[str] = typer.Option(None, help="Memory bound of a fisher build, e.g. 3.5GB: scores in passes over groups of tensors."),
     score_quant: str = typer.Option("none", help="Frozen base while scoring: none or nf4 (bitsandbytes 4-bit, QLoRA-style)."),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),

@@ -24,6 +24,7 @@ from torch import nn
 from .build_plan import BuildPlan, activation_bytes, layer_of, parse_size, pass_cost, plan_groups, resident_bytes
 from .calibration import load_windows
 from .checkpoint import _ST_DTYPES, KeyMapper, checkpoint_files, iter_tensors
+from .devices import DTYPES as SHARED_DTYPES, check_device_spec, resolve_device
 from .errors import ConfigError, DependencyError, ModelError
 from .mask import MaskConfig, SCOPES, SensitivityMask, check_density, mask_stats, save_mask
 from .models import DEFAULT_MODEL, ModelSource, load_config, model_fingerprint, resolve_model, target_parameter_names
@@ -34,8 +35,8 @@ from .sensitivity import (SCORE_QUANTS, Frozen4bitLinear, ProgressFn, check_scor
 log = logging.getLogger(__name__)
 
 DEFAULT_CALIBRATION = "c4"
-DTYPES = {"auto": None, "float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-          "float16": torch.float16, "fp16": torch.float16}
+# `auto` = the checkpoint's own dtype (mask build scores in it); the rest as `--dtype` elsewhere
+DTYPES = {"auto": None, **SHARED_DTYPES, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 @dataclass
@@ -52,7 +53,7 @@ class MaskBuildConfig:
     scorer: str = field(default="fisher", metadata={"help": "fisher, magnitude or random"})
     targets: str | None = field(default=None, metadata={"help": "regex over parameter names"})
     seed: int = field(default=0, metadata={"help": "seed of window order and random scores"})
-    dtype: str = field(default="auto", metadata={"help": "scoring dtype: auto (the checkpoint's), float32, bfloat16, float16"})
+    dtype: str = field(default="auto", metadata={"help": "scoring dtype: auto (the checkpoint's), bf16, fp16, fp32"})
     max_memory: str | None = field(default=None, metadata={"help": "memory bound of a fisher build, e.g. 3.5GB"})
     score_quant: str = field(default="none", metadata={"help": "frozen base while scoring: none or nf4"})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda or cuda:N"})
@@ -66,33 +67,14 @@ class MaskBuildConfig:
         if self.samples < 1 or self.seq_len < 2:
             raise ConfigError(f"need --samples >= 1 and --seq-len >= 2 (got {self.samples}, {self.seq_len})", hint="e.g. --samples 32 --seq-len 256")
         if self.dtype not in DTYPES:
-            raise ConfigError(f"unknown --dtype {self.dtype!r}", hint="choose one of: auto, float32, bfloat16, float16")
+            raise ConfigError(f"unknown --dtype {self.dtype!r}", hint="choose one of: auto (the checkpoint's), bf16, fp16, fp32")
         if self.score_quant not in SCORE_QUANTS:
             raise ConfigError(f"unknown --score-quant {self.score_quant!r}", hint=f"choose one of: {', '.join(SCORE_QUANTS)}")
         if self.max_memory is not None:
             parse_size(self.max_memory)
         if self.score_quant != "none" and self.fsdp:
             raise ConfigError("--score-quant nf4 and --fsdp cannot be combined", hint="FSDP shards full-precision weights; use one or the other")
-        resolve_device(self.device)
-
-
-def resolve_device(spec: str) -> torch.device:
-    """`auto` (CUDA when available, else CPU), `cpu`, `cuda` or `cuda:N`.
-
-    Raises:
-        ConfigError: an unknown device or one this machine does not have.
-    """
-    if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(spec)
-    except RuntimeError:
-        raise ConfigError(f"unknown --device {spec!r}", hint="choose auto, cpu, cuda or cuda:N") from None
-    if device.type not in ("cpu", "cuda"):
-        raise ConfigError(f"unsupported --device {spec!r}", hint="choose auto, cpu, cuda or cuda:N")
-    if device.type == "cuda" and (not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()):
-        raise ConfigError(f"--device {spec} is not available on this machine", hint="use --device cpu (or auto)")
-    return device
+        check_device_spec(self.device)
 
 
 def _maybe_init_distributed(device: torch.device | None = None) -> None:
@@ -187,7 +169,7 @@ def load_scoring_model(source: ModelSource, *, dtype: torch.dtype, quant: str = 
                 raise ModelError(f"checkpoint tensor {key} has shape {list(tensor.shape)}, the model expects {list(old.weight.shape)}", hint="the config and weights do not match")
             setattr(lm.get_submodule(parent), leaf, Frozen4bitLinear(tensor.to(device), old.bias, dtype))
             loaded.add(key)
-        elif _set_tensor(lm, key, tensor.to(device), dtype):
+        elif _set_tensor(lm, key, tensor, dtype, device):
             loaded.add(key)
         else:
             log.warning("checkpoint tensor %s has no place in the model; ignored", key)

@@ -257,7 +257,7 @@ def test_cli_rejects_bad_memory_device_and_dtype(run_cli, tiny_model_dir, tiny_t
     assert_one_line_error(*run_cli(*base, "--max-memory", "lots")[::2], "--max-memory")
     assert_one_line_error(*run_cli(*base, "--dtype", "int3")[::2], "--dtype")
     if not torch.cuda.is_available():
-        assert_one_line_error(*run_cli(*base, "--device", "cuda:0")[::2], "not available")
+        assert_one_line_error(*run_cli(*base, "--device", "cuda:0")[::2], "no CUDA")
     assert_one_line_error(*run_cli(*base, "--fsdp")[::2], "torchrun")
     assert_one_line_error(*run_cli(*base, "--fsdp", "--score-quant", "nf4")[::2], "cannot be combined")
     code, out, err = run_cli(*base, "--max-memory", "100MB")
