@@ -164,7 +164,7 @@ def mask_for(cell: Cell) -> tuple[str, list[str] | None]:
 
 def run_cell(cell: Cell) -> dict:
     """Run one cell through the CLI and return its record."""
-    t0 = time.perf_counter()
+    t0, sha = time.perf_counter(), _git_sha()  # the code the cell starts with
     extra: dict = {}
     if not cell.trains:
         argv = ["eval", "--model", MODEL, "--task", cell.task, "--eval-samples", str(EVAL), "--seed", str(cell.seed), "--json"]
@@ -198,7 +198,7 @@ def run_cell(cell: Cell) -> dict:
         extra.update(metric=metric, best_step=res["best_step"], best_dev=res["best_dev"], nnz=cfg["nnz"], dev_n=cfg["task"]["dev"],
                      resumed=bool(resume))
     return {**asdict(cell), "key": cell.key, "accuracy": acc, "n": n, "lr": lr, "eps": eps, "dev_curve": curve,
-            "wall_s": round(time.perf_counter() - t0, 1), "git_sha": _git_sha(), "argv": argv, **extra}
+            "wall_s": round(time.perf_counter() - t0, 1), "git_sha": sha, "argv": argv, **extra}
 
 
 def transfer(task: str) -> dict:
