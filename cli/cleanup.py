@@ -6,7 +6,7 @@ import typer
 
 from szoq_hub.cleanup import collect_garbage
 
-from .render import note, print_json, table
+from .render import note, print_json
 from .root import app
 
 
@@ -20,8 +20,9 @@ def gc_cmd(
     if as_json:
         print_json(report.to_dict())
         return
-    if report.removed:
-        table(None, ["kind", "path", "bytes"], [[d.kind, d.path, f"{d.bytes:,}"] for d in report.removed])
+    for d in report.removed:  # one line each, never cut: KIND<TAB>BYTES<TAB>PATH
+        print(f"{d.kind}\t{d.bytes}\t{d.path}")
     verb = "would free" if dry_run else "freed"
+    size = f"{report.freed_bytes / 2**20:.1f} MiB" if report.freed_bytes >= 2**20 else f"{report.freed_bytes:,} bytes"
     busy = f"; {report.busy} temp file(s) of running szoq processes left alone" if report.busy else ""
-    note(f"{verb} {report.freed_bytes / 2**20:.1f} MiB in {len(report.removed)} item(s){busy}")
+    note(f"{verb} {size} in {len(report.removed)} item(s){busy}")
