@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import sys
 
 from szoq_hub.errors import Interrupted, SzoqError
+from szoq_hub.paths import shorten
 
 from .root import app  # noqa: F401  (the app `main` runs; tests and tools import it from here)
 
@@ -29,6 +31,18 @@ def _hub_error(exc: Exception) -> SzoqError | None:
     except ImportError:
         return None
     return as_szoq_error(exc)
+
+
+# File-system refusals a user can act on (a bad path, permissions, a full disk), not bugs.
+_FILE_ERRNOS = {errno.ENAMETOOLONG, errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.ENOTDIR, errno.EISDIR,
+                errno.ELOOP, errno.EEXIST, errno.ENOENT}
+
+
+def _file_error(exc: Exception) -> SzoqError | None:
+    """An OSError about a named file, as a one-line error."""
+    if not isinstance(exc, OSError) or exc.errno not in _FILE_ERRNOS or exc.filename is None:
+        return None
+    return SzoqError(f"{exc.strerror}: {shorten(exc.filename)}", hint="check the path, its permissions and the free space")
 
 
 def _interrupt_in(exc: BaseException) -> KeyboardInterrupt | None:
@@ -70,7 +84,7 @@ def main() -> None:
     except Exception as exc:  # the one place errors are mapped
         if os.environ.get("SZOQ_DEBUG"):
             raise
-        mapped = exc if isinstance(exc, SzoqError) else _hub_error(exc)
+        mapped = exc if isinstance(exc, SzoqError) else _hub_error(exc) or _file_error(exc)
         if mapped is None:
             print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
             print("hint: this is a bug in szoq; rerun with --debug for the traceback and report it", file=sys.stderr)

@@ -15,7 +15,7 @@ from . import schema
 from .delta import DELTA_CARD_TAGS, DELTA_FILE, Delta, load_delta
 from .errors import ConfigError, MaskError
 from .mask import card_base_model
-from .paths import file_sha256, shorten
+from .paths import file_sha256, path_exists, shorten
 from .transport import CARD_FILE, Artifact, PullResult, PushResult, check_repo_id, copy_out, fetch_artifact, push_artifact
 
 RUN_CONFIG_FILE = "finetune_config.json"  # the names szoq finetune writes (szoq_hub.finetune)
@@ -110,7 +110,7 @@ def push_delta(folder: str | Path, *, repo_id: str, tag: str | None = None, priv
     """
     check_repo_id(repo_id)
     path = Path(folder).expanduser()
-    if not path.exists():
+    if not path_exists(path):
         raise ConfigError(f"{shorten(path)} not found", hint="push the --out folder of a finished szoq finetune run")
     return push_artifact(DELTA, path.parent if path.name == DELTA_FILE else path, repo_id=repo_id, tag=tag, private=private, token=token,
                          create_pr=create_pr, message=message, ref=None)

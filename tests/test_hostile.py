@@ -286,3 +286,15 @@ def test_hub_ref_is_usable_when_its_default_alias_is_taken(hub, tmp_path, run_cl
     code, _, err = run_cli("mask", "pull", f"{repo}@v1", "--name", alias)
     assert_one_line_error(code, err, "already exists with other content")
 
+
+
+def test_a_10k_character_path_is_a_one_line_error(tiny_model_dir, tmp_path, run_cli):
+    train = tmp_path / "train.jsonl"
+    train.write_text("".join(json.dumps({"text": f"row {i}", "label": i % 2}) + "\n" for i in range(8)))
+    long = str(tmp_path / ("o" * 10_000))
+    for args in (["finetune", "--model", str(tiny_model_dir), "--mask", "smollm2-135m-instruct", "--train", str(train), "--template", "{text}",
+                  "--labels", "0=bad,1=good", "--quant", "none", "--steps", "1", "--out", long],
+                 ["delta", "push", long, "--repo", "team/x"], ["mask", "push", long, "--repo", "team/x"], ["eval", "--delta", long]):
+        code, _, err = run_cli(*args)
+        assert_one_line_error(code, err)
+        assert "bug" not in err and len(err) < 1000, args
