@@ -51,11 +51,7 @@ def merge(*, model: str, mask_ref: str, delta: str | Path, out: str | Path, dtyp
     loaded_delta = load_delta(delta, mask=mask, mask_sha256=mask_sha, fingerprint=fingerprint)
     loaded = load_model(source, dtype=torch.float32)
     loaded.model.to(target)
-    params = dict(loaded.model.named_parameters())
-    with torch.no_grad():
-        for name, idx in mask.indices.items():
-            flat = params[name].view(-1)  # [out * in]
-            flat[idx.to(device=target, dtype=torch.long)] = loaded_delta.tensors[name].to(target)  # [nnz_name] into the flat weight
+    loaded_delta.merge_into(loaded.model, mask)  # W.flatten()[M] = values, in fp32
     loaded.model.to(DTYPES[dtype])
     with atomic_dir(out) as tmp:
         loaded.model.save_pretrained(tmp)
