@@ -9,7 +9,8 @@ from typing import Optional
 import typer
 
 from szoq_hub.refs import resolve_delta_ref
-from szoq_hub.finetune import DEFAULT_LR, DEFAULT_MASK, FinetuneConfig, finetune
+from szoq_hub import FinetuneConfig, finetune
+from szoq_hub.finetune import DEFAULT_LR, DEFAULT_MASK
 from szoq_hub.models import DEFAULT_MODEL
 
 from .root import app

@@ -10,13 +10,13 @@ from typing import Optional
 
 import typer
 
-from szoq_hub.build import MaskBuildConfig, build_mask, is_main_process
+from szoq_hub import MaskBuildConfig, SensitivityMask, build_mask
+from szoq_hub.build import is_main_process
 from szoq_hub.catalog import builtin_masks
 from szoq_hub.errors import MaskError
-from szoq_hub.mask import diff_masks, load_mask, save_mask
-from szoq_hub.models import DEFAULT_MODEL, fingerprint_from, parameter_layout, resolve_model
+from szoq_hub.mask import diff_masks, save_mask
+from szoq_hub.models import DEFAULT_MODEL
 from szoq_hub.paths import path_exists, scratch_dir
-from szoq_hub.refs import open_mask, resolve_mask_ref
 from szoq_hub.registry import Registry
 
 from .root import app
@@ -152,9 +152,8 @@ def show(ref: str = typer.Argument(..., help="NAME[@VERSION], a folder, or ORG/N
          as_json: bool = typer.Option(False, "--json", help="Print JSON."),
          plot: Optional[Path] = typer.Option(None, "--plot", help="Also draw a density / captured-share heatmap to this PNG.")) -> None:
     """Show a mask's metadata, stats and per-layer density. Example: szoq mask show smollm2-135m-instruct --plot mask.png"""
-    folder = resolve_mask_ref(ref)
-    mask = load_mask(folder)
-    cfg = mask.config
+    mask = SensitivityMask.from_pretrained(ref)
+    folder, cfg = mask.path, mask.config
     if plot is not None:
         from szoq_hub.plots import plot_mask
 
@@ -180,12 +179,7 @@ def show(ref: str = typer.Argument(..., help="NAME[@VERSION], a folder, or ORG/N
 def verify(ref: str = typer.Argument(..., help="NAME[@VERSION], a folder, or ORG/NAME[@REV]."),
            model: Optional[str] = typer.Option(None, help="Also check the fingerprint against this model.")) -> None:
     """Verify a mask artifact (and its fit to a model). Example: szoq mask verify mymask --model smollm2-135m-instruct"""
-    fingerprint, layout = None, None
-    if model:
-        source = resolve_model(model)
-        layout = parameter_layout(source)  # the recorded shapes must be this model's too
-        fingerprint = fingerprint_from(layout, source.identity)
-    mask = open_mask(ref, fingerprint=fingerprint, layout=layout)
+    mask = SensitivityMask.from_pretrained(ref, model=model)
     print(f"ok\t{ref}\t{mask.nnz} weights" + (f"\tmatches {model}" if model else ""))
 
 
@@ -200,7 +194,7 @@ def rm(ref: str = typer.Argument(..., help="NAME@VERSION, or NAME for every vers
 def diff(ref_a: str = typer.Argument(..., help="Mask A."), ref_b: str = typer.Argument(..., help="Mask B."),
          as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
     """Overlap of two masks: shared nnz, Jaccard, recall of A in B, per layer. Example: szoq mask diff a@v1 b"""
-    result = diff_masks(open_mask(ref_a), open_mask(ref_b))
+    result = diff_masks(SensitivityMask.from_pretrained(ref_a), SensitivityMask.from_pretrained(ref_b))
     if as_json:
         print_json(result.to_dict())
         return

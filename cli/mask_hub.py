@@ -6,7 +6,8 @@ from typing import Optional
 
 import typer
 
-from szoq_hub.hub import check_repo_id, mask_info, pull_mask, push_mask, search_masks
+from szoq_hub import SensitivityMask
+from szoq_hub.hub import check_repo_id, mask_info, pull_mask, search_masks
 from szoq_hub.registry import parse_ref
 
 from .mask import mask_app
@@ -40,7 +41,8 @@ def push(
     as_json: bool = JSON,
 ) -> None:
     """Publish a mask to a Hub repo (one commit + a tag). Example: szoq mask push mymask@v2 --repo my-team/smollm2-mask"""
-    result = push_mask(ref, repo_id=repo, tag=tag, private=private, token=token, create_pr=create_pr, message=message)
+    mask = SensitivityMask.from_pretrained(ref)
+    result = mask.push_to_hub(repo, tag=tag, private=private, token=token, create_pr=create_pr, message=message)
     if as_json:
         print_json(result.to_dict())
         return

@@ -8,7 +8,6 @@ the run's settings as a JSON string. Loading verifies all of it against the mask
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,9 +29,9 @@ RUN_FILES = ("finetune_config.json", "metrics.jsonl", "README.md")  # what a run
 class Delta:
     """A loaded, verified delta: the fine-tuned fp32 values of a mask's weights.
 
-    Python API in the Hugging Face style: `from_pretrained` (a run folder, a delta file or
-    `ORG/NAME[@REV]` on the Hub), `save_pretrained`, `push_to_hub`, and `merge_into(model)`,
-    which writes the values into a model's weights in place.
+    Python API in the Hugging Face style: `save_pretrained` here; `from_pretrained` (a run
+    folder, a delta file or `ORG/NAME[@REV]` on the Hub), `push_to_hub` and `merge_into(model)`
+    reach the Hub and the runtime, so they are defined in `szoq_hub.api` (above those layers).
 
     Attributes:
         tensors: name -> fp32 values [nnz_name], in mask order.
@@ -43,24 +42,6 @@ class Delta:
     tensors: dict[str, torch.Tensor]
     meta: dict[str, str]
     path: Path | None = field(default=None, compare=False, repr=False)
-
-    @classmethod
-    def from_pretrained(cls, ref: str | Path, *, token: str | None = None, offline: bool = False) -> "Delta":
-        """Load and verify a delta.
-
-        Args:
-            ref: A `szoq finetune` output folder, a `delta.safetensors`, or `ORG/NAME[@REV]`
-                on the Hub (downloaded into the Hugging Face cache).
-            token: Hub token; default `HF_TOKEN` or the login.
-            offline: Read Hub refs only from the local cache.
-
-        Raises:
-            MaskError: missing, unfinished or corrupt. HubError: a Hub ref that cannot be pulled.
-        """
-        path = delta_path(resolve_delta_ref(ref, token=token, offline=offline))
-        delta = load_delta(path)
-        delta.path = path.parent
-        return delta
 
     def save_pretrained(self, folder: str | Path) -> Path:
         """Write the delta into a new folder: `delta.safetensors`, plus the run's
@@ -89,66 +70,7 @@ class Delta:
         self.path = folder
         return folder
 
-    def push_to_hub(self, repo_id: str, *, tag: str | None = None, private: bool = False, token: str | None = None,
-                    create_pr: bool = False, message: str | None = None):
-        """Publish the delta to a Hub model repo in one commit, then tag it (see `hub.push_delta`).
-
-        A delta loaded from a folder pushes that folder's files; one made in memory is saved to
-        a temporary folder first. Default tag: `v1`, or the next `vN`.
-
-        Returns:
-            `hub.PushResult`.
-        """
-        import tempfile
-
-        from .hub import push_delta
-
-        kwargs = dict(repo_id=repo_id, tag=tag, private=private, token=token, create_pr=create_pr, message=message)
-        if self.path is not None:
-            return push_delta(self.path, **kwargs)
-        with tempfile.TemporaryDirectory(prefix="szoq-push-") as tmp:
-            return push_delta(self.save_pretrained(Path(tmp) / "delta"), **kwargs)
-
-    def merge_into(self, model, mask: SensitivityMask | None = None):
-        """Write the fine-tuned values into a model's weights, in place.
-
-        Args:
-            model: The base model the delta was fine-tuned from: a transformers model (any
-                dtype; `W.flatten()[mask] = values`, what `szoq merge` saves) or a
-                `runtime.SparseModel` (its sparse values are replaced).
-            mask: The mask it was fine-tuned with; default the SparseModel's own, else the
-                mask its settings name (checked against the recorded sha256).
-
-        Returns:
-            `model`.
-
-        Raises:
-            FingerprintMismatch: the mask is not the one the delta was trained with.
-            MaskError: names or lengths do not fit the mask or the model.
-        """
-        from .runtime import SparseModel
-
-        if isinstance(model, SparseModel):
-            self._check_mask(model.mask)
-            model.load_delta(self.tensors)
-            return model
-        if mask is None:
-            mask = self._recorded_mask()
-        else:
-            self._check_mask(mask)
-        for name, idx in mask.indices.items():
-            if name not in self.tensors or self.tensors[name].numel() != idx.numel():
-                raise MaskError(f"delta does not fit the mask at {name}", hint="pass the mask the delta was fine-tuned with")
-        params = dict(model.named_parameters())
-        with torch.no_grad():
-            for name, idx in mask.indices.items():
-                if name not in params or params[name].numel() != math.prod(mask.config.shapes[name]):
-                    raise MaskError(f"the model has no weight {name} of shape {mask.config.shapes[name]}", hint="merge into the base model the delta was fine-tuned from")
-                weight = params[name]
-                weight.view(-1)[idx.long().to(weight.device)] = self.tensors[name].to(weight.device, weight.dtype)  # [nnz_name]
-        return model
-
-    def _check_mask(self, mask: SensitivityMask) -> None:
+    def check_mask(self, mask: SensitivityMask) -> None:
         """Refuse a mask other than the one the delta was trained with (by the sha256 of its file)."""
         import tempfile
 
@@ -163,23 +85,6 @@ class Delta:
             raise FingerprintMismatch(f"delta was trained with mask {self.mask_sha256[:12]}, not {sha[:12]}",
                                       hint="pass the mask the delta was fine-tuned with (its finetune_config.json names it)")
 
-    def _recorded_mask(self) -> SensitivityMask:
-        from .mask import MASK_FILE, file_sha256
-        from .refs import resolve_mask_ref
-
-        ref = self.settings.get("mask")
-        if not ref:
-            raise MaskError("the delta does not name its mask", hint="pass mask=SensitivityMask.from_pretrained(REF)")
-        folder = resolve_mask_ref(ref)
-        if file_sha256(folder / MASK_FILE) != self.mask_sha256:
-            raise FingerprintMismatch(f"the mask {ref} recorded with the delta has changed since fine-tuning",
-                                      hint="pass mask=SensitivityMask.from_pretrained(REF) of the mask it was trained with")
-        from .mask import load_mask
-
-        mask = load_mask(folder)
-        mask.ref, mask.path = ref, folder
-        return mask
-
     @property
     def fingerprint(self) -> str:
         return self.meta["fingerprint"]
@@ -191,6 +96,31 @@ class Delta:
     @property
     def settings(self) -> dict:
         return json.loads(self.meta.get("settings") or "{}")
+
+
+def write_into(model: torch.nn.Module, delta: Delta, mask: SensitivityMask) -> torch.nn.Module:
+    """Set a model's masked weights to the delta's values in place: `W.flatten()[M] = values`.
+
+    Args:
+        model: A transformers model holding the mask's weights (any dtype or device).
+        delta: Values fitting `mask` (checked by name and count here; by sha256 by the callers).
+        mask: The mask the delta was trained with.
+
+    Raises:
+        MaskError: names or sizes that do not fit the mask or the model.
+    """
+    if {n: t.numel() for n, t in delta.tensors.items()} != {n: i.numel() for n, i in mask.indices.items()}:
+        raise MaskError("the delta's tensors do not fit the mask", hint="pass the mask the delta was fine-tuned with")
+    params = dict(model.named_parameters())
+    for name in mask.indices:
+        shape = list(mask.config.shapes[name])
+        if name not in params or list(params[name].shape) != shape:
+            raise MaskError(f"the model has no weight {name} of shape {shape}", hint="merge into the base model the delta was fine-tuned from")
+    with torch.no_grad():
+        for name, idx in mask.indices.items():
+            weight = params[name]
+            weight.view(-1)[idx.long().to(weight.device)] = delta.tensors[name].to(weight.device, weight.dtype)  # [nnz_name]
+    return model
 
 
 def save_delta(path: Path, tensors: dict[str, torch.Tensor], *, mask_sha256: str, fingerprint: str,

@@ -85,8 +85,9 @@ class MaskConfig:
 class SensitivityMask:
     """A loaded, verified mask: sorted unique int32 flat indices per parameter name.
 
-    The Python API follows the Hugging Face mixins: `from_pretrained(ref)` takes any REF the
-    CLI takes, `save_pretrained(folder)` writes the artifact, `push_to_hub(repo_id)` publishes it.
+    The Python API follows the Hugging Face mixins: `save_pretrained(folder)` writes the
+    artifact; `from_pretrained(ref)` (any REF the CLI takes) and `push_to_hub(repo_id)` reach
+    the registry and the Hub, so they are defined in `szoq_hub.api` (above those layers).
 
     Attributes:
         indices: name -> sorted unique int32 flat indices [nnz_name].
@@ -104,36 +105,6 @@ class SensitivityMask:
     def nnz(self) -> int:
         return sum(int(t.numel()) for t in self.indices.values())
 
-    @classmethod
-    def from_pretrained(cls, ref: str | Path, *, model: str | None = None, offline: bool = False) -> "SensitivityMask":
-        """Resolve, load and verify a mask.
-
-        Args:
-            ref: An artifact folder (or its `mask.safetensors`), `NAME[@VERSION]` in the local
-                registry, a built-in mask name, or `ORG/NAME[@REV]` on the Hub (pulled into the
-                registry on first use).
-            model: When given, the mask must have been built for this model (fingerprint check).
-            offline: Read Hub refs only from the local cache.
-
-        Returns:
-            The verified mask (with `ref` and `path` set).
-
-        Raises:
-            RegistryError: nothing by that name. HubError: a Hub ref that cannot be pulled.
-            MaskError: a corrupt artifact. FingerprintMismatch: built for another model.
-        """
-        from .refs import resolve_mask_ref
-
-        fingerprint = None
-        if model is not None:
-            from .models import model_fingerprint, resolve_model
-
-            fingerprint = model_fingerprint(resolve_model(model))
-        folder = resolve_mask_ref(str(ref), offline=offline)
-        mask = load_mask(folder, fingerprint=fingerprint)
-        mask.ref, mask.path = str(ref), Path(folder)
-        return mask
-
     def save_pretrained(self, folder: str | Path) -> Path:
         """Write the artifact folder (`mask.safetensors`, `mask_config.json`, card) atomically.
 
@@ -142,33 +113,6 @@ class SensitivityMask:
         """
         self.path = save_mask(self, Path(folder))
         return self.path
-
-    def push_to_hub(self, repo_id: str, *, tag: str | None = None, private: bool = False, token: str | None = None,
-                    create_pr: bool = False, message: str | None = None):
-        """Publish the mask to a Hub model repo in one commit, then tag it (see `hub.push_mask`).
-
-        A mask loaded from the local registry pushes that entry (default tag: its version; the
-        registry records the push); one loaded from a folder pushes that folder's files; a mask
-        built in memory is saved to a temporary folder first. Folders need `tag`.
-
-        Returns:
-            `hub.PushResult` (URL, commit, tag, status; status `unchanged` when the tag holds it).
-
-        Raises:
-            ConfigError, MaskError, RegistryError, HubError: see `hub.push_mask`.
-        """
-        import tempfile
-
-        from .hub import push_mask
-        from .registry import Registry
-
-        kwargs = dict(repo_id=repo_id, tag=tag, private=private, token=token, create_pr=create_pr, message=message)
-        if self.ref is not None and not Path(self.ref).expanduser().exists() and Registry().find(self.ref) is not None:
-            return push_mask(self.ref, **kwargs)
-        if self.path is not None:
-            return push_mask(str(self.path), **kwargs)
-        with tempfile.TemporaryDirectory(prefix="szoq-push-") as tmp:
-            return push_mask(str(save_mask(self, Path(tmp) / "mask")), **kwargs)
 
 
 INT32_MAX = 2**31 - 1
@@ -486,7 +430,7 @@ def load_mask(folder: Path, *, fingerprint: str | None = None, layout: list[tupl
         )
     if layout is not None:
         schema.check_fits_model(config.shapes, layout, str(path))
-    return SensitivityMask(indices, config)
+    return SensitivityMask(indices, config, path=path.parent)
 
 
 @dataclass

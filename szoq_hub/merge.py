@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from .delta import load_delta
+from .delta import load_delta, write_into
 from .devices import DTYPES, resolve_device
 from .paths import atomic_dir
 from .errors import ConfigError, TrainingError
@@ -51,7 +51,7 @@ def merge(*, model: str, mask_ref: str, delta: str | Path, out: str | Path, dtyp
     loaded_delta = load_delta(delta, mask=mask, mask_sha256=mask_sha, fingerprint=fingerprint)
     loaded = load_model(source, dtype=torch.float32)
     loaded.model.to(target)
-    loaded_delta.merge_into(loaded.model, mask)  # W.flatten()[M] = values, in fp32
+    write_into(loaded.model, loaded_delta, mask)  # W.flatten()[M] = values, in fp32 (what Delta.merge_into does)
     loaded.model.to(DTYPES[dtype])
     with atomic_dir(out) as tmp:
         loaded.model.save_pretrained(tmp)

@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 import importlib
-import os
 import re
-import shutil
-from pathlib import Path
 
 import pytest
 import torch
 
 from conftest import REPO, SHARED_DATA
 from szoq_hub.errors import FingerprintMismatch, MaskError
+from szoq_hub.mask import load_mask
 from szoq_hub.registry import Registry
-from test_finetune import _config, tiny_mask  # noqa: F401  (module-scoped fixture: a tiny built mask)
-from test_hub import WRITE, make_mask, repo_name
+from test_finetune import tiny_mask  # noqa: F401  (module-scoped fixture: a tiny built mask)
+from test_hub import WRITE, repo_name
 from test_hub_delta import other_run, run_dir, train_jsonl  # noqa: F401  (module-scoped fixtures: a real tiny run)
 
 
@@ -129,6 +127,11 @@ def test_merge_into_refuses_another_mask(tiny_model_dir, tiny_mask, run_dir, tmp
         delta.merge_into(model, other)  # same names and sizes, other positions: values would land wrong
     with pytest.raises(FingerprintMismatch):
         delta.merge_into(model, type(other)(other.indices, other.config))  # in memory, no folder: hashed as written
+    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())  # refused before writing anything
+    right = load_mask(tiny_mask)
+    delta.merge_into(model, type(right)(right.indices, right.config))  # the right mask, in memory: its bytes hash the same
+    assert not all(torch.equal(p, before[n]) for n, p in model.named_parameters())
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
     # a delta whose recorded mask ref now names another mask
     moved = tmp_path / "moved"
     moved.mkdir()
