@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -177,8 +178,9 @@ def export_peft(*, model: str, mask_ref: str, delta: str | Path, out: str | Path
         module = name.removesuffix(".weight")
         tensors[f"base_model.model.{module}.shira_indices"] = indices
         tensors[f"base_model.model.{module}.shira_weight"] = weight
-    # A Hub model names its own base; a local or converted (GGUF) one only by path.
-    base_name = source.base_model if source.kind == "hub" else str(source.path)
+    # The base as szoq names it (a Hub id, or a local folder's name: never an absolute path);
+    # the exact weights are pinned by szoq_fingerprint in the safetensors header.
+    base_name = source.base_model
     config = peft.ShiraConfig(r=r, target_modules=[n.removesuffix(".weight") for n in names], random_seed=0, inference_mode=True,
                               base_model_name_or_path=base_name, revision=source.revision if source.kind == "hub" else None)
     result = PeftExport(out, r, len(names), mask.nnz, sum(int(t.numel()) for k, t in tensors.items() if k.endswith("shira_weight")), base_name)
@@ -187,14 +189,66 @@ def export_peft(*, model: str, mask_ref: str, delta: str | Path, out: str | Path
     with atomic_dir(out) as tmp:
         config.save_pretrained(str(tmp))
         save_file(tensors, str(tmp / ADAPTER_FILE), metadata=meta)
-        (tmp / CARD_FILE).write_text(_card(result, str(delta), card_base_model(source.base_model) if source.kind == "hub" else None))
+        (tmp / CARD_FILE).write_text(_card(result, Path(delta).name, card_base_model(source.base_model)))
     return result
 
 
-def read_adapter_config(folder: Path) -> dict:
-    """The adapter_config.json of an exported folder (for checks before a push)."""
-    path = Path(folder) / ADAPTER_CONFIG_FILE
+def verify_adapter(folder: Path) -> dict:
+    """Check an exported adapter folder before it is published.
+
+    Returns:
+        Its adapter_config.json.
+
+    Raises:
+        ConfigError: files missing or unreadable, not a SHiRA adapter written by szoq, or a
+            local path as base model (pushing would publish it).
+    """
+    from safetensors import SafetensorError, safe_open
+
+    folder = Path(folder)
     try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"{path} is missing or not JSON ({exc})", hint="export again with szoq export peft") from None
+        config = json.loads((folder / ADAPTER_CONFIG_FILE).read_text())
+        with safe_open(str(folder / ADAPTER_FILE), framework="pt") as fh:
+            meta = fh.metadata() or {}
+            n_weights = sum(1 for k in fh.keys() if k.endswith(".shira_weight"))
+    except (OSError, ValueError, SafetensorError) as exc:
+        raise ConfigError(f"{folder} is not a complete adapter folder ({str(exc).splitlines()[0]})", hint="export it again with szoq export peft") from None
+    if config.get("peft_type") != "SHIRA" or meta.get("szoq_format") != "szoq.delta.shira" or n_weights != len(config.get("target_modules") or []):
+        raise ConfigError(f"{folder} is not a SHiRA adapter written by szoq export peft", hint="export it again with szoq export peft")
+    base = str(config.get("base_model_name_or_path") or "")
+    if os.path.isabs(base) or base.startswith("~"):
+        raise ConfigError(f"the adapter names the local path {base} as its base model; pushing would publish it",
+                          hint="export it again with this szoq, which records only the model folder's name")
+    return config
+
+
+def _hub_card(folder: Path, config: dict, repo_id: str, tag: str | None) -> str:
+    text = (folder / CARD_FILE).read_text() if (folder / CARD_FILE).is_file() else ""
+    return text.replace("THIS_REPO_OR_FOLDER", repo_id) if text else f"---\nlibrary_name: peft\ntags: {PEFT_TAGS}\n---\n\n# SHiRA adapter\n"
+
+
+def push_peft(folder: str | Path, *, repo_id: str, tag: str | None = None, private: bool = False, token: str | None = None,
+              create_pr: bool = False, message: str | None = None):
+    """Publish an exported adapter folder to a Hub model repo: one commit, then a tag (like deltas).
+
+    `PeftModel.from_pretrained(base, repo_id, revision=tag)` then loads it from the Hub.
+
+    Args:
+        folder: The `export_peft` output folder.
+        repo_id: `ORG/NAME` (created if missing).
+        tag: Tag to create; default `v1`, or the next `vN`.
+        private, token, create_pr, message: As for `szoq delta push`.
+
+    Returns:
+        `transport.PushResult`.
+
+    Raises:
+        ConfigError: not an adapter folder, or it names a local path. HubError: auth, race, tag taken.
+    """
+    from .transport import Artifact, check_repo_id, push_artifact
+
+    check_repo_id(repo_id)
+    art = Artifact("peft adapter", ADAPTER_FILE, PEFT_FILES, verify_adapter, _hub_card,
+                   "a SHiRA adapter repo holds adapter_model.safetensors pushed by: szoq export peft --push ORG/NAME")
+    return push_artifact(art, Path(folder).expanduser(), repo_id=repo_id, tag=tag, private=private, token=token, create_pr=create_pr,
+                         message=message, ref=None)

@@ -89,3 +89,40 @@ def test_export_without_peft_names_the_extra(run_cli, monkeypatch, tmp_path):
     code, _, err = run_cli("export", "peft", "--delta", tmp_path, "--out", tmp_path / "a")
     assert_one_line_error(code, err, "peft")
     assert "pip install 'szoq[peft]'" in err and not (tmp_path / "a").exists()
+
+
+def test_export_push_publishes_an_adapter_peft_loads_from_the_hub(hub, tiny_model_dir, tiny_mask, shifted_run, tmp_path, run_cli, monkeypatch):  # noqa: F811
+    pytest.importorskip("peft", reason="pip install 'szoq[peft]'")
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from test_hub import WRITE, repo_name
+
+    repo = repo_name()
+    monkeypatch.setenv("HF_TOKEN", WRITE)
+    code, out, err = run_cli("export", "peft", "--model", tiny_model_dir, "--mask", tiny_mask, "--delta", shifted_run,
+                             "--out", tmp_path / "adapter", "--push", repo, "--json")
+    assert code == 0, err
+    pushed = json.loads(out)["push"]
+    assert pushed["status"] == "pushed" and pushed["tag"] == "v1"
+    files = hub.repos[repo].commits[pushed["commit"]].files
+    assert {"adapter_config.json", "adapter_model.safetensors", "README.md"} <= set(files)
+    card = files["README.md"].decode()
+    assert "library_name: peft" in card and f'"{repo}"' in card and str(tmp_path) not in card
+    assert str(tiny_model_dir) not in files["adapter_config.json"].decode()  # only the folder's name, never a local path
+
+    ids = torch.randint(0, 300, (2, 10), generator=torch.Generator().manual_seed(1))
+    local = _logits(PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), tmp_path / "adapter").eval(), ids)
+    remote = _logits(PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), repo, revision="v1").eval(), ids)
+    torch.testing.assert_close(remote, local, rtol=0, atol=0)
+
+    # a hand-edited adapter naming a local path is refused before anything is sent
+    config = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    config["base_model_name_or_path"] = str(tiny_model_dir)
+    (tmp_path / "adapter" / "adapter_config.json").write_text(json.dumps(config))
+    from szoq_hub.peft_export import push_peft
+
+    commits = len(hub.repos[repo].commits)
+    with pytest.raises(ConfigError, match="local path"):
+        push_peft(tmp_path / "adapter", repo_id=repo)
+    assert len(hub.repos[repo].commits) == commits

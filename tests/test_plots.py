@@ -57,19 +57,17 @@ def test_mask_grid_places_every_tensor_by_layer_and_projection(tiny_mask):  # no
 
 def test_mask_show_plot_draws_both_heatmaps(tiny_mask, tmp_path, run_cli):  # noqa: F811
     pytest.importorskip("matplotlib", reason="pip install 'szoq[plots]'")
-    import shutil
-
     code, out, err = run_cli("mask", "show", tiny_mask, "--plot", tmp_path / "mask.png")
     assert code == 0, err
     assert "captured" in out and str(tmp_path / "mask.png") in err
     # the same mask without per-tensor shares (masks built before they were recorded): density only
-    old = tmp_path / "old-mask"
-    shutil.copytree(tiny_mask, old)
-    import json
+    from dataclasses import replace
 
-    cfg = json.loads((old / "mask_config.json").read_text())
-    del cfg["stats"]["captured_share_per_tensor"]
-    (old / "mask_config.json").write_text(json.dumps(cfg))
+    from szoq_hub.mask import save_mask
+
+    mask = load_mask(tiny_mask)
+    stats = {k: v for k, v in mask.config.stats.items() if k != "captured_share_per_tensor"}
+    old = save_mask(type(mask)(mask.indices, replace(mask.config, stats=stats)), tmp_path / "old-mask")
     code, _, err = run_cli("mask", "show", old, "--plot", tmp_path / "old.png")
     assert code == 0, err
     both, density_only = _pixels(tmp_path / "mask.png"), _pixels(tmp_path / "old.png")
