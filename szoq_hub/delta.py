@@ -16,7 +16,7 @@ import torch
 from . import schema
 from .errors import FingerprintMismatch, MaskError
 from .mask import SensitivityMask
-from .paths import atomic_file
+from .paths import atomic_file, public
 
 FORMAT = "szoq.delta"
 FORMAT_VERSION = "1"
@@ -145,7 +145,7 @@ def save_delta(path: Path, tensors: dict[str, torch.Tensor], *, mask_sha256: str
         path = path / DELTA_FILE
     meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "mask_sha256": mask_sha256, "fingerprint": fingerprint,
             "base_model": base_model, "nnz": str(sum(int(t.numel()) for t in tensors.values())),
-            "settings": json.dumps(settings or {}, sort_keys=True)}
+            "settings": json.dumps(public(settings or {}), sort_keys=True)}  # shared with the delta: no local paths
     with atomic_file(path) as tmp:
         save_file({n: t.detach().to(torch.float32).contiguous() for n, t in tensors.items()}, str(tmp), metadata=meta)
     return path

@@ -7,7 +7,7 @@ checkpoints). Pulled deltas stay in the Hugging Face cache (verified), or are co
 
 from __future__ import annotations
 
-import os
+import json
 import re
 from pathlib import Path
 
@@ -15,7 +15,7 @@ from . import schema
 from .delta import DELTA_CARD_TAGS, DELTA_FILE, Delta, load_delta
 from .errors import ConfigError, MaskError
 from .mask import card_base_model
-from .paths import file_sha256, path_exists, shorten
+from .paths import file_sha256, is_local_path, path_exists, public, shorten
 from .transport import CARD_FILE, Artifact, PullResult, PushResult, check_repo_id, copy_out, fetch_artifact, push_artifact
 
 RUN_CONFIG_FILE = "finetune_config.json"  # the names szoq finetune writes (szoq_hub.finetune)
@@ -52,10 +52,45 @@ def render_delta_card(folder: Path, delta: Delta, *, repo_id: str, tag: str | No
     local = folder / CARD_FILE
     body = re.sub(r"\A---\n.*?\n---\n", "", local.read_text(errors="replace"), count=1, flags=re.S) if local.is_file() else \
         f"\n# Sparse ZO delta for {base_model}\n\nFine-tuned sparse values (fp32) over a sensitivity mask (SensZOQ).\n"
-    body = body.replace("THIS_FOLDER", ref)
+    body = _public_text(body.replace("THIS_FOLDER", ref), run)
     if f"--delta {ref}" not in body:  # a hand-written card: add the use lines
         body = body.rstrip("\n") + f"\n\n## Use\n\n```\nszoq eval --task {task} --delta {ref}\nszoq merge --delta {ref} --out merged/\n```\n"
     return "\n".join(["---", data.to_yaml(), "---", body if body.startswith("\n") else "\n" + body])
+
+
+def _local_paths(run: dict) -> list[str]:
+    """The absolute paths a run's config records (model, mask, data files, output folder), longest first."""
+    found: list[str] = []
+
+    def walk(value) -> None:
+        if is_local_path(value):
+            found.append(value)
+        elif isinstance(value, dict):
+            for v in value.values():
+                walk(v)
+        elif isinstance(value, list):
+            for v in value:
+                walk(v)
+    walk(run)
+    return sorted(set(found), key=len, reverse=True)
+
+
+def _public_text(text: str, run: dict) -> str:
+    """Text with the run's local paths reduced to their names (cards are published)."""
+    for path in _local_paths(run):
+        text = text.replace(path, Path(path).name or path)
+    return text
+
+
+def _publish(fname: str, data: bytes) -> bytes:
+    """finetune_config.json goes out with local paths reduced to names; other files as they are."""
+    if fname != RUN_CONFIG_FILE:
+        return data
+    try:
+        config = json.loads(data)
+    except (ValueError, RecursionError):
+        return data  # verified before the push: not reached
+    return (json.dumps(public(config), indent=2) + "\n").encode()
 
 
 def _run_config(folder: Path) -> dict:
@@ -70,17 +105,17 @@ def _verify_delta_folder(folder: Path) -> Delta:
     if not (folder / DELTA_FILE).is_file() and not (folder / "checkpoint.safetensors").is_file():
         raise ConfigError(f"{shorten(folder)} is not a szoq delta folder (no {DELTA_FILE})", hint="push the --out folder of a finished szoq finetune run")
     delta = load_delta(folder)  # raises on a corrupt or unfinished delta, with its own hint
-    base_model = delta.meta.get("base_model", "")
-    if os.path.isabs(base_model) or base_model.startswith("~"):
-        raise MaskError(f"the delta records the local path {shorten(base_model)} as its base model; pushing would publish it",
-                        hint="fine-tune again with this szoq, which records only the model folder's name, then push")
+    leaked = _local_paths({"base_model": delta.meta.get("base_model", ""), "settings": delta.settings})
+    if leaked:  # in delta.safetensors itself, whose bytes are pushed as they are
+        raise MaskError(f"the delta records the local path {shorten(leaked[-1])}; pushing would publish it",
+                        hint="fine-tune again with this szoq, which records only file and folder names in the delta, then push")
     _run_config(folder)  # a damaged config is refused before it is published
     return delta
 
 
 DELTA = Artifact("delta", DELTA_FILE, (DELTA_FILE, RUN_CONFIG_FILE, RUN_METRICS_FILE), _verify_delta_folder,
                  lambda folder, delta, repo_id, tag: render_delta_card(folder, delta, repo_id=repo_id, tag=tag),
-                 "a delta repo holds delta.safetensors pushed by: szoq delta push RUN_FOLDER --repo ORG/NAME")
+                 "a delta repo holds delta.safetensors pushed by: szoq delta push RUN_FOLDER --repo ORG/NAME", _publish)
 
 
 def push_delta(folder: str | Path, *, repo_id: str, tag: str | None = None, private: bool = False, token: str | None = None,

@@ -10,7 +10,6 @@ to import Hub sharing from.
 
 from __future__ import annotations
 
-import os
 import re
 import shlex
 import shutil
@@ -21,7 +20,7 @@ from . import __version__, schema
 from .delta_hub import DELTA, pull_delta, push_delta, render_delta_card  # noqa: F401  (re-exported)
 from .errors import ConfigError, HubError, MaskError, RegistryError
 from .mask import CARD_TAGS, CONFIG_FILE, FORMAT, FORMAT_VERSION, MASK_FILE, SCOPES, SensitivityMask, load_mask, render_card
-from .paths import path_exists, scratch_dir, shorten
+from .paths import is_local_path, path_exists, scratch_dir, shorten
 from .registry import Registry, RegistryEntry, check_name
 from .transport import (  # noqa: F401  (re-exported: the names szoq_hub.hub has always had)
     CARD_FILE, LOGIN_HINT, Artifact, PullResult, PushResult, api, as_szoq_error, check_repo_id, endpoint, fetch_artifact,
@@ -75,18 +74,14 @@ class MaskListing:
 def local_paths(mask: SensitivityMask) -> list[str]:
     """Absolute local paths a mask records (base model, build command): pushing would publish them."""
     found = []
-    if _is_local_path(mask.config.base_model):
+    if is_local_path(mask.config.base_model):
         found.append(mask.config.base_model)
     try:
         words = shlex.split(mask.config.command or "")
     except ValueError:
         words = (mask.config.command or "").split()
-    found += [w for w in words if _is_local_path(w.split("=", 1)[-1])]
+    found += [w for w in words if is_local_path(w.split("=", 1)[-1])]
     return found
-
-
-def _is_local_path(value: str) -> bool:
-    return os.path.isabs(value) or value.startswith("~")
 
 
 def verify_for_push(folder: Path) -> SensitivityMask:

@@ -70,6 +70,22 @@ def shorten(text: object, limit: int = 80) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def is_local_path(value: object) -> bool:
+    """True for an absolute (or `~`) path: something private to this machine."""
+    return isinstance(value, str) and (os.path.isabs(value) or value.startswith("~"))
+
+
+def public(value: object) -> object:
+    """A JSON value with every absolute local path reduced to its file or folder name."""
+    if is_local_path(value):
+        return Path(value).name or value
+    if isinstance(value, dict):
+        return {k: public(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [public(v) for v in value]
+    return value
+
+
 def temp_prefix(name: str) -> str:
     """Prefix of a temp file or folder beside `name`: hidden, with the writer's pid.
 

@@ -47,6 +47,8 @@ class Artifact:
         verify: Loads and verifies a local folder; raises a SzoqError when it is not valid.
         card: (folder, verified artifact, repo_id, tag) -> the README.md pushed with it.
         search_hint: How to find repos of this kind (hint of "not a ... repo" errors).
+        publish: (file name, bytes) -> the bytes to upload, for files other than main_file
+            (e.g. local paths reduced to names); None uploads them as they are.
     """
 
     kind: str
@@ -55,6 +57,7 @@ class Artifact:
     verify: Callable[[Path], object]
     card: Callable[[Path, object, str, str | None], str]
     search_hint: str
+    publish: Callable[[str, bytes], bytes] | None = None
 
     @property
     def download_files(self) -> tuple[str, ...]:
@@ -329,7 +332,14 @@ def push_artifact(art: Artifact, folder: Path, *, repo_id: str, tag: str | None,
 def _operations(art: Artifact, folder: Path, card: Path) -> list:
     from huggingface_hub import CommitOperationAdd
 
-    ops = [CommitOperationAdd(path_in_repo=f, path_or_fileobj=str(folder / f)) for f in art.files if (folder / f).is_file()]
+    ops = []
+    for f in art.files:
+        if not (folder / f).is_file():
+            continue
+        if art.publish is None or f == art.main_file:  # the main file goes byte for byte: its hash names the version
+            ops.append(CommitOperationAdd(path_in_repo=f, path_or_fileobj=str(folder / f)))
+        else:
+            ops.append(CommitOperationAdd(path_in_repo=f, path_or_fileobj=art.publish(f, (folder / f).read_bytes())))
     ops.append(CommitOperationAdd(path_in_repo=CARD_FILE, path_or_fileobj=str(card)))
     return ops
 

@@ -17,6 +17,7 @@ from szoq_hub.errors import CalibrationError, MaskError
 from szoq_hub.mask import CONFIG_FILE, MASK_FILE, load_mask, mask_stats, save_mask
 from szoq_hub.registry import Registry
 from test_finetune import tiny_mask  # noqa: F401  (module fixture: a mask built for the tiny model)
+from test_hub_delta import run_dir, train_jsonl  # noqa: F401  (module fixtures: a real tiny fine-tuning run)
 from test_hub import BOB, WRITE, make_mask, repo_name
 
 
@@ -298,3 +299,21 @@ def test_a_10k_character_path_is_a_one_line_error(tiny_model_dir, tmp_path, run_
         code, _, err = run_cli(*args)
         assert_one_line_error(code, err)
         assert "bug" not in err and len(err) < 1000, args
+
+
+def test_delta_push_publishes_no_local_path(hub, run_dir, tmp_path, run_cli):  # noqa: F811
+    """The tiny run was trained from absolute temp paths (model, mask, train file, --out)."""
+    from szoq_hub.delta import load_delta
+
+    run = json.loads((run_dir / "finetune_config.json").read_text())
+    local = [v for v in run["settings"].values() if isinstance(v, str) and v.startswith("/")]
+    assert len(local) >= 3  # the fixture really used local paths
+    assert not [v for v in load_delta(run_dir).settings.values() if isinstance(v, str) and v.startswith("/")]
+    repo = repo_name()
+    code, _, err = run_cli("delta", "push", str(run_dir), "--repo", repo, "--token", WRITE)
+    assert code == 0, err
+    files = hub.repos[repo].commits[hub.repos[repo].branches["main"]].files
+    for fname, data in files.items():
+        for path in local:
+            assert path.encode() not in data, (fname, path)
+    assert json.loads(files["finetune_config.json"])["settings"]["model"] == Path(run["settings"]["model"]).name
