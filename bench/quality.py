@@ -46,6 +46,7 @@ C4 = DATA / "c4" / "c4_validation_2k.jsonl.gz"
 
 SPARSE_LR, DENSE_LR, EPS = 1e-4, 2e-6, 1e-3  # FINDINGS.md's SST-2 settings (not re-swept here)
 STEPS, BATCH, EVAL_EVERY = 300, 16, 50
+SAVE_EVERY = 10  # a checkpoint every 10 steps: on a busy machine a session may see only a few dozen steps
 TRAIN, DEV, EVAL = 1000, 200, 500
 ICL_SHOTS = {"sst2": 16, "rte": 4, "cb": 4, "boolq": 2}  # long passages get fewer demonstrations
 TASKS = ("sst2", "rte", "cb", "boolq")
@@ -181,7 +182,7 @@ def run_cell(cell: Cell) -> dict:
         extra["mask_argv"] = mask_argv
         lr, eps = SPARSE_LR, EPS
         argv = ["finetune", "--model", MODEL, "--mask", mask, "--task", cell.task, "--steps", str(cell.steps), "--batch-size", str(BATCH),
-                "--lr", f"{lr:g}", "--eps", f"{eps:g}", "--eval-every", str(EVAL_EVERY), "--save-every", str(EVAL_EVERY),
+                "--lr", f"{lr:g}", "--eps", f"{eps:g}", "--eval-every", str(EVAL_EVERY), "--save-every", str(SAVE_EVERY),
                 "--seed", str(cell.seed), "--train-samples", str(TRAIN), "--dev-samples", str(DEV), "--eval-samples", str(EVAL), "--json"]
         out = WORK / "runs" / cell.key
         resume = ["--resume"] if (out / "finetune_config.json").is_file() else []
