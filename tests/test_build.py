@@ -36,7 +36,13 @@ def test_default_targets_are_decoder_linears_only(tiny_model_dir, tiny_text_file
     for n, shape in mask.config.shapes.items():
         assert mask.indices[n].numel() == max(1, math.floor(math.prod(shape) * 0.01))
     assert mask.config.stats["total_nnz"] == mask.nnz
-    assert 0 < mask.config.stats["captured_share"] <= 1
+    # captured share = Σg² at the picked weights / Σg² over all targets, recomputed by hand
+    loaded = load_model(resolve_model(str(tiny_model_dir)))
+    windows, _ = load_windows(str(tiny_text_file), loaded.tokenizer, samples=4, seq_len=16, seed=0)
+    scores = fisher_scores(loaded.model, target_parameter_names(loaded.model), windows)
+    kept = sum(float(scores[n].double().flatten()[idx.long()].sum()) for n, idx in mask.indices.items())
+    total = sum(float(s.double().sum()) for s in scores.values())
+    assert mask.config.stats["captured_share"] == pytest.approx(kept / total, abs=1e-6)
     assert load_mask(folder, fingerprint=model_fingerprint(resolve_model(str(tiny_model_dir)))).nnz == mask.nnz
 
 
