@@ -345,3 +345,25 @@ def test_real_smollm2_nf4_with_builtin_mask(real_model_available):
     with torch.no_grad():
         logits = sm.model(**enc, logits_to_keep=1).logits  # [1, 1, V]
     assert torch.isfinite(logits).all()
+
+
+@pytest.mark.parametrize("quant", ["nf4", "fp4"])
+@pytest.mark.parametrize("shape", [(96, 200), (5, 13), (130, 33)])
+def test_chunked_4bit_quantization_is_bit_identical(quant, shape):
+    """Quantizing the masked weight chunk by chunk (bounded fp32 transient) gives the bytes and
+    absmax of one bitsandbytes call on the whole fp32 weight with the mask zeroed."""
+    import bitsandbytes.functional as bnbf
+
+    from szoq_hub.runtime import quantize_4bit_masked
+
+    w = torch.randn(shape, generator=torch.Generator().manual_seed(0)).to(torch.bfloat16)
+    before = w.clone()
+    idx = torch.randperm(w.numel(), generator=torch.Generator().manual_seed(1))[: w.numel() // 5]  # unsorted, like Conv1D's
+    ref = w.float().reshape(-1).clone()
+    ref[idx] = 0.0
+    want, want_state = bnbf.quantize_4bit(ref.view(shape), blocksize=runtime.BLOCKSIZE_4BIT, quant_type=quant)
+    for chunk in (128, 384, 1 << 22):
+        got, state = quantize_4bit_masked(w, idx, quant, chunk=chunk)
+        assert torch.equal(got, want) and torch.equal(state.absmax, want_state.absmax) and tuple(state.shape) == shape
+        assert torch.equal(bnbf.dequantize_4bit(got, state).view(-1)[idx], torch.zeros(idx.numel()))
+    assert torch.equal(w, before)  # the input is not modified
