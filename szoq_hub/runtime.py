@@ -209,7 +209,7 @@ def quantize_4bit_masked(weight: torch.Tensor, flat_idx: torch.Tensor, quant: st
     absmax = torch.empty((n + BLOCKSIZE_4BIT - 1) // BLOCKSIZE_4BIT, dtype=torch.float32, device=weight.device)
     state = None
     for start in range(0, n, chunk):
-        w = flat[start : start + chunk].to(torch.float32)  # [c] fresh copy
+        w = flat[start : start + chunk].to(torch.float32, copy=True)  # [c] fresh copy (never a view of the weight)
         inside = flat_idx[(flat_idx >= start) & (flat_idx < start + w.numel())]
         w[inside - start] = 0.0  # the base never holds the sensitive weights
         # On CUDA this is bitsandbytes' CUDA kernel (w is on the GPU), on CPU its CPU one.
