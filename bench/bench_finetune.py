@@ -1,6 +1,6 @@
 """Fine-tuning benchmark on the real SmolLM2-135M: step time and peak memory of sparse ZO.
 
-Writes bench/results/finetune.json and bench/results/finetune.md:
+Writes bench/results/<--name>.json and .md (default finetune):
 (1) ZO step time / one inference forward, same batch and quantized model: the paired step
     (both perturbations in one forward over 2B rows, what `szoq finetune` runs; target <= 1.6)
     and the two-pass step (one forward per perturbation; floor 2.0), timed in one process,
@@ -43,11 +43,16 @@ def _batch(tokenizer, batch_size: int):
     return encode(tokenizer, task.train)
 
 
-def _sparse(quant: str, dtype: str | None = None):
+def _sparse(quant: str, dtype: str | None = None, device: str = "cpu"):
     from szoq_hub.refs import open_mask
     from szoq_hub.runtime import load_sparse_model
 
-    return load_sparse_model("smollm2-135m-instruct", open_mask("smollm2-135m-instruct"), quant=quant, compute_dtype=dtype)
+    return load_sparse_model("smollm2-135m-instruct", open_mask("smollm2-135m-instruct"), quant=quant, device=device, compute_dtype=dtype)
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
 
 
 def paired_closure(sp, enc, pad):
@@ -116,12 +121,12 @@ def peak_rss_kib() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
-def timing(quant: str, batch_size: int, runs: int, dtype: str | None = None) -> dict:
+def timing(quant: str, batch_size: int, runs: int, dtype: str | None = None, device: str = "cpu") -> dict:
     """(1): median forward, paired ZO step and two-pass ZO step, interleaved in one process."""
     from szoq_hub.scoring import loss_sum, option_scores
     from szoq_hub.zo import ZOConfig, in_place, make_optimizer
 
-    sp = _sparse(quant, dtype)
+    sp = _sparse(quant, dtype, device)
     enc = _batch(sp.tokenizer, batch_size)
     pad = sp.tokenizer.pad_token_id
     # lr 0: every step sees the same values, so the variants time the same work.
@@ -137,15 +142,17 @@ def timing(quant: str, batch_size: int, runs: int, dtype: str | None = None) -> 
     order = list(jobs)
     for s in range(runs):
         for k in order[s % 3:] + order[: s % 3]:  # rotate so no variant always follows the same one
+            _sync(device)
             t = time.perf_counter()
             jobs[k](s)
+            _sync(device)
             times[k].append(time.perf_counter() - t)
     med = {k: statistics.median(v) for k, v in times.items()}
     paired_ratios = [p / f for p, f in zip(times["paired"], times["forward"])]
     return {"forward_s": round(med["forward"], 4), "zo_step_s": round(med["paired"], 4), "ratio": round(med["paired"] / med["forward"], 3),
             "paired_round_ratio_median": round(statistics.median(paired_ratios), 3),
             "two_pass_step_s": round(med["two_pass"], 4), "two_pass_ratio": round(med["two_pass"] / med["forward"], 3),
-            "dtype": str(sp.model.get_input_embeddings().weight.dtype).removeprefix("torch."),
+            "dtype": str(sp.model.get_input_embeddings().weight.dtype).removeprefix("torch."), "device": str(sp.device),
             "load_avg_1min": {"before": round(load_before, 2), "after": round(os.getloadavg()[0], 2)}, "all_s": times}
 
 
@@ -159,6 +166,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--quant", default="nf4")
     parser.add_argument("--dtype", default=None, help="compute dtype of the timing part (default: the device's)")
+    parser.add_argument("--device", default="cpu", help="device of the timing part (memory is measured on the CPU only)")
+    parser.add_argument("--name", default="finetune", help="results name under bench/results/")
     parser.add_argument("--only", choices=["timing", "memory"], default=None, help="measure one part; the other is kept from the last JSON")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -172,7 +181,8 @@ def main() -> None:
         return json.loads(out.strip().splitlines()[-1])["peak_rss_mib"]
 
     started = time.time()
-    previous = json.loads((RESULTS / "finetune.json").read_text()) if args.only and (RESULTS / "finetune.json").is_file() else {}
+    json_path = RESULTS / f"{args.name}.json"
+    previous = json.loads(json_path.read_text()) if args.only and json_path.is_file() else {}
     # Memory first, from a parent that has not loaded the model (cleaner process tree).
     if args.only != "timing":
         mem = {"inference": [], "finetune": [], "dense_zo_fp32": []}
@@ -180,31 +190,33 @@ def main() -> None:
             mem[kind].append(measure(kind))
         peak = {k: min(v) for k, v in mem.items()}
     else:
-        peak = previous["peak_rss_mib"]
-    time_result = timing(args.quant, args.batch_size, args.runs, args.dtype) if args.only != "memory" else previous["zo_step_over_forward"]
+        peak = previous.get("peak_rss_mib")  # kept from the last full run (None on a new --name)
+    time_result = timing(args.quant, args.batch_size, args.runs, args.dtype, args.device) if args.only != "memory" else previous["zo_step_over_forward"]
     result = {
         "model": "smollm2-135m-instruct", "mask": "smollm2-135m-instruct (built-in, C4 fisher, 0.1%)", "quant": args.quant,
         "batch_size": args.batch_size, "task": "sst2", "runs": args.runs, "memory_steps": args.steps,
         "zo_step_over_forward": {**time_result, "two_pass_floor": 2.0, "target": 1.6},
         "peak_rss_mib": peak,
-        "finetune_over_inference_rss": {"ratio": round(peak["finetune"] / peak["inference"], 3), "target": 1.15},
-        "finetune_over_dense_zo_fp32_rss": {"ratio": round(peak["finetune"] / peak["dense_zo_fp32"], 3)},
+        "finetune_over_inference_rss": {"ratio": round(peak["finetune"] / peak["inference"], 3), "target": 1.15} if peak else None,
+        "finetune_over_dense_zo_fp32_rss": {"ratio": round(peak["finetune"] / peak["dense_zo_fp32"], 3)} if peak else None,
         "machine": {"python": platform.python_version(), "torch": torch.__version__, "cpus": os.cpu_count(), "threads": torch.get_num_threads(),
                     "note": "shared CPU: ratios come from one run with interleaved variants"},
+        "command": "python bench/bench_finetune.py " + " ".join(sys.argv[1:]),
         "seconds": round(time.time() - started, 1),
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "finetune.json").write_text(json.dumps(result, indent=2) + "\n")
+    json_path.write_text(json.dumps(result, indent=2) + "\n")
     z = result["zo_step_over_forward"]
     md = ["# Fine-tuning benchmark (SmolLM2-135M, built-in mask, SST-2 batch %d, %s)" % (args.batch_size, args.quant), "",
           "| measure | value | target |", "|---|---|---|",
           f"| (1) ZO step (paired) / inference forward | {z['ratio']} ({z['zo_step_s']} s / {z['forward_s']} s) | <= 1.6 |",
-          f"| (1) ZO step (two-pass) / inference forward | {z['two_pass_ratio']} ({z['two_pass_step_s']} s / {z['forward_s']} s) | floor 2.0 |",
-          f"| (3) peak RSS fine-tune / inference | {result['finetune_over_inference_rss']['ratio']} ({peak['finetune']} / {peak['inference']} MiB) | <= 1.15 |",
-          f"| (4) peak RSS fine-tune / dense fp32 ZO | {result['finetune_over_dense_zo_fp32_rss']['ratio']} ({peak['finetune']} / {peak['dense_zo_fp32']} MiB) | report |",
-          "", f"Measured on a shared 2-core CPU ({z.get('dtype', 'float32')} compute; 1-min load average {z.get('load_avg_1min')}); "
-          "medians of interleaved runs in one invocation.", ""]
-    (RESULTS / "finetune.md").write_text("\n".join(md))
+          f"| (1) ZO step (two-pass) / inference forward | {z['two_pass_ratio']} ({z['two_pass_step_s']} s / {z['forward_s']} s) | floor 2.0 |"]
+    if peak:
+        md += [f"| (3) peak RSS fine-tune / inference | {result['finetune_over_inference_rss']['ratio']} ({peak['finetune']} / {peak['inference']} MiB) | <= 1.15 |",
+               f"| (4) peak RSS fine-tune / dense fp32 ZO | {result['finetune_over_dense_zo_fp32_rss']['ratio']} ({peak['finetune']} / {peak['dense_zo_fp32']} MiB) | report |"]
+    md += ["", f"Timing on {z.get('device', 'cpu')} ({z.get('dtype', 'float32')} compute; 1-min load average {z.get('load_avg_1min')} on a "
+           f"{os.cpu_count()}-core machine); medians of interleaved runs in one invocation. Command: `{result['command']}`", ""]
+    (RESULTS / f"{args.name}.md").write_text("\n".join(md))
     print(json.dumps(result, indent=2))
 
 

@@ -47,7 +47,7 @@ def resolve_device(spec: str | torch.device | None = "auto") -> torch.device:
         raise ConfigError(f"unknown --device {spec!r}", hint=f"choose one of: {', '.join(DEVICE_CHOICES)}")
     if not torch.cuda.is_available():
         raise ConfigError(
-            f"--device {spec}: torch sees no CUDA GPU (torch {torch.__version__}, built for CUDA: {torch.version.cuda or 'no'})",
+            f"--device {spec} is not available: torch sees no CUDA GPU (torch {torch.__version__}, built for CUDA: {torch.version.cuda or 'no'})",
             hint="use --device cpu (or auto), or install a CUDA build of torch on a machine with a GPU",
         )
     n = torch.cuda.device_count()
