@@ -14,6 +14,9 @@ How the sparse part is applied (measured in bench/bench_runtime.py and bench/ben
   (SmolLM2: 1-27 of 576/1536 columns per layer), so this costs ~1-3% of the dense matmul. The
   correction is computed in fp32 from the fp32 values and added to the base output in fp32;
   the sum is rounded once to the compute dtype (as every layer output is).
+- Scatter form, for masks that touch most input columns (random masks: S would be a dense fp32
+  copy of the layer): `out[..., rows] += x[..., cols] * values` with one gather and one
+  `index_add_`, N * nnz work. Chosen per layer at load (`SCATTER_ABOVE`).
 - Fold, 4-bit with fp32 compute and one set of values: the freshly dequantized buffer's masked
   entries are exactly 0 (NF4 and FP4 both hold 0), so writing the values into it gives
   base + delta exactly at the cost of one nnz-sized scatter. With a bf16/fp16 buffer the fold
@@ -55,6 +58,7 @@ log = logging.getLogger(__name__)
 
 QUANT_MODES = ("nf4", "fp4", "int8", "none")
 BLOCKSIZE_4BIT = 64  # bitsandbytes' default for Linear4bit / BitsAndBytesConfig
+SCATTER_ABOVE = 256  # a layer whose column form would cost > this x nnz uses the scatter form
 
 
 class SparseValues(nn.Module):
@@ -266,6 +270,12 @@ class SparseQuantLinear(nn.Module):
         ucols, col_rank = torch.unique(cols, return_inverse=True)  # [C], [nnz]
         self.register_buffer("cols", ucols, persistent=False)  # [C]
         self.register_buffer("s_pos", col_rank * out_features + rows, persistent=False)  # [nnz] into S.flatten()
+        # The column form costs N * C * out multiply-adds, the scatter form N * nnz (but as a
+        # gather + index_add, ~tens of times slower per element than a GEMM). Sensitivity masks
+        # touch few columns (SmolLM2's built-in mask: C * out / nnz <= 132 in every layer); a
+        # random mask touches nearly all of them (C * out / nnz ~ 1 / density = 1000 at 1e-3),
+        # where S [C, out] would be a dense fp32 copy of the layer.
+        self.sparse_form = "column" if ucols.numel() * out_features <= SCATTER_ABOVE * max(self.nnz, 1) else "scatter"
 
         with torch.no_grad():
             self.bias = None if bias is None else nn.Parameter(bias.detach().to(device=device, dtype=compute_dtype), requires_grad=False)
@@ -312,7 +322,8 @@ class SparseQuantLinear(nn.Module):
         return self
 
     def extra_repr(self) -> str:
-        return f"in={self.in_features}, out={self.out_features}, quant={self.quant}, nnz={self.nnz}, cols={self.cols.numel()}"
+        return (f"in={self.in_features}, out={self.out_features}, quant={self.quant}, nnz={self.nnz}, cols={self.cols.numel()}, "
+                f"sparse={self.sparse_form}")
 
     def _base_weight(self) -> torch.Tensor:
         """The dequantized base weight [out, in] (masked entries exactly 0)."""
@@ -361,14 +372,19 @@ class SparseQuantLinear(nn.Module):
         p, c, n_out = vals.shape[0], self.cols.numel(), self.out_features
         if x.shape[0] % p:
             raise ConfigError(f"a paired forward needs {p} equal row blocks, got {x.shape[0]} rows", hint="repeat the batch once per perturbation")
-        s = vals.new_zeros(p, c * n_out)  # [P, C * out] fp32
-        s[:, self.s_pos] = vals
-        xg = x[..., self.cols].reshape(p, -1, c).to(torch.float32)  # [P, M, C]
-        if out.dtype == torch.float32:
-            out.view(p, -1, n_out).baddbmm_(xg, s.view(p, c, n_out))  # [P, M, out] in place
-            return out
-        acc = out.view(p, -1, n_out).to(torch.float32).baddbmm_(xg, s.view(p, c, n_out))  # [P, M, out] fp32
-        return acc.to(self.compute_dtype).view(out.shape)
+        acc = out.view(p, -1, n_out)  # [P, M, out]
+        if acc.dtype != torch.float32:
+            acc = acc.to(torch.float32)  # summed in fp32, rounded once below
+        if self.sparse_form == "column":
+            s = vals.new_zeros(p, c * n_out)  # [P, C * out] fp32
+            s[:, self.s_pos] = vals
+            xg = x[..., self.cols].reshape(p, -1, c).to(torch.float32)  # [P, M, C]
+            acc.baddbmm_(xg, s.view(p, c, n_out))
+        else:
+            rows, cols = self.flat_idx // self.in_features, self.flat_idx % self.in_features  # [nnz], [nnz]
+            xg = x.reshape(p, -1, self.in_features)[..., cols].to(torch.float32)  # [P, M, nnz]
+            acc.index_add_(2, rows, xg.mul_(vals[:, None, :]))  # [P, M, out]
+        return out if acc.dtype == out.dtype else acc.to(self.compute_dtype).view(out.shape)
 
 
 def _contiguous_input(module: nn.Module, args: tuple) -> tuple:

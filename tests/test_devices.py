@@ -380,3 +380,35 @@ def test_eval_and_merge_take_device_and_dtype(tiny_model_dir, tiny_mask, train_f
     delta = load_file(str(run / "delta.safetensors"))
     for name, idx in mask.indices.items():
         assert torch.equal(weights[name].reshape(-1)[idx.long()], delta[name])
+
+
+def test_scatter_and_column_forms_agree_and_are_chosen_by_column_spread():
+    """A random mask (nearly every column) takes the scatter form, a column-concentrated one the
+    column form; both give base(x) + x @ delta^T for each part of a paired batch."""
+    from szoq_hub.runtime import SparseValues
+
+    gen = torch.Generator().manual_seed(5)
+    out_f, in_f = 512, 128  # C * out / nnz: ~500 for 40 spread entries, 26 for 2 columns
+    w = torch.randn(out_f, in_f, generator=gen)
+    spread = torch.randperm(out_f * in_f, generator=gen)[:40].sort().values  # ~40 distinct columns
+    concentrated = (torch.arange(out_f)[:, None] * in_f + torch.tensor([3, 70])).reshape(-1)[:40]  # 2 columns
+    for idx, form in ((spread, "scatter"), (concentrated, "column")):
+        store = SparseValues(idx.numel(), torch.device("cpu"))
+        store.values.copy_(w.reshape(-1)[idx])
+        layer = SparseQuantLinear(w.clone(), None, idx, store, 0, "none", torch.float32)
+        assert layer.sparse_form == form
+        x = torch.randn(2 * 3, 5, in_f, generator=gen)  # [P * B, T, in] with P = 2
+        parts = store.values[None] + torch.randn(2, idx.numel(), generator=gen)  # [2, nnz]
+        store.parts = parts
+        with torch.no_grad():
+            got = layer(x)
+            other = "column" if form == "scatter" else "scatter"
+            layer.sparse_form = other
+            again = layer(x)
+        store.parts = None
+        for p in range(2):
+            dense = w.clone().reshape(-1)
+            dense[idx] = parts[p]
+            expected = x[3 * p : 3 * (p + 1)] @ dense.view(out_f, in_f).T  # [B, T, out]
+            torch.testing.assert_close(got[3 * p : 3 * (p + 1)], expected, atol=1e-4, rtol=1e-5)
+            torch.testing.assert_close(again[3 * p : 3 * (p + 1)], expected, atol=1e-4, rtol=1e-5)
