@@ -113,7 +113,7 @@ def plot_runs(runs: list[Path], out: Path, *, labels: list[str] | None = None) -
         if final is not None and xs:
             ax_dev.plot([xs[-1]], [final["eval_metric"]], "*", color=color, markersize=13, label=f"{label} eval {final['eval_metric']:.3f}")
     ax_loss.set(title="training loss (ZO, mean of the two perturbed losses)", xlabel="step", ylabel="loss")
-    ax_dev.set(title="dev metric", xlabel="step", ylabel=" / ".join(sorted(metric_names)) or "metric")
+    ax_dev.set(title="dev metric (★: final eval)", xlabel="step", ylabel=" / ".join(sorted(metric_names)) or "metric")
     for ax in (ax_loss, ax_dev):
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
@@ -188,9 +188,10 @@ def plot_mask(mask: SensitivityMask, out: Path, *, title: str | None = None) -> 
         density_kw = {"norm": LogNorm(vmin=float(positive.min()), vmax=float(positive.max()))}
     else:  # per-matrix: one density up to rounding; a linear scale from 0 shows it as flat
         density_kw = {"vmin": 0.0, "vmax": 1.25 * float(positive.max()) if positive.size else 1.0}
-    panels = [(axes[0], np.where(density > 0, density, np.nan), "density (selected / weights)", cmap_density, density_kw)]
+    panels = [(axes[0], np.where(density > 0, density, np.nan), "density (selected / weights; grey: none)", cmap_density, density_kw)]
     if has_share:
-        panels.append((axes[1], share, "captured share of the matrix's score mass", _cmap("viridis"), {"vmin": 0.0, "vmax": 1.0}))
+        top = float(np.nanmax(share))  # the scale ends at the largest cell: magnitude masks hold ~1%, fisher ~50%
+        panels.append((axes[1], share, "captured share of each matrix's score mass", _cmap("viridis"), {"vmin": 0.0, "vmax": top if top > 0 else 1.0}))
     for ax, grid, label, cmap, kw in panels:
         image = ax.imshow(grid, aspect="auto", cmap=cmap, interpolation="nearest", **kw)
         ax.set_xticks(range(len(projs)), projs, rotation=45, ha="right", fontsize=8)
