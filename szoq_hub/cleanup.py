@@ -14,7 +14,6 @@ Names from before pids were recorded are removed only when a day old.
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import tempfile
