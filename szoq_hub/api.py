@@ -18,7 +18,7 @@ from pathlib import Path
 from .build import MaskBuildConfig, build_mask
 from .delta import DELTA_FILE, Delta, delta_path, load_delta, write_into
 from .delta_hub import push_delta
-from .errors import FingerprintMismatch, MaskError, SzoqError
+from .errors import FingerprintMismatch, MaskError, RegistryError, SzoqError
 from .finetune import FinetuneConfig, FinetuneResult, finetune
 from .hub import push_mask
 from .mask import MASK_FILE, MaskConfig, SensitivityMask, file_sha256, load_mask, save_mask
@@ -131,7 +131,11 @@ def _recorded_mask(delta: Delta) -> SensitivityMask:
     ref = delta.settings.get("mask")
     if not ref:
         raise MaskError("the delta does not name its mask", hint="pass mask=SensitivityMask.from_pretrained(REF)")
-    folder = resolve_mask_ref(ref)
+    try:
+        folder = resolve_mask_ref(ref)
+    except RegistryError:  # a local folder is recorded by its name only (deltas never carry local paths)
+        raise MaskError(f"the delta names its mask {ref!r}, which is no mask folder, registry, built-in or Hub mask here",
+                        hint="pass mask=SensitivityMask.from_pretrained(FOLDER) of the mask it was fine-tuned with") from None
     if file_sha256(folder / MASK_FILE) != delta.mask_sha256:
         raise FingerprintMismatch(f"the mask {ref} named by the delta is not the one it was fine-tuned with",
                                   hint="pass mask=SensitivityMask.from_pretrained(REF) of the mask it was trained with")

@@ -99,7 +99,7 @@ def test_delta_api_round_trip_and_merge_into_equals_szoq_merge(hub, tiny_model_d
     assert code == 0, err
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    assert from_hub.merge_into(model) is model
+    assert from_hub.merge_into(model, SensitivityMask.from_pretrained(tiny_mask)) is model
     merged = dict(AutoModelForCausalLM.from_pretrained(tmp_path / "merged", dtype=torch.float32).named_parameters())
     changed = [n for n, p in model.named_parameters() if not torch.equal(p, before[n])]
     assert changed and all(torch.equal(p, merged[n]) for n, p in model.named_parameters())
@@ -132,13 +132,20 @@ def test_merge_into_refuses_another_mask(tiny_model_dir, tiny_mask, run_dir, tmp
     delta.merge_into(model, type(right)(right.indices, right.config))  # the right mask, in memory: its bytes hash the same
     assert not all(torch.equal(p, before[n]) for n, p in model.named_parameters())
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
-    # a delta whose recorded mask ref now names another mask
-    moved = tmp_path / "moved"
-    moved.mkdir()
-    save_delta(moved, delta.tensors, mask_sha256=delta.mask_sha256, fingerprint=delta.fingerprint, base_model=delta.meta["base_model"],
-               settings={**delta.settings, "mask": str(tmp_path / "random-mask")})
+    # the mask a delta names: a registry name is resolved (and must be the same file); a local folder is recorded
+    # by its name only, so it must be passed
+    Registry().add(tmp_path / "random-mask", "other-mask")
+    named = {}
+    for name, ref in (("registry", "other-mask"), ("folder", tmp_path / "random-mask")):
+        named[name] = tmp_path / name
+        named[name].mkdir()
+        save_delta(named[name], delta.tensors, mask_sha256=delta.mask_sha256, fingerprint=delta.fingerprint,
+                   base_model=delta.meta["base_model"], settings={**delta.settings, "mask": str(ref)})
     with pytest.raises(FingerprintMismatch):
-        Delta.from_pretrained(moved).merge_into(model)
+        Delta.from_pretrained(named["registry"]).merge_into(model)
+    with pytest.raises(MaskError, match="names its mask 'random-mask'") as info:
+        Delta.from_pretrained(named["folder"]).merge_into(model)
+    assert "pass mask=" in info.value.hint and str(tmp_path) not in str(info.value)
     assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())  # refused before writing anything
 
 
