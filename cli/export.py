@@ -23,7 +23,7 @@ app.add_typer(export_app, name="export")
 
 @export_app.command("peft")
 def peft_cmd(
-    delta: str = typer.Option(..., "--delta", help="Run folder, delta.safetensors or ORG/NAME[@REV] on the Hub."),
+    delta: str = typer.Option(..., "--delta", help="Run folder, delta.safetensors, or ORG/NAME or ORG/NAME@REV on the Hub."),
     out_dir: Path = typer.Option(..., "--out", help="New folder for the adapter (adapter_config.json, adapter_model.safetensors)."),
     model: str = typer.Option(DEFAULT_MODEL, "--model", help="The base model the delta was fine-tuned from."),
     mask: str = typer.Option(DEFAULT_MASK, "--mask", help="The mask the delta was fine-tuned with."),

@@ -15,7 +15,7 @@ from .render import note
 
 @app.command("plot")
 def plot_cmd(
-    runs: list[str] = typer.Argument(..., help="szoq finetune output folders (or ORG/NAME[@REV] deltas on the Hub)."),
+    runs: list[str] = typer.Argument(..., help="szoq finetune output folders (or deltas on the Hub: ORG/NAME or ORG/NAME@REV)."),
     out_file: Path = typer.Option(Path("szoq-plot.png"), "--out", help="The PNG to write."),
 ) -> None:
     """Plot loss and dev metric against steps from metrics.jsonl. Example: szoq plot runs/sst2 runs/rte --out runs.png"""
