@@ -225,6 +225,8 @@ def main() -> None:
     if peak:
         md += [f"| (3) peak RSS fine-tune / inference | {result['finetune_over_inference_rss']['ratio']} ({peak['finetune']} / {peak['inference']} MiB) | <= 1.15 |",
                f"| (4) peak RSS fine-tune / dense fp32 ZO | {result['finetune_over_dense_zo_fp32_rss']['ratio']} ({peak['finetune']} / {peak['dense_zo_fp32']} MiB) | report |"]
+    if peak and args.only == "timing":
+        md += ["", "Memory rows: kept from the last full run (`--only timing` does not re-measure them)."]
     md += ["", f"Timing on {z.get('device', 'cpu')} ({z.get('dtype', 'float32')} compute; 1-min load average {z.get('load_avg_1min')} on a "
            f"{os.cpu_count()}-core machine); medians of interleaved runs in one invocation. Command: `{result['command']}`", ""]
     (RESULTS / f"{args.name}.md").write_text("\n".join(md))
