@@ -144,7 +144,9 @@ def bench_shape(shape: str, root: Path, args) -> dict:
             argv += [flag, value]
         else:
             result.setdefault("flags_unsupported", []).append(flag)
+    load_before = os.getloadavg()[0]
     rss, wall, _ = run_szoq(argv, work / f"{shape}-finetune.hwm", work / f"{shape}-finetune.log")
+    result["load_average_1min"] = [round(load_before, 1), round(os.getloadavg()[0], 1)]  # before, after: 2 cores
     steps = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines() if '"kind": "step"' in l]
     seconds = [s["seconds"] for s in steps]
     target_text, meets = TARGETS.get(shape, ("report", None))
@@ -171,11 +173,20 @@ def main() -> None:
     ap.add_argument("--mask-writer", choices=["cli", "stream"], default="cli",
                     help="cli: szoq mask build --scorer random; stream: the bench's stopgap writer (same mask)")
     ap.add_argument("--name", default="scale", help="results name under bench/results/")
+    ap.add_argument("--combine", nargs="+", metavar="NAME", help="run nothing: write --name from the results of earlier runs (one shape each)")
     args = ap.parse_args()
 
-    from common import write_results
+    from common import RESULTS, write_results
 
-    results = [bench_shape(s, args.root, args) for s in args.shapes]
+    if args.combine:
+        earlier = [json.loads((RESULTS / f"{n}.json").read_text()) for n in args.combine]
+        results = [r for e in earlier for r in e["results"]]
+        commands = [e["command"] for e in earlier]
+        environments = [e["environment"] for e in earlier]
+    else:
+        results = [bench_shape(s, args.root, args) for s in args.shapes]
+        commands = ["flock /work/locks/heavy.lock nice -n 10 python bench/bench_scale.py " + " ".join(sys.argv[1:])]
+        environments = []
     rows = []
     for r in results:
         rows.append((f"{r['shape']}: peak RSS of szoq finetune", f"{r['peak_rss_gib']} GiB ({r['peak_rss_gb']} GB)", r["target"]))
@@ -184,9 +195,11 @@ def main() -> None:
             mb = r["mask_build"]
             rss = f", peak RSS {mb['peak_rss_bytes'] / 2**30:.2f} GiB" if "peak_rss_bytes" in mb else ""
             rows.append((f"{r['shape']}: random mask at {DENSITY:g}", f"{mb['writer']}, {mb['seconds']} s{rss}", "report"))
-    command = "flock /work/locks/heavy.lock nice -n 10 python bench/bench_scale.py " + " ".join(sys.argv[1:])
-    write_results(args.name, {"command": command, "device": args.device, "dtype": args.dtype, "density": DENSITY,
-                              "batch": "2 x 64 tokens", "quant": "nf4", "results": results}, rows)
+    data = {"command": commands[0] if len(commands) == 1 else commands, "device": args.device, "dtype": args.dtype, "density": DENSITY,
+            "batch": "2 x 64 tokens", "quant": "nf4", "results": results}
+    if environments:
+        data["runs_environment"] = environments
+    write_results(args.name, data, rows)
 
 
 if __name__ == "__main__":
