@@ -24,7 +24,12 @@ _DTYPE = typer.Option(None, "--dtype", help="Compute dtype: bf16, fp16 or fp32 (
 _DATA = typer.Option(None, "--data-dir", help="GLUE/SuperGLUE folder (default $SZOQ_DATA_DIR; else `datasets` online).")
 # The custom-task options of `finetune` and `eval`.
 _TRAIN = typer.Option(None, "--train", help="Custom task: train file (jsonl/csv/tsv; eval takes ICL demonstrations from it).")
-_EVAL = typer.Option(None, "--eval", help="Custom task: eval file (default: held out from --train).")
+_EVAL = typer.Option(None, "--eval", help="Custom task: eval file (default: held out from --train; eval needs no --train for zero-shot).")
+_ENCODING = typer.Option("utf-8", "--encoding", help="Custom task: text encoding of the data files, e.g. latin-1.")
+_TASK = typer.Option(None, "--task", help="Built-in task: sst2, rte, cb, boolq, wic, wsc, copa or multirc (default sst2; not with a custom task).")
+_EVAL_SAMPLES = typer.Option(1000, "--eval-samples", help="Eval examples drawn (built-in task: from validation; custom: from --eval, else held out from --train).")
+_DELTA_MODEL = typer.Option(None, "--model", help="Model alias, Hub id, local folder or .gguf file (default: the one the delta was trained on, else the built-in).")
+_DELTA_MASK = typer.Option(None, "--mask", help="Mask REF (default: the one the delta was trained with, else the built-in).")
 _TEMPLATE = typer.Option(None, "--template", help="Custom task: format string over row fields, e.g. '{text} It was'.")
 _LABELS = typer.Option(None, "--labels", help="Custom task: label=word pairs, e.g. '0=terrible,1=great'.")
 _LABEL_FIELD = typer.Option("label", "--label-field", help="Custom task: the row field holding the label.")
@@ -33,10 +38,11 @@ _TASK_FILE = typer.Option(None, "--task-file", help="Custom task as a JSON/YAML 
 
 @app.command("finetune")
 def finetune_cmd(
-    model: str = _MODEL, mask: str = _MASK,
-    task: str = typer.Option("sst2", "--task", help="sst2, rte, cb, boolq, wic, wsc, copa or multirc."),
-    train: Optional[str] = _TRAIN, eval_file: Optional[str] = _EVAL, template: Optional[str] = _TEMPLATE,
-    labels: Optional[str] = _LABELS, label_field: str = _LABEL_FIELD, task_file: Optional[str] = _TASK_FILE,
+    model: str = _MODEL, mask: str = _MASK, task: Optional[str] = _TASK,
+    train: Optional[str] = _TRAIN, eval_file: Optional[str] = _EVAL,
+    dev_file: Optional[str] = typer.Option(None, "--dev", help="Custom task: dev file (default: held out from --train)."),
+    template: Optional[str] = _TEMPLATE, labels: Optional[str] = _LABELS, label_field: str = _LABEL_FIELD,
+    task_file: Optional[str] = _TASK_FILE, encoding: str = _ENCODING,
     quant: str = _QUANT, device: str = _DEVICE, dtype: Optional[str] = _DTYPE,
     steps: int = typer.Option(300, "--steps", help="ZO steps."),
     batch_size: int = typer.Option(16, "--batch-size", help="Examples per step."),
@@ -51,17 +57,18 @@ def finetune_cmd(
     save_every: int = typer.Option(100, "--save-every", help="Checkpoint every K steps."),
     seed: int = typer.Option(0, "--seed", help="Seed of sampling, batches and perturbations."),
     train_samples: int = typer.Option(1000, "--train-samples", help="Train examples drawn."),
-    dev_samples: int = typer.Option(500, "--dev-samples", help="Dev examples drawn (from the train split)."),
-    eval_samples: int = typer.Option(1000, "--eval-samples", help="Eval examples drawn (from validation)."),
-    out_dir: Path = typer.Option(Path("runs/finetune"), "--out", help="Output folder."),
-    resume: bool = typer.Option(False, "--resume", help="Continue the stopped run in --out."),
+    dev_samples: int = typer.Option(500, "--dev-samples", help="Dev examples drawn (from --dev, else held out from the train split)."),
+    eval_samples: int = _EVAL_SAMPLES,
+    out_dir: Path = typer.Option(Path("runs/finetune"), "--out", help="Output folder; a stopped run there with the same options is continued."),
+    resume: bool = typer.Option(False, "--resume", help="Insist on continuing the stopped run in --out (error when there is none)."),
     data_dir: Optional[str] = _DATA,
     report_to: str = typer.Option("none", "--report-to", help="Also log metrics to: none, tensorboard, trackio or wandb (offline modes honoured)."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """ZO fine-tune the sparse values of a quantized model. Example: szoq finetune --task sst2 --steps 300 --out runs/sst2"""
-    config = FinetuneConfig(model=model, mask=mask, task=task, train_file=train, eval_file=eval_file, template=template, labels=labels,
-                            label_field=label_field, task_file=task_file, data_dir=data_dir, quant=quant, device=device, dtype=dtype, steps=steps, batch_size=batch_size,
+    config = FinetuneConfig(model=model, mask=mask, task=task, train_file=train, eval_file=eval_file, dev_file=dev_file, template=template,
+                            labels=labels, label_field=label_field, task_file=task_file, encoding=encoding, data_dir=data_dir, quant=quant,
+                            device=device, dtype=dtype, steps=steps, batch_size=batch_size,
                             lr=lr, eps=eps, optimizer=optimizer, zo_samples=zo_samples, lr_schedule=lr_schedule, warmup=warmup,
                             weight_decay=weight_decay, eval_every=eval_every, save_every=save_every, seed=seed, train_samples=train_samples,
                             dev_samples=dev_samples, eval_samples=eval_samples, out=str(out_dir), report_to=report_to)
@@ -72,9 +79,10 @@ def finetune_cmd(
         def on_progress(e: dict) -> None:
             if e["kind"] == "start":
                 state.update(first=e["start"], t0=time.perf_counter())
+                note(e["split"])
                 if e.get("resumed"):
                     note(_resume_note(e, out_dir))
-                bar.update(bar_task, description=f"{e['task']} ZO", completed=e["start"])
+                bar.update(bar_task, description=f"{e['task']} ZO", completed=e["start"], first=e["start"], begun=bar.tasks[bar_task].elapsed or 0.0)
             elif e["kind"] == "eval":
                 state["dev"] = f"{e['dev']:.3f}"
             elif e["kind"] == "step":
@@ -82,7 +90,7 @@ def finetune_cmd(
                 bar.update(bar_task, completed=e["step"],
                            info=f"loss {e['loss']:.4f} |g| {e['grad']:.3g} lr {e['lr']:.2g} {rate:.2f} step/s dev {state['dev']}")
 
-        result = finetune(config, resume=resume, progress=on_progress)
+        result = finetune(config, resume=True if resume else None, progress=on_progress)
     from szoq_hub.build import is_main_process
     if not is_main_process():
         return
@@ -98,20 +106,20 @@ def finetune_cmd(
 def _resume_note(e: dict, out_dir: Path) -> str:
     redone = f"; {e['redone']} logged steps are redone (set aside in metrics.redone.jsonl)" if e.get("redone") else ""
     if e.get("checkpoint") is None:
-        return f"--resume: {out_dir} has no checkpoint yet (the run stopped before step {e['save_every']}): starting again from step 0{redone}"
+        return f"continuing {out_dir}: it has no checkpoint yet (the run stopped before step {e['save_every']}): starting again from step 0{redone}"
     return f"resuming {out_dir} from its checkpoint at step {e['checkpoint']} of {e['steps']}{redone}"
 
 
 @app.command("eval")
 def eval_cmd(
-    model: str = _MODEL, mask: str = _MASK,
-    task: str = typer.Option("sst2", "--task", help="Built-in task name."),
+    model: Optional[str] = _DELTA_MODEL, mask: Optional[str] = _DELTA_MASK, task: Optional[str] = _TASK,
     train: Optional[str] = _TRAIN, eval_file: Optional[str] = _EVAL, template: Optional[str] = _TEMPLATE,
     labels: Optional[str] = _LABELS, label_field: str = _LABEL_FIELD, task_file: Optional[str] = _TASK_FILE,
+    encoding: str = _ENCODING,
     delta: Optional[Path] = typer.Option(None, "--delta", help="Run folder, delta.safetensors or ORG/NAME[@REV] on the Hub (default: zero-shot)."),
     icl_shots: int = typer.Option(0, "--icl-shots", help="In-context demonstrations per example."),
     quant: str = _QUANT, device: str = _DEVICE, dtype: Optional[str] = _DTYPE,
-    eval_samples: int = typer.Option(1000, "--eval-samples", help="Eval examples drawn (from validation)."),
+    eval_samples: int = _EVAL_SAMPLES,
     batch_size: int = typer.Option(32, "--batch-size", help="Evaluation batch size."),
     seed: int = typer.Option(0, "--seed", help="Seed of sampling and demonstrations."),
     data_dir: Optional[str] = _DATA,
@@ -121,8 +129,9 @@ def eval_cmd(
     from szoq_hub.evaluate import EvalConfig, evaluate
 
     config = EvalConfig(model=model, mask=mask, task=task, train_file=train, eval_file=eval_file, template=template, labels=labels,
-                        label_field=label_field, task_file=task_file, delta=str(resolve_delta_ref(str(delta))) if delta else None, icl_shots=icl_shots,
-                        quant=quant, device=device, dtype=dtype, eval_samples=eval_samples, batch_size=batch_size, seed=seed, data_dir=data_dir)
+                        label_field=label_field, task_file=task_file, encoding=encoding, delta=str(resolve_delta_ref(str(delta))) if delta else None,
+                        icl_shots=icl_shots, quant=quant, device=device, dtype=dtype, eval_samples=eval_samples, batch_size=batch_size, seed=seed,
+                        data_dir=data_dir)
     result = evaluate(config)
     if as_json:
         print_json(result.to_dict())
@@ -132,7 +141,7 @@ def eval_cmd(
 
 @app.command("merge")
 def merge_cmd(
-    model: str = _MODEL, mask: str = _MASK,
+    model: Optional[str] = _DELTA_MODEL, mask: Optional[str] = _DELTA_MASK,
     delta: Path = typer.Option(..., "--delta", help="Run folder, delta.safetensors or ORG/NAME[@REV] on the Hub."),
     out_dir: Path = typer.Option(..., "--out", help="Folder for the merged transformers model."),
     dtype: str = typer.Option("fp32", "--dtype", help="dtype of the saved weights: fp32, bf16 or fp16."),

@@ -14,7 +14,7 @@ from szoq_hub import MaskBuildConfig, SensitivityMask, build_mask
 from szoq_hub.build import is_main_process
 from szoq_hub.catalog import builtin_masks
 from szoq_hub.errors import MaskError
-from szoq_hub.mask import diff_masks, save_mask
+from szoq_hub.mask import diff_masks, layer_order, save_mask
 from szoq_hub.models import DEFAULT_MODEL
 from szoq_hub.paths import path_exists, scratch_dir
 from szoq_hub.registry import Registry
@@ -65,11 +65,13 @@ def build(
         note(f"--calibration is not read by --scorer {scorer}: ignored (and not recorded)")
     command = build_recipe(sys.argv, drop=() if scorer == "fisher" else ("--calibration",))
     with progress_bar() as bar:
-        task = bar.add_task("scoring windows" if scorer == "fisher" else f"{scorer} scores", total=None, info="")
+        task = bar.add_task("scoring windows" if scorer == "fisher" else f"{scorer} scores (tensors)", total=None, info="")
 
         def on_progress(done: int, total: int, tokens: int) -> None:
             elapsed = bar.tasks[task].elapsed or 1e-9
-            bar.update(task, completed=done, total=total, info=f"{tokens / elapsed:,.0f} tok/s")
+            if done == 1:  # time left counts from the first unit, not from model loading
+                bar.update(task, first=1, begun=elapsed)
+            bar.update(task, completed=done, total=total, info=f"{tokens / elapsed:,.0f} tok/s" if tokens else "")
 
         with scratch_dir("szoq-build") as tmp:  # a killed build leaves it to `szoq gc`
             plan: dict = {}
@@ -161,7 +163,8 @@ def show(ref: str = typer.Argument(..., help="NAME[@VERSION], a folder, or ORG/N
     import math
     layers = [{"tensor": n, "shape": s, "nnz": int(mask.indices[n].numel()) if n in mask.indices else 0,
                "density": (int(mask.indices[n].numel()) if n in mask.indices else 0) / math.prod(s),
-               "captured_share": cfg.stats.get("captured_share_per_tensor", {}).get(n)} for n, s in cfg.shapes.items()]
+               "captured_share": cfg.stats.get("captured_share_per_tensor", {}).get(n)}
+              for n, s in sorted(cfg.shapes.items(), key=lambda item: layer_order(item[0]))]
     if as_json:
         from dataclasses import asdict
         print_json({"path": str(folder), "config": asdict(cfg), "nnz": mask.nnz, "layers": layers})

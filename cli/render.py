@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 import os
 from contextlib import contextmanager
+from datetime import timedelta
 from typing import Iterator
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, Task, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
 
@@ -36,12 +37,42 @@ def table(title: str | None, columns: list[str], rows: list[list[object]]) -> No
     out.print(t)
 
 
+class AverageRateEta(ProgressColumn):
+    """Time left at the average rate since the work began.
+
+    rich's TimeRemainingColumn estimates from the updates of the last 30 s only, so it shows
+    `-:--:--` whenever updates are more than 15 s apart (long ZO steps on a busy machine, or
+    the minute of a dev evaluation). This column divides the time since the work began (task
+    field `begun`, in seconds of the task's elapsed time) by the units done since then (counted
+    from the task field `first`), which is steady from the first update on.
+    """
+
+    def render(self, task: Task) -> Text:
+        if task.total is None:
+            return Text("")
+        if task.finished:
+            return Text("eta 0:00:00")
+        done = task.completed - task.fields.get("first", 0)
+        spent = (task.elapsed or 0.0) - task.fields.get("begun", 0.0)
+        if done <= 0 or spent <= 0:
+            return Text("eta -:--:--")
+        return Text(f"eta {timedelta(seconds=round((task.total - task.completed) * spent / done))}")
+
+
 @contextmanager
 def progress_bar() -> Iterator[Progress]:
-    """A rich progress bar on stderr (hidden when SZOQ_NO_PROGRESS is set)."""
-    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn()]
+    """A rich progress bar on stderr (hidden when SZOQ_NO_PROGRESS is set).
+
+    On an error the bar is cleared, so that the `error:` line is not preceded by a stale one.
+    """
+    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"), TimeElapsedColumn(), AverageRateEta()]
     with Progress(*columns, console=err, disable=bool(os.environ.get("SZOQ_NO_PROGRESS")), transient=False) as bar:
-        yield bar
+        try:
+            yield bar
+        except Exception:
+            for task_id in list(bar.task_ids):
+                bar.remove_task(task_id)
+            raise
 
 
 def push_summary(result, *, repo: str, kind: str, what: str, use: str) -> None:

@@ -206,7 +206,8 @@ def build_mask(config: MaskBuildConfig, out: Path | None, *, progress: ProgressF
     Args:
         config: Build options.
         out: Folder to write the artifact to (must not exist or be empty); None = do not write.
-        progress: Optional progress callback (windows done, total, tokens).
+        progress: Optional progress callback (windows done, total, tokens); magnitude and random
+            scores report tensors done, total, 0.
         command: The command line to record as the build recipe.
         plan_out: If given, filled with the memory plan's figures (passes, budget, ...).
 
@@ -248,6 +249,8 @@ def build_mask(config: MaskBuildConfig, out: Path | None, *, progress: ProgressF
             selector.add(name, s)
             seen.add(name)
             del s
+            if progress:  # tensors done (no tokens): the bar counts tensors instead of staying at 0/?
+                progress(len(seen), len(targets), 0)
         if len(seen) != len(targets):
             missing = next(n for n in targets if n not in seen)
             raise ModelError(f"the checkpoint has no tensor {missing}", hint="the weight files do not match config.json")

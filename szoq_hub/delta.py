@@ -165,7 +165,7 @@ def _is_file(path: Path) -> bool:
 
 
 def load_delta(ref: str | Path, *, mask: SensitivityMask | None = None, mask_sha256: str | None = None,
-               fingerprint: str | None = None) -> Delta:
+               fingerprint: str | None = None, mask_ref: str | None = None) -> Delta:
     """Load and verify a delta.
 
     Args:
@@ -173,6 +173,7 @@ def load_delta(ref: str | Path, *, mask: SensitivityMask | None = None, mask_sha
         mask: When given, tensor names and lengths must match it.
         mask_sha256: When given, the delta must have been trained with this mask file.
         fingerprint: When given, the delta must have been trained on this base model.
+        mask_ref: How the user named the mask in use (for messages).
 
     Returns:
         The verified `Delta`.
@@ -186,9 +187,11 @@ def load_delta(ref: str | Path, *, mask: SensitivityMask | None = None, mask_sha
     path = delta_path(ref)
     if not _is_file(path):
         folder = path.parent
-        hint = ("the run did not finish: continue it with szoq finetune --resume --out " + str(folder)
-                if (folder / "checkpoint").is_dir() or (folder / "checkpoint.safetensors").is_file() else "pass the output folder of szoq finetune")
-        raise MaskError(f"{path} not found", hint=hint)
+        if _is_file(folder / "finetune_config.json"):  # a run folder without its last file: unfinished
+            raise MaskError(f"the run in {folder} is unfinished (no {DELTA_FILE} yet)",
+                            hint=f"continue it: run the same szoq finetune command again (same options, --out {folder}); "
+                                 "it resumes from its last checkpoint")
+        raise MaskError(f"{path} not found", hint="pass the output folder of szoq finetune, its delta.safetensors, or ORG/NAME[@REV] on the Hub")
     header = schema.read_header(path)
     schema.delta_fields(header, str(path), fmt=FORMAT, version=FORMAT_VERSION)  # types, counts, dtypes
     meta = header.metadata
@@ -203,13 +206,15 @@ def load_delta(ref: str | Path, *, mask: SensitivityMask | None = None, mask_sha
     if fingerprint is not None and meta.get("fingerprint") != fingerprint:
         raise FingerprintMismatch(
             f"delta was trained on {meta.get('base_model')} (fingerprint {meta.get('fingerprint', '')[:12]}), not this model ({fingerprint[:12]})",
-            hint="pass the --model the delta was fine-tuned from",
+            hint="pass the --model the delta was fine-tuned from, or leave --model out: eval and merge use the delta's own",
         )
     if mask_sha256 is not None and meta.get("mask_sha256") != mask_sha256:
-        raise FingerprintMismatch(
-            f"delta was trained with mask {meta.get('mask_sha256', '')[:12]}, not {mask_sha256[:12]}",
-            hint="pass the --mask the delta was fine-tuned with (see its finetune_config.json)",
-        )
+        from .refs import mask_name_for_sha256
+
+        trained = trained_mask_ref(meta)
+        current = mask_ref or mask_name_for_sha256(mask_sha256) or f"sha256 {mask_sha256[:12]}"
+        raise FingerprintMismatch(f"delta was trained with mask {trained}, not {current}",
+                                  hint=f"pass --mask {trained}, or leave --mask out: eval and merge use the delta's own mask")
     if mask is not None:
         if set(tensors) != set(mask.indices):
             raise MaskError(f"{path}: tensor names do not match the mask", hint="pass the --mask the delta was fine-tuned with")
@@ -217,3 +222,43 @@ def load_delta(ref: str | Path, *, mask: SensitivityMask | None = None, mask_sha
             if tensors[name].numel() != idx.numel():
                 raise MaskError(f"{path}: {name} has {tensors[name].numel()} values, the mask selects {idx.numel()}", hint="pass the --mask the delta was fine-tuned with")
     return Delta(tensors, meta)
+
+
+def trained_mask_ref(meta: dict[str, str]) -> str:
+    """The mask a delta was trained with, named for a user: a local mask holding the same content
+    (`NAME@vN` or a built-in name), else the ref recorded at training time, else its sha256."""
+    from .refs import mask_name_for_sha256
+
+    sha = meta.get("mask_sha256", "")
+    try:
+        settings = json.loads(meta.get("settings") or "{}")
+    except ValueError:
+        settings = {}
+    return mask_name_for_sha256(sha) or settings.get("mask_ref") or settings.get("mask") or f"sha256 {sha[:12]}"
+
+
+def delta_origin(ref: str | Path) -> tuple[str | None, str | None]:
+    """(model, mask) a delta was trained with, read from its header alone.
+
+    Used as the defaults of `eval --delta` and `merge --delta`: a delta is only valid with its
+    own base and mask. The mask is a local one holding the same content when there is one (no
+    download), else the pinned ref recorded at training time.
+
+    Returns:
+        (model ref or None, mask ref or None); (None, None) when the header cannot be read
+        (`load_delta` then says why).
+    """
+    path = delta_path(ref)
+    if not _is_file(path):
+        return None, None
+    try:
+        meta = schema.read_header(path).metadata
+    except MaskError:
+        return None, None
+    if meta.get("format") != FORMAT:
+        return None, None
+    try:
+        settings = json.loads(meta.get("settings") or "{}")
+    except ValueError:
+        settings = {}
+    return settings.get("model"), trained_mask_ref(meta) if meta.get("mask_sha256") else None

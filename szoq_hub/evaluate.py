@@ -8,8 +8,7 @@ from dataclasses import asdict, dataclass, field
 from .delta import load_delta
 from .devices import check_device_spec, check_dtype_spec, resolve_device
 from .errors import ConfigError
-from .finetune import DEFAULT_MASK, open_model_and_mask, require_quant_backend, score
-from .models import DEFAULT_MODEL
+from .finetune import model_and_mask_for, open_model_and_mask, require_quant_backend, score
 from .scoring import encode
 from .tasks import CustomTask, Sampling, custom_task_from, load_task, with_demonstrations
 
@@ -20,15 +19,16 @@ log = logging.getLogger(__name__)
 class EvalConfig:
     """Settings of an evaluation (validated on creation)."""
 
-    model: str = field(default=DEFAULT_MODEL, metadata={"help": "model alias, Hub id, folder or .gguf"})
-    mask: str = field(default=DEFAULT_MASK, metadata={"help": "mask the runtime (and the delta) uses"})
-    task: str | None = field(default="sst2", metadata={"help": "built-in task"})
-    train_file: str | None = None
-    eval_file: str | None = None
+    model: str | None = field(default=None, metadata={"help": "model alias, Hub id, folder or .gguf (default: the delta's, else the built-in)"})
+    mask: str | None = field(default=None, metadata={"help": "mask the runtime uses (default: the delta's, else the built-in)"})
+    task: str | None = field(default=None, metadata={"help": "built-in task (default sst2); `custom` with train_file/eval_file/task_file"})
+    train_file: str | None = field(default=None, metadata={"help": "custom task: ICL demonstrations (and eval held out, without eval_file)"})
+    eval_file: str | None = field(default=None, metadata={"help": "custom task: eval rows (zero-shot needs no train_file)"})
     template: str | None = None
     labels: str | None = None
     label_field: str = "label"
     task_file: str | None = None
+    encoding: str = field(default="utf-8", metadata={"help": "custom task: text encoding of the data files"})
     delta: str | None = field(default=None, metadata={"help": "run folder or delta file; None = zero-shot"})
     icl_shots: int = field(default=0, metadata={"help": "in-context demonstrations per example"})
     quant: str = "nf4"
@@ -41,16 +41,25 @@ class EvalConfig:
     revision: str | None = None
 
     def __post_init__(self) -> None:
-        if self.icl_shots < 0 or self.batch_size <= 0 or self.eval_samples <= 0:
-            raise ConfigError(f"need --icl-shots >= 0, --batch-size > 0, --eval-samples > 0 (got {self.icl_shots}, {self.batch_size}, {self.eval_samples})", hint="e.g. --icl-shots 16")
-        if self.train_file is not None and (self.template is None or self.labels is None):
-            raise ConfigError("--train needs --template and --labels", hint="e.g. --template '{text} It was' --labels '0=terrible,1=great'")
+        for option, value, low, example in (("--icl-shots", self.icl_shots, 0, 16), ("--batch-size", self.batch_size, 1, 32),
+                                             ("--eval-samples", self.eval_samples, 1, 1000)):
+            if value < low:
+                raise ConfigError(f"{option} must be >= {low}, got {value}", hint=f"e.g. {option} {example}")
         check_device_spec(self.device)
         check_dtype_spec(self.dtype)
+        custom = self.custom_task()  # template, labels and files are checked here, before any model loads
+        if custom is not None:
+            if self.task not in (None, "custom"):
+                raise ConfigError(f"--task {self.task} and a custom task (--train / --eval / --task-file) were both given", hint="drop --task for a custom task")
+            if self.icl_shots and custom.train is None:
+                raise ConfigError(f"--icl-shots {self.icl_shots} draws demonstrations from --train FILE, and none was given", hint="pass --train FILE, or drop --icl-shots")
+            self.task = "custom"
+        elif self.task is None:
+            self.task = "sst2"
 
     def custom_task(self) -> CustomTask | None:
         return custom_task_from(task_file=self.task_file, train_file=self.train_file, eval_file=self.eval_file,
-                                template=self.template, labels=self.labels, label_field=self.label_field)
+                                template=self.template, labels=self.labels, label_field=self.label_field, encoding=self.encoding)
 
 
 @dataclass
@@ -87,11 +96,13 @@ def evaluate(config: EvalConfig) -> EvalResult:
 
     require_quant_backend(config.quant)
     device = resolve_device(config.device)
-    source, fingerprint, mask, mask_sha = open_model_and_mask(config.model, config.mask, config.revision)
-    delta = load_delta(config.delta, mask=mask, mask_sha256=mask_sha, fingerprint=fingerprint) if config.delta else None
+    # Data, template and labels are read and checked before anything loads.
     task = load_task(config.task, custom=config.custom_task(), data_dir=config.data_dir,
                      sampling=Sampling(train_samples=1000, dev_samples=0, eval_samples=config.eval_samples, seed=config.seed))
     examples = with_demonstrations(task.eval, task.train, config.icl_shots, config.seed)
+    model_ref, mask_ref = model_and_mask_for(config.delta, config.model, config.mask)
+    source, fingerprint, mask, mask_sha = open_model_and_mask(model_ref, mask_ref, config.revision)
+    delta = load_delta(config.delta, mask=mask, mask_sha256=mask_sha, fingerprint=fingerprint, mask_ref=mask_ref) if config.delta else None
     sparse = load_sparse_model(source, mask, quant=config.quant, device=device, compute_dtype=config.dtype)
     if delta is not None:
         sparse.load_delta(delta.tensors)

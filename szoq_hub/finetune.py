@@ -28,7 +28,7 @@ import json
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Callable
 
@@ -37,16 +37,16 @@ import torch.distributed as dist
 
 from . import __version__, schema
 from .build import _maybe_init_distributed
-from .delta import DELTA_CARD_TAGS, DELTA_FILE, load_delta, save_delta
+from .delta import DELTA_CARD_TAGS, DELTA_FILE, delta_origin, load_delta, save_delta
 from .devices import check_device_spec, check_dtype_spec, dtype_name, resolve_device, resolve_dtype
 from .errors import ConfigError, DependencyError, Interrupted, TrainingError
 from .mask import MASK_FILE, SensitivityMask, card_base_model, file_sha256, load_mask
 from .models import DEFAULT_MODEL, ModelSource, fingerprint_from, parameter_layout, resolve_model
 from .paths import atomic_file
-from .refs import resolve_mask_ref
+from .refs import pinned_mask_ref, resolve_mask_ref
 from .scoring import Encoded, encode, loss_sums, metric_value, predict
 from .tracking import check_report_to, open_tracker, scalars
-from .tasks import CustomTask, Sampling, custom_task_from, load_task
+from .tasks import CustomTask, Sampling, custom_task_from, describe_split, load_task
 from .zo import StepRecord, ZOConfig, make_optimizer
 
 log = logging.getLogger(__name__)
@@ -72,13 +72,15 @@ class FinetuneConfig:
 
     model: str = field(default=DEFAULT_MODEL, metadata={"help": "model alias, Hub id, folder or .gguf"})
     mask: str = field(default=DEFAULT_MASK, metadata={"help": "mask ref: folder, registry name, built-in, ORG/NAME"})
-    task: str | None = field(default="sst2", metadata={"help": "built-in task (ignored with train_file/task_file)"})
+    task: str | None = field(default=None, metadata={"help": "built-in task (default sst2); `custom` with train_file/task_file"})
     train_file: str | None = field(default=None, metadata={"help": "custom task: train rows (jsonl/csv/tsv)"})
-    eval_file: str | None = field(default=None, metadata={"help": "custom task: eval rows"})
+    eval_file: str | None = field(default=None, metadata={"help": "custom task: eval rows (default: held out from train_file)"})
+    dev_file: str | None = field(default=None, metadata={"help": "custom task: dev rows (default: held out from train_file)"})
     template: str | None = field(default=None, metadata={"help": "custom task: Python format string over row fields"})
     labels: str | None = field(default=None, metadata={"help": "custom task: value=word,value=word"})
     label_field: str = field(default="label", metadata={"help": "custom task: the label field"})
     task_file: str | None = field(default=None, metadata={"help": "custom task as a JSON/YAML file"})
+    encoding: str = field(default="utf-8", metadata={"help": "custom task: text encoding of the data files"})
     data_dir: str | None = field(default=None, metadata={"help": "GLUE/SuperGLUE folder (default SZOQ_DATA_DIR)"})
     revision: str | None = field(default=None, metadata={"help": "Hub revision of the model"})
     quant: str = field(default="nf4", metadata={"help": "nf4, fp4, int8 or none"})
@@ -112,10 +114,15 @@ class FinetuneConfig:
             raise ConfigError(f"--eval-batch-size must be > 0, got {self.eval_batch_size}", hint="e.g. --eval-batch-size 32")
         if self.eval_every < 0 or self.save_every <= 0:
             raise ConfigError(f"need --eval-every >= 0 and --save-every > 0 (got {self.eval_every}, {self.save_every})", hint="e.g. --eval-every 100 --save-every 100")
-        if self.train_file is None and self.task_file is None and self.template is not None:
-            raise ConfigError("--template needs --train FILE", hint="pass --train FILE --template ... --labels ...")
-        if self.train_file is not None and (self.template is None or self.labels is None):
-            raise ConfigError("--train needs --template and --labels", hint="e.g. --template '{text} It was' --labels '0=terrible,1=great'")
+        custom = self.custom_task()  # template, labels and files are checked here, before any model loads
+        if custom is not None:
+            if self.task not in (None, "custom"):
+                raise ConfigError(f"--task {self.task} and a custom task (--train / --task-file) were both given", hint="drop --task for a custom task")
+            if custom.train is None:
+                raise ConfigError("fine-tuning a custom task needs --train FILE", hint="pass --train FILE (--eval FILE alone is for szoq eval)")
+            self.task = "custom"
+        elif self.task is None:
+            self.task = "sst2"
         from .runtime import QUANT_MODES
 
         if self.quant not in QUANT_MODES:
@@ -135,8 +142,8 @@ class FinetuneConfig:
 
     def custom_task(self) -> CustomTask | None:
         """The custom task the settings describe, or None for a built-in task."""
-        return custom_task_from(task_file=self.task_file, train_file=self.train_file, eval_file=self.eval_file,
-                                template=self.template, labels=self.labels, label_field=self.label_field)
+        return custom_task_from(task_file=self.task_file, train_file=self.train_file, eval_file=self.eval_file, dev_file=self.dev_file,
+                                template=self.template, labels=self.labels, label_field=self.label_field, encoding=self.encoding)
 
     def sampling(self) -> Sampling:
         return Sampling(self.train_samples, self.dev_samples, self.eval_samples, self.seed)
@@ -180,6 +187,17 @@ def open_model_and_mask(model: str, mask_ref: str, revision: str | None = None) 
     folder = resolve_mask_ref(mask_ref)
     mask = load_mask(folder, fingerprint=fingerprint, layout=layout)  # recorded shapes must be the model's
     return source, fingerprint, mask, file_sha256(folder / MASK_FILE)
+
+
+def model_and_mask_for(delta: str | Path | None, model: str | None, mask: str | None) -> tuple[str, str]:
+    """The model and mask to load for a delta: the ones given, else the ones it was trained with.
+
+    Without a delta (or where its header records nothing), the built-in defaults.
+    """
+    if delta is not None and (model is None or mask is None):
+        trained_model, trained_mask = delta_origin(delta)
+        model, mask = model or trained_model, mask or trained_mask
+    return model or DEFAULT_MODEL, mask or DEFAULT_MASK
 
 
 def world() -> tuple[int, int]:
@@ -226,28 +244,52 @@ def _identity(config: FinetuneConfig) -> dict:
     return {k: v for k, v in asdict(config).items() if k not in _RESUME_FREE}
 
 
-def _check_out(config: FinetuneConfig, resume: bool) -> int:
-    """Validate the output folder; returns the step to start from (0 or the checkpoint's)."""
+def _saved_differences(saved: dict, config: FinetuneConfig) -> list[str]:
+    """Settings (that shape the trajectory) in which a saved run differs from `config`."""
+    defaults = {f.name: f.default for f in fields(FinetuneConfig)}
+    now = _identity(config)
+    # A setting added after the run was saved compares as its default.
+    was = {k: saved.get(k, defaults.get(k)) for k in now}
+    if was.get("task") == "sst2" and (was.get("train_file") or was.get("task_file")):
+        was["task"] = "custom"  # runs saved before custom tasks were named `custom`
+    return [f"{k} ({was[k]!r} -> {now[k]!r})" for k in sorted(now) if was[k] != now[k]]
+
+
+def _check_out(config: FinetuneConfig, resume: bool | None) -> bool:
+    """Validate the output folder; returns whether to continue the stopped run in it.
+
+    Args:
+        config: The run's settings.
+        resume: True = there must be a stopped run to continue; False = the folder must be new or
+            empty; None = continue a stopped run with the same settings, else start a new one.
+
+    Raises:
+        TrainingError: a file, a folder holding something else, a run with other settings, or a
+            complete run.
+    """
     out = Path(config.out)
-    has_files = out.is_dir() and any(out.iterdir())
     if out.exists() and not out.is_dir():
         raise TrainingError(f"--out {out} is a file", hint="choose a folder for --out")
-    if not resume:
+    has_files = out.is_dir() and any(out.iterdir())
+    if resume is False or (resume is None and not has_files):
         if has_files:
-            raise TrainingError(f"--out {out} already exists and is not empty", hint="pass --resume to continue that run, or choose another --out")
-        return 0
+            raise TrainingError(f"--out {out} already exists and is not empty", hint="choose another --out, or continue the run in it")
+        return False
+    flag = "--resume: " if resume else ""
     cfg_path = out / CONFIG_FILE
     if not cfg_path.is_file():
-        raise TrainingError(f"--resume: {out} holds no {CONFIG_FILE}", hint="resume a folder written by szoq finetune, or drop --resume")
-    saved = schema.run_config(cfg_path, TrainingError, hint="the run folder is damaged; start a new run")  # types checked
-    saved_settings = {k: v for k, v in saved["settings"].items() if k not in _RESUME_FREE}
-    differ = sorted(k for k in set(saved_settings) | set(_identity(config)) if saved_settings.get(k) != _identity(config).get(k))
+        if resume:
+            raise TrainingError(f"--resume: {out} holds no {CONFIG_FILE}", hint="resume a folder written by szoq finetune, or drop --resume")
+        raise TrainingError(f"--out {out} already exists and holds no szoq finetune run", hint="choose another --out folder")
+    saved = schema.run_config(cfg_path, TrainingError, hint="the run folder is damaged; start a new run in another --out")  # types checked
+    differ = _saved_differences({k: v for k, v in saved["settings"].items() if k not in _RESUME_FREE}, config)
     if differ:
-        shown = ", ".join(f"{k} ({saved_settings.get(k)!r} -> {_identity(config).get(k)!r})" for k in differ[:3])
-        raise TrainingError(f"--resume: {out} was run with different settings: {shown}", hint="resume with the same options (see its finetune_config.json), or choose another --out")
+        raise TrainingError(f"{flag}--out {out} holds a run with other settings: {', '.join(differ[:3])}",
+                            hint="rerun with that run's options (see its finetune_config.json) to continue it, or choose another --out")
     if (out / DELTA_FILE).is_file():
-        raise TrainingError(f"--resume: the run in {out} is already complete", hint="use its delta.safetensors, or choose another --out for a new run")
-    return 0
+        raise TrainingError(f"{flag}the run in {out} is already complete",
+                            hint=f"use it (szoq eval --delta {out}), or choose another --out for a new run")
+    return True
 
 
 def runtime_of(device: torch.device, dtype: torch.dtype) -> dict[str, str]:
@@ -346,9 +388,9 @@ def _interrupted(config: FinetuneConfig, done: int, last_checkpoint: int | None)
     """What Ctrl-C leaves behind, and the command that continues from it."""
     if last_checkpoint:
         return Interrupted(f"interrupted at step {done} of {config.steps}; the checkpoint at step {last_checkpoint} is in {config.out}",
-                           hint=f"continue with the same options plus --resume: szoq finetune ... --resume --out {config.out}")
+                           hint=f"run the same command again (same options, --out {config.out}) to continue from there; --resume insists on continuing")
     return Interrupted(f"interrupted at step {done} of {config.steps}, before the first checkpoint (every {config.save_every} steps)",
-                       hint=f"--resume --out {config.out} starts it again from step 0 (or lower --save-every to checkpoint sooner)")
+                       hint=f"run the same command again (or with --resume) to start it over in {config.out}; lower --save-every to checkpoint sooner")
 
 
 def render_run_card(config: FinetuneConfig, base_model: str, mask_sha: str, result: dict) -> str:
@@ -369,13 +411,16 @@ def render_run_card(config: FinetuneConfig, base_model: str, mask_sha: str, resu
     return "\n".join(lines)
 
 
-def finetune(config: FinetuneConfig, *, resume: bool = False, progress: ProgressFn | None = None) -> FinetuneResult:
+def finetune(config: FinetuneConfig, *, resume: bool | None = None, progress: ProgressFn | None = None) -> FinetuneResult:
     """Fine-tune the sparse values of a quantized model with ZO on a task.
 
     Args:
         config: The run's settings.
-        resume: Continue the stopped run in `config.out` from its last checkpoint.
-        progress: Called with dicts: {"kind": "start"|"step"|"eval"|"final", ...}.
+        resume: None (default): continue the stopped run in `config.out` when it has the same
+            settings, else start a new run (a folder with another run is refused). True: there
+            must be a stopped run to continue. False: `config.out` must be new or empty.
+        progress: Called with dicts: {"kind": "start"|"step"|"eval"|"final", ...}; "start" carries
+            "split" (a line on the data split), "start" (first step) and "resumed".
 
     Returns:
         The run's `FinetuneResult` (on every rank; only rank 0 writes files).
@@ -396,22 +441,24 @@ def finetune(config: FinetuneConfig, *, resume: bool = False, progress: Progress
     device = resolve_device(config.device)
     dtype = resolve_dtype(config.dtype, device)
     runtime = runtime_of(device, dtype)
-    _check_out(config, resume)
+    resume = _check_out(config, resume)
     if resume:
         _check_runtime(config, runtime)
-    source, fingerprint, mask, mask_sha = open_model_and_mask(config.model, config.mask, config.revision)
+    # Data, template and labels are read and checked before anything loads (a bad row costs no model load).
     task = load_task(config.task, custom=config.custom_task(), data_dir=config.data_dir, sampling=config.sampling())
+    source, fingerprint, mask, mask_sha = open_model_and_mask(config.model, config.mask, config.revision)
     sparse = load_sparse_model(source, mask, quant=config.quant, device=device, compute_dtype=dtype)
     tok = sparse.tokenizer
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     train, dev, evals = (encode(tok, x) for x in (task.train, task.dev, task.eval))
     out = Path(config.out)
     settings = asdict(config)
+    mask_ref = pinned_mask_ref(config.mask, mask_sha)  # names this exact mask later (eval/merge defaults, messages)
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         if not resume:
             (out / CONFIG_FILE).write_text(json.dumps({"settings": settings, "task": {"name": task.name, "metric": task.metric, **task.info},
-                                                        "base_model": source.base_model, "fingerprint": fingerprint, "mask_sha256": mask_sha,
+                                                        "base_model": source.base_model, "fingerprint": fingerprint, "mask_sha256": mask_sha, "mask_ref": mask_ref,
                                                         "nnz": mask.nnz, "szoq_version": __version__, "world_size": size, "runtime": runtime}, indent=2) + "\n")
 
     values = sparse.values
@@ -431,7 +478,7 @@ def finetune(config: FinetuneConfig, *, resume: bool = False, progress: Progress
         if best_step is not None and "best" in tensors:  # every rank holds the best values in memory
             best_values = tensors["best"]  # [nnz]
         elif best_step is not None:  # a checkpoint from before "best" was stored in it
-            sparse_best = load_delta(out / BEST_FILE, mask=mask, mask_sha256=mask_sha, fingerprint=fingerprint)
+            sparse_best = load_delta(out / BEST_FILE, mask=mask, mask_sha256=mask_sha, fingerprint=fingerprint, mask_ref=config.mask)
             best_values = torch.cat([sparse_best.tensors[name] for name, _, _ in sparse.segments])  # [nnz]
     redone = _truncate_metrics(out / METRICS_FILE, start) if rank == 0 and resume else 0
     if resume:
@@ -451,18 +498,19 @@ def finetune(config: FinetuneConfig, *, resume: bool = False, progress: Progress
         nonlocal best_dev, best_step, best_values
         best_dev, best_step, best_values = dev_score, step, values.clone()
         if rank == 0:
-            save_delta(out / BEST_FILE, sparse.delta_tensors(), **delta_meta, settings={**settings, "step": step, "dev": dev_score})
+            save_delta(out / BEST_FILE, sparse.delta_tensors(), **delta_meta, settings={**settings, "mask_ref": mask_ref, "step": step, "dev": dev_score})
 
     if resume and rank == 0:
         # best-dev.safetensors may be newer than the checkpoint (an eval after it improved, then
         # the run stopped): make it the checkpoint's best again, or drop it if there was none.
         if best_values is not None:
             best_tensors = {name: best_values[off : off + n].clone() for name, off, n in sparse.segments}
-            save_delta(out / BEST_FILE, best_tensors, **delta_meta, settings={**settings, "step": best_step, "dev": best_dev})
+            save_delta(out / BEST_FILE, best_tensors, **delta_meta, settings={**settings, "mask_ref": mask_ref, "step": best_step, "dev": best_dev})
         else:
             (out / BEST_FILE).unlink(missing_ok=True)
     emit({"kind": "start", "steps": config.steps, "start": start, "task": task.name, "train": len(train), "dev": len(dev), "eval": len(evals), "nnz": mask.nnz,
-          "resumed": resume, "checkpoint": start if ckpt is not None else None, "redone": redone, "save_every": config.save_every})
+          "resumed": resume, "checkpoint": start if ckpt is not None else None, "redone": redone, "save_every": config.save_every,
+          "split": describe_split(task, config.sampling()), "out": str(out)})
     last_checkpoint = start if ckpt is not None else None
     done = start
     perms: dict[int, list[int]] = {}
@@ -524,7 +572,7 @@ def finetune(config: FinetuneConfig, *, resume: bool = False, progress: Progress
             tracker.log(scalars(final), config.steps)
             tracker.close()
         (out / CARD_FILE).write_text(render_run_card(config, source.base_model, mask_sha, result))
-        save_delta(out / DELTA_FILE, sparse.delta_tensors(), **delta_meta, settings={**settings, **result, "task": task.name})
+        save_delta(out / DELTA_FILE, sparse.delta_tensors(), **delta_meta, settings={**settings, "mask_ref": mask_ref, **result, "task": task.name})
     if size > 1:
         dist.barrier()
     return FinetuneResult(out, config.steps, task.metric, best_step, result["best_dev"], eval_score, time.perf_counter() - started, start)

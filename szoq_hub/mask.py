@@ -484,6 +484,11 @@ class MaskDiff:
         }
 
 
+def layer_order(name: str) -> tuple:
+    """Sort key that puts `layers.2` before `layers.10` (numbers compare as numbers)."""
+    return tuple((0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", name))
+
+
 def diff_masks(a: SensitivityMask, b: SensitivityMask) -> MaskDiff:
     """Compare two masks tensor by tensor.
 
@@ -491,7 +496,7 @@ def diff_masks(a: SensitivityMask, b: SensitivityMask) -> MaskDiff:
         MaskError: when the same tensor name has different shapes in A and B.
     """
     layers = []
-    for name in sorted(set(a.config.shapes) | set(b.config.shapes)):
+    for name in sorted(set(a.config.shapes) | set(b.config.shapes), key=layer_order):
         sa, sb = a.config.shapes.get(name), b.config.shapes.get(name)
         if sa and sb and sa != sb:
             raise MaskError(f"tensor {name!r} has shape {sa} in A and {sb} in B", hint="compare masks of the same base model")

@@ -11,13 +11,13 @@ from .delta import load_delta, write_into
 from .devices import DTYPES, resolve_device
 from .paths import atomic_dir
 from .errors import ConfigError, TrainingError
-from .finetune import open_model_and_mask
+from .finetune import model_and_mask_for, open_model_and_mask
 from .models import load_model
 
 log = logging.getLogger(__name__)
 
-def merge(*, model: str, mask_ref: str, delta: str | Path, out: str | Path, dtype: str = "fp32", device: str = "auto",
-          revision: str | None = None) -> Path:
+def merge(*, delta: str | Path, out: str | Path, model: str | None = None, mask_ref: str | None = None, dtype: str = "fp32",
+          device: str = "auto", revision: str | None = None) -> Path:
     """Write `out` as a standard transformers folder whose masked weights hold the delta's values.
 
     The runtime keeps masked weights exactly as the fine-tuned fp32 values, so the merged
@@ -25,10 +25,10 @@ def merge(*, model: str, mask_ref: str, delta: str | Path, out: str | Path, dtyp
     made on the original full-precision weights).
 
     Args:
-        model: The base model reference the delta was trained on.
-        mask_ref: The mask the delta was trained with.
         delta: Run folder or delta file.
         out: Output folder (must not exist or be empty).
+        model: The base model the delta was trained on (default: the one its header records).
+        mask_ref: The mask the delta was trained with (default: the one its header records).
         dtype: fp32, bf16 or fp16 for the saved weights.
         device: Where the weights are patched (`auto`, `cpu`, `cuda`, `cuda:N`); the folder
             written is the same on every device.
@@ -47,12 +47,17 @@ def merge(*, model: str, mask_ref: str, delta: str | Path, out: str | Path, dtyp
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise TrainingError(f"--out {out} already exists and is not empty", hint="choose another --out folder or remove it")
+    model, mask_ref = model_and_mask_for(delta, model, mask_ref)
     source, fingerprint, mask, mask_sha = open_model_and_mask(model, mask_ref, revision)
-    loaded_delta = load_delta(delta, mask=mask, mask_sha256=mask_sha, fingerprint=fingerprint)
+    loaded_delta = load_delta(delta, mask=mask, mask_sha256=mask_sha, fingerprint=fingerprint, mask_ref=mask_ref)
     loaded = load_model(source, dtype=torch.float32)
     loaded.model.to(target)
     write_into(loaded.model, loaded_delta, mask)  # W.flatten()[M] = values, in fp32 (what Delta.merge_into does)
     loaded.model.to(DTYPES[dtype])
+    # A model converted from GGUF carries the GGUF's internal name (e.g. "Smollm2 135M 8k Lc100K
+    # Mix1 Ep2"); the merged folder is named after the base model it was trained on instead.
+    vars(loaded.model.config).pop("_model_name_or_path", None)
+    loaded.model.config.name_or_path = source.base_model
     with atomic_dir(out) as tmp:
         loaded.model.save_pretrained(tmp)
         loaded.tokenizer.save_pretrained(tmp)

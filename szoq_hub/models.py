@@ -126,6 +126,7 @@ def _convert_gguf(gguf_path: Path, digest: str) -> Path:
     model.is_quantized = False
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
+    vars(model.config).pop("_model_name_or_path", None)  # the GGUF's internal name, not a model id
     try:
         with atomic_dir(target) as tmp:
             model.save_pretrained(tmp)
@@ -180,12 +181,16 @@ def _hub_source(ref: str, revision: str | None) -> ModelSource:
     except RevisionNotFoundError:
         raise ModelError(f"revision {revision!r} of {ref} not found", hint="check the tag, branch or commit sha") from None
     except (RepositoryNotFoundError, GatedRepoError):
-        raise ModelError(f"unknown model {ref!r}", hint=f"use a Hub id, a local folder, a .gguf file, or the alias {DEFAULT_MODEL}") from None
+        raise ModelError(f"no local folder {ref}, and no Hub model {ref} (the Hub was asked)",
+                         hint=f"check the path; else use a Hub id, a .gguf file, or the alias {DEFAULT_MODEL}") from None
     except LocalEntryNotFoundError:
-        raise ModelError(
-            f"model {ref} is not in the Hugging Face cache and the Hub cannot be reached",
-            hint=f"run once online: hf download {ref}",
-        ) from None
+        from huggingface_hub import constants
+
+        if constants.HF_HUB_OFFLINE:
+            raise ModelError(f"no local folder {ref}, and as a Hub id it is not in the Hugging Face cache (offline: the Hub was not asked)",
+                             hint=f"check the path; for a Hub model run once online: hf download {ref}") from None
+        raise ModelError(f"no local folder {ref}, and as a Hub id it is not cached and the Hub cannot be reached",
+                         hint=f"check the path; for a Hub model check the network, or run once online: hf download {ref}") from None
     try:
         checkpoint_files(folder)  # refuse a pickle-only repo now (only safetensors were fetched)
     except ModelError as exc:

@@ -37,7 +37,10 @@ def resolve_mask_ref(ref: str, *, registry: Registry | None = None, offline: boo
         from .hub import pull_mask
 
         repo_id, revision = parse_ref(ref)
-        return pull_mask(repo_id, revision=revision, registry=registry, offline=offline).path
+        try:
+            return pull_mask(repo_id, revision=revision, registry=registry, offline=offline).path
+        except HubError as exc:
+            raise no_local_folder(ref, exc) from None
     entry = registry.find(ref)
     if entry is not None:
         return registry.get(ref).path
@@ -46,6 +49,48 @@ def resolve_mask_ref(ref: str, *, registry: Registry | None = None, offline: boo
     if builtin is not None and version is None:
         return builtin.path
     return registry.get(ref).path  # raises the not-found error with its hint
+
+
+def no_local_folder(ref: str, exc: HubError) -> HubError:
+    """`runs/sst2` and `masks/x` look like `ORG/NAME` Hub refs too: when the Hub has no such repo
+    (or cannot be asked), say first that no such local folder exists, and what the Hub said."""
+    if not any(s in exc.message for s in ("not found", "offline", "cannot reach", "not in the local Hugging Face cache")):
+        return exc  # the repo exists on the Hub: a genuine Hub error
+    return HubError(f"no local folder {ref}, and as a Hub ref: {exc.message}",
+                    hint=f"check the path (ls {Path(ref).parent}/); for a Hub ref: {exc.hint}")
+
+
+def mask_name_for_sha256(sha256: str, *, registry: Registry | None = None) -> str | None:
+    """The name of the local mask whose `mask.safetensors` has this sha256, or None.
+
+    A built-in mask answers with its name, a registry entry with `NAME@vN` (the newest one
+    holding that content).
+    """
+    from .catalog import builtin_masks
+
+    for builtin in builtin_masks():
+        if builtin.sha256 == sha256:
+            return builtin.name
+    entries = [e for e in (registry or Registry()).entries() if e.sha256 == sha256]
+    return entries[-1].ref if entries else None
+
+
+def pinned_mask_ref(ref: str, sha256: str, *, registry: Registry | None = None) -> str:
+    """A REF that names exactly this mask later and elsewhere (recorded in run folders and deltas).
+
+    A mask pulled from the Hub is named `ORG/NAME@TAG` (or `@COMMIT`), which works on any
+    machine; a local registry mask `NAME@vN`; a built-in mask its name; a folder its absolute path.
+    """
+    registry = registry or Registry()
+    entries = [e for e in registry.entries() if e.sha256 == sha256]
+    hub = next((e.hub for e in reversed(entries) if e.hub and e.hub.get("repo_id")), None)
+    if hub is not None and is_hub_ref(ref):
+        return f"{hub['repo_id']}@{hub.get('tag') or hub['commit']}"
+    path = Path(ref).expanduser()
+    if path_exists(path):
+        path = path.resolve()
+        return str(path.parent if path.is_file() else path)
+    return mask_name_for_sha256(sha256, registry=registry) or ref
 
 
 def open_mask(ref: str, *, fingerprint: str | None = None, layout: list[tuple[str, tuple[int, ...], str]] | None = None,
@@ -78,7 +123,4 @@ def resolve_delta_ref(ref: str | Path, *, token: str | None = None, offline: boo
     try:
         return pull_delta(repo_id, revision=revision, token=token, offline=offline).path
     except HubError as exc:
-        if "not found" not in exc.message:
-            raise
-        # `runs/sst2` looks like ORG/NAME too: say that no such local folder exists either.
-        raise HubError(f"no local folder {ref}, and on the Hub: {exc.message}", hint=exc.hint) from None
+        raise no_local_folder(str(ref), exc) from None

@@ -9,6 +9,7 @@ data (`--data-dir` / `SZOQ_DATA_DIR`), else from the Hugging Face Hub through `d
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
 import os
@@ -66,11 +67,10 @@ class Sampling:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.train_samples < 1 or self.dev_samples < 0 or self.eval_samples < 1:
-            raise TaskError(
-                f"need --train-samples >= 1, --dev-samples >= 0, --eval-samples >= 1 (got {self.train_samples}, {self.dev_samples}, {self.eval_samples})",
-                hint="MeZO uses --train-samples 1000 --dev-samples 500 --eval-samples 1000",
-            )
+        for option, value, low, mezo in (("--train-samples", self.train_samples, 1, 1000), ("--dev-samples", self.dev_samples, 0, 500),
+                                         ("--eval-samples", self.eval_samples, 1, 1000)):
+            if value < low:  # one option per message: name the one that is wrong
+                raise TaskError(f"{option} must be >= {low}, got {value}", hint=f"MeZO uses {option} {mezo}")
 
 
 # --- MeZO templates -------------------------------------------------------------------------
@@ -163,30 +163,62 @@ BUILTIN: dict[str, TaskSpec] = {
 
 # --- readers ---------------------------------------------------------------------------------
 
-def read_rows(path: Path) -> list[dict]:
+def _decode(path: Path, raw: bytes, encoding: str) -> str:
+    """Decode a data file, naming the line of the first undecodable byte."""
+    try:
+        text = raw.decode(encoding)
+    except LookupError:
+        raise TaskError(f"unknown --encoding {encoding!r}", hint="e.g. --encoding utf-8, latin-1 or cp1252") from None
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise TaskError(f"{path} line {line} is not valid {encoding} (byte 0x{raw[exc.start]:02x})",
+                        hint="pass the file's encoding, e.g. --encoding latin-1 or cp1252 (or save the file as UTF-8)") from None
+    return text.removeprefix("\ufeff")  # a byte-order mark is not data
+
+
+def read_rows(path: Path, encoding: str = "utf-8") -> list[dict]:
     """Read a jsonl, csv or tsv file into a list of dict rows.
 
+    JSON lines are split at `\n` only: U+2028, U+0085 and other characters that
+    `str.splitlines()` treats as line breaks are valid inside JSON strings.
+
+    Args:
+        path: The data file.
+        encoding: Its text encoding.
+
     Raises:
-        TaskError: missing, unreadable or empty file, or an unsupported extension.
+        TaskError: missing, undecodable, unparsable or empty file, or an unsupported extension;
+            the message names the line.
     """
     path = Path(path)
     if not path.is_file():
         raise TaskError(f"data file {path} not found", hint="check the path")
     suffix = path.suffix.lower()
-    try:
-        if suffix in (".jsonl", ".json"):
-            rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-        elif suffix in (".csv", ".tsv"):
-            with open(path, newline="", encoding="utf-8") as fh:
-                rows = list(csv.DictReader(fh, delimiter="\t" if suffix == ".tsv" else ",", quoting=csv.QUOTE_NONE if suffix == ".tsv" else csv.QUOTE_MINIMAL))
-        else:
-            raise TaskError(f"unsupported data file {path.name}", hint="use .jsonl, .csv or .tsv")
-    except (ValueError, csv.Error, UnicodeDecodeError) as exc:
-        raise TaskError(f"cannot parse {path}: {str(exc).splitlines()[0]}", hint="jsonl: one JSON object per line; csv/tsv: a header row") from None
+    if suffix not in (".jsonl", ".json", ".csv", ".tsv"):
+        raise TaskError(f"unsupported data file {path.name}", hint="use .jsonl, .csv or .tsv")
+    text = _decode(path, path.read_bytes(), encoding)
+    rows: list = []
+    if suffix in (".jsonl", ".json"):
+        for number, line in enumerate(text.split("\n"), 1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except ValueError as exc:
+                reason = getattr(exc, "msg", str(exc).splitlines()[0])
+                raise TaskError(f"cannot parse {path} line {number}: {reason}", hint="jsonl: one JSON object per line") from None
+    else:
+        reader = csv.DictReader(io.StringIO(text, newline=""), delimiter="\t" if suffix == ".tsv" else ",",
+                                quoting=csv.QUOTE_NONE if suffix == ".tsv" else csv.QUOTE_MINIMAL)
+        try:
+            rows = list(reader)
+        except csv.Error as exc:
+            raise TaskError(f"cannot parse {path} line {reader.line_num}: {exc}", hint="csv/tsv: a header row, then one row per line") from None
     if not rows:
-        raise TaskError(f"data file {path} has no rows", hint="a training file needs at least one example")
-    if not all(isinstance(r, dict) for r in rows):
-        raise TaskError(f"{path}: every row must be an object with named fields", hint='e.g. {"text": "...", "label": 1}')
+        raise TaskError(f"data file {path} has no rows", hint="a data file needs at least one example")
+    for number, row in enumerate(rows, 1):
+        if not isinstance(row, dict):
+            raise TaskError(f"{path}: row {number} is not an object with named fields", hint='e.g. {"text": "...", "label": 1}')
     return rows
 
 
@@ -281,20 +313,26 @@ class CustomTask:
     """A user task: rows from files, a format-string template and label verbalizers.
 
     Attributes:
-        train: Path of the training file (jsonl/csv/tsv).
+        train: Path of the training file (jsonl/csv/tsv); None for zero-shot evaluation of `eval`.
         eval: Optional path of the evaluation file (else eval is held out from train).
         template: Python format string over the row's fields, e.g. "{text} It was".
         labels: Label value (as text) -> verbalizer word, e.g. {"0": "bad", "1": "good"}.
         label_field: The row field that holds the label.
+        dev: Optional path of the dev file (else dev is held out from train).
+        encoding: Text encoding of the data files.
     """
 
-    train: str
+    train: str | None
     template: str
     labels: dict[str, str]
     eval: str | None = None
     label_field: str = "label"
+    dev: str | None = None
+    encoding: str = "utf-8"
 
     def __post_init__(self) -> None:
+        if self.train is None and self.eval is None:
+            raise TaskError("a custom task needs a data file", hint="pass --train FILE (and optionally --eval FILE), or --eval FILE for zero-shot evaluation")
         if not self.labels:
             raise TaskError("--labels is empty", hint="e.g. --labels '0=terrible,1=great'")
         try:
@@ -304,6 +342,13 @@ class CustomTask:
         if not fields:
             raise TaskError("--template names no field", hint='e.g. --template "{text} It was"')
         self.fields = [f.split(".")[0].split("[")[0] for f in fields]
+        if self.label_field in self.fields:
+            raise TaskError(f"--template includes {{{self.label_field}}}, the label field: every prompt would contain its answer",
+                            hint="leave the label out of --template; the answer words come from --labels")
+        try:
+            "".encode(self.encoding)
+        except LookupError:
+            raise TaskError(f"unknown --encoding {self.encoding!r}", hint="e.g. --encoding utf-8, latin-1 or cp1252") from None
 
 
 def parse_labels(text: str) -> dict[str, str]:
@@ -324,7 +369,7 @@ def parse_labels(text: str) -> dict[str, str]:
 
 
 def load_task_file(path: str | os.PathLike) -> CustomTask:
-    """Read a JSON or YAML task file with keys train, eval, template, labels, label_field.
+    """Read a JSON or YAML task file with keys train, eval, dev, template, labels, label_field, encoding.
 
     Relative data paths are resolved against the task file's folder.
 
@@ -346,16 +391,17 @@ def load_task_file(path: str | os.PathLike) -> CustomTask:
         else:
             data = json.loads(text)
     except ValueError as exc:
-        raise TaskError(f"cannot parse task file {path}: {str(exc).splitlines()[0]}", hint="keys: train, eval, template, labels, label_field") from None
-    if not isinstance(data, dict) or "train" not in data or "template" not in data or "labels" not in data:
-        raise TaskError(f"task file {path} needs the keys train, template and labels", hint='e.g. {"train": "t.jsonl", "template": "{text} It was", "labels": {"0": " bad", "1": " good"}}')
+        raise TaskError(f"cannot parse task file {path}: {str(exc).splitlines()[0]}", hint="keys: train, eval, dev, template, labels, label_field, encoding") from None
+    if not isinstance(data, dict) or not ({"train", "eval"} & set(data)) or "template" not in data or "labels" not in data:
+        raise TaskError(f"task file {path} needs the keys train (or eval), template and labels", hint='e.g. {"train": "t.jsonl", "template": "{text} It was", "labels": {"0": " bad", "1": " good"}}')
     labels = data["labels"]
     labels = parse_labels(labels) if isinstance(labels, str) else {str(k): str(v) for k, v in labels.items()}
 
     def rel(p: str | None) -> str | None:
         return None if p is None else str((path.parent / p) if not Path(p).is_absolute() else Path(p))
 
-    return CustomTask(train=rel(data["train"]), eval=rel(data.get("eval")), template=data["template"], labels=labels, label_field=data.get("label_field", "label"))
+    return CustomTask(train=rel(data.get("train")), eval=rel(data.get("eval")), dev=rel(data.get("dev")), template=data["template"], labels=labels,
+                      label_field=data.get("label_field", "label"), encoding=data.get("encoding", "utf-8"))
 
 
 def _custom_builder(task: CustomTask) -> Callable[[dict], Example]:
@@ -442,21 +488,28 @@ def load_task(task: str | None = None, *, custom: CustomTask | None = None, data
         DependencyError: no data folder and no `datasets`.
     """
     sampling = sampling or Sampling()
+    dev_all: list[Example] | None = None
     if custom is not None:
         build = _custom_builder(custom)
-        train_rows = read_rows(Path(custom.train))
-        eval_rows = read_rows(Path(custom.eval)) if custom.eval else None
-        name, metric, source = "custom", "accuracy", custom.train
-        train_all = _build_all(train_rows, build, custom.train)
-        if eval_rows is None:  # hold out eval from the train file
+
+        def rows_of(path: str) -> list[Example]:
+            return _build_all(read_rows(Path(path), custom.encoding), build, path)
+
+        name, metric = "custom", "accuracy"
+        source = custom.train or custom.eval
+        train_all = rows_of(custom.train) if custom.train else []
+        dev_all = rows_of(custom.dev) if custom.dev else None
+        if custom.eval:
+            eval_all, eval_from = rows_of(custom.eval), custom.eval
+        else:  # hold out eval from the train file
             order = _perm(len(train_all), sampling.seed + 1)
             n_eval = min(sampling.eval_samples, max(1, len(train_all) // 5)) if len(train_all) > 1 else 0
-            eval_all = [train_all[i] for i in order[:n_eval]]
+            eval_all, eval_from = [train_all[i] for i in order[:n_eval]], f"held out from {custom.train}"
             train_all = [train_all[i] for i in order[n_eval:]]
             if not train_all:
                 raise TaskError(f"{custom.train} has too few rows to hold out an eval set", hint="add rows or pass --eval FILE")
-        else:
-            eval_all = _build_all(eval_rows, build, custom.eval)
+        train_from = custom.train
+        dev_from = custom.dev or f"held out from {custom.train}"
     else:
         if task not in BUILTIN:
             raise TaskError(f"unknown task {task!r}", hint=f"choose one of: {', '.join(TASKS)}; or pass --train FILE --template ... --labels ...")
@@ -465,18 +518,40 @@ def load_task(task: str | None = None, *, custom: CustomTask | None = None, data
         name, metric = task, spec.metric
         train_all = _build_all(train_rows, spec.build, f"{task} train")
         eval_all = _build_all(eval_rows, spec.build, f"{task} validation")
-    n_train, n_dev = _split_train_dev(len(train_all), sampling)
-    if any(e.group is not None for e in train_all):  # MultiRC: a question's answers stay on one side
-        train, dev = _split_by_group(train_all, n_train, n_dev, sampling.seed)
+        train_from, dev_from, eval_from = f"{task} train", f"held out from {task} train", f"{task} validation"
+    if dev_all is not None:  # an explicit dev file: train keeps every row it is asked for
+        train = [train_all[i] for i in _perm(len(train_all), sampling.seed)[: sampling.train_samples]]
+        dev = [dev_all[i] for i in _perm(len(dev_all), sampling.seed + 3)[: sampling.dev_samples]]
     else:
-        order = _perm(len(train_all), sampling.seed)
-        train = [train_all[i] for i in order[:n_train]]
-        dev = [train_all[i] for i in order[n_train:n_train + n_dev]]
+        n_train, n_dev = _split_train_dev(len(train_all), sampling)
+        if any(e.group is not None for e in train_all):  # MultiRC: a question's answers stay on one side
+            train, dev = _split_by_group(train_all, n_train, n_dev, sampling.seed)
+        else:
+            order = _perm(len(train_all), sampling.seed)
+            train = [train_all[i] for i in order[:n_train]]
+            dev = [train_all[i] for i in order[n_train:n_train + n_dev]]
     eval_order = _perm(len(eval_all), sampling.seed + 2)
     evals = [eval_all[i] for i in eval_order[: sampling.eval_samples]]
-    info = {"source": source, "train_rows": len(train_all), "eval_rows": len(eval_all), "train": len(train), "dev": len(dev), "eval": len(evals)}
+    info = {"source": source, "train_rows": len(train_all), "eval_rows": len(eval_all), "train": len(train), "dev": len(dev), "eval": len(evals),
+            "train_from": train_from, "dev_from": dev_from, "eval_from": eval_from}
     log.info("task %s: %s", name, info)
     return TaskData(name, metric, train, dev, evals, info)
+
+
+def describe_split(task: TaskData, sampling: Sampling) -> str:
+    """One line saying how many examples each split holds and where they come from.
+
+    Also says when the data cannot give the requested counts (e.g. `--train-samples 1000` from a
+    file whose rows went partly to dev and eval).
+    """
+    i = task.info
+    line = (f"{task.name}: {i['train']} train ({i['train_from']}), {i['dev']} dev ({i['dev_from']}), "
+            f"{i['eval']} eval ({i['eval_from']})")
+    short = [f"--{k}-samples {want} (got {i[k]})" for k, want in (("train", sampling.train_samples), ("dev", sampling.dev_samples),
+                                                                    ("eval", sampling.eval_samples)) if i[k] < want and (k != "train" or i[k])]
+    if short:
+        line += "; fewer than asked: " + ", ".join(short)
+    return line
 
 
 def with_demonstrations(examples: list[Example], pool: list[Example], shots: int, seed: int) -> list[Example]:
@@ -510,10 +585,22 @@ def describe(task: TaskData) -> dict[str, Any]:
 
 
 def custom_task_from(*, task_file: str | None, train_file: str | None, eval_file: str | None, template: str | None,
-                     labels: str | None, label_field: str = "label") -> CustomTask | None:
-    """The custom task that command-line settings describe (a task file wins), or None for built-ins."""
+                     labels: str | None, label_field: str = "label", dev_file: str | None = None,
+                     encoding: str = "utf-8") -> CustomTask | None:
+    """The custom task that command-line settings describe (a task file wins), or None for built-ins.
+
+    Raises:
+        TaskError: a template or labels without a data file, a data file without them, or a
+            template that includes the label field.
+    """
     if task_file:
         return load_task_file(task_file)
-    if train_file:
-        return CustomTask(train=train_file, eval=eval_file, template=template, labels=parse_labels(labels), label_field=label_field)
+    if train_file or eval_file or dev_file:
+        if template is None or labels is None:
+            raise TaskError("a custom task needs --template and --labels", hint="e.g. --template '{text} It was' --labels '0=terrible,1=great'")
+        return CustomTask(train=train_file, eval=eval_file, dev=dev_file, template=template, labels=parse_labels(labels), label_field=label_field,
+                          encoding=encoding)
+    if template is not None or labels is not None:
+        raise TaskError("--template and --labels describe a custom task, but no data file was given",
+                        hint="pass --train FILE (finetune), or --eval FILE for zero-shot evaluation")
     return None

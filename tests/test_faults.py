@@ -26,7 +26,7 @@ class _Stop(Exception):
 
 
 def cli_args(model, mask, train, out, *extra) -> list[str]:
-    """The CLI form of test_finetune._config(..., task='sst2') with the given extra options."""
+    """The CLI form of test_finetune._config(...) (a custom task) with the given extra options."""
     return ["finetune", "--model", str(model), "--mask", str(mask), "--train", str(train), "--template", "{text} It was",
             "--labels", "0=bad,1=good", "--quant", "none", "--batch-size", "4", "--eval-every", "3", "--train-samples", "12",
             "--dev-samples", "4", "--eval-samples", "4", "--out", str(out), *extra]
@@ -42,7 +42,7 @@ def stopped_run(model, mask, train, out, *, steps: int, save_every: int, stop_at
         if event["kind"] == "step" and event["step"] == stop_at:
             raise _Stop
     with pytest.raises(_Stop):
-        finetune(_config(model, mask, train, out, task="sst2", steps=steps, save_every=save_every), progress=stop)
+        finetune(_config(model, mask, train, out, steps=steps, save_every=save_every), progress=stop)
 
 
 def test_resume_before_the_first_checkpoint_says_so_and_keeps_the_log(tiny_model_dir, tiny_mask, train_file, tmp_path, run_cli):  # noqa: F811

@@ -192,12 +192,16 @@ def test_resume_makes_best_dev_agree_with_the_checkpoint(tiny_model_dir, tiny_ma
 def test_resume_refuses_other_settings_and_complete_runs(tiny_model_dir, tiny_mask, train_file, tmp_path):
     out = tmp_path / "run"
     finetune(_config(tiny_model_dir, tiny_mask, train_file, out))
-    with pytest.raises(TrainingError, match="different settings: lr"):
+    with pytest.raises(TrainingError, match="other settings: lr"):
         finetune(_config(tiny_model_dir, tiny_mask, train_file, out, lr=1e-3), resume=True)
     with pytest.raises(TrainingError, match="already complete"):
         finetune(_config(tiny_model_dir, tiny_mask, train_file, out), resume=True)
-    with pytest.raises(TrainingError, match="not empty"):
+    with pytest.raises(TrainingError, match="already complete"):  # the default continues a stopped run, never redoes a complete one
         finetune(_config(tiny_model_dir, tiny_mask, train_file, out))
+    with pytest.raises(TrainingError, match="other settings: lr"):
+        finetune(_config(tiny_model_dir, tiny_mask, train_file, out, lr=1e-3))
+    with pytest.raises(TrainingError, match="not empty"):
+        finetune(_config(tiny_model_dir, tiny_mask, train_file, out), resume=False)
 
 
 def test_non_finite_stops_with_checkpoint_intact(tiny_model_dir, tiny_mask, train_file, tmp_path):
