@@ -17,6 +17,7 @@ from . import schema
 from .errors import FingerprintMismatch, MaskError
 from .mask import SensitivityMask
 from .paths import atomic_file, public
+from .registry import mask_name_for_sha256
 
 FORMAT = "szoq.delta"
 FORMAT_VERSION = "1"
@@ -209,8 +210,6 @@ def load_delta(ref: str | Path, *, mask: SensitivityMask | None = None, mask_sha
             hint="pass the --model the delta was fine-tuned from, or leave --model out: eval and merge use the delta's own",
         )
     if mask_sha256 is not None and meta.get("mask_sha256") != mask_sha256:
-        from .refs import mask_name_for_sha256
-
         trained = trained_mask_ref(meta)
         current = mask_ref or mask_name_for_sha256(mask_sha256) or f"sha256 {mask_sha256[:12]}"
         raise FingerprintMismatch(f"delta was trained with mask {trained}, not {current}",
@@ -227,8 +226,6 @@ def load_delta(ref: str | Path, *, mask: SensitivityMask | None = None, mask_sha
 def trained_mask_ref(meta: dict[str, str]) -> str:
     """The mask a delta was trained with, named for a user: a local mask holding the same content
     (`NAME@vN` or a built-in name), else the ref recorded at training time, else its sha256."""
-    from .refs import mask_name_for_sha256
-
     sha = meta.get("mask_sha256", "")
     try:
         settings = json.loads(meta.get("settings") or "{}")

@@ -14,7 +14,7 @@ from .catalog import find_builtin
 from .errors import HubError, RegistryError
 from .mask import MASK_FILE, SensitivityMask, load_mask
 from .paths import path_exists, shorten
-from .registry import Registry, parse_ref
+from .registry import Registry, mask_name_for_sha256, parse_ref
 from .transport import is_hub_ref  # noqa: F401  (re-exported)
 
 
@@ -58,21 +58,6 @@ def no_local_folder(ref: str, exc: HubError) -> HubError:
         return exc  # the repo exists on the Hub: a genuine Hub error
     return HubError(f"no local folder {ref}, and as a Hub ref: {exc.message}",
                     hint=f"check the path (ls {Path(ref).parent}/); for a Hub ref: {exc.hint}")
-
-
-def mask_name_for_sha256(sha256: str, *, registry: Registry | None = None) -> str | None:
-    """The name of the local mask whose `mask.safetensors` has this sha256, or None.
-
-    A built-in mask answers with its name, a registry entry with `NAME@vN` (the newest one
-    holding that content).
-    """
-    from .catalog import builtin_masks
-
-    for builtin in builtin_masks():
-        if builtin.sha256 == sha256:
-            return builtin.name
-    entries = [e for e in (registry or Registry()).entries() if e.sha256 == sha256]
-    return entries[-1].ref if entries else None
 
 
 def pinned_mask_ref(ref: str, sha256: str, *, registry: Registry | None = None) -> str:

@@ -19,6 +19,7 @@ from typing import Callable
 
 from filelock import FileLock
 
+from .catalog import builtin_masks
 from .errors import RegistryError
 from .mask import CARD_FILE, CONFIG_FILE, MASK_FILE, SensitivityMask, config_json, file_sha256, load_mask
 from .paths import atomic_dir, atomic_file, ensure_writable_dir, shorten, szoq_home
@@ -252,3 +253,16 @@ class Registry:
                 if v["sha256"] not in used:
                     shutil.rmtree(self.objects / v["sha256"], ignore_errors=True)
         return [self._entry(name, v) for v in gone]
+
+
+def mask_name_for_sha256(sha256: str, *, registry: Registry | None = None) -> str | None:
+    """The name of the local mask whose `mask.safetensors` has this sha256, or None.
+
+    A built-in mask answers with its name, a registry entry with `NAME@vN` (the newest one
+    holding that content).
+    """
+    for builtin in builtin_masks():
+        if builtin.sha256 == sha256:
+            return builtin.name
+    entries = [e for e in (registry or Registry()).entries() if e.sha256 == sha256]
+    return entries[-1].ref if entries else None
