@@ -235,11 +235,13 @@ def trained_mask_ref(meta: dict[str, str]) -> str:
 
 
 def delta_origin(ref: str | Path) -> tuple[str | None, str | None]:
-    """(model, mask) a delta was trained with, read from its header alone.
+    """(model, mask) a delta was trained with.
 
     Used as the defaults of `eval --delta` and `merge --delta`: a delta is only valid with its
-    own base and mask. The mask is a local one holding the same content when there is one (no
-    download), else the pinned ref recorded at training time.
+    own base and mask. The run folder's `finetune_config.json` names them as given on this
+    machine (the delta header keeps only the last part of a local path: it is shared); else the
+    header's names serve (aliases and Hub refs are whole there). The mask is a local one holding
+    the same content when there is one (no download).
 
     Returns:
         (model ref or None, mask ref or None); (None, None) when the header cannot be read
@@ -258,4 +260,14 @@ def delta_origin(ref: str | Path) -> tuple[str | None, str | None]:
         settings = json.loads(meta.get("settings") or "{}")
     except ValueError:
         settings = {}
-    return settings.get("model"), trained_mask_ref(meta) if meta.get("mask_sha256") else None
+    run_config = path.parent / "finetune_config.json"
+    if _is_file(run_config):
+        try:
+            local = schema.run_config(run_config, MaskError)
+        except MaskError:
+            local = None
+        if local is not None and local.get("fingerprint") == meta.get("fingerprint"):  # the config of this very run
+            settings = {**settings, "model": local["settings"].get("model", settings.get("model")),
+                        "mask_ref": local.get("mask_ref") or settings.get("mask_ref")}
+    mask = mask_name_for_sha256(meta.get("mask_sha256", "")) or settings.get("mask_ref") or settings.get("mask")
+    return settings.get("model"), mask

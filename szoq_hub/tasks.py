@@ -55,6 +55,7 @@ class TaskData:
     dev: list[Example]
     eval: list[Example]
     info: dict = field(default_factory=dict)
+    origin: dict = field(default_factory=dict)  # where each split came from, as the user named it (for messages)
 
 
 @dataclass
@@ -532,23 +533,23 @@ def load_task(task: str | None = None, *, custom: CustomTask | None = None, data
             dev = [train_all[i] for i in order[n_train:n_train + n_dev]]
     eval_order = _perm(len(eval_all), sampling.seed + 2)
     evals = [eval_all[i] for i in eval_order[: sampling.eval_samples]]
-    info = {"source": source, "train_rows": len(train_all), "eval_rows": len(eval_all), "train": len(train), "dev": len(dev), "eval": len(evals),
-            "train_from": train_from, "dev_from": dev_from, "eval_from": eval_from}
+    info = {"source": source, "train_rows": len(train_all), "eval_rows": len(eval_all), "train": len(train), "dev": len(dev), "eval": len(evals)}
     log.info("task %s: %s", name, info)
-    return TaskData(name, metric, train, dev, evals, info)
+    return TaskData(name, metric, train, dev, evals, info, {"train": train_from, "dev": dev_from, "eval": eval_from})
 
 
 def describe_split(task: TaskData, sampling: Sampling) -> str:
     """One line saying how many examples each split holds and where they come from.
 
-    Also says when the data cannot give the requested counts (e.g. `--train-samples 1000` from a
-    file whose rows went partly to dev and eval).
+    Also says when the data cannot give the requested train or dev counts (e.g. `--train-samples
+    1000` from a file whose rows went partly to dev and eval).
     """
-    i = task.info
-    line = (f"{task.name}: {i['train']} train ({i['train_from']}), {i['dev']} dev ({i['dev_from']}), "
-            f"{i['eval']} eval ({i['eval_from']})")
-    short = [f"--{k}-samples {want} (got {i[k]})" for k, want in (("train", sampling.train_samples), ("dev", sampling.dev_samples),
-                                                                    ("eval", sampling.eval_samples)) if i[k] < want and (k != "train" or i[k])]
+    i, o = task.info, task.origin
+    line = f"{task.name}: {i['train']} train ({o['train']}), {i['dev']} dev ({o['dev']}), {i['eval']} eval ({o['eval']})"
+    # Eval takes what the eval split has (SST-2 validation holds 872 rows); train and dev are the
+    # ones a file can silently short.
+    short = [f"--{k}-samples {want} (got {i[k]})" for k, want in (("train", sampling.train_samples), ("dev", sampling.dev_samples))
+             if 0 < i[k] < want or (k == "dev" and i[k] < want)]
     if short:
         line += "; fewer than asked: " + ", ".join(short)
     return line

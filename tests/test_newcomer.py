@@ -80,8 +80,9 @@ def test_eval_and_merge_default_to_the_deltas_mask_and_model(run_cli, tiny_model
 # --- 2. the main command reruns after an interruption -----------------------------------------
 
 def test_rerunning_the_same_command_continues_a_stopped_run(run_cli, tiny_model_dir, tiny_mask, train_file, tmp_path, monkeypatch):
-    import szoq_hub.finetune as ft
+    import importlib
 
+    ft = importlib.import_module("szoq_hub.finetune")  # the module (the package exports a `finetune` function too)
     run = tmp_path / "run"
     args = ["finetune", "--model", tiny_model_dir, "--mask", tiny_mask, "--train", train_file, *CUSTOM, *SMALL, "--out", run]
     real_save = ft._save_checkpoint
