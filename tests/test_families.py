@@ -206,3 +206,29 @@ def test_index_naming_a_missing_shard_is_refused(tmp_path):
     files[1].unlink()
     with pytest.raises(ModelError, match="missing"):
         checkpoint_files(folder)
+
+
+def test_cli_path_gpt2_checkpoint_without_prefix(tmp_path, run_cli):
+    """The CLI on an original-layout GPT-2 checkpoint (Conv1D, keys without `transformer.`)."""
+    folder = make_tiny("gpt2", tmp_path / "model", layout="no_prefix")
+    train = tmp_path / "train.jsonl"
+    train.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
+    code, out, err = run_cli("mask", "build", str(folder), "--scorer", "random", "--density", "0.02", "--out", str(tmp_path / "mask"), "--json")
+    assert code == 0, err
+    common = ["--model", str(folder), "--mask", str(tmp_path / "mask")]
+    task = ["--train", str(train), "--template", "{text} It was", "--labels", "0=bad,1=good"]
+    code, out, err = run_cli("finetune", *common, *task, "--steps", "2", "--batch-size", "4", "--eval-every", "0", "--train-samples", "8",
+                             "--dev-samples", "0", "--eval-samples", "2", "--lr", "1", "--eps", "0.01", "--out", str(tmp_path / "run"), "--json")
+    assert code == 0, err
+    assert json.loads(out)["steps"] == 2
+    code, out, err = run_cli("merge", *common, "--delta", str(tmp_path / "run"), "--out", str(tmp_path / "merged"))
+    assert code == 0, err
+    from transformers import AutoModelForCausalLM
+
+    from szoq_hub.delta import load_delta
+    from szoq_hub.refs import open_mask
+
+    merged = dict(AutoModelForCausalLM.from_pretrained(tmp_path / "merged").named_parameters())
+    delta = load_delta(tmp_path / "run").tensors
+    for name, idx in open_mask(str(tmp_path / "mask")).indices.items():
+        assert torch.equal(merged[name].detach().view(-1)[idx.long()], delta[name]), name
