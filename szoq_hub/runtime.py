@@ -388,7 +388,20 @@ class SparseQuantLinear(nn.Module):
 
 
 def _contiguous_input(module: nn.Module, args: tuple) -> tuple:
-    return (args[0].contiguous(), *args[1:])
+    """Hand lm_head its input with row-major strides.
+
+    `.contiguous()` is not enough: `hidden[:, -1:, :]` of one sequence ([1, 1, H], strides
+    (T * H, H, 1)) counts as contiguous, and a bf16 linear on it copies the whole weight first
+    (+0.19 GiB at a 49k x 2048 lm_head, measured; +0.39 GiB at Llama-2-7B's).
+    """
+    x = args[0]
+    canonical, step = [], 1
+    for size in reversed(x.shape):
+        canonical.append(step)
+        step *= size
+    if not x.is_contiguous() or tuple(x.stride()) != tuple(reversed(canonical)):
+        x = x.clone(memory_format=torch.contiguous_format)  # [B, k, H], small
+    return (x, *args[1:])
 
 
 def _require_bnb(quant: str) -> None:

@@ -367,3 +367,19 @@ def test_chunked_4bit_quantization_is_bit_identical(quant, shape):
         assert torch.equal(got, want) and torch.equal(state.absmax, want_state.absmax) and tuple(state.shape) == shape
         assert torch.equal(bnbf.dequantize_4bit(got, state).view(-1)[idx], torch.zeros(idx.numel()))
     assert torch.equal(w, before)  # the input is not modified
+
+
+def test_lm_head_input_gets_row_major_strides():
+    """hidden[:, -1:, :] of one sequence is 'contiguous' with strides (T*H, H, 1); a bf16 linear
+    on it copied the whole lm_head weight. The pre-hook hands over row-major strides."""
+    from szoq_hub.runtime import _contiguous_input
+
+    h = torch.randn(1, 7, 16)
+    x = h[:, -1:, :]
+    assert x.is_contiguous() and x.stride() == (112, 16, 1)
+    (y,) = _contiguous_input(None, (x,))
+    assert y.stride() == (16, 16, 1) and torch.equal(y, x)
+    z = torch.randn(2, 3, 16)
+    assert _contiguous_input(None, (z,))[0] is z  # already row-major: no copy
+    (w,) = _contiguous_input(None, (z.transpose(0, 1),))
+    assert w.is_contiguous() and torch.equal(w, z.transpose(0, 1))
