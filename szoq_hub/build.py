@@ -336,7 +336,7 @@ def _plan(model: nn.Module, config: MaskBuildConfig, targets: list[str], numels:
         plans.append(plan)
     if not plans:
         raise errors[-1]
-    return min(plans, key=lambda p: pass_cost(p.groups, n_layers, p.checkpointed))
+    return min(plans, key=lambda p: pass_cost(p.groups, n_layers, p.checkpointed, first))
 
 
 def _run_passes(model: nn.Module, config: MaskBuildConfig, plan: BuildPlan, windows: torch.Tensor, selector: StreamingSelector,

@@ -86,15 +86,18 @@ def activation_bytes(config, seq_len: int, dtype: torch.dtype, first_layer: int 
     return int((layers * per_layer + logits) * _SAFETY)
 
 
-def pass_cost(plan_groups_: list[list[str]], n_layers: int, checkpointed: bool) -> float:
+def pass_cost(plan_groups_: list[list[str]], n_layers: int, checkpointed: bool,
+              first_layer: Callable[[str], int] | None = None) -> float:
     """Relative compute of a plan, in forwards of the whole model per window.
 
     A pass runs the full forward and backpropagates down to its group's first layer (backward
-    ~2x forward); checkpointing adds one more forward of those layers.
+    ~2x forward); checkpointing adds one more forward of those layers. `first_layer` says
+    how deep backward goes for a group starting at a tensor (default: its own layer).
     """
+    first_layer = first_layer or layer_of
     total = 0.0
     for group in plan_groups_:
-        depth = (n_layers - layer_of(group[0])) / max(n_layers, 1)
+        depth = (n_layers - first_layer(group[0])) / max(n_layers, 1)
         total += 1 + (3 if checkpointed else 2) * depth
     return total
 
