@@ -75,7 +75,8 @@ def main() -> None:
     rows.append(("fisher seconds fp32 / nf4", f"{seconds['none']:.0f} s / {seconds['nf4']:.0f} s", "measured (2 cores)"))
     data["documented"] = all(s["share_ratio"] >= 0.95 for s in data["scopes"].values())
     data["machine_load"] = os.getloadavg()
-    write_results("score_quant", data, rows)
+    default = (args.windows, args.seq_len) == (32, 256)
+    write_results("score_quant" if default else f"score_quant_{args.windows}x{args.seq_len}", data, rows)
 
 
 if __name__ == "__main__":
