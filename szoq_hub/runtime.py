@@ -269,13 +269,16 @@ class SparseQuantLinear(nn.Module):
         rows, cols = flat_idx // in_features, flat_idx % in_features
         ucols, col_rank = torch.unique(cols, return_inverse=True)  # [C], [nnz]
         self.register_buffer("cols", ucols, persistent=False)  # [C]
-        self.register_buffer("s_pos", col_rank * out_features + rows, persistent=False)  # [nnz] into S.flatten()
+        s_pos = col_rank * out_features + rows  # [nnz] into S.flatten()
         # The column form costs N * C * out multiply-adds, the scatter form N * nnz (but as a
         # gather + index_add, ~tens of times slower per element than a GEMM). Sensitivity masks
         # touch few columns (SmolLM2's built-in mask: C * out / nnz <= 132 in every layer); a
         # random mask touches nearly all of them (C * out / nnz ~ 1 / density = 1000 at 1e-3),
         # where S [C, out] would be a dense fp32 copy of the layer.
         self.sparse_form = "column" if ucols.numel() * out_features <= SCATTER_ABOVE * max(self.nnz, 1) else "scatter"
+        # Kept for the column form only (int64 per entry: 8 MB over a 1.1B random mask at 1e-3).
+        self.register_buffer("s_pos", s_pos if self.sparse_form == "column" else s_pos.new_empty(0), persistent=False)
+        del rows, cols, col_rank, s_pos
 
         with torch.no_grad():
             self.bias = None if bias is None else nn.Parameter(bias.detach().to(device=device, dtype=compute_dtype), requires_grad=False)
@@ -377,7 +380,11 @@ class SparseQuantLinear(nn.Module):
             acc = acc.to(torch.float32)  # summed in fp32, rounded once below
         if self.sparse_form == "column":
             s = vals.new_zeros(p, c * n_out)  # [P, C * out] fp32
-            s[:, self.s_pos] = vals
+            s_pos = self.s_pos
+            if s_pos.numel() != self.nnz:  # a scatter layer switched to the column form
+                rows, cols = self.flat_idx // self.in_features, self.flat_idx % self.in_features
+                s_pos = torch.searchsorted(self.cols, cols) * n_out + rows  # [nnz]
+            s[:, s_pos] = vals
             xg = x[..., self.cols].reshape(p, -1, c).to(torch.float32)  # [P, M, C]
             acc.baddbmm_(xg, s.view(p, c, n_out))
         else:

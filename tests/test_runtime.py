@@ -383,3 +383,26 @@ def test_lm_head_input_gets_row_major_strides():
     assert _contiguous_input(None, (z,))[0] is z  # already row-major: no copy
     (w,) = _contiguous_input(None, (z.transpose(0, 1),))
     assert w.is_contiguous() and torch.equal(w, z.transpose(0, 1))
+
+
+def test_scatter_layer_keeps_no_column_positions():
+    """A scatter-form layer holds no s_pos (nnz int64), and still computes the column form when
+    switched to it."""
+    from szoq_hub.runtime import SparseValues
+
+    gen = torch.Generator().manual_seed(3)
+    w = torch.randn(512, 128, generator=gen)
+    idx = torch.randperm(w.numel(), generator=gen)[:40].sort().values
+    store = SparseValues(idx.numel(), torch.device("cpu"))
+    store.values.copy_(torch.randn(idx.numel(), generator=gen))
+    layer = SparseQuantLinear(w.clone(), None, idx, store, 0, "none", torch.float32)
+    assert layer.sparse_form == "scatter" and layer.s_pos.untyped_storage().nbytes() == 0
+    x = torch.randn(3, 128, generator=gen)
+    with torch.no_grad():
+        scatter = layer(x)
+        layer.sparse_form = "column"
+        column = layer(x)
+    dense = w.clone().view(-1)
+    dense[idx] = store.values
+    torch.testing.assert_close(scatter, x @ dense.view(512, 128).T, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(column, scatter, atol=1e-5, rtol=1e-5)
