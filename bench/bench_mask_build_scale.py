@@ -106,7 +106,12 @@ def _write(name: str, data: dict) -> None:
     if len(names) == 2:
         a, b = (load_mask(Path(runs[n]["out"])) for n in names)
         diff = diff_masks(a, b)
-        data["compare"] = {"runs": names, "same_mask_file": runs[names[0]]["mask_sha256"] == runs[names[1]]["mask_sha256"],
+        import torch
+
+        same = list(a.indices) == list(b.indices) and all(torch.equal(a.indices[n], b.indices[n]) for n in a.indices)
+        # The header records the build recipe, which names --max-memory: compare the selection.
+        data["compare"] = {"runs": names, "same_indices": same, "same_stats": a.config.stats == b.config.stats,
+                           "header_fields_differing": sorted(k for k, v in a.config.header().items() if b.config.header().get(k) != v),
                            "jaccard": diff.jaccard, "captured_share": [runs[n]["result"]["captured_share"] for n in names]}
     def bound_of(r: dict) -> str | None:
         return r["args"][r["args"].index("--max-memory") + 1] if "--max-memory" in r["args"] else None
@@ -117,7 +122,8 @@ def _write(name: str, data: dict) -> None:
     rows += [(f"{n}: captured Σg² share", f"{r['result']['captured_share']}", "") for n, r in runs.items()]
     if "compare" in data:
         c = data["compare"]
-        rows.append((f"{c['runs'][0]} vs {c['runs'][1]}: same mask.safetensors", str(c["same_mask_file"]), "True" if data["shape"] == "llama-1.1b" else "measured"))
+        rows.append((f"{c['runs'][0]} vs {c['runs'][1]}: same indices and stats", str(c["same_indices"] and c["same_stats"]), "True" if data["shape"] == "llama-1.1b" else "measured"))
+        rows.append((f"{c['runs'][0]} vs {c['runs'][1]}: header fields that differ", ", ".join(c["header_fields_differing"]) or "none", "the recipe only"))
         rows.append((f"{c['runs'][0]} vs {c['runs'][1]}: Jaccard", f"{c['jaccard']:.4f}", ""))
     data["targets"] = {"peak_rss_below": 3.5e9} if data["shape"] == "llama-1.1b" else {"completes_on": "24 GiB"}
     write_results(name, data, rows)
