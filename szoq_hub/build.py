@@ -23,7 +23,7 @@ from torch import nn
 
 from .build_plan import BuildPlan, activation_bytes, layer_of, parse_size, pass_cost, plan_groups, resident_bytes
 from .calibration import load_windows
-from .checkpoint import _ST_DTYPES, KeyMapper, checkpoint_files, iter_tensors
+from .checkpoint import _ST_DTYPES, KeyMapper, checkpoint_files, iter_tensors, read_header
 from .devices import DTYPES as SHARED_DTYPES, check_device_spec, resolve_device
 from .errors import ConfigError, DependencyError, ModelError
 from .mask import MaskConfig, SCOPES, SensitivityMask, check_density, mask_stats, save_mask
@@ -99,28 +99,17 @@ def is_main_process() -> bool:
 def checkpoint_dtype(files: list[Path]) -> torch.dtype:
     """The dtype of the first floating-point tensor in the checkpoint (headers only)."""
     for path in files:
-        for meta in _header(path).values():
+        for meta in read_header(path).values():
             dtype = _ST_DTYPES.get(meta.get("dtype")) if isinstance(meta, dict) else None
             if dtype is not None and dtype.is_floating_point:
                 return dtype
     return torch.float32
 
 
-def _header(path: Path) -> dict:
-    with open(path, "rb") as fh:
-        try:
-            n = int.from_bytes(fh.read(8), "little")
-            header = json.loads(fh.read(n))
-        except ValueError:
-            raise ModelError(f"{path} is not a readable safetensors file", hint="the checkpoint is corrupt: download or convert it again") from None
-    header.pop("__metadata__", None)
-    return header
-
-
 def _iter_named(files: list[Path], to_name: KeyMapper, names: set[str]):
     """(model name, tensor) of just `names`, one at a time; shards holding none are not read."""
     for path in files:
-        if any(to_name(key) in names for key in _header(path)):
+        if any(to_name(key) in names for key in read_header(path)):
             for key, tensor in iter_tensors([path]):
                 name = to_name(key)
                 if name in names:

@@ -84,6 +84,27 @@ _ST_DTYPES = {
 }
 
 
+def _read_header(fh, path: Path) -> tuple[dict, int]:
+    """The JSON header of an open safetensors file and the byte offset where its data starts."""
+    try:
+        n = int.from_bytes(fh.read(8), "little")
+        return json.loads(fh.read(n)), 8 + n
+    except ValueError:
+        raise ModelError(f"{path} is not a readable safetensors file", hint="the checkpoint is corrupt: download or convert it again") from None
+
+
+def read_header(path: Path) -> dict:
+    """The tensor entries of a safetensors file's header (no `__metadata__`); reads no tensor data.
+
+    Raises:
+        ModelError: the file is not safetensors.
+    """
+    with open(path, "rb") as fh:
+        header, _ = _read_header(fh, path)
+    header.pop("__metadata__", None)
+    return header
+
+
 def iter_tensors(files: list[Path]):
     """Yield (checkpoint key, tensor) one owned tensor at a time from safetensors files.
 
@@ -97,12 +118,7 @@ def iter_tensors(files: list[Path]):
     """
     for path in files:
         with open(path, "rb") as fh:
-            try:
-                n = int.from_bytes(fh.read(8), "little")
-                header = json.loads(fh.read(n))
-            except ValueError:
-                raise ModelError(f"{path} is not a readable safetensors file", hint="the checkpoint is corrupt: download or convert it again") from None
-            base = 8 + n
+            header, base = _read_header(fh, path)
             entries = sorted(((k, v) for k, v in header.items() if k != "__metadata__"), key=lambda kv: kv[1]["data_offsets"][0])
             for key, meta in entries:
                 start, end = meta["data_offsets"]
