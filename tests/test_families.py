@@ -104,7 +104,7 @@ def _end_to_end(model_dir: Path, tmp_path: Path) -> None:
     base = {n: p.detach().clone() for n, p in AutoModelForCausalLM.from_pretrained(model_dir).named_parameters()}
     assert any(not torch.equal(delta[n], base[n].view(-1)[idx.long()]) for n, idx in mask.indices.items())  # the steps moved them
     ev = evaluate(EvalConfig(model=str(model_dir), mask=str(tmp_path / "mask"), **task, delta=str(run), quant="nf4", eval_samples=4))
-    assert ev.mode == "delta" and 0.0 <= ev.value <= 1.0
+    assert ev.mode == "delta" and ev.value == result.eval_metric  # the same rows and values as the run's own final eval
 
     merged_dir = merge(model=str(model_dir), mask_ref=str(tmp_path / "mask"), delta=run, out=tmp_path / "merged")
     merged = AutoModelForCausalLM.from_pretrained(merged_dir).eval()
