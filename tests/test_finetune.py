@@ -287,6 +287,9 @@ def _dp_worker(rank: int, world: int, port: int, config_kw: dict, result_file: s
     result = finetune(FinetuneConfig(**config_kw))
     if rank == 1:
         Path(result_file).write_text(json.dumps({"eval": result.eval_metric, "best": result.best_step}))
+    # Both ranks leave together: a rank that tears gloo down while its peer is still busy makes
+    # the peer's transport thread abort ("terminate called without an active exception").
+    dist.barrier()
     dist.destroy_process_group()
 
 
