@@ -3,13 +3,8 @@
 from __future__ import annotations
 
 
-class SzoqError(Exception):
-    """Base of all user-facing szoq errors.
-
-    Args:
-        message: One line saying what went wrong.
-        hint: One line saying what to do about it.
-    """
+class _MessageAndHint:
+    """A one-line message plus a one-line hint, shared by errors and by `Interrupted`."""
 
     def __init__(self, message: str, hint: str | None = None) -> None:
         super().__init__(message)
@@ -18,6 +13,15 @@ class SzoqError(Exception):
 
     def __str__(self) -> str:
         return self.message
+
+
+class SzoqError(_MessageAndHint, Exception):
+    """Base of all user-facing szoq errors.
+
+    Args:
+        message: One line saying what went wrong.
+        hint: One line saying what to do about it.
+    """
 
 
 class ModelError(SzoqError):
@@ -60,7 +64,7 @@ class TrainingError(SzoqError):
     """Fine-tuning cannot start or continue."""
 
 
-class Interrupted(KeyboardInterrupt):
+class Interrupted(_MessageAndHint, KeyboardInterrupt):
     """Ctrl-C during a long run, carrying what was kept and how to continue.
 
     It stays a `KeyboardInterrupt` (not a `SzoqError`), so that code catching `Exception` never
@@ -70,11 +74,3 @@ class Interrupted(KeyboardInterrupt):
         message: One line saying where the run stopped and what is on disk.
         hint: One line saying how to continue.
     """
-
-    def __init__(self, message: str, hint: str | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.hint = hint
-
-    def __str__(self) -> str:
-        return self.message

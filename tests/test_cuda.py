@@ -13,24 +13,13 @@ import pytest
 import torch
 
 from conftest import TINY_TEXTS
+from test_devices import ROWS, tiny_mask  # noqa: F401  (module-scoped fixture: a tiny built mask)
 from szoq_hub.finetune import CHECKPOINT_FILE, FinetuneConfig, finetune
 from szoq_hub.runtime import SparseQuantLinear, load_sparse_model
 from szoq_hub.scoring import Encoded, loss_sum, loss_sums, option_scores
 from szoq_hub.zo import in_place, perturbation
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
-ROWS = [{"text": t, "label": int("great" in t or "wonderful" in t)} for t in TINY_TEXTS]
-
-
-@pytest.fixture(scope="module")
-def tiny_mask(tiny_model_dir, tmp_path_factory):
-    from szoq_hub.build import MaskBuildConfig, build_mask
-
-    root = tmp_path_factory.mktemp("tiny-mask")
-    (root / "calib.txt").write_text("\n".join(TINY_TEXTS * 5))
-    mask, _ = build_mask(MaskBuildConfig(model=str(tiny_model_dir), calibration=str(root / "calib.txt"), samples=4, seq_len=16, density=0.02),
-                         root / "mask")
-    return mask, root / "mask"
 
 
 def _batch(sm) -> tuple[list[Encoded], int]:
