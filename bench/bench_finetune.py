@@ -21,7 +21,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -31,6 +30,8 @@ from pathlib import Path
 import torch
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from common import peak_rss_bytes  # noqa: E402  (VmHWM: a fork+exec child does not inherit the parent's peak)
 RESULTS = HERE / "results"
 DATA = Path(os.environ.get("SZOQ_DATA_DIR", HERE.parent.parent / "shared" / "data"))
 
@@ -106,19 +107,7 @@ def worker(kind: str, quant: str, batch_size: int, steps: int) -> dict:
                 lm = loss_sum(model, enc, pad)
                 perturb(seed, 1e-3)
                 perturb(seed, -2e-6 * (lp - lm) / 2e-3)
-    return {"kind": kind, "peak_rss_mib": round(peak_rss_kib() / 1024, 1)}
-
-
-def peak_rss_kib() -> int:
-    """This process's peak RSS. VmHWM, not ru_maxrss: Linux keeps ru_maxrss across fork+exec,
-    so a worker started by a parent that already held the model would report the parent's peak."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return {"kind": kind, "peak_rss_mib": round(peak_rss_bytes() / 2**20, 1)}
 
 
 def timing(quant: str, batch_size: int, runs: int, dtype: str | None = None, device: str = "cpu") -> dict:

@@ -39,16 +39,15 @@ DENSITY = 1e-3
 SEQ_TOKENS = 64
 
 
-def _vm_hwm() -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    return 0
+def _write_peak_rss(hwm_file: str) -> None:
+    from common import peak_rss_bytes  # at exit: torch is loaded by then, so this adds nothing to the peak
+
+    Path(hwm_file).write_text(str(peak_rss_bytes()))
 
 
 def child(hwm_file: str, argv: list[str]) -> None:
     """Run the real `szoq` entry point in this process; write its VmHWM at exit."""
-    atexit.register(lambda: Path(hwm_file).write_text(str(_vm_hwm())))
+    atexit.register(_write_peak_rss, hwm_file)
     from szoq_cli.app import main
 
     sys.argv = ["szoq", *argv]
