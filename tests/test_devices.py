@@ -12,13 +12,13 @@ import torch
 from conftest import TINY_TEXTS, assert_one_line_error
 from szoq_hub.devices import DTYPES, check_device_spec, check_dtype_spec, resolve_device, resolve_dtype
 from szoq_hub.errors import ConfigError, TrainingError
+from test_finetune import ROWS, train_file  # noqa: F401  (the tiny learnable rows and their file fixture)
 from szoq_hub.finetune import CHECKPOINT_FILE, FinetuneConfig, finetune
 from szoq_hub.runtime import SparseQuantLinear, SparseValues, load_sparse_model
 from szoq_hub.scoring import Encoded, loss_sum, loss_sums, option_scores
 from szoq_hub.zo import ZOConfig, in_place, make_optimizer
 
 no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error raised without a GPU")
-ROWS = [{"text": t, "label": int("great" in t or "wonderful" in t)} for t in TINY_TEXTS]
 
 
 @pytest.fixture(scope="module")
@@ -268,13 +268,6 @@ def test_perturbed_refuses_wrong_shapes(tiny_model_dir, tiny_mask, encoded):
 
 
 # --- runs: device and dtype recorded, reproducible, resume on the same runtime only -----------
-
-@pytest.fixture
-def train_file(tmp_path) -> Path:
-    path = tmp_path / "train.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
-    return path
-
 
 def _config(model, mask, train_file, out, **kw) -> FinetuneConfig:
     base = dict(model=str(model), mask=str(mask), task=None, train_file=str(train_file), template="{text} It was", labels="0=bad,1=good",
