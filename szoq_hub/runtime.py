@@ -558,7 +558,15 @@ def load_sparse_model(
     to_model_name = KeyMapper(lm)  # before any module is replaced
     loaded: set[str] = set()
     ignored: list[str] = []
-    for ckpt_key, tensor in iter_tensors(checkpoint_files(Path(source.path))):
+    # On the CPU the frozen input embedding stays a copy-on-write map of its checkpoint file
+    # when no cast is needed: a lookup touches only its tokens' rows (see `iter_tensors`).
+    in_emb = lm.get_input_embeddings()
+    emb_name = next((f"{n}.weight" for n, m in lm.named_modules() if m is in_emb), None) if in_emb is not None else None
+
+    def map_if(ckpt_key: str, dtype: torch.dtype) -> bool:
+        return device.type == "cpu" and dtype == compute_dtype and emb_name is not None and to_model_name(ckpt_key) == emb_name
+
+    for ckpt_key, tensor in iter_tensors(checkpoint_files(Path(source.path)), map_if=map_if):
         key = to_model_name(ckpt_key)
         if key is None:
             ignored.append(ckpt_key)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import weakref
+from pathlib import Path
 
 import pytest
 import torch
@@ -252,8 +253,8 @@ def test_streaming_load_holds_one_linear_weight_at_a_time(tiny_model_dir, tiny_m
     alive: list[weakref.ref] = []
     peak = {"n": 0}
 
-    def tracking(files):
-        for name, tensor in real_iter(files):
+    def tracking(files, map_if=None):
+        for name, tensor in real_iter(files, map_if=map_if):
             if name.endswith("_proj.weight"):
                 live = sum(r() is not None for r in alive)
                 peak["n"] = max(peak["n"], live)
@@ -271,6 +272,46 @@ def test_streaming_load_holds_one_linear_weight_at_a_time(tiny_model_dir, tiny_m
     load_sparse_model(str(tiny_model_dir), tiny_mask, quant="nf4")
     assert len(alive) == 14
     assert peak["n"] == 0, f"{peak['n']} earlier fp32 linear weights were still alive"
+
+
+def _mapped_files(tensor: torch.Tensor) -> set[str]:
+    """Files (/proc/self/maps) whose mapping holds `tensor`'s first byte; heap/anonymous memory: none."""
+    addr, found = tensor.data_ptr(), set()
+    for line in Path("/proc/self/maps").read_text().splitlines():
+        parts = line.split(maxsplit=5)
+        lo, hi = (int(x, 16) for x in parts[0].split("-"))
+        if lo <= addr < hi and len(parts) == 6 and parts[5].startswith("/"):
+            found.add(parts[5].strip())
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").is_file(), reason="needs Linux /proc")
+def test_cpu_embedding_is_a_private_map_of_the_checkpoint(tiny_model_dir, tiny_mask):
+    """On the CPU the frozen input embedding is not read into memory: it is a copy-on-write
+    map of the checkpoint file (only the rows a lookup touches become resident). It holds the
+    checkpoint's values; a cast (bf16 compute of an fp32 checkpoint) gets an owned copy."""
+    from safetensors.torch import load_file
+
+    path = tiny_model_dir / "model.safetensors"
+    stored = load_file(str(path))["model.embed_tokens.weight"]
+    assert stored.dtype == torch.float32
+    sm = load_sparse_model(str(tiny_model_dir), tiny_mask, quant="nf4", device="cpu", compute_dtype="fp32")
+    emb = sm.model.get_input_embeddings().weight
+    assert _mapped_files(emb) == {str(path.resolve())}
+    assert torch.equal(emb, stored) and not emb.requires_grad
+    cast = load_sparse_model(str(tiny_model_dir), tiny_mask, quant="nf4", device="cpu", compute_dtype="bf16")
+    emb16 = cast.model.get_input_embeddings().weight
+    assert emb16.dtype == torch.bfloat16 and _mapped_files(emb16) == set()
+    assert torch.equal(emb16, stored.to(torch.bfloat16))
+
+
+def test_mapped_reader_refuses_a_truncated_file(tiny_model_dir, tmp_path):
+    from szoq_hub.errors import ModelError
+
+    cut = tmp_path / "cut.safetensors"
+    cut.write_bytes((tiny_model_dir / "model.safetensors").read_bytes()[:-100])
+    with pytest.raises(ModelError, match="truncated"):
+        list(runtime.iter_tensors([cut], map_if=lambda key, dtype: True))
 
 
 def test_checkpoint_reader_matches_safetensors_and_refuses_truncation(tiny_model_dir, tmp_path):
