@@ -17,7 +17,6 @@ from .root import app
 from .render import note, out, print_json, progress_bar
 
 _MODEL = typer.Option(DEFAULT_MODEL, "--model", help="Model alias, Hub id, local folder or .gguf file.")
-_MASK = typer.Option(DEFAULT_MASK, "--mask", help="Mask: folder, registry NAME[@VERSION], built-in name, or ORG/NAME[@REV].")
 _QUANT = typer.Option("nf4", "--quant", help="Base quantization: nf4, fp4, int8 or none.")
 _DEVICE = typer.Option("auto", "--device", help="auto (CUDA when available), cpu, cuda or cuda:N.")
 _DTYPE = typer.Option(None, "--dtype", help="Compute dtype: bf16, fp16 or fp32 (default: bf16 on CUDA, fp32 on CPU). Sparse values stay fp32.")
@@ -36,14 +35,21 @@ _LABEL_FIELD = typer.Option("label", "--label-field", help="Custom task: the row
 _TASK_FILE = typer.Option(None, "--task-file", help="Custom task as a JSON/YAML file.")
 
 
+_MASK = typer.Option(None, "--mask", help=f"Mask: folder, registry NAME[@VERSION], built-in name, or ORG/NAME[@REV] (default {DEFAULT_MASK}; not with --dense).")
+_FT_QUANT = typer.Option(None, "--quant", help="Base quantization: nf4, fp4, int8 or none (default nf4; not with --dense).")
+_DENSE = typer.Option(False, "--dense", help="Dense MeZO baseline: ZO over every linear weight of the decoder layers (attention and MLP "
+                      "projections; embeddings, norms and lm_head stay frozen) of the fp32 model, unquantized, no mask. "
+                      "Writes dense.safetensors (the trained weights) instead of a delta. Memory: the fp32 model + one weight.")
+
+
 @app.command("finetune")
 def finetune_cmd(
-    model: str = _MODEL, mask: str = _MASK, task: Optional[str] = _TASK,
+    model: str = _MODEL, mask: Optional[str] = _MASK, dense: bool = _DENSE, task: Optional[str] = _TASK,
     train: Optional[str] = _TRAIN, eval_file: Optional[str] = _EVAL,
     dev_file: Optional[str] = typer.Option(None, "--dev", help="Custom task: dev file (default: held out from --train)."),
     template: Optional[str] = _TEMPLATE, labels: Optional[str] = _LABELS, label_field: str = _LABEL_FIELD,
     task_file: Optional[str] = _TASK_FILE, encoding: str = _ENCODING,
-    quant: str = _QUANT, device: str = _DEVICE, dtype: Optional[str] = _DTYPE,
+    quant: Optional[str] = _FT_QUANT, device: str = _DEVICE, dtype: Optional[str] = _DTYPE,
     steps: int = typer.Option(300, "--steps", help="ZO steps."),
     batch_size: int = typer.Option(16, "--batch-size", help="Examples per step."),
     lr: float = typer.Option(DEFAULT_LR, "--lr", help="Learning rate."),
@@ -65,8 +71,8 @@ def finetune_cmd(
     report_to: str = typer.Option("none", "--report-to", help="Also log metrics to: none, tensorboard, trackio or wandb (offline modes honoured)."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
-    """ZO fine-tune the sparse values of a quantized model. Example: szoq finetune --task sst2 --steps 300 --out runs/sst2"""
-    config = FinetuneConfig(model=model, mask=mask, task=task, train_file=train, eval_file=eval_file, dev_file=dev_file, template=template,
+    """ZO fine-tune the sparse values of a quantized model (--dense: every linear weight, the MeZO baseline). Example: szoq finetune --task sst2 --steps 300 --out runs/sst2"""
+    config = FinetuneConfig(model=model, mask=mask, dense=dense, task=task, train_file=train, eval_file=eval_file, dev_file=dev_file, template=template,
                             labels=labels, label_field=label_field, task_file=task_file, encoding=encoding, data_dir=data_dir, quant=quant,
                             device=device, dtype=dtype, steps=steps, batch_size=batch_size,
                             lr=lr, eps=eps, optimizer=optimizer, zo_samples=zo_samples, lr_schedule=lr_schedule, warmup=warmup,

@@ -207,3 +207,39 @@ class KeyMapper:
         if self.prefix and f"{self.prefix}.{key}" in self.names:
             return f"{self.prefix}.{key}"
         return None
+
+
+_ST_NAMES = {v: k for k, v in _ST_DTYPES.items()}
+
+
+def write_tensors(path: Path, tensors: list[tuple[str, torch.Tensor]], metadata: dict[str, str] | None = None) -> None:
+    """Write a safetensors file tensor by tensor (atomic: temp file, then rename).
+
+    `safetensors.torch.save_file` serializes every tensor into one in-memory buffer first (a
+    second copy of everything written); this writes each tensor's bytes straight from its
+    storage, so writing 100M+ trained weights costs no more than one tensor's CPU copy.
+
+    Args:
+        path: The file to write.
+        tensors: (name, tensor) in file order; any device (copied to the CPU one at a time).
+        metadata: str -> str header metadata (safetensors' `__metadata__`).
+    """
+    from .paths import atomic_file
+
+    header: dict = {"__metadata__": dict(metadata)} if metadata else {}
+    offset = 0
+    for name, t in tensors:
+        size = t.numel() * t.element_size()
+        header[name] = {"dtype": _ST_NAMES[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + size]}
+        offset += size
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)  # the data section starts 8-byte aligned
+    with atomic_file(path) as tmp:
+        with open(tmp, "wb") as fh:
+            fh.write(len(raw).to_bytes(8, "little"))
+            fh.write(raw)
+            for _, t in tensors:
+                cpu = t.detach().contiguous().cpu()
+                if cpu.numel():
+                    fh.write(memoryview(cpu.view(-1).view(torch.uint8).numpy()))
+                del cpu

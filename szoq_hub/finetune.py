@@ -10,6 +10,11 @@ written last):
 - `README.md`             a model card
 - `delta.safetensors`     the final (best-dev) delta: fp32 values per masked tensor, header
                           linking the mask sha256 and the base model fingerprint
+With `dense=True` (the dense MeZO baseline, dense.py) the same loop trains every decoder linear
+weight of the fp32 model; the run writes `checkpoint.safetensors` (trained weights + optimizer
+state), `best-dev.safetensors` (trained weights) and, last, `dense.safetensors` (the best-dev
+weights) instead of the delta files; a complete dense run removes its checkpoint and best-dev
+copies (hundreds of MB each, only needed to resume).
 Each step evaluates its 2q perturbed points (v +- eps z_i) in ONE forward over 2q copies of the
 batch (`SparseModel.perturbed`), so every quantized base is dequantized once per step.
 Under torchrun every rank computes the 2q losses on its shard of each batch with the same
@@ -37,6 +42,7 @@ import torch.distributed as dist
 
 from . import __version__, schema
 from .build import _maybe_init_distributed
+from .dense import DENSE_FILE
 from .delta import DELTA_CARD_TAGS, DELTA_FILE, delta_origin, load_delta, save_delta
 from .devices import check_device_spec, check_dtype_spec, dtype_name, resolve_device, resolve_dtype
 from .errors import ConfigError, DependencyError, Interrupted, TrainingError
@@ -71,7 +77,8 @@ class FinetuneConfig:
     """Every setting of a fine-tuning run (validated on creation; saved as finetune_config.json)."""
 
     model: str = field(default=DEFAULT_MODEL, metadata={"help": "model alias, Hub id, folder or .gguf"})
-    mask: str = field(default=DEFAULT_MASK, metadata={"help": "mask ref: folder, registry name, built-in, ORG/NAME"})
+    mask: str | None = field(default=None, metadata={"help": "mask ref: folder, registry name, built-in, ORG/NAME (None: the built-in; not with dense)"})
+    dense: bool = field(default=False, metadata={"help": "dense MeZO baseline: every decoder linear weight trains, fp32 model, no mask, no quantization"})
     task: str | None = field(default=None, metadata={"help": "built-in task (default sst2); `custom` with train_file/task_file"})
     train_file: str | None = field(default=None, metadata={"help": "custom task: train rows (jsonl/csv/tsv)"})
     eval_file: str | None = field(default=None, metadata={"help": "custom task: eval rows (default: held out from train_file)"})
@@ -83,7 +90,7 @@ class FinetuneConfig:
     encoding: str = field(default="utf-8", metadata={"help": "custom task: text encoding of the data files"})
     data_dir: str | None = field(default=None, metadata={"help": "GLUE/SuperGLUE folder (default SZOQ_DATA_DIR)"})
     revision: str | None = field(default=None, metadata={"help": "Hub revision of the model"})
-    quant: str = field(default="nf4", metadata={"help": "nf4, fp4, int8 or none"})
+    quant: str | None = field(default=None, metadata={"help": "nf4, fp4, int8 or none (None: nf4; none with dense)"})
     device: str = field(default="auto", metadata={"help": "auto (CUDA when available), cpu, cuda or cuda:N"})
     dtype: str | None = field(default=None, metadata={"help": "compute dtype bf16, fp16 or fp32 (None: bf16 on CUDA, fp32 on CPU)"})
     steps: int = field(default=300, metadata={"help": "ZO steps"})
@@ -125,6 +132,10 @@ class FinetuneConfig:
             self.task = "sst2"
         from .runtime import QUANT_MODES
 
+        if self.dense:
+            self._check_dense()
+        self.mask = self.mask or (None if self.dense else DEFAULT_MASK)
+        self.quant = self.quant or ("none" if self.dense else "nf4")
         if self.quant not in QUANT_MODES:
             raise ConfigError(f"unknown quant {self.quant!r}", hint=f"choose one of: {', '.join(QUANT_MODES)}")
         check_device_spec(self.device)
@@ -134,6 +145,18 @@ class FinetuneConfig:
 
         if self.report_to not in REPORT_TO:
             raise ConfigError(f"unknown --report-to {self.report_to!r}", hint=f"choose one of: {', '.join(REPORT_TO)}")
+
+    def _check_dense(self) -> None:
+        """Refuse the options that have no meaning for the dense baseline."""
+        if self.mask is not None:
+            raise ConfigError(f"--mask {self.mask} does not apply to --dense: every linear weight trains",
+                              hint="drop --mask for the dense baseline, or drop --dense to train the masked weights")
+        if self.quant not in (None, "none"):
+            raise ConfigError(f"--quant {self.quant} does not apply to --dense: the dense baseline trains the fp32 weights themselves",
+                              hint="drop --quant (--dense loads the model in fp32, unquantized)")
+        if self.dtype in ("bf16", "fp16"):
+            raise ConfigError(f"--dtype {self.dtype} does not apply to --dense: the weights train in place in fp32",
+                              hint="drop --dtype (an update of lr 1e-6 x |g z| vanishes when rounded to bf16/fp16)")
 
     def zo_config(self) -> ZOConfig:
         """The optimizer part of the settings."""
@@ -286,7 +309,7 @@ def _check_out(config: FinetuneConfig, resume: bool | None) -> bool:
     if differ:
         raise TrainingError(f"{flag}--out {out} holds a run with other settings: {', '.join(differ[:3])}",
                             hint="rerun with that run's options (see its finetune_config.json) to continue it, or choose another --out")
-    if (out / DELTA_FILE).is_file():
+    if (out / DELTA_FILE).is_file() or (out / DENSE_FILE).is_file():
         raise TrainingError(f"{flag}the run in {out} is already complete",
                             hint=f"use it (szoq eval --delta {out}), or choose another --out for a new run")
     return True
@@ -412,7 +435,8 @@ def render_run_card(config: FinetuneConfig, base_model: str, mask_sha: str, resu
 
 
 def finetune(config: FinetuneConfig, *, resume: bool | None = None, progress: ProgressFn | None = None) -> FinetuneResult:
-    """Fine-tune the sparse values of a quantized model with ZO on a task.
+    """Fine-tune the sparse values of a quantized model (or, with `config.dense`, every linear
+    weight of the fp32 model: the dense MeZO baseline, see dense.py) with ZO on a task.
 
     Args:
         config: The run's settings.
@@ -435,57 +459,76 @@ def finetune(config: FinetuneConfig, *, resume: bool | None = None, progress: Pr
     started = time.perf_counter()
     _maybe_init_distributed()
     rank, size = world()
+    dense = config.dense
+    if dense and size > 1:
+        raise ConfigError("--dense runs in one process (no data-parallel path)", hint="run szoq finetune --dense without torchrun")
     emit = progress or (lambda _event: None)
     require_quant_backend(config.quant)
     check_report_to(config.report_to)
     device = resolve_device(config.device)
-    dtype = resolve_dtype(config.dtype, device)
+    dtype = torch.float32 if dense else resolve_dtype(config.dtype, device)
     runtime = runtime_of(device, dtype)
     resume = _check_out(config, resume)
     if resume:
         _check_runtime(config, runtime)
     # Data, template and labels are read and checked before anything loads (a bad row costs no model load).
     task = load_task(config.task, custom=config.custom_task(), data_dir=config.data_dir, sampling=config.sampling())
-    source, fingerprint, mask, mask_sha = open_model_and_mask(config.model, config.mask, config.revision)
-    sparse = load_sparse_model(source, mask, quant=config.quant, device=device, compute_dtype=dtype)
-    tok = sparse.tokenizer
+    if dense:
+        from .dense import DenseZO, load_dense_model
+
+        source = resolve_model(config.model, revision=config.revision)
+        fingerprint, mask, mask_sha, mask_ref = fingerprint_from(parameter_layout(source), source.identity), None, None, None
+        trainable = load_dense_model(source, device=device)
+        nnz = trainable.numel
+        opt = DenseZO(trainable.weights, config.zo_config())
+    else:
+        source, fingerprint, mask, mask_sha = open_model_and_mask(config.model, config.mask, config.revision)
+        trainable = sparse = load_sparse_model(source, mask, quant=config.quant, device=device, compute_dtype=dtype)
+        nnz = mask.nnz
+        mask_ref = pinned_mask_ref(config.mask, mask_sha)  # names this exact mask later (eval/merge defaults, messages)
+        values = sparse.values
+        opt = make_optimizer(values, config.zo_config())
+    tok = trainable.tokenizer
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     train, dev, evals = (encode(tok, x) for x in (task.train, task.dev, task.eval))
     out = Path(config.out)
     settings = asdict(config)
-    mask_ref = pinned_mask_ref(config.mask, mask_sha)  # names this exact mask later (eval/merge defaults, messages)
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         if not resume:
             (out / CONFIG_FILE).write_text(json.dumps({"settings": settings, "task": {"name": task.name, "metric": task.metric, **task.info},
                                                         "base_model": source.base_model, "fingerprint": fingerprint, "mask_sha256": mask_sha, "mask_ref": mask_ref,
-                                                        "nnz": mask.nnz, "szoq_version": __version__, "world_size": size, "runtime": runtime}, indent=2) + "\n")
+                                                        "nnz": nnz, "szoq_version": __version__, "world_size": size, "runtime": runtime}, indent=2) + "\n")
 
-    values = sparse.values
-    opt = make_optimizer(values, config.zo_config())
     start, best_dev, best_step = 0, -math.inf, None
     best_values: torch.Tensor | None = None
-    ckpt = _load_checkpoint(out) if resume else None
-    if ckpt is not None:
-        tensors, meta = ckpt
-        values.copy_(tensors["values"])
-        state = {k.removeprefix("opt."): v for k, v in tensors.items() if k.startswith("opt.")}
-        if "t" in state:
-            state["t"] = state["t"].reshape(())
-        opt.load_state_dict(state)
-        start, best_step = int(meta["step"]), (int(meta["best_step"]) if meta.get("best_step") else None)
-        best_dev = float(meta["best_dev"])
-        if best_step is not None and "best" in tensors:  # every rank holds the best values in memory
-            best_values = tensors["best"]  # [nnz]
-        elif best_step is not None:  # a checkpoint from before "best" was stored in it
-            sparse_best = load_delta(out / BEST_FILE, mask=mask, mask_sha256=mask_sha, fingerprint=fingerprint, mask_ref=config.mask)
-            best_values = torch.cat([sparse_best.tensors[name] for name, _, _ in sparse.segments])  # [nnz]
+    if dense:
+        ckpt = _load_dense_checkpoint(out, trainable, opt) if resume else None
+        if ckpt is not None:
+            start, best_step, best_dev = ckpt
+    else:
+        ckpt = _load_checkpoint(out) if resume else None
+        if ckpt is not None:
+            tensors, meta = ckpt
+            values.copy_(tensors["values"])
+            state = {k.removeprefix("opt."): v for k, v in tensors.items() if k.startswith("opt.")}
+            if "t" in state:
+                state["t"] = state["t"].reshape(())
+            opt.load_state_dict(state)
+            start, best_step = int(meta["step"]), (int(meta["best_step"]) if meta.get("best_step") else None)
+            best_dev = float(meta["best_dev"])
+            if best_step is not None and "best" in tensors:  # every rank holds the best values in memory
+                best_values = tensors["best"]  # [nnz]
+            elif best_step is not None:  # a checkpoint from before "best" was stored in it
+                sparse_best = load_delta(out / BEST_FILE, mask=mask, mask_sha256=mask_sha, fingerprint=fingerprint, mask_ref=config.mask)
+                best_values = torch.cat([sparse_best.tensors[name] for name, _, _ in sparse.segments])  # [nnz]
     redone = _truncate_metrics(out / METRICS_FILE, start) if rank == 0 and resume else 0
     if resume:
         log.info("resuming %s at step %d (%s)", out, start, "checkpoint" if ckpt is not None else "no checkpoint yet")
     metrics = open(out / METRICS_FILE, "a") if rank == 0 else None
     tracker = open_tracker(config.report_to, out=out, name=out.name, config=settings) if rank == 0 else None
     delta_meta = dict(mask_sha256=mask_sha, fingerprint=fingerprint, base_model=source.base_model)
+    dense_meta = dict(fingerprint=fingerprint, base_model=source.base_model)
 
     def log_row(row: dict) -> None:
         if metrics is not None:
@@ -496,11 +539,16 @@ def finetune(config: FinetuneConfig, *, resume: bool | None = None, progress: Pr
 
     def save_best(step: int, dev_score: float) -> None:
         nonlocal best_dev, best_step, best_values
-        best_dev, best_step, best_values = dev_score, step, values.clone()
+        best_dev, best_step = dev_score, step
+        if dense:  # written after the step's checkpoint (see _save_dense_best): no copy kept in memory
+            return
+        best_values = values.clone()
         if rank == 0:
             save_delta(out / BEST_FILE, sparse.delta_tensors(), **delta_meta, settings={**settings, "mask_ref": mask_ref, "step": step, "dev": dev_score})
 
-    if resume and rank == 0:
+    if resume and rank == 0 and dense:
+        _dense_best_on_resume(out, trainable, start, best_step, best_dev, settings, dense_meta)
+    elif resume and rank == 0:
         # best-dev.safetensors may be newer than the checkpoint (an eval after it improved, then
         # the run stopped): make it the checkpoint's best again, or drop it if there was none.
         if best_values is not None:
@@ -508,7 +556,7 @@ def finetune(config: FinetuneConfig, *, resume: bool | None = None, progress: Pr
             save_delta(out / BEST_FILE, best_tensors, **delta_meta, settings={**settings, "mask_ref": mask_ref, "step": best_step, "dev": best_dev})
         else:
             (out / BEST_FILE).unlink(missing_ok=True)
-    emit({"kind": "start", "steps": config.steps, "start": start, "task": task.name, "train": len(train), "dev": len(dev), "eval": len(evals), "nnz": mask.nnz,
+    emit({"kind": "start", "steps": config.steps, "start": start, "task": task.name, "train": len(train), "dev": len(dev), "eval": len(evals), "nnz": nnz,
           "resumed": resume, "checkpoint": start if ckpt is not None else None, "redone": redone, "save_every": config.save_every,
           "split": describe_split(task, config.sampling()), "out": str(out)})
     last_checkpoint = start if ckpt is not None else None
@@ -520,9 +568,9 @@ def finetune(config: FinetuneConfig, *, resume: bool | None = None, progress: Pr
             batch = _batch_indices(len(train), config.batch_size, step, config.seed, perms)
             shard = [train[i] for i in batch[rank::size]]
 
-            def closure(points: torch.Tensor) -> list[float]:  # points [P = 2q, nnz]
-                with sparse.perturbed(points) as parts:  # one forward over P copies of the shard
-                    local = loss_sums(sparse.model, shard, pad_id, copies=parts) if shard else [0.0] * parts
+            def closure(points) -> list[float]:  # sparse: [P = 2q, nnz] values; dense: P (seed, scale) pairs
+                with trainable.perturbed(points) as parts:  # one forward over P copies of the shard
+                    local = loss_sums(trainable.model, shard, pad_id, copies=parts) if shard else [0.0] * parts
                 if size == 1:
                     return [x / len(batch) for x in local]
                 total = torch.tensor([*local, float(len(shard))], dtype=torch.float64)  # [P + 1]
@@ -536,15 +584,22 @@ def finetune(config: FinetuneConfig, *, resume: bool | None = None, progress: Pr
             done = step + 1
             log_row({"kind": "step", **record.to_dict(), "seconds": round(time.perf_counter() - t0, 4)})
             emit({"kind": "step", "step": done, "steps": config.steps, "loss": record.loss, "grad": record.grad_norm, "lr": record.lr})
+            improved = False
             if dev and ((config.eval_every and done % config.eval_every == 0) or done == config.steps):
-                dev_score = score(sparse.model, dev, task.metric, pad_id, config.eval_batch_size)
+                dev_score = score(trainable.model, dev, task.metric, pad_id, config.eval_batch_size)
                 log_row({"kind": "eval", "step": done, "split": "dev", task.metric: dev_score})
                 emit({"kind": "eval", "step": done, "dev": dev_score, "metric": task.metric})
                 if dev_score > best_dev:
                     save_best(done, dev_score)
-            if rank == 0 and (done % config.save_every == 0 or done == config.steps):
-                _save_checkpoint(out, values, opt.state_dict(), {"step": str(done), "best_dev": repr(best_dev), "best_step": str(best_step or "")},
-                                 best_values)
+                    improved = True
+            meta = {"step": str(done), "best_dev": repr(best_dev), "best_step": str(best_step or "")}
+            if rank == 0 and dense and (done % config.save_every == 0 or done == config.steps or improved):
+                _save_dense_checkpoint(out, trainable, opt, meta)
+                last_checkpoint = done
+                if improved:  # after the checkpoint that names it: a best-dev file is never newer than the last checkpoint's best
+                    _save_dense_best(out, trainable, done, best_dev, settings, dense_meta)
+            elif rank == 0 and not dense and (done % config.save_every == 0 or done == config.steps):
+                _save_checkpoint(out, values, opt.state_dict(), meta, best_values)
                 last_checkpoint = done
     except KeyboardInterrupt:
         if tracker is not None:
@@ -559,9 +614,11 @@ def finetune(config: FinetuneConfig, *, resume: bool | None = None, progress: Pr
             metrics.close()
 
     # Keep the best-dev values (the paper's protocol); without a dev set, the final ones.
-    if best_values is not None:
+    if dense and best_step is not None and best_step != done:
+        trainable.load_weights(out / BEST_FILE)
+    elif best_values is not None:
         values.copy_(best_values)
-    eval_score = score(sparse.model, evals, task.metric, pad_id, config.eval_batch_size)
+    eval_score = score(trainable.model, evals, task.metric, pad_id, config.eval_batch_size)
     result = {"metric": task.metric, "eval_metric": eval_score, "best_dev": None if best_step is None else best_dev, "best_step": best_step}
     emit({"kind": "final", **result})
     if rank == 0:
@@ -571,9 +628,95 @@ def finetune(config: FinetuneConfig, *, resume: bool | None = None, progress: Pr
         if tracker is not None:
             tracker.log(scalars(final), config.steps)
             tracker.close()
-        (out / CARD_FILE).write_text(render_run_card(config, source.base_model, mask_sha, result))
-        save_delta(out / DELTA_FILE, sparse.delta_tensors(), **delta_meta, settings={**settings, "mask_ref": mask_ref, **result, "task": task.name})
+        if dense:
+            from .dense import save_dense
+
+            (out / CARD_FILE).write_text(render_dense_card(config, source.base_model, nnz, result))
+            save_dense(out / DENSE_FILE, trainable, **dense_meta, settings={**settings, **result, "task": task.name})
+            # dense.safetensors holds the best-dev weights: the checkpoint and best-dev copies
+            # (hundreds of MB each) only served resuming.
+            (out / CHECKPOINT_FILE).unlink(missing_ok=True)
+            (out / BEST_FILE).unlink(missing_ok=True)
+        else:
+            (out / CARD_FILE).write_text(render_run_card(config, source.base_model, mask_sha, result))
+            save_delta(out / DELTA_FILE, sparse.delta_tensors(), **delta_meta, settings={**settings, "mask_ref": mask_ref, **result, "task": task.name})
     if size > 1:
         dist.barrier()
     return FinetuneResult(out, config.steps, task.metric, best_step, result["best_dev"], eval_score, time.perf_counter() - started, start)
 
+
+# --- the dense baseline's files (dense.py holds the model and optimizer) ----------------------
+
+def _save_dense_checkpoint(out: Path, trainable, opt, meta: dict[str, str]) -> None:
+    """The trained weights (by parameter name) and `opt.J.K` optimizer state, tensor by tensor."""
+    from .checkpoint import write_tensors
+
+    write_tensors(out / CHECKPOINT_FILE, [*trainable.tensors(), *((f"opt.{k}", t) for k, t in opt.state_tensors())],
+                  {"format": "szoq.dense-checkpoint", **meta})
+
+
+def _load_dense_checkpoint(out: Path, trainable, opt) -> tuple[int, int | None, float] | None:
+    """Load a dense checkpoint into the model and optimizer; returns (step, best step, best dev).
+
+    Raises:
+        TrainingError: a corrupt checkpoint.
+    """
+    path = out / CHECKPOINT_FILE
+    if not path.is_file():
+        return None
+    meta = trainable.load_weights(path, other=lambda key, t: opt.load_state_tensor(key.removeprefix("opt."), t) if key.startswith("opt.") else None)
+    try:
+        ok = meta.get("format") == "szoq.dense-checkpoint" and meta.get("step", "").isdigit() and (meta.get("best_step") or "0").isdigit()
+        best_dev = float(meta.get("best_dev", "-inf"))
+    except ValueError:
+        ok = False
+    if not ok:
+        raise TrainingError(f"{path} is corrupt (no step, or not a dense checkpoint)", hint="start a new run in another --out folder")
+    return int(meta["step"]), (int(meta["best_step"]) if meta.get("best_step") else None), best_dev
+
+
+def _save_dense_best(out: Path, trainable, step: int, dev_score: float, settings: dict, meta: dict) -> None:
+    from .dense import save_dense
+
+    save_dense(out / BEST_FILE, trainable, **meta, settings={**settings, "step": step, "dev": dev_score}, step=str(step))
+
+
+def _dense_best_on_resume(out: Path, trainable, start: int, best_step: int | None, best_dev: float, settings: dict, meta: dict) -> None:
+    """Make best-dev.safetensors the checkpoint's best again (see the loop: a best-dev file is
+    written only after the checkpoint that names its step).
+
+    Raises:
+        TrainingError: the checkpoint names an older best step that the best-dev file does not hold.
+    """
+    from .dense import dense_metadata
+
+    path = out / BEST_FILE
+    if best_step is None:
+        path.unlink(missing_ok=True)
+        return
+    held = dense_metadata(path).get("step") if path.is_file() else None
+    if held == str(best_step):
+        return
+    if best_step == start:  # the checkpoint's weights are the best ones (it stopped before writing the file)
+        _save_dense_best(out, trainable, best_step, best_dev, settings, meta)
+        return
+    raise TrainingError(f"{path} does not hold the best step {best_step} that the checkpoint names (it holds {held})",
+                        hint="the run folder was changed by hand; start a new run in another --out folder")
+
+
+def render_dense_card(config: FinetuneConfig, base_model: str, nnz: int, result: dict) -> str:
+    """Model card of a dense MeZO run."""
+    from huggingface_hub import ModelCardData
+
+    data = ModelCardData(library_name="szoq", base_model=card_base_model(base_model), tags=["szoq", "zeroth-order", "mezo"])
+    task = config.task if not (config.train_file or config.task_file) else "custom"
+    rows = [("base model", f"`{base_model}`"), ("trained", f"every decoder linear weight ({nnz:,} values), fp32"), ("task", task),
+            ("optimizer", f"{config.optimizer}, lr {config.lr:g}, eps {config.eps:g}, batch {config.batch_size}, {config.steps} steps"),
+            ("best dev", f"{result.get('best_dev')} at step {result.get('best_step')}"), (f"eval {result.get('metric')}", result.get("eval_metric")),
+            ("seed", config.seed), ("szoq version", __version__)]
+    lines = ["---", data.to_yaml(), "---", "", f"# Dense MeZO weights for {base_model}", "",
+             "The decoder's linear weights after zeroth-order SPSA over all of them (MeZO; the baseline of SensZOQ), in "
+             "`dense.safetensors` under the model's parameter names. Embeddings, norms and lm_head are the base model's.", "",
+             "| fact | value |", "|---|---|", *[f"| {k} | {v} |" for k, v in rows], "", "## Use", "", "```",
+             f"szoq eval --model {config.model} --delta THIS_FOLDER --task {task}", "```", ""]
+    return "\n".join(lines)

@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -141,6 +141,40 @@ def perturbation(seed: int, n: int, device: torch.device | str = "cpu") -> torch
     return torch.randn(n, generator=gen, dtype=torch.float32, device=device)
 
 
+def estimate(config: ZOConfig, step: int, closure: Callable[[Any], Sequence[float]], points_for: Callable[[list[int]], Any]) -> StepRecord:
+    """The two-point SPSA estimate of one step, shared by the sparse and the dense optimizer.
+
+    Args:
+        config: The optimizer settings (seed, eps, q).
+        step: 0-based step index (seeds and lr derive from it).
+        closure: Maps the points to their 2q losses, in the order of the points.
+        points_for: Builds the 2q points (v + eps z_1, v - eps z_1, ...) of the step's seeds in
+            the form the closure takes ([2q, nnz] values for the sparse runtime; (seed, scale)
+            pairs for the dense model, which perturbs its weights on the fly).
+
+    Returns:
+        The step's record (lr, seeds, projected gradients, losses).
+
+    Raises:
+        TrainingError: a non-finite loss, or a closure that returned the wrong count.
+    """
+    seeds = step_seeds(config.seed, step, config.zo_samples)
+    points = points_for(seeds)
+    losses = [float(x) for x in closure(points)]
+    del points
+    if len(losses) != 2 * len(seeds):
+        raise TrainingError(f"the loss closure returned {len(losses)} losses for {2 * len(seeds)} points", hint="return one loss per row of points")
+    plus, minus = losses[0::2], losses[1::2]
+    for lp, lm in zip(plus, minus):
+        if not (math.isfinite(lp) and math.isfinite(lm)):
+            raise TrainingError(
+                f"non-finite loss at step {step} (L+={lp}, L-={lm})",
+                hint="lower --lr or --eps; the last checkpoint is intact and --resume continues from it",
+            )
+    grads = [(lp - lm) / (2 * config.eps) for lp, lm in zip(plus, minus)]
+    return StepRecord(step, lr_at(config, step), seeds, grads, plus, minus)
+
+
 def in_place(values: torch.Tensor, closure: Callable[[], float]) -> PairedClosure:
     """Adapt a closure that reads `values` in place to the paired form (one call per point).
 
@@ -207,28 +241,18 @@ class ZOSGD:
         Raises:
             TrainingError: a non-finite loss, or a closure that returned the wrong count.
         """
-        eps = self.config.eps
-        v = self.values
-        seeds = step_seeds(self.config.seed, step, self.config.zo_samples)
+        return estimate(self.config, step, closure, self._points)
+
+    def _points(self, seeds: list[int]) -> torch.Tensor:
+        """The 2q points (v + eps z_1, v - eps z_1, ...) as [2q, nnz] fp32."""
+        eps, v = self.config.eps, self.values
         points = torch.empty(2 * len(seeds), v.numel(), dtype=torch.float32, device=v.device)  # [2q, nnz]
         for i, seed in enumerate(seeds):
             z = perturbation(seed, v.numel(), v.device)  # [nnz]
             torch.add(v, z, alpha=eps, out=points[2 * i])
             torch.add(v, z, alpha=-eps, out=points[2 * i + 1])
             del z
-        losses = [float(x) for x in closure(points)]
-        del points
-        if len(losses) != 2 * len(seeds):
-            raise TrainingError(f"the loss closure returned {len(losses)} losses for {2 * len(seeds)} points", hint="return one loss per row of points")
-        plus, minus = losses[0::2], losses[1::2]
-        for lp, lm in zip(plus, minus):
-            if not (math.isfinite(lp) and math.isfinite(lm)):
-                raise TrainingError(
-                    f"non-finite loss at step {step} (L+={lp}, L-={lm})",
-                    hint="lower --lr or --eps; the last checkpoint is intact and --resume continues from it",
-                )
-        grads = [(lp - lm) / (2 * eps) for lp, lm in zip(plus, minus)]
-        return StepRecord(step, lr_at(self.config, step), seeds, grads, plus, minus)
+        return points
 
     def direction(self, record: StepRecord) -> torch.Tensor:
         """The gradient estimate mean_i g_i z_i [nnz], rebuilt from the seeds."""
