@@ -10,8 +10,9 @@ mask. `bench/results/quality.json` ({"cells": [...], "transfer": [...], "pending
 
 Methods: zero-shot, icl (K demonstrations), senszoq (the built-in C4 fisher mask), random and
 magnitude masks at the same density, task-fisher (fisher mask on the task's own train text:
-the reference the C4 mask should come close to), dense (all linear weights: not runnable yet,
-see `pending`). lr/eps are fixed for every cell (`SPARSE_LR`, `EPS`); see README "Results".
+the reference the C4 mask should come close to), dense (MeZO over every decoder linear weight of
+the fp32 model, unquantized: `szoq finetune --dense`, at `DENSE_LR`). lr/eps are fixed for every
+cell (`SPARSE_LR` or `DENSE_LR`, `EPS`); see README "Results".
 
     nice -n 19 python bench/quality.py            # run pending cells in priority order
     python bench/quality.py --report              # only regenerate json/md/plots
@@ -176,17 +177,18 @@ def run_cell(cell: Cell) -> dict:
         acc, n, curve, lr, eps = res["value"], res["n"], [], None, None
         extra["metric"] = res["metric"]
     else:
-        if cell.method == "dense":
-            raise NotImplementedError("dense ZO has no runnable path yet (see README 'Results')")
-        mask, mask_argv = mask_for(cell)
-        extra["mask_argv"] = mask_argv
-        lr, eps = SPARSE_LR, EPS
-        argv = ["finetune", "--model", MODEL, "--mask", mask, "--task", cell.task, "--steps", str(cell.steps), "--batch-size", str(BATCH),
+        if cell.method == "dense":  # every linear weight, fp32, no mask, no quantization
+            trained, lr, extra["mask_argv"] = ["--dense"], DENSE_LR, None
+        else:
+            mask, extra["mask_argv"] = mask_for(cell)
+            trained, lr = ["--mask", mask], SPARSE_LR
+        eps = EPS
+        argv = ["finetune", "--model", MODEL, *trained, "--task", cell.task, "--steps", str(cell.steps), "--batch-size", str(BATCH),
                 "--lr", f"{lr:g}", "--eps", f"{eps:g}", "--eval-every", str(EVAL_EVERY), "--save-every", str(SAVE_EVERY),
                 "--seed", str(cell.seed), "--train-samples", str(TRAIN), "--dev-samples", str(DEV), "--eval-samples", str(EVAL), "--json"]
         out = WORK / "runs" / cell.key
         resume = ["--resume"] if (out / "finetune_config.json").is_file() else []
-        if (out / "delta.safetensors").is_file():  # finished, but stopped before its cell was written
+        if (out / "delta.safetensors").is_file() or (out / "dense.safetensors").is_file():  # finished, but stopped before its cell was written
             resume = ["(finished earlier)"]
         else:
             json.loads(_szoq([*argv, "--out", str(out), *resume]))
@@ -252,12 +254,11 @@ def _fmt(r: dict) -> str:
 def report() -> None:
     cells = load_cells()
     done = {c["key"] for c in cells}
-    pending = [c.key for c in plan() if c.key not in done and c.method != "dense"]
-    not_runnable = [c.key for c in plan() if c.method == "dense"]
+    pending = [c.key for c in plan() if c.key not in done]
     transfer_rows = [json.loads(p.read_text()) for p in sorted(TRANSFER.glob("*.json"))]
     pending += [f"transfer-{t}" for t in TASKS if not (TRANSFER / f"{t}.json").is_file()]
-    data = {"cells": cells, "summary": _summary(cells), "transfer": transfer_rows, "pending": pending, "not_runnable": not_runnable,
-            "settings": {"model": MODEL, "quant": "nf4", "steps": STEPS, "batch": BATCH, "lr": SPARSE_LR, "eps": EPS, "train": TRAIN,
+    data = {"cells": cells, "summary": _summary(cells), "transfer": transfer_rows, "pending": pending,
+            "settings": {"model": MODEL, "quant": "nf4", "steps": STEPS, "batch": BATCH, "lr": SPARSE_LR, "dense_lr": DENSE_LR, "eps": EPS, "train": TRAIN,
                          "dev": DEV, "eval": EVAL, "eval_every": EVAL_EVERY, "density": DENSITY, "icl_shots": ICL_SHOTS}}
     tmp = RESULTS / "quality.json.tmp"
     tmp.write_text(json.dumps(data, indent=1) + "\n")
@@ -269,8 +270,7 @@ def report() -> None:
     if transfer_rows:
         lines += ["", "| task | Σg² share: C4 mask | task mask | random mask |", "|---|---|---|---|"]
         lines += [f"| {t['task']} | {100 * t['c4_share']:.1f}% | {100 * t['task_share']:.1f}% | {100 * t['random_share']:.2f}% |" for t in transfer_rows]
-    lines += ["", f"Pending cells ({len(pending)}): " + (", ".join(pending) if pending else "none"),
-              "", f"Not runnable yet ({len(not_runnable)}, no dense ZO path in szoq): " + ", ".join(not_runnable)]
+    lines += ["", f"Pending cells ({len(pending)}): " + (", ".join(pending) if pending else "none")]
     (RESULTS / "quality.md").write_text("\n".join(lines) + "\n")
     plots(cells)
     _readme_table(lines, cells)
@@ -307,7 +307,7 @@ def plots(cells: list[dict]) -> None:
     fig, ax = plt.subplots(figsize=(6, 4))
     colors = {"senszoq": "C0", "random": "C1", "magnitude": "C2", "task-fisher": "C3", "dense": "C4"}
     for c in sst2:
-        if c["dev_curve"] and c["density"] == DENSITY:
+        if c["dev_curve"] and (c["density"] == DENSITY or c["method"] == "dense"):
             xs, ys = zip(*c["dev_curve"])
             ax.plot(xs, [100 * y for y in ys], marker="o", color=colors.get(c["method"], "k"), label=f"{c['method']} s{c['seed']}")
     for c in sst2:
@@ -323,7 +323,7 @@ def plots(cells: list[dict]) -> None:
         fig, ax = plt.subplots(figsize=(5, 3.5))
         ax.semilogx([d for d, _ in dens], [100 * a for _, a in dens], "o", color="C0", label="senszoq (C4 fisher)")
         for c in sst2:
-            if c["method"] in ("random", "magnitude", "task-fisher"):
+            if c["method"] in ("random", "magnitude", "task-fisher", "dense"):
                 ax.semilogx([c["density"]], [100 * c["accuracy"]], "x", color=colors[c["method"]], label=c["method"])
         ax.set(xlabel="mask density", ylabel="SST-2 eval accuracy %", title=f"{STEPS} ZO steps")
         handles, labels = ax.get_legend_handles_labels()
@@ -359,7 +359,7 @@ def main() -> None:
     ran = 0
     for cell in plan():
         path = CELLS / f"{cell.key}.json"
-        if path.is_file() or not fnmatch.fnmatch(cell.key, args.only) or cell.method == "dense":
+        if path.is_file() or not fnmatch.fnmatch(cell.key, args.only):
             continue
         record = run_cell(cell)
         tmp = path.with_suffix(".tmp")

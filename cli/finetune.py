@@ -17,7 +17,6 @@ from .root import app
 from .render import note, out, print_json, progress_bar
 
 _MODEL = typer.Option(DEFAULT_MODEL, "--model", help="Model alias, Hub id, local folder or .gguf file.")
-_QUANT = typer.Option("nf4", "--quant", help="Base quantization: nf4, fp4, int8 or none.")
 _DEVICE = typer.Option("auto", "--device", help="auto (CUDA when available), cpu, cuda or cuda:N.")
 _DTYPE = typer.Option(None, "--dtype", help="Compute dtype: bf16, fp16 or fp32 (default: bf16 on CUDA, fp32 on CPU). Sparse values stay fp32.")
 _DATA = typer.Option(None, "--data-dir", help="GLUE/SuperGLUE folder (default $SZOQ_DATA_DIR; else `datasets` online).")
@@ -36,7 +35,7 @@ _TASK_FILE = typer.Option(None, "--task-file", help="Custom task as a JSON/YAML 
 
 
 _MASK = typer.Option(None, "--mask", help=f"Mask: folder, registry NAME[@VERSION], built-in name, or ORG/NAME[@REV] (default {DEFAULT_MASK}; not with --dense).")
-_FT_QUANT = typer.Option(None, "--quant", help="Base quantization: nf4, fp4, int8 or none (default nf4; not with --dense).")
+_QUANT = typer.Option(None, "--quant", help="Base quantization: nf4, fp4, int8 or none (default nf4; not with --dense).")
 _DENSE = typer.Option(False, "--dense", help="Dense MeZO baseline: ZO over every linear weight of the decoder layers (attention and MLP "
                       "projections; embeddings, norms and lm_head stay frozen) of the fp32 model, unquantized, no mask. "
                       "Writes dense.safetensors (the trained weights) instead of a delta. Memory: the fp32 model + one weight.")
@@ -49,7 +48,7 @@ def finetune_cmd(
     dev_file: Optional[str] = typer.Option(None, "--dev", help="Custom task: dev file (default: held out from --train)."),
     template: Optional[str] = _TEMPLATE, labels: Optional[str] = _LABELS, label_field: str = _LABEL_FIELD,
     task_file: Optional[str] = _TASK_FILE, encoding: str = _ENCODING,
-    quant: Optional[str] = _FT_QUANT, device: str = _DEVICE, dtype: Optional[str] = _DTYPE,
+    quant: Optional[str] = _QUANT, device: str = _DEVICE, dtype: Optional[str] = _DTYPE,
     steps: int = typer.Option(300, "--steps", help="ZO steps."),
     batch_size: int = typer.Option(16, "--batch-size", help="Examples per step."),
     lr: float = typer.Option(DEFAULT_LR, "--lr", help="Learning rate."),
@@ -122,9 +121,10 @@ def eval_cmd(
     train: Optional[str] = _TRAIN, eval_file: Optional[str] = _EVAL, template: Optional[str] = _TEMPLATE,
     labels: Optional[str] = _LABELS, label_field: str = _LABEL_FIELD, task_file: Optional[str] = _TASK_FILE,
     encoding: str = _ENCODING,
-    delta: Optional[Path] = typer.Option(None, "--delta", help="Run folder, delta.safetensors or ORG/NAME[@REV] on the Hub (default: zero-shot)."),
+    delta: Optional[Path] = typer.Option(None, "--delta", help="Run folder, delta.safetensors or ORG/NAME[@REV] on the Hub (default: zero-shot); also a --dense run's folder."),
     icl_shots: int = typer.Option(0, "--icl-shots", help="In-context demonstrations per example."),
-    quant: str = _QUANT, device: str = _DEVICE, dtype: Optional[str] = _DTYPE,
+    quant: Optional[str] = typer.Option(None, "--quant", help="Base quantization: nf4, fp4, int8 or none (default nf4; a --dense run's weights: fp32, none)."),
+    device: str = _DEVICE, dtype: Optional[str] = _DTYPE,
     eval_samples: int = _EVAL_SAMPLES,
     batch_size: int = typer.Option(32, "--batch-size", help="Evaluation batch size."),
     seed: int = typer.Option(0, "--seed", help="Seed of sampling and demonstrations."),

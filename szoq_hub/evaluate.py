@@ -29,9 +29,9 @@ class EvalConfig:
     label_field: str = "label"
     task_file: str | None = None
     encoding: str = field(default="utf-8", metadata={"help": "custom task: text encoding of the data files"})
-    delta: str | None = field(default=None, metadata={"help": "run folder or delta file; None = zero-shot"})
+    delta: str | None = field(default=None, metadata={"help": "run folder or delta file (or a dense run: folder or dense.safetensors); None = zero-shot"})
     icl_shots: int = field(default=0, metadata={"help": "in-context demonstrations per example"})
-    quant: str = "nf4"
+    quant: str | None = field(default=None, metadata={"help": "nf4, fp4, int8 or none (None: nf4; a dense run's weights: none)"})
     device: str = field(default="auto", metadata={"help": "auto (CUDA when available), cpu, cuda or cuda:N"})
     dtype: str | None = field(default=None, metadata={"help": "compute dtype bf16, fp16 or fp32 (None: the device's default)"})
     eval_samples: int = 1000
@@ -92,18 +92,25 @@ def evaluate(config: EvalConfig) -> EvalResult:
         FingerprintMismatch: mask or delta for another model / mask.
         MaskError: corrupt delta.
     """
+    from .dense import is_dense_file
     from .runtime import load_sparse_model
 
-    require_quant_backend(config.quant)
+    dense = bool(config.delta) and is_dense_file(config.delta)
+    if dense:
+        _check_dense_eval(config)
+    quant = config.quant or ("none" if dense else "nf4")
+    require_quant_backend(quant)
     device = resolve_device(config.device)
     # Data, template and labels are read and checked before anything loads.
     task = load_task(config.task, custom=config.custom_task(), data_dir=config.data_dir,
                      sampling=Sampling(train_samples=1000, dev_samples=0, eval_samples=config.eval_samples, seed=config.seed))
     examples = with_demonstrations(task.eval, task.train, config.icl_shots, config.seed)
+    if dense:
+        return _evaluate_dense(config, task, examples, device)
     model_ref, mask_ref = model_and_mask_for(config.delta, config.model, config.mask)
     source, fingerprint, mask, mask_sha = open_model_and_mask(model_ref, mask_ref, config.revision)
     delta = load_delta(config.delta, mask=mask, mask_sha256=mask_sha, fingerprint=fingerprint, mask_ref=mask_ref) if config.delta else None
-    sparse = load_sparse_model(source, mask, quant=config.quant, device=device, compute_dtype=config.dtype)
+    sparse = load_sparse_model(source, mask, quant=quant, device=device, compute_dtype=config.dtype)
     if delta is not None:
         sparse.load_delta(delta.tensors)
     tok = sparse.tokenizer
@@ -112,4 +119,46 @@ def evaluate(config: EvalConfig) -> EvalResult:
     mode = "delta" if delta is not None else (f"icl-{config.icl_shots}" if config.icl_shots else "zero-shot")
     if delta is not None and config.icl_shots:
         mode = f"delta+icl-{config.icl_shots}"
+    return EvalResult(task.name, mode, task.metric, value, len(examples), config.delta)
+
+
+def _check_dense_eval(config: EvalConfig) -> None:
+    """Refuse options that do not apply to a dense run's weights (fp32, every linear weight)."""
+    if config.mask is not None:
+        raise ConfigError(f"--mask {config.mask} does not apply to {config.delta}: it holds a dense run's weights (no mask)",
+                          hint="drop --mask to evaluate a dense run")
+    if config.quant not in (None, "none"):
+        raise ConfigError(f"--quant {config.quant} does not apply to {config.delta}: a dense run's weights are evaluated in fp32",
+                          hint="drop --quant to evaluate a dense run")
+    if config.dtype in ("bf16", "fp16"):
+        raise ConfigError(f"--dtype {config.dtype} does not apply to {config.delta}: a dense run's weights are evaluated in fp32",
+                          hint="drop --dtype to evaluate a dense run")
+
+
+def _evaluate_dense(config: EvalConfig, task, examples, device) -> EvalResult:
+    """Score the fp32 base model with a dense run's trained linear weights (dense.py)."""
+    import json
+    from pathlib import Path
+
+    from .dense import DENSE_FILE, dense_metadata, load_dense_model
+    from .errors import FingerprintMismatch
+    from .models import DEFAULT_MODEL, fingerprint_from, parameter_layout, resolve_model
+
+    path = Path(config.delta)
+    path = path / DENSE_FILE if path.is_dir() else path
+    meta = dense_metadata(path)
+    try:
+        trained_on = json.loads(meta.get("settings", "{}")).get("model")
+    except ValueError:
+        trained_on = None
+    source = resolve_model(config.model or trained_on or DEFAULT_MODEL, revision=config.revision)
+    if meta.get("fingerprint") not in (None, fingerprint_from(parameter_layout(source), source.identity)):
+        raise FingerprintMismatch(f"{path} was trained on another model than {source.ref}",
+                                  hint=f"evaluate it with the model it was trained on ({trained_on}), i.e. drop --model")
+    dense = load_dense_model(source, device=device)
+    dense.load_weights(path)
+    tok = dense.tokenizer
+    pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    value = score(dense.model, encode(tok, examples), task.metric, pad_id, config.batch_size)
+    mode = f"dense+icl-{config.icl_shots}" if config.icl_shots else "dense"
     return EvalResult(task.name, mode, task.metric, value, len(examples), config.delta)

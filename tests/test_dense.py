@@ -218,5 +218,18 @@ def test_cli_dense_json_and_resume_of_a_sparse_run_refused(tiny_model_dir, train
     rows = [json.loads(line) for line in (tmp_path / "dense" / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["kind"] == "final" and rows[-1]["eval_metric"] == got["eval"]
     assert max((r["accuracy"], -r["step"]) for r in rows if r["kind"] == "eval") == (got["best_dev"], -got["best_step"])
+    custom = common[:8]
+    code, out, err = run_cli(["eval", *custom, "--eval-samples", "4", "--delta", str(tmp_path / "dense"), "--json"], monkeypatch, capsys)
+    assert code == 0, err
+    ev = json.loads(out)
+    assert (ev["mode"], ev["n"], ev["value"]) == ("dense", 4, got["eval"])  # the weights score on eval what finetune reported
+    code, out, err = run_cli(["eval", *custom, "--mask", "x", "--delta", str(tmp_path / "dense")], monkeypatch, capsys)
+    assert code == 2 and err.startswith("error: --mask x does not apply") and "\nhint: " in err
+    # a stopped sparse run in the same folder is not continued as a dense one
+    sparse = tmp_path / "sparse"
+    sparse.mkdir()
+    (sparse / "finetune_config.json").write_text((tmp_path / "dense" / "finetune_config.json").read_text().replace('"dense": true', '"dense": false'))
+    code, out, err = run_cli(["finetune", "--dense", *common, "--out", str(sparse), "--resume"], monkeypatch, capsys)
+    assert code == 2 and "other settings: dense (False -> True)" in err, err
     with pytest.raises(ConfigError, match="--mask"):
         FinetuneConfig(dense=True, mask="x")

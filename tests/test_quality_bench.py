@@ -46,9 +46,28 @@ def test_report_summarises_exactly_what_exists(tmp_path, monkeypatch):
     (senszoq,) = [r for r in data["summary"] if r["method"] == "senszoq"]
     assert senszoq["mean"] == pytest.approx(0.7) and senszoq["std"] == pytest.approx(0.1) and senszoq["seeds"] == [0, 1, 2]
     assert "sst2-senszoq-s0" not in data["pending"] and "sst2-random-s0" in data["pending"] and "transfer-rte" in data["pending"]
-    assert "transfer-sst2" not in data["pending"] and all(k.startswith(tuple(quality.TASKS)) for k in data["not_runnable"])
+    assert "transfer-sst2" not in data["pending"] and "not_runnable" not in data
+    assert {f"{t}-dense-d1-s{s}" for t in quality.TASKS for s in quality.SEEDS} <= set(data["pending"])  # dense cells run like the others
     readme = (tmp_path / "README.md").read_text()
     assert readme.startswith("intro\n") and readme.endswith("rest\n") and "old" not in readme
     assert "| sst2 | senszoq | 0.001 | 300 | 70.0 ± 10.0 | 3 (0,1,2) | 500 |" in readme
     assert "| sst2 | zero-shot | - | 0 | 50.0 | 1 (0) | 500 |" in readme
     assert "| sst2 | 40.0% | 60.0% | 0.10% |" in readme
+
+
+def test_dense_cell_runs_through_the_cli_and_its_argv_reruns_it(tiny_model_dir, tmp_path, monkeypatch):
+    """A dense cell: `szoq finetune --dense` at DENSE_LR, no mask; its argv (plus --out) reruns to the same accuracy."""
+    from conftest import SHARED_DATA
+
+    if not (SHARED_DATA / "sst2").is_dir():
+        pytest.skip(f"shared data not found at {SHARED_DATA}")
+    for name, value in (("WORK", tmp_path / "work"), ("DATA", SHARED_DATA), ("MODEL", str(tiny_model_dir)), ("BATCH", 2), ("EVAL_EVERY", 2),
+                        ("SAVE_EVERY", 2), ("TRAIN", 8), ("DEV", 4), ("EVAL", 4)):
+        monkeypatch.setattr(quality, name, value)
+    record = quality.run_cell(quality.Cell("sst2", "dense", 0, 1.0, steps=4))
+    argv = record["argv"]
+    assert argv[:4] == ["finetune", "--model", str(tiny_model_dir), "--dense"] and "--mask" not in argv and "--out" not in argv
+    assert argv[argv.index("--lr") + 1] == f"{quality.DENSE_LR:g}" and record["lr"] == quality.DENSE_LR and record["mask_argv"] is None
+    assert record["n"] == 4 and [s for s, _ in record["dev_curve"]] == [2, 4] and record["nnz"] > 0
+    rerun = json.loads(quality._szoq([*argv, "--out", str(tmp_path / "rerun")]))
+    assert rerun["eval"] == record["accuracy"] and rerun["best_dev"] == record["best_dev"]
