@@ -21,7 +21,7 @@ import math
 import torch
 
 from .errors import ConfigError, MaskError
-from .mask import SCOPES, _top_k_flat, check_density, check_int32_range
+from .mask import SCOPES, SELECT_CHUNK, _top_k_flat, check_density, check_int32_range
 
 _POS_SHIFT = 40  # flat indices stay below 2**40; (position << 40) | index orders by both
 
@@ -81,7 +81,8 @@ def per_matrix_k(numel: int, density: float) -> int:
 
 def check_finite(name: str, scores: torch.Tensor) -> None:
     """Raise MaskError for NaN or infinite scores (as `mask.select` does)."""
-    bad = int((~torch.isfinite(scores)).sum())
+    flat = scores.reshape(-1)
+    bad = sum(int((~torch.isfinite(flat[s : s + SELECT_CHUNK])).sum()) for s in range(0, flat.numel(), SELECT_CHUNK))  # chunked: bounded transients
     if bad:
         raise MaskError(f"{bad} of {scores.numel()} scores of {name} are NaN or infinite",
                         hint="the calibration forward/backward overflowed: build in fp32 from a model whose weights are finite, or use shorter --seq-len")
@@ -129,7 +130,8 @@ class StreamingSelector:
         """Consume the complete scores of one target tensor (then free them)."""
         flat = scores.detach().reshape(-1)  # [numel]
         check_finite(name, flat)
-        self.total_mass[name] = float(flat.double().sum())
+        # float64 sums chunk by chunk (an fp64 copy of a 7B MLP matrix would be 0.36 GB)
+        self.total_mass[name] = sum(float(flat[s : s + SELECT_CHUNK].double().sum()) for s in range(0, flat.numel(), SELECT_CHUNK))
         idx = _top_k_flat(flat, min(self.k_for(name), flat.numel()))  # [k] sorted int64
         vals = flat[idx]
         if self.scope == "per-matrix":

@@ -76,7 +76,7 @@ def test_plan_packs_in_order_and_refuses_a_budget_below_one_tensor():
     numels = {"a": 1000, "b": 3000, "c": 500, "d": 2000}
     base = dict(resident=0, activations=0, grad_bytes=2)
     reserve = 160 * 2**20
-    transient = 3000 * (2 + 4 + 2)
+    transient = 3000 * (2 + 4 + 16)  # the largest gradient + its fp32 copy; selection (chunked above mask.SELECT_CHUNK)
     plan = plan_groups(list(numels), numels, budget=reserve + transient + 4 * 4000, **base)
     assert plan.groups == [["a", "b"], ["c", "d"]]  # order kept; each group's fp32 accumulators fit 16 kB
     assert all(size <= 4 * 4000 for size in plan.accumulators)
@@ -147,7 +147,7 @@ def test_fp32_build_equals_unbounded_reference_and_bounded_passes_change_nothing
 
     acts = activation_bytes(AutoConfig.from_pretrained(tiny_model_dir), 12, torch.float32)
     largest = 128 * 64
-    budget = acts + 160 * 2**20 + largest * (4 + 4 + 2) + 4 * 2 * largest
+    budget = acts + 160 * 2**20 + largest * (4 + 4 + 16) + 4 * 2 * largest
     plan: dict = {}
     bounded, _ = build_mask(cfg(tiny_model_dir, tiny_text_file, density=0.02, scope=scope, max_memory=str(budget)), None, plan_out=plan)
     assert plan["passes"] >= 3

@@ -214,3 +214,15 @@ def test_diff_on_known_overlap():
     assert (per["a.weight"].shared, per["a.weight"].jaccard) == (2, pytest.approx(2 / 5))
     assert per["b.weight"].shared == 0 and per["c.weight"].nnz_a == 0
     assert diff_masks(a, a).jaccard == 1.0 and diff_masks(a, a).recall == 1.0
+
+
+@pytest.mark.parametrize("n, k, chunk", [(1000, 7, 64), (1000, 300, 64), (1000, 999, 128), (4096, 5, 4096), (777, 100, 50)])
+def test_top_k_flat_in_chunks_matches_the_reference_order(n, k, chunk):
+    """Chunked selection keeps the k largest, ties to the lowest index, exactly as a full sort
+    by (-score, index) does, whatever the chunk size (scores drawn from few values: many ties)."""
+    g = torch.Generator().manual_seed(n + k + chunk)
+    scores = torch.randint(0, 9, (n,), generator=g).float() / 8  # [n], ~n/9 entries per value
+    reference = sorted(range(n), key=lambda i: (-float(scores[i]), i))[:k]
+    got = _top_k_flat(scores, k, chunk=chunk)
+    assert got.tolist() == sorted(reference)
+    assert torch.equal(got, _top_k_flat(scores, k, chunk=n))
