@@ -295,3 +295,35 @@ def is_dense_file(path: str | Path) -> bool:
         return dense_metadata(path).get("format") == DENSE_FORMAT
     except (ModelError, TrainingError):
         return False
+
+
+def load_dense_result(ref: str | Path, *, model: str | None = None, revision: str | None = None, device: torch.device) -> DenseModel:
+    """The fp32 base model with a dense run's trained weights (for eval and merge).
+
+    Args:
+        ref: A dense run folder or its `dense.safetensors`.
+        model: The base model (default: the one the run recorded, else the built-in).
+        revision: Hub revision of the model.
+        device: Where the model is loaded.
+
+    Raises:
+        FingerprintMismatch: `model` is not the model the run trained.
+        TrainingError: a corrupt or incomplete file.
+    """
+    from .errors import FingerprintMismatch
+    from .models import DEFAULT_MODEL, fingerprint_from, parameter_layout, resolve_model
+
+    path = Path(ref)
+    path = path / DENSE_FILE if path.is_dir() else path
+    meta = dense_metadata(path)
+    try:
+        trained_on = json.loads(meta.get("settings", "{}")).get("model")
+    except ValueError:
+        trained_on = None
+    source = resolve_model(model or trained_on or DEFAULT_MODEL, revision=revision)
+    if meta.get("fingerprint") not in (None, fingerprint_from(parameter_layout(source), source.identity)):
+        raise FingerprintMismatch(f"{path} was trained on another model than {source.ref}",
+                                  hint=f"use the model it was trained on ({trained_on}): drop --model")
+    dense = load_dense_model(source, device=device)
+    dense.load_weights(path)
+    return dense

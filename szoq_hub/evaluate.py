@@ -137,26 +137,9 @@ def _check_dense_eval(config: EvalConfig) -> None:
 
 def _evaluate_dense(config: EvalConfig, task, examples, device) -> EvalResult:
     """Score the fp32 base model with a dense run's trained linear weights (dense.py)."""
-    import json
-    from pathlib import Path
+    from .dense import load_dense_result
 
-    from .dense import DENSE_FILE, dense_metadata, load_dense_model
-    from .errors import FingerprintMismatch
-    from .models import DEFAULT_MODEL, fingerprint_from, parameter_layout, resolve_model
-
-    path = Path(config.delta)
-    path = path / DENSE_FILE if path.is_dir() else path
-    meta = dense_metadata(path)
-    try:
-        trained_on = json.loads(meta.get("settings", "{}")).get("model")
-    except ValueError:
-        trained_on = None
-    source = resolve_model(config.model or trained_on or DEFAULT_MODEL, revision=config.revision)
-    if meta.get("fingerprint") not in (None, fingerprint_from(parameter_layout(source), source.identity)):
-        raise FingerprintMismatch(f"{path} was trained on another model than {source.ref}",
-                                  hint=f"evaluate it with the model it was trained on ({trained_on}), i.e. drop --model")
-    dense = load_dense_model(source, device=device)
-    dense.load_weights(path)
+    dense = load_dense_result(config.delta, model=config.model, revision=config.revision, device=device)
     tok = dense.tokenizer
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     value = score(dense.model, encode(tok, examples), task.metric, pad_id, config.batch_size)

@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from .delta import load_delta, write_into
+from .dense import is_dense_file, load_dense_result
 from .devices import DTYPES, resolve_device
 from .paths import atomic_dir
 from .errors import ConfigError, TrainingError
@@ -24,8 +25,11 @@ def merge(*, delta: str | Path, out: str | Path, model: str | None = None, mask_
     weight is W with W.flatten()[M] = values (the quantized base is not involved: the merge is
     made on the original full-precision weights).
 
+    A dense run (`finetune --dense`) is merged the same way: the base model with its trained
+    linear weights.
+
     Args:
-        delta: Run folder or delta file.
+        delta: Run folder or delta file (or a dense run's folder / dense.safetensors).
         out: Output folder (must not exist or be empty).
         model: The base model the delta was trained on (default: the one its header records).
         mask_ref: The mask the delta was trained with (default: the one its header records).
@@ -47,12 +51,19 @@ def merge(*, delta: str | Path, out: str | Path, model: str | None = None, mask_
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise TrainingError(f"--out {out} already exists and is not empty", hint="choose another --out folder or remove it")
-    model, mask_ref = model_and_mask_for(delta, model, mask_ref)
-    source, fingerprint, mask, mask_sha = open_model_and_mask(model, mask_ref, revision)
-    loaded_delta = load_delta(delta, mask=mask, mask_sha256=mask_sha, fingerprint=fingerprint, mask_ref=mask_ref)
-    loaded = load_model(source, dtype=torch.float32)
-    loaded.model.to(target)
-    write_into(loaded.model, loaded_delta, mask)  # W.flatten()[M] = values, in fp32 (what Delta.merge_into does)
+    if is_dense_file(delta):  # a `finetune --dense` run: its trained weights replace the base's
+        if mask_ref is not None:
+            raise ConfigError(f"--mask {mask_ref} does not apply to {delta}: it holds a dense run's weights (no mask)", hint="drop --mask")
+        loaded = load_dense_result(delta, model=model, revision=revision, device=target)
+        source, nnz = loaded.source, loaded.numel
+    else:
+        model, mask_ref = model_and_mask_for(delta, model, mask_ref)
+        source, fingerprint, mask, mask_sha = open_model_and_mask(model, mask_ref, revision)
+        loaded_delta = load_delta(delta, mask=mask, mask_sha256=mask_sha, fingerprint=fingerprint, mask_ref=mask_ref)
+        loaded = load_model(source, dtype=torch.float32)
+        loaded.model.to(target)
+        write_into(loaded.model, loaded_delta, mask)  # W.flatten()[M] = values, in fp32 (what Delta.merge_into does)
+        nnz = mask.nnz
     loaded.model.to(DTYPES[dtype])
     # A model converted from GGUF carries the GGUF's internal name (e.g. "Smollm2 135M 8k Lc100K
     # Mix1 Ep2"); the merged folder is named after the base model it was trained on instead.
@@ -61,5 +72,5 @@ def merge(*, delta: str | Path, out: str | Path, model: str | None = None, mask_
     with atomic_dir(out) as tmp:
         loaded.model.save_pretrained(tmp)
         loaded.tokenizer.save_pretrained(tmp)
-    log.info("merged %d values into %s", mask.nnz, out)
+    log.info("merged %d values into %s", nnz, out)
     return out

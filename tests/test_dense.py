@@ -225,6 +225,14 @@ def test_cli_dense_json_and_resume_of_a_sparse_run_refused(tiny_model_dir, train
     assert (ev["mode"], ev["n"], ev["value"]) == ("dense", 4, got["eval"])  # the weights score on eval what finetune reported
     code, out, err = run_cli(["eval", *custom, "--mask", "x", "--delta", str(tmp_path / "dense")], monkeypatch, capsys)
     assert code == 2 and err.startswith("error: --mask x does not apply") and "\nhint: " in err
+    code, out, err = run_cli(["merge", "--delta", str(tmp_path / "dense"), "--out", str(tmp_path / "merged")], monkeypatch, capsys)
+    assert code == 0, err
+    from transformers import AutoModelForCausalLM
+
+    merged, base = (dict(AutoModelForCausalLM.from_pretrained(str(f)).named_parameters()) for f in (tmp_path / "merged", tiny_model_dir))
+    trained = _weights(tmp_path / "dense" / DENSE_FILE)
+    assert trained.keys() < merged.keys() and all(torch.equal(merged[n], t) and not torch.equal(base[n], t) for n, t in trained.items())
+    assert all(torch.equal(merged[n], base[n]) for n in merged if n not in trained)  # embeddings, norms: the base's
     # a stopped sparse run in the same folder is not continued as a dense one
     sparse = tmp_path / "sparse"
     sparse.mkdir()
