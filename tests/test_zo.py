@@ -282,3 +282,15 @@ def test_config_validation(kwargs):
 def test_rejects_non_flat_values():
     with pytest.raises(ConfigError):
         ZOSGD(torch.zeros(2, 2), ZOConfig())
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_all_finite_finds_any_non_finite_entry(bad):
+    from szoq_hub.zo import all_finite
+
+    v = torch.randn(1000)
+    assert all_finite(v) and all_finite(torch.empty(0))
+    for pos in (0, 517, 999):
+        w = v.clone()
+        w[pos] = bad
+        assert not all_finite(w), (bad, pos)
