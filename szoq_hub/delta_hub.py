@@ -102,6 +102,8 @@ def _run_config(folder: Path) -> dict:
 
 
 def _verify_delta_folder(folder: Path) -> Delta:
+    if (folder / "dense.safetensors").is_file():  # a `finetune --dense` run: load_delta says what it is
+        load_delta(folder)
     if not (folder / DELTA_FILE).is_file() and not (folder / "checkpoint.safetensors").is_file():
         raise ConfigError(f"{shorten(folder)} is not a szoq delta folder (no {DELTA_FILE})", hint="push the --out folder of a finished szoq finetune run")
     delta = load_delta(folder)  # raises on a corrupt or unfinished delta, with its own hint

@@ -233,6 +233,9 @@ def test_cli_dense_json_and_resume_of_a_sparse_run_refused(tiny_model_dir, train
     trained = _weights(tmp_path / "dense" / DENSE_FILE)
     assert trained.keys() < merged.keys() and all(torch.equal(merged[n], t) and not torch.equal(base[n], t) for n, t in trained.items())
     assert all(torch.equal(merged[n], base[n]) for n in merged if n not in trained)  # embeddings, norms: the base's
+    for args in (["delta", "push", str(tmp_path / "dense"), "--repo", "me/dense"], ["export", "peft", "--delta", str(tmp_path / "dense"), "--out", str(tmp_path / "peft")]):
+        code, out, err = run_cli(args, monkeypatch, capsys)  # sparse-delta commands say what a dense run is
+        assert code == 2 and err.startswith(f"error: {tmp_path / 'dense'} is a --dense run") and "\nhint: szoq eval / szoq merge" in err, err
     # a stopped sparse run in the same folder is not continued as a dense one
     sparse = tmp_path / "sparse"
     sparse.mkdir()
