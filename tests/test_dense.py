@@ -15,7 +15,7 @@ from szoq_hub.errors import ConfigError, TrainingError
 from szoq_hub.finetune import BEST_FILE, CHECKPOINT_FILE, FinetuneConfig, finetune
 from szoq_hub.models import resolve_model
 from szoq_hub.zo import StepRecord, ZOConfig
-from test_finetune import ROWS, run_cli, train_file  # noqa: F401  (the tiny rows, their file fixture, the in-process CLI)
+from test_finetune import run_cli, train_file  # noqa: F401  (the tiny rows' file fixture, the in-process CLI)
 
 
 def _config(model, train_file, out, **kw) -> FinetuneConfig:
