@@ -99,20 +99,31 @@ def _given(option: str) -> bool:
     return any(a == option or a.startswith(option + "=") for a in sys.argv)
 
 
+# Where the result goes and how it is shown, never what it is: left out of the recorded recipe,
+# so the artifact's bytes do not depend on the output folder or registry name (the built-in
+# mask's catalog sha256 is checked with a different --out than the catalog's own).
+_OUTPUT_OPTIONS = ("--out", "--name", "--version")
+_OUTPUT_FLAGS = ("--json",)
+
+
 def build_recipe(argv: list[str], drop: tuple[str, ...] = ()) -> str | None:
     """The `szoq mask build` command line to record in the mask, safe to publish.
 
-    A local path becomes its file or folder name (the recipe is shared with the mask), and the
-    options in `drop` (with their values) are left out.
+    A local path becomes its file or folder name (the recipe is shared with the mask); the
+    options in `drop` and the output-only options (`--out`, `--name`, `--version`, `--json`)
+    are left out with their values.
     """
     if "build" not in argv:
         return None
+    drop = (*drop, *_OUTPUT_OPTIONS)
     words, out, skip = argv[argv.index("build") + 1:], [], False
     for word in words:
         if skip:
             skip = False
             continue
         key, eq, value = word.partition("=")
+        if key in _OUTPUT_FLAGS:
+            continue
         if key in drop:
             skip = not eq
             continue

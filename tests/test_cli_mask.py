@@ -49,6 +49,24 @@ def test_build_list_show_verify_diff_rm(run_cli, tiny_model_dir, tiny_text_file)
     assert [e["ref"] for e in json.loads(out)["registry"]] == ["tiny@v2"]
 
 
+def test_output_options_leave_the_mask_bytes_alone(run_cli, tiny_model_dir, tiny_text_file, tmp_path, monkeypatch):
+    """--out, --name, --version and --json say where the mask goes, not what it is: same bytes."""
+    from szoq_hub.mask import MASK_FILE, file_sha256, load_mask
+
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1767225600")
+    (tmp_path / "empty").mkdir()  # an existing empty --out and a new one; a relative and an absolute one
+    monkeypatch.chdir(tmp_path)
+    runs = [("--out", "a", "--name", "first"), ("--out", str(tmp_path / "empty"), "--name", "second", "--version", "v7", "--json"),
+            ("--json", "--out=deeper/c", "--name=third")]
+    for extra in runs:
+        code, _, err = build_cli(run_cli, tiny_model_dir, tiny_text_file, *extra)
+        assert code == 0, err
+    shas = {file_sha256(tmp_path / out / MASK_FILE) for out in ("a", "empty", "deeper/c")}
+    assert len(shas) == 1
+    recipe = load_mask(tmp_path / "a").config.command
+    assert recipe == f"szoq mask build {tiny_model_dir.name} --calibration {tiny_text_file.name} --samples 4 --seq-len 16"
+
+
 def test_help_has_an_example_everywhere(run_cli):
     for cmd in ("build", "list", "show", "verify", "rm", "diff"):
         code, out, _ = run_cli("mask", cmd, "--help")
