@@ -1,0 +1,146 @@
+"""Does the catalog command still build the built-in mask, byte for byte?
+
+Runs the `command` of a `masks/catalog.json` entry (default: the default mask) through the
+real CLI in a fresh process, with its `VAR=value` prefix (SOURCE_DATE_EPOCH), into a scratch
+`--out` folder (the recorded recipe leaves `--out` out, so the bytes do not depend on it) and a
+scratch registry. Compares the result with the catalog's pinned sha256, nnz, fingerprint and
+captured share, and the indices with the shipped file (how many differ, Jaccard). Exits 1 when
+the sha256 does not match, so it can gate a release.
+
+A benchmark rather than a slow test: the fisher build is 32 x 256 tokens of fp32
+forward+backward on SmolLM2-135M (minutes on 2 shared cores), too long for CI.
+
+Usage: python bench/bench_builtin_mask.py [--name smollm2-135m-instruct] [--runs 2]
+           [--shared-data DIR]   (the folder the command's ../shared/data stands for)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import SHARED_DATA, write_results  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+CATALOG = REPO / "masks" / "catalog.json"
+
+
+def catalog_entry(name: str | None) -> dict:
+    masks = json.loads(CATALOG.read_text())["masks"]
+    entry = next((m for m in masks if m["name"] == name), None) if name else next((m for m in masks if m.get("default")), masks[0])
+    if entry is None:
+        raise SystemExit(f"error: no mask {name!r} in {CATALOG}")
+    return entry
+
+
+def split_command(command: str) -> tuple[dict[str, str], list[str]]:
+    """`A=1 B=2 szoq mask build ...` -> ({A: 1, B: 2}, [mask, build, ...])."""
+    words = shlex.split(command)
+    env = {}
+    while words and "=" in words[0] and not words[0].startswith("-"):
+        key, _, value = words.pop(0).partition("=")
+        env[key] = value
+    if words[:3] != ["szoq", "mask", "build"]:
+        raise SystemExit(f"error: the catalog command is not a `szoq mask build`: {command}")
+    return env, words[1:]
+
+
+def localize(args: list[str], out: Path, shared_data: Path) -> list[str]:
+    """Point --out at `out` and the command's ../shared/data at `shared_data`."""
+    result, i = [], 0
+    while i < len(args):
+        word = args[i]
+        if word == "--out":
+            result += ["--out", str(out)]
+            i += 2
+            continue
+        if word.startswith("../shared/data/"):
+            word = str(shared_data / word.removeprefix("../shared/data/"))
+        result.append(word)
+        i += 1
+    return result
+
+
+def indices(path: Path) -> dict[str, set[int]]:
+    from safetensors.torch import load_file
+
+    return {n: set(t.tolist()) for n, t in load_file(path).items()}
+
+
+def compare(a: dict[str, set[int]], b: dict[str, set[int]]) -> dict:
+    union = inter = 0
+    differing = {}
+    for n in sorted(set(a) | set(b)):
+        x, y = a.get(n, set()), b.get(n, set())
+        union += len(x | y)
+        inter += len(x & y)
+        if x != y:
+            differing[n] = {"only_shipped": sorted(x - y), "only_rebuilt": sorted(y - x)}
+    return {"indices_only_in_one": union - inter, "jaccard": inter / union if union else 1.0, "differing_tensors": differing}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--name", default=None, help="catalog entry (default: the default mask)")
+    ap.add_argument("--runs", type=int, default=1, help="builds to run (2 also checks that rebuilds are byte-identical)")
+    ap.add_argument("--shared-data", type=Path, default=Path(os.environ.get("SZOQ_SHARED_DATA", SHARED_DATA)))
+    args = ap.parse_args()
+
+    from szoq_hub.mask import MASK_FILE, file_sha256, load_mask
+
+    entry = catalog_entry(args.name)
+    env_prefix, build_args = split_command(entry["command"])
+    shipped = CATALOG.parent / entry["path"] / MASK_FILE
+    runs = []
+    with tempfile.TemporaryDirectory(prefix="szoq-bench-builtin-") as tmp:
+        env = {**os.environ, **env_prefix, "SZOQ_HOME": str(Path(tmp) / "home")}
+        for r in range(args.runs):
+            out = Path(tmp) / f"run{r}" / entry["path"]
+            argv = [sys.executable, "-m", "szoq_cli", *localize(build_args, out, args.shared_data), "--json"]
+            start = time.perf_counter()
+            proc = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True)
+            seconds = time.perf_counter() - start
+            if proc.returncode != 0:
+                print(proc.stderr[-3000:], file=sys.stderr)
+                raise SystemExit(f"error: the catalog command failed (exit {proc.returncode})")
+            mask = load_mask(out)
+            runs.append({"seconds": round(seconds, 1), "sha256": file_sha256(out / MASK_FILE), "nnz": mask.nnz,
+                         "captured_share": mask.config.stats["captured_share"], "fingerprint": mask.config.fingerprint,
+                         "command_recorded": mask.config.command, **compare(indices(shipped), indices(out / MASK_FILE))})
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
+    first = runs[0]
+    checks = {
+        "sha256": all(r["sha256"] == entry["sha256"] for r in runs),
+        "shipped_file_sha256": file_sha256(shipped) == entry["sha256"],
+        "nnz": first["nnz"] == entry["nnz"],
+        "captured_share": first["captured_share"] == entry["captured_share"],
+        "fingerprint": first["fingerprint"] == entry["fingerprint"],
+        "rebuilds_identical": len({r["sha256"] for r in runs}) == 1,
+    }
+    data = {"name": entry["name"], "command": entry["command"], "pinned_sha256": entry["sha256"], "runs": runs,
+            "peak_rss_bytes_child": peak, "load_average": os.getloadavg(), "checks": checks, "reproduced": all(checks.values())}
+    rows = [
+        ("catalog command", f"`{entry['command']}`", ""),
+        ("build time (s)", ", ".join(str(r["seconds"]) for r in runs), f"load average {os.getloadavg()[0]:.1f} at the end"),
+        ("peak RSS of a build", f"{peak / 1e9:.2f} GB", ""),
+        ("sha256 of the rebuild", first["sha256"][:16], f"pinned {entry['sha256'][:16]}: {'match' if checks['sha256'] else 'MISMATCH'}"),
+        ("indices differing from the shipped file", str(first["indices_only_in_one"]), "0"),
+        ("Jaccard with the shipped file", f"{first['jaccard']:.6f}", "1"),
+        ("nnz / captured share", f"{first['nnz']} / {first['captured_share']}", f"{entry['nnz']} / {entry['captured_share']}"),
+        ("rebuilds byte-identical", f"{checks['rebuilds_identical']} ({len(runs)} runs)", "True"),
+    ]
+    write_results(f"builtin_mask_{entry['name'].replace('-', '_')}", data, rows)
+    return 0 if data["reproduced"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
