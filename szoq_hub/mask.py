@@ -333,31 +333,17 @@ def save_mask(mask: SensitivityMask, folder: Path) -> Path:
     return folder
 
 
-_DTYPES = {torch.int32: "I32", torch.int64: "I64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16"}
-
-
 def write_safetensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
     """Write a safetensors file byte-reproducibly (sorted header keys, names in sorted order).
 
     `safetensors.torch.save_file` orders the header through a hash map, so the same content
     can hash differently between processes; masks are content-addressed, so they are written
-    here with a canonical header instead. Files stay readable by any safetensors reader.
+    here with a canonical header instead (`checkpoint.write_tensors` in sorted order). Files
+    stay readable by any safetensors reader.
     """
-    entries, blobs, offset = {}, [], 0
-    for name in sorted(tensors):
-        t = tensors[name].detach().contiguous().cpu()
-        data = t.view(torch.uint8).numpy().tobytes() if t.numel() else b""
-        entries[name] = {"dtype": _DTYPES[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + len(data)]}
-        blobs.append(data)
-        offset += len(data)
-    header = {"__metadata__": dict(sorted(metadata.items())), **entries}
-    raw = json.dumps(header, separators=(",", ":"), sort_keys=False).encode()
-    raw += b" " * (-len(raw) % 8)  # the format aligns the data start to 8 bytes
-    with open(path, "wb") as fh:
-        fh.write(len(raw).to_bytes(8, "little"))
-        fh.write(raw)
-        for data in blobs:
-            fh.write(data)
+    from .checkpoint import write_tensors
+
+    write_tensors(path, [(name, tensors[name]) for name in sorted(tensors)], dict(sorted(metadata.items())))
 
 
 def read_header(path: Path) -> dict[str, str]:
