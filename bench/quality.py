@@ -40,6 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 CELLS = RESULTS / "quality" / "cells"
 TRANSFER = RESULTS / "quality" / "transfer"
+SWEEP = RESULTS / "quality" / "sweep"
 DATA = Path(os.environ.get("SZOQ_DATA_DIR", ROOT.parent / "shared" / "data"))
 WORK = Path(os.environ.get("SZOQ_QUALITY_WORK", Path.home() / ".cache" / "szoq" / "quality"))
 MODEL = "smollm2-135m-instruct"
@@ -53,6 +54,10 @@ ICL_SHOTS = {"sst2": 16, "rte": 4, "cb": 4, "boolq": 2}  # long passages get few
 TASKS = ("sst2", "rte", "cb", "boolq")
 SEEDS = (0, 1, 2)
 DENSITY = 1e-3
+# lr sweep on SST-2 dev only (seed 0, SWEEP_STEPS steps, eps EPS): per method, the lr with the best dev accuracy at the
+# last step (ties: the smaller lr). magnitude and task-fisher masks have the density and kind of scores of senszoq.
+SWEEP_TASK, SWEEP_STEPS, SWEEP_SEED = "sst2", 100, 0
+SWEEP_LRS = {"senszoq": (3e-5, 1e-4, 3e-4, 1e-3), "random": (1e-4, 1e-3, 1e-2), "magnitude": (1e-4, 1e-3), "dense": (5e-7, 2e-6, 5e-6)}
 
 
 @dataclass(frozen=True)
@@ -164,6 +169,25 @@ def mask_for(cell: Cell) -> tuple[str, list[str] | None]:
     return str(folder), argv
 
 
+def _finetune_argv(task: str, trained: list[str], lr: float, eps: float, steps: int, seed: int, eval_samples: int) -> list[str]:
+    return ["finetune", "--model", MODEL, *trained, "--task", task, "--steps", str(steps), "--batch-size", str(BATCH),
+            "--lr", f"{lr:g}", "--eps", f"{eps:g}", "--eval-every", str(EVAL_EVERY), "--save-every", str(SAVE_EVERY),
+            "--seed", str(seed), "--train-samples", str(TRAIN), "--dev-samples", str(DEV), "--eval-samples", str(eval_samples), "--json"]
+
+
+def _finetune(argv: list[str], out: Path) -> tuple[list[dict], dict, bool]:
+    """Run (or resume, or just read back) one fine-tuning run into `out`: (metrics rows, its config, resumed?)."""
+    resume = ["--resume"] if (out / "finetune_config.json").is_file() else []
+    if not ((out / "delta.safetensors").is_file() or (out / "dense.safetensors").is_file()):  # else: finished, cell not yet written
+        json.loads(_szoq([*argv, "--out", str(out), *resume]))
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    return rows, json.loads((out / "finetune_config.json").read_text()), bool(resume)
+
+
+def _dev_curve(rows: list[dict], metric: str) -> list[list]:
+    return [[r["step"], r[metric]] for r in rows if r.get("kind") == "eval" and r.get("split") == "dev"]
+
+
 def run_cell(cell: Cell) -> dict:
     """Run one cell through the CLI and return its record."""
     t0, sha = time.perf_counter(), _git_sha()  # the code the cell starts with
@@ -183,25 +207,58 @@ def run_cell(cell: Cell) -> dict:
             mask, extra["mask_argv"] = mask_for(cell)
             trained, lr = ["--mask", mask], SPARSE_LR
         eps = EPS
-        argv = ["finetune", "--model", MODEL, *trained, "--task", cell.task, "--steps", str(cell.steps), "--batch-size", str(BATCH),
-                "--lr", f"{lr:g}", "--eps", f"{eps:g}", "--eval-every", str(EVAL_EVERY), "--save-every", str(SAVE_EVERY),
-                "--seed", str(cell.seed), "--train-samples", str(TRAIN), "--dev-samples", str(DEV), "--eval-samples", str(EVAL), "--json"]
-        out = WORK / "runs" / cell.key
-        resume = ["--resume"] if (out / "finetune_config.json").is_file() else []
-        if (out / "delta.safetensors").is_file() or (out / "dense.safetensors").is_file():  # finished, but stopped before its cell was written
-            resume = ["(finished earlier)"]
-        else:
-            json.loads(_szoq([*argv, "--out", str(out), *resume]))
-        rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
-        res = {**rows[-1], "eval": rows[-1]["eval_metric"]}  # the run's "final" row
+        argv = _finetune_argv(cell.task, trained, lr, eps, cell.steps, cell.seed, EVAL)
+        rows, cfg, resumed = _finetune(argv, WORK / "runs" / cell.key)
+        res = rows[-1]  # the run's "final" row
         metric = res["metric"]
-        curve = [[r["step"], r[metric]] for r in rows if r.get("kind") == "eval" and r.get("split") == "dev"]
-        cfg = json.loads((out / "finetune_config.json").read_text())
-        acc, n = res["eval"], cfg["task"]["eval"]
+        curve = _dev_curve(rows, metric)
+        acc, n = res["eval_metric"], cfg["task"]["eval"]
         extra.update(metric=metric, best_step=res["best_step"], best_dev=res["best_dev"], nnz=cfg["nnz"], dev_n=cfg["task"]["dev"],
-                     resumed=bool(resume))
+                     resumed=resumed)
     return {**asdict(cell), "key": cell.key, "accuracy": acc, "n": n, "lr": lr, "eps": eps, "dev_curve": curve,
             "wall_s": round(time.perf_counter() - t0, 1), "git_sha": sha, "argv": argv, **extra}
+
+
+@dataclass(frozen=True)
+class SweepRun:
+    """One lr of the SST-2 dev sweep."""
+
+    method: str
+    lr: float
+
+    @property
+    def key(self) -> str:
+        return f"sweep-{self.method}-lr{self.lr:g}"
+
+
+def sweep_plan() -> list[SweepRun]:
+    return [SweepRun(m, lr) for m, lrs in SWEEP_LRS.items() for lr in lrs]
+
+
+def run_sweep(run: SweepRun) -> dict:
+    """Fine-tune for SWEEP_STEPS on SWEEP_TASK and record the dev curve (the eval split is not looked at: 1 example)."""
+    t0, sha = time.perf_counter(), _git_sha()
+    if run.method == "dense":
+        trained, mask_argv = ["--dense"], None
+    else:
+        mask, mask_argv = mask_for(Cell(SWEEP_TASK, run.method, SWEEP_SEED))
+        trained = ["--mask", mask]
+    argv = _finetune_argv(SWEEP_TASK, trained, run.lr, EPS, SWEEP_STEPS, SWEEP_SEED, 1)
+    rows, cfg, resumed = _finetune(argv, WORK / "sweep" / run.key)
+    metric = rows[-1]["metric"]
+    curve = _dev_curve(rows, metric)
+    return {**asdict(run), "key": run.key, "task": SWEEP_TASK, "eps": EPS, "steps": SWEEP_STEPS, "seed": SWEEP_SEED, "metric": metric,
+            "dev_final": curve[-1][1], "dev_curve": curve, "dev_n": cfg["task"]["dev"], "resumed": resumed,
+            "wall_s": round(time.perf_counter() - t0, 1), "git_sha": sha, "argv": argv, "mask_argv": mask_argv}
+
+
+def sweep_choice(rows: list[dict]) -> dict[str, float]:
+    """Per method: the lr with the best dev accuracy at the last step; ties go to the smaller lr."""
+    best: dict[str, dict] = {}
+    for r in sorted(rows, key=lambda r: r["lr"]):
+        if r["method"] not in best or r["dev_final"] > best[r["method"]]["dev_final"]:
+            best[r["method"]] = r
+    return {m: r["lr"] for m, r in best.items()}
 
 
 def transfer(task: str) -> dict:
@@ -257,10 +314,13 @@ def report() -> None:
     pending = [c.key for c in plan() if c.key not in done]
     transfer_rows = [json.loads(p.read_text()) for p in sorted(TRANSFER.glob("*.json"))]
     pending += [f"transfer-{t}" for t in TASKS if not (TRANSFER / f"{t}.json").is_file()]
-    data = {"cells": cells, "summary": _summary(cells), "transfer": transfer_rows, "pending": pending,
+    sweep_rows = [json.loads(p.read_text()) for p in sorted(SWEEP.glob("*.json"))]
+    pending += [r.key for r in sweep_plan() if not (SWEEP / f"{r.key}.json").is_file()]
+    choice = sweep_choice(sweep_rows)
+    data = {"cells": cells, "summary": _summary(cells), "transfer": transfer_rows, "sweep": sweep_rows, "sweep_choice": choice, "pending": pending,
             "settings": {"model": MODEL, "quant": "nf4", "steps": STEPS, "batch": BATCH, "lr": SPARSE_LR, "dense_lr": DENSE_LR, "eps": EPS, "train": TRAIN,
                          "dev": DEV, "eval": EVAL, "eval_every": EVAL_EVERY, "density": DENSITY, "icl_shots": ICL_SHOTS}}
-    tmp = RESULTS / "quality.json.tmp"
+    tmp = RESULTS / f"quality.json.{os.getpid()}.tmp"  # two grid processes may report at once
     tmp.write_text(json.dumps(data, indent=1) + "\n")
     tmp.replace(RESULTS / "quality.json")
     lines = ["| task | method | density | steps | accuracy % (mean ± std) | seeds | n eval |", "|---|---|---|---|---|---|---|"]
@@ -270,6 +330,13 @@ def report() -> None:
     if transfer_rows:
         lines += ["", "| task | Σg² share: C4 mask | task mask | random mask |", "|---|---|---|---|"]
         lines += [f"| {t['task']} | {100 * t['c4_share']:.1f}% | {100 * t['task_share']:.1f}% | {100 * t['random_share']:.2f}% |" for t in transfer_rows]
+    if sweep_rows:
+        lines += ["", f"lr sweep: {SWEEP_TASK} dev (n={sweep_rows[0]['dev_n']}), {SWEEP_STEPS} steps, seed {SWEEP_SEED}, eps {EPS:g}; "
+                  "chosen = best dev at the last step", "", "| method | lr | dev % by step | chosen | grid lr |", "|---|---|---|---|---|"]
+        for r in sorted(sweep_rows, key=lambda r: (list(SWEEP_LRS).index(r["method"]) if r["method"] in SWEEP_LRS else 99, r["lr"])):
+            by_step = ", ".join(f"{s}: {100 * v:.1f}" for s, v in r["dev_curve"])
+            grid_lr = DENSE_LR if r["method"] == "dense" else SPARSE_LR
+            lines.append(f"| {r['method']} | {r['lr']:g} | {by_step} | {'yes' if choice.get(r['method']) == r['lr'] else ''} | {grid_lr:g} |")
     lines += ["", f"Pending cells ({len(pending)}): " + (", ".join(pending) if pending else "none")]
     (RESULTS / "quality.md").write_text("\n".join(lines) + "\n")
     plots(cells)
@@ -288,7 +355,9 @@ def _readme_table(lines: list[str], cells: list[dict]) -> None:
     body = [start, f"Cells finished: {len(cells)} (git {', '.join(shas) or '-'}); accuracy in %, std over seeds where there are 2 or more.", "",
             *lines, "", *pngs, end]
     head, rest = text.split(start, 1)
-    readme.write_text(head + "\n".join(body) + rest.split(end, 1)[1])
+    tmp = readme.with_name(f"README.md.{os.getpid()}.tmp")
+    tmp.write_text(head + "\n".join(body) + rest.split(end, 1)[1])
+    tmp.replace(readme)
 
 
 def plots(cells: list[dict]) -> None:
@@ -337,13 +406,27 @@ def plots(cells: list[dict]) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--report", action="store_true", help="only regenerate quality.json/md/plots")
-    ap.add_argument("--only", default="*", help="fnmatch pattern over cell keys")
+    ap.add_argument("--only", default="*", help="fnmatch patterns over cell keys, comma-separated (cells still run in plan order)")
     ap.add_argument("--max-cells", type=int, default=0, help="stop after this many cells (0 = all)")
+    ap.add_argument("--sweep", default="", help="run the lr-sweep runs whose keys match these comma-separated patterns ('*' = all)")
     ap.add_argument("--transfer", action="store_true", help="compute the missing Σg² transfer rows (one per task)")
     args = ap.parse_args()
     CELLS.mkdir(parents=True, exist_ok=True)
     if args.report:
         report()
+        return
+    if args.sweep:
+        SWEEP.mkdir(parents=True, exist_ok=True)
+        for run in sweep_plan():
+            path = SWEEP / f"{run.key}.json"
+            if path.is_file() or not any(fnmatch.fnmatch(run.key, pat) for pat in args.sweep.split(",")):
+                continue
+            record = run_sweep(run)
+            tmp = path.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(record, indent=1) + "\n")
+            tmp.replace(path)
+            print(f"{run.key}: dev {record['dev_final']:.4f} (n={record['dev_n']}, {record['wall_s']:.0f} s)", flush=True)
+            report()
         return
     if args.transfer:
         TRANSFER.mkdir(parents=True, exist_ok=True)
@@ -359,10 +442,10 @@ def main() -> None:
     ran = 0
     for cell in plan():
         path = CELLS / f"{cell.key}.json"
-        if path.is_file() or not fnmatch.fnmatch(cell.key, args.only):
+        if path.is_file() or not any(fnmatch.fnmatch(cell.key, pat) for pat in args.only.split(",")):
             continue
         record = run_cell(cell)
-        tmp = path.with_suffix(".tmp")
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
         tmp.write_text(json.dumps(record, indent=1) + "\n")
         tmp.replace(path)
         print(f"{cell.key}: {record['accuracy']:.4f} (n={record['n']}, {record['wall_s']:.0f} s)", flush=True)

@@ -31,10 +31,15 @@ def _cell(task, method, seed, acc, n=500, density=1e-3, steps=300):
 
 def test_report_summarises_exactly_what_exists(tmp_path, monkeypatch):
     for name, value in (("ROOT", tmp_path), ("RESULTS", tmp_path / "results"), ("CELLS", tmp_path / "results" / "cells"),
-                        ("TRANSFER", tmp_path / "results" / "transfer")):
+                        ("TRANSFER", tmp_path / "results" / "transfer"), ("SWEEP", tmp_path / "results" / "sweep")):
         monkeypatch.setattr(quality, name, value)
     quality.CELLS.mkdir(parents=True)
     quality.TRANSFER.mkdir(parents=True)
+    quality.SWEEP.mkdir(parents=True)
+    for method, lr, final in (("senszoq", 1e-4, 0.7), ("senszoq", 3e-4, 0.65), ("random", 1e-3, 0.61)):
+        key = quality.SweepRun(method, lr).key
+        (quality.SWEEP / f"{key}.json").write_text(json.dumps({"method": method, "lr": lr, "key": key, "dev_final": final, "dev_n": 200,
+                                                               "dev_curve": [[50, 0.6], [100, final]]}))
     for c in (_cell("sst2", "senszoq", 0, 0.6), _cell("sst2", "senszoq", 1, 0.7), _cell("sst2", "senszoq", 2, 0.8),
               _cell("sst2", "zero-shot", 0, 0.5, density=None, steps=0)):
         (quality.CELLS / f"{c['key']}.json").write_text(json.dumps(c))
@@ -53,6 +58,19 @@ def test_report_summarises_exactly_what_exists(tmp_path, monkeypatch):
     assert "| sst2 | senszoq | 0.001 | 300 | 70.0 ± 10.0 | 3 (0,1,2) | 500 |" in readme
     assert "| sst2 | zero-shot | - | 0 | 50.0 | 1 (0) | 500 |" in readme
     assert "| sst2 | 40.0% | 60.0% | 0.10% |" in readme
+    assert data["sweep_choice"] == {"senszoq": 1e-4, "random": 1e-3} and len(data["sweep"]) == 3
+    assert "sweep-senszoq-lr0.0003" not in data["pending"] and "sweep-senszoq-lr3e-05" in data["pending"]
+    assert "| senszoq | 0.0001 | 50: 60.0, 100: 70.0 | yes | 0.0001 |" in readme
+    assert "| senszoq | 0.0003 | 50: 60.0, 100: 65.0 |  | 0.0001 |" in readme
+
+
+def test_sweep_choice_takes_the_best_final_dev_and_the_smaller_lr_on_a_tie():
+    rows = [{"method": "senszoq", "lr": 3e-4, "dev_final": 0.7}, {"method": "senszoq", "lr": 1e-4, "dev_final": 0.7},
+            {"method": "senszoq", "lr": 1e-3, "dev_final": 0.5}, {"method": "dense", "lr": 5e-6, "dev_final": 0.62},
+            {"method": "dense", "lr": 2e-6, "dev_final": 0.6}]
+    assert quality.sweep_choice(rows) == {"senszoq": 1e-4, "dense": 5e-6}
+    keys = [r.key for r in quality.sweep_plan()]
+    assert len(keys) == len(set(keys)) and "sweep-random-lr0.01" in keys and "sweep-dense-lr2e-06" in keys
 
 
 def test_dense_cell_runs_through_the_cli_and_its_argv_reruns_it(tiny_model_dir, tmp_path, monkeypatch):
@@ -71,3 +89,22 @@ def test_dense_cell_runs_through_the_cli_and_its_argv_reruns_it(tiny_model_dir, 
     assert record["n"] == 4 and [s for s, _ in record["dev_curve"]] == [2, 4] and record["nnz"] > 0
     rerun = json.loads(quality._szoq([*argv, "--out", str(tmp_path / "rerun")]))
     assert rerun["eval"] == record["accuracy"] and rerun["best_dev"] == record["best_dev"]
+
+
+def test_sweep_run_reads_only_dev_and_its_argv_reruns_it(tiny_model_dir, tmp_path, monkeypatch):
+    """An lr-sweep run: a random mask built through the CLI, SWEEP_STEPS steps, 1 eval example; rerunning its argv gives its dev curve."""
+    from conftest import SHARED_DATA
+
+    if not (SHARED_DATA / "sst2").is_dir():
+        pytest.skip(f"shared data not found at {SHARED_DATA}")
+    for name, value in (("WORK", tmp_path / "work"), ("DATA", SHARED_DATA), ("MODEL", str(tiny_model_dir)), ("BATCH", 2), ("EVAL_EVERY", 2),
+                        ("SAVE_EVERY", 2), ("TRAIN", 8), ("DEV", 4), ("SWEEP_STEPS", 4)):
+        monkeypatch.setattr(quality, name, value)
+    record = quality.run_sweep(quality.SweepRun("random", 1e-3))
+    argv = record["argv"]
+    assert record["key"] == "sweep-random-lr0.001" and argv[argv.index("--lr") + 1] == "0.001" and argv[argv.index("--eval-samples") + 1] == "1"
+    assert record["mask_argv"][:3] == ["mask", "build", str(tiny_model_dir)] and "--scorer" in record["mask_argv"]
+    assert record["dev_n"] == 4 and [s for s, _ in record["dev_curve"]] == [2, 4] and record["dev_final"] == record["dev_curve"][-1][1]
+    rerun = json.loads(quality._szoq([*argv, "--out", str(tmp_path / "rerun")]))
+    rows = [json.loads(line) for line in (tmp_path / "rerun" / "metrics.jsonl").read_text().splitlines()]
+    assert quality._dev_curve(rows, "accuracy") == record["dev_curve"] and rerun["best_dev"] == max(v for _, v in record["dev_curve"])
