@@ -41,6 +41,7 @@ RESULTS = ROOT / "bench" / "results"
 CELLS = RESULTS / "quality" / "cells"
 TRANSFER = RESULTS / "quality" / "transfer"
 SWEEP = RESULTS / "quality" / "sweep"
+VERIFY = RESULTS / "quality" / "verify"
 DATA = Path(os.environ.get("SZOQ_DATA_DIR", ROOT.parent / "shared" / "data"))
 WORK = Path(os.environ.get("SZOQ_QUALITY_WORK", Path.home() / ".cache" / "szoq" / "quality"))
 MODEL = "smollm2-135m-instruct"
@@ -261,6 +262,26 @@ def sweep_choice(rows: list[dict]) -> dict[str, float]:
     return {m: r["lr"] for m, r in best.items()}
 
 
+def verify(key: str) -> dict:
+    """Rerun a finished cell's recorded `argv` (plus a fresh --out for a fine-tuning cell) with today's code; compare."""
+    cell = json.loads((CELLS / f"{key}.json").read_text())
+    t0, sha = time.perf_counter(), _git_sha()
+    argv = list(cell["argv"])
+    if argv[0] == "finetune":
+        out = WORK / "verify" / key
+        if out.exists():
+            import shutil
+
+            shutil.rmtree(out)
+        res = json.loads(_szoq([*argv, "--out", str(out)]))
+        rerun = res["eval"]
+    else:
+        rerun = json.loads(_szoq(argv))["value"]
+    return {"key": key, "recorded": cell["accuracy"], "rerun": rerun, "same": rerun == cell["accuracy"], "n": cell["n"],
+            "recorded_git_sha": cell["git_sha"], "git_sha": sha, "threads": os.environ.get("OMP_NUM_THREADS", "default"),
+            "wall_s": round(time.perf_counter() - t0, 1), "argv": argv}
+
+
 def transfer(task: str) -> dict:
     """Share of the task's Σg² that the C4 mask captures, beside the task mask's own share (and a random mask's)."""
     import torch
@@ -317,7 +338,9 @@ def report() -> None:
     sweep_rows = [json.loads(p.read_text()) for p in sorted(SWEEP.glob("*.json"))]
     pending += [r.key for r in sweep_plan() if not (SWEEP / f"{r.key}.json").is_file()]
     choice = sweep_choice(sweep_rows)
-    data = {"cells": cells, "summary": _summary(cells), "transfer": transfer_rows, "sweep": sweep_rows, "sweep_choice": choice, "pending": pending,
+    verify_rows = [json.loads(p.read_text()) for p in sorted(VERIFY.glob("*.json"))]
+    data = {"cells": cells, "summary": _summary(cells), "transfer": transfer_rows, "sweep": sweep_rows, "sweep_choice": choice, "verify": verify_rows,
+            "pending": pending,
             "settings": {"model": MODEL, "quant": "nf4", "steps": STEPS, "batch": BATCH, "lr": SPARSE_LR, "dense_lr": DENSE_LR, "eps": EPS, "train": TRAIN,
                          "dev": DEV, "eval": EVAL, "eval_every": EVAL_EVERY, "density": DENSITY, "icl_shots": ICL_SHOTS}}
     tmp = RESULTS / f"quality.json.{os.getpid()}.tmp"  # two grid processes may report at once
@@ -337,6 +360,11 @@ def report() -> None:
             by_step = ", ".join(f"{s}: {100 * v:.1f}" for s, v in r["dev_curve"])
             grid_lr = DENSE_LR if r["method"] == "dense" else SPARSE_LR
             lines.append(f"| {r['method']} | {r['lr']:g} | {by_step} | {'yes' if choice.get(r['method']) == r['lr'] else ''} | {grid_lr:g} |")
+    if verify_rows:
+        lines += ["", "Reruns of recorded cells (`python bench/quality.py --verify KEY`: the cell's argv, today's code):", "",
+                  "| cell | recorded | rerun | same | recorded at | rerun at |", "|---|---|---|---|---|---|"]
+        lines += [f"| {v['key']} | {100 * v['recorded']:.1f} | {100 * v['rerun']:.1f} | {'yes' if v['same'] else 'NO'} | {v['recorded_git_sha'][:7]} | "
+                  f"{v['git_sha'][:7]} |" for v in verify_rows]
     lines += ["", f"Pending cells ({len(pending)}): " + (", ".join(pending) if pending else "none")]
     (RESULTS / "quality.md").write_text("\n".join(lines) + "\n")
     plots(cells)
@@ -347,7 +375,7 @@ def _readme_table(lines: list[str], cells: list[dict]) -> None:
     """Put the current table (what exists, n per cell, what is pending) into README's Results."""
     readme = ROOT / "README.md"
     start, end = "<!-- quality-table -->", "<!-- /quality-table -->"
-    text = readme.read_text()
+    text = readme.read_text() if readme.is_file() else ""
     if start not in text or end not in text:
         return
     pngs = [f"![{name}](bench/results/{name}.png)" for name in ("quality_steps", "quality_density") if (RESULTS / f"{name}.png").is_file()]
@@ -409,10 +437,21 @@ def main() -> None:
     ap.add_argument("--only", default="*", help="fnmatch patterns over cell keys, comma-separated (cells still run in plan order)")
     ap.add_argument("--max-cells", type=int, default=0, help="stop after this many cells (0 = all)")
     ap.add_argument("--sweep", default="", help="run the lr-sweep runs whose keys match these comma-separated patterns ('*' = all)")
+    ap.add_argument("--verify", default="", help="rerun these finished cells (comma-separated keys) from their argv and compare")
     ap.add_argument("--transfer", action="store_true", help="compute the missing Σg² transfer rows (one per task)")
     args = ap.parse_args()
     CELLS.mkdir(parents=True, exist_ok=True)
     if args.report:
+        report()
+        return
+    if args.verify:
+        VERIFY.mkdir(parents=True, exist_ok=True)
+        for key in args.verify.split(","):
+            row = verify(key)
+            path = VERIFY / f"{key}.json"
+            path.with_suffix(f".{os.getpid()}.tmp").write_text(json.dumps(row, indent=1) + "\n")
+            path.with_suffix(f".{os.getpid()}.tmp").replace(path)
+            print(f"verify {key}: recorded {row['recorded']:.4f}, rerun {row['rerun']:.4f}", flush=True)
         report()
         return
     if args.sweep:

@@ -108,3 +108,32 @@ def test_sweep_run_reads_only_dev_and_its_argv_reruns_it(tiny_model_dir, tmp_pat
     rerun = json.loads(quality._szoq([*argv, "--out", str(tmp_path / "rerun")]))
     rows = [json.loads(line) for line in (tmp_path / "rerun" / "metrics.jsonl").read_text().splitlines()]
     assert quality._dev_curve(rows, "accuracy") == record["dev_curve"] and rerun["best_dev"] == max(v for _, v in record["dev_curve"])
+
+
+def test_verify_reruns_a_recorded_cell_and_reports_a_mismatch(tiny_model_dir, tmp_path, monkeypatch):
+    """--verify reruns a cell's argv with today's code: the same accuracy for an honest record, 'NO' for a doctored one."""
+    from conftest import SHARED_DATA
+
+    if not (SHARED_DATA / "sst2").is_dir():
+        pytest.skip(f"shared data not found at {SHARED_DATA}")
+    for name, value in (("ROOT", tmp_path), ("RESULTS", tmp_path / "results"), ("CELLS", tmp_path / "results" / "cells"),
+                        ("TRANSFER", tmp_path / "results" / "transfer"), ("SWEEP", tmp_path / "results" / "sweep"),
+                        ("VERIFY", tmp_path / "results" / "verify"), ("WORK", tmp_path / "work"), ("DATA", SHARED_DATA),
+                        ("MODEL", str(tiny_model_dir)), ("EVAL", 6)):
+        monkeypatch.setattr(quality, name, value)
+    quality.CELLS.mkdir(parents=True)
+    mask, _ = quality.mask_for(quality.Cell("sst2", "random", 0))  # the tiny model has no built-in mask for `eval` to default to
+    argv = ["eval", "--model", str(tiny_model_dir), "--mask", mask, "--task", "sst2", "--eval-samples", "6", "--seed", "0", "--json"]
+    res = json.loads(quality._szoq(argv))
+    record = {**_cell("sst2", "zero-shot", 0, res["value"], n=res["n"], density=None, steps=0), "argv": argv}
+    path = quality.CELLS / f"{record['key']}.json"
+    path.write_text(json.dumps(record))
+    row = quality.verify(record["key"])
+    assert row["same"] and row["rerun"] == record["accuracy"] and row["n"] == 6 and row["argv"] == argv
+    path.write_text(json.dumps({**record, "accuracy": record["accuracy"] + 0.5}))  # a record the code cannot reproduce
+    doctored = quality.verify(record["key"])
+    assert not doctored["same"] and doctored["rerun"] == record["accuracy"]
+    quality.VERIFY.mkdir(parents=True)
+    (quality.VERIFY / f"{record['key']}.json").write_text(json.dumps(doctored))
+    quality.report()
+    assert f"| {record['key']} | {100 * (record['accuracy'] + 0.5):.1f} | {100 * record['accuracy']:.1f} | NO |" in (quality.RESULTS / "quality.md").read_text()
