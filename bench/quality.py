@@ -11,8 +11,9 @@ mask. `bench/results/quality.json` ({"cells": [...], "transfer": [...], "pending
 Methods: zero-shot, icl (K demonstrations), senszoq (the built-in C4 fisher mask), random and
 magnitude masks at the same density, task-fisher (fisher mask on the task's own train text:
 the reference the C4 mask should come close to), dense (MeZO over every decoder linear weight of
-the fp32 model, unquantized: `szoq finetune --dense`, at `DENSE_LR`). lr/eps are fixed for every
-cell (`SPARSE_LR` or `DENSE_LR`, `EPS`); see README "Results".
+the fp32 model, unquantized: `szoq finetune --dense`). The lr is per method (`LR`), chosen by
+an lr sweep on SST-2 dev (`--sweep`) and then fixed for every task; eps is `EPS` throughout. A cell
+run at another lr (an earlier pass) keeps `-lr<value>` in its key; see README "Results".
 
     nice -n 19 python bench/quality.py            # run pending cells in priority order
     python bench/quality.py --report              # only regenerate json/md/plots
@@ -47,7 +48,11 @@ WORK = Path(os.environ.get("SZOQ_QUALITY_WORK", Path.home() / ".cache" / "szoq" 
 MODEL = "smollm2-135m-instruct"
 C4 = DATA / "c4" / "c4_validation_2k.jsonl.gz"
 
-SPARSE_LR, DENSE_LR, EPS = 1e-4, 2e-6, 1e-3  # FINDINGS.md's SST-2 settings (not re-swept here)
+EPS = 1e-3  # MeZO's and FINDINGS.md's; not swept
+# lr per method: the SST-2 dev sweep's choice (see SWEEP_LRS, `sweep_choice`), then fixed for every task and seed.
+# senszoq: 3e-4 (SST-2 dev after 100 steps: 3e-5 61.0%, 1e-4 68.0%, 3e-4 73.5%, 1e-3 60.0%). magnitude and task-fisher use
+# senszoq's until their own sweep runs; dense keeps FINDINGS.md's 2e-6 until its sweep runs.
+LR = {"senszoq": 3e-4, "random": 1e-4, "magnitude": 3e-4, "task-fisher": 3e-4, "dense": 2e-6}
 STEPS, BATCH, EVAL_EVERY = 300, 16, 50
 SAVE_EVERY = 10  # a checkpoint every 10 steps: on a busy machine a session may see only a few dozen steps
 TRAIN, DEV, EVAL = 1000, 200, 500
@@ -58,7 +63,7 @@ DENSITY = 1e-3
 # lr sweep on SST-2 dev only (seed 0, SWEEP_STEPS steps, eps EPS): per method, the lr with the best dev accuracy at the
 # last step (ties: the smaller lr). magnitude and task-fisher masks have the density and kind of scores of senszoq.
 SWEEP_TASK, SWEEP_STEPS, SWEEP_SEED = "sst2", 100, 0
-SWEEP_LRS = {"senszoq": (3e-5, 1e-4, 3e-4, 1e-3), "random": (1e-4, 1e-3, 1e-2), "magnitude": (1e-4, 1e-3), "dense": (5e-7, 2e-6, 5e-6)}
+SWEEP_LRS = {"senszoq": (3e-5, 1e-4, 3e-4, 1e-3), "random": (1e-4, 1e-3, 1e-2, 1e-1), "magnitude": (1e-4, 1e-3), "dense": (5e-7, 2e-6, 5e-6)}
 
 
 @dataclass(frozen=True)
@@ -70,11 +75,17 @@ class Cell:
     seed: int
     density: float | None = DENSITY
     steps: int = STEPS
+    lr: float | None = None  # None: LR[method]
+
+    @property
+    def learning_rate(self) -> float | None:
+        return self.lr if self.lr is not None else LR.get(self.method)
 
     @property
     def key(self) -> str:
         dens = "" if self.density in (None, DENSITY) else f"-d{self.density:g}"
-        return f"{self.task}-{self.method}{dens}-s{self.seed}"
+        lr = "" if self.learning_rate == LR.get(self.method) else f"-lr{self.learning_rate:g}"
+        return f"{self.task}-{self.method}{dens}{lr}-s{self.seed}"
 
     @property
     def trains(self) -> bool:
@@ -181,8 +192,12 @@ def _finetune(argv: list[str], out: Path) -> tuple[list[dict], dict, bool]:
     resume = ["--resume"] if (out / "finetune_config.json").is_file() else []
     if not ((out / "delta.safetensors").is_file() or (out / "dense.safetensors").is_file()):  # else: finished, cell not yet written
         json.loads(_szoq([*argv, "--out", str(out), *resume]))
+    cfg = json.loads((out / "finetune_config.json").read_text())
+    for flag, name in (("--lr", "lr"), ("--eps", "eps"), ("--steps", "steps"), ("--seed", "seed")):  # never read back another run's results
+        if float(argv[argv.index(flag) + 1]) != float(cfg["settings"][name]):
+            raise RuntimeError(f"{out} holds a run with {name} {cfg['settings'][name]}, not {argv[argv.index(flag) + 1]}: move it away")
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    return rows, json.loads((out / "finetune_config.json").read_text()), bool(resume)
+    return rows, cfg, bool(resume)
 
 
 def _dev_curve(rows: list[dict], metric: str) -> list[list]:
@@ -203,10 +218,11 @@ def run_cell(cell: Cell) -> dict:
         extra["metric"] = res["metric"]
     else:
         if cell.method == "dense":  # every linear weight, fp32, no mask, no quantization
-            trained, lr, extra["mask_argv"] = ["--dense"], DENSE_LR, None
+            trained, extra["mask_argv"] = ["--dense"], None
         else:
             mask, extra["mask_argv"] = mask_for(cell)
-            trained, lr = ["--mask", mask], SPARSE_LR
+            trained = ["--mask", mask]
+        lr = cell.learning_rate
         eps = EPS
         argv = _finetune_argv(cell.task, trained, lr, eps, cell.steps, cell.seed, EVAL)
         rows, cfg, resumed = _finetune(argv, WORK / "runs" / cell.key)
@@ -216,7 +232,7 @@ def run_cell(cell: Cell) -> dict:
         acc, n = res["eval_metric"], cfg["task"]["eval"]
         extra.update(metric=metric, best_step=res["best_step"], best_dev=res["best_dev"], nnz=cfg["nnz"], dev_n=cfg["task"]["dev"],
                      resumed=resumed)
-    return {**asdict(cell), "key": cell.key, "accuracy": acc, "n": n, "lr": lr, "eps": eps, "dev_curve": curve,
+    return {**asdict(cell), "lr": lr, "key": cell.key, "accuracy": acc, "n": n, "eps": eps, "dev_curve": curve,
             "wall_s": round(time.perf_counter() - t0, 1), "git_sha": sha, "argv": argv, **extra}
 
 
@@ -308,18 +324,39 @@ def transfer(task: str) -> dict:
 
 # --- reporting -------------------------------------------------------------------------------
 
+def record_key(c: dict) -> str:
+    """The key a cell record belongs under today (an lr other than LR[method] shows in it)."""
+    return Cell(c["task"], c["method"], c["seed"], c["density"], c["steps"], c.get("lr") if c["method"] in LR else None).key
+
+
 def load_cells() -> list[dict]:
-    return [json.loads(p.read_text()) for p in sorted(CELLS.glob("*.json"))]
+    """The finished cells; a cell whose lr is no longer its method's LR moves (with its run folder) to its `-lr` key."""
+    cells = []
+    for p in sorted(CELLS.glob("*.json")):
+        c = json.loads(p.read_text())
+        key = record_key(c)
+        if key != c["key"]:
+            run, new_run = WORK / "runs" / c["key"], WORK / "runs" / key
+            if run.is_dir() and not new_run.exists():
+                run.rename(new_run)
+            c["key"] = key
+            tmp = CELLS / f"{key}.{os.getpid()}.tmp"
+            tmp.write_text(json.dumps(c, indent=1) + "\n")
+            tmp.replace(CELLS / f"{key}.json")
+            p.unlink(missing_ok=True)
+        cells.append(c)
+    return cells
 
 
 def _summary(cells: list[dict]) -> list[dict]:
     groups: dict[tuple, list[dict]] = {}
     for c in cells:
-        groups.setdefault((c["task"], c["method"], c["density"], c["steps"]), []).append(c)
+        groups.setdefault((c["task"], c["method"], c["density"], c["steps"], c.get("lr")), []).append(c)
     rows = []
-    for (task, method, density, steps), cs in sorted(groups.items(), key=lambda kv: (TASKS.index(kv[0][0]) if kv[0][0] in TASKS else 99, str(kv[0][1]), str(kv[0][2]))):
+    for (task, method, density, steps, lr), cs in sorted(groups.items(), key=lambda kv: (TASKS.index(kv[0][0]) if kv[0][0] in TASKS else 99,
+                                                                                            str(kv[0][1]), str(kv[0][2]), str(kv[0][4]))):
         accs = [c["accuracy"] for c in cs]
-        rows.append({"task": task, "method": method, "density": density, "steps": steps, "seeds": sorted(c["seed"] for c in cs),
+        rows.append({"task": task, "method": method, "density": density, "steps": steps, "lr": lr, "seeds": sorted(c["seed"] for c in cs),
                      "mean": statistics.mean(accs), "std": statistics.stdev(accs) if len(accs) > 1 else None, "n": cs[0]["n"]})
     return rows
 
@@ -341,15 +378,16 @@ def report() -> None:
     verify_rows = [json.loads(p.read_text()) for p in sorted(VERIFY.glob("*.json"))]
     data = {"cells": cells, "summary": _summary(cells), "transfer": transfer_rows, "sweep": sweep_rows, "sweep_choice": choice, "verify": verify_rows,
             "pending": pending,
-            "settings": {"model": MODEL, "quant": "nf4", "steps": STEPS, "batch": BATCH, "lr": SPARSE_LR, "dense_lr": DENSE_LR, "eps": EPS, "train": TRAIN,
+            "settings": {"model": MODEL, "quant": "nf4", "steps": STEPS, "batch": BATCH, "lr": LR, "eps": EPS, "train": TRAIN,
                          "dev": DEV, "eval": EVAL, "eval_every": EVAL_EVERY, "density": DENSITY, "icl_shots": ICL_SHOTS}}
     tmp = RESULTS / f"quality.json.{os.getpid()}.tmp"  # two grid processes may report at once
     tmp.write_text(json.dumps(data, indent=1) + "\n")
     tmp.replace(RESULTS / "quality.json")
-    lines = ["| task | method | density | steps | accuracy % (mean ± std) | seeds | n eval |", "|---|---|---|---|---|---|---|"]
+    lines = ["| task | method | density | steps | lr | accuracy % (mean ± std) | seeds | n eval |", "|---|---|---|---|---|---|---|---|"]
     for r in data["summary"]:
         dens = "-" if r["density"] is None else f"{r['density']:g}"
-        lines.append(f"| {r['task']} | {r['method']} | {dens} | {r['steps']} | {_fmt(r)} | {len(r['seeds'])} ({','.join(map(str, r['seeds']))}) | {r['n']} |")
+        lr = "-" if r["lr"] is None else f"{r['lr']:g}" + ("" if r["lr"] == LR.get(r["method"]) else " (not the sweep's)")
+        lines.append(f"| {r['task']} | {r['method']} | {dens} | {r['steps']} | {lr} | {_fmt(r)} | {len(r['seeds'])} ({','.join(map(str, r['seeds']))}) | {r['n']} |")
     if transfer_rows:
         lines += ["", "| task | Σg² share: C4 mask | task mask | random mask |", "|---|---|---|---|"]
         lines += [f"| {t['task']} | {100 * t['c4_share']:.1f}% | {100 * t['task_share']:.1f}% | {100 * t['random_share']:.2f}% |" for t in transfer_rows]
@@ -358,7 +396,7 @@ def report() -> None:
                   "chosen = best dev at the last step", "", "| method | lr | dev % by step | chosen | grid lr |", "|---|---|---|---|---|"]
         for r in sorted(sweep_rows, key=lambda r: (list(SWEEP_LRS).index(r["method"]) if r["method"] in SWEEP_LRS else 99, r["lr"])):
             by_step = ", ".join(f"{s}: {100 * v:.1f}" for s, v in r["dev_curve"])
-            grid_lr = DENSE_LR if r["method"] == "dense" else SPARSE_LR
+            grid_lr = LR[r["method"]]
             lines.append(f"| {r['method']} | {r['lr']:g} | {by_step} | {'yes' if choice.get(r['method']) == r['lr'] else ''} | {grid_lr:g} |")
     if verify_rows:
         lines += ["", "Reruns of recorded cells (`python bench/quality.py --verify KEY`: the cell's argv, today's code):", "",
@@ -398,7 +436,7 @@ def plots(cells: list[dict]) -> None:
     except ImportError:
         print("plots skipped: pip install -e '.[bench]' (matplotlib)", file=sys.stderr)
         return
-    sst2 = [c for c in cells if c["task"] == "sst2"]
+    sst2 = [c for c in cells if c["task"] == "sst2" and c.get("lr") == LR.get(c["method"])]  # the grid's own lr
     if not any(c["dev_curve"] for c in sst2):
         return
     fig, ax = plt.subplots(figsize=(6, 4))

@@ -23,15 +23,17 @@ def test_plan_starts_with_the_informative_cells_and_has_unique_keys():
             assert got == seeds, (task, method)
 
 
-def _cell(task, method, seed, acc, n=500, density=1e-3, steps=300):
-    key = quality.Cell(task, method, seed, density, steps).key
+def _cell(task, method, seed, acc, n=500, density=1e-3, steps=300, lr=None):
+    key = quality.Cell(task, method, seed, density, steps, lr).key
     return {"task": task, "method": method, "seed": seed, "density": density, "steps": steps, "key": key, "accuracy": acc, "n": n,
-            "lr": 1e-4, "eps": 1e-3, "dev_curve": [[50, acc - 0.1], [100, acc]], "wall_s": 1.0, "git_sha": "0123456789abcdef", "argv": ["finetune"]}
+            "lr": lr if lr is not None else quality.LR.get(method), "eps": 1e-3, "dev_curve": [[50, acc - 0.1], [100, acc]], "wall_s": 1.0, "git_sha": "0123456789abcdef", "argv": ["finetune"]}
 
 
 def test_report_summarises_exactly_what_exists(tmp_path, monkeypatch):
     for name, value in (("ROOT", tmp_path), ("RESULTS", tmp_path / "results"), ("CELLS", tmp_path / "results" / "cells"),
-                        ("TRANSFER", tmp_path / "results" / "transfer"), ("SWEEP", tmp_path / "results" / "sweep")):
+                        ("TRANSFER", tmp_path / "results" / "transfer"), ("SWEEP", tmp_path / "results" / "sweep"),
+                        ("VERIFY", tmp_path / "results" / "verify"), ("WORK", tmp_path / "work"),
+                        ("LR", {**quality.LR, "senszoq": 1e-4, "random": 1e-3})):
         monkeypatch.setattr(quality, name, value)
     quality.CELLS.mkdir(parents=True)
     quality.TRANSFER.mkdir(parents=True)
@@ -55,13 +57,39 @@ def test_report_summarises_exactly_what_exists(tmp_path, monkeypatch):
     assert {f"{t}-dense-d1-s{s}" for t in quality.TASKS for s in quality.SEEDS} <= set(data["pending"])  # dense cells run like the others
     readme = (tmp_path / "README.md").read_text()
     assert readme.startswith("intro\n") and readme.endswith("rest\n") and "old" not in readme
-    assert "| sst2 | senszoq | 0.001 | 300 | 70.0 ± 10.0 | 3 (0,1,2) | 500 |" in readme
-    assert "| sst2 | zero-shot | - | 0 | 50.0 | 1 (0) | 500 |" in readme
+    assert "| sst2 | senszoq | 0.001 | 300 | 0.0001 | 70.0 ± 10.0 | 3 (0,1,2) | 500 |" in readme
+    assert "| sst2 | zero-shot | - | 0 | - | 50.0 | 1 (0) | 500 |" in readme
     assert "| sst2 | 40.0% | 60.0% | 0.10% |" in readme
     assert data["sweep_choice"] == {"senszoq": 1e-4, "random": 1e-3} and len(data["sweep"]) == 3
     assert "sweep-senszoq-lr0.0003" not in data["pending"] and "sweep-senszoq-lr3e-05" in data["pending"]
     assert "| senszoq | 0.0001 | 50: 60.0, 100: 70.0 | yes | 0.0001 |" in readme
     assert "| senszoq | 0.0003 | 50: 60.0, 100: 65.0 |  | 0.0001 |" in readme
+    assert "| random | 0.001 | 50: 60.0, 100: 61.0 | yes | 0.001 |" in readme
+
+
+def test_a_cell_run_at_another_lr_moves_to_its_lr_key_with_its_run(tmp_path, monkeypatch):
+    """After the sweep changes a method's lr, an earlier cell (and its run folder) moves to `-lr<old>`; the plain key is pending again."""
+    for name, value in (("ROOT", tmp_path), ("RESULTS", tmp_path / "results"), ("CELLS", tmp_path / "results" / "cells"),
+                        ("TRANSFER", tmp_path / "results" / "transfer"), ("SWEEP", tmp_path / "results" / "sweep"),
+                        ("VERIFY", tmp_path / "results" / "verify"), ("WORK", tmp_path / "work")):
+        monkeypatch.setattr(quality, name, value)
+    quality.CELLS.mkdir(parents=True)
+    monkeypatch.setattr(quality, "LR", {**quality.LR, "senszoq": 1e-4})
+    old = _cell("sst2", "senszoq", 0, 0.67)
+    assert old["key"] == "sst2-senszoq-s0" and old["lr"] == 1e-4
+    (quality.CELLS / "sst2-senszoq-s0.json").write_text(json.dumps(old))
+    (quality.WORK / "runs" / "sst2-senszoq-s0").mkdir(parents=True)
+    (quality.WORK / "runs" / "sst2-senszoq-s0" / "metrics.jsonl").write_text("{}\n")
+    monkeypatch.setattr(quality, "LR", {**quality.LR, "senszoq": 3e-4})  # the sweep chose another lr
+    assert quality.Cell("sst2", "senszoq", 0).key == "sst2-senszoq-s0" and quality.Cell("sst2", "senszoq", 0).learning_rate == 3e-4
+    quality.report()
+    assert not (quality.CELLS / "sst2-senszoq-s0.json").exists() and not (quality.WORK / "runs" / "sst2-senszoq-s0").exists()
+    moved = json.loads((quality.CELLS / "sst2-senszoq-lr0.0001-s0.json").read_text())
+    assert moved["key"] == "sst2-senszoq-lr0.0001-s0" and moved["accuracy"] == 0.67
+    assert (quality.WORK / "runs" / "sst2-senszoq-lr0.0001-s0" / "metrics.jsonl").is_file()
+    data = json.loads((quality.RESULTS / "quality.json").read_text())
+    assert "sst2-senszoq-s0" in data["pending"] and [r["lr"] for r in data["summary"]] == [1e-4]
+    assert "| sst2 | senszoq | 0.001 | 300 | 0.0001 (not the sweep's) | 67.0 | 1 (0) | 500 |" in (quality.RESULTS / "quality.md").read_text()
 
 
 def test_sweep_choice_takes_the_best_final_dev_and_the_smaller_lr_on_a_tie():
@@ -74,7 +102,7 @@ def test_sweep_choice_takes_the_best_final_dev_and_the_smaller_lr_on_a_tie():
 
 
 def test_dense_cell_runs_through_the_cli_and_its_argv_reruns_it(tiny_model_dir, tmp_path, monkeypatch):
-    """A dense cell: `szoq finetune --dense` at DENSE_LR, no mask; its argv (plus --out) reruns to the same accuracy."""
+    """A dense cell: `szoq finetune --dense` at LR["dense"], no mask; its argv (plus --out) reruns to the same accuracy."""
     from conftest import SHARED_DATA
 
     if not (SHARED_DATA / "sst2").is_dir():
@@ -85,7 +113,7 @@ def test_dense_cell_runs_through_the_cli_and_its_argv_reruns_it(tiny_model_dir, 
     record = quality.run_cell(quality.Cell("sst2", "dense", 0, 1.0, steps=4))
     argv = record["argv"]
     assert argv[:4] == ["finetune", "--model", str(tiny_model_dir), "--dense"] and "--mask" not in argv and "--out" not in argv
-    assert argv[argv.index("--lr") + 1] == f"{quality.DENSE_LR:g}" and record["lr"] == quality.DENSE_LR and record["mask_argv"] is None
+    assert argv[argv.index("--lr") + 1] == f"{quality.LR['dense']:g}" and record["lr"] == quality.LR["dense"] and record["mask_argv"] is None
     assert record["n"] == 4 and [s for s, _ in record["dev_curve"]] == [2, 4] and record["nnz"] > 0
     rerun = json.loads(quality._szoq([*argv, "--out", str(tmp_path / "rerun")]))
     assert rerun["eval"] == record["accuracy"] and rerun["best_dev"] == record["best_dev"]
@@ -137,3 +165,17 @@ def test_verify_reruns_a_recorded_cell_and_reports_a_mismatch(tiny_model_dir, tm
     (quality.VERIFY / f"{record['key']}.json").write_text(json.dumps(doctored))
     quality.report()
     assert f"| {record['key']} | {100 * (record['accuracy'] + 0.5):.1f} | {100 * record['accuracy']:.1f} | NO |" in (quality.RESULTS / "quality.md").read_text()
+
+
+def test_a_finished_run_with_other_settings_is_never_read_back(tmp_path):
+    """A run folder left from another lr is refused, not taken as the cell's result."""
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "finetune_config.json").write_text(json.dumps({"settings": {"lr": 1e-4, "eps": 1e-3, "steps": 300, "seed": 0}}))
+    (out / "delta.safetensors").write_bytes(b"")
+    (out / "metrics.jsonl").write_text('{"kind": "final"}\n')
+    argv = quality._finetune_argv("sst2", ["--mask", "m"], 3e-4, 1e-3, 300, 0, 500)
+    with pytest.raises(RuntimeError, match="holds a run with lr 0.0001, not 0.0003"):
+        quality._finetune(argv, out)
+    rows, cfg, resumed = quality._finetune(quality._finetune_argv("sst2", ["--mask", "m"], 1e-4, 1e-3, 300, 0, 500), out)
+    assert rows == [{"kind": "final"}] and cfg["settings"]["lr"] == 1e-4 and resumed
