@@ -145,6 +145,17 @@ def _szoq(args: list[str]) -> str:
     return done.stdout
 
 
+def _write_json(path: Path, obj) -> None:
+    """Atomically (a per-process tmp file, then rename: two grid processes may write at once)."""
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(obj, indent=1) + "\n")
+    tmp.replace(path)
+
+
+def _matches(key: str, patterns: str) -> bool:
+    return any(fnmatch.fnmatch(key, pat) for pat in patterns.split(","))
+
+
 def _git_sha() -> str:
     return subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
 
@@ -341,9 +352,7 @@ def load_cells() -> list[dict]:
             if run.is_dir() and not new_run.exists():
                 run.rename(new_run)
             c["key"] = key
-            tmp = CELLS / f"{key}.{os.getpid()}.tmp"
-            tmp.write_text(json.dumps(c, indent=1) + "\n")
-            tmp.replace(CELLS / f"{key}.json")
+            _write_json(CELLS / f"{key}.json", c)
             p.unlink(missing_ok=True)
         cells.append(c)
     return cells
@@ -381,9 +390,7 @@ def report() -> None:
             "pending": pending,
             "settings": {"model": MODEL, "quant": "nf4", "steps": STEPS, "batch": BATCH, "lr": LR, "eps": EPS, "train": TRAIN,
                          "dev": DEV, "eval": EVAL, "eval_every": EVAL_EVERY, "density": DENSITY, "icl_shots": ICL_SHOTS}}
-    tmp = RESULTS / f"quality.json.{os.getpid()}.tmp"  # two grid processes may report at once
-    tmp.write_text(json.dumps(data, indent=1) + "\n")
-    tmp.replace(RESULTS / "quality.json")
+    _write_json(RESULTS / "quality.json", data)
     lines = ["| task | method | density | steps | lr | accuracy % (mean ± std) | seeds | n eval |", "|---|---|---|---|---|---|---|---|"]
     for r in data["summary"]:
         dens = "-" if r["density"] is None else f"{r['density']:g}"
@@ -470,6 +477,22 @@ def plots(cells: list[dict]) -> None:
         plt.close(fig)
 
 
+def _run_pending(items: list, folder: Path, patterns: str, run, line, most: int = 0) -> None:
+    """Run each item (a Cell or SweepRun) whose key matches and has no record in `folder` yet; record, report."""
+    ran = 0
+    for item in items:
+        path = folder / f"{item.key}.json"
+        if path.is_file() or not _matches(item.key, patterns):
+            continue
+        record = run(item)
+        _write_json(path, record)
+        print(line(record), flush=True)
+        report()
+        ran += 1
+        if most and ran >= most:
+            break
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--report", action="store_true", help="only regenerate quality.json/md/plots")
@@ -487,24 +510,13 @@ def main() -> None:
         VERIFY.mkdir(parents=True, exist_ok=True)
         for key in args.verify.split(","):
             row = verify(key)
-            path = VERIFY / f"{key}.json"
-            path.with_suffix(f".{os.getpid()}.tmp").write_text(json.dumps(row, indent=1) + "\n")
-            path.with_suffix(f".{os.getpid()}.tmp").replace(path)
+            _write_json(VERIFY / f"{key}.json", row)
             print(f"verify {key}: recorded {row['recorded']:.4f}, rerun {row['rerun']:.4f}", flush=True)
         report()
         return
     if args.sweep:
         SWEEP.mkdir(parents=True, exist_ok=True)
-        for run in sweep_plan():
-            path = SWEEP / f"{run.key}.json"
-            if path.is_file() or not any(fnmatch.fnmatch(run.key, pat) for pat in args.sweep.split(",")):
-                continue
-            record = run_sweep(run)
-            tmp = path.with_suffix(f".{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(record, indent=1) + "\n")
-            tmp.replace(path)
-            print(f"{run.key}: dev {record['dev_final']:.4f} (n={record['dev_n']}, {record['wall_s']:.0f} s)", flush=True)
-            report()
+        _run_pending(sweep_plan(), SWEEP, args.sweep, run_sweep, lambda r: f"{r['key']}: dev {r['dev_final']:.4f} (n={r['dev_n']}, {r['wall_s']:.0f} s)")
         return
     if args.transfer:
         TRANSFER.mkdir(parents=True, exist_ok=True)
@@ -512,25 +524,12 @@ def main() -> None:
             path = TRANSFER / f"{task}.json"
             if not path.is_file():
                 row = transfer(task)
-                path.with_suffix(".tmp").write_text(json.dumps(row, indent=1) + "\n")
-                path.with_suffix(".tmp").replace(path)
+                _write_json(path, row)
                 print(f"transfer {task}: C4 mask {row['c4_share']:.3f}, task mask {row['task_share']:.3f}", flush=True)
         report()
         return
-    ran = 0
-    for cell in plan():
-        path = CELLS / f"{cell.key}.json"
-        if path.is_file() or not any(fnmatch.fnmatch(cell.key, pat) for pat in args.only.split(",")):
-            continue
-        record = run_cell(cell)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(record, indent=1) + "\n")
-        tmp.replace(path)
-        print(f"{cell.key}: {record['accuracy']:.4f} (n={record['n']}, {record['wall_s']:.0f} s)", flush=True)
-        report()
-        ran += 1
-        if args.max_cells and ran >= args.max_cells:
-            break
+    _run_pending(plan(), CELLS, args.only, run_cell, lambda r: f"{r['key']}: {r['accuracy']:.4f} (n={r['n']}, {r['wall_s']:.0f} s)",
+                 args.max_cells)
     report()
 
 
