@@ -51,7 +51,7 @@ C4 = DATA / "c4" / "c4_validation_2k.jsonl.gz"
 EPS = 1e-3  # MeZO's and FINDINGS.md's; not swept
 # lr per method: the SST-2 dev sweep's choice (see SWEEP_LRS, `sweep_choice`), then fixed for every task and seed.
 # senszoq: 3e-4 (SST-2 dev after 100 steps: 3e-5 61.0%, 1e-4 68.0%, 3e-4 73.5%, 1e-3 60.0%); random: 0.1 (1e-4 59.0%,
-# 1e-3 59.0%, 1e-2 60.0%, 0.1 62.0%; its projected gradients are ~14x smaller). magnitude and task-fisher use senszoq's
+# 1e-3 59.0%, 1e-2 60.0%, 0.1 62.0%, 1 50.5% (diverges); its projected gradients are ~14x smaller). magnitude and task-fisher use senszoq's
 # until their own sweep runs; dense keeps FINDINGS.md's 2e-6 until its sweep runs.
 LR = {"senszoq": 3e-4, "random": 0.1, "magnitude": 3e-4, "task-fisher": 3e-4, "dense": 2e-6}
 STEPS, BATCH, EVAL_EVERY = 300, 16, 50
@@ -452,7 +452,8 @@ def plots(cells: list[dict]) -> None:
     for c in sst2:
         if c["dev_curve"] and (c["density"] == DENSITY or c["method"] == "dense"):
             xs, ys = zip(*c["dev_curve"])
-            ax.plot(xs, [100 * y for y in ys], marker="o", color=colors.get(c["method"], "k"), label=f"{c['method']} s{c['seed']}")
+            ax.plot(xs, [100 * y for y in ys], marker="o", color=colors.get(c["method"], "k"), ls=("-", "--", ":")[c["seed"] % 3],
+                    label=f"{c['method']} s{c['seed']} (lr {c['lr']:g})")
     for c in sst2:
         if c["method"] == "zero-shot":
             ax.axhline(100 * c["accuracy"], color="gray", ls="--", label=f"zero-shot s{c['seed']} (eval)")
