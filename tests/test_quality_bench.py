@@ -23,6 +23,25 @@ def test_plan_starts_with_the_informative_cells_and_has_unique_keys():
             assert got == seeds, (task, method)
 
 
+def _isolate(monkeypatch, tmp_path, **settings) -> None:
+    """Point every results and work folder of bench/quality.py into tmp_path, then set `settings`."""
+    results = tmp_path / "results"
+    folders = {"ROOT": tmp_path, "RESULTS": results, "CELLS": results / "cells", "TRANSFER": results / "transfer",
+               "SWEEP": results / "sweep", "VERIFY": results / "verify", "WORK": tmp_path / "work"}
+    for name, value in {**folders, **settings}.items():
+        monkeypatch.setattr(quality, name, value)
+
+
+def _tiny_grid(monkeypatch, tmp_path, tiny_model_dir, **settings) -> None:
+    """A grid on the tiny Llama with a few rows and steps (skips without the shared data)."""
+    from conftest import SHARED_DATA
+
+    if not (SHARED_DATA / "sst2").is_dir():
+        pytest.skip(f"shared data not found at {SHARED_DATA}")
+    _isolate(monkeypatch, tmp_path, DATA=SHARED_DATA, MODEL=str(tiny_model_dir), BATCH=2, EVAL_EVERY=2, SAVE_EVERY=2, TRAIN=8, DEV=4,
+             **settings)
+
+
 def _cell(task, method, seed, acc, n=500, density=1e-3, steps=300, lr=None):
     key = quality.Cell(task, method, seed, density, steps, lr).key
     return {"task": task, "method": method, "seed": seed, "density": density, "steps": steps, "key": key, "accuracy": acc, "n": n,
@@ -30,11 +49,7 @@ def _cell(task, method, seed, acc, n=500, density=1e-3, steps=300, lr=None):
 
 
 def test_report_summarises_exactly_what_exists(tmp_path, monkeypatch):
-    for name, value in (("ROOT", tmp_path), ("RESULTS", tmp_path / "results"), ("CELLS", tmp_path / "results" / "cells"),
-                        ("TRANSFER", tmp_path / "results" / "transfer"), ("SWEEP", tmp_path / "results" / "sweep"),
-                        ("VERIFY", tmp_path / "results" / "verify"), ("WORK", tmp_path / "work"),
-                        ("LR", {**quality.LR, "senszoq": 1e-4, "random": 1e-3})):
-        monkeypatch.setattr(quality, name, value)
+    _isolate(monkeypatch, tmp_path, LR={**quality.LR, "senszoq": 1e-4, "random": 1e-3})
     quality.CELLS.mkdir(parents=True)
     quality.TRANSFER.mkdir(parents=True)
     quality.SWEEP.mkdir(parents=True)
@@ -69,10 +84,7 @@ def test_report_summarises_exactly_what_exists(tmp_path, monkeypatch):
 
 def test_a_cell_run_at_another_lr_moves_to_its_lr_key_with_its_run(tmp_path, monkeypatch):
     """After the sweep changes a method's lr, an earlier cell (and its run folder) moves to `-lr<old>`; the plain key is pending again."""
-    for name, value in (("ROOT", tmp_path), ("RESULTS", tmp_path / "results"), ("CELLS", tmp_path / "results" / "cells"),
-                        ("TRANSFER", tmp_path / "results" / "transfer"), ("SWEEP", tmp_path / "results" / "sweep"),
-                        ("VERIFY", tmp_path / "results" / "verify"), ("WORK", tmp_path / "work")):
-        monkeypatch.setattr(quality, name, value)
+    _isolate(monkeypatch, tmp_path)
     quality.CELLS.mkdir(parents=True)
     monkeypatch.setattr(quality, "LR", {**quality.LR, "senszoq": 1e-4})
     old = _cell("sst2", "senszoq", 0, 0.67)
@@ -103,13 +115,7 @@ def test_sweep_choice_takes_the_best_final_dev_and_the_smaller_lr_on_a_tie():
 
 def test_dense_cell_runs_through_the_cli_and_its_argv_reruns_it(tiny_model_dir, tmp_path, monkeypatch):
     """A dense cell: `szoq finetune --dense` at LR["dense"], no mask; its argv (plus --out) reruns to the same accuracy."""
-    from conftest import SHARED_DATA
-
-    if not (SHARED_DATA / "sst2").is_dir():
-        pytest.skip(f"shared data not found at {SHARED_DATA}")
-    for name, value in (("WORK", tmp_path / "work"), ("DATA", SHARED_DATA), ("MODEL", str(tiny_model_dir)), ("BATCH", 2), ("EVAL_EVERY", 2),
-                        ("SAVE_EVERY", 2), ("TRAIN", 8), ("DEV", 4), ("EVAL", 4)):
-        monkeypatch.setattr(quality, name, value)
+    _tiny_grid(monkeypatch, tmp_path, tiny_model_dir, EVAL=4)
     record = quality.run_cell(quality.Cell("sst2", "dense", 0, 1.0, steps=4))
     argv = record["argv"]
     assert argv[:4] == ["finetune", "--model", str(tiny_model_dir), "--dense"] and "--mask" not in argv and "--out" not in argv
@@ -121,13 +127,7 @@ def test_dense_cell_runs_through_the_cli_and_its_argv_reruns_it(tiny_model_dir, 
 
 def test_sweep_run_reads_only_dev_and_its_argv_reruns_it(tiny_model_dir, tmp_path, monkeypatch):
     """An lr-sweep run: a random mask built through the CLI, SWEEP_STEPS steps, 1 eval example; rerunning its argv gives its dev curve."""
-    from conftest import SHARED_DATA
-
-    if not (SHARED_DATA / "sst2").is_dir():
-        pytest.skip(f"shared data not found at {SHARED_DATA}")
-    for name, value in (("WORK", tmp_path / "work"), ("DATA", SHARED_DATA), ("MODEL", str(tiny_model_dir)), ("BATCH", 2), ("EVAL_EVERY", 2),
-                        ("SAVE_EVERY", 2), ("TRAIN", 8), ("DEV", 4), ("SWEEP_STEPS", 4)):
-        monkeypatch.setattr(quality, name, value)
+    _tiny_grid(monkeypatch, tmp_path, tiny_model_dir, SWEEP_STEPS=4)
     record = quality.run_sweep(quality.SweepRun("random", 1e-3))
     argv = record["argv"]
     assert record["key"] == "sweep-random-lr0.001" and argv[argv.index("--lr") + 1] == "0.001" and argv[argv.index("--eval-samples") + 1] == "1"
@@ -140,15 +140,7 @@ def test_sweep_run_reads_only_dev_and_its_argv_reruns_it(tiny_model_dir, tmp_pat
 
 def test_verify_reruns_a_recorded_cell_and_reports_a_mismatch(tiny_model_dir, tmp_path, monkeypatch):
     """--verify reruns a cell's argv with today's code: the same accuracy for an honest record, 'NO' for a doctored one."""
-    from conftest import SHARED_DATA
-
-    if not (SHARED_DATA / "sst2").is_dir():
-        pytest.skip(f"shared data not found at {SHARED_DATA}")
-    for name, value in (("ROOT", tmp_path), ("RESULTS", tmp_path / "results"), ("CELLS", tmp_path / "results" / "cells"),
-                        ("TRANSFER", tmp_path / "results" / "transfer"), ("SWEEP", tmp_path / "results" / "sweep"),
-                        ("VERIFY", tmp_path / "results" / "verify"), ("WORK", tmp_path / "work"), ("DATA", SHARED_DATA),
-                        ("MODEL", str(tiny_model_dir)), ("EVAL", 6)):
-        monkeypatch.setattr(quality, name, value)
+    _tiny_grid(monkeypatch, tmp_path, tiny_model_dir, EVAL=6)
     quality.CELLS.mkdir(parents=True)
     mask, _ = quality.mask_for(quality.Cell("sst2", "random", 0))  # the tiny model has no built-in mask for `eval` to default to
     argv = ["eval", "--model", str(tiny_model_dir), "--mask", mask, "--task", "sst2", "--eval-samples", "6", "--seed", "0", "--json"]
