@@ -51,7 +51,7 @@ C4 = DATA / "c4" / "c4_validation_2k.jsonl.gz"
 EPS = 1e-3  # MeZO's and FINDINGS.md's; not swept
 # lr per method: the SST-2 dev sweep's choice (see SWEEP_LRS, `sweep_choice`), then fixed for every task and seed.
 # senszoq: 3e-4 (SST-2 dev after 100 steps: 3e-5 61.0%, 1e-4 68.0%, 3e-4 73.5%, 1e-3 60.0%); random: 0.1 (1e-4 59.0%,
-# 1e-3 59.0%, 1e-2 60.0%, 0.1 62.0%, 1 50.5% (diverges); its projected gradients are ~14x smaller). magnitude and task-fisher use senszoq's
+# 1e-3 59.0%, 1e-2 60.0%, 0.1 62.0%, 1 50.5% (diverges); its projected gradients are 6-18x smaller). magnitude and task-fisher use senszoq's
 # until their own sweep runs; dense keeps FINDINGS.md's 2e-6 until its sweep runs.
 LR = {"senszoq": 3e-4, "random": 0.1, "magnitude": 3e-4, "task-fisher": 3e-4, "dense": 2e-6}
 STEPS, BATCH, EVAL_EVERY = 300, 16, 50
@@ -145,11 +145,15 @@ def _szoq(args: list[str]) -> str:
     return done.stdout
 
 
-def _write_json(path: Path, obj) -> None:
+def _write_text(path: Path, text: str) -> None:
     """Atomically (a per-process tmp file, then rename: two grid processes may write at once)."""
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1) + "\n")
+    tmp.write_text(text)
     tmp.replace(path)
+
+
+def _write_json(path: Path, obj) -> None:
+    _write_text(path, json.dumps(obj, indent=1) + "\n")
 
 
 def _matches(key: str, patterns: str) -> bool:
@@ -193,6 +197,14 @@ def mask_for(cell: Cell) -> tuple[str, list[str] | None]:
     return str(folder), argv
 
 
+def _trained(cell: Cell) -> tuple[list[str], list[str] | None]:
+    """What a fine-tuning run trains (`--dense`, or `--mask` with the mask made for `cell`) and the mask's build argv."""
+    if cell.method == "dense":  # every linear weight, fp32, no mask, no quantization
+        return ["--dense"], None
+    mask, mask_argv = mask_for(cell)
+    return ["--mask", mask], mask_argv
+
+
 def _finetune_argv(task: str, trained: list[str], lr: float, eps: float, steps: int, seed: int, eval_samples: int) -> list[str]:
     return ["finetune", "--model", MODEL, *trained, "--task", task, "--steps", str(steps), "--batch-size", str(BATCH),
             "--lr", f"{lr:g}", "--eps", f"{eps:g}", "--eval-every", str(EVAL_EVERY), "--save-every", str(SAVE_EVERY),
@@ -229,11 +241,7 @@ def run_cell(cell: Cell) -> dict:
         acc, n, curve, lr, eps = res["value"], res["n"], [], None, None
         extra["metric"] = res["metric"]
     else:
-        if cell.method == "dense":  # every linear weight, fp32, no mask, no quantization
-            trained, extra["mask_argv"] = ["--dense"], None
-        else:
-            mask, extra["mask_argv"] = mask_for(cell)
-            trained = ["--mask", mask]
+        trained, extra["mask_argv"] = _trained(cell)
         lr = cell.learning_rate
         eps = EPS
         argv = _finetune_argv(cell.task, trained, lr, eps, cell.steps, cell.seed, EVAL)
@@ -267,11 +275,7 @@ def sweep_plan() -> list[SweepRun]:
 def run_sweep(run: SweepRun) -> dict:
     """Fine-tune for SWEEP_STEPS on SWEEP_TASK and record the dev curve (the eval split is not looked at: 1 example)."""
     t0, sha = time.perf_counter(), _git_sha()
-    if run.method == "dense":
-        trained, mask_argv = ["--dense"], None
-    else:
-        mask, mask_argv = mask_for(Cell(SWEEP_TASK, run.method, SWEEP_SEED))
-        trained = ["--mask", mask]
+    trained, mask_argv = _trained(Cell(SWEEP_TASK, run.method, SWEEP_SEED))
     argv = _finetune_argv(SWEEP_TASK, trained, run.lr, EPS, SWEEP_STEPS, SWEEP_SEED, 1)
     rows, cfg, resumed = _finetune(argv, WORK / "sweep" / run.key)
     metric = rows[-1]["metric"]
@@ -412,7 +416,7 @@ def report() -> None:
         lines += [f"| {v['key']} | {100 * v['recorded']:.1f} | {100 * v['rerun']:.1f} | {'yes' if v['same'] else 'NO'} | {v['recorded_git_sha'][:7]} | "
                   f"{v['git_sha'][:7]} |" for v in verify_rows]
     lines += ["", f"Pending cells ({len(pending)}): " + (", ".join(pending) if pending else "none")]
-    (RESULTS / "quality.md").write_text("\n".join(lines) + "\n")
+    _write_text(RESULTS / "quality.md", "\n".join(lines) + "\n")
     plots(cells)
     _readme_table(lines, cells)
 
@@ -429,9 +433,7 @@ def _readme_table(lines: list[str], cells: list[dict]) -> None:
     body = [start, f"Cells finished: {len(cells)} (git {', '.join(shas) or '-'}); accuracy in %, std over seeds where there are 2 or more.", "",
             *lines, "", *pngs, end]
     head, rest = text.split(start, 1)
-    tmp = readme.with_name(f"README.md.{os.getpid()}.tmp")
-    tmp.write_text(head + "\n".join(body) + rest.split(end, 1)[1])
-    tmp.replace(readme)
+    _write_text(readme, head + "\n".join(body) + rest.split(end, 1)[1])
 
 
 def plots(cells: list[dict]) -> None:
