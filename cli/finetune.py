@@ -51,6 +51,9 @@ def finetune_cmd(
     quant: Optional[str] = _QUANT, device: str = _DEVICE, dtype: Optional[str] = _DTYPE,
     steps: int = typer.Option(300, "--steps", help="ZO steps."),
     batch_size: int = typer.Option(16, "--batch-size", help="Examples per step."),
+    micro_batch_size: Optional[int] = typer.Option(None, "--micro-batch-size", help="Examples per training forward, grouped by similar length "
+                                                   "(default: the whole batch in one forward). Same loss; less activation memory and padding "
+                                                   "(see bench/micro_batch.py). May change on --resume."),
     lr: float = typer.Option(DEFAULT_LR, "--lr", help="Learning rate."),
     eps: float = typer.Option(1e-3, "--eps", help="Perturbation scale."),
     optimizer: str = typer.Option("zo-sgd", "--optimizer", help="zo-sgd, zo-momentum or zo-adam."),
@@ -73,7 +76,7 @@ def finetune_cmd(
     """ZO fine-tune the sparse values of a quantized model (--dense: every linear weight, the MeZO baseline). Example: szoq finetune --task sst2 --steps 300 --out runs/sst2"""
     config = FinetuneConfig(model=model, mask=mask, dense=dense, task=task, train_file=train, eval_file=eval_file, dev_file=dev_file, template=template,
                             labels=labels, label_field=label_field, task_file=task_file, encoding=encoding, data_dir=data_dir, quant=quant,
-                            device=device, dtype=dtype, steps=steps, batch_size=batch_size,
+                            device=device, dtype=dtype, steps=steps, batch_size=batch_size, micro_batch_size=micro_batch_size,
                             lr=lr, eps=eps, optimizer=optimizer, zo_samples=zo_samples, lr_schedule=lr_schedule, warmup=warmup,
                             weight_decay=weight_decay, eval_every=eval_every, save_every=save_every, seed=seed, train_samples=train_samples,
                             dev_samples=dev_samples, eval_samples=eval_samples, out=str(out_dir), report_to=report_to)

@@ -65,9 +65,10 @@ CHECKPOINT_FILE = "checkpoint.safetensors"
 BEST_FILE = "best-dev.safetensors"
 REDONE_FILE = "metrics.redone.jsonl"  # log lines past the checkpoint, set aside on resume
 CARD_FILE = "README.md"
-# Settings that may differ when resuming (they do not change the trajectory). device and dtype
-# are compared resolved (the `runtime` block), not as typed: `auto` and `cpu` can be the same.
-_RESUME_FREE = ("out", "data_dir", "eval_batch_size", "device", "dtype", "report_to")
+# Settings that may differ when resuming (they do not change the trajectory; micro_batch_size changes
+# float rounding only, so a run that ran out of memory can resume with smaller forwards). device and
+# dtype are compared resolved (the `runtime` block), not as typed: `auto` and `cpu` can be the same.
+_RESUME_FREE = ("out", "data_dir", "eval_batch_size", "micro_batch_size", "device", "dtype", "report_to")
 
 ProgressFn = Callable[[dict], None]
 
@@ -95,6 +96,8 @@ class FinetuneConfig:
     dtype: str | None = field(default=None, metadata={"help": "compute dtype bf16, fp16 or fp32 (None: bf16 on CUDA, fp32 on CPU)"})
     steps: int = field(default=300, metadata={"help": "ZO steps"})
     batch_size: int = field(default=16, metadata={"help": "examples per step (all ranks together)"})
+    micro_batch_size: int | None = field(default=None, metadata={"help": "examples per training forward, grouped by similar length "
+                                                                          "(None: a rank's whole batch in one forward); less activation memory and padding"})
     lr: float = field(default=DEFAULT_LR, metadata={"help": "learning rate"})
     eps: float = field(default=1e-3, metadata={"help": "perturbation scale"})
     optimizer: str = field(default="zo-sgd", metadata={"help": "zo-sgd, zo-momentum or zo-adam"})
@@ -117,6 +120,8 @@ class FinetuneConfig:
             raise ConfigError(f"--steps must be > 0, got {self.steps}", hint="e.g. --steps 300")
         if self.batch_size <= 0:
             raise ConfigError(f"--batch-size must be > 0, got {self.batch_size}", hint="e.g. --batch-size 16")
+        if self.micro_batch_size is not None and self.micro_batch_size <= 0:
+            raise ConfigError(f"--micro-batch-size must be > 0, got {self.micro_batch_size}", hint="e.g. --micro-batch-size 4, or leave it out for one forward per step")
         if self.eval_batch_size <= 0:
             raise ConfigError(f"--eval-batch-size must be > 0, got {self.eval_batch_size}", hint="e.g. --eval-batch-size 32")
         if self.eval_every < 0 or self.save_every <= 0:
@@ -570,7 +575,7 @@ def finetune(config: FinetuneConfig, *, resume: bool | None = None, progress: Pr
 
             def closure(points) -> list[float]:  # sparse: [P = 2q, nnz] values; dense: P (seed, scale) pairs
                 with trainable.perturbed(points) as parts:  # one forward over P copies of the shard
-                    local = loss_sums(trainable.model, shard, pad_id, copies=parts) if shard else [0.0] * parts
+                    local = loss_sums(trainable.model, shard, pad_id, copies=parts, micro_batch_size=config.micro_batch_size) if shard else [0.0] * parts
                 if size == 1:
                     return [x / len(batch) for x in local]
                 total = torch.tensor([*local, float(len(shard))], dtype=torch.float64)  # [P + 1]

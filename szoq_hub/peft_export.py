@@ -160,6 +160,7 @@ def export_peft(*, model: str, mask_ref: str, delta: str | Path, out: str | Path
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise TrainingError(f"--out {out} already exists and is not empty", hint="choose another --out folder or remove it")
+    load_delta(delta)  # a dense, unfinished or corrupt run is refused before the model loads (a GGUF converts for seconds)
     source, fingerprint, mask, mask_sha = open_model_and_mask(model, mask_ref, revision)
     loaded_delta = load_delta(delta, mask=mask, mask_sha256=mask_sha, fingerprint=fingerprint)
     params = dict(load_model(source, dtype=torch.float32).model.named_parameters())  # the weights merge writes into

@@ -147,7 +147,23 @@ def option_scores(model, batch: list[Encoded], pad_id: int, copies: int = 1) -> 
     return scores
 
 
-def loss_sums(model, batch: list[Encoded], pad_id: int, copies: int = 1) -> list[float]:
+def _longest(e: Encoded) -> int:
+    """Tokens of the example's longest scored sequence (the prompt when options follow it directly)."""
+    return max([len(e.prompt)] + [len(c) + len(o) for c, o in zip(e.contexts, e.options)])
+
+
+def micro_batches(batch: list[Encoded], size: int | None) -> list[list[Encoded]]:
+    """Split `batch` into forwards of at most `size` examples of similar length (None: one forward).
+
+    Sorting by length first means each forward pads to its own longest example, not the batch's.
+    """
+    if size is None or size >= len(batch):
+        return [batch]
+    ordered = sorted(batch, key=_longest)  # stable: equal lengths keep batch order
+    return [ordered[i:i + size] for i in range(0, len(ordered), size)]
+
+
+def loss_sums(model, batch: list[Encoded], pad_id: int, copies: int = 1, micro_batch_size: int | None = None) -> list[float]:
     """Per copy, the sum over the batch of the cross-entropy over option scores (float64 sums).
 
     Args:
@@ -155,13 +171,18 @@ def loss_sums(model, batch: list[Encoded], pad_id: int, copies: int = 1) -> list
         batch: Encoded examples.
         pad_id: Padding token id.
         copies: Copies of the batch scored in one forward.
+        micro_batch_size: Examples per forward, grouped by similar length (None: the whole batch
+            in one forward). The loss is the same sum; only float rounding differs.
 
     Returns:
         `copies` losses, copy order.
     """
-    scores = option_scores(model, batch, pad_id, copies).double().view(copies, len(batch), -1)  # [P, B, O]
-    labels = torch.tensor([e.label for e in batch])
-    return [float(F.cross_entropy(s, labels, reduction="sum")) for s in scores]
+    totals = [0.0] * copies
+    for part in micro_batches(batch, micro_batch_size):
+        scores = option_scores(model, part, pad_id, copies).double().view(copies, len(part), -1)  # [P, b, O]
+        labels = torch.tensor([e.label for e in part])  # [b]
+        totals = [t + float(F.cross_entropy(s, labels, reduction="sum")) for t, s in zip(totals, scores)]
+    return totals
 
 
 def loss_sum(model, batch: list[Encoded], pad_id: int) -> float:

@@ -218,6 +218,27 @@ def test_paired_single_token_options_match(tiny_model_dir, tiny_mask, encoded):
     assert len(set(paired)) == 4 and paired == pytest.approx(two_pass, rel=1e-5)
 
 
+@pytest.mark.parametrize("multi_token", [False, True])
+def test_micro_batches_give_the_batch_loss(tiny_model_dir, tiny_mask, encoded, multi_token):
+    """Length-grouped forwards of 1, 2 or 4 examples sum to the one-forward loss of every copy."""
+    from szoq_hub.scoring import micro_batches
+
+    base, pad = encoded
+    batch = [Encoded(e.prompt, [[5, 9], [7], [11, 3, 4]][: 2 + i % 2], i % 2) for i, e in enumerate(base)] if multi_token else base
+    assert len({len(e.prompt) for e in batch}) > 2  # lengths differ, so grouping changes the padding
+    sm = load_sparse_model(str(tiny_model_dir), tiny_mask[0], quant="nf4", device="cpu")
+    points = _points(sm, 4)
+    with sm.perturbed(points) as parts:
+        whole = loss_sums(sm.model, batch, pad, copies=parts)
+        for size in (1, 2, 4):
+            chunks = micro_batches(batch, size)
+            assert sorted(id(e) for c in chunks for e in c) == sorted(id(e) for e in batch) and max(map(len, chunks)) <= size
+            lengths = [len(e.prompt) for c in chunks for e in c]
+            assert lengths == sorted(lengths)  # similar lengths share a forward
+            assert loss_sums(sm.model, batch, pad, copies=parts, micro_batch_size=size) == pytest.approx(whole, rel=1e-6)
+    assert len(set(whole)) == 4 and micro_batches(batch, None) == [batch] and micro_batches(batch, 99) == [batch]
+
+
 def test_paired_multi_token_options_match(tiny_model_dir, tiny_mask, encoded):
     """The per-(example, option) path (copa, custom words) with copies."""
     _, pad = encoded

@@ -13,7 +13,7 @@ import torch
 
 from conftest import SHARED_DATA, TINY_TEXTS, make_tiny_llama
 from szoq_hub.delta import load_delta, save_delta
-from szoq_hub.errors import FingerprintMismatch, MaskError, TrainingError
+from szoq_hub.errors import ConfigError, FingerprintMismatch, MaskError, TrainingError
 from szoq_hub.finetune import CHECKPOINT_FILE, FinetuneConfig, finetune
 
 ROWS = [{"text": t, "label": int("great" in t or "wonderful" in t)} for t in TINY_TEXTS]
@@ -189,6 +189,29 @@ def test_resume_makes_best_dev_agree_with_the_checkpoint(tiny_model_dir, tiny_ma
     assert all(torch.equal(best.tensors[n], ref_best.tensors[n]) for n in ref_best.tensors)
 
 
+def test_micro_batches_train_like_one_forward_and_may_change_on_resume(tiny_model_dir, tiny_mask, train_file, tmp_path):
+    """--micro-batch-size changes float rounding only: the trajectory matches one forward per step,
+    and a run stopped with one size resumes with another (smaller forwards after running out of memory)."""
+    kw = dict(quant="nf4", steps=8, save_every=2, eval_every=4, lr=1e-2)
+    finetune(_config(tiny_model_dir, tiny_mask, train_file, tmp_path / "whole", **kw))
+
+    def stop_at_5(event):
+        if event["kind"] == "step" and event["step"] == 5:
+            raise _Stop
+    with pytest.raises(_Stop):
+        finetune(_config(tiny_model_dir, tiny_mask, train_file, tmp_path / "micro", micro_batch_size=2, **kw), progress=stop_at_5)
+    result = finetune(_config(tiny_model_dir, tiny_mask, train_file, tmp_path / "micro", micro_batch_size=1, **kw), resume=True)
+    assert result.resumed_from == 4
+    a, b = _delta_values(tmp_path / "whole"), _delta_values(tmp_path / "micro")
+    assert any(not torch.equal(t, 0 * t) for t in a.values())  # it trained
+    grads = [[json.loads(l)["grads"][0] for l in (tmp_path / f / "metrics.jsonl").read_text().splitlines() if '"kind": "step"' in l]
+             for f in ("whole", "micro")]
+    assert len(grads[1]) == 8 and grads[1] == pytest.approx(grads[0], rel=1e-2, abs=1e-3)  # rounding-level differences only
+    assert all(torch.allclose(a[n], b[n], rtol=0, atol=5e-5) for n in a)  # updates are ~1e-3 per step
+    with pytest.raises(ConfigError, match="--micro-batch-size must be > 0"):
+        _config(tiny_model_dir, tiny_mask, train_file, tmp_path / "bad", micro_batch_size=0)
+
+
 def test_resume_refuses_other_settings_and_complete_runs(tiny_model_dir, tiny_mask, train_file, tmp_path):
     out = tmp_path / "run"
     finetune(_config(tiny_model_dir, tiny_mask, train_file, out))
@@ -340,7 +363,7 @@ def test_cli_finetune_eval_merge(tiny_model_dir, tiny_mask, train_file, tmp_path
     assert (tmp_path / "merged" / "config.json").exists()
 
 
-@pytest.mark.parametrize("case", ["unknown_task", "missing_field", "no_verbalizer", "empty_train", "batch0", "steps0", "resume_other",
+@pytest.mark.parametrize("case", ["unknown_task", "missing_field", "no_verbalizer", "empty_train", "batch0", "micro0", "steps0", "resume_other",
                                   "no_bnb", "fingerprint", "bad_quant", "bad_optimizer"])
 def test_cli_bad_input(case, tiny_model_dir, tiny_mask, train_file, tmp_path, monkeypatch, capsys):
     out_dir = tmp_path / "run"
@@ -358,6 +381,8 @@ def test_cli_bad_input(case, tiny_model_dir, tiny_mask, train_file, tmp_path, mo
         extra = ["--train", str(tmp_path / "empty.jsonl"), "--template", "{text}", "--labels", "0=bad,1=good"]
     elif case == "batch0":
         extra = [*custom, "--batch-size", "0"]
+    elif case == "micro0":
+        extra = [*custom, "--micro-batch-size", "0"]
     elif case == "steps0":
         extra = [*custom, "--steps", "0"]
     elif case == "resume_other":
