@@ -55,6 +55,10 @@ EPS = 1e-3  # MeZO's and FINDINGS.md's; not swept
 # until their own sweep runs; dense keeps FINDINGS.md's 2e-6 until its sweep runs.
 LR = {"senszoq": 3e-4, "random": 0.1, "magnitude": 3e-4, "task-fisher": 3e-4, "dense": 2e-6}
 STEPS, BATCH, EVAL_EVERY = 300, 16, 50
+# Long-input tasks train in length-grouped forwards of 2 (`--micro-batch-size`): the same loss (float rounding only), and
+# 0.47x (RTE) / 0.39x (BoolQ) the time per step of one forward of 16 on this CPU (bench/results/micro_batch.md). SST-2 runs
+# one forward per step, as its cells were recorded.
+MICRO_BATCH = {"rte": 2, "cb": 2, "boolq": 2}
 SAVE_EVERY = 10  # a checkpoint every 10 steps: on a busy machine a session may see only a few dozen steps
 TRAIN, DEV, EVAL = 1000, 200, 500
 ICL_SHOTS = {"sst2": 16, "rte": 4, "cb": 4, "boolq": 2}  # long passages get fewer demonstrations
@@ -208,7 +212,8 @@ def _trained(cell: Cell) -> tuple[list[str], list[str] | None]:
 def _finetune_argv(task: str, trained: list[str], lr: float, eps: float, steps: int, seed: int, eval_samples: int) -> list[str]:
     return ["finetune", "--model", MODEL, *trained, "--task", task, "--steps", str(steps), "--batch-size", str(BATCH),
             "--lr", f"{lr:g}", "--eps", f"{eps:g}", "--eval-every", str(EVAL_EVERY), "--save-every", str(SAVE_EVERY),
-            "--seed", str(seed), "--train-samples", str(TRAIN), "--dev-samples", str(DEV), "--eval-samples", str(eval_samples), "--json"]
+            "--seed", str(seed), "--train-samples", str(TRAIN), "--dev-samples", str(DEV), "--eval-samples", str(eval_samples),
+            *(["--micro-batch-size", str(MICRO_BATCH[task])] if task in MICRO_BATCH else []), "--json"]
 
 
 def _finetune(argv: list[str], out: Path) -> tuple[list[dict], dict, bool]:
@@ -393,7 +398,7 @@ def report() -> None:
     data = {"cells": cells, "summary": _summary(cells), "transfer": transfer_rows, "sweep": sweep_rows, "sweep_choice": choice, "verify": verify_rows,
             "pending": pending,
             "settings": {"model": MODEL, "quant": "nf4", "steps": STEPS, "batch": BATCH, "lr": LR, "eps": EPS, "train": TRAIN,
-                         "dev": DEV, "eval": EVAL, "eval_every": EVAL_EVERY, "density": DENSITY, "icl_shots": ICL_SHOTS}}
+                         "dev": DEV, "eval": EVAL, "eval_every": EVAL_EVERY, "density": DENSITY, "icl_shots": ICL_SHOTS, "micro_batch": MICRO_BATCH}}
     _write_json(RESULTS / "quality.json", data)
     lines = ["| task | method | density | steps | lr | accuracy % (mean ± std) | seeds | n eval |", "|---|---|---|---|---|---|---|---|"]
     for r in data["summary"]:
