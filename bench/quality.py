@@ -490,6 +490,8 @@ def plots(cells: list[dict]) -> None:
 
 def _run_pending(items: list, folder: Path, patterns: str, run, line, most: int = 0) -> None:
     """Run each item (a Cell or SweepRun) whose key matches and has no record in `folder` yet; record, report."""
+    if folder == CELLS:
+        load_cells()  # a cell recorded at an lr its method no longer uses moves to its `-lr` key first: its plain key is pending
     ran = 0
     for item in items:
         path = folder / f"{item.key}.json"
@@ -502,6 +504,8 @@ def _run_pending(items: list, folder: Path, patterns: str, run, line, most: int 
         ran += 1
         if most and ran >= most:
             break
+    if not ran:
+        print(f"nothing pending matches {patterns!r} (finished records are in {folder})", flush=True)
 
 
 def main() -> None:

@@ -104,6 +104,24 @@ def test_a_cell_run_at_another_lr_moves_to_its_lr_key_with_its_run(tmp_path, mon
     assert "| sst2 | senszoq | 0.001 | 300 | 0.0001 (not the sweep's) | 67.0 | 1 (0) | 500 |" in (quality.RESULTS / "quality.md").read_text()
 
 
+def test_only_runs_a_cell_whose_record_an_lr_change_moved_away(tmp_path, monkeypatch, capsys):
+    """`--only KEY` right after LR changes: the old record moves to `-lr<old>` before pending is decided, so KEY runs."""
+    _isolate(monkeypatch, tmp_path)
+    quality.CELLS.mkdir(parents=True)
+    monkeypatch.setattr(quality, "LR", {**quality.LR, "magnitude": 3e-4})
+    (quality.CELLS / "sst2-magnitude-s0.json").write_text(json.dumps(_cell("sst2", "magnitude", 0, 0.524)))
+    monkeypatch.setattr(quality, "LR", {**quality.LR, "magnitude": 1e-2})  # the sweep chose 1e-2
+    ran = []
+    monkeypatch.setattr(quality, "run_cell", lambda cell: ran.append(cell.key) or _cell(cell.task, cell.method, cell.seed, 0.6))
+    monkeypatch.setattr(sys, "argv", ["quality.py", "--only", "sst2-magnitude-s0"])
+    quality.main()
+    assert ran == ["sst2-magnitude-s0"]
+    assert json.loads((quality.CELLS / "sst2-magnitude-s0.json").read_text())["lr"] == 1e-2
+    assert json.loads((quality.CELLS / "sst2-magnitude-lr0.0003-s0.json").read_text())["accuracy"] == 0.524
+    quality.main()  # now finished: says so instead of exiting silently
+    assert ran == ["sst2-magnitude-s0"] and "nothing pending matches 'sst2-magnitude-s0'" in capsys.readouterr().out
+
+
 def test_sweep_choice_takes_the_best_final_dev_and_the_smaller_lr_on_a_tie():
     rows = [{"method": "senszoq", "lr": 3e-4, "dev_final": 0.7}, {"method": "senszoq", "lr": 1e-4, "dev_final": 0.7},
             {"method": "senszoq", "lr": 1e-3, "dev_final": 0.5}, {"method": "dense", "lr": 5e-6, "dev_final": 0.62},
