@@ -71,7 +71,7 @@ DENSITY = 1e-3
 SWEEP_TASK, SWEEP_STEPS, SWEEP_SEED = "sst2", 100, 0
 # A range whose best dev is at its upper edge (or flat at the majority class) is extended upward: magnitude and dense were.
 SWEEP_LRS = {"senszoq": (3e-5, 1e-4, 3e-4, 1e-3), "random": (1e-4, 1e-3, 1e-2, 1e-1, 1.0), "magnitude": (1e-4, 3e-4, 1e-3, 1e-2, 1e-1),
-             "dense": (5e-7, 2e-6, 5e-6, 2e-5, 5e-5, 1e-4)}
+             "dense": (5e-7, 2e-6, 5e-6, 2e-5, 5e-5, 1e-4, 2e-4, 5e-4)}
 
 
 @dataclass(frozen=True)
