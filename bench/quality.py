@@ -52,9 +52,10 @@ EPS = 1e-3  # MeZO's and FINDINGS.md's; not swept
 # lr per method: the SST-2 dev sweep's choice (see SWEEP_LRS, `sweep_choice`), then fixed for every task and seed.
 # senszoq: 3e-4 (SST-2 dev after 100 steps: 3e-5 61.0%, 1e-4 68.0%, 3e-4 73.5%, 1e-3 60.0%); random: 0.1 (1e-4 59.0%,
 # 1e-3 59.0%, 1e-2 60.0%, 0.1 62.0%, 1 50.5% (diverges); its projected gradients are 6-18x smaller); magnitude: 1e-2 (1e-4 59.5%,
-# 3e-4 60.0%, 1e-3 60.0%, 1e-2 66.0%, 0.1 44.5% (diverges)). task-fisher (a fisher mask like senszoq's) uses senszoq's lr.
-# dense keeps FINDINGS.md's 2e-6 until its sweep finishes.
-LR = {"senszoq": 3e-4, "random": 0.1, "magnitude": 1e-2, "task-fisher": 3e-4, "dense": 2e-6}
+# 3e-4 60.0%, 1e-3 60.0%, 1e-2 66.0%, 0.1 44.5% (diverges)); dense: 1e-4 (5e-7 60.0%, 2e-6 60.0% (FINDINGS.md's lr), 5e-6
+# 60.5%, 2e-5 63.5%, 5e-5 70.5%, 1e-4 74.0%, 2e-4 55.5% (67.5% at step 50, then falls)). task-fisher (a fisher mask like
+# senszoq's) uses senszoq's lr.
+LR = {"senszoq": 3e-4, "random": 0.1, "magnitude": 1e-2, "task-fisher": 3e-4, "dense": 1e-4}
 STEPS, BATCH, EVAL_EVERY = 300, 16, 50
 # Long-input tasks train in length-grouped forwards of 2 (`--micro-batch-size`): the same loss (float rounding only), and
 # 0.47x (RTE) / 0.39x (BoolQ) the time per step of one forward of 16 on this CPU (bench/results/micro_batch.md). SST-2 runs
