@@ -57,13 +57,13 @@ def main() -> None:
 
     from szoq_hub.finetune import DEFAULT_MASK, _batch_indices, open_model_and_mask
     from szoq_hub.runtime import load_sparse_model
-    from szoq_hub.scoring import encode, loss_sums
+    from szoq_hub.scoring import encode, loss_sums, pad_id_of
     from szoq_hub.tasks import Sampling, load_task
 
     source, _, mask, _ = open_model_and_mask(DEFAULT_MASK, DEFAULT_MASK)
     sparse = load_sparse_model(source, mask, quant="nf4")
     tok = sparse.tokenizer
-    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    pad = pad_id_of(tok)
     gen = torch.Generator().manual_seed(0)
     points = sparse.values[None] + 1e-3 * torch.randn(2, sparse.values.numel(), generator=gen)  # [2, nnz]: theta +- eps z
 

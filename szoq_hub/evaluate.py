@@ -9,7 +9,7 @@ from .delta import load_delta
 from .devices import check_device_spec, check_dtype_spec, resolve_device
 from .errors import ConfigError
 from .finetune import model_and_mask_for, open_model_and_mask, require_quant_backend, score
-from .scoring import encode
+from .scoring import encode, pad_id_of
 from .tasks import CustomTask, Sampling, custom_task_from, load_task, with_demonstrations
 
 log = logging.getLogger(__name__)
@@ -114,7 +114,7 @@ def evaluate(config: EvalConfig) -> EvalResult:
     if delta is not None:
         sparse.load_delta(delta.tensors)
     tok = sparse.tokenizer
-    pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    pad_id = pad_id_of(tok)
     value = score(sparse.model, encode(tok, examples), task.metric, pad_id, config.batch_size)
     mode = "delta" if delta is not None else (f"icl-{config.icl_shots}" if config.icl_shots else "zero-shot")
     if delta is not None and config.icl_shots:
@@ -141,7 +141,7 @@ def _evaluate_dense(config: EvalConfig, task, examples, device) -> EvalResult:
 
     dense = load_dense_result(config.delta, model=config.model, revision=config.revision, device=device)
     tok = dense.tokenizer
-    pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    pad_id = pad_id_of(tok)
     value = score(dense.model, encode(tok, examples), task.metric, pad_id, config.batch_size)
     mode = f"dense+icl-{config.icl_shots}" if config.icl_shots else "dense"
     return EvalResult(task.name, mode, task.metric, value, len(examples), config.delta)

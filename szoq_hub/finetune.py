@@ -50,7 +50,7 @@ from .mask import MASK_FILE, SensitivityMask, card_base_model, file_sha256, load
 from .models import DEFAULT_MODEL, ModelSource, fingerprint_from, parameter_layout, resolve_model
 from .paths import atomic_file
 from .refs import pinned_mask_ref, resolve_mask_ref
-from .scoring import Encoded, encode, loss_sums, metric_value, predict
+from .scoring import Encoded, encode, loss_sums, metric_value, pad_id_of, predict
 from .tracking import check_report_to, open_tracker, scalars
 from .tasks import CustomTask, Sampling, custom_task_from, describe_split, load_task
 from .zo import StepRecord, ZOConfig, make_optimizer
@@ -494,7 +494,7 @@ def finetune(config: FinetuneConfig, *, resume: bool | None = None, progress: Pr
         values = sparse.values
         opt = make_optimizer(values, config.zo_config())
     tok = trainable.tokenizer
-    pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    pad_id = pad_id_of(tok)
     train, dev, evals = (encode(tok, x) for x in (task.train, task.dev, task.eval))
     out = Path(config.out)
     settings = asdict(config)

@@ -77,6 +77,11 @@ def encode(tokenizer, examples: list[Example], max_prompt_tokens: int = MAX_PROM
     return out
 
 
+def pad_id_of(tokenizer) -> int:
+    """The id batches are padded with: the tokenizer's pad token, else its eos token."""
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+
 def _left_pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Left-pad to a [N, T] id tensor and its [N, T] attention mask."""
     width = max(len(s) for s in seqs)
