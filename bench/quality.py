@@ -132,6 +132,10 @@ def plan() -> list[Cell]:
     for task in TASKS:
         for s in SEEDS:
             add(Cell(task, "dense", s, 1.0))
+    for task in TASKS:  # "3 where time allows"
+        for s in (1, 2):
+            add(Cell(task, "magnitude", s))
+            add(Cell(task, "task-fisher", s))
     return cells
 
 
