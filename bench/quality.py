@@ -462,7 +462,7 @@ def plots(cells: list[dict]) -> None:
     sst2 = [c for c in cells if c["task"] == "sst2" and c.get("lr") == LR.get(c["method"])]  # the grid's own lr
     if not any(c["dev_curve"] for c in sst2):
         return
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = plt.subplots(figsize=(8, 4))
     colors = {"senszoq": "C0", "random": "C1", "magnitude": "C2", "task-fisher": "C3", "dense": "C4"}
     for c in sst2:
         if c["dev_curve"] and (c["density"] == DENSITY or c["method"] == "dense"):
@@ -472,8 +472,10 @@ def plots(cells: list[dict]) -> None:
     for c in sst2:
         if c["method"] == "zero-shot":
             ax.axhline(100 * c["accuracy"], color="gray", ls="--", label=f"zero-shot s{c['seed']} (eval)")
-    ax.set(xlabel="ZO steps", ylabel="SST-2 dev accuracy %", title=f"SST-2, SmolLM2-135M nf4, density {DENSITY:g}")
-    ax.legend(fontsize=7)
+    ax.set(xlabel="ZO steps", ylabel="SST-2 dev accuracy %",
+           title=f"SST-2, SmolLM2-135M: masks at density {DENSITY:g} (nf4 base), dense = every linear weight (fp32)")
+    ax.title.set_fontsize(9)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside the axes: the curves overlap
     fig.tight_layout()
     fig.savefig(RESULTS / "quality_steps.png", dpi=110)
     plt.close(fig)
