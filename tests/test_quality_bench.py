@@ -21,7 +21,7 @@ def test_plan_starts_with_the_informative_cells_and_has_unique_keys():
         for task in quality.TASKS:
             got = {c.seed for c in quality.plan() if c.task == task and c.method == method and c.density == quality.DENSITY}
             assert got == {0, 1, 2}, (task, method)
-    # seed 0 of every mask method on every task comes before any extra seed of magnitude or task-fisher
+    # the extra seeds (1, 2) of magnitude and task-fisher come after their seed-0 cells on every task
     first_extra = min(keys.index(f"{t}-{m}-s{s}") for t in quality.TASKS for m in ("magnitude", "task-fisher") for s in (1, 2))
     assert max(keys.index(f"{t}-{m}-s0") for t in quality.TASKS for m in ("magnitude", "task-fisher")) < first_extra
 
