@@ -61,6 +61,7 @@ STEPS, BATCH, EVAL_EVERY = 300, 16, 50
 # 0.47x (RTE) / 0.39x (BoolQ) the time per step of one forward of 16 on this CPU (bench/results/micro_batch.md). SST-2 runs
 # one forward per step, as its cells were recorded.
 MICRO_BATCH = {"rte": 2, "cb": 2, "boolq": 2}
+BF16_MICRO_BATCH = 4
 SAVE_EVERY = 10  # a checkpoint every 10 steps: on a busy machine a session may see only a few dozen steps
 TRAIN, DEV, EVAL = 1000, 200, 500
 ICL_SHOTS = {"sst2": 16, "rte": 4, "cb": 4, "boolq": 2}  # long passages get fewer demonstrations
@@ -85,6 +86,7 @@ class Cell:
     density: float | None = DENSITY
     steps: int = STEPS
     lr: float | None = None  # None: LR[method]
+    dtype: str | None = None  # None: the CLI's default as the cell was recorded (fp32 on CPU); "bf16": `--dtype bf16`
 
     @property
     def learning_rate(self) -> float | None:
@@ -94,7 +96,8 @@ class Cell:
     def key(self) -> str:
         dens = "" if self.density in (None, DENSITY) else f"-d{self.density:g}"
         lr = "" if self.learning_rate == LR.get(self.method) else f"-lr{self.learning_rate:g}"
-        return f"{self.task}-{self.method}{dens}{lr}-s{self.seed}"
+        dt = f"-{self.dtype}" if self.dtype else ""
+        return f"{self.task}-{self.method}{dens}{lr}{dt}-s{self.seed}"
 
     @property
     def trains(self) -> bool:
@@ -114,6 +117,8 @@ def plan() -> list[Cell]:
         add(Cell("sst2", "random", s))
     add(Cell("sst2", "magnitude", 0))
     add(Cell("sst2", "task-fisher", 0))
+    for s in SEEDS:  # bf16 compute against the fp32 cells above: does the CPU's faster dtype keep the accuracy?
+        add(Cell("sst2", "senszoq", s, dtype="bf16"))
     for task in ("rte", "cb", "boolq"):
         add(Cell(task, "zero-shot", 0, None, 0))
         add(Cell(task, "senszoq", 0))
@@ -148,13 +153,20 @@ def _env() -> dict:
     return env
 
 
+PEAK_RSS_MB: list[float] = []  # peak RSS of each szoq child this process ran, in order (os.wait4's ru_maxrss)
+
+
 def _szoq(args: list[str]) -> str:
     cmd = [sys.executable, "-m", "szoq_cli", *args]
     print("$ szoq " + " ".join(shlex.quote(a) for a in args), file=sys.stderr, flush=True)
-    done = subprocess.run(cmd, env=_env(), stdout=subprocess.PIPE, text=True, cwd=ROOT)
-    if done.returncode != 0:
-        raise RuntimeError(f"szoq {' '.join(args[:2])} failed with exit code {done.returncode}")
-    return done.stdout
+    child = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    out = child.stdout.read()
+    _, status, usage = os.wait4(child.pid, 0)  # this child's own rusage (RUSAGE_CHILDREN would be the max over all of them)
+    child.returncode = os.waitstatus_to_exitcode(status)
+    PEAK_RSS_MB.append(round(usage.ru_maxrss / 1024, 1))  # Linux: KiB
+    if child.returncode != 0:
+        raise RuntimeError(f"szoq {' '.join(args[:2])} failed with exit code {child.returncode}")
+    return out
 
 
 def _write_text(path: Path, text: str) -> None:
@@ -217,11 +229,14 @@ def _trained(cell: Cell) -> tuple[list[str], list[str] | None]:
     return ["--mask", mask], mask_argv
 
 
-def _finetune_argv(task: str, trained: list[str], lr: float, eps: float, steps: int, seed: int, eval_samples: int) -> list[str]:
+def _finetune_argv(task: str, trained: list[str], lr: float, eps: float, steps: int, seed: int, eval_samples: int,
+                   dtype: str | None = None) -> list[str]:
+    # bf16 cells also train in length-grouped forwards of 4: the same loss, about half the time per step (FINDINGS.md)
+    micro = MICRO_BATCH.get(task, BF16_MICRO_BATCH if dtype == "bf16" else None)
     return ["finetune", "--model", MODEL, *trained, "--task", task, "--steps", str(steps), "--batch-size", str(BATCH),
             "--lr", f"{lr:g}", "--eps", f"{eps:g}", "--eval-every", str(EVAL_EVERY), "--save-every", str(SAVE_EVERY),
             "--seed", str(seed), "--train-samples", str(TRAIN), "--dev-samples", str(DEV), "--eval-samples", str(eval_samples),
-            *(["--micro-batch-size", str(MICRO_BATCH[task])] if task in MICRO_BATCH else []), "--json"]
+            *(["--dtype", dtype] if dtype else []), *(["--micro-batch-size", str(micro)] if micro else []), "--json"]
 
 
 def _finetune(argv: list[str], out: Path) -> tuple[list[dict], dict, bool]:
@@ -257,15 +272,18 @@ def run_cell(cell: Cell) -> dict:
         trained, extra["mask_argv"] = _trained(cell)
         lr = cell.learning_rate
         eps = EPS
-        argv = _finetune_argv(cell.task, trained, lr, eps, cell.steps, cell.seed, EVAL)
+        argv = _finetune_argv(cell.task, trained, lr, eps, cell.steps, cell.seed, EVAL, cell.dtype)
+        PEAK_RSS_MB.clear()
         rows, cfg, resumed = _finetune(argv, WORK / "runs" / cell.key)
+        extra["peak_rss_mb"] = PEAK_RSS_MB[-1] if PEAK_RSS_MB else None  # the fine-tuning child (None: the run had finished already)
         res = rows[-1]  # the run's "final" row
         metric = res["metric"]
         curve = _dev_curve(rows, metric)
         acc, n = res["eval_metric"], cfg["task"]["eval"]
         extra.update(metric=metric, best_step=res["best_step"], best_dev=res["best_dev"], nnz=cfg["nnz"], dev_n=cfg["task"]["dev"],
                      resumed=resumed)
-    return {**asdict(cell), "lr": lr, "key": cell.key, "accuracy": acc, "n": n, "eps": eps, "dev_curve": curve,
+    extra.setdefault("dtype", cell.dtype or "fp32")
+    return {**asdict(cell), "model": MODEL, "lr": lr, "key": cell.key, "accuracy": acc, "n": n, "eps": eps, "dev_curve": curve,
             "wall_s": round(time.perf_counter() - t0, 1), "git_sha": sha, "argv": argv, **extra}
 
 
@@ -355,7 +373,8 @@ def transfer(task: str) -> dict:
 
 def record_key(c: dict) -> str:
     """The key a cell record belongs under today (an lr other than LR[method] shows in it)."""
-    return Cell(c["task"], c["method"], c["seed"], c["density"], c["steps"], c.get("lr") if c["method"] in LR else None).key
+    return Cell(c["task"], c["method"], c["seed"], c["density"], c["steps"], c.get("lr") if c["method"] in LR else None,
+                c.get("dtype") if c.get("dtype") != "fp32" else None).key
 
 
 def load_cells() -> list[dict]:
@@ -378,12 +397,13 @@ def load_cells() -> list[dict]:
 def _summary(cells: list[dict]) -> list[dict]:
     groups: dict[tuple, list[dict]] = {}
     for c in cells:
-        groups.setdefault((c["task"], c["method"], c["density"], c["steps"], c.get("lr")), []).append(c)
+        groups.setdefault((c["task"], c["method"], c["density"], c["steps"], c.get("lr"), c.get("dtype") or "fp32"), []).append(c)
     rows = []
-    for (task, method, density, steps, lr), cs in sorted(groups.items(), key=lambda kv: (TASKS.index(kv[0][0]) if kv[0][0] in TASKS else 99,
-                                                                                            str(kv[0][1]), str(kv[0][2]), str(kv[0][4]))):
+    for (task, method, density, steps, lr, dtype), cs in sorted(groups.items(), key=lambda kv: (TASKS.index(kv[0][0]) if kv[0][0] in TASKS else 99,
+                                                                                                   str(kv[0][1]), str(kv[0][2]), str(kv[0][4]), kv[0][5])):
         accs = [c["accuracy"] for c in cs]
-        rows.append({"task": task, "method": method, "density": density, "steps": steps, "lr": lr, "seeds": sorted(c["seed"] for c in cs),
+        rows.append({"task": task, "method": method, "density": density, "steps": steps, "lr": lr, "dtype": dtype,
+                     "seeds": sorted(c["seed"] for c in cs),
                      "mean": statistics.mean(accs), "std": statistics.stdev(accs) if len(accs) > 1 else None, "n": cs[0]["n"]})
     return rows
 
@@ -408,11 +428,11 @@ def report() -> None:
             "settings": {"model": MODEL, "quant": "nf4", "steps": STEPS, "batch": BATCH, "lr": LR, "eps": EPS, "train": TRAIN,
                          "dev": DEV, "eval": EVAL, "eval_every": EVAL_EVERY, "density": DENSITY, "icl_shots": ICL_SHOTS, "micro_batch": MICRO_BATCH}}
     _write_json(RESULTS / "quality.json", data)
-    lines = ["| task | method | density | steps | lr | accuracy % (mean ± std) | seeds | n eval |", "|---|---|---|---|---|---|---|---|"]
+    lines = ["| task | method | density | steps | lr | dtype | accuracy % (mean ± std) | seeds | n eval |", "|---|---|---|---|---|---|---|---|---|"]
     for r in data["summary"]:
         dens = "-" if r["density"] is None else f"{r['density']:g}"
         lr = "-" if r["lr"] is None else f"{r['lr']:g}" + ("" if r["lr"] == LR.get(r["method"]) else " (not the sweep's)")
-        lines.append(f"| {r['task']} | {r['method']} | {dens} | {r['steps']} | {lr} | {_fmt(r)} | {len(r['seeds'])} ({','.join(map(str, r['seeds']))}) | {r['n']} |")
+        lines.append(f"| {r['task']} | {r['method']} | {dens} | {r['steps']} | {lr} | {r['dtype']} | {_fmt(r)} | {len(r['seeds'])} ({','.join(map(str, r['seeds']))}) | {r['n']} |")
     if transfer_rows:
         lines += ["", "| task | Σg² share: C4 mask | task mask | random mask |", "|---|---|---|---|"]
         lines += [f"| {t['task']} | {100 * t['c4_share']:.1f}% | {100 * t['task_share']:.1f}% | {100 * t['random_share']:.2f}% |" for t in transfer_rows]
@@ -459,7 +479,8 @@ def plots(cells: list[dict]) -> None:
     except ImportError:
         print("plots skipped: pip install -e '.[bench]' (matplotlib)", file=sys.stderr)
         return
-    sst2 = [c for c in cells if c["task"] == "sst2" and c.get("lr") == LR.get(c["method"])]  # the grid's own lr
+    sst2 = [c for c in cells if c["task"] == "sst2" and c.get("lr") == LR.get(c["method"])  # the grid's own lr, fp32 compute
+            and c.get("dtype", "fp32") == "fp32"]
     if not any(c["dev_curve"] for c in sst2):
         return
     fig, ax = plt.subplots(figsize=(8, 4))
