@@ -17,9 +17,10 @@ def test_plan_starts_with_the_informative_cells_and_has_unique_keys():
     assert keys[:3] == ["sst2-zero-shot-s0", "sst2-senszoq-s0", "sst2-random-s0"]
     assert len(keys) == len(set(keys))
     assert {"sst2-senszoq-d0.0001-s0", "sst2-senszoq-d0.01-s0", "boolq-task-fisher-s0", "cb-magnitude-s0"} <= set(keys)
+    assert {c.seed for c in quality.plan() if c.dtype == "bf16"} == {0, 1, 2}  # bf16 parity: SST-2 senszoq, 3 seeds
     for method in ("senszoq", "random", "magnitude", "task-fisher"):
         for task in quality.TASKS:
-            got = {c.seed for c in quality.plan() if c.task == task and c.method == method and c.density == quality.DENSITY}
+            got = {c.seed for c in quality.plan() if c.task == task and c.method == method and c.density == quality.DENSITY and not c.dtype}
             assert got == {0, 1, 2}, (task, method)
     # the extra seeds (1, 2) of magnitude and task-fisher come after their seed-0 cells on every task
     first_extra = min(keys.index(f"{t}-{m}-s{s}") for t in quality.TASKS for m in ("magnitude", "task-fisher") for s in (1, 2))
@@ -75,8 +76,8 @@ def test_report_summarises_exactly_what_exists(tmp_path, monkeypatch):
     assert {f"{t}-dense-d1-s{s}" for t in quality.TASKS for s in quality.SEEDS} <= set(data["pending"])  # dense cells run like the others
     readme = (tmp_path / "README.md").read_text()
     assert readme.startswith("intro\n") and readme.endswith("rest\n") and "old" not in readme
-    assert "| sst2 | senszoq | 0.001 | 300 | 0.0001 | 70.0 ± 10.0 | 3 (0,1,2) | 500 |" in readme
-    assert "| sst2 | zero-shot | - | 0 | - | 50.0 | 1 (0) | 500 |" in readme
+    assert "| sst2 | senszoq | 0.001 | 300 | 0.0001 | fp32 | 70.0 ± 10.0 | 3 (0,1,2) | 500 |" in readme
+    assert "| sst2 | zero-shot | - | 0 | - | fp32 | 50.0 | 1 (0) | 500 |" in readme
     assert "| sst2 | 40.0% | 60.0% | 0.10% |" in readme
     assert data["sweep_choice"] == {"senszoq": 1e-4, "random": 1e-3} and len(data["sweep"]) == 3
     assert "sweep-senszoq-lr0.0003" not in data["pending"] and "sweep-senszoq-lr3e-05" in data["pending"]
@@ -104,7 +105,7 @@ def test_a_cell_run_at_another_lr_moves_to_its_lr_key_with_its_run(tmp_path, mon
     assert (quality.WORK / "runs" / "sst2-senszoq-lr0.0001-s0" / "metrics.jsonl").is_file()
     data = json.loads((quality.RESULTS / "quality.json").read_text())
     assert "sst2-senszoq-s0" in data["pending"] and [r["lr"] for r in data["summary"]] == [1e-4]
-    assert "| sst2 | senszoq | 0.001 | 300 | 0.0001 (not the sweep's) | 67.0 | 1 (0) | 500 |" in (quality.RESULTS / "quality.md").read_text()
+    assert "| sst2 | senszoq | 0.001 | 300 | 0.0001 (not the sweep's) | fp32 | 67.0 | 1 (0) | 500 |" in (quality.RESULTS / "quality.md").read_text()
 
 
 def test_only_runs_a_cell_whose_record_an_lr_change_moved_away(tmp_path, monkeypatch, capsys):
