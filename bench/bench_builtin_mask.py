@@ -95,7 +95,7 @@ def main() -> int:
     ap.add_argument("--shared-data", type=Path, default=Path(os.environ.get("SZOQ_SHARED_DATA", SHARED_DATA)))
     args = ap.parse_args()
 
-    from szoq_hub.mask import MASK_FILE, file_sha256, load_mask
+    from szoq_hub.masks.artifact import MASK_FILE, file_sha256, load_mask
 
     entry = catalog_entry(args.name)
     env_prefix, build_args = split_command(entry["command"])

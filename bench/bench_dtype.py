@@ -33,7 +33,7 @@ from common import write_results  # noqa: E402
 
 
 def main() -> None:
-    from szoq_hub.memory import use_predictable_malloc
+    from szoq_hub.core.memory import use_predictable_malloc
 
     use_predictable_malloc()
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -45,9 +45,9 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    from szoq_hub.scoring import encode, metric_value, option_scores, predict
-    from szoq_hub.tasks import Sampling, load_task
-    from szoq_hub.zo import ZOConfig, make_optimizer
+    from szoq_hub.data.scoring import encode, metric_value, option_scores, predict
+    from szoq_hub.data.tasks import Sampling, load_task
+    from szoq_hub.runtime.zo import ZOConfig, make_optimizer
 
     load_before = os.getloadavg()[0]
     started = time.time()

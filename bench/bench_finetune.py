@@ -37,16 +37,16 @@ DATA = Path(os.environ.get("SZOQ_DATA_DIR", HERE.parent.parent / "shared" / "dat
 
 
 def _batch(tokenizer, batch_size: int):
-    from szoq_hub.scoring import encode
-    from szoq_hub.tasks import Sampling, load_task
+    from szoq_hub.data.scoring import encode
+    from szoq_hub.data.tasks import Sampling, load_task
 
     task = load_task("sst2", data_dir=DATA, sampling=Sampling(batch_size, 0, 1, seed=0))
     return encode(tokenizer, task.train)
 
 
 def _sparse(quant: str, dtype: str | None = None, device: str = "cpu"):
-    from szoq_hub.refs import open_mask
-    from szoq_hub.runtime import load_sparse_model
+    from szoq_hub.hub.refs import open_mask
+    from szoq_hub.runtime.sparse import load_sparse_model
 
     return load_sparse_model("smollm2-135m-instruct", open_mask("smollm2-135m-instruct"), quant=quant, device=device, compute_dtype=dtype)
 
@@ -58,7 +58,7 @@ def _sync(device: str) -> None:
 
 def paired_closure(sp, enc, pad):
     """The closure `szoq finetune` uses: all 2q points in one forward."""
-    from szoq_hub.scoring import loss_sums
+    from szoq_hub.data.scoring import loss_sums
 
     def closure(points):
         with sp.perturbed(points) as parts:
@@ -69,8 +69,8 @@ def paired_closure(sp, enc, pad):
 
 def worker(kind: str, quant: str, batch_size: int, steps: int) -> dict:
     """One memory measurement in this (fresh) process."""
-    from szoq_hub.scoring import loss_sum, option_scores
-    from szoq_hub.zo import ZOConfig, make_optimizer, perturbation, step_seeds
+    from szoq_hub.data.scoring import loss_sum, option_scores
+    from szoq_hub.runtime.zo import ZOConfig, make_optimizer, perturbation, step_seeds
 
     if kind in ("inference", "finetune"):
         sp = _sparse(quant)
@@ -84,7 +84,7 @@ def worker(kind: str, quant: str, batch_size: int, steps: int) -> dict:
             for s in range(steps):
                 opt.step(paired_closure(sp, enc, pad), s)
     else:  # dense MeZO on the fp32 model: perturb every decoder linear weight in place
-        from szoq_hub.models import load_model, resolve_model, target_parameter_names
+        from szoq_hub.data.models import load_model, resolve_model, target_parameter_names
 
         loaded = load_model(resolve_model("smollm2-135m-instruct"), dtype=torch.float32)
         model, tok = loaded.model, loaded.tokenizer
@@ -112,8 +112,8 @@ def worker(kind: str, quant: str, batch_size: int, steps: int) -> dict:
 
 def timing(quant: str, batch_size: int, runs: int, dtype: str | None = None, device: str = "cpu") -> dict:
     """(1): median forward, paired ZO step and two-pass ZO step, interleaved in one process."""
-    from szoq_hub.scoring import loss_sum, option_scores
-    from szoq_hub.zo import ZOConfig, in_place, make_optimizer
+    from szoq_hub.data.scoring import loss_sum, option_scores
+    from szoq_hub.runtime.zo import ZOConfig, in_place, make_optimizer
 
     sp = _sparse(quant, dtype, device)
     enc = _batch(sp.tokenizer, batch_size)
@@ -151,7 +151,7 @@ def timing(quant: str, batch_size: int, runs: int, dtype: str | None = None, dev
 
 
 def main() -> None:
-    from szoq_hub.memory import use_predictable_malloc
+    from szoq_hub.core.memory import use_predictable_malloc
 
     use_predictable_malloc()  # the allocator policy the `szoq` CLI runs with
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

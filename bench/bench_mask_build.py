@@ -28,8 +28,8 @@ C4 = SHARED_DATA / "c4" / "c4_validation_2k.jsonl.gz"
 
 
 def _setup(windows: int, seq_len: int):
-    from szoq_hub.calibration import load_windows
-    from szoq_hub.models import load_model, resolve_model, target_parameter_names
+    from szoq_hub.data.calibration import load_windows
+    from szoq_hub.data.models import load_model, resolve_model, target_parameter_names
 
     loaded = load_model(resolve_model("smollm2-135m-instruct"))
     ids, _ = load_windows(str(C4), loaded.tokenizer, samples=windows, seq_len=seq_len, seed=0)
@@ -53,10 +53,10 @@ def child(mode: str, windows: int, seq_len: int) -> None:
         import torch  # noqa: F401
         import transformers  # noqa: F401
 
-        from szoq_hub import build  # noqa: F401
+        from szoq_hub.masks import build  # noqa: F401
     else:
-        from szoq_hub.mask import select
-        from szoq_hub.sensitivity import fisher_scores
+        from szoq_hub.masks.artifact import select
+        from szoq_hub.masks.sensitivity import fisher_scores
 
         model, targets, ids = _setup(windows, seq_len)
         result["weight_bytes"] = sum(p.numel() * p.element_size() for p in model.parameters())
@@ -76,7 +76,7 @@ def run_child(mode: str, windows: int, seq_len: int) -> dict:
 
 
 def main() -> None:
-    from szoq_hub.memory import use_predictable_malloc
+    from szoq_hub.core.memory import use_predictable_malloc
 
     use_predictable_malloc()  # the allocator policy the `szoq` CLI runs with
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -89,7 +89,7 @@ def main() -> None:
         child(args.child, args.windows, args.seq_len)
         return
 
-    from szoq_hub.sensitivity import fisher_scores
+    from szoq_hub.masks.sensitivity import fisher_scores
 
     model, targets, ids = _setup(args.windows, args.seq_len)
     tokens = ids.numel()

@@ -97,7 +97,7 @@ def main() -> None:
 
 
 def _write(name: str, data: dict) -> None:
-    from szoq_hub.mask import diff_masks, file_sha256, load_mask
+    from szoq_hub.masks.artifact import diff_masks, file_sha256, load_mask
 
     runs = data["runs"]
     for r in runs.values():

@@ -33,7 +33,7 @@ DATA = Path(os.environ.get("SZOQ_DATA_DIR", HERE.parent.parent / "shared" / "dat
 
 def _padded(batch, size: int | None) -> tuple[int, int]:
     """(padded tokens, real tokens) of the prompts when forwarded in micro-batches of `size`."""
-    from szoq_hub.scoring import micro_batches
+    from szoq_hub.data.scoring import micro_batches
 
     parts = micro_batches(batch, size)
     return sum(len(p) * max(len(e.prompt) for e in p) for p in parts), sum(len(e.prompt) for e in batch)
@@ -55,10 +55,10 @@ def main() -> None:
     if sizes[0] != args.batch_size:
         ap.error("--sizes must start with --batch-size (the whole-batch reference)")
 
-    from szoq_hub.finetune import DEFAULT_MASK, _batch_indices, open_model_and_mask
-    from szoq_hub.runtime import load_sparse_model
-    from szoq_hub.scoring import encode, loss_sums, pad_id_of
-    from szoq_hub.tasks import Sampling, load_task
+    from szoq_hub.training.finetune import DEFAULT_MASK, _batch_indices, open_model_and_mask
+    from szoq_hub.runtime.sparse import load_sparse_model
+    from szoq_hub.data.scoring import encode, loss_sums, pad_id_of
+    from szoq_hub.data.tasks import Sampling, load_task
 
     source, _, mask, _ = open_model_and_mask(DEFAULT_MASK, DEFAULT_MASK)
     sparse = load_sparse_model(source, mask, quant="nf4")

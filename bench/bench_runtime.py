@@ -37,9 +37,9 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from szoq_hub.mask import load_mask  # noqa: E402
-from szoq_hub.models import load_model, resolve_model  # noqa: E402
-from szoq_hub.runtime import load_sparse_model  # noqa: E402
+from szoq_hub.masks.artifact import load_mask  # noqa: E402
+from szoq_hub.data.models import load_model, resolve_model  # noqa: E402
+from szoq_hub.runtime.sparse import load_sparse_model  # noqa: E402
 
 RESULTS = REPO / "bench" / "results"
 SST2_DEV = REPO.parent / "shared" / "data" / "sst2" / "dev.tsv"
@@ -134,7 +134,7 @@ def profile_sparse_share(lm, batch) -> dict:
 
 
 def main() -> None:
-    from szoq_hub.memory import use_predictable_malloc
+    from szoq_hub.core.memory import use_predictable_malloc
 
     use_predictable_malloc()  # the allocator policy the `szoq` CLI runs with
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -70,15 +70,15 @@ def stream_random_mask(model_dir: Path, out: Path, density: float, seed: int = 0
     """Stopgap for a whole-model `mask build --scorer random`: the same mask, one tensor at a time.
 
     Scores per target tensor k are torch.rand(shape, Generator(seed * 1_000_003 + k)) as in
-    szoq_hub.sensitivity.random_scores, and the selection is szoq_hub.mask.select per tensor
+    szoq_hub.masks.sensitivity.random_scores, and the selection is szoq_hub.masks.artifact.select per tensor
     (per-matrix scope), so only one tensor's scores are ever in memory and no weight is read.
     """
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from szoq_hub.build import build_timestamp
-    from szoq_hub.mask import MaskConfig, SensitivityMask, mask_stats, save_mask, select
-    from szoq_hub.models import model_fingerprint, resolve_model, target_parameter_names
+    from szoq_hub.masks.build import build_timestamp
+    from szoq_hub.masks.artifact import MaskConfig, SensitivityMask, mask_stats, save_mask, select
+    from szoq_hub.data.models import model_fingerprint, resolve_model, target_parameter_names
 
     source = resolve_model(str(model_dir))
     with torch.device("meta"):

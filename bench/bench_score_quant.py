@@ -27,7 +27,7 @@ C4 = Path(os.environ.get("SZOQ_SHARED_DATA", SHARED_DATA)) / "c4" / "c4_validati
 
 
 def main() -> None:
-    from szoq_hub.memory import use_predictable_malloc
+    from szoq_hub.core.memory import use_predictable_malloc
 
     use_predictable_malloc()
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -38,11 +38,11 @@ def main() -> None:
 
     from transformers import AutoTokenizer
 
-    from szoq_hub.build import load_scoring_model
-    from szoq_hub.calibration import load_windows
-    from szoq_hub.mask import captured_share, diff_masks, select, SensitivityMask, MaskConfig
-    from szoq_hub.models import resolve_model, target_parameter_names
-    from szoq_hub.sensitivity import fisher_scores
+    from szoq_hub.masks.build import load_scoring_model
+    from szoq_hub.data.calibration import load_windows
+    from szoq_hub.masks.artifact import captured_share, diff_masks, select, SensitivityMask, MaskConfig
+    from szoq_hub.data.models import resolve_model, target_parameter_names
+    from szoq_hub.masks.sensitivity import fisher_scores
 
     source = resolve_model("smollm2-135m-instruct")
     windows, _ = load_windows(str(C4), AutoTokenizer.from_pretrained(source.path), samples=args.windows, seq_len=args.seq_len, seed=0)

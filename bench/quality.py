@@ -192,7 +192,7 @@ def _calibration_file(task: str) -> Path:
     """The task's sampled train rows (seed 0) as text: prompt + the right option, one per line."""
     path = WORK / "calibration" / f"{task}.jsonl"
     if not path.is_file():
-        from szoq_hub.tasks import Sampling, load_task
+        from szoq_hub.data.tasks import Sampling, load_task
 
         data = load_task(task, data_dir=DATA, sampling=Sampling(TRAIN, 0, 1, 0))
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -349,11 +349,11 @@ def transfer(task: str) -> dict:
     """Share of the task's Σg² that the C4 mask captures, beside the task mask's own share (and a random mask's)."""
     import torch
 
-    from szoq_hub.calibration import load_windows
-    from szoq_hub.catalog import find_builtin
-    from szoq_hub.mask import captured_share, load_mask, select
-    from szoq_hub.models import load_model, resolve_model, target_parameter_names
-    from szoq_hub.sensitivity import fisher_scores, stream_random_scores
+    from szoq_hub.data.calibration import load_windows
+    from szoq_hub.masks.catalog import find_builtin
+    from szoq_hub.masks.artifact import captured_share, load_mask, select
+    from szoq_hub.data.models import load_model, resolve_model, target_parameter_names
+    from szoq_hub.masks.sensitivity import fisher_scores, stream_random_scores
 
     os.environ.update({k: v for k, v in _env().items() if k.startswith("SZOQ_")})
     t0 = time.perf_counter()

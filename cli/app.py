@@ -6,8 +6,8 @@ import errno
 import os
 import sys
 
-from szoq_hub.errors import Interrupted, SzoqError
-from szoq_hub.paths import shorten
+from szoq_hub.core.errors import Interrupted, SzoqError
+from szoq_hub.core.paths import shorten
 
 from .root import app  # noqa: F401  (the app `main` runs; tests and tools import it from here)
 
@@ -26,7 +26,7 @@ def _register() -> None:
 def _hub_error(exc: Exception) -> SzoqError | None:
     """Map huggingface_hub exceptions that escaped the library to SzoqError."""
     try:
-        from szoq_hub.transport import as_szoq_error
+        from szoq_hub.hub.transport import as_szoq_error
     except ImportError:
         return None
     return as_szoq_error(exc)
@@ -67,7 +67,7 @@ def _interrupted(exc: KeyboardInterrupt) -> None:
 def main() -> None:
     """Console-script entry: run the app, print errors as one line plus a hint."""
     _register()
-    from szoq_hub.memory import use_predictable_malloc
+    from szoq_hub.core.memory import use_predictable_malloc
 
     use_predictable_malloc()
     try:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from szoq_hub.cleanup import collect_garbage
+from szoq_hub.masks.cleanup import collect_garbage
 
 from .render import note, print_json
 from .root import app

@@ -7,8 +7,8 @@ from typing import Optional
 
 import typer
 
-from szoq_hub.hub import check_repo_id, pull_delta, push_delta
-from szoq_hub.registry import parse_ref
+from szoq_hub.hub.masks import check_repo_id, pull_delta, push_delta
+from szoq_hub.masks.registry import parse_ref
 
 from .root import app
 from .mask_hub import CREATE_PR, JSON, MESSAGE, OFFLINE, PRIVATE, REPO, TOKEN

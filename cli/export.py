@@ -7,11 +7,11 @@ from typing import Optional
 
 import typer
 
-from szoq_hub.refs import resolve_delta_ref
-from szoq_hub.finetune import DEFAULT_MASK
-from szoq_hub.models import DEFAULT_MODEL
-from szoq_hub.peft_export import export_peft, push_peft
-from szoq_hub.transport import check_repo_id
+from szoq_hub.hub.refs import resolve_delta_ref
+from szoq_hub.training.finetune import DEFAULT_MASK
+from szoq_hub.data.models import DEFAULT_MODEL
+from szoq_hub.export.peft import export_peft, push_peft
+from szoq_hub.hub.transport import check_repo_id
 
 from .root import app
 from .mask_hub import PRIVATE, TOKEN

@@ -8,10 +8,10 @@ from typing import Optional
 
 import typer
 
-from szoq_hub.refs import resolve_delta_ref
+from szoq_hub.hub.refs import resolve_delta_ref
 from szoq_hub import FinetuneConfig, finetune
-from szoq_hub.finetune import DEFAULT_LR, DEFAULT_MASK
-from szoq_hub.models import DEFAULT_MODEL
+from szoq_hub.training.finetune import DEFAULT_LR, DEFAULT_MASK
+from szoq_hub.data.models import DEFAULT_MODEL
 
 from .root import app
 from .render import note, out, print_json, progress_bar
@@ -99,7 +99,7 @@ def finetune_cmd(
                            info=f"loss {e['loss']:.4f} |g| {e['grad']:.3g} lr {e['lr']:.2g} {rate:.2f} step/s dev {state['dev']}")
 
         result = finetune(config, resume=True if resume else None, progress=on_progress)
-    from szoq_hub.build import is_main_process
+    from szoq_hub.masks.build import is_main_process
     if not is_main_process():
         return
     data = {"out": str(result.out), "steps": result.steps, "metric": result.metric, "best_step": result.best_step,
@@ -135,7 +135,7 @@ def eval_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Score zero-shot, in-context or fine-tuned. Example: szoq eval --task sst2 --delta runs/sst2"""
-    from szoq_hub.evaluate import EvalConfig, evaluate
+    from szoq_hub.training.evaluate import EvalConfig, evaluate
 
     config = EvalConfig(model=model, mask=mask, task=task, train_file=train, eval_file=eval_file, template=template, labels=labels,
                         label_field=label_field, task_file=task_file, encoding=encoding, delta=str(resolve_delta_ref(str(delta))) if delta else None,
@@ -157,7 +157,7 @@ def merge_cmd(
     device: str = _DEVICE,
 ) -> None:
     """Write a plain transformers model with the fine-tuned values applied. Example: szoq merge --delta runs/sst2 --out merged/"""
-    from szoq_hub.merge import merge
+    from szoq_hub.training.merge import merge
 
     folder = merge(model=model, mask_ref=mask, delta=resolve_delta_ref(str(delta)), out=out_dir, dtype=dtype, device=device)
     out.print(str(folder), markup=False)

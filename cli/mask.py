@@ -11,13 +11,13 @@ from typing import Optional
 import typer
 
 from szoq_hub import MaskBuildConfig, SensitivityMask, build_mask
-from szoq_hub.build import is_main_process
-from szoq_hub.catalog import builtin_masks
-from szoq_hub.errors import MaskError
-from szoq_hub.mask import diff_masks, layer_order, save_mask
-from szoq_hub.models import DEFAULT_MODEL
-from szoq_hub.paths import path_exists, scratch_dir
-from szoq_hub.registry import Registry
+from szoq_hub.masks.build import is_main_process
+from szoq_hub.masks.catalog import builtin_masks
+from szoq_hub.core.errors import MaskError
+from szoq_hub.masks.artifact import diff_masks, layer_order, save_mask
+from szoq_hub.data.models import DEFAULT_MODEL
+from szoq_hub.core.paths import path_exists, scratch_dir
+from szoq_hub.masks.registry import Registry
 
 from .root import app
 from .render import note, print_json, progress_bar, table
@@ -56,8 +56,8 @@ def build(
     registry = Registry()
     registry_name = name or _default_name(model, scorer)
     if is_main_process():  # fail on a bad name or unwritable home before the long part
-        from szoq_hub.registry import check_name
-        from szoq_hub.paths import ensure_writable_dir
+        from szoq_hub.masks.registry import check_name
+        from szoq_hub.core.paths import ensure_writable_dir
         check_name(registry_name)
         ensure_writable_dir(registry.root, "SZOQ_HOME registry folder")
         if out_dir is not None and out_dir.exists() and any(out_dir.iterdir()):
@@ -169,7 +169,7 @@ def show(ref: str = typer.Argument(..., help="NAME[@VERSION], a folder, or ORG/N
     mask = SensitivityMask.from_pretrained(ref)
     folder, cfg = mask.path, mask.config
     if plot is not None:
-        from szoq_hub.plots import plot_mask
+        from szoq_hub.export.plots import plot_mask
 
         note(f"wrote {plot_mask(mask, plot)}")
     import math

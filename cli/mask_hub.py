@@ -7,8 +7,8 @@ from typing import Optional
 import typer
 
 from szoq_hub import SensitivityMask
-from szoq_hub.hub import check_repo_id, mask_info, pull_mask, search_masks
-from szoq_hub.registry import parse_ref
+from szoq_hub.hub.masks import check_repo_id, mask_info, pull_mask, search_masks
+from szoq_hub.masks.registry import parse_ref
 
 from .mask import mask_app
 from .render import note, print_json, push_summary, table

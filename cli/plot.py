@@ -6,8 +6,8 @@ from pathlib import Path
 
 import typer
 
-from szoq_hub.refs import resolve_delta_ref
-from szoq_hub.plots import plot_runs
+from szoq_hub.hub.refs import resolve_delta_ref
+from szoq_hub.export.plots import plot_runs
 
 from .root import app
 from .render import note

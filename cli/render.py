@@ -79,7 +79,7 @@ def push_summary(result, *, repo: str, kind: str, what: str, use: str) -> None:
     """Render a Hub push result: the data line on stdout, what happened on stderr.
 
     Args:
-        result: A `szoq_hub.hub.PushResult`.
+        result: A `szoq_hub.hub.masks.PushResult`.
         repo: The repo id pushed to.
         kind: `mask` or `delta`.
         what: What was pushed, as the user named it.

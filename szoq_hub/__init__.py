@@ -10,11 +10,13 @@ The public Python API (the CLI is a thin layer over exactly these calls; see REA
     result = finetune(FinetuneConfig(task="sst2", out="runs/sst2"))
     Delta.from_pretrained("runs/sst2").merge_into(model)
 
-`finetune` names both the function (what `from szoq_hub import finetune` gives) and its module
-(`importlib.import_module("szoq_hub.finetune")`, or `from szoq_hub.finetune import ...`).
+Layers, each importing only from those before it: `core` (errors, paths, schema, devices),
+`data` (checkpoints, models, calibration, tasks), `masks` (scoring, selection, the artifact, registry),
+`runtime` (the quantized sparse model, dense trainable, ZO optimizers, delta), `hub` (transport, refs),
+`training` (finetune, evaluate, merge), `export` (PEFT, plots).
 """
 
-__version__ = "0.1.0"
+from .core.version import __version__
 
 # Importing the API also sets the Hub methods on SensitivityMask and Delta (szoq_hub/api.py).
 from .api import (  # noqa: E402
@@ -30,8 +32,8 @@ from .api import (  # noqa: E402
     finetune,
     load_sparse_model,
 )
-from .peft_export import export_peft  # noqa: E402
-from .plots import plot_mask, plot_runs  # noqa: E402
+from .export.peft import export_peft  # noqa: E402
+from .export.plots import plot_mask, plot_runs  # noqa: E402
 
 __all__ = ["__version__", "SensitivityMask", "MaskConfig", "MaskBuildConfig", "build_mask", "load_sparse_model", "SparseModel",
            "FinetuneConfig", "FinetuneResult", "finetune", "Delta", "SzoqError", "export_peft", "plot_runs", "plot_mask"]

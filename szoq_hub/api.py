@@ -15,18 +15,18 @@ import tempfile
 from pathlib import Path
 
 
-from .build import MaskBuildConfig, build_mask
-from .delta import DELTA_FILE, Delta, delta_path, load_delta, write_into
-from .delta_hub import push_delta
-from .errors import FingerprintMismatch, MaskError, RegistryError, SzoqError
-from .finetune import FinetuneConfig, FinetuneResult, finetune
-from .hub import push_mask
-from .mask import MASK_FILE, MaskConfig, SensitivityMask, file_sha256, load_mask, save_mask
-from .models import fingerprint_from, parameter_layout, resolve_model
-from .refs import resolve_delta_ref, resolve_mask_ref
-from .registry import Registry
-from .runtime import SparseModel, load_sparse_model
-from .transport import PushResult
+from .masks.build import MaskBuildConfig, build_mask
+from .runtime.delta import DELTA_FILE, Delta, delta_path, load_delta, write_into
+from .hub.deltas import push_delta
+from .core.errors import FingerprintMismatch, MaskError, RegistryError, SzoqError
+from .training.finetune import FinetuneConfig, FinetuneResult, finetune
+from .hub.masks import push_mask
+from .masks.artifact import MASK_FILE, MaskConfig, SensitivityMask, file_sha256, load_mask, save_mask
+from .data.models import fingerprint_from, parameter_layout, resolve_model
+from .hub.refs import resolve_delta_ref, resolve_mask_ref
+from .masks.registry import Registry
+from .runtime.sparse import SparseModel, load_sparse_model
+from .hub.transport import PushResult
 
 __all__ = ["SensitivityMask", "MaskConfig", "MaskBuildConfig", "build_mask", "load_sparse_model", "SparseModel",
            "FinetuneConfig", "FinetuneResult", "finetune", "Delta", "SzoqError"]

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from conftest import REPO, SHARED_DATA
-from szoq_hub.errors import FingerprintMismatch, MaskError
-from szoq_hub.mask import load_mask
-from szoq_hub.registry import Registry
+from szoq_hub.core.errors import FingerprintMismatch, MaskError
+from szoq_hub.masks.artifact import load_mask
+from szoq_hub.masks.registry import Registry
 from test_finetune import tiny_mask  # noqa: F401  (module-scoped fixture: a tiny built mask)
 from test_hub import WRITE, repo_name
 from test_hub_delta import other_run, run_dir, train_jsonl  # noqa: F401  (module-scoped fixtures: a real tiny run)
@@ -28,10 +28,10 @@ def test_the_package_exports_the_api_lazily():
         assert name in szoq_hub.__all__ and getattr(szoq_hub, name) is not None
     from szoq_hub import finetune
 
-    assert callable(finetune) and finetune.__module__ == "szoq_hub.finetune"  # the function, not the module
-    import szoq_hub.finetune  # noqa: F401  (loading the submodule again must not shadow the function)
+    assert callable(finetune) and finetune.__module__ == "szoq_hub.training.finetune"  # the function, not the module
+    import szoq_hub.training.finetune  # noqa: F401  (loading the submodule must not shadow the function)
 
-    assert szoq_hub.finetune is finetune and importlib.import_module("szoq_hub.finetune").FinetuneConfig is szoq_hub.FinetuneConfig
+    assert szoq_hub.finetune is finetune and importlib.import_module("szoq_hub.training.finetune").FinetuneConfig is szoq_hub.FinetuneConfig
     with pytest.raises(AttributeError):
         szoq_hub.no_such_name  # noqa: B018
 
@@ -115,8 +115,8 @@ def test_merge_into_refuses_another_mask(tiny_model_dir, tiny_mask, run_dir, tmp
     from transformers import AutoModelForCausalLM
 
     from szoq_hub import Delta
-    from szoq_hub.build import MaskBuildConfig, build_mask
-    from szoq_hub.delta import save_delta
+    from szoq_hub.masks.build import MaskBuildConfig, build_mask
+    from szoq_hub.runtime.delta import save_delta
 
     delta = Delta.from_pretrained(run_dir)
     other, _ = build_mask(MaskBuildConfig(model=str(tiny_model_dir), scorer="random", density=0.01), tmp_path / "random-mask")

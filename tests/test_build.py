@@ -10,12 +10,12 @@ import sys
 import pytest
 import torch
 
-from szoq_hub.build import MaskBuildConfig, build_mask
-from szoq_hub.calibration import load_windows
-from szoq_hub.errors import CalibrationError, ConfigError, DependencyError, ModelError
-from szoq_hub.mask import file_sha256, load_mask
-from szoq_hub.models import load_model, model_fingerprint, resolve_model, target_parameter_names
-from szoq_hub.sensitivity import fisher_scores
+from szoq_hub.masks.build import MaskBuildConfig, build_mask
+from szoq_hub.data.calibration import load_windows
+from szoq_hub.core.errors import CalibrationError, ConfigError, DependencyError, ModelError
+from szoq_hub.masks.artifact import file_sha256, load_mask
+from szoq_hub.data.models import load_model, model_fingerprint, resolve_model, target_parameter_names
+from szoq_hub.masks.sensitivity import fisher_scores
 
 from conftest import WIKITEXT
 

@@ -11,14 +11,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from szoq_hub.build import MaskBuildConfig, build_mask, checkpoint_files, load_scoring_model
-from szoq_hub.build_plan import activation_bytes, parse_size, plan_groups
-from szoq_hub.calibration import load_windows
-from szoq_hub.errors import ConfigError, ModelError
-from szoq_hub.mask import captured_share, captured_share_per_tensor, select
-from szoq_hub.models import load_model, resolve_model, target_parameter_names
-from szoq_hub.selection import StreamingSelector
-from szoq_hub.sensitivity import fisher_scores
+from szoq_hub.masks.build import MaskBuildConfig, build_mask, checkpoint_files, load_scoring_model
+from szoq_hub.masks.build_plan import activation_bytes, parse_size, plan_groups
+from szoq_hub.data.calibration import load_windows
+from szoq_hub.core.errors import ConfigError, ModelError
+from szoq_hub.masks.artifact import captured_share, captured_share_per_tensor, select
+from szoq_hub.data.models import load_model, resolve_model, target_parameter_names
+from szoq_hub.masks.selection import StreamingSelector
+from szoq_hub.masks.sensitivity import fisher_scores
 
 from conftest import assert_one_line_error, make_tiny_llama
 
@@ -124,7 +124,7 @@ def test_streaming_selector_equals_select_with_ties_in_any_order_and_shards(scop
 
 
 def test_streaming_selector_refuses_non_finite_scores():
-    from szoq_hub.errors import MaskError
+    from szoq_hub.core.errors import MaskError
 
     sel = StreamingSelector(["a"], {"a": 4}, 0.5, "global")
     with pytest.raises(MaskError, match="NaN or infinite"):
@@ -142,7 +142,7 @@ def test_fp32_build_equals_unbounded_reference_and_bounded_passes_change_nothing
     assert "score_dtype" not in mask.config.stats  # fp32 checkpoints keep the old artifact bytes
     # Now bound memory so that every pass holds only a few tensors' accumulators. The resident
     # figure is pinned to 0 so the bound is about accumulators only, not this test process.
-    monkeypatch.setattr("szoq_hub.build.resident_bytes", lambda device: 0)
+    monkeypatch.setattr("szoq_hub.masks.build.resident_bytes", lambda device: 0)
     from transformers import AutoConfig
 
     acts = activation_bytes(AutoConfig.from_pretrained(tiny_model_dir), 12, torch.float32)
@@ -156,7 +156,7 @@ def test_fp32_build_equals_unbounded_reference_and_bounded_passes_change_nothing
 
 
 def test_checkpointed_layers_give_the_same_scores_bit_for_bit(tiny_model_dir, tiny_text_file):
-    from szoq_hub.sensitivity import checkpointed_layers, decoder_layers
+    from szoq_hub.masks.sensitivity import checkpointed_layers, decoder_layers
 
     loaded = load_model(resolve_model(str(tiny_model_dir)))
     model, targets = loaded.model, target_parameter_names(loaded.model)
@@ -202,14 +202,14 @@ def test_magnitude_and_random_stream_from_a_sharded_checkpoint_without_a_model(b
     def no_model(*a, **k):
         raise AssertionError("a magnitude/random build must not load the model")
 
-    monkeypatch.setattr("szoq_hub.build.load_scoring_model", no_model)
+    monkeypatch.setattr("szoq_hub.masks.build.load_scoring_model", no_model)
     monkeypatch.setattr("transformers.AutoModelForCausalLM.from_pretrained", no_model)
     for scope in ("per-matrix", "global"):
         mask, _ = build_mask(MaskBuildConfig(model=str(bf16_model_dir), scorer="magnitude", density=0.05, scope=scope), None)
         want = select({n: params[n].detach().abs() for n in targets}, 0.05, scope)
         assert_same_indices(mask.indices, want)  # the stray consolidated file (all 7.0) was not read
     mask, _ = build_mask(MaskBuildConfig(model=str(bf16_model_dir), scorer="random", density=0.05, seed=4), None)
-    from szoq_hub.sensitivity import stream_random_scores
+    from szoq_hub.masks.sensitivity import stream_random_scores
 
     want = select(dict(stream_random_scores({n: list(params[n].shape) for n in targets}, 4)), 0.05, "per-matrix")
     assert_same_indices(mask.indices, want)
@@ -275,7 +275,7 @@ def _torchrun(nproc: int, out: Path, model: Path, calib: Path, *extra: str) -> N
 
 
 def _fsdp_case(tmp_path, model_dir, calib, device_args, ranks=2):
-    from szoq_hub.mask import load_mask
+    from szoq_hub.masks.artifact import load_mask
 
     for scope in ("per-matrix", "global"):
         _torchrun(1, tmp_path / f"one-{scope}", model_dir, calib, "--scope", scope, *device_args)

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from szoq_hub.catalog import _catalog_dir, builtin_masks
-from szoq_hub.mask import MASK_FILE, file_sha256, load_mask
+from szoq_hub.masks.catalog import _catalog_dir, builtin_masks
+from szoq_hub.masks.artifact import MASK_FILE, file_sha256, load_mask
 
 
 def entries() -> list[dict]:

@@ -14,10 +14,10 @@ import torch
 
 from conftest import TINY_TEXTS
 from test_devices import ROWS, tiny_mask  # noqa: F401  (module-scoped fixture: a tiny built mask)
-from szoq_hub.finetune import CHECKPOINT_FILE, FinetuneConfig, finetune
-from szoq_hub.runtime import SparseQuantLinear, load_sparse_model
-from szoq_hub.scoring import Encoded, loss_sum, loss_sums, option_scores
-from szoq_hub.zo import in_place, perturbation
+from szoq_hub.training.finetune import CHECKPOINT_FILE, FinetuneConfig, finetune
+from szoq_hub.runtime.sparse import SparseQuantLinear, load_sparse_model
+from szoq_hub.data.scoring import Encoded, loss_sum, loss_sums, option_scores
+from szoq_hub.runtime.zo import in_place, perturbation
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
@@ -97,11 +97,11 @@ def test_cuda_run_is_bit_reproducible_and_resumes_exactly(tiny_model_dir, tiny_m
 def test_eval_and_merge_on_cuda(tiny_model_dir, tiny_mask, tmp_path):
     from safetensors.torch import load_file
 
-    from szoq_hub.delta import save_delta
-    from szoq_hub.evaluate import EvalConfig, evaluate
-    from szoq_hub.mask import file_sha256
-    from szoq_hub.merge import merge
-    from szoq_hub.models import model_fingerprint, resolve_model
+    from szoq_hub.runtime.delta import save_delta
+    from szoq_hub.training.evaluate import EvalConfig, evaluate
+    from szoq_hub.masks.artifact import file_sha256
+    from szoq_hub.training.merge import merge
+    from szoq_hub.data.models import model_fingerprint, resolve_model
 
     mask, mask_dir = tiny_mask
     tensors = {n: torch.randn(idx.numel()) for n, idx in mask.indices.items()}

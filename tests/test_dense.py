@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from conftest import TINY_TEXTS
-from szoq_hub.dense import DENSE_FILE, DenseZO, load_dense_model, tensor_seed
-from szoq_hub.errors import ConfigError, TrainingError
-from szoq_hub.finetune import BEST_FILE, CHECKPOINT_FILE, FinetuneConfig, finetune
-from szoq_hub.models import resolve_model
-from szoq_hub.zo import StepRecord, ZOConfig
+from szoq_hub.runtime.dense import DENSE_FILE, DenseZO, load_dense_model, tensor_seed
+from szoq_hub.core.errors import ConfigError, TrainingError
+from szoq_hub.training.finetune import BEST_FILE, CHECKPOINT_FILE, FinetuneConfig, finetune
+from szoq_hub.data.models import resolve_model
+from szoq_hub.runtime.zo import StepRecord, ZOConfig
 from test_finetune import run_cli, train_file  # noqa: F401  (the tiny rows' file fixture, the in-process CLI)
 
 
@@ -32,8 +32,8 @@ def _weights(path: Path) -> dict[str, torch.Tensor]:
 
 
 def _batch(model, train_file):
-    from szoq_hub.scoring import encode
-    from szoq_hub.tasks import load_task
+    from szoq_hub.data.scoring import encode
+    from szoq_hub.data.tasks import load_task
 
     config = _config(model, train_file, "unused")
     return encode(model_tok(model), load_task(custom=config.custom_task(), sampling=config.sampling()).train[:4])
@@ -50,7 +50,7 @@ def test_dense_step_equals_hand_written_mezo(tiny_model_dir, train_file):
     place by +eps z, loss, -2 eps z, loss, +eps z, then w -= lr g z (z of weight j from its seed)."""
     from transformers import AutoModelForCausalLM
 
-    from szoq_hub.scoring import loss_sum, loss_sums
+    from szoq_hub.data.scoring import loss_sum, loss_sums
 
     batch = _batch(tiny_model_dir, train_file)
     pad = model_tok(tiny_model_dir).pad_token_id
@@ -139,8 +139,8 @@ def test_dense_run_files_resume_and_replay_are_exact(tiny_model_dir, train_file,
 
 def test_dense_fine_tuning_lowers_the_loss_on_a_learnable_task(tiny_model_dir, tmp_path):
     """Every answer is " good": dense ZO over all linear weights must lower the exact train loss."""
-    from szoq_hub.scoring import encode, loss_sum
-    from szoq_hub.tasks import load_task
+    from szoq_hub.data.scoring import encode, loss_sum
+    from szoq_hub.data.tasks import load_task
 
     path = tmp_path / "good.jsonl"
     path.write_text("".join(json.dumps({"text": t, "label": 1}) + "\n" for t in TINY_TEXTS))
@@ -158,7 +158,7 @@ def test_dense_fine_tuning_lowers_the_loss_on_a_learnable_task(tiny_model_dir, t
 def test_dense_resume_makes_best_dev_agree_with_the_checkpoint(tiny_model_dir, train_file, tmp_path):
     """best-dev.safetensors is written after the checkpoint that names its step: a run stopped
     between the two gets it back from the checkpoint; a file the checkpoint does not name is refused."""
-    from szoq_hub.dense import dense_metadata, save_dense
+    from szoq_hub.runtime.dense import dense_metadata, save_dense
 
     class Stop(Exception):
         pass

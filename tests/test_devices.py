@@ -10,20 +10,20 @@ import pytest
 import torch
 
 from conftest import TINY_TEXTS, assert_one_line_error
-from szoq_hub.devices import DTYPES, check_device_spec, check_dtype_spec, resolve_device, resolve_dtype
-from szoq_hub.errors import ConfigError, TrainingError
+from szoq_hub.core.devices import DTYPES, check_device_spec, check_dtype_spec, resolve_device, resolve_dtype
+from szoq_hub.core.errors import ConfigError, TrainingError
 from test_finetune import ROWS, train_file  # noqa: F401  (the tiny learnable rows and their file fixture)
-from szoq_hub.finetune import CHECKPOINT_FILE, FinetuneConfig, finetune
-from szoq_hub.runtime import SparseQuantLinear, SparseValues, load_sparse_model
-from szoq_hub.scoring import Encoded, loss_sum, loss_sums, option_scores
-from szoq_hub.zo import ZOConfig, in_place, make_optimizer
+from szoq_hub.training.finetune import CHECKPOINT_FILE, FinetuneConfig, finetune
+from szoq_hub.runtime.sparse import SparseQuantLinear, SparseValues, load_sparse_model
+from szoq_hub.data.scoring import Encoded, loss_sum, loss_sums, option_scores
+from szoq_hub.runtime.zo import ZOConfig, in_place, make_optimizer
 
 no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error raised without a GPU")
 
 
 @pytest.fixture(scope="module")
 def tiny_mask(tiny_model_dir, tmp_path_factory):
-    from szoq_hub.build import MaskBuildConfig, build_mask
+    from szoq_hub.masks.build import MaskBuildConfig, build_mask
 
     root = tmp_path_factory.mktemp("tiny-mask")
     (root / "calib.txt").write_text("\n".join(TINY_TEXTS * 5))
@@ -36,8 +36,8 @@ def tiny_mask(tiny_model_dir, tmp_path_factory):
 def encoded(tiny_model_dir):
     from transformers import AutoTokenizer
 
-    from szoq_hub.scoring import encode
-    from szoq_hub.tasks import Example
+    from szoq_hub.data.scoring import encode
+    from szoq_hub.data.tasks import Example
 
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     examples = [Example(f"{t} It was", [" bad", " good"], r["label"]) for t, r in zip(TINY_TEXTS[:6], ROWS)]
@@ -221,7 +221,7 @@ def test_paired_single_token_options_match(tiny_model_dir, tiny_mask, encoded):
 @pytest.mark.parametrize("multi_token", [False, True])
 def test_micro_batches_give_the_batch_loss(tiny_model_dir, tiny_mask, encoded, multi_token):
     """Length-grouped forwards of 1, 2 or 4 examples sum to the one-forward loss of every copy."""
-    from szoq_hub.scoring import micro_batches
+    from szoq_hub.data.scoring import micro_batches
 
     base, pad = encoded
     batch = [Encoded(e.prompt, [[5, 9], [7], [11, 3, 4]][: 2 + i % 2], i % 2) for i, e in enumerate(base)] if multi_token else base
@@ -301,10 +301,10 @@ def _config(model, mask, train_file, out, **kw) -> FinetuneConfig:
 def test_paired_run_is_bit_reproducible_and_matches_the_two_pass_losses(tiny_model_dir, tiny_mask, train_file, tmp_path):
     from safetensors.torch import load_file
 
-    from szoq_hub.refs import open_mask
-    from szoq_hub.scoring import encode
-    from szoq_hub.tasks import load_task
-    from szoq_hub.zo import StepRecord
+    from szoq_hub.hub.refs import open_mask
+    from szoq_hub.data.scoring import encode
+    from szoq_hub.data.tasks import load_task
+    from szoq_hub.runtime.zo import StepRecord
 
     mask_dir = tiny_mask[1]
     config = _config(tiny_model_dir, mask_dir, train_file, tmp_path / "a", dtype="bf16")
@@ -322,7 +322,7 @@ def test_paired_run_is_bit_reproducible_and_matches_the_two_pass_losses(tiny_mod
     sm = load_sparse_model(str(tiny_model_dir), open_mask(str(mask_dir)), quant="nf4", device="cpu")
     task = load_task(None, custom=config.custom_task(), sampling=config.sampling())
     train = encode(sm.tokenizer, task.train)
-    from szoq_hub.finetune import _batch_indices
+    from szoq_hub.training.finetune import _batch_indices
 
     opt = make_optimizer(sm.values, config.zo_config())
     for record in records:
@@ -338,7 +338,7 @@ class _Stop(Exception):
 
 
 def test_resume_is_exact_and_refuses_another_dtype(tiny_model_dir, tiny_mask, train_file, tmp_path):
-    from szoq_hub.delta import load_delta
+    from szoq_hub.runtime.delta import load_delta
 
     mask_dir = tiny_mask[1]
     finetune(_config(tiny_model_dir, mask_dir, train_file, tmp_path / "straight", dtype="bf16"))
@@ -378,8 +378,8 @@ def test_cli_device_errors_are_one_line(tiny_model_dir, tiny_mask, train_file, t
 def test_eval_and_merge_take_device_and_dtype(tiny_model_dir, tiny_mask, train_file, tmp_path):
     from safetensors.torch import load_file
 
-    from szoq_hub.evaluate import EvalConfig, evaluate
-    from szoq_hub.merge import merge
+    from szoq_hub.training.evaluate import EvalConfig, evaluate
+    from szoq_hub.training.merge import merge
 
     mask, mask_dir = tiny_mask
     run = tmp_path / "run"
@@ -399,7 +399,7 @@ def test_eval_and_merge_take_device_and_dtype(tiny_model_dir, tiny_mask, train_f
 def test_scatter_and_column_forms_agree_and_are_chosen_by_column_spread():
     """A random mask (nearly every column) takes the scatter form, a column-concentrated one the
     column form; both give base(x) + x @ delta^T for each part of a paired batch."""
-    from szoq_hub.runtime import SparseValues
+    from szoq_hub.runtime.sparse import SparseValues
 
     gen = torch.Generator().manual_seed(5)
     out_f, in_f = 512, 128  # C * out / nnz: ~500 for 40 spread entries, 26 for 2 columns

@@ -82,13 +82,13 @@ def make_tiny(family: str, folder: Path, *, layout: str = "plain") -> Path:
 def _end_to_end(model_dir: Path, tmp_path: Path) -> None:
     from transformers import AutoModelForCausalLM
 
-    from szoq_hub.build import MaskBuildConfig, build_mask
-    from szoq_hub.delta import load_delta
-    from szoq_hub.evaluate import EvalConfig, evaluate
-    from szoq_hub.finetune import FinetuneConfig, finetune
-    from szoq_hub.merge import merge
-    from szoq_hub.refs import open_mask
-    from szoq_hub.runtime import load_sparse_model
+    from szoq_hub.masks.build import MaskBuildConfig, build_mask
+    from szoq_hub.runtime.delta import load_delta
+    from szoq_hub.training.evaluate import EvalConfig, evaluate
+    from szoq_hub.training.finetune import FinetuneConfig, finetune
+    from szoq_hub.training.merge import merge
+    from szoq_hub.hub.refs import open_mask
+    from szoq_hub.runtime.sparse import load_sparse_model
 
     calib = tmp_path / "calib.txt"
     calib.write_text("\n".join(TINY_TEXTS * 5))
@@ -144,8 +144,8 @@ def test_gpt2_conv1d_runtime_matches_transformers_and_mask_positions(tmp_path):
     weight, and the nf4 runtime forward stays close to the dense model."""
     from transformers import AutoModelForCausalLM
 
-    from szoq_hub.build import MaskBuildConfig, build_mask
-    from szoq_hub.runtime import SparseQuantLinear, load_sparse_model
+    from szoq_hub.masks.build import MaskBuildConfig, build_mask
+    from szoq_hub.runtime.sparse import SparseQuantLinear, load_sparse_model
 
     folder = make_tiny("gpt2", tmp_path / "model")
     mask, _ = build_mask(MaskBuildConfig(model=str(folder), scorer="random", density=0.05), None)
@@ -165,7 +165,7 @@ def test_gpt2_conv1d_runtime_matches_transformers_and_mask_positions(tmp_path):
 def test_key_mapper_uses_transformers_rules():
     from transformers import BertConfig, BertLMHeadModel, GPT2Config, GPT2LMHeadModel
 
-    from szoq_hub.checkpoint import KeyMapper
+    from szoq_hub.data.checkpoint import KeyMapper
 
     with torch.device("meta"):
         gpt2 = GPT2LMHeadModel(GPT2Config(n_embd=32, n_layer=1, n_head=2, vocab_size=50))
@@ -182,8 +182,8 @@ def test_key_mapper_uses_transformers_rules():
 def test_pickle_only_folder_refused_without_unpickling(tmp_path, run_cli):
     from conftest import assert_one_line_error
 
-    from szoq_hub.errors import ModelError
-    from szoq_hub.models import resolve_model
+    from szoq_hub.core.errors import ModelError
+    from szoq_hub.data.models import resolve_model
 
     folder = make_tiny("llama", tmp_path / "model")
     (folder / "model.safetensors").unlink()
@@ -197,8 +197,8 @@ def test_pickle_only_folder_refused_without_unpickling(tmp_path, run_cli):
 
 
 def test_index_naming_a_missing_shard_is_refused(tmp_path):
-    from szoq_hub.checkpoint import checkpoint_files
-    from szoq_hub.errors import ModelError
+    from szoq_hub.data.checkpoint import checkpoint_files
+    from szoq_hub.core.errors import ModelError
 
     folder = make_tiny("llama", tmp_path / "model", layout="sharded")
     files = checkpoint_files(folder)
@@ -225,8 +225,8 @@ def test_cli_path_gpt2_checkpoint_without_prefix(tmp_path, run_cli):
     assert code == 0, err
     from transformers import AutoModelForCausalLM
 
-    from szoq_hub.delta import load_delta
-    from szoq_hub.refs import open_mask
+    from szoq_hub.runtime.delta import load_delta
+    from szoq_hub.hub.refs import open_mask
 
     merged = dict(AutoModelForCausalLM.from_pretrained(tmp_path / "merged").named_parameters())
     delta = load_delta(tmp_path / "run").tensors

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from conftest import assert_one_line_error
-from szoq_hub.finetune import CHECKPOINT_FILE, finetune
+from szoq_hub.training.finetune import CHECKPOINT_FILE, finetune
 from test_finetune import _config, tiny_mask, train_file  # noqa: F401  (fixtures)
 
 
@@ -90,7 +90,7 @@ def test_ctrl_c_says_where_it_stopped_and_how_to_continue(tiny_model_dir, tiny_m
 
 
 def test_ctrl_c_before_the_first_checkpoint_says_there_is_none(tiny_model_dir, tiny_mask, train_file, tmp_path):  # noqa: F811
-    from szoq_hub.errors import Interrupted
+    from szoq_hub.core.errors import Interrupted
 
     def ctrl_c(event):
         if event["kind"] == "step" and event["step"] == 2:

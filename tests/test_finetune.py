@@ -12,16 +12,16 @@ import pytest
 import torch
 
 from conftest import SHARED_DATA, TINY_TEXTS, make_tiny_llama
-from szoq_hub.delta import load_delta, save_delta
-from szoq_hub.errors import ConfigError, FingerprintMismatch, MaskError, TrainingError
-from szoq_hub.finetune import CHECKPOINT_FILE, FinetuneConfig, finetune
+from szoq_hub.runtime.delta import load_delta, save_delta
+from szoq_hub.core.errors import ConfigError, FingerprintMismatch, MaskError, TrainingError
+from szoq_hub.training.finetune import CHECKPOINT_FILE, FinetuneConfig, finetune
 
 ROWS = [{"text": t, "label": int("great" in t or "wonderful" in t)} for t in TINY_TEXTS]
 
 
 @pytest.fixture(scope="module")
 def tiny_mask(tiny_model_dir, tmp_path_factory) -> Path:
-    from szoq_hub.build import MaskBuildConfig, build_mask
+    from szoq_hub.masks.build import MaskBuildConfig, build_mask
 
     root = tmp_path_factory.mktemp("tiny-mask")
     (root / "calib.txt").write_text("\n".join(TINY_TEXTS * 5))
@@ -62,8 +62,8 @@ def run_cli(args: list[str], monkeypatch, capsys) -> tuple[int, str, str]:
 
 
 def test_run_writes_a_complete_linked_artifact(tiny_model_dir, tiny_mask, train_file, tmp_path):
-    from szoq_hub.mask import file_sha256
-    from szoq_hub.models import model_fingerprint, resolve_model
+    from szoq_hub.masks.artifact import file_sha256
+    from szoq_hub.data.models import model_fingerprint, resolve_model
 
     out = tmp_path / "run"
     events = []
@@ -81,10 +81,10 @@ def test_run_writes_a_complete_linked_artifact(tiny_model_dir, tiny_mask, train_
     assert (result.best_step, result.best_dev) == best
     assert load_delta(out / "best-dev.safetensors").settings["step"] == best[0]
     # eval = accuracy of the delta on the eval split, recomputed here from the files alone
-    from szoq_hub.refs import open_mask
-    from szoq_hub.runtime import load_sparse_model
-    from szoq_hub.scoring import encode, predict
-    from szoq_hub.tasks import load_task
+    from szoq_hub.hub.refs import open_mask
+    from szoq_hub.runtime.sparse import load_sparse_model
+    from szoq_hub.data.scoring import encode, predict
+    from szoq_hub.data.tasks import load_task
 
     config = _config(tiny_model_dir, tiny_mask, train_file, out, quant="nf4")
     sparse = load_sparse_model(str(tiny_model_dir), open_mask(str(tiny_mask)), quant="nf4")
@@ -99,10 +99,10 @@ def test_run_writes_a_complete_linked_artifact(tiny_model_dir, tiny_mask, train_
 
 def test_zo_fine_tuning_lowers_the_loss_on_a_learnable_task(tiny_model_dir, tiny_mask, tmp_path):
     """Every answer is " good": ZO over the masked weights must lower the exact train loss."""
-    from szoq_hub.refs import open_mask
-    from szoq_hub.runtime import load_sparse_model
-    from szoq_hub.scoring import encode, loss_sum
-    from szoq_hub.tasks import load_task
+    from szoq_hub.hub.refs import open_mask
+    from szoq_hub.runtime.sparse import load_sparse_model
+    from szoq_hub.data.scoring import encode, loss_sum
+    from szoq_hub.data.tasks import load_task
 
     path = tmp_path / "good.jsonl"
     path.write_text("".join(json.dumps({"text": t, "label": 1}) + "\n" for t in TINY_TEXTS))
@@ -121,9 +121,9 @@ def test_step_log_replays_to_the_final_values(tiny_model_dir, tiny_mask, train_f
     """Replaying the recorded (seed, g, lr) from the original weights gives the last checkpoint."""
     from safetensors.torch import load_file
 
-    from szoq_hub.runtime import load_sparse_model
-    from szoq_hub.refs import open_mask
-    from szoq_hub.zo import StepRecord, replay
+    from szoq_hub.runtime.sparse import load_sparse_model
+    from szoq_hub.hub.refs import open_mask
+    from szoq_hub.runtime.zo import StepRecord, replay
 
     out = tmp_path / "run"
     config = _config(tiny_model_dir, tiny_mask, train_file, out, optimizer="zo-adam", lr=1e-3, eval_every=0)
@@ -242,7 +242,7 @@ def test_non_finite_stops_with_checkpoint_intact(tiny_model_dir, tiny_mask, trai
 
 def test_fingerprint_mismatch_refused_before_anything(tiny_mask, train_file, tmp_path, monkeypatch):
     other = make_tiny_llama(tmp_path / "other", seed=1)
-    import szoq_hub.runtime as runtime
+    import szoq_hub.runtime.sparse as runtime
 
     monkeypatch.setattr(runtime, "load_sparse_model", lambda *a, **k: pytest.fail("weights loaded"))
     with pytest.raises(FingerprintMismatch):
@@ -251,7 +251,7 @@ def test_fingerprint_mismatch_refused_before_anything(tiny_mask, train_file, tmp
 
 
 def test_delta_artifact_refuses_corrupt_and_mismatched(tiny_mask, tmp_path):
-    from szoq_hub.refs import open_mask
+    from szoq_hub.hub.refs import open_mask
 
     mask = open_mask(str(tiny_mask))
     tensors = {n: torch.randn(i.numel()) for n, i in mask.indices.items()}
@@ -276,11 +276,11 @@ def test_delta_artifact_refuses_corrupt_and_mismatched(tiny_mask, tmp_path):
 def test_merge_matches_runtime_quant_none(tiny_model_dir, tiny_mask, tmp_path):
     from transformers import AutoModelForCausalLM
 
-    from szoq_hub.mask import file_sha256
-    from szoq_hub.merge import merge
-    from szoq_hub.models import model_fingerprint, resolve_model
-    from szoq_hub.refs import open_mask
-    from szoq_hub.runtime import load_sparse_model
+    from szoq_hub.masks.artifact import file_sha256
+    from szoq_hub.training.merge import merge
+    from szoq_hub.data.models import model_fingerprint, resolve_model
+    from szoq_hub.hub.refs import open_mask
+    from szoq_hub.runtime.sparse import load_sparse_model
 
     mask = open_mask(str(tiny_mask))
     sparse = load_sparse_model(str(tiny_model_dir), mask, quant="none")

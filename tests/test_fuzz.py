@@ -20,10 +20,10 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from szoq_hub import schema
-from szoq_hub.delta import load_delta, save_delta
-from szoq_hub.errors import SzoqError
-from szoq_hub.mask import CONFIG_FILE, MASK_FILE, load_mask
+from szoq_hub.core import schema
+from szoq_hub.runtime.delta import load_delta, save_delta
+from szoq_hub.core.errors import SzoqError
+from szoq_hub.masks.artifact import CONFIG_FILE, MASK_FILE, load_mask
 from test_hub import SHAPES, make_mask
 
 FUZZ = dict(deadline=None, derandomize=True, database=None, suppress_health_check=list(HealthCheck))
@@ -197,7 +197,7 @@ def test_fuzz_delta_files(mask_folder, tmp_path):
 
 
 def test_fuzz_run_configs_and_resume(tmp_path):
-    from szoq_hub.finetune import CONFIG_FILE as RUN_CONFIG, FinetuneConfig, _check_out
+    from szoq_hub.training.finetune import CONFIG_FILE as RUN_CONFIG, FinetuneConfig, _check_out
 
     out = tmp_path / "run"
     out.mkdir()

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from szoq_hub.cleanup import collect_garbage
-from szoq_hub.mask import MASK_FILE, load_mask
-from szoq_hub.registry import Registry
+from szoq_hub.masks.cleanup import collect_garbage
+from szoq_hub.masks.artifact import MASK_FILE, load_mask
+from szoq_hub.masks.registry import Registry
 from test_hub import make_mask
 
 TESTS = Path(__file__).resolve().parent
@@ -103,7 +103,7 @@ WRITER = """
 import sys
 sys.path.insert(0, {tests!r})
 from pathlib import Path
-from szoq_hub.registry import Registry
+from szoq_hub.masks.registry import Registry
 from test_hub import make_mask
 root = Path({root!r})
 for i in range({n}):

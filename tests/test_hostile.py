@@ -13,9 +13,9 @@ import pytest
 import torch
 
 from conftest import assert_one_line_error
-from szoq_hub.errors import CalibrationError, MaskError
-from szoq_hub.mask import CONFIG_FILE, MASK_FILE, load_mask, mask_stats, save_mask
-from szoq_hub.registry import Registry
+from szoq_hub.core.errors import CalibrationError, MaskError
+from szoq_hub.masks.artifact import CONFIG_FILE, MASK_FILE, load_mask, mask_stats, save_mask
+from szoq_hub.masks.registry import Registry
 from test_finetune import tiny_mask  # noqa: F401  (module fixture: a mask built for the tiny model)
 from test_hub_delta import run_dir, train_jsonl  # noqa: F401  (module fixtures: a real tiny fine-tuning run)
 from test_hub import BOB, WRITE, make_mask, repo_name
@@ -50,7 +50,7 @@ def rewrite_header(folder: Path, edit) -> None:
 def test_hostile_card_does_not_break_search(hub, run_cli, block):
     from huggingface_hub import HfApi
 
-    from szoq_hub.hub import search_masks
+    from szoq_hub.hub.masks import search_masks
 
     repo = repo_name("bob")
     card = f"---\nlibrary_name: szoq\ntags:\n- szoq\n- sensitivity-mask\n{block}\n---\n# hostile\n"
@@ -201,7 +201,7 @@ def test_registry_config_is_a_function_of_the_header(tmp_path):
 # -- 5. calibration files ------------------------------------------------------------------------
 @pytest.mark.parametrize("name", ["calib.jsonl", "calib.txt"])
 def test_binary_calibration_is_refused(name, tiny_model_dir, tmp_path, run_cli):
-    from szoq_hub.calibration import load_windows
+    from szoq_hub.data.calibration import load_windows
     from transformers import AutoTokenizer
 
     path = tmp_path / name
@@ -271,8 +271,8 @@ def test_push_whose_connection_drops_says_so_and_a_rerun_completes(hub, tmp_path
 
 # -- 12. a Hub ref whose default alias is taken locally ------------------------------------------
 def test_hub_ref_is_usable_when_its_default_alias_is_taken(hub, tmp_path, run_cli):
-    from szoq_hub.hub import push_mask
-    from szoq_hub.refs import open_mask
+    from szoq_hub.hub.masks import push_mask
+    from szoq_hub.hub.refs import open_mask
 
     repo = repo_name()
     push_mask(Registry().add(make_mask(tmp_path / "theirs", seed=1), "theirs").ref, repo_id=repo, token=WRITE)
@@ -303,7 +303,7 @@ def test_a_10k_character_path_is_a_one_line_error(tiny_model_dir, tmp_path, run_
 
 def test_delta_push_publishes_no_local_path(hub, run_dir, tmp_path, run_cli):  # noqa: F811
     """The tiny run was trained from absolute temp paths (model, mask, train file, --out)."""
-    from szoq_hub.delta import load_delta
+    from szoq_hub.runtime.delta import load_delta
 
     run = json.loads((run_dir / "finetune_config.json").read_text())
     local = [v for v in run["settings"].values() if isinstance(v, str) and v.startswith("/")]

@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from szoq_hub.errors import ConfigError, HubError, MaskError, RegistryError
-from szoq_hub.mask import CARD_FILE, CONFIG_FILE, MASK_FILE, MaskConfig, SensitivityMask, mask_stats, save_mask
-from szoq_hub.registry import Registry
+from szoq_hub.core.errors import ConfigError, HubError, MaskError, RegistryError
+from szoq_hub.masks.artifact import CARD_FILE, CONFIG_FILE, MASK_FILE, MaskConfig, SensitivityMask, mask_stats, save_mask
+from szoq_hub.masks.registry import Registry
 
 WRITE = "hf_alice_write_0123456789"  # alice, member of org "team", write
 READ = "hf_alice_read_0123456789"  # alice, read-only
@@ -54,7 +54,7 @@ def artifact_bytes(folder: Path) -> dict[str, bytes]:
 
 # -- round trips -----------------------------------------------------------------------------
 def test_push_then_pull_by_tag_branch_and_sha_is_byte_equal(hub, tmp_path):
-    from szoq_hub.hub import pull_mask, push_mask
+    from szoq_hub.hub.masks import pull_mask, push_mask
 
     ref = register(tmp_path)
     local = Registry().get(ref)
@@ -79,7 +79,7 @@ def test_push_then_pull_by_tag_branch_and_sha_is_byte_equal(hub, tmp_path):
 def test_untagged_commit_registers_under_short_sha(hub, tmp_path):
     from huggingface_hub import HfApi
 
-    from szoq_hub.hub import pull_mask, push_mask
+    from szoq_hub.hub.masks import pull_mask, push_mask
 
     repo = repo_name()
     res = push_mask(register(tmp_path), repo_id=repo, token=WRITE)
@@ -89,7 +89,7 @@ def test_untagged_commit_registers_under_short_sha(hub, tmp_path):
 
 
 def test_pushing_twice_is_a_noop(hub, tmp_path):
-    from szoq_hub.hub import push_mask
+    from szoq_hub.hub.masks import push_mask
 
     ref, repo = register(tmp_path), repo_name()
     first = push_mask(ref, repo_id=repo, token=WRITE)
@@ -100,7 +100,7 @@ def test_pushing_twice_is_a_noop(hub, tmp_path):
 
 
 def test_push_v1_then_v2_then_pull_v1_gives_v1(hub, tmp_path):
-    from szoq_hub.hub import pull_mask, push_mask
+    from szoq_hub.hub.masks import pull_mask, push_mask
 
     repo = repo_name()
     v1 = register(tmp_path, seed=1)
@@ -129,7 +129,7 @@ def test_push_v1_then_v2_then_pull_v1_gives_v1(hub, tmp_path):
 def test_pushed_card_is_valid_hub_metadata(hub, tmp_path):
     from huggingface_hub import HfApi
 
-    from szoq_hub.hub import push_mask
+    from szoq_hub.hub.masks import push_mask
 
     repo = repo_name()
     push_mask(register(tmp_path, scorer="magnitude", density=0.02), repo_id=repo, token=WRITE)
@@ -141,7 +141,7 @@ def test_pushed_card_is_valid_hub_metadata(hub, tmp_path):
 
 
 def test_create_pr_leaves_main_alone(hub, tmp_path):
-    from szoq_hub.hub import push_mask
+    from szoq_hub.hub.masks import push_mask
 
     repo = repo_name()
     push_mask(register(tmp_path, seed=1), repo_id=repo, token=WRITE)
@@ -153,7 +153,7 @@ def test_create_pr_leaves_main_alone(hub, tmp_path):
 
 # -- auth and private repos ------------------------------------------------------------------
 def test_write_needs_a_valid_write_token(hub, tmp_path):
-    from szoq_hub.hub import push_mask
+    from szoq_hub.hub.masks import push_mask
 
     ref = register(tmp_path)
     for token, status, needle in ((None, 401, "no token or an invalid token"), ("hf_wrong_token", 401, "no token or an invalid token"),
@@ -171,7 +171,7 @@ def test_write_needs_a_valid_write_token(hub, tmp_path):
 def test_private_repo_is_invisible_without_access(hub, tmp_path):
     from huggingface_hub import HfApi
 
-    from szoq_hub.hub import mask_info, pull_mask, push_mask
+    from szoq_hub.hub.masks import mask_info, pull_mask, push_mask
 
     repo = repo_name()
     push_mask(register(tmp_path), repo_id=repo, private=True, token=WRITE)
@@ -191,7 +191,7 @@ def test_private_repo_is_invisible_without_access(hub, tmp_path):
 
 
 def test_anonymous_read_of_public_repo(hub, tmp_path):
-    from szoq_hub.hub import pull_mask, push_mask
+    from szoq_hub.hub.masks import pull_mask, push_mask
 
     repo = repo_name()
     push_mask(register(tmp_path), repo_id=repo, token=WRITE)
@@ -200,7 +200,7 @@ def test_anonymous_read_of_public_repo(hub, tmp_path):
 
 # -- faults ----------------------------------------------------------------------------------
 def test_racing_push_is_refused_and_local_state_unchanged(hub, tmp_path):
-    from szoq_hub.hub import push_mask
+    from szoq_hub.hub.masks import push_mask
 
     repo = repo_name()
     push_mask(register(tmp_path, seed=1), repo_id=repo, token=WRITE)
@@ -219,7 +219,7 @@ def test_racing_push_is_refused_and_local_state_unchanged(hub, tmp_path):
 
 
 def test_offline_pull_from_cache(hub, tmp_path):
-    from szoq_hub.hub import pull_mask, push_mask
+    from szoq_hub.hub.masks import pull_mask, push_mask
 
     repo = repo_name()
     res = push_mask(register(tmp_path), repo_id=repo, token=WRITE)
@@ -237,7 +237,7 @@ def test_offline_pull_from_cache(hub, tmp_path):
 
 
 def test_cut_off_download_registers_nothing_and_retry_succeeds(hub, tmp_path):
-    from szoq_hub.hub import pull_mask, push_mask
+    from szoq_hub.hub.masks import pull_mask, push_mask
 
     repo = repo_name()
     push_mask(register(tmp_path), repo_id=repo, token=WRITE)
@@ -252,7 +252,7 @@ def test_cut_off_download_registers_nothing_and_retry_succeeds(hub, tmp_path):
 
 
 def test_corrupt_download_is_refused_and_removed_from_cache(hub, tmp_path):
-    from szoq_hub.hub import pull_mask, push_mask
+    from szoq_hub.hub.masks import pull_mask, push_mask
 
     repo = repo_name()
     push_mask(register(tmp_path), repo_id=repo, token=WRITE)
@@ -267,7 +267,7 @@ def test_corrupt_download_is_refused_and_removed_from_cache(hub, tmp_path):
 def test_repo_that_is_not_a_mask(hub, tmp_path):
     from huggingface_hub import HfApi
 
-    from szoq_hub.hub import mask_info, pull_mask
+    from szoq_hub.hub.masks import mask_info, pull_mask
 
     repo = repo_name()
     api = HfApi()
@@ -290,7 +290,7 @@ def test_repo_that_is_not_a_mask(hub, tmp_path):
 
 # -- info and search -------------------------------------------------------------------------
 def test_info_reads_only_the_header(hub, tmp_path):
-    from szoq_hub.hub import mask_info, push_mask
+    from szoq_hub.hub.masks import mask_info, push_mask
 
     repo = repo_name()
     ref = register(tmp_path, density=0.2)
@@ -310,7 +310,7 @@ def test_info_reads_only_the_header(hub, tmp_path):
 def test_search_filters_by_tag_base_model_and_author(hub, tmp_path):
     from huggingface_hub import HfApi
 
-    from szoq_hub.hub import push_mask, search_masks
+    from szoq_hub.hub.masks import push_mask, search_masks
 
     org = f"team"
     a, b = repo_name(), repo_name()
@@ -335,7 +335,7 @@ def test_stock_tools_download_and_plain_safetensors_loads(hub, tmp_path):
     from huggingface_hub import snapshot_download
     from safetensors import safe_open
 
-    from szoq_hub.hub import push_mask
+    from szoq_hub.hub.masks import push_mask
 
     repo = repo_name()
     ref = register(tmp_path)
@@ -357,8 +357,8 @@ def test_stock_tools_download_and_plain_safetensors_loads(hub, tmp_path):
 
 
 def test_refs_resolve_hub_masks_on_demand(hub, tmp_path):
-    from szoq_hub.hub import push_mask
-    from szoq_hub.refs import open_mask
+    from szoq_hub.hub.masks import push_mask
+    from szoq_hub.hub.refs import open_mask
 
     repo = repo_name()
     ref = register(tmp_path)
@@ -369,8 +369,8 @@ def test_refs_resolve_hub_masks_on_demand(hub, tmp_path):
 
 
 def test_real_built_mask_round_trip(hub, tmp_path, tiny_model_dir, tiny_text_file):
-    from szoq_hub.build import MaskBuildConfig, build_mask
-    from szoq_hub.hub import pull_mask, push_mask
+    from szoq_hub.masks.build import MaskBuildConfig, build_mask
+    from szoq_hub.hub.masks import pull_mask, push_mask
 
     _, folder = build_mask(MaskBuildConfig(model=str(tiny_model_dir), calibration=str(tiny_text_file), samples=4, seq_len=16, scorer="magnitude"), tmp_path / "built")
     ref = Registry().add(folder, "tiny").ref

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from conftest import assert_one_line_error
-from szoq_hub.registry import Registry
+from szoq_hub.masks.registry import Registry
 from test_hub import BOB, READ, WRITE, make_mask, register, repo_name
 
 SECRET = WRITE

@@ -14,9 +14,9 @@ import pytest
 import torch
 
 from conftest import assert_one_line_error
-from szoq_hub.delta import DELTA_FILE, load_delta, save_delta
-from szoq_hub.errors import HubError, MaskError
-from szoq_hub.finetune import finetune
+from szoq_hub.runtime.delta import DELTA_FILE, load_delta, save_delta
+from szoq_hub.core.errors import HubError, MaskError
+from szoq_hub.training.finetune import finetune
 from test_finetune import _config, tiny_mask  # noqa: F401  (module-scoped fixture: a tiny built mask)
 from test_finetune import ROWS
 from test_hub import BOB, READ, WRITE, make_mask, repo_name
@@ -51,7 +51,7 @@ def other_run(run_dir: Path, dest: Path, shift: float = 0.01, base_model: str | 
 
 
 def test_push_pull_by_tag_and_sha_is_byte_equal_and_repush_is_a_noop(hub, run_dir, tmp_path):
-    from szoq_hub.hub import pull_delta, push_delta
+    from szoq_hub.hub.masks import pull_delta, push_delta
 
     repo = repo_name()
     res = push_delta(run_dir, repo_id=repo, token=WRITE)
@@ -94,7 +94,7 @@ def test_push_pull_by_tag_and_sha_is_byte_equal_and_repush_is_a_noop(hub, run_di
 def test_corrupt_or_foreign_remote_delta_is_refused(hub, run_dir, tmp_path):
     from huggingface_hub import HfApi
 
-    from szoq_hub.hub import pull_delta, push_delta, push_mask
+    from szoq_hub.hub.masks import pull_delta, push_delta, push_mask
 
     repo = repo_name()
     push_delta(run_dir, repo_id=repo, token=WRITE)

@@ -9,20 +9,29 @@ REPO = Path(__file__).resolve().parents[1]
 PACKAGES = {"szoq_hub": REPO / "szoq_hub", "szoq_cli": REPO / "cli"}
 
 
+LAYERS = ("core", "data", "masks", "runtime", "hub", "training", "export")  # szoq_hub's subpackages, lowest first
+
+
+def _module_name(pkg: str, folder: Path, path: Path) -> str:
+    return ".".join([pkg, *path.relative_to(folder).with_suffix("").parts])
+
+
 def _module_graph() -> dict[str, set[str]]:
-    modules = {f"{pkg}.{p.stem}": p for pkg, folder in PACKAGES.items() for p in folder.glob("*.py") if p.stem != "__init__"}
+    """Module -> the modules (and packages) it imports, resolved from relative imports at any depth."""
+    files = {_module_name(pkg, folder, p): p for pkg, folder in PACKAGES.items() for p in folder.rglob("*.py")}
+    modules = {m.removesuffix(".__init__"): p for m, p in files.items()}
     graph: dict[str, set[str]] = {m: set() for m in modules}
     for name, path in modules.items():
-        pkg = name.rsplit(".", 1)[0]
+        pkg = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]  # the package relative imports start from
         for node in ast.walk(ast.parse(path.read_text())):
             targets: list[str] = []
             if isinstance(node, ast.ImportFrom):
-                base = pkg if node.level == 1 else (node.module or "").split(".")[0] if node.level == 0 else None
-                mod = f"{pkg}.{node.module}" if node.level == 1 and node.module else (node.module if node.level == 0 else base)
-                if node.level == 1 and not node.module:  # from . import x
-                    targets = [f"{pkg}.{a.name}" for a in node.names]
+                if node.level:
+                    base = pkg.rsplit(".", node.level - 1)[0] if node.level > 1 else pkg
+                    mod = f"{base}.{node.module}" if node.module else base
                 else:
-                    targets = [mod] + [f"{mod}.{a.name}" for a in node.names]
+                    mod = node.module or ""
+                targets = [mod] + [f"{mod}.{a.name}" for a in node.names]
             elif isinstance(node, ast.Import):
                 targets = [a.name for a in node.names]
             elif isinstance(node, ast.Tuple) and node.elts and all(isinstance(e, ast.Constant) and isinstance(e.value, str) for e in node.elts):
@@ -56,11 +65,28 @@ def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
 
 def test_the_graph_sees_imports_inside_functions():
     graph = _module_graph()
-    assert "szoq_hub.hub" in graph["szoq_hub.refs"]  # pull_mask is imported lazily, inside a function
-    assert "szoq_hub.transport" in graph["szoq_hub.hub"]
+    assert "szoq_hub.hub.masks" in graph["szoq_hub.hub.refs"]  # pull_mask is imported lazily, inside a function
+    assert "szoq_hub.hub.transport" in graph["szoq_hub.hub.masks"]
     assert {"szoq_cli.mask", "szoq_cli.finetune"} <= graph["szoq_cli.app"]
 
 
 def test_no_import_cycles():
     cycle = _cycle(_module_graph())
     assert cycle is None, " -> ".join(cycle)
+
+
+def test_library_imports_run_down_the_layers():
+    """A module of layer i imports only from layers <= i (the public API at the package root sits above them all)."""
+    graph = _module_graph()
+    assert {f"szoq_hub.{layer}" for layer in LAYERS} <= set(graph)
+    rank = {layer: i for i, layer in enumerate(LAYERS)}
+    upward = []
+    for name, targets in graph.items():
+        parts = name.split(".")
+        if parts[0] != "szoq_hub" or len(parts) < 2 or parts[1] not in rank:
+            continue
+        for t in targets:
+            tp = t.split(".")
+            if tp[0] == "szoq_hub" and (len(tp) == 1 or tp[1] not in rank or rank[tp[1]] > rank[parts[1]]):
+                upward.append(f"{name} -> {t}")
+    assert not upward, upward

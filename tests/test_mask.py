@@ -10,8 +10,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from szoq_hub.errors import ConfigError, FingerprintMismatch, MaskError
-from szoq_hub.mask import (
+from szoq_hub.core.errors import ConfigError, FingerprintMismatch, MaskError
+from szoq_hub.masks.artifact import (
     MaskConfig, SensitivityMask, _top_k_flat, diff_masks, load_mask, read_header, save_mask, select,
 )
 
@@ -105,7 +105,7 @@ def test_zero_weight_mask_is_refused_on_save_and_load(tmp_path):
     with pytest.raises(MaskError, match="0 weights"):
         save_mask(empty, tmp_path / "m")
     folder = save_mask(make_mask({"a.weight": [1]}), tmp_path / "ok")  # then empty its tensor file by hand
-    from szoq_hub.mask import write_safetensors
+    from szoq_hub.masks.artifact import write_safetensors
 
     meta = read_header(folder / "mask.safetensors")
     write_safetensors({"a.weight": torch.zeros(0, dtype=torch.int32)}, folder / "mask.safetensors", meta)

@@ -39,7 +39,7 @@ def tiny_calib(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def tiny_mask(tiny_model_dir, tiny_calib) -> Path:
-    from szoq_hub.build import MaskBuildConfig, build_mask
+    from szoq_hub.masks.build import MaskBuildConfig, build_mask
 
     out = tiny_calib.parent / "mask"
     build_mask(MaskBuildConfig(model=str(tiny_model_dir), calibration=str(tiny_calib), samples=4, seq_len=16, density=0.01), out)
@@ -82,7 +82,7 @@ def test_eval_and_merge_default_to_the_deltas_mask_and_model(run_cli, tiny_model
 def test_rerunning_the_same_command_continues_a_stopped_run(run_cli, tiny_model_dir, tiny_mask, train_file, tmp_path, monkeypatch):
     import importlib
 
-    ft = importlib.import_module("szoq_hub.finetune")  # the module (the package exports a `finetune` function too)
+    ft = importlib.import_module("szoq_hub.training.finetune")  # the module (the package exports a `finetune` function too)
     run = tmp_path / "run"
     args = ["finetune", "--model", tiny_model_dir, "--mask", tiny_mask, "--train", train_file, *CUSTOM, *SMALL, "--out", run]
     real_save = ft._save_checkpoint
@@ -123,7 +123,7 @@ def test_missing_local_paths_are_named_as_missing_folders(run_cli, tiny_model_di
     assert "the Hub was asked" in err  # it says whether the Hub was asked (the loopback Hub answers 404)
 
     # An unfinished run is named as one, with how to continue it.
-    from szoq_hub.finetune import FinetuneConfig, finetune
+    from szoq_hub.training.finetune import FinetuneConfig, finetune
 
     finetune(FinetuneConfig(model=str(tiny_model_dir), mask=str(tiny_mask), train_file=str(train_file), template="{text} It was",
                             labels="0=bad,1=good", quant="none", steps=2, batch_size=2, eval_every=0, train_samples=8, dev_samples=2,
@@ -291,7 +291,7 @@ def test_merged_config_carries_no_gguf_internal_name(run_cli, tiny_mask, tiny_mo
     shutil.copytree(tiny_model_dir, model)
     cfg = json.loads((model / "config.json").read_text())
     (model / "config.json").write_text(json.dumps({**cfg, "_model_name_or_path": "Smollm2 135M 8k Lc100K Mix1 Ep2"}))
-    from szoq_hub.build import MaskBuildConfig, build_mask
+    from szoq_hub.masks.build import MaskBuildConfig, build_mask
 
     build_mask(MaskBuildConfig(model=str(model), scorer="magnitude", density=0.01), tmp_path / "mask")
     run = tmp_path / "run"
@@ -311,7 +311,7 @@ def test_test_run_shows_no_deprecation_warnings(tmp_path):
     """Importing the quantized runtime (bitsandbytes -> torch.compile) under the project's pytest
     settings leaves no warning in the summary."""
     probe = tmp_path / "test_probe.py"
-    probe.write_text("def test_import():\n    import bitsandbytes  # noqa: F401\n    import szoq_hub.runtime  # noqa: F401\n    import szoq_cli.app  # noqa: F401\n")
+    probe.write_text("def test_import():\n    import bitsandbytes  # noqa: F401\n    import szoq_hub.runtime.sparse  # noqa: F401\n    import szoq_cli.app  # noqa: F401\n")
     proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-c", str(REPO / "pyproject.toml"),
                            "--rootdir", str(REPO), str(probe)], capture_output=True, text=True, cwd=REPO, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -341,7 +341,7 @@ def test_readme_quickstart_runs_top_to_bottom(run_cli, tmp_path, monkeypatch, ti
 
     if not (SHARED_DATA / "sst2").is_dir() or not (SHARED_DATA / "c4").is_dir():
         pytest.skip(f"shared data not found at {SHARED_DATA}")
-    from szoq_hub.build import MaskBuildConfig, build_mask
+    from szoq_hub.masks.build import MaskBuildConfig, build_mask
 
     clone = tmp_path / "szoq"
     clone.mkdir()

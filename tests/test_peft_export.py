@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from conftest import assert_one_line_error
-from szoq_hub.errors import ConfigError
-from szoq_hub.finetune import finetune
-from szoq_hub.peft_export import shira_entries, shira_rank
+from szoq_hub.core.errors import ConfigError
+from szoq_hub.training.finetune import finetune
+from szoq_hub.export.peft import shira_entries, shira_rank
 from test_finetune import _config, tiny_mask  # noqa: F401  (module-scoped fixture: a tiny built mask)
 from test_hub_delta import other_run, train_jsonl  # noqa: F401  (module-scoped fixture: the train rows)
 
@@ -36,7 +36,7 @@ def test_peft_adapter_logits_equal_merge_logits(tiny_model_dir, tiny_mask, shift
     from safetensors import safe_open
     from transformers import AutoModelForCausalLM
 
-    from szoq_hub.mask import load_mask
+    from szoq_hub.masks.artifact import load_mask
 
     common = ["--model", tiny_model_dir, "--mask", tiny_mask, "--delta", shifted_run]
     code, out, err = run_cli("merge", *common, "--out", tmp_path / "merged")
@@ -120,7 +120,7 @@ def test_export_push_publishes_an_adapter_peft_loads_from_the_hub(hub, tiny_mode
     config = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
     config["base_model_name_or_path"] = str(tiny_model_dir)
     (tmp_path / "adapter" / "adapter_config.json").write_text(json.dumps(config))
-    from szoq_hub.peft_export import push_peft
+    from szoq_hub.export.peft import push_peft
 
     commits = len(hub.repos[repo].commits)
     with pytest.raises(ConfigError, match="local path"):

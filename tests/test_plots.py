@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from conftest import assert_one_line_error
-from szoq_hub.mask import load_mask
-from szoq_hub.plots import mask_grid
+from szoq_hub.masks.artifact import load_mask
+from szoq_hub.export.plots import mask_grid
 from test_finetune import tiny_mask  # noqa: F401  (module-scoped fixture: a tiny built mask)
 from test_hub_delta import other_run, run_dir, train_jsonl  # noqa: F401  (module-scoped fixtures: a real tiny run)
 
@@ -63,7 +63,7 @@ def test_mask_show_plot_draws_both_heatmaps(tiny_mask, tmp_path, run_cli):  # no
     # the same mask without per-tensor shares (masks built before they were recorded): density only
     from dataclasses import replace
 
-    from szoq_hub.mask import save_mask
+    from szoq_hub.masks.artifact import save_mask
 
     mask = load_mask(tiny_mask)
     stats = {k: v for k, v in mask.config.stats.items() if k != "captured_share_per_tensor"}

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from szoq_hub.mask import load_mask
-from szoq_hub.models import model_fingerprint, resolve_model
+from szoq_hub.masks.artifact import load_mask
+from szoq_hub.data.models import model_fingerprint, resolve_model
 
 pytestmark = pytest.mark.slow
 
@@ -27,7 +27,7 @@ def test_builtin_mask_matches_the_real_model(smollm2, run_cli):
 
 
 def smollm2_mask_path():
-    from szoq_hub.catalog import find_builtin
+    from szoq_hub.masks.catalog import find_builtin
 
     return find_builtin("smollm2-135m-instruct").path
 

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from szoq_hub.errors import RegistryError
-from szoq_hub.mask import MASK_FILE, MaskConfig, SensitivityMask, save_mask
-from szoq_hub.registry import SCHEMA_VERSION, Registry
-from szoq_hub.refs import open_mask, resolve_mask_ref
+from szoq_hub.core.errors import RegistryError
+from szoq_hub.masks.artifact import MASK_FILE, MaskConfig, SensitivityMask, save_mask
+from szoq_hub.masks.registry import SCHEMA_VERSION, Registry
+from szoq_hub.hub.refs import open_mask, resolve_mask_ref
 
 SHAPES = {"w": [10, 10]}
 
@@ -83,7 +83,7 @@ def test_crash_leftovers_leave_registry_readable(tmp_path):
 
 
 def test_damaged_object_is_stored_afresh(tmp_path):
-    from szoq_hub.mask import file_sha256
+    from szoq_hub.masks.artifact import file_sha256
 
     folder = artifact(tmp_path, 1)
     sha = file_sha256(folder / MASK_FILE)

@@ -10,16 +10,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from szoq_hub import runtime
-from szoq_hub.errors import ConfigError, DependencyError, FingerprintMismatch, MaskError
-from szoq_hub.runtime import SparseQuantLinear, load_sparse_model
+from szoq_hub.runtime import sparse as runtime
+from szoq_hub.core.errors import ConfigError, DependencyError, FingerprintMismatch, MaskError
+from szoq_hub.runtime.sparse import SparseQuantLinear, load_sparse_model
 
 ATOL = 2e-5
 
 
 @pytest.fixture
 def tiny_mask(tiny_model_dir, tiny_text_file, tmp_path):
-    from szoq_hub.build import MaskBuildConfig, build_mask
+    from szoq_hub.masks.build import MaskBuildConfig, build_mask
 
     mask, _ = build_mask(
         MaskBuildConfig(model=str(tiny_model_dir), calibration=str(tiny_text_file), samples=4, seq_len=16),
@@ -306,7 +306,7 @@ def test_cpu_embedding_is_a_private_map_of_the_checkpoint(tiny_model_dir, tiny_m
 
 
 def test_mapped_reader_refuses_a_truncated_file(tiny_model_dir, tmp_path):
-    from szoq_hub.errors import ModelError
+    from szoq_hub.core.errors import ModelError
 
     cut = tmp_path / "cut.safetensors"
     cut.write_bytes((tiny_model_dir / "model.safetensors").read_bytes()[:-100])
@@ -317,7 +317,7 @@ def test_mapped_reader_refuses_a_truncated_file(tiny_model_dir, tmp_path):
 def test_checkpoint_reader_matches_safetensors_and_refuses_truncation(tiny_model_dir, tmp_path):
     from safetensors.torch import load_file
 
-    from szoq_hub.errors import ModelError
+    from szoq_hub.core.errors import ModelError
 
     path = tiny_model_dir / "model.safetensors"
     ours = dict(runtime.iter_tensors([path]))
@@ -339,7 +339,7 @@ def test_predictable_malloc_returns_freed_blocks_to_the_os():
     # heap and stays resident after free. Pinned, it is mapped and unmapped: RSS goes back.
     script = """
 import ctypes, sys
-from szoq_hub.memory import use_predictable_malloc
+from szoq_hub.core.memory import use_predictable_malloc
 if sys.argv[1] == "pin":
     use_predictable_malloc()
 libc = ctypes.CDLL("libc.so.6")
@@ -375,8 +375,8 @@ def test_real_smollm2_nf4_with_builtin_mask(real_model_available):
 
     from safetensors import safe_open
 
-    from szoq_hub.mask import load_mask
-    from szoq_hub.models import resolve_model
+    from szoq_hub.masks.artifact import load_mask
+    from szoq_hub.data.models import resolve_model
 
     folder = Path(__file__).resolve().parents[1] / "masks" / "smollm2-135m-instruct"
     if not (folder / "mask.safetensors").exists():
@@ -401,7 +401,7 @@ def test_chunked_4bit_quantization_is_bit_identical(quant, shape):
     absmax of one bitsandbytes call on the whole fp32 weight with the mask zeroed."""
     import bitsandbytes.functional as bnbf
 
-    from szoq_hub.runtime import quantize_4bit_masked
+    from szoq_hub.runtime.sparse import quantize_4bit_masked
 
     w = torch.randn(shape, generator=torch.Generator().manual_seed(0)).to(torch.bfloat16)
     before = w.clone()
@@ -419,7 +419,7 @@ def test_chunked_4bit_quantization_is_bit_identical(quant, shape):
 def test_lm_head_input_gets_row_major_strides():
     """hidden[:, -1:, :] of one sequence is 'contiguous' with strides (T*H, H, 1); a bf16 linear
     on it copied the whole lm_head weight. The pre-hook hands over row-major strides."""
-    from szoq_hub.runtime import _contiguous_input
+    from szoq_hub.runtime.sparse import _contiguous_input
 
     h = torch.randn(1, 7, 16)
     x = h[:, -1:, :]
@@ -435,7 +435,7 @@ def test_lm_head_input_gets_row_major_strides():
 def test_scatter_layer_keeps_no_column_positions():
     """A scatter-form layer holds no s_pos (nnz int64), and still computes the column form when
     switched to it."""
-    from szoq_hub.runtime import SparseValues
+    from szoq_hub.runtime.sparse import SparseValues
 
     gen = torch.Generator().manual_seed(3)
     w = torch.randn(512, 128, generator=gen)

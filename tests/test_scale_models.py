@@ -62,8 +62,8 @@ def test_bench_stopgap_random_mask_equals_mask_build(tiny_model_dir, tmp_path):
     import bench_scale
     import torch
 
-    from szoq_hub.build import MaskBuildConfig, build_mask
-    from szoq_hub.refs import open_mask
+    from szoq_hub.masks.build import MaskBuildConfig, build_mask
+    from szoq_hub.hub.refs import open_mask
 
     bench_scale.stream_random_mask(tiny_model_dir, tmp_path / "stream", 0.01, seed=2)
     ours = open_mask(str(tmp_path / "stream"))

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from conftest import SHARED_DATA
-from szoq_hub.errors import DependencyError, TaskError
-from szoq_hub.scoring import encode, loss_sum, metric_value, option_scores, shared_single_token
-from szoq_hub.tasks import (TASKS, CustomTask, Example, Sampling, load_task, load_task_file, lowercase_sentence_start, parse_labels,
+from szoq_hub.core.errors import DependencyError, TaskError
+from szoq_hub.data.scoring import encode, loss_sum, metric_value, option_scores, shared_single_token
+from szoq_hub.data.tasks import (TASKS, CustomTask, Example, Sampling, load_task, load_task_file, lowercase_sentence_start, parse_labels,
                             with_demonstrations)
 
 needs_data = pytest.mark.skipif(not (SHARED_DATA / "sst2").is_dir(), reason=f"shared data not found at {SHARED_DATA}")

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from conftest import assert_one_line_error
-from szoq_hub.finetune import finetune
-from szoq_hub.tracking import scalars
+from szoq_hub.training.finetune import finetune
+from szoq_hub.training.tracking import scalars
 from test_finetune import _config, tiny_mask  # noqa: F401  (module-scoped fixture: a tiny built mask)
 from test_hub_delta import TRAIN_ARGS, train_jsonl  # noqa: F401  (module-scoped fixture: the train rows)
 

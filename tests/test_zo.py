@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from szoq_hub.errors import ConfigError, TrainingError
-from szoq_hub.zo import ZOConfig, ZOSGD, in_place, lr_at, make_optimizer, perturbation, replay, step_seeds
+from szoq_hub.core.errors import ConfigError, TrainingError
+from szoq_hub.runtime.zo import ZOConfig, ZOSGD, in_place, lr_at, make_optimizer, perturbation, replay, step_seeds
 
 
 def quadratic(values: torch.Tensor, target: torch.Tensor):
@@ -252,7 +252,7 @@ def test_sgd_with_schedule_matches_a_hand_written_reference_over_steps():
 
 @pytest.mark.parametrize("name", ["zo-momentum", "zo-adam"])
 def test_non_finite_update_leaves_optimizer_state_unchanged(name):
-    from szoq_hub.zo import StepRecord
+    from szoq_hub.runtime.zo import StepRecord
 
     values, target = _problem(n=10)
     opt = make_optimizer(values, ZOConfig(lr=1e-2, optimizer=name, total_steps=10, seed=0))
@@ -286,7 +286,7 @@ def test_rejects_non_flat_values():
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
 def test_all_finite_finds_any_non_finite_entry(bad):
-    from szoq_hub.zo import all_finite
+    from szoq_hub.runtime.zo import all_finite
 
     v = torch.randn(1000)
     assert all_finite(v) and all_finite(torch.empty(0))

@@ -1,0 +1,1 @@
+"""Errors, paths, schema checks, devices and memory: what every layer above uses."""

@@ -1,0 +1,1 @@
+"""Checkpoints and models, calibration windows, tasks and option scoring."""

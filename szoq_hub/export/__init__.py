@@ -1,0 +1,1 @@
+"""Outside formats: PEFT adapters and plots."""

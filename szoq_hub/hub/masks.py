@@ -1,0 +1,310 @@
+"""Share sensitivity masks through the Hugging Face Hub: push, pull, info, search.
+
+A mask is one `Artifact` description for the transport layer (`transport.py`): its files
+(`mask.safetensors`, `mask_config.json`), its verifier (`load_mask`) and its card (`render_card`
+with the repo id and tag). Pulled masks are registered in the local registry as
+`ALIAS@<tag or short sha>`. Fine-tuned deltas are the other description (`delta_hub.py`);
+`push_delta` and `pull_delta` are re-exported here so that `szoq_hub.hub.masks` stays the one place
+to import Hub sharing from.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from ..core.version import __version__
+from ..core import schema
+from .deltas import DELTA, pull_delta, push_delta, render_delta_card  # noqa: F401  (re-exported)
+from ..core.errors import ConfigError, HubError, MaskError, RegistryError
+from ..masks.artifact import CARD_TAGS, CONFIG_FILE, FORMAT, FORMAT_VERSION, MASK_FILE, SCOPES, SensitivityMask, load_mask, render_card
+from ..core.paths import is_local_path, path_exists, scratch_dir, shorten
+from ..masks.registry import Registry, RegistryEntry, check_name
+from .transport import (  # noqa: F401  (re-exported: the names szoq_hub.hub.masks has always had)
+    CARD_FILE, LOGIN_HINT, Artifact, PullResult, PushResult, api, as_szoq_error, check_repo_id, endpoint, fetch_artifact,
+    git_blob_sha1, hub_errors, push_artifact,
+)
+
+SEARCH_TAGS = CARD_TAGS[:2]  # szoq, sensitivity-mask
+
+
+@dataclass
+class MaskInfo:
+    """Facts read from the remote safetensors header only (no full download)."""
+
+    repo_id: str
+    revision: str
+    commit: str
+    base_model: str
+    density: float
+    scope: str
+    scorer: str
+    fingerprint: str
+    calibration: dict | None
+    nnz: int
+    tensors: int
+    file_size: int | None
+    bytes_read: int
+    metadata: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class MaskListing:
+    """One search hit: a Hub repo tagged as a szoq mask (None where its card says nothing usable)."""
+
+    repo_id: str
+    base_model: str | None
+    density: float | None
+    scorer: str | None
+    nnz: int | None
+    sha: str | None
+    last_modified: str | None
+    private: bool | None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# -- the mask artifact -----------------------------------------------------------------------
+def local_paths(mask: SensitivityMask) -> list[str]:
+    """Absolute local paths a mask records (base model, build command): pushing would publish them."""
+    found = []
+    if is_local_path(mask.config.base_model):
+        found.append(mask.config.base_model)
+    try:
+        words = shlex.split(mask.config.command or "")
+    except ValueError:
+        words = (mask.config.command or "").split()
+    found += [w for w in words if is_local_path(w.split("=", 1)[-1])]
+    return found
+
+
+def verify_for_push(folder: Path) -> SensitivityMask:
+    """Load a mask for publishing: it must verify and record no local path of this machine.
+
+    Raises:
+        MaskError: corrupt, or it records a local path (in base_model or the build command).
+    """
+    mask = load_mask(folder)
+    leaked = local_paths(mask)
+    if leaked:
+        raise MaskError(f"the mask records the local path {shorten(leaked[0])} (base model or build command); pushing would publish it",
+                        hint="rebuild it with this szoq, which records only folder and file names, then push the new version")
+    return mask
+
+
+MASK = Artifact("mask", MASK_FILE, (MASK_FILE, CONFIG_FILE), verify_for_push,
+                lambda folder, mask, repo_id, tag: render_card(mask.config, repo_id=repo_id, tag=tag), "find mask repos with: szoq mask search")
+
+
+def hub_card(config, *, repo_id: str, tag: str | None) -> str:
+    """The model card pushed to the Hub (`render_card` with the repo id and tag filled in)."""
+    return render_card(config, repo_id=repo_id, tag=tag)
+
+
+# -- push ------------------------------------------------------------------------------------
+def _local_artifact(ref: str, registry: Registry) -> tuple[Path, RegistryEntry | None]:
+    path = Path(ref).expanduser()
+    if path_exists(path):
+        folder = path.parent if path.name == MASK_FILE else path
+        return folder, None
+    entry = registry.get(ref)
+    return entry.path, entry
+
+
+def push_mask(ref: str, *, repo_id: str, tag: str | None = None, private: bool = False, token: str | None = None,
+              create_pr: bool = False, message: str | None = None, registry: Registry | None = None) -> PushResult:
+    """Publish a local mask to a Hub model repo in one commit, then tag it.
+
+    The commit is made on top of the head read just before (`parent_commit`), so a concurrent
+    push is refused instead of overwritten. Pushing a mask that the tag (or main) already holds
+    makes no commit.
+
+    Args:
+        ref: `NAME[@VERSION]` in the local registry, or an artifact folder (then `tag` is required).
+        repo_id: `ORG/NAME` of the Hub repo (created if missing, as a model repo).
+        tag: Tag to create; default the registry version (e.g. `v2`).
+        private: Create the repo as private (an existing repo keeps its visibility).
+        token: Hub token; default `HF_TOKEN` or the login.
+        create_pr: Open a pull request instead of committing to main (no tag is created).
+        message: Commit title.
+        registry: Local registry (default `Registry()`).
+
+    Returns:
+        PushResult with the repo URL, commit sha, tag and status.
+
+    Raises:
+        ConfigError: bad repo id or tag, or a folder without `tag`.
+        MaskError: the local artifact does not verify, or records a local path.
+        RegistryError: unknown local ref.
+        HubError: auth, race (parent moved), tag taken by another mask, network.
+    """
+    check_repo_id(repo_id)
+    registry = registry or Registry()
+    folder, entry = _local_artifact(ref, registry)
+    tag = tag or (entry.version if entry else None)
+    if not tag:
+        load_mask(folder)  # a broken folder says so before asking for a tag
+        raise ConfigError(f"{shorten(ref)} is a folder, not a registry entry: no version to use as tag", hint="pass --tag, e.g. --tag v1")
+    result = push_artifact(MASK, folder, repo_id=repo_id, tag=tag, private=private, token=token, create_pr=create_pr, message=message,
+                           ref=entry.ref if entry else None)
+    if entry is not None:
+        registry.update_hub(entry.ref, {"repo_id": repo_id, "commit": result.commit, "tag": result.tag, "url": result.url,
+                                        "pr_url": result.pr_url})
+    return result
+
+
+# -- pull ------------------------------------------------------------------------------------
+def default_alias(repo_id: str) -> str:
+    """Local registry name for a Hub repo: its NAME part, lowercased and sanitised."""
+    name = re.sub(r"[^a-z0-9._-]+", "-", repo_id.split("/")[-1].lower()).strip("-.")
+    return name or "mask"
+
+
+def _aliases(repo_id: str) -> list[str]:
+    """Names to try, in order, for a pull without --name: NAME, then ORG-NAME, ORG-NAME-2, ..."""
+    qualified = re.sub(r"[^a-z0-9._-]+", "-", repo_id.lower()).strip("-.")[:90] or "mask"
+    return [default_alias(repo_id), qualified, *(f"{qualified}-{i}" for i in range(2, 10))]
+
+
+def pull_mask(repo_id: str, *, revision: str | None = None, name: str | None = None, token: str | None = None,
+              offline: bool = False, registry: Registry | None = None) -> PullResult:
+    """Download a mask's artifact files at a revision, verify them, register them locally.
+
+    Only `mask.safetensors`, `mask_config.json` and `README.md` are fetched (through the
+    Hugging Face cache, never a whole snapshot). The entry is `ALIAS@<tag or short sha>` with the
+    full commit sha recorded under `hub`. Without `name`, ALIAS is the repo NAME; when a local
+    mask already holds `NAME@<tag>` with other content, the entry becomes `ORG-NAME@<tag>` (and
+    so on), so a Hub ref is always usable. Offline (or `HF_HUB_OFFLINE=1`) it reads the cache.
+
+    Args:
+        repo_id: `ORG/NAME`.
+        revision: Tag, branch or commit sha (full or short); default main.
+        name: Local registry name (default: the repo NAME).
+        token: Hub token; default `HF_TOKEN` or the login.
+        offline: Read only the local Hugging Face cache.
+        registry: Local registry (default `Registry()`).
+
+    Returns:
+        PullResult naming the registry entry and the commit.
+
+    Raises:
+        ConfigError: bad repo id.
+        HubError: repo/revision not found, no access, not a mask repo, hash mismatch, cut-off
+            download, offline without a cached copy.
+        MaskError: the downloaded artifact does not verify (nothing is registered).
+        RegistryError: `name@<tag>` already holds another mask.
+    """
+    check_repo_id(repo_id)
+    registry = registry or Registry()
+    aliases = [check_name(name)] if name else _aliases(repo_id)
+    rev = revision or "main"
+    # What the registry knows of this repo lets an offline pull expand short shas and name tags.
+    known: dict[str, str | None] = {}
+    for e in registry.entries():
+        if (e.hub or {}).get("repo_id") == repo_id and e.hub.get("commit") and (e.hub.get("tag") or e.hub["commit"] not in known):
+            known[e.hub["commit"]] = e.hub.get("tag")
+    got = fetch_artifact(MASK, repo_id, rev, token=token, offline=offline, known=known)
+    version = got.tag or got.commit[:7]
+    hub = {"repo_id": repo_id, "revision": rev, "commit": got.commit, "tag": got.tag, "url": f"{endpoint()}/{repo_id}"}
+    with scratch_dir("szoq-pull") as tmp:
+        for fname, p in got.paths.items():  # copy out of the cache: registry objects are plain files
+            shutil.copyfile(p, tmp / fname)
+        for alias in aliases:
+            try:
+                entry = registry.add(tmp, alias, version, source={"hub": hub}, hub=hub)
+                break
+            except RegistryError as exc:
+                if "already exists with other content" not in exc.message:
+                    raise
+                if name:
+                    raise RegistryError(exc.message, hint=f"pull it under another local name: szoq mask pull {repo_id}@{rev} --name NEW-NAME") from None
+        else:
+            raise RegistryError(f"{aliases[0]}@{version} and its fallbacks already hold other masks",
+                                hint=f"pull it under a local name of your own: szoq mask pull {repo_id}@{rev} --name NEW-NAME")
+    return PullResult(entry.ref, entry.path, repo_id, rev, got.commit, got.tag, entry.sha256, got.from_cache)
+
+
+# -- info and search -------------------------------------------------------------------------
+def mask_info(repo_id: str, *, revision: str | None = None, token: str | None = None) -> MaskInfo:
+    """Read a Hub mask's facts from its safetensors header with two small Range requests.
+
+    Args:
+        repo_id: `ORG/NAME`.
+        revision: Tag, branch or commit sha; default main.
+        token: Hub token; default `HF_TOKEN` or the login.
+
+    Returns:
+        MaskInfo (base model, density, scorer, calibration, nnz, commit).
+
+    Raises:
+        HubError: not found, no access, not a szoq mask, or a header that does not verify.
+    """
+    from huggingface_hub import hf_hub_url
+    from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status
+
+    check_repo_id(repo_id)
+    rev = revision or "main"
+    at = f"{repo_id}@{rev}"
+    url = hf_hub_url(repo_id, MASK_FILE, revision=rev, repo_type="model")
+    headers = build_hf_headers(token=token, library_name="szoq", library_version=__version__)
+    with hub_errors(repo_id, rev, action="read", art=MASK):
+        first = get_session().get(url, headers={**headers, "Range": "bytes=0-7"})
+        hf_raise_for_status(first)
+        size = int(first.headers.get("Content-Range", "/0").rsplit("/", 1)[-1] or 0) or None
+        n = int.from_bytes(first.content[:8], "little")
+        if len(first.content) < 8 or n > schema.MAX_HEADER_BYTES:
+            raise HubError(f"{at}: {MASK_FILE} is not a safetensors file", hint="the repo does not hold a valid szoq mask")
+        second = get_session().get(url, headers={**headers, "Range": f"bytes=8-{7 + n}"})
+        hf_raise_for_status(second)
+    try:
+        header = schema.parse_header(second.content[:n], f"{at}: {MASK_FILE}", error=HubError,
+                                     data_size=None if size is None else size - 8 - n)
+        fields = schema.mask_fields(header, f"{at}: {MASK_FILE}", scopes=SCOPES, fmt=FORMAT, version=FORMAT_VERSION)
+    except MaskError as exc:
+        raise HubError(exc.message, hint=exc.hint) from None
+    nnz = sum(t.numel for t in header.tensors.values())
+    return MaskInfo(repo_id, rev, first.headers.get("X-Repo-Commit", ""), fields["base_model"], fields["density"], fields["scope"],
+                    fields["scorer"], fields["fingerprint"], fields["calibration"], nnz, len(header.tensors), size,
+                    len(first.content) + len(second.content), header.metadata)
+
+
+def search_masks(*, base_model: str | None = None, author: str | None = None, token: str | None = None, limit: int = 100) -> list[MaskListing]:
+    """List Hub repos tagged `szoq` and `sensitivity-mask`.
+
+    A repo whose card metadata is malformed is still listed, with the unusable fields as None:
+    one stranger's card never breaks a search.
+
+    Args:
+        base_model: Only masks for this base model (Hub id; the Hub's `base_model:` tag).
+        author: Only repos of this user or organisation.
+        token: Hub token (private repos of yours are listed too).
+        limit: At most this many results.
+
+    Returns:
+        One MaskListing per repo, with density and scorer from the card metadata.
+
+    Raises:
+        HubError: network or auth failure.
+    """
+    filters = list(SEARCH_TAGS) + ([f"base_model:{base_model}"] if base_model else [])
+    out = []
+    with hub_errors(author or "the Hub", action="search", art=MASK):
+        for m in api().list_models(filter=filters, author=author, cardData=True, limit=limit, token=token):
+            try:
+                card = m.card_data.to_dict() if m.card_data is not None else {}
+            except Exception:  # the client's own card parsing: a stranger's card may be anything
+                card = {}
+            fields = schema.listing_fields(card)
+            modified = getattr(m, "last_modified", None)
+            out.append(MaskListing(str(m.id), fields["base_model"], fields["density"], fields["scorer"], fields["nnz"],
+                                   m.sha if isinstance(m.sha, str) else None, modified.isoformat() if hasattr(modified, "isoformat") else None,
+                                   m.private if isinstance(m.private, bool) else None))
+    return out
+

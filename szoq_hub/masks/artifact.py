@@ -1,0 +1,521 @@
+"""The sensitivity mask: selection of top-scored weights, the artifact on disk, verification.
+
+Artifact layout (a folder; the same files go to the Hub):
+- `mask.safetensors`: one int32 tensor of sorted, unique flat indices per target parameter,
+  keyed by the parameter name; `__metadata__` holds the facts as strings (JSON for structure).
+- `mask_config.json`: the same facts as a typed config, plus stats.
+- `README.md`: a model card.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..core.version import __version__
+from ..core import schema
+from ..core.errors import ConfigError, FingerprintMismatch, MaskError
+from ..core.paths import atomic_dir, file_sha256, path_exists  # noqa: F401  (file_sha256 re-exported: artifacts are addressed by it)
+
+FORMAT = "szoq.mask"
+FORMAT_VERSION = "1"
+MASK_FILE = "mask.safetensors"
+CONFIG_FILE = "mask_config.json"
+CARD_FILE = "README.md"
+ARTIFACT_FILES = (MASK_FILE, CONFIG_FILE, CARD_FILE)
+SCOPES = ("per-matrix", "global")
+CARD_TAGS = ["szoq", "sensitivity-mask", "zeroth-order"]
+
+
+@dataclass
+class MaskConfig:
+    """Facts about a mask (what `mask_config.json` holds and the header mirrors)."""
+
+    base_model: str
+    base_revision: str | None
+    fingerprint: str
+    density: float
+    scope: str
+    scorer: str
+    shapes: dict[str, list[int]]
+    calibration: dict | None = None
+    targets: str | None = None
+    seed: int = 0
+    command: str | None = None
+    szoq_version: str = __version__
+    created_at: str = ""
+    format: str = FORMAT
+    format_version: str = FORMAT_VERSION
+    stats: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        check_density(self.density)
+        if self.scope not in SCOPES:
+            raise ConfigError(f"unknown scope {self.scope!r}", hint=f"choose one of: {', '.join(SCOPES)}")
+
+    def header(self) -> dict[str, str]:
+        """The safetensors `__metadata__` (str -> str only; structure as JSON strings)."""
+        return {
+            "format": self.format,
+            "format_version": self.format_version,
+            "base_model": self.base_model,
+            "base_revision": self.base_revision or "",
+            "fingerprint": self.fingerprint,
+            "density": repr(self.density),
+            "scope": self.scope,
+            "scorer": self.scorer,
+            "shapes": json.dumps(self.shapes, sort_keys=True),
+            "calibration": json.dumps(self.calibration, sort_keys=True),
+            "szoq_version": self.szoq_version,
+            "created_at": self.created_at,
+            # The header is the artifact's single source of truth: mask_config.json mirrors it.
+            "stats": json.dumps(self.stats, sort_keys=True),
+            "command": self.command or "",
+            "targets": self.targets or "",
+            "seed": str(int(self.seed)),
+        }
+
+
+@dataclass
+class SensitivityMask:
+    """A loaded, verified mask: sorted unique int32 flat indices per parameter name.
+
+    The Python API follows the Hugging Face mixins: `save_pretrained(folder)` writes the
+    artifact; `from_pretrained(ref)` (any REF the CLI takes) and `push_to_hub(repo_id)` reach
+    the registry and the Hub, so they are defined in `szoq_hub.api` (above those layers).
+
+    Attributes:
+        indices: name -> sorted unique int32 flat indices [nnz_name].
+        config: The facts (base model, fingerprint, density, stats, ...).
+        ref: The REF `from_pretrained` was given (None for a mask built in memory).
+        path: The artifact folder it was read from or written to (None when there is none).
+    """
+
+    indices: dict[str, torch.Tensor]
+    config: MaskConfig
+    ref: str | None = field(default=None, compare=False, repr=False)
+    path: Path | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def nnz(self) -> int:
+        return sum(int(t.numel()) for t in self.indices.values())
+
+    def save_pretrained(self, folder: str | Path) -> Path:
+        """Write the artifact folder (`mask.safetensors`, `mask_config.json`, card) atomically.
+
+        Raises:
+            MaskError: `folder` exists and is not empty.
+        """
+        self.path = save_mask(self, Path(folder))
+        return self.path
+
+
+INT32_MAX = 2**31 - 1
+
+
+def check_int32_range(name: str, numel: int) -> None:
+    """Raise MaskError when a tensor is too large for int32 flat indices (they would wrap around)."""
+    if numel - 1 > INT32_MAX:
+        raise MaskError(f"{name} has {numel} elements: its flat indices do not fit the mask format's int32",
+                        hint="leave this tensor out with --targets (masks store int32 flat indices)")
+
+
+def check_density(density: float) -> None:
+    """Raise ConfigError unless 0 < density < 1."""
+    if not (isinstance(density, (int, float)) and 0.0 < density < 1.0 and math.isfinite(density)):
+        raise ConfigError(f"density must be in (0, 1), got {density}", hint="the paper uses 1e-3 (0.1% of the weights)")
+
+
+SELECT_CHUNK = 1 << 22  # elements per step of top-k selection: its transients stay ~16 B x this (64 MiB)
+
+
+def _top_k_flat(scores: torch.Tensor, k: int, chunk: int = SELECT_CHUNK) -> torch.Tensor:
+    """Indices of the k largest entries of a flat tensor; ties go to the lowest index.
+
+    Works chunk by chunk: `torch.topk` over n elements allocates ~16 bytes per element (0.7 GB
+    for a Llama-2-7B MLP matrix), which a memory-bounded build cannot afford. The k-th largest
+    value overall is among the chunks' own k largest, so the threshold, the entries above it
+    and the lowest-index ties are exactly those of one call over the whole tensor.
+
+    Args:
+        scores: [n] scores (any float dtype, any device).
+        k: How many to keep.
+        chunk: Elements per chunk.
+
+    Returns:
+        Sorted int64 indices [k].
+    """
+    n = scores.numel()
+    if k >= n:
+        return torch.arange(n)
+    starts = range(0, n, chunk)
+    if n <= chunk:
+        threshold = torch.topk(scores, k, sorted=False).values.min()
+    else:
+        cands = [scores[s : s + chunk] for s in starts]
+        cands = [c if c.numel() <= k else torch.topk(c, k, sorted=False).values for c in cands]  # [<= k] each
+        threshold = torch.topk(torch.cat(cands), k, sorted=False).values.min()
+        del cands
+    above = [(scores[s : s + chunk] > threshold).nonzero().flatten() + s for s in starts]  # strictly better: always kept
+    room = k - sum(a.numel() for a in above)
+    ties = []
+    for s in starts:  # lowest index first
+        if room <= 0:
+            break
+        t = (scores[s : s + chunk] == threshold).nonzero().flatten()[:room] + s
+        ties.append(t)
+        room -= t.numel()
+    return torch.cat(above + ties).sort().values
+
+
+def select(scores: dict[str, torch.Tensor], density: float, scope: str = "per-matrix") -> dict[str, torch.Tensor]:
+    """Pick the top-scored weights.
+
+    Args:
+        scores: name -> scores shaped like the parameter.
+        density: Share of weights to keep, in (0, 1).
+        scope: `per-matrix` keeps floor(numel * density) (at least 1) per tensor;
+            `global` keeps floor(total * density) over all tensors together.
+
+    Returns:
+        name -> sorted int32 flat indices (tensors with no pick are left out in global scope).
+
+    Raises:
+        MaskError: a NaN or infinite score (it would silently empty a tensor's selection, or in
+            global scope the whole mask), or nothing to select from.
+    """
+    check_density(density)
+    for n, s in scores.items():  # before anything touches the scores
+        check_int32_range(n, s.numel())
+    if not scores or all(s.numel() == 0 for s in scores.values()):
+        raise MaskError("no weights to score: the target selection is empty", hint="check --targets; by default every linear weight of the decoder is a target")
+    for n, s in scores.items():
+        bad = int((~torch.isfinite(s)).sum())
+        if bad:
+            raise MaskError(f"{bad} of {s.numel()} scores of {n} are NaN or infinite",
+                            hint="the calibration forward/backward overflowed: build in fp32 from a model whose weights are finite, or use shorter --seq-len")
+    if scope == "per-matrix":
+        return {
+            n: _top_k_flat(s.flatten(), max(1, math.floor(s.numel() * density))).to(torch.int32)
+            for n, s in scores.items()
+        }
+    if scope != "global":
+        raise ConfigError(f"unknown scope {scope!r}", hint=f"choose one of: {', '.join(SCOPES)}")
+    total = sum(s.numel() for s in scores.values())
+    k = max(1, math.floor(total * density))
+    # The global top-k lies inside the union of each tensor's own top-k: find the threshold
+    # there instead of concatenating every score.
+    cands = torch.cat([torch.topk(s.flatten(), min(k, s.numel()), sorted=False).values for s in scores.values()])
+    threshold = torch.topk(cands, k, sorted=False).values.min()
+    n_above = {n: int((s > threshold).sum()) for n, s in scores.items()}
+    room = k - sum(n_above.values())
+    out = {}
+    for n, s in scores.items():  # ties at the threshold go to earlier tensors, lower indices
+        flat = s.flatten()
+        ties = (flat == threshold).nonzero().flatten()[: max(room, 0)]
+        room -= ties.numel()
+        idx = torch.cat([(flat > threshold).nonzero().flatten(), ties]).sort().values
+        if idx.numel():
+            out[n] = idx.to(torch.int32)
+    return out
+
+
+def captured_share(scores: dict[str, torch.Tensor], indices: dict[str, torch.Tensor]) -> float:
+    """Share of the total score mass held by the selected weights."""
+    total = sum(float(s.double().sum()) for s in scores.values())
+    kept = sum(float(scores[n].flatten()[i.long()].double().sum()) for n, i in indices.items())
+    return kept / total if total > 0 else 0.0
+
+
+def captured_share_per_tensor(scores: dict[str, torch.Tensor], indices: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Per tensor, the share of its own score mass held by its selected weights (0 when none)."""
+    out = {}
+    for name, s in scores.items():
+        total = float(s.double().sum())
+        kept = float(s.flatten()[indices[name].long()].double().sum()) if name in indices else 0.0
+        out[name] = round(kept / total, 6) if total > 0 else 0.0
+    return out
+
+
+def mask_stats(indices: dict[str, torch.Tensor], shapes: dict[str, list[int]]) -> dict:
+    """nnz per tensor and in total."""
+    nnz = {n: int(indices[n].numel()) if n in indices else 0 for n in shapes}
+    numel = sum(math.prod(s) for s in shapes.values())
+    return {"nnz": nnz, "total_nnz": sum(nnz.values()), "total_numel": numel}
+
+
+def card_base_model(base_model: str | None) -> str | None:
+    """The `base_model:` a card may carry: a Hub id links on the Hub; a local path stays out."""
+    if base_model and re.fullmatch(r"[A-Za-z0-9][\w.\-]*/[\w.\-]+", base_model) and not path_exists(base_model):
+        return base_model
+    return None
+
+
+def render_card(config: MaskConfig, *, title: str | None = None, repo_id: str | None = None, tag: str | None = None) -> str:
+    """Model card text: YAML front matter for the Hub, then a human summary."""
+    from huggingface_hub import ModelCardData
+
+    # The `szoq:` block lets `szoq mask search` show density and scorer from a listing alone.
+    szoq_meta = {"density": config.density, "scope": config.scope, "scorer": config.scorer,
+                 "nnz": config.stats.get("total_nnz"), "fingerprint": config.fingerprint}
+    data = ModelCardData(library_name="szoq", base_model=card_base_model(config.base_model), tags=CARD_TAGS, szoq=szoq_meta)
+    stats = config.stats
+    calib = config.calibration or {}
+    use_ref = f"{repo_id}@{tag}" if repo_id and tag else (repo_id or "PATH_OR_REF")
+    lines = [
+        "---",
+        data.to_yaml(),
+        "---",
+        "",
+        f"# {title or 'Sensitivity mask'} for {config.base_model}",
+        "",
+        "A static sparsity mask for zeroth-order fine-tuning of quantized LLMs (SensZOQ, ICLR 2025):",
+        "the weights listed here stay in fp32 and are the only ones fine-tuned; the rest is quantized.",
+        "",
+        "| fact | value |",
+        "|---|---|",
+        f"| base model | `{config.base_model}` |",
+        f"| scorer | {config.scorer} |",
+        f"| density | {config.density:g} ({config.scope}) |",
+        f"| selected weights (nnz) | {stats.get('total_nnz', 'n/a')} of {stats.get('total_numel', 'n/a')} |",
+        f"| score mass captured | {stats.get('captured_share', 'n/a')} |",
+        f"| calibration | {calib.get('source', 'none')}, {calib.get('samples', '-')} x {calib.get('seq_len', '-')} tokens, seed {calib.get('seed', '-')} |",
+        f"| fingerprint | `{config.fingerprint[:16]}` |",
+        f"| szoq version | {config.szoq_version} |",
+        "",
+        "## Build recipe",
+        "",
+        "```",
+        config.command or "(not recorded)",
+        "```",
+        "",
+        "## Use",
+        "",
+        "```",
+        f"szoq finetune --model {config.base_model} --mask {use_ref}",
+        "```",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def config_json(config: MaskConfig) -> str:
+    """The text of `mask_config.json`: the header's facts, readable (one canonical form)."""
+    return json.dumps(asdict(config), indent=2, sort_keys=True) + "\n"
+
+
+def save_mask(mask: SensitivityMask, folder: Path) -> Path:
+    """Write the artifact folder atomically (a temp folder renamed into place).
+
+    Returns:
+        The folder.
+
+    Raises:
+        MaskError: when the target exists and is not empty, or the mask holds no weight.
+    """
+    folder = Path(folder)
+    if mask.nnz == 0:
+        raise MaskError("refusing to save a mask with 0 weights (fine-tuning it would train nothing)", hint="check the scores and --density")
+    if folder.exists() and any(folder.iterdir()):
+        raise MaskError(f"{folder} already exists and is not empty", hint="choose another --out folder or remove it")
+    for n, shape in mask.config.shapes.items():
+        check_int32_range(n, math.prod(shape))
+    with atomic_dir(folder) as tmp:
+        tensors = {n: t.contiguous().to(torch.int32) for n, t in mask.indices.items()}
+        write_safetensors(tensors, tmp / MASK_FILE, mask.config.header())
+        (tmp / CONFIG_FILE).write_text(config_json(mask.config))
+        (tmp / CARD_FILE).write_text(render_card(mask.config))
+    return folder
+
+
+def write_safetensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
+    """Write a safetensors file byte-reproducibly (sorted header keys, names in sorted order).
+
+    `safetensors.torch.save_file` orders the header through a hash map, so the same content
+    can hash differently between processes; masks are content-addressed, so they are written
+    here with a canonical header instead (`checkpoint.write_tensors` in sorted order). Files
+    stay readable by any safetensors reader.
+    """
+    from ..data.checkpoint import write_tensors
+
+    write_tensors(path, [(name, tensors[name]) for name in sorted(tensors)], dict(sorted(metadata.items())))
+
+
+def read_header(path: Path) -> dict[str, str]:
+    """Parse only the safetensors header metadata of a mask file (cheap, no tensor data).
+
+    Raises:
+        MaskError: not a safetensors file, truncated, or not a szoq mask.
+    """
+    header = schema.read_header(path)
+    meta = header.metadata
+    if meta.get("format") != FORMAT:
+        raise MaskError(f"{path} is not a szoq mask (format={meta.get('format')!r:.40})", hint="a szoq mask has format=szoq.mask in its safetensors header")
+    return meta
+
+
+def config_from_header(header: schema.Header, where: str, config_text: bytes | None = None, config_where: str = CONFIG_FILE) -> MaskConfig:
+    """The mask's facts: the type-checked header, plus what only an older mask_config.json holds.
+
+    Args:
+        header: The parsed safetensors header.
+        where: The file, for messages.
+        config_text: The bytes of mask_config.json when there is one; it must agree with the header.
+        config_where: The config file, for messages.
+
+    Raises:
+        MaskError: not a szoq mask, a field of the wrong type, or a config that disagrees.
+    """
+    fields = schema.mask_fields(header, where, scopes=SCOPES, fmt=FORMAT, version=FORMAT_VERSION)
+    extras = schema.mask_config_extras(config_text, fields, config_where) if config_text is not None else {}
+    return MaskConfig(**fields, **extras)
+
+
+def verify_indices(indices: dict[str, torch.Tensor], shapes: dict[str, list[int]], where: str = "mask") -> None:
+    """Check dtype, sortedness, uniqueness and range of every index tensor.
+
+    Raises:
+        MaskError: naming the tensor and the problem.
+    """
+    for name, idx in indices.items():
+        if name not in shapes:
+            raise MaskError(f"{where}: tensor {name!r} has no recorded shape", hint="the artifact is inconsistent: rebuild it")
+        if idx.dtype != torch.int32:
+            raise MaskError(f"{where}: tensor {name!r} has dtype {idx.dtype}, expected int32", hint="the artifact is corrupt: rebuild it")
+        if idx.dim() != 1:
+            raise MaskError(f"{where}: tensor {name!r} is not 1-D", hint="the artifact is corrupt: rebuild it")
+        numel = math.prod(shapes[name])
+        if idx.numel() == 0:
+            continue
+        if int(idx.min()) < 0 or int(idx.max()) >= numel:
+            raise MaskError(f"{where}: tensor {name!r} has indices out of range [0, {numel})", hint="the mask does not fit the recorded shape: rebuild it")
+        diffs = idx[1:] - idx[:-1]
+        if bool((diffs < 0).any()):
+            raise MaskError(f"{where}: tensor {name!r} has unsorted indices", hint="the artifact is corrupt: rebuild it")
+        if bool((diffs == 0).any()):
+            raise MaskError(f"{where}: tensor {name!r} has duplicate indices", hint="the artifact is corrupt: rebuild it")
+
+
+def load_mask(folder: Path, *, fingerprint: str | None = None, layout: list[tuple[str, tuple[int, ...], str]] | None = None) -> SensitivityMask:
+    """Load and verify a mask artifact folder (or a `mask.safetensors` path).
+
+    Args:
+        folder: The artifact folder.
+        fingerprint: When given, the mask must have been built for this model fingerprint.
+        layout: When given (`models.parameter_layout`), every recorded tensor must be a
+            parameter of that model with the recorded shape.
+
+    Returns:
+        The verified mask.
+
+    Raises:
+        MaskError: corrupt, truncated or inconsistent artifact, or shapes that do not fit `layout`.
+        FingerprintMismatch: built for another model.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    path = folder if folder.name == MASK_FILE else folder / MASK_FILE
+    if not path.is_file():
+        raise MaskError(f"{path} not found", hint="a mask folder holds mask.safetensors; build one with szoq mask build")
+    cfg_path = path.parent / CONFIG_FILE
+    try:
+        config_text = cfg_path.read_bytes() if cfg_path.is_file() else None
+    except OSError as exc:
+        raise MaskError(f"cannot read {cfg_path} ({exc.strerror})", hint="check the folder's permissions") from None
+    config = config_from_header(schema.read_header(path), str(path), config_text, str(cfg_path))
+    try:
+        indices = load_file(str(path))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise MaskError(f"{path} is corrupt or truncated ({str(exc).splitlines()[0]})", hint="pull or build the mask again") from None
+    verify_indices(indices, config.shapes, where=str(path))
+    if sum(int(t.numel()) for t in indices.values()) == 0:
+        raise MaskError(f"{path} selects 0 weights (fine-tuning it would train nothing)", hint="rebuild the mask: szoq mask build MODEL")
+    if fingerprint is not None and fingerprint != config.fingerprint:
+        raise FingerprintMismatch(
+            f"mask was built for {config.base_model} (fingerprint {config.fingerprint[:12]}), not for this model ({fingerprint[:12]})",
+            hint="build a mask for this model with: szoq mask build MODEL",
+        )
+    if layout is not None:
+        schema.check_fits_model(config.shapes, layout, str(path))
+    return SensitivityMask(indices, config, path=path.parent)
+
+
+@dataclass
+class LayerOverlap:
+    """Overlap of two masks on one tensor."""
+
+    name: str
+    nnz_a: int
+    nnz_b: int
+    shared: int
+
+    @property
+    def jaccard(self) -> float:
+        union = self.nnz_a + self.nnz_b - self.shared
+        return self.shared / union if union else 1.0
+
+
+@dataclass
+class MaskDiff:
+    """Overlap of mask A with mask B: shared nnz, Jaccard, recall of A in B, per layer."""
+
+    layers: list[LayerOverlap]
+
+    @property
+    def shared(self) -> int:
+        return sum(x.shared for x in self.layers)
+
+    @property
+    def nnz_a(self) -> int:
+        return sum(x.nnz_a for x in self.layers)
+
+    @property
+    def nnz_b(self) -> int:
+        return sum(x.nnz_b for x in self.layers)
+
+    @property
+    def jaccard(self) -> float:
+        union = self.nnz_a + self.nnz_b - self.shared
+        return self.shared / union if union else 1.0
+
+    @property
+    def recall(self) -> float:
+        """Share of A's weights that B also selects."""
+        return self.shared / self.nnz_a if self.nnz_a else 1.0
+
+    def to_dict(self) -> dict:
+        return {
+            "shared": self.shared, "nnz_a": self.nnz_a, "nnz_b": self.nnz_b,
+            "jaccard": self.jaccard, "recall_a_in_b": self.recall,
+            "layers": [dict(asdict(x), jaccard=x.jaccard) for x in self.layers],
+        }
+
+
+def layer_order(name: str) -> tuple:
+    """Sort key that puts `layers.2` before `layers.10` (numbers compare as numbers)."""
+    return tuple((0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", name))
+
+
+def diff_masks(a: SensitivityMask, b: SensitivityMask) -> MaskDiff:
+    """Compare two masks tensor by tensor.
+
+    Raises:
+        MaskError: when the same tensor name has different shapes in A and B.
+    """
+    layers = []
+    for name in sorted(set(a.config.shapes) | set(b.config.shapes), key=layer_order):
+        sa, sb = a.config.shapes.get(name), b.config.shapes.get(name)
+        if sa and sb and sa != sb:
+            raise MaskError(f"tensor {name!r} has shape {sa} in A and {sb} in B", hint="compare masks of the same base model")
+        ia = a.indices.get(name, torch.empty(0, dtype=torch.int32))
+        ib = b.indices.get(name, torch.empty(0, dtype=torch.int32))
+        shared = int(torch.isin(ia, ib).sum()) if ia.numel() and ib.numel() else 0
+        layers.append(LayerOverlap(name, int(ia.numel()), int(ib.numel()), shared))
+    return MaskDiff(layers)

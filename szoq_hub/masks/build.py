@@ -1,0 +1,341 @@
+"""`build_mask`: model + calibration windows -> scores -> selection -> artifact folder.
+
+Memory (see README "Building masks for large models"): the model is streamed from its
+safetensors files into the scoring dtype (the checkpoint's own by default; `--score-quant nf4`
+quantizes each decoder linear as it is read), scores are turned into a selection tensor by
+tensor (`selection.StreamingSelector`), and `--max-memory` splits the fisher build into passes
+over groups of target tensors (`build_plan`). Magnitude and random builds load no model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from .build_plan import BuildPlan, activation_bytes, layer_of, parse_size, pass_cost, plan_groups, resident_bytes
+from ..data.calibration import load_windows
+from ..data.checkpoint import _ST_DTYPES, KeyMapper, checkpoint_files, iter_tensors, read_header
+from ..core.devices import DTYPES as SHARED_DTYPES, check_device_spec, resolve_device
+from ..core.errors import ConfigError, DependencyError, ModelError
+from .artifact import MaskConfig, SCOPES, SensitivityMask, check_density, mask_stats, save_mask
+from ..data.models import DEFAULT_MODEL, ModelSource, load_config, model_fingerprint, resolve_model, target_parameter_names
+from .selection import StreamingSelector
+from .sensitivity import (SCORE_QUANTS, Frozen4bitLinear, ProgressFn, check_scorer, checkpointed_layers, decoder_layers, fisher_scores,
+                          shard_windows, stream_magnitude_scores, stream_random_scores)
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CALIBRATION = "c4"
+# `auto` = the checkpoint's own dtype (mask build scores in it); the rest as `--dtype` elsewhere
+DTYPES = {"auto": None, **SHARED_DTYPES, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class MaskBuildConfig:
+    """Options of `szoq mask build` (validated on creation)."""
+
+    model: str = field(default=DEFAULT_MODEL, metadata={"help": "model alias, Hub id, folder or .gguf"})
+    revision: str | None = field(default=None, metadata={"help": "Hub revision of the model"})
+    calibration: str = field(default=DEFAULT_CALIBRATION, metadata={"help": "'c4' or a .jsonl(.gz)/.txt file"})
+    samples: int = field(default=32, metadata={"help": "calibration windows N"})
+    seq_len: int = field(default=256, metadata={"help": "tokens per window L"})
+    density: float = field(default=1e-3, metadata={"help": "share of weights kept, in (0, 1)"})
+    scope: str = field(default="per-matrix", metadata={"help": "per-matrix or global"})
+    scorer: str = field(default="fisher", metadata={"help": "fisher, magnitude or random"})
+    targets: str | None = field(default=None, metadata={"help": "regex over parameter names"})
+    seed: int = field(default=0, metadata={"help": "seed of window order and random scores"})
+    dtype: str = field(default="auto", metadata={"help": "scoring dtype: auto (the checkpoint's), bf16, fp16, fp32"})
+    max_memory: str | None = field(default=None, metadata={"help": "memory bound of a fisher build, e.g. 3.5GB"})
+    score_quant: str = field(default="none", metadata={"help": "frozen base while scoring: none or nf4"})
+    device: str = field(default="auto", metadata={"help": "auto, cpu, cuda or cuda:N"})
+    fsdp: bool = field(default=False, metadata={"help": "shard the model with FSDP2 across torchrun ranks"})
+
+    def __post_init__(self) -> None:
+        check_density(self.density)
+        check_scorer(self.scorer)
+        if self.scope not in SCOPES:
+            raise ConfigError(f"unknown scope {self.scope!r}", hint=f"choose one of: {', '.join(SCOPES)}")
+        if self.samples < 1 or self.seq_len < 2:
+            raise ConfigError(f"need --samples >= 1 and --seq-len >= 2 (got {self.samples}, {self.seq_len})", hint="e.g. --samples 32 --seq-len 256")
+        if self.dtype not in DTYPES:
+            raise ConfigError(f"unknown --dtype {self.dtype!r}", hint="choose one of: auto (the checkpoint's), bf16, fp16, fp32")
+        if self.score_quant not in SCORE_QUANTS:
+            raise ConfigError(f"unknown --score-quant {self.score_quant!r}", hint=f"choose one of: {', '.join(SCORE_QUANTS)}")
+        if self.max_memory is not None:
+            parse_size(self.max_memory)
+        if self.score_quant != "none" and self.fsdp:
+            raise ConfigError("--score-quant nf4 and --fsdp cannot be combined", hint="FSDP shards full-precision weights; use one or the other")
+        check_device_spec(self.device)
+
+
+def _maybe_init_distributed(device: torch.device | None = None) -> None:
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device is not None and device.type == "cuda" else "gloo")
+
+
+def build_timestamp() -> str:
+    """UTC build time; honours SOURCE_DATE_EPOCH so that rebuilds can be byte-identical."""
+    epoch = os.environ.get("SOURCE_DATE_EPOCH")
+    when = datetime.fromtimestamp(int(epoch), timezone.utc) if epoch else datetime.now(timezone.utc)
+    return when.isoformat(timespec="seconds")
+
+
+def is_main_process() -> bool:
+    """True outside torch.distributed, or on rank 0."""
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+
+# ---- the checkpoint, read tensor by tensor -------------------------------------------------
+
+def checkpoint_dtype(files: list[Path]) -> torch.dtype:
+    """The dtype of the first floating-point tensor in the checkpoint (headers only)."""
+    for path in files:
+        for meta in read_header(path).values():
+            dtype = _ST_DTYPES.get(meta.get("dtype")) if isinstance(meta, dict) else None
+            if dtype is not None and dtype.is_floating_point:
+                return dtype
+    return torch.float32
+
+
+def _iter_named(files: list[Path], to_name: KeyMapper, names: set[str]):
+    """(model name, tensor) of just `names`, one at a time; shards holding none are not read."""
+    for path in files:
+        if any(to_name(key) in names for key in read_header(path)):
+            for key, tensor in iter_tensors([path]):
+                name = to_name(key)
+                if name in names:
+                    yield name, tensor
+                del tensor
+
+
+def load_scoring_model(source: ModelSource, *, dtype: torch.dtype, quant: str = "none", device: torch.device | None = None) -> nn.Module:
+    """The causal LM for scoring, streamed from safetensors straight into `dtype` on `device`.
+
+    Only one full-precision tensor is in flight at a time; with `quant="nf4"` every decoder
+    linear becomes a `Frozen4bitLinear` as its weight is read.
+
+    Raises:
+        DependencyError: `nf4` without bitsandbytes.
+        ModelError: the checkpoint does not match its config.
+    """
+    from accelerate import init_empty_weights
+    from transformers import AutoModelForCausalLM
+
+    from ..data.models import set_module_tensor
+
+    if quant == "nf4":
+        try:
+            import bitsandbytes  # noqa: F401
+        except ImportError:
+            raise DependencyError("--score-quant nf4 needs bitsandbytes", hint="pip install 'bitsandbytes>=0.48'") from None
+    device = device or torch.device("cpu")
+    config = load_config(source)
+    with init_empty_weights(include_buffers=False):  # parameters on meta, buffers (rotary) real
+        lm = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    lm.eval()
+    out_emb = lm.get_output_embeddings()
+    linears = {f"{n}.weight" for n, m in lm.named_modules() if type(m) is nn.Linear and m is not out_emb} if quant == "nf4" else set()
+    to_name = KeyMapper(lm)  # before any module is replaced
+    loaded: set[str] = set()
+    for ckpt_key, tensor in iter_tensors(checkpoint_files(Path(source.path))):
+        key = to_name(ckpt_key)
+        if key is None:
+            log.warning("checkpoint tensor %s has no place in the model; ignored", ckpt_key)
+        elif key in linears:
+            prefix = key[: -len(".weight")]
+            parent, _, leaf = prefix.rpartition(".")
+            old = lm.get_submodule(prefix)
+            if tuple(old.weight.shape) != tuple(tensor.shape):
+                raise ModelError(f"checkpoint tensor {key} has shape {list(tensor.shape)}, the model expects {list(old.weight.shape)}", hint="the config and weights do not match")
+            setattr(lm.get_submodule(parent), leaf, Frozen4bitLinear(tensor.to(device), old.bias, dtype))
+            loaded.add(key)
+        elif set_module_tensor(lm, key, tensor, dtype, device):
+            loaded.add(key)
+        else:
+            log.warning("checkpoint tensor %s has no place in the model; ignored", key)
+        del tensor
+    if out_emb is not None and (getattr(config, "tie_word_embeddings", False) or out_emb.weight.device.type == "meta"):
+        out_emb.weight = lm.get_input_embeddings().weight  # tied, as transformers ties them
+    missing = [n for n, p in lm.named_parameters() if p.device.type == "meta"] + sorted(linears - loaded)
+    if missing:
+        raise ModelError(f"the checkpoint lacks {len(missing)} tensor(s) the model needs (e.g. {missing[0]})",
+                         hint="the weight files are incomplete or do not match config.json")
+    for p in lm.parameters():
+        p.requires_grad_(False)
+    return lm.to(device)  # buffers built on the CPU follow the weights
+
+
+def _meta_model(source: ModelSource) -> nn.Module:
+    """The model on the meta device: names and shapes from the config alone, no weights."""
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(load_config(source), dtype=torch.float32)
+
+
+# ---- the build ---------------------------------------------------------------------------
+
+def build_mask(config: MaskBuildConfig, out: Path | None, *, progress: ProgressFn | None = None, command: str | None = None,
+               plan_out: dict | None = None) -> tuple[SensitivityMask, Path | None]:
+    """Compute a sensitivity mask and write its artifact folder.
+
+    Under torchrun (WORLD_SIZE > 1) every rank scores its shard of the windows and the scores
+    are all-reduced; with `fsdp`, every rank scores every window on its shard of the weights
+    instead. Only rank 0 writes.
+
+    Args:
+        config: Build options.
+        out: Folder to write the artifact to (must not exist or be empty); None = do not write.
+        progress: Optional progress callback (windows done, total, tokens); magnitude and random
+            scores report tensors done, total, 0.
+        command: The command line to record as the build recipe.
+        plan_out: If given, filled with the memory plan's figures (passes, budget, ...).
+
+    Returns:
+        (mask, folder written or None on non-zero ranks / when out is None).
+
+    Raises:
+        ConfigError: bad options, or a --max-memory the model cannot fit in.
+        ModelError, CalibrationError, DependencyError: as the model and data loaders raise.
+    """
+    device = resolve_device(config.device)
+    if config.fsdp:
+        from .fsdp_scoring import init_fsdp
+
+        device = init_fsdp(device)
+    else:
+        _maybe_init_distributed(device)
+    source = resolve_model(config.model, revision=config.revision)
+    fingerprint = model_fingerprint(source)
+    meta = _meta_model(source)
+    params = dict(meta.named_parameters())
+    shapes = {n: list(params[n].shape) for n in target_parameter_names(meta, config.targets)}
+    targets = list(shapes)
+    numels = {n: int(torch.Size(s).numel()) for n, s in shapes.items()}
+    selector = StreamingSelector(targets, numels, config.density, config.scope)
+    files = checkpoint_files(Path(source.path))
+    dtype = DTYPES[config.dtype] or checkpoint_dtype(files)
+
+    calibration = None
+    if config.scorer == "fisher":
+        calibration = _fisher_select(config, source, files, targets, numels, dtype, device, selector, progress, plan_out)
+    else:
+        if config.scorer == "magnitude":
+            scores = stream_magnitude_scores(_iter_named(files, KeyMapper(meta), set(targets)))
+        else:
+            scores = stream_random_scores(shapes, config.seed)
+        seen = set()
+        for name, s in scores:
+            selector.add(name, s)
+            seen.add(name)
+            del s
+            if progress:  # tensors done (no tokens): the bar counts tensors instead of staying at 0/?
+                progress(len(seen), len(targets), 0)
+        if len(seen) != len(targets):
+            missing = next(n for n in targets if n not in seen)
+            raise ModelError(f"the checkpoint has no tensor {missing}", hint="the weight files do not match config.json")
+    indices, share, per_tensor = selector.result()
+    stats = mask_stats(indices, shapes)
+    stats["captured_share"] = round(share, 6)
+    stats["captured_share_per_tensor"] = per_tensor
+    if config.scorer == "fisher" and dtype != torch.float32:
+        stats["score_dtype"] = str(dtype).removeprefix("torch.")
+    if config.scorer == "fisher" and config.score_quant != "none":
+        stats["score_quant"] = config.score_quant
+    mask_config = MaskConfig(
+        base_model=source.base_model,
+        base_revision=source.revision,
+        fingerprint=fingerprint,
+        density=config.density,
+        scope=config.scope,
+        scorer=config.scorer,
+        shapes=shapes,
+        calibration=calibration,
+        targets=config.targets,
+        seed=config.seed,
+        command=command,
+        created_at=build_timestamp(),
+        stats=stats,
+    )
+    mask = SensitivityMask(indices, mask_config)
+    if out is None or not is_main_process():
+        return mask, None
+    return mask, save_mask(mask, out)
+
+
+def _fisher_select(config: MaskBuildConfig, source: ModelSource, files: list[Path], targets: list[str], numels: dict[str, int],
+                   dtype: torch.dtype, device: torch.device, selector: StreamingSelector, progress: ProgressFn | None,
+                   plan_out: dict | None) -> dict:
+    """Score with fisher in planned passes and feed each finished tensor to the selector."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(source.path)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    windows, info = load_windows(config.calibration, tokenizer, samples=config.samples, seq_len=config.seq_len, seed=config.seed)
+    model = load_scoring_model(source, dtype=dtype, quant=config.score_quant, device=device)
+    shard_numels = numels
+    if config.fsdp:
+        from .fsdp_scoring import shard_model
+
+        shard_numels = shard_model(model, numels)
+    budget = parse_size(config.max_memory) if config.max_memory else None
+    plan = _plan(model, config, targets, shard_numels, budget, resident_bytes(device), windows.shape[1], dtype)
+    if plan_out is not None:
+        plan_out.update(plan.to_dict())
+    log.info("fisher build in %d pass(es)", len(plan.groups))
+    per_pass = windows.shape[0]
+    if not config.fsdp and dist.is_available() and dist.is_initialized():  # data-parallel: this rank's share
+        per_pass = len(shard_windows(windows.shape[0], dist.get_rank(), dist.get_world_size()))
+    total = per_pass * len(plan.groups)
+    with checkpointed_layers(model) if plan.checkpointed else contextlib.nullcontext():
+        _run_passes(model, config, plan, windows, selector, progress, per_pass, total)
+    return info.to_dict()
+
+
+def _plan(model: nn.Module, config: MaskBuildConfig, targets: list[str], numels: dict[str, int], budget: int | None,
+          resident: int, seq_len: int, dtype: torch.dtype) -> BuildPlan:
+    """The cheaper of the plans with and without checkpointed decoder layers that fits.
+
+    Raises:
+        ConfigError: neither fits the budget (the error of the smaller need).
+    """
+    # In 4-bit mode the embedded sequence needs a gradient, so every layer keeps activations.
+    first = (lambda name: 0) if config.score_quant != "none" else layer_of
+    n_layers = getattr(model.config, "num_hidden_layers", 1)
+    options = [False] + ([True] if budget is not None and decoder_layers(model) and not config.fsdp else [])
+    plans, errors = [], []
+    for ckpt in options:
+        try:
+            plan = plan_groups(targets, numels, budget=budget, resident=resident, grad_bytes=torch.finfo(dtype).bits // 8,
+                               activations=lambda name, ckpt=ckpt: activation_bytes(model.config, seq_len, dtype, first(name), ckpt))
+        except ConfigError as exc:
+            errors.append(exc)
+            continue
+        plan.checkpointed = ckpt
+        plans.append(plan)
+    if not plans:
+        raise errors[-1]
+    return min(plans, key=lambda p: pass_cost(p.groups, n_layers, p.checkpointed, first))
+
+
+def _run_passes(model: nn.Module, config: MaskBuildConfig, plan: BuildPlan, windows: torch.Tensor, selector: StreamingSelector,
+                progress: ProgressFn | None, per_pass: int, total: int) -> None:
+    for p, group in enumerate(plan.groups):
+        if config.fsdp:
+            from .fsdp_scoring import fsdp_fisher_select
+
+            fsdp_fisher_select(model, group, windows, selector, progress=progress, progress_offset=p * per_pass, progress_total=total)
+            continue
+        acc = fisher_scores(model, group, windows, progress=progress, progress_offset=p * per_pass, progress_total=total)
+        for name in group:  # select as the pass ends; free each accumulator at once
+            selector.add(name, acc.pop(name))

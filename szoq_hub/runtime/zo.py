@@ -1,0 +1,381 @@
+"""Zeroth-order optimizers over one flat vector of trainable values (MeZO's SPSA, sparse).
+
+The optimizers never see a model. One step, for each of q samples:
+
+    seed_i = drawn from Generator(run seed, step)      # recorded, so the step can be replayed
+    z_i    ~ N(0, I) from Generator(seed_i)            # regenerated on v's device, never stored
+    L+     = L(v + eps z_i),  L- = L(v - eps z_i)
+    g_i    = (L+ - L-) / (2 eps)                       # projected gradient
+then  v <- v - lr (mean_i g_i z_i + wd v)  (SGD; momentum / Adam keep their state over the same
+estimate).
+
+The closure is *paired*: it receives all 2q points at once, as a [2q, nnz] fp32 tensor with rows
+(v + eps z_1, v - eps z_1, v + eps z_2, ...), and returns the 2q losses in that order, so a
+runtime can evaluate them as one batch (runtime.SparseModel.perturbed: one dequantization of the
+base per step). `v` itself is never modified while the losses are computed, so there is no
+perturb/restore drift. `in_place` adapts a closure that reads `v` in place (one forward per
+point, v restored bitwise afterwards) for models that cannot batch the points.
+
+z is drawn on the device of `v` from a generator of that device type: a run, its step-log
+replay and --resume are exact on one device type (CPU and CUDA generators differ).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Sequence
+
+import torch
+
+from ..core.errors import ConfigError, TrainingError
+
+log = logging.getLogger(__name__)
+
+OPTIMIZERS = ("zo-sgd", "zo-momentum", "zo-adam")
+LR_SCHEDULES = ("constant", "linear", "cosine")
+_SEED_SPACE = 2**62
+
+PairedClosure = Callable[[torch.Tensor], Sequence[float]]
+
+
+@dataclass
+class ZOConfig:
+    """Settings of a ZO optimizer (validated on creation)."""
+
+    lr: float = field(default=1e-4, metadata={"help": "learning rate (peak, after warmup)"})
+    eps: float = field(default=1e-3, metadata={"help": "perturbation scale"})
+    optimizer: str = field(default="zo-sgd", metadata={"help": "zo-sgd, zo-momentum or zo-adam"})
+    zo_samples: int = field(default=1, metadata={"help": "SPSA estimates averaged per step (q)"})
+    lr_schedule: str = field(default="constant", metadata={"help": "constant, linear or cosine"})
+    warmup: int = field(default=0, metadata={"help": "linear warmup steps (lr = lr * step / warmup)"})
+    weight_decay: float = field(default=0.0, metadata={"help": "decoupled weight decay on the values"})
+    total_steps: int = field(default=1, metadata={"help": "steps of the run (for linear/cosine decay)"})
+    seed: int = field(default=0, metadata={"help": "run seed; step seeds derive from it"})
+    momentum: float = field(default=0.9, metadata={"help": "zo-momentum: momentum factor"})
+    beta1: float = field(default=0.9, metadata={"help": "zo-adam: first-moment decay"})
+    beta2: float = field(default=0.999, metadata={"help": "zo-adam: second-moment decay"})
+    adam_eps: float = field(default=1e-8, metadata={"help": "zo-adam: denominator epsilon"})
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in OPTIMIZERS:
+            raise ConfigError(f"unknown optimizer {self.optimizer!r}", hint=f"choose one of: {', '.join(OPTIMIZERS)}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ConfigError(f"unknown lr schedule {self.lr_schedule!r}", hint=f"choose one of: {', '.join(LR_SCHEDULES)}")
+        if not (math.isfinite(self.lr) and self.lr >= 0):
+            raise ConfigError(f"--lr must be a finite number >= 0, got {self.lr}", hint="e.g. --lr 1e-4")
+        if not (math.isfinite(self.eps) and self.eps > 0):
+            raise ConfigError(f"--eps must be > 0, got {self.eps}", hint="the paper uses --eps 1e-3")
+        if self.zo_samples < 1:
+            raise ConfigError(f"--zo-samples must be >= 1, got {self.zo_samples}", hint="e.g. --zo-samples 1")
+        if self.warmup < 0 or self.total_steps < 1:
+            raise ConfigError(f"need --warmup >= 0 and steps >= 1 (got {self.warmup}, {self.total_steps})", hint="e.g. --warmup 0")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise ConfigError(f"--weight-decay must be >= 0, got {self.weight_decay}", hint="e.g. --weight-decay 0")
+        for name in ("momentum", "beta1", "beta2"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ConfigError(f"{name} must be in [0, 1), got {getattr(self, name)}", hint="e.g. 0.9")
+
+
+@dataclass
+class StepRecord:
+    """What one step did: enough to replay the update without any forward pass."""
+
+    step: int
+    lr: float
+    seeds: list[int]
+    grads: list[float]
+    loss_plus: list[float]
+    loss_minus: list[float]
+
+    @property
+    def loss(self) -> float:
+        """Mean of the perturbed losses (an estimate of the loss at v)."""
+        return (sum(self.loss_plus) + sum(self.loss_minus)) / (2 * len(self.seeds))
+
+    @property
+    def grad_norm(self) -> float:
+        """|g| averaged over samples (the projected gradient's magnitude)."""
+        return sum(abs(g) for g in self.grads) / len(self.grads)
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "loss": self.loss}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "StepRecord":
+        return cls(**{k: data[k] for k in ("step", "lr", "seeds", "grads", "loss_plus", "loss_minus")})
+
+
+def lr_at(config: ZOConfig, step: int) -> float:
+    """Learning rate of 0-based `step`: linear warmup from 0, then constant/linear/cosine to 0.
+
+    Args:
+        config: The optimizer settings.
+        step: 0-based step index.
+
+    Returns:
+        The learning rate.
+    """
+    if step < config.warmup:
+        return config.lr * step / config.warmup
+    if config.lr_schedule == "constant":
+        return config.lr
+    span = max(1, config.total_steps - config.warmup)
+    progress = min(1.0, (step - config.warmup) / span)
+    if config.lr_schedule == "linear":
+        return config.lr * (1.0 - progress)
+    return config.lr * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def step_seeds(run_seed: int, step: int, samples: int) -> list[int]:
+    """The perturbation seeds of one step, drawn from a generator seeded by (run seed, step)."""
+    gen = torch.Generator().manual_seed((run_seed * 1_000_003 + step) % _SEED_SPACE)
+    return [int(s) for s in torch.randint(0, _SEED_SPACE, (samples,), generator=gen)]
+
+
+def perturbation(seed: int, n: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """z ~ N(0, I) [n] fp32 on `device`, a pure function of (seed, device type), drawn there
+    from that device's generator (regenerated instead of stored or copied across devices)."""
+    gen = torch.Generator(device=device).manual_seed(seed)
+    return torch.randn(n, generator=gen, dtype=torch.float32, device=device)
+
+
+def estimate(config: ZOConfig, step: int, closure: Callable[[Any], Sequence[float]], points_for: Callable[[list[int]], Any]) -> StepRecord:
+    """The two-point SPSA estimate of one step, shared by the sparse and the dense optimizer.
+
+    Args:
+        config: The optimizer settings (seed, eps, q).
+        step: 0-based step index (seeds and lr derive from it).
+        closure: Maps the points to their 2q losses, in the order of the points.
+        points_for: Builds the 2q points (v + eps z_1, v - eps z_1, ...) of the step's seeds in
+            the form the closure takes ([2q, nnz] values for the sparse runtime; (seed, scale)
+            pairs for the dense model, which perturbs its weights on the fly).
+
+    Returns:
+        The step's record (lr, seeds, projected gradients, losses).
+
+    Raises:
+        TrainingError: a non-finite loss, or a closure that returned the wrong count.
+    """
+    seeds = step_seeds(config.seed, step, config.zo_samples)
+    points = points_for(seeds)
+    losses = [float(x) for x in closure(points)]
+    del points
+    if len(losses) != 2 * len(seeds):
+        raise TrainingError(f"the loss closure returned {len(losses)} losses for {2 * len(seeds)} points", hint="return one loss per row of points")
+    plus, minus = losses[0::2], losses[1::2]
+    for lp, lm in zip(plus, minus):
+        if not (math.isfinite(lp) and math.isfinite(lm)):
+            raise TrainingError(
+                f"non-finite loss at step {step} (L+={lp}, L-={lm})",
+                hint="lower --lr or --eps; the last checkpoint is intact and --resume continues from it",
+            )
+    grads = [(lp - lm) / (2 * config.eps) for lp, lm in zip(plus, minus)]
+    return StepRecord(step, lr_at(config, step), seeds, grads, plus, minus)
+
+
+def all_finite(t: torch.Tensor) -> bool:
+    """Whether every entry of `t` is finite: its min and max are (both propagate NaN). One fused
+    reduction, ~5x faster on CPU than `isfinite(t).all()`, which dense ZO runs over 106M weights a step."""
+    if t.numel() == 0:
+        return True
+    low, high = torch.aminmax(t)
+    return bool(torch.isfinite(low) & torch.isfinite(high))
+
+
+def in_place(values: torch.Tensor, closure: Callable[[], float]) -> PairedClosure:
+    """Adapt a closure that reads `values` in place to the paired form (one call per point).
+
+    Args:
+        values: The flat vector the closure reads.
+        closure: Returns the loss at the current contents of `values`.
+
+    Returns:
+        A paired closure; `values` is restored bitwise after it ran (also on error).
+    """
+
+    def paired(points: torch.Tensor) -> list[float]:  # points [P, nnz]
+        snapshot = values.clone()
+        try:
+            losses = []
+            for point in points:
+                values.copy_(point)
+                losses.append(float(closure()))
+            return losses
+        finally:
+            values.copy_(snapshot)
+
+    return paired
+
+
+class ZOSGD:
+    """Two-point SPSA (MeZO) over a flat value vector, plain SGD update.
+
+    Args:
+        values: The flat fp32 trainable tensor [nnz]; mutated in place.
+        config: Optimizer settings.
+
+    Example:
+        opt = ZOSGD(sparse.values, ZOConfig(lr=1e-4, total_steps=300))
+        record = opt.step(lambda points: losses_at(points), step=0)  # points [2q, nnz]
+    """
+
+    def __init__(self, values: torch.Tensor, config: ZOConfig) -> None:
+        if values.dtype != torch.float32 or values.dim() != 1:
+            raise ConfigError(f"ZO values must be a flat fp32 tensor, got {values.dtype} {tuple(values.shape)}", hint="pass SparseModel.values")
+        self.values = values
+        self.config = config
+
+    def step(self, closure: PairedClosure, step: int) -> StepRecord:
+        """Estimate the gradient from 2 q losses and apply the update.
+
+        Args:
+            closure: Paired closure: [2q, nnz] points -> their 2q losses (see the module doc).
+            step: 0-based step index (seeds and lr derive from it).
+
+        Returns:
+            The step's record.
+
+        Raises:
+            TrainingError: a non-finite loss or update; `values` is left as before the step.
+        """
+        record = self.estimate(closure, step)
+        self.apply(record)
+        return record
+
+    def estimate(self, closure: PairedClosure, step: int) -> StepRecord:
+        """Evaluate L(v +- eps z_i) for each sample in one closure call; `values` is untouched.
+
+        Raises:
+            TrainingError: a non-finite loss, or a closure that returned the wrong count.
+        """
+        return estimate(self.config, step, closure, self._points)
+
+    def _points(self, seeds: list[int]) -> torch.Tensor:
+        """The 2q points (v + eps z_1, v - eps z_1, ...) as [2q, nnz] fp32."""
+        eps, v = self.config.eps, self.values
+        points = torch.empty(2 * len(seeds), v.numel(), dtype=torch.float32, device=v.device)  # [2q, nnz]
+        for i, seed in enumerate(seeds):
+            z = perturbation(seed, v.numel(), v.device)  # [nnz]
+            torch.add(v, z, alpha=eps, out=points[2 * i])
+            torch.add(v, z, alpha=-eps, out=points[2 * i + 1])
+            del z
+        return points
+
+    def direction(self, record: StepRecord) -> torch.Tensor:
+        """The gradient estimate mean_i g_i z_i [nnz], rebuilt from the seeds."""
+        n = self.values.numel()
+        est = torch.zeros(n, dtype=torch.float32, device=self.values.device)
+        for seed, g in zip(record.seeds, record.grads):
+            est.add_(perturbation(seed, n, self.values.device), alpha=g / len(record.seeds))
+        return est
+
+    def apply(self, record: StepRecord) -> None:
+        """Apply a recorded step (also used to replay a run from its step log).
+
+        Raises:
+            TrainingError: the update would make a value non-finite (nothing is changed).
+        """
+        snapshot, state = self.values.clone(), self.state_dict()  # state_dict() returns copies
+        try:
+            self._update(record)
+            finite = all_finite(self.values)
+        except (RuntimeError, OverflowError):  # a step size beyond fp32 range
+            finite = False
+        if not finite:
+            self.values.copy_(snapshot)
+            self.load_state_dict(state)  # momentum / Adam moments and step count as before the step
+            raise TrainingError(
+                f"the update at step {record.step} made values non-finite (lr {record.lr:g}, |g| {record.grad_norm:.3g})",
+                hint="lower --lr; the last checkpoint is intact and --resume continues from it",
+            )
+
+    def _update(self, record: StepRecord) -> None:
+        lr, wd, v = record.lr, self.config.weight_decay, self.values
+        if wd:
+            v.mul_(1.0 - lr * wd)  # v - lr wd v, using v before the gradient step
+        n = v.numel()
+        for seed, g in zip(record.seeds, record.grads):
+            v.add_(perturbation(seed, n, v.device), alpha=-lr * g / len(record.seeds))
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Optimizer state beyond `values` (none for SGD)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Restore state saved by `state_dict`."""
+
+
+class ZOMomentum(ZOSGD):
+    """ZO-SGD with heavy-ball momentum: m <- mu m + (g_hat + wd v); v <- v - lr m."""
+
+    def __init__(self, values: torch.Tensor, config: ZOConfig) -> None:
+        super().__init__(values, config)
+        self.m = torch.zeros_like(values)  # [nnz]
+
+    def _update(self, record: StepRecord) -> None:
+        grad = self.direction(record)  # [nnz]
+        if self.config.weight_decay:
+            grad.add_(self.values, alpha=self.config.weight_decay)
+        self.m.mul_(self.config.momentum).add_(grad)
+        self.values.add_(self.m, alpha=-record.lr)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {"m": self.m.clone()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.m.copy_(state["m"])
+
+
+class ZOAdam(ZOSGD):
+    """Adam over the ZO gradient estimate with decoupled weight decay (state: 2 x nnz floats)."""
+
+    def __init__(self, values: torch.Tensor, config: ZOConfig) -> None:
+        super().__init__(values, config)
+        self.m = torch.zeros_like(values)  # [nnz]
+        self.s = torch.zeros_like(values)  # [nnz]
+        self.t = 0
+
+    def _update(self, record: StepRecord) -> None:
+        c = self.config
+        grad = self.direction(record)  # [nnz]
+        self.t += 1
+        self.m.mul_(c.beta1).add_(grad, alpha=1 - c.beta1)
+        self.s.mul_(c.beta2).addcmul_(grad, grad, value=1 - c.beta2)
+        m_hat = self.m / (1 - c.beta1**self.t)
+        s_hat = self.s / (1 - c.beta2**self.t)
+        if c.weight_decay:
+            self.values.mul_(1.0 - record.lr * c.weight_decay)
+        self.values.addcdiv_(m_hat, s_hat.sqrt().add_(c.adam_eps), value=-record.lr)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {"m": self.m.clone(), "s": self.s.clone(), "t": torch.tensor(self.t)}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.m.copy_(state["m"])
+        self.s.copy_(state["s"])
+        self.t = int(state["t"])
+
+
+def make_optimizer(values: torch.Tensor, config: ZOConfig) -> ZOSGD:
+    """Build the optimizer named by `config.optimizer` over `values`."""
+    cls = {"zo-sgd": ZOSGD, "zo-momentum": ZOMomentum, "zo-adam": ZOAdam}[config.optimizer]
+    return cls(values, config)
+
+
+def replay(values: torch.Tensor, config: ZOConfig, records: list[StepRecord]) -> torch.Tensor:
+    """Re-apply a run's step log to initial values without any forward pass.
+
+    Args:
+        values: Initial values [nnz] (mutated in place).
+        config: The run's optimizer settings.
+        records: Step records in order.
+
+    Returns:
+        `values`, now equal to the run's final values.
+    """
+    opt = make_optimizer(values, config)
+    for record in records:
+        opt.apply(record)
+    return values

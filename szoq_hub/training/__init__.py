@@ -1,0 +1,1 @@
+"""Jobs over a model: fine-tuning, evaluation, merging, and run tracking."""

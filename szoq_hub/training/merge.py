@@ -1,0 +1,76 @@
+"""`merge`: bake a fine-tuned sparse delta into a plain transformers model folder."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+from ..runtime.delta import load_delta, write_into
+from ..runtime.dense import is_dense_file, load_dense_result
+from ..core.devices import DTYPES, resolve_device
+from ..core.paths import atomic_dir
+from ..core.errors import ConfigError, TrainingError
+from .finetune import model_and_mask_for, open_model_and_mask
+from ..data.models import load_model
+
+log = logging.getLogger(__name__)
+
+def merge(*, delta: str | Path, out: str | Path, model: str | None = None, mask_ref: str | None = None, dtype: str = "fp32",
+          device: str = "auto", revision: str | None = None) -> Path:
+    """Write `out` as a standard transformers folder whose masked weights hold the delta's values.
+
+    The runtime keeps masked weights exactly as the fine-tuned fp32 values, so the merged
+    weight is W with W.flatten()[M] = values (the quantized base is not involved: the merge is
+    made on the original full-precision weights).
+
+    A dense run (`finetune --dense`) is merged the same way: the base model with its trained
+    linear weights.
+
+    Args:
+        delta: Run folder or delta file (or a dense run's folder / dense.safetensors).
+        out: Output folder (must not exist or be empty).
+        model: The base model the delta was trained on (default: the one its header records).
+        mask_ref: The mask the delta was trained with (default: the one its header records).
+        dtype: fp32, bf16 or fp16 for the saved weights.
+        device: Where the weights are patched (`auto`, `cpu`, `cuda`, `cuda:N`); the folder
+            written is the same on every device.
+        revision: Hub revision of the model.
+
+    Returns:
+        The folder written.
+
+    Raises:
+        ConfigError: unknown dtype or device, CUDA unavailable. TrainingError: `out` not empty.
+        FingerprintMismatch, MaskError: delta not fitting the model/mask, or corrupt.
+    """
+    if dtype not in DTYPES:
+        raise ConfigError(f"unknown --dtype {dtype!r}", hint=f"choose one of: {', '.join(DTYPES)}")
+    target = resolve_device(device)
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise TrainingError(f"--out {out} already exists and is not empty", hint="choose another --out folder or remove it")
+    if is_dense_file(delta):  # a `finetune --dense` run: its trained weights replace the base's
+        if mask_ref is not None:
+            raise ConfigError(f"--mask {mask_ref} does not apply to {delta}: it holds a dense run's weights (no mask)", hint="drop --mask")
+        loaded = load_dense_result(delta, model=model, revision=revision, device=target)
+        source, nnz = loaded.source, loaded.numel
+    else:
+        model, mask_ref = model_and_mask_for(delta, model, mask_ref)
+        source, fingerprint, mask, mask_sha = open_model_and_mask(model, mask_ref, revision)
+        loaded_delta = load_delta(delta, mask=mask, mask_sha256=mask_sha, fingerprint=fingerprint, mask_ref=mask_ref)
+        loaded = load_model(source, dtype=torch.float32)
+        loaded.model.to(target)
+        write_into(loaded.model, loaded_delta, mask)  # W.flatten()[M] = values, in fp32 (what Delta.merge_into does)
+        nnz = mask.nnz
+    loaded.model.to(DTYPES[dtype])
+    # A model converted from GGUF carries the GGUF's internal name (e.g. "Smollm2 135M 8k Lc100K
+    # Mix1 Ep2"); the merged folder is named after the base model it was trained on instead.
+    vars(loaded.model.config).pop("_model_name_or_path", None)
+    loaded.model.config.name_or_path = source.base_model
+    with atomic_dir(out) as tmp:
+        loaded.model.save_pretrained(tmp)
+        loaded.tokenizer.save_pretrained(tmp)
+    log.info("merged %d values into %s", nnz, out)
+    return out
