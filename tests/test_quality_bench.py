@@ -16,15 +16,33 @@ def test_plan_starts_with_the_informative_cells_and_has_unique_keys():
     keys = [c.key for c in quality.plan()]
     assert keys[:3] == ["sst2-zero-shot-s0", "sst2-senszoq-s0", "sst2-random-s0"]
     assert len(keys) == len(set(keys))
-    assert {"sst2-senszoq-d0.0001-s0", "sst2-senszoq-d0.01-s0", "boolq-task-fisher-s0", "cb-magnitude-s0"} <= set(keys)
-    assert {c.seed for c in quality.plan() if c.dtype == "bf16"} == {0, 1, 2}  # bf16 parity: SST-2 senszoq, 3 seeds
+    assert {"sst2-senszoq-d0.0001-s0", "sst2-senszoq-d0.01-s0", "cb-task-fisher-s0", "cb-magnitude-s0"} <= set(keys)
+    assert {c.seed for c in quality.plan() if c.dtype == "bf16" and c.task == "sst2"} == {0, 1, 2}  # bf16 parity: SST-2 senszoq, 3 seeds
     for method in ("senszoq", "random", "magnitude", "task-fisher"):
-        for task in quality.TASKS:
+        for task in quality.PLAN_TASKS:
             got = {c.seed for c in quality.plan() if c.task == task and c.method == method and c.density == quality.DENSITY and not c.dtype}
             assert got == {0, 1, 2}, (task, method)
     # the extra seeds (1, 2) of magnitude and task-fisher come after their seed-0 cells on every task
-    first_extra = min(keys.index(f"{t}-{m}-s{s}") for t in quality.TASKS for m in ("magnitude", "task-fisher") for s in (1, 2))
-    assert max(keys.index(f"{t}-{m}-s0") for t in quality.TASKS for m in ("magnitude", "task-fisher")) < first_extra
+    first_extra = min(keys.index(f"{t}-{m}-s{s}") for t in quality.PLAN_TASKS for m in ("magnitude", "task-fisher") for s in (1, 2))
+    assert max(keys.index(f"{t}-{m}-s0") for t in quality.PLAN_TASKS for m in ("magnitude", "task-fisher")) < first_extra
+    # TREC runs from the shared files with a placeholder for the data folder: the recorded argv names no machine path
+    trec = [c for c in quality.plan() if c.task == "trec"]
+    assert {c.method for c in trec} == {"zero-shot", "icl", "senszoq", "random", "dense"} and keys.index("trec-senszoq-bf16-s0") < keys.index("cb-icl-s0")
+    argv = quality._finetune_argv("trec", ["--mask", "m"], 3e-4, 1e-3, 300, 0, 500, "bf16")
+    assert "{data}/trec/train.jsonl" in argv and "--task" not in argv and argv[argv.index("--dtype") + 1] == "bf16"
+    assert str(quality.DATA / "trec" / "train.jsonl") in quality.expand(argv)
+    # RTE/BoolQ cells that never ran are not planned (nothing learns them at 135M); finished ones keep their records
+    assert not any(c.task in ("rte", "boolq") and c.key not in {p.stem for p in quality.CELLS.glob("*.json")} for c in quality.plan())
+
+
+def test_old_cells_rerun_pinned_to_the_settings_they_ran_under():
+    fp32 = {"argv": ["finetune", "--model", "m", "--task", "sst2", "--json"]}
+    assert quality.pinned(fp32) == ["finetune", "--model", "m", "--task", "sst2", "--dtype", "fp32", "--micro-batch-size", "16", "--json"]
+    bf16 = {"argv": ["finetune", "--task", "sst2", "--dtype", "bf16", "--micro-batch-size", "4", "--json"], "dtype": "bf16"}
+    assert quality.pinned(bf16) == bf16["argv"]
+    dense = {"argv": ["finetune", "--dense", "--task", "sst2", "--json"]}
+    assert quality.pinned(dense) == ["finetune", "--dense", "--task", "sst2", "--micro-batch-size", "16", "--json"]
+    assert quality.pinned({"argv": ["eval", "--task", "cb", "--json"]}) == ["eval", "--task", "cb", "--dtype", "fp32", "--json"]
 
 
 def _isolate(monkeypatch, tmp_path, **settings) -> None:
@@ -73,7 +91,7 @@ def test_report_summarises_exactly_what_exists(tmp_path, monkeypatch):
     assert senszoq["mean"] == pytest.approx(0.7) and senszoq["std"] == pytest.approx(0.1) and senszoq["seeds"] == [0, 1, 2]
     assert "sst2-senszoq-s0" not in data["pending"] and "sst2-random-s0" in data["pending"] and "transfer-rte" in data["pending"]
     assert "transfer-sst2" not in data["pending"] and "not_runnable" not in data
-    assert {f"{t}-dense-d1-s{s}" for t in quality.TASKS for s in quality.SEEDS} <= set(data["pending"])  # dense cells run like the others
+    assert {f"{t}-dense-d1-s{s}" for t in quality.PLAN_TASKS for s in quality.SEEDS} <= set(data["pending"])  # dense cells run like the others
     readme = (tmp_path / "README.md").read_text()
     assert readme.startswith("intro\n") and readme.endswith("rest\n") and "old" not in readme
     assert "| sst2 | senszoq | 0.001 | 300 | 0.0001 | fp32 | 70.0 ± 10.0 | 3 (0,1,2) | 500 |" in readme
