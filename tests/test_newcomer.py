@@ -417,3 +417,12 @@ def test_finetune_writes_whole_progress_lines_when_stderr_is_a_file(tiny_model_d
     for line in lines:
         assert re.search(r"step \d+/30 loss \d+\.\d+ \|g\| \S+ lr \S+ .* \d+\.\d+ s/step eta \d+:\d\d:\d\d$", line), line
     assert lines[-1].split(" step ")[1].startswith("30/30"), text
+
+
+def test_readme_plot_example_names_runs_the_readme_creates():
+    """Every run folder the plot example names is the --out of a README command (issue 22 item 9)."""
+    readme = (REPO / "README.md").read_text()
+    created = set(re.findall(r"--out (runs/[\w.-]+)", readme))
+    plotted = [run for line in readme.splitlines() if line.startswith("szoq plot ")
+               for run in re.findall(r"runs/[\w.-]+", line.split(" --out ")[0])]
+    assert plotted and set(plotted) <= created, (plotted, created)
