@@ -426,3 +426,29 @@ def test_readme_plot_example_names_runs_the_readme_creates():
     plotted = [run for line in readme.splitlines() if line.startswith("szoq plot ")
                for run in re.findall(r"runs/[\w.-]+", line.split(" --out ")[0])]
     assert plotted and set(plotted) <= created, (plotted, created)
+
+
+def test_library_jobs_report_through_one_progress_system(capsys, monkeypatch):
+    """A third-party tqdm inside a job (transformers' GGUF conversion) becomes szoq's events, and the
+    CLI renders a job as a start note, a few whole step lines and an end note when stderr is not a terminal."""
+    import transformers.modeling_gguf_pytorch_utils as gguf_utils
+
+    from szoq_cli.render import library_progress
+    from szoq_hub.core import progress
+
+    monkeypatch.delenv("SZOQ_NO_PROGRESS", raising=False)
+    events = []
+    previous = progress.set_listener(lambda e: (events.append(e), library_progress(e)))
+    try:
+        original = gguf_utils.tqdm
+        with progress.job("convert", "model.gguf"), progress.tqdm_through(gguf_utils.__name__, "convert"):
+            assert list(gguf_utils.tqdm(range(50), desc="Converting")) == list(range(50))
+        assert gguf_utils.tqdm is original  # put back after the job
+    finally:
+        progress.set_listener(previous)
+    assert [e.phase for e in events] == ["start", *["step"] * 50, "end"] and events[-2].done == events[-2].total == 50
+    err = capsys.readouterr().err
+    lines = err.splitlines()
+    assert lines[0] == "converting model.gguf ..." and lines[-1].startswith("converted model.gguf in ")
+    steps = [line for line in lines if line.startswith("convert ")]
+    assert 3 <= len(steps) <= 12 and steps[-1].startswith("convert 50/50 tensors") and "\r" not in err
