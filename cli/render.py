@@ -193,7 +193,7 @@ def push_summary(result, *, repo: str, kind: str, what: str, use: str) -> None:
 
 _JOB_WORDS = {"convert": ("converting", "converted", "tensor"), "eval": ("evaluating", "evaluated", "example"),
               "push": ("pushing to", "pushed to", "file"), "pull": ("pulling", "pulled", "file")}
-_job_throttles: dict[str, LineThrottle] = {}
+_job_lines: dict[str, tuple[LineThrottle, int, float]] = {}  # job -> (throttle, units and seconds at its first step)
 
 
 def library_progress(event) -> None:
@@ -207,17 +207,19 @@ def library_progress(event) -> None:
         return
     doing, done_word, unit = _JOB_WORDS.get(event.job, (event.job, f"{event.job} done", "step"))
     if event.phase == "start":
-        _job_throttles.pop(event.job, None)
+        _job_lines.pop(event.job, None)
         note(f"{doing} {event.detail}".rstrip() + " ...")
     elif event.phase == "end":
+        _job_lines.pop(event.job, None)
         note(f"{done_word} {event.detail}".rstrip() + f" in {event.seconds:.0f} s")
     elif not err.is_terminal:
-        throttle = _job_throttles.setdefault(event.job, LineThrottle(event.total))
+        # the rate counts from the first step: what a job does before it (loading) is not a step
+        throttle, first_done, first_seconds = _job_lines.setdefault(event.job, (LineThrottle(event.total), event.done, event.seconds))
         if throttle.due(event.done, event.total, time.monotonic()):
             of = f"/{event.total}" if event.total is not None else ""
             eta = ""
-            if event.total and event.done:
-                eta = f" eta {_clock((event.total - event.done) * event.seconds / event.done)}"
+            if event.total is not None and event.done > first_done:
+                eta = f" eta {_clock((event.total - event.done) * (event.seconds - first_seconds) / (event.done - first_done))}"
             note(f"{event.job} {event.done}{of} {unit}s, {_clock(event.seconds)} elapsed{eta}")
         if event.total is not None and event.done >= event.total:
-            _job_throttles.pop(event.job, None)
+            _job_lines.pop(event.job, None)

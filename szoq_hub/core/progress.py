@@ -42,7 +42,8 @@ class ProgressEvent:
 
 Listener = Callable[[ProgressEvent], None]
 _listener: Listener | None = None
-_started: dict[str, float] = {}
+_started: dict[str, float] = {}  # job -> perf_counter at its start
+_explicit: dict[str, bool] = {}  # job -> started by a `start` event (else by its first step)
 
 
 def set_listener(listener: Listener | None) -> Listener | None:
@@ -59,10 +60,12 @@ def set_listener(listener: Listener | None) -> Listener | None:
 def emit(job: str, phase: str, done: int = 0, total: int | None = None, detail: str = "") -> None:
     """Report progress of `job` to the listener, if any (never raises for a missing one)."""
     now = time.perf_counter()
-    if phase == "start" or job not in _started:  # a job may report steps without a start
-        _started[job] = now
+    if phase == "start":
+        _started[job], _explicit[job] = now, True
+    elif job not in _started:  # a job may report steps without a start: it ends with its last step
+        _started[job], _explicit[job] = now, False
     seconds = now - _started[job]
-    if phase == "end" or (phase == "step" and total is not None and done >= total):
+    if phase == "end" or (phase == "step" and not _explicit[job] and total is not None and done >= total):
         _started.pop(job, None)
     if _listener is not None:
         _listener(ProgressEvent(job, phase, done, total, detail, seconds))
