@@ -8,8 +8,6 @@ from typing import Optional
 import typer
 
 from szoq_hub.hub.refs import resolve_delta_ref
-from szoq_hub.training.finetune import DEFAULT_MASK
-from szoq_hub.data.models import DEFAULT_MODEL
 from szoq_hub.export.peft import export_peft, push_peft
 from szoq_hub.hub.transport import check_repo_id
 
@@ -25,8 +23,8 @@ app.add_typer(export_app, name="export")
 def peft_cmd(
     delta: str = typer.Option(..., "--delta", help="Run folder, delta.safetensors, or ORG/NAME or ORG/NAME@REV on the Hub."),
     out_dir: Path = typer.Option(..., "--out", help="New folder for the adapter (adapter_config.json, adapter_model.safetensors)."),
-    model: str = typer.Option(DEFAULT_MODEL, "--model", help="The base model the delta was fine-tuned from."),
-    mask: str = typer.Option(DEFAULT_MASK, "--mask", help="The mask the delta was fine-tuned with."),
+    model: Optional[str] = typer.Option(None, "--model", help="The base model the delta was fine-tuned from (default: the one the delta records, else the built-in)."),
+    mask: Optional[str] = typer.Option(None, "--mask", help="The mask the delta was fine-tuned with (default: the one the delta records, else the built-in)."),
     push: Optional[str] = typer.Option(None, "--push", help="Also publish the adapter to this Hub repo ORG/NAME (one commit + a tag)."),
     tag: Optional[str] = typer.Option(None, help="Tag for --push (default: v1, or the next vN)."),
     private: bool = PRIVATE,

@@ -13,6 +13,9 @@ import sys
 import typer
 
 from szoq_hub import __version__
+from szoq_hub.core.progress import set_listener
+
+from .render import library_progress
 
 app = typer.Typer(
     name="szoq",
@@ -38,10 +41,13 @@ def root(
     if debug:
         os.environ["SZOQ_DEBUG"] = "1"
     logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    set_listener(library_progress)  # the library's progress events (conversion, eval, Hub transfers) as notes and lines
     if not debug:  # szoq draws its own progress; keep transformers' bars and notices quiet
+        from huggingface_hub.utils import disable_progress_bars
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
+        disable_progress_bars()  # huggingface_hub's download/upload bars: szoq's push/pull lines instead
         hf_logging.set_verbosity_error()
         # bitsandbytes warns on CPU that the optional `kernels` package is missing; szoq does
         # not use it (it downloads kernels at run time), so the warning is noise here.

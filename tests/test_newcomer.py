@@ -381,3 +381,74 @@ def test_readme_quickstart_runs_top_to_bottom(run_cli, tmp_path, monkeypatch, ti
         assert code == 0, f"{shlex.join(argv)}\n{err}"
     assert (clone / "merged" / "config.json").is_file()
     assert [p.name for p in main_run.iterdir()] == ["finetune_config.json"]
+
+
+# --- issue 22, second pass --------------------------------------------------------------------
+
+def test_python_api_prints_no_trust_remote_code_warning(tiny_model_dir, tiny_mask):
+    """Loading an nf4 sparse model imports bitsandbytes, which on an avx512_bf16 CPU looks up a Hub
+    kernel at import and warns about trust_remote_code; szoq keeps it from looking (issue 22 item 5)."""
+    pytest.importorskip("bitsandbytes")
+    script = ("import szoq_hub, sys\n"
+              "from szoq_hub.masks.artifact import load_mask\n"
+              "from szoq_hub.runtime.sparse import load_sparse_model\n"
+              f"load_sparse_model({str(tiny_model_dir)!r}, load_mask({str(tiny_mask)!r}), quant='nf4')\n"
+              "assert 'bitsandbytes' in sys.modules\n")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert "trust_remote_code" not in proc.stderr and "kernels-community" not in proc.stderr, proc.stderr
+
+
+def test_finetune_writes_whole_progress_lines_when_stderr_is_a_file(tiny_model_dir, tiny_mask, train_file, tmp_path):
+    """With stderr not a terminal, a 30-step run writes plain progress lines, not one truncated redraw (issue 22 item 3)."""
+    env = {k: v for k, v in os.environ.items() if k != "SZOQ_NO_PROGRESS"}
+    log = tmp_path / "stderr.log"
+    args = ["finetune", "--model", tiny_model_dir, "--mask", tiny_mask, "--train", train_file, *CUSTOM, "--quant", "none",
+            "--steps", "30", "--batch-size", "2", "--eval-every", "0", "--save-every", "30", "--train-samples", "8",
+            "--dev-samples", "4", "--eval-samples", "4", "--out", tmp_path / "run"]
+    with log.open("w") as fh:
+        proc = subprocess.run([sys.executable, "-m", "szoq_cli", *map(str, args)], stdout=subprocess.PIPE, stderr=fh, text=True,
+                              env=env, timeout=900)
+    text = log.read_text()
+    assert proc.returncode == 0, text
+    lines = [line for line in text.splitlines() if re.search(r" step \d+/30 ", line)]
+    assert len(lines) >= 3, text
+    assert "\r" not in text and "\u2026" not in text, text  # no redraws, no ellipsis of a cropped line
+    for line in lines:
+        assert re.search(r"step \d+/30 loss \d+\.\d+ \|g\| \S+ lr \S+ .* \d+\.\d+ s/step eta \d+:\d\d:\d\d$", line), line
+    assert lines[-1].split(" step ")[1].startswith("30/30"), text
+
+
+def test_readme_plot_example_names_runs_the_readme_creates():
+    """Every run folder the plot example names is the --out of a README command (issue 22 item 9)."""
+    readme = (REPO / "README.md").read_text()
+    created = set(re.findall(r"--out (runs/[\w.-]+)", readme))
+    plotted = [run for line in readme.splitlines() if line.startswith("szoq plot ")
+               for run in re.findall(r"runs/[\w.-]+", line.split(" --out ")[0])]
+    assert plotted and set(plotted) <= created, (plotted, created)
+
+
+def test_library_jobs_report_through_one_progress_system(capsys, monkeypatch):
+    """A third-party tqdm inside a job (transformers' GGUF conversion) becomes szoq's events, and the
+    CLI renders a job as a start note, a few whole step lines and an end note when stderr is not a terminal."""
+    import transformers.modeling_gguf_pytorch_utils as gguf_utils
+
+    from szoq_cli.render import library_progress
+    from szoq_hub.core import progress
+
+    monkeypatch.delenv("SZOQ_NO_PROGRESS", raising=False)
+    events = []
+    previous = progress.set_listener(lambda e: (events.append(e), library_progress(e)))
+    try:
+        original = gguf_utils.tqdm
+        with progress.job("convert", "model.gguf"), progress.tqdm_through(gguf_utils.__name__, "convert"):
+            assert list(gguf_utils.tqdm(range(50), desc="Converting")) == list(range(50))
+        assert gguf_utils.tqdm is original  # put back after the job
+    finally:
+        progress.set_listener(previous)
+    assert [e.phase for e in events] == ["start", *["step"] * 50, "end"] and events[-2].done == events[-2].total == 50
+    err = capsys.readouterr().err
+    lines = err.splitlines()
+    assert lines[0] == "converting model.gguf ..." and lines[-1].startswith("converted model.gguf in ")
+    steps = [line for line in lines if line.startswith("convert ")]
+    assert 3 <= len(steps) <= 12 and steps[-1].startswith("convert 50/50 tensors") and "\r" not in err

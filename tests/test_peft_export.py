@@ -126,3 +126,19 @@ def test_export_push_publishes_an_adapter_peft_loads_from_the_hub(hub, tiny_mode
     with pytest.raises(ConfigError, match="local path"):
         push_peft(tmp_path / "adapter", repo_id=repo)
     assert len(hub.repos[repo].commits) == commits
+
+
+def test_export_takes_the_deltas_own_model_and_registry_mask(tiny_model_dir, tiny_mask, train_jsonl, tmp_path, run_cli):  # noqa: F811
+    """`export peft --delta RUN` with no --model/--mask uses the run's model and mask, like merge and eval (issue 22)."""
+    pytest.importorskip("peft", reason="pip install 'szoq[peft]'")
+    from szoq_hub.masks.artifact import load_mask
+    from szoq_hub.masks.registry import Registry
+
+    Registry().add(Path(tiny_mask), "tiny-reg")  # a registry mask, not the built-in default
+    finetune(_config(tiny_model_dir, "tiny-reg", train_jsonl, tmp_path / "run", steps=2, eval_every=2, save_every=2))
+    code, out, err = run_cli("export", "peft", "--delta", tmp_path / "run", "--out", tmp_path / "adapter", "--json")
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["nnz"] == load_mask(tiny_mask).nnz and result["layers"] == len(load_mask(tiny_mask).indices)
+    config = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == Path(tiny_model_dir).name  # the run's model, not the built-in SmolLM2

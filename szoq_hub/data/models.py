@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from .checkpoint import checkpoint_files
+from ..core import progress
 from ..core.errors import DependencyError, ModelError
 from ..core.paths import atomic_dir, atomic_file, file_sha256, model_cache_dir
 
@@ -111,9 +112,10 @@ def _convert_gguf(gguf_path: Path, digest: str) -> Path:
 
     log.info("converting %s to safetensors (one time)", gguf_path.name)
     folder, name = str(gguf_path.parent), gguf_path.name
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+    try:  # transformers' tqdm bar goes through szoq's progress events (core/progress.py)
+        with progress.job("convert", name), progress.tqdm_through("transformers.modeling_gguf_pytorch_utils", "convert"):
+            tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+            model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
     except Exception as exc:  # transformers raises many types for a bad GGUF
         raise ModelError(
             f"cannot load GGUF file {gguf_path}: {exc}".splitlines()[0],

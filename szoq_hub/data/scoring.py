@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ..core import progress
 from .tasks import Example
 
 MAX_PROMPT_TOKENS = 1024
@@ -204,6 +205,7 @@ def predict(model, examples: list[Encoded], pad_id: int, batch_size: int = 16) -
         scores = option_scores(model, [examples[i] for i in idx], pad_id)
         for i, p in zip(idx, scores.argmax(-1).tolist()):
             preds[i] = p
+        progress.emit("eval", "step", min(start + batch_size, len(order)), len(order))  # the CLI prints a line now and then
     return preds
 
 

@@ -130,15 +130,17 @@ def _card(result: PeftExport, source_ref: str, base_model: str | None) -> str:
     ])
 
 
-def export_peft(*, model: str, mask_ref: str, delta: str | Path, out: str | Path, revision: str | None = None) -> PeftExport:
+def export_peft(*, delta: str | Path, out: str | Path, model: str | None = None, mask_ref: str | None = None,
+                revision: str | None = None) -> PeftExport:
     """Write a PEFT SHiRA adapter folder holding a fine-tuned delta as a sparse update.
 
     Args:
-        model: The base model the delta was trained on (alias, Hub id, folder, .gguf).
-        mask_ref: The mask the delta was trained with.
         delta: Run folder or delta file (local; resolve Hub refs first).
         out: Output folder (must not exist or be empty): `adapter_config.json`,
             `adapter_model.safetensors`, `README.md`.
+        model: The base model the delta was trained on (alias, Hub id, folder, .gguf; default:
+            the one the delta records, as for `merge` and `eval`).
+        mask_ref: The mask the delta was trained with (default: the one the delta records).
         revision: Hub revision of the model.
 
     Returns:
@@ -153,7 +155,7 @@ def export_peft(*, model: str, mask_ref: str, delta: str | Path, out: str | Path
     from safetensors.torch import save_file
 
     from ..runtime.delta import load_delta
-    from ..training.finetune import open_model_and_mask
+    from ..training.finetune import model_and_mask_for, open_model_and_mask
     from ..masks.artifact import card_base_model
     from ..data.models import load_model
 
@@ -161,6 +163,7 @@ def export_peft(*, model: str, mask_ref: str, delta: str | Path, out: str | Path
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise TrainingError(f"--out {out} already exists and is not empty", hint="choose another --out folder or remove it")
     load_delta(delta)  # a dense, unfinished or corrupt run is refused before the model loads (a GGUF converts for seconds)
+    model, mask_ref = model_and_mask_for(delta, model, mask_ref)  # the delta's own, like merge and eval
     source, fingerprint, mask, mask_sha = open_model_and_mask(model, mask_ref, revision)
     loaded_delta = load_delta(delta, mask=mask, mask_sha256=mask_sha, fingerprint=fingerprint)
     params = dict(load_model(source, dtype=torch.float32).model.named_parameters())  # the weights merge writes into

@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
+from ..core import progress
 from ..core.version import __version__
 from ..core.errors import ConfigError, HubError, SzoqError
 from ..core.paths import atomic_dir, path_exists, shorten
@@ -306,7 +307,7 @@ def push_artifact(art: Artifact, folder: Path, *, repo_id: str, tag: str | None,
             client.create_tag(repo_id, tag=tag, revision=head, tag_message=f"{label} {tag}", repo_type="model", token=token)
             result = PushResult(repo_id, url, head, tag, ref, sha256, "tagged")
         else:
-            with tempfile.TemporaryDirectory(prefix="szoq-push-") as tmp:  # a card only: works with a read-only SZOQ_HOME
+            with tempfile.TemporaryDirectory(prefix="szoq-push-") as tmp, progress.job("push", repo_id):  # a card only: works with a read-only SZOQ_HOME
                 card = Path(tmp) / CARD_FILE
                 card.write_text(art.card(folder, loaded, repo_id, tag))
                 info = client.create_commit(
@@ -376,7 +377,8 @@ def fetch_artifact(art: Artifact, repo_id: str, rev: str, *, token: str | None, 
         if offline:
             paths, commit, expected, tag = _from_cache(art, repo_id, rev, token, known)
         else:
-            paths, commit, expected, tag = _download(art, repo_id, rev, token)
+            with progress.job("pull", f"{repo_id}@{rev}"):  # start/end lines from the CLI
+                paths, commit, expected, tag = _download(art, repo_id, rev, token)
     _check_hash(art, paths[art.main_file], expected, repo_id, commit)
     return Fetched(paths, commit, tag, offline)
 

@@ -25,6 +25,7 @@ from .build_plan import BuildPlan, activation_bytes, layer_of, parse_size, pass_
 from ..data.calibration import load_windows
 from ..data.checkpoint import _ST_DTYPES, KeyMapper, checkpoint_files, iter_tensors, read_header
 from ..core.devices import DTYPES as SHARED_DTYPES, check_device_spec, resolve_device
+from ..core.thirdparty import import_bitsandbytes
 from ..core.errors import ConfigError, DependencyError, ModelError
 from .artifact import MaskConfig, SCOPES, SensitivityMask, check_density, mask_stats, save_mask
 from ..data.models import DEFAULT_MODEL, ModelSource, load_config, model_fingerprint, resolve_model, target_parameter_names
@@ -134,7 +135,7 @@ def load_scoring_model(source: ModelSource, *, dtype: torch.dtype, quant: str = 
 
     if quant == "nf4":
         try:
-            import bitsandbytes  # noqa: F401
+            import_bitsandbytes()  # no Hub kernel lookup, no trust_remote_code warning
         except ImportError:
             raise DependencyError("--score-quant nf4 needs bitsandbytes", hint="pip install 'bitsandbytes>=0.48'") from None
     device = device or torch.device("cpu")

@@ -50,6 +50,7 @@ from torch import nn
 
 from ..data.checkpoint import KeyMapper, checkpoint_files, iter_tensors
 from ..core.devices import resolve_device, resolve_dtype
+from ..core.thirdparty import import_bitsandbytes
 from ..core.errors import ConfigError, DependencyError, FingerprintMismatch, MaskError, ModelError
 from ..masks.artifact import SensitivityMask
 from ..data.models import ModelSource, model_fingerprint, resolve_model, set_module_tensor
@@ -417,6 +418,8 @@ def _require_bnb(quant: str) -> None:
             f"--quant {quant} needs bitsandbytes",
             hint="pip install 'bitsandbytes>=0.48' (or use --quant none)",
         )
+    if quant != "none":
+        import_bitsandbytes()  # before any other bitsandbytes import: no Hub kernel lookup, no trust_remote_code warning
 
 
 def _conv1d_type() -> type | None:
