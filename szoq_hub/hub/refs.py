@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..masks.catalog import find_builtin
-from ..core.errors import HubError, RegistryError
+from ..core.errors import HubError, MaskError, RegistryError
 from ..masks.artifact import MASK_FILE, SensitivityMask, load_mask
 from ..core.paths import path_exists, shorten
 from ..masks.registry import Registry, mask_name_for_sha256, parse_ref
@@ -100,8 +100,11 @@ def resolve_delta_ref(ref: str | Path, *, token: str | None = None, offline: boo
         MaskError: the pulled file is not a valid delta.
     """
     path = Path(ref).expanduser()
-    if path_exists(path) or not is_hub_ref(str(ref)):
+    if path_exists(path):
         return path
+    if not is_hub_ref(str(ref)):  # it looks like a path (see is_hub_ref): never asked of the Hub
+        raise MaskError(f"no local folder {shorten(str(ref))}: {shorten(path)} not found",
+                        hint=f"check the path (ls {shorten(path.parent)}/); a Hub ref is ORG/NAME[@REV]")
     from .deltas import pull_delta
 
     repo_id, revision = parse_ref(str(ref))
