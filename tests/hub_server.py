@@ -176,7 +176,10 @@ class FakeHub:
         m = re.match(r"^---\n(.*?)\n---\n", text, re.S)
         if not m:
             return None
-        data = yaml.safe_load(m.group(1))
+        try:
+            data = yaml.safe_load(m.group(1))
+        except yaml.YAMLError:  # the Hub shows a broken card's metadata as none
+            return None
         return data if isinstance(data, dict) else None
 
     def model_info(self, repo: Repo, sha: str, *, blobs: bool) -> dict:
