@@ -125,6 +125,8 @@ def test_a_ref_that_looks_like_a_path_never_goes_to_the_hub(ref, hub, tmp_path, 
     assert not is_hub_ref(ref)
     code, _, err = run_cli("plot", ref, "--out", tmp_path / "p.png")
     assert_one_line_error(code, err, "no local folder")
+    code, _, err = run_cli("mask", "show", ref.replace("runs/", "runs/mask-"))  # a mask ref likewise
+    assert_one_line_error(code, err, "no local folder")
     assert hub.served == []  # not one request
     assert is_hub_ref("team/some-repo")  # a repo id whose first part is no local folder still is one
 

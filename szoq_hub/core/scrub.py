@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import traceback
 
 REDACTED = "[token hidden]"
 _BEARER = re.compile(r"(?i)\bbearer\s+[^\s'\",;)}\]]+")
@@ -60,7 +61,7 @@ def _scrub_record(record: logging.LogRecord) -> logging.LogRecord:
         return record
     record.msg, record.args = scrub(message), None
     if record.exc_info:
-        record.exc_text = scrub("".join(__import__("traceback").format_exception(*record.exc_info)).rstrip("\n"))
+        record.exc_text = scrub("".join(traceback.format_exception(*record.exc_info)).rstrip("\n"))
     return record
 
 

@@ -41,10 +41,12 @@ def resolve_mask_ref(ref: str, *, registry: Registry | None = None, offline: boo
             return pull_mask(repo_id, revision=revision, registry=registry, offline=offline).path
         except HubError as exc:
             raise no_local_folder(ref, exc) from None
+    name, version = parse_ref(ref)
+    if "/" in name or name.startswith((".", "~")):  # a path (registry names hold no "/"), and not a Hub ref: see is_hub_ref
+        raise RegistryError(f"no local folder {shorten(ref)}", hint=f"check the path (ls {shorten(path.parent)}/); a Hub ref is ORG/NAME[@REV]")
     entry = registry.find(ref)
     if entry is not None:
         return registry.get(ref).path
-    name, version = parse_ref(ref)
     builtin = find_builtin(name)
     if builtin is not None and version is None:
         return builtin.path
