@@ -3,7 +3,6 @@ that must register nothing, and objects re-hashed before use or publishing."""
 
 from __future__ import annotations
 
-import json
 import os
 import stat
 

@@ -1,14 +1,16 @@
 """Move artifacts through the Hugging Face Hub: one push and one pull for every kind.
 
 This layer knows only "an artifact": a few files (one of which identifies a version), a model
-card and a verifier. Masks (`hub.py`) and fine-tuned deltas (`delta_hub.py`) are two small
+card and a verifier. Masks (`masks.py`) and fine-tuned deltas (`deltas.py`) are two small
 `Artifact` descriptions of it. One Hub model repo holds one artifact, written in ONE commit;
 versions are tags, pins are commit shas. Everything goes through the public `huggingface_hub`
 API (keyword-only, `revision=` and `token=` passed through), so any Hugging Face tool can read
 what szoq pushes.
 
 Tokens come from the `token=` argument, `HF_TOKEN` or the Hugging Face login (the client looks
-them up); szoq never prints, logs or writes them.
+them up); szoq never prints, logs or writes them, and scrubs them from what a server echoes
+(`errors.py`, `core/scrub.py`). Every fetched file is checked against the Hub's hash of it, and
+a download with one bad file is evicted whole from the cache, so that a retry fetches it all.
 """
 
 from __future__ import annotations
@@ -18,10 +20,9 @@ import logging
 import os
 import re
 import tempfile
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 from ..core.version import __version__
 from ..core.errors import ConfigError, HubError, SzoqError

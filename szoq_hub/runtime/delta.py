@@ -17,7 +17,7 @@ from ..core import schema
 from ..core.content import CONTENT_KEY, tensors_sha256
 from ..core.errors import FingerprintMismatch, MaskError
 from ..masks.artifact import SensitivityMask
-from ..core.paths import atomic_file, public
+from ..core.paths import public
 from ..masks.registry import mask_name_for_sha256
 
 FORMAT = "szoq.delta"
