@@ -14,6 +14,7 @@ from typing import Iterator
 
 from ..core.errors import HubError, SzoqError
 from ..core.scrub import scrub
+from .client import api, endpoint
 
 LOGIN_HINT = "pass --token, set HF_TOKEN, or run: hf auth login"
 
@@ -76,8 +77,6 @@ def as_szoq_error(exc: BaseException, *, repo_id: str | None = None, revision: s
         return HubError(f"the connection to the Hub broke while reading {at}; nothing was registered",
                         hint="run the same command again (the download resumes)")
     if isinstance(exc, httpx2.TransportError):
-        from .transport import endpoint
-
         return HubError(f"cannot reach the Hub at {endpoint()} ({type(exc).__name__})", hint="check the network or HF_ENDPOINT; use --offline to read a cached copy")
     return None
 
@@ -93,8 +92,6 @@ def _server_message(exc) -> str:
 
 def _token_role(token: str | None) -> str | None:
     """The role ("read", "write", "fineGrained") of a token as the Hub reports it, else None."""
-    from .transport import api
-
     try:
         info = api().whoami(token=token)
         role = ((info.get("auth") or {}).get("accessToken") or {}).get("role")

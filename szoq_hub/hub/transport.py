@@ -24,10 +24,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
-from ..core.version import __version__
 from ..core.errors import ConfigError, HubError, SzoqError
 from ..core.scrub import remember
-from .errors import LOGIN_HINT, as_szoq_error, hub_errors  # noqa: F401  (re-exported: the names transport has always had)
+from .client import api, endpoint  # noqa: F401  (re-exported: the names transport has always had)
+from .errors import LOGIN_HINT, as_szoq_error, hub_errors  # noqa: F401  (re-exported likewise)
 from ..core.paths import atomic_dir, path_exists, shorten
 from ..masks.registry import check_version, parse_ref, version_key
 
@@ -116,20 +116,6 @@ class Fetched:
 
 
 # -- helpers ---------------------------------------------------------------------------------
-def api():
-    """The Hub client, identified as szoq."""
-    from huggingface_hub import HfApi
-
-    return HfApi(library_name="szoq", library_version=__version__)
-
-
-def endpoint() -> str:
-    """The Hub endpoint in use (`HF_ENDPOINT`, read by huggingface_hub at import)."""
-    from huggingface_hub import constants
-
-    return constants.ENDPOINT.rstrip("/")
-
-
 def check_repo_id(repo_id: str) -> str:
     """Validate `ORG/NAME`.
 
