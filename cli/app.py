@@ -8,6 +8,7 @@ import sys
 
 from szoq_hub.core.errors import Interrupted, SzoqError
 from szoq_hub.core.paths import shorten
+from szoq_hub.core.scrub import remember, scrub, scrub_logging
 
 from .root import app  # noqa: F401  (the app `main` runs; tests and tools import it from here)
 
@@ -34,7 +35,7 @@ def _hub_error(exc: Exception) -> SzoqError | None:
 
 # File-system refusals a user can act on (a bad path, permissions, a full disk), not bugs.
 _FILE_ERRNOS = {errno.ENAMETOOLONG, errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.ENOTDIR, errno.EISDIR,
-                errno.ELOOP, errno.EEXIST, errno.ENOENT}
+                errno.ELOOP, errno.EEXIST, errno.ENOENT, errno.EFBIG}
 
 
 def _file_error(exc: Exception) -> SzoqError | None:
@@ -70,6 +71,12 @@ def main() -> None:
     from szoq_hub.core.memory import use_predictable_malloc
 
     use_predictable_malloc()
+    for i, word in enumerate(sys.argv):  # a --token given here is scrubbed from all output, whatever its shape
+        if word == "--token" and i + 1 < len(sys.argv):
+            remember(sys.argv[i + 1])
+        elif word.startswith("--token="):
+            remember(word.partition("=")[2])
+    scrub_logging()
     try:
         app()
     except KeyboardInterrupt as exc:
@@ -81,15 +88,18 @@ def main() -> None:
             raise
         _interrupted(interrupt)
     except Exception as exc:  # the one place errors are mapped
-        if os.environ.get("SZOQ_DEBUG"):
-            raise
+        if os.environ.get("SZOQ_DEBUG"):  # the traceback, with any token a server echoed removed
+            import traceback
+
+            print(scrub("".join(traceback.format_exception(exc))), end="", file=sys.stderr)
+            sys.exit(1)
         mapped = exc if isinstance(exc, SzoqError) else _hub_error(exc) or _file_error(exc)
         if mapped is None:
-            print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
+            print(scrub(f"error: {type(exc).__name__}: {exc}"), file=sys.stderr)
             print("hint: this is a bug in szoq; rerun with --debug for the traceback and report it", file=sys.stderr)
             sys.exit(1)
         # plain print: an error line must never be wrapped or styled
-        print(f"error: {mapped.message}", file=sys.stderr)
+        print(scrub(f"error: {mapped.message}"), file=sys.stderr)
         if mapped.hint:
-            print(f"hint: {mapped.hint}", file=sys.stderr)
+            print(scrub(f"hint: {mapped.hint}"), file=sys.stderr)
         sys.exit(2 if isinstance(mapped, SzoqError) else 1)

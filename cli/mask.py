@@ -79,9 +79,9 @@ def build(
             mask, folder = build_mask(config, tmp / "mask", progress=on_progress, command=command, plan_out=plan)
             if folder is None:  # not rank 0
                 return
-            entry = registry.add(folder, registry_name, version, source={"built_with": config.__dict__})
-            if out_dir is not None:
-                save_mask(mask, out_dir)
+            # --out is written before the index names the mask: a failed copy registers nothing
+            entry = registry.add(folder, registry_name, version, source={"built_with": config.__dict__},
+                                 before_commit=None if out_dir is None else lambda _: save_mask(mask, out_dir))
     result = {"ref": entry.ref, "path": str(entry.path), "sha256": entry.sha256, "nnz": mask.nnz, "captured_share": mask.config.stats.get("captured_share")}
     if plan:
         result["passes"] = plan["passes"]
@@ -173,6 +173,8 @@ def show(ref: str = typer.Argument(..., help="NAME[@VERSION], a folder, or ORG/N
 
         note(f"wrote {plot_mask(mask, plot)}")
     import math
+
+    from szoq_hub.core.content import describe as describe_content_hash
     layers = [{"tensor": n, "shape": s, "nnz": int(mask.indices[n].numel()) if n in mask.indices else 0,
                "density": (int(mask.indices[n].numel()) if n in mask.indices else 0) / math.prod(s),
                "captured_share": cfg.stats.get("captured_share_per_tensor", {}).get(n)}
@@ -184,7 +186,7 @@ def show(ref: str = typer.Argument(..., help="NAME[@VERSION], a folder, or ORG/N
     facts = [["base model", cfg.base_model], ["fingerprint", cfg.fingerprint[:16]], ["scorer", cfg.scorer],
              ["density", f"{cfg.density:g} ({cfg.scope})"], ["nnz", f"{mask.nnz:,}"],
              ["captured share", cfg.stats.get("captured_share", "n/a")], ["calibration", cfg.calibration],
-             ["created", cfg.created_at], ["path", folder]]
+             ["created", cfg.created_at], ["content sha256", describe_content_hash(cfg.content_sha256)], ["path", folder]]
     table(ref, ["fact", "value"], facts)
     table(None, ["tensor", "shape", "nnz", "density", "captured"],
           [[l["tensor"], "x".join(map(str, l["shape"])), l["nnz"], f"{l['density']:.2e}", "n/a" if l["captured_share"] is None else f"{l['captured_share']:.3f}"] for l in layers])

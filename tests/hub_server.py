@@ -9,11 +9,14 @@ auth. State is in memory; commits get real 40-hex shas computed the way git does
 
 Auth follows the Hub: an unknown token is 401 "Invalid credentials in Authorization header";
 a missing or private repo is 401 `RepoNotFound` for anonymous callers and 404 for authenticated
-ones; a write without a token is 401, with a read-only token or to a foreign namespace 403.
+ones; a write without a token is 401, with a read-only token or to a foreign namespace 403
+(`read_only_status = 401` answers a read-only token's write with 401, as huggingface.co does).
 
 Test hooks: `served` records every response (method, path, status, bytes of body sent);
 `faults` injects a cut-off download, corrupt content, a concurrent commit before the next one, or
-a connection that drops after a commit landed (`drop_commit_answer`).
+a connection that drops after a commit landed (`drop_commit_answer`), a server whose every error
+echoes the request's Authorization header (`echo_auth`), and Range answers of unknown length,
+`Content-Range: bytes 0-7/*` (`unknown_length`).
 """
 
 from __future__ import annotations
@@ -73,6 +76,7 @@ class FakeHub:
         self.tokens: dict[str, dict] = {}  # token -> {"user", "orgs", "role"}
         self.served: list[dict] = []
         self.faults: dict[str, object] = {}
+        self.read_only_status = 403  # what a read-only token's write gets (huggingface.co: 401)
         self.lock = threading.RLock()
         self._clock = 0
         self.httpd: ThreadingHTTPServer | None = None
@@ -161,6 +165,8 @@ class FakeHub:
     def check_write(self, namespace: str, who: dict | None) -> None:
         if who is None:
             raise HubError(401, "You must be authenticated to write", headers={"X-Error-Message": "You must be authenticated to write"})
+        if self._owns(who, namespace) and who["role"] == "read" and self.read_only_status == 401:
+            raise HubError(401, "Invalid credentials in Authorization header", headers={"X-Error-Message": "Invalid credentials in Authorization header"})
         if not self._owns(who, namespace) or who["role"] != "write":
             raise HubError(403, f"You don't have the rights to write to {namespace}")
 
@@ -170,7 +176,10 @@ class FakeHub:
         m = re.match(r"^---\n(.*?)\n---\n", text, re.S)
         if not m:
             return None
-        data = yaml.safe_load(m.group(1))
+        try:
+            data = yaml.safe_load(m.group(1))
+        except yaml.YAMLError:  # the Hub shows a broken card's metadata as none
+            return None
         return data if isinstance(data, dict) else None
 
     def model_info(self, repo: Repo, sha: str, *, blobs: bool) -> dict:
@@ -252,6 +261,9 @@ class _Handler(BaseHTTPRequestHandler):
         n = int(self.headers.get("Content-Length") or 0)
         self._raw = self.rfile.read(n) if n else b""  # always drain the body: connections are kept alive
         try:
+            if self.hub.faults.get("echo_auth"):  # a broken server that repeats the credentials it was sent
+                auth = self.headers.get("Authorization") or "(none)"
+                raise HubError(400, f"boom {auth}", headers={"X-Error-Message": f"boom {auth}"})
             with self.hub.lock:
                 who = self.hub.caller(self.headers)
             route = self._route(parts)
@@ -497,7 +509,7 @@ class _Handler(BaseHTTPRequestHandler):
             if start >= len(data):
                 raise HubError(416, "Requested range not satisfiable")
             status, body = 206, data[start:end + 1]
-            headers["Content-Range"] = f"bytes {start}-{end}/{len(data)}"
+            headers["Content-Range"] = f"bytes {start}-{end}/{'*' if faults.get('unknown_length') else len(data)}"
         head = self.command == "HEAD"
         if head:
             headers["Content-Length"] = str(len(data))

@@ -12,6 +12,7 @@ silently skips cases fails here.
 from __future__ import annotations
 
 import json
+import os
 import struct
 from pathlib import Path
 
@@ -26,7 +27,13 @@ from szoq_hub.core.errors import SzoqError
 from szoq_hub.masks.artifact import CONFIG_FILE, MASK_FILE, load_mask
 from test_hub import SHAPES, make_mask
 
-FUZZ = dict(deadline=None, derandomize=True, database=None, suppress_health_check=list(HealthCheck))
+# derandomize: the same cases every CI run (the seed is derived from each test's name); on a
+# failure hypothesis prints the falsifying example and a `@reproduce_failure` blob (print_blob).
+FUZZ = dict(deadline=None, derandomize=True, database=None, print_blob=True, suppress_health_check=list(HealthCheck))
+# Every input the fuzzer reads back: accepted, refused with a SzoqError, or a bug (anything else,
+# which fails the test at once). Printed at the end of the module (`pytest -s`), and written as
+# JSON to $SZOQ_FUZZ_TOTALS when set.
+TOTALS = {"cases": 0, "accepted": 0, "clean_error": 0, "bug_path": 0}
 NAMES = sorted(SHAPES)
 MASK_KEYS = ["format", "format_version", "base_model", "base_revision", "fingerprint", "density", "scope", "scorer", "shapes",
              "calibration", "szoq_version", "created_at", "stats", "command", "targets", "seed"]
@@ -111,12 +118,28 @@ def apply_bytes(data: bytes, edit) -> bytes:
 
 
 def only_szoq_errors(fn, *args, **kwargs) -> bool:
-    """Call fn: True when it worked, False when it raised a SzoqError; anything else propagates."""
+    """Call fn: True when it worked, False when it raised a SzoqError; anything else propagates
+    (and is counted as a bug path before it fails the test)."""
+    TOTALS["cases"] += 1
     try:
         fn(*args, **kwargs)
-        return True
     except SzoqError:
+        TOTALS["clean_error"] += 1
         return False
+    except BaseException:
+        TOTALS["bug_path"] += 1
+        raise
+    TOTALS["accepted"] += 1
+    return True
+
+
+@pytest.fixture(scope="module", autouse=True)
+def fuzz_totals():
+    yield
+    print(f"\nfuzz totals: {TOTALS['cases']} cases, {TOTALS['accepted']} accepted, {TOTALS['clean_error']} clean errors, "
+          f"{TOTALS['bug_path']} bug paths")
+    if os.environ.get("SZOQ_FUZZ_TOTALS"):
+        Path(os.environ["SZOQ_FUZZ_TOTALS"]).write_text(json.dumps(TOTALS))
 
 
 @pytest.fixture
@@ -222,17 +245,19 @@ def test_fuzz_cards_and_listings():
                                                    st.one_of(json_values, st.dictionaries(st.sampled_from(["density", "scorer", "nnz"]), json_values)),
                                                    max_size=3))
 
-    @settings(max_examples=2000, **FUZZ)
+    @settings(max_examples=800, **FUZZ)
     @given(cards)
     def run(card):
         seen["cases"] += 1
         fields = schema.listing_fields(card)  # never raises, whatever a stranger's card holds
+        TOTALS["cases"] += 1
+        TOTALS["accepted"] += 1
         assert fields["density"] is None or isinstance(fields["density"], float)
         assert fields["nnz"] is None or (isinstance(fields["nnz"], int) and fields["nnz"] >= 0)
         f"{fields['density']:g}" if fields["density"] is not None else None  # what `mask search` renders  # noqa: B018
 
     run()
-    assert seen["cases"] >= 2000
+    assert seen["cases"] >= 800
 
 
 def test_fuzz_cli_show_and_verify(mask_folder, run_cli):
@@ -248,6 +273,8 @@ def test_fuzz_cli_show_and_verify(mask_folder, run_cli):
         seen["cases"] += 1
         for command in ("show", "verify"):
             code, _, err = run_cli("mask", command, str(mask_folder))
+            TOTALS["cases"] += 1
+            TOTALS["accepted" if code == 0 else "clean_error" if "this is a bug" not in err else "bug_path"] += 1
             assert "Traceback" not in err and "this is a bug" not in err, err
             assert code == 0 or (err.startswith("error: ") and "\nhint: " in err), err
 

@@ -24,8 +24,10 @@ from typing import Any
 from .errors import MaskError, SzoqError
 
 MAX_HEADER_BYTES = 100_000_000
-HEX64 = re.compile(r"^[0-9a-f]{64}$")
-_IDENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+HEX64 = re.compile(r"^[0-9a-f]{64}\Z")
+# A scorer is a lowercase word ("fisher", "task-fisher"); never a number such as "Infinity".
+_SCORER = re.compile(r"[a-z][a-z0-9._-]{0,63}")
+_NOT_SCORERS = {"nan", "inf", "infinity"}
 DTYPE_SIZES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
                "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8}
 REBUILD = "the artifact is corrupt or was not written by szoq: pull or build it again"
@@ -69,6 +71,39 @@ def is_int(x: object) -> bool:
 def is_number(x: object) -> bool:
     """True for a finite JSON number (bool is not one)."""
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def is_timestamp(x: object) -> bool:
+    """True for "" (not recorded) or an ISO 8601 time such as 2026-01-01T00:00:00+00:00."""
+    if x == "":
+        return True
+    if not isinstance(x, str) or len(x) > 40:
+        return False
+    from datetime import datetime
+
+    try:
+        datetime.fromisoformat(x)
+    except ValueError:
+        return False
+    return True
+
+
+def content_hash_ok(meta: dict[str, str]) -> bool:
+    """`content_sha256` is absent or empty (written before hashes were recorded) or 64 hex digits."""
+    value = meta.get("content_sha256", "")
+    return value == "" or HEX64.match(value) is not None
+
+
+def settings_of(meta: dict[str, str]) -> dict:
+    """A delta header's `settings` as an object, or {} when it is absent or not a JSON object.
+
+    For callers that only look names up (defaults, messages); `delta_fields` refuses a bad one.
+    """
+    try:
+        value = json.loads(meta.get("settings") or "{}")
+    except (ValueError, RecursionError):
+        return {}
+    return value if isinstance(value, dict) else {}
 
 
 def _expect(cond: bool, where: str, field: str, expected: str, error: type[SzoqError], hint: str = REBUILD) -> None:
@@ -152,6 +187,7 @@ def json_field(meta: dict[str, str], key: str, where: str, *, error: type[SzoqEr
 
 # -- mask ------------------------------------------------------------------------------------
 _CALIBRATION_TYPES = {"source": str, "sha256": (str, type(None)), "samples": int, "seq_len": int, "seed": int, "tokens": int}
+_CALIBRATION_COUNTS = ("samples", "seq_len", "tokens")  # counts: never negative
 
 
 def check_calibration(value: Any, where: str, error: type[SzoqError] = MaskError) -> dict | None:
@@ -163,6 +199,9 @@ def check_calibration(value: Any, where: str, error: type[SzoqError] = MaskError
         if key in value:
             ok = is_int(value[key]) if typ is int else isinstance(value[key], typ)
             _expect(ok, where, f"calibration.{key}", typ.__name__ if isinstance(typ, type) else "a string or null", error)
+    for key in _CALIBRATION_COUNTS:
+        if key in value:
+            _expect(0 <= value[key] <= 10**15, where, f"calibration.{key}", "a count >= 0", error)
     return value
 
 
@@ -184,10 +223,11 @@ def check_stats(value: Any, where: str, error: type[SzoqError] = MaskError) -> d
         if key in value:
             _expect(is_int(value[key]) and value[key] >= 0, where, f"stats.{key}", "a count", error)
     if "captured_share" in value:
-        _expect(is_number(value["captured_share"]), where, "stats.captured_share", "a number", error)
+        _expect(is_number(value["captured_share"]) and 0.0 <= value["captured_share"] <= 1.0, where, "stats.captured_share", "a share in [0, 1]", error)
     if "captured_share_per_tensor" in value:
         per = value["captured_share_per_tensor"]
-        _expect(isinstance(per, dict) and all(is_number(v) for v in per.values()), where, "stats.captured_share_per_tensor", "an object of numbers", error)
+        _expect(isinstance(per, dict) and all(is_number(v) and 0.0 <= v <= 1.0 for v in per.values()), where,
+                "stats.captured_share_per_tensor", "an object of shares in [0, 1]", error)
     return value
 
 
@@ -224,7 +264,9 @@ def mask_fields(header: Header, where: str, *, scopes: tuple[str, ...], fmt: str
         density = math.nan
     _expect(math.isfinite(density) and 0.0 < density < 1.0, where, "density", "a number in (0, 1)", MaskError)
     _expect(meta["scope"] in scopes, where, "scope", " or ".join(scopes), MaskError)
-    _expect(bool(_IDENT.match(meta["scorer"])), where, "scorer", "a scorer name", MaskError)
+    _expect(_SCORER.fullmatch(meta["scorer"]) is not None and meta["scorer"] not in _NOT_SCORERS, where, "scorer", "a scorer name", MaskError)
+    _expect(is_timestamp(meta.get("created_at", "")), where, "created_at", "an ISO 8601 time or empty", MaskError)
+    _expect(content_hash_ok(meta), where, "content_sha256", "64 hex digits", MaskError)
     fields: dict[str, Any] = {
         "base_model": meta["base_model"], "base_revision": meta.get("base_revision") or None, "fingerprint": meta["fingerprint"],
         "density": density, "scope": meta["scope"], "scorer": meta["scorer"],
@@ -232,6 +274,8 @@ def mask_fields(header: Header, where: str, *, scopes: tuple[str, ...], fmt: str
         "calibration": check_calibration(json_field(meta, "calibration", where), where),
         "szoq_version": meta.get("szoq_version", ""), "created_at": meta.get("created_at", ""),
     }
+    if meta.get("content_sha256"):
+        fields["content_sha256"] = meta["content_sha256"]
     if "stats" in meta:
         fields["stats"] = check_stats(json_field(meta, "stats", where), where)
     if "command" in meta:
@@ -253,7 +297,7 @@ def mask_fields(header: Header, where: str, *, scopes: tuple[str, ...], fmt: str
     return fields
 
 
-def mask_config_extras(text: str, header_fields: dict[str, Any], where: str) -> dict[str, Any]:
+def mask_config_extras(text: str, header_fields: dict[str, Any], where: str, formats: dict[str, str] | None = None) -> dict[str, Any]:
     """Check `mask_config.json` against the header; return what only the config holds.
 
     The header is the truth: a config field that the header also holds must be equal to it.
@@ -262,6 +306,7 @@ def mask_config_extras(text: str, header_fields: dict[str, Any], where: str) -> 
         text: The config file's text.
         header_fields: What `mask_fields` read from the header.
         where: The config file, for messages.
+        formats: The header's `format` and `format_version` (the config's must equal them).
 
     Returns:
         `stats`, `command`, `targets`, `seed` from the config when the header lacks them
@@ -271,14 +316,16 @@ def mask_config_extras(text: str, header_fields: dict[str, Any], where: str) -> 
         MaskError: not a JSON object, a field that disagrees with the header, a wrong type.
     """
     config = loads(text, where)
+    formats = formats or {}
     _expect(isinstance(config, dict), where, "the config", "a JSON object", MaskError)
     for key, value in header_fields.items():
         if key in config and config[key] != value:
             raise MaskError(f"{where} does not match mask.safetensors ({key} differs: {str(config[key])[:40]!r} vs {str(value)[:40]!r})",
                             hint="the safetensors header is the truth; this config was edited or mixed up: pull or build the mask again")
-    for key in ("format", "format_version"):  # mirrors of the header's own format fields
-        if key in config and not isinstance(config[key], str):
-            raise MaskError(f"{where}: {key} must be a string", hint=REBUILD)
+    for key in ("format", "format_version"):  # mirrors of the header's own format fields: equal to them
+        if key in config and config[key] != formats.get(key):
+            raise MaskError(f"{where} does not match mask.safetensors ({key} differs: {str(config[key])[:40]!r} vs {formats.get(key)!r})",
+                            hint="the safetensors header is the truth; this config was edited or mixed up: pull or build the mask again")
     extras: dict[str, Any] = {}
     if "stats" not in header_fields and "stats" in config:
         extras["stats"] = check_stats(config["stats"], where)
@@ -313,7 +360,8 @@ def delta_fields(header: Header, where: str, *, fmt: str, version: str) -> dict[
     """The typed facts of a delta, from its safetensors header alone.
 
     Returns:
-        {"fingerprint", "mask_sha256", "base_model", "nnz", "settings"} with their types.
+        {"fingerprint", "mask_sha256", "base_model", "nnz", "settings", "content_sha256"} with
+        their types (`content_sha256` None for deltas written before it was recorded).
 
     Raises:
         MaskError: not a szoq delta, unsupported version, a field of the wrong type, or
@@ -329,12 +377,13 @@ def delta_fields(header: Header, where: str, *, fmt: str, version: str) -> dict[
     _expect(re.fullmatch(r"\d{1,15}", meta.get("nnz", "")) is not None, where, "nnz", "a count", MaskError, hint="the delta is corrupt")
     settings = json_field(meta, "settings", where, default={})
     _expect(isinstance(settings, dict), where, "settings", "a JSON object", MaskError, hint="the delta is corrupt")
+    _expect(content_hash_ok(meta), where, "content_sha256", "64 hex digits", MaskError, hint="the delta is corrupt")
     for name, t in header.tensors.items():
         _expect(t.dtype == "F32" and len(t.shape) == 1, where, f"tensor {name[:80]!r}", "fp32 and 1-D", MaskError, hint="the delta is corrupt")
     if sum(t.numel for t in header.tensors.values()) != int(meta["nnz"]):
         raise MaskError(f"{where}: value count does not match the header", hint="the delta is corrupt")
     return {"fingerprint": meta["fingerprint"], "mask_sha256": meta["mask_sha256"], "base_model": meta.get("base_model", ""),
-            "nnz": int(meta["nnz"]), "settings": settings}
+            "nnz": int(meta["nnz"]), "settings": settings, "content_sha256": meta.get("content_sha256") or None}
 
 
 # -- run configs, cards and listings ---------------------------------------------------------

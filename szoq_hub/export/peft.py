@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 
 from ..core.errors import ConfigError, DependencyError, TrainingError
+from ..core.diskfull import disk_errors
 from ..core.paths import atomic_dir
 
 ADAPTER_FILE = "adapter_model.safetensors"
@@ -190,7 +191,7 @@ def export_peft(*, delta: str | Path, out: str | Path, model: str | None = None,
     result = PeftExport(out, r, len(names), mask.nnz, sum(int(t.numel()) for k, t in tensors.items() if k.endswith("shira_weight")), base_name)
     meta = {"format": "pt", "szoq_format": "szoq.delta.shira", "szoq_mask_sha256": mask_sha, "szoq_fingerprint": fingerprint,
             "szoq_base_model": source.base_model, "szoq_nnz": str(mask.nnz)}
-    with atomic_dir(out) as tmp:
+    with disk_errors(out), atomic_dir(out) as tmp:
         config.save_pretrained(str(tmp))
         save_file(tensors, str(tmp / ADAPTER_FILE), metadata=meta)
         (tmp / CARD_FILE).write_text(_card(result, Path(delta).name, card_base_model(source.base_model)))

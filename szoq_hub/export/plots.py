@@ -17,6 +17,7 @@ import re
 from pathlib import Path
 
 from ..core.errors import ConfigError, DependencyError
+from ..core.schema import is_int, is_number
 from ..masks.artifact import SensitivityMask
 from ..core.paths import atomic_file
 
@@ -44,21 +45,43 @@ def _save(fig, out: Path) -> Path:
 
 
 def read_metrics(run: Path) -> list[dict]:
-    """The rows of a run's `metrics.jsonl` (a line cut off by a crash is skipped).
+    """The rows of a run's `metrics.jsonl`, type-checked (a line cut off by a crash is skipped).
+
+    A run folder may come from the Hub, so every row the plot reads is checked here: a `step`
+    row needs an integer `step` and a finite `loss`; an `eval` row an integer `step`; a `final` row a finite `eval_metric` and a string `metric` when it has them. Rows of
+    other kinds are left out.
 
     Raises:
-        ConfigError: the folder holds no `metrics.jsonl`.
+        ConfigError: the folder holds no `metrics.jsonl`, or a row of the wrong shape.
     """
     path = Path(run) / METRICS_FILE
     if not path.is_file():
         raise ConfigError(f"{run} holds no {METRICS_FILE}", hint="pass the --out folder of szoq finetune (or a pulled delta)")
     rows = []
-    for line in path.read_text().splitlines():
+    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    for n, line in enumerate(lines, 1):
         try:
-            rows.append(json.loads(line))
-        except ValueError:
+            row = json.loads(line)
+        except ValueError:  # a line cut off by a crash
             continue
+        except RecursionError:
+            row = None
+        if not isinstance(row, dict) or not _row_ok(row):
+            raise ConfigError(f"{path} line {n} is not a metrics row szoq wrote", hint="the run folder is damaged: plot another run, or fine-tune again")
+        if row.get("kind") in ("step", "eval", "final"):
+            rows.append(row)
     return rows
+
+
+def _row_ok(row: dict) -> bool:
+    kind = row.get("kind")
+    if kind == "step":
+        return is_int(row.get("step")) and is_number(row.get("loss"))
+    if kind == "eval":
+        return is_int(row.get("step"))  # its metric values are filtered where they are drawn
+    if kind == "final":
+        return (row.get("metric") is None or isinstance(row["metric"], str)) and ("eval_metric" not in row or is_number(row["eval_metric"]))
+    return True
 
 
 def _moving_average(ys: list[float], window: int) -> list[float]:
@@ -107,10 +130,11 @@ def plot_runs(runs: list[Path], out: Path, *, labels: list[str] | None = None) -
         evals = [r for r in rows if r.get("kind") == "eval"]
         if metric is None and evals:
             metric = next((k for k in evals[0] if k not in ("kind", "step", "split")), None)
+        evals = [r for r in evals if is_number(r.get(metric))]
         if metric is not None and evals:
             metric_names.add(metric)
             ax_dev.plot([r["step"] for r in evals], [r[metric] for r in evals], "o-", color=color, linewidth=2, label=f"{label} dev")
-        if final is not None and xs:
+        if final is not None and xs and "eval_metric" in final:
             ax_dev.plot([xs[-1]], [final["eval_metric"]], "*", color=color, markersize=13, label=f"{label} eval {final['eval_metric']:.3f}")
     ax_loss.set(title="training loss (ZO, mean of the two perturbed losses)", xlabel="step", ylabel="loss")
     ax_dev.set(title="dev metric (★: final eval)", xlabel="step", ylabel=" / ".join(sorted(metric_names)) or "metric")

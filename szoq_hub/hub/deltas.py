@@ -16,7 +16,7 @@ from ..runtime.delta import DELTA_CARD_TAGS, DELTA_FILE, Delta, load_delta
 from ..core.errors import ConfigError, MaskError
 from ..masks.artifact import card_base_model
 from ..core.paths import file_sha256, is_local_path, path_exists, public, shorten
-from .transport import CARD_FILE, Artifact, PullResult, PushResult, check_repo_id, copy_out, fetch_artifact, push_artifact
+from .transport import CARD_FILE, Artifact, PullResult, PushResult, check_repo_id, copy_out, evict, fetch_artifact, push_artifact
 
 RUN_CONFIG_FILE = "finetune_config.json"  # the names szoq finetune writes (szoq_hub.training.finetune)
 RUN_METRICS_FILE = "metrics.jsonl"
@@ -188,7 +188,11 @@ def pull_delta(repo_id: str, *, revision: str | None = None, token: str | None =
     known = {p.name: None for p in snapshots.iterdir()} if snapshots.is_dir() else {}
     got = fetch_artifact(DELTA, repo_id, rev, token=token, offline=offline, known=known)
     folder = got.paths[DELTA_FILE].parent  # the snapshot of `commit`: all its files sit side by side
-    load_delta(folder)  # never hand out a delta that does not verify
+    try:
+        load_delta(folder)  # never hand out a delta that does not verify
+    except MaskError:
+        evict(got.paths)  # nor keep it in the cache, where a retry would find it again
+        raise
     if out is not None:
         folder = copy_out(got.paths, Path(out).expanduser())
     return PullResult(f"{repo_id}@{got.tag or got.commit[:7]}", folder, repo_id, rev, got.commit, got.tag,

@@ -22,9 +22,10 @@ from .deltas import DELTA, pull_delta, push_delta, render_delta_card  # noqa: F4
 from ..core.errors import ConfigError, HubError, MaskError, RegistryError
 from ..masks.artifact import CARD_TAGS, CONFIG_FILE, FORMAT, FORMAT_VERSION, MASK_FILE, SCOPES, SensitivityMask, load_mask, render_card
 from ..core.paths import is_local_path, path_exists, scratch_dir, shorten
+from ..core.scrub import remember
 from ..masks.registry import Registry, RegistryEntry, check_name
 from .transport import (  # noqa: F401  (re-exported: the names szoq_hub.hub.masks has always had)
-    CARD_FILE, LOGIN_HINT, Artifact, PullResult, PushResult, api, as_szoq_error, check_repo_id, endpoint, fetch_artifact,
+    CARD_FILE, LOGIN_HINT, Artifact, PullResult, PushResult, api, as_szoq_error, check_repo_id, endpoint, evict, fetch_artifact,
     git_blob_sha1, hub_errors, push_artifact,
 )
 
@@ -220,6 +221,11 @@ def pull_mask(repo_id: str, *, revision: str | None = None, name: str | None = N
             try:
                 entry = registry.add(tmp, alias, version, source={"hub": hub}, hub=hub)
                 break
+            except MaskError as exc:  # hash-checked files that disagree: none of them may be reused
+                evict(got.paths)
+                where = f"{repo_id}@{got.commit[:7]}"
+                raise MaskError(exc.message.replace(str(tmp), where), hint="its files were removed from the cache; "
+                                "if a fresh pull fails the same way, the repo itself is broken: tell its owner") from None
             except RegistryError as exc:
                 if "already exists with other content" not in exc.message:
                     raise
@@ -254,10 +260,13 @@ def mask_info(repo_id: str, *, revision: str | None = None, token: str | None = 
     at = f"{repo_id}@{rev}"
     url = hf_hub_url(repo_id, MASK_FILE, revision=rev, repo_type="model")
     headers = build_hf_headers(token=token, library_name="szoq", library_version=__version__)
-    with hub_errors(repo_id, rev, action="read", art=MASK):
+    remember(token)
+    with hub_errors(repo_id, rev, action="read", art=MASK, token=token):
         first = get_session().get(url, headers={**headers, "Range": "bytes=0-7"})
         hf_raise_for_status(first)
-        size = int(first.headers.get("Content-Range", "/0").rsplit("/", 1)[-1] or 0) or None
+        # `bytes 0-7/1234`, or `bytes 0-7/*` when the server does not know the length (RFC 9110)
+        total = first.headers.get("Content-Range", "").rpartition("/")[2].strip()
+        size = int(total) if total.isdigit() and 0 < len(total) <= 18 else None
         n = int.from_bytes(first.content[:8], "little")
         if len(first.content) < 8 or n > schema.MAX_HEADER_BYTES:
             raise HubError(f"{at}: {MASK_FILE} is not a safetensors file", hint="the repo does not hold a valid szoq mask")
@@ -295,7 +304,8 @@ def search_masks(*, base_model: str | None = None, author: str | None = None, to
     """
     filters = list(SEARCH_TAGS) + ([f"base_model:{base_model}"] if base_model else [])
     out = []
-    with hub_errors(author or "the Hub", action="search", art=MASK):
+    remember(token)
+    with hub_errors(author or "the Hub", action="search", art=MASK, token=token):
         for m in api().list_models(filter=filters, author=author, cardData=True, limit=limit, token=token):
             try:
                 card = m.card_data.to_dict() if m.card_data is not None else {}

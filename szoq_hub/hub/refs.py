@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..masks.catalog import find_builtin
-from ..core.errors import HubError, RegistryError
+from ..core.errors import HubError, MaskError, RegistryError
 from ..masks.artifact import MASK_FILE, SensitivityMask, load_mask
 from ..core.paths import path_exists, shorten
 from ..masks.registry import Registry, mask_name_for_sha256, parse_ref
@@ -41,10 +41,12 @@ def resolve_mask_ref(ref: str, *, registry: Registry | None = None, offline: boo
             return pull_mask(repo_id, revision=revision, registry=registry, offline=offline).path
         except HubError as exc:
             raise no_local_folder(ref, exc) from None
+    name, version = parse_ref(ref)
+    if "/" in name or name.startswith((".", "~")):  # a path (registry names hold no "/"), and not a Hub ref: see is_hub_ref
+        raise RegistryError(f"no local folder {shorten(ref)}", hint=f"check the path (ls {shorten(path.parent)}/); a Hub ref is ORG/NAME[@REV]")
     entry = registry.find(ref)
     if entry is not None:
         return registry.get(ref).path
-    name, version = parse_ref(ref)
     builtin = find_builtin(name)
     if builtin is not None and version is None:
         return builtin.path
@@ -100,8 +102,11 @@ def resolve_delta_ref(ref: str | Path, *, token: str | None = None, offline: boo
         MaskError: the pulled file is not a valid delta.
     """
     path = Path(ref).expanduser()
-    if path_exists(path) or not is_hub_ref(str(ref)):
+    if path_exists(path):
         return path
+    if not is_hub_ref(str(ref)):  # it looks like a path (see is_hub_ref): never asked of the Hub
+        raise MaskError(f"no local folder {shorten(str(ref))}: {shorten(path)} not found",
+                        hint=f"check the path (ls {shorten(path.parent)}/); a Hub ref is ORG/NAME[@REV]")
     from .deltas import pull_delta
 
     repo_id, revision = parse_ref(str(ref))

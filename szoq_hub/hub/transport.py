@@ -1,14 +1,16 @@
 """Move artifacts through the Hugging Face Hub: one push and one pull for every kind.
 
 This layer knows only "an artifact": a few files (one of which identifies a version), a model
-card and a verifier. Masks (`hub.py`) and fine-tuned deltas (`delta_hub.py`) are two small
+card and a verifier. Masks (`masks.py`) and fine-tuned deltas (`deltas.py`) are two small
 `Artifact` descriptions of it. One Hub model repo holds one artifact, written in ONE commit;
 versions are tags, pins are commit shas. Everything goes through the public `huggingface_hub`
 API (keyword-only, `revision=` and `token=` passed through), so any Hugging Face tool can read
 what szoq pushes.
 
 Tokens come from the `token=` argument, `HF_TOKEN` or the Hugging Face login (the client looks
-them up); szoq never prints, logs or writes them.
+them up); szoq never prints, logs or writes them, and scrubs them from what a server echoes
+(`errors.py`, `core/scrub.py`). Every fetched file is checked against the Hub's hash of it, and
+a download with one bad file is evicted whole from the cache, so that a retry fetches it all.
 """
 
 from __future__ import annotations
@@ -18,23 +20,24 @@ import logging
 import os
 import re
 import tempfile
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 from ..core import progress
-from ..core.version import __version__
 from ..core.errors import ConfigError, HubError, SzoqError
+from ..core.scrub import remember
+from .client import api, endpoint  # noqa: F401  (re-exported: the names transport has always had)
+from .errors import LOGIN_HINT, as_szoq_error, hub_errors  # noqa: F401  (re-exported likewise)
 from ..core.paths import atomic_dir, path_exists, shorten
 from ..masks.registry import check_version, parse_ref, version_key
 
 log = logging.getLogger(__name__)
 
 CARD_FILE = "README.md"
-LOGIN_HINT = "pass --token, set HF_TOKEN, or run: hf auth login"
-_REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
-HEX = re.compile(r"^[0-9a-f]{7,40}$")
+_REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}\Z")
+HEX = re.compile(r"^[0-9a-f]{7,40}\Z")
+CARD_MAX_BYTES = 1_000_000  # a szoq card is a few KB; a stranger's 30 MB "card" is refused
 
 
 @dataclass(frozen=True)
@@ -114,20 +117,6 @@ class Fetched:
 
 
 # -- helpers ---------------------------------------------------------------------------------
-def api():
-    """The Hub client, identified as szoq."""
-    from huggingface_hub import HfApi
-
-    return HfApi(library_name="szoq", library_version=__version__)
-
-
-def endpoint() -> str:
-    """The Hub endpoint in use (`HF_ENDPOINT`, read by huggingface_hub at import)."""
-    from huggingface_hub import constants
-
-    return constants.ENDPOINT.rstrip("/")
-
-
 def check_repo_id(repo_id: str) -> str:
     """Validate `ORG/NAME`.
 
@@ -140,9 +129,16 @@ def check_repo_id(repo_id: str) -> str:
 
 
 def is_hub_ref(ref: str) -> bool:
-    """True for `ORG/NAME[@REV]` that is not an existing local path."""
+    """True for `ORG/NAME[@REV]` that does not look like a local path.
+
+    A ref that starts with `./`, `../`, `/` or `~`, or whose first part is an existing local
+    folder (`runs/sst2` when `runs/` exists), is a path: it never goes to the Hub, so a typo
+    in a run folder's name is reported at once instead of after a network round trip.
+    """
     name, _ = parse_ref(ref)
-    return name.count("/") == 1 and not path_exists(ref) and not name.startswith((".", "/", "~"))
+    if name.count("/") != 1 or name.startswith((".", "/", "~")) or path_exists(ref):
+        return False
+    return not path_exists(name.split("/")[0])
 
 
 def git_blob_sha1(data: bytes) -> str:
@@ -163,85 +159,6 @@ def _remote_hash(file_info) -> str:
     if lfs is not None:
         return lfs.sha256 if hasattr(lfs, "sha256") else lfs["sha256"]
     return file_info.blob_id
-
-
-def as_szoq_error(exc: BaseException, *, repo_id: str | None = None, revision: str | None = None, action: str = "access",
-                  art: Artifact | None = None) -> SzoqError | None:
-    """Map a huggingface_hub / HTTP exception to a one-line `HubError` with a hint.
-
-    Args:
-        exc: The exception.
-        repo_id: The repo concerned, for the message.
-        revision: The revision concerned, for the message.
-        action: What was being done ("push to", "read", "search", ...), for the message and hint.
-        art: The artifact concerned, for "not a szoq ... repo" messages.
-
-    Returns:
-        The mapped error, or None when `exc` is not a Hub error.
-    """
-    import httpx2
-    from huggingface_hub import errors as hf
-
-    repo = repo_id or "the repo"
-    at = f"{repo}@{revision}" if revision else repo
-    kind = art.kind if art else "artifact"
-    if isinstance(exc, SzoqError):
-        return exc
-    if isinstance(exc, hf.RevisionNotFoundError):
-        return HubError(f"revision {revision!r} not found in {repo}", hint=f"use an existing tag, branch (e.g. main) or commit sha of {repo}")
-    if isinstance(exc, hf.RepositoryNotFoundError):
-        return HubError(f"Hub repo {repo} not found (or it is private and this token cannot see it)", hint=f"check the name; for a private repo {LOGIN_HINT}")
-    if isinstance(exc, hf.RemoteEntryNotFoundError):
-        main = art.main_file if art else "the expected file"
-        return HubError(f"{at} has no {main}: it is not a szoq {kind} repo", hint=art.search_hint if art else "check the repo id")
-    if isinstance(exc, (hf.LocalEntryNotFoundError, hf.OfflineModeIsEnabled)):
-        return HubError(f"{at} is not in the local Hugging Face cache and szoq is offline",
-                        hint=f"run once while online: szoq {kind if art else 'mask'} pull {at}")
-    if isinstance(exc, hf.HfHubHTTPError) and exc.response is not None:
-        status = exc.response.status_code
-        if status == 401:
-            return HubError(f"the Hub refused the request to {repo}: no token or an invalid token", hint=LOGIN_HINT)
-        if status == 403:
-            org = repo.split("/")[0]
-            return HubError(f"this token may not {action} {repo} (read-only token, or not a member of {org})", hint=f"use a token with write access to {org}: {LOGIN_HINT}")
-        if status == 412:
-            return HubError(f"{repo} changed while pushing (another commit landed on main first); nothing was pushed",
-                            hint="look at the repo's new state, then run the same push again")
-        return HubError(f"the Hub answered {status} for {at}: {_server_message(exc)}", hint="retry; rerun with --debug for details if it persists")
-    if isinstance(exc, hf.HFValidationError):
-        return HubError(f"invalid Hub repo id or revision ({str(exc).splitlines()[0]})", hint="use ORG/NAME[@REV], e.g. my-team/smollm2-mask@v1")
-    if isinstance(exc, (httpx2.RemoteProtocolError, httpx2.ReadError, httpx2.WriteError)):
-        if action.startswith("push"):
-            # A commit is atomic on the Hub: it landed whole or not at all, and a repeated push
-            # of the same bytes is recognised and makes no second commit.
-            return HubError(f"the connection to the Hub broke while pushing to {repo}; the commit may or may not have landed",
-                            hint="run the same push again: if it landed, szoq sees that and pushes nothing twice")
-        return HubError(f"the connection to the Hub broke while reading {at}; nothing was registered",
-                        hint="run the same command again (the download resumes)")
-    if isinstance(exc, httpx2.TransportError):
-        return HubError(f"cannot reach the Hub at {endpoint()} ({type(exc).__name__})", hint="check the network or HF_ENDPOINT; use --offline to read a cached copy")
-    return None
-
-
-def _server_message(exc) -> str:
-    try:
-        return str(exc.response.json().get("error", "")) or exc.response.reason_phrase
-    except Exception:  # any body: the reason phrase is the fallback
-        return exc.response.reason_phrase
-
-
-@contextmanager
-def hub_errors(repo_id: str, revision: str | None = None, action: str = "access", art: Artifact | None = None) -> Iterator[None]:
-    """Turn Hub exceptions inside the block into HubError naming the repo and revision."""
-    try:
-        yield
-    except SzoqError:
-        raise
-    except Exception as exc:
-        mapped = as_szoq_error(exc, repo_id=repo_id, revision=revision, action=action, art=art)
-        if mapped is None:
-            raise
-        raise mapped from None
 
 
 def next_tag(tags: dict[str, str]) -> str:
@@ -288,7 +205,8 @@ def push_artifact(art: Artifact, folder: Path, *, repo_id: str, tag: str | None,
     sha256 = hashlib.sha256(data).hexdigest()
     label = f"szoq {art.kind}"
     client = api()
-    with hub_errors(repo_id, action="push to", art=art):
+    remember(token)
+    with hub_errors(repo_id, action="push to", art=art, token=token):
         url = str(client.create_repo(repo_id, repo_type="model", private=private, exist_ok=True, token=token))
         refs = client.list_repo_refs(repo_id, repo_type="model", token=token)
         tags = {t.name: t.target_commit for t in refs.tags}
@@ -373,17 +291,18 @@ def fetch_artifact(art: Artifact, repo_id: str, rev: str, *, token: str | None, 
     from huggingface_hub import constants
 
     offline = offline or constants.HF_HUB_OFFLINE
-    with hub_errors(repo_id, rev, action="read", art=art):
+    remember(token)
+    with hub_errors(repo_id, rev, action="read", art=art, token=token):
         if offline:
             paths, commit, expected, tag = _from_cache(art, repo_id, rev, token, known)
         else:
             with progress.job("pull", f"{repo_id}@{rev}"):  # start/end lines from the CLI
                 paths, commit, expected, tag = _download(art, repo_id, rev, token)
-    _check_hash(art, paths[art.main_file], expected, repo_id, commit)
+    check_download(art, paths, expected, repo_id, commit)
     return Fetched(paths, commit, tag, offline)
 
 
-def _download(art: Artifact, repo_id: str, rev: str, token: str | None) -> tuple[dict[str, Path], str, str, str | None]:
+def _download(art: Artifact, repo_id: str, rev: str, token: str | None) -> tuple[dict[str, Path], str, dict[str, str], str | None]:
     from huggingface_hub import hf_hub_download
 
     client = api()
@@ -396,6 +315,10 @@ def _download(art: Artifact, repo_id: str, rev: str, token: str | None) -> tuple
     # except short shas, which the cache would store as their own ref: pin those by full sha.
     dl_rev = commit if HEX.match(rev) else rev
     paths = {}
+    card = siblings.get(CARD_FILE)
+    if card is not None and isinstance(card.size, int) and card.size > CARD_MAX_BYTES:  # refused before it is fetched
+        raise HubError(f"{repo_id}@{rev}: its {CARD_FILE} is {card.size / 1e6:.1f} MB; a szoq card is at most {CARD_MAX_BYTES // 1_000_000} MB",
+                       hint="the repo is not a szoq artifact as szoq pushes it: ask its owner, or push a fresh one")
     for fname in art.download_files:
         if fname in siblings:
             paths[fname] = Path(hf_hub_download(repo_id, fname, revision=dl_rev, repo_type="model", token=token))
@@ -409,11 +332,11 @@ def _download(art: Artifact, repo_id: str, rev: str, token: str | None) -> tuple
     else:  # name the result after a tag of this commit when there is one (latest version first)
         at_commit = sorted((t for t, c in tags.items() if c == commit), key=version_key, reverse=True)
         tag = at_commit[0] if at_commit else None
-    return paths, commit, _remote_hash(siblings[art.main_file]), tag
+    return paths, commit, {f: _remote_hash(siblings[f]) for f in paths}, tag
 
 
 def _from_cache(art: Artifact, repo_id: str, rev: str, token: str | None,
-                known: dict[str, str | None]) -> tuple[dict[str, Path], str, str, str | None]:
+                known: dict[str, str | None]) -> tuple[dict[str, Path], str, dict[str, str], str | None]:
     from huggingface_hub import errors as hf
     from huggingface_hub import hf_hub_download
 
@@ -432,22 +355,51 @@ def _from_cache(art: Artifact, repo_id: str, rev: str, token: str | None,
     if tag is None and rev != "main" and not HEX.match(rev):
         tag = rev
     # The cache names each blob after the Hub's hash of it: verify against that.
-    return paths, commit, Path(os.path.realpath(paths[art.main_file])).name, tag
+    return paths, commit, {f: Path(os.path.realpath(p)).name for f, p in paths.items()}, tag
 
 
-def _check_hash(art: Artifact, path: Path, expected: str, repo_id: str, commit: str) -> None:
-    data = path.read_bytes()
-    if content_matches(data, expected):
-        return
-    # Drop the corrupt copy from the cache so that a retry downloads it again.
-    blob = Path(os.path.realpath(path))
-    for p in (path, blob):
-        try:
-            p.unlink()
-        except OSError:
-            pass
-    raise HubError(f"{art.main_file} from {repo_id}@{commit[:7]} does not match the commit's hash (got sha256 {hashlib.sha256(data).hexdigest()[:12]})",
-                   hint="the download was corrupted and has been removed from the cache: run the pull again")
+def check_download(art: Artifact, paths: dict[str, Path], expected: dict[str, str], repo_id: str, commit: str) -> None:
+    """Every fetched file must have the Hub's hash of it, and the card must be short UTF-8 text.
+
+    When one does not, the whole download is evicted from the Hugging Face cache (its files
+    belong together: a retry must fetch all of them again, not reuse the ones that looked fine).
+
+    Raises:
+        HubError: naming the file; the hint says the cache copy is gone and to pull again.
+    """
+    for fname, path in paths.items():
+        data = path.read_bytes()
+        problem = None
+        if not content_matches(data, expected[fname]):
+            problem = f"does not match the commit's hash (got sha256 {hashlib.sha256(data).hexdigest()[:12]})"
+        elif fname == CARD_FILE:
+            problem = card_problem(data)
+        if problem is not None:
+            evict(paths)
+            raise HubError(f"{fname} from {repo_id}@{commit[:7]} {problem}",
+                           hint="the download was corrupted and has been removed from the cache: run the pull again")
+
+
+def card_problem(data: bytes) -> str | None:
+    """Why a model card cannot be a szoq card (too large, not UTF-8 text), or None."""
+    if len(data) > CARD_MAX_BYTES:
+        return f"is {len(data) / 1e6:.1f} MB; a szoq card is at most {CARD_MAX_BYTES // 1_000_000} MB"
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return "is not UTF-8 text"
+    return None
+
+
+def evict(paths: dict[str, Path]) -> None:
+    """Drop fetched files (their snapshot links and cached blobs) from the Hugging Face cache."""
+    for path in paths.values():
+        blob = Path(os.path.realpath(path))
+        for p in (path, blob):
+            try:
+                p.unlink()
+            except OSError:
+                pass
 
 
 def copy_out(paths: dict[str, Path], out: Path) -> Path:

@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import json
 import math
-import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -20,7 +19,10 @@ import torch
 from ..core.version import __version__
 from ..core import schema
 from ..core.errors import ConfigError, FingerprintMismatch, MaskError
-from ..core.paths import atomic_dir, file_sha256, path_exists  # noqa: F401  (file_sha256 re-exported: artifacts are addressed by it)
+from ..core.content import CONTENT_KEY, tensors_sha256
+from ..core.paths import atomic_dir, file_sha256  # noqa: F401  (file_sha256 re-exported: artifacts are addressed by it)
+from .card import CARD_TAGS, card_base_model, render_card  # noqa: F401  (re-exported: the names artifact has always had)
+from .diff import LayerOverlap, MaskDiff, diff_masks, layer_order  # noqa: F401  (re-exported likewise)
 
 FORMAT = "szoq.mask"
 FORMAT_VERSION = "1"
@@ -29,7 +31,6 @@ CONFIG_FILE = "mask_config.json"
 CARD_FILE = "README.md"
 ARTIFACT_FILES = (MASK_FILE, CONFIG_FILE, CARD_FILE)
 SCOPES = ("per-matrix", "global")
-CARD_TAGS = ["szoq", "sensitivity-mask", "zeroth-order"]
 
 
 @dataclass
@@ -52,6 +53,8 @@ class MaskConfig:
     format: str = FORMAT
     format_version: str = FORMAT_VERSION
     stats: dict = field(default_factory=dict)
+    # sha256 of the index tensors' bytes (`core.content`); "" for masks written before it existed.
+    content_sha256: str = ""
 
     def __post_init__(self) -> None:
         check_density(self.density)
@@ -78,6 +81,8 @@ class MaskConfig:
             "command": self.command or "",
             "targets": self.targets or "",
             "seed": str(int(self.seed)),
+            # Left out when not known, so that an older mask's header reads back unchanged.
+            **({CONTENT_KEY: self.content_sha256} if self.content_sha256 else {}),
         }
 
 
@@ -249,61 +254,6 @@ def mask_stats(indices: dict[str, torch.Tensor], shapes: dict[str, list[int]]) -
     return {"nnz": nnz, "total_nnz": sum(nnz.values()), "total_numel": numel}
 
 
-def card_base_model(base_model: str | None) -> str | None:
-    """The `base_model:` a card may carry: a Hub id links on the Hub; a local path stays out."""
-    if base_model and re.fullmatch(r"[A-Za-z0-9][\w.\-]*/[\w.\-]+", base_model) and not path_exists(base_model):
-        return base_model
-    return None
-
-
-def render_card(config: MaskConfig, *, title: str | None = None, repo_id: str | None = None, tag: str | None = None) -> str:
-    """Model card text: YAML front matter for the Hub, then a human summary."""
-    from huggingface_hub import ModelCardData
-
-    # The `szoq:` block lets `szoq mask search` show density and scorer from a listing alone.
-    szoq_meta = {"density": config.density, "scope": config.scope, "scorer": config.scorer,
-                 "nnz": config.stats.get("total_nnz"), "fingerprint": config.fingerprint}
-    data = ModelCardData(library_name="szoq", base_model=card_base_model(config.base_model), tags=CARD_TAGS, szoq=szoq_meta)
-    stats = config.stats
-    calib = config.calibration or {}
-    use_ref = f"{repo_id}@{tag}" if repo_id and tag else (repo_id or "PATH_OR_REF")
-    lines = [
-        "---",
-        data.to_yaml(),
-        "---",
-        "",
-        f"# {title or 'Sensitivity mask'} for {config.base_model}",
-        "",
-        "A static sparsity mask for zeroth-order fine-tuning of quantized LLMs (SensZOQ, ICLR 2025):",
-        "the weights listed here stay in fp32 and are the only ones fine-tuned; the rest is quantized.",
-        "",
-        "| fact | value |",
-        "|---|---|",
-        f"| base model | `{config.base_model}` |",
-        f"| scorer | {config.scorer} |",
-        f"| density | {config.density:g} ({config.scope}) |",
-        f"| selected weights (nnz) | {stats.get('total_nnz', 'n/a')} of {stats.get('total_numel', 'n/a')} |",
-        f"| score mass captured | {stats.get('captured_share', 'n/a')} |",
-        f"| calibration | {calib.get('source', 'none')}, {calib.get('samples', '-')} x {calib.get('seq_len', '-')} tokens, seed {calib.get('seed', '-')} |",
-        f"| fingerprint | `{config.fingerprint[:16]}` |",
-        f"| szoq version | {config.szoq_version} |",
-        "",
-        "## Build recipe",
-        "",
-        "```",
-        config.command or "(not recorded)",
-        "```",
-        "",
-        "## Use",
-        "",
-        "```",
-        f"szoq finetune --model {config.base_model} --mask {use_ref}",
-        "```",
-        "",
-    ]
-    return "\n".join(lines)
-
-
 def config_json(config: MaskConfig) -> str:
     """The text of `mask_config.json`: the header's facts, readable (one canonical form)."""
     return json.dumps(asdict(config), indent=2, sort_keys=True) + "\n"
@@ -325,11 +275,14 @@ def save_mask(mask: SensitivityMask, folder: Path) -> Path:
         raise MaskError(f"{folder} already exists and is not empty", hint="choose another --out folder or remove it")
     for n, shape in mask.config.shapes.items():
         check_int32_range(n, math.prod(shape))
+    tensors = {n: t.contiguous().to(torch.int32) for n, t in mask.indices.items()}
+    # A copy: the caller's config object may be shared with other masks.
+    config = replace(mask.config, content_sha256=tensors_sha256(tensors))  # every load recomputes it
     with atomic_dir(folder) as tmp:
-        tensors = {n: t.contiguous().to(torch.int32) for n, t in mask.indices.items()}
-        write_safetensors(tensors, tmp / MASK_FILE, mask.config.header())
-        (tmp / CONFIG_FILE).write_text(config_json(mask.config))
-        (tmp / CARD_FILE).write_text(render_card(mask.config))
+        write_safetensors(tensors, tmp / MASK_FILE, config.header())
+        (tmp / CONFIG_FILE).write_text(config_json(config))
+        (tmp / CARD_FILE).write_text(render_card(config))
+    mask.config = config
     return folder
 
 
@@ -372,7 +325,8 @@ def config_from_header(header: schema.Header, where: str, config_text: bytes | N
         MaskError: not a szoq mask, a field of the wrong type, or a config that disagrees.
     """
     fields = schema.mask_fields(header, where, scopes=SCOPES, fmt=FORMAT, version=FORMAT_VERSION)
-    extras = schema.mask_config_extras(config_text, fields, config_where) if config_text is not None else {}
+    formats = {"format": FORMAT, "format_version": FORMAT_VERSION}
+    extras = schema.mask_config_extras(config_text, fields, config_where, formats) if config_text is not None else {}
     return MaskConfig(**fields, **extras)
 
 
@@ -437,6 +391,11 @@ def load_mask(folder: Path, *, fingerprint: str | None = None, layout: list[tupl
     verify_indices(indices, config.shapes, where=str(path))
     if sum(int(t.numel()) for t in indices.values()) == 0:
         raise MaskError(f"{path} selects 0 weights (fine-tuning it would train nothing)", hint="rebuild the mask: szoq mask build MODEL")
+    # After the structural checks (their messages say more), before any use: indices that still
+    # look valid (sorted, unique, in range) but are not the ones written are refused here.
+    if config.content_sha256 and tensors_sha256(indices) != config.content_sha256:
+        raise MaskError(f"{path}: its indices do not match the content sha256 its header records (a flipped bit, or an edit)",
+                        hint="pull or build the mask again")
     if fingerprint is not None and fingerprint != config.fingerprint:
         raise FingerprintMismatch(
             f"mask was built for {config.base_model} (fingerprint {config.fingerprint[:12]}), not for this model ({fingerprint[:12]})",
@@ -446,76 +405,3 @@ def load_mask(folder: Path, *, fingerprint: str | None = None, layout: list[tupl
         schema.check_fits_model(config.shapes, layout, str(path))
     return SensitivityMask(indices, config, path=path.parent)
 
-
-@dataclass
-class LayerOverlap:
-    """Overlap of two masks on one tensor."""
-
-    name: str
-    nnz_a: int
-    nnz_b: int
-    shared: int
-
-    @property
-    def jaccard(self) -> float:
-        union = self.nnz_a + self.nnz_b - self.shared
-        return self.shared / union if union else 1.0
-
-
-@dataclass
-class MaskDiff:
-    """Overlap of mask A with mask B: shared nnz, Jaccard, recall of A in B, per layer."""
-
-    layers: list[LayerOverlap]
-
-    @property
-    def shared(self) -> int:
-        return sum(x.shared for x in self.layers)
-
-    @property
-    def nnz_a(self) -> int:
-        return sum(x.nnz_a for x in self.layers)
-
-    @property
-    def nnz_b(self) -> int:
-        return sum(x.nnz_b for x in self.layers)
-
-    @property
-    def jaccard(self) -> float:
-        union = self.nnz_a + self.nnz_b - self.shared
-        return self.shared / union if union else 1.0
-
-    @property
-    def recall(self) -> float:
-        """Share of A's weights that B also selects."""
-        return self.shared / self.nnz_a if self.nnz_a else 1.0
-
-    def to_dict(self) -> dict:
-        return {
-            "shared": self.shared, "nnz_a": self.nnz_a, "nnz_b": self.nnz_b,
-            "jaccard": self.jaccard, "recall_a_in_b": self.recall,
-            "layers": [dict(asdict(x), jaccard=x.jaccard) for x in self.layers],
-        }
-
-
-def layer_order(name: str) -> tuple:
-    """Sort key that puts `layers.2` before `layers.10` (numbers compare as numbers)."""
-    return tuple((0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", name))
-
-
-def diff_masks(a: SensitivityMask, b: SensitivityMask) -> MaskDiff:
-    """Compare two masks tensor by tensor.
-
-    Raises:
-        MaskError: when the same tensor name has different shapes in A and B.
-    """
-    layers = []
-    for name in sorted(set(a.config.shapes) | set(b.config.shapes), key=layer_order):
-        sa, sb = a.config.shapes.get(name), b.config.shapes.get(name)
-        if sa and sb and sa != sb:
-            raise MaskError(f"tensor {name!r} has shape {sa} in A and {sb} in B", hint="compare masks of the same base model")
-        ia = a.indices.get(name, torch.empty(0, dtype=torch.int32))
-        ib = b.indices.get(name, torch.empty(0, dtype=torch.int32))
-        shared = int(torch.isin(ia, ib).sum()) if ia.numel() and ib.numel() else 0
-        layers.append(LayerOverlap(name, int(ia.numel()), int(ib.numel()), shared))
-    return MaskDiff(layers)

@@ -25,8 +25,11 @@ from .artifact import CARD_FILE, CONFIG_FILE, MASK_FILE, SensitivityMask, config
 from ..core.paths import atomic_dir, atomic_file, ensure_writable_dir, shorten, szoq_home
 
 SCHEMA_VERSION = 2
-_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,95}$")
-_VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+# fullmatch, never `$`: `$` also matches before a final newline, so `evil\n` would pass.
+_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,95}")
+_VERSION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_INDEX_HINT = "restore it from a backup or move it away to start a new registry"
 
 
 def _migrate_0_to_1(index: dict) -> dict:
@@ -69,14 +72,14 @@ class RegistryEntry:
 
 def check_name(name: str) -> str:
     """Validate a registry name (lowercase letters, digits, `.`, `_`, `-`)."""
-    if not _NAME.match(name):
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise RegistryError(f"invalid mask name {shorten(name)!r}", hint="use lowercase letters, digits, '.', '_' or '-', e.g. smollm2-c4")
     return name
 
 
 def check_version(version: str) -> str:
     """Validate a version label such as `v3` or `2026-01`."""
-    if not _VERSION.match(version):
+    if not isinstance(version, str) or not _VERSION.fullmatch(version):
         raise RegistryError(f"invalid version {shorten(version)!r}", hint="use letters, digits, '.', '_' or '-', e.g. v2")
     return version
 
@@ -118,16 +121,39 @@ class Registry:
             index = json.loads(self.index_path.read_text())
         except FileNotFoundError:
             return {"schema_version": SCHEMA_VERSION, "masks": {}}
-        except (OSError, ValueError) as exc:
-            raise RegistryError(f"registry index {self.index_path} is unreadable ({exc})", hint="restore it from a backup or move it away to start a new registry") from None
+        except (OSError, ValueError, RecursionError) as exc:
+            raise RegistryError(f"registry index {self.index_path} is unreadable ({str(exc)[:80]})", hint=_INDEX_HINT) from None
+        if not isinstance(index, dict):
+            raise self._damaged("it is not a JSON object")
         version = index.get("schema_version", 0)
+        if not (isinstance(version, int) and not isinstance(version, bool) and version >= 0):
+            raise self._damaged("schema_version is not a version number")
         if version > SCHEMA_VERSION:
             raise RegistryError(f"registry schema v{version} is newer than this szoq (v{SCHEMA_VERSION})", hint="upgrade szoq: pip install -U szoq")
+        if not isinstance(index.setdefault("masks", {}), dict):
+            raise self._damaged("masks is not an object")
+        for name, versions in index["masks"].items():  # checked before a migration touches them
+            if not isinstance(versions, list) or not all(isinstance(v, dict) for v in versions):
+                raise self._damaged(f"the versions of {shorten(name)!r} are not a list of objects")
         while version < SCHEMA_VERSION:
             index = MIGRATIONS[version](index)
             version += 1
         index["schema_version"] = SCHEMA_VERSION
+        for name, versions in index["masks"].items():
+            for raw in versions:
+                self._check_raw(name, raw)
         return index
+
+    def _damaged(self, why: str) -> RegistryError:
+        return RegistryError(f"registry index {self.index_path} is damaged ({why})", hint=_INDEX_HINT)
+
+    def _check_raw(self, name: str, raw: dict) -> None:
+        """One index entry: every field the registry reads, of its type (a hand edit fails here)."""
+        ok = (isinstance(raw.get("version"), str) and isinstance(raw.get("sha256"), str) and _SHA256.fullmatch(raw["sha256"]) is not None
+              and isinstance(raw.get("created_at"), str) and isinstance(raw.get("source") or {}, dict)
+              and isinstance(raw.get("hub"), (dict, type(None))))
+        if not ok:
+            raise self._damaged(f"an entry of {shorten(name)!r} lacks version, sha256 or created_at, or has a field of the wrong type")
 
     def _write(self, index: dict) -> None:
         with atomic_file(self.index_path) as tmp:
@@ -137,10 +163,24 @@ class Registry:
         return RegistryEntry(name, raw["version"], raw["sha256"], raw["created_at"], self.objects / raw["sha256"], raw.get("source") or {}, raw.get("hub"))
 
     # -- public API --------------------------------------------------------------------------
-    def add(self, folder: Path, name: str, version: str | None = None, *, source: dict | None = None, hub: dict | None = None) -> RegistryEntry:
+    def add(self, folder: Path, name: str, version: str | None = None, *, source: dict | None = None, hub: dict | None = None,
+            before_commit: Callable[[RegistryEntry], None] | None = None) -> RegistryEntry:
         """Store an artifact folder under `NAME@VERSION` (next `vN` when version is None).
 
         Adding identical content under an existing version is a no-op returning that entry.
+        Registration is all or nothing: the artifact is verified, its object stored, then
+        `before_commit` runs (e.g. writing a copy to `--out`), and only then does the index name
+        it; when anything before that raises, the registry is as it was (a newly stored object is
+        removed again).
+
+        Args:
+            folder: The artifact folder.
+            name: Registry name.
+            version: Version label, or None for the next `vN`.
+            source: Where it came from (recorded).
+            hub: Its Hub record, when pulled.
+            before_commit: Called with the entry-to-be after the object is stored, before the
+                index is written; an exception aborts the registration.
 
         Raises:
             MaskError: the artifact does not verify.
@@ -152,24 +192,41 @@ class Registry:
         mask = load_mask(folder)  # refuse corrupt artifacts before they enter the store
         sha = file_sha256(Path(folder) / MASK_FILE)
         with self._lock():
-            self._store_object(Path(folder), sha, mask)
             index = self._read()
             versions = index["masks"].setdefault(name, [])
             if version is None:
                 same = [v for v in versions if v["sha256"] == sha]
                 if same and same[-1] is versions[-1]:  # re-adding the latest content: no new version
-                    return self._entry(name, same[-1])
+                    return self._existing(name, same[-1], Path(folder), mask, before_commit)
                 nums = [version_key(v["version"])[1] for v in versions if version_key(v["version"])[0]]
                 version = f"v{max(nums, default=0) + 1}"
             for v in versions:
                 if v["version"] == version:
                     if v["sha256"] == sha:
-                        return self._entry(name, v)
+                        return self._existing(name, v, Path(folder), mask, before_commit)
                     raise RegistryError(f"{name}@{version} already exists with other content", hint="omit --version to get the next one, or choose another")
+            used = any(v["sha256"] == sha for vs in index["masks"].values() for v in vs)
+            self._store_object(Path(folder), sha, mask)
             raw = {"version": version, "sha256": sha, "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "source": source or {}, "hub": hub}
-            versions.append(raw)
-            self._write(index)
+            try:
+                if before_commit is not None:
+                    before_commit(self._entry(name, raw))
+                versions.append(raw)
+                self._write(index)
+            except BaseException:
+                if not used:  # an object no entry names would only be garbage
+                    shutil.rmtree(self.objects / sha, ignore_errors=True)
+                raise
             return self._entry(name, raw)
+
+    def _existing(self, name: str, raw: dict, folder: Path, mask: SensitivityMask,
+                  before_commit: Callable[[RegistryEntry], None] | None) -> RegistryEntry:
+        """An entry that already holds this content: repair its object if damaged, run the hook."""
+        self._store_object(folder, raw["sha256"], mask)
+        entry = self._entry(name, raw)
+        if before_commit is not None:
+            before_commit(entry)
+        return entry
 
     def _store_object(self, folder: Path, sha: str, mask: SensitivityMask) -> None:
         target = self.objects / sha
@@ -215,6 +272,11 @@ class Registry:
             raise RegistryError(f"no mask {shorten(ref)!r} in the local registry", hint=hint)
         if not (entry.path / MASK_FILE).exists():
             raise RegistryError(f"the files of {entry.ref} are missing from {entry.path}", hint=f"remove it with szoq mask rm {entry.ref} and pull or build it again")
+        # Re-hashed on every use: an object edited on disk (still a valid mask) must not be used
+        # or published under a name that promised other bytes. A mask is a few MB: cheap.
+        if file_sha256(entry.path / MASK_FILE) != entry.sha256:
+            raise RegistryError(f"the files of {entry.ref} in {entry.path} were changed after it was registered (sha256 differs)",
+                                hint=f"remove it with szoq mask rm {entry.ref} and pull or build it again")
         return entry
 
     def update_hub(self, ref: str, hub: dict) -> RegistryEntry:

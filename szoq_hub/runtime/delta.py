@@ -14,9 +14,10 @@ from pathlib import Path
 import torch
 
 from ..core import schema
+from ..core.content import CONTENT_KEY, tensors_sha256
 from ..core.errors import FingerprintMismatch, MaskError
 from ..masks.artifact import SensitivityMask
-from ..core.paths import atomic_file, public
+from ..core.paths import public
 from ..masks.registry import mask_name_for_sha256
 
 FORMAT = "szoq.delta"
@@ -96,7 +97,7 @@ class Delta:
 
     @property
     def settings(self) -> dict:
-        return json.loads(self.meta.get("settings") or "{}")
+        return schema.settings_of(self.meta)
 
 
 def write_into(model: torch.nn.Module, delta: Delta, mask: SensitivityMask) -> torch.nn.Module:
@@ -139,16 +140,19 @@ def save_delta(path: Path, tensors: dict[str, torch.Tensor], *, mask_sha256: str
     Returns:
         The file written.
     """
-    from safetensors.torch import save_file
+    from ..masks.artifact import write_safetensors
 
     path = Path(path)
     if path.suffix != ".safetensors":
         path = path / DELTA_FILE
+    values = {n: t.detach().to(torch.float32).contiguous() for n, t in tensors.items()}  # [nnz_name] each
     meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "mask_sha256": mask_sha256, "fingerprint": fingerprint,
-            "base_model": base_model, "nnz": str(sum(int(t.numel()) for t in tensors.values())),
-            "settings": json.dumps(public(settings or {}), sort_keys=True)}  # shared with the delta: no local paths
-    with atomic_file(path) as tmp:
-        save_file({n: t.detach().to(torch.float32).contiguous() for n, t in tensors.items()}, str(tmp), metadata=meta)
+            "base_model": base_model, "nnz": str(sum(int(t.numel()) for t in values.values())),
+            "settings": json.dumps(public(settings or {}), sort_keys=True),  # shared with the delta: no local paths
+            CONTENT_KEY: tensors_sha256(values)}  # every load recomputes it: a flipped bit is refused
+    # Sorted header keys and tensor names: the same run writes the same bytes (the file's sha256
+    # names a delta on the Hub, and `save_file` orders its header through a hash map).
+    write_safetensors(values, path, meta)
     return path
 
 
@@ -197,13 +201,16 @@ def load_delta(ref: str | Path, *, mask: SensitivityMask | None = None, mask_sha
                                  "it resumes from its last checkpoint")
         raise MaskError(f"{path} not found", hint="pass the output folder of szoq finetune, its delta.safetensors, or ORG/NAME[@REV] on the Hub")
     header = schema.read_header(path)
-    schema.delta_fields(header, str(path), fmt=FORMAT, version=FORMAT_VERSION)  # types, counts, dtypes
+    fields = schema.delta_fields(header, str(path), fmt=FORMAT, version=FORMAT_VERSION)  # types, counts, dtypes
     meta = header.metadata
     try:
         with safe_open(str(path), framework="pt") as fh:
             tensors = {k: fh.get_tensor(k) for k in fh.keys()}
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         raise MaskError(f"{path} is corrupt or truncated ({str(exc).splitlines()[0]})", hint="fine-tune again or restore the file") from None
+    if fields["content_sha256"] and tensors_sha256(tensors) != fields["content_sha256"]:
+        raise MaskError(f"{path}: its values do not match the content sha256 its header records (a flipped bit, or an edit)",
+                        hint="the delta is corrupt: pull it again or fine-tune again")
     for name, t in tensors.items():
         if not bool(torch.isfinite(t).all()):
             raise MaskError(f"{path}: tensor {name} holds non-finite values", hint="the delta is corrupt")
@@ -230,11 +237,13 @@ def trained_mask_ref(meta: dict[str, str]) -> str:
     """The mask a delta was trained with, named for a user: a local mask holding the same content
     (`NAME@vN` or a built-in name), else the ref recorded at training time, else its sha256."""
     sha = meta.get("mask_sha256", "")
-    try:
-        settings = json.loads(meta.get("settings") or "{}")
-    except ValueError:
-        settings = {}
-    return mask_name_for_sha256(sha) or settings.get("mask_ref") or settings.get("mask") or f"sha256 {sha[:12]}"
+    settings = schema.settings_of(meta)
+    return mask_name_for_sha256(sha) or _text(settings.get("mask_ref")) or _text(settings.get("mask")) or f"sha256 {sha[:12]}"
+
+
+def _text(value: object) -> str | None:
+    """A name recorded in a header, when it is a short string (headers come from strangers)."""
+    return value if isinstance(value, str) and 0 < len(value) <= 1000 else None
 
 
 def delta_origin(ref: str | Path) -> tuple[str | None, str | None]:
@@ -259,10 +268,7 @@ def delta_origin(ref: str | Path) -> tuple[str | None, str | None]:
         return None, None
     if meta.get("format") != FORMAT:
         return None, None
-    try:
-        settings = json.loads(meta.get("settings") or "{}")
-    except ValueError:
-        settings = {}
+    settings = schema.settings_of(meta)  # a hostile "[]" or deep nesting: no defaults, load_delta says why
     run_config = path.parent / "finetune_config.json"
     if _is_file(run_config):
         try:
@@ -272,5 +278,5 @@ def delta_origin(ref: str | Path) -> tuple[str | None, str | None]:
         if local is not None and local.get("fingerprint") == meta.get("fingerprint"):  # the config of this very run
             settings = {**settings, "model": local["settings"].get("model", settings.get("model")),
                         "mask_ref": local.get("mask_ref") or settings.get("mask_ref")}
-    mask = mask_name_for_sha256(meta.get("mask_sha256", "")) or settings.get("mask_ref") or settings.get("mask")
-    return settings.get("model"), mask
+    mask = mask_name_for_sha256(meta.get("mask_sha256", "")) or _text(settings.get("mask_ref")) or _text(settings.get("mask"))
+    return _text(settings.get("model")), mask

@@ -10,6 +10,7 @@ import torch
 from ..runtime.delta import load_delta, write_into
 from ..runtime.dense import is_dense_file, load_dense_result
 from ..core.devices import DTYPES, resolve_device
+from ..core.diskfull import disk_errors
 from ..core.paths import atomic_dir
 from ..core.errors import ConfigError, TrainingError
 from .finetune import model_and_mask_for, open_model_and_mask
@@ -69,7 +70,7 @@ def merge(*, delta: str | Path, out: str | Path, model: str | None = None, mask_
     # Mix1 Ep2"); the merged folder is named after the base model it was trained on instead.
     vars(loaded.model.config).pop("_model_name_or_path", None)
     loaded.model.config.name_or_path = source.base_model
-    with atomic_dir(out) as tmp:
+    with disk_errors(out), atomic_dir(out) as tmp:
         loaded.model.save_pretrained(tmp)
         loaded.tokenizer.save_pretrained(tmp)
     log.info("merged %d values into %s", nnz, out)

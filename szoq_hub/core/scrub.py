@@ -1,0 +1,82 @@
+"""One token scrubber for all text that came from outside and is about to be shown or stored.
+
+A Hub (or a proxy in front of it) may echo the request's `Authorization` header in its error
+text, and that text reaches `error:` lines, `--debug` tracebacks and logs. Everything szoq
+prints or raises from outside goes through `scrub`, which removes:
+
+- every token szoq was handed in this process (`remember`), and `HF_TOKEN` /
+  `HUGGING_FACE_HUB_TOKEN` from the environment, whatever their shape;
+- `Bearer <anything>` (any scheme's credential after the word Bearer);
+- `hf_...`-shaped strings (Hugging Face user and organisation tokens).
+
+It is a pure function of its text; nothing here ever writes a token anywhere.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import traceback
+
+REDACTED = "[token hidden]"
+_BEARER = re.compile(r"(?i)\bbearer\s+[^\s'\",;)}\]]+")
+_HF_TOKEN = re.compile(r"\bhf_[A-Za-z0-9_\-]{4,}")
+_ENV_TOKENS = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")
+_remembered: set[str] = set()
+
+
+def remember(token: str | None) -> None:
+    """Scrub this token from all later text (called wherever a token is handed to szoq)."""
+    if isinstance(token, str) and len(token) >= 4:
+        _remembered.add(token)
+
+
+def _known_tokens() -> list[str]:
+    env = [os.environ.get(v) for v in _ENV_TOKENS]
+    tokens = {t for t in (*_remembered, *env) if t and len(t) >= 4}
+    return sorted(tokens, key=len, reverse=True)  # a token that contains another goes first
+
+
+def scrub(text: object) -> str:
+    """`text` as a string with every token removed (see the module docstring).
+
+    Args:
+        text: Any value; it is turned into a string first.
+
+    Returns:
+        The text, tokens replaced by "[token hidden]".
+    """
+    out = text if isinstance(text, str) else str(text)
+    for token in _known_tokens():
+        out = out.replace(token, REDACTED)
+    out = _BEARER.sub("Bearer " + REDACTED, out)
+    return _HF_TOKEN.sub(REDACTED, out)
+
+
+def _scrub_record(record: logging.LogRecord) -> logging.LogRecord:
+    try:
+        message = record.getMessage()
+    except Exception:  # a record whose args do not fit its format: logging reports that itself
+        return record
+    record.msg, record.args = scrub(message), None
+    if record.exc_info:
+        record.exc_text = scrub("".join(traceback.format_exception(*record.exc_info)).rstrip("\n"))
+    return record
+
+
+def scrub_logging() -> None:
+    """Scrub every log record this process creates (for programs such as the CLI; idempotent).
+
+    Done at record creation, so that every handler and every logger (huggingface_hub's,
+    httpx's) sees scrubbed text.
+    """
+    factory = logging.getLogRecordFactory()
+    if getattr(factory, "_szoq_scrubs", False):
+        return
+
+    def scrubbing_factory(*args, **kwargs) -> logging.LogRecord:
+        return _scrub_record(factory(*args, **kwargs))
+
+    scrubbing_factory._szoq_scrubs = True  # type: ignore[attr-defined]
+    logging.setLogRecordFactory(scrubbing_factory)
