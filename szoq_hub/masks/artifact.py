@@ -20,6 +20,7 @@ import torch
 from ..core.version import __version__
 from ..core import schema
 from ..core.errors import ConfigError, FingerprintMismatch, MaskError
+from ..core.hub_mixin import HubMixin
 from ..core.paths import atomic_dir, file_sha256, path_exists  # noqa: F401  (file_sha256 re-exported: artifacts are addressed by it)
 
 FORMAT = "szoq.mask"
@@ -82,12 +83,12 @@ class MaskConfig:
 
 
 @dataclass
-class SensitivityMask:
+class SensitivityMask(HubMixin):
     """A loaded, verified mask: sorted unique int32 flat indices per parameter name.
 
-    The Python API follows the Hugging Face mixins: `save_pretrained(folder)` writes the
-    artifact; `from_pretrained(ref)` (any REF the CLI takes) and `push_to_hub(repo_id)` reach
-    the registry and the Hub, so they are defined in `szoq_hub.api` (above those layers).
+    The Python API follows the Hugging Face mixins (`HubMixin`): `save_pretrained(folder)` writes
+    the artifact; `from_pretrained(ref, model=None)` takes any REF the CLI takes;
+    `push_to_hub(repo_id)` publishes it (a registry entry by its version).
 
     Attributes:
         indices: name -> sorted unique int32 flat indices [nnz_name].
@@ -105,14 +106,22 @@ class SensitivityMask:
     def nnz(self) -> int:
         return sum(int(t.numel()) for t in self.indices.values())
 
-    def save_pretrained(self, folder: str | Path) -> Path:
-        """Write the artifact folder (`mask.safetensors`, `mask_config.json`, card) atomically.
-
-        Raises:
-            MaskError: `folder` exists and is not empty.
-        """
-        self.path = save_mask(self, Path(folder))
+    def _save_pretrained(self, folder: Path) -> Path:
+        """Write the artifact folder (`mask.safetensors`, `mask_config.json`, card) atomically."""
+        self.path = save_mask(self, folder)
         return self.path
+
+    # The hooks below resolve REFs and push through the hub layer, above this one: imported when called.
+    @classmethod
+    def _from_pretrained(cls, ref: str | Path, *, offline: bool = False, model: str | None = None) -> SensitivityMask:
+        from ..hub.mixin_hooks import mask_from_pretrained
+
+        return mask_from_pretrained(ref, model=model, offline=offline)
+
+    def _push_to_hub(self, repo_id: str, **kwargs):
+        from ..hub.mixin_hooks import push_mask_object
+
+        return push_mask_object(self, repo_id, **kwargs)
 
 
 INT32_MAX = 2**31 - 1
