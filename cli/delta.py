@@ -27,9 +27,11 @@ def push(
     as_json: bool = JSON,
 ) -> None:
     """Publish a fine-tuned delta to the Hub (one commit + a tag). Example: szoq delta push runs/sst2 --repo my-team/sst2"""
-    from szoq_hub import Delta
+    from szoq_hub import push_delta
 
-    result = Delta.from_pretrained(folder).push_to_hub(repo, tag=tag, private=private, token=token, create_pr=create_pr, message=message)
+    # push_delta, not Delta.from_pretrained(folder).push_to_hub: loading first would replace the push's
+    # own refusals (not a delta folder, a --dense run, a local path) with the loader's messages.
+    result = push_delta(folder, repo_id=repo, tag=tag, private=private, token=token, create_pr=create_pr, message=message)
     if as_json:
         print_json(result.to_dict())
         return

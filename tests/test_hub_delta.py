@@ -51,7 +51,7 @@ def other_run(run_dir: Path, dest: Path, shift: float = 0.01, base_model: str | 
 
 
 def test_push_pull_by_tag_and_sha_is_byte_equal_and_repush_is_a_noop(hub, run_dir, tmp_path):
-    from szoq_hub.hub.masks import pull_delta, push_delta
+    from szoq_hub.hub.deltas import pull_delta, push_delta
 
     repo = repo_name()
     res = push_delta(run_dir, repo_id=repo, token=WRITE)
@@ -94,7 +94,8 @@ def test_push_pull_by_tag_and_sha_is_byte_equal_and_repush_is_a_noop(hub, run_di
 def test_corrupt_or_foreign_remote_delta_is_refused(hub, run_dir, tmp_path):
     from huggingface_hub import HfApi
 
-    from szoq_hub.hub.masks import pull_delta, push_delta, push_mask
+    from szoq_hub.hub.deltas import pull_delta, push_delta
+    from szoq_hub.hub.masks import push_mask
 
     repo = repo_name()
     push_delta(run_dir, repo_id=repo, token=WRITE)

@@ -401,7 +401,7 @@ def test_chunked_4bit_quantization_is_bit_identical(quant, shape):
     absmax of one bitsandbytes call on the whole fp32 weight with the mask zeroed."""
     import bitsandbytes.functional as bnbf
 
-    from szoq_hub.runtime.sparse import quantize_4bit_masked
+    from szoq_hub.runtime.sparse_linear import quantize_4bit_masked
 
     w = torch.randn(shape, generator=torch.Generator().manual_seed(0)).to(torch.bfloat16)
     before = w.clone()
@@ -419,16 +419,16 @@ def test_chunked_4bit_quantization_is_bit_identical(quant, shape):
 def test_lm_head_input_gets_row_major_strides():
     """hidden[:, -1:, :] of one sequence is 'contiguous' with strides (T*H, H, 1); a bf16 linear
     on it copied the whole lm_head weight. The pre-hook hands over row-major strides."""
-    from szoq_hub.runtime.sparse import _contiguous_input
+    from szoq_hub.runtime.sparse_linear import contiguous_input
 
     h = torch.randn(1, 7, 16)
     x = h[:, -1:, :]
     assert x.is_contiguous() and x.stride() == (112, 16, 1)
-    (y,) = _contiguous_input(None, (x,))
+    (y,) = contiguous_input(None, (x,))
     assert y.stride() == (16, 16, 1) and torch.equal(y, x)
     z = torch.randn(2, 3, 16)
-    assert _contiguous_input(None, (z,))[0] is z  # already row-major: no copy
-    (w,) = _contiguous_input(None, (z.transpose(0, 1),))
+    assert contiguous_input(None, (z,))[0] is z  # already row-major: no copy
+    (w,) = contiguous_input(None, (z.transpose(0, 1),))
     assert w.is_contiguous() and torch.equal(w, z.transpose(0, 1))
 
 

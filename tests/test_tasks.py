@@ -10,8 +10,8 @@ import torch
 from conftest import SHARED_DATA
 from szoq_hub.core.errors import DependencyError, TaskError
 from szoq_hub.data.scoring import encode, loss_sum, metric_value, option_scores, shared_single_token
-from szoq_hub.data.tasks import (TASKS, CustomTask, Example, Sampling, load_task, load_task_file, lowercase_sentence_start, parse_labels,
-                            with_demonstrations)
+from szoq_hub.data.task_templates import TASKS, Example, lowercase_sentence_start
+from szoq_hub.data.tasks import CustomTask, Sampling, load_task, load_task_file, parse_labels, with_demonstrations
 
 needs_data = pytest.mark.skipif(not (SHARED_DATA / "sst2").is_dir(), reason=f"shared data not found at {SHARED_DATA}")
 
@@ -146,6 +146,23 @@ def test_custom_task_errors(tmp_path, rows, template, labels, match):
     path = _jsonl(tmp_path / "t.jsonl", rows)
     with pytest.raises(TaskError, match=match):
         load_task(custom=CustomTask(train=str(path), template=template, labels=parse_labels(labels)))
+
+
+def test_labels_none_of_which_the_data_has_say_so_and_list_the_data_labels(tmp_path):
+    """README's `--labels "0=terrible,1=great"` copied onto pos/neg data (issue 22 item 6)."""
+    path = _jsonl(tmp_path / "t.jsonl", [{"text": "a", "label": "pos"}, {"text": "b", "label": "neg"}] * 3)
+    with pytest.raises(TaskError) as caught:
+        load_task(custom=CustomTask(train=str(path), template="{text} It was", labels=parse_labels("0=terrible,1=great")))
+    assert caught.value.message == f"none of the labels in {path} (pos, neg) is in --labels (0, 1)"
+    assert caught.value.hint == "name the data's own labels, e.g. --labels 'pos=WORD,neg=WORD'"
+
+
+def test_a_missing_label_names_the_data_labels_and_keeps_the_given_ones(tmp_path):
+    path = _jsonl(tmp_path / "t.jsonl", [{"text": "a", "label": 0}, {"text": "b", "label": 1}, {"text": "c", "label": 2}])
+    with pytest.raises(TaskError) as caught:
+        load_task(custom=CustomTask(train=str(path), template="{text}", labels=parse_labels("0=bad,1=good")))
+    assert caught.value.message == f"label '2' has no verbalizer in --labels (0, 1); the labels in {path}: 0, 1, 2"
+    assert caught.value.hint == "add it, e.g. --labels '0=bad,1=good,2=WORD'"
 
 
 def test_empty_train_file(tmp_path):

@@ -3,9 +3,7 @@
 A mask is one `Artifact` description for the transport layer (`transport.py`): its files
 (`mask.safetensors`, `mask_config.json`), its verifier (`load_mask`) and its card (`render_card`
 with the repo id and tag). Pulled masks are registered in the local registry as
-`ALIAS@<tag or short sha>`. Fine-tuned deltas are the other description (`delta_hub.py`);
-`push_delta` and `pull_delta` are re-exported here so that `szoq_hub.hub.masks` stays the one place
-to import Hub sharing from.
+`ALIAS@<tag or short sha>`. Fine-tuned deltas are the other description (`hub/deltas.py`).
 """
 
 from __future__ import annotations
@@ -16,15 +14,11 @@ from pathlib import Path
 
 from ..core.version import __version__
 from ..core import schema
-from .deltas import DELTA, pull_delta, push_delta, render_delta_card  # noqa: F401  (re-exported)
 from ..core.errors import ConfigError, HubError, MaskError, RegistryError
 from ..masks.artifact import CARD_TAGS, CONFIG_FILE, FORMAT, FORMAT_VERSION, MASK_FILE, SCOPES, SensitivityMask, load_mask, render_card
 from ..core.paths import command_words, local_paths, path_exists, scratch_dir, shorten
 from ..masks.registry import Registry, RegistryEntry, check_name, name_from
-from .transport import (  # noqa: F401  (re-exported: the names szoq_hub.hub.masks has always had)
-    CARD_FILE, LOGIN_HINT, Artifact, PullResult, PushResult, api, as_szoq_error, check_repo_id, endpoint, fetch_artifact,
-    git_blob_sha1, hub_errors, push_artifact,
-)
+from .transport import Artifact, PullResult, PushResult, api, check_repo_id, endpoint, fetch_artifact, hub_errors, push_artifact
 
 SEARCH_TAGS = CARD_TAGS[:2]  # szoq, sensitivity-mask
 
@@ -86,11 +80,6 @@ def verify_for_push(folder: Path) -> SensitivityMask:
 
 MASK = Artifact("mask", MASK_FILE, (MASK_FILE, CONFIG_FILE), verify_for_push,
                 lambda folder, mask, repo_id, tag: render_card(mask.config, repo_id=repo_id, tag=tag), "find mask repos with: szoq mask search")
-
-
-def hub_card(config, *, repo_id: str, tag: str | None) -> str:
-    """The model card pushed to the Hub (`render_card` with the repo id and tag filled in)."""
-    return render_card(config, repo_id=repo_id, tag=tag)
 
 
 # -- push ------------------------------------------------------------------------------------
