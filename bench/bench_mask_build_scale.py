@@ -10,9 +10,9 @@ rusage of that process (os.wait4), its time from the wall clock. Scenarios:
 
 Resumable: each finished run is written to results/ at once and skipped on the next start.
 
-Usage (checkpoints from bench/scale_models.py; run under flock /work/locks/heavy.lock, niced):
-    python bench/bench_mask_build_scale.py llama-1.1b /work/scale/llama-1.1b
-    python bench/bench_mask_build_scale.py llama-2-7b /work/scale/llama-2-7b [--max-memory 19GB]
+Usage (checkpoints from bench/scale_models.py; niced, one heavy job at a time):
+    python bench/bench_mask_build_scale.py llama-1.1b $SZOQ_SCALE_ROOT/llama-1.1b
+    python bench/bench_mask_build_scale.py llama-2-7b $SZOQ_SCALE_ROOT/llama-2-7b [--max-memory 19GB]
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ def main() -> None:
     ap.add_argument("shape", choices=sorted(SCENARIOS))
     ap.add_argument("folder", type=Path)
     ap.add_argument("--max-memory", default=None, help="override the 1.1B scenario's bound")
-    ap.add_argument("--work", type=Path, default=Path("/work/scale/masks"), help="where the built masks go (outside the repo)")
+    ap.add_argument("--work", type=Path, default=Path(os.environ.get("SZOQ_SCALE_ROOT", "~/.cache/szoq-scale")).expanduser() / "masks", help="where the built masks go (outside the repo)")
     ap.add_argument("--only", default=None, help="run just this scenario run")
     args = ap.parse_args()
     sc = SCENARIOS[args.shape]

@@ -148,7 +148,7 @@ def plan() -> list[Cell]:
 
 def _env() -> dict:
     env = dict(os.environ, SZOQ_DATA_DIR=str(DATA))
-    env.setdefault("SZOQ_MODEL_CACHE", "/work/cache/models" if Path("/work/cache/models").is_dir() else str(WORK / "models"))
+    env.setdefault("SZOQ_MODEL_CACHE", str(WORK / "models"))
     env.setdefault("SZOQ_HOME", str(WORK / "home"))
     return env
 
@@ -351,7 +351,8 @@ def transfer(task: str) -> dict:
 
     from szoq_hub.data.calibration import load_windows
     from szoq_hub.masks.catalog import find_builtin
-    from szoq_hub.masks.artifact import captured_share, load_mask, select
+    from szoq_hub.masks.artifact import captured_share, load_mask
+    from szoq_hub.masks.selection import select
     from szoq_hub.data.models import load_model, resolve_model, target_parameter_names
     from szoq_hub.masks.sensitivity import fisher_scores, stream_random_scores
 

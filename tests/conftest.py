@@ -186,3 +186,105 @@ def hub(hub_server):
     hub_server.served.clear()
     yield hub_server
     hub_server.faults.clear()
+
+
+# ---- the slow reference of mask selection ----------------------------------------------------
+# The in-memory top-k that masks.selection.StreamingSelector must equal (any arrival order, any
+# sharding): kept here, apart from the library, so the comparison can fail.
+import math  # noqa: E402
+
+import torch  # noqa: E402
+
+from szoq_hub.core.errors import ConfigError, MaskError  # noqa: E402
+from szoq_hub.masks.artifact import SCOPES, check_density, check_int32_range  # noqa: E402
+
+
+def _reference_top_k(scores: torch.Tensor, k: int, chunk: int = 1 << 22) -> torch.Tensor:
+    """Indices of the k largest entries of a flat tensor; ties go to the lowest index.
+
+    Works chunk by chunk: `torch.topk` over n elements allocates ~16 bytes per element (0.7 GB
+    for a Llama-2-7B MLP matrix), which a memory-bounded build cannot afford. The k-th largest
+    value overall is among the chunks' own k largest, so the threshold, the entries above it
+    and the lowest-index ties are exactly those of one call over the whole tensor.
+
+    Args:
+        scores: [n] scores (any float dtype, any device).
+        k: How many to keep.
+        chunk: Elements per chunk.
+
+    Returns:
+        Sorted int64 indices [k].
+    """
+    n = scores.numel()
+    if k >= n:
+        return torch.arange(n)
+    starts = range(0, n, chunk)
+    if n <= chunk:
+        threshold = torch.topk(scores, k, sorted=False).values.min()
+    else:
+        cands = [scores[s : s + chunk] for s in starts]
+        cands = [c if c.numel() <= k else torch.topk(c, k, sorted=False).values for c in cands]  # [<= k] each
+        threshold = torch.topk(torch.cat(cands), k, sorted=False).values.min()
+        del cands
+    above = [(scores[s : s + chunk] > threshold).nonzero().flatten() + s for s in starts]  # strictly better: always kept
+    room = k - sum(a.numel() for a in above)
+    ties = []
+    for s in starts:  # lowest index first
+        if room <= 0:
+            break
+        t = (scores[s : s + chunk] == threshold).nonzero().flatten()[:room] + s
+        ties.append(t)
+        room -= t.numel()
+    return torch.cat(above + ties).sort().values
+
+
+def reference_select(scores: dict[str, torch.Tensor], density: float, scope: str = "per-matrix") -> dict[str, torch.Tensor]:
+    """Pick the top-scored weights.
+
+    Args:
+        scores: name -> scores shaped like the parameter.
+        density: Share of weights to keep, in (0, 1).
+        scope: `per-matrix` keeps floor(numel * density) (at least 1) per tensor;
+            `global` keeps floor(total * density) over all tensors together.
+
+    Returns:
+        name -> sorted int32 flat indices (tensors with no pick are left out in global scope).
+
+    Raises:
+        MaskError: a NaN or infinite score (it would silently empty a tensor's selection, or in
+            global scope the whole mask), or nothing to select from.
+    """
+    check_density(density)
+    for n, s in scores.items():  # before anything touches the scores
+        check_int32_range(n, s.numel())
+    if not scores or all(s.numel() == 0 for s in scores.values()):
+        raise MaskError("no weights to score: the target selection is empty", hint="check --targets; by default every linear weight of the decoder is a target")
+    for n, s in scores.items():
+        bad = int((~torch.isfinite(s)).sum())
+        if bad:
+            raise MaskError(f"{bad} of {s.numel()} scores of {n} are NaN or infinite",
+                            hint="the calibration forward/backward overflowed: build in fp32 from a model whose weights are finite, or use shorter --seq-len")
+    if scope == "per-matrix":
+        return {
+            n: _reference_top_k(s.flatten(), max(1, math.floor(s.numel() * density))).to(torch.int32)
+            for n, s in scores.items()
+        }
+    if scope != "global":
+        raise ConfigError(f"unknown scope {scope!r}", hint=f"choose one of: {', '.join(SCOPES)}")
+    total = sum(s.numel() for s in scores.values())
+    k = max(1, math.floor(total * density))
+    # The global top-k lies inside the union of each tensor's own top-k: find the threshold
+    # there instead of concatenating every score.
+    cands = torch.cat([torch.topk(s.flatten(), min(k, s.numel()), sorted=False).values for s in scores.values()])
+    threshold = torch.topk(cands, k, sorted=False).values.min()
+    n_above = {n: int((s > threshold).sum()) for n, s in scores.items()}
+    room = k - sum(n_above.values())
+    out = {}
+    for n, s in scores.items():  # ties at the threshold go to earlier tensors, lower indices
+        flat = s.flatten()
+        ties = (flat == threshold).nonzero().flatten()[: max(room, 0)]
+        room -= ties.numel()
+        idx = torch.cat([(flat > threshold).nonzero().flatten(), ties]).sort().values
+        if idx.numel():
+            out[n] = idx.to(torch.int32)
+    return out

@@ -415,8 +415,6 @@ def test_real_model_sst2_end_to_end(real_model_available, tmp_path, monkeypatch,
     """A short SST-2 run on SmolLM2-135M (nf4, built-in C4 mask), then eval of its delta."""
     if not (SHARED_DATA / "sst2").is_dir():
         pytest.skip(f"shared data not found at {SHARED_DATA}")
-    if os.environ.get("SZOQ_TEST_MODEL_CACHE") is None and Path("/tmp/szoqhome/models").is_dir():
-        monkeypatch.setenv("SZOQ_MODEL_CACHE", "/tmp/szoqhome/models")
     monkeypatch.setenv("SZOQ_DATA_DIR", str(SHARED_DATA))
     code, out, err = run_cli(["finetune", "--steps", "4", "--batch-size", "8", "--eval-every", "2", "--save-every", "2",
                               "--dev-samples", "16", "--eval-samples", "32", "--out", str(tmp_path / "run"), "--json"], monkeypatch, capsys)

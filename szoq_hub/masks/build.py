@@ -10,7 +10,6 @@ over groups of target tensors (`build_plan`). Magnitude and random builds load n
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import shlex
