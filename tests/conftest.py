@@ -7,6 +7,7 @@ session (SZOQ_MODEL_CACHE) so the real SmolLM2 GGUF is dequantized only once.
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 from pathlib import Path
 
@@ -186,6 +187,106 @@ def hub(hub_server):
     hub_server.served.clear()
     yield hub_server
     hub_server.faults.clear()
+
+
+# ---- tiny masks, rows and runs, built once per session and shared read-only -------------------
+# (tests that change one copy it first: `other_run`, `tmp_path`)
+ROWS = [{"text": t, "label": int("great" in t or "wonderful" in t)} for t in TINY_TEXTS]  # learnable: great/wonderful -> 1
+TRAIN_ARGS = ["--template", "{text} It was", "--labels", "0=bad,1=good"]
+
+
+@pytest.fixture(scope="session")
+def tiny_masks(tiny_model_dir, tmp_path_factory):
+    """`tiny_masks(density)` -> (a fresh copy of the mask, its artifact folder): built once per density."""
+    import copy
+
+    from szoq_hub.masks.build import MaskBuildConfig, build_mask
+
+    built: dict[float, tuple] = {}
+
+    def get(density: float):
+        if density not in built:
+            root = tmp_path_factory.mktemp(f"tiny-mask-{density:g}")
+            (root / "calib.txt").write_text("\n".join(TINY_TEXTS * 5))
+            built[density] = build_mask(MaskBuildConfig(model=str(tiny_model_dir), calibration=str(root / "calib.txt"), samples=4, seq_len=16,
+                                                        density=density), root / "mask")
+        mask, folder = built[density]
+        return copy.deepcopy(mask), folder
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def tiny_mask(tiny_masks) -> Path:
+    """The artifact folder of a density-0.01 mask of the tiny Llama (read-only)."""
+    return tiny_masks(0.01)[1]
+
+
+@pytest.fixture
+def devices_mask(tiny_masks):
+    """(a fresh copy of a density-0.02 mask of the tiny Llama, its folder), as test_devices and test_cuda use it."""
+    return tiny_masks(0.02)
+
+
+@pytest.fixture
+def train_file(tmp_path) -> Path:
+    path = tmp_path / "train.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
+    return path
+
+
+@pytest.fixture(scope="session")
+def train_jsonl(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("delta-data") / "train.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
+    return path
+
+
+def tiny_finetune_config(model, mask, train_file, out, **kw):
+    """A `FinetuneConfig` of a few steps on the tiny rows (quant none); `kw` overrides."""
+    from szoq_hub import FinetuneConfig
+
+    base = dict(model=str(model), mask=str(mask), task=None, train_file=str(train_file), template="{text} It was", labels="0=bad,1=good",
+                quant="none", steps=6, batch_size=4, eval_every=3, save_every=3, train_samples=12, dev_samples=4, eval_samples=4, out=str(out))
+    base.update(kw)
+    return FinetuneConfig(**base)
+
+
+@pytest.fixture(scope="session")
+def run_dir(tiny_model_dir, tiny_mask, train_jsonl, tmp_path_factory) -> Path:
+    """The output folder of a real 4-step fine-tuning run on the tiny model (quant none); read-only."""
+    from szoq_hub import finetune
+
+    out = tmp_path_factory.mktemp("delta-run") / "run"
+    finetune(tiny_finetune_config(tiny_model_dir, tiny_mask, train_jsonl, out, steps=4, eval_every=2, save_every=2))
+    return out
+
+
+def other_run(run_dir: Path, dest: Path, shift: float = 0.01, base_model: str | None = None) -> Path:
+    """A copy of the run whose delta holds other values (same mask and model unless `base_model`)."""
+    import shutil
+
+    from szoq_hub.runtime.delta import load_delta, save_delta
+
+    shutil.copytree(run_dir, dest)
+    d = load_delta(dest)
+    save_delta(dest, {n: t + shift for n, t in d.tensors.items()}, mask_sha256=d.mask_sha256, fingerprint=d.fingerprint,
+               base_model=base_model or d.meta["base_model"], settings=d.settings)
+    return dest
+
+
+def cli_in_process(args: list[str], monkeypatch, capsys) -> tuple[int, str, str]:
+    """Run the console entry point (`main`, where errors are mapped) in-process with an argument list."""
+    from szoq_cli.app import main
+
+    monkeypatch.setattr("sys.argv", ["szoq", *map(str, args)])
+    code = 0
+    try:
+        main()
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
 
 
 # ---- the slow reference of mask selection ----------------------------------------------------

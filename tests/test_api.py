@@ -13,9 +13,8 @@ from conftest import REPO, SHARED_DATA
 from szoq_hub.core.errors import FingerprintMismatch, MaskError
 from szoq_hub.masks.artifact import load_mask
 from szoq_hub.masks.registry import Registry
-from test_finetune import tiny_mask  # noqa: F401  (module-scoped fixture: a tiny built mask)
 from test_hub import WRITE, repo_name
-from test_hub_delta import other_run, run_dir, train_jsonl  # noqa: F401  (module-scoped fixtures: a real tiny run)
+from conftest import other_run
 
 
 def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:

@@ -23,7 +23,7 @@ from torch import nn
 
 from .build_plan import BuildPlan, activation_bytes, layer_of, parse_size, pass_cost, plan_groups, resident_bytes
 from ..data.calibration import load_windows
-from ..data.checkpoint import _ST_DTYPES, KeyMapper, checkpoint_files, iter_tensors, read_header
+from ..data.checkpoint import ST_DTYPES, KeyMapper, checkpoint_files, iter_tensors, read_header
 from ..core.devices import DTYPES as SHARED_DTYPES, check_device_spec, resolve_device
 from ..core.errors import ConfigError, DependencyError, MaskError, ModelError
 from ..core.paths import ensure_writable_dir, public_word, scratch_dir
@@ -103,7 +103,7 @@ def checkpoint_dtype(files: list[Path]) -> torch.dtype:
     """The dtype of the first floating-point tensor in the checkpoint (headers only)."""
     for path in files:
         for meta in read_header(path).values():
-            dtype = _ST_DTYPES.get(meta.get("dtype")) if isinstance(meta, dict) else None
+            dtype = ST_DTYPES.get(meta.get("dtype")) if isinstance(meta, dict) else None
             if dtype is not None and dtype.is_floating_point:
                 return dtype
     return torch.float32

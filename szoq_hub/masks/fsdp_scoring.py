@@ -30,7 +30,7 @@ from torch import nn
 
 from ..core.errors import ConfigError
 from .selection import StreamingSelector, check_finite, top_k_flat
-from .sensitivity import ProgressFn, _add_square
+from .sensitivity import ProgressFn, add_square
 
 
 def init_fsdp(device: torch.device) -> torch.device:
@@ -123,7 +123,7 @@ def fsdp_fisher_select(
             for n in group:
                 grad = params[n].grad
                 if grad is not None:
-                    _add_square(acc[n], grad.to_local())
+                    add_square(acc[n], grad.to_local())
                 params[n].grad = None
             if progress:
                 done = progress_offset + i + 1

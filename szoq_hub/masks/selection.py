@@ -115,12 +115,12 @@ class RunningTopK:
 
 
 def per_matrix_k(numel: int, density: float) -> int:
-    """How many weights per-matrix scope keeps in a tensor of `numel` (as `mask.select`)."""
+    """How many weights per-matrix scope keeps in a tensor of `numel`: floor(numel * density), at least 1."""
     return max(1, math.floor(numel * density))
 
 
 def check_finite(name: str, scores: torch.Tensor) -> None:
-    """Raise MaskError for NaN or infinite scores (as `mask.select` does)."""
+    """Raise MaskError for NaN or infinite scores (they would silently empty a selection)."""
     flat = scores.reshape(-1)
     bad = sum(int((~torch.isfinite(flat[s : s + SELECT_CHUNK])).sum()) for s in range(0, flat.numel(), SELECT_CHUNK))  # chunked: bounded transients
     if bad:
