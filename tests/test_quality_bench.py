@@ -200,7 +200,7 @@ def test_recorded_paths_are_portable_and_old_cells_verify_on_this_machine(tmp_pa
     monkeypatch.setattr(quality, "_szoq", lambda args: ran.append([quality.expand(a) for a in args]) or json.dumps({"value": 0.5}))
     quality.CELLS.mkdir(parents=True)
     old = {**_cell("sst2", "zero-shot", 0, 0.5, density=None, steps=0),
-           "argv": ["eval", "--mask", "/root/.cache/szoq/quality/masks/random-d0.001", "--task", "sst2", "--json"]}
+           "argv": ["eval", "--mask", "/home/ada/.cache/szoq/quality/masks/random-d0.001", "--task", "sst2", "--json"]}
     (quality.CELLS / f"{old['key']}.json").write_text(json.dumps(old))
     row = quality.verify(old["key"])
     assert row["same"] and row["argv"] == ["eval", "--mask", "{work}/masks/random-d0.001", "--task", "sst2", "--json"]
