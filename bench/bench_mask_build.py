@@ -55,7 +55,7 @@ def child(mode: str, windows: int, seq_len: int) -> None:
 
         from szoq_hub.masks import build  # noqa: F401
     else:
-        from szoq_hub.masks.artifact import select
+        from szoq_hub.masks.selection import select
         from szoq_hub.masks.sensitivity import fisher_scores
 
         model, targets, ids = _setup(windows, seq_len)

@@ -10,9 +10,9 @@ rusage of that process (os.wait4), its time from the wall clock. Scenarios:
 
 Resumable: each finished run is written to results/ at once and skipped on the next start.
 
-Usage (checkpoints from bench/scale_models.py; run under flock /work/locks/heavy.lock, niced):
-    python bench/bench_mask_build_scale.py llama-1.1b /work/scale/llama-1.1b
-    python bench/bench_mask_build_scale.py llama-2-7b /work/scale/llama-2-7b [--max-memory 19GB]
+Usage (checkpoints from bench/scale_models.py; niced, one heavy job at a time):
+    python bench/bench_mask_build_scale.py llama-1.1b $SZOQ_SCALE_ROOT/llama-1.1b
+    python bench/bench_mask_build_scale.py llama-2-7b $SZOQ_SCALE_ROOT/llama-2-7b [--max-memory 19GB]
 """
 
 from __future__ import annotations
@@ -41,6 +41,9 @@ SCENARIOS = {
 }
 
 
+SCALE_ROOT = Path(os.environ.get("SZOQ_SCALE_ROOT", "~/.cache/szoq-scale")).expanduser()  # big checkpoints and masks, outside the repo
+
+
 def run_build(folder: Path, out: Path, windows: int, seq_len: int, extra: list[str], log: Path) -> dict:
     """One `szoq mask build` in a fresh process: wall time, peak RSS, its JSON result."""
     env = {**os.environ, "SZOQ_HOME": tempfile.mkdtemp(prefix="szoq-bench-home-"), "SOURCE_DATE_EPOCH": "1767225600"}
@@ -55,7 +58,12 @@ def run_build(folder: Path, out: Path, windows: int, seq_len: int, extra: list[s
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
         raise SystemExit(f"build failed ({proc.returncode}); see {log}")
-    return {"args": extra, "seconds": seconds, "peak_rss_bytes": usage.ru_maxrss * 1024, "result": json.loads(stdout)}
+    result = json.loads(stdout)
+    # recorded results name no folder of this machine: the temp home and the work folder become variables
+    result["path"] = result["path"].replace(env["SZOQ_HOME"], "$SZOQ_HOME")
+    if "out" in result and Path(result["out"]).is_relative_to(SCALE_ROOT):
+        result["out"] = "$SZOQ_SCALE_ROOT/" + Path(result["out"]).relative_to(SCALE_ROOT).as_posix()
+    return {"args": extra, "seconds": seconds, "peak_rss_bytes": usage.ru_maxrss * 1024, "result": result}
 
 
 def main() -> None:
@@ -63,7 +71,7 @@ def main() -> None:
     ap.add_argument("shape", choices=sorted(SCENARIOS))
     ap.add_argument("folder", type=Path)
     ap.add_argument("--max-memory", default=None, help="override the 1.1B scenario's bound")
-    ap.add_argument("--work", type=Path, default=Path("/work/scale/masks"), help="where the built masks go (outside the repo)")
+    ap.add_argument("--work", type=Path, default=SCALE_ROOT / "masks", help="where the built masks go (outside the repo)")
     ap.add_argument("--only", default=None, help="run just this scenario run")
     args = ap.parse_args()
     sc = SCENARIOS[args.shape]
@@ -96,15 +104,20 @@ def main() -> None:
         _write(name, data)
 
 
+def _local(recorded: str) -> Path:
+    """A recorded folder on this machine (`$SZOQ_SCALE_ROOT/...` expanded)."""
+    return Path(recorded.replace("$SZOQ_SCALE_ROOT", str(SCALE_ROOT)))
+
+
 def _write(name: str, data: dict) -> None:
     from szoq_hub.masks.artifact import diff_masks, file_sha256, load_mask
 
     runs = data["runs"]
     for r in runs.values():
-        r["mask_sha256"] = file_sha256(Path(r["out"]) / "mask.safetensors")
+        r["mask_sha256"] = file_sha256(_local(r["out"]) / "mask.safetensors")
     names = [n for n in SCENARIOS[data["shape"]]["runs"] if n in runs]
     if len(names) == 2:
-        a, b = (load_mask(Path(runs[n]["out"])) for n in names)
+        a, b = (load_mask(_local(runs[n]["out"])) for n in names)
         diff = diff_masks(a, b)
         import torch
 

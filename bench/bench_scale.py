@@ -1,7 +1,7 @@
 """Scale benchmark: peak RSS and seconds per ZO step of `szoq finetune` at real model sizes.
 
 Usage (heavy: run alone, under the shared lock):
-    flock /work/locks/heavy.lock nice -n 10 python bench/bench_scale.py [--root /work/scale] \
+    nice -n 10 python bench/bench_scale.py [--root $SZOQ_SCALE_ROOT] \
         [--shapes llama-1.1b llama-2-7b] [--device cpu] [--dtype bf16] [--steps 2]
 
 For each shape (bench/scale_models.py: random bf16 weights with the exact layer shapes of
@@ -70,14 +70,15 @@ def stream_random_mask(model_dir: Path, out: Path, density: float, seed: int = 0
     """Stopgap for a whole-model `mask build --scorer random`: the same mask, one tensor at a time.
 
     Scores per target tensor k are torch.rand(shape, Generator(seed * 1_000_003 + k)) as in
-    szoq_hub.masks.sensitivity.random_scores, and the selection is szoq_hub.masks.artifact.select per tensor
+    szoq_hub.masks.sensitivity.random_scores, and the selection is szoq_hub.masks.selection.select per tensor
     (per-matrix scope), so only one tensor's scores are ever in memory and no weight is read.
     """
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
     from szoq_hub.masks.build import build_timestamp
-    from szoq_hub.masks.artifact import MaskConfig, SensitivityMask, mask_stats, save_mask, select
+    from szoq_hub.masks.artifact import MaskConfig, SensitivityMask, mask_stats, save_mask
+    from szoq_hub.masks.selection import select
     from szoq_hub.data.models import model_fingerprint, resolve_model, target_parameter_names
 
     source = resolve_model(str(model_dir))
@@ -164,7 +165,7 @@ def main() -> None:
         child(sys.argv[i + 1], sys.argv[sys.argv.index("--") + 1:])
         return
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--root", type=Path, default=Path("/work/scale"), help="where checkpoints, masks and runs live (outside the repo)")
+    ap.add_argument("--root", type=Path, default=Path(os.environ.get("SZOQ_SCALE_ROOT", "~/.cache/szoq-scale")).expanduser(), help="where checkpoints, masks and runs live (outside the repo)")
     ap.add_argument("--shapes", nargs="+", default=["llama-1.1b", "llama-2-7b"])
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default="bf16")
@@ -184,7 +185,7 @@ def main() -> None:
         environments = [e["environment"] for e in earlier]
     else:
         results = [bench_shape(s, args.root, args) for s in args.shapes]
-        commands = ["flock /work/locks/heavy.lock nice -n 10 python bench/bench_scale.py " + " ".join(sys.argv[1:])]
+        commands = ["nice -n 10 python bench/bench_scale.py " + " ".join(sys.argv[1:])]
         environments = []
     rows = []
     for r in results:

@@ -23,7 +23,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PARTS=${PARTS:-"tests timing scale"}
-SCALE_ROOT=${SCALE_ROOT:-/tmp/szoq-scale}
+SCALE_ROOT=${SCALE_ROOT:-$HOME/.cache/szoq-scale}
 SHAPES=${SHAPES:-"llama-1.1b llama-2-7b"}
 RESULTS=bench/results
 mkdir -p "$RESULTS"

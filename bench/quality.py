@@ -5,7 +5,9 @@ method, seed, density); every finished cell is cached as one JSON file under
 `bench/results/quality/cells/`, so the study resumes where it stopped (a half-finished fine-tuning
 run also resumes from its checkpoint). Each cell records `argv`: the `szoq` arguments (without
 `--out`) that rerun it, and for mask methods `mask_argv`, the `szoq mask build` that made the
-mask. `bench/results/quality.json` ({"cells": [...], "transfer": [...], "pending": [...]}),
+mask. Paths in them are written `{work}/...` (the work folder, `$SZOQ_QUALITY_WORK`, default
+`~/.cache/szoq/quality`) and `{data}/...` (the shared data, `$SZOQ_DATA_DIR`): `--verify` expands
+them, so a cell reruns on any machine (absolute paths of older cells are read the same way). `bench/results/quality.json` ({"cells": [...], "transfer": [...], "pending": [...]}),
 `quality.md` and the PNG plots are regenerated from the cached cells after every cell.
 
 Methods: zero-shot, icl (K demonstrations), senszoq (the built-in C4 fisher mask), random and
@@ -29,6 +31,7 @@ import fnmatch
 import json
 import math
 import os
+import re
 import shlex
 import statistics
 import subprocess
@@ -166,7 +169,7 @@ def plan() -> list[Cell]:
 
 def _env() -> dict:
     env = dict(os.environ, SZOQ_DATA_DIR=str(DATA))
-    env.setdefault("SZOQ_MODEL_CACHE", "/work/cache/models" if Path("/work/cache/models").is_dir() else str(WORK / "models"))
+    env.setdefault("SZOQ_MODEL_CACHE", str(WORK / "models"))
     env.setdefault("SZOQ_HOME", str(WORK / "home"))
     return env
 
@@ -174,7 +177,34 @@ def _env() -> dict:
 PEAK_RSS_MB: list[float] = []  # peak RSS of each szoq child this process ran, in order (os.wait4's ru_maxrss)
 
 
+def portable(word: str) -> str:
+    """A path in an argv as it reruns anywhere: `{work}/...` or `{data}/...` (other words unchanged).
+
+    An absolute path under this machine's WORK or DATA is made relative to it; one recorded on
+    another machine is recognised by its tail (`.../masks/NAME`, `.../calibration/FILE`,
+    `.../shared/data/...`), the layout every work and data folder has.
+    """
+    if not os.path.isabs(word):
+        return word
+    for base, token in ((WORK, "{work}"), (DATA, "{data}")):
+        try:
+            return f"{token}/{Path(word).relative_to(base).as_posix()}"
+        except ValueError:
+            pass
+    if m := re.fullmatch(r"/.+?/((?:masks|calibration)/[^/]+)", word):
+        return "{work}/" + m.group(1)
+    if m := re.fullmatch(r"/.+?/shared/data/(.+)", word):
+        return "{data}/" + m.group(1)
+    return word
+
+
+def expand(word: str) -> str:
+    """A recorded argv word with `{work}` and `{data}` made this machine's folders."""
+    return word.replace("{work}", str(WORK)).replace("{data}", str(DATA))
+
+
 def _szoq(args: list[str]) -> str:
+    args = [expand(a) for a in args]
     cmd = [sys.executable, "-m", "szoq_cli", *args]
     print("$ szoq " + " ".join(shlex.quote(a) for a in args), file=sys.stderr, flush=True)
     child = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, text=True, cwd=ROOT)
@@ -225,18 +255,18 @@ def mask_for(cell: Cell) -> tuple[str, list[str] | None]:
     if cell.method == "senszoq" and cell.density == DENSITY:
         return MODEL, None
     if cell.method == "senszoq":
-        name, build = f"c4-fisher-d{cell.density:g}", ["--calibration", str(C4), "--samples", "32", "--seq-len", "256"]
+        name, build = f"c4-fisher-d{cell.density:g}", ["--calibration", portable(str(C4)), "--samples", "32", "--seq-len", "256"]
     elif cell.method in ("random", "magnitude"):
         name, build = f"{cell.method}-d{cell.density:g}", ["--scorer", cell.method]
     elif cell.method == "task-fisher":
-        name, build = f"{cell.task}-fisher-d{cell.density:g}", ["--calibration", str(_calibration_file(cell.task)), "--samples", "32", "--seq-len", "256"]
+        name, build = f"{cell.task}-fisher-d{cell.density:g}", ["--calibration", portable(str(_calibration_file(cell.task))), "--samples", "32", "--seq-len", "256"]
     else:
         raise ValueError(cell.method)
     argv = ["mask", "build", MODEL, *build, "--density", f"{cell.density:g}", "--name", f"quality-{name}"]
     folder = WORK / "masks" / name
     if not (folder / "mask.safetensors").is_file():
         _szoq([*argv, "--out", str(folder)])
-    return str(folder), argv
+    return portable(str(folder)), argv
 
 
 def _trained(cell: Cell) -> tuple[list[str], list[str] | None]:
@@ -369,7 +399,7 @@ def verify(key: str) -> dict:
     """Rerun a finished cell's recorded `argv` (plus a fresh --out for a fine-tuning cell) with today's code; compare."""
     cell = json.loads((CELLS / f"{key}.json").read_text())
     t0, sha = time.perf_counter(), _git_sha()
-    argv = list(cell["argv"])
+    argv = [portable(a) for a in cell["argv"]]  # cells recorded with this or another machine's paths
     if argv[0] == "finetune":
         out = WORK / "verify" / key
         if out.exists():
@@ -391,7 +421,8 @@ def transfer(task: str) -> dict:
 
     from szoq_hub.data.calibration import load_windows
     from szoq_hub.masks.catalog import find_builtin
-    from szoq_hub.masks.artifact import captured_share, load_mask, select
+    from szoq_hub.masks.artifact import captured_share, load_mask
+    from szoq_hub.masks.selection import select
     from szoq_hub.data.models import load_model, resolve_model, target_parameter_names
     from szoq_hub.masks.sensitivity import fisher_scores, stream_random_scores
 

@@ -1,16 +1,16 @@
 """Write randomly initialised checkpoints with real model shapes, shard by shard.
 
 Usage:
-    python bench/scale_models.py llama-1.1b /work/scale/llama-1.1b [--seed 0] [--shard-gib 1.0]
-    python bench/scale_models.py llama-2-7b /work/scale/llama-2-7b   # ~13.5 GB on disk, minutes
+    python bench/scale_models.py llama-1.1b $SZOQ_SCALE_ROOT/llama-1.1b [--seed 0] [--shard-gib 1.0]
+    python bench/scale_models.py llama-2-7b $SZOQ_SCALE_ROOT/llama-2-7b   # ~13.5 GB on disk, minutes
     python bench/scale_models.py --list
 
     from scale_models import write_checkpoint            # (bench/ on sys.path)
-    write_checkpoint("llama-1.1b", Path("/work/scale/llama-1.1b"), seed=0)
+    write_checkpoint("llama-1.1b", Path("scale/llama-1.1b"), seed=0)
 
 The result is an ordinary transformers folder: config.json, bf16 `model-0000i-of-0000n.safetensors`
 shards named by `model.safetensors.index.json`, and the SmolLM2 tokenizer (vocab 49152, so every
-shape here uses that vocabulary). Big checkpoints belong outside the repository (/work/scale).
+shape here uses that vocabulary). Big checkpoints belong outside the repository ($SZOQ_SCALE_ROOT).
 
 Memory stays about one shard (`--shard-gib`, default 1 GiB; a single tensor larger than that gets
 a shard of its own): the parameter list comes from the model built on the meta device, and each

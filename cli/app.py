@@ -2,47 +2,17 @@
 
 from __future__ import annotations
 
-import errno
 import os
 import sys
 
-from szoq_hub.core.errors import Interrupted, SzoqError
-from szoq_hub.core.paths import shorten
-from szoq_hub.core.scrub import remember, scrub, scrub_logging
+from szoq_hub import Interrupted, SzoqError, as_user_error, remember, scrub, scrub_logging, use_predictable_malloc
 
 from .root import app  # noqa: F401  (the app `main` runs; tests and tools import it from here)
 
 
 def _register() -> None:
-    from . import mask  # noqa: F401  (registers the `mask` group)
-
-    for optional in ("mask_hub", "finetune", "delta", "plot", "export", "cleanup"):
-        try:
-            __import__(f"{__package__}.{optional}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"{__package__}.{optional}":
-                raise
-
-
-def _hub_error(exc: Exception) -> SzoqError | None:
-    """Map huggingface_hub exceptions that escaped the library to SzoqError."""
-    try:
-        from szoq_hub.hub.transport import as_szoq_error
-    except ImportError:
-        return None
-    return as_szoq_error(exc)
-
-
-# File-system refusals a user can act on (a bad path, permissions, a full disk), not bugs.
-_FILE_ERRNOS = {errno.ENAMETOOLONG, errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.ENOTDIR, errno.EISDIR,
-                errno.ELOOP, errno.EEXIST, errno.ENOENT, errno.EFBIG}
-
-
-def _file_error(exc: Exception) -> SzoqError | None:
-    """An OSError about a named file, as a one-line error."""
-    if not isinstance(exc, OSError) or exc.errno not in _FILE_ERRNOS or exc.filename is None:
-        return None
-    return SzoqError(f"{exc.strerror}: {shorten(exc.filename)}", hint="check the path, its permissions and the free space")
+    """Import the command groups: each adds itself to `app`."""
+    from . import cleanup, delta, export, finetune, mask, mask_hub, plot  # noqa: F401
 
 
 def _interrupt_in(exc: BaseException) -> KeyboardInterrupt | None:
@@ -68,8 +38,6 @@ def _interrupted(exc: KeyboardInterrupt) -> None:
 def main() -> None:
     """Console-script entry: run the app, print errors as one line plus a hint."""
     _register()
-    from szoq_hub.core.memory import use_predictable_malloc
-
     use_predictable_malloc()
     for i, word in enumerate(sys.argv):  # a --token given here is scrubbed from all output, whatever its shape
         if word == "--token" and i + 1 < len(sys.argv):
@@ -93,7 +61,7 @@ def main() -> None:
 
             print(scrub("".join(traceback.format_exception(exc))), end="", file=sys.stderr)
             sys.exit(1)
-        mapped = exc if isinstance(exc, SzoqError) else _hub_error(exc) or _file_error(exc)
+        mapped = as_user_error(exc)
         if mapped is None:
             print(scrub(f"error: {type(exc).__name__}: {exc}"), file=sys.stderr)
             print("hint: this is a bug in szoq; rerun with --debug for the traceback and report it", file=sys.stderr)

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import typer
 
-from szoq_hub.masks.cleanup import collect_garbage
-
 from .render import note, print_json
 from .root import app
 
@@ -16,6 +14,8 @@ def gc_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Remove what interrupted writes left behind (never a complete entry). Example: szoq gc --dry-run"""
+    from szoq_hub import collect_garbage
+
     report = collect_garbage(dry_run=dry_run)
     if as_json:
         print_json(report.to_dict())

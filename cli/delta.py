@@ -7,9 +7,6 @@ from typing import Optional
 
 import typer
 
-from szoq_hub.hub.masks import check_repo_id, pull_delta, push_delta
-from szoq_hub.masks.registry import parse_ref
-
 from .root import app
 from .mask_hub import CREATE_PR, JSON, MESSAGE, OFFLINE, PRIVATE, REPO, TOKEN
 from .render import note, print_json, push_summary
@@ -30,6 +27,10 @@ def push(
     as_json: bool = JSON,
 ) -> None:
     """Publish a fine-tuned delta to the Hub (one commit + a tag). Example: szoq delta push runs/sst2 --repo my-team/sst2"""
+    from szoq_hub import push_delta
+
+    # push_delta, not Delta.from_pretrained(folder).push_to_hub: loading first would replace the push's
+    # own refusals (not a delta folder, a --dense run, a local path) with the loader's messages.
     result = push_delta(folder, repo_id=repo, tag=tag, private=private, token=token, create_pr=create_pr, message=message)
     if as_json:
         print_json(result.to_dict())
@@ -46,6 +47,8 @@ def pull(
     as_json: bool = JSON,
 ) -> None:
     """Download and verify a fine-tuned delta from the Hub. Example: szoq delta pull my-team/sst2@v1 --out runs/team"""
+    from szoq_hub import check_repo_id, parse_ref, pull_delta
+
     repo_id, revision = parse_ref(ref)
     result = pull_delta(check_repo_id(repo_id), revision=revision, token=token, offline=offline, out=out_dir)
     if as_json:

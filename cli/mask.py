@@ -2,22 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import shlex
 import sys
 from pathlib import Path
 from typing import Optional
 
 import typer
 
-from szoq_hub import MaskBuildConfig, SensitivityMask, build_mask
-from szoq_hub.masks.build import is_main_process
-from szoq_hub.masks.catalog import builtin_masks
-from szoq_hub.core.errors import MaskError
-from szoq_hub.masks.artifact import diff_masks, layer_order, save_mask
-from szoq_hub.data.models import DEFAULT_MODEL
-from szoq_hub.core.paths import path_exists, scratch_dir
-from szoq_hub.masks.registry import Registry
+from szoq_hub import DEFAULT_MODEL
 
 from .root import app
 from .render import note, print_json, progress_bar, table
@@ -50,21 +41,13 @@ def build(
     fsdp: bool = typer.Option(False, "--fsdp", help="Shard weights, gradients and scores with FSDP2 across torchrun ranks."),
 ) -> None:
     """Compute a sensitivity mask and register it. Example: szoq mask build smollm2-135m-instruct --calibration c4.jsonl.gz"""
+    from szoq_hub import MaskBuildConfig, Registry, build_mask
+
     config = MaskBuildConfig(model=model, revision=revision, calibration=calibration, samples=samples, seq_len=seq_len,
                              density=density, scope=scope, scorer=scorer, targets=targets, seed=seed, dtype=dtype,
                              max_memory=max_memory, score_quant=score_quant, device=device, fsdp=fsdp)
-    registry = Registry()
-    registry_name = name or _default_name(model, scorer)
-    if is_main_process():  # fail on a bad name or unwritable home before the long part
-        from szoq_hub.masks.registry import check_name
-        from szoq_hub.core.paths import ensure_writable_dir
-        check_name(registry_name)
-        ensure_writable_dir(registry.root, "SZOQ_HOME registry folder")
-        if out_dir is not None and out_dir.exists() and any(out_dir.iterdir()):
-            raise MaskError(f"{out_dir} already exists and is not empty", hint="choose another --out folder or remove it")
     if scorer != "fisher" and _given("--calibration"):
         note(f"--calibration is not read by --scorer {scorer}: ignored (and not recorded)")
-    command = build_recipe(sys.argv, drop=() if scorer == "fisher" else ("--calibration",))
     with progress_bar() as bar:
         task = bar.add_task("scoring windows" if scorer == "fisher" else f"{scorer} scores (tensors)", total=None, info="")
 
@@ -74,15 +57,11 @@ def build(
                 bar.update(task, first=1, begun=elapsed)
             bar.update(task, completed=done, total=total, info=f"{tokens / elapsed:,.0f} tok/s" if tokens else "")
 
-        with scratch_dir("szoq-build") as tmp:  # a killed build leaves it to `szoq gc`
-            plan: dict = {}
-            mask, folder = build_mask(config, tmp / "mask", progress=on_progress, command=command, plan_out=plan)
-            if folder is None:  # not rank 0
-                return
-            # --out is written before the index names the mask: a failed copy registers nothing
-            entry = registry.add(folder, registry_name, version, source={"built_with": config.__dict__},
-                                 before_commit=None if out_dir is None else lambda _: save_mask(mask, out_dir))
-    result = {"ref": entry.ref, "path": str(entry.path), "sha256": entry.sha256, "nnz": mask.nnz, "captured_share": mask.config.stats.get("captured_share")}
+        plan: dict = {}
+        mask, folder = build_mask(config, out_dir, register=True, name=name, version=version, progress=on_progress, plan_out=plan)
+        if folder is None:  # not rank 0
+            return
+    result = {"ref": mask.ref, "path": str(folder), "sha256": Registry().get(mask.ref).sha256, "nnz": mask.nnz, "captured_share": mask.config.stats.get("captured_share")}
     if plan:
         result["passes"] = plan["passes"]
     if out_dir is not None:
@@ -90,7 +69,7 @@ def build(
     if as_json:
         print_json(result)
     else:
-        print(f"{entry.ref}\t{entry.path}")
+        print(f"{mask.ref}\t{folder}")
         passes = f" in {plan['passes']} passes" if plan.get("passes", 1) > 1 else ""
         note(f"built {mask.nnz:,} weights ({scorer}, density {density:g}){passes}; score mass captured {result['captured_share']}")
 
@@ -99,57 +78,11 @@ def _given(option: str) -> bool:
     return any(a == option or a.startswith(option + "=") for a in sys.argv)
 
 
-# Where the result goes and how it is shown, never what it is: left out of the recorded recipe,
-# so the artifact's bytes do not depend on the output folder or registry name (the built-in
-# mask's catalog sha256 is checked with a different --out than the catalog's own).
-_OUTPUT_OPTIONS = ("--out", "--name", "--version")
-_OUTPUT_FLAGS = ("--json",)
-
-
-def build_recipe(argv: list[str], drop: tuple[str, ...] = ()) -> str | None:
-    """The `szoq mask build` command line to record in the mask, safe to publish.
-
-    A local path becomes its file or folder name (the recipe is shared with the mask); the
-    options in `drop` and the output-only options (`--out`, `--name`, `--version`, `--json`)
-    are left out with their values.
-    """
-    if "build" not in argv:
-        return None
-    drop = (*drop, *_OUTPUT_OPTIONS)
-    words, out, skip = argv[argv.index("build") + 1:], [], False
-    for word in words:
-        if skip:
-            skip = False
-            continue
-        key, eq, value = word.partition("=")
-        if key in _OUTPUT_FLAGS:
-            continue
-        if key in drop:
-            skip = not eq
-            continue
-        if eq and key.startswith("--"):
-            out.append(f"{key}={_public(value)}")
-        else:
-            out.append(_public(word))
-    return "szoq mask build " + " ".join(shlex.quote(w) for w in out)
-
-
-def _public(word: str) -> str:
-    if os.path.isabs(word) or word.startswith("~") or (os.sep in word and path_exists(word)):
-        return Path(word).name or word
-    return word
-
-
-def _default_name(model: str, scorer: str) -> str:
-    import re
-
-    base = re.sub(r"[^a-z0-9._-]+", "-", Path(model).name.lower().removesuffix(".gguf")).strip("-.") or "mask"
-    return base if scorer == "fisher" else f"{base}-{scorer}"
-
-
 @mask_app.command("list")
 def list_(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
     """List local masks and the built-in ones. Example: szoq mask list --json"""
+    from szoq_hub import Registry, builtin_masks
+
     entries = Registry().entries()
     builtins = builtin_masks()
     if as_json:
@@ -166,10 +99,12 @@ def show(ref: str = typer.Argument(..., help="NAME[@VERSION], a folder, or ORG/N
          as_json: bool = typer.Option(False, "--json", help="Print JSON."),
          plot: Optional[Path] = typer.Option(None, "--plot", help="Also draw a density / captured-share heatmap to this PNG.")) -> None:
     """Show a mask's metadata, stats and per-layer density. Example: szoq mask show smollm2-135m-instruct --plot mask.png"""
+    from szoq_hub import SensitivityMask, layer_order
+
     mask = SensitivityMask.from_pretrained(ref)
     folder, cfg = mask.path, mask.config
     if plot is not None:
-        from szoq_hub.export.plots import plot_mask
+        from szoq_hub import plot_mask
 
         note(f"wrote {plot_mask(mask, plot)}")
     import math
@@ -196,6 +131,8 @@ def show(ref: str = typer.Argument(..., help="NAME[@VERSION], a folder, or ORG/N
 def verify(ref: str = typer.Argument(..., help="NAME[@VERSION], a folder, or ORG/NAME[@REV]."),
            model: Optional[str] = typer.Option(None, help="Also check the fingerprint against this model.")) -> None:
     """Verify a mask artifact (and its fit to a model). Example: szoq mask verify mymask --model smollm2-135m-instruct"""
+    from szoq_hub import SensitivityMask
+
     mask = SensitivityMask.from_pretrained(ref, model=model)
     print(f"ok\t{ref}\t{mask.nnz} weights" + (f"\tmatches {model}" if model else ""))
 
@@ -203,6 +140,8 @@ def verify(ref: str = typer.Argument(..., help="NAME[@VERSION], a folder, or ORG
 @mask_app.command("rm")
 def rm(ref: str = typer.Argument(..., help="NAME@VERSION, or NAME for every version.")) -> None:
     """Remove a mask from the local registry. Example: szoq mask rm mymask@v1"""
+    from szoq_hub import Registry
+
     for entry in Registry().remove(ref):
         print(f"removed\t{entry.ref}")
 
@@ -211,6 +150,8 @@ def rm(ref: str = typer.Argument(..., help="NAME@VERSION, or NAME for every vers
 def diff(ref_a: str = typer.Argument(..., help="Mask A."), ref_b: str = typer.Argument(..., help="Mask B."),
          as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
     """Overlap of two masks: shared nnz, Jaccard, recall of A in B, per layer. Example: szoq mask diff a@v1 b"""
+    from szoq_hub import SensitivityMask, diff_masks
+
     result = diff_masks(SensitivityMask.from_pretrained(ref_a), SensitivityMask.from_pretrained(ref_b))
     if as_json:
         print_json(result.to_dict())

@@ -6,9 +6,6 @@ from typing import Optional
 
 import typer
 
-from szoq_hub import SensitivityMask
-from szoq_hub.hub.masks import check_repo_id, mask_info, pull_mask, search_masks
-from szoq_hub.masks.registry import parse_ref
 
 from .mask import mask_app
 from .render import note, print_json, push_summary, table
@@ -25,6 +22,8 @@ JSON = typer.Option(False, "--json", help="Print the result as JSON.")
 
 
 def _hub_ref(ref: str) -> tuple[str, str | None]:
+    from szoq_hub import check_repo_id, parse_ref
+
     repo_id, revision = parse_ref(ref)
     return check_repo_id(repo_id), revision
 
@@ -41,6 +40,8 @@ def push(
     as_json: bool = JSON,
 ) -> None:
     """Publish a mask to a Hub repo (one commit + a tag). Example: szoq mask push mymask@v2 --repo my-team/smollm2-mask"""
+    from szoq_hub import SensitivityMask
+
     mask = SensitivityMask.from_pretrained(ref)
     result = mask.push_to_hub(repo, tag=tag, private=private, token=token, create_pr=create_pr, message=message)
     if as_json:
@@ -58,6 +59,8 @@ def pull(
     as_json: bool = JSON,
 ) -> None:
     """Download, verify and register a mask from the Hub. Example: szoq mask pull my-team/smollm2-mask@v2 --name team"""
+    from szoq_hub import pull_mask
+
     repo_id, revision = _hub_ref(ref)
     result = pull_mask(repo_id, revision=revision, name=name, token=token, offline=offline)
     if as_json:
@@ -74,6 +77,8 @@ def info(
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Show a Hub mask's facts from its header only (no download). Example: szoq mask info my-team/smollm2-mask@v1"""
+    from szoq_hub import mask_info
+
     repo_id, revision = _hub_ref(ref)
     result = mask_info(repo_id, revision=revision, token=token)
     if as_json:
@@ -96,6 +101,8 @@ def search(
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """List Hub repos tagged szoq/sensitivity-mask. Example: szoq mask search --base-model HuggingFaceTB/SmolLM2-135M"""
+    from szoq_hub import search_masks
+
     results = search_masks(base_model=base_model, author=author, token=token, limit=limit)
     if as_json:
         print_json([r.to_dict() for r in results])

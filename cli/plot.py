@@ -6,9 +6,6 @@ from pathlib import Path
 
 import typer
 
-from szoq_hub.hub.refs import resolve_delta_ref
-from szoq_hub.export.plots import plot_runs
-
 from .root import app
 from .render import note
 
@@ -19,6 +16,8 @@ def plot_cmd(
     out_file: Path = typer.Option(Path("szoq-plot.png"), "--out", help="The PNG to write."),
 ) -> None:
     """Plot loss and dev metric against steps from metrics.jsonl. Example: szoq plot runs/sst2 runs/rte --out runs.png"""
+    from szoq_hub import plot_runs, resolve_delta_ref
+
     folders = [resolve_delta_ref(r) for r in runs]
     path = plot_runs([f.parent if f.suffix == ".safetensors" else f for f in folders], out_file, labels=runs)
     print(path)

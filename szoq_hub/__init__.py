@@ -1,6 +1,6 @@
 """szoq: zeroth-order fine-tuning of quantized LLMs with transferable static sparsity masks.
 
-The public Python API (the CLI is a thin layer over exactly these calls; see README "Python API"):
+The public Python API (the CLI is a thin layer over exactly these names; see README "Python API"):
 
     from szoq_hub import Delta, FinetuneConfig, SensitivityMask, finetune, load_sparse_model
 
@@ -14,26 +14,82 @@ Layers, each importing only from those before it: `core` (errors, paths, schema,
 `data` (checkpoints, models, calibration, tasks), `masks` (scoring, selection, the artifact, registry),
 `runtime` (the quantized sparse model, dense trainable, ZO optimizers, delta), `hub` (transport, refs),
 `training` (finetune, evaluate, merge), `export` (PEFT, plots).
+
+Names are imported on first use (PEP 562): `import szoq_hub`, `szoq --version` and `szoq --help`
+load no torch; `from szoq_hub import finetune` loads what `finetune` needs.
 """
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
 
 from .core.version import __version__
 
-# Importing the API also sets the Hub methods on SensitivityMask and Delta (szoq_hub/api.py).
-from .api import (  # noqa: E402
-    Delta,
-    FinetuneConfig,
-    FinetuneResult,
-    MaskBuildConfig,
-    MaskConfig,
-    SensitivityMask,
-    SparseModel,
-    SzoqError,
-    build_mask,
-    finetune,
-    load_sparse_model,
-)
-from .export.peft import export_peft  # noqa: E402
-from .export.plots import plot_mask, plot_runs  # noqa: E402
+# name -> the module that defines it (relative to this package); the one list of the public API
+_EXPORTS: dict[str, str] = {
+    **dict.fromkeys(("SzoqError", "ModelError", "DependencyError", "CalibrationError", "ConfigError", "MaskError", "FingerprintMismatch",
+                     "RegistryError", "HubError", "TaskError", "TrainingError", "Interrupted"), ".core.errors"),
+    "use_predictable_malloc": ".core.memory",
+    **dict.fromkeys(("remember", "scrub", "scrub_logging"), ".core.scrub"),
+    **dict.fromkeys(("DEFAULT_MODEL", "DEFAULT_MASK", "DEFAULT_LR"), ".core.defaults"),
+    **dict.fromkeys(("SensitivityMask", "MaskConfig"), ".masks.artifact"),
+    **dict.fromkeys(("diff_masks", "layer_order"), ".masks.diff"),
+    **dict.fromkeys(("MaskBuildConfig", "build_mask", "is_main_process"), ".masks.build"),
+    "builtin_masks": ".masks.catalog",
+    **dict.fromkeys(("Registry", "parse_ref"), ".masks.registry"),
+    "collect_garbage": ".masks.cleanup",
+    **dict.fromkeys(("SparseModel", "load_sparse_model"), ".runtime.sparse"),
+    "Delta": ".runtime.delta",
+    **dict.fromkeys(("PushResult", "PullResult", "check_repo_id"), ".hub.transport"),
+    **dict.fromkeys(("push_mask", "pull_mask", "mask_info", "search_masks"), ".hub.masks"),
+    **dict.fromkeys(("push_delta", "pull_delta"), ".hub.deltas"),
+    **dict.fromkeys(("resolve_mask_ref", "resolve_delta_ref"), ".hub.refs"),
+    **dict.fromkeys(("FinetuneConfig", "FinetuneResult", "finetune", "model_and_mask_for"), ".training.finetune"),
+    **dict.fromkeys(("EvalConfig", "EvalResult", "evaluate"), ".training.evaluate"),
+    "merge": ".training.merge",
+    **dict.fromkeys(("export_peft", "push_peft"), ".export.peft"),
+    **dict.fromkeys(("plot_mask", "plot_runs"), ".export.plots"),
+    "as_user_error": ".api",
+}
 
-__all__ = ["__version__", "SensitivityMask", "MaskConfig", "MaskBuildConfig", "build_mask", "load_sparse_model", "SparseModel",
-           "FinetuneConfig", "FinetuneResult", "finetune", "Delta", "SzoqError", "export_peft", "plot_runs", "plot_mask"]
+__all__ = ["__version__", *_EXPORTS]
+
+if TYPE_CHECKING:  # what IDEs and type checkers read; at run time __getattr__ imports on first use
+    from .api import as_user_error
+    from .core.errors import (CalibrationError, ConfigError, DependencyError, FingerprintMismatch, HubError, Interrupted, MaskError,
+                              ModelError, RegistryError, SzoqError, TaskError, TrainingError)
+    from .core.memory import use_predictable_malloc
+    from .core.scrub import remember, scrub, scrub_logging
+    from .core.defaults import DEFAULT_LR, DEFAULT_MASK, DEFAULT_MODEL
+    from .export.peft import export_peft, push_peft
+    from .export.plots import plot_mask, plot_runs
+    from .hub.deltas import pull_delta, push_delta
+    from .hub.masks import mask_info, pull_mask, push_mask, search_masks
+    from .hub.refs import resolve_delta_ref, resolve_mask_ref
+    from .hub.transport import PullResult, PushResult, check_repo_id
+    from .masks.artifact import MaskConfig, SensitivityMask
+    from .masks.diff import diff_masks, layer_order
+    from .masks.build import MaskBuildConfig, build_mask, is_main_process
+    from .masks.catalog import builtin_masks
+    from .masks.cleanup import collect_garbage
+    from .masks.registry import Registry, parse_ref
+    from .runtime.delta import Delta
+    from .runtime.sparse import SparseModel, load_sparse_model
+    from .training.evaluate import EvalConfig, EvalResult, evaluate
+    from .training.finetune import FinetuneConfig, FinetuneResult, finetune, model_and_mask_for
+    from .training.merge import merge
+
+
+def __getattr__(name: str):
+    """Import a public name on first use and keep it (PEP 562)."""
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value  # later lookups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

@@ -7,6 +7,7 @@ session (SZOQ_MODEL_CACHE) so the real SmolLM2 GGUF is dequantized only once.
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 from pathlib import Path
 
@@ -186,3 +187,205 @@ def hub(hub_server):
     hub_server.served.clear()
     yield hub_server
     hub_server.faults.clear()
+
+
+# ---- tiny masks, rows and runs, built once per session and shared read-only -------------------
+# (tests that change one copy it first: `other_run`, `tmp_path`)
+ROWS = [{"text": t, "label": int("great" in t or "wonderful" in t)} for t in TINY_TEXTS]  # learnable: great/wonderful -> 1
+TRAIN_ARGS = ["--template", "{text} It was", "--labels", "0=bad,1=good"]
+
+
+@pytest.fixture(scope="session")
+def tiny_masks(tiny_model_dir, tmp_path_factory):
+    """`tiny_masks(density)` -> (a fresh copy of the mask, its artifact folder): built once per density."""
+    import copy
+
+    from szoq_hub.masks.build import MaskBuildConfig, build_mask
+
+    built: dict[float, tuple] = {}
+
+    def get(density: float):
+        if density not in built:
+            root = tmp_path_factory.mktemp(f"tiny-mask-{density:g}")
+            (root / "calib.txt").write_text("\n".join(TINY_TEXTS * 5))
+            built[density] = build_mask(MaskBuildConfig(model=str(tiny_model_dir), calibration=str(root / "calib.txt"), samples=4, seq_len=16,
+                                                        density=density), root / "mask")
+        mask, folder = built[density]
+        return copy.deepcopy(mask), folder
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def tiny_mask(tiny_masks) -> Path:
+    """The artifact folder of a density-0.01 mask of the tiny Llama (read-only)."""
+    return tiny_masks(0.01)[1]
+
+
+@pytest.fixture
+def devices_mask(tiny_masks):
+    """(a fresh copy of a density-0.02 mask of the tiny Llama, its folder), as test_devices and test_cuda use it."""
+    return tiny_masks(0.02)
+
+
+@pytest.fixture
+def train_file(tmp_path) -> Path:
+    path = tmp_path / "train.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
+    return path
+
+
+@pytest.fixture(scope="session")
+def train_jsonl(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("delta-data") / "train.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
+    return path
+
+
+def tiny_finetune_config(model, mask, train_file, out, **kw):
+    """A `FinetuneConfig` of a few steps on the tiny rows (quant none); `kw` overrides."""
+    from szoq_hub import FinetuneConfig
+
+    base = dict(model=str(model), mask=str(mask), task=None, train_file=str(train_file), template="{text} It was", labels="0=bad,1=good",
+                quant="none", steps=6, batch_size=4, eval_every=3, save_every=3, train_samples=12, dev_samples=4, eval_samples=4, out=str(out))
+    base.update(kw)
+    return FinetuneConfig(**base)
+
+
+@pytest.fixture(scope="session")
+def run_dir(tiny_model_dir, tiny_mask, train_jsonl, tmp_path_factory) -> Path:
+    """The output folder of a real 4-step fine-tuning run on the tiny model (quant none); read-only."""
+    from szoq_hub import finetune
+
+    out = tmp_path_factory.mktemp("delta-run") / "run"
+    finetune(tiny_finetune_config(tiny_model_dir, tiny_mask, train_jsonl, out, steps=4, eval_every=2, save_every=2))
+    return out
+
+
+def other_run(run_dir: Path, dest: Path, shift: float = 0.01, base_model: str | None = None) -> Path:
+    """A copy of the run whose delta holds other values (same mask and model unless `base_model`)."""
+    import shutil
+
+    from szoq_hub.runtime.delta import load_delta, save_delta
+
+    shutil.copytree(run_dir, dest)
+    d = load_delta(dest)
+    save_delta(dest, {n: t + shift for n, t in d.tensors.items()}, mask_sha256=d.mask_sha256, fingerprint=d.fingerprint,
+               base_model=base_model or d.meta["base_model"], settings=d.settings)
+    return dest
+
+
+def cli_in_process(args: list[str], monkeypatch, capsys) -> tuple[int, str, str]:
+    """Run the console entry point (`main`, where errors are mapped) in-process with an argument list."""
+    from szoq_cli.app import main
+
+    monkeypatch.setattr("sys.argv", ["szoq", *map(str, args)])
+    code = 0
+    try:
+        main()
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+# ---- the slow reference of mask selection ----------------------------------------------------
+# The in-memory top-k that masks.selection.StreamingSelector must equal (any arrival order, any
+# sharding): kept here, apart from the library, so the comparison can fail.
+import math  # noqa: E402
+
+import torch  # noqa: E402
+
+from szoq_hub.core.errors import ConfigError, MaskError  # noqa: E402
+from szoq_hub.masks.artifact import SCOPES, check_density, check_int32_range  # noqa: E402
+
+
+def _reference_top_k(scores: torch.Tensor, k: int, chunk: int = 1 << 22) -> torch.Tensor:
+    """Indices of the k largest entries of a flat tensor; ties go to the lowest index.
+
+    Works chunk by chunk: `torch.topk` over n elements allocates ~16 bytes per element (0.7 GB
+    for a Llama-2-7B MLP matrix), which a memory-bounded build cannot afford. The k-th largest
+    value overall is among the chunks' own k largest, so the threshold, the entries above it
+    and the lowest-index ties are exactly those of one call over the whole tensor.
+
+    Args:
+        scores: [n] scores (any float dtype, any device).
+        k: How many to keep.
+        chunk: Elements per chunk.
+
+    Returns:
+        Sorted int64 indices [k].
+    """
+    n = scores.numel()
+    if k >= n:
+        return torch.arange(n)
+    starts = range(0, n, chunk)
+    if n <= chunk:
+        threshold = torch.topk(scores, k, sorted=False).values.min()
+    else:
+        cands = [scores[s : s + chunk] for s in starts]
+        cands = [c if c.numel() <= k else torch.topk(c, k, sorted=False).values for c in cands]  # [<= k] each
+        threshold = torch.topk(torch.cat(cands), k, sorted=False).values.min()
+        del cands
+    above = [(scores[s : s + chunk] > threshold).nonzero().flatten() + s for s in starts]  # strictly better: always kept
+    room = k - sum(a.numel() for a in above)
+    ties = []
+    for s in starts:  # lowest index first
+        if room <= 0:
+            break
+        t = (scores[s : s + chunk] == threshold).nonzero().flatten()[:room] + s
+        ties.append(t)
+        room -= t.numel()
+    return torch.cat(above + ties).sort().values
+
+
+def reference_select(scores: dict[str, torch.Tensor], density: float, scope: str = "per-matrix") -> dict[str, torch.Tensor]:
+    """Pick the top-scored weights.
+
+    Args:
+        scores: name -> scores shaped like the parameter.
+        density: Share of weights to keep, in (0, 1).
+        scope: `per-matrix` keeps floor(numel * density) (at least 1) per tensor;
+            `global` keeps floor(total * density) over all tensors together.
+
+    Returns:
+        name -> sorted int32 flat indices (tensors with no pick are left out in global scope).
+
+    Raises:
+        MaskError: a NaN or infinite score (it would silently empty a tensor's selection, or in
+            global scope the whole mask), or nothing to select from.
+    """
+    check_density(density)
+    for n, s in scores.items():  # before anything touches the scores
+        check_int32_range(n, s.numel())
+    if not scores or all(s.numel() == 0 for s in scores.values()):
+        raise MaskError("no weights to score: the target selection is empty", hint="check --targets; by default every linear weight of the decoder is a target")
+    for n, s in scores.items():
+        bad = int((~torch.isfinite(s)).sum())
+        if bad:
+            raise MaskError(f"{bad} of {s.numel()} scores of {n} are NaN or infinite",
+                            hint="the calibration forward/backward overflowed: build in fp32 from a model whose weights are finite, or use shorter --seq-len")
+    if scope == "per-matrix":
+        return {
+            n: _reference_top_k(s.flatten(), max(1, math.floor(s.numel() * density))).to(torch.int32)
+            for n, s in scores.items()
+        }
+    if scope != "global":
+        raise ConfigError(f"unknown scope {scope!r}", hint=f"choose one of: {', '.join(SCOPES)}")
+    total = sum(s.numel() for s in scores.values())
+    k = max(1, math.floor(total * density))
+    # The global top-k lies inside the union of each tensor's own top-k: find the threshold
+    # there instead of concatenating every score.
+    cands = torch.cat([torch.topk(s.flatten(), min(k, s.numel()), sorted=False).values for s in scores.values()])
+    threshold = torch.topk(cands, k, sorted=False).values.min()
+    n_above = {n: int((s > threshold).sum()) for n, s in scores.items()}
+    room = k - sum(n_above.values())
+    out = {}
+    for n, s in scores.items():  # ties at the threshold go to earlier tensors, lower indices
+        flat = s.flatten()
+        ties = (flat == threshold).nonzero().flatten()[: max(room, 0)]
+        room -= ties.numel()
+        idx = torch.cat([(flat > threshold).nonzero().flatten(), ties]).sort().values
+        if idx.numel():
+            out[n] = idx.to(torch.int32)
+    return out

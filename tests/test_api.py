@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import importlib
 import re
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -12,28 +13,73 @@ from conftest import REPO, SHARED_DATA
 from szoq_hub.core.errors import FingerprintMismatch, MaskError
 from szoq_hub.masks.artifact import load_mask
 from szoq_hub.masks.registry import Registry
-from test_finetune import tiny_mask  # noqa: F401  (module-scoped fixture: a tiny built mask)
 from test_hub import WRITE, repo_name
-from test_hub_delta import other_run, run_dir, train_jsonl  # noqa: F401  (module-scoped fixtures: a real tiny run)
+from conftest import other_run
 
 
 def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_the_package_exports_the_api_lazily():
+def _loaded_after(code: str) -> set[str]:
+    """The heavy packages a fresh interpreter has loaded after running `code`."""
+    probe = code + "\nimport sys; print('loaded:' + ','.join(m for m in ('torch', 'transformers', 'huggingface_hub') if m in sys.modules))"
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert done.returncode == 0, done.stderr
+    return set(filter(None, done.stdout.strip().splitlines()[-1].removeprefix("loaded:").split(",")))
+
+
+def test_importing_the_package_loads_no_torch():
+    assert _loaded_after("import szoq_hub; szoq_hub.__version__; szoq_hub.SzoqError; szoq_hub.DEFAULT_MODEL") == set()
+    assert "torch" in _loaded_after("from szoq_hub import SensitivityMask")  # a name is imported on first use
+
+
+@pytest.mark.xfail(strict=False, reason="cli/finetune.py and cli/export.py import the training and export layers at module "
+                                         "level; their owners make those imports lazy (the lead removes this xfail at merge)")
+@pytest.mark.parametrize("flag", ["--version", "--help"])
+def test_szoq_version_and_help_load_no_torch(flag):
+    assert _loaded_after(f"import sys; sys.argv = ['szoq', '{flag}']\nfrom szoq_cli.app import main\ntry:\n    main()\nexcept SystemExit:\n    pass") == set()
+
+
+def test_every_public_name_resolves_to_the_module_that_defines_it():
+    import ast
+
     import szoq_hub
 
-    for name in ("SensitivityMask", "Delta", "build_mask", "MaskBuildConfig", "load_sparse_model", "finetune", "FinetuneConfig"):
-        assert name in szoq_hub.__all__ and getattr(szoq_hub, name) is not None
+    for name in szoq_hub.__all__:
+        value = getattr(szoq_hub, name)
+        if callable(value) and hasattr(value, "__module__") and name != "__version__":
+            assert value.__module__ == f"szoq_hub{szoq_hub._EXPORTS[name]}", name
     from szoq_hub import finetune
 
     assert callable(finetune) and finetune.__module__ == "szoq_hub.training.finetune"  # the function, not the module
     import szoq_hub.training.finetune  # noqa: F401  (loading the submodule must not shadow the function)
 
-    assert szoq_hub.finetune is finetune and importlib.import_module("szoq_hub.training.finetune").FinetuneConfig is szoq_hub.FinetuneConfig
-    with pytest.raises(AttributeError):
+    assert szoq_hub.finetune is finetune
+    with pytest.raises(AttributeError, match="no_such_name"):
         szoq_hub.no_such_name  # noqa: B018
+    # what IDEs read (the TYPE_CHECKING imports) is exactly what __getattr__ serves
+    tree = ast.parse((REPO / "szoq_hub" / "__init__.py").read_text())
+    block = next(n for n in ast.walk(tree) if isinstance(n, ast.If) and getattr(n.test, "id", "") == "TYPE_CHECKING")
+    seen = {a.name: "." + "." * (imp.level - 1) + imp.module for imp in block.body for a in imp.names}
+    assert seen == szoq_hub._EXPORTS
+
+
+def test_hub_methods_are_defined_on_the_classes():
+    """`from_pretrained` / `save_pretrained` / `push_to_hub` come from the class (HubMixin), not set at import."""
+    import pydoc
+
+    from szoq_hub import Delta, SensitivityMask
+    from szoq_hub.core.hub_mixin import HubMixin
+
+    for cls in (SensitivityMask, Delta):
+        assert issubclass(cls, HubMixin)
+        for method in ("from_pretrained", "save_pretrained", "push_to_hub"):
+            assert method in vars(HubMixin) and getattr(cls, method).__qualname__ == f"HubMixin.{method}", (cls, method)
+        assert {"_from_pretrained", "_save_pretrained", "_push_to_hub"} <= set(vars(cls)), cls
+        text = pydoc.render_doc(cls, renderer=pydoc.plaintext)
+        assert "push_to_hub(self, repo_id: 'str', *, tag: 'str | None' = None" in text and "from_pretrained(ref: 'str | Path'" in text
+    assert "merge_into" in vars(Delta)
 
 
 def test_mask_from_pretrained_takes_every_kind_of_ref(tiny_mask, tiny_model_dir):  # noqa: F811

@@ -15,12 +15,12 @@ from szoq_hub.masks.build import MaskBuildConfig, build_mask, checkpoint_files, 
 from szoq_hub.masks.build_plan import activation_bytes, parse_size, plan_groups
 from szoq_hub.data.calibration import load_windows
 from szoq_hub.core.errors import ConfigError, ModelError
-from szoq_hub.masks.artifact import captured_share, captured_share_per_tensor, select
+from szoq_hub.masks.artifact import captured_share, captured_share_per_tensor
 from szoq_hub.data.models import load_model, resolve_model, target_parameter_names
 from szoq_hub.masks.selection import StreamingSelector
 from szoq_hub.masks.sensitivity import fisher_scores
 
-from conftest import assert_one_line_error, make_tiny_llama
+from conftest import assert_one_line_error, make_tiny_llama, reference_select as select
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -67,6 +67,29 @@ def test_output_options_leave_the_mask_bytes_alone(run_cli, tiny_model_dir, tiny
     assert recipe == f"szoq mask build {tiny_model_dir.name} --calibration {tiny_text_file.name} --samples 4 --seq-len 16"
 
 
+def test_build_mask_register_gives_the_cli_entry_and_recipe(run_cli, tiny_model_dir, tiny_text_file, tmp_path, monkeypatch):
+    """`build_mask(..., register=True)` from Python registers what `szoq mask build` registers: same name,
+    version, bytes, recipe (from the config, not sys.argv) and recorded options."""
+    from szoq_hub import MaskBuildConfig, Registry, build_mask
+
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1767225600")
+    monkeypatch.chdir(tmp_path)
+    code, out, err = build_cli(run_cli, tiny_model_dir, tiny_text_file, "--density", "0.01", "--json")
+    assert code == 0, err
+    by_cli = Registry().get(json.loads(out)["ref"])
+    Registry().remove(by_cli.ref)
+    config = MaskBuildConfig(model=str(tiny_model_dir), calibration=str(tiny_text_file), samples=4, seq_len=16, density=0.01)
+    monkeypatch.setattr("sys.argv", ["python", "something-else.py"])  # the recipe must not come from argv
+    mask, folder = build_mask(config, register=True)
+    by_api = Registry().get(mask.ref)
+    assert by_api.ref == by_cli.ref == f"{tiny_model_dir.name}@v1" and folder == by_api.path
+    assert by_api.sha256 == by_cli.sha256 and by_api.source == by_cli.source
+    assert mask.config.command == (f"szoq mask build {tiny_model_dir.name} --calibration {tiny_text_file.name} --samples 4 --seq-len 16"
+                                   " --density 0.01")
+    with pytest.raises(Exception, match="name"):
+        build_mask(config, register=True, name="Bad Name!")
+
+
 def test_help_has_an_example_everywhere(run_cli):
     for cmd in ("build", "list", "show", "verify", "rm", "diff"):
         code, out, _ = run_cli("mask", cmd, "--help")

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from conftest import TINY_TEXTS
-from test_devices import ROWS, tiny_mask  # noqa: F401  (module-scoped fixture: a tiny built mask)
+from conftest import ROWS
 from szoq_hub.training.finetune import CHECKPOINT_FILE, FinetuneConfig, finetune
 from szoq_hub.runtime.sparse import SparseQuantLinear, load_sparse_model
 from szoq_hub.data.scoring import Encoded, loss_sum, loss_sums, option_scores
@@ -28,9 +28,9 @@ def _batch(sm) -> tuple[list[Encoded], int]:
 
 
 @pytest.mark.parametrize("quant", ["nf4", "fp4", "int8", "none"])
-def test_everything_lives_on_the_gpu_and_matches_the_cpu(tiny_model_dir, tiny_mask, quant):
-    gpu = load_sparse_model(str(tiny_model_dir), tiny_mask[0], quant=quant, device="cuda", compute_dtype="fp32")
-    cpu = load_sparse_model(str(tiny_model_dir), tiny_mask[0], quant=quant, device="cpu", compute_dtype="fp32")
+def test_everything_lives_on_the_gpu_and_matches_the_cpu(tiny_model_dir, devices_mask, quant):
+    gpu = load_sparse_model(str(tiny_model_dir), devices_mask[0], quant=quant, device="cuda", compute_dtype="fp32")
+    cpu = load_sparse_model(str(tiny_model_dir), devices_mask[0], quant=quant, device="cpu", compute_dtype="fp32")
     tensors = list(gpu.model.parameters()) + list(gpu.model.buffers()) + [gpu.values]
     for m in gpu.model.modules():
         if isinstance(m, SparseQuantLinear) and m.quant_state is not None:
@@ -42,15 +42,15 @@ def test_everything_lives_on_the_gpu_and_matches_the_cpu(tiny_model_dir, tiny_ma
     torch.testing.assert_close(option_scores(gpu.model, batch, pad), option_scores(cpu.model, batch, pad), atol=tol, rtol=tol)
 
 
-def test_cuda_defaults_to_bf16_and_keeps_fp32_values(tiny_model_dir, tiny_mask):
-    sm = load_sparse_model(str(tiny_model_dir), tiny_mask[0], quant="nf4", device="cuda")
+def test_cuda_defaults_to_bf16_and_keeps_fp32_values(tiny_model_dir, devices_mask):
+    sm = load_sparse_model(str(tiny_model_dir), devices_mask[0], quant="nf4", device="cuda")
     assert sm.model.get_input_embeddings().weight.dtype == torch.bfloat16
     assert sm.values.dtype == torch.float32 and sm.values.device.type == "cuda"
 
 
 @pytest.mark.parametrize("dtype,tol", [("fp32", 1e-5), ("bf16", 2e-2)])
-def test_paired_matches_two_pass_on_cuda(tiny_model_dir, tiny_mask, dtype, tol):
-    sm = load_sparse_model(str(tiny_model_dir), tiny_mask[0], quant="nf4", device="cuda", compute_dtype=dtype)
+def test_paired_matches_two_pass_on_cuda(tiny_model_dir, devices_mask, dtype, tol):
+    sm = load_sparse_model(str(tiny_model_dir), devices_mask[0], quant="nf4", device="cuda", compute_dtype=dtype)
     batch, pad = _batch(sm)
     gen = torch.Generator(device="cuda").manual_seed(0)
     points = sm.values[None] + 0.05 * torch.randn(4, sm.values.numel(), generator=gen, device="cuda")  # [4, nnz]
@@ -65,14 +65,14 @@ def test_z_is_drawn_on_the_device():
     assert z.device.type == "cuda" and torch.equal(z, perturbation(123, 1000, "cuda"))
 
 
-def test_cuda_run_is_bit_reproducible_and_resumes_exactly(tiny_model_dir, tiny_mask, tmp_path):
+def test_cuda_run_is_bit_reproducible_and_resumes_exactly(tiny_model_dir, devices_mask, tmp_path):
     from safetensors.torch import load_file
 
     train = tmp_path / "train.jsonl"
     train.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
 
     def config(out, **kw):
-        return FinetuneConfig(model=str(tiny_model_dir), mask=str(tiny_mask[1]), task=None, train_file=str(train), template="{text} It was",
+        return FinetuneConfig(model=str(tiny_model_dir), mask=str(devices_mask[1]), task=None, train_file=str(train), template="{text} It was",
                               labels="0=bad,1=good", quant="nf4", device="cuda", steps=4, batch_size=4, zo_samples=2, lr=1e-3, eval_every=0,
                               save_every=2, train_samples=12, dev_samples=4, eval_samples=4, out=str(out), **kw)
 
@@ -94,7 +94,7 @@ def test_cuda_run_is_bit_reproducible_and_resumes_exactly(tiny_model_dir, tiny_m
     assert torch.equal(load_file(str(tmp_path / "c" / CHECKPOINT_FILE))["values"], a)
 
 
-def test_eval_and_merge_on_cuda(tiny_model_dir, tiny_mask, tmp_path):
+def test_eval_and_merge_on_cuda(tiny_model_dir, devices_mask, tmp_path):
     from safetensors.torch import load_file
 
     from szoq_hub.runtime.delta import save_delta
@@ -103,7 +103,7 @@ def test_eval_and_merge_on_cuda(tiny_model_dir, tiny_mask, tmp_path):
     from szoq_hub.training.merge import merge
     from szoq_hub.data.models import model_fingerprint, resolve_model
 
-    mask, mask_dir = tiny_mask
+    mask, mask_dir = devices_mask
     tensors = {n: torch.randn(idx.numel()) for n, idx in mask.indices.items()}
     source = resolve_model(str(tiny_model_dir))
     save_delta(tmp_path / "delta.safetensors", tensors, mask_sha256=file_sha256(mask_dir / "mask.safetensors"),

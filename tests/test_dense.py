@@ -15,7 +15,7 @@ from szoq_hub.core.errors import ConfigError, TrainingError
 from szoq_hub.training.finetune import BEST_FILE, CHECKPOINT_FILE, FinetuneConfig, finetune
 from szoq_hub.data.models import resolve_model
 from szoq_hub.runtime.zo import StepRecord, ZOConfig
-from test_finetune import run_cli, train_file  # noqa: F401  (the tiny rows' file fixture, the in-process CLI)
+from conftest import cli_in_process as run_cli
 
 
 def _config(model, train_file, out, **kw) -> FinetuneConfig:

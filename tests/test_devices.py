@@ -4,32 +4,19 @@ perturbations in one forward, against the two-pass form on the same points."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import TINY_TEXTS, assert_one_line_error
+from conftest import ROWS, TINY_TEXTS, assert_one_line_error
 from szoq_hub.core.devices import DTYPES, check_device_spec, check_dtype_spec, resolve_device, resolve_dtype
 from szoq_hub.core.errors import ConfigError, TrainingError
-from test_finetune import ROWS, train_file  # noqa: F401  (the tiny learnable rows and their file fixture)
 from szoq_hub.training.finetune import CHECKPOINT_FILE, FinetuneConfig, finetune
 from szoq_hub.runtime.sparse import SparseQuantLinear, SparseValues, load_sparse_model
 from szoq_hub.data.scoring import Encoded, loss_sum, loss_sums, option_scores
 from szoq_hub.runtime.zo import ZOConfig, in_place, make_optimizer
 
 no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error raised without a GPU")
-
-
-@pytest.fixture(scope="module")
-def tiny_mask(tiny_model_dir, tmp_path_factory):
-    from szoq_hub.masks.build import MaskBuildConfig, build_mask
-
-    root = tmp_path_factory.mktemp("tiny-mask")
-    (root / "calib.txt").write_text("\n".join(TINY_TEXTS * 5))
-    mask, _ = build_mask(MaskBuildConfig(model=str(tiny_model_dir), calibration=str(root / "calib.txt"), samples=4, seq_len=16, density=0.02),
-                         root / "mask")
-    return mask, root / "mask"
 
 
 @pytest.fixture(scope="module")
@@ -109,9 +96,9 @@ def _all_tensors(sm) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.parametrize("quant", ["nf4", "none"])
-def test_every_runtime_tensor_follows_model_to_device(tiny_model_dir, tiny_mask, quant):
+def test_every_runtime_tensor_follows_model_to_device(tiny_model_dir, devices_mask, quant):
     """`meta` stands in for an accelerator: a tensor that stays behind would still be on the CPU."""
-    sm = load_sparse_model(str(tiny_model_dir), tiny_mask[0], quant=quant, device="cpu")
+    sm = load_sparse_model(str(tiny_model_dir), devices_mask[0], quant=quant, device="cpu")
     before = _all_tensors(sm)
     assert before and all(t.device.type == "cpu" for t in before.values())
     assert any(n.startswith("buffer") and n.endswith("szoq_sparse.values") for n in before)  # registered once, as a buffer
@@ -126,8 +113,8 @@ def test_every_runtime_tensor_follows_model_to_device(tiny_model_dir, tiny_mask,
     assert layers and all(m.values.device.type == "meta" for m in layers)  # layers read the moved store
 
 
-def test_model_to_dtype_casts_compute_but_keeps_values_and_quant_constants_fp32(tiny_model_dir, tiny_mask, encoded):
-    mask = tiny_mask[0]
+def test_model_to_dtype_casts_compute_but_keeps_values_and_quant_constants_fp32(tiny_model_dir, devices_mask, encoded):
+    mask = devices_mask[0]
     ref = load_sparse_model(str(tiny_model_dir), mask, quant="nf4", device="cpu")
     sm = load_sparse_model(str(tiny_model_dir), mask, quant="nf4", device="cpu")
     values = sm.values.clone()
@@ -146,10 +133,10 @@ def test_model_to_dtype_casts_compute_but_keeps_values_and_quant_constants_fp32(
 # --- compute dtype ----------------------------------------------------------------------------
 
 @pytest.mark.parametrize("quant", ["nf4", "none"])
-def test_bf16_compute_keeps_fp32_master_values(tiny_model_dir, tiny_mask, encoded, quant):
+def test_bf16_compute_keeps_fp32_master_values(tiny_model_dir, devices_mask, encoded, quant):
     from safetensors.torch import load_file
 
-    mask = tiny_mask[0]
+    mask = devices_mask[0]
     sm = load_sparse_model(str(tiny_model_dir), mask, quant=quant, device="cpu", compute_dtype="bf16")
     ref = load_sparse_model(str(tiny_model_dir), mask, quant=quant, device="cpu", compute_dtype="fp32")
     lm = sm.model
@@ -171,10 +158,10 @@ def test_bf16_compute_keeps_fp32_master_values(tiny_model_dir, tiny_mask, encode
         ref.values.add_(noise)
 
 
-def test_bf16_sparse_part_is_added_in_fp32(tiny_model_dir, tiny_mask):
+def test_bf16_sparse_part_is_added_in_fp32(tiny_model_dir, devices_mask):
     """The correction x[..., cols] @ S is computed from the fp32 values and summed in fp32: the
     layer output equals round_bf16(base(x) + x @ delta^T computed in fp32)."""
-    sm = load_sparse_model(str(tiny_model_dir), tiny_mask[0], quant="nf4", device="cpu", compute_dtype="bf16")
+    sm = load_sparse_model(str(tiny_model_dir), devices_mask[0], quant="nf4", device="cpu", compute_dtype="bf16")
     gen = torch.Generator().manual_seed(4)
     sm.values.add_(torch.randn(sm.values.shape, generator=gen) * 1e-3)  # below bf16 resolution of the weights
     layer = next(m for m in sm.model.modules() if isinstance(m, SparseQuantLinear) and m.nnz)
@@ -193,8 +180,8 @@ def test_bf16_sparse_part_is_added_in_fp32(tiny_model_dir, tiny_mask):
 
 @pytest.mark.parametrize("quant,dtype,tol", [("nf4", "fp32", 1e-5), ("fp4", "fp32", 1e-5), ("int8", "fp32", 1e-5), ("none", "fp32", 1e-5),
                                              ("nf4", "bf16", 2e-2)])
-def test_paired_losses_match_the_two_pass_form(tiny_model_dir, tiny_mask, encoded, quant, dtype, tol):
-    sm = load_sparse_model(str(tiny_model_dir), tiny_mask[0], quant=quant, device="cpu", compute_dtype=dtype)
+def test_paired_losses_match_the_two_pass_form(tiny_model_dir, devices_mask, encoded, quant, dtype, tol):
+    sm = load_sparse_model(str(tiny_model_dir), devices_mask[0], quant=quant, device="cpu", compute_dtype=dtype)
     batch, pad = encoded
     points = _points(sm, 4)  # [4, nnz] (2q points with q = 2)
     before = sm.values.clone()
@@ -206,10 +193,10 @@ def test_paired_losses_match_the_two_pass_form(tiny_model_dir, tiny_mask, encode
     assert paired == pytest.approx(two_pass, rel=tol)
 
 
-def test_paired_single_token_options_match(tiny_model_dir, tiny_mask, encoded):
+def test_paired_single_token_options_match(tiny_model_dir, devices_mask, encoded):
     """The shared single-token path (sst2-like: one forward, logits_to_keep=1) with copies."""
     _, pad = encoded
-    sm = load_sparse_model(str(tiny_model_dir), tiny_mask[0], quant="nf4", device="cpu")
+    sm = load_sparse_model(str(tiny_model_dir), devices_mask[0], quant="nf4", device="cpu")
     batch = [Encoded(e.prompt, [[5], [7]], e.label) for e in encoded[0]]
     points = _points(sm, 4)
     with sm.perturbed(points) as parts:
@@ -219,14 +206,14 @@ def test_paired_single_token_options_match(tiny_model_dir, tiny_mask, encoded):
 
 
 @pytest.mark.parametrize("multi_token", [False, True])
-def test_micro_batches_give_the_batch_loss(tiny_model_dir, tiny_mask, encoded, multi_token):
+def test_micro_batches_give_the_batch_loss(tiny_model_dir, devices_mask, encoded, multi_token):
     """Length-grouped forwards of 1, 2 or 4 examples sum to the one-forward loss of every copy."""
     from szoq_hub.data.scoring import micro_batches
 
     base, pad = encoded
     batch = [Encoded(e.prompt, [[5, 9], [7], [11, 3, 4]][: 2 + i % 2], i % 2) for i, e in enumerate(base)] if multi_token else base
     assert len({len(e.prompt) for e in batch}) > 2  # lengths differ, so grouping changes the padding
-    sm = load_sparse_model(str(tiny_model_dir), tiny_mask[0], quant="nf4", device="cpu")
+    sm = load_sparse_model(str(tiny_model_dir), devices_mask[0], quant="nf4", device="cpu")
     points = _points(sm, 4)
     with sm.perturbed(points) as parts:
         whole = loss_sums(sm.model, batch, pad, copies=parts)
@@ -239,10 +226,10 @@ def test_micro_batches_give_the_batch_loss(tiny_model_dir, tiny_mask, encoded, m
     assert len(set(whole)) == 4 and micro_batches(batch, None) == [batch] and micro_batches(batch, 99) == [batch]
 
 
-def test_paired_multi_token_options_match(tiny_model_dir, tiny_mask, encoded):
+def test_paired_multi_token_options_match(tiny_model_dir, devices_mask, encoded):
     """The per-(example, option) path (copa, custom words) with copies."""
     _, pad = encoded
-    sm = load_sparse_model(str(tiny_model_dir), tiny_mask[0], quant="nf4", device="cpu")
+    sm = load_sparse_model(str(tiny_model_dir), devices_mask[0], quant="nf4", device="cpu")
     batch = [Encoded(e.prompt, [[5, 9], [7], [11, 3, 4]][: 2 + i % 2], i % 2) for i, e in enumerate(encoded[0][:4])]
     points = _points(sm, 2)
     with sm.perturbed(points):
@@ -252,10 +239,10 @@ def test_paired_multi_token_options_match(tiny_model_dir, tiny_mask, encoded):
         torch.testing.assert_close(paired[p * len(batch):(p + 1) * len(batch)], option_scores(sm.model, batch, pad), atol=1e-5, rtol=1e-5)
 
 
-def test_paired_pass_dequantizes_each_base_once(tiny_model_dir, tiny_mask, encoded, monkeypatch):
+def test_paired_pass_dequantizes_each_base_once(tiny_model_dir, devices_mask, encoded, monkeypatch):
     import bitsandbytes.functional as bnbf
 
-    sm = load_sparse_model(str(tiny_model_dir), tiny_mask[0], quant="nf4", device="cpu")
+    sm = load_sparse_model(str(tiny_model_dir), devices_mask[0], quant="nf4", device="cpu")
     n_layers = sum(isinstance(m, SparseQuantLinear) for m in sm.model.modules())
     calls = {"n": 0}
     real = bnbf.dequantize_4bit
@@ -276,8 +263,8 @@ def test_paired_pass_dequantizes_each_base_once(tiny_model_dir, tiny_mask, encod
     assert calls["n"] == n_layers  # 4 points, one forward: one dequantization per layer
 
 
-def test_perturbed_refuses_wrong_shapes(tiny_model_dir, tiny_mask, encoded):
-    sm = load_sparse_model(str(tiny_model_dir), tiny_mask[0], quant="none", device="cpu")
+def test_perturbed_refuses_wrong_shapes(tiny_model_dir, devices_mask, encoded):
+    sm = load_sparse_model(str(tiny_model_dir), devices_mask[0], quant="none", device="cpu")
     with pytest.raises(ConfigError):
         with sm.perturbed(torch.zeros(2, sm.values.numel() + 1)):
             pass
@@ -298,7 +285,7 @@ def _config(model, mask, train_file, out, **kw) -> FinetuneConfig:
     return FinetuneConfig(**base)
 
 
-def test_paired_run_is_bit_reproducible_and_matches_the_two_pass_losses(tiny_model_dir, tiny_mask, train_file, tmp_path):
+def test_paired_run_is_bit_reproducible_and_matches_the_two_pass_losses(tiny_model_dir, devices_mask, train_file, tmp_path):
     from safetensors.torch import load_file
 
     from szoq_hub.hub.refs import open_mask
@@ -306,7 +293,7 @@ def test_paired_run_is_bit_reproducible_and_matches_the_two_pass_losses(tiny_mod
     from szoq_hub.data.tasks import load_task
     from szoq_hub.runtime.zo import StepRecord
 
-    mask_dir = tiny_mask[1]
+    mask_dir = devices_mask[1]
     config = _config(tiny_model_dir, mask_dir, train_file, tmp_path / "a", dtype="bf16")
     finetune(config)
     finetune(_config(tiny_model_dir, mask_dir, train_file, tmp_path / "b", dtype="bf16"))
@@ -337,10 +324,10 @@ class _Stop(Exception):
     pass
 
 
-def test_resume_is_exact_and_refuses_another_dtype(tiny_model_dir, tiny_mask, train_file, tmp_path):
+def test_resume_is_exact_and_refuses_another_dtype(tiny_model_dir, devices_mask, train_file, tmp_path):
     from szoq_hub.runtime.delta import load_delta
 
-    mask_dir = tiny_mask[1]
+    mask_dir = devices_mask[1]
     finetune(_config(tiny_model_dir, mask_dir, train_file, tmp_path / "straight", dtype="bf16"))
 
     def stop_at_3(event):
@@ -361,9 +348,9 @@ def test_resume_is_exact_and_refuses_another_dtype(tiny_model_dir, tiny_mask, tr
 
 
 @no_cuda
-def test_cli_device_errors_are_one_line(tiny_model_dir, tiny_mask, train_file, tmp_path, run_cli):
+def test_cli_device_errors_are_one_line(tiny_model_dir, devices_mask, train_file, tmp_path, run_cli):
     custom = ["--train", str(train_file), "--template", "{text} It was", "--labels", "0=bad,1=good"]
-    common = ["--model", str(tiny_model_dir), "--mask", str(tiny_mask[1]), "--quant", "none"]
+    common = ["--model", str(tiny_model_dir), "--mask", str(devices_mask[1]), "--quant", "none"]
     code, _, err = run_cli("finetune", *common, *custom, "--steps", "1", "--device", "cuda", "--out", str(tmp_path / "run"))
     assert_one_line_error(code, err, "no CUDA GPU")
     assert not (tmp_path / "run").exists()
@@ -375,13 +362,13 @@ def test_cli_device_errors_are_one_line(tiny_model_dir, tiny_mask, train_file, t
     assert_one_line_error(code, err, "no CUDA GPU")
 
 
-def test_eval_and_merge_take_device_and_dtype(tiny_model_dir, tiny_mask, train_file, tmp_path):
+def test_eval_and_merge_take_device_and_dtype(tiny_model_dir, devices_mask, train_file, tmp_path):
     from safetensors.torch import load_file
 
     from szoq_hub.training.evaluate import EvalConfig, evaluate
     from szoq_hub.training.merge import merge
 
-    mask, mask_dir = tiny_mask
+    mask, mask_dir = devices_mask
     run = tmp_path / "run"
     finetune(_config(tiny_model_dir, mask_dir, train_file, run, steps=2))
     common = dict(model=str(tiny_model_dir), mask=str(mask_dir), task=None, train_file=str(train_file), template="{text} It was",

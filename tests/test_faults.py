@@ -18,7 +18,7 @@ import pytest
 
 from conftest import assert_one_line_error
 from szoq_hub.training.finetune import CHECKPOINT_FILE, finetune
-from test_finetune import _config, tiny_mask, train_file  # noqa: F401  (fixtures)
+from conftest import tiny_finetune_config as _config
 
 
 class _Stop(Exception):

@@ -5,60 +5,20 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 from conftest import SHARED_DATA, TINY_TEXTS, make_tiny_llama
+from conftest import cli_in_process as run_cli
+from conftest import tiny_finetune_config as _config
 from szoq_hub.runtime.delta import load_delta, save_delta
 from szoq_hub.core.errors import ConfigError, FingerprintMismatch, MaskError, TrainingError
 from szoq_hub.training.finetune import CHECKPOINT_FILE, FinetuneConfig, finetune
 
-ROWS = [{"text": t, "label": int("great" in t or "wonderful" in t)} for t in TINY_TEXTS]
-
-
-@pytest.fixture(scope="module")
-def tiny_mask(tiny_model_dir, tmp_path_factory) -> Path:
-    from szoq_hub.masks.build import MaskBuildConfig, build_mask
-
-    root = tmp_path_factory.mktemp("tiny-mask")
-    (root / "calib.txt").write_text("\n".join(TINY_TEXTS * 5))
-    build_mask(MaskBuildConfig(model=str(tiny_model_dir), calibration=str(root / "calib.txt"), samples=4, seq_len=16, density=0.01), root / "mask")
-    return root / "mask"
-
-
-@pytest.fixture
-def train_file(tmp_path) -> Path:
-    path = tmp_path / "train.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
-    return path
-
-
-def _config(model, mask, train_file, out, **kw) -> FinetuneConfig:
-    base = dict(model=str(model), mask=str(mask), task=None, train_file=str(train_file), template="{text} It was", labels="0=bad,1=good",
-                quant="none", steps=6, batch_size=4, eval_every=3, save_every=3, train_samples=12, dev_samples=4, eval_samples=4, out=str(out))
-    base.update(kw)
-    return FinetuneConfig(**base)
-
-
 def _delta_values(folder: Path) -> dict[str, torch.Tensor]:
     return load_delta(folder).tensors
-
-
-def run_cli(args: list[str], monkeypatch, capsys) -> tuple[int, str, str]:
-    """Run the console entry point (`main`, where errors are mapped) in-process."""
-    from szoq_cli.app import main
-
-    monkeypatch.setattr(sys, "argv", ["szoq", *args])
-    code = 0
-    try:
-        main()
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def test_run_writes_a_complete_linked_artifact(tiny_model_dir, tiny_mask, train_file, tmp_path):
@@ -363,8 +323,26 @@ def test_cli_finetune_eval_merge(tiny_model_dir, tiny_mask, train_file, tmp_path
     assert (tmp_path / "merged" / "config.json").exists()
 
 
-@pytest.mark.parametrize("case", ["unknown_task", "missing_field", "no_verbalizer", "empty_train", "batch0", "micro0", "steps0", "resume_other",
-                                  "no_bnb", "fingerprint", "bad_quant", "bad_optimizer"])
+# Each bad input, and the one `error:` line (and `hint:` line) it must give: its own message, not just any error.
+BAD_INPUTS = {
+    "unknown_task": ("error: unknown task 'sst3'", "hint: choose one of: sst2, rte, cb, boolq, wic, wsc, copa, multirc; or pass --train FILE"),
+    "missing_field": ("error: --template names the field 'sentence', which the data rows do not have (fields: text, label)",
+                      "hint: use {{FIELD}} names from the data file's header / keys"),
+    "no_verbalizer": ("error: label '0' has no verbalizer in --labels (1); the labels in {train}: 1, 0", "hint: add it, e.g. --labels '1=good,0=WORD'"),
+    "empty_train": ("error: data file {empty} has no rows", "hint: a data file needs at least one example"),
+    "batch0": ("error: --batch-size must be > 0, got 0", "hint: e.g. --batch-size 16"),
+    "micro0": ("error: --micro-batch-size must be > 0, got 0", "hint: e.g. --micro-batch-size 4, or leave it out for one forward per step"),
+    "steps0": ("error: --steps must be > 0, got 0", "hint: e.g. --steps 300"),
+    "resume_other": ("error: --resume: --out {out} holds a run with other settings: batch_size (4 -> 2), dev_samples (4 -> 500)",
+                     "hint: rerun with that run's options (see its finetune_config.json) to continue it, or choose another --out"),
+    "no_bnb": ("error: --quant nf4 needs bitsandbytes", "hint: pip install bitsandbytes, or pass --quant none"),
+    "fingerprint": ("error: mask was built for ", "hint: "),
+    "bad_quant": ("error: unknown quant 'int3'", "hint: choose one of: nf4, fp4, int8, none"),
+    "bad_optimizer": ("error: unknown optimizer 'zo-lion'", "hint: choose one of: "),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS))
 def test_cli_bad_input(case, tiny_model_dir, tiny_mask, train_file, tmp_path, monkeypatch, capsys):
     out_dir = tmp_path / "run"
     model = str(tiny_model_dir)
@@ -401,12 +379,13 @@ def test_cli_bad_input(case, tiny_model_dir, tiny_mask, train_file, tmp_path, mo
     else:
         extra = [*custom, "--optimizer", "zo-lion"]
     code, out, err = run_cli(["finetune", "--model", model, *args, *extra], monkeypatch, capsys)
-    assert code != 0
+    error, hint = (s.format(train=train_file, empty=tmp_path / "empty.jsonl", out=out_dir) for s in BAD_INPUTS[case])
     lines = err.strip().splitlines()
-    assert any(l.startswith("error: ") for l in lines) and any(l.startswith("hint: ") for l in lines), err
-    assert "Traceback" not in err and "is a bug in szoq" not in err
+    assert code == 2 and [l for l in lines if l.startswith(("error:", "hint:"))] == lines[-2:], err  # one error, one hint, last
+    assert lines[-2].startswith(error) and lines[-1].startswith(hint), (case, err)
+    assert "Traceback" not in err
     assert not (out_dir / "delta.safetensors").exists()
-    if case not in ("resume_other",):
+    if case != "resume_other":
         assert not out_dir.exists()
 
 
@@ -415,8 +394,6 @@ def test_real_model_sst2_end_to_end(real_model_available, tmp_path, monkeypatch,
     """A short SST-2 run on SmolLM2-135M (nf4, built-in C4 mask), then eval of its delta."""
     if not (SHARED_DATA / "sst2").is_dir():
         pytest.skip(f"shared data not found at {SHARED_DATA}")
-    if os.environ.get("SZOQ_TEST_MODEL_CACHE") is None and Path("/tmp/szoqhome/models").is_dir():
-        monkeypatch.setenv("SZOQ_MODEL_CACHE", "/tmp/szoqhome/models")
     monkeypatch.setenv("SZOQ_DATA_DIR", str(SHARED_DATA))
     code, out, err = run_cli(["finetune", "--steps", "4", "--batch-size", "8", "--eval-every", "2", "--save-every", "2",
                               "--dev-samples", "16", "--eval-samples", "32", "--out", str(tmp_path / "run"), "--json"], monkeypatch, capsys)
@@ -430,9 +407,22 @@ def test_real_model_sst2_end_to_end(real_model_available, tmp_path, monkeypatch,
 
 
 def test_run_without_dev_set_keeps_final_values(tiny_model_dir, tiny_mask, train_file, tmp_path):
-    """--dev-samples 0 is allowed: no dev evaluation, the delta holds the final values."""
-    result = finetune(_config(tiny_model_dir, tiny_mask, train_file, tmp_path / "run", steps=2, dev_samples=0, eval_every=0))
+    """--dev-samples 0 is allowed: no dev evaluation, and the delta holds the values after the last step
+    (the recorded steps replayed from the mask's initial values), not the initial or a best-dev copy."""
+    from szoq_hub.hub.refs import open_mask
+    from szoq_hub.runtime.sparse import load_sparse_model
+    from szoq_hub.runtime.zo import StepRecord, replay
+
+    config = _config(tiny_model_dir, tiny_mask, train_file, tmp_path / "run", steps=2, dev_samples=0, eval_every=0)
+    result = finetune(config)
     assert result.steps == 2 and result.best_step is None
     rows = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert not [r for r in rows if r["kind"] == "eval" and r.get("split") == "dev"]
-    assert _delta_values(tmp_path / "run")
+    records = [StepRecord.from_dict(r) for r in rows if r["kind"] == "step"]
+    assert [r.step for r in records] == [0, 1]
+    sparse = load_sparse_model(str(tiny_model_dir), open_mask(str(tiny_mask)), quant="none")
+    initial = sparse.delta_tensors()
+    sparse.values.copy_(replay(sparse.values.clone(), config.zo_config(), records))
+    want, final = sparse.delta_tensors(), _delta_values(tmp_path / "run")
+    assert final.keys() == want.keys() and all(torch.equal(final[n], want[n]) for n in final)
+    assert not all(torch.equal(final[n], initial[n]) for n in final)  # the steps moved the values

@@ -16,8 +16,6 @@ from conftest import assert_one_line_error
 from szoq_hub.core.errors import CalibrationError, MaskError
 from szoq_hub.masks.artifact import CONFIG_FILE, MASK_FILE, load_mask, mask_stats, save_mask
 from szoq_hub.masks.registry import Registry
-from test_finetune import tiny_mask  # noqa: F401  (module fixture: a mask built for the tiny model)
-from test_hub_delta import run_dir, train_jsonl  # noqa: F401  (module fixtures: a real tiny fine-tuning run)
 from test_hub import BOB, WRITE, make_mask, repo_name
 
 

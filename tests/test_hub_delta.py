@@ -1,57 +1,27 @@
 """`szoq delta push / pull` and Hub refs for `--delta`, against the loopback Hub with the real client.
 
-The delta comes from a real (tiny) `szoq finetune` run, made once per module.
+The delta comes from a real (tiny) `szoq finetune` run, made once per session (conftest `run_dir`).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 
 import pytest
-import torch
 
-from conftest import assert_one_line_error
-from szoq_hub.runtime.delta import DELTA_FILE, load_delta, save_delta
+from conftest import TRAIN_ARGS, assert_one_line_error, other_run
+from szoq_hub.runtime.delta import DELTA_FILE, load_delta
 from szoq_hub.core.errors import HubError, MaskError
-from szoq_hub.training.finetune import finetune
-from test_finetune import _config, tiny_mask  # noqa: F401  (module-scoped fixture: a tiny built mask)
-from test_finetune import ROWS
 from test_hub import BOB, READ, WRITE, make_mask, repo_name
 
 SECRET = WRITE
-TRAIN_ARGS = ["--template", "{text} It was", "--labels", "0=bad,1=good"]
 
-
-
-@pytest.fixture(scope="module")
-def train_jsonl(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("delta-data") / "train.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
-    return path
-
-
-@pytest.fixture(scope="module")
-def run_dir(tiny_model_dir, tiny_mask, train_jsonl, tmp_path_factory) -> Path:  # noqa: F811
-    """The output folder of a real 4-step fine-tuning run on the tiny model (quant none)."""
-    out = tmp_path_factory.mktemp("delta-run") / "run"
-    finetune(_config(tiny_model_dir, tiny_mask, train_jsonl, out, steps=4, eval_every=2, save_every=2))
-    return out
-
-
-def other_run(run_dir: Path, dest: Path, shift: float = 0.01, base_model: str | None = None) -> Path:
-    """A copy of the run whose delta holds other values (same mask and model unless `base_model`)."""
-    shutil.copytree(run_dir, dest)
-    d = load_delta(dest)
-    save_delta(dest, {n: t + shift for n, t in d.tensors.items()}, mask_sha256=d.mask_sha256, fingerprint=d.fingerprint,
-               base_model=base_model or d.meta["base_model"], settings=d.settings)
-    return dest
 
 
 def test_push_pull_by_tag_and_sha_is_byte_equal_and_repush_is_a_noop(hub, run_dir, tmp_path):
-    from szoq_hub.hub.masks import pull_delta, push_delta
+    from szoq_hub.hub.deltas import pull_delta, push_delta
 
     repo = repo_name()
     res = push_delta(run_dir, repo_id=repo, token=WRITE)
@@ -94,7 +64,8 @@ def test_push_pull_by_tag_and_sha_is_byte_equal_and_repush_is_a_noop(hub, run_di
 def test_corrupt_or_foreign_remote_delta_is_refused(hub, run_dir, tmp_path):
     from huggingface_hub import HfApi
 
-    from szoq_hub.hub.masks import pull_delta, push_delta, push_mask
+    from szoq_hub.hub.deltas import pull_delta, push_delta
+    from szoq_hub.hub.masks import push_mask
 
     repo = repo_name()
     push_delta(run_dir, repo_id=repo, token=WRITE)

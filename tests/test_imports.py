@@ -1,9 +1,18 @@
-"""The module graph has no cycles: every import, at module level or inside a function, points one way."""
+"""The module graph has no cycles: every import, at module level or inside a function, points one way.
+
+Two kinds of import statement are not edges of the graph: those under `if TYPE_CHECKING:` (never
+run), and those inside the methods of a `HubMixin` subclass (SensitivityMask, Delta). Those
+classes sit low because the layers above load and verify them; their `from_pretrained` /
+`push_to_hub` / `merge_into` hooks reach the hub layer when called, in the manner of
+huggingface_hub's `ModelHubMixin` (szoq_hub/core/hub_mixin.py).
+"""
 
 from __future__ import annotations
 
 import ast
 from pathlib import Path
+
+import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGES = {"szoq_hub": REPO / "szoq_hub", "szoq_cli": REPO / "cli"}
@@ -16,6 +25,17 @@ def _module_name(pkg: str, folder: Path, path: Path) -> str:
     return ".".join([pkg, *path.relative_to(folder).with_suffix("").parts])
 
 
+def _not_edges(tree: ast.AST) -> set[int]:
+    """ids of the nodes under `if TYPE_CHECKING:` and inside methods of `HubMixin` subclasses."""
+    skip: set[int] = set()
+    for node in ast.walk(tree):
+        typing_only = isinstance(node, ast.If) and isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING"
+        mixin = isinstance(node, ast.ClassDef) and any(isinstance(b, ast.Name) and b.id == "HubMixin" for b in node.bases)
+        for part in (node.body if typing_only else [f for f in node.body if isinstance(f, ast.FunctionDef)] if mixin else []):
+            skip |= {id(n) for n in ast.walk(part)}
+    return skip
+
+
 def _module_graph() -> dict[str, set[str]]:
     """Module -> the modules (and packages) it imports, resolved from relative imports at any depth."""
     files = {_module_name(pkg, folder, p): p for pkg, folder in PACKAGES.items() for p in folder.rglob("*.py")}
@@ -23,7 +43,11 @@ def _module_graph() -> dict[str, set[str]]:
     graph: dict[str, set[str]] = {m: set() for m in modules}
     for name, path in modules.items():
         pkg = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]  # the package relative imports start from
-        for node in ast.walk(ast.parse(path.read_text())):
+        tree = ast.parse(path.read_text())
+        skip = _not_edges(tree)
+        for node in ast.walk(tree):
+            if id(node) in skip:
+                continue
             targets: list[str] = []
             if isinstance(node, ast.ImportFrom):
                 if node.level:
@@ -70,6 +94,13 @@ def test_the_graph_sees_imports_inside_functions():
     assert {"szoq_cli.mask", "szoq_cli.finetune"} <= graph["szoq_cli.app"]
 
 
+def test_the_graph_skips_type_checking_and_hub_mixin_hooks():
+    graph = _module_graph()
+    assert "szoq_hub.hub.mixin_hooks" not in graph["szoq_hub.masks.artifact"] | graph["szoq_hub.runtime.delta"]
+    assert "szoq_hub.hub.transport" not in graph["szoq_hub.core.hub_mixin"]
+    assert "szoq_hub.masks.artifact" in graph["szoq_hub.runtime.delta"]  # module-level imports still count
+
+
 def test_no_import_cycles():
     cycle = _cycle(_module_graph())
     assert cycle is None, " -> ".join(cycle)
@@ -90,3 +121,40 @@ def test_library_imports_run_down_the_layers():
             if tp[0] == "szoq_hub" and (len(tp) == 1 or tp[1] not in rank or rank[tp[1]] > rank[parts[1]]):
                 upward.append(f"{name} -> {t}")
     assert not upward, upward
+
+
+def _library_imports(path: Path) -> set[str]:
+    """The szoq_hub modules a file imports, at any depth."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and not node.level and (node.module or "").split(".")[0] == "szoq_hub":
+            found.add(node.module)
+        elif isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name.split(".")[0] == "szoq_hub"}
+    return found
+
+
+OTHERS_CLI = ("finetune.py", "render.py", "export.py")  # moved to the root API by their owners (issue 20 item 3)
+
+
+def test_cli_imports_nothing_but_the_package_root_in_its_own_modules():
+    reach = {p.name: sorted(_library_imports(p) - {"szoq_hub"}) for p in PACKAGES["szoq_cli"].glob("*.py") if p.name not in OTHERS_CLI}
+    assert not any(reach.values()), {k: v for k, v in reach.items() if v}
+
+
+@pytest.mark.xfail(strict=False, reason="cli/finetune.py, cli/render.py and cli/export.py still reach into szoq_hub.<module>; "
+                                         "their owners move them to `from szoq_hub import ...` (the lead removes this xfail at merge)")
+def test_cli_imports_nothing_but_the_package_root():
+    reach = {p.name: sorted(_library_imports(p) - {"szoq_hub"}) for p in PACKAGES["szoq_cli"].glob("*.py")}
+    assert not any(reach.values()), {k: v for k, v in reach.items() if v}
+
+
+def test_no_module_imports_a_private_name_from_another():
+    """`from .x import _name` reaches into another module's internals: make the name public or move it."""
+    found = []
+    for pkg, folder in PACKAGES.items():
+        for path in folder.rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").startswith(("szoq_hub", "szoq_cli"))):
+                    found += [f"{path.relative_to(REPO)}: {a.name}" for a in node.names if a.name.startswith("_") and not a.name.startswith("__")]
+    assert not found, found

@@ -11,9 +11,9 @@ import torch
 from safetensors.torch import save_file
 
 from szoq_hub.core.errors import ConfigError, FingerprintMismatch, MaskError
-from szoq_hub.masks.artifact import (
-    MaskConfig, SensitivityMask, _top_k_flat, diff_masks, load_mask, read_header, save_mask, select,
-)
+from szoq_hub.masks.artifact import MaskConfig, SensitivityMask, load_mask, read_header, save_mask
+from szoq_hub.masks.diff import diff_masks
+from szoq_hub.masks.selection import select, top_k_flat
 
 SHAPES = {"a.weight": [8, 16], "b.weight": [4, 4], "c.weight": [3, 5]}
 
@@ -31,9 +31,9 @@ def make_mask(indices: dict[str, list[int]], **kw) -> SensitivityMask:
 
 def test_top_k_breaks_ties_by_lowest_index():
     scores = torch.tensor([1.0, 5.0, 3.0, 3.0, 3.0, 0.0])
-    assert _top_k_flat(scores, 3).tolist() == [1, 2, 3]
-    assert _top_k_flat(scores, 1).tolist() == [1]
-    assert _top_k_flat(scores, 6).tolist() == list(range(6))
+    assert top_k_flat(scores, 3).tolist() == [1, 2, 3]
+    assert top_k_flat(scores, 1).tolist() == [1]
+    assert top_k_flat(scores, 6).tolist() == list(range(6))
 
 
 def test_per_matrix_selection_counts_and_order():
@@ -223,6 +223,6 @@ def test_top_k_flat_in_chunks_matches_the_reference_order(n, k, chunk):
     g = torch.Generator().manual_seed(n + k + chunk)
     scores = torch.randint(0, 9, (n,), generator=g).float() / 8  # [n], ~n/9 entries per value
     reference = sorted(range(n), key=lambda i: (-float(scores[i]), i))[:k]
-    got = _top_k_flat(scores, k, chunk=chunk)
+    got = top_k_flat(scores, k, chunk=chunk)
     assert got.tolist() == sorted(reference)
-    assert torch.equal(got, _top_k_flat(scores, k, chunk=n))
+    assert torch.equal(got, top_k_flat(scores, k, chunk=n))

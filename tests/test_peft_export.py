@@ -13,8 +13,8 @@ from conftest import assert_one_line_error
 from szoq_hub.core.errors import ConfigError
 from szoq_hub.training.finetune import finetune
 from szoq_hub.export.peft import shira_entries, shira_rank
-from test_finetune import _config, tiny_mask  # noqa: F401  (module-scoped fixture: a tiny built mask)
-from test_hub_delta import other_run, train_jsonl  # noqa: F401  (module-scoped fixture: the train rows)
+from conftest import tiny_finetune_config as _config
+from conftest import other_run
 
 
 @pytest.fixture(scope="module")

@@ -11,8 +11,7 @@ import pytest
 from conftest import assert_one_line_error
 from szoq_hub.masks.artifact import load_mask
 from szoq_hub.export.plots import mask_grid
-from test_finetune import tiny_mask  # noqa: F401  (module-scoped fixture: a tiny built mask)
-from test_hub_delta import other_run, run_dir, train_jsonl  # noqa: F401  (module-scoped fixtures: a real tiny run)
+from conftest import other_run
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -29,7 +28,7 @@ def _count_color(img, hex_color: str, tol: float = 0.06) -> int:
     return int(close.sum())
 
 
-def test_plot_overlays_several_runs(run_dir, tmp_path, run_cli):  # noqa: F811
+def test_plot_overlays_several_runs(run_dir, tmp_path, run_cli):
     pytest.importorskip("matplotlib", reason="pip install 'szoq[plots]'")
     second = other_run(run_dir, tmp_path / "second")
     code, out, err = run_cli("plot", run_dir, "--out", tmp_path / "one.png")
@@ -45,7 +44,7 @@ def test_plot_overlays_several_runs(run_dir, tmp_path, run_cli):  # noqa: F811
     assert _count_color(one, "#ff7f0e") < 20 < 200 < _count_color(two, "#ff7f0e")
 
 
-def test_mask_grid_places_every_tensor_by_layer_and_projection(tiny_mask):  # noqa: F811
+def test_mask_grid_places_every_tensor_by_layer_and_projection(tiny_mask):
     mask = load_mask(tiny_mask)
     layers, projs, cells = mask_grid(mask)
     assert layers == ["0", "1"] and projs == ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -55,7 +54,7 @@ def test_mask_grid_places_every_tensor_by_layer_and_projection(tiny_mask):  # no
     assert 0 < cell["captured_share"] <= 1 and cell["captured_share"] == mask.config.stats["captured_share_per_tensor"][name]
 
 
-def test_mask_show_plot_draws_both_heatmaps(tiny_mask, tmp_path, run_cli):  # noqa: F811
+def test_mask_show_plot_draws_both_heatmaps(tiny_mask, tmp_path, run_cli):
     pytest.importorskip("matplotlib", reason="pip install 'szoq[plots]'")
     code, out, err = run_cli("mask", "show", tiny_mask, "--plot", tmp_path / "mask.png")
     assert code == 0, err
@@ -72,10 +71,12 @@ def test_mask_show_plot_draws_both_heatmaps(tiny_mask, tmp_path, run_cli):  # no
     assert code == 0, err
     both, density_only = _pixels(tmp_path / "mask.png"), _pixels(tmp_path / "old.png")
     assert both.shape[1] > 1.5 * density_only.shape[1]  # a second panel
-    assert _count_color(both, "#fde725", tol=0.1) + _count_color(both, "#440154", tol=0.1) > 0  # viridis ends: the share panel
+    # the share panel is viridis (its colour bar holds both ends); density is magma, near neither
+    viridis_ends = [_count_color(img, "#fde725", tol=0.1) + _count_color(img, "#440154", tol=0.1) for img in (both, density_only)]
+    assert viridis_ends[0] > 1000 and viridis_ends[0] > 20 * viridis_ends[1], viridis_ends
 
 
-def test_plots_without_matplotlib_name_the_extra(run_dir, tiny_mask, tmp_path, run_cli, monkeypatch):  # noqa: F811
+def test_plots_without_matplotlib_name_the_extra(run_dir, tiny_mask, tmp_path, run_cli, monkeypatch):
     for mod in ("matplotlib", "matplotlib.figure"):
         monkeypatch.setitem(sys.modules, mod, None)  # imports of matplotlib now fail as if it were not installed
     code, _, err = run_cli("plot", run_dir, "--out", tmp_path / "p.png")
@@ -87,7 +88,7 @@ def test_plots_without_matplotlib_name_the_extra(run_dir, tiny_mask, tmp_path, r
     assert not (tmp_path / "p.png").exists() and not (tmp_path / "m.png").exists()
 
 
-def test_plot_refuses_a_folder_without_metrics_and_a_non_png(run_dir, tmp_path, run_cli):  # noqa: F811
+def test_plot_refuses_a_folder_without_metrics_and_a_non_png(run_dir, tmp_path, run_cli):
     code, _, err = run_cli("plot", tmp_path, "--out", tmp_path / "p.png")
     assert_one_line_error(code, err, "metrics.jsonl")
     pytest.importorskip("matplotlib", reason="pip install 'szoq[plots]'")

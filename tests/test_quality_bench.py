@@ -183,6 +183,7 @@ def test_verify_reruns_a_recorded_cell_and_reports_a_mismatch(tiny_model_dir, tm
     _tiny_grid(monkeypatch, tmp_path, tiny_model_dir, EVAL=6)
     quality.CELLS.mkdir(parents=True)
     mask, _ = quality.mask_for(quality.Cell("sst2", "random", 0))  # the tiny model has no built-in mask for `eval` to default to
+    assert mask == "{work}/masks/random-d0.001" and (quality.WORK / "masks" / "random-d0.001" / "mask.safetensors").is_file()
     argv = ["eval", "--model", str(tiny_model_dir), "--mask", mask, "--task", "sst2", "--eval-samples", "6", "--seed", "0", "--json"]
     res = json.loads(quality._szoq(argv))
     record = {**_cell("sst2", "zero-shot", 0, res["value"], n=res["n"], density=None, steps=0), "argv": argv}
@@ -197,6 +198,38 @@ def test_verify_reruns_a_recorded_cell_and_reports_a_mismatch(tiny_model_dir, tm
     (quality.VERIFY / f"{record['key']}.json").write_text(json.dumps(doctored))
     quality.report()
     assert f"| {record['key']} | {100 * (record['accuracy'] + 0.5):.1f} | {100 * record['accuracy']:.1f} | NO |" in (quality.RESULTS / "quality.md").read_text()
+
+
+def test_recorded_paths_are_portable_and_old_cells_verify_on_this_machine(tmp_path, monkeypatch):
+    """Cells record `{work}/...` and `{data}/...`; --verify expands them, and reads a cell recorded with
+    another machine's absolute paths (as the cells before this change were) the same way."""
+    _isolate(monkeypatch, tmp_path, DATA=tmp_path / "data")
+    assert quality.portable(str(tmp_path / "work" / "masks" / "random-d0.001")) == "{work}/masks/random-d0.001"
+    assert quality.portable(str(tmp_path / "data" / "c4" / "c4.jsonl.gz")) == "{data}/c4/c4.jsonl.gz"
+    assert quality.portable("/elsewhere/cache/quality-i9/masks/magnitude-d0.001") == "{work}/masks/magnitude-d0.001"
+    assert quality.portable("/home/u/.cache/szoq/quality/calibration/sst2.jsonl") == "{work}/calibration/sst2.jsonl"
+    assert quality.portable("/mnt/x/shared/data/c4/c4_validation_2k.jsonl.gz") == "{data}/c4/c4_validation_2k.jsonl.gz"
+    assert quality.portable("smollm2-135m-instruct") == "smollm2-135m-instruct" and quality.portable("0.001") == "0.001"
+    assert quality.expand("{work}/masks/x") == str(tmp_path / "work" / "masks" / "x")
+    assert quality.expand("{data}/sst2") == str(tmp_path / "data" / "sst2")
+
+    ran = []
+    monkeypatch.setattr(quality, "_git_sha", lambda: "0" * 40)
+    monkeypatch.setattr(quality, "_szoq", lambda args: ran.append([quality.expand(a) for a in args]) or json.dumps({"value": 0.5}))
+    quality.CELLS.mkdir(parents=True)
+    old = {**_cell("sst2", "zero-shot", 0, 0.5, density=None, steps=0),
+           "argv": ["eval", "--mask", "/home/ada/.cache/szoq/quality/masks/random-d0.001", "--task", "sst2", "--json"]}
+    (quality.CELLS / f"{old['key']}.json").write_text(json.dumps(old))
+    row = quality.verify(old["key"])
+    assert row["same"] and row["argv"] == ["eval", "--mask", "{work}/masks/random-d0.001", "--task", "sst2", "--json"]
+    assert ran == [["eval", "--mask", str(tmp_path / "work" / "masks" / "random-d0.001"), "--task", "sst2", "--json"]]
+
+
+def test_no_recorded_cell_names_a_path_of_some_machine():
+    for path in [*quality.CELLS.glob("*.json"), *quality.SWEEP.glob("*.json")]:
+        record = json.loads(path.read_text())
+        for word in [*record.get("argv", []), *(record.get("mask_argv") or [])]:
+            assert not word.startswith("/") and quality.portable(word) == word, (path.name, word)
 
 
 def test_a_finished_run_with_other_settings_is_never_read_back(tmp_path):

@@ -18,14 +18,9 @@ ATOL = 2e-5
 
 
 @pytest.fixture
-def tiny_mask(tiny_model_dir, tiny_text_file, tmp_path):
-    from szoq_hub.masks.build import MaskBuildConfig, build_mask
-
-    mask, _ = build_mask(
-        MaskBuildConfig(model=str(tiny_model_dir), calibration=str(tiny_text_file), samples=4, seq_len=16),
-        tmp_path / "mask",
-    )
-    return mask
+def runtime_mask(tiny_masks):
+    """A fresh copy of a density-1e-3 mask of the tiny Llama (built once per session)."""
+    return tiny_masks(1e-3)[0]
 
 
 @pytest.fixture
@@ -96,25 +91,25 @@ def dense_reference(model_dir, mask, quant: str, values: dict[str, torch.Tensor]
 
 
 @pytest.mark.parametrize("quant", ["none", "nf4", "fp4"])
-def test_logits_match_dense_reference(tiny_model_dir, tiny_mask, batch, quant):
-    sm = load_sparse_model(str(tiny_model_dir), tiny_mask, quant=quant)
-    ref = dense_reference(tiny_model_dir, tiny_mask, quant)
+def test_logits_match_dense_reference(tiny_model_dir, runtime_mask, batch, quant):
+    sm = load_sparse_model(str(tiny_model_dir), runtime_mask, quant=quant)
+    ref = dense_reference(tiny_model_dir, runtime_mask, quant)
     torch.testing.assert_close(_logits(sm.model, batch), _logits(ref, batch), atol=ATOL, rtol=0)
 
 
-def test_none_equals_original_model(tiny_model_dir, tiny_mask, batch):
+def test_none_equals_original_model(tiny_model_dir, runtime_mask, batch):
     from transformers import AutoModelForCausalLM
 
-    sm = load_sparse_model(str(tiny_model_dir), tiny_mask, quant="none")
+    sm = load_sparse_model(str(tiny_model_dir), runtime_mask, quant="none")
     original = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
     torch.testing.assert_close(_logits(sm.model, batch), _logits(original, batch), atol=1e-5, rtol=0)
 
 
-def test_nf4_differs_from_original(tiny_model_dir, tiny_mask, batch):
+def test_nf4_differs_from_original(tiny_model_dir, runtime_mask, batch):
     """Guards the reference test: nf4 really quantizes (else the comparison proves nothing)."""
     from transformers import AutoModelForCausalLM
 
-    sm = load_sparse_model(str(tiny_model_dir), tiny_mask, quant="nf4")
+    sm = load_sparse_model(str(tiny_model_dir), runtime_mask, quant="nf4")
     original = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
     assert (_logits(sm.model, batch) - _logits(original, batch)).abs().max() > 1e-3
 
@@ -133,40 +128,40 @@ def test_4bit_represents_zero_exactly(quant):
 
 
 @pytest.mark.parametrize("quant", ["nf4", "fp4", "int8", "none"])
-def test_masked_entries_of_base_are_zero_and_values_exact(tiny_model_dir, tiny_mask, quant):
+def test_masked_entries_of_base_are_zero_and_values_exact(tiny_model_dir, runtime_mask, quant):
     from safetensors.torch import load_file
 
-    sm = load_sparse_model(str(tiny_model_dir), tiny_mask, quant=quant)
+    sm = load_sparse_model(str(tiny_model_dir), runtime_mask, quant=quant)
     state = load_file(str(tiny_model_dir / "model.safetensors"))
     layers = {n: m for n, m in sm.model.named_modules() if isinstance(m, SparseQuantLinear)}
     for name, off, n in sm.segments:
         layer = layers[name[: -len(".weight")]]
         assert (layer._base_weight().reshape(-1)[layer.flat_idx] == 0.0).all()
         # The trainable values are the checkpoint's weights, bit for bit (never rounded).
-        assert torch.equal(sm.values[off : off + n], state[name].reshape(-1)[tiny_mask.indices[name].long()])
-    assert sm.values.dtype == torch.float32 and sm.values.numel() == tiny_mask.nnz
+        assert torch.equal(sm.values[off : off + n], state[name].reshape(-1)[runtime_mask.indices[name].long()])
+    assert sm.values.dtype == torch.float32 and sm.values.numel() == runtime_mask.nnz
 
 
 @pytest.mark.parametrize("quant", ["none", "nf4", "fp4"])
-def test_inplace_value_updates_reach_the_forward(tiny_model_dir, tiny_mask, batch, quant):
-    sm = load_sparse_model(str(tiny_model_dir), tiny_mask, quant=quant)
+def test_inplace_value_updates_reach_the_forward(tiny_model_dir, runtime_mask, batch, quant):
+    sm = load_sparse_model(str(tiny_model_dir), runtime_mask, quant=quant)
     before = _logits(sm.model, batch)
     g = torch.Generator().manual_seed(1)
     for _ in range(2):  # twice: a stale cache would pass the first round only
         sm.values.add_(torch.randn(sm.values.shape, generator=g) * 0.5)
-        ref = dense_reference(tiny_model_dir, tiny_mask, quant, sm.delta_tensors())
+        ref = dense_reference(tiny_model_dir, runtime_mask, quant, sm.delta_tensors())
         after = _logits(sm.model, batch)
         torch.testing.assert_close(after, _logits(ref, batch), atol=ATOL, rtol=0)
         assert (after - before).abs().max() > 1e-3
     sm.values.copy_(torch.zeros_like(sm.values))  # copy_ too, and zero delta
     torch.testing.assert_close(
-        _logits(sm.model, batch), _logits(dense_reference(tiny_model_dir, tiny_mask, quant, sm.delta_tensors()), batch), atol=ATOL, rtol=0
+        _logits(sm.model, batch), _logits(dense_reference(tiny_model_dir, runtime_mask, quant, sm.delta_tensors()), batch), atol=ATOL, rtol=0
     )
 
 
-def test_int8_sparse_part_is_exact_on_top_of_the_int8_base(tiny_model_dir, tiny_mask):
+def test_int8_sparse_part_is_exact_on_top_of_the_int8_base(tiny_model_dir, runtime_mask):
     """int8 quantizes activations too, so compare per layer: layer(x) = base(x) + x @ delta^T."""
-    sm = load_sparse_model(str(tiny_model_dir), tiny_mask, quant="int8")
+    sm = load_sparse_model(str(tiny_model_dir), runtime_mask, quant="int8")
     g = torch.Generator().manual_seed(2)
     sm.values.add_(torch.randn(sm.values.shape, generator=g))
     layers = [m for m in sm.model.modules() if isinstance(m, SparseQuantLinear) and m.flat_idx.numel()]
@@ -180,18 +175,18 @@ def test_int8_sparse_part_is_exact_on_top_of_the_int8_base(tiny_model_dir, tiny_
             torch.testing.assert_close(layer(x), expected, atol=1e-5, rtol=1e-5)
 
 
-def test_int8_runs_close_to_original(tiny_model_dir, tiny_mask, batch):
+def test_int8_runs_close_to_original(tiny_model_dir, runtime_mask, batch):
     from transformers import AutoModelForCausalLM
 
-    sm = load_sparse_model(str(tiny_model_dir), tiny_mask, quant="int8")
+    sm = load_sparse_model(str(tiny_model_dir), runtime_mask, quant="int8")
     original = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
     a, b = _logits(sm.model, batch), _logits(original, batch)
     assert torch.isfinite(a).all()
     assert (a - b).abs().max() < 0.1 * b.abs().max()
 
 
-def test_frozen_parts_tied_and_nothing_trainable(tiny_model_dir, tiny_mask):
-    sm = load_sparse_model(str(tiny_model_dir), tiny_mask, quant="nf4")
+def test_frozen_parts_tied_and_nothing_trainable(tiny_model_dir, runtime_mask):
+    sm = load_sparse_model(str(tiny_model_dir), runtime_mask, quant="nf4")
     lm = sm.model
     assert lm.lm_head.weight is lm.model.embed_tokens.weight
     assert lm.model.embed_tokens.weight.dtype == torch.float32
@@ -199,12 +194,12 @@ def test_frozen_parts_tied_and_nothing_trainable(tiny_model_dir, tiny_mask):
     assert not any(p.device.type == "meta" for p in lm.parameters())
     n_sparse = sum(isinstance(m, SparseQuantLinear) for m in lm.modules())
     assert n_sparse == 2 * 7  # every decoder linear is quantized, masked or not
-    assert [s[0] for s in sm.segments] == list(tiny_mask.indices)
+    assert [s[0] for s in sm.segments] == list(runtime_mask.indices)
     assert sum(s[2] for s in sm.segments) == sm.values.numel()
 
 
-def test_delta_roundtrip_and_validation(tiny_model_dir, tiny_mask):
-    sm = load_sparse_model(str(tiny_model_dir), tiny_mask, quant="none")
+def test_delta_roundtrip_and_validation(tiny_model_dir, runtime_mask):
+    sm = load_sparse_model(str(tiny_model_dir), runtime_mask, quant="none")
     delta = sm.delta_tensors()
     assert list(delta) == [s[0] for s in sm.segments]
     changed = {n: t + 1.0 for n, t in delta.items()}
@@ -223,30 +218,30 @@ def test_delta_roundtrip_and_validation(tiny_model_dir, tiny_mask):
         sm.load_delta({**changed, first: torch.full_like(changed[first], float("nan"))})
 
 
-def test_fingerprint_mismatch_refused_before_weights(tiny_model_dir, tiny_mask, monkeypatch):
+def test_fingerprint_mismatch_refused_before_weights(tiny_model_dir, runtime_mask, monkeypatch):
     def no_weights(*args, **kwargs):
         raise AssertionError("weights were read before the fingerprint check")
 
     monkeypatch.setattr(runtime, "iter_tensors", no_weights)
-    tiny_mask.config.fingerprint = "0" * 64
+    runtime_mask.config.fingerprint = "0" * 64
     with pytest.raises(FingerprintMismatch) as err:
-        load_sparse_model(str(tiny_model_dir), tiny_mask)
+        load_sparse_model(str(tiny_model_dir), runtime_mask)
     assert err.value.hint
 
 
-def test_bad_quant_and_missing_bitsandbytes(tiny_model_dir, tiny_mask, monkeypatch):
+def test_bad_quant_and_missing_bitsandbytes(tiny_model_dir, runtime_mask, monkeypatch):
     with pytest.raises(ConfigError, match="q3") as bad:
-        load_sparse_model(str(tiny_model_dir), tiny_mask, quant="q3")
+        load_sparse_model(str(tiny_model_dir), runtime_mask, quant="q3")
     assert all(mode in bad.value.hint for mode in ("nf4", "fp4", "int8", "none"))  # the hint lists what works
     real = runtime.importlib.util.find_spec
     monkeypatch.setattr(runtime.importlib.util, "find_spec", lambda n, *a: None if n == "bitsandbytes" else real(n, *a))
     with pytest.raises(DependencyError) as err:
-        load_sparse_model(str(tiny_model_dir), tiny_mask, quant="nf4")
+        load_sparse_model(str(tiny_model_dir), runtime_mask, quant="nf4")
     assert "pip install" in err.value.hint
-    load_sparse_model(str(tiny_model_dir), tiny_mask, quant="none")  # no bitsandbytes needed
+    load_sparse_model(str(tiny_model_dir), runtime_mask, quant="none")  # no bitsandbytes needed
 
 
-def test_streaming_load_holds_one_linear_weight_at_a_time(tiny_model_dir, tiny_mask, monkeypatch):
+def test_streaming_load_holds_one_linear_weight_at_a_time(tiny_model_dir, runtime_mask, monkeypatch):
     """Every full-precision linear weight the checkpoint yields must be dead before the next
     one is read: a loader that collected the state dict first would keep them all alive."""
     real_iter = runtime.iter_tensors
@@ -269,7 +264,7 @@ def test_streaming_load_holds_one_linear_weight_at_a_time(tiny_model_dir, tiny_m
     packed, state = bnbf.quantize_4bit(torch.ones(64, 64), blocksize=64, quant_type="nf4")
     bnbf.dequantize_4bit(packed, state)
     monkeypatch.setattr(runtime, "iter_tensors", tracking)
-    load_sparse_model(str(tiny_model_dir), tiny_mask, quant="nf4")
+    load_sparse_model(str(tiny_model_dir), runtime_mask, quant="nf4")
     assert len(alive) == 14
     assert peak["n"] == 0, f"{peak['n']} earlier fp32 linear weights were still alive"
 
@@ -286,7 +281,7 @@ def _mapped_files(tensor: torch.Tensor) -> set[str]:
 
 
 @pytest.mark.skipif(not Path("/proc/self/maps").is_file(), reason="needs Linux /proc")
-def test_cpu_embedding_is_a_private_map_of_the_checkpoint(tiny_model_dir, tiny_mask):
+def test_cpu_embedding_is_a_private_map_of_the_checkpoint(tiny_model_dir, runtime_mask):
     """On the CPU the frozen input embedding is not read into memory: it is a copy-on-write
     map of the checkpoint file (only the rows a lookup touches become resident). It holds the
     checkpoint's values; a cast (bf16 compute of an fp32 checkpoint) gets an owned copy."""
@@ -295,11 +290,11 @@ def test_cpu_embedding_is_a_private_map_of_the_checkpoint(tiny_model_dir, tiny_m
     path = tiny_model_dir / "model.safetensors"
     stored = load_file(str(path))["model.embed_tokens.weight"]
     assert stored.dtype == torch.float32
-    sm = load_sparse_model(str(tiny_model_dir), tiny_mask, quant="nf4", device="cpu", compute_dtype="fp32")
+    sm = load_sparse_model(str(tiny_model_dir), runtime_mask, quant="nf4", device="cpu", compute_dtype="fp32")
     emb = sm.model.get_input_embeddings().weight
     assert _mapped_files(emb) == {str(path.resolve())}
     assert torch.equal(emb, stored) and not emb.requires_grad
-    cast = load_sparse_model(str(tiny_model_dir), tiny_mask, quant="nf4", device="cpu", compute_dtype="bf16")
+    cast = load_sparse_model(str(tiny_model_dir), runtime_mask, quant="nf4", device="cpu", compute_dtype="bf16")
     emb16 = cast.model.get_input_embeddings().weight
     assert emb16.dtype == torch.bfloat16 and _mapped_files(emb16) == set()
     assert torch.equal(emb16, stored.to(torch.bfloat16))
@@ -359,9 +354,9 @@ print(rss_kb() - base)
     assert kept["pin"] < 1024
 
 
-def test_logits_to_keep_matches_full_logits(tiny_model_dir, tiny_mask, batch):
+def test_logits_to_keep_matches_full_logits(tiny_model_dir, runtime_mask, batch):
     """lm_head gets a contiguous copy of the kept positions (a speed fix): same numbers."""
-    sm = load_sparse_model(str(tiny_model_dir), tiny_mask, quant="nf4")
+    sm = load_sparse_model(str(tiny_model_dir), runtime_mask, quant="nf4")
     ids, attn = batch
     with torch.no_grad():
         last = sm.model(input_ids=ids, attention_mask=attn, logits_to_keep=1).logits  # [B, 1, V]
@@ -401,14 +396,14 @@ def test_chunked_4bit_quantization_is_bit_identical(quant, shape):
     absmax of one bitsandbytes call on the whole fp32 weight with the mask zeroed."""
     import bitsandbytes.functional as bnbf
 
-    from szoq_hub.runtime.sparse import quantize_4bit_masked
+    from szoq_hub.runtime.sparse_linear import BLOCKSIZE_4BIT, quantize_4bit_masked
 
     w = torch.randn(shape, generator=torch.Generator().manual_seed(0)).to(torch.bfloat16)
     before = w.clone()
     idx = torch.randperm(w.numel(), generator=torch.Generator().manual_seed(1))[: w.numel() // 5]  # unsorted, like Conv1D's
     ref = w.float().reshape(-1).clone()
     ref[idx] = 0.0
-    want, want_state = bnbf.quantize_4bit(ref.view(shape), blocksize=runtime.BLOCKSIZE_4BIT, quant_type=quant)
+    want, want_state = bnbf.quantize_4bit(ref.view(shape), blocksize=BLOCKSIZE_4BIT, quant_type=quant)
     for chunk in (128, 384, 1 << 22):
         got, state = quantize_4bit_masked(w, idx, quant, chunk=chunk)
         assert torch.equal(got, want) and torch.equal(state.absmax, want_state.absmax) and tuple(state.shape) == shape
@@ -419,16 +414,16 @@ def test_chunked_4bit_quantization_is_bit_identical(quant, shape):
 def test_lm_head_input_gets_row_major_strides():
     """hidden[:, -1:, :] of one sequence is 'contiguous' with strides (T*H, H, 1); a bf16 linear
     on it copied the whole lm_head weight. The pre-hook hands over row-major strides."""
-    from szoq_hub.runtime.sparse import _contiguous_input
+    from szoq_hub.runtime.sparse_linear import contiguous_input
 
     h = torch.randn(1, 7, 16)
     x = h[:, -1:, :]
     assert x.is_contiguous() and x.stride() == (112, 16, 1)
-    (y,) = _contiguous_input(None, (x,))
+    (y,) = contiguous_input(None, (x,))
     assert y.stride() == (16, 16, 1) and torch.equal(y, x)
     z = torch.randn(2, 3, 16)
-    assert _contiguous_input(None, (z,))[0] is z  # already row-major: no copy
-    (w,) = _contiguous_input(None, (z.transpose(0, 1),))
+    assert contiguous_input(None, (z,))[0] is z  # already row-major: no copy
+    (w,) = contiguous_input(None, (z.transpose(0, 1),))
     assert w.is_contiguous() and torch.equal(w, z.transpose(0, 1))
 
 

@@ -10,21 +10,37 @@ import torch
 from conftest import SHARED_DATA
 from szoq_hub.core.errors import DependencyError, TaskError
 from szoq_hub.data.scoring import encode, loss_sum, metric_value, option_scores, shared_single_token
-from szoq_hub.data.tasks import (TASKS, CustomTask, Example, Sampling, load_task, load_task_file, lowercase_sentence_start, parse_labels,
-                            with_demonstrations)
+from szoq_hub.data.task_templates import TASKS, Example, lowercase_sentence_start
+from szoq_hub.data.tasks import CustomTask, Sampling, load_task, load_task_file, parse_labels, with_demonstrations
 
 needs_data = pytest.mark.skipif(not (SHARED_DATA / "sst2").is_dir(), reason=f"shared data not found at {SHARED_DATA}")
+
+
+# The verbalizers of MeZO's templates (COPA's options are the two choices of each example).
+OPTIONS = {"sst2": [" terrible", " great"], "rte": ["Yes", "No"], "cb": ["Yes", "No", "Maybe"], "boolq": ["No", "Yes"], "wic": ["No", "Yes"],
+           "wsc": ["No", "Yes"], "multirc": ["No", "Yes"]}
 
 
 @needs_data
 @pytest.mark.parametrize("name", TASKS)
 def test_builtin_tasks_load_from_data_dir(name):
-    data = load_task(name, data_dir=SHARED_DATA, sampling=Sampling(train_samples=20, dev_samples=5, eval_samples=30, seed=0))
-    assert data.train and data.eval and len(data.train) <= 20 and len(data.eval) <= 30
+    sampling = Sampling(train_samples=20, dev_samples=5, eval_samples=30, seed=0)
+    data = load_task(name, data_dir=SHARED_DATA, sampling=sampling)
+    assert (data.name, data.metric) == (name, "accuracy")
+    assert (len(data.train), len(data.eval)) == (20, 30), data.info
+    assert len(data.dev) == 5 or (name == "multirc" and 0 < len(data.dev) < 5)  # whole questions only (MultiRC)
+    assert data.info["source"] == str(SHARED_DATA) and data.info["train"] == 20 and data.info["eval"] == 30
     for ex in data.train + data.dev + data.eval:
         assert 0 <= ex.label < len(ex.options) and ex.prompt
-    prompts = {e.prompt for e in data.train}
-    assert not prompts & {e.prompt for e in data.dev}  # dev is disjoint from train
+        if name == "copa":
+            assert len(ex.options) == 2 and ex.options[0] != ex.options[1]
+        else:
+            assert ex.options == OPTIONS[name], ex.options
+    assert not {e.prompt for e in data.train} & {e.prompt for e in data.dev}  # dev is disjoint from train
+    again = load_task(name, data_dir=SHARED_DATA, sampling=sampling)  # the seed fixes the sample
+    assert [(e.prompt, e.label) for e in again.train + again.dev + again.eval] == [(e.prompt, e.label) for e in data.train + data.dev + data.eval]
+    other = load_task(name, data_dir=SHARED_DATA, sampling=Sampling(train_samples=20, dev_samples=5, eval_samples=30, seed=1))
+    assert [e.prompt for e in other.train] != [e.prompt for e in data.train]
 
 
 @needs_data
@@ -36,9 +52,12 @@ def test_sst2_template_and_verbalizers_match_mezo():
 
 
 @needs_data
-@pytest.mark.parametrize("name", ["cb", "multirc"])
-def test_cb_and_multirc_report_accuracy_like_mezo(name):
-    assert load_task(name, data_dir=SHARED_DATA, sampling=Sampling(5, 0, 5)).metric == "accuracy"
+def test_multirc_keeps_a_questions_answers_on_one_side():
+    """MultiRC scores each answer of a question as its own example, grouped by question: a question's
+    answers never straddle train and dev (the same question would leak)."""
+    data = load_task("multirc", data_dir=SHARED_DATA, sampling=Sampling(40, 10, 5))
+    train_groups, dev_groups = {e.group for e in data.train}, {e.group for e in data.dev}
+    assert None not in train_groups and not train_groups & dev_groups
 
 
 @needs_data
@@ -146,6 +165,23 @@ def test_custom_task_errors(tmp_path, rows, template, labels, match):
     path = _jsonl(tmp_path / "t.jsonl", rows)
     with pytest.raises(TaskError, match=match):
         load_task(custom=CustomTask(train=str(path), template=template, labels=parse_labels(labels)))
+
+
+def test_labels_none_of_which_the_data_has_say_so_and_list_the_data_labels(tmp_path):
+    """README's `--labels "0=terrible,1=great"` copied onto pos/neg data (issue 22 item 6)."""
+    path = _jsonl(tmp_path / "t.jsonl", [{"text": "a", "label": "pos"}, {"text": "b", "label": "neg"}] * 3)
+    with pytest.raises(TaskError) as caught:
+        load_task(custom=CustomTask(train=str(path), template="{text} It was", labels=parse_labels("0=terrible,1=great")))
+    assert caught.value.message == f"none of the labels in {path} (pos, neg) is in --labels (0, 1)"
+    assert caught.value.hint == "name the data's own labels, e.g. --labels 'pos=WORD,neg=WORD'"
+
+
+def test_a_missing_label_names_the_data_labels_and_keeps_the_given_ones(tmp_path):
+    path = _jsonl(tmp_path / "t.jsonl", [{"text": "a", "label": 0}, {"text": "b", "label": 1}, {"text": "c", "label": 2}])
+    with pytest.raises(TaskError) as caught:
+        load_task(custom=CustomTask(train=str(path), template="{text}", labels=parse_labels("0=bad,1=good")))
+    assert caught.value.message == f"label '2' has no verbalizer in --labels (0, 1); the labels in {path}: 0, 1, 2"
+    assert caught.value.hint == "add it, e.g. --labels '0=bad,1=good,2=WORD'"
 
 
 def test_empty_train_file(tmp_path):

@@ -12,8 +12,8 @@ import pytest
 from conftest import assert_one_line_error
 from szoq_hub.training.finetune import finetune
 from szoq_hub.training.tracking import scalars
-from test_finetune import _config, tiny_mask  # noqa: F401  (module-scoped fixture: a tiny built mask)
-from test_hub_delta import TRAIN_ARGS, train_jsonl  # noqa: F401  (module-scoped fixture: the train rows)
+from conftest import tiny_finetune_config as _config
+from conftest import TRAIN_ARGS
 
 
 def _rows(out: Path) -> list[dict]:

@@ -79,7 +79,7 @@ def checkpoint_files(folder: Path) -> list[Path]:
     raise ModelError(f"{folder} holds no *.safetensors weights", hint=_PICKLE_HINT)
 
 
-_ST_DTYPES = {
+ST_DTYPES = {
     "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
     "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool,
 }
@@ -135,7 +135,7 @@ def iter_tensors(files: list[Path], map_if=None):
             entries = sorted(((k, v) for k, v in header.items() if k != "__metadata__"), key=lambda kv: kv[1]["data_offsets"][0])
             for key, meta in entries:
                 start, end = meta["data_offsets"]
-                dtype = _ST_DTYPES.get(meta["dtype"])
+                dtype = ST_DTYPES.get(meta["dtype"])
                 if dtype is None:
                     raise ModelError(f"{path}: tensor {key} has unsupported dtype {meta['dtype']}", hint="convert the checkpoint to fp32/bf16/fp16 safetensors")
                 itemsize = torch.empty(0, dtype=dtype).element_size()
@@ -209,7 +209,7 @@ class KeyMapper:
         return None
 
 
-_ST_NAMES = {v: k for k, v in _ST_DTYPES.items()}
+_ST_NAMES = {v: k for k, v in ST_DTYPES.items()}
 
 
 def write_tensors(path: Path, tensors: list[tuple[str, torch.Tensor]], metadata: dict[str, str] | None = None) -> None:

@@ -25,7 +25,7 @@ from ..core.paths import atomic_dir, atomic_file, file_sha256, model_cache_dir
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MODEL = "smollm2-135m-instruct"
+from ..core.defaults import DEFAULT_MODEL  # noqa: E402,F401  (`szoq --help` reads it without torch)
 
 # Built-in aliases: name -> (python package holding a GGUF, file name, upstream Hub id).
 ALIASES: dict[str, tuple[str, str, str]] = {

@@ -1,15 +1,13 @@
-"""Tasks: data sources, MeZO's prompt templates and verbalizers, seeded MeZO-like sampling.
+"""Tasks: custom tasks (`--train/--template/--labels`), seeded MeZO-like sampling, `load_task`.
 
 A task turns raw rows into `Example`s: a prompt, the candidate continuations (options) and the
 index of the right one. Classification tasks share one option list (the verbalizers); COPA has
-per-example options. Built-in data is read from a folder in the layout of the shared offline
-data (`--data-dir` / `SZOQ_DATA_DIR`), else from the Hugging Face Hub through `datasets`.
+per-example options. The built-in templates are in task_templates.py; where rows come from
+(files, the shared data folder, the Hub) in task_sources.py.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import logging
 import os
@@ -22,19 +20,10 @@ import torch
 
 from ..core.errors import DependencyError, TaskError
 
+from .task_sources import load_builtin_rows, read_rows
+from .task_templates import BUILTIN, TASKS, Example
+
 log = logging.getLogger(__name__)
-
-TASKS = ("sst2", "rte", "cb", "boolq", "wic", "wsc", "copa", "multirc")
-
-
-@dataclass
-class Example:
-    """One scored example: the prompt, its candidate continuations and the right one's index."""
-
-    prompt: str
-    options: list[str]
-    label: int
-    group: str | None = None  # MultiRC: question id (kept for reporting)
 
 
 @dataclass
@@ -74,237 +63,6 @@ class Sampling:
                 raise TaskError(f"{option} must be >= {low}, got {value}", hint=f"MeZO uses {option} {mezo}")
 
 
-# --- MeZO templates -------------------------------------------------------------------------
-
-def _sst2(r: dict) -> Example:
-    return Example(f"{r['sentence'].strip()} It was", [" terrible", " great"], int(r["label"]))
-
-
-def _rte(r: dict) -> Example:
-    label = {"entailment": 0, "not_entailment": 1}[r["label"]] if isinstance(r["label"], str) else int(r["label"])
-    return Example(f"{r['premise']}\nDoes this mean that \"{r['hypothesis']}\" is true? Yes or No?\n", ["Yes", "No"], label)
-
-
-def _cb(r: dict) -> Example:
-    label = {"entailment": 0, "contradiction": 1, "neutral": 2}[r["label"]] if isinstance(r["label"], str) else int(r["label"])
-    return Example(f"Suppose {r['premise']} Can we infer that \"{r['hypothesis']}\"? Yes, No, or Maybe?\n", ["Yes", "No", "Maybe"], label)
-
-
-def _boolq(r: dict) -> Example:
-    label = r["label"] if "label" in r else r["answer"]
-    question = r["question"].strip()
-    question = question[0].upper() + question[1:] + "?"
-    return Example(f"{r['passage']} {question}\n", ["No", "Yes"], int(bool(label)))
-
-
-def _wic(r: dict) -> Example:
-    prompt = f"Does the word \"{r['word']}\" have the same meaning in these two sentences? Yes, No?\n{r['sentence1']}\n{r['sentence2']}\n"
-    return Example(prompt, ["No", "Yes"], int(bool(r["label"])))
-
-
-def _wsc(r: dict) -> Example:
-    t = r["target"]
-    prompt = f"{r['text']}\nIn the previous sentence, does the pronoun \"{t['span2_text'].lower()}\" refer to {t['span1_text']}? Yes or No?\n"
-    return Example(prompt, ["No", "Yes"], int(bool(r["label"])))
-
-
-def lowercase_sentence_start(sentence: str, context: str = "") -> str:
-    """Lowercase a sentence's first letter where that is right in mid-sentence position.
-
-    MeZO lowercases every COPA choice ("The man ..." -> "... so the man ..."), which also turns
-    "I" into "i" (149 of the 1000 choices). The first word keeps its case when it is "I" or an
-    "I'm"-style contraction, an acronym or a word with inner capitals ("TV", "McDonald"), or a
-    name: a word that `context` (the premise and other choice) also capitalizes mid-sentence.
-    """
-    word = sentence.split(" ", 1)[0]
-    bare = word.rstrip(".,;:!?")
-    mid_sentence = {w.rstrip(".,;:!?") for part in context.split(". ") for w in part.split()[1:]}
-    keep = (bare == "I" or bare.startswith("I'") or not bare[:1].isupper() or any(ch.isupper() for ch in bare[1:])
-            or bare in mid_sentence)
-    return sentence if keep else sentence[0].lower() + sentence[1:]
-
-
-def _copa(r: dict) -> Example:
-    premise = r["premise"].strip()
-    premise = premise[:-1] if premise.endswith(".") else premise
-    connector = {"cause": " because", "effect": " so"}[r["question"]]
-    context = " ".join((r["premise"], r["choice1"], r["choice2"]))
-    options = [" " + lowercase_sentence_start(c.strip(), context) for c in (r["choice1"], r["choice2"])]  # one choice starts with a space
-    return Example(premise + connector, options, int(r["label"]))
-
-
-def _multirc(r: dict) -> Example:
-    prompt = f"{r['paragraph']}\nQuestion: {r['question']}\nI found this answer \"{r['answer']}\". Is that correct? Yes or No?\n"
-    return Example(prompt, ["No", "Yes"], int(r["label"]), group=r.get("group"))
-
-
-@dataclass(frozen=True)
-class TaskSpec:
-    """A built-in task: how to build examples, its metric, files, and its Hub dataset."""
-
-    build: Callable[[dict], Example]
-    metric: str
-    train_file: str
-    eval_file: str
-    hub: tuple[str, str | None]  # datasets.load_dataset(path, name)
-    eval_split: str = "validation"
-
-
-BUILTIN: dict[str, TaskSpec] = {
-    "sst2": TaskSpec(_sst2, "accuracy", "sst2/train.tsv", "sst2/dev.tsv", ("glue", "sst2")),
-    "rte": TaskSpec(_rte, "accuracy", "superglue/RTE/train.jsonl", "superglue/RTE/val.jsonl", ("super_glue", "rte")),
-    "cb": TaskSpec(_cb, "accuracy", "superglue/CB/train.jsonl", "superglue/CB/val.jsonl", ("super_glue", "cb")),
-    "boolq": TaskSpec(_boolq, "accuracy", "superglue/BoolQ/train.jsonl", "superglue/BoolQ/val.jsonl", ("super_glue", "boolq")),
-    "wic": TaskSpec(_wic, "accuracy", "superglue/WiC/original/train.data.txt", "superglue/WiC/val.jsonl", ("super_glue", "wic")),
-    "wsc": TaskSpec(_wsc, "accuracy", "superglue/WSC/train.jsonl", "superglue/WSC/val.jsonl", ("super_glue", "wsc.fixed")),
-    "copa": TaskSpec(_copa, "accuracy", "superglue/COPA/train.jsonl", "superglue/COPA/val.jsonl", ("super_glue", "copa")),
-    "multirc": TaskSpec(_multirc, "accuracy", "superglue/MultiRC/train32.jsonl", "superglue/MultiRC/val.jsonl", ("super_glue", "multirc")),
-}
-
-
-# --- readers ---------------------------------------------------------------------------------
-
-def _decode(path: Path, raw: bytes, encoding: str) -> str:
-    """Decode a data file, naming the line of the first undecodable byte."""
-    try:
-        text = raw.decode(encoding)
-    except LookupError:
-        raise TaskError(f"unknown --encoding {encoding!r}", hint="e.g. --encoding utf-8, latin-1 or cp1252") from None
-    except UnicodeDecodeError as exc:
-        line = raw[: exc.start].count(b"\n") + 1
-        raise TaskError(f"{path} line {line} is not valid {encoding} (byte 0x{raw[exc.start]:02x})",
-                        hint="pass the file's encoding, e.g. --encoding latin-1 or cp1252 (or save the file as UTF-8)") from None
-    return text.removeprefix("\ufeff")  # a byte-order mark is not data
-
-
-def read_rows(path: Path, encoding: str = "utf-8") -> list[dict]:
-    """Read a jsonl, csv or tsv file into a list of dict rows.
-
-    JSON lines are split at `\n` only: U+2028, U+0085 and other characters that
-    `str.splitlines()` treats as line breaks are valid inside JSON strings.
-
-    Args:
-        path: The data file.
-        encoding: Its text encoding.
-
-    Raises:
-        TaskError: missing, undecodable, unparsable or empty file, or an unsupported extension;
-            the message names the line.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise TaskError(f"data file {path} not found", hint="check the path")
-    suffix = path.suffix.lower()
-    if suffix not in (".jsonl", ".json", ".csv", ".tsv"):
-        raise TaskError(f"unsupported data file {path.name}", hint="use .jsonl, .csv or .tsv")
-    text = _decode(path, path.read_bytes(), encoding)
-    rows: list = []
-    if suffix in (".jsonl", ".json"):
-        for number, line in enumerate(text.split("\n"), 1):
-            if not line.strip():
-                continue
-            try:
-                rows.append(json.loads(line))
-            except ValueError as exc:
-                reason = getattr(exc, "msg", str(exc).splitlines()[0])
-                raise TaskError(f"cannot parse {path} line {number}: {reason}", hint="jsonl: one JSON object per line") from None
-    else:
-        reader = csv.DictReader(io.StringIO(text, newline=""), delimiter="\t" if suffix == ".tsv" else ",",
-                                quoting=csv.QUOTE_NONE if suffix == ".tsv" else csv.QUOTE_MINIMAL)
-        try:
-            rows = list(reader)
-        except csv.Error as exc:
-            raise TaskError(f"cannot parse {path} line {reader.line_num}: {exc}", hint="csv/tsv: a header row, then one row per line") from None
-    if not rows:
-        raise TaskError(f"data file {path} has no rows", hint="a data file needs at least one example")
-    for number, row in enumerate(rows, 1):
-        if not isinstance(row, dict):
-            raise TaskError(f"{path}: row {number} is not an object with named fields", hint='e.g. {"text": "...", "label": 1}')
-    return rows
-
-
-def _wic_original(path: Path) -> list[dict]:
-    gold = path.with_name(path.name.replace(".data.", ".gold."))
-    data = path.read_text(encoding="utf-8").splitlines()
-    labels = gold.read_text(encoding="utf-8").split()
-    rows = []
-    for line, lab in zip(data, labels):
-        word, _pos, _idx, s1, s2 = line.split("\t")
-        rows.append({"word": word, "sentence1": s1, "sentence2": s2, "label": lab == "T"})
-    return rows
-
-
-def _flatten_multirc(rows: list[dict]) -> list[dict]:
-    flat = []
-    for r in rows:
-        if "paragraph" in r and "answer" in r:  # already flat (Hub layout)
-            idx = r.get("idx")
-            flat.append({**r, "group": f"{idx.get('paragraph')}-{idx.get('question')}" if isinstance(idx, dict) else None})
-            continue
-        text = r["passage"]["text"]
-        for q in r["passage"]["questions"]:
-            for a in q["answers"]:
-                flat.append({"paragraph": text, "question": q["question"], "answer": a["text"], "label": a["label"], "group": f"{r['idx']}-{q['idx']}"})
-    return flat
-
-
-def data_dir_from(data_dir: str | os.PathLike | None) -> Path | None:
-    """The data folder: the argument, else `SZOQ_DATA_DIR`, else None."""
-    value = data_dir or os.environ.get("SZOQ_DATA_DIR")
-    return Path(value).expanduser() if value else None
-
-
-def _hub_rows(task: str, split: str) -> list[dict]:
-    spec = BUILTIN[task]
-    try:
-        import datasets  # noqa: F401
-    except ImportError:
-        raise DependencyError(
-            f"no local data for task {task!r} and the `datasets` package is not installed",
-            hint="pass --data-dir DIR (or set SZOQ_DATA_DIR) to a GLUE/SuperGLUE folder, or pip install datasets and go online",
-        ) from None
-    from datasets import load_dataset
-
-    try:
-        ds = load_dataset(spec.hub[0], spec.hub[1], split=split)
-    except Exception as exc:  # datasets raises many types (offline, not found)
-        raise TaskError(
-            f"cannot load {spec.hub[0]}/{spec.hub[1]} from the Hub: {str(exc).splitlines()[0]}",
-            hint="pass --data-dir DIR (or set SZOQ_DATA_DIR) to a GLUE/SuperGLUE folder, or go online",
-        ) from None
-    rows = [dict(r) for r in ds]
-    if task == "wsc":  # Hub layout is flat; the templates read the jsonl's nested `target`
-        rows = [{**r, "target": {"span1_text": r["span1_text"], "span2_text": r["span2_text"]}} for r in rows]
-    return rows
-
-
-def load_builtin_rows(task: str, data_dir: str | os.PathLike | None = None) -> tuple[list[dict], list[dict], str]:
-    """Raw (train rows, validation rows, where from) of a built-in task.
-
-    Raises:
-        TaskError: unknown task, or no data anywhere.
-        DependencyError: no data folder and no `datasets`.
-    """
-    if task not in BUILTIN:
-        raise TaskError(f"unknown task {task!r}", hint=f"choose one of: {', '.join(TASKS)}; or pass --train FILE --template ... --labels ...")
-    spec = BUILTIN[task]
-    folder = data_dir_from(data_dir)
-    if folder is not None:
-        train_path, eval_path = folder / spec.train_file, folder / spec.eval_file
-        if not train_path.is_file() or not eval_path.is_file():
-            raise TaskError(
-                f"{folder} has no {task} data (expected {spec.train_file} and {spec.eval_file})",
-                hint="point --data-dir / SZOQ_DATA_DIR at a folder in the shared GLUE/SuperGLUE layout, or unset it to use `datasets`",
-            )
-        train = _wic_original(train_path) if task == "wic" else read_rows(train_path)
-        evals = read_rows(eval_path)
-        source = str(folder)
-    else:
-        train, evals = _hub_rows(task, "train"), _hub_rows(task, spec.eval_split)
-        source = f"hub:{spec.hub[0]}/{spec.hub[1]}"
-    if task == "multirc":
-        train, evals = _flatten_multirc(train), _flatten_multirc(evals)
-    return train, evals, source
 
 
 # --- custom tasks ----------------------------------------------------------------------------
@@ -405,6 +163,30 @@ def load_task_file(path: str | os.PathLike) -> CustomTask:
                       label_field=data.get("label_field", "label"), encoding=data.get("encoding", "utf-8"))
 
 
+def _label_key(value: object) -> str:
+    """A data label as --labels names it (JSON true/false as `true`/`false`)."""
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def check_labels(rows: list[dict], task: CustomTask, where: str) -> None:
+    """Refuse data whose labels --labels does not cover, naming the data's own label values.
+
+    Raises:
+        TaskError: none of the data's labels is in --labels (e.g. pos/neg data with README's
+            `0=terrible,1=great`), or some are missing.
+    """
+    found = list(dict.fromkeys(_label_key(r[task.label_field]) for r in rows if isinstance(r, dict) and task.label_field in r))
+    missing = [v for v in found if v not in task.labels]
+    if not missing:
+        return
+    shown = ", ".join(found[:12]) + (", ..." if len(found) > 12 else "")
+    if len(missing) == len(found):
+        raise TaskError(f"none of the labels in {where} ({shown}) is in --labels ({', '.join(task.labels)})",
+                        hint=f"name the data's own labels, e.g. --labels '{','.join(f'{v}=WORD' for v in found[:12])}'")
+    raise TaskError(f"label {missing[0]!r} has no verbalizer in --labels ({', '.join(task.labels)}); the labels in {where}: {shown}",
+                    hint=f"add it, e.g. --labels '{','.join(f'{v}={w.strip()}' for v, w in task.labels.items())},{','.join(f'{m}=WORD' for m in missing[:12])}'")
+
+
 def _custom_builder(task: CustomTask) -> Callable[[dict], Example]:
     values = list(task.labels)
     prompt_ends_in_space = False
@@ -416,7 +198,7 @@ def _custom_builder(task: CustomTask) -> Callable[[dict], Example]:
         if task.label_field not in row:
             raise TaskError(f"label field {task.label_field!r} is not in the data rows (fields: {', '.join(map(str, row))})", hint="pass --label-field NAME")
         value = row[task.label_field]
-        key = str(value).lower() if isinstance(value, bool) else str(value)
+        key = _label_key(value)
         if key not in task.labels:
             raise TaskError(f"label {key!r} has no verbalizer in --labels ({', '.join(values)})", hint=f"add it, e.g. --labels '{','.join(f'{v}={w.strip()}' for v, w in task.labels.items())},{key}=WORD'")
         prompt = task.template.format(**row)
@@ -494,7 +276,9 @@ def load_task(task: str | None = None, *, custom: CustomTask | None = None, data
         build = _custom_builder(custom)
 
         def rows_of(path: str) -> list[Example]:
-            return _build_all(read_rows(Path(path), custom.encoding), build, path)
+            rows = read_rows(Path(path), custom.encoding)
+            check_labels(rows, custom, path)
+            return _build_all(rows, build, path)
 
         name, metric = "custom", "accuracy"
         source = custom.train or custom.eval

@@ -15,7 +15,7 @@ from ..core import schema
 from ..runtime.delta import DELTA_CARD_TAGS, DELTA_FILE, Delta, load_delta
 from ..core.errors import ConfigError, MaskError
 from ..masks.artifact import card_base_model
-from ..core.paths import file_sha256, is_local_path, path_exists, public, shorten
+from ..core.paths import file_sha256, local_paths, path_exists, public, public_text, shorten
 from .transport import CARD_FILE, Artifact, PullResult, PushResult, check_repo_id, copy_out, evict, fetch_artifact, push_artifact
 
 RUN_CONFIG_FILE = "finetune_config.json"  # the names szoq finetune writes (szoq_hub.training.finetune)
@@ -52,34 +52,10 @@ def render_delta_card(folder: Path, delta: Delta, *, repo_id: str, tag: str | No
     local = folder / CARD_FILE
     body = re.sub(r"\A---\n.*?\n---\n", "", local.read_text(errors="replace"), count=1, flags=re.S) if local.is_file() else \
         f"\n# Sparse ZO delta for {base_model}\n\nFine-tuned sparse values (fp32) over a sensitivity mask (SensZOQ).\n"
-    body = _public_text(body.replace("THIS_FOLDER", ref), run)
+    body = public_text(body.replace("THIS_FOLDER", ref), local_paths(run))
     if f"--delta {ref}" not in body:  # a hand-written card: add the use lines
         body = body.rstrip("\n") + f"\n\n## Use\n\n```\nszoq eval --task {task} --delta {ref}\nszoq merge --delta {ref} --out merged/\n```\n"
     return "\n".join(["---", data.to_yaml(), "---", body if body.startswith("\n") else "\n" + body])
-
-
-def _local_paths(run: dict) -> list[str]:
-    """The absolute paths a run's config records (model, mask, data files, output folder), longest first."""
-    found: list[str] = []
-
-    def walk(value) -> None:
-        if is_local_path(value):
-            found.append(value)
-        elif isinstance(value, dict):
-            for v in value.values():
-                walk(v)
-        elif isinstance(value, list):
-            for v in value:
-                walk(v)
-    walk(run)
-    return sorted(set(found), key=len, reverse=True)
-
-
-def _public_text(text: str, run: dict) -> str:
-    """Text with the run's local paths reduced to their names (cards are published)."""
-    for path in _local_paths(run):
-        text = text.replace(path, Path(path).name or path)
-    return text
 
 
 def _publish(fname: str, data: bytes) -> bytes:
@@ -107,7 +83,7 @@ def _verify_delta_folder(folder: Path) -> Delta:
     if not (folder / DELTA_FILE).is_file() and not (folder / "checkpoint.safetensors").is_file():
         raise ConfigError(f"{shorten(folder)} is not a szoq delta folder (no {DELTA_FILE})", hint="push the --out folder of a finished szoq finetune run")
     delta = load_delta(folder)  # raises on a corrupt or unfinished delta, with its own hint
-    leaked = _local_paths({"base_model": delta.meta.get("base_model", ""), "settings": delta.settings})
+    leaked = local_paths({"base_model": delta.meta.get("base_model", ""), "settings": delta.settings})
     if leaked:  # in delta.safetensors itself, whose bytes are pushed as they are
         raise MaskError(f"the delta records the local path {shorten(leaked[-1])}; pushing would publish it",
                         hint="fine-tune again with this szoq, which records only file and folder names in the delta, then push")

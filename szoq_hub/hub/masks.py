@@ -3,31 +3,23 @@
 A mask is one `Artifact` description for the transport layer (`transport.py`): its files
 (`mask.safetensors`, `mask_config.json`), its verifier (`load_mask`) and its card (`render_card`
 with the repo id and tag). Pulled masks are registered in the local registry as
-`ALIAS@<tag or short sha>`. Fine-tuned deltas are the other description (`delta_hub.py`);
-`push_delta` and `pull_delta` are re-exported here so that `szoq_hub.hub.masks` stays the one place
-to import Hub sharing from.
+`ALIAS@<tag or short sha>`. Fine-tuned deltas are the other description (`hub/deltas.py`).
 """
 
 from __future__ import annotations
 
-import re
-import shlex
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..core.version import __version__
 from ..core import schema
-from .deltas import DELTA, pull_delta, push_delta, render_delta_card  # noqa: F401  (re-exported)
 from ..core.errors import ConfigError, HubError, MaskError, RegistryError
 from ..masks.artifact import CARD_TAGS, CONFIG_FILE, FORMAT, FORMAT_VERSION, MASK_FILE, SCOPES, SensitivityMask, load_mask, render_card
-from ..core.paths import is_local_path, path_exists, scratch_dir, shorten
+from ..core.paths import command_words, local_paths, path_exists, scratch_dir, shorten
 from ..core.scrub import remember
-from ..masks.registry import Registry, RegistryEntry, check_name
-from .transport import (  # noqa: F401  (re-exported: the names szoq_hub.hub.masks has always had)
-    CARD_FILE, LOGIN_HINT, Artifact, PullResult, PushResult, api, as_szoq_error, check_repo_id, endpoint, evict, fetch_artifact,
-    git_blob_sha1, hub_errors, push_artifact,
-)
+from ..masks.registry import Registry, RegistryEntry, check_name, name_from
+from .transport import CARD_FILE, Artifact, PullResult, PushResult, api, check_repo_id, endpoint, evict, fetch_artifact, git_blob_sha1, hub_errors, push_artifact
 
 SEARCH_TAGS = CARD_TAGS[:2]  # szoq, sensitivity-mask
 
@@ -73,19 +65,6 @@ class MaskListing:
 
 
 # -- the mask artifact -----------------------------------------------------------------------
-def local_paths(mask: SensitivityMask) -> list[str]:
-    """Absolute local paths a mask records (base model, build command): pushing would publish them."""
-    found = []
-    if is_local_path(mask.config.base_model):
-        found.append(mask.config.base_model)
-    try:
-        words = shlex.split(mask.config.command or "")
-    except ValueError:
-        words = (mask.config.command or "").split()
-    found += [w for w in words if is_local_path(w.split("=", 1)[-1])]
-    return found
-
-
 def verify_for_push(folder: Path) -> SensitivityMask:
     """Load a mask for publishing: it must verify and record no local path of this machine.
 
@@ -93,7 +72,7 @@ def verify_for_push(folder: Path) -> SensitivityMask:
         MaskError: corrupt, or it records a local path (in base_model or the build command).
     """
     mask = load_mask(folder)
-    leaked = local_paths(mask)
+    leaked = local_paths([mask.config.base_model, *command_words(mask.config.command)])
     if leaked:
         raise MaskError(f"the mask records the local path {shorten(leaked[0])} (base model or build command); pushing would publish it",
                         hint="rebuild it with this szoq, which records only folder and file names, then push the new version")
@@ -102,11 +81,6 @@ def verify_for_push(folder: Path) -> SensitivityMask:
 
 MASK = Artifact("mask", MASK_FILE, (MASK_FILE, CONFIG_FILE), verify_for_push,
                 lambda folder, mask, repo_id, tag: render_card(mask.config, repo_id=repo_id, tag=tag), "find mask repos with: szoq mask search")
-
-
-def hub_card(config, *, repo_id: str, tag: str | None) -> str:
-    """The model card pushed to the Hub (`render_card` with the repo id and tag filled in)."""
-    return render_card(config, repo_id=repo_id, tag=tag)
 
 
 # -- push ------------------------------------------------------------------------------------
@@ -164,13 +138,12 @@ def push_mask(ref: str, *, repo_id: str, tag: str | None = None, private: bool =
 # -- pull ------------------------------------------------------------------------------------
 def default_alias(repo_id: str) -> str:
     """Local registry name for a Hub repo: its NAME part, lowercased and sanitised."""
-    name = re.sub(r"[^a-z0-9._-]+", "-", repo_id.split("/")[-1].lower()).strip("-.")
-    return name or "mask"
+    return name_from(repo_id.split("/")[-1])
 
 
 def _aliases(repo_id: str) -> list[str]:
     """Names to try, in order, for a pull without --name: NAME, then ORG-NAME, ORG-NAME-2, ..."""
-    qualified = re.sub(r"[^a-z0-9._-]+", "-", repo_id.lower()).strip("-.")[:90] or "mask"
+    qualified = name_from(repo_id)[:90]
     return [default_alias(repo_id), qualified, *(f"{qualified}-{i}" for i in range(2, 10))]
 
 

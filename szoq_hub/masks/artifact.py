@@ -20,16 +20,15 @@ from ..core.version import __version__
 from ..core import schema
 from ..core.errors import ConfigError, FingerprintMismatch, MaskError
 from ..core.content import CONTENT_KEY, tensors_sha256
-from ..core.paths import atomic_dir, file_sha256  # noqa: F401  (file_sha256 re-exported: artifacts are addressed by it)
+from ..core.hub_mixin import HubMixin
+from ..core.paths import atomic_dir, file_sha256, path_exists  # noqa: F401  (file_sha256 re-exported: artifacts are addressed by it)
 from .card import CARD_TAGS, card_base_model, render_card  # noqa: F401  (re-exported: the names artifact has always had)
-from .diff import LayerOverlap, MaskDiff, diff_masks, layer_order  # noqa: F401  (re-exported likewise)
 
 FORMAT = "szoq.mask"
 FORMAT_VERSION = "1"
 MASK_FILE = "mask.safetensors"
 CONFIG_FILE = "mask_config.json"
 CARD_FILE = "README.md"
-ARTIFACT_FILES = (MASK_FILE, CONFIG_FILE, CARD_FILE)
 SCOPES = ("per-matrix", "global")
 
 
@@ -87,12 +86,12 @@ class MaskConfig:
 
 
 @dataclass
-class SensitivityMask:
+class SensitivityMask(HubMixin):
     """A loaded, verified mask: sorted unique int32 flat indices per parameter name.
 
-    The Python API follows the Hugging Face mixins: `save_pretrained(folder)` writes the
-    artifact; `from_pretrained(ref)` (any REF the CLI takes) and `push_to_hub(repo_id)` reach
-    the registry and the Hub, so they are defined in `szoq_hub.api` (above those layers).
+    The Python API follows the Hugging Face mixins (`HubMixin`): `save_pretrained(folder)` writes
+    the artifact; `from_pretrained(ref, model=None)` takes any REF the CLI takes;
+    `push_to_hub(repo_id)` publishes it (a registry entry by its version).
 
     Attributes:
         indices: name -> sorted unique int32 flat indices [nnz_name].
@@ -110,14 +109,22 @@ class SensitivityMask:
     def nnz(self) -> int:
         return sum(int(t.numel()) for t in self.indices.values())
 
-    def save_pretrained(self, folder: str | Path) -> Path:
-        """Write the artifact folder (`mask.safetensors`, `mask_config.json`, card) atomically.
-
-        Raises:
-            MaskError: `folder` exists and is not empty.
-        """
-        self.path = save_mask(self, Path(folder))
+    def _save_pretrained(self, folder: Path) -> Path:
+        """Write the artifact folder (`mask.safetensors`, `mask_config.json`, card) atomically."""
+        self.path = save_mask(self, folder)
         return self.path
+
+    # The hooks below resolve REFs and push through the hub layer, above this one: imported when called.
+    @classmethod
+    def _from_pretrained(cls, ref: str | Path, *, offline: bool = False, model: str | None = None) -> SensitivityMask:
+        from ..hub.mixin_hooks import mask_from_pretrained
+
+        return mask_from_pretrained(ref, model=model, offline=offline)
+
+    def _push_to_hub(self, repo_id: str, **kwargs):
+        from ..hub.mixin_hooks import push_mask_object
+
+        return push_mask_object(self, repo_id, **kwargs)
 
 
 INT32_MAX = 2**31 - 1
@@ -134,100 +141,6 @@ def check_density(density: float) -> None:
     """Raise ConfigError unless 0 < density < 1."""
     if not (isinstance(density, (int, float)) and 0.0 < density < 1.0 and math.isfinite(density)):
         raise ConfigError(f"density must be in (0, 1), got {density}", hint="the paper uses 1e-3 (0.1% of the weights)")
-
-
-SELECT_CHUNK = 1 << 22  # elements per step of top-k selection: its transients stay ~16 B x this (64 MiB)
-
-
-def _top_k_flat(scores: torch.Tensor, k: int, chunk: int = SELECT_CHUNK) -> torch.Tensor:
-    """Indices of the k largest entries of a flat tensor; ties go to the lowest index.
-
-    Works chunk by chunk: `torch.topk` over n elements allocates ~16 bytes per element (0.7 GB
-    for a Llama-2-7B MLP matrix), which a memory-bounded build cannot afford. The k-th largest
-    value overall is among the chunks' own k largest, so the threshold, the entries above it
-    and the lowest-index ties are exactly those of one call over the whole tensor.
-
-    Args:
-        scores: [n] scores (any float dtype, any device).
-        k: How many to keep.
-        chunk: Elements per chunk.
-
-    Returns:
-        Sorted int64 indices [k].
-    """
-    n = scores.numel()
-    if k >= n:
-        return torch.arange(n)
-    starts = range(0, n, chunk)
-    if n <= chunk:
-        threshold = torch.topk(scores, k, sorted=False).values.min()
-    else:
-        cands = [scores[s : s + chunk] for s in starts]
-        cands = [c if c.numel() <= k else torch.topk(c, k, sorted=False).values for c in cands]  # [<= k] each
-        threshold = torch.topk(torch.cat(cands), k, sorted=False).values.min()
-        del cands
-    above = [(scores[s : s + chunk] > threshold).nonzero().flatten() + s for s in starts]  # strictly better: always kept
-    room = k - sum(a.numel() for a in above)
-    ties = []
-    for s in starts:  # lowest index first
-        if room <= 0:
-            break
-        t = (scores[s : s + chunk] == threshold).nonzero().flatten()[:room] + s
-        ties.append(t)
-        room -= t.numel()
-    return torch.cat(above + ties).sort().values
-
-
-def select(scores: dict[str, torch.Tensor], density: float, scope: str = "per-matrix") -> dict[str, torch.Tensor]:
-    """Pick the top-scored weights.
-
-    Args:
-        scores: name -> scores shaped like the parameter.
-        density: Share of weights to keep, in (0, 1).
-        scope: `per-matrix` keeps floor(numel * density) (at least 1) per tensor;
-            `global` keeps floor(total * density) over all tensors together.
-
-    Returns:
-        name -> sorted int32 flat indices (tensors with no pick are left out in global scope).
-
-    Raises:
-        MaskError: a NaN or infinite score (it would silently empty a tensor's selection, or in
-            global scope the whole mask), or nothing to select from.
-    """
-    check_density(density)
-    for n, s in scores.items():  # before anything touches the scores
-        check_int32_range(n, s.numel())
-    if not scores or all(s.numel() == 0 for s in scores.values()):
-        raise MaskError("no weights to score: the target selection is empty", hint="check --targets; by default every linear weight of the decoder is a target")
-    for n, s in scores.items():
-        bad = int((~torch.isfinite(s)).sum())
-        if bad:
-            raise MaskError(f"{bad} of {s.numel()} scores of {n} are NaN or infinite",
-                            hint="the calibration forward/backward overflowed: build in fp32 from a model whose weights are finite, or use shorter --seq-len")
-    if scope == "per-matrix":
-        return {
-            n: _top_k_flat(s.flatten(), max(1, math.floor(s.numel() * density))).to(torch.int32)
-            for n, s in scores.items()
-        }
-    if scope != "global":
-        raise ConfigError(f"unknown scope {scope!r}", hint=f"choose one of: {', '.join(SCOPES)}")
-    total = sum(s.numel() for s in scores.values())
-    k = max(1, math.floor(total * density))
-    # The global top-k lies inside the union of each tensor's own top-k: find the threshold
-    # there instead of concatenating every score.
-    cands = torch.cat([torch.topk(s.flatten(), min(k, s.numel()), sorted=False).values for s in scores.values()])
-    threshold = torch.topk(cands, k, sorted=False).values.min()
-    n_above = {n: int((s > threshold).sum()) for n, s in scores.items()}
-    room = k - sum(n_above.values())
-    out = {}
-    for n, s in scores.items():  # ties at the threshold go to earlier tensors, lower indices
-        flat = s.flatten()
-        ties = (flat == threshold).nonzero().flatten()[: max(room, 0)]
-        room -= ties.numel()
-        idx = torch.cat([(flat > threshold).nonzero().flatten(), ties]).sort().values
-        if idx.numel():
-            out[n] = idx.to(torch.int32)
-    return out
 
 
 def captured_share(scores: dict[str, torch.Tensor], indices: dict[str, torch.Tensor]) -> float:

@@ -10,10 +10,10 @@ over groups of target tensors (`build_plan`). Magnitude and random builds load n
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
-from dataclasses import dataclass, field
+import shlex
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -23,12 +23,14 @@ from torch import nn
 
 from .build_plan import BuildPlan, activation_bytes, layer_of, parse_size, pass_cost, plan_groups, resident_bytes
 from ..data.calibration import load_windows
-from ..data.checkpoint import _ST_DTYPES, KeyMapper, checkpoint_files, iter_tensors, read_header
+from ..data.checkpoint import ST_DTYPES, KeyMapper, checkpoint_files, iter_tensors, read_header
 from ..core.devices import DTYPES as SHARED_DTYPES, check_device_spec, resolve_device
 from ..core.thirdparty import import_bitsandbytes
-from ..core.errors import ConfigError, DependencyError, ModelError
+from ..core.errors import ConfigError, DependencyError, MaskError, ModelError
+from ..core.paths import ensure_writable_dir, public_word, scratch_dir
 from .artifact import MaskConfig, SCOPES, SensitivityMask, check_density, mask_stats, save_mask
 from ..data.models import DEFAULT_MODEL, ModelSource, load_config, model_fingerprint, resolve_model, target_parameter_names
+from .registry import Registry, check_name, check_version, name_from
 from .selection import StreamingSelector
 from .sensitivity import (SCORE_QUANTS, Frozen4bitLinear, ProgressFn, check_scorer, checkpointed_layers, decoder_layers, fisher_scores,
                           shard_windows, stream_magnitude_scores, stream_random_scores)
@@ -78,7 +80,8 @@ class MaskBuildConfig:
         check_device_spec(self.device)
 
 
-def _maybe_init_distributed(device: torch.device | None = None) -> None:
+def init_distributed(device: torch.device | None = None) -> None:
+    """Join the torchrun process group (nccl on CUDA, else gloo) when WORLD_SIZE > 1; else nothing."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if device is not None and device.type == "cuda" else "gloo")
 
@@ -101,7 +104,7 @@ def checkpoint_dtype(files: list[Path]) -> torch.dtype:
     """The dtype of the first floating-point tensor in the checkpoint (headers only)."""
     for path in files:
         for meta in read_header(path).values():
-            dtype = _ST_DTYPES.get(meta.get("dtype")) if isinstance(meta, dict) else None
+            dtype = ST_DTYPES.get(meta.get("dtype")) if isinstance(meta, dict) else None
             if dtype is not None and dtype.is_floating_point:
                 return dtype
     return torch.float32
@@ -185,36 +188,100 @@ def _meta_model(source: ModelSource) -> nn.Module:
 
 # ---- the build ---------------------------------------------------------------------------
 
-def build_mask(config: MaskBuildConfig, out: Path | None, *, progress: ProgressFn | None = None, command: str | None = None,
+# Options that say how the build ran, not what it computes: left out of the recipe, so a mask's
+# bytes do not depend on the device, the sharding or where the result is written.
+_RUN_OPTIONS = ("device", "fsdp")
+
+
+def build_recipe(config: MaskBuildConfig) -> str:
+    """The `szoq mask build` command line that rebuilds this mask, safe to publish.
+
+    The model, then (fisher only) `--calibration`, `--samples` and `--seq-len`, then every other
+    option that differs from its default, in `MaskBuildConfig` order; a local path becomes its
+    file or folder name (the recipe is shared with the mask).
+    """
+    words = [public_word(config.model)]
+    defaults = MaskBuildConfig.__dataclass_fields__
+    for name, f in defaults.items():
+        value = getattr(config, name)
+        fisher_input = name in ("calibration", "samples", "seq_len")
+        if name == "model" or name in _RUN_OPTIONS or (fisher_input and config.scorer != "fisher"):
+            continue
+        if not fisher_input and value == f.default:
+            continue
+        words += [f"--{name.replace('_', '-')}", public_word(str(value))]
+    return "szoq mask build " + " ".join(shlex.quote(w) for w in words)
+
+
+def default_mask_name(config: MaskBuildConfig) -> str:
+    """The registry name of a build without a name: the model's name, `-SCORER` unless fisher."""
+    model = Path(config.model).name
+    base = name_from(model[:-5] if model.lower().endswith(".gguf") else model)
+    return base if config.scorer == "fisher" else f"{base}-{config.scorer}"
+
+
+def build_mask(config: MaskBuildConfig, out: Path | None = None, *, register: bool = False, name: str | None = None,
+               version: str | None = None, progress: ProgressFn | None = None, command: str | None = None,
                plan_out: dict | None = None) -> tuple[SensitivityMask, Path | None]:
-    """Compute a sensitivity mask and write its artifact folder.
+    """Compute a sensitivity mask, write its artifact folder and (optionally) register it.
 
     Under torchrun (WORLD_SIZE > 1) every rank scores its shard of the windows and the scores
     are all-reduced; with `fsdp`, every rank scores every window on its shard of the weights
-    instead. Only rank 0 writes.
+    instead. Only rank 0 writes and registers.
 
     Args:
         config: Build options.
-        out: Folder to write the artifact to (must not exist or be empty); None = do not write.
+        out: Folder to write the artifact to (must not exist or be empty); None = no folder of
+            its own (with `register`, the registry entry is the only copy).
+        register: Add the mask to the local registry (`szoq mask build` does): as `name`
+            (default `default_mask_name(config)`) at `version` (default the next `vN`).
+        name: Registry name (only with `register`).
+        version: Registry version (only with `register`).
         progress: Optional progress callback (windows done, total, tokens); magnitude and random
             scores report tensors done, total, 0.
-        command: The command line to record as the build recipe.
+        command: The recipe to record; default `build_recipe(config)`.
         plan_out: If given, filled with the memory plan's figures (passes, budget, ...).
 
     Returns:
-        (mask, folder written or None on non-zero ranks / when out is None).
+        (mask, folder or None on non-zero ranks / when neither `out` nor `register`). With
+        `register`, the folder is the registry entry's and `mask.ref` is its `NAME@VERSION`.
 
     Raises:
         ConfigError: bad options, or a --max-memory the model cannot fit in.
+        RegistryError: a bad name or version, or an unwritable registry (before any scoring).
+        MaskError: `out` exists and is not empty (before any scoring).
         ModelError, CalibrationError, DependencyError: as the model and data loaders raise.
     """
+    if register and is_main_process():  # refuse a bad name or an unwritable home before the long part
+        check_name(name or default_mask_name(config))
+        if version is not None:
+            check_version(version)
+        ensure_writable_dir(Registry().root, "SZOQ_HOME registry folder")
+    if out is not None and Path(out).exists() and (not Path(out).is_dir() or any(Path(out).iterdir())):
+        raise MaskError(f"{out} already exists and is not empty", hint="choose another --out folder or remove it")
+    if not register:
+        return _build(config, out, progress=progress, command=command, plan_out=plan_out)
+    with scratch_dir("szoq-build") as tmp:  # a killed build leaves it to `szoq gc`
+        mask, folder = _build(config, tmp / "mask", progress=progress, command=command, plan_out=plan_out)
+        if folder is None:  # not rank 0
+            return mask, None
+        # `out` is written before the index names the mask: a failed copy registers nothing
+        entry = Registry().add(folder, name or default_mask_name(config), version, source={"built_with": asdict(config)},
+                               before_commit=None if out is None else lambda _: save_mask(mask, Path(out)))
+    mask.ref, mask.path = entry.ref, entry.path
+    return mask, entry.path
+
+
+def _build(config: MaskBuildConfig, out: Path | None, *, progress: ProgressFn | None, command: str | None,
+           plan_out: dict | None) -> tuple[SensitivityMask, Path | None]:
+    """Score, select and (rank 0, `out` given) write the artifact folder."""
     device = resolve_device(config.device)
     if config.fsdp:
         from .fsdp_scoring import init_fsdp
 
         device = init_fsdp(device)
     else:
-        _maybe_init_distributed(device)
+        init_distributed(device)
     source = resolve_model(config.model, revision=config.revision)
     fingerprint = model_fingerprint(source)
     meta = _meta_model(source)
@@ -263,7 +330,7 @@ def build_mask(config: MaskBuildConfig, out: Path | None, *, progress: ProgressF
         calibration=calibration,
         targets=config.targets,
         seed=config.seed,
-        command=command,
+        command=command if command is not None else build_recipe(config),
         created_at=build_timestamp(),
         stats=stats,
     )

@@ -2,7 +2,7 @@
 
 A fisher pass holds the model, the activations of one window, an fp32 Σg² accumulator per
 target tensor of its group, and the transients of one tensor at a time (its gradient, that
-gradient in fp32, the top-k selection, done in chunks of `mask.SELECT_CHUNK`). The plan measures what the process holds
+gradient in fp32, the top-k selection, done in chunks of `selection.SELECT_CHUNK`). The plan measures what the process holds
 once the model is loaded, estimates activations from the config, and packs target tensors
 in model order into groups whose accumulators fit the rest of `--max-memory`. Scores do not
 depend on the grouping (each weight's gradient is the same whichever others are scored), so
@@ -19,7 +19,7 @@ from typing import Callable
 import torch
 
 from ..core.errors import ConfigError
-from .artifact import SELECT_CHUNK
+from .selection import SELECT_CHUNK
 
 _UNITS = {"": 1, "B": 1, "K": 10**3, "KB": 10**3, "M": 10**6, "MB": 10**6, "G": 10**9, "GB": 10**9, "T": 10**12, "TB": 10**12,
           "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
@@ -140,7 +140,7 @@ def plan_groups(targets: list[str], numels: dict[str, int], *, budget: int | Non
     if budget is None:
         return BuildPlan([list(targets)], None, resident, full, [4 * sum(numels[n] for n in targets)])
     largest = max(numels[n] for n in targets)
-    # one gradient and its fp32 copy; selection works in chunks (mask.SELECT_CHUNK, ~16 B each)
+    # one gradient and its fp32 copy; selection works in chunks (selection.SELECT_CHUNK, ~16 B each)
     transient = largest * (grad_bytes + 4) + 16 * min(largest, SELECT_CHUNK)
 
     def room(first: str) -> int:  # accumulator bytes a pass starting at `first` can hold

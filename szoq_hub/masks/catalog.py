@@ -7,7 +7,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-DEFAULT_MASK = "smollm2-135m-instruct"
+from ..core.defaults import DEFAULT_MASK  # noqa: F401  (`szoq --help` reads it without torch)
 
 
 @dataclass(frozen=True)

@@ -9,15 +9,12 @@ Safety under a concurrent writer: registry debris is collected while holding the
 own lock, under which every registry write (object, then index) happens, so nothing found
 there can belong to a write in progress. Everything else carries its writer's pid in its name
 (`paths.temp_prefix`, `paths.scratch_dir`) and is removed only when that process is gone.
-Names from before pids were recorded are removed only when a day old.
 """
 
 from __future__ import annotations
 
 import re
 import shutil
-import tempfile
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -26,11 +23,8 @@ from .registry import Registry
 
 # `.NAME-PID-XXXXXXXX[.tmp]` (paths.temp_prefix + mkstemp/mkdtemp's 8 random characters)
 _TEMP = re.compile(r"^\..+-(\d+)-[A-Za-z0-9_]{8}(\.tmp)?$")
-_LEGACY_TEMP = re.compile(r"^\..+-[A-Za-z0-9_]{8}(\.tmp)?$")
 _SCRATCH = re.compile(r"^[a-z0-9-]+-(\d+)-[A-Za-z0-9_]{8}$")
 _PROBE = re.compile(r"^\.write-probe-(\d+)$")
-_LEGACY_SYSTEM_TEMP = ("szoq-build-", "szoq-pull-", "szoq-push-")
-LEGACY_AGE_S = 24 * 3600
 
 
 @dataclass
@@ -80,15 +74,8 @@ def _remove(path: Path, kind: str, report: GcReport) -> None:
     report.removed.append(Debris(str(path), kind, size))
 
 
-def _old(path: Path, now: float) -> bool:
-    try:
-        return now - path.lstat().st_mtime > LEGACY_AGE_S
-    except OSError:
-        return False
-
-
-def _sweep_pid_named(folder: Path, report: GcReport, now: float, kind: str) -> None:
-    """Hidden temp names beside real files: gone writer -> remove; legacy name -> remove when old."""
+def _sweep_pid_named(folder: Path, report: GcReport, kind: str) -> None:
+    """Hidden temp names beside real files: removed when their writer is gone."""
     if not folder.is_dir():
         return
     for path in sorted(folder.iterdir()):
@@ -98,8 +85,6 @@ def _sweep_pid_named(folder: Path, report: GcReport, now: float, kind: str) -> N
                 report.busy += 1
             else:
                 _remove(path, kind, report)
-        elif _LEGACY_TEMP.match(path.name) and _old(path, now):
-            _remove(path, kind, report)
 
 
 def collect_garbage(*, dry_run: bool = False, registry: Registry | None = None) -> GcReport:
@@ -117,7 +102,6 @@ def collect_garbage(*, dry_run: bool = False, registry: Registry | None = None) 
             its lock cannot be taken within two minutes.
     """
     report = GcReport(dry_run=dry_run)
-    now = time.time()
     registry = registry or Registry()
     if registry.root.is_dir():
         with registry._lock():  # every registry write happens under this lock: none is in flight now
@@ -141,11 +125,6 @@ def collect_garbage(*, dry_run: bool = False, registry: Registry | None = None) 
                 report.busy += 1
             elif m or _PROBE.match(path.name) and not pid_alive(int(_PROBE.match(path.name).group(1))):
                 _remove(path, "scratch folder", report)
-    _sweep_pid_named(model_cache_dir(), report, now, "model cache temp")
-    _sweep_pid_named(szoq_home(), report, now, "temp file")
-    system = Path(tempfile.gettempdir())
-    for prefix in _LEGACY_SYSTEM_TEMP:  # folders of szoq versions that built and pulled in the system temp dir
-        for path in sorted(system.glob(prefix + "*")):
-            if path.is_dir() and _old(path, now):
-                _remove(path, "old temp folder", report)
+    _sweep_pid_named(model_cache_dir(), report, "model cache temp")
+    _sweep_pid_named(szoq_home(), report, "temp file")
     return report

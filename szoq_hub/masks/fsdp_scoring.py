@@ -29,9 +29,8 @@ import torch.distributed as dist
 from torch import nn
 
 from ..core.errors import ConfigError
-from .artifact import _top_k_flat
-from .selection import StreamingSelector, check_finite
-from .sensitivity import ProgressFn, _add_square
+from .selection import StreamingSelector, check_finite, top_k_flat
+from .sensitivity import ProgressFn, add_square
 
 
 def init_fsdp(device: torch.device) -> torch.device:
@@ -124,7 +123,7 @@ def fsdp_fisher_select(
             for n in group:
                 grad = params[n].grad
                 if grad is not None:
-                    _add_square(acc[n], grad.to_local())
+                    add_square(acc[n], grad.to_local())
                 params[n].grad = None
             if progress:
                 done = progress_offset + i + 1
@@ -140,7 +139,7 @@ def fsdp_fisher_select(
         offset = _row_offset(full_shape[0], local.shape[0], rank, world) * row_numel
         flat = local.reshape(-1)
         check_finite(n, flat)
-        idx = _top_k_flat(flat, min(selector.k_for(n), flat.numel())) if flat.numel() else torch.empty(0, dtype=torch.int64)
+        idx = top_k_flat(flat, min(selector.k_for(n), flat.numel())) if flat.numel() else torch.empty(0, dtype=torch.int64)
         mine = (flat[idx].float().cpu(), (idx + offset).cpu())
         mass = torch.tensor([float(flat.double().sum())], dtype=torch.float64, device=device)
         dist.all_reduce(mass, op=dist.ReduceOp.SUM)

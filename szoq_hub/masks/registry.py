@@ -70,6 +70,11 @@ class RegistryEntry:
                 "created_at": self.created_at, "path": str(self.path), "source": self.source, "hub": self.hub}
 
 
+def name_from(text: str) -> str:
+    """A registry name made from free text (a model or repo name): lowercased, other characters `-`."""
+    return re.sub(r"[^a-z0-9._-]+", "-", text.lower()).strip("-.") or "mask"
+
+
 def check_name(name: str) -> str:
     """Validate a registry name (lowercase letters, digits, `.`, `_`, `-`)."""
     if not isinstance(name, str) or not _NAME.fullmatch(name):

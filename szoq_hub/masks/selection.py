@@ -1,17 +1,17 @@
 """Streaming top-k selection: the mask's indices from scores that arrive one tensor at a time.
 
-`mask.select` needs every score tensor at once. A memory-bounded build scores one group of
-tensors per pass and must forget each group's scores as soon as the pass ends, so selection
-here consumes (name, scores) pairs in any order and keeps only int32/int64 candidates:
+A memory-bounded build scores one group of tensors per pass and must forget each group's
+scores as soon as the pass ends, so selection consumes (name, scores) pairs in any order and
+keeps only int32/int64 candidates (`select` is the one-shot form, for a dict of every score):
 
 - per-matrix scope: each tensor's top-k is final the moment its scores arrive;
 - global scope: a running top-k merge over (value, tensor position, flat index) holds at
   most k candidates (plus one tensor's k while merging): memory O(k), not O(weights).
 
-Both use one total order, the one `mask.select` breaks ties with: higher score first, then
-the earlier tensor in target order, then the lower flat index. Any arrival order, and any
-split of a tensor into row shards (FSDP ranks), therefore gives the same indices as
-`mask.select` on the whole score dict.
+Both use one total order: higher score first, then the earlier tensor in target order, then the
+lower flat index. Any arrival order, and any split of a tensor into row shards (FSDP ranks),
+therefore gives the same indices as one top-k over the whole score dict (tests/conftest.py's
+`reference_select` is that slow reference).
 """
 
 from __future__ import annotations
@@ -21,9 +21,49 @@ import math
 import torch
 
 from ..core.errors import ConfigError, MaskError
-from .artifact import SCOPES, SELECT_CHUNK, _top_k_flat, check_density, check_int32_range
+from .artifact import SCOPES, check_density, check_int32_range
 
 _POS_SHIFT = 40  # flat indices stay below 2**40; (position << 40) | index orders by both
+SELECT_CHUNK = 1 << 22  # elements per step of top-k selection: its transients stay ~16 B x this (64 MiB)
+
+
+def top_k_flat(scores: torch.Tensor, k: int, chunk: int = SELECT_CHUNK) -> torch.Tensor:
+    """Indices of the k largest entries of a flat tensor; ties go to the lowest index.
+
+    Works chunk by chunk: `torch.topk` over n elements allocates ~16 bytes per element (0.7 GB
+    for a Llama-2-7B MLP matrix), which a memory-bounded build cannot afford. The k-th largest
+    value overall is among the chunks' own k largest, so the threshold, the entries above it
+    and the lowest-index ties are exactly those of one call over the whole tensor.
+
+    Args:
+        scores: [n] scores (any float dtype, any device).
+        k: How many to keep.
+        chunk: Elements per chunk.
+
+    Returns:
+        Sorted int64 indices [k].
+    """
+    n = scores.numel()
+    if k >= n:
+        return torch.arange(n)
+    starts = range(0, n, chunk)
+    if n <= chunk:
+        threshold = torch.topk(scores, k, sorted=False).values.min()
+    else:
+        cands = [scores[s : s + chunk] for s in starts]
+        cands = [c if c.numel() <= k else torch.topk(c, k, sorted=False).values for c in cands]  # [<= k] each
+        threshold = torch.topk(torch.cat(cands), k, sorted=False).values.min()
+        del cands
+    above = [(scores[s : s + chunk] > threshold).nonzero().flatten() + s for s in starts]  # strictly better: always kept
+    room = k - sum(a.numel() for a in above)
+    ties = []
+    for s in starts:  # lowest index first
+        if room <= 0:
+            break
+        t = (scores[s : s + chunk] == threshold).nonzero().flatten()[:room] + s
+        ties.append(t)
+        room -= t.numel()
+    return torch.cat(above + ties).sort().values
 
 
 class RunningTopK:
@@ -75,12 +115,12 @@ class RunningTopK:
 
 
 def per_matrix_k(numel: int, density: float) -> int:
-    """How many weights per-matrix scope keeps in a tensor of `numel` (as `mask.select`)."""
+    """How many weights per-matrix scope keeps in a tensor of `numel`: floor(numel * density), at least 1."""
     return max(1, math.floor(numel * density))
 
 
 def check_finite(name: str, scores: torch.Tensor) -> None:
-    """Raise MaskError for NaN or infinite scores (as `mask.select` does)."""
+    """Raise MaskError for NaN or infinite scores (they would silently empty a selection)."""
     flat = scores.reshape(-1)
     bad = sum(int((~torch.isfinite(flat[s : s + SELECT_CHUNK])).sum()) for s in range(0, flat.numel(), SELECT_CHUNK))  # chunked: bounded transients
     if bad:
@@ -132,7 +172,7 @@ class StreamingSelector:
         check_finite(name, flat)
         # float64 sums chunk by chunk (an fp64 copy of a 7B MLP matrix would be 0.36 GB)
         self.total_mass[name] = sum(float(flat[s : s + SELECT_CHUNK].double().sum()) for s in range(0, flat.numel(), SELECT_CHUNK))
-        idx = _top_k_flat(flat, min(self.k_for(name), flat.numel()))  # [k] sorted int64
+        idx = top_k_flat(flat, min(self.k_for(name), flat.numel()))  # [k] sorted int64
         vals = flat[idx]
         if self.scope == "per-matrix":
             self._picked[name] = (idx.cpu(), vals.float().cpu())
@@ -161,7 +201,7 @@ class StreamingSelector:
         """The selection and its captured shares.
 
         Returns:
-            (name -> sorted int32 flat indices in target order, as `mask.select` gives;
+            (name -> sorted int32 flat indices in target order, in target order;
             share of the total score mass the selected weights hold, as `captured_share`;
             name -> share of its own mass, as `captured_share_per_tensor`).
         """
@@ -186,3 +226,24 @@ class StreamingSelector:
             per_tensor[name] = round(mine / own, 6) if own > 0 else 0.0
         total = sum(self.total_mass.get(n, 0.0) for n in self.targets)
         return indices, (kept / total if total > 0 else 0.0), per_tensor
+
+
+def select(scores: dict[str, torch.Tensor], density: float, scope: str = "per-matrix") -> dict[str, torch.Tensor]:
+    """Pick the top-scored weights of a dict holding every score (the one-shot `StreamingSelector`).
+
+    Args:
+        scores: name -> scores shaped like the parameter, in target order (ties go to earlier ones).
+        density: Share of weights to keep, in (0, 1).
+        scope: `per-matrix` keeps floor(numel * density) (at least 1) per tensor;
+            `global` keeps floor(total * density) over all tensors together.
+
+    Returns:
+        name -> sorted int32 flat indices (tensors with no pick are left out in global scope).
+
+    Raises:
+        MaskError: a NaN or infinite score, or nothing to select from. ConfigError: bad density or scope.
+    """
+    selector = StreamingSelector(list(scores), {n: s.numel() for n, s in scores.items()}, density, scope)
+    for name, s in scores.items():
+        selector.add(name, s)
+    return selector.result()[0]

@@ -107,7 +107,7 @@ def _module_of(model: nn.Module, name: str) -> nn.Module | None:
     return module if isinstance(module, Frozen4bitLinear) and leaf == "weight" else None
 
 
-def _add_square(buf: torch.Tensor, g: torch.Tensor) -> None:
+def add_square(buf: torch.Tensor, g: torch.Tensor) -> None:
     """buf += g², in fp32 whatever g's dtype."""
     if g.dtype != torch.float32:
         g = g.float()
@@ -161,7 +161,7 @@ def fisher_scores(
             buf = acc[n]
 
             def hook(param: torch.Tensor, buf: torch.Tensor = buf) -> None:
-                _add_square(buf, param.grad)  # buf += g^2, in place
+                add_square(buf, param.grad)  # buf += g^2, in place
                 param.grad = None  # free at once
 
             hooks.append(p.register_post_accumulate_grad_hook(hook))

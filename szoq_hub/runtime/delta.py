@@ -16,6 +16,7 @@ import torch
 from ..core import schema
 from ..core.content import CONTENT_KEY, tensors_sha256
 from ..core.errors import FingerprintMismatch, MaskError
+from ..core.hub_mixin import HubMixin
 from ..masks.artifact import SensitivityMask
 from ..core.paths import public
 from ..masks.registry import mask_name_for_sha256
@@ -28,12 +29,12 @@ RUN_FILES = ("finetune_config.json", "metrics.jsonl", "README.md")  # what a run
 
 
 @dataclass
-class Delta:
+class Delta(HubMixin):
     """A loaded, verified delta: the fine-tuned fp32 values of a mask's weights.
 
-    Python API in the Hugging Face style: `save_pretrained` here; `from_pretrained` (a run
-    folder, a delta file or `ORG/NAME[@REV]` on the Hub), `push_to_hub` and `merge_into(model)`
-    reach the Hub and the runtime, so they are defined in `szoq_hub.api` (above those layers).
+    Python API in the Hugging Face style (`HubMixin`): `save_pretrained`, `from_pretrained` (a
+    run folder, a delta file or `ORG/NAME[@REV]` on the Hub, `token=`), `push_to_hub`, and
+    `merge_into(model)`.
 
     Attributes:
         tensors: name -> fp32 values [nnz_name], in mask order.
@@ -45,12 +46,9 @@ class Delta:
     meta: dict[str, str]
     path: Path | None = field(default=None, compare=False, repr=False)
 
-    def save_pretrained(self, folder: str | Path) -> Path:
+    def _save_pretrained(self, folder: Path) -> Path:
         """Write the delta into a new folder: `delta.safetensors`, plus the run's
         `finetune_config.json`, `metrics.jsonl` and card when it was loaded from a run folder.
-
-        Returns:
-            The folder (it pushes and loads like a run folder).
 
         Raises:
             ConfigError: `folder` exists and is not empty.
@@ -71,6 +69,39 @@ class Delta:
                     shutil.copyfile(self.path / name, tmp / name)
         self.path = folder
         return folder
+
+    # The hooks below (and merge_into) resolve REFs, push and reach the SparseModel through the
+    # layers above this one (hub, runtime.sparse): imported when called.
+    @classmethod
+    def _from_pretrained(cls, ref: str | Path, *, offline: bool = False, token: str | None = None) -> Delta:
+        from ..hub.mixin_hooks import delta_from_pretrained
+
+        return delta_from_pretrained(ref, token=token, offline=offline)
+
+    def _push_to_hub(self, repo_id: str, **kwargs):
+        from ..hub.mixin_hooks import push_delta_object
+
+        return push_delta_object(self, repo_id, **kwargs)
+
+    def merge_into(self, model: torch.nn.Module, mask: SensitivityMask | None = None) -> torch.nn.Module:
+        """Write the fine-tuned values into a model's weights, in place.
+
+        Args:
+            model: The base model the delta was fine-tuned from: a transformers model (any dtype or
+                device; `W.flatten()[mask] = values`, what `szoq merge` saves) or a `SparseModel`
+                (its sparse value vector is replaced).
+            mask: The mask it was fine-tuned with; default the SparseModel's own, else the mask its
+                settings name. Either way it must be the file the delta was trained with (sha256).
+
+        Returns:
+            `model`.
+
+        Raises:
+            FingerprintMismatch: another mask. MaskError: names or sizes that do not fit the model.
+        """
+        from ..hub.mixin_hooks import merge_delta_into
+
+        return merge_delta_into(self, model, mask)
 
     def check_mask(self, mask: SensitivityMask) -> None:
         """Refuse a mask other than the one the delta was trained with (by the sha256 of its file)."""

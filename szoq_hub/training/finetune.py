@@ -42,7 +42,7 @@ import torch.distributed as dist
 
 from ..core.version import __version__
 from ..core import schema
-from ..masks.build import _maybe_init_distributed
+from ..masks.build import init_distributed
 from ..runtime.dense import DENSE_FILE
 from ..runtime.delta import DELTA_CARD_TAGS, DELTA_FILE, delta_origin, load_delta, save_delta
 from ..core.devices import check_device_spec, check_dtype_spec, dtype_name, resolve_device, resolve_dtype
@@ -58,8 +58,7 @@ from ..runtime.zo import StepRecord, ZOConfig, make_optimizer
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MASK = "smollm2-135m-instruct"
-DEFAULT_LR = 1e-4
+from ..core.defaults import DEFAULT_LR, DEFAULT_MASK  # noqa: E402  (one place; `szoq --help` reads them without torch)
 CONFIG_FILE = "finetune_config.json"
 METRICS_FILE = "metrics.jsonl"
 CHECKPOINT_FILE = "checkpoint.safetensors"
@@ -463,7 +462,7 @@ def finetune(config: FinetuneConfig, *, resume: bool | None = None, progress: Pr
     from ..runtime.sparse import load_sparse_model
 
     started = time.perf_counter()
-    _maybe_init_distributed()
+    init_distributed()
     rank, size = world()
     dense = config.dense
     if dense and size > 1:
