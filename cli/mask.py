@@ -109,7 +109,7 @@ def show(ref: str = typer.Argument(..., help="NAME[@VERSION], a folder, or ORG/N
         note(f"wrote {plot_mask(mask, plot)}")
     import math
 
-    from szoq_hub.core.content import describe as describe_content_hash
+    from szoq_hub import describe_content_hash
     layers = [{"tensor": n, "shape": s, "nnz": int(mask.indices[n].numel()) if n in mask.indices else 0,
                "density": (int(mask.indices[n].numel()) if n in mask.indices else 0) / math.prod(s),
                "captured_share": cfg.stats.get("captured_share_per_tensor", {}).get(n)}

@@ -13,7 +13,7 @@ import sys
 import typer
 
 from szoq_hub import __version__
-from szoq_hub.core.progress import set_listener
+from szoq_hub import set_progress_listener
 
 from .render import library_progress
 
@@ -41,7 +41,7 @@ def root(
     if debug:
         os.environ["SZOQ_DEBUG"] = "1"
     logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    set_listener(library_progress)  # the library's progress events (conversion, eval, Hub transfers) as notes and lines
+    set_progress_listener(library_progress)  # the library's progress events (conversion, eval, Hub transfers) as notes and lines
     if not debug:  # szoq draws its own progress; keep transformers' bars and notices quiet
         from huggingface_hub.utils import disable_progress_bars
         from transformers.utils import logging as hf_logging

@@ -32,6 +32,8 @@ _EXPORTS: dict[str, str] = {
                      "RegistryError", "HubError", "TaskError", "TrainingError", "Interrupted"), ".core.errors"),
     "use_predictable_malloc": ".core.memory",
     **dict.fromkeys(("remember", "scrub", "scrub_logging"), ".core.scrub"),
+    "set_progress_listener": ".core.progress",
+    "describe_content_hash": ".core.content",
     **dict.fromkeys(("DEFAULT_MODEL", "DEFAULT_MASK", "DEFAULT_LR"), ".core.defaults"),
     **dict.fromkeys(("SensitivityMask", "MaskConfig"), ".masks.artifact"),
     **dict.fromkeys(("diff_masks", "layer_order"), ".masks.diff"),
@@ -61,6 +63,8 @@ if TYPE_CHECKING:  # what IDEs and type checkers read; at run time __getattr__ i
                               ModelError, RegistryError, SzoqError, TaskError, TrainingError)
     from .core.memory import use_predictable_malloc
     from .core.scrub import remember, scrub, scrub_logging
+    from .core.progress import set_progress_listener
+    from .core.content import describe_content_hash
     from .core.defaults import DEFAULT_LR, DEFAULT_MASK, DEFAULT_MODEL
     from .export.peft import export_peft, push_peft
     from .export.plots import plot_mask, plot_runs

@@ -467,14 +467,14 @@ def test_library_jobs_report_through_one_progress_system(capsys, monkeypatch):
 
     monkeypatch.delenv("SZOQ_NO_PROGRESS", raising=False)
     events = []
-    previous = progress.set_listener(lambda e: (events.append(e), library_progress(e)))
+    previous = progress.set_progress_listener(lambda e: (events.append(e), library_progress(e)))
     try:
         original = gguf_utils.tqdm
         with progress.job("convert", "model.gguf"), progress.tqdm_through(gguf_utils.__name__, "convert"):
             assert list(gguf_utils.tqdm(range(50), desc="Converting")) == list(range(50))
         assert gguf_utils.tqdm is original  # put back after the job
     finally:
-        progress.set_listener(previous)
+        progress.set_progress_listener(previous)
     assert [e.phase for e in events] == ["start", *["step"] * 50, "end"] and events[-2].done == events[-2].total == 50
     err = capsys.readouterr().err
     lines = err.splitlines()

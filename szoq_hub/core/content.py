@@ -34,6 +34,6 @@ def tensors_sha256(tensors: Mapping[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
-def describe(recorded: str | None) -> str:
+def describe_content_hash(recorded: str | None) -> str:
     """How `mask show` names the content hash: its first 12 digits, or why there is none."""
     return recorded[:12] if recorded else "none (written before szoq recorded content hashes: not checked)"

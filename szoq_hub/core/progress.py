@@ -2,7 +2,7 @@
 
 The library never prints. Jobs whose caller cannot pass a callback down (a GGUF conversion
 happens inside whatever first resolves the model) report here instead: `emit` hands a
-`ProgressEvent` to the one listener the application installed with `set_listener` (the CLI
+`ProgressEvent` to the one listener the application installed with `set_progress_listener` (the CLI
 renders them, cli/render.py), and does nothing without one. Jobs that already take a
 `progress=` callback (finetune, mask build) keep it.
 
@@ -46,7 +46,7 @@ _started: dict[str, float] = {}  # job -> perf_counter at its start
 _explicit: dict[str, bool] = {}  # job -> started by a `start` event (else by its first step)
 
 
-def set_listener(listener: Listener | None) -> Listener | None:
+def set_progress_listener(listener: Listener | None) -> Listener | None:
     """Install the function that receives every event (None: drop them).
 
     Returns:
