@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from szoq_hub.hub.refs import resolve_delta_ref
-from szoq_hub.training.finetune import DEFAULT_MASK
+from szoq_hub.training.config import DEFAULT_MASK
 from szoq_hub.data.models import DEFAULT_MODEL
 from szoq_hub.export.peft import export_peft, push_peft
 from szoq_hub.hub.transport import check_repo_id

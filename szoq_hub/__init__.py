@@ -28,6 +28,7 @@ from .api import (  # noqa: E402
     SensitivityMask,
     SparseModel,
     SzoqError,
+    ZOConfig,
     build_mask,
     finetune,
     load_sparse_model,
@@ -36,4 +37,4 @@ from .export.peft import export_peft  # noqa: E402
 from .export.plots import plot_mask, plot_runs  # noqa: E402
 
 __all__ = ["__version__", "SensitivityMask", "MaskConfig", "MaskBuildConfig", "build_mask", "load_sparse_model", "SparseModel",
-           "FinetuneConfig", "FinetuneResult", "finetune", "Delta", "SzoqError", "export_peft", "plot_runs", "plot_mask"]
+           "FinetuneConfig", "FinetuneResult", "ZOConfig", "finetune", "Delta", "SzoqError", "export_peft", "plot_runs", "plot_mask"]

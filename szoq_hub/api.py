@@ -20,6 +20,7 @@ from .runtime.delta import DELTA_FILE, Delta, delta_path, load_delta, write_into
 from .hub.deltas import push_delta
 from .core.errors import FingerprintMismatch, MaskError, RegistryError, SzoqError
 from .training.finetune import FinetuneConfig, FinetuneResult, finetune
+from .runtime.zo import ZOConfig
 from .hub.masks import push_mask
 from .masks.artifact import MASK_FILE, MaskConfig, SensitivityMask, file_sha256, load_mask, save_mask
 from .data.models import fingerprint_from, parameter_layout, resolve_model
@@ -29,7 +30,7 @@ from .runtime.sparse import SparseModel, load_sparse_model
 from .hub.transport import PushResult
 
 __all__ = ["SensitivityMask", "MaskConfig", "MaskBuildConfig", "build_mask", "load_sparse_model", "SparseModel",
-           "FinetuneConfig", "FinetuneResult", "finetune", "Delta", "SzoqError"]
+           "FinetuneConfig", "FinetuneResult", "ZOConfig", "finetune", "Delta", "SzoqError"]
 
 
 # -- SensitivityMask -------------------------------------------------------------------------

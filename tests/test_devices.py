@@ -13,7 +13,9 @@ from conftest import TINY_TEXTS, assert_one_line_error
 from szoq_hub.core.devices import DTYPES, check_device_spec, check_dtype_spec, resolve_device, resolve_dtype
 from szoq_hub.core.errors import ConfigError, TrainingError
 from test_finetune import ROWS, train_file  # noqa: F401  (the tiny learnable rows and their file fixture)
-from szoq_hub.training.finetune import CHECKPOINT_FILE, FinetuneConfig, finetune
+from szoq_hub.training.config import FinetuneConfig, config_from_options
+from szoq_hub.training.finetune import finetune
+from szoq_hub.training.run_folder import CHECKPOINT_FILE
 from szoq_hub.runtime.sparse import SparseQuantLinear, SparseValues, load_sparse_model
 from szoq_hub.data.scoring import Encoded, loss_sum, loss_sums, option_scores
 from szoq_hub.runtime.zo import ZOConfig, in_place, make_optimizer
@@ -295,7 +297,7 @@ def _config(model, mask, train_file, out, **kw) -> FinetuneConfig:
                 quant="nf4", steps=4, batch_size=4, zo_samples=2, lr=1e-3, eval_every=0, save_every=2, train_samples=12, dev_samples=4,
                 eval_samples=4, device="cpu", out=str(out))
     base.update(kw)
-    return FinetuneConfig(**base)
+    return config_from_options(base)
 
 
 def test_paired_run_is_bit_reproducible_and_matches_the_two_pass_losses(tiny_model_dir, tiny_mask, train_file, tmp_path):
@@ -322,9 +324,9 @@ def test_paired_run_is_bit_reproducible_and_matches_the_two_pass_losses(tiny_mod
     sm = load_sparse_model(str(tiny_model_dir), open_mask(str(mask_dir)), quant="nf4", device="cpu")
     task = load_task(None, custom=config.custom_task(), sampling=config.sampling())
     train = encode(sm.tokenizer, task.train)
-    from szoq_hub.training.finetune import _batch_indices
+    from szoq_hub.training.finetune import batch_indices as _batch_indices
 
-    opt = make_optimizer(sm.values, config.zo_config())
+    opt = make_optimizer(sm.values, config.zo)
     for record in records:
         shard = [train[i] for i in _batch_indices(len(train), config.batch_size, record.step, config.seed, {})]
         two_pass = opt.estimate(in_place(sm.values, lambda: loss_sum(sm.model, shard, sm.tokenizer.pad_token_id) / len(shard)), record.step)

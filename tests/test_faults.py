@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 
 from conftest import assert_one_line_error
-from szoq_hub.training.finetune import CHECKPOINT_FILE, finetune
+from szoq_hub.training.finetune import finetune
+from szoq_hub.training.run_folder import CHECKPOINT_FILE
 from test_finetune import _config, tiny_mask, train_file  # noqa: F401  (fixtures)
 
 

@@ -17,9 +17,11 @@ Default compute dtype per device type:
 
 from __future__ import annotations
 
+import importlib.util
+
 import torch
 
-from .errors import ConfigError
+from .errors import ConfigError, DependencyError
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "cuda:N")
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -114,3 +116,16 @@ def check_dtype_spec(spec: str | None) -> None:
     """
     if spec is not None and spec != "auto" and spec not in DTYPES:
         raise ConfigError(f"unknown --dtype {spec!r}", hint=f"choose one of: {', '.join(DTYPES)}")
+
+
+def require_quant_backend(quant: str) -> None:
+    """Refuse a quantized mode when bitsandbytes is not installed (checked before any model loads).
+
+    Args:
+        quant: `nf4`, `fp4`, `int8` (need bitsandbytes) or `none`.
+
+    Raises:
+        DependencyError: a quantized mode without bitsandbytes.
+    """
+    if quant != "none" and importlib.util.find_spec("bitsandbytes") is None:
+        raise DependencyError(f"--quant {quant} needs bitsandbytes", hint="pip install 'bitsandbytes>=0.48' (or use --quant none)")

@@ -153,7 +153,7 @@ def export_peft(*, model: str, mask_ref: str, delta: str | Path, out: str | Path
     from safetensors.torch import save_file
 
     from ..runtime.delta import load_delta
-    from ..training.finetune import open_model_and_mask
+    from ..training.setup import open_model_and_mask
     from ..masks.artifact import card_base_model
     from ..data.models import load_model
 

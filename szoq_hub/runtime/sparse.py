@@ -38,7 +38,6 @@ in place between steps and every forward reads its current contents.
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -49,8 +48,8 @@ import torch
 from torch import nn
 
 from ..data.checkpoint import KeyMapper, checkpoint_files, iter_tensors
-from ..core.devices import resolve_device, resolve_dtype
-from ..core.errors import ConfigError, DependencyError, FingerprintMismatch, MaskError, ModelError
+from ..core.devices import require_quant_backend, resolve_device, resolve_dtype
+from ..core.errors import ConfigError, FingerprintMismatch, MaskError, ModelError
 from ..masks.artifact import SensitivityMask
 from ..data.models import ModelSource, model_fingerprint, resolve_model, set_module_tensor
 
@@ -411,14 +410,6 @@ def _contiguous_input(module: nn.Module, args: tuple) -> tuple:
     return (x, *args[1:])
 
 
-def _require_bnb(quant: str) -> None:
-    if quant != "none" and importlib.util.find_spec("bitsandbytes") is None:
-        raise DependencyError(
-            f"--quant {quant} needs bitsandbytes",
-            hint="pip install 'bitsandbytes>=0.48' (or use --quant none)",
-        )
-
-
 def _conv1d_type() -> type | None:
     try:
         from transformers.pytorch_utils import Conv1D
@@ -462,7 +453,7 @@ def load_sparse_model(
     """
     if quant not in QUANT_MODES:
         raise ConfigError(f"unknown quant {quant!r}", hint=f"choose one of: {', '.join(QUANT_MODES)}")
-    _require_bnb(quant)
+    require_quant_backend(quant)
     device = resolve_device(device)
     compute_dtype = resolve_dtype(compute_dtype, device)
     source = model if isinstance(model, ModelSource) else resolve_model(model, revision=revision)

@@ -6,9 +6,10 @@ import logging
 from dataclasses import asdict, dataclass, field
 
 from ..runtime.delta import load_delta
-from ..core.devices import check_device_spec, check_dtype_spec, resolve_device
+from ..core.devices import check_device_spec, check_dtype_spec, require_quant_backend, resolve_device
 from ..core.errors import ConfigError
-from .finetune import model_and_mask_for, open_model_and_mask, require_quant_backend, score
+from .config import refuse_dense_options
+from .setup import model_and_mask_for, open_model_and_mask, score
 from ..data.scoring import encode, pad_id_of
 from ..data.tasks import CustomTask, Sampling, custom_task_from, load_task, with_demonstrations
 
@@ -97,7 +98,7 @@ def evaluate(config: EvalConfig) -> EvalResult:
 
     dense = bool(config.delta) and is_dense_file(config.delta)
     if dense:
-        _check_dense_eval(config)
+        refuse_dense_options(str(config.delta), mask=config.mask, quant=config.quant, dtype=config.dtype)
     quant = config.quant or ("none" if dense else "nf4")
     require_quant_backend(quant)
     device = resolve_device(config.device)
@@ -120,19 +121,6 @@ def evaluate(config: EvalConfig) -> EvalResult:
     if delta is not None and config.icl_shots:
         mode = f"delta+icl-{config.icl_shots}"
     return EvalResult(task.name, mode, task.metric, value, len(examples), config.delta)
-
-
-def _check_dense_eval(config: EvalConfig) -> None:
-    """Refuse options that do not apply to a dense run's weights (fp32, every linear weight)."""
-    if config.mask is not None:
-        raise ConfigError(f"--mask {config.mask} does not apply to {config.delta}: it holds a dense run's weights (no mask)",
-                          hint="drop --mask to evaluate a dense run")
-    if config.quant not in (None, "none"):
-        raise ConfigError(f"--quant {config.quant} does not apply to {config.delta}: a dense run's weights are evaluated in fp32",
-                          hint="drop --quant to evaluate a dense run")
-    if config.dtype in ("bf16", "fp16"):
-        raise ConfigError(f"--dtype {config.dtype} does not apply to {config.delta}: a dense run's weights are evaluated in fp32",
-                          hint="drop --dtype to evaluate a dense run")
 
 
 def _evaluate_dense(config: EvalConfig, task, examples, device) -> EvalResult:
