@@ -496,3 +496,19 @@ def test_an_error_while_opening_the_tracker_closes_the_metrics_file(tiny_model_d
     with pytest.raises(ConfigError, match="tracker down"):
         finetune(_config(tiny_model_dir, tiny_mask, train_file, tmp_path / "run", steps=2))
     assert len(opened) == 1 and opened[0].closed
+
+
+def test_zero_shot_eval_of_a_model_without_a_mask(tiny_model_dir, tiny_mask, train_file, monkeypatch, capsys):
+    """No --delta: any model scores as its quantized base, no mask needed (the built-in mask is for another model)."""
+    task = ["--model", str(tiny_model_dir), "--eval", str(train_file), "--template", "{text} It was", "--labels", "0=bad,1=good",
+            "--eval-samples", "8", "--json"]
+    scores = {}
+    for quant in ("nf4", "none"):
+        code, out, err = run_cli(["eval", *task, "--quant", quant], monkeypatch, capsys)
+        assert code == 0, err
+        got = json.loads(out)
+        assert (got["mode"], got["n"]) == ("zero-shot", 8)
+        scores[quant] = got["value"]
+    # unquantized, the masked weights hold the base's own values: the same model with or without a mask
+    code, out, err = run_cli(["eval", *task, "--quant", "none", "--mask", str(tiny_mask)], monkeypatch, capsys)
+    assert code == 0 and json.loads(out)["value"] == scores["none"], err

@@ -9,7 +9,7 @@ from ..runtime.delta import load_delta
 from ..core.devices import check_device_spec, check_dtype_spec, require_quant_backend, resolve_device
 from ..core.errors import ConfigError
 from .config import refuse_dense_options
-from .setup import model_and_mask_for, open_model_and_mask, score
+from .setup import model_and_mask_for, open_model_and_fitting_mask, open_model_and_mask, score
 from ..data.scoring import encode, pad_id_of
 from ..data.tasks import CustomTask, Sampling, custom_task_from, load_task, with_demonstrations
 
@@ -21,7 +21,8 @@ class EvalConfig:
     """Settings of an evaluation (validated on creation)."""
 
     model: str | None = field(default=None, metadata={"help": "model alias, Hub id, folder or .gguf (default: the delta's, else the built-in)"})
-    mask: str | None = field(default=None, metadata={"help": "mask the runtime uses (default: the delta's, else the built-in)"})
+    mask: str | None = field(default=None, metadata={"help": "mask the runtime uses (default: the delta's; zero-shot: the built-in where it "
+                                                             "fits the model, else none: the quantized base as it is)"})
     task: str | None = field(default=None, metadata={"help": "built-in task (default sst2); `custom` with train_file/eval_file/task_file"})
     train_file: str | None = field(default=None, metadata={"help": "custom task: ICL demonstrations (and eval held out, without eval_file)"})
     eval_file: str | None = field(default=None, metadata={"help": "custom task: eval rows (zero-shot needs no train_file)"})
@@ -109,8 +110,13 @@ def evaluate(config: EvalConfig) -> EvalResult:
     if dense:
         return _evaluate_dense(config, task, examples, device)
     model_ref, mask_ref = model_and_mask_for(config.delta, config.model, config.mask)
-    source, fingerprint, mask, mask_sha = open_model_and_mask(model_ref, mask_ref, config.revision)
-    delta = load_delta(config.delta, mask=mask, mask_sha256=mask_sha, fingerprint=fingerprint, mask_ref=mask_ref) if config.delta else None
+    delta = None
+    if config.delta is None and config.mask is None:  # zero-shot: a mask only where one fits
+        source, mask = open_model_and_fitting_mask(model_ref, mask_ref, config.revision)
+    else:
+        source, fingerprint, mask, mask_sha = open_model_and_mask(model_ref, mask_ref, config.revision)
+        if config.delta:
+            delta = load_delta(config.delta, mask=mask, mask_sha256=mask_sha, fingerprint=fingerprint, mask_ref=mask_ref)
     sparse = load_sparse_model(source, mask, quant=quant, device=device, compute_dtype=config.dtype)
     if delta is not None:
         sparse.load_delta(delta.tensors)

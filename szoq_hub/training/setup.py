@@ -8,6 +8,7 @@ from pathlib import Path
 import torch.distributed as dist
 
 from ..core.distributed import world
+from ..core.errors import FingerprintMismatch
 from ..data.models import DEFAULT_MODEL, ModelSource, fingerprint_from, parameter_layout, resolve_model
 from ..data.scoring import Encoded, metric_value, predict
 from ..hub.refs import resolve_mask_ref
@@ -37,6 +38,26 @@ def open_model_and_mask(model: str, mask_ref: str, revision: str | None = None) 
     folder = resolve_mask_ref(mask_ref)
     mask = load_mask(folder, fingerprint=fingerprint, layout=layout)  # recorded shapes must be the model's
     return source, fingerprint, mask, file_sha256(folder / MASK_FILE)
+
+
+def open_model_and_fitting_mask(model: str, mask_ref: str, revision: str | None = None) -> tuple[ModelSource, SensitivityMask | None]:
+    """The model and, when it was built for this model, the mask: a score with no delta needs no mask.
+
+    The built-in model keeps its built-in mask (its masked weights stay exact fp32, so zero-shot
+    scores are what they always were); any other model runs as its quantized base, no mask.
+
+    Returns:
+        (source, the mask or None).
+
+    Raises:
+        ModelError, RegistryError: the model or mask cannot be opened.
+        MaskError: a corrupt mask.
+    """
+    try:
+        source, _, mask, _ = open_model_and_mask(model, mask_ref, revision)
+    except FingerprintMismatch:
+        return resolve_model(model, revision=revision), None
+    return source, mask
 
 
 def model_and_mask_for(delta: str | Path | None, model: str | None, mask: str | None) -> tuple[str, str]:
