@@ -216,7 +216,8 @@ def test_cli_dense_json_and_resume_of_a_sparse_run_refused(tiny_model_dir, train
     code, out, err = run_cli(["finetune", "--dense", *common, "--out", str(tmp_path / "dense"), "--json"], monkeypatch, capsys)
     assert code == 0, err
     got = json.loads(out)
-    assert set(got) == {"out", "steps", "metric", "best_step", "best_dev", "eval", "seconds"} and got["steps"] == 2
+    assert set(got) == {"out", "steps", "metric", "best_step", "best_dev", "eval", "seconds", "dtype", "micro_batch_size", "micro_batch_tokens"}
+    assert got["steps"] == 2 and got["dtype"] == "fp32"
     rows = [json.loads(line) for line in (tmp_path / "dense" / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["kind"] == "final" and rows[-1]["eval_metric"] == got["eval"]
     assert max((r["accuracy"], -r["step"]) for r in rows if r["kind"] == "eval") == (got["best_dev"], -got["best_step"])

@@ -94,6 +94,25 @@ def test_resolve_dtype_defaults_and_names():
         FinetuneConfig(dtype="half")
 
 
+@pytest.mark.parametrize("flags, want", [("fpu avx2 avx512f avx512_bf16", "bf16"), ("fpu amx_bf16 amx_tile", "bf16"),
+                                         ("fp asimd bf16 i8mm", "bf16"), ("fpu avx2 avx512f", "fp32")])
+def test_auto_dtype_is_bf16_where_the_cpu_has_native_bf16(flags, want, tmp_path, monkeypatch):
+    from szoq_hub.core import devices
+
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"processor\t: 0\n{'Features' if 'asimd' in flags else 'flags'}\t\t: {flags}\n")
+    real_path = devices.Path
+    monkeypatch.setattr(devices, "Path", lambda p: cpuinfo if p == "/proc/cpuinfo" else real_path(p))
+    devices.cpu_has_native_bf16.cache_clear()
+    try:
+        assert devices.auto_dtype(torch.device("cpu")) == want
+        assert resolve_dtype("auto", torch.device("cpu")) == DTYPES[want]
+        assert resolve_dtype(None, torch.device("cpu")) == torch.float32  # None: the device default, not the probe
+        assert devices.auto_dtype(torch.device("cuda", 0)) == "bf16"
+    finally:
+        devices.cpu_has_native_bf16.cache_clear()
+
+
 # --- all runtime state follows .to() ----------------------------------------------------------
 
 def _all_tensors(sm) -> dict[str, torch.Tensor]:
@@ -223,7 +242,7 @@ def test_paired_single_token_options_match(tiny_model_dir, tiny_mask, encoded):
 @pytest.mark.parametrize("multi_token", [False, True])
 def test_micro_batches_give_the_batch_loss(tiny_model_dir, tiny_mask, encoded, multi_token):
     """Length-grouped forwards of 1, 2 or 4 examples sum to the one-forward loss of every copy."""
-    from szoq_hub.data.scoring import micro_batches
+    from szoq_hub.data.scoring import _longest, micro_batches
 
     base, pad = encoded
     batch = [Encoded(e.prompt, [[5, 9], [7], [11, 3, 4]][: 2 + i % 2], i % 2) for i, e in enumerate(base)] if multi_token else base
@@ -238,6 +257,13 @@ def test_micro_batches_give_the_batch_loss(tiny_model_dir, tiny_mask, encoded, m
             lengths = [len(e.prompt) for c in chunks for e in c]
             assert lengths == sorted(lengths)  # similar lengths share a forward
             assert loss_sums(sm.model, batch, pad, copies=parts, micro_batch_size=size) == pytest.approx(whole, rel=1e-6)
+        longest = max(len(e.prompt) + 3 for e in batch)
+        for tokens in (1, 2 * longest, 4 * longest):  # a token budget: as many rows as fit, at least one
+            chunks = micro_batches(batch, tokens=tokens)
+            assert sorted(id(e) for c in chunks for e in c) == sorted(id(e) for e in batch)
+            assert all(len(c) == 1 or len(c) * max(map(_longest, c)) <= tokens for c in chunks)
+            assert loss_sums(sm.model, batch, pad, copies=parts, micro_batch_tokens=tokens) == pytest.approx(whole, rel=1e-5)
+        assert len(micro_batches(batch, tokens=1)) == len(batch) and len(micro_batches(batch, tokens=4 * longest)) < len(batch)
     assert len(set(whole)) == 4 and micro_batches(batch, None) == [batch] and micro_batches(batch, 99) == [batch]
 
 
@@ -360,6 +386,34 @@ def test_resume_is_exact_and_refuses_another_dtype(tiny_model_dir, tiny_mask, tr
     assert result.resumed_from == 2
     a, b = load_delta(tmp_path / "straight").tensors, load_delta(out).tensors
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_micro_batches_are_chosen_recorded_and_kept_on_resume(tiny_model_dir, tiny_mask, train_file, tmp_path):
+    """No --micro-batch-size: a token budget on the CPU, recorded in the run; a resume keeps the
+    recorded choice, a forced size wins; the run's loss is the whole-batch loss."""
+    from szoq_hub.training.finetune import MICRO_BATCH_TOKENS
+
+    mask_dir = tiny_mask[1]
+    auto = finetune(_config(tiny_model_dir, mask_dir, train_file, tmp_path / "auto", device="cpu"))
+    whole = finetune(_config(tiny_model_dir, mask_dir, train_file, tmp_path / "whole", device="cpu", micro_batch_size=16))
+    assert (auto.micro_batch_size, auto.micro_batch_tokens, whole.micro_batch_size, whole.micro_batch_tokens) == (None, MICRO_BATCH_TOKENS, 16, None)
+    runtime = json.loads((tmp_path / "auto" / "finetune_config.json").read_text())["runtime"]
+    assert (runtime["micro_batch_tokens"], runtime["dtype"]) == (MICRO_BATCH_TOKENS, auto.dtype)
+    losses = [[json.loads(l)["loss"] for l in (tmp_path / r / "metrics.jsonl").read_text().splitlines() if '"kind": "step"' in l] for r in ("auto", "whole")]
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5)
+
+    def stop_at_3(event):
+        if event["kind"] == "step" and event["step"] == 3:
+            raise _Stop
+
+    out = tmp_path / "resumed"
+    with pytest.raises(_Stop):
+        finetune(_config(tiny_model_dir, mask_dir, train_file, out, device="cpu"), progress=stop_at_3)
+    record = json.loads((out / "finetune_config.json").read_text())
+    record["runtime"]["micro_batch_tokens"] = 32  # as if the run was started by a version with another budget
+    (out / "finetune_config.json").write_text(json.dumps(record))
+    resumed = finetune(_config(tiny_model_dir, mask_dir, train_file, out, device="cpu"), resume=True)
+    assert (resumed.resumed_from, resumed.micro_batch_size, resumed.micro_batch_tokens) == (2, None, 32)
 
 
 @no_cuda

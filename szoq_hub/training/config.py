@@ -94,11 +94,13 @@ class FinetuneConfig:
     revision: str | None = _opt(None, "Hub revision of the model.")
     quant: str | None = _opt(None, "Base quantization: nf4, fp4, int8 or none (default nf4; not with --dense).")
     device: str = _opt("auto", "auto (CUDA when available), cpu, cuda or cuda:N.")
-    dtype: str | None = _opt(None, "Compute dtype: bf16, fp16 or fp32 (default: bf16 on CUDA, fp32 on CPU). Sparse values stay fp32.")
+    dtype: str | None = _opt(None, "Compute dtype: auto, bf16, fp16 or fp32 (default: bf16 on CUDA, fp32 on CPU; auto: bf16 on CUDA and "
+                                   "on CPUs with native bf16, else fp32). Sparse values stay fp32.")
     steps: int = _opt(300, "ZO steps.")
     batch_size: int = _opt(16, "Examples per step (all ranks together).")
-    micro_batch_size: int | None = _opt(None, "Examples per training forward, grouped by similar length (default: the whole batch in one "
-                                              "forward). Same loss; less activation memory and padding (see bench/micro_batch.py). May change on --resume.")
+    micro_batch_size: int | None = _opt(None, "Examples per training forward, grouped by similar length (default: automatic, forwards of "
+                                              "up to 128 padded tokens on a CPU, the whole batch on CUDA; a resumed run keeps its choice). "
+                                              "Same loss; less activation memory and padding (see bench/micro_batch.py). May change on --resume.")
     zo: ZOConfig = field(default_factory=lambda: ZOConfig(lr=DEFAULT_LR), metadata={"help": "the ZO optimizer (its fields are options of their own)"})
     eval_every: int = _opt(100, "Dev evaluation every K steps (0 = at the end).")
     save_every: int = _opt(100, "Checkpoint every K steps.")
@@ -192,8 +194,9 @@ class FinetuneResult:
     eval_metric: float
     seconds: float
     resumed_from: int = 0
-    dtype: str = "fp32"
-    micro_batch_size: int | None = None
+    dtype: str = "fp32"  # the compute dtype it ran in (resolved)
+    micro_batch_size: int | None = None  # how a step's batch was split into forwards (see finetune.micro_batch_of)
+    micro_batch_tokens: int | None = None
 
 
 def config_from_options(options: dict) -> FinetuneConfig:

@@ -6,7 +6,7 @@ import logging
 from dataclasses import asdict, dataclass, field
 
 from ..runtime.delta import load_delta
-from ..core.devices import check_device_spec, check_dtype_spec, require_quant_backend, resolve_device
+from ..core.devices import check_device_spec, check_dtype_spec, dtype_name, require_quant_backend, resolve_device, resolve_dtype
 from ..core.errors import ConfigError
 from .config import refuse_dense_options
 from .setup import model_and_mask_for, open_model_and_fitting_mask, open_model_and_mask, score
@@ -74,6 +74,7 @@ class EvalResult:
     value: float
     n: int
     delta: str | None = None
+    dtype: str = "fp32"  # the compute dtype it ran in (resolved)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -117,7 +118,8 @@ def evaluate(config: EvalConfig) -> EvalResult:
         source, fingerprint, mask, mask_sha = open_model_and_mask(model_ref, mask_ref, config.revision)
         if config.delta:
             delta = load_delta(config.delta, mask=mask, mask_sha256=mask_sha, fingerprint=fingerprint, mask_ref=mask_ref)
-    sparse = load_sparse_model(source, mask, quant=quant, device=device, compute_dtype=config.dtype)
+    dtype = resolve_dtype(config.dtype, device)
+    sparse = load_sparse_model(source, mask, quant=quant, device=device, compute_dtype=dtype)
     if delta is not None:
         sparse.load_delta(delta.tensors)
     tok = sparse.tokenizer
@@ -126,7 +128,7 @@ def evaluate(config: EvalConfig) -> EvalResult:
     mode = "delta" if delta is not None else (f"icl-{config.icl_shots}" if config.icl_shots else "zero-shot")
     if delta is not None and config.icl_shots:
         mode = f"delta+icl-{config.icl_shots}"
-    return EvalResult(task.name, mode, task.metric, value, len(examples), config.delta)
+    return EvalResult(task.name, mode, task.metric, value, len(examples), config.delta, dtype_name(dtype))
 
 
 def _evaluate_dense(config: EvalConfig, task, examples, device) -> EvalResult:

@@ -66,9 +66,38 @@ def batch_indices(n: int, batch_size: int, step: int, seed: int, cache: dict[int
     return out
 
 
+# `--micro-batch-size` left out on a CPU: forwards of at most this many padded tokens per copy,
+# rows grouped by length. On a CPU a forward gains nothing from more rows (it is compute-bound)
+# and loses to padding: bench/results/micro_batch.md measured 0.61x (SST-2), 0.47x (RTE) and
+# 0.39x (BoolQ) the whole-batch step time with forwards of 1-4 rows, which this budget gives
+# (~4 SST-2 sentences, 1-2 RTE pairs, one BoolQ passage). On CUDA the whole batch stays one
+# forward (a GPU forward is far from compute-bound at batch 16).
+MICRO_BATCH_TOKENS = 128
+
+
 def runtime_of(device: torch.device, dtype: torch.dtype) -> dict[str, str]:
     """The resolved device type and compute dtype a run records (what --resume must match)."""
     return {"device_type": device.type, "dtype": dtype_name(dtype)}
+
+
+def micro_batch_of(config: FinetuneConfig, device: torch.device, saved: dict | None) -> dict[str, int | None]:
+    """How a step's batch is split into forwards: `micro_batch_size` rows, or `micro_batch_tokens`
+    padded tokens per copy (both None: one forward).
+
+    Args:
+        config: The run's settings (`micro_batch_size` forces a size).
+        device: The resolved device (the automatic choice depends on it).
+        saved: On --resume, the config the run recorded: its choice is kept (unless a size is forced).
+    """
+    if config.micro_batch_size is not None:
+        return {"micro_batch_size": config.micro_batch_size, "micro_batch_tokens": None}
+    if saved is not None:
+        runtime = saved.get("runtime") or {}
+        if "micro_batch_tokens" in runtime:
+            return {"micro_batch_size": runtime.get("micro_batch_size"), "micro_batch_tokens": runtime["micro_batch_tokens"]}
+        # a run started before the choice was recorded: its settings were the choice
+        return {"micro_batch_size": saved["settings"].get("micro_batch_size"), "micro_batch_tokens": None}
+    return {"micro_batch_size": None, "micro_batch_tokens": MICRO_BATCH_TOKENS if device.type == "cpu" else None}
 
 
 def _checkpoint_rule(config: FinetuneConfig) -> str:
@@ -132,6 +161,8 @@ def finetune(config: FinetuneConfig, *, resume: bool | None = None, progress: Pr
     resume = run.check_out(config, resume)
     if resume:
         run.check_runtime(runtime)
+    micro = micro_batch_of(config, device, run.read_config() if resume else None)
+    runtime = {**runtime, **micro}
     # Data, template and labels are read and checked before anything loads (a bad row costs no model load).
     task = load_task(config.task, custom=config.custom_task(), data_dir=config.data_dir, sampling=config.sampling())
     settings = settings_of(config)
@@ -153,7 +184,7 @@ def finetune(config: FinetuneConfig, *, resume: bool | None = None, progress: Pr
             trainable.resume_best(run, start, best_step, best_dev)
     emit({"kind": "start", "steps": config.steps, "start": start, "task": task.name, "train": len(train), "dev": len(dev), "eval": len(evals),
           "nnz": trainable.nnz, "resumed": resume, "checkpoint": start if ckpt is not None else None, "redone": redone,
-          "save_every": config.save_every, "split": describe_split(task, config.sampling()), "out": str(run.path), "dtype": runtime["dtype"]})
+          "save_every": config.save_every, "split": describe_split(task, config.sampling()), "out": str(run.path), "dtype": runtime["dtype"], **micro})
     last_checkpoint = start if ckpt is not None else None
     done = start
     perms: dict[int, list[int]] = {}
@@ -177,7 +208,7 @@ def finetune(config: FinetuneConfig, *, resume: bool | None = None, progress: Pr
 
             def closure(points) -> list[float]:  # the step's 2q points, in the trainable's form
                 with trainable.perturbed(points) as parts:  # one forward over P copies of the shard
-                    local = loss_sums(trainable.model, shard, pad_id, copies=parts, micro_batch_size=config.micro_batch_size) if shard else [0.0] * parts
+                    local = loss_sums(trainable.model, shard, pad_id, copies=parts, **micro) if shard else [0.0] * parts
                 if size == 1:
                     return [x / len(batch) for x in local]
                 total = torch.tensor([*local, float(len(shard))], dtype=torch.float64)  # [P + 1]
@@ -224,7 +255,7 @@ def finetune(config: FinetuneConfig, *, resume: bool | None = None, progress: Pr
     if size > 1:
         dist.barrier()
     return FinetuneResult(run.path, config.steps, task.metric, best_step, result["best_dev"], eval_score, time.perf_counter() - started, start,
-                          dtype=runtime["dtype"], micro_batch_size=config.micro_batch_size)
+                          dtype=runtime["dtype"], **micro)
 
 
 def _meta(done: int, best_dev: float, best_step: int | None) -> dict[str, str]:
