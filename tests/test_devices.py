@@ -341,7 +341,7 @@ def test_paired_run_is_bit_reproducible_and_matches_the_two_pass_losses(tiny_mod
     a, b = (load_file(str(tmp_path / r / CHECKPOINT_FILE))["values"] for r in "ab")
     assert torch.equal(a, b)
     saved = json.loads((tmp_path / "a" / "finetune_config.json").read_text())
-    assert saved["runtime"] == {"device_type": "cpu", "dtype": "bf16"}
+    assert {k: saved["runtime"][k] for k in ("device_type", "dtype")} == {"device_type": "cpu", "dtype": "bf16"}
 
     # fp32: the paired run's logged losses are the two-pass losses at the same points.
     config = _config(tiny_model_dir, mask_dir, train_file, tmp_path / "c", steps=2)
@@ -394,8 +394,8 @@ def test_micro_batches_are_chosen_recorded_and_kept_on_resume(tiny_model_dir, ti
     from szoq_hub.training.finetune import MICRO_BATCH_TOKENS
 
     mask_dir = tiny_mask[1]
-    auto = finetune(_config(tiny_model_dir, mask_dir, train_file, tmp_path / "auto", device="cpu"))
-    whole = finetune(_config(tiny_model_dir, mask_dir, train_file, tmp_path / "whole", device="cpu", micro_batch_size=16))
+    auto = finetune(_config(tiny_model_dir, mask_dir, train_file, tmp_path / "auto", dtype="fp32"))
+    whole = finetune(_config(tiny_model_dir, mask_dir, train_file, tmp_path / "whole", dtype="fp32", micro_batch_size=16))
     assert (auto.micro_batch_size, auto.micro_batch_tokens, whole.micro_batch_size, whole.micro_batch_tokens) == (None, MICRO_BATCH_TOKENS, 16, None)
     runtime = json.loads((tmp_path / "auto" / "finetune_config.json").read_text())["runtime"]
     assert (runtime["micro_batch_tokens"], runtime["dtype"]) == (MICRO_BATCH_TOKENS, auto.dtype)
@@ -482,3 +482,4 @@ def test_scatter_and_column_forms_agree_and_are_chosen_by_column_spread():
             expected = x[3 * p : 3 * (p + 1)] @ dense.view(out_f, in_f).T  # [B, T, out]
             torch.testing.assert_close(got[3 * p : 3 * (p + 1)], expected, atol=1e-4, rtol=1e-5)
             torch.testing.assert_close(again[3 * p : 3 * (p + 1)], expected, atol=1e-4, rtol=1e-5)
+

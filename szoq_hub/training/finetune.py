@@ -155,10 +155,13 @@ def finetune(config: FinetuneConfig, *, resume: bool | None = None, progress: Pr
     require_quant_backend(config.quant)
     check_report_to(config.report_to)
     device = resolve_device(config.device)
-    dtype = torch.float32 if config.dense else resolve_dtype(config.dtype, device)
-    runtime = runtime_of(device, dtype)
     run = RunFolder(config.out)
     resume = run.check_out(config, resume)
+    spec = config.dtype
+    if resume and spec == "auto":  # the run's own choice, whatever `auto` picks here
+        spec = (run.saved_runtime() or {}).get("dtype", spec)
+    dtype = torch.float32 if config.dense else resolve_dtype(spec, device)
+    runtime = runtime_of(device, dtype)
     if resume:
         run.check_runtime(runtime)
     micro = micro_batch_of(config, device, run.read_config() if resume else None)
