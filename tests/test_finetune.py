@@ -194,8 +194,8 @@ def test_resume_makes_best_dev_agree_with_the_checkpoint(tiny_model_dir, tiny_ma
 def test_micro_batches_train_like_one_forward_and_may_change_on_resume(tiny_model_dir, tiny_mask, train_file, tmp_path):
     """--micro-batch-size changes float rounding only: the trajectory matches one forward per step,
     and a run stopped with one size resumes with another (smaller forwards after running out of memory)."""
-    kw = dict(quant="nf4", steps=8, save_every=2, eval_every=4, lr=1e-2)
-    finetune(_config(tiny_model_dir, tiny_mask, train_file, tmp_path / "whole", **kw))
+    kw = dict(quant="nf4", steps=8, save_every=2, eval_every=4, lr=1e-2, dtype="fp32")  # fp32: rounding differences stay ~1e-7
+    finetune(_config(tiny_model_dir, tiny_mask, train_file, tmp_path / "whole", micro_batch_size=4, **kw))
 
     def stop_at_5(event):
         if event["kind"] == "step" and event["step"] == 5:
@@ -323,7 +323,7 @@ def test_data_parallel_two_gloo_ranks_match_one_process(tiny_model_dir, tiny_mas
 
     import torch.multiprocessing as mp
 
-    kw = dict(steps=4, eval_every=2, save_every=2)
+    kw = dict(steps=4, eval_every=2, save_every=2, dtype="fp32", micro_batch_size=4)  # one fp32 forward per rank: rounding ~1e-7
     single = finetune(_config(tiny_model_dir, tiny_mask, train_file, tmp_path / "one", **kw))
     config = _config(tiny_model_dir, tiny_mask, train_file, tmp_path / "two", **kw)
     from szoq_hub.training.config import settings_of
