@@ -19,7 +19,7 @@ from .root import app
 from .render import note, out, print_json, progress_bar
 
 _DEVICE = typer.Option("auto", "--device", help="auto (CUDA when available), cpu, cuda or cuda:N.")
-_DTYPE = typer.Option(None, "--dtype", help="Compute dtype: auto (bf16 on CUDA and on CPUs with native bf16, else fp32), bf16, fp16 or fp32. Sparse values stay fp32.")
+_DTYPE = typer.Option("auto", "--dtype", help="Compute dtype: auto (bf16 on CUDA and on CPUs with native bf16, else fp32), bf16, fp16 or fp32. Sparse values stay fp32.")
 _DATA = typer.Option(None, "--data-dir", help="GLUE/SuperGLUE folder (default $SZOQ_DATA_DIR; else `datasets` online).")
 # The custom-task options of `finetune` and `eval`.
 _TRAIN = typer.Option(None, "--train", help="Custom task: train file (jsonl/csv/tsv; eval takes ICL demonstrations from it).")

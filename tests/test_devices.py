@@ -344,7 +344,7 @@ def test_paired_run_is_bit_reproducible_and_matches_the_two_pass_losses(tiny_mod
     assert {k: saved["runtime"][k] for k in ("device_type", "dtype")} == {"device_type": "cpu", "dtype": "bf16"}
 
     # fp32: the paired run's logged losses are the two-pass losses at the same points.
-    config = _config(tiny_model_dir, mask_dir, train_file, tmp_path / "c", steps=2)
+    config = _config(tiny_model_dir, mask_dir, train_file, tmp_path / "c", steps=2, dtype="fp32")
     finetune(config)
     records = [StepRecord.from_dict(r) for r in map(json.loads, (tmp_path / "c" / "metrics.jsonl").read_text().splitlines()) if r["kind"] == "step"]
     sm = load_sparse_model(str(tiny_model_dir), open_mask(str(mask_dir)), quant="nf4", device="cpu")
@@ -483,3 +483,23 @@ def test_scatter_and_column_forms_agree_and_are_chosen_by_column_spread():
             torch.testing.assert_close(got[3 * p : 3 * (p + 1)], expected, atol=1e-4, rtol=1e-5)
             torch.testing.assert_close(again[3 * p : 3 * (p + 1)], expected, atol=1e-4, rtol=1e-5)
 
+
+def test_dtype_auto_is_the_default_and_a_resume_keeps_the_runs_dtype(tiny_model_dir, tiny_mask, train_file, tmp_path, monkeypatch):
+    from szoq_hub.core import devices
+    from szoq_hub.training.evaluate import EvalConfig
+
+    assert FinetuneConfig().dtype == "auto" and EvalConfig().dtype == "auto"
+    monkeypatch.setattr(devices, "auto_dtype", lambda device: "bf16")  # as on a CPU with native bf16, whatever this one has
+    mask_dir = tiny_mask[1]
+    new = finetune(_config(tiny_model_dir, mask_dir, train_file, tmp_path / "new", steps=2))
+    assert new.dtype == "bf16" and json.loads((tmp_path / "new" / "finetune_config.json").read_text())["runtime"]["dtype"] == "bf16"
+
+    def stop_at_3(event):
+        if event["kind"] == "step" and event["step"] == 3:
+            raise _Stop
+
+    out = tmp_path / "fp32"
+    with pytest.raises(_Stop):
+        finetune(_config(tiny_model_dir, mask_dir, train_file, out, dtype="fp32"), progress=stop_at_3)
+    resumed = finetune(_config(tiny_model_dir, mask_dir, train_file, out), resume=True)  # auto: the run's fp32, not bf16
+    assert (resumed.resumed_from, resumed.dtype) == (2, "fp32")

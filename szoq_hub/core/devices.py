@@ -5,14 +5,15 @@
 dequantized base. The trainable sparse values are an fp32 master vector whatever the compute
 dtype (see runtime.py), so the choice trades speed for activation precision only.
 
-Default compute dtype per device type:
+`--dtype auto` is the default of finetune and eval (the library's `None` keeps the device
+type's default below; a resumed run keeps the dtype it recorded):
 - CUDA: bf16 (tensor cores; fp32 range, so no loss scaling is needed without a backward pass).
-- CPU: fp32 for now. bench/bench_dtype.py on this 2-core AVX512-BF16 CPU (SmolLM2-135M, nf4,
-  SST-2 batch 16, 1 thread, process CPU seconds): bf16 is 1.88x faster per forward and 1.75x
+- CPU: bf16 where the CPU has native bf16 matrix instructions, else fp32. bench/bench_dtype.py
+  on this 2-core AVX512-BF16 CPU (SmolLM2-135M, nf4, SST-2 batch 16, 1 thread, process CPU seconds): bf16 is 1.88x faster per forward and 1.75x
   per paired ZO step, with equal zero-shot accuracy (64 dev rows) and projected gradients that
-  agree in sign on every step (correlation 0.98) but differ by 17% (median) in magnitude. Equal
-  accuracy after fine-tuning is not measured yet, so the default stays the exact one; pass
-  `--dtype bf16` for speed. See bench/results/dtype.md.
+  agree in sign on every step (correlation 0.98) but differ by 17% (median) in magnitude; the
+  accuracy after fine-tuning is compared in bench/results/quality.md (bf16 SST-2 cells). Pass
+  `--dtype fp32` for the exact reference. See bench/results/dtype.md.
 
 `--dtype auto` follows the hardware: bf16 on CUDA, bf16 on a CPU with native bf16 matrix
 kernels (x86 `avx512_bf16` / `amx_bf16`, Arm `bf16`: oneDNN runs bf16 matmuls there at up to

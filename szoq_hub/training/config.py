@@ -94,8 +94,8 @@ class FinetuneConfig:
     revision: str | None = _opt(None, "Hub revision of the model.")
     quant: str | None = _opt(None, "Base quantization: nf4, fp4, int8 or none (default nf4; not with --dense).")
     device: str = _opt("auto", "auto (CUDA when available), cpu, cuda or cuda:N.")
-    dtype: str | None = _opt(None, "Compute dtype: auto (bf16 on CUDA and on CPUs with native bf16, else fp32; a resumed run keeps "
-                                   "its own), bf16, fp16 or fp32 (default: bf16 on CUDA, fp32 on CPU). Sparse values stay fp32 (--dense: fp32).")
+    dtype: str | None = _opt("auto", "Compute dtype: auto (bf16 on CUDA and on CPUs with native bf16, else fp32; a resumed run keeps "
+                                     "its own), bf16, fp16 or fp32. Sparse values stay fp32 (--dense: fp32).")
     steps: int = _opt(300, "ZO steps.")
     batch_size: int = _opt(16, "Examples per step (all ranks together).")
     micro_batch_size: int | None = _opt(None, "Examples per training forward, grouped by similar length (default: automatic, forwards of "

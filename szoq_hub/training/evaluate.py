@@ -35,7 +35,7 @@ class EvalConfig:
     icl_shots: int = field(default=0, metadata={"help": "in-context demonstrations per example"})
     quant: str | None = field(default=None, metadata={"help": "nf4, fp4, int8 or none (None: nf4; a dense run's weights: none)"})
     device: str = field(default="auto", metadata={"help": "auto (CUDA when available), cpu, cuda or cuda:N"})
-    dtype: str | None = field(default=None, metadata={"help": "compute dtype auto, bf16, fp16 or fp32 (auto: bf16 on CUDA and on CPUs with "
+    dtype: str | None = field(default="auto", metadata={"help": "compute dtype auto, bf16, fp16 or fp32 (auto: bf16 on CUDA and on CPUs with "
                                                                "native bf16, else fp32; None: the device's default)"})
     eval_samples: int = 1000
     batch_size: int = 32
