@@ -55,7 +55,9 @@ def main() -> None:
     if sizes[0] != args.batch_size:
         ap.error("--sizes must start with --batch-size (the whole-batch reference)")
 
-    from szoq_hub.training.finetune import DEFAULT_MASK, _batch_indices, open_model_and_mask
+    from szoq_hub.training.config import DEFAULT_MASK
+    from szoq_hub.training.finetune import batch_indices
+    from szoq_hub.training.setup import open_model_and_mask
     from szoq_hub.runtime.sparse import load_sparse_model
     from szoq_hub.data.scoring import encode, loss_sums, pad_id_of
     from szoq_hub.data.tasks import Sampling, load_task
@@ -72,7 +74,7 @@ def main() -> None:
         task = load_task(name, data_dir=DATA, sampling=Sampling(1000, 0, 1, seed=0))
         train = encode(tok, task.train)
         perms: dict[int, list[int]] = {}
-        batches = [[train[i] for i in _batch_indices(len(train), args.batch_size, step, 0, perms)] for step in range(args.batches)]
+        batches = [[train[i] for i in batch_indices(len(train), args.batch_size, step, 0, perms)] for step in range(args.batches)]
         times: dict[int, list[float]] = {s: [] for s in sizes}
         losses: dict[int, list[list[float]]] = {s: [] for s in sizes}
         for _ in range(args.runs):

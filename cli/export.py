@@ -7,10 +7,6 @@ from typing import Optional
 
 import typer
 
-from szoq_hub.hub.refs import resolve_delta_ref
-from szoq_hub.export.peft import export_peft, push_peft
-from szoq_hub.hub.transport import check_repo_id
-
 from .root import app
 from .mask_hub import PRIVATE, TOKEN
 from .render import note, print_json, push_summary
@@ -32,6 +28,8 @@ def peft_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Write a PEFT SHiRA adapter equal to `szoq merge` of the delta. Example: szoq export peft --delta runs/sst2 --out sst2-shira"""
+    from szoq_hub import check_repo_id, export_peft, push_peft, resolve_delta_ref
+
     if push is not None:
         check_repo_id(push)  # a bad repo id fails before the export
     result = export_peft(model=model, mask_ref=mask, delta=resolve_delta_ref(delta, token=token), out=out_dir)

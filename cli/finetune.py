@@ -2,23 +2,24 @@
 
 from __future__ import annotations
 
+import inspect
 import time
+import typing
 from pathlib import Path
 from typing import Optional
 
 import typer
 
 from szoq_hub.hub.refs import resolve_delta_ref
-from szoq_hub import FinetuneConfig, finetune
-from szoq_hub.training.finetune import DEFAULT_LR, DEFAULT_MASK
-from szoq_hub.data.models import DEFAULT_MODEL
+from szoq_hub import finetune
+from szoq_hub.core.distributed import is_main_process
+from szoq_hub.training.config import config_from_options, default_of, flag, option_fields
 
 from .root import app
 from .render import note, out, print_json, progress_bar
 
-_MODEL = typer.Option(DEFAULT_MODEL, "--model", help="Model alias, Hub id, local folder or .gguf file.")
 _DEVICE = typer.Option("auto", "--device", help="auto (CUDA when available), cpu, cuda or cuda:N.")
-_DTYPE = typer.Option(None, "--dtype", help="Compute dtype: bf16, fp16 or fp32 (default: bf16 on CUDA, fp32 on CPU). Sparse values stay fp32.")
+_DTYPE = typer.Option("auto", "--dtype", help="Compute dtype: auto (bf16 on CUDA and on CPUs with native bf16, else fp32), bf16, fp16 or fp32. Sparse values stay fp32.")
 _DATA = typer.Option(None, "--data-dir", help="GLUE/SuperGLUE folder (default $SZOQ_DATA_DIR; else `datasets` online).")
 # The custom-task options of `finetune` and `eval`.
 _TRAIN = typer.Option(None, "--train", help="Custom task: train file (jsonl/csv/tsv; eval takes ICL demonstrations from it).")
@@ -34,54 +35,27 @@ _LABEL_FIELD = typer.Option("label", "--label-field", help="Custom task: the row
 _TASK_FILE = typer.Option(None, "--task-file", help="Custom task as a JSON/YAML file.")
 
 
-_MASK = typer.Option(None, "--mask", help=f"Mask: folder, registry NAME[@VERSION], built-in name, or ORG/NAME[@REV] (default {DEFAULT_MASK}; not with --dense).")
-_QUANT = typer.Option(None, "--quant", help="Base quantization: nf4, fp4, int8 or none (default nf4; not with --dense).")
-_DENSE = typer.Option(False, "--dense", help="Dense MeZO baseline: ZO over every linear weight of the decoder layers (attention and MLP "
-                      "projections; embeddings, norms and lm_head stay frozen) of the fp32 model, unquantized, no mask. "
-                      "Writes dense.safetensors (the trained weights) instead of a delta. Memory: the fp32 model + one weight.")
+def _finetune_parameters() -> list[inspect.Parameter]:
+    """One option per FinetuneConfig / ZOConfig field: flag, default and help come from the field."""
+    params = []
+    for cls, f in option_fields():
+        hint = typing.get_type_hints(cls)[f.name]
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        annotation = Optional[args[0]] if args else hint  # Typer reads Optional[X]
+        option = typer.Option(default_of(cls, f), flag(f.name, cls), help=f.metadata["help"])
+        params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=annotation))
+    resume = typer.Option(False, "--resume", help="Insist on continuing the stopped run in --out (error when there is none).")
+    as_json = typer.Option(False, "--json", help="Print the result as JSON.")
+    return [*params, inspect.Parameter("resume", inspect.Parameter.KEYWORD_ONLY, default=resume, annotation=bool),
+            inspect.Parameter("as_json", inspect.Parameter.KEYWORD_ONLY, default=as_json, annotation=bool)]
 
 
-@app.command("finetune")
-def finetune_cmd(
-    model: str = _MODEL, mask: Optional[str] = _MASK, dense: bool = _DENSE, task: Optional[str] = _TASK,
-    train: Optional[str] = _TRAIN, eval_file: Optional[str] = _EVAL,
-    dev_file: Optional[str] = typer.Option(None, "--dev", help="Custom task: dev file (default: held out from --train)."),
-    template: Optional[str] = _TEMPLATE, labels: Optional[str] = _LABELS, label_field: str = _LABEL_FIELD,
-    task_file: Optional[str] = _TASK_FILE, encoding: str = _ENCODING,
-    quant: Optional[str] = _QUANT, device: str = _DEVICE, dtype: Optional[str] = _DTYPE,
-    steps: int = typer.Option(300, "--steps", help="ZO steps."),
-    batch_size: int = typer.Option(16, "--batch-size", help="Examples per step."),
-    micro_batch_size: Optional[int] = typer.Option(None, "--micro-batch-size", help="Examples per training forward, grouped by similar length "
-                                                   "(default: the whole batch in one forward). Same loss; less activation memory and padding "
-                                                   "(see bench/micro_batch.py). May change on --resume."),
-    lr: float = typer.Option(DEFAULT_LR, "--lr", help="Learning rate."),
-    eps: float = typer.Option(1e-3, "--eps", help="Perturbation scale."),
-    optimizer: str = typer.Option("zo-sgd", "--optimizer", help="zo-sgd, zo-momentum or zo-adam."),
-    zo_samples: int = typer.Option(1, "--zo-samples", help="SPSA estimates averaged per step."),
-    lr_schedule: str = typer.Option("constant", "--lr-schedule", help="constant, linear or cosine."),
-    warmup: int = typer.Option(0, "--warmup", help="Linear warmup steps."),
-    weight_decay: float = typer.Option(0.0, "--weight-decay", help="Weight decay."),
-    eval_every: int = typer.Option(100, "--eval-every", help="Dev evaluation every K steps (0 = at the end)."),
-    save_every: int = typer.Option(100, "--save-every", help="Checkpoint every K steps."),
-    seed: int = typer.Option(0, "--seed", help="Seed of sampling, batches and perturbations."),
-    train_samples: int = typer.Option(1000, "--train-samples", help="Train examples drawn."),
-    dev_samples: int = typer.Option(500, "--dev-samples", help="Dev examples drawn (from --dev, else held out from the train split)."),
-    eval_samples: int = _EVAL_SAMPLES,
-    out_dir: Path = typer.Option(Path("runs/finetune"), "--out", help="Output folder; a stopped run there with the same options is continued."),
-    resume: bool = typer.Option(False, "--resume", help="Insist on continuing the stopped run in --out (error when there is none)."),
-    data_dir: Optional[str] = _DATA,
-    report_to: str = typer.Option("none", "--report-to", help="Also log metrics to: none, tensorboard, trackio or wandb (offline modes honoured)."),
-    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
-) -> None:
+def finetune_cmd(*, resume: bool = False, as_json: bool = False, **options) -> None:
     """ZO fine-tune the sparse values of a quantized model (--dense: every linear weight, the MeZO baseline). Example: szoq finetune --task sst2 --steps 300 --out runs/sst2"""
-    config = FinetuneConfig(model=model, mask=mask, dense=dense, task=task, train_file=train, eval_file=eval_file, dev_file=dev_file, template=template,
-                            labels=labels, label_field=label_field, task_file=task_file, encoding=encoding, data_dir=data_dir, quant=quant,
-                            device=device, dtype=dtype, steps=steps, batch_size=batch_size, micro_batch_size=micro_batch_size,
-                            lr=lr, eps=eps, optimizer=optimizer, zo_samples=zo_samples, lr_schedule=lr_schedule, warmup=warmup,
-                            weight_decay=weight_decay, eval_every=eval_every, save_every=save_every, seed=seed, train_samples=train_samples,
-                            dev_samples=dev_samples, eval_samples=eval_samples, out=str(out_dir), report_to=report_to)
+    config = config_from_options(options)
+    out_dir = Path(config.out)
     with progress_bar() as bar:
-        bar_task = bar.add_task("loading", total=steps, info="")
+        bar_task = bar.add_task("loading", total=config.steps, info="")
         state = {"dev": "-", "t0": time.perf_counter(), "first": 0}
 
         def on_progress(e: dict) -> None:
@@ -99,11 +73,11 @@ def finetune_cmd(
                            info=f"loss {e['loss']:.4f} |g| {e['grad']:.3g} lr {e['lr']:.2g} {rate:.2f} step/s dev {state['dev']}")
 
         result = finetune(config, resume=True if resume else None, progress=on_progress)
-    from szoq_hub.masks.build import is_main_process
     if not is_main_process():
         return
     data = {"out": str(result.out), "steps": result.steps, "metric": result.metric, "best_step": result.best_step,
-            "best_dev": result.best_dev, "eval": result.eval_metric, "seconds": round(result.seconds, 1)}
+            "best_dev": result.best_dev, "eval": result.eval_metric, "seconds": round(result.seconds, 1),
+            "dtype": result.dtype, "micro_batch_size": result.micro_batch_size, "micro_batch_tokens": result.micro_batch_tokens}
     if as_json:
         print_json(data)
         return
@@ -111,10 +85,15 @@ def finetune_cmd(
     note(f"eval {result.metric} {result.eval_metric:.4f} (best dev {result.best_dev} at step {result.best_step}); {result.seconds:.0f} s")
 
 
+finetune_cmd.__signature__ = inspect.Signature(_finetune_parameters())  # type: ignore[attr-defined]
+finetune_cmd.__annotations__ = {p.name: p.annotation for p in finetune_cmd.__signature__.parameters.values()}
+app.command("finetune")(finetune_cmd)
+
+
 def _resume_note(e: dict, out_dir: Path) -> str:
     redone = f"; {e['redone']} logged steps are redone (set aside in metrics.redone.jsonl)" if e.get("redone") else ""
     if e.get("checkpoint") is None:
-        return f"continuing {out_dir}: it has no checkpoint yet (the run stopped before step {e['save_every']}): starting again from step 0{redone}"
+        return f"continuing {out_dir}: it has no checkpoint yet (the run stopped before its first checkpoint): starting again from step 0{redone}"
     return f"resuming {out_dir} from its checkpoint at step {e['checkpoint']} of {e['steps']}{redone}"
 
 

@@ -47,7 +47,10 @@ _EXPORTS: dict[str, str] = {
     **dict.fromkeys(("push_mask", "pull_mask", "mask_info", "search_masks"), ".hub.masks"),
     **dict.fromkeys(("push_delta", "pull_delta"), ".hub.deltas"),
     **dict.fromkeys(("resolve_mask_ref", "resolve_delta_ref"), ".hub.refs"),
-    **dict.fromkeys(("FinetuneConfig", "FinetuneResult", "finetune", "model_and_mask_for"), ".training.finetune"),
+    "ZOConfig": ".runtime.zo",
+    "FinetuneConfig": ".training.config",
+    **dict.fromkeys(("FinetuneResult", "finetune"), ".training.finetune"),
+    "model_and_mask_for": ".training.setup",
     **dict.fromkeys(("EvalConfig", "EvalResult", "evaluate"), ".training.evaluate"),
     "merge": ".training.merge",
     **dict.fromkeys(("export_peft", "push_peft"), ".export.peft"),
@@ -81,7 +84,10 @@ if TYPE_CHECKING:  # what IDEs and type checkers read; at run time __getattr__ i
     from .runtime.delta import Delta
     from .runtime.sparse import SparseModel, load_sparse_model
     from .training.evaluate import EvalConfig, EvalResult, evaluate
-    from .training.finetune import FinetuneConfig, FinetuneResult, finetune, model_and_mask_for
+    from .runtime.zo import ZOConfig
+    from .training.config import FinetuneConfig
+    from .training.finetune import FinetuneResult, finetune
+    from .training.setup import model_and_mask_for
     from .training.merge import merge
 
 

@@ -14,7 +14,9 @@ import torch
 
 from conftest import TINY_TEXTS
 from conftest import ROWS
-from szoq_hub.training.finetune import CHECKPOINT_FILE, FinetuneConfig, finetune
+from szoq_hub.runtime.zo import ZOConfig
+from szoq_hub.training.finetune import FinetuneConfig, finetune
+from szoq_hub.training.run_folder import CHECKPOINT_FILE
 from szoq_hub.runtime.sparse import SparseQuantLinear, load_sparse_model
 from szoq_hub.data.scoring import Encoded, loss_sum, loss_sums, option_scores
 from szoq_hub.runtime.zo import in_place, perturbation
@@ -73,7 +75,7 @@ def test_cuda_run_is_bit_reproducible_and_resumes_exactly(tiny_model_dir, device
 
     def config(out, **kw):
         return FinetuneConfig(model=str(tiny_model_dir), mask=str(devices_mask[1]), task=None, train_file=str(train), template="{text} It was",
-                              labels="0=bad,1=good", quant="nf4", device="cuda", steps=4, batch_size=4, zo_samples=2, lr=1e-3, eval_every=0,
+                              labels="0=bad,1=good", quant="nf4", device="cuda", steps=4, batch_size=4, zo=ZOConfig(zo_samples=2, lr=1e-3), eval_every=0,
                               save_every=2, train_samples=12, dev_samples=4, eval_samples=4, out=str(out), **kw)
 
     finetune(config(tmp_path / "a"))

@@ -12,7 +12,9 @@ import torch
 from conftest import TINY_TEXTS
 from szoq_hub.runtime.dense import DENSE_FILE, DenseZO, load_dense_model, tensor_seed
 from szoq_hub.core.errors import ConfigError, TrainingError
-from szoq_hub.training.finetune import BEST_FILE, CHECKPOINT_FILE, FinetuneConfig, finetune
+from szoq_hub.training.config import FinetuneConfig, config_from_options
+from szoq_hub.training.finetune import finetune
+from szoq_hub.training.run_folder import BEST_FILE, CHECKPOINT_FILE
 from szoq_hub.data.models import resolve_model
 from szoq_hub.runtime.zo import StepRecord, ZOConfig
 from conftest import cli_in_process as run_cli
@@ -22,7 +24,7 @@ def _config(model, train_file, out, **kw) -> FinetuneConfig:
     base = dict(model=str(model), dense=True, task=None, train_file=str(train_file), template="{text} It was", labels="0=bad,1=good",
                 steps=6, batch_size=4, eval_every=3, save_every=3, train_samples=12, dev_samples=4, eval_samples=4, out=str(out))
     base.update(kw)
-    return FinetuneConfig(**base)
+    return config_from_options(base)
 
 
 def _weights(path: Path) -> dict[str, torch.Tensor]:
@@ -130,7 +132,7 @@ def test_dense_run_files_resume_and_replay_are_exact(tiny_model_dir, train_file,
     finetune(_config(tiny_model_dir, train_file, out, **{**kw, "dev_samples": 0, "eval_every": 0}))
     records = [StepRecord.from_dict(r) for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if r["kind"] == "step"]
     base = load_dense_model(resolve_model(str(tiny_model_dir)), device=torch.device("cpu"))
-    replay = DenseZO(base.weights, _config(tiny_model_dir, train_file, out, **kw).zo_config())
+    replay = DenseZO(base.weights, _config(tiny_model_dir, train_file, out, **kw).zo)
     for record in records:
         replay.apply(record)
     trained = _weights(out / DENSE_FILE)
@@ -214,7 +216,8 @@ def test_cli_dense_json_and_resume_of_a_sparse_run_refused(tiny_model_dir, train
     code, out, err = run_cli(["finetune", "--dense", *common, "--out", str(tmp_path / "dense"), "--json"], monkeypatch, capsys)
     assert code == 0, err
     got = json.loads(out)
-    assert set(got) == {"out", "steps", "metric", "best_step", "best_dev", "eval", "seconds"} and got["steps"] == 2
+    assert set(got) == {"out", "steps", "metric", "best_step", "best_dev", "eval", "seconds", "dtype", "micro_batch_size", "micro_batch_tokens"}
+    assert got["steps"] == 2 and got["dtype"] == "fp32"
     rows = [json.loads(line) for line in (tmp_path / "dense" / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["kind"] == "final" and rows[-1]["eval_metric"] == got["eval"]
     assert max((r["accuracy"], -r["step"]) for r in rows if r["kind"] == "eval") == (got["best_dev"], -got["best_step"])

@@ -11,7 +11,9 @@ import torch
 from conftest import ROWS, TINY_TEXTS, assert_one_line_error
 from szoq_hub.core.devices import DTYPES, check_device_spec, check_dtype_spec, resolve_device, resolve_dtype
 from szoq_hub.core.errors import ConfigError, TrainingError
-from szoq_hub.training.finetune import CHECKPOINT_FILE, FinetuneConfig, finetune
+from szoq_hub.training.config import FinetuneConfig, config_from_options
+from szoq_hub.training.finetune import finetune
+from szoq_hub.training.run_folder import CHECKPOINT_FILE
 from szoq_hub.runtime.sparse import SparseQuantLinear, SparseValues, load_sparse_model
 from szoq_hub.data.scoring import Encoded, loss_sum, loss_sums, option_scores
 from szoq_hub.runtime.zo import ZOConfig, in_place, make_optimizer
@@ -77,6 +79,25 @@ def test_resolve_dtype_defaults_and_names():
         FinetuneConfig(device="npu")
     with pytest.raises(ConfigError):
         FinetuneConfig(dtype="half")
+
+
+@pytest.mark.parametrize("flags, want", [("fpu avx2 avx512f avx512_bf16", "bf16"), ("fpu amx_bf16 amx_tile", "bf16"),
+                                         ("fp asimd bf16 i8mm", "bf16"), ("fpu avx2 avx512f", "fp32")])
+def test_auto_dtype_is_bf16_where_the_cpu_has_native_bf16(flags, want, tmp_path, monkeypatch):
+    from szoq_hub.core import devices
+
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"processor\t: 0\n{'Features' if 'asimd' in flags else 'flags'}\t\t: {flags}\n")
+    real_path = devices.Path
+    monkeypatch.setattr(devices, "Path", lambda p: cpuinfo if p == "/proc/cpuinfo" else real_path(p))
+    devices.cpu_has_native_bf16.cache_clear()
+    try:
+        assert devices.auto_dtype(torch.device("cpu")) == want
+        assert resolve_dtype("auto", torch.device("cpu")) == DTYPES[want]
+        assert resolve_dtype(None, torch.device("cpu")) == torch.float32  # None: the device default, not the probe
+        assert devices.auto_dtype(torch.device("cuda", 0)) == "bf16"
+    finally:
+        devices.cpu_has_native_bf16.cache_clear()
 
 
 # --- all runtime state follows .to() ----------------------------------------------------------
@@ -208,7 +229,7 @@ def test_paired_single_token_options_match(tiny_model_dir, devices_mask, encoded
 @pytest.mark.parametrize("multi_token", [False, True])
 def test_micro_batches_give_the_batch_loss(tiny_model_dir, devices_mask, encoded, multi_token):
     """Length-grouped forwards of 1, 2 or 4 examples sum to the one-forward loss of every copy."""
-    from szoq_hub.data.scoring import micro_batches
+    from szoq_hub.data.scoring import _longest, micro_batches
 
     base, pad = encoded
     batch = [Encoded(e.prompt, [[5, 9], [7], [11, 3, 4]][: 2 + i % 2], i % 2) for i, e in enumerate(base)] if multi_token else base
@@ -223,6 +244,13 @@ def test_micro_batches_give_the_batch_loss(tiny_model_dir, devices_mask, encoded
             lengths = [len(e.prompt) for c in chunks for e in c]
             assert lengths == sorted(lengths)  # similar lengths share a forward
             assert loss_sums(sm.model, batch, pad, copies=parts, micro_batch_size=size) == pytest.approx(whole, rel=1e-6)
+        longest = max(len(e.prompt) + 3 for e in batch)
+        for tokens in (1, 2 * longest, 4 * longest):  # a token budget: as many rows as fit, at least one
+            chunks = micro_batches(batch, tokens=tokens)
+            assert sorted(id(e) for c in chunks for e in c) == sorted(id(e) for e in batch)
+            assert all(len(c) == 1 or len(c) * max(map(_longest, c)) <= tokens for c in chunks)
+            assert loss_sums(sm.model, batch, pad, copies=parts, micro_batch_tokens=tokens) == pytest.approx(whole, rel=1e-5)
+        assert len(micro_batches(batch, tokens=1)) == len(batch) and len(micro_batches(batch, tokens=4 * longest)) < len(batch)
     assert len(set(whole)) == 4 and micro_batches(batch, None) == [batch] and micro_batches(batch, 99) == [batch]
 
 
@@ -282,7 +310,7 @@ def _config(model, mask, train_file, out, **kw) -> FinetuneConfig:
                 quant="nf4", steps=4, batch_size=4, zo_samples=2, lr=1e-3, eval_every=0, save_every=2, train_samples=12, dev_samples=4,
                 eval_samples=4, device="cpu", out=str(out))
     base.update(kw)
-    return FinetuneConfig(**base)
+    return config_from_options(base)
 
 
 def test_paired_run_is_bit_reproducible_and_matches_the_two_pass_losses(tiny_model_dir, devices_mask, train_file, tmp_path):
@@ -300,18 +328,18 @@ def test_paired_run_is_bit_reproducible_and_matches_the_two_pass_losses(tiny_mod
     a, b = (load_file(str(tmp_path / r / CHECKPOINT_FILE))["values"] for r in "ab")
     assert torch.equal(a, b)
     saved = json.loads((tmp_path / "a" / "finetune_config.json").read_text())
-    assert saved["runtime"] == {"device_type": "cpu", "dtype": "bf16"}
+    assert {k: saved["runtime"][k] for k in ("device_type", "dtype")} == {"device_type": "cpu", "dtype": "bf16"}
 
     # fp32: the paired run's logged losses are the two-pass losses at the same points.
-    config = _config(tiny_model_dir, mask_dir, train_file, tmp_path / "c", steps=2)
+    config = _config(tiny_model_dir, mask_dir, train_file, tmp_path / "c", steps=2, dtype="fp32")
     finetune(config)
     records = [StepRecord.from_dict(r) for r in map(json.loads, (tmp_path / "c" / "metrics.jsonl").read_text().splitlines()) if r["kind"] == "step"]
     sm = load_sparse_model(str(tiny_model_dir), open_mask(str(mask_dir)), quant="nf4", device="cpu")
     task = load_task(None, custom=config.custom_task(), sampling=config.sampling())
     train = encode(sm.tokenizer, task.train)
-    from szoq_hub.training.finetune import _batch_indices
+    from szoq_hub.training.finetune import batch_indices as _batch_indices
 
-    opt = make_optimizer(sm.values, config.zo_config())
+    opt = make_optimizer(sm.values, config.zo)
     for record in records:
         shard = [train[i] for i in _batch_indices(len(train), config.batch_size, record.step, config.seed, {})]
         two_pass = opt.estimate(in_place(sm.values, lambda: loss_sum(sm.model, shard, sm.tokenizer.pad_token_id) / len(shard)), record.step)
@@ -345,6 +373,34 @@ def test_resume_is_exact_and_refuses_another_dtype(tiny_model_dir, devices_mask,
     assert result.resumed_from == 2
     a, b = load_delta(tmp_path / "straight").tensors, load_delta(out).tensors
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_micro_batches_are_chosen_recorded_and_kept_on_resume(tiny_model_dir, tiny_mask, train_file, tmp_path):
+    """No --micro-batch-size: a token budget on the CPU, recorded in the run; a resume keeps the
+    recorded choice, a forced size wins; the run's loss is the whole-batch loss."""
+    from szoq_hub.training.finetune import MICRO_BATCH_TOKENS
+
+    mask_dir = tiny_mask[1]
+    auto = finetune(_config(tiny_model_dir, mask_dir, train_file, tmp_path / "auto", dtype="fp32"))
+    whole = finetune(_config(tiny_model_dir, mask_dir, train_file, tmp_path / "whole", dtype="fp32", micro_batch_size=16))
+    assert (auto.micro_batch_size, auto.micro_batch_tokens, whole.micro_batch_size, whole.micro_batch_tokens) == (None, MICRO_BATCH_TOKENS, 16, None)
+    runtime = json.loads((tmp_path / "auto" / "finetune_config.json").read_text())["runtime"]
+    assert (runtime["micro_batch_tokens"], runtime["dtype"]) == (MICRO_BATCH_TOKENS, auto.dtype)
+    losses = [[json.loads(l)["loss"] for l in (tmp_path / r / "metrics.jsonl").read_text().splitlines() if '"kind": "step"' in l] for r in ("auto", "whole")]
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5)
+
+    def stop_at_3(event):
+        if event["kind"] == "step" and event["step"] == 3:
+            raise _Stop
+
+    out = tmp_path / "resumed"
+    with pytest.raises(_Stop):
+        finetune(_config(tiny_model_dir, mask_dir, train_file, out, device="cpu"), progress=stop_at_3)
+    record = json.loads((out / "finetune_config.json").read_text())
+    record["runtime"]["micro_batch_tokens"] = 32  # as if the run was started by a version with another budget
+    (out / "finetune_config.json").write_text(json.dumps(record))
+    resumed = finetune(_config(tiny_model_dir, mask_dir, train_file, out, device="cpu"), resume=True)
+    assert (resumed.resumed_from, resumed.micro_batch_size, resumed.micro_batch_tokens) == (2, None, 32)
 
 
 @no_cuda
@@ -413,3 +469,24 @@ def test_scatter_and_column_forms_agree_and_are_chosen_by_column_spread():
             expected = x[3 * p : 3 * (p + 1)] @ dense.view(out_f, in_f).T  # [B, T, out]
             torch.testing.assert_close(got[3 * p : 3 * (p + 1)], expected, atol=1e-4, rtol=1e-5)
             torch.testing.assert_close(again[3 * p : 3 * (p + 1)], expected, atol=1e-4, rtol=1e-5)
+
+
+def test_dtype_auto_is_the_default_and_a_resume_keeps_the_runs_dtype(tiny_model_dir, tiny_mask, train_file, tmp_path, monkeypatch):
+    from szoq_hub.core import devices
+    from szoq_hub.training.evaluate import EvalConfig
+
+    assert FinetuneConfig().dtype == "auto" and EvalConfig().dtype == "auto"
+    monkeypatch.setattr(devices, "auto_dtype", lambda device: "bf16")  # as on a CPU with native bf16, whatever this one has
+    mask_dir = tiny_mask[1]
+    new = finetune(_config(tiny_model_dir, mask_dir, train_file, tmp_path / "new", steps=2))
+    assert new.dtype == "bf16" and json.loads((tmp_path / "new" / "finetune_config.json").read_text())["runtime"]["dtype"] == "bf16"
+
+    def stop_at_3(event):
+        if event["kind"] == "step" and event["step"] == 3:
+            raise _Stop
+
+    out = tmp_path / "fp32"
+    with pytest.raises(_Stop):
+        finetune(_config(tiny_model_dir, mask_dir, train_file, out, dtype="fp32"), progress=stop_at_3)
+    resumed = finetune(_config(tiny_model_dir, mask_dir, train_file, out), resume=True)  # auto: the run's fp32, not bf16
+    assert (resumed.resumed_from, resumed.dtype) == (2, "fp32")

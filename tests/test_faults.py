@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 
 from conftest import assert_one_line_error
-from szoq_hub.training.finetune import CHECKPOINT_FILE, finetune
+from szoq_hub.training.finetune import finetune
+from szoq_hub.training.run_folder import CHECKPOINT_FILE
 from conftest import tiny_finetune_config as _config
 
 
@@ -114,3 +115,40 @@ def test_divergence_hint_works_as_written(tiny_model_dir, tiny_mask, train_file,
     code, _, err = run_cli(*args, "--lr", lr)
     assert code == 0, err
     assert (Path(new_out) / "delta.safetensors").is_file()
+
+
+def test_checkpoints_by_time_as_well_as_by_steps_and_the_resume_is_exact(tiny_model_dir, tiny_mask, train_file, tmp_path):  # noqa: F811
+    """--save-every-minutes: a stopped run keeps what the last timed checkpoint held (a clock that
+    moves 20 s per step, a checkpoint every half minute), and continuing it is bit-identical."""
+    import torch
+    from safetensors import safe_open
+
+    from szoq_hub.training.config import FinetuneConfig
+    from test_finetune import _delta_values
+
+    assert FinetuneConfig().save_every_minutes == 10.0  # on by default
+    kw = dict(steps=6, save_every=100, eval_every=0, quant="nf4")
+    straight = finetune(_config(tiny_model_dir, tiny_mask, train_file, tmp_path / "straight", **kw))
+    now = {"t": 0.0}
+
+    def tick_then_stop(event):
+        if event["kind"] == "step":
+            now["t"] += 20.0
+            if event["step"] == 5:
+                raise _Stop
+
+    for minutes, want in ((0.0, None), (0.5, "4")):  # 0: by steps only (none before step 100)
+        out = tmp_path / f"timed-{minutes}"
+        with pytest.raises(_Stop):
+            finetune(_config(tiny_model_dir, tiny_mask, train_file, out, save_every_minutes=minutes, **kw), progress=tick_then_stop,
+                     clock=lambda: now["t"])
+        if want is None:
+            assert not (out / CHECKPOINT_FILE).exists()
+            continue
+        with safe_open(str(out / CHECKPOINT_FILE), framework="pt") as fh:
+            assert fh.metadata()["step"] == want  # steps 2 and 4 were 40 s after the last checkpoint
+        resumed = finetune(_config(tiny_model_dir, tiny_mask, train_file, out, **kw), resume=True)  # the default minutes: may differ
+        assert resumed.resumed_from == 4
+        a, b = _delta_values(tmp_path / "straight"), _delta_values(out)
+        assert a.keys() == b.keys() and all(torch.equal(a[n], b[n]) for n in a)
+        assert resumed.eval_metric == straight.eval_metric

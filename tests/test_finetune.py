@@ -15,7 +15,9 @@ from conftest import cli_in_process as run_cli
 from conftest import tiny_finetune_config as _config
 from szoq_hub.runtime.delta import load_delta, save_delta
 from szoq_hub.core.errors import ConfigError, FingerprintMismatch, MaskError, TrainingError
-from szoq_hub.training.finetune import CHECKPOINT_FILE, FinetuneConfig, finetune
+from szoq_hub.training.config import FinetuneConfig, config_from_options
+from szoq_hub.training.finetune import finetune
+from szoq_hub.training.run_folder import CHECKPOINT_FILE
 
 def _delta_values(folder: Path) -> dict[str, torch.Tensor]:
     return load_delta(folder).tensors
@@ -90,7 +92,7 @@ def test_step_log_replays_to_the_final_values(tiny_model_dir, tiny_mask, train_f
     finetune(config)
     records = [StepRecord.from_dict(r) for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if r["kind"] == "step"]
     initial = load_sparse_model(str(tiny_model_dir), open_mask(str(tiny_mask)), quant="none").values.clone()
-    replayed = replay(initial, config.zo_config(), records)
+    replayed = replay(initial, config.zo, records)
     assert torch.equal(replayed, load_file(str(out / CHECKPOINT_FILE))["values"])
 
 
@@ -152,8 +154,8 @@ def test_resume_makes_best_dev_agree_with_the_checkpoint(tiny_model_dir, tiny_ma
 def test_micro_batches_train_like_one_forward_and_may_change_on_resume(tiny_model_dir, tiny_mask, train_file, tmp_path):
     """--micro-batch-size changes float rounding only: the trajectory matches one forward per step,
     and a run stopped with one size resumes with another (smaller forwards after running out of memory)."""
-    kw = dict(quant="nf4", steps=8, save_every=2, eval_every=4, lr=1e-2)
-    finetune(_config(tiny_model_dir, tiny_mask, train_file, tmp_path / "whole", **kw))
+    kw = dict(quant="nf4", steps=8, save_every=2, eval_every=4, lr=1e-2, dtype="fp32")  # fp32: rounding differences stay ~1e-7
+    finetune(_config(tiny_model_dir, tiny_mask, train_file, tmp_path / "whole", micro_batch_size=4, **kw))
 
     def stop_at_5(event):
         if event["kind"] == "step" and event["step"] == 5:
@@ -267,7 +269,7 @@ def _dp_worker(rank: int, world: int, port: int, config_kw: dict, result_file: s
     torch.set_num_threads(1)
     import torch.distributed as dist
 
-    result = finetune(FinetuneConfig(**config_kw))
+    result = finetune(config_from_options(config_kw))
     if rank == 1:
         Path(result_file).write_text(json.dumps({"eval": result.eval_metric, "best": result.best_step}))
     # Both ranks leave together: a rank that tears gloo down while its peer is still busy makes
@@ -281,15 +283,15 @@ def test_data_parallel_two_gloo_ranks_match_one_process(tiny_model_dir, tiny_mas
 
     import torch.multiprocessing as mp
 
-    kw = dict(steps=4, eval_every=2, save_every=2)
+    kw = dict(steps=4, eval_every=2, save_every=2, dtype="fp32", micro_batch_size=4)  # one fp32 forward per rank: rounding ~1e-7
     single = finetune(_config(tiny_model_dir, tiny_mask, train_file, tmp_path / "one", **kw))
     config = _config(tiny_model_dir, tiny_mask, train_file, tmp_path / "two", **kw)
-    from dataclasses import asdict
+    from szoq_hub.training.config import settings_of
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    mp.spawn(_dp_worker, args=(2, port, asdict(config), str(tmp_path / "rank1.json")), nprocs=2, join=True)
+    mp.spawn(_dp_worker, args=(2, port, settings_of(config), str(tmp_path / "rank1.json")), nprocs=2, join=True)
     a, b = _delta_values(tmp_path / "one"), _delta_values(tmp_path / "two")
     for name in a:
         torch.testing.assert_close(b[name], a[name], atol=1e-6, rtol=0)
@@ -422,7 +424,82 @@ def test_run_without_dev_set_keeps_final_values(tiny_model_dir, tiny_mask, train
     assert [r.step for r in records] == [0, 1]
     sparse = load_sparse_model(str(tiny_model_dir), open_mask(str(tiny_mask)), quant="none")
     initial = sparse.delta_tensors()
-    sparse.values.copy_(replay(sparse.values.clone(), config.zo_config(), records))
+    sparse.values.copy_(replay(sparse.values.clone(), config.zo, records))
     want, final = sparse.delta_tensors(), _delta_values(tmp_path / "run")
     assert final.keys() == want.keys() and all(torch.equal(final[n], want[n]) for n in final)
     assert not all(torch.equal(final[n], initial[n]) for n in final)  # the steps moved the values
+
+
+
+def _help_flags(monkeypatch, capsys) -> set[str]:
+    import re
+
+    code, out, _ = run_cli(["finetune", "--help"], monkeypatch, capsys)
+    assert code == 0
+    return set(re.findall(r"--[a-z0-9-]+", out))
+
+
+def test_every_setting_is_an_option_and_every_flag_an_error_names_exists(monkeypatch, capsys):
+    """Options come from the config's fields; error messages name flags that `--help` lists."""
+    import re
+
+    from szoq_hub.training.config import flag, option_fields
+
+    flags = _help_flags(monkeypatch, capsys)
+    assert {flag(f.name, cls) for cls, f in option_fields()} <= flags
+    assert {"--momentum", "--beta1", "--beta2", "--adam-eps", "--save-every-minutes", "--eval-batch-size"} <= flags
+    bad = [dict(steps=0), dict(batch_size=0), dict(eval_batch_size=0), dict(eval_every=-1), dict(save_every=0), dict(micro_batch_size=0),
+           dict(save_every_minutes=-1.0), dict(lr=-1.0), dict(eps=0.0), dict(zo_samples=0), dict(warmup=-1), dict(weight_decay=-1.0)]
+    for kw in bad:
+        with pytest.raises(ConfigError) as info:
+            config_from_options(kw)
+        named = re.findall(r"--[a-z0-9-]+", f"{info.value.message} {info.value.hint}")
+        option = flag(next(iter(kw)))
+        assert option in named and set(named) <= flags, (kw, named)
+
+
+def test_zo_options_are_settable_from_the_cli_and_recorded(tiny_model_dir, tiny_mask, train_file, tmp_path, monkeypatch, capsys):
+    common = ["--model", str(tiny_model_dir), "--mask", str(tiny_mask), "--train", str(train_file), "--template", "{text} It was",
+              "--labels", "0=bad,1=good", "--quant", "none", "--steps", "3", "--batch-size", "4", "--eval-every", "0", "--train-samples", "12",
+              "--dev-samples", "0", "--eval-samples", "4", "--optimizer", "zo-adam", "--lr", "1e-2"]
+    code, _, err = run_cli(["finetune", *common, "--beta1", "0.5", "--adam-eps", "1e-3", "--out", str(tmp_path / "a")], monkeypatch, capsys)
+    assert code == 0, err
+    settings = json.loads((tmp_path / "a" / "finetune_config.json").read_text())["settings"]
+    assert (settings["beta1"], settings["adam_eps"], settings["beta2"], settings["optimizer"]) == (0.5, 1e-3, 0.999, "zo-adam")
+    code, _, err = run_cli(["finetune", *common, "--out", str(tmp_path / "b")], monkeypatch, capsys)
+    assert code == 0, err
+    a, b = _delta_values(tmp_path / "a"), _delta_values(tmp_path / "b")
+    assert any(not torch.equal(a[n], b[n]) for n in a)  # the betas reached the optimizer
+
+
+def test_an_error_while_opening_the_tracker_closes_the_metrics_file(tiny_model_dir, tiny_mask, train_file, tmp_path, monkeypatch):
+    from szoq_hub.training import finetune as loop
+    from szoq_hub.training.run_folder import RunFolder
+
+    opened = []
+    real_open = RunFolder.open_metrics
+    monkeypatch.setattr(RunFolder, "open_metrics", lambda self: opened.append(real_open(self)) or opened[-1])
+
+    def broken_tracker(*a, **k):
+        raise ConfigError("tracker down", hint="none")
+
+    monkeypatch.setattr(loop, "open_tracker", broken_tracker)
+    with pytest.raises(ConfigError, match="tracker down"):
+        finetune(_config(tiny_model_dir, tiny_mask, train_file, tmp_path / "run", steps=2))
+    assert len(opened) == 1 and opened[0].closed
+
+
+def test_zero_shot_eval_of_a_model_without_a_mask(tiny_model_dir, tiny_mask, train_file, monkeypatch, capsys):
+    """No --delta: any model scores as its quantized base, no mask needed (the built-in mask is for another model)."""
+    task = ["--model", str(tiny_model_dir), "--eval", str(train_file), "--template", "{text} It was", "--labels", "0=bad,1=good",
+            "--eval-samples", "8", "--json"]
+    scores = {}
+    for quant in ("nf4", "none"):
+        code, out, err = run_cli(["eval", *task, "--quant", quant], monkeypatch, capsys)
+        assert code == 0, err
+        got = json.loads(out)
+        assert (got["mode"], got["n"]) == ("zero-shot", 8)
+        scores[quant] = got["value"]
+    # unquantized, the masked weights hold the base's own values: the same model with or without a mask
+    code, out, err = run_cli(["eval", *task, "--quant", "none", "--mask", str(tiny_mask)], monkeypatch, capsys)
+    assert code == 0 and json.loads(out)["value"] == scores["none"], err

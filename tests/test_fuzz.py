@@ -220,7 +220,8 @@ def test_fuzz_delta_files(mask_folder, tmp_path):
 
 
 def test_fuzz_run_configs_and_resume(tmp_path):
-    from szoq_hub.training.finetune import CONFIG_FILE as RUN_CONFIG, FinetuneConfig, _check_out
+    from szoq_hub.training.config import FinetuneConfig
+    from szoq_hub.training.run_folder import CONFIG_FILE as RUN_CONFIG, RunFolder
 
     out = tmp_path / "run"
     out.mkdir()
@@ -232,7 +233,7 @@ def test_fuzz_run_configs_and_resume(tmp_path):
     def run(value):
         (out / RUN_CONFIG).write_bytes(value if isinstance(value, bytes) else json.dumps(value).encode())
         seen["cases"] += 1
-        only_szoq_errors(_check_out, config, True)
+        only_szoq_errors(RunFolder(out).check_out, config, True)
         only_szoq_errors(schema.run_config, out / RUN_CONFIG)
 
     run()

@@ -73,19 +73,19 @@ def test_eval_and_merge_default_to_the_deltas_mask_and_model(run_cli, tiny_model
 def test_rerunning_the_same_command_continues_a_stopped_run(run_cli, tiny_model_dir, tiny_mask, train_file, tmp_path, monkeypatch):
     import importlib
 
-    ft = importlib.import_module("szoq_hub.training.finetune")  # the module (the package exports a `finetune` function too)
+    from szoq_hub.training.run_folder import RunFolder
     run = tmp_path / "run"
     args = ["finetune", "--model", tiny_model_dir, "--mask", tiny_mask, "--train", train_file, *CUSTOM, *SMALL, "--out", run]
-    real_save = ft._save_checkpoint
+    real_save = RunFolder.write_checkpoint
 
     def save_then_stop(*a, **k):  # Ctrl-C right after the first checkpoint (step 2)
         real_save(*a, **k)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(ft, "_save_checkpoint", save_then_stop)
+    monkeypatch.setattr(RunFolder, "write_checkpoint", save_then_stop)
     code, _, err = run_cli(*args)
     assert code == 130 and not (run / "delta.safetensors").exists(), err
-    monkeypatch.setattr(ft, "_save_checkpoint", real_save)
+    monkeypatch.setattr(RunFolder, "write_checkpoint", real_save)
 
     code, out, err = run_cli(*args)  # the same command again, no extra flag
     assert code == 0, err

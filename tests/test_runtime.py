@@ -233,8 +233,10 @@ def test_bad_quant_and_missing_bitsandbytes(tiny_model_dir, runtime_mask, monkey
     with pytest.raises(ConfigError, match="q3") as bad:
         load_sparse_model(str(tiny_model_dir), runtime_mask, quant="q3")
     assert all(mode in bad.value.hint for mode in ("nf4", "fp4", "int8", "none"))  # the hint lists what works
-    real = runtime.importlib.util.find_spec
-    monkeypatch.setattr(runtime.importlib.util, "find_spec", lambda n, *a: None if n == "bitsandbytes" else real(n, *a))
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "bitsandbytes" else real(n, *a))
     with pytest.raises(DependencyError) as err:
         load_sparse_model(str(tiny_model_dir), runtime_mask, quant="nf4")
     assert "pip install" in err.value.hint

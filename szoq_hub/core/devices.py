@@ -5,21 +5,31 @@
 dequantized base. The trainable sparse values are an fp32 master vector whatever the compute
 dtype (see runtime.py), so the choice trades speed for activation precision only.
 
-Default compute dtype per device type:
+`--dtype auto` is the default of finetune and eval (the library's `None` keeps the device
+type's default below; a resumed run keeps the dtype it recorded):
 - CUDA: bf16 (tensor cores; fp32 range, so no loss scaling is needed without a backward pass).
-- CPU: fp32 for now. bench/bench_dtype.py on this 2-core AVX512-BF16 CPU (SmolLM2-135M, nf4,
-  SST-2 batch 16, 1 thread, process CPU seconds): bf16 is 1.88x faster per forward and 1.75x
+- CPU: bf16 where the CPU has native bf16 matrix instructions, else fp32. bench/bench_dtype.py
+  on this 2-core AVX512-BF16 CPU (SmolLM2-135M, nf4, SST-2 batch 16, 1 thread, process CPU seconds): bf16 is 1.88x faster per forward and 1.75x
   per paired ZO step, with equal zero-shot accuracy (64 dev rows) and projected gradients that
-  agree in sign on every step (correlation 0.98) but differ by 17% (median) in magnitude. Equal
-  accuracy after fine-tuning is not measured yet, so the default stays the exact one; pass
-  `--dtype bf16` for speed. See bench/results/dtype.md.
+  agree in sign on every step (correlation 0.98) but differ by 17% (median) in magnitude; the
+  accuracy after fine-tuning is compared in bench/results/quality.md (bf16 SST-2 cells). Pass
+  `--dtype fp32` for the exact reference. See bench/results/dtype.md.
+
+`--dtype auto` follows the hardware: bf16 on CUDA, bf16 on a CPU with native bf16 matrix
+kernels (x86 `avx512_bf16` / `amx_bf16`, Arm `bf16`: oneDNN runs bf16 matmuls there at up to
+twice the fp32 rate), fp32 on any other CPU (where bf16 is emulated and slower than fp32). The
+check reads the CPU's flags once per process.
 """
 
 from __future__ import annotations
 
+import functools
+import importlib.util
+from pathlib import Path
+
 import torch
 
-from .errors import ConfigError
+from .errors import ConfigError, DependencyError
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "cuda:N")
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -61,6 +71,35 @@ def resolve_device(spec: str | torch.device | None = "auto") -> torch.device:
     return torch.device("cuda", i)
 
 
+# /proc/cpuinfo flags of native bf16 matrix instructions (x86 AVX512-BF16 / AMX, Arm BF16).
+_BF16_FLAGS = {"avx512_bf16", "amx_bf16", "bf16"}
+
+
+@functools.cache
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU has native bf16 matrix instructions (read once per process).
+
+    Linux: the flags of /proc/cpuinfo. Elsewhere, or when it cannot be read: False (fp32 is the
+    safe choice where bf16 would be emulated).
+    """
+    try:
+        text = Path("/proc/cpuinfo").read_text(errors="replace")
+    except OSError:
+        return False
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip().lower() in ("flags", "features") and _BF16_FLAGS & set(value.split()):
+            return True
+    return False
+
+
+def auto_dtype(device: torch.device) -> str:
+    """The `--dtype auto` choice for `device`: bf16 on CUDA and on CPUs with native bf16, else fp32."""
+    if device.type == "cuda" or (device.type == "cpu" and cpu_has_native_bf16()):
+        return "bf16"
+    return "fp32"
+
+
 def dtype_name(dtype: torch.dtype) -> str:
     """The `--dtype` spelling of a torch dtype (`bf16`, `fp16`, `fp32`)."""
     for name, value in DTYPES.items():
@@ -70,10 +109,11 @@ def dtype_name(dtype: torch.dtype) -> str:
 
 
 def resolve_dtype(spec: str | torch.dtype | None, device: torch.device) -> torch.dtype:
-    """The compute dtype a `--dtype` value names; None picks the device type's default.
+    """The compute dtype a `--dtype` value names.
 
     Args:
-        spec: `bf16`, `fp16`, `fp32`, a torch dtype, or None / `auto` for the default.
+        spec: `bf16`, `fp16`, `fp32`, a torch dtype; `auto` for the hardware's choice
+            (`auto_dtype`); None for the device type's default (`DEFAULT_DTYPE`).
         device: The resolved device (its type chooses the default).
 
     Returns:
@@ -85,7 +125,9 @@ def resolve_dtype(spec: str | torch.dtype | None, device: torch.device) -> torch
     if isinstance(spec, torch.dtype):
         dtype_name(spec)  # validates
         return spec
-    if spec is None or spec == "auto":
+    if spec == "auto":
+        spec = auto_dtype(device)
+    elif spec is None:
         spec = DEFAULT_DTYPE.get(device.type, "fp32")
     if spec not in DTYPES:
         raise ConfigError(f"unknown --dtype {spec!r}", hint=f"choose one of: {', '.join(DTYPES)}")
@@ -110,7 +152,24 @@ def check_dtype_spec(spec: str | None) -> None:
     """Validate a `--dtype` value (None = the device's default).
 
     Raises:
-        ConfigError: not `bf16`, `fp16` or `fp32`.
+        ConfigError: not `auto`, `bf16`, `fp16` or `fp32`.
     """
     if spec is not None and spec != "auto" and spec not in DTYPES:
-        raise ConfigError(f"unknown --dtype {spec!r}", hint=f"choose one of: {', '.join(DTYPES)}")
+        raise ConfigError(f"unknown --dtype {spec!r}", hint=f"choose one of: auto, {', '.join(DTYPES)}")
+
+
+def require_quant_backend(quant: str) -> None:
+    """Refuse a quantized mode when bitsandbytes is not installed (checked before any model loads).
+
+    Args:
+        quant: `nf4`, `fp4`, `int8` (need bitsandbytes) or `none`.
+
+    Raises:
+        DependencyError: a quantized mode without bitsandbytes.
+    """
+    if quant != "none" and importlib.util.find_spec("bitsandbytes") is None:
+        raise DependencyError(f"--quant {quant} needs bitsandbytes", hint="pip install 'bitsandbytes>=0.48' (or use --quant none)")
+    if quant != "none":
+        from .thirdparty import import_bitsandbytes
+
+        import_bitsandbytes()  # before any other bitsandbytes import: no Hub kernel lookup, no trust_remote_code warning

@@ -158,18 +158,31 @@ def _longest(e: Encoded) -> int:
     return max([len(e.prompt)] + [len(c) + len(o) for c, o in zip(e.contexts, e.options)])
 
 
-def micro_batches(batch: list[Encoded], size: int | None) -> list[list[Encoded]]:
-    """Split `batch` into forwards of at most `size` examples of similar length (None: one forward).
+def micro_batches(batch: list[Encoded], size: int | None = None, *, tokens: int | None = None) -> list[list[Encoded]]:
+    """Split `batch` into forwards of similar length: at most `size` examples each, or as many as
+    fit `tokens` padded tokens per copy (neither: one forward).
 
     Sorting by length first means each forward pads to its own longest example, not the batch's.
+    A token budget adapts to the task: ~4 SST-2 sentences fit where one BoolQ passage does.
     """
-    if size is None or size >= len(batch):
+    if size is None and tokens is None:
+        return [batch]
+    if size is not None and size >= len(batch):
         return [batch]
     ordered = sorted(batch, key=_longest)  # stable: equal lengths keep batch order
-    return [ordered[i:i + size] for i in range(0, len(ordered), size)]
+    if size is not None:
+        return [ordered[i:i + size] for i in range(0, len(ordered), size)]
+    parts: list[list[Encoded]] = []
+    for e in ordered:  # ascending length: a row pads the forward to its own length
+        if parts and (len(parts[-1]) + 1) * _longest(e) <= tokens:
+            parts[-1].append(e)
+        else:
+            parts.append([e])  # a row longer than the budget gets a forward of its own
+    return parts
 
 
-def loss_sums(model, batch: list[Encoded], pad_id: int, copies: int = 1, micro_batch_size: int | None = None) -> list[float]:
+def loss_sums(model, batch: list[Encoded], pad_id: int, copies: int = 1, micro_batch_size: int | None = None,
+              micro_batch_tokens: int | None = None) -> list[float]:
     """Per copy, the sum over the batch of the cross-entropy over option scores (float64 sums).
 
     Args:
@@ -177,14 +190,16 @@ def loss_sums(model, batch: list[Encoded], pad_id: int, copies: int = 1, micro_b
         batch: Encoded examples.
         pad_id: Padding token id.
         copies: Copies of the batch scored in one forward.
-        micro_batch_size: Examples per forward, grouped by similar length (None: the whole batch
-            in one forward). The loss is the same sum; only float rounding differs.
+        micro_batch_size: Examples per forward, grouped by similar length.
+        micro_batch_tokens: Padded tokens per copy per forward, grouped by similar length (when
+            no `micro_batch_size`; neither: the whole batch in one forward). The loss is the
+            same sum; only float rounding differs.
 
     Returns:
         `copies` losses, copy order.
     """
     totals = [0.0] * copies
-    for part in micro_batches(batch, micro_batch_size):
+    for part in micro_batches(batch, micro_batch_size, tokens=micro_batch_tokens):
         scores = option_scores(model, part, pad_id, copies).double().view(copies, len(part), -1)  # [P, b, O]
         labels = torch.tensor([e.label for e in part])  # [b]
         totals = [t + float(F.cross_entropy(s, labels, reduction="sum")) for t, s in zip(totals, scores)]

@@ -156,7 +156,7 @@ def export_peft(*, delta: str | Path, out: str | Path, model: str | None = None,
     from safetensors.torch import save_file
 
     from ..runtime.delta import load_delta
-    from ..training.finetune import model_and_mask_for, open_model_and_mask
+    from ..training.setup import model_and_mask_for, open_model_and_mask
     from ..masks.artifact import card_base_model
     from ..data.models import load_model
 

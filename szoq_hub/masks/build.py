@@ -18,7 +18,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 from torch import nn
 
 from .build_plan import BuildPlan, activation_bytes, layer_of, parse_size, pass_cost, plan_groups, resident_bytes
@@ -26,6 +25,7 @@ from ..data.calibration import load_windows
 from ..data.checkpoint import ST_DTYPES, KeyMapper, checkpoint_files, iter_tensors, read_header
 from ..core.devices import DTYPES as SHARED_DTYPES, check_device_spec, resolve_device
 from ..core.thirdparty import import_bitsandbytes
+from ..core.distributed import init_distributed, is_main_process, world
 from ..core.errors import ConfigError, DependencyError, MaskError, ModelError
 from ..core.paths import ensure_writable_dir, public_word, scratch_dir
 from .artifact import MaskConfig, SCOPES, SensitivityMask, check_density, mask_stats, save_mask
@@ -80,22 +80,11 @@ class MaskBuildConfig:
         check_device_spec(self.device)
 
 
-def init_distributed(device: torch.device | None = None) -> None:
-    """Join the torchrun process group (nccl on CUDA, else gloo) when WORLD_SIZE > 1; else nothing."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if device is not None and device.type == "cuda" else "gloo")
-
-
 def build_timestamp() -> str:
     """UTC build time; honours SOURCE_DATE_EPOCH so that rebuilds can be byte-identical."""
     epoch = os.environ.get("SOURCE_DATE_EPOCH")
     when = datetime.fromtimestamp(int(epoch), timezone.utc) if epoch else datetime.now(timezone.utc)
     return when.isoformat(timespec="seconds")
-
-
-def is_main_process() -> bool:
-    """True outside torch.distributed, or on rank 0."""
-    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
 
 
 # ---- the checkpoint, read tensor by tensor -------------------------------------------------
@@ -362,8 +351,9 @@ def _fisher_select(config: MaskBuildConfig, source: ModelSource, files: list[Pat
         plan_out.update(plan.to_dict())
     log.info("fisher build in %d pass(es)", len(plan.groups))
     per_pass = windows.shape[0]
-    if not config.fsdp and dist.is_available() and dist.is_initialized():  # data-parallel: this rank's share
-        per_pass = len(shard_windows(windows.shape[0], dist.get_rank(), dist.get_world_size()))
+    rank, size = world()
+    if not config.fsdp and size > 1:  # data-parallel: this rank's share
+        per_pass = len(shard_windows(windows.shape[0], rank, size))
     total = per_pass * len(plan.groups)
     with checkpointed_layers(model) if plan.checkpointed else contextlib.nullcontext():
         _run_passes(model, config, plan, windows, selector, progress, per_pass, total)

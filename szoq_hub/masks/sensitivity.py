@@ -23,6 +23,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from ..core.distributed import world
 from ..core.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -33,12 +34,6 @@ BLOCKSIZE_4BIT = 64
 
 ProgressFn = Callable[[int, int, int], None]
 """Called as progress(windows_done, windows_total, tokens_done)."""
-
-
-def _dist_info() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
 
 
 def shard_windows(n: int, rank: int, world: int) -> range:
@@ -168,8 +163,8 @@ def fisher_scores(
         if quantized:
             hooks.append(model.get_input_embeddings().register_forward_hook(_require_input_grad))
 
-        rank, world = _dist_info()
-        mine = shard_windows(windows.shape[0], rank, world)
+        rank, size = world()
+        mine = shard_windows(windows.shape[0], rank, size)
         seq_len = windows.shape[1]
         total = progress_total or len(mine)
         device = next(iter(acc.values())).device
@@ -180,7 +175,7 @@ def fisher_scores(
             out.loss.backward()
             if progress:
                 progress(progress_offset + done, total, (progress_offset + done) * seq_len)
-        if world > 1:
+        if size > 1:
             for n in targets:
                 dist.all_reduce(acc[n], op=dist.ReduceOp.SUM)
     finally:

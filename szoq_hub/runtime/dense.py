@@ -2,10 +2,10 @@
 
 SensZOQ trains a sparse 0.1% of the weights on a quantized base; the baseline it should beat is
 MeZO over all weights. `szoq finetune --dense` runs that baseline through the same loop
-(finetune.py: batches, seeds, step log, dev evaluation, best-dev, checkpoints, --resume) and
-the same update rules (zo.py), over the decoder's linear weights (`target_parameter_names`:
-attention and MLP projections; embeddings, norms and lm_head stay frozen) of the model loaded
-in fp32, unquantized.
+(training/finetune.py over a `DenseTrainable`, training/trainables.py: batches, seeds, step
+log, dev evaluation, best-dev, checkpoints, --resume) and the same update rules (zo.py), over
+the decoder's linear weights (`target_parameter_names`: attention and MLP projections;
+embeddings, norms and lm_head stay frozen) of the model loaded in fp32, unquantized.
 
 The perturbation, and why it differs from MeZO's in-place form: MeZO adds eps z to every
 weight, runs a forward, subtracts 2 eps z, runs a forward, adds eps z back. In fp32,
@@ -26,8 +26,8 @@ The update is the sparse path's optimizer (ZO-SGD, momentum or Adam, zo.py) appl
 weight as a flat view, so the formulas are shared, not copied. Momentum keeps one fp32 copy of
 the trained weights, Adam two (memory 2x / 3x the linear weights).
 
-Files a dense run writes (finetune.py): `checkpoint.safetensors` (the trained weights by
-parameter name + `opt.J.K` optimizer state), `best-dev.safetensors` and the final
+Files a dense run writes (training/trainables.py; named in training/run_folder.py):
+`checkpoint.safetensors` (the trained weights by parameter name + `opt.J.K` optimizer state), `best-dev.safetensors` and the final
 `dense.safetensors` (the trained weights, fp32, header linking the base model fingerprint), both
 written tensor by tensor (`checkpoint.write_tensors`). The delta format (values over a mask)
 does not apply: every weight of the targets is trained.

@@ -38,7 +38,6 @@ in place between steps and every forward reads its current contents.
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -49,9 +48,8 @@ import torch
 from torch import nn
 
 from ..data.checkpoint import KeyMapper, checkpoint_files, iter_tensors
-from ..core.devices import resolve_device, resolve_dtype
-from ..core.thirdparty import import_bitsandbytes
-from ..core.errors import ConfigError, DependencyError, FingerprintMismatch, MaskError, ModelError
+from ..core.devices import require_quant_backend, resolve_device, resolve_dtype
+from ..core.errors import ConfigError, FingerprintMismatch, MaskError, ModelError
 from ..masks.artifact import SensitivityMask
 from ..data.models import ModelSource, model_fingerprint, resolve_model, set_module_tensor
 from .sparse_linear import QUANT_MODES, SparseQuantLinear, SparseValues, contiguous_input
@@ -160,16 +158,6 @@ class SparseModel:
 
 
 
-def _require_bnb(quant: str) -> None:
-    if quant != "none" and importlib.util.find_spec("bitsandbytes") is None:
-        raise DependencyError(
-            f"--quant {quant} needs bitsandbytes",
-            hint="pip install 'bitsandbytes>=0.48' (or use --quant none)",
-        )
-    if quant != "none":
-        import_bitsandbytes()  # before any other bitsandbytes import: no Hub kernel lookup, no trust_remote_code warning
-
-
 def _conv1d_type() -> type | None:
     try:
         from transformers.pytorch_utils import Conv1D
@@ -180,7 +168,7 @@ def _conv1d_type() -> type | None:
 
 def load_sparse_model(
     model: str | ModelSource,
-    mask: SensitivityMask,
+    mask: SensitivityMask | None,
     *,
     quant: str = "nf4",
     device: str | torch.device | None = "auto",
@@ -191,7 +179,8 @@ def load_sparse_model(
 
     Args:
         model: A model reference (alias, Hub id, folder, .gguf) or a resolved `ModelSource`.
-        mask: The sensitivity mask; its fingerprint must match the model's.
+        mask: The sensitivity mask; its fingerprint must match the model's. None: no sparse
+            values (the quantized base as it is, e.g. for a zero-shot score).
         quant: `nf4` (default), `fp4`, `int8` (bitsandbytes) or `none` (dense compute dtype).
         device: `auto` (CUDA when available), `cpu`, `cuda`, `cuda:N` or a torch.device: every
             runtime tensor is created there, tensor by tensor, as the checkpoint streams.
@@ -213,18 +202,19 @@ def load_sparse_model(
     """
     if quant not in QUANT_MODES:
         raise ConfigError(f"unknown quant {quant!r}", hint=f"choose one of: {', '.join(QUANT_MODES)}")
-    _require_bnb(quant)
+    require_quant_backend(quant)
     device = resolve_device(device)
     compute_dtype = resolve_dtype(compute_dtype, device)
     source = model if isinstance(model, ModelSource) else resolve_model(model, revision=revision)
     fingerprint = model_fingerprint(source)
-    if fingerprint != mask.config.fingerprint:
+    if mask is not None and fingerprint != mask.config.fingerprint:
         raise FingerprintMismatch(
             f"the mask was built for {mask.config.base_model} (fingerprint {mask.config.fingerprint[:12]}), "
             f"not {source.ref} ({fingerprint[:12]})",
             hint=f"use a mask built for {source.ref}: szoq mask build {source.ref} ...",
         )
 
+    indices = mask.indices if mask is not None else {}
     from accelerate import init_empty_weights
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
@@ -244,20 +234,20 @@ def load_sparse_model(
         f"{n}.weight" for n, m in lm.named_modules() if isinstance(m, linear_types) and m is not out_emb
     }
     transposed = {f"{n}.weight" for n, m in lm.named_modules() if conv1d is not None and isinstance(m, conv1d)}
-    for name in mask.indices:
+    for name in indices:
         if name not in linear_names:
             raise MaskError(
                 f"the mask selects {name}, which is not a decoder linear weight",
                 hint="the runtime fine-tunes linear weights only; build the mask with the default --targets",
             )
     if quant == "none":
-        wanted = set(mask.indices)  # only masked layers change form; the rest stay as they are
+        wanted = set(indices)  # only masked layers change form; the rest stay as they are
     else:
         wanted = linear_names
 
     segments: list[tuple[str, int, int]] = []
     offset = 0
-    for name, idx in mask.indices.items():
+    for name, idx in indices.items():
         segments.append((name, offset, int(idx.numel())))
         offset += int(idx.numel())
     store = SparseValues(offset, device)  # values [nnz] fp32 on the device
@@ -269,7 +259,7 @@ def load_sparse_model(
 
     def build(prefix: str, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
         wname = f"{prefix}.weight"
-        idx = mask.indices.get(wname, torch.zeros(0, dtype=torch.int32)).long()  # flat, as the model stores it
+        idx = indices.get(wname, torch.zeros(0, dtype=torch.int32)).long()  # flat, as the model stores it
         off, n = seg_of.get(wname, (0, 0))
         weight = weight.to(device)  # [out, in] (one full-precision tensor on the device at a time)
         with torch.no_grad():

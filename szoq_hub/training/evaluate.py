@@ -6,9 +6,10 @@ import logging
 from dataclasses import asdict, dataclass, field
 
 from ..runtime.delta import load_delta
-from ..core.devices import check_device_spec, check_dtype_spec, resolve_device
+from ..core.devices import check_device_spec, check_dtype_spec, dtype_name, require_quant_backend, resolve_device, resolve_dtype
 from ..core.errors import ConfigError
-from .finetune import model_and_mask_for, open_model_and_mask, require_quant_backend, score
+from .config import refuse_dense_options
+from .setup import model_and_mask_for, open_model_and_fitting_mask, open_model_and_mask, score
 from ..data.scoring import encode, pad_id_of
 from ..data.tasks import CustomTask, Sampling, custom_task_from, load_task, with_demonstrations
 
@@ -20,7 +21,8 @@ class EvalConfig:
     """Settings of an evaluation (validated on creation)."""
 
     model: str | None = field(default=None, metadata={"help": "model alias, Hub id, folder or .gguf (default: the delta's, else the built-in)"})
-    mask: str | None = field(default=None, metadata={"help": "mask the runtime uses (default: the delta's, else the built-in)"})
+    mask: str | None = field(default=None, metadata={"help": "mask the runtime uses (default: the delta's; zero-shot: the built-in where it "
+                                                             "fits the model, else none: the quantized base as it is)"})
     task: str | None = field(default=None, metadata={"help": "built-in task (default sst2); `custom` with train_file/eval_file/task_file"})
     train_file: str | None = field(default=None, metadata={"help": "custom task: ICL demonstrations (and eval held out, without eval_file)"})
     eval_file: str | None = field(default=None, metadata={"help": "custom task: eval rows (zero-shot needs no train_file)"})
@@ -33,7 +35,8 @@ class EvalConfig:
     icl_shots: int = field(default=0, metadata={"help": "in-context demonstrations per example"})
     quant: str | None = field(default=None, metadata={"help": "nf4, fp4, int8 or none (None: nf4; a dense run's weights: none)"})
     device: str = field(default="auto", metadata={"help": "auto (CUDA when available), cpu, cuda or cuda:N"})
-    dtype: str | None = field(default=None, metadata={"help": "compute dtype bf16, fp16 or fp32 (None: the device's default)"})
+    dtype: str | None = field(default="auto", metadata={"help": "compute dtype auto, bf16, fp16 or fp32 (auto: bf16 on CUDA and on CPUs with "
+                                                               "native bf16, else fp32; None: the device's default)"})
     eval_samples: int = 1000
     batch_size: int = 32
     seed: int = 0
@@ -72,6 +75,7 @@ class EvalResult:
     value: float
     n: int
     delta: str | None = None
+    dtype: str = "fp32"  # the compute dtype it ran in (resolved)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -97,7 +101,7 @@ def evaluate(config: EvalConfig) -> EvalResult:
 
     dense = bool(config.delta) and is_dense_file(config.delta)
     if dense:
-        _check_dense_eval(config)
+        refuse_dense_options(str(config.delta), mask=config.mask, quant=config.quant, dtype=config.dtype)
     quant = config.quant or ("none" if dense else "nf4")
     require_quant_backend(quant)
     device = resolve_device(config.device)
@@ -108,9 +112,15 @@ def evaluate(config: EvalConfig) -> EvalResult:
     if dense:
         return _evaluate_dense(config, task, examples, device)
     model_ref, mask_ref = model_and_mask_for(config.delta, config.model, config.mask)
-    source, fingerprint, mask, mask_sha = open_model_and_mask(model_ref, mask_ref, config.revision)
-    delta = load_delta(config.delta, mask=mask, mask_sha256=mask_sha, fingerprint=fingerprint, mask_ref=mask_ref) if config.delta else None
-    sparse = load_sparse_model(source, mask, quant=quant, device=device, compute_dtype=config.dtype)
+    delta = None
+    if config.delta is None and config.mask is None:  # zero-shot: a mask only where one fits
+        source, mask = open_model_and_fitting_mask(model_ref, mask_ref, config.revision)
+    else:
+        source, fingerprint, mask, mask_sha = open_model_and_mask(model_ref, mask_ref, config.revision)
+        if config.delta:
+            delta = load_delta(config.delta, mask=mask, mask_sha256=mask_sha, fingerprint=fingerprint, mask_ref=mask_ref)
+    dtype = resolve_dtype(config.dtype, device)
+    sparse = load_sparse_model(source, mask, quant=quant, device=device, compute_dtype=dtype)
     if delta is not None:
         sparse.load_delta(delta.tensors)
     tok = sparse.tokenizer
@@ -119,20 +129,7 @@ def evaluate(config: EvalConfig) -> EvalResult:
     mode = "delta" if delta is not None else (f"icl-{config.icl_shots}" if config.icl_shots else "zero-shot")
     if delta is not None and config.icl_shots:
         mode = f"delta+icl-{config.icl_shots}"
-    return EvalResult(task.name, mode, task.metric, value, len(examples), config.delta)
-
-
-def _check_dense_eval(config: EvalConfig) -> None:
-    """Refuse options that do not apply to a dense run's weights (fp32, every linear weight)."""
-    if config.mask is not None:
-        raise ConfigError(f"--mask {config.mask} does not apply to {config.delta}: it holds a dense run's weights (no mask)",
-                          hint="drop --mask to evaluate a dense run")
-    if config.quant not in (None, "none"):
-        raise ConfigError(f"--quant {config.quant} does not apply to {config.delta}: a dense run's weights are evaluated in fp32",
-                          hint="drop --quant to evaluate a dense run")
-    if config.dtype in ("bf16", "fp16"):
-        raise ConfigError(f"--dtype {config.dtype} does not apply to {config.delta}: a dense run's weights are evaluated in fp32",
-                          hint="drop --dtype to evaluate a dense run")
+    return EvalResult(task.name, mode, task.metric, value, len(examples), config.delta, dtype_name(dtype))
 
 
 def _evaluate_dense(config: EvalConfig, task, examples, device) -> EvalResult:

@@ -13,7 +13,8 @@ from ..core.devices import DTYPES, resolve_device
 from ..core.diskfull import disk_errors
 from ..core.paths import atomic_dir
 from ..core.errors import ConfigError, TrainingError
-from .finetune import model_and_mask_for, open_model_and_mask
+from .config import refuse_dense_options
+from .setup import model_and_mask_for, open_model_and_mask
 from ..data.models import load_model
 
 log = logging.getLogger(__name__)
@@ -53,8 +54,7 @@ def merge(*, delta: str | Path, out: str | Path, model: str | None = None, mask_
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise TrainingError(f"--out {out} already exists and is not empty", hint="choose another --out folder or remove it")
     if is_dense_file(delta):  # a `finetune --dense` run: its trained weights replace the base's
-        if mask_ref is not None:
-            raise ConfigError(f"--mask {mask_ref} does not apply to {delta}: it holds a dense run's weights (no mask)", hint="drop --mask")
+        refuse_dense_options(str(delta), mask=mask_ref)
         loaded = load_dense_result(delta, model=model, revision=revision, device=target)
         source, nnz = loaded.source, loaded.numel
     else:

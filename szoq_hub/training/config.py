@@ -1,0 +1,210 @@
+"""The settings of a fine-tuning run: `FinetuneConfig`, nesting the optimizer's `ZOConfig`.
+
+Every field carries its help and, where it is not `--name-with-dashes`, its command-line flag
+in `metadata`; `szoq finetune` builds its options from these fields (cli/finetune.py), so an
+option, its default and its help are written once. Error messages name flags through `flag()`,
+so a message never names a flag that does not exist.
+
+The run folder records the settings flat (`settings_of`): one key per option, the ZO fields
+beside the others, as the command line spells them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
+from pathlib import Path
+
+from ..core.devices import check_device_spec, check_dtype_spec
+from ..core.errors import ConfigError
+from ..data.models import DEFAULT_MODEL
+from ..data.tasks import CustomTask, Sampling, custom_task_from
+from ..runtime.zo import ZOConfig
+
+from ..core.defaults import DEFAULT_LR, DEFAULT_MASK  # noqa: E402  (one place, read by `szoq --help` without torch)
+# ZOConfig fields a run derives from its own settings (steps, seed): not options of their own.
+ZO_DERIVED = ("total_steps", "seed")
+
+
+def _opt(default, help: str, flag: str | None = None, **kw):
+    """A config field with its help text (and its flag when it is not `--name-with-dashes`)."""
+    meta = {"help": help, **({"flag": flag} if flag else {})}
+    return field(default=default, metadata=meta, **kw)
+
+
+def flag(name: str, cls: type | None = None) -> str:
+    """The command-line flag of a `FinetuneConfig` (or `ZOConfig`) field.
+
+    Args:
+        name: The field name.
+        cls: The dataclass (default: FinetuneConfig, then ZOConfig).
+
+    Returns:
+        e.g. `--train` for `train_file`, `--batch-size` for `batch_size`.
+    """
+    for c in ((cls,) if cls else (FinetuneConfig, ZOConfig)):
+        for f in fields(c):
+            if f.name == name:
+                return f.metadata.get("flag") or "--" + name.replace("_", "-")
+    raise KeyError(name)
+
+
+def refuse_dense_options(target: str, *, mask: str | None = None, quant: str | None = None, dtype: str | None = None) -> None:
+    """Refuse the options a dense run's weights cannot take (finetune --dense, eval and merge of one).
+
+    A dense run trains every decoder linear weight of the unquantized fp32 model: no mask
+    selects them, no quantized base holds them, and an update of lr x |g z| (~1e-6) vanishes
+    when rounded to bf16/fp16.
+
+    Args:
+        target: What the options were given for, as the message names it (`--dense`, a run folder).
+        mask, quant, dtype: The options as given (None = not given).
+
+    Raises:
+        ConfigError: `--mask` given, `--quant` other than none, or `--dtype` bf16/fp16.
+    """
+    why = {"--mask": (mask, mask is not None, "every linear weight trains, no mask selects them"),
+           "--quant": (quant, quant not in (None, "none"), "the dense weights are the fp32 weights themselves, unquantized"),
+           "--dtype": (dtype, dtype in ("bf16", "fp16"), "the dense weights train and score in fp32 (an update of lr 1e-6 x |g z| vanishes in bf16)")}
+    for name, (value, refused, reason) in why.items():
+        if refused:
+            raise ConfigError(f"{name} {value} does not apply to {target}: {reason}",
+                              hint=f"drop {name} for a dense run" + (", or drop --dense to train the masked weights" if target == "--dense" else ""))
+
+
+@dataclass
+class FinetuneConfig:
+    """Every setting of a fine-tuning run (validated on creation; saved as the run folder's config)."""
+
+    model: str = _opt(DEFAULT_MODEL, "Model alias, Hub id, local folder or .gguf file.")
+    mask: str | None = _opt(None, f"Mask: folder, registry NAME[@VERSION], built-in name, or ORG/NAME[@REV] (default {DEFAULT_MASK}; not with --dense).")
+    dense: bool = _opt(False, "Dense MeZO baseline: ZO over every linear weight of the decoder layers (attention and MLP projections; embeddings, "
+                              "norms and lm_head stay frozen) of the fp32 model, unquantized, no mask. Writes dense.safetensors (the trained "
+                              "weights) instead of a delta. Memory: the fp32 model + one weight.")
+    task: str | None = _opt(None, "Built-in task: sst2, rte, cb, boolq, wic, wsc, copa or multirc (default sst2; not with a custom task).")
+    train_file: str | None = _opt(None, "Custom task: train file (jsonl/csv/tsv).", flag="--train")
+    eval_file: str | None = _opt(None, "Custom task: eval file (default: held out from --train).", flag="--eval")
+    dev_file: str | None = _opt(None, "Custom task: dev file (default: held out from --train).", flag="--dev")
+    template: str | None = _opt(None, "Custom task: format string over row fields, e.g. '{text} It was'.")
+    labels: str | None = _opt(None, "Custom task: label=word pairs, e.g. '0=terrible,1=great'.")
+    label_field: str = _opt("label", "Custom task: the row field holding the label.")
+    task_file: str | None = _opt(None, "Custom task as a JSON/YAML file.")
+    encoding: str = _opt("utf-8", "Custom task: text encoding of the data files, e.g. latin-1.")
+    data_dir: str | None = _opt(None, "GLUE/SuperGLUE folder (default $SZOQ_DATA_DIR; else `datasets` online).")
+    revision: str | None = _opt(None, "Hub revision of the model.")
+    quant: str | None = _opt(None, "Base quantization: nf4, fp4, int8 or none (default nf4; not with --dense).")
+    device: str = _opt("auto", "auto (CUDA when available), cpu, cuda or cuda:N.")
+    dtype: str | None = _opt("auto", "Compute dtype: auto (bf16 on CUDA and on CPUs with native bf16, else fp32; a resumed run keeps "
+                                     "its own), bf16, fp16 or fp32. Sparse values stay fp32 (--dense: fp32).")
+    steps: int = _opt(300, "ZO steps.")
+    batch_size: int = _opt(16, "Examples per step (all ranks together).")
+    micro_batch_size: int | None = _opt(None, "Examples per training forward, grouped by similar length (default: automatic, forwards of "
+                                              "up to 128 padded tokens on a CPU, the whole batch on CUDA; a resumed run keeps its choice). "
+                                              "Same loss; less activation memory and padding (see bench/micro_batch.py). May change on --resume.")
+    zo: ZOConfig = field(default_factory=lambda: ZOConfig(lr=DEFAULT_LR), metadata={"help": "the ZO optimizer (its fields are options of their own)"})
+    eval_every: int = _opt(100, "Dev evaluation every K steps (0 = at the end).")
+    save_every: int = _opt(100, "Checkpoint every K steps.")
+    save_every_minutes: float = _opt(10.0, "Also checkpoint when this many minutes passed since the last checkpoint (0 = by steps only).")
+    seed: int = _opt(0, "Seed of sampling, batches and perturbations.")
+    train_samples: int = _opt(1000, "Train examples drawn.")
+    dev_samples: int = _opt(500, "Dev examples drawn (from --dev, else held out from the train split).")
+    eval_samples: int = _opt(1000, "Eval examples drawn (built-in task: from validation; custom: from --eval, else held out from --train).")
+    eval_batch_size: int = _opt(32, "Examples per evaluation forward (dev and eval).")
+    out: str = _opt("runs/finetune", "Output folder; a stopped run there with the same options is continued.")
+    report_to: str = _opt("none", "Also log metrics to: none, tensorboard, trackio or wandb (offline modes honoured).")
+
+    def __post_init__(self) -> None:
+        for name, low, example in (("steps", 1, 300), ("batch_size", 1, 16), ("eval_batch_size", 1, 32), ("eval_every", 0, 100), ("save_every", 1, 100)):
+            if getattr(self, name) < low:
+                raise ConfigError(f"{flag(name)} must be >= {low}, got {getattr(self, name)}", hint=f"e.g. {flag(name)} {example}")
+        if self.micro_batch_size is not None and self.micro_batch_size <= 0:
+            raise ConfigError(f"--micro-batch-size must be > 0, got {self.micro_batch_size}", hint="e.g. --micro-batch-size 4, or leave it out for one forward per step")
+        if not self.save_every_minutes >= 0:  # also NaN
+            raise ConfigError(f"--save-every-minutes must be >= 0, got {self.save_every_minutes}", hint="e.g. --save-every-minutes 10 (0: by steps only)")
+        custom = self.custom_task()  # template, labels and files are checked here, before any model loads
+        if custom is not None:
+            if self.task not in (None, "custom"):
+                raise ConfigError(f"--task {self.task} and a custom task (--train / --task-file) were both given", hint="drop --task for a custom task")
+            if custom.train is None:
+                raise ConfigError("fine-tuning a custom task needs --train FILE", hint="pass --train FILE (--eval FILE alone is for szoq eval)")
+            self.task = "custom"
+        elif self.task is None:
+            self.task = "sst2"
+        from ..runtime.sparse import QUANT_MODES
+
+        if self.dense:
+            refuse_dense_options("--dense", mask=self.mask, quant=self.quant, dtype=self.dtype)
+        self.mask = self.mask or (None if self.dense else DEFAULT_MASK)
+        self.quant = self.quant or ("none" if self.dense else "nf4")
+        if self.quant not in QUANT_MODES:
+            raise ConfigError(f"unknown quant {self.quant!r}", hint=f"choose one of: {', '.join(QUANT_MODES)}")
+        check_device_spec(self.device)
+        check_dtype_spec(self.dtype)
+        # The optimizer's schedule and seeds follow the run's (validates lr, eps, optimizer, ...).
+        self.zo = replace(self.zo, total_steps=self.steps, seed=self.seed)
+        from .tracking import REPORT_TO
+
+        if self.report_to not in REPORT_TO:
+            raise ConfigError(f"unknown --report-to {self.report_to!r}", hint=f"choose one of: {', '.join(REPORT_TO)}")
+
+    def custom_task(self) -> CustomTask | None:
+        """The custom task the settings describe, or None for a built-in task."""
+        return custom_task_from(task_file=self.task_file, train_file=self.train_file, eval_file=self.eval_file, dev_file=self.dev_file,
+                                template=self.template, labels=self.labels, label_field=self.label_field, encoding=self.encoding)
+
+    def sampling(self) -> Sampling:
+        return Sampling(self.train_samples, self.dev_samples, self.eval_samples, self.seed)
+
+
+def settings_of(config: FinetuneConfig) -> dict:
+    """The settings as the run folder records them: flat, one key per option (ZO fields beside the rest)."""
+    flat = {k: v for k, v in asdict(config).items() if k != "zo"}
+    flat.update({k: v for k, v in asdict(config.zo).items() if k not in ZO_DERIVED})
+    return flat
+
+
+def option_fields() -> list[tuple[type, object]]:
+    """(dataclass, field) of every option, in the order `szoq finetune --help` lists them: the
+    run's fields with the ZO fields in place of `zo` (those a run derives left out)."""
+    out: list[tuple[type, object]] = []
+    for f in fields(FinetuneConfig):
+        if f.name == "zo":
+            out += [(ZOConfig, z) for z in fields(ZOConfig) if z.name not in ZO_DERIVED]
+        else:
+            out.append((FinetuneConfig, f))
+    return out
+
+
+def default_of(cls: type, f) -> object:
+    """A field's default (the ZO defaults as FinetuneConfig sets them: lr is the run's default)."""
+    if cls is ZOConfig:
+        return getattr(FinetuneConfig.__dataclass_fields__["zo"].default_factory(), f.name)
+    return f.default if f.default is not MISSING else f.default_factory()
+
+
+@dataclass
+class FinetuneResult:
+    """What a run produced."""
+
+    out: Path
+    steps: int
+    metric: str
+    best_step: int | None
+    best_dev: float | None
+    eval_metric: float
+    seconds: float
+    resumed_from: int = 0
+    dtype: str = "fp32"  # the compute dtype it ran in (resolved)
+    micro_batch_size: int | None = None  # how a step's batch was split into forwards (see finetune.micro_batch_of)
+    micro_batch_tokens: int | None = None
+
+
+def config_from_options(options: dict) -> FinetuneConfig:
+    """A FinetuneConfig from flat options (as `option_fields` lists them: the ZO fields beside the rest).
+
+    Raises:
+        ConfigError: an invalid value (see FinetuneConfig and ZOConfig).
+        TypeError: an option that is no field.
+    """
+    zo_names = {f.name for f in fields(ZOConfig)} - set(ZO_DERIVED)
+    zo = {k: v for k, v in options.items() if k in zo_names}
+    return FinetuneConfig(**{k: v for k, v in options.items() if k not in zo_names}, zo=ZOConfig(**zo))
