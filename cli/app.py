@@ -37,6 +37,11 @@ def _interrupted(exc: KeyboardInterrupt) -> None:
 
 def main() -> None:
     """Console-script entry: run the app, print errors as one line plus a hint."""
+    if sys.argv[1:] == ["--version"]:  # before the command groups register: their options come from the library's configs (torch)
+        from szoq_hub import __version__
+
+        print(f"szoq {__version__}")
+        return
     _register()
     use_predictable_malloc()
     for i, word in enumerate(sys.argv):  # a --token given here is scrubbed from all output, whatever its shape

@@ -10,10 +10,7 @@ from typing import Optional
 
 import typer
 
-from szoq_hub.hub.refs import resolve_delta_ref
-from szoq_hub import finetune
-from szoq_hub.core.distributed import is_main_process
-from szoq_hub.training.config import config_from_options, default_of, flag, option_fields
+from szoq_hub import config_from_options, default_of, finetune, flag, is_main_process, option_fields, resolve_delta_ref
 
 from .root import app
 from .render import note, out, print_json, progress_bar
@@ -114,7 +111,7 @@ def eval_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Score zero-shot, in-context or fine-tuned. Example: szoq eval --task sst2 --delta runs/sst2"""
-    from szoq_hub.training.evaluate import EvalConfig, evaluate
+    from szoq_hub import EvalConfig, evaluate
 
     config = EvalConfig(model=model, mask=mask, task=task, train_file=train, eval_file=eval_file, template=template, labels=labels,
                         label_field=label_field, task_file=task_file, encoding=encoding, delta=str(resolve_delta_ref(str(delta))) if delta else None,
@@ -136,7 +133,7 @@ def merge_cmd(
     device: str = _DEVICE,
 ) -> None:
     """Write a plain transformers model with the fine-tuned values applied. Example: szoq merge --delta runs/sst2 --out merged/"""
-    from szoq_hub.training.merge import merge
+    from szoq_hub import merge
 
     folder = merge(model=model, mask_ref=mask, delta=resolve_delta_ref(str(delta)), out=out_dir, dtype=dtype, device=device)
     out.print(str(folder), markup=False)

@@ -37,7 +37,8 @@ _EXPORTS: dict[str, str] = {
     **dict.fromkeys(("DEFAULT_MODEL", "DEFAULT_MASK", "DEFAULT_LR"), ".core.defaults"),
     **dict.fromkeys(("SensitivityMask", "MaskConfig"), ".masks.artifact"),
     **dict.fromkeys(("diff_masks", "layer_order"), ".masks.diff"),
-    **dict.fromkeys(("MaskBuildConfig", "build_mask", "is_main_process"), ".masks.build"),
+    **dict.fromkeys(("MaskBuildConfig", "build_mask"), ".masks.build"),
+    "is_main_process": ".core.distributed",
     "builtin_masks": ".masks.catalog",
     **dict.fromkeys(("Registry", "parse_ref"), ".masks.registry"),
     "collect_garbage": ".masks.cleanup",
@@ -48,7 +49,7 @@ _EXPORTS: dict[str, str] = {
     **dict.fromkeys(("push_delta", "pull_delta"), ".hub.deltas"),
     **dict.fromkeys(("resolve_mask_ref", "resolve_delta_ref"), ".hub.refs"),
     "ZOConfig": ".runtime.zo",
-    "FinetuneConfig": ".training.config",
+    **dict.fromkeys(("FinetuneConfig", "config_from_options", "default_of", "flag", "option_fields"), ".training.config"),
     **dict.fromkeys(("FinetuneResult", "finetune"), ".training.finetune"),
     "model_and_mask_for": ".training.setup",
     **dict.fromkeys(("EvalConfig", "EvalResult", "evaluate"), ".training.evaluate"),
@@ -77,7 +78,8 @@ if TYPE_CHECKING:  # what IDEs and type checkers read; at run time __getattr__ i
     from .hub.transport import PullResult, PushResult, check_repo_id
     from .masks.artifact import MaskConfig, SensitivityMask
     from .masks.diff import diff_masks, layer_order
-    from .masks.build import MaskBuildConfig, build_mask, is_main_process
+    from .core.distributed import is_main_process
+    from .masks.build import MaskBuildConfig, build_mask
     from .masks.catalog import builtin_masks
     from .masks.cleanup import collect_garbage
     from .masks.registry import Registry, parse_ref
@@ -85,7 +87,7 @@ if TYPE_CHECKING:  # what IDEs and type checkers read; at run time __getattr__ i
     from .runtime.sparse import SparseModel, load_sparse_model
     from .training.evaluate import EvalConfig, EvalResult, evaluate
     from .runtime.zo import ZOConfig
-    from .training.config import FinetuneConfig
+    from .training.config import FinetuneConfig, config_from_options, default_of, flag, option_fields
     from .training.finetune import FinetuneResult, finetune
     from .training.setup import model_and_mask_for
     from .training.merge import merge

@@ -17,8 +17,7 @@ from szoq_hub.core.schema import read_header
 from szoq_hub.data.checkpoint import write_tensors
 from szoq_hub.masks.artifact import CONFIG_FILE, MASK_FILE, load_mask
 from szoq_hub.runtime.delta import DELTA_FILE, delta_origin, load_delta, save_delta, trained_mask_ref
-from test_finetune import _config, tiny_mask  # noqa: F401  (module-scoped fixture: a tiny built mask)
-from test_hub_delta import run_dir, train_jsonl  # noqa: F401  (a real 4-step run on the tiny model)
+from conftest import tiny_finetune_config as _config
 from test_hub import make_mask
 
 

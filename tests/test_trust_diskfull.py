@@ -19,8 +19,6 @@ import pytest
 
 from szoq_hub.core.diskfull import disk_errors, full_disk_errno
 from szoq_hub.core.errors import SzoqError
-from test_finetune import tiny_mask  # noqa: F401  (module-scoped fixture: a tiny built mask)
-from test_hub_delta import run_dir, train_jsonl  # noqa: F401  (a real 4-step run on the tiny model)
 
 CHILD = textwrap.dedent("""
     import resource, signal, sys
