@@ -31,7 +31,7 @@ _EXPORTS: dict[str, str] = {
     **dict.fromkeys(("SzoqError", "ModelError", "DependencyError", "CalibrationError", "ConfigError", "MaskError", "FingerprintMismatch",
                      "RegistryError", "HubError", "TaskError", "TrainingError", "Interrupted"), ".core.errors"),
     "use_predictable_malloc": ".core.memory",
-    **dict.fromkeys(("remember", "scrub", "scrub_logging"), ".core.scrub"),
+    **dict.fromkeys(("remember", "scrub", "scrub_logging"), ".hub.scrub"),
     "set_progress_listener": ".core.progress",
     "describe_content_hash": ".core.content",
     **dict.fromkeys(("DEFAULT_MODEL", "DEFAULT_MASK", "DEFAULT_LR"), ".core.defaults"),
@@ -66,7 +66,7 @@ if TYPE_CHECKING:  # what IDEs and type checkers read; at run time __getattr__ i
     from .core.errors import (CalibrationError, ConfigError, DependencyError, FingerprintMismatch, HubError, Interrupted, MaskError,
                               ModelError, RegistryError, SzoqError, TaskError, TrainingError)
     from .core.memory import use_predictable_malloc
-    from .core.scrub import remember, scrub, scrub_logging
+    from .hub.scrub import remember, scrub, scrub_logging
     from .core.progress import set_progress_listener
     from .core.content import describe_content_hash
     from .core.defaults import DEFAULT_LR, DEFAULT_MASK, DEFAULT_MODEL

@@ -10,7 +10,7 @@ import pytest
 
 from conftest import assert_one_line_error
 from szoq_hub.core.errors import HubError
-from szoq_hub.core.scrub import REDACTED, remember, scrub
+from szoq_hub.hub.scrub import REDACTED, remember, scrub
 from szoq_hub.masks.registry import Registry
 from test_hub import READ, WRITE, register, repo_name
 

@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from ..core.errors import ConfigError, DependencyError, TrainingError
-from ..core.diskfull import disk_errors
+from ..core.paths import disk_errors
 from ..core.paths import atomic_dir
 
 ADAPTER_FILE = "adapter_model.safetensors"

@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from typing import Iterator
 
 from ..core.errors import HubError, SzoqError
-from ..core.scrub import scrub
+from .scrub import scrub
 from .client import api, endpoint
 
 LOGIN_HINT = "pass --token, set HF_TOKEN, or run: hf auth login"

@@ -17,7 +17,7 @@ from ..core import schema
 from ..core.errors import ConfigError, HubError, MaskError, RegistryError
 from ..masks.artifact import CARD_TAGS, CONFIG_FILE, FORMAT, FORMAT_VERSION, MASK_FILE, SCOPES, SensitivityMask, load_mask, render_card
 from ..core.paths import command_words, local_paths, path_exists, scratch_dir, shorten
-from ..core.scrub import remember
+from .scrub import remember
 from ..masks.registry import Registry, RegistryEntry, check_name, name_from
 from .transport import CARD_FILE, Artifact, PullResult, PushResult, api, check_repo_id, endpoint, evict, fetch_artifact, git_blob_sha1, hub_errors, push_artifact
 

@@ -26,7 +26,7 @@ from typing import Callable
 
 from ..core import progress
 from ..core.errors import ConfigError, HubError, SzoqError
-from ..core.scrub import remember
+from .scrub import remember
 from .client import api, endpoint  # noqa: F401  (re-exported: the names transport has always had)
 from .errors import LOGIN_HINT, as_szoq_error, hub_errors  # noqa: F401  (re-exported likewise)
 from ..core.paths import atomic_dir, path_exists, shorten

@@ -10,7 +10,7 @@ import torch
 from ..runtime.delta import load_delta, write_into
 from ..runtime.dense import is_dense_file, load_dense_result
 from ..core.devices import DTYPES, resolve_device
-from ..core.diskfull import disk_errors
+from ..core.paths import disk_errors
 from ..core.paths import atomic_dir
 from ..core.errors import ConfigError, TrainingError
 from .config import refuse_dense_options
