@@ -282,11 +282,6 @@ def task_argv(task: str) -> list[str]:
     return list(CUSTOM_TASKS[task]) if task in CUSTOM_TASKS else ["--task", task]
 
 
-def expand(argv: list[str]) -> list[str]:
-    """A recorded argv as it runs here: `{data}` -> the data folder."""
-    return [a.replace("{data}", str(DATA)) for a in argv]
-
-
 def _finetune_argv(task: str, trained: list[str], lr: float, eps: float, steps: int, seed: int, eval_samples: int,
                    dtype: str | None = None) -> list[str]:
     # bf16 cells also train in length-grouped forwards of 4: the same loss, about half the time per step (FINDINGS.md)
@@ -301,7 +296,7 @@ def _finetune(argv: list[str], out: Path) -> tuple[list[dict], dict, bool]:
     """Run (or resume, or just read back) one fine-tuning run into `out`: (metrics rows, its config, resumed?)."""
     resume = ["--resume"] if (out / "finetune_config.json").is_file() else []
     if not ((out / "delta.safetensors").is_file() or (out / "dense.safetensors").is_file()):  # else: finished, cell not yet written
-        json.loads(_szoq([*expand(argv), "--out", str(out), *resume]))
+        json.loads(_szoq([*argv, "--out", str(out), *resume]))
     cfg = json.loads((out / "finetune_config.json").read_text())
     for flag, name in (("--lr", "lr"), ("--eps", "eps"), ("--steps", "steps"), ("--seed", "seed")):  # never read back another run's results
         if float(argv[argv.index(flag) + 1]) != float(cfg["settings"][name]):
@@ -324,7 +319,7 @@ def run_cell(cell: Cell) -> dict:
         if cell.method == "icl":
             argv[-1:-1] = ["--icl-shots", str(ICL_SHOTS[cell.task])]
             extra["icl_shots"] = ICL_SHOTS[cell.task]
-        res = json.loads(_szoq(expand(argv)))
+        res = json.loads(_szoq(argv))
         acc, n, curve, lr, eps = res["value"], res["n"], [], None, None
         extra["metric"] = res["metric"]
     else:
@@ -399,17 +394,17 @@ def verify(key: str) -> dict:
     """Rerun a finished cell's recorded `argv` (plus a fresh --out for a fine-tuning cell) with today's code; compare."""
     cell = json.loads((CELLS / f"{key}.json").read_text())
     t0, sha = time.perf_counter(), _git_sha()
-    argv = [portable(a) for a in cell["argv"]]  # cells recorded with this or another machine's paths
+    argv = pinned({**cell, "argv": [portable(a) for a in cell["argv"]]})  # cells recorded with this or another machine's paths
     if argv[0] == "finetune":
         out = WORK / "verify" / key
         if out.exists():
             import shutil
 
             shutil.rmtree(out)
-        res = json.loads(_szoq([*expand(pinned(cell)), "--out", str(out)]))
+        res = json.loads(_szoq([*argv, "--out", str(out)]))
         rerun = res["eval"]
     else:
-        rerun = json.loads(_szoq(expand(pinned(cell))))["value"]
+        rerun = json.loads(_szoq(argv))["value"]
     return {"key": key, "recorded": cell["accuracy"], "rerun": rerun, "same": rerun == cell["accuracy"], "n": cell["n"],
             "recorded_git_sha": cell["git_sha"], "git_sha": sha, "threads": os.environ.get("OMP_NUM_THREADS", "default"),
             "wall_s": round(time.perf_counter() - t0, 1), "argv": argv}
