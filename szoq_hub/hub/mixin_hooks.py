@@ -137,21 +137,7 @@ def _recorded_mask(delta: Delta) -> SensitivityMask:
 
 
 def merge_delta_into(delta: Delta, model, mask: SensitivityMask | None = None):
-    """Write the fine-tuned values into a model's weights, in place.
-
-    Args:
-        model: The base model the delta was fine-tuned from: a transformers model (any dtype or
-            device; `W.flatten()[mask] = values`, what `szoq merge` saves) or a `SparseModel`
-            (its sparse value vector is replaced).
-        mask: The mask it was fine-tuned with; default the SparseModel's own, else the mask its
-            settings name. Either way it must be the file the delta was trained with (sha256).
-
-    Returns:
-        `model`.
-
-    Raises:
-        FingerprintMismatch: another mask. MaskError: names or sizes that do not fit the model.
-    """
+    """`Delta.merge_into` (its docstring says what it takes, returns and raises)."""
     if isinstance(model, SparseModel):
         delta.check_mask(model.mask)
         model.load_delta(delta.tensors)
