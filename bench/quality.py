@@ -394,20 +394,21 @@ def verify(key: str) -> dict:
     """Rerun a finished cell's recorded `argv` (plus a fresh --out for a fine-tuning cell) with today's code; compare."""
     cell = json.loads((CELLS / f"{key}.json").read_text())
     t0, sha = time.perf_counter(), _git_sha()
-    argv = pinned({**cell, "argv": [portable(a) for a in cell["argv"]]})  # cells recorded with this or another machine's paths
+    argv = [portable(a) for a in cell["argv"]]  # cells recorded with this or another machine's paths
+    ran = pinned({**cell, "argv": argv})  # with the dtype and micro-batching it ran under made explicit
     if argv[0] == "finetune":
         out = WORK / "verify" / key
         if out.exists():
             import shutil
 
             shutil.rmtree(out)
-        res = json.loads(_szoq([*argv, "--out", str(out)]))
+        res = json.loads(_szoq([*ran, "--out", str(out)]))
         rerun = res["eval"]
     else:
-        rerun = json.loads(_szoq(argv))["value"]
+        rerun = json.loads(_szoq(ran))["value"]
     return {"key": key, "recorded": cell["accuracy"], "rerun": rerun, "same": rerun == cell["accuracy"], "n": cell["n"],
             "recorded_git_sha": cell["git_sha"], "git_sha": sha, "threads": os.environ.get("OMP_NUM_THREADS", "default"),
-            "wall_s": round(time.perf_counter() - t0, 1), "argv": argv}
+            "wall_s": round(time.perf_counter() - t0, 1), "argv": argv, "ran": ran}
 
 
 def transfer(task: str) -> dict:

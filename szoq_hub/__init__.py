@@ -49,8 +49,8 @@ _EXPORTS: dict[str, str] = {
     **dict.fromkeys(("push_delta", "pull_delta"), ".hub.deltas"),
     **dict.fromkeys(("resolve_mask_ref", "resolve_delta_ref"), ".hub.refs"),
     "ZOConfig": ".runtime.zo",
-    **dict.fromkeys(("FinetuneConfig", "config_from_options", "default_of", "flag", "option_fields"), ".training.config"),
-    **dict.fromkeys(("FinetuneResult", "finetune"), ".training.finetune"),
+    **dict.fromkeys(("FinetuneConfig", "FinetuneResult", "config_from_options", "default_of", "flag", "option_fields"), ".training.config"),
+    "finetune": ".training.finetune",
     "model_and_mask_for": ".training.setup",
     **dict.fromkeys(("EvalConfig", "EvalResult", "evaluate"), ".training.evaluate"),
     "merge": ".training.merge",
@@ -87,8 +87,8 @@ if TYPE_CHECKING:  # what IDEs and type checkers read; at run time __getattr__ i
     from .runtime.sparse import SparseModel, load_sparse_model
     from .training.evaluate import EvalConfig, EvalResult, evaluate
     from .runtime.zo import ZOConfig
-    from .training.config import FinetuneConfig, config_from_options, default_of, flag, option_fields
-    from .training.finetune import FinetuneResult, finetune
+    from .training.config import FinetuneConfig, FinetuneResult, config_from_options, default_of, flag, option_fields
+    from .training.finetune import finetune
     from .training.setup import model_and_mask_for
     from .training.merge import merge
 

@@ -380,7 +380,7 @@ def test_micro_batches_are_chosen_recorded_and_kept_on_resume(tiny_model_dir, ti
     recorded choice, a forced size wins; the run's loss is the whole-batch loss."""
     from szoq_hub.training.finetune import MICRO_BATCH_TOKENS
 
-    mask_dir = tiny_mask[1]
+    mask_dir = tiny_mask
     auto = finetune(_config(tiny_model_dir, mask_dir, train_file, tmp_path / "auto", dtype="fp32"))
     whole = finetune(_config(tiny_model_dir, mask_dir, train_file, tmp_path / "whole", dtype="fp32", micro_batch_size=16))
     assert (auto.micro_batch_size, auto.micro_batch_tokens, whole.micro_batch_size, whole.micro_batch_tokens) == (None, MICRO_BATCH_TOKENS, 16, None)
@@ -477,7 +477,7 @@ def test_dtype_auto_is_the_default_and_a_resume_keeps_the_runs_dtype(tiny_model_
 
     assert FinetuneConfig().dtype == "auto" and EvalConfig().dtype == "auto"
     monkeypatch.setattr(devices, "auto_dtype", lambda device: "bf16")  # as on a CPU with native bf16, whatever this one has
-    mask_dir = tiny_mask[1]
+    mask_dir = tiny_mask
     new = finetune(_config(tiny_model_dir, mask_dir, train_file, tmp_path / "new", steps=2))
     assert new.dtype == "bf16" and json.loads((tmp_path / "new" / "finetune_config.json").read_text())["runtime"]["dtype"] == "bf16"
 

@@ -222,7 +222,8 @@ def test_recorded_paths_are_portable_and_old_cells_verify_on_this_machine(tmp_pa
     (quality.CELLS / f"{old['key']}.json").write_text(json.dumps(old))
     row = quality.verify(old["key"])
     assert row["same"] and row["argv"] == ["eval", "--mask", "{work}/masks/random-d0.001", "--task", "sst2", "--json"]
-    assert ran == [["eval", "--mask", str(tmp_path / "work" / "masks" / "random-d0.001"), "--task", "sst2", "--json"]]
+    # it reruns on this machine's work folder, pinned to the fp32 compute the old cell ran with
+    assert ran == [["eval", "--mask", str(tmp_path / "work" / "masks" / "random-d0.001"), "--task", "sst2", "--dtype", "fp32", "--json"]]
 
 
 def test_no_recorded_cell_names_a_path_of_some_machine():
