@@ -25,15 +25,15 @@ app.add_typer(export_app, name="export")
 def peft_cmd(
     delta: str = typer.Option(..., "--delta", help="Run folder, delta.safetensors, or ORG/NAME or ORG/NAME@REV on the Hub."),
     out_dir: Path = typer.Option(..., "--out", help="New folder for the adapter (adapter_config.json, adapter_model.safetensors)."),
-    model: str = typer.Option(DEFAULT_MODEL, "--model", help="The base model the delta was fine-tuned from."),
-    mask: str = typer.Option(DEFAULT_MASK, "--mask", help="The mask the delta was fine-tuned with."),
+    model: Optional[str] = typer.Option(None, "--model", help=f"The base model the delta was fine-tuned from (default {DEFAULT_MODEL}; a --lora run: its own)."),
+    mask: Optional[str] = typer.Option(None, "--mask", help=f"The mask the delta was fine-tuned with (default {DEFAULT_MASK}; not for a --lora run)."),
     push: Optional[str] = typer.Option(None, "--push", help="Also publish the adapter to this Hub repo ORG/NAME (one commit + a tag)."),
     tag: Optional[str] = typer.Option(None, help="Tag for --push (default: v1, or the next vN)."),
     private: bool = PRIVATE,
     token: Optional[str] = TOKEN,
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
-    """Write a PEFT SHiRA adapter equal to `szoq merge` of the delta. Example: szoq export peft --delta runs/sst2 --out sst2-shira"""
+    """Write a PEFT SHiRA adapter (a --lora run: a PEFT LoRA adapter) equal to `szoq merge` of the delta. Example: szoq export peft --delta runs/sst2 --out sst2-shira"""
     if push is not None:
         check_repo_id(push)  # a bad repo id fails before the export
     result = export_peft(model=model, mask_ref=mask, delta=resolve_delta_ref(delta, token=token), out=out_dir)
@@ -44,5 +44,8 @@ def peft_cmd(
     print(result.out)
     if pushed is not None:
         push_summary(pushed, repo=push, kind="peft adapter", what=str(out_dir), use="PeftModel.from_pretrained(base, '{ref}')")
+    if result.peft_type == "LORA":
+        note(f"LoRA r={result.r}: {result.layers} layers, {result.nnz:,} adapter values; load it with PeftModel.from_pretrained(base, {str(result.out)!r})")
+        return
     note(f"SHiRA r={result.r}: {result.layers} layers, {result.nnz:,} fine-tuned weights + {result.padding:,} zero-update padding entries; "
          f"load it with PeftModel.from_pretrained(base, {str(result.out)!r})")

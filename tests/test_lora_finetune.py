@@ -150,3 +150,33 @@ def test_lora_flags_and_refusals(run_cli, tiny_model_dir, train_file, tmp_path):
     assert_one_line_error(*run_cli("finetune", *common, "--lora", "8", "--lora-alpha", "0")[:3:2], "alpha")
     assert_one_line_error(*run_cli("finetune", *common, "--lora", "8", "--lora-targets", "nothing_here", "--steps", "1")[:3:2], "nothing_here")
     assert not (tmp_path / "x" / LORA_FILE).exists()
+
+
+def test_export_peft_of_a_lora_run_loads_in_peft_and_equals_the_merge(tiny_model_dir, train_file, tmp_path, run_cli):
+    pytest.importorskip("peft", reason="pip install 'szoq[peft]'")
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from szoq_hub.export.peft import verify_adapter
+    from szoq_hub.training.merge import merge
+
+    out = tmp_path / "run"
+    finetune(_config(tiny_model_dir, train_file, out, lora_targets="q_proj,v_proj,down_proj"))
+    code, printed, err = run_cli("export", "peft", "--delta", str(out), "--out", str(tmp_path / "adapter"), "--json")
+    assert code == 0, err
+    result = json.loads(printed)
+    assert result["peft_type"] == "LORA" and result["r"] == 4 and result["padding"] == 0
+    config = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    assert config["peft_type"] == "LORA" and config["r"] == 4 and config["lora_alpha"] == 16.0
+    assert {m.rsplit(".", 1)[1] for m in config["target_modules"]} == {"q_proj", "v_proj", "down_proj"}
+    assert config["base_model_name_or_path"] == tiny_model_dir.name  # no local path
+    assert verify_adapter(tmp_path / "adapter") == config
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    ids = tok(["the movie was great", "a boring plot"], return_tensors="pt", padding=True)
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    peft_model = PeftModel.from_pretrained(base, tmp_path / "adapter").eval()
+    merged = AutoModelForCausalLM.from_pretrained(merge(delta=out, out=tmp_path / "merged"), dtype=torch.float32).eval()
+    with torch.no_grad():
+        adapted, want = peft_model(**ids).logits, merged(**ids).logits
+    assert torch.allclose(adapted, want, atol=1e-4, rtol=1e-4)
+    assert_one_line_error(*run_cli("export", "peft", "--delta", str(out), "--out", str(tmp_path / "a2"), "--mask", "x")[:3:2], "--mask", "LoRA")
