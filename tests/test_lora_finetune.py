@@ -81,7 +81,7 @@ def test_lora_resume_is_bit_identical(tiny_model_dir, train_file, tmp_path):
     assert _losses(tmp_path / "straight") == _losses(tmp_path / "resumed")
 
 
-def test_eval_and_merge_of_a_lora_run(tiny_model_dir, train_file, tmp_path, run_cli):
+def test_eval_and_merge_of_a_lora_run(tiny_model_dir, train_file, tmp_path, run_cli, monkeypatch):
     from transformers import AutoModelForCausalLM
 
     from szoq_hub.runtime.lora import attach_lora
@@ -111,6 +111,15 @@ def test_eval_and_merge_of_a_lora_run(tiny_model_dir, train_file, tmp_path, run_
     with torch.no_grad():
         want, got = hooked.model(**ids).logits, merged(**ids).logits
     assert torch.allclose(got, want, atol=1e-4, rtol=1e-4)
+    import szoq_hub.runtime.sparse as sparse_runtime
+
+    fp32_run = finetune(_config(tiny_model_dir, train_file, tmp_path / "fp32", quant="none"))
+    real, quants = sparse_runtime.load_sparse_model, []
+    monkeypatch.setattr(sparse_runtime, "load_sparse_model", lambda *a, **k: quants.append(k["quant"]) or real(*a, **k))  # the real loader, recorded
+    ev = evaluate(EvalConfig(delta=str(tmp_path / "fp32"), train_file=str(train_file), template="{text} It was", labels="0=bad,1=good",
+                             eval_samples=4, dtype="fp32"))
+    assert quants == ["none"] and ev.value == fp32_run.eval_metric  # without --quant: the run's own base (none here)
+    monkeypatch.setattr(sparse_runtime, "load_sparse_model", real)
     plain = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
     with torch.no_grad():
         assert not torch.allclose(plain(**ids).logits, got, atol=1e-6)  # the adapter changed something

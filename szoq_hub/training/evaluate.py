@@ -118,7 +118,7 @@ def evaluate(config: EvalConfig) -> EvalResult:
     if dense:
         return _evaluate_dense(config, task, examples, device)
     if lora:
-        return _evaluate_lora(config, task, examples, device, quant)
+        return _evaluate_lora(config, task, examples, device)
     model_ref, mask_ref = model_and_mask_for(config.delta, config.model, config.mask)
     delta = None
     if config.delta is None and config.mask is None:  # zero-shot: a mask only where one fits
@@ -152,8 +152,9 @@ def _evaluate_dense(config: EvalConfig, task, examples, device) -> EvalResult:
     return EvalResult(task.name, mode, task.metric, value, len(examples), config.delta)
 
 
-def _evaluate_lora(config: EvalConfig, task, examples, device, quant: str) -> EvalResult:
-    """Score the quantized base with a `finetune --lora` run's adapter on it (runtime/lora.py)."""
+def _evaluate_lora(config: EvalConfig, task, examples, device) -> EvalResult:
+    """Score the quantized base with a `finetune --lora` run's adapter on it (runtime/lora.py);
+    without --quant, the base is quantized as the run's was."""
     from ..data.models import model_fingerprint, resolve_model
     from ..runtime.lora import attach_lora
     from ..runtime.lora_file import load_lora
@@ -162,6 +163,8 @@ def _evaluate_lora(config: EvalConfig, task, examples, device, quant: str) -> Ev
     adapter = load_lora(config.delta)
     source = resolve_model(config.model or adapter.model_ref or DEFAULT_MODEL, revision=config.revision)
     adapter.check_fingerprint(model_fingerprint(source))  # before any weight loads
+    quant = config.quant or adapter.run_settings.get("quant") or "nf4"
+    require_quant_backend(quant)
     dtype = resolve_dtype(config.dtype, device)
     base = load_sparse_model(source, None, quant=quant, device=device, compute_dtype=dtype)
     lora = attach_lora(base.model, base.tokenizer, adapter.settings, device=device)
