@@ -189,3 +189,4 @@ def test_export_peft_of_a_lora_run_loads_in_peft_and_equals_the_merge(tiny_model
         adapted, want = peft_model(**ids).logits, merged(**ids).logits
     assert torch.allclose(adapted, want, atol=1e-4, rtol=1e-4)
     assert_one_line_error(*run_cli("export", "peft", "--delta", str(out), "--out", str(tmp_path / "a2"), "--mask", "x")[:3:2], "--mask", "LoRA")
+    assert_one_line_error(*run_cli("delta", "push", str(out), "--repo", "me/lora")[:3:2], "is a --lora run")  # before any Hub call
