@@ -20,14 +20,14 @@ def peft_cmd(
     delta: str = typer.Option(..., "--delta", help="Run folder, delta.safetensors, or ORG/NAME or ORG/NAME@REV on the Hub."),
     out_dir: Path = typer.Option(..., "--out", help="New folder for the adapter (adapter_config.json, adapter_model.safetensors)."),
     model: Optional[str] = typer.Option(None, "--model", help="The base model the delta was fine-tuned from (default: the one the delta records, else the built-in)."),
-    mask: Optional[str] = typer.Option(None, "--mask", help="The mask the delta was fine-tuned with (default: the one the delta records, else the built-in)."),
+    mask: Optional[str] = typer.Option(None, "--mask", help="The mask the delta was fine-tuned with (default: the one the delta records, else the built-in; not for a --lora run)."),
     push: Optional[str] = typer.Option(None, "--push", help="Also publish the adapter to this Hub repo ORG/NAME (one commit + a tag)."),
     tag: Optional[str] = typer.Option(None, help="Tag for --push (default: v1, or the next vN)."),
     private: bool = PRIVATE,
     token: Optional[str] = TOKEN,
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
-    """Write a PEFT SHiRA adapter equal to `szoq merge` of the delta. Example: szoq export peft --delta runs/sst2 --out sst2-shira"""
+    """Write a PEFT SHiRA adapter (a --lora run: a PEFT LoRA adapter) equal to `szoq merge` of the delta. Example: szoq export peft --delta runs/sst2 --out sst2-shira"""
     from szoq_hub import check_repo_id, export_peft, push_peft, resolve_delta_ref
 
     if push is not None:
@@ -40,5 +40,8 @@ def peft_cmd(
     print(result.out)
     if pushed is not None:
         push_summary(pushed, repo=push, kind="peft adapter", what=str(out_dir), use="PeftModel.from_pretrained(base, '{ref}')")
+    if result.peft_type == "LORA":
+        note(f"LoRA r={result.r}: {result.layers} layers, {result.nnz:,} adapter values; load it with PeftModel.from_pretrained(base, {str(result.out)!r})")
+        return
     note(f"SHiRA r={result.r}: {result.layers} layers, {result.nnz:,} fine-tuned weights + {result.padding:,} zero-update padding entries; "
          f"load it with PeftModel.from_pretrained(base, {str(result.out)!r})")

@@ -48,7 +48,7 @@ def _finetune_parameters() -> list[inspect.Parameter]:
 
 
 def finetune_cmd(*, resume: bool = False, as_json: bool = False, **options) -> None:
-    """ZO fine-tune the sparse values of a quantized model (--dense: every linear weight, the MeZO baseline). Example: szoq finetune --task sst2 --steps 300 --out runs/sst2"""
+    """ZO fine-tune the sparse values of a quantized model (--dense: every linear weight, the MeZO baseline; --lora R: LoRA adapters). Example: szoq finetune --task sst2 --steps 300 --out runs/sst2"""
     config = config_from_options(options)
     out_dir = Path(config.out)
     with progress_bar() as bar:
@@ -100,7 +100,7 @@ def eval_cmd(
     train: Optional[str] = _TRAIN, eval_file: Optional[str] = _EVAL, template: Optional[str] = _TEMPLATE,
     labels: Optional[str] = _LABELS, label_field: str = _LABEL_FIELD, task_file: Optional[str] = _TASK_FILE,
     encoding: str = _ENCODING,
-    delta: Optional[Path] = typer.Option(None, "--delta", help="Run folder, delta.safetensors or ORG/NAME[@REV] on the Hub (default: zero-shot); also a --dense run's folder."),
+    delta: Optional[Path] = typer.Option(None, "--delta", help="Run folder, delta.safetensors or ORG/NAME[@REV] on the Hub (default: zero-shot); also a --dense or --lora run's folder."),
     icl_shots: int = typer.Option(0, "--icl-shots", help="In-context demonstrations per example."),
     quant: Optional[str] = typer.Option(None, "--quant", help="Base quantization: nf4, fp4, int8 or none (default nf4; a --dense run's weights: fp32, none)."),
     device: str = _DEVICE, dtype: Optional[str] = _DTYPE,
@@ -127,7 +127,7 @@ def eval_cmd(
 @app.command("merge")
 def merge_cmd(
     model: Optional[str] = _DELTA_MODEL, mask: Optional[str] = _DELTA_MASK,
-    delta: Path = typer.Option(..., "--delta", help="Run folder, delta.safetensors or ORG/NAME[@REV] on the Hub."),
+    delta: Path = typer.Option(..., "--delta", help="Run folder, delta.safetensors or ORG/NAME[@REV] on the Hub; also a --dense or --lora run's folder."),
     out_dir: Path = typer.Option(..., "--out", help="Folder for the merged transformers model."),
     dtype: str = typer.Option("fp32", "--dtype", help="dtype of the saved weights: fp32, bf16 or fp16."),
     device: str = _DEVICE,

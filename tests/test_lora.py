@@ -109,3 +109,21 @@ def test_bad_settings_say_what_is_wrong(base, kwargs, needle):
     model, tok, _ = base
     with pytest.raises(ConfigError, match=needle):
         attach_lora(copy.deepcopy(model), tok, LoRASettings(**kwargs))
+
+
+def test_adapter_file_is_byte_reproducible_and_refuses_a_flipped_bit(base, tmp_path):
+    from szoq_hub.runtime.lora_file import load_lora, save_lora
+
+    model, tok, _ = base
+    lora = attach_lora(copy.deepcopy(model), tok, LoRASettings(rank=2), seed=0)
+    _randomize(lora, 5)
+    args = dict(settings=lora.settings, fingerprint="f" * 64, base_model="tiny", run_settings={"seed": 0, "lr": 1e-3})
+    a, b = save_lora(tmp_path / "a.safetensors", lora.adapter_tensors(), **args), save_lora(tmp_path / "b.safetensors", lora.adapter_tensors(), **args)
+    assert a.read_bytes() == b.read_bytes()  # sorted header and tensors: the same adapter, the same bytes
+    loaded = load_lora(a)
+    assert all(torch.equal(loaded.tensors[k], v) for k, v in lora.adapter_tensors().items())
+    data = bytearray(a.read_bytes())
+    data[-3] ^= 0x01  # one bit of the last tensor's bytes: still a finite fp32 value
+    a.write_bytes(bytes(data))
+    with pytest.raises(MaskError, match="content sha256"):
+        load_lora(a)

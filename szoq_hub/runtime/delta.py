@@ -226,6 +226,9 @@ def load_delta(ref: str | Path, *, mask: SensitivityMask | None = None, mask_sha
         if _is_file(folder / "dense.safetensors"):  # a `finetune --dense` run (dense.py): weights, not a delta
             raise MaskError(f"{folder} is a --dense run: it holds trained weights (dense.safetensors), not a sparse delta",
                             hint=f"szoq eval / szoq merge --delta {folder} take it; pushing and PEFT export are for sparse deltas")
+        if _is_file(folder / "lora.safetensors"):  # a `finetune --lora` run (lora_file.py): an adapter, not a delta
+            raise MaskError(f"{folder} is a --lora run: it holds a LoRA adapter (lora.safetensors), not a sparse delta",
+                            hint=f"szoq eval / szoq merge / szoq export peft --delta {folder} take it; pushing is for sparse deltas")
         if _is_file(folder / "finetune_config.json"):  # a run folder without its last file: unfinished
             raise MaskError(f"the run in {folder} is unfinished (no {DELTA_FILE} yet)",
                             hint=f"continue it: run the same szoq finetune command again (same options, --out {folder}); "

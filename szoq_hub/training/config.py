@@ -18,6 +18,7 @@ from ..core.devices import check_device_spec, check_dtype_spec
 from ..core.errors import ConfigError
 from ..data.models import DEFAULT_MODEL
 from ..data.tasks import CustomTask, Sampling, custom_task_from
+from ..runtime.lora import LoRASettings
 from ..runtime.zo import ZOConfig
 
 from ..core.defaults import DEFAULT_LR, DEFAULT_MASK  # noqa: E402  (one place, read by `szoq --help` without torch)
@@ -80,6 +81,10 @@ class FinetuneConfig:
     dense: bool = _opt(False, "Dense MeZO baseline: ZO over every linear weight of the decoder layers (attention and MLP projections; embeddings, "
                               "norms and lm_head stay frozen) of the fp32 model, unquantized, no mask. Writes dense.safetensors (the trained "
                               "weights) instead of a delta. Memory: the fp32 model + one weight.")
+    lora: int = _opt(0, "ZO-LoRA rank R (0 = off): low-rank adapters on the frozen quantized base (--lora-targets), trained by the same "
+                        "ZO estimator, no mask. Writes lora.safetensors instead of a delta. Not with --dense or --mask.")
+    lora_alpha: float = _opt(16.0, "ZO-LoRA alpha: the update is (alpha / R) B A (with --lora).")
+    lora_targets: str = _opt("q_proj,v_proj", "ZO-LoRA: comma-separated names of the linears to adapt (with --lora; MeZO's q_proj,v_proj).")
     task: str | None = _opt(None, "Built-in task: sst2, rte, cb, boolq, wic, wsc, copa or multirc (default sst2; not with a custom task).")
     train_file: str | None = _opt(None, "Custom task: train file (jsonl/csv/tsv).", flag="--train")
     eval_file: str | None = _opt(None, "Custom task: eval file (default: held out from --train).", flag="--eval")
@@ -113,7 +118,7 @@ class FinetuneConfig:
     report_to: str = _opt("none", "Also log metrics to: none, tensorboard, trackio or wandb (offline modes honoured).")
 
     def __post_init__(self) -> None:
-        for name, low, example in (("steps", 1, 300), ("batch_size", 1, 16), ("eval_batch_size", 1, 32), ("eval_every", 0, 100), ("save_every", 1, 100)):
+        for name, low, example in (("lora", 0, 8), ("steps", 1, 300), ("batch_size", 1, 16), ("eval_batch_size", 1, 32), ("eval_every", 0, 100), ("save_every", 1, 100)):
             if getattr(self, name) < low:
                 raise ConfigError(f"{flag(name)} must be >= {low}, got {getattr(self, name)}", hint=f"e.g. {flag(name)} {example}")
         if self.micro_batch_size is not None and self.micro_batch_size <= 0:
@@ -133,7 +138,9 @@ class FinetuneConfig:
 
         if self.dense:
             refuse_dense_options("--dense", mask=self.mask, quant=self.quant, dtype=self.dtype)
-        self.mask = self.mask or (None if self.dense else DEFAULT_MASK)
+        if self.lora:
+            self._check_lora()
+        self.mask = self.mask or (None if self.dense or self.lora else DEFAULT_MASK)
         self.quant = self.quant or ("none" if self.dense else "nf4")
         if self.quant not in QUANT_MODES:
             raise ConfigError(f"unknown quant {self.quant!r}", hint=f"choose one of: {', '.join(QUANT_MODES)}")
@@ -145,6 +152,26 @@ class FinetuneConfig:
 
         if self.report_to not in REPORT_TO:
             raise ConfigError(f"unknown --report-to {self.report_to!r}", hint=f"choose one of: {', '.join(REPORT_TO)}")
+
+    def _check_lora(self) -> None:
+        """A LoRA run adapts the quantized base itself: no mask, no dense weights; its settings are valid."""
+        if self.dense:
+            raise ConfigError("--lora and --dense were both given", hint="drop --dense to train LoRA adapters, or drop --lora for dense MeZO")
+        if self.mask is not None:
+            raise ConfigError(f"--mask {self.mask} does not apply to --lora: the adapters train on the quantized base, no mask selects weights",
+                              hint="drop --mask for a LoRA run, or drop --lora to train the masked weights")
+        self.lora_settings()  # validates rank, alpha, targets
+
+    def lora_settings(self) -> LoRASettings | None:
+        """The adapter the settings ask for (None without --lora).
+
+        Raises:
+            ConfigError: a rank that is not positive, a bad alpha or empty target names.
+        """
+        if not self.lora:
+            return None
+        targets = tuple(t.strip() for t in self.lora_targets.split(","))
+        return LoRASettings(rank=self.lora, alpha=self.lora_alpha, targets=targets)
 
     def custom_task(self) -> CustomTask | None:
         """The custom task the settings describe, or None for a built-in task."""

@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field
 from ..runtime.delta import load_delta
 from ..core.devices import check_device_spec, check_dtype_spec, dtype_name, require_quant_backend, resolve_device, resolve_dtype
 from ..core.errors import ConfigError
+from ..data.models import DEFAULT_MODEL
 from .config import refuse_dense_options
 from .setup import model_and_mask_for, open_model_and_fitting_mask, open_model_and_mask, score
 from ..data.scoring import encode, pad_id_of
@@ -97,11 +98,16 @@ def evaluate(config: EvalConfig) -> EvalResult:
         MaskError: corrupt delta.
     """
     from ..runtime.dense import is_dense_file
+    from ..runtime.lora_file import is_lora_file
     from ..runtime.sparse import load_sparse_model
 
     dense = bool(config.delta) and is_dense_file(config.delta)
     if dense:
         refuse_dense_options(str(config.delta), mask=config.mask, quant=config.quant, dtype=config.dtype)
+    lora = bool(config.delta) and not dense and is_lora_file(config.delta)
+    if lora and config.mask is not None:
+        raise ConfigError(f"--mask does not apply to {config.delta}: a LoRA run's adapters sit on the quantized base, no mask",
+                          hint="drop --mask to evaluate a --lora run")
     quant = config.quant or ("none" if dense else "nf4")
     require_quant_backend(quant)
     device = resolve_device(config.device)
@@ -111,6 +117,8 @@ def evaluate(config: EvalConfig) -> EvalResult:
     examples = with_demonstrations(task.eval, task.train, config.icl_shots, config.seed)
     if dense:
         return _evaluate_dense(config, task, examples, device)
+    if lora:
+        return _evaluate_lora(config, task, examples, device)
     model_ref, mask_ref = model_and_mask_for(config.delta, config.model, config.mask)
     delta = None
     if config.delta is None and config.mask is None:  # zero-shot: a mask only where one fits
@@ -142,3 +150,26 @@ def _evaluate_dense(config: EvalConfig, task, examples, device) -> EvalResult:
     value = score(dense.model, encode(tok, examples), task.metric, pad_id, config.batch_size)
     mode = f"dense+icl-{config.icl_shots}" if config.icl_shots else "dense"
     return EvalResult(task.name, mode, task.metric, value, len(examples), config.delta)
+
+
+def _evaluate_lora(config: EvalConfig, task, examples, device) -> EvalResult:
+    """Score the quantized base with a `finetune --lora` run's adapter on it (runtime/lora.py);
+    without --quant, the base is quantized as the run's was."""
+    from ..data.models import model_fingerprint, resolve_model
+    from ..runtime.lora import attach_lora
+    from ..runtime.lora_file import load_lora
+    from ..runtime.sparse import load_sparse_model
+
+    adapter = load_lora(config.delta)
+    source = resolve_model(config.model or adapter.model_ref or DEFAULT_MODEL, revision=config.revision)
+    adapter.check_fingerprint(model_fingerprint(source))  # before any weight loads
+    quant = config.quant or adapter.run_settings.get("quant") or "nf4"
+    require_quant_backend(quant)
+    dtype = resolve_dtype(config.dtype, device)
+    base = load_sparse_model(source, None, quant=quant, device=device, compute_dtype=dtype)
+    lora = attach_lora(base.model, base.tokenizer, adapter.settings, device=device)
+    lora.load_adapter(adapter.tensors)
+    pad_id = pad_id_of(lora.tokenizer)
+    value = score(lora.model, encode(lora.tokenizer, examples), task.metric, pad_id, config.batch_size)
+    mode = f"lora+icl-{config.icl_shots}" if config.icl_shots else "lora"
+    return EvalResult(task.name, mode, task.metric, value, len(examples), config.delta, dtype_name(dtype))

@@ -10,7 +10,8 @@ Rank 0 writes; the run is complete once its final file exists, which is written 
 - `checkpoint.safetensors` the trainable's state + optimizer state + step (atomic temp + rename)
 - `best-dev.safetensors`   the best dev state so far (what the paper keeps)
 - `README.md`              a model card
-- the final file           `delta.safetensors` (sparse) or `dense.safetensors` (dense): the
+- the final file           `delta.safetensors` (sparse), `dense.safetensors` (dense) or
+                           `lora.safetensors` (--lora): the
                            trainable names it (`Trainable.final_file`)
 """
 
@@ -29,6 +30,7 @@ from ..core.version import __version__
 from ..masks.artifact import card_base_model
 from ..runtime.delta import DELTA_FILE
 from ..runtime.dense import DENSE_FILE
+from ..runtime.lora_file import LORA_FILE
 from .config import FinetuneConfig, settings_of
 
 CONFIG_FILE = "finetune_config.json"
@@ -37,7 +39,7 @@ REDONE_FILE = "metrics.redone.jsonl"
 CHECKPOINT_FILE = "checkpoint.safetensors"
 BEST_FILE = "best-dev.safetensors"
 CARD_FILE = "README.md"
-FINAL_FILES = (DELTA_FILE, DENSE_FILE)
+FINAL_FILES = (DELTA_FILE, DENSE_FILE, LORA_FILE)
 # Settings that may differ when resuming (they do not change the trajectory; micro_batch_size changes
 # float rounding only, so a run that ran out of memory can resume with smaller forwards). device and
 # dtype are compared resolved (the `runtime` block), not as typed: `auto` and `cpu` can be the same.

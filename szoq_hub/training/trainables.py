@@ -1,4 +1,4 @@
-"""What the fine-tuning loop trains: the `Trainable` protocol and its two implementations.
+"""What the fine-tuning loop trains: the `Trainable` protocol and its three implementations.
 
 The loop (finetune.py) knows batches, seeds, the step log, dev evaluation, best-dev and
 checkpoint timing; a trainable knows its values and files:
@@ -9,7 +9,9 @@ checkpoint timing; a trainable knows its values and files:
   runtime/dense.py); no copy of the best weights fits in memory, so a dev improvement writes
   the checkpoint and then the best-dev file; its final file is `dense.safetensors`, after which
   the checkpoint and best-dev copies (hundreds of MB each, only needed to resume) are removed.
-Another trainable (e.g. ZO-LoRA) implements the same protocol and `build_trainable` picks it.
+- `LoRATrainable` (--lora R): LoRA adapters on the quantized base, no mask; a sparse trainable
+  whose values are the adapter vector and whose files are LoRA adapters (`lora.safetensors`).
+`build_trainable` picks one from the settings.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from ..data.models import ModelSource, fingerprint_from, parameter_layout, resol
 from ..hub.refs import pinned_mask_ref
 from ..runtime.delta import DELTA_CARD_TAGS, DELTA_FILE, save_delta
 from ..runtime.dense import DENSE_FILE, DenseModel, DenseZO, dense_metadata, load_dense_model, save_dense
+from ..runtime.lora_file import LORA_FILE, save_lora
 from ..runtime.zo import StepRecord, make_optimizer
 from .config import FinetuneConfig
 from .run_folder import RunFolder, card_task, checkpoint_meta
@@ -245,11 +248,90 @@ class DenseTrainable:
         run.remove_resume_files()  # dense.safetensors holds the best-dev weights
 
 
+LORA_CARD_TAGS = ["szoq", "lora", "zeroth-order"]
+
+
+class LoRATrainable(SparseTrainable):
+    """ZO-LoRA (`finetune --lora R`): adapters on the frozen quantized base, no mask (runtime/lora.py).
+
+    The adapter's one flat fp32 vector plays the part of the sparse values, so the checkpoint
+    (values, best values, optimizer state), restore and best-dev logic are the sparse trainable's
+    own; only the files differ: best-dev and final files are szoq LoRA adapters (runtime/lora_file.py).
+    """
+
+    final_file = LORA_FILE
+
+    def __init__(self, config: FinetuneConfig, device: torch.device, dtype: torch.dtype, settings: dict, writer: bool) -> None:
+        from ..runtime.lora import attach_lora
+        from ..runtime.sparse import load_sparse_model
+
+        self.source = resolve_model(config.model, revision=config.revision)
+        self.fingerprint = fingerprint_from(parameter_layout(self.source), self.source.identity)
+        base = load_sparse_model(self.source, None, quant=config.quant, device=device, compute_dtype=dtype)
+        self.lora_settings = config.lora_settings()
+        self.lora = attach_lora(base.model, base.tokenizer, self.lora_settings, seed=config.seed, device=device, base=base)
+        self.model, self.tokenizer = self.lora.model, self.lora.tokenizer
+        self.values = self.lora.values  # [n] fp32: every A and B, flat
+        self.opt = make_optimizer(self.values, config.zo)
+        self.mask, self.mask_sha, self.mask_ref = None, None, None
+        self.settings, self.writer = settings, writer
+        self.best_values: torch.Tensor | None = None  # [n], on every rank
+        self.perturbed = self.lora.perturbed
+
+    @property
+    def nnz(self) -> int:
+        return self.values.numel()
+
+    def record(self) -> dict:
+        s = self.lora_settings
+        return {"nnz": self.nnz, "mask_sha256": None, "mask_ref": None,
+                "lora": {"rank": s.rank, "alpha": s.alpha, "targets": list(s.targets), "modules": len(self.lora.segments)}}
+
+    def _tensors(self, values: torch.Tensor) -> dict[str, torch.Tensor]:
+        """`adapter_tensors()` of a given flat vector [n] (e.g. the kept best values)."""
+        vals = values.detach().to("cpu")[None]  # [1, n]
+        out = {}
+        for seg in self.lora.segments:
+            out[f"{seg.module}.lora_A.weight"] = seg.a(vals)[0].clone()  # [r, in]
+            out[f"{seg.module}.lora_B.weight"] = seg.b(vals)[0].clone()  # [out, r]
+        return out
+
+    def _save(self, path, values: torch.Tensor, **facts) -> None:
+        save_lora(path, self._tensors(values), settings=self.lora_settings, fingerprint=self.fingerprint,
+                  base_model=self.source.base_model, run_settings={**self.settings, **facts})
+
+    def resume_best(self, run: RunFolder, start: int, best_step: int | None, best_dev: float) -> None:
+        # As the sparse run: the best-dev file may be newer than the checkpoint; rewrite it from the checkpoint.
+        if self.best_values is None:
+            run.best.unlink(missing_ok=True)
+            return
+        self._save(run.best, self.best_values, step=best_step, dev=best_dev)
+
+    def keep_best(self, run: RunFolder, step: int, dev: float, meta: dict[str, str]) -> bool:
+        self.best_values = self.values.clone()
+        if self.writer:
+            self._save(run.best, self.values, step=step, dev=dev)
+        return False
+
+    def write_final(self, run: RunFolder, config: FinetuneConfig, result: dict) -> None:
+        s = self.lora_settings
+        run.write_card(title=f"# ZO-LoRA adapter for {self.source.base_model}",
+                       summary="Low-rank adapters (fp32) on the frozen quantized base, trained with zeroth-order SPSA (ZO-LoRA, the "
+                               "equal-memory baseline of SensZOQ). `lora.safetensors` holds `{module}.lora_A.weight` / `lora_B.weight`.",
+                       rows=[("adapter", f"rank {s.rank}, alpha {s.alpha:g}, on {', '.join(s.targets)} ({self.nnz:,} values)"),
+                             ("quant", config.quant)], config=config,
+                       result={**result, "base_model": self.source.base_model}, tags=LORA_CARD_TAGS,
+                       use=[f"szoq eval --delta THIS_FOLDER --task {card_task(config)}",
+                            "szoq merge --delta THIS_FOLDER --out merged/"])
+        self._save(run.file(self.final_file), self.values, **result)
+
+
 def build_trainable(config: FinetuneConfig, *, device: torch.device, dtype: torch.dtype, settings: dict, writer: bool) -> Trainable:
-    """The trainable the settings name (the mask's values; with `dense`, every linear weight).
+    """The trainable the settings name (the mask's values; with `dense`, every linear weight; with
+    `lora`, LoRA adapters on the quantized base).
 
     Raises:
         ModelError, RegistryError, FingerprintMismatch, MaskError: the model or mask cannot be opened.
     """
-    cls = DenseTrainable if config.dense else SparseTrainable
+    cls = LoRATrainable if config.lora else DenseTrainable if config.dense else SparseTrainable
     return cls(config, device, dtype, settings, writer)
