@@ -22,14 +22,15 @@ target is a bitsandbytes-backed `SparseQuantLinear`, an int8 layer or a plain `n
 from __future__ import annotations
 
 import math
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from torch import nn
 
 from ..core.errors import ConfigError, MaskError
+from .sparse_linear import SparseValues as LoRAStore  # the same fp32 master vector + per-part views
 
 LORA_TARGETS = ("q_proj", "v_proj")  # MeZO's LoRA default
 
@@ -85,21 +86,6 @@ class LoRASegment:
         return vals[:, start : start + self.out_features * self.rank].view(-1, self.out_features, self.rank)
 
 
-class LoRAStore(nn.Module):
-    """The model-wide fp32 adapter vector, registered once on the model (moves with `.to(device)`,
-    never cast to the compute dtype). During a paired pass `parts` [P, n] holds the P vectors."""
-
-    def __init__(self, n: int, device: torch.device) -> None:
-        super().__init__()
-        self.register_buffer("values", torch.zeros(n, dtype=torch.float32, device=device), persistent=False)  # [n]
-        self.parts: torch.Tensor | None = None  # [P, n] fp32 during a paired forward
-
-    def _apply(self, fn, recurse: bool = True):
-        device = fn(torch.empty(0, device=self.values.device)).device  # follow the device only
-        self.values = self.values.to(device)
-        return self
-
-
 def _in_out(module: nn.Module) -> tuple[int, int]:
     for a, b in (("in_features", "out_features"),):
         if hasattr(module, a) and hasattr(module, b):
@@ -153,8 +139,7 @@ class LoRAModel:
     def device(self) -> torch.device:
         return self.store.values.device
 
-    @contextmanager
-    def perturbed(self, points: torch.Tensor) -> Iterator[int]:
+    def perturbed(self, points: torch.Tensor) -> AbstractContextManager[int]:
         """Within the block, row block p of a batch of P copy-major blocks uses adapter vector p.
 
         Args:
@@ -166,13 +151,7 @@ class LoRAModel:
         Raises:
             ConfigError: `points` is not [P, n].
         """
-        if points.dim() != 2 or points.shape[1] != self.values.numel():
-            raise ConfigError(f"perturbed values must be [P, {self.values.numel()}], got {list(points.shape)}", hint="pass one row per perturbation")
-        self.store.parts = points.to(device=self.device, dtype=torch.float32)
-        try:
-            yield points.shape[0]
-        finally:
-            self.store.parts = None
+        return self.store.perturbed(points)
 
     def adapter_tensors(self) -> dict[str, torch.Tensor]:
         """The current adapter as `{module}.lora_A.weight` [r, in] / `{module}.lora_B.weight` [out, r] CPU fp32 copies."""

@@ -39,7 +39,7 @@ in place between steps and every forward reads its current contents.
 from __future__ import annotations
 
 import logging
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -91,8 +91,7 @@ class SparseModel:
         """The device every runtime tensor lives on."""
         return self.store.values.device
 
-    @contextmanager
-    def perturbed(self, points: torch.Tensor) -> Iterator[int]:
+    def perturbed(self, points: torch.Tensor) -> AbstractContextManager[int]:
         """Within the block, a forward over P row blocks uses value vector p for block p.
 
         The batch passed to the model must be P copies of one batch, stacked copy-major
@@ -108,13 +107,7 @@ class SparseModel:
         Raises:
             ConfigError: `points` is not [P, nnz].
         """
-        if points.dim() != 2 or points.shape[1] != self.values.numel():
-            raise ConfigError(f"perturbed values must be [P, {self.values.numel()}], got {list(points.shape)}", hint="pass one row per perturbation")
-        self.store.parts = points.to(device=self.device, dtype=torch.float32)
-        try:
-            yield points.shape[0]
-        finally:
-            self.store.parts = None
+        return self.store.perturbed(points)
 
     def delta_tensors(self) -> dict[str, torch.Tensor]:
         """The current sparse values per masked tensor.

@@ -8,6 +8,9 @@ design and its measurements are in runtime/sparse.py's opening docstring).
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+from typing import Iterator
+
 import torch
 from torch import nn
 
@@ -38,6 +41,27 @@ class SparseValues(nn.Module):
 
     def extra_repr(self) -> str:
         return f"nnz={self.values.numel()}, fp32"
+
+    @contextmanager
+    def perturbed(self, points: torch.Tensor) -> Iterator[int]:
+        """Within the block, row block p of a forward over P copy-major blocks reads value vector p.
+
+        Args:
+            points: [P, nnz] value vectors (any device and float dtype; held as fp32 on the store's).
+
+        Yields:
+            P, the number of row blocks the batch must have.
+
+        Raises:
+            ConfigError: `points` is not [P, nnz].
+        """
+        if points.dim() != 2 or points.shape[1] != self.values.numel():
+            raise ConfigError(f"perturbed values must be [P, {self.values.numel()}], got {list(points.shape)}", hint="pass one row per perturbation")
+        self.parts = points.to(device=self.values.device, dtype=torch.float32)
+        try:
+            yield points.shape[0]
+        finally:
+            self.parts = None
 
 
 
