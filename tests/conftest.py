@@ -300,43 +300,14 @@ from szoq_hub.core.errors import ConfigError, MaskError  # noqa: E402
 from szoq_hub.masks.artifact import SCOPES, check_density, check_int32_range  # noqa: E402
 
 
-def _reference_top_k(scores: torch.Tensor, k: int, chunk: int = 1 << 22) -> torch.Tensor:
-    """Indices of the k largest entries of a flat tensor; ties go to the lowest index.
-
-    Works chunk by chunk: `torch.topk` over n elements allocates ~16 bytes per element (0.7 GB
-    for a Llama-2-7B MLP matrix), which a memory-bounded build cannot afford. The k-th largest
-    value overall is among the chunks' own k largest, so the threshold, the entries above it
-    and the lowest-index ties are exactly those of one call over the whole tensor.
-
-    Args:
-        scores: [n] scores (any float dtype, any device).
-        k: How many to keep.
-        chunk: Elements per chunk.
+def _reference_top_k(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """The k largest entries of a flat tensor, ties to the lowest index: one stable descending sort of
+    everything (the slow, obvious form that masks/selection.top_k_flat's chunked selection must equal).
 
     Returns:
-        Sorted int64 indices [k].
+        Sorted int64 indices [min(k, n)].
     """
-    n = scores.numel()
-    if k >= n:
-        return torch.arange(n)
-    starts = range(0, n, chunk)
-    if n <= chunk:
-        threshold = torch.topk(scores, k, sorted=False).values.min()
-    else:
-        cands = [scores[s : s + chunk] for s in starts]
-        cands = [c if c.numel() <= k else torch.topk(c, k, sorted=False).values for c in cands]  # [<= k] each
-        threshold = torch.topk(torch.cat(cands), k, sorted=False).values.min()
-        del cands
-    above = [(scores[s : s + chunk] > threshold).nonzero().flatten() + s for s in starts]  # strictly better: always kept
-    room = k - sum(a.numel() for a in above)
-    ties = []
-    for s in starts:  # lowest index first
-        if room <= 0:
-            break
-        t = (scores[s : s + chunk] == threshold).nonzero().flatten()[:room] + s
-        ties.append(t)
-        room -= t.numel()
-    return torch.cat(above + ties).sort().values
+    return torch.argsort(scores, descending=True, stable=True)[:k].sort().values
 
 
 def reference_select(scores: dict[str, torch.Tensor], density: float, scope: str = "per-matrix") -> dict[str, torch.Tensor]:
