@@ -352,15 +352,17 @@ class _Stop(Exception):
     pass
 
 
+def stop_at_3(event: dict) -> None:
+    """A progress callback that stops a run right after its step 3 (as Ctrl-C would)."""
+    if event["kind"] == "step" and event["step"] == 3:
+        raise _Stop
+
+
 def test_resume_is_exact_and_refuses_another_dtype(tiny_model_dir, devices_mask, train_file, tmp_path):
     from szoq_hub.runtime.delta import load_delta
 
     mask_dir = devices_mask[1]
     finetune(_config(tiny_model_dir, mask_dir, train_file, tmp_path / "straight", dtype="bf16"))
-
-    def stop_at_3(event):
-        if event["kind"] == "step" and event["step"] == 3:
-            raise _Stop
 
     out = tmp_path / "resumed"
     with pytest.raises(_Stop):
@@ -388,10 +390,6 @@ def test_micro_batches_are_chosen_recorded_and_kept_on_resume(tiny_model_dir, ti
     assert (runtime["micro_batch_tokens"], runtime["dtype"]) == (MICRO_BATCH_TOKENS, auto.dtype)
     losses = [[json.loads(l)["loss"] for l in (tmp_path / r / "metrics.jsonl").read_text().splitlines() if '"kind": "step"' in l] for r in ("auto", "whole")]
     assert losses[0] == pytest.approx(losses[1], rel=1e-5)
-
-    def stop_at_3(event):
-        if event["kind"] == "step" and event["step"] == 3:
-            raise _Stop
 
     out = tmp_path / "resumed"
     with pytest.raises(_Stop):
@@ -480,10 +478,6 @@ def test_dtype_auto_is_the_default_and_a_resume_keeps_the_runs_dtype(tiny_model_
     mask_dir = tiny_mask
     new = finetune(_config(tiny_model_dir, mask_dir, train_file, tmp_path / "new", steps=2))
     assert new.dtype == "bf16" and json.loads((tmp_path / "new" / "finetune_config.json").read_text())["runtime"]["dtype"] == "bf16"
-
-    def stop_at_3(event):
-        if event["kind"] == "step" and event["step"] == 3:
-            raise _Stop
 
     out = tmp_path / "fp32"
     with pytest.raises(_Stop):
