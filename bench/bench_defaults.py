@@ -52,8 +52,7 @@ def main() -> None:
             for label, extra in (("default", []), ("old", OLD)):
                 secs, cfg = run(Path(tmp) / f"{label}-{r}", args.steps, extra)
                 times[label] += secs
-                resolved[label] = {"runtime": cfg.get("runtime"), "micro_batch_size": cfg.get("settings", {}).get("micro_batch_size"),
-                                   **{k: v for k, v in cfg.items() if k in ("micro_batch", "dtype")}}
+                resolved[label] = {"runtime": cfg.get("runtime"), "micro_batch_size": cfg.get("settings", {}).get("micro_batch_size")}
                 print(f"{label} run {r}: median {statistics.median(secs):.3f} s/step", file=sys.stderr, flush=True)
     med = {k: statistics.median(v) for k, v in times.items()}
     ratio = med["default"] / med["old"]
