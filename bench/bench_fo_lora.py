@@ -1,0 +1,122 @@
+"""First-order reference for the quality study: QLoRA-style LoRA on the nf4 base, backprop + AdamW.
+
+What most users would pick instead of ZO: PEFT LoRA (r=8, alpha 16 on q_proj and v_proj, as
+`szoq finetune --lora 8`) over transformers' bitsandbytes nf4 model (compute dtype bf16, as szoq's
+CPU default), trained by plain torch autograd and AdamW on the same SST-2 sample as the quality
+cells (1000 train rows drawn with the cell's seed, batch 16, the same objective: cross-entropy over
+the options' mean log-probabilities, `szoq_hub.data.scoring`), for at most --budget-s seconds of
+training (the wall time of a SensZOQ cell's 300 ZO steps) or --max-steps steps, whichever comes first.
+Then accuracy on the same 500 SST-2 validation rows the cells score.
+
+A benchmark row, not a szoq command. Records peak RSS of this process, training seconds, steps done,
+seconds per step and the accuracy; `bench/quality.py --report` puts it on the Pareto plot.
+
+Writes bench/results/fo_lora.json and .md (one row per seed; a finished seed is not rerun).
+
+Usage: OMP_NUM_THREADS=1 SZOQ_DATA_DIR=../shared/data python bench/bench_fo_lora.py [--seeds 0] [--budget-s 400]
+Needs `pip install -e '.[peft]'`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+sys.path.insert(0, str(HERE))
+from common import environment  # noqa: E402
+
+TRAIN, DEV, EVAL, BATCH = 1000, 200, 500, 16  # the quality grid's (bench/quality.py)
+
+
+def run(seed: int, lr: float, budget_s: float, max_steps: int, data_dir: Path) -> dict:
+    import torch
+    import torch.nn.functional as F
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+
+    from szoq_hub.core.defaults import DEFAULT_MODEL
+    from szoq_hub.data.models import resolve_model
+    from szoq_hub.data.scoring import encode, option_scores, pad_id_of, predict, metric_value
+    from szoq_hub.data.tasks import Sampling, load_task
+
+    torch.manual_seed(seed)
+    t_load = time.perf_counter()
+    source = resolve_model(DEFAULT_MODEL)
+    tokenizer = AutoTokenizer.from_pretrained(source.path)
+    quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16)
+    base = AutoModelForCausalLM.from_pretrained(source.path, quantization_config=quant, device_map="cpu", dtype=torch.bfloat16)
+    model = get_peft_model(base, LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"], lora_dropout=0.0,
+                                            task_type="CAUSAL_LM"))
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    task = load_task("sst2", data_dir=data_dir, sampling=Sampling(TRAIN, DEV, EVAL, seed))
+    train, evals = encode(tokenizer, task.train), encode(tokenizer, task.eval)
+    pad = pad_id_of(tokenizer)
+    load_s = time.perf_counter() - t_load
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
+    scores_of = option_scores.__wrapped__  # the same scores as the ZO loss, with autograd on
+    gen = torch.Generator().manual_seed(seed)
+    order: list[int] = []
+    step_s: list[float] = []
+    losses: list[float] = []
+    model.train()
+    t0 = time.perf_counter()
+    while len(step_s) < max_steps and time.perf_counter() - t0 < budget_s:
+        t = time.perf_counter()
+        if len(order) < BATCH:
+            order += torch.randperm(len(train), generator=gen).tolist()
+        batch = [train[i] for i in order[:BATCH]]
+        del order[:BATCH]
+        scores = scores_of(model, batch, pad)  # [B, O] fp32
+        loss = F.cross_entropy(scores, torch.tensor([e.label for e in batch]))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(float(loss))
+        step_s.append(time.perf_counter() - t)
+    train_s = time.perf_counter() - t0
+    model.eval()
+    preds = predict(model, evals, pad)
+    acc = metric_value("accuracy", preds, [e.label for e in task.eval])
+    return {"method": "fo-lora", "model": DEFAULT_MODEL, "task": "sst2", "seed": seed, "lr": lr, "optimizer": "AdamW",
+            "lora": {"r": 8, "alpha": 16, "targets": ["q_proj", "v_proj"]}, "quant": "nf4", "dtype": "bf16", "batch": BATCH,
+            "trainable": trainable, "steps": len(step_s), "budget_s": budget_s, "train_s": round(train_s, 1),
+            "s_per_step": round(statistics.median(step_s), 3), "load_s": round(load_s, 1), "accuracy": acc, "n": len(task.eval),
+            "loss_first10": round(statistics.mean(losses[:10]), 4), "loss_last10": round(statistics.mean(losses[-10:]), 4),
+            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+            "threads": os.environ.get("OMP_NUM_THREADS", "default")}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seeds", default="0", help="comma-separated seeds")
+    ap.add_argument("--lr", type=float, default=2e-4, help="AdamW lr (QLoRA's; not swept)")
+    ap.add_argument("--budget-s", type=float, default=400.0, help="training wall seconds (a 300-step bf16 SensZOQ cell's training)")
+    ap.add_argument("--max-steps", type=int, default=300)
+    args = ap.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # bitsandbytes' optional Hub kernels: never fetched
+    data_dir = Path(os.environ.get("SZOQ_DATA_DIR", HERE.parent.parent / "shared" / "data"))
+    path = RESULTS / "fo_lora.json"
+    rows = json.loads(path.read_text())["rows"] if path.is_file() else []
+    for seed in (int(s) for s in args.seeds.split(",")):
+        if any(r["seed"] == seed and r["lr"] == args.lr and r["budget_s"] == args.budget_s for r in rows):
+            continue
+        rows.append(run(seed, args.lr, args.budget_s, args.max_steps, data_dir))
+        print(json.dumps(rows[-1]), flush=True)
+    header = ["seed", "lr", "steps", "train_s", "s_per_step", "accuracy", "n", "peak_rss_mb", "trainable", "threads"]
+    path.write_text(json.dumps({"rows": rows, "environment": environment()}, indent=1) + "\n")
+    lines = ["# fo-lora: PEFT LoRA r=8 (q_proj, v_proj) on the nf4 base, autograd + AdamW, SST-2, a training wall-time budget", "",
+             "| " + " | ".join(header) + " |", "|" + "---|" * len(header), *("| " + " | ".join(str(r[h]) for h in header) + " |" for r in rows), ""]
+    (RESULTS / "fo_lora.md").write_text("\n".join(lines))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
