@@ -101,8 +101,9 @@ DENSITY = 1e-3
 # last step (ties: the smaller lr). magnitude and task-fisher masks have the density and kind of scores of senszoq.
 SWEEP_TASK, SWEEP_STEPS, SWEEP_SEED = "sst2", 100, 0
 # A range whose best dev is at its upper edge (or flat at the majority class) is extended upward: magnitude and dense were.
+# zo-lora's first range (1e-4, 1e-3, 1e-2, 1e-1) had dev flat at the majority class up to 1e-3 and diverging from 1e-2: 3e-3 was added.
 SWEEP_LRS = {"senszoq": (3e-5, 1e-4, 3e-4, 1e-3), "random": (1e-4, 1e-3, 1e-2, 1e-1, 1.0), "magnitude": (1e-4, 3e-4, 1e-3, 1e-2, 1e-1),
-             "dense": (5e-7, 2e-6, 5e-6, 2e-5, 5e-5, 1e-4, 2e-4, 5e-4), "zo-lora": (1e-4, 1e-3, 1e-2, 1e-1)}
+             "dense": (5e-7, 2e-6, 5e-6, 2e-5, 5e-5, 1e-4, 2e-4, 5e-4), "zo-lora": (1e-4, 1e-3, 3e-3, 1e-2, 1e-1)}
 SWEEP_DTYPE = {"zo-lora": "bf16"}  # methods swept after bf16 became the CPU default sweep as their cells run
 
 

@@ -10,7 +10,7 @@ from typing import Optional
 
 import typer
 
-from szoq_hub import config_from_options, default_of, finetune, flag, is_main_process, option_fields, resolve_delta_ref
+from szoq_hub import config_from_options, default_of, finetune, flag, help_of, is_main_process, option_fields, resolve_delta_ref
 
 from .root import app
 from .render import note, out, print_json, progress_bar
@@ -38,8 +38,9 @@ def _finetune_parameters() -> list[inspect.Parameter]:
     for cls, f in option_fields():
         hint = typing.get_type_hints(cls)[f.name]
         args = [a for a in typing.get_args(hint) if a is not type(None)]
-        annotation = Optional[args[0]] if args else hint  # Typer reads Optional[X]
-        option = typer.Option(default_of(cls, f), flag(f.name, cls), help=f.metadata["help"])
+        default = default_of(cls, f)
+        annotation = Optional[args[0]] if args else Optional[hint] if default is None else hint  # Typer reads Optional[X]
+        option = typer.Option(default, flag(f.name, cls), help=help_of(cls, f))
         params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=annotation))
     resume = typer.Option(False, "--resume", help="Insist on continuing the stopped run in --out (error when there is none).")
     as_json = typer.Option(False, "--json", help="Print the result as JSON.")

@@ -34,7 +34,7 @@ _EXPORTS: dict[str, str] = {
     **dict.fromkeys(("remember", "scrub", "scrub_logging"), ".hub.scrub"),
     "set_progress_listener": ".core.progress",
     "describe_content_hash": ".core.content",
-    **dict.fromkeys(("DEFAULT_MODEL", "DEFAULT_MASK", "DEFAULT_LR"), ".core.defaults"),
+    **dict.fromkeys(("DEFAULT_MODEL", "DEFAULT_MASK", "DEFAULT_LR", "DENSE_LR", "LORA_LR", "default_lr"), ".core.defaults"),
     **dict.fromkeys(("SensitivityMask", "MaskConfig"), ".masks.artifact"),
     **dict.fromkeys(("diff_masks", "layer_order"), ".masks.diff"),
     **dict.fromkeys(("MaskBuildConfig", "build_mask"), ".masks.build"),
@@ -49,7 +49,7 @@ _EXPORTS: dict[str, str] = {
     **dict.fromkeys(("push_delta", "pull_delta"), ".hub.deltas"),
     **dict.fromkeys(("resolve_mask_ref", "resolve_delta_ref"), ".hub.refs"),
     "ZOConfig": ".runtime.zo",
-    **dict.fromkeys(("FinetuneConfig", "FinetuneResult", "config_from_options", "default_of", "flag", "option_fields"), ".training.config"),
+    **dict.fromkeys(("FinetuneConfig", "FinetuneResult", "config_from_options", "default_of", "flag", "help_of", "option_fields"), ".training.config"),
     "finetune": ".training.finetune",
     "model_and_mask_for": ".training.setup",
     **dict.fromkeys(("EvalConfig", "EvalResult", "evaluate"), ".training.evaluate"),
@@ -69,7 +69,7 @@ if TYPE_CHECKING:  # what IDEs and type checkers read; at run time __getattr__ i
     from .hub.scrub import remember, scrub, scrub_logging
     from .core.progress import set_progress_listener
     from .core.content import describe_content_hash
-    from .core.defaults import DEFAULT_LR, DEFAULT_MASK, DEFAULT_MODEL
+    from .core.defaults import DEFAULT_LR, DEFAULT_MASK, DEFAULT_MODEL, DENSE_LR, LORA_LR, default_lr
     from .export.peft import export_peft, push_peft
     from .export.plots import plot_mask, plot_runs
     from .hub.deltas import pull_delta, push_delta
@@ -87,7 +87,7 @@ if TYPE_CHECKING:  # what IDEs and type checkers read; at run time __getattr__ i
     from .runtime.sparse import SparseModel, load_sparse_model
     from .training.evaluate import EvalConfig, EvalResult, evaluate
     from .runtime.zo import ZOConfig
-    from .training.config import FinetuneConfig, FinetuneResult, config_from_options, default_of, flag, option_fields
+    from .training.config import FinetuneConfig, FinetuneResult, config_from_options, default_of, flag, help_of, option_fields
     from .training.finetune import finetune
     from .training.setup import model_and_mask_for
     from .training.merge import merge

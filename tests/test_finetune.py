@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+from dataclasses import fields
 import os
 from pathlib import Path
 
@@ -456,6 +457,21 @@ def test_every_setting_is_an_option_and_every_flag_an_error_names_exists(monkeyp
         named = re.findall(r"--[a-z0-9-]+", f"{info.value.message} {info.value.hint}")
         option = flag(next(iter(kw)))
         assert option in named and set(named) <= flags, (kw, named)
+
+
+def test_without_lr_each_method_gets_its_own_sweeps_lr_and_help_says_which(monkeypatch, capsys):
+    """--lr left out: a mask run, a --dense run and a --lora run each take their method's default; a given --lr wins."""
+    from szoq_hub import DEFAULT_LR, DENSE_LR, LORA_LR, help_of
+    from szoq_hub.runtime.zo import ZOConfig
+
+    assert (FinetuneConfig().zo.lr, FinetuneConfig(dense=True).zo.lr, FinetuneConfig(lora=8).zo.lr) == (DEFAULT_LR, DENSE_LR, LORA_LR)
+    assert FinetuneConfig(lora=8, zo=ZOConfig(lr=5e-3)).zo.lr == 5e-3
+    assert config_from_options(dict(lr=None)).zo.lr == DEFAULT_LR and config_from_options(dict(dense=True)).zo.lr == DENSE_LR
+    assert config_from_options(dict(lora=4, lr=None)).zo.lr == LORA_LR and config_from_options(dict(lora=4, lr=0.0)).zo.lr == 0.0
+    lr_field = next(f for f in fields(ZOConfig) if f.name == "lr")
+    text = help_of(ZOConfig, lr_field)
+    assert f"{DEFAULT_LR:g} with a mask" in text and f"{DENSE_LR:g} with --dense" in text and f"{LORA_LR:g} with --lora" in text
+    assert "--lr" in _help_flags(monkeypatch, capsys)
 
 
 def test_zo_options_are_settable_from_the_cli_and_recorded(tiny_model_dir, tiny_mask, train_file, tmp_path, monkeypatch, capsys):

@@ -21,7 +21,7 @@ from ..data.tasks import CustomTask, Sampling, custom_task_from
 from ..runtime.lora import LoRASettings
 from ..runtime.zo import ZOConfig
 
-from ..core.defaults import DEFAULT_LR, DEFAULT_MASK  # noqa: E402  (one place, read by `szoq --help` without torch)
+from ..core.defaults import DEFAULT_LR, DEFAULT_MASK, DENSE_LR, LORA_LR, default_lr  # noqa: E402  (one place, read by `szoq --help` without torch)
 # ZOConfig fields a run derives from its own settings (steps, seed): not options of their own.
 ZO_DERIVED = ("total_steps", "seed")
 
@@ -105,7 +105,8 @@ class FinetuneConfig:
     micro_batch_size: int | None = _opt(None, "Examples per training forward, grouped by similar length (default: automatic, forwards of "
                                               "up to 128 padded tokens on a CPU, the whole batch on CUDA; a resumed run keeps its choice). "
                                               "Same loss; less activation memory and padding (see bench/micro_batch.py). May change on --resume.")
-    zo: ZOConfig = field(default_factory=lambda: ZOConfig(lr=DEFAULT_LR), metadata={"help": "the ZO optimizer (its fields are options of their own)"})
+    zo: ZOConfig | None = field(default=None, metadata={"help": "the ZO optimizer (its fields are options of their own); None: ZOConfig "
+                                                                "defaults with the method's lr (`default_lr`)"})
     eval_every: int = _opt(100, "Dev evaluation every K steps (0 = at the end).")
     save_every: int = _opt(100, "Checkpoint every K steps.")
     save_every_minutes: float = _opt(10.0, "Also checkpoint when this many minutes passed since the last checkpoint (0 = by steps only).")
@@ -147,6 +148,8 @@ class FinetuneConfig:
         check_device_spec(self.device)
         check_dtype_spec(self.dtype)
         # The optimizer's schedule and seeds follow the run's (validates lr, eps, optimizer, ...).
+        if self.zo is None:
+            self.zo = ZOConfig(lr=default_lr(dense=self.dense, lora=self.lora))
         self.zo = replace(self.zo, total_steps=self.steps, seed=self.seed)
         from .tracking import REPORT_TO
 
@@ -202,10 +205,18 @@ def option_fields() -> list[tuple[type, object]]:
 
 
 def default_of(cls: type, f) -> object:
-    """A field's default (the ZO defaults as FinetuneConfig sets them: lr is the run's default)."""
+    """A field's default as `szoq finetune` shows it (lr: None, the method's own, see `help_of`)."""
     if cls is ZOConfig:
-        return getattr(FinetuneConfig.__dataclass_fields__["zo"].default_factory(), f.name)
+        return None if f.name == "lr" else getattr(ZOConfig(), f.name)
     return f.default if f.default is not MISSING else f.default_factory()
+
+
+def help_of(cls: type, f) -> str:
+    """A field's `--help` text (lr: with the default of each method)."""
+    if cls is ZOConfig and f.name == "lr":
+        return (f"Learning rate (peak, after warmup). Default: {DEFAULT_LR:g} with a mask, {DENSE_LR:g} with --dense, {LORA_LR:g} with "
+                "--lora (each method's SST-2 dev sweep, README Results).")
+    return f.metadata["help"]
 
 
 @dataclass
@@ -234,4 +245,6 @@ def config_from_options(options: dict) -> FinetuneConfig:
     """
     zo_names = {f.name for f in fields(ZOConfig)} - set(ZO_DERIVED)
     zo = {k: v for k, v in options.items() if k in zo_names}
+    if zo.get("lr") is None:  # not given: the method's default
+        zo["lr"] = default_lr(dense=bool(options.get("dense")), lora=options.get("lora") or 0)
     return FinetuneConfig(**{k: v for k, v in options.items() if k not in zo_names}, zo=ZOConfig(**zo))

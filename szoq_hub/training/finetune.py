@@ -36,7 +36,7 @@ from ..core.version import __version__
 from ..data.scoring import encode, loss_sums, pad_id_of
 from ..data.tasks import describe_split, load_task
 from ..runtime.zo import StepRecord
-from .config import DEFAULT_LR, FinetuneConfig, FinetuneResult, settings_of
+from .config import FinetuneConfig, FinetuneResult, default_lr, settings_of
 from .run_folder import RunFolder
 from .setup import score
 from .tracking import check_report_to, open_tracker, scalars
@@ -107,8 +107,8 @@ def _checkpoint_rule(config: FinetuneConfig) -> str:
 
 def _diverged_hint(config: FinetuneConfig, last_checkpoint: int | None) -> str:
     """A hint for a diverged run that works as written: --resume keeps --lr, so a lower --lr is a new run."""
-    lr = config.zo.lr
-    lower = DEFAULT_LR if lr > DEFAULT_LR else lr / 10
+    lr, usual = config.zo.lr, default_lr(dense=config.dense, lora=config.lora)
+    lower = usual if lr > usual else lr / 10
     kept = (f"the checkpoint at step {last_checkpoint} in {config.out} is intact, but --resume keeps --lr"
             if last_checkpoint else f"no checkpoint was written yet ({_checkpoint_rule(config)})")
     return f"{kept}; lower --lr (e.g. --lr {lower:g}) or --eps and start a new run with a new --out, e.g. --out {config.out}-lr{lower:g}"
