@@ -603,7 +603,7 @@ def _summary(cells: list[dict]) -> list[dict]:
         rows.append({"model": model, "task": task, "method": method, "density": density, "steps": steps, "lr": lr, "dtype": dtype,
                      "seeds": sorted(c["seed"] for c in cs),
                      "mean": statistics.mean(accs), "std": statistics.stdev(accs) if len(accs) > 1 else None, "n": cs[0]["n"],
-                     "peak_rss_mb": max(rss) if rss else None, "rss_complete": len(rss) == len(cs),
+                     "peak_rss_mb": statistics.median(rss) if rss else None, "rss_complete": len(rss) == len(cs),
                      "wall_s": statistics.median(walls) if walls else None})
     return rows
 
@@ -628,7 +628,7 @@ def report() -> None:
             "settings": {"model": MODEL, "quant": "nf4", "steps": STEPS, "batch": BATCH, "lr": LR, "eps": EPS, "train": TRAIN,
                          "dev": DEV, "eval": EVAL, "eval_every": EVAL_EVERY, "density": DENSITY, "icl_shots": ICL_SHOTS, "micro_batch": MICRO_BATCH}}
     _write_json(RESULTS / "quality.json", data)
-    lines = ["| model | task | method | density | steps | lr | dtype | accuracy % (mean ± std) | seeds | n eval | peak RSS MB | wall s |",
+    lines = ["| model | task | method | density | steps | lr | dtype | accuracy % (mean ± std) | seeds | n eval | peak RSS MB (median) | wall s (median) |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in data["summary"]:
         dens = "-" if r["density"] is None else f"{r['density']:g}"

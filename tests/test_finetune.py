@@ -16,7 +16,7 @@ from conftest import cli_in_process as run_cli
 from conftest import tiny_finetune_config as _config
 from szoq_hub.runtime.delta import load_delta, save_delta
 from szoq_hub.core.errors import ConfigError, FingerprintMismatch, MaskError, TrainingError
-from szoq_hub.training.config import FinetuneConfig, config_from_options
+from szoq_hub.training.config import DEFAULT_LR, FinetuneConfig, config_from_options
 from szoq_hub.training.finetune import finetune
 from szoq_hub.training.run_folder import CHECKPOINT_FILE
 
@@ -57,7 +57,7 @@ def test_run_writes_a_complete_linked_artifact(tiny_model_dir, tiny_mask, train_
     assert len(evals) == 4 and result.eval_metric == sum(p == e.label for p, e in zip(preds, evals)) / 4
     assert {e["kind"] for e in events} == {"start", "step", "eval", "final"}
     cfg = json.loads((out / "finetune_config.json").read_text())
-    assert cfg["settings"]["seed"] == 0 and cfg["settings"]["lr"] == 1e-4 and cfg["mask_sha256"] == delta.mask_sha256
+    assert cfg["settings"]["seed"] == 0 and cfg["settings"]["lr"] == DEFAULT_LR and cfg["mask_sha256"] == delta.mask_sha256
 
 
 def test_zo_fine_tuning_lowers_the_loss_on_a_learnable_task(tiny_model_dir, tiny_mask, tmp_path):
