@@ -105,6 +105,16 @@ SWEEP_TASK, SWEEP_STEPS, SWEEP_SEED = "sst2", 100, 0
 SWEEP_LRS = {"senszoq": (3e-5, 1e-4, 3e-4, 1e-3), "random": (1e-4, 1e-3, 1e-2, 1e-1, 1.0), "magnitude": (1e-4, 3e-4, 1e-3, 1e-2, 1e-1),
              "dense": (5e-7, 2e-6, 5e-6, 2e-5, 5e-5, 1e-4, 2e-4, 5e-4), "zo-lora": (1e-4, 1e-3, 3e-3, 1e-2, 1e-1)}
 SWEEP_DTYPE = {"zo-lora": "bf16"}  # methods swept after bf16 became the CPU default sweep as their cells run
+# Gemma-3-270M cells run at SmolLM2's lr unless that diverges there; a method that diverged gets its own Gemma SST-2 dev
+# sweep (same protocol, bf16) and its Gemma cells wait for it. SensZOQ at 3e-4 diverged on Gemma (loss 1.2 -> 17 by step
+# 99, |g| up to 1.1e3; dev 51.5% at step 50, 43.0% at step 100).
+MODEL_SWEEP_LRS = {GEMMA: {"senszoq": (3e-5, 1e-4)}}
+MODEL_LR: dict[str, dict[str, float]] = {GEMMA: {}}  # filled from complete sweeps below
+
+
+def lr_of(method: str, model: str = SMOLLM2) -> float | None:
+    """The grid's lr for `method` on `model`: the model's own sweep's choice where it has one, else SmolLM2's."""
+    return MODEL_LR.get(model, {}).get(method, LR.get(method))
 
 
 @dataclass(frozen=True)
@@ -122,12 +132,12 @@ class Cell:
 
     @property
     def learning_rate(self) -> float | None:
-        return self.lr if self.lr is not None else LR.get(self.method)
+        return self.lr if self.lr is not None else lr_of(self.method, self.model)
 
     @property
     def key(self) -> str:
         dens = "" if self.density in (None, DENSITY) else f"-d{self.density:g}"
-        lr = "" if self.learning_rate == LR.get(self.method) else f"-lr{self.learning_rate:g}"
+        lr = "" if self.learning_rate == lr_of(self.method, self.model) else f"-lr{self.learning_rate:g}"
         dt = f"-{self.dtype}" if self.dtype else ""
         steps = f"-{self.steps}steps" if self.trains and self.steps != STEPS else ""
         return f"{MODEL_TAGS[self.model]}{self.task}-{self.method}{dens}{lr}{steps}{dt}-s{self.seed}"
@@ -165,14 +175,19 @@ def plan() -> list[Cell]:
         for s in SEEDS:
             add(Cell("sst2", "zo-lora", s, None, dtype="bf16"))
         add(Cell("trec", "zo-lora", 0, None, dtype="bf16"))
+    ready = lambda m: m not in MODEL_SWEEP_LRS[GEMMA] or m in MODEL_LR[GEMMA]  # noqa: E731  (a Gemma sweep, if any, is done)
     add(Cell("sst2", "zero-shot", 0, None, 0, dtype="bf16", model=GEMMA))
-    add(Cell("sst2", "senszoq", 0, dtype="bf16", model=GEMMA))  # its C4 fisher mask, built at run time like the built-in one
-    add(Cell("sst2", "random", 0, dtype="bf16", model=GEMMA))
-    if lora:
+    if ready("senszoq"):
+        add(Cell("sst2", "senszoq", 0, dtype="bf16", model=GEMMA))  # its C4 fisher mask, built at run time like the built-in one
+    if ready("random"):
+        add(Cell("sst2", "random", 0, dtype="bf16", model=GEMMA))
+    if lora and ready("zo-lora"):
         add(Cell("sst2", "zo-lora", 0, None, dtype="bf16", model=GEMMA))
-    add(Cell("sst2", "dense", 0, 1.0, model=GEMMA))
+    if ready("dense"):
+        add(Cell("sst2", "dense", 0, 1.0, model=GEMMA))
     for s in (1, 2):
-        add(Cell("sst2", "senszoq", s, dtype="bf16", model=GEMMA))
+        if ready("senszoq"):
+            add(Cell("sst2", "senszoq", s, dtype="bf16", model=GEMMA))
     for s in (0, 1):  # does the 300-step ordering hold at 1000?
         add(Cell("sst2", "senszoq", s, steps=LONG_STEPS, dtype="bf16"))
         if lora:
@@ -404,27 +419,30 @@ class SweepRun:
 
     method: str
     lr: float
+    model: str = SMOLLM2
 
     @property
     def key(self) -> str:
-        return f"sweep-{self.method}-lr{self.lr:g}"
+        return f"sweep-{MODEL_TAGS[self.model]}{self.method}-lr{self.lr:g}"
 
 
 def sweep_plan() -> list[SweepRun]:
-    return [SweepRun(m, lr) for m, lrs in SWEEP_LRS.items() for lr in lrs]
+    return [*(SweepRun(m, lr) for m, lrs in SWEEP_LRS.items() for lr in lrs),
+            *(SweepRun(m, lr, model) for model, lrs_of in MODEL_SWEEP_LRS.items() for m, lrs in lrs_of.items() for lr in lrs)]
 
 
 def run_sweep(run: SweepRun) -> dict:
     """Fine-tune for SWEEP_STEPS on SWEEP_TASK and record the dev curve (the eval split is not looked at: 1 example)."""
     t0, sha = time.perf_counter(), _git_sha()
-    trained, mask_argv = _trained(Cell(SWEEP_TASK, run.method, SWEEP_SEED))
-    dtype = SWEEP_DTYPE.get(run.method)
-    argv = _finetune_argv(SWEEP_TASK, trained, run.lr, EPS, SWEEP_STEPS, SWEEP_SEED, 1, dtype)
+    dtype = SWEEP_DTYPE.get(run.method) if run.model == SMOLLM2 else None if run.method == "dense" else "bf16"
+    trained, mask_argv = _trained(Cell(SWEEP_TASK, run.method, SWEEP_SEED, dtype=dtype, model=run.model))
+    argv = _finetune_argv(SWEEP_TASK, trained, run.lr, EPS, SWEEP_STEPS, SWEEP_SEED, 1, dtype, run.model)
     rows, cfg, resumed = _finetune(argv, WORK / "sweep" / run.key)
     metric = rows[-1]["metric"]
     curve = _dev_curve(rows, metric)
     return {**asdict(run), "key": run.key, "task": SWEEP_TASK, "eps": EPS, "steps": SWEEP_STEPS, "seed": SWEEP_SEED, "metric": metric,
             "dev_final": curve[-1][1], "dev_curve": curve, "dev_n": cfg["task"]["dev"], "resumed": resumed, "dtype": dtype or "fp32",
+            "model": run.model,
             "wall_s": round(time.perf_counter() - t0, 1), "git_sha": sha, "argv": argv, "mask_argv": mask_argv}
 
 
@@ -437,15 +455,20 @@ def sweep_choice(rows: list[dict]) -> dict[str, float]:
     return {m: r["lr"] for m, r in best.items()}
 
 
-def _swept_lr(method: str) -> float | None:
-    """The sweep's lr for `method` once every lr of SWEEP_LRS[method] has a record, else None."""
-    rows = [json.loads(p.read_text()) for p in SWEEP.glob(f"sweep-{method}-lr*.json")]
-    rows = [r for r in rows if r["method"] == method]
-    return sweep_choice(rows)[method] if {r["lr"] for r in rows} >= set(SWEEP_LRS[method]) else None
+def _swept_lr(method: str, model: str = SMOLLM2) -> float | None:
+    """The sweep's lr for `method` on `model` once every lr of its range has a record, else None."""
+    lrs = SWEEP_LRS[method] if model == SMOLLM2 else MODEL_SWEEP_LRS[model][method]
+    rows = [json.loads(p.read_text()) for p in SWEEP.glob(f"sweep-{MODEL_TAGS[model]}{method}-lr*.json")]
+    rows = [r for r in rows if r["method"] == method and r.get("model", SMOLLM2) == model]
+    return sweep_choice(rows)[method] if {r["lr"] for r in rows} >= set(lrs) else None
 
 
 if (_lora_lr := _swept_lr("zo-lora")) is not None:
     LR["zo-lora"] = _lora_lr
+for _model, _lrs_of in MODEL_SWEEP_LRS.items():
+    for _method in _lrs_of:
+        if (_lr := _swept_lr(_method, _model)) is not None:
+            MODEL_LR[_model][_method] = _lr
 
 
 def pinned(cell: dict) -> list[str]:
@@ -534,7 +557,7 @@ def probe_keys(cells: list[dict]) -> list[str]:
 
 
 def _on_pareto(c: dict) -> bool:
-    return (c.get("lr") == LR.get(c["method"]) and c["density"] in (None, DENSITY, 1.0) and c["steps"] in (0, STEPS)
+    return (c.get("lr") == lr_of(c["method"], c.get("model", SMOLLM2)) and c["density"] in (None, DENSITY, 1.0) and c["steps"] in (0, STEPS)
             and c["method"] != "task-fisher")  # task-fisher is a reference mask, not a user's choice
 
 
@@ -621,9 +644,11 @@ def report() -> None:
     pending += [f"transfer-{t}" for t in TASKS if not (TRANSFER / f"{t}.json").is_file()]
     sweep_rows = [json.loads(p.read_text()) for p in sorted(SWEEP.glob("*.json"))]
     pending += [r.key for r in sweep_plan() if not (SWEEP / f"{r.key}.json").is_file()]
-    choice = sweep_choice(sweep_rows)
+    choice = sweep_choice([r for r in sweep_rows if r.get("model", SMOLLM2) == SMOLLM2])
+    model_choice = {m: sweep_choice([r for r in sweep_rows if r.get("model", SMOLLM2) == m]) for m in MODEL_SWEEP_LRS}
     verify_rows = [json.loads(p.read_text()) for p in sorted(VERIFY.glob("*.json"))]
-    data = {"cells": cells, "summary": _summary(cells), "transfer": transfer_rows, "sweep": sweep_rows, "sweep_choice": choice, "verify": verify_rows,
+    data = {"cells": cells, "summary": _summary(cells), "transfer": transfer_rows, "sweep": sweep_rows, "sweep_choice": choice,
+            "model_sweep_choice": model_choice, "verify": verify_rows,
             "pending": pending,
             "settings": {"model": MODEL, "quant": "nf4", "steps": STEPS, "batch": BATCH, "lr": LR, "eps": EPS, "train": TRAIN,
                          "dev": DEV, "eval": EVAL, "eval_every": EVAL_EVERY, "density": DENSITY, "icl_shots": ICL_SHOTS, "micro_batch": MICRO_BATCH}}
@@ -632,7 +657,7 @@ def report() -> None:
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in data["summary"]:
         dens = "-" if r["density"] is None else f"{r['density']:g}"
-        lr = "-" if r["lr"] is None else f"{r['lr']:g}" + ("" if r["lr"] == LR.get(r["method"]) else " (not the sweep's)")
+        lr = "-" if r["lr"] is None else f"{r['lr']:g}" + ("" if r["lr"] == lr_of(r["method"], r["model"]) else " (not the sweep's)")
         rss = "-" if r["peak_rss_mb"] is None else f"{r['peak_rss_mb']:.0f}"
         wall = "-" if r["wall_s"] is None else f"{r['wall_s']:.0f}"
         lines.append(f"| {r['model']} | {r['task']} | {r['method']} | {dens} | {r['steps']} | {lr} | {r['dtype']} | {_fmt(r)} | "
@@ -643,10 +668,14 @@ def report() -> None:
     if sweep_rows:
         lines += ["", f"lr sweep: {SWEEP_TASK} dev (n={sweep_rows[0]['dev_n']}), {SWEEP_STEPS} steps, seed {SWEEP_SEED}, eps {EPS:g}; "
                   "chosen = best dev at the last step", "", "| method | lr | dev % by step | chosen | grid lr |", "|---|---|---|---|---|"]
-        for r in sorted(sweep_rows, key=lambda r: (list(SWEEP_LRS).index(r["method"]) if r["method"] in SWEEP_LRS else 99, r["lr"])):
+        for r in sorted(sweep_rows, key=lambda r: (list(MODEL_REFS).index(r.get("model", SMOLLM2)),
+                                                   list(SWEEP_LRS).index(r["method"]) if r["method"] in SWEEP_LRS else 99, r["lr"])):
+            model = r.get("model", SMOLLM2)
             by_step = ", ".join(f"{s}: {100 * v:.1f}" for s, v in r["dev_curve"])
-            grid_lr = f"{LR[r['method']]:g}" if r["method"] in LR else "- (sweep not complete)"
-            lines.append(f"| {r['method']} | {r['lr']:g} | {by_step} | {'yes' if choice.get(r['method']) == r['lr'] else ''} | {grid_lr} |")
+            grid = lr_of(r["method"], model)
+            grid_lr = f"{grid:g}" if grid is not None and (model == SMOLLM2 or r["method"] in MODEL_LR[model]) else "- (sweep not complete)"
+            chosen = (choice if model == SMOLLM2 else model_choice[model]).get(r["method"]) == r["lr"]
+            lines.append(f"| {MODEL_TAGS[model]}{r['method']} | {r['lr']:g} | {by_step} | {'yes' if chosen else ''} | {grid_lr} |")
     if verify_rows:
         lines += ["", "Reruns of recorded cells (`python bench/quality.py --verify KEY`: the cell's argv, today's code):", "",
                   "| cell | recorded | rerun | same | recorded at | rerun at |", "|---|---|---|---|---|---|"]
@@ -734,7 +763,7 @@ def pareto_points(summary: list[dict]) -> list[dict]:
     probes = {(r["model"], r["method"], r["dtype"]): r for r in (json.loads(p.read_text()) for p in sorted(PROBE.glob("*.json")))}
     points = []
     for r in summary:
-        if r["task"] != "sst2" or not _on_pareto(r) and not (r["steps"] == LONG_STEPS and r["lr"] == LR.get(r["method"])):
+        if r["task"] != "sst2" or not _on_pareto(r) and not (r["steps"] == LONG_STEPS and r["lr"] == lr_of(r["method"], r["model"])):
             continue
         pr = probes.get((r["model"], r["method"], r["dtype"]))
         cells_rss = r["peak_rss_mb"] if r.get("rss_complete") else None

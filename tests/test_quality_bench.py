@@ -39,10 +39,16 @@ def test_plan_starts_with_the_informative_cells_and_has_unique_keys():
 def test_evidence_cells_zo_lora_after_its_sweep_gemma_and_long_runs_have_their_own_keys(tmp_path, monkeypatch):
     """Issue 24's cells: ZO-LoRA is planned once its lr sweep is complete (at the sweep's choice); Gemma cells carry a
     prefix and a `{work}` path to the GGUF; 1000-step cells a `-1000steps` part; every key is unique."""
-    _isolate(monkeypatch, tmp_path, LR={k: v for k, v in quality.LR.items() if k != "zo-lora"})
+    _isolate(monkeypatch, tmp_path, LR={k: v for k, v in quality.LR.items() if k != "zo-lora"}, MODEL_LR={quality.GEMMA: {}})
     assert not any(c.method == "zo-lora" for c in quality.plan())
+    # a method with its own Gemma sweep waits for it there; then its Gemma cells run at the Gemma choice
+    assert not any(c.model == quality.GEMMA and c.method == "senszoq" for c in quality.plan())
+    quality.MODEL_LR[quality.GEMMA]["senszoq"] = 1e-4
+    assert [c.learning_rate for c in quality.plan() if c.model == quality.GEMMA and c.method == "senszoq"] == [1e-4] * 3
+    assert quality.lr_of("senszoq") == quality.LR["senszoq"] and quality.lr_of("random", quality.GEMMA) == quality.LR["random"]
+    assert quality.SweepRun("senszoq", 3e-5, quality.GEMMA).key == "sweep-gemma3-senszoq-lr3e-05"
     quality.SWEEP.mkdir(parents=True)
-    for lr, dev in zip(quality.SWEEP_LRS["zo-lora"], (0.55, 0.7, 0.7, 0.5)):
+    for lr, dev in zip(quality.SWEEP_LRS["zo-lora"], (0.55, 0.7, 0.7, 0.5, 0.4), strict=True):
         run = quality.SweepRun("zo-lora", lr)
         (quality.SWEEP / f"{run.key}.json").write_text(json.dumps({"method": "zo-lora", "lr": lr, "key": run.key, "dev_final": dev}))
         if lr != quality.SWEEP_LRS["zo-lora"][-1]:
