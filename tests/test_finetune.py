@@ -16,7 +16,7 @@ from conftest import cli_in_process as run_cli
 from conftest import tiny_finetune_config as _config
 from szoq_hub.runtime.delta import load_delta, save_delta
 from szoq_hub.core.errors import ConfigError, FingerprintMismatch, MaskError, TrainingError
-from szoq_hub.training.config import DEFAULT_LR, FinetuneConfig, config_from_options
+from szoq_hub.training.config import DEFAULT_LR, FinetuneConfig, config_from_options, flag
 from szoq_hub.training.finetune import finetune
 from szoq_hub.training.run_folder import CHECKPOINT_FILE
 
@@ -472,6 +472,15 @@ def test_without_lr_each_method_gets_its_own_sweeps_lr_and_help_says_which(monke
     text = help_of(ZOConfig, lr_field)
     assert f"{DEFAULT_LR:g} with a mask" in text and f"{DENSE_LR:g} with --dense" in text and f"{LORA_LR:g} with --lora" in text
     assert "--lr" in _help_flags(monkeypatch, capsys)
+
+
+@pytest.mark.parametrize("kw", [dict(lora_alpha=32.0), dict(lora_targets="q_proj"), dict(lora_alpha=8.0, lora_targets="v_proj")])
+def test_lora_settings_without_lora_are_refused_not_ignored(kw):
+    with pytest.raises(ConfigError) as info:
+        config_from_options(kw)
+    named = {flag(k) for k in kw}
+    assert all(f in info.value.message for f in named) and "--lora 8" in info.value.hint
+    assert config_from_options({**kw, "lora": 4}).lora_settings().rank == 4
 
 
 def test_zo_options_are_settable_from_the_cli_and_recorded(tiny_model_dir, tiny_mask, train_file, tmp_path, monkeypatch, capsys):

@@ -141,6 +141,11 @@ class FinetuneConfig:
             refuse_dense_options("--dense", mask=self.mask, quant=self.quant, dtype=self.dtype)
         if self.lora:
             self._check_lora()
+        else:  # adapter settings without an adapter would be silently ignored
+            given = [flag(n) for n in ("lora_alpha", "lora_targets") if getattr(self, n) != FinetuneConfig.__dataclass_fields__[n].default]
+            if given:
+                raise ConfigError(f"{' and '.join(given)} only apply to a LoRA run, and --lora was not given",
+                                  hint="add --lora 8 to train LoRA adapters, or drop " + " and ".join(given))
         self.mask = self.mask or (None if self.dense or self.lora else DEFAULT_MASK)
         self.quant = self.quant or ("none" if self.dense else "nf4")
         if self.quant not in QUANT_MODES:
