@@ -49,9 +49,10 @@ def main() -> None:
     source = resolve_model("smollm2-135m-instruct")
     windows, _ = load_windows(str(C4), AutoTokenizer.from_pretrained(source.path), samples=args.windows, seq_len=args.seq_len, seed=0)
     seconds, scores = {}, {}
+    targets: list[str] = []  # the full-precision model's target names, scored the same in both runs
     for quant in ("none", "nf4"):
         model = load_scoring_model(source, dtype=torch.float32, quant=quant)
-        targets = target_parameter_names(model) if quant == "none" else targets
+        targets = targets or target_parameter_names(model)
         t0 = time.perf_counter()
         scores[quant] = fisher_scores(model, targets, windows)
         seconds[quant] = time.perf_counter() - t0

@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import fnmatch
 import json
-import math
 import os
 import re
 import shlex
