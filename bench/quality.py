@@ -104,16 +104,21 @@ SWEEP_TASK, SWEEP_STEPS, SWEEP_SEED = "sst2", 100, 0
 SWEEP_LRS = {"senszoq": (3e-5, 1e-4, 3e-4, 1e-3), "random": (1e-4, 1e-3, 1e-2, 1e-1, 1.0), "magnitude": (1e-4, 3e-4, 1e-3, 1e-2, 1e-1),
              "dense": (5e-7, 2e-6, 5e-6, 2e-5, 5e-5, 1e-4, 2e-4, 5e-4), "zo-lora": (1e-4, 1e-3, 3e-3, 1e-2, 1e-1)}
 SWEEP_DTYPE = {"zo-lora": "bf16"}  # methods swept after bf16 became the CPU default sweep as their cells run
-# Gemma-3-270M cells run at SmolLM2's lr unless that diverges there; a method that diverged gets its own Gemma SST-2 dev
-# sweep (same protocol, bf16) and its Gemma cells wait for it. SensZOQ at 3e-4 diverged on Gemma (loss 1.2 -> 17 by step
-# 99, |g| up to 1.1e3; dev 51.5% at step 50, 43.0% at step 100).
-MODEL_SWEEP_LRS = {GEMMA: {"senszoq": (3e-5, 1e-4)}}
+# Gemma-3-270M: SmolLM2's lrs diverged there (SensZOQ at 3e-4: loss 1.2 -> 17 by step 99, |g| up to 1.1e3, dev 51.5% at
+# step 50 and 43.0% at step 100; the random mask at 0.1: loss 4-5 from step 50, dev 51.0%). Its |g| at step 1 is ~20x
+# SmolLM2's. So SensZOQ and the random mask get their own Gemma SST-2 dev sweep (same protocol, bf16) and their Gemma
+# cells wait for it; the other methods run at SmolLM2's lr x MODEL_LR_SCALE, the factor SensZOQ's Gemma sweep found
+# (3e-5 against 3e-4), without a sweep of their own (time).
+MODEL_SWEEP_LRS = {GEMMA: {"senszoq": (3e-5, 1e-4), "random": (1e-3, 1e-2)}}
+MODEL_LR_SCALE = {GEMMA: 0.1}
 MODEL_LR: dict[str, dict[str, float]] = {GEMMA: {}}  # filled from complete sweeps below
 
 
 def lr_of(method: str, model: str = SMOLLM2) -> float | None:
-    """The grid's lr for `method` on `model`: the model's own sweep's choice where it has one, else SmolLM2's."""
-    return MODEL_LR.get(model, {}).get(method, LR.get(method))
+    """The grid's lr for `method` on `model`: the model's own sweep's choice where it has one, else SmolLM2's (scaled)."""
+    if method in MODEL_LR.get(model, {}):
+        return MODEL_LR[model][method]
+    return None if method not in LR else LR[method] * MODEL_LR_SCALE.get(model, 1.0)
 
 
 @dataclass(frozen=True)
