@@ -36,7 +36,8 @@ from common import environment  # noqa: E402
 TRAIN, DEV, EVAL, BATCH = 1000, 200, 500, 16  # the quality grid's (bench/quality.py)
 
 
-def run(seed: int, lr: float, budget_s: float, max_steps: int, data_dir: Path) -> dict:
+def run(seed: int, lr: float, budget_s: float, max_steps: int, data_dir: Path, model_ref: str | None = None,
+        sampling: tuple[int, int, int] = (TRAIN, DEV, EVAL)) -> dict:
     import torch
     import torch.nn.functional as F
     from peft import LoraConfig, get_peft_model
@@ -49,14 +50,15 @@ def run(seed: int, lr: float, budget_s: float, max_steps: int, data_dir: Path) -
 
     torch.manual_seed(seed)
     t_load = time.perf_counter()
-    source = resolve_model(DEFAULT_MODEL)
+    model_ref = model_ref or DEFAULT_MODEL
+    source = resolve_model(model_ref)
     tokenizer = AutoTokenizer.from_pretrained(source.path)
     quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16)
     base = AutoModelForCausalLM.from_pretrained(source.path, quantization_config=quant, device_map="cpu", dtype=torch.bfloat16)
     model = get_peft_model(base, LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"], lora_dropout=0.0,
                                             task_type="CAUSAL_LM"))
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    task = load_task("sst2", data_dir=data_dir, sampling=Sampling(TRAIN, DEV, EVAL, seed))
+    task = load_task("sst2", data_dir=data_dir, sampling=Sampling(*sampling, seed))
     train, evals = encode(tokenizer, task.train), encode(tokenizer, task.eval)
     pad = pad_id_of(tokenizer)
     load_s = time.perf_counter() - t_load
@@ -85,7 +87,7 @@ def run(seed: int, lr: float, budget_s: float, max_steps: int, data_dir: Path) -
     model.eval()
     preds = predict(model, evals, pad)
     acc = metric_value("accuracy", preds, [e.label for e in task.eval])
-    return {"method": "fo-lora", "model": DEFAULT_MODEL, "task": "sst2", "seed": seed, "lr": lr, "optimizer": "AdamW",
+    return {"method": "fo-lora", "model": model_ref, "task": "sst2", "seed": seed, "lr": lr, "optimizer": "AdamW",
             "lora": {"r": 8, "alpha": 16, "targets": ["q_proj", "v_proj"]}, "quant": "nf4", "dtype": "bf16", "batch": BATCH,
             "trainable": trainable, "steps": len(step_s), "budget_s": budget_s, "train_s": round(train_s, 1),
             "s_per_step": round(statistics.median(step_s), 3), "load_s": round(load_s, 1), "accuracy": acc, "n": len(task.eval),

@@ -311,3 +311,18 @@ def test_zo_lora_cell_runs_through_the_cli_and_a_probe_puts_it_on_the_pareto_plo
     quality.RESULTS.mkdir(exist_ok=True)
     quality.pareto(quality._summary(quality.load_cells()), quality.load_cells())
     assert (quality.RESULTS / "quality_pareto.png").stat().st_size > 1000
+
+
+def test_fo_lora_reference_trains_peft_lora_on_the_nf4_base_within_its_budget(tiny_model_dir):
+    """bench_fo_lora: PEFT LoRA over transformers' bitsandbytes nf4 model, autograd + AdamW, stops at --max-steps."""
+    from conftest import SHARED_DATA
+
+    pytest.importorskip("peft")
+    if not (SHARED_DATA / "sst2").is_dir():
+        pytest.skip(f"shared data not found at {SHARED_DATA}")
+    import bench_fo_lora
+
+    row = bench_fo_lora.run(0, 1e-2, budget_s=600.0, max_steps=3, data_dir=SHARED_DATA, model_ref=str(tiny_model_dir), sampling=(16, 0, 8))
+    assert row["steps"] == 3 and row["trainable"] > 0 and row["n"] == 8 and 0.0 <= row["accuracy"] <= 1.0
+    assert row["peak_rss_mb"] > 50 and row["s_per_step"] > 0 and row["quant"] == "nf4" and row["model"] == str(tiny_model_dir)
+    assert row["loss_first10"] == pytest.approx(row["loss_first10"]) and row["loss_last10"] < 1e3  # finite losses
