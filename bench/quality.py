@@ -699,7 +699,7 @@ def _readme_table(lines: list[str], cells: list[dict]) -> None:
     text = readme.read_text() if readme.is_file() else ""
     if start not in text or end not in text:
         return
-    pngs = [f"![{name}](bench/results/{name}.png)" for name in ("quality_steps", "quality_density") if (RESULTS / f"{name}.png").is_file()]
+    pngs = [f"![{name}](bench/results/{name}.png)" for name in ("quality_pareto", "quality_steps", "quality_density") if (RESULTS / f"{name}.png").is_file()]
     shas = sorted({c["git_sha"][:7] for c in cells})
     body = [start, f"Cells finished: {len(cells)} (git {', '.join(shas) or '-'}); accuracy in %, std over seeds where there are 2 or more.", "",
             *lines, "", *pngs, end]
