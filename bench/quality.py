@@ -531,6 +531,10 @@ def probe(key: str) -> dict:
     """Peak RSS and seconds per step of a few steps of cell `key`'s argv."""
     cell = json.loads((CELLS / f"{key}.json").read_text())
     argv = probe_argv(cell)
+    if "--mask" in argv and argv[argv.index("--mask") + 1].startswith("{work}/"):  # a mask this work folder lacks: rebuild it
+        folder = Path(expand(argv[argv.index("--mask") + 1]))
+        if not (folder / "mask.safetensors").is_file():
+            _szoq([*(portable(a) for a in cell["mask_argv"]), "--out", str(folder)])
     t0 = time.perf_counter()
     PEAK_RSS_MB.clear()
     s_per_step = None
@@ -761,8 +765,9 @@ COLORS = {"zero-shot": "0.5", "icl": "0.25", "senszoq": "C0", "random": "C1", "m
 def pareto_points(summary: list[dict]) -> list[dict]:
     """SST-2 points of the Pareto plot: one per (model, method, dtype, steps) at the grid's lr, with memory and time.
 
-    Memory: the cells' own peak RSS when every seed recorded it, else the probe's. Time: the probe's median s/step x steps
-    (probes ran one after another, so their times compare); zero-shot and ICL have no training time.
+    Memory: the probe's peak RSS where there is a probe (every point measured alike: 12 steps, 32 dev and eval rows), else
+    the cells' own (a whole run: it peaks higher, in the 500-row eval). Time: the probe's median s/step x steps (probes ran
+    one after another, so their times compare); zero-shot and ICL have no training time.
     """
     probes = {(r["model"], r["method"], r["dtype"]): r for r in (json.loads(p.read_text()) for p in sorted(PROBE.glob("*.json")))}
     points = []
@@ -771,9 +776,9 @@ def pareto_points(summary: list[dict]) -> list[dict]:
             continue
         pr = probes.get((r["model"], r["method"], r["dtype"]))
         cells_rss = r["peak_rss_mb"] if r.get("rss_complete") else None
-        rss = cells_rss or (pr and pr["peak_rss_mb"])
+        rss = (pr and pr["peak_rss_mb"]) or cells_rss
         train_s = pr["s_per_step"] * r["steps"] if pr and pr["s_per_step"] and r["steps"] else None
-        points.append({**r, "rss_mb": rss, "rss_source": "cells" if cells_rss else "probe" if rss else None, "train_s": train_s})
+        points.append({**r, "rss_mb": rss, "rss_source": "probe" if pr else "cells" if cells_rss else None, "train_s": train_s})
     fo = RESULTS / "fo_lora.json"
     if fo.is_file():
         rows = json.loads(fo.read_text())["rows"]
