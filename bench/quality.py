@@ -35,6 +35,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import statistics
 import subprocess
 import sys
@@ -377,8 +378,19 @@ def _finetune(argv: list[str], out: Path) -> tuple[list[dict], dict, bool]:
     for flag, name in (("--lr", "lr"), ("--eps", "eps"), ("--steps", "steps"), ("--seed", "seed")):  # never read back another run's results
         if float(argv[argv.index(flag) + 1]) != float(cfg["settings"][name]):
             raise RuntimeError(f"{out} holds a run with {name} {cfg['settings'][name]}, not {argv[argv.index(flag) + 1]}: move it away")
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    return rows, cfg, bool(resume)
+    return _metrics(out), cfg, bool(resume)
+
+
+def _metrics(out: Path) -> list[dict]:
+    """A run folder's metrics.jsonl rows."""
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
+
+
+def _fresh(out: Path) -> Path:
+    """`out` emptied of an earlier rerun (verify and probe runs always start over)."""
+    if out.exists():
+        shutil.rmtree(out)
+    return out
 
 
 def _dev_curve(rows: list[dict], metric: str) -> list[list]:
@@ -493,11 +505,7 @@ def verify(key: str) -> dict:
     argv = [portable(a) for a in cell["argv"]]  # cells recorded with this or another machine's paths
     ran = pinned({**cell, "argv": argv})  # with the dtype and micro-batching it ran under made explicit
     if argv[0] == "finetune":
-        out = WORK / "verify" / key
-        if out.exists():
-            import shutil
-
-            shutil.rmtree(out)
+        out = _fresh(WORK / "verify" / key)
         res = json.loads(_szoq([*ran, "--out", str(out)]))
         rerun = res["eval"]
     else:
@@ -531,22 +539,15 @@ def probe(key: str) -> dict:
     """Peak RSS and seconds per step of a few steps of cell `key`'s argv."""
     cell = json.loads((CELLS / f"{key}.json").read_text())
     argv = probe_argv(cell)
-    if "--mask" in argv and argv[argv.index("--mask") + 1].startswith("{work}/"):  # a mask this work folder lacks: rebuild it
-        folder = Path(expand(argv[argv.index("--mask") + 1]))
-        if not (folder / "mask.safetensors").is_file():
-            _szoq([*(portable(a) for a in cell["mask_argv"]), "--out", str(folder)])
+    if "--mask" in argv:
+        mask_for(cell_of(cell))  # builds the mask if this work folder lacks it
     t0 = time.perf_counter()
     PEAK_RSS_MB.clear()
     s_per_step = None
     if argv[0] == "finetune":
-        out = WORK / "probe" / key
-        if out.exists():
-            import shutil
-
-            shutil.rmtree(out)
+        out = _fresh(WORK / "probe" / key)
         _szoq([*argv, "--out", str(out)])
-        rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
-        s_per_step = statistics.median(r["seconds"] for r in rows if r.get("kind") == "step" and r["step"] > 1)
+        s_per_step = statistics.median(r["seconds"] for r in _metrics(out) if r.get("kind") == "step" and r["step"] > 1)
     else:
         _szoq(argv)
     return {"key": key, "model": cell.get("model", SMOLLM2), "method": cell["method"], "dtype": cell.get("dtype") or "fp32",
@@ -596,10 +597,15 @@ def transfer(task: str) -> dict:
 
 # --- reporting -------------------------------------------------------------------------------
 
+def cell_of(c: dict) -> Cell:
+    """The Cell a record describes today (its lr kept explicitly, so an lr other than its method's shows in the key)."""
+    return Cell(c["task"], c["method"], c["seed"], c["density"], c["steps"], c.get("lr") if c["method"] in LR else None,
+                c.get("dtype") if c.get("dtype") != "fp32" else None, c.get("model", SMOLLM2))
+
+
 def record_key(c: dict) -> str:
     """The key a cell record belongs under today (an lr other than LR[method] shows in it)."""
-    return Cell(c["task"], c["method"], c["seed"], c["density"], c["steps"], c.get("lr") if c["method"] in LR else None,
-                c.get("dtype") if c.get("dtype") != "fp32" else None, c.get("model", SMOLLM2)).key
+    return cell_of(c).key
 
 
 def load_cells() -> list[dict]:
@@ -711,14 +717,22 @@ def _readme_table(lines: list[str], cells: list[dict]) -> None:
     _write_text(readme, head + "\n".join(body) + rest.split(end, 1)[1])
 
 
-def plots(cells: list[dict]) -> None:
-    """accuracy vs steps (SST-2 dev curves) and accuracy vs density (SST-2 senszoq)."""
+def _pyplot():
+    """matplotlib.pyplot on the Agg backend, or None without the `bench` extra."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
+        return None
+    return plt
+
+
+def plots(cells: list[dict]) -> None:
+    """accuracy vs steps (SST-2 dev curves) and accuracy vs density (SST-2 senszoq)."""
+    plt = _pyplot()
+    if plt is None:
         print("plots skipped: pip install -e '.[bench]' (matplotlib)", file=sys.stderr)
         return
     sst2 = [c for c in cells if c["task"] == "sst2" and c.get("lr") == LR.get(c["method"])  # the grid's own lr, fp32 compute
@@ -792,12 +806,8 @@ def pareto_points(summary: list[dict]) -> list[dict]:
 
 def pareto(summary: list[dict], cells: list[dict]) -> None:
     """bench/results/quality_pareto.png: SST-2 accuracy against peak memory and against training time, per model."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = _pyplot()
+    if plt is None:  # `plots` has said so
         return
     points = pareto_points(summary)
     if not points:

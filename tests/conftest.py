@@ -311,21 +311,8 @@ def _reference_top_k(scores: torch.Tensor, k: int) -> torch.Tensor:
 
 
 def reference_select(scores: dict[str, torch.Tensor], density: float, scope: str = "per-matrix") -> dict[str, torch.Tensor]:
-    """Pick the top-scored weights.
-
-    Args:
-        scores: name -> scores shaped like the parameter.
-        density: Share of weights to keep, in (0, 1).
-        scope: `per-matrix` keeps floor(numel * density) (at least 1) per tensor;
-            `global` keeps floor(total * density) over all tensors together.
-
-    Returns:
-        name -> sorted int32 flat indices (tensors with no pick are left out in global scope).
-
-    Raises:
-        MaskError: a NaN or infinite score (it would silently empty a tensor's selection, or in
-            global scope the whole mask), or nothing to select from.
-    """
+    """The slow, obvious form of `szoq_hub.masks.selection.select` (same arguments, result and errors), written
+    independently so that a test comparing the two can catch a bug in either."""
     check_density(density)
     for n, s in scores.items():  # before anything touches the scores
         check_int32_range(n, s.numel())
