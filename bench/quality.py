@@ -698,6 +698,7 @@ def report() -> None:
     lines += ["", f"Pending cells ({len(pending)}): " + (", ".join(pending) if pending else "none")]
     _write_text(RESULTS / "quality.md", "\n".join(lines) + "\n")
     plots(cells)
+    long_plot(cells)
     pareto(data["summary"], cells)
     _readme_table(lines, cells)
 
@@ -709,7 +710,7 @@ def _readme_table(lines: list[str], cells: list[dict]) -> None:
     text = readme.read_text() if readme.is_file() else ""
     if start not in text or end not in text:
         return
-    pngs = [f"![{name}](bench/results/{name}.png)" for name in ("quality_pareto", "quality_steps", "quality_density") if (RESULTS / f"{name}.png").is_file()]
+    pngs = [f"![{name}](bench/results/{name}.png)" for name in ("quality_pareto", "quality_long", "quality_steps", "quality_density") if (RESULTS / f"{name}.png").is_file()]
     shas = sorted({c["git_sha"][:7] for c in cells})
     body = [start, f"Cells finished: {len(cells)} (git {', '.join(shas) or '-'}); accuracy in %, std over seeds where there are 2 or more.", "",
             *lines, "", *pngs, end]
@@ -770,6 +771,38 @@ def plots(cells: list[dict]) -> None:
         fig.tight_layout()
         fig.savefig(RESULTS / "quality_density.png", dpi=110)
         plt.close(fig)
+
+
+def long_plot(cells: list[dict]) -> None:
+    """bench/results/quality_long.png: SST-2 dev curves of the long-horizon cells, over the same methods' 300-step cells."""
+    plt = _pyplot()
+    if plt is None:  # `plots` has said so
+        return
+    long = [c for c in cells if c["task"] == "sst2" and c["steps"] == LONG_STEPS and c.get("model", SMOLLM2) == SMOLLM2 and c["dev_curve"]]
+    if not long:
+        return
+    kinds = {(c["method"], c.get("dtype", "fp32"), c["lr"]) for c in long}
+    short = [c for c in cells if c["task"] == "sst2" and c["steps"] == STEPS and c.get("model", SMOLLM2) == SMOLLM2 and c["dev_curve"]
+             and (c["method"], c.get("dtype", "fp32"), c["lr"]) in kinds and (c["method"] != "senszoq" or c["density"] == DENSITY)]
+    fig, ax = plt.subplots(figsize=(9, 4.2))
+    for c in sorted(short + long, key=lambda c: (c["method"], c["steps"], c["seed"])):
+        xs, ys = zip(*c["dev_curve"])
+        is_long = c["steps"] == LONG_STEPS
+        label = f"{c['method']} {c.get('dtype', 'fp32')} s{c['seed']}, {c['steps']} steps (eval {100 * c['accuracy']:.1f}% at step {c.get('best_step', '?')})"
+        ax.plot(xs, [100 * y for y in ys], color=COLORS.get(c["method"], "k"), ls=("-", "--", ":")[c["seed"] % 3],
+                lw=1.8 if is_long else 0.8, alpha=1.0 if is_long else 0.45, marker="o" if is_long else None, ms=3, label=label)
+    zero = [100 * c["accuracy"] for c in cells if c["task"] == "sst2" and c["method"] == "zero-shot" and c.get("model", SMOLLM2) == SMOLLM2]
+    if zero:
+        ax.axhline(sum(zero) / len(zero), color="0.5", ls="--", lw=0.8, label="zero-shot (eval)")
+    ax.axvline(STEPS, color="0.6", lw=0.8)
+    ax.set(xlabel="ZO steps", ylabel=f"SST-2 dev accuracy % (n={long[0].get('dev_n', '?')})",
+           title=f"SST-2, SmolLM2-135M: {LONG_STEPS} steps (thick) and {STEPS} steps (thin), each method at its grid lr")
+    ax.title.set_fontsize(9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=6.5, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    fig.tight_layout()
+    fig.savefig(RESULTS / "quality_long.png", dpi=110)
+    plt.close(fig)
 
 
 COLORS = {"zero-shot": "0.5", "icl": "0.25", "senszoq": "C0", "random": "C1", "magnitude": "C2", "task-fisher": "C3", "dense": "C4",

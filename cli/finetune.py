@@ -10,7 +10,7 @@ from typing import Optional
 
 import typer
 
-from szoq_hub import config_from_options, default_of, finetune, flag, help_of, is_main_process, option_fields, resolve_delta_ref
+from szoq_hub import config_from_options, default_of, flag, help_of, option_fields  # torch-free: `szoq --help` builds its options from them
 
 from .root import app
 from .render import note, out, print_json, progress_bar
@@ -50,6 +50,8 @@ def _finetune_parameters() -> list[inspect.Parameter]:
 
 def finetune_cmd(*, resume: bool = False, as_json: bool = False, **options) -> None:
     """ZO fine-tune the sparse values of a quantized model (--dense: every linear weight, the MeZO baseline; --lora R: LoRA adapters). Example: szoq finetune --task sst2 --steps 300 --out runs/sst2"""
+    from szoq_hub import finetune, is_main_process
+
     config = config_from_options(options)
     out_dir = Path(config.out)
     with progress_bar() as bar:
@@ -112,7 +114,7 @@ def eval_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Score zero-shot, in-context or fine-tuned. Example: szoq eval --task sst2 --delta runs/sst2"""
-    from szoq_hub import EvalConfig, evaluate
+    from szoq_hub import EvalConfig, evaluate, resolve_delta_ref
 
     config = EvalConfig(model=model, mask=mask, task=task, train_file=train, eval_file=eval_file, template=template, labels=labels,
                         label_field=label_field, task_file=task_file, encoding=encoding, delta=str(resolve_delta_ref(str(delta))) if delta else None,
@@ -134,7 +136,7 @@ def merge_cmd(
     device: str = _DEVICE,
 ) -> None:
     """Write a plain transformers model with the fine-tuned values applied. Example: szoq merge --delta runs/sst2 --out merged/"""
-    from szoq_hub import merge
+    from szoq_hub import merge, resolve_delta_ref
 
     folder = merge(model=model, mask_ref=mask, delta=resolve_delta_ref(str(delta)), out=out_dir, dtype=dtype, device=device)
     out.print(str(folder), markup=False)

@@ -10,7 +10,7 @@ The public Python API (the CLI is a thin layer over exactly these names; see REA
     result = finetune(FinetuneConfig(task="sst2", out="runs/sst2"))
     Delta.from_pretrained("runs/sst2").merge_into(model)
 
-Layers, each importing only from those before it: `core` (errors, paths, schema, devices),
+Layers, each importing only from those before it: `core` (errors, paths, schema, specs, devices),
 `data` (checkpoints, models, calibration, tasks), `masks` (scoring, selection, the artifact, registry),
 `runtime` (the quantized sparse model, dense trainable, ZO optimizers, delta), `hub` (transport, refs),
 `training` (finetune, evaluate, merge), `export` (PEFT, plots).
@@ -48,7 +48,7 @@ _EXPORTS: dict[str, str] = {
     **dict.fromkeys(("push_mask", "pull_mask", "mask_info", "search_masks"), ".hub.masks"),
     **dict.fromkeys(("push_delta", "pull_delta"), ".hub.deltas"),
     **dict.fromkeys(("resolve_mask_ref", "resolve_delta_ref"), ".hub.refs"),
-    "ZOConfig": ".runtime.zo",
+    "ZOConfig": ".runtime.zo_config",
     **dict.fromkeys(("FinetuneConfig", "FinetuneResult", "config_from_options", "default_of", "flag", "help_of", "option_fields"), ".training.config"),
     "finetune": ".training.finetune",
     "model_and_mask_for": ".training.setup",
@@ -86,7 +86,7 @@ if TYPE_CHECKING:  # what IDEs and type checkers read; at run time __getattr__ i
     from .runtime.delta import Delta
     from .runtime.sparse import SparseModel, load_sparse_model
     from .training.evaluate import EvalConfig, EvalResult, evaluate
-    from .runtime.zo import ZOConfig
+    from .runtime.zo_config import ZOConfig
     from .training.config import FinetuneConfig, FinetuneResult, config_from_options, default_of, flag, help_of, option_fields
     from .training.finetune import finetune
     from .training.setup import model_and_mask_for

@@ -31,7 +31,7 @@ import torch
 
 from .errors import ConfigError, DependencyError
 
-DEVICE_CHOICES = ("auto", "cpu", "cuda", "cuda:N")
+from .specs import DEVICE_CHOICES, check_device_spec, check_dtype_spec  # noqa: F401  (torch-free: read by config checks)
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 DEFAULT_DTYPE = {"cuda": "bf16", "cpu": "fp32"}
 
@@ -132,30 +132,6 @@ def resolve_dtype(spec: str | torch.dtype | None, device: torch.device) -> torch
     if spec not in DTYPES:
         raise ConfigError(f"unknown --dtype {spec!r}", hint=f"choose one of: {', '.join(DTYPES)}")
     return DTYPES[spec]
-
-
-def check_device_spec(spec: str) -> None:
-    """Validate the spelling of a `--device` value without touching CUDA (for config checks).
-
-    Raises:
-        ConfigError: not `auto`, `cpu`, `cuda` or `cuda:N`.
-    """
-    kind, _, index = (spec or "").strip().lower().partition(":")
-    if kind in ("auto", "cpu") and not index:
-        return
-    if kind == "cuda" and (not index or index.isdigit()):
-        return
-    raise ConfigError(f"unknown --device {spec!r}", hint=f"choose one of: {', '.join(DEVICE_CHOICES)}")
-
-
-def check_dtype_spec(spec: str | None) -> None:
-    """Validate a `--dtype` value (None = the device's default).
-
-    Raises:
-        ConfigError: not `auto`, `bf16`, `fp16` or `fp32`.
-    """
-    if spec is not None and spec != "auto" and spec not in DTYPES:
-        raise ConfigError(f"unknown --dtype {spec!r}", hint=f"choose one of: auto, {', '.join(DTYPES)}")
 
 
 def require_quant_backend(quant: str) -> None:

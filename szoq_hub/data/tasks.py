@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-import torch
 
 from ..core.errors import DependencyError, TaskError
 
@@ -212,6 +211,8 @@ def _custom_builder(task: CustomTask) -> Callable[[dict], Example]:
 # --- sampling --------------------------------------------------------------------------------
 
 def _perm(n: int, seed: int) -> list[int]:
+    import torch  # here, not at import: FinetuneConfig (and `szoq --help`) read this module without torch
+
     return torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
 
 
@@ -355,6 +356,8 @@ def with_demonstrations(examples: list[Example], pool: list[Example], shots: int
         return examples
     if len(pool) < shots:
         raise TaskError(f"--icl-shots {shots} needs at least {shots} train examples, have {len(pool)}", hint="lower --icl-shots")
+    import torch
+
     gen = torch.Generator().manual_seed(seed)
     out = []
     for ex in examples:

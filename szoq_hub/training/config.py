@@ -14,14 +14,13 @@ from __future__ import annotations
 from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path
 
-from ..core.devices import check_device_spec, check_dtype_spec
+from ..core.specs import check_device_spec, check_dtype_spec
 from ..core.errors import ConfigError
-from ..data.models import DEFAULT_MODEL
 from ..data.tasks import CustomTask, Sampling, custom_task_from
-from ..runtime.lora import LoRASettings
-from ..runtime.zo import ZOConfig
+from ..runtime.lora_config import LoRASettings
+from ..runtime.zo_config import ZOConfig
 
-from ..core.defaults import DEFAULT_LR, DEFAULT_MASK, DENSE_LR, LORA_LR, default_lr  # noqa: E402  (one place, read by `szoq --help` without torch)
+from ..core.defaults import DEFAULT_LR, DEFAULT_MASK, DEFAULT_MODEL, DENSE_LR, LORA_LR, default_lr  # noqa: E402  (one place, read by `szoq --help` without torch)
 # ZOConfig fields a run derives from its own settings (steps, seed): not options of their own.
 ZO_DERIVED = ("total_steps", "seed")
 
