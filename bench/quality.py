@@ -636,7 +636,8 @@ def _summary(cells: list[dict]) -> list[dict]:
     for (model, task, method, density, steps, lr, dtype), cs in sorted(groups.items(), key=order):
         accs = [c["accuracy"] for c in cs]
         rss = [c["peak_rss_mb"] for c in cs if c.get("peak_rss_mb")]
-        walls = [c["wall_s"] for c in cs if c.get("wall_s") and c["method"] not in ("zero-shot", "icl")]
+        # a resumed run's wall_s is its last leg only: left out
+        walls = [c["wall_s"] for c in cs if c.get("wall_s") and c["method"] not in ("zero-shot", "icl") and not c.get("resumed")]
         rows.append({"model": model, "task": task, "method": method, "density": density, "steps": steps, "lr": lr, "dtype": dtype,
                      "seeds": sorted(c["seed"] for c in cs),
                      "mean": statistics.mean(accs), "std": statistics.stdev(accs) if len(accs) > 1 else None, "n": cs[0]["n"],
@@ -667,7 +668,7 @@ def report() -> None:
             "settings": {"model": MODEL, "quant": "nf4", "steps": STEPS, "batch": BATCH, "lr": LR, "eps": EPS, "train": TRAIN,
                          "dev": DEV, "eval": EVAL, "eval_every": EVAL_EVERY, "density": DENSITY, "icl_shots": ICL_SHOTS, "micro_batch": MICRO_BATCH}}
     _write_json(RESULTS / "quality.json", data)
-    lines = ["| model | task | method | density | steps | lr | dtype | accuracy % (mean ± std) | seeds | n eval | peak RSS MB (median) | wall s (median) |",
+    lines = ["| model | task | method | density | steps | lr | dtype | accuracy % (mean ± std) | seeds | n eval | peak RSS MB (median) | wall s (median, runs not resumed) |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in data["summary"]:
         dens = "-" if r["density"] is None else f"{r['density']:g}"
