@@ -793,15 +793,18 @@ def long_plot(cells: list[dict]) -> None:
     for c in sorted(short + long, key=lambda c: (c["method"], c["steps"], c["seed"])):
         xs, ys = zip(*c["dev_curve"])
         is_long = c["steps"] == LONG_STEPS
-        label = f"{c['method']} {c.get('dtype', 'fp32')} s{c['seed']}, {c['steps']} steps (eval {100 * c['accuracy']:.1f}% at step {c.get('best_step', '?')})"
-        ax.plot(xs, [100 * y for y in ys], color=COLORS.get(c["method"], "k"), ls=("-", "--", ":")[c["seed"] % 3],
-                lw=1.8 if is_long else 0.8, alpha=1.0 if is_long else 0.45, marker="o" if is_long else None, ms=3, label=label)
+        grid_lr = c["lr"] == lr_of(c["method"], SMOLLM2)
+        label = (f"{c['method']} {c.get('dtype', 'fp32')} lr {c['lr']:g} s{c['seed']}, {c['steps']} steps "
+                 f"(eval {100 * c['accuracy']:.1f}% at step {c.get('best_step', '?')})")
+        ax.plot(xs, [100 * y for y in ys], color=COLORS.get(c["method"], "k"), ls=("-", "--", ":")[c["seed"] % 3] if grid_lr else "-.",
+                lw=1.8 if is_long else 0.8, alpha=1.0 if is_long else 0.45, marker=("o" if grid_lr else "^") if is_long else None, ms=3,
+                label=label)
     zero = [100 * c["accuracy"] for c in cells if c["task"] == "sst2" and c["method"] == "zero-shot" and c.get("model", SMOLLM2) == SMOLLM2]
     if zero:
         ax.axhline(sum(zero) / len(zero), color="0.5", ls="--", lw=0.8, label="zero-shot (eval)")
     ax.axvline(STEPS, color="0.6", lw=0.8)
     ax.set(xlabel="ZO steps", ylabel=f"SST-2 dev accuracy % (n={long[0].get('dev_n', '?')})",
-           title=f"SST-2, SmolLM2-135M: {LONG_STEPS} steps (thick) and {STEPS} steps (thin), each method at its grid lr")
+           title=f"SmolLM2-135M, SST-2: {LONG_STEPS} steps thick, {STEPS} thin; dash-dot: not the grid's lr")
     ax.title.set_fontsize(9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=6.5, loc="upper left", bbox_to_anchor=(1.01, 1.0))

@@ -36,6 +36,21 @@ def test_plan_starts_with_the_informative_cells_and_has_unique_keys():
     assert not any(c.task in ("rte", "boolq") and c.key not in {p.stem for p in quality.CELLS.glob("*.json")} for c in quality.plan())
 
 
+def test_long_runs_get_their_own_plot_and_a_resumed_run_no_wall_time(tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib")
+    _isolate(monkeypatch, tmp_path)
+    quality.RESULTS.mkdir(parents=True)
+    short = _cell("sst2", "senszoq", 0, 0.7)
+    long = {**_cell("sst2", "senszoq", 0, 0.68, steps=quality.LONG_STEPS), "best_step": 100, "dev_n": 200, "wall_s": 50.0}
+    resumed = {**_cell("sst2", "senszoq", 1, 0.66, steps=quality.LONG_STEPS), "resumed": True, "wall_s": 5.0}
+    quality.long_plot([short])  # no long run: no plot
+    assert not (quality.RESULTS / "quality_long.png").exists()
+    quality.long_plot([short, long, resumed])
+    assert (quality.RESULTS / "quality_long.png").stat().st_size > 1000
+    (row,) = [r for r in quality._summary([long, resumed]) if r["steps"] == quality.LONG_STEPS]
+    assert row["seeds"] == [0, 1] and row["wall_s"] == 50.0  # the resumed run's 5 s is only its last leg
+
+
 def test_evidence_cells_zo_lora_after_its_sweep_gemma_and_long_runs_have_their_own_keys(tmp_path, monkeypatch):
     """Issue 24's cells: ZO-LoRA is planned once its lr sweep is complete (at the sweep's choice); Gemma cells carry a
     prefix and a `{work}` path to the GGUF; 1000-step cells a `-1000steps` part; every key is unique."""
