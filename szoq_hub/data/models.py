@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .checkpoint import checkpoint_files
+from .checkpoint import ST_DTYPES, checkpoint_files, iter_tensors, read_header
 from ..core import progress
 from ..core.errors import DependencyError, ModelError
 from ..core.paths import atomic_dir, atomic_file, file_sha256, model_cache_dir
@@ -46,11 +46,13 @@ class ModelSource:
     Attributes:
         ref: The reference as the user gave it.
         kind: `alias`, `gguf`, `local` or `hub`.
-        path: A local folder transformers can load (a GGUF source points at its converted copy).
+        path: A local folder with the config and tokenizer (a GGUF source: a small folder with just
+            those, read from the file's metadata; its weights stream from `gguf`).
         base_model: The Hub id to credit in cards (`base_model:`), or the local folder's or
             file's name (never its path: masks and deltas that record it are shared).
         revision: Hub commit sha, or None for local sources.
         identity: A string naming the exact weights (`hub:ID@SHA` or `sha256:...`).
+        gguf: The GGUF file the weights stream from (alias and `gguf` sources), else None.
     """
 
     ref: str
@@ -59,6 +61,7 @@ class ModelSource:
     base_model: str
     revision: str | None
     identity: str
+    gguf: Path | None = None
 
 
 @dataclass
@@ -93,51 +96,55 @@ def _cached_file_sha256(path: Path) -> str:
 
 
 def _require_gguf() -> None:
-    try:
-        import gguf  # noqa: F401
-    except ImportError:
-        raise DependencyError(
-            "loading a GGUF model needs the `gguf` package",
-            hint="pip install gguf",
-        ) from None
+    from .gguf_file import require_gguf
+
+    require_gguf()
 
 
-def _convert_gguf(gguf_path: Path, digest: str) -> Path:
-    """Convert a GGUF file once to an fp32 safetensors folder (GGUF loading is slow)."""
-    target = model_cache_dir() / f"gguf-{digest[:16]}"
+def _gguf_meta_folder(gguf_path: Path, digest: str) -> Path:
+    """The GGUF file's config and tokenizer, written once to a small cache folder.
+
+    The weights are never converted: every consumer streams them from the GGUF file itself
+    (`gguf_file.GGUFModelFile.iter_tensors`). The folder holds only what is slow or impossible
+    to get without a full read of the metadata: `config.json` (transformers' reading of the
+    metadata, so that the model skeleton, its parameter layout and fingerprint are exactly the old
+    converted copy's) and the tokenizer files (building a 150k-token BPE from GGUF arrays takes
+    seconds), a few MB in all. It is written only after the file's tensors were checked against
+    its config, so a folder that exists belongs to a file that opens.
+    """
+    target = model_cache_dir() / f"gguf-meta-{digest[:16]}"
     if (target / "config.json").exists():
         return target
-    _require_gguf()
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from .gguf_file import GGUFModelFile, config_from_gguf, tokenizer_from_gguf
 
-    log.info("converting %s to safetensors (one time)", gguf_path.name)
-    folder, name = str(gguf_path.parent), gguf_path.name
-    try:  # transformers' tqdm bar goes through szoq's progress events (core/progress.py)
-        with progress.job("convert", name), progress.tqdm_through("transformers.modeling_gguf_pytorch_utils", "convert"):
-            tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-            model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
-    except Exception as exc:  # transformers raises many types for a bad GGUF
-        raise ModelError(
-            f"cannot load GGUF file {gguf_path}: {exc}".splitlines()[0],
-            hint="check that the file is a complete GGUF model supported by transformers",
-        ) from None
+    log.info("reading the metadata of %s (one time)", gguf_path.name)
+    with progress.job("convert", gguf_path.name):
+        file = GGUFModelFile(gguf_path)
+        file.check_ranges()  # before transformers builds anything from the metadata's sizes
+        config = config_from_gguf(gguf_path)
+        vars(config).pop("_name_or_path", None)
+        vars(config).pop("_model_name_or_path", None)  # the GGUF's internal name, not a model id
+        skeleton = _skeleton(config)
+        file.check_against(skeleton, file.hf_names(skeleton), tied=bool(getattr(config, "tie_word_embeddings", False)))
+        tokenizer = tokenizer_from_gguf(gguf_path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    # The weights are dequantized fp32 now: drop the GGUF quantizer so they save as plain
-    # safetensors that load (and stream) like any transformers checkpoint.
-    model.hf_quantizer = None
-    model.is_quantized = False
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    vars(model.config).pop("_model_name_or_path", None)  # the GGUF's internal name, not a model id
     try:
         with atomic_dir(target) as tmp:
-            model.save_pretrained(tmp)
+            config.save_pretrained(tmp)
             tokenizer.save_pretrained(tmp)
     except OSError:
         if not (target / "config.json").exists():
             raise
-        # another process finished the same conversion first: use its copy
+        # another process wrote the same folder first: use its copy
     return target
+
+
+def _skeleton(config, dtype: torch.dtype = torch.float32) -> nn.Module:
+    """The causal LM of `config` with every parameter on the meta device (no weight memory)."""
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(config, dtype=dtype)
 
 
 def _alias_gguf(name: str) -> tuple[Path, str]:
@@ -218,14 +225,14 @@ def resolve_model(ref: str, *, revision: str | None = None) -> ModelSource:
         _require_gguf()
         gguf_path, upstream = _alias_gguf(ref)
         digest = _cached_file_sha256(gguf_path)
-        return ModelSource(ref, "alias", _convert_gguf(gguf_path, digest), upstream, None, f"sha256:{digest}")
+        return ModelSource(ref, "alias", _gguf_meta_folder(gguf_path, digest), upstream, None, f"sha256:{digest}", gguf_path)
     path = Path(ref).expanduser()
     if path.suffix == ".gguf":
         if not path.is_file():
             raise ModelError(f"GGUF file {path} not found", hint="check the path")
         _require_gguf()
         digest = _cached_file_sha256(path)
-        return ModelSource(ref, "gguf", _convert_gguf(path, digest), path.name, None, f"sha256:{digest}")
+        return ModelSource(ref, "gguf", _gguf_meta_folder(path, digest), path.name, None, f"sha256:{digest}", path)
     if path.is_dir():
         if not (path / "config.json").exists():
             raise ModelError(f"{path} has no config.json", hint="point at a folder written by save_pretrained")
@@ -271,8 +278,51 @@ def model_fingerprint(source: ModelSource) -> str:
     return fingerprint_from(parameter_layout(source), source.identity)
 
 
+def source_tensors(source: ModelSource, model: nn.Module, *, map_if=None, cast=None):
+    """Yield (checkpoint key, tensor) of a resolved source one tensor at a time, whatever its format.
+
+    A safetensors checkpoint yields its own keys (map them with `checkpoint.KeyMapper`); a GGUF
+    file yields the model's state-dict names directly, dequantized one tensor at a time.
+
+    Args:
+        source: The resolved source.
+        model: The model the tensors are for, on the meta device or not (its state-dict names
+            map GGUF names; unused for safetensors).
+        map_if: safetensors only: (key, dtype) -> map the tensor instead of reading it (see
+            `checkpoint.iter_tensors`).
+        cast: GGUF only: (model name) -> dtype the consumer will cast the tensor to, or None for
+            fp32. A cast tensor is dequantized slab by slab into its final dtype.
+
+    Raises:
+        ModelError: unreadable or truncated weights.
+    """
+    if source.gguf is None:
+        yield from iter_tensors(checkpoint_files(Path(source.path)), map_if=map_if)
+        return
+    from .gguf_file import GGUFModelFile
+
+    file = GGUFModelFile(source.gguf)
+    yield from file.iter_tensors(file.hf_names(model), cast=cast)
+
+
+def source_dtype(source: ModelSource) -> torch.dtype:
+    """The dtype the source's weights come in: the first floating-point tensor's for safetensors,
+    fp32 for a GGUF file (what dequantization gives; the old converted copy was fp32 too)."""
+    if source.gguf is not None:
+        return torch.float32
+    for path in checkpoint_files(Path(source.path)):
+        for meta in read_header(path).values():
+            dtype = ST_DTYPES.get(meta.get("dtype")) if isinstance(meta, dict) else None
+            if dtype is not None and dtype.is_floating_point:
+                return dtype
+    return torch.float32
+
+
 def load_model(source: ModelSource, *, dtype: torch.dtype = torch.float32) -> LoadedModel:
     """Load the full model and tokenizer of a resolved source.
+
+    A GGUF source is built on the meta device and filled tensor by tensor (one fp32 tensor in
+    flight): the process holds the model in `dtype` and nothing more.
 
     Raises:
         ModelError: when transformers cannot load it.
@@ -281,14 +331,37 @@ def load_model(source: ModelSource, *, dtype: torch.dtype = torch.float32) -> Lo
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(source.path)
-        checkpoint_files(Path(source.path))  # never fall back to unpickling .bin weights
-        model = AutoModelForCausalLM.from_pretrained(source.path, dtype=dtype, use_safetensors=True)
+        if source.gguf is not None:
+            model = _load_gguf_model(source, dtype)
+        else:
+            checkpoint_files(Path(source.path))  # never fall back to unpickling .bin weights
+            model = AutoModelForCausalLM.from_pretrained(source.path, dtype=dtype, use_safetensors=True)
     except (OSError, ValueError) as exc:
         raise ModelError(f"cannot load {source.ref}: {str(exc).splitlines()[0]}", hint="check that the folder is a transformers causal LM") from None
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     model.eval()
     return LoadedModel(model, tokenizer, source)
+
+
+def _load_gguf_model(source: ModelSource, dtype: torch.dtype) -> nn.Module:
+    from accelerate import init_empty_weights
+    from transformers import AutoModelForCausalLM
+
+    config = load_config(source)
+    with init_empty_weights(include_buffers=False):  # parameters on meta, buffers (rotary) real
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    for name, tensor in source_tensors(source, model, cast=lambda name: dtype):
+        set_module_tensor(model, name, tensor, dtype)
+        del tensor
+    out_emb = model.get_output_embeddings()
+    if out_emb is not None and (getattr(config, "tie_word_embeddings", False) or out_emb.weight.device.type == "meta"):
+        out_emb.weight = model.get_input_embeddings().weight  # tied, as transformers ties them
+    missing = [n for n, p in model.named_parameters() if p.device.type == "meta"]
+    if missing:
+        raise ModelError(f"{source.gguf.name} lacks {len(missing)} tensor(s) the model needs (e.g. {missing[0]})",
+                         hint="the file is incomplete: download it again")
+    return model
 
 
 def _linear_weight_names(model: nn.Module) -> list[str]:

@@ -22,14 +22,15 @@ from torch import nn
 
 from .build_plan import BuildPlan, activation_bytes, layer_of, parse_size, pass_cost, plan_groups, resident_bytes
 from ..data.calibration import load_windows
-from ..data.checkpoint import ST_DTYPES, KeyMapper, checkpoint_files, iter_tensors, read_header
+from ..data.checkpoint import KeyMapper, checkpoint_files, iter_tensors, read_header
 from ..core.devices import DTYPES as SHARED_DTYPES, check_device_spec, resolve_device
 from ..core.thirdparty import import_bitsandbytes
 from ..core.distributed import init_distributed, is_main_process, world
 from ..core.errors import ConfigError, DependencyError, MaskError, ModelError
 from ..core.paths import ensure_writable_dir, public_word, scratch_dir
 from .artifact import MaskConfig, SCOPES, SensitivityMask, check_density, mask_stats, save_mask
-from ..data.models import DEFAULT_MODEL, ModelSource, load_config, model_fingerprint, resolve_model, target_parameter_names
+from ..data.models import (DEFAULT_MODEL, ModelSource, load_config, model_fingerprint, resolve_model, source_dtype, source_tensors,
+                           target_parameter_names)
 from .registry import Registry, check_name, check_version, name_from
 from .selection import StreamingSelector
 from .sensitivity import (SCORE_QUANTS, Frozen4bitLinear, ProgressFn, check_scorer, checkpointed_layers, decoder_layers, fisher_scores,
@@ -89,19 +90,16 @@ def build_timestamp() -> str:
 
 # ---- the checkpoint, read tensor by tensor -------------------------------------------------
 
-def checkpoint_dtype(files: list[Path]) -> torch.dtype:
-    """The dtype of the first floating-point tensor in the checkpoint (headers only)."""
-    for path in files:
-        for meta in read_header(path).values():
-            dtype = ST_DTYPES.get(meta.get("dtype")) if isinstance(meta, dict) else None
-            if dtype is not None and dtype.is_floating_point:
-                return dtype
-    return torch.float32
-
-
-def _iter_named(files: list[Path], to_name: KeyMapper, names: set[str]):
+def _iter_named(source: ModelSource, model: nn.Module, names: set[str]):
     """(model name, tensor) of just `names`, one at a time; shards holding none are not read."""
-    for path in files:
+    to_name = KeyMapper(model)
+    if source.gguf is not None:  # GGUF: one file, every tensor yields under its model name
+        for name, tensor in source_tensors(source, model):
+            if name in names:
+                yield name, tensor
+            del tensor
+        return
+    for path in checkpoint_files(Path(source.path)):
         if any(to_name(key) in names for key in read_header(path)):
             for key, tensor in iter_tensors([path]):
                 name = to_name(key)
@@ -139,7 +137,8 @@ def load_scoring_model(source: ModelSource, *, dtype: torch.dtype, quant: str = 
     linears = {f"{n}.weight" for n, m in lm.named_modules() if type(m) is nn.Linear and m is not out_emb} if quant == "nf4" else set()
     to_name = KeyMapper(lm)  # before any module is replaced
     loaded: set[str] = set()
-    for ckpt_key, tensor in iter_tensors(checkpoint_files(Path(source.path))):
+    cast = lambda name: None if name in linears else dtype  # noqa: E731 (GGUF: nf4 input stays fp32, as from a safetensors copy)
+    for ckpt_key, tensor in source_tensors(source, lm, cast=cast):
         key = to_name(ckpt_key)
         if key is None:
             log.warning("checkpoint tensor %s has no place in the model; ignored", ckpt_key)
@@ -279,15 +278,14 @@ def _build(config: MaskBuildConfig, out: Path | None, *, progress: ProgressFn | 
     targets = list(shapes)
     numels = {n: int(torch.Size(s).numel()) for n, s in shapes.items()}
     selector = StreamingSelector(targets, numels, config.density, config.scope)
-    files = checkpoint_files(Path(source.path))
-    dtype = DTYPES[config.dtype] or checkpoint_dtype(files)
+    dtype = DTYPES[config.dtype] or source_dtype(source)
 
     calibration = None
     if config.scorer == "fisher":
-        calibration = _fisher_select(config, source, files, targets, numels, dtype, device, selector, progress, plan_out)
+        calibration = _fisher_select(config, source, targets, numels, dtype, device, selector, progress, plan_out)
     else:
         if config.scorer == "magnitude":
-            scores = stream_magnitude_scores(_iter_named(files, KeyMapper(meta), set(targets)))
+            scores = stream_magnitude_scores(_iter_named(source, meta, set(targets)))
         else:
             scores = stream_random_scores(shapes, config.seed)
         seen = set()
@@ -329,7 +327,7 @@ def _build(config: MaskBuildConfig, out: Path | None, *, progress: ProgressFn | 
     return mask, save_mask(mask, out)
 
 
-def _fisher_select(config: MaskBuildConfig, source: ModelSource, files: list[Path], targets: list[str], numels: dict[str, int],
+def _fisher_select(config: MaskBuildConfig, source: ModelSource, targets: list[str], numels: dict[str, int],
                    dtype: torch.dtype, device: torch.device, selector: StreamingSelector, progress: ProgressFn | None,
                    plan_out: dict | None) -> dict:
     """Score with fisher in planned passes and feed each finished tensor to the selector."""

@@ -4,8 +4,8 @@ For every masked weight W with index set M, the runtime keeps `values = W.flatte
 fp32 as the only trainable state, zeroes those entries of W and quantizes the rest with
 bitsandbytes. A masked layer computes `quantized_base(x) + sparse_part(x)`; the sensitive
 weights are never rounded by the quantizer. Embeddings, norms and lm_head stay frozen in the
-compute dtype. Weights stream tensor by tensor from the safetensors checkpoint, so the
-full-precision model is never resident at once.
+compute dtype. Weights stream tensor by tensor from the safetensors checkpoint or the GGUF file
+(data/gguf_file.py), so the full-precision model is never resident at once.
 
 How the sparse part is applied (measured in bench/bench_runtime.py and bench/bench_finetune.py):
 - Column form, the general case: base(x), then `out += x[..., cols] @ S`, where `cols` are the
@@ -47,11 +47,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..data.checkpoint import KeyMapper, checkpoint_files, iter_tensors
+from ..data.checkpoint import KeyMapper
 from ..core.devices import require_quant_backend, resolve_device, resolve_dtype
 from ..core.errors import ConfigError, FingerprintMismatch, MaskError, ModelError
 from ..masks.artifact import SensitivityMask
-from ..data.models import ModelSource, model_fingerprint, resolve_model, set_module_tensor
+from ..data.models import ModelSource, model_fingerprint, resolve_model, set_module_tensor, source_tensors
 from .sparse_linear import QUANT_MODES, SparseQuantLinear, SparseValues, contiguous_input
 
 log = logging.getLogger(__name__)
@@ -277,7 +277,12 @@ def load_sparse_model(
     def map_if(ckpt_key: str, dtype: torch.dtype) -> bool:
         return device.type == "cpu" and dtype == compute_dtype and emb_name is not None and to_model_name(ckpt_key) == emb_name
 
-    for ckpt_key, tensor in iter_tensors(checkpoint_files(Path(source.path)), map_if=map_if):
+    def cast(name: str) -> torch.dtype | None:  # GGUF: what set_module_tensor casts anyway is dequantized into its dtype
+        if name in wanted or (name.endswith(".bias") and f"{name[: -len('.bias')]}.weight" in wanted):
+            return None  # exact fp32: the masked values and the quantizer's input, as from a safetensors copy
+        return compute_dtype
+
+    for ckpt_key, tensor in source_tensors(source, lm, map_if=map_if, cast=cast):
         key = to_model_name(ckpt_key)
         if key is None:
             ignored.append(ckpt_key)
