@@ -34,7 +34,7 @@ def build(
     out_dir: Optional[Path] = typer.Option(None, "--out", help="Also write the artifact folder here."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
     dtype: str = typer.Option("auto", help="Scoring dtype: auto (the checkpoint's), bf16, fp16, fp32; Σg² is fp32."),
-    max_memory: Optional[str] = typer.Option(None, help="Memory bound of a fisher build, e.g. 3.5GB: scores in passes over groups of tensors."),
+    max_memory: Optional[str] = typer.Option(None, help="Memory bound of a fisher build, e.g. 3.5GB: scores in passes over groups of tensors (default: picked from the available memory; same mask)."),
     # Experimental: on SmolLM2 an nf4-scored per-matrix mask keeps 90% (< 95%) of the fp32 mask's Σg² share (README).
     score_quant: str = typer.Option("none", hidden=True, help="Frozen base while scoring: none or nf4 (bitsandbytes 4-bit, QLoRA-style)."),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
@@ -64,12 +64,17 @@ def build(
     result = {"ref": mask.ref, "path": str(folder), "sha256": Registry().get(mask.ref).sha256, "nnz": mask.nnz, "captured_share": mask.config.stats.get("captured_share")}
     if plan:
         result["passes"] = plan["passes"]
+        result["max_memory"] = plan.get("budget")
+        result["max_memory_picked"] = bool(plan.get("budget_picked"))
     if out_dir is not None:
         result["out"] = str(out_dir)
     if as_json:
         print_json(result)
     else:
         print(f"{mask.ref}\t{folder}")
+        if plan.get("budget_picked"):
+            note(f"memory bound {plan['budget'] / 1e9:.2f} GB, picked from the {plan['available'] / 1e9:.2f} GB available "
+                 "(set it with --max-memory; the mask is the same either way)")
         passes = f" in {plan['passes']} passes" if plan.get("passes", 1) > 1 else ""
         note(f"built {mask.nnz:,} weights ({scorer}, density {density:g}){passes}; score mass captured {result['captured_share']}")
 

@@ -325,10 +325,17 @@ def load_model(source: ModelSource, *, dtype: torch.dtype = torch.float32) -> Lo
     flight): the process holds the model in `dtype` and nothing more.
 
     Raises:
-        ModelError: when transformers cannot load it.
+        ModelError: when transformers cannot load it, or the machine clearly lacks the memory
+            (checked before loading, see `footprint`).
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from .footprint import check_fits, format_gb, model_bytes
+
+    dtype_name = str(dtype).removeprefix("torch.")
+    check_fits(model_bytes(source, quant="none", dtype=dtype), what=f"{source.ref} in {dtype_name} (every weight, unquantized)",
+               hint=f"this step holds the whole model in {dtype_name}: run it on a machine with more memory; fine-tuning and eval "
+                    f"with the nf4 base need about {format_gb(model_bytes(source, quant='nf4', dtype=torch.bfloat16))}")
     try:
         tokenizer = AutoTokenizer.from_pretrained(source.path)
         if source.gguf is not None:

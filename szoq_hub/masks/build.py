@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .build_plan import BuildPlan, activation_bytes, layer_of, parse_size, pass_cost, plan_groups, resident_bytes
+from .build_plan import BuildPlan, activation_bytes, format_size, layer_of, parse_size, pass_cost, plan_groups, resident_bytes
 from ..data.calibration import load_windows
 from ..data.checkpoint import KeyMapper, checkpoint_files, iter_tensors, read_header
 from ..core.devices import DTYPES as SHARED_DTYPES, check_device_spec, resolve_device
@@ -58,7 +58,7 @@ class MaskBuildConfig:
     targets: str | None = field(default=None, metadata={"help": "regex over parameter names"})
     seed: int = field(default=0, metadata={"help": "seed of window order and random scores"})
     dtype: str = field(default="auto", metadata={"help": "scoring dtype: auto (the checkpoint's), bf16, fp16, fp32"})
-    max_memory: str | None = field(default=None, metadata={"help": "memory bound of a fisher build, e.g. 3.5GB"})
+    max_memory: str | None = field(default=None, metadata={"help": "memory bound of a fisher build, e.g. 3.5GB (default: what the process holds + 80% of the available memory)"})
     score_quant: str = field(default="none", metadata={"help": "frozen base while scoring: none or nf4"})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda or cuda:N"})
     fsdp: bool = field(default=False, metadata={"help": "shard the model with FSDP2 across torchrun ranks"})
@@ -343,10 +343,18 @@ def _fisher_select(config: MaskBuildConfig, source: ModelSource, targets: list[s
         from .fsdp_scoring import shard_model
 
         shard_numels = shard_model(model, numels)
-    budget = parse_size(config.max_memory) if config.max_memory else None
-    plan = _plan(model, config, targets, shard_numels, budget, resident_bytes(device), windows.shape[1], dtype)
+    budget, available = (parse_size(config.max_memory), None) if config.max_memory else _default_budget(config, device)
+    try:
+        plan = _plan(model, config, targets, shard_numels, budget, resident_bytes(device), windows.shape[1], dtype)
+    except ConfigError as exc:
+        if available is None:
+            raise
+        raise ConfigError(f"this build does not fit the memory available ({format_size(available)}; no --max-memory given): "
+                          + exc.message.split("cannot hold this build: ", 1)[-1], hint=exc.hint) from None
     if plan_out is not None:
         plan_out.update(plan.to_dict())
+        if available is not None:
+            plan_out.update(budget_picked=True, available=available)
     log.info("fisher build in %d pass(es)", len(plan.groups))
     per_pass = windows.shape[0]
     rank, size = world()
@@ -356,6 +364,24 @@ def _fisher_select(config: MaskBuildConfig, source: ModelSource, targets: list[s
     with checkpointed_layers(model) if plan.checkpointed else contextlib.nullcontext():
         _run_passes(model, config, plan, windows, selector, progress, per_pass, total)
     return info.to_dict()
+
+
+AUTO_BUDGET_SHARE = 0.8  # of the memory available once the model is loaded: room for the OS and other programs
+
+
+def _default_budget(config: MaskBuildConfig, device: torch.device) -> tuple[int | None, int | None]:
+    """(budget, available) of a build without --max-memory: what the process holds now plus
+    `AUTO_BUDGET_SHARE` of what the machine has available. Passes only group tensors
+    differently, so the mask is the unbounded build's; (None, None) on an accelerator, under
+    FSDP or when the available memory is unknown (one pass, as before)."""
+    from ..data.footprint import available_bytes
+
+    if device.type != "cpu" or config.fsdp:
+        return None, None
+    available = available_bytes()
+    if available is None:
+        return None, None
+    return resident_bytes(device) + int(AUTO_BUDGET_SHARE * available), available
 
 
 def _plan(model: nn.Module, config: MaskBuildConfig, targets: list[str], numels: dict[str, int], budget: int | None,

@@ -191,7 +191,8 @@ def load_sparse_model(
         FingerprintMismatch: the mask was built for another model (checked before any weight
             is read).
         MaskError: the mask names a parameter that is not a linear weight of the model.
-        ModelError: the model cannot be resolved or its checkpoint is not safetensors.
+        ModelError: the model cannot be resolved or its checkpoint is not safetensors; the
+            machine clearly lacks the memory (checked before any weight is read).
     """
     if quant not in QUANT_MODES:
         raise ConfigError(f"unknown quant {quant!r}", hint=f"choose one of: {', '.join(QUANT_MODES)}")
@@ -207,6 +208,13 @@ def load_sparse_model(
             hint=f"use a mask built for {source.ref}: szoq mask build {source.ref} ...",
         )
 
+    from ..data.footprint import check_fits, format_gb, model_bytes
+
+    dtype_name = str(compute_dtype).removeprefix("torch.")
+    smallest = model_bytes(source, quant="nf4", dtype=torch.bfloat16)
+    check_fits(model_bytes(source, quant=quant, dtype=compute_dtype), what=f"{source.ref} ({quant} base, {dtype_name} embeddings)",
+               hint=("close other programs or use a machine with more memory" if (quant == "nf4" and compute_dtype == torch.bfloat16)
+                     else f"--quant nf4 --dtype bf16 needs about {format_gb(smallest)}; else use a machine with more memory"))
     indices = mask.indices if mask is not None else {}
     from accelerate import init_empty_weights
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer

@@ -36,8 +36,28 @@ def open_model_and_mask(model: str, mask_ref: str, revision: str | None = None) 
     layout = parameter_layout(source)
     fingerprint = fingerprint_from(layout, source.identity)
     folder = resolve_mask_ref(mask_ref)
-    mask = load_mask(folder, fingerprint=fingerprint, layout=layout)  # recorded shapes must be the model's
+    try:
+        mask = load_mask(folder, fingerprint=fingerprint, layout=layout)  # recorded shapes must be the model's
+    except FingerprintMismatch as exc:
+        raise FingerprintMismatch(*_mismatch_with_values(exc, model, mask_ref)) from None
     return source, fingerprint, mask, file_sha256(folder / MASK_FILE)
+
+
+def _mismatch_with_values(exc: FingerprintMismatch, model: str, mask_ref: str) -> tuple[str, str]:
+    """The mismatch message and a hint naming the user's own model, and saying when the mask
+    tried was the built-in default (a forgotten --mask on a new model)."""
+    import shlex
+
+    from ..masks.build import MaskBuildConfig, default_mask_name
+
+    message = exc.message
+    if mask_ref == DEFAULT_MASK:
+        message += f"; the mask tried was the built-in default {DEFAULT_MASK} (no --mask given)"
+    try:
+        name = default_mask_name(MaskBuildConfig(model=model))  # the registry name the build below gets
+    except Exception:  # a model name the registry would not accept: the build names it itself
+        name = "NAME"
+    return message, f"build a mask for {model} with: szoq mask build {shlex.quote(model)}, then pass --mask {name}"
 
 
 def open_model_and_fitting_mask(model: str, mask_ref: str, revision: str | None = None) -> tuple[ModelSource, SensitivityMask | None]:
