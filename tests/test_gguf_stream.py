@@ -178,3 +178,24 @@ def test_base_exceptions_from_native_code_become_model_errors(tmp_path, monkeypa
     monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", interrupt)
     with pytest.raises(KeyboardInterrupt):
         tokenizer_from_gguf(tmp_path / "m.gguf")
+
+
+def test_untied_embedding_stays_in_the_file_and_gives_the_same_logits(tmp_path, monkeypatch):
+    """`MappedEmbedding`: the runtime dequantizes only the rows of the tokens it sees; the forward
+    is the one of a fully loaded embedding, bit for bit."""
+    from szoq_hub.data import gguf_file
+    from szoq_hub.runtime.sparse import load_sparse_model
+
+    path = write_tiny_gguf(tmp_path / "m.gguf", arch="qwen2", qtype="Q4_1", tied=False)
+    mapped = load_sparse_model(str(path), None, quant="nf4", device="cpu", compute_dtype="bf16")
+    assert isinstance(mapped.model.get_input_embeddings(), gguf_file.MappedEmbedding)
+    monkeypatch.setattr(gguf_file.GGUFModelFile, "mapped_embedding", lambda *a, **k: None)
+    loaded = load_sparse_model(str(path), None, quant="nf4", device="cpu", compute_dtype="bf16")
+    assert isinstance(loaded.model.get_input_embeddings(), torch.nn.Embedding)
+    ids = torch.tensor([[5, 7, 7, 258, 0], [1, 2, 3, 4, 5]])
+    assert torch.equal(mapped.model.get_input_embeddings()(ids), loaded.model.get_input_embeddings()(ids))
+    with torch.no_grad():
+        assert torch.equal(mapped.model(ids).logits, loaded.model(ids).logits)
+    assert torch.equal(mapped.model.get_input_embeddings().weight, loaded.model.get_input_embeddings().weight)
+    tied = load_sparse_model(str(write_tiny_gguf(tmp_path / "t.gguf", tied=True)), None, quant="nf4", device="cpu")
+    assert isinstance(tied.model.get_input_embeddings(), torch.nn.Embedding)  # lm_head reads every row: loaded

@@ -221,6 +221,21 @@ class GGUFModelFile:
             raise ModelError(f"{self.path.name}: {len(misshapen)} tensor(s) do not have the shape its config gives: {misshapen[0]}",
                              hint="the file's metadata does not match its tensors")
 
+    def mapped_embedding(self, model: nn.Module, names: dict[str, str], dtype: torch.dtype) -> str | None:
+        """Install a `MappedEmbedding` as the model's input embedding when it is not tied to the
+        output layer; returns its parameter name (to `skip` when streaming), or None.
+        """
+        emb = model.get_input_embeddings()
+        out = model.get_output_embeddings()
+        info = self.tensors.get("token_embd.weight")
+        name = next((f"{n}.weight" for n, m in model.named_modules() if m is emb), None)
+        if info is None or name is None or names.get("token_embd.weight") != name or len(info.shape) != 2:
+            return None
+        if out is not None and (getattr(model.config, "tie_word_embeddings", False) or "output.weight" not in self.tensors):
+            return None  # tied: lm_head needs every row
+        model.set_input_embeddings(MappedEmbedding(self.path, info, dtype, getattr(emb, "padding_idx", None)))
+        return name
+
     def heads(self) -> tuple[int | None, int | None]:
         """(attention heads, key-value heads) for the q/k un-permutation, from the file's metadata.
 
@@ -235,13 +250,14 @@ class GGUFModelFile:
         """fp32 bytes of all tensors once dequantized (what transformers' loader materialised)."""
         return sum(t.numel * 4 for t in self.tensors.values())
 
-    def iter_tensors(self, names: dict[str, str], cast=None):
+    def iter_tensors(self, names: dict[str, str], cast=None, skip: frozenset[str] = frozenset()):
         """Yield (model name, tensor) one tensor at a time, in file order.
 
         Args:
             names: GGUF name -> model name (`hf_names`); tensors without one are skipped.
             cast: Optional (model name) -> torch dtype or None. A tensor with a dtype is returned
                 in it, dequantized slab by slab into the cast buffer; without one it is fp32.
+            skip: Model names not to read (e.g. an input embedding served by `mapped_embedding`).
 
         Raises:
             ModelError: a tensor type `gguf` cannot dequantize, or a short read.
@@ -250,7 +266,7 @@ class GGUFModelFile:
         if skipped:
             log.info("%d GGUF tensor(s) have no place in the model (e.g. %s)", len(skipped), skipped[0])
         heads = self.heads()
-        entries = sorted((t for t in self.tensors.values() if t.name in names), key=lambda t: t.offset)
+        entries = sorted((t for t in self.tensors.values() if t.name in names and names[t.name] not in skip), key=lambda t: t.offset)
         with open(self.path, "rb") as fh:
             for info in entries:
                 hf = names[info.name]
@@ -279,28 +295,13 @@ class GGUFModelFile:
 
     def _read(self, fh, info: GGUFTensorInfo, row0: int, row1: int) -> torch.Tensor:
         """fp32 [row1 - row0, row] of one tensor's rows (a row = its innermost dim)."""
-        from gguf import GGMLQuantizationType as Q
-        from gguf.quants import dequantize
-
         rows = _rows(info)
         row_bytes = info.n_bytes // rows
         raw = np.empty((row1 - row0) * row_bytes, dtype=np.uint8)
         fh.seek(info.offset + row0 * row_bytes)
         if fh.readinto(memoryview(raw)) != raw.size:
             raise ModelError(f"{self.path.name} is truncated (tensor {info.name})", hint="the file is incomplete: download it again")
-        row_len = info.shape[-1] if info.shape else 1
-        if info.qtype == Q.F32:
-            data = raw.view(np.float32)
-        elif info.qtype == Q.F16:
-            data = raw.view(np.float16)
-        else:
-            data = raw.reshape(row1 - row0, row_bytes)
-        try:
-            values = dequantize(data, info.qtype)  # fp32
-        except (NotImplementedError, ValueError, KeyError) as exc:
-            raise ModelError(f"{self.path.name}: tensor {info.name} has type {getattr(info.qtype, 'name', info.qtype)}, which gguf cannot "
-                             f"dequantize ({exc})", hint="pip install -U gguf, or use a file with common quant types (Q4_K_M, Q8_0, F16)") from None
-        return torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32)).reshape(row1 - row0, row_len)
+        return dequantize_rows(raw.reshape(row1 - row0, row_bytes), info, self.path.name)
 
     def _read_cast(self, fh, info: GGUFTensorInfo, dtype: torch.dtype) -> torch.Tensor:
         rows = _rows(info)
@@ -310,6 +311,71 @@ class GGUFModelFile:
         for r in range(0, rows, step):
             out[r : r + step].copy_(self._read(fh, info, r, min(rows, r + step)))
         return out.view(info.shape)
+
+
+def dequantize_rows(raw: np.ndarray, info: GGUFTensorInfo, where: str) -> torch.Tensor:
+    """fp32 [n, row] from the file bytes of n whole rows ([n, row_bytes] uint8) of tensor `info`."""
+    from gguf import GGMLQuantizationType as Q
+    from gguf.quants import dequantize
+
+    n = raw.shape[0]
+    row_len = info.shape[-1] if info.shape else 1
+    if info.qtype == Q.F32:
+        data = raw.reshape(-1).view(np.float32)
+    elif info.qtype == Q.F16:
+        data = raw.reshape(-1).view(np.float16)
+    else:
+        data = raw
+    try:
+        values = dequantize(data, info.qtype)  # fp32
+    except (NotImplementedError, ValueError, KeyError) as exc:
+        raise ModelError(f"{where}: tensor {info.name} has type {getattr(info.qtype, 'name', info.qtype)}, which gguf cannot "
+                         f"dequantize ({exc})", hint="pip install -U gguf, or use a file with common quant types (Q4_K_M, Q8_0, F16)") from None
+    return torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32)).reshape(n, row_len)
+
+
+class MappedEmbedding(nn.Module):
+    """A frozen input embedding served from the GGUF file's own (quantized) rows.
+
+    A forward dequantizes only the rows of the tokens it sees, from a private read-only map of
+    the file: of a 151,936 x 1,536 table (467 MB in bf16) a batch touches a few hundred rows, so
+    the embedding costs a few MB of resident memory. The rows are exactly what dequantizing the
+    whole tensor and casting it to `dtype` gives (quantization blocks never cross a row). CPU only,
+    and only for an embedding that is not also the output layer (a tied lm_head reads every row).
+
+    Args:
+        path: The GGUF file (must not change while the module lives).
+        info: The embedding's tensor entry.
+        dtype: The compute dtype of the rows it returns.
+        padding_idx: As `nn.Embedding`'s (no effect on a frozen lookup; kept for introspection).
+    """
+
+    def __init__(self, path: Path, info: GGUFTensorInfo, dtype: torch.dtype, padding_idx: int | None = None) -> None:
+        super().__init__()
+        self.num_embeddings, self.embedding_dim = info.shape
+        self.padding_idx = padding_idx
+        self.dtype = dtype
+        self._info = info
+        self._where = Path(path).name
+        size = Path(path).stat().st_size
+        mapping = torch.from_file(str(path), shared=False, size=size, dtype=torch.uint8)  # MAP_PRIVATE: pages load on touch
+        self._rows = mapping[info.offset : info.offset + info.n_bytes].view(self.num_embeddings, -1)  # [vocab, row_bytes]
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:  # [...] -> [..., hidden]
+        flat = input_ids.reshape(-1).cpu()
+        if flat.numel() and (int(flat.min()) < 0 or int(flat.max()) >= self.num_embeddings):
+            raise IndexError(f"token id out of range for an embedding of {self.num_embeddings} rows")
+        ids, inverse = torch.unique(flat, return_inverse=True)  # [u], [n]
+        rows = dequantize_rows(self._rows[ids].numpy(), self._info, self._where).to(self.dtype)  # [u, hidden]
+        return rows[inverse].view(*input_ids.shape, self.embedding_dim).to(input_ids.device)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The whole table in `dtype` (materialised: for callers that need every row)."""
+        return dequantize_rows(self._rows.numpy(), self._info, self._where).to(self.dtype)
+
+    def extra_repr(self) -> str:
+        return f"{self.num_embeddings}, {self.embedding_dim}, mapped from {self._where} ({getattr(self._info.qtype, 'name', '?')})"
 
 
 def _rows(info: GGUFTensorInfo) -> int:
