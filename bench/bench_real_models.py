@@ -110,7 +110,8 @@ def measure(size: str, args, work: Path, res: dict) -> None:
 
     def fresh_env(tag: str) -> dict:
         home = work / f"home-{size}-{tag}"
-        shutil.rmtree(home, ignore_errors=True)
+        if not (tag == "shared" and args.reuse_home):
+            shutil.rmtree(home, ignore_errors=True)
         return {**base_env, "SZOQ_HOME": str(home), "SZOQ_MODEL_CACHE": str(home / "models")}
 
     home_env = fresh_env("shared")  # mask build and fine-tunes share one home (the mask is registered there)
@@ -134,8 +135,8 @@ def measure(size: str, args, work: Path, res: dict) -> None:
     if "mask" in args.only:
         common = [*szoq, "mask", "build", model, "--calibration", str(C4), "--samples", str(args.samples), "--seq-len", str(args.seq_len),
                   "--dtype", "bf16", "--json"]
-        a = run("mask_auto", [*common, "--name", "auto"], home_env)
-        b = run("mask_bounded", [*common, "--name", "bounded", "--max-memory", args.max_memory], home_env)
+        a = run("mask_auto", [*common, "--name", f"auto-{args.samples}x{args.seq_len}"], home_env)
+        b = run("mask_bounded", [*common, "--name", f"bounded-{args.samples}x{args.seq_len}", "--max-memory", args.max_memory], home_env)
         if a["rc"] == 0 and b["rc"] == 0:
             res["mask_jaccard"] = jaccard(json.loads(a["stdout"])["path"], json.loads(b["stdout"])["path"])
             for r in (a, b):
@@ -143,13 +144,13 @@ def measure(size: str, args, work: Path, res: dict) -> None:
     if "finetune" in args.only:
         train = ["--task", "sst2", "--steps", str(args.steps), "--batch-size", "16", "--eval-every", "0", "--dev-samples", "16",
                  "--eval-samples", "16", "--train-samples", "64", "--save-every", "1000", "--save-every-minutes", "0"]
-        for method, flags in {"sparse": ["--mask", "auto"], "dense": ["--dense"], "lora": ["--lora", "8"]}.items():
+        for method, flags in {"sparse": ["--mask", args.mask_name or f"auto-{args.samples}x{args.seq_len}"], "dense": ["--dense"], "lora": ["--lora", "8"]}.items():
             out = work / f"run-{size}-{method}"
             shutil.rmtree(out, ignore_errors=True)
             r = run(f"finetune_{method}", [*szoq, "finetune", "--model", model, *flags, *train, "--out", str(out)], home_env)
             r["step_s"] = step_seconds(out)
     if "timing" in args.only:
-        r = run("timing", [py, __file__, "--worker", "timing", "--model", model, "--runs", str(args.runs), "--mask", "auto"], home_env)
+        r = run("timing", [py, __file__, "--worker", "timing", "--model", model, "--runs", str(args.runs), "--mask", args.mask_name or f"auto-{args.samples}x{args.seq_len}"], home_env)
         r.update(json.loads(r["stdout"].strip().splitlines()[-1]) if r["rc"] == 0 else {})
 
 
@@ -204,6 +205,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--out", default="real_models")
+    parser.add_argument("--mask-name", default=None, help="mask of the sparse fine-tune and timing (default: this run's mask_auto)")
+    parser.add_argument("--reuse-home", action="store_true", help="keep the shared SZOQ_HOME of an earlier run (its model cache and masks)")
     parser.add_argument("--work", default=None, help="scratch folder (default: a temp dir); runs and masks go there, never into the repo")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--model", default=None, help=argparse.SUPPRESS)

@@ -125,6 +125,7 @@ def _gguf_meta_folder(gguf_path: Path, digest: str) -> Path:
         vars(config).pop("_name_or_path", None)
         vars(config).pop("_model_name_or_path", None)  # the GGUF's internal name, not a model id
         skeleton = _skeleton(config)
+        config.architectures = [type(skeleton).__name__]  # as a converted copy's config.json records it
         file.check_against(skeleton, file.hf_names(skeleton), tied=bool(getattr(config, "tie_word_embeddings", False)))
         tokenizer = tokenizer_from_gguf(gguf_path)
     target.parent.mkdir(parents=True, exist_ok=True)
