@@ -199,3 +199,16 @@ def test_untied_embedding_stays_in_the_file_and_gives_the_same_logits(tmp_path, 
     assert torch.equal(mapped.model.get_input_embeddings().weight, loaded.model.get_input_embeddings().weight)
     tied = load_sparse_model(str(write_tiny_gguf(tmp_path / "t.gguf", tied=True)), None, quant="nf4", device="cpu")
     assert isinstance(tied.model.get_input_embeddings(), torch.nn.Embedding)  # lm_head reads every row: loaded
+
+
+def test_later_opens_read_the_saved_tensor_table_not_the_file_header(tmp_path, monkeypatch):
+    import gguf
+
+    from szoq_hub.data.models import load_model, resolve_model
+
+    path = write_tiny_gguf(tmp_path / "m.gguf", arch="qwen2", qtype="Q8_0")
+    source = resolve_model(str(path))
+    first = load_model(source).model.state_dict()
+    monkeypatch.setattr(gguf, "GGUFReader", lambda *a, **k: pytest.fail("header parsed again"))
+    again = load_model(resolve_model(str(path))).model.state_dict()
+    assert all(torch.equal(first[k], again[k]) for k in first)

@@ -25,6 +25,7 @@ lacks is refused, naming what is missing), and every tensor's bytes must lie ins
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from dataclasses import dataclass
@@ -96,10 +97,28 @@ class GGUFModelFile:
         DependencyError: the `gguf` package is missing.
     """
 
-    def __init__(self, path: Path) -> None:
+    TABLE = "gguf_tensors.json"  # the parsed table, kept in the model's metadata folder
+
+    def __init__(self, path: Path, table: Path | None = None) -> None:
+        """Parse the file, or read the table an earlier parse of the same file wrote to `table`.
+
+        gguf-py's reader walks every metadata array in Python (a 151k-token vocabulary and its
+        merges: about a minute on a busy 2-core machine), so the table is parsed once, when the
+        model's metadata folder is written, and read back from JSON by every later open.
+        """
         gguf = require_gguf()
         self.path = Path(path)
         size = self.path.stat().st_size
+        if table is not None and table.is_file():
+            try:
+                saved = json.loads(table.read_text())
+                if saved["size"] == size:
+                    self.fields = saved["fields"]
+                    self.architecture = saved["architecture"]
+                    self.tensors = {t[0]: GGUFTensorInfo(t[0], gguf.GGMLQuantizationType(t[1]), tuple(t[2]), t[3], t[4]) for t in saved["tensors"]}
+                    return
+            except (OSError, ValueError, KeyError, TypeError, IndexError):
+                pass  # unreadable: parse the file again
         try:
             reader = gguf.GGUFReader(str(self.path), "r")
         except Exception as exc:  # gguf raises ValueError, struct/numpy errors on a damaged file
@@ -127,6 +146,12 @@ class GGUFModelFile:
                                  hint="the file is truncated: download it again")
             self.tensors[t.name] = info
         del reader  # closes the mapping: the tensor table is all that is kept
+
+    def save_table(self, table: Path) -> None:
+        """Write the parsed table (scalar metadata + tensor entries) for later opens."""
+        fields = {k: v for k, v in self.fields.items() if isinstance(v, (int, float, str, bool))}
+        tensors = [[t.name, int(t.qtype), list(t.shape), t.n_bytes, t.offset] for t in self.tensors.values()]
+        table.write_text(json.dumps({"size": self.path.stat().st_size, "architecture": self.architecture, "fields": fields, "tensors": tensors}))
 
     def meta(self, key: str, default=None):
         """An architecture field (`block_count` -> `{arch}.block_count`), or `default`."""

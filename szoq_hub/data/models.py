@@ -109,7 +109,8 @@ def _gguf_meta_folder(gguf_path: Path, digest: str) -> Path:
     to get without a full read of the metadata: `config.json` (transformers' reading of the
     metadata, so that the model skeleton, its parameter layout and fingerprint are exactly the old
     converted copy's) and the tokenizer files (building a 150k-token BPE from GGUF arrays takes
-    seconds), a few MB in all. It is written only after the file's tensors were checked against
+    seconds) and the parsed tensor table (`gguf_tensors.json`: names, types, shapes, offsets and the
+    scalar metadata; gguf-py's reader takes a minute to parse a 151k-token vocabulary), a few MB in all. It is written only after the file's tensors were checked against
     its config, so a folder that exists belongs to a file that opens.
     """
     target = model_cache_dir() / f"gguf-meta-{digest[:16]}"
@@ -133,6 +134,7 @@ def _gguf_meta_folder(gguf_path: Path, digest: str) -> Path:
         with atomic_dir(target) as tmp:
             config.save_pretrained(tmp)
             tokenizer.save_pretrained(tmp)
+            file.save_table(tmp / file.TABLE)
     except OSError:
         if not (target / "config.json").exists():
             raise
@@ -300,10 +302,15 @@ def source_tensors(source: ModelSource, model: nn.Module, *, map_if=None, cast=N
     if source.gguf is None:
         yield from iter_tensors(checkpoint_files(Path(source.path)), map_if=map_if)
         return
+    file = gguf_model_file(source)
+    yield from file.iter_tensors(file.hf_names(model), cast=cast)
+
+
+def gguf_model_file(source: ModelSource):
+    """The `GGUFModelFile` of a GGUF source, its table read from the metadata folder when there."""
     from .gguf_file import GGUFModelFile
 
-    file = GGUFModelFile(source.gguf)
-    yield from file.iter_tensors(file.hf_names(model), cast=cast)
+    return GGUFModelFile(source.gguf, Path(source.path) / GGUFModelFile.TABLE)
 
 
 def source_dtype(source: ModelSource) -> torch.dtype:

@@ -136,9 +136,9 @@ def load_scoring_model(source: ModelSource, *, dtype: torch.dtype, quant: str = 
     out_emb = lm.get_output_embeddings()
     linears = {f"{n}.weight" for n, m in lm.named_modules() if type(m) is nn.Linear and m is not out_emb} if quant == "nf4" else set()
     if source.gguf is not None and device.type == "cpu":  # the frozen input embedding stays in the file (see runtime/sparse.py)
-        from ..data.gguf_file import GGUFModelFile
+        from ..data.models import gguf_model_file
 
-        gfile = GGUFModelFile(source.gguf)
+        gfile = gguf_model_file(source)
         gfile.mapped_embedding(lm, gfile.hf_names(lm), dtype)
     to_name = KeyMapper(lm)  # before any module is replaced
     loaded: set[str] = set()

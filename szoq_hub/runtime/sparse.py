@@ -276,9 +276,9 @@ def load_sparse_model(
     if source.gguf is not None and device.type == "cpu":
         # The frozen input embedding stays in the GGUF file: a lookup dequantizes its tokens' rows
         # (`MappedEmbedding`; 467 MB of bf16 at Qwen2.5-1.5B). Its name then maps to no tensor.
-        from ..data.gguf_file import GGUFModelFile
+        from ..data.models import gguf_model_file
 
-        gfile = GGUFModelFile(source.gguf)
+        gfile = gguf_model_file(source)
         gfile.mapped_embedding(lm, gfile.hf_names(lm), compute_dtype)
     has_bias = {n: lm.get_submodule(n[: -len(".weight")]).bias is not None for n in wanted}
     to_model_name = KeyMapper(lm)  # before any module is replaced
