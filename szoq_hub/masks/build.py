@@ -129,6 +129,12 @@ def load_scoring_model(source: ModelSource, *, dtype: torch.dtype, quant: str = 
         except ImportError:
             raise DependencyError("--score-quant nf4 needs bitsandbytes", hint="pip install 'bitsandbytes>=0.48'") from None
     device = device or torch.device("cpu")
+    if device.type == "cpu":  # before any weight is read: a model that cannot fit says so instead of meeting the OOM killer
+        from ..data.footprint import check_fits, model_bytes
+
+        name = str(dtype).removeprefix("torch.")
+        check_fits(model_bytes(source, quant="nf4" if quant == "nf4" else "none", dtype=dtype), what=f"{source.ref} scored in {name}",
+                   hint="score in a smaller dtype (--dtype bf16), or run the build on a machine with more memory")
     config = load_config(source)
     with init_empty_weights(include_buffers=False):  # parameters on meta, buffers (rotary) real
         lm = AutoModelForCausalLM.from_config(config, dtype=dtype)
