@@ -50,7 +50,7 @@ def timed(argv: list[str], env: dict, log: Path) -> dict:
     wall = time.monotonic() - start
     text = log.read_text()
     m = re.search(r"Maximum resident set size \(kbytes\): (\d+)", text)
-    return {"argv": " ".join(argv[argv.index("szoq"):] if "szoq" in argv else argv[-3:]), "rc": proc.returncode, "wall_s": round(wall, 1),
+    return {"argv": " ".join(argv[argv.index("szoq"):] if "szoq" in argv else ["python", "bench/bench_real_models.py", *argv[2:]]), "rc": proc.returncode, "wall_s": round(wall, 1),
             "peak_rss_gb": round(int(m.group(1)) * 1024 / 1e9, 3) if m else None, "load_1min": [round(load, 2), round(os.getloadavg()[0], 2)],
             "stdout": proc.stdout[-2000:]}
 
@@ -124,7 +124,7 @@ def measure(size: str, args, work: Path, res: dict) -> None:
         return r
 
     py = sys.executable
-    szoq = [shutil.which("szoq") or "szoq"]
+    szoq = ["szoq"]  # from the active environment's PATH
     if "open" in args.only:
         r = run("open", [py, __file__, "--worker", "open", "--model", model, "--mask", ""], fresh_env("open"))
         r.update(json.loads(r["stdout"].strip().splitlines()[-1]) if r["rc"] == 0 else {})
@@ -169,9 +169,20 @@ def jaccard(a: str, b: str) -> float:
 results: dict = {}
 
 
+def scrub(text: str) -> str:
+    """This machine's paths out of what is committed: {models}, {data}, {work}."""
+    for path, word in ((real_models.models_dir(), "{models}"), (DATA, "{data}"), (WORK, "{work}")):
+        if path is not None:
+            text = text.replace(str(path), word)
+    return text
+
+
+WORK: Path | None = None
+
+
 def save(name: str, data: dict) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{name}.json").write_text(json.dumps({**data, "environment": environment()}, indent=2) + "\n")
+    (RESULTS / f"{name}.json").write_text(scrub(json.dumps({**data, "environment": environment()}, indent=2)) + "\n")
     rows = []
     for size, res in data.get("sizes", {}).items():
         for key, r in res.items():
@@ -191,7 +202,7 @@ def save(name: str, data: dict) -> None:
             rows.append(f"| {size} | mask Jaccard (auto vs bounded) | | | {res['mask_jaccard']} | | |")
     md = ["# real models (Qwen2.5-Coder GGUF, nf4 runtime, CPU)", "", "Shared machine (load average in the table); compare only within one run.", "",
           "| size | step | peak RSS GB | wall s | result | load 1 min | rc |", "|---|---|---|---|---|---|---|", *rows, ""]
-    (RESULTS / f"{name}.md").write_text("\n".join(md))
+    (RESULTS / f"{name}.md").write_text(scrub("\n".join(md)))
 
 
 def main() -> None:
@@ -216,7 +227,8 @@ def main() -> None:
         worker(args.worker, args.model, args.runs, 16, args.mask)
         return
     args.only = set(args.only.split(","))
-    work = Path(args.work or tempfile.mkdtemp(prefix="szoq-real-"))
+    global WORK
+    work = WORK = Path(args.work or tempfile.mkdtemp(prefix="szoq-real-"))
     work.mkdir(parents=True, exist_ok=True)
     prev = RESULTS / f"{args.out}.json"
     if prev.is_file():  # keep the other sizes' and steps' figures
