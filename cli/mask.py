@@ -116,12 +116,15 @@ def show(ref: str = typer.Argument(..., help="NAME[@VERSION], a folder, or ORG/N
               for n, s in sorted(cfg.shapes.items(), key=lambda item: layer_order(item[0]))]
     if as_json:
         from dataclasses import asdict
-        print_json({"path": str(folder), "config": asdict(cfg), "nnz": mask.nnz, "layers": layers})
+        print_json({"path": str(folder), "config": asdict(cfg), "nnz": mask.nnz, "scores": mask.score_summary(), "layers": layers})
         return
+    summary = mask.score_summary()
+    scores = ("none (not stored: a magnitude/random mask, or one built before szoq kept scores)" if summary is None
+              else f"Σg² per kept weight: min {summary['min']:.3g}, median {summary['median']:.3g}, max {summary['max']:.3g}")
     facts = [["base model", cfg.base_model], ["fingerprint", cfg.fingerprint[:16]], ["scorer", cfg.scorer],
              ["density", f"{cfg.density:g} ({cfg.scope})"], ["nnz", f"{mask.nnz:,}"],
              ["captured share", cfg.stats.get("captured_share", "n/a")], ["calibration", cfg.calibration],
-             ["created", cfg.created_at], ["content sha256", describe_content_hash(cfg.content_sha256)], ["path", folder]]
+             ["created", cfg.created_at], ["content sha256", describe_content_hash(cfg.content_sha256)], ["scores", scores], ["path", folder]]
     table(ref, ["fact", "value"], facts)
     table(None, ["tensor", "shape", "nnz", "density", "captured"],
           [[l["tensor"], "x".join(map(str, l["shape"])), l["nnz"], f"{l['density']:.2e}", "n/a" if l["captured_share"] is None else f"{l['captured_share']:.3f}"] for l in layers])

@@ -231,19 +231,32 @@ def check_stats(value: Any, where: str, error: type[SzoqError] = MaskError) -> d
     return value
 
 
-def mask_fields(header: Header, where: str, *, scopes: tuple[str, ...], fmt: str, version: str) -> dict[str, Any]:
+# A mask may carry one fp32 tensor of its kept weights' scores per index tensor, named this prefix +
+# the parameter name (values in the order of the indices). No model parameter name starts with it.
+SCORES_PREFIX = "scores/"
+
+
+def is_scores_name(name: str) -> bool:
+    """Whether a mask tensor holds scores (`scores/PARAM`) rather than the indices of PARAM."""
+    return name.startswith(SCORES_PREFIX)
+
+
+def mask_fields(header: Header, where: str, *, scopes: tuple[str, ...], fmt: str, version: str | tuple[str, ...],
+                scores_version: str | None = None) -> dict[str, Any]:
     """The typed facts of a mask, from its safetensors header alone.
 
     Args:
         header: The parsed header.
         where: The file, for messages.
         scopes: The known selection scopes.
-        fmt: The expected `format`; version: the supported `format_version`.
+        fmt: The expected `format`; version: the supported `format_version`(s).
+        scores_version: The `format_version` a mask holding score tensors must have (None: any).
 
     Returns:
         The keyword arguments of `MaskConfig` that the header holds (`stats`, `command`,
         `targets` and `seed` only when it holds them: masks written before szoq 0.1 keep those
-        in mask_config.json alone).
+        in mask_config.json alone). Score tensors (`scores/PARAM`, fp32, one per index of PARAM)
+        are checked here and left out of the nnz count.
 
     Raises:
         MaskError: not a szoq mask, an unsupported version, or a field of the wrong type.
@@ -251,7 +264,7 @@ def mask_fields(header: Header, where: str, *, scopes: tuple[str, ...], fmt: str
     meta = header.metadata
     if meta.get("format") != fmt:
         raise MaskError(f"{where} is not a szoq mask (format={meta.get('format', None)!r:.40})", hint="a szoq mask has format=szoq.mask in its safetensors header")
-    if meta.get("format_version") != version:
+    if meta.get("format_version") not in ((version,) if isinstance(version, str) else version):
         raise MaskError(f"{where}: unsupported mask format_version {meta.get('format_version')!r:.40}", hint="upgrade szoq: pip install -U szoq")
     for key in ("base_model", "fingerprint", "density", "scope", "scorer", "shapes"):
         if key not in meta:
@@ -285,12 +298,20 @@ def mask_fields(header: Header, where: str, *, scopes: tuple[str, ...], fmt: str
     if "seed" in meta:
         _expect(re.fullmatch(r"-?\d{1,20}", meta["seed"]) is not None, where, "seed", "an integer", MaskError)
         fields["seed"] = int(meta["seed"])
-    for name, t in header.tensors.items():
+    index = {n: t for n, t in header.tensors.items() if not is_scores_name(n)}
+    for name, t in index.items():
         if name not in fields["shapes"]:
             raise MaskError(f"{where}: tensor {name[:80]!r} has no recorded shape", hint="the artifact is inconsistent: rebuild it")
         _expect(t.dtype == "I32" and len(t.shape) == 1, where, f"tensor {name[:80]!r}", "int32 and 1-D", MaskError)
         _expect(t.numel <= math.prod(fields["shapes"][name]), where, f"tensor {name[:80]!r}", "no longer than its recorded shape", MaskError)
-    nnz = {n: t.numel for n, t in header.tensors.items()}
+    scored = {n.removeprefix(SCORES_PREFIX): t for n, t in header.tensors.items() if is_scores_name(n)}
+    if scored:  # all or none: one score per kept weight of every index tensor
+        _expect(set(scored) == set(index), where, "the score tensors", "one per index tensor", MaskError)
+        _expect(scores_version is None or meta["format_version"] == scores_version, where, "format_version", f"{scores_version} (the mask holds scores)", MaskError)
+        for name, t in scored.items():
+            _expect(t.dtype == "F32" and len(t.shape) == 1 and t.numel == index[name].numel, where, f"tensor {(SCORES_PREFIX + name)[:80]!r}",
+                    "fp32, 1-D, one score per index", MaskError)
+    nnz = {n: t.numel for n, t in index.items()}
     stats = fields.get("stats")
     if stats is not None and "total_nnz" in stats and stats["total_nnz"] != sum(nnz.values()):
         raise MaskError(f"{where}: the recorded stats say {stats['total_nnz']} weights, the file holds {sum(nnz.values())}", hint=REBUILD)
@@ -370,7 +391,7 @@ def delta_fields(header: Header, where: str, *, fmt: str, version: str) -> dict[
     meta = header.metadata
     if meta.get("format") != fmt:
         raise MaskError(f"{where} is not a szoq delta (format={meta.get('format', None)!r:.40})", hint="pass the delta.safetensors written by szoq finetune")
-    if meta.get("format_version") != version:
+    if meta.get("format_version") not in ((version,) if isinstance(version, str) else version):
         raise MaskError(f"{where}: unsupported delta format_version {meta.get('format_version')!r:.40}", hint="upgrade szoq")
     for key in ("fingerprint", "mask_sha256"):
         _expect(bool(HEX64.match(meta.get(key, ""))), where, key, "64 hex digits", MaskError, hint="the delta is corrupt")

@@ -15,7 +15,7 @@ from pathlib import Path
 from ..core.version import __version__
 from ..core import schema
 from ..core.errors import ConfigError, HubError, MaskError, RegistryError
-from ..masks.artifact import CARD_TAGS, CONFIG_FILE, FORMAT, FORMAT_VERSION, MASK_FILE, SCOPES, SensitivityMask, load_mask, render_card
+from ..masks.artifact import CARD_TAGS, CONFIG_FILE, FORMAT, FORMAT_VERSIONS, MASK_FILE, SCORES_FORMAT_VERSION, SCOPES, SensitivityMask, load_mask, render_card
 from ..core.paths import command_words, local_paths, path_exists, scratch_dir, shorten
 from .scrub import remember
 from ..masks.registry import Registry, RegistryEntry, check_name, name_from
@@ -248,12 +248,14 @@ def mask_info(repo_id: str, *, revision: str | None = None, token: str | None = 
     try:
         header = schema.parse_header(second.content[:n], f"{at}: {MASK_FILE}", error=HubError,
                                      data_size=None if size is None else size - 8 - n)
-        fields = schema.mask_fields(header, f"{at}: {MASK_FILE}", scopes=SCOPES, fmt=FORMAT, version=FORMAT_VERSION)
+        fields = schema.mask_fields(header, f"{at}: {MASK_FILE}", scopes=SCOPES, fmt=FORMAT, version=FORMAT_VERSIONS,
+                                   scores_version=SCORES_FORMAT_VERSION)
     except MaskError as exc:
         raise HubError(exc.message, hint=exc.hint) from None
-    nnz = sum(t.numel for t in header.tensors.values())
+    index = {n: t for n, t in header.tensors.items() if not schema.is_scores_name(n)}  # score tensors are no weights
+    nnz = sum(t.numel for t in index.values())
     return MaskInfo(repo_id, rev, first.headers.get("X-Repo-Commit", ""), fields["base_model"], fields["density"], fields["scope"],
-                    fields["scorer"], fields["fingerprint"], fields["calibration"], nnz, len(header.tensors), size,
+                    fields["scorer"], fields["fingerprint"], fields["calibration"], nnz, len(index), size,
                     len(first.content) + len(second.content), header.metadata)
 
 

@@ -3,6 +3,10 @@
 Artifact layout (a folder; the same files go to the Hub):
 - `mask.safetensors`: one int32 tensor of sorted, unique flat indices per target parameter,
   keyed by the parameter name; `__metadata__` holds the facts as strings (JSON for structure).
+  Optionally (fisher builds since format_version 2), one fp32 tensor `scores/NAME` per index
+  tensor: the kept weights' Σg², in the order of the indices. The content sha256 covers them;
+  a mask with scores is written as format_version 2 (a reader that knows only 1 refuses it
+  with "upgrade szoq" instead of misreading it), one without stays byte-identical to version 1.
 - `mask_config.json`: the same facts as a typed config, plus stats.
 - `README.md`: a model card.
 """
@@ -25,7 +29,9 @@ from ..core.paths import atomic_dir, file_sha256, path_exists  # noqa: F401  (fi
 from .card import CARD_TAGS, card_base_model, render_card  # noqa: F401  (re-exported: the names artifact has always had)
 
 FORMAT = "szoq.mask"
-FORMAT_VERSION = "1"
+FORMAT_VERSION = "1"  # a mask without scores
+SCORES_FORMAT_VERSION = "2"  # a mask with `scores/NAME` tensors
+FORMAT_VERSIONS = (FORMAT_VERSION, SCORES_FORMAT_VERSION)
 MASK_FILE = "mask.safetensors"
 CONFIG_FILE = "mask_config.json"
 CARD_FILE = "README.md"
@@ -87,7 +93,8 @@ class MaskConfig:
 
 @dataclass
 class SensitivityMask(HubMixin):
-    """A loaded, verified mask: sorted unique int32 flat indices per parameter name.
+    """A loaded, verified mask: sorted unique int32 flat indices per parameter name (and, from
+    a fisher build, the kept weights' scores).
 
     The Python API follows the Hugging Face mixins (`HubMixin`): `save_pretrained(folder)` writes
     the artifact; `from_pretrained(ref, model=None)` takes any REF the CLI takes;
@@ -98,16 +105,45 @@ class SensitivityMask(HubMixin):
         config: The facts (base model, fingerprint, density, stats, ...).
         ref: The REF `from_pretrained` was given (None for a mask built in memory).
         path: The artifact folder it was read from or written to (None when there is none).
+        scores: name -> fp32 scores of the kept weights [nnz_name], in the order of `indices`
+            (the fisher Σg² a build selected them by); None for masks without scores (magnitude,
+            random, and masks written before szoq stored them).
     """
 
     indices: dict[str, torch.Tensor]
     config: MaskConfig
     ref: str | None = field(default=None, compare=False, repr=False)
     path: Path | None = field(default=None, compare=False, repr=False)
+    scores: dict[str, torch.Tensor] | None = field(default=None, compare=False, repr=False)
 
     @property
     def nnz(self) -> int:
         return sum(int(t.numel()) for t in self.indices.values())
+
+    def flat_scores(self, names: list[str]) -> torch.Tensor | None:
+        """The scores concatenated in the order of `names` (the runtime's value order), or None.
+
+        Args:
+            names: Tensor names, each once, covering the mask (e.g. `SparseModel.segments`' names).
+
+        Returns:
+            fp32 [nnz] scores, or None when the mask has none.
+
+        Raises:
+            MaskError: `names` does not cover exactly the mask's tensors.
+        """
+        if self.scores is None:
+            return None
+        if sorted(names) != sorted(self.indices):
+            raise MaskError("the tensor order given does not cover the mask's tensors", hint="pass the names of SparseModel.segments")
+        return torch.cat([self.scores[n].float().reshape(-1) for n in names])  # [nnz]
+
+    def score_summary(self) -> dict | None:
+        """min / median / max of the kept weights' scores (None when the mask has none)."""
+        if self.scores is None:
+            return None
+        flat = torch.cat([t.reshape(-1) for t in self.scores.values()])  # [nnz]
+        return {"count": int(flat.numel()), "min": float(flat.min()), "median": float(flat.median()), "max": float(flat.max())}
 
     def _save_pretrained(self, folder: Path) -> Path:
         """Write the artifact folder (`mask.safetensors`, `mask_config.json`, card) atomically."""
@@ -188,9 +224,16 @@ def save_mask(mask: SensitivityMask, folder: Path) -> Path:
         raise MaskError(f"{folder} already exists and is not empty", hint="choose another --out folder or remove it")
     for n, shape in mask.config.shapes.items():
         check_int32_range(n, math.prod(shape))
+        if schema.is_scores_name(n):
+            raise MaskError(f"tensor name {n!r} starts with {schema.SCORES_PREFIX!r}, which the mask format reserves for scores",
+                            hint="leave this tensor out with --targets")
     tensors = {n: t.contiguous().to(torch.int32) for n, t in mask.indices.items()}
-    # A copy: the caller's config object may be shared with other masks.
-    config = replace(mask.config, content_sha256=tensors_sha256(tensors))  # every load recomputes it
+    if mask.scores is not None:
+        check_scores(mask.scores, tensors, "mask")
+        tensors.update({schema.SCORES_PREFIX + n: t.detach().float().contiguous().cpu() for n, t in mask.scores.items()})
+    # A copy: the caller's config object may be shared with other masks. The hash covers the scores.
+    config = replace(mask.config, content_sha256=tensors_sha256(tensors),  # every load recomputes it
+                     format_version=SCORES_FORMAT_VERSION if mask.scores is not None else FORMAT_VERSION)
     with atomic_dir(folder) as tmp:
         write_safetensors(tensors, tmp / MASK_FILE, config.header())
         (tmp / CONFIG_FILE).write_text(config_json(config))
@@ -237,10 +280,25 @@ def config_from_header(header: schema.Header, where: str, config_text: bytes | N
     Raises:
         MaskError: not a szoq mask, a field of the wrong type, or a config that disagrees.
     """
-    fields = schema.mask_fields(header, where, scopes=SCOPES, fmt=FORMAT, version=FORMAT_VERSION)
-    formats = {"format": FORMAT, "format_version": FORMAT_VERSION}
+    fields = schema.mask_fields(header, where, scopes=SCOPES, fmt=FORMAT, version=FORMAT_VERSIONS, scores_version=SCORES_FORMAT_VERSION)
+    formats = {"format": FORMAT, "format_version": header.metadata["format_version"]}  # checked by mask_fields
     extras = schema.mask_config_extras(config_text, fields, config_where, formats) if config_text is not None else {}
-    return MaskConfig(**fields, **extras)
+    return MaskConfig(**fields, **extras, format_version=formats["format_version"])
+
+
+def check_scores(scores: dict[str, torch.Tensor], indices: dict[str, torch.Tensor], where: str = "mask") -> None:
+    """Check that a mask's scores are one finite, non-negative fp32 value per kept weight.
+
+    Raises:
+        MaskError: naming the tensor and the problem.
+    """
+    if set(scores) != set(indices):
+        raise MaskError(f"{where}: the scores do not cover the same tensors as the indices", hint="the artifact is inconsistent: rebuild it")
+    for name, s in scores.items():
+        if s.dim() != 1 or s.numel() != indices[name].numel():
+            raise MaskError(f"{where}: the scores of {name!r} are not one value per kept weight", hint="the artifact is inconsistent: rebuild it")
+        if s.numel() and not bool(torch.isfinite(s).all() and (s >= 0).all()):
+            raise MaskError(f"{where}: the scores of {name!r} hold negative or non-finite values", hint="the artifact is corrupt: rebuild it")
 
 
 def verify_indices(indices: dict[str, torch.Tensor], shapes: dict[str, list[int]], where: str = "mask") -> None:
@@ -298,16 +356,20 @@ def load_mask(folder: Path, *, fingerprint: str | None = None, layout: list[tupl
         raise MaskError(f"cannot read {cfg_path} ({exc.strerror})", hint="check the folder's permissions") from None
     config = config_from_header(schema.read_header(path), str(path), config_text, str(cfg_path))
     try:
-        indices = load_file(str(path))
+        tensors = load_file(str(path))
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         raise MaskError(f"{path} is corrupt or truncated ({str(exc).splitlines()[0]})", hint="pull or build the mask again") from None
+    indices = {n: t for n, t in tensors.items() if not schema.is_scores_name(n)}
+    scores = {n.removeprefix(schema.SCORES_PREFIX): t for n, t in tensors.items() if schema.is_scores_name(n)} or None
     verify_indices(indices, config.shapes, where=str(path))
+    if scores is not None:
+        check_scores(scores, indices, where=str(path))
     if sum(int(t.numel()) for t in indices.values()) == 0:
         raise MaskError(f"{path} selects 0 weights (fine-tuning it would train nothing)", hint="rebuild the mask: szoq mask build MODEL")
     # After the structural checks (their messages say more), before any use: indices that still
     # look valid (sorted, unique, in range) but are not the ones written are refused here.
-    if config.content_sha256 and tensors_sha256(indices) != config.content_sha256:
-        raise MaskError(f"{path}: its indices do not match the content sha256 its header records (a flipped bit, or an edit)",
+    if config.content_sha256 and tensors_sha256(tensors) != config.content_sha256:
+        raise MaskError(f"{path}: its indices (or scores) do not match the content sha256 its header records (a flipped bit, or an edit)",
                         hint="pull or build the mask again")
     if fingerprint is not None and fingerprint != config.fingerprint:
         raise FingerprintMismatch(
@@ -316,5 +378,5 @@ def load_mask(folder: Path, *, fingerprint: str | None = None, layout: list[tupl
         )
     if layout is not None:
         schema.check_fits_model(config.shapes, layout, str(path))
-    return SensitivityMask(indices, config, path=path.parent)
+    return SensitivityMask(indices, config, path=path.parent, scores=scores)
 

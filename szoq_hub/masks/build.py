@@ -323,7 +323,9 @@ def _build(config: MaskBuildConfig, out: Path | None, *, progress: ProgressFn | 
         created_at=build_timestamp(),
         stats=stats,
     )
-    mask = SensitivityMask(indices, mask_config)
+    # fisher scores travel with the mask (a preconditioned ZO step reads them); magnitude and
+    # random scores say nothing about curvature and are not kept.
+    mask = SensitivityMask(indices, mask_config, scores=selector.kept_scores if config.scorer == "fisher" else None)
     if out is None or not is_main_process():
         return mask, None
     return mask, save_mask(mask, out)
