@@ -207,6 +207,9 @@ class DenseZO:
     """
 
     def __init__(self, weights: list[torch.Tensor], config: ZOConfig) -> None:
+        if config.precondition != "none":  # the dense model perturbs its weights itself, with plain z
+            raise ConfigError(f"--precondition {config.precondition} applies to the sparse values of a mask, not to a dense run",
+                              hint="drop --precondition, or train a mask's values (--mask)")
         self.config = config
         self.parts: list[ZOSGD] = [make_optimizer(w.view(-1), config) for w in weights]
 

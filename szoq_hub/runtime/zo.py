@@ -18,6 +18,48 @@ point, v restored bitwise afterwards) for models that cannot batch the points.
 
 z is drawn on the device of `v` from a generator of that device type: a run, its step-log
 replay and --resume are exact on one device type (CPU and CUDA generators differ).
+
+Curvature (issue 33). One lr is too large for the values of largest diagonal Fisher and too small
+for the rest; a fisher mask stores F = Σg² of each kept value over its calibration windows
+(`SensitivityMask.scores`), and three options use it. Every one is a pure function of the step
+records (and the scores), so runs still replay exactly.
+
+Preconditioned perturbation (`precondition="scores"`). With a fixed diagonal D [nnz]:
+
+    u_i = D z_i,  g_i = (L(v + eps u_i) - L(v - eps u_i)) / (2 eps) = z_i^T D grad L + O(eps^2)
+    g_hat = mean_i g_i D z_i,   E[g_hat] = D E[z z^T] D grad L = D^2 grad L
+
+so the update is SGD in the metric D^-2: a diagonal Newton step when D^2 ~ 1 / curvature.
+D = c (F / mean F + lambda)^(-alpha/2), with c chosen so that mean(D^2) = 1: |eps D z| ~ |eps z|,
+the expected step size stays that of plain SPSA, and --lr / --eps keep their meaning across
+alpha; alpha = 0 gives D = 1 and the plain run bit for bit. lambda > 0 bounds D for values of
+small F (D <= lambda^(-alpha/2) before c).
+
+Online diagonal (`precondition="online"`, in the spirit of HiZOO). A state h [nnz] in mean-1
+units starts at F / mean F (ones for a mask without scores); D_t is h_t mapped as above (with
+h clamped at 0). For z ~ N(0, I), a vector a and a symmetric A:
+
+    E[(z^T a)^2 (z_j^2 - 1)] = 2 a_j^2,        E[(z^T A z)(z_j^2 - 1)] = 2 A_jj
+
+- `curvature="fisher"`, from the two forwards already taken: a = D grad L, so
+  g_i^2 (z_ij^2 - 1) / (2 d_j^2) is unbiased for (d_j L)^2, the quantity F sums over windows;
+- `curvature="hessian"`, one extra forward at v (the closure gets 2q + 1 points, v last):
+  delta_i = (L+ + L- - 2 L0) / eps^2 = z_i^T D H D z_i + O(eps^2), and
+  delta_i (z_ij^2 - 1) / (2 d_j^2) is unbiased for H_jj.
+Each step's estimate h_hat (mean over the q samples) is divided by a running scale r / nnz
+(r: EMA at rate 0.1 of mean_i g_i^2, resp. mean_i |delta_i|: E[g^2] = sum_j d_j^2 (d_j L)^2) so it
+lives in h's units, then h <- (1 - beta) h + beta h_hat, and D is rebuilt.
+Its cost: in those units one step's h_hat_j has mean O(1) but standard deviation O(nnz) (the
+one scalar g carries the noise of all nnz directions), so after T steps the EMA's noise is about
+beta sqrt(T) nnz. At nnz ~ 1e5 (SmolLM2, 0.1%) and T ~ 1e3 it stays below the prior's O(1) only
+for beta <~ 3e-7: per-value curvature cannot be learned from SPSA within a run's budget, which is
+why h starts from the scores and the default beta (1e-8) keeps it close to them.
+
+Per-value step sizes (`optimizer="zo-rmsprop"`, or "zo-adam"): s <- b2 s + (1 - b2) g_hat^2 over
+the nnz values only (zo-rmsprop: nnz floats of state; zo-adam adds m). Note
+E[g_hat_j^2] = d_j^2 (|a|^2 + 2 a_j^2): the projection noise |a|^2 dominates, so s mostly
+normalises the step by the running |g| (a step of ~lr per value whatever the loss scale, which
+helps an lr carry across models) and adapts per value only through D and the 2 a_j^2 term.
 """
 
 from __future__ import annotations
@@ -31,6 +73,8 @@ import torch
 
 from ..core.errors import ConfigError, TrainingError
 from .zo_config import LR_SCHEDULES, OPTIMIZERS, ZOConfig  # noqa: F401  (torch-free, read by FinetuneConfig)
+
+_SCALE_RATE = 0.1  # EMA rate of the online estimate's running scale (see the module doc)
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +93,7 @@ class StepRecord:
     grads: list[float]
     loss_plus: list[float]
     loss_minus: list[float]
+    loss_center: float | None = None  # L(v), only when the step took the extra forward (curvature "hessian")
 
     @property
     def loss(self) -> float:
@@ -61,11 +106,14 @@ class StepRecord:
         return sum(abs(g) for g in self.grads) / len(self.grads)
 
     def to_dict(self) -> dict:
-        return {**asdict(self), "loss": self.loss}
+        out = asdict(self)
+        if out["loss_center"] is None:  # step logs of two-forward runs read as before
+            del out["loss_center"]
+        return {**out, "loss": self.loss}
 
     @classmethod
     def from_dict(cls, data: dict) -> "StepRecord":
-        return cls(**{k: data[k] for k in ("step", "lr", "seeds", "grads", "loss_plus", "loss_minus")})
+        return cls(**{k: data[k] for k in ("step", "lr", "seeds", "grads", "loss_plus", "loss_minus")}, loss_center=data.get("loss_center"))
 
 
 def lr_at(config: ZOConfig, step: int) -> float:
@@ -102,7 +150,8 @@ def perturbation(seed: int, n: int, device: torch.device | str = "cpu") -> torch
     return torch.randn(n, generator=gen, dtype=torch.float32, device=device)
 
 
-def estimate(config: ZOConfig, step: int, closure: Callable[[Any], Sequence[float]], points_for: Callable[[list[int]], Any]) -> StepRecord:
+def estimate(config: ZOConfig, step: int, closure: Callable[[Any], Sequence[float]], points_for: Callable[[list[int]], Any],
+             *, center: bool = False) -> StepRecord:
     """The two-point SPSA estimate of one step, shared by the sparse and the dense optimizer.
 
     Args:
@@ -112,6 +161,7 @@ def estimate(config: ZOConfig, step: int, closure: Callable[[Any], Sequence[floa
         points_for: Builds the 2q points (v + eps z_1, v - eps z_1, ...) of the step's seeds in
             the form the closure takes ([2q, nnz] values for the sparse runtime; (seed, scale)
             pairs for the dense model, which perturbs its weights on the fly).
+        center: The points end with v itself (2q + 1 of them); its loss goes to `loss_center`.
 
     Returns:
         The step's record (lr, seeds, projected gradients, losses).
@@ -123,8 +173,10 @@ def estimate(config: ZOConfig, step: int, closure: Callable[[Any], Sequence[floa
     points = points_for(seeds)
     losses = [float(x) for x in closure(points)]
     del points
-    if len(losses) != 2 * len(seeds):
-        raise TrainingError(f"the loss closure returned {len(losses)} losses for {2 * len(seeds)} points", hint="return one loss per row of points")
+    expected = 2 * len(seeds) + int(center)
+    if len(losses) != expected:
+        raise TrainingError(f"the loss closure returned {len(losses)} losses for {expected} points", hint="return one loss per row of points")
+    loss_center = losses.pop() if center else None
     plus, minus = losses[0::2], losses[1::2]
     for lp, lm in zip(plus, minus):
         if not (math.isfinite(lp) and math.isfinite(lm)):
@@ -132,8 +184,11 @@ def estimate(config: ZOConfig, step: int, closure: Callable[[Any], Sequence[floa
                 f"non-finite loss at step {step} (L+={lp}, L-={lm})",
                 hint="lower --lr or --eps; the last checkpoint is intact and --resume continues from it",
             )
+    if loss_center is not None and not math.isfinite(loss_center):
+        raise TrainingError(f"non-finite loss at step {step} (L0={loss_center})",
+                            hint="lower --lr or --eps; the last checkpoint is intact and --resume continues from it")
     grads = [(lp - lm) / (2 * config.eps) for lp, lm in zip(plus, minus)]
-    return StepRecord(step, lr_at(config, step), seeds, grads, plus, minus)
+    return StepRecord(step, lr_at(config, step), seeds, grads, plus, minus, loss_center)
 
 
 def all_finite(t: torch.Tensor) -> bool:
@@ -170,23 +225,78 @@ def in_place(values: torch.Tensor, closure: Callable[[], float]) -> PairedClosur
     return paired
 
 
+def precond_scale(curvature: torch.Tensor, alpha: float, lam: float) -> torch.Tensor:
+    """The diagonal preconditioner D = c (h / mean h + lambda)^(-alpha/2), with mean(D^2) = 1.
+
+    Args:
+        curvature: h [nnz], a diagonal curvature (scores, or the online estimate); negative
+            entries count as 0.
+        alpha: Exponent (0: D = 1 exactly).
+        lam: Damping > 0.
+
+    Returns:
+        D [nnz] fp32 on the device of `curvature`.
+    """
+    h = curvature.float().clamp(min=0.0)  # [nnz]
+    mean = float(h.double().mean()) if h.numel() else 0.0
+    ratio = h / mean if mean > 0 else torch.ones_like(h)  # [nnz], mean 1
+    d = (ratio + lam).pow_(-alpha / 2)  # [nnz]
+    rms = float(d.double().square().mean().sqrt())
+    return d if rms == 1.0 else d.div_(rms)
+
+
+def _check_scores(scores: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    if scores.dim() != 1 or scores.numel() != values.numel():
+        raise ConfigError(f"the scores hold {scores.numel()} values for {values.numel()} trainable values",
+                          hint="pass the mask's scores in the runtime's value order (SensitivityMask.flat_scores)")
+    scores = scores.detach().to(device=values.device, dtype=torch.float32)  # [nnz]
+    if not all_finite(scores) or bool((scores < 0).any()):
+        raise ConfigError("the scores hold negative or non-finite values", hint="rebuild the mask: szoq mask build MODEL")
+    return scores
+
+
 class ZOSGD:
     """Two-point SPSA (MeZO) over a flat value vector, plain SGD update.
+
+    With `config.precondition` other than "none", every perturbation is D z instead of z (see the
+    module doc); the update rules below then follow D^2 grad L.
 
     Args:
         values: The flat fp32 trainable tensor [nnz]; mutated in place.
         config: Optimizer settings.
+        scores: The mask's fisher scores [nnz] in the order of `values` (needed by
+            `precondition="scores"`; the starting point of "online"; otherwise unused).
+
+    Raises:
+        ConfigError: values that are not a flat fp32 tensor; `precondition="scores"` without
+            scores; scores that do not fit the values.
 
     Example:
         opt = ZOSGD(sparse.values, ZOConfig(lr=1e-4, total_steps=300))
         record = opt.step(lambda points: losses_at(points), step=0)  # points [2q, nnz]
     """
 
-    def __init__(self, values: torch.Tensor, config: ZOConfig) -> None:
+    def __init__(self, values: torch.Tensor, config: ZOConfig, scores: torch.Tensor | None = None) -> None:
         if values.dtype != torch.float32 or values.dim() != 1:
             raise ConfigError(f"ZO values must be a flat fp32 tensor, got {values.dtype} {tuple(values.shape)}", hint="pass SparseModel.values")
         self.values = values
         self.config = config
+        self.scale: torch.Tensor | None = None  # D [nnz]; None = identity (plain SPSA, no multiply)
+        self.curvature: torch.Tensor | None = None  # h [nnz] of the online estimate, mean-1 units
+        self.curvature_scale = 0.0  # running r of the online estimate (0: no step seen yet)
+        self.center = config.precondition == "online" and config.curvature == "hessian"
+        if scores is not None:
+            scores = _check_scores(scores, values)
+        if config.precondition == "scores":
+            if scores is None:
+                raise ConfigError("precondition 'scores' needs the mask's scores, and none were given",
+                                  hint="build a fisher mask (szoq mask build MODEL stores its Σg²), or use --precondition online")
+            self.scale = precond_scale(scores, config.precond_alpha, config.precond_lambda)
+        elif config.precondition == "online":
+            start = scores if scores is not None else torch.ones_like(values)  # [nnz]
+            mean = float(start.double().mean())
+            self.curvature = start / mean if mean > 0 else torch.ones_like(values)
+            self.scale = precond_scale(self.curvature, config.precond_alpha, config.precond_lambda)
 
     def step(self, closure: PairedClosure, step: int) -> StepRecord:
         """Estimate the gradient from 2 q losses and apply the update.
@@ -211,25 +321,33 @@ class ZOSGD:
         Raises:
             TrainingError: a non-finite loss, or a closure that returned the wrong count.
         """
-        return estimate(self.config, step, closure, self._points)
+        return estimate(self.config, step, closure, self._points, center=self.center)
+
+    def noise(self, seed: int) -> torch.Tensor:
+        """The perturbation direction of one seed: z, or D z with a preconditioner [nnz] fp32."""
+        z = perturbation(seed, self.values.numel(), self.values.device)  # [nnz]
+        return z if self.scale is None else z.mul_(self.scale)
 
     def _points(self, seeds: list[int]) -> torch.Tensor:
-        """The 2q points (v + eps z_1, v - eps z_1, ...) as [2q, nnz] fp32."""
+        """The 2q points (v + eps u_1, v - eps u_1, ...) as [2q, nnz] fp32 (u = z, or D z),
+        then v itself when the online estimate needs L(v) ([2q + 1, nnz])."""
         eps, v = self.config.eps, self.values
-        points = torch.empty(2 * len(seeds), v.numel(), dtype=torch.float32, device=v.device)  # [2q, nnz]
+        points = torch.empty(2 * len(seeds) + int(self.center), v.numel(), dtype=torch.float32, device=v.device)  # [P, nnz]
         for i, seed in enumerate(seeds):
-            z = perturbation(seed, v.numel(), v.device)  # [nnz]
-            torch.add(v, z, alpha=eps, out=points[2 * i])
-            torch.add(v, z, alpha=-eps, out=points[2 * i + 1])
-            del z
+            u = self.noise(seed)  # [nnz]
+            torch.add(v, u, alpha=eps, out=points[2 * i])
+            torch.add(v, u, alpha=-eps, out=points[2 * i + 1])
+            del u
+        if self.center:
+            points[-1].copy_(v)
         return points
 
     def direction(self, record: StepRecord) -> torch.Tensor:
-        """The gradient estimate mean_i g_i z_i [nnz], rebuilt from the seeds."""
+        """The gradient estimate mean_i g_i u_i [nnz] (u = z, or D z), rebuilt from the seeds."""
         n = self.values.numel()
         est = torch.zeros(n, dtype=torch.float32, device=self.values.device)
         for seed, g in zip(record.seeds, record.grads):
-            est.add_(perturbation(seed, n, self.values.device), alpha=g / len(record.seeds))
+            est.add_(self.noise(seed), alpha=g / len(record.seeds))
         return est
 
     def apply(self, record: StepRecord) -> None:
@@ -240,8 +358,10 @@ class ZOSGD:
         """
         snapshot, state = self.values.clone(), self.state_dict()  # state_dict() returns copies
         try:
-            self._update(record)
-            finite = all_finite(self.values)
+            self._update(record)  # with the D that made this step's points
+            if self.curvature is not None:
+                self._update_curvature(record)  # then D for the next step
+            finite = all_finite(self.values) and (self.scale is None or all_finite(self.scale))
         except (RuntimeError, OverflowError):  # a step size beyond fp32 range
             finite = False
         if not finite:
@@ -256,23 +376,59 @@ class ZOSGD:
         lr, wd, v = record.lr, self.config.weight_decay, self.values
         if wd:
             v.mul_(1.0 - lr * wd)  # v - lr wd v, using v before the gradient step
-        n = v.numel()
         for seed, g in zip(record.seeds, record.grads):
-            v.add_(perturbation(seed, n, v.device), alpha=-lr * g / len(record.seeds))
+            v.add_(self.noise(seed), alpha=-lr * g / len(record.seeds))
+
+    def _update_curvature(self, record: StepRecord) -> None:
+        """h <- (1 - beta) h + beta h_hat from this step's losses, then D from h (see the module doc)."""
+        c, q = self.config, len(record.seeds)
+        if c.curvature == "hessian":
+            if record.loss_center is None:
+                raise TrainingError(f"step {record.step} has no loss at v, which curvature 'hessian' needs",
+                                    hint="replay with the settings the run was recorded with")
+            xs = [(lp + lm - 2 * record.loss_center) / c.eps**2 for lp, lm in zip(record.loss_plus, record.loss_minus)]  # delta_i
+        else:
+            xs = [g * g for g in record.grads]  # g_i^2
+        magnitude = sum(abs(x) for x in xs) / q
+        self.curvature_scale = magnitude if self.curvature_scale == 0.0 else (1 - _SCALE_RATE) * self.curvature_scale + _SCALE_RATE * magnitude
+        unit = self.curvature_scale / self.values.numel()  # per-value size of the estimate
+        if not unit > 0 or c.curvature_beta == 0.0:
+            return
+        h_hat = torch.zeros_like(self.values)  # [nnz]
+        for seed, x in zip(record.seeds, xs):
+            z = perturbation(seed, self.values.numel(), self.values.device)  # [nnz]
+            h_hat.add_(z.square_().sub_(1.0), alpha=x / (2 * q * unit))  # x (z^2 - 1) / 2, in h's units
+        h_hat.div_(self.scale.square())  # / d_j^2: the estimate of the unpreconditioned diagonal
+        self.curvature.mul_(1 - c.curvature_beta).add_(h_hat, alpha=c.curvature_beta)
+        self.scale = precond_scale(self.curvature, c.precond_alpha, c.precond_lambda)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        """Optimizer state beyond `values` (none for SGD)."""
-        return {}
+        """Optimizer state beyond `values` (copies): none for plain SGD; the online estimate's
+        `curvature` [nnz] and `curvature_scale` [1] with `precondition="online"`."""
+        if self.curvature is None:
+            return {}
+        return {"curvature": self.curvature.clone(), "curvature_scale": torch.tensor([self.curvature_scale], dtype=torch.float64)}
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        """Restore state saved by `state_dict`."""
+        """Restore state saved by `state_dict`.
+
+        Raises:
+            TrainingError: the online estimate's state is missing.
+        """
+        if self.curvature is None:
+            return
+        if "curvature" not in state or "curvature_scale" not in state:
+            raise TrainingError("the saved optimizer state has no online curvature estimate", hint="start a new run in another --out folder")
+        self.curvature.copy_(state["curvature"].reshape(-1))
+        self.curvature_scale = float(state["curvature_scale"].reshape(-1)[0])
+        self.scale = precond_scale(self.curvature, self.config.precond_alpha, self.config.precond_lambda)
 
 
 class ZOMomentum(ZOSGD):
     """ZO-SGD with heavy-ball momentum: m <- mu m + (g_hat + wd v); v <- v - lr m."""
 
-    def __init__(self, values: torch.Tensor, config: ZOConfig) -> None:
-        super().__init__(values, config)
+    def __init__(self, values: torch.Tensor, config: ZOConfig, scores: torch.Tensor | None = None) -> None:
+        super().__init__(values, config, scores)
         self.m = torch.zeros_like(values)  # [nnz]
 
     def _update(self, record: StepRecord) -> None:
@@ -283,17 +439,18 @@ class ZOMomentum(ZOSGD):
         self.values.add_(self.m, alpha=-record.lr)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        return {"m": self.m.clone()}
+        return {**super().state_dict(), "m": self.m.clone()}
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        super().load_state_dict(state)
         self.m.copy_(state["m"])
 
 
 class ZOAdam(ZOSGD):
     """Adam over the ZO gradient estimate with decoupled weight decay (state: 2 x nnz floats)."""
 
-    def __init__(self, values: torch.Tensor, config: ZOConfig) -> None:
-        super().__init__(values, config)
+    def __init__(self, values: torch.Tensor, config: ZOConfig, scores: torch.Tensor | None = None) -> None:
+        super().__init__(values, config, scores)
         self.m = torch.zeros_like(values)  # [nnz]
         self.s = torch.zeros_like(values)  # [nnz]
         self.t = 0
@@ -311,32 +468,74 @@ class ZOAdam(ZOSGD):
         self.values.addcdiv_(m_hat, s_hat.sqrt().add_(c.adam_eps), value=-record.lr)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        return {"m": self.m.clone(), "s": self.s.clone(), "t": torch.tensor(self.t)}
+        return {**super().state_dict(), "m": self.m.clone(), "s": self.s.clone(), "t": torch.tensor(self.t)}
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        super().load_state_dict(state)
         self.m.copy_(state["m"])
         self.s.copy_(state["s"])
         self.t = int(state["t"])
 
 
-def make_optimizer(values: torch.Tensor, config: ZOConfig) -> ZOSGD:
-    """Build the optimizer named by `config.optimizer` over `values`."""
-    cls = {"zo-sgd": ZOSGD, "zo-momentum": ZOMomentum, "zo-adam": ZOAdam}[config.optimizer]
-    return cls(values, config)
+class ZORMSProp(ZOSGD):
+    """RMSProp over the ZO gradient estimate, bias-corrected, decoupled weight decay (state: nnz floats).
+
+    s <- b2 s + (1 - b2) g_hat^2;  v <- v - lr g_hat / (sqrt(s / (1 - b2^t)) + adam_eps)
+    (Adam without its first moment: what each value's step is divided by, see the module doc.)
+    """
+
+    def __init__(self, values: torch.Tensor, config: ZOConfig, scores: torch.Tensor | None = None) -> None:
+        super().__init__(values, config, scores)
+        self.s = torch.zeros_like(values)  # [nnz]
+        self.t = 0
+
+    def _update(self, record: StepRecord) -> None:
+        c = self.config
+        grad = self.direction(record)  # [nnz]
+        self.t += 1
+        self.s.mul_(c.beta2).addcmul_(grad, grad, value=1 - c.beta2)
+        s_hat = self.s / (1 - c.beta2**self.t)  # [nnz]
+        if c.weight_decay:
+            self.values.mul_(1.0 - record.lr * c.weight_decay)
+        self.values.addcdiv_(grad, s_hat.sqrt_().add_(c.adam_eps), value=-record.lr)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {**super().state_dict(), "s": self.s.clone(), "t": torch.tensor(self.t)}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        super().load_state_dict(state)
+        self.s.copy_(state["s"])
+        self.t = int(state["t"])
 
 
-def replay(values: torch.Tensor, config: ZOConfig, records: list[StepRecord]) -> torch.Tensor:
+def make_optimizer(values: torch.Tensor, config: ZOConfig, scores: torch.Tensor | None = None) -> ZOSGD:
+    """Build the optimizer named by `config.optimizer` over `values`.
+
+    Args:
+        values: The flat fp32 trainable tensor [nnz].
+        config: Optimizer settings.
+        scores: The mask's scores [nnz] in the order of `values` (see `ZOSGD`).
+
+    Raises:
+        ConfigError: as `ZOSGD`.
+    """
+    cls = {"zo-sgd": ZOSGD, "zo-momentum": ZOMomentum, "zo-adam": ZOAdam, "zo-rmsprop": ZORMSProp}[config.optimizer]
+    return cls(values, config, scores)
+
+
+def replay(values: torch.Tensor, config: ZOConfig, records: list[StepRecord], scores: torch.Tensor | None = None) -> torch.Tensor:
     """Re-apply a run's step log to initial values without any forward pass.
 
     Args:
         values: Initial values [nnz] (mutated in place).
         config: The run's optimizer settings.
         records: Step records in order.
+        scores: The mask's scores [nnz] when the run was preconditioned by them.
 
     Returns:
         `values`, now equal to the run's final values.
     """
-    opt = make_optimizer(values, config)
+    opt = make_optimizer(values, config, scores)
     for record in records:
         opt.apply(record)
     return values

@@ -155,6 +155,10 @@ class FinetuneConfig:
         if self.zo is None:
             self.zo = ZOConfig(lr=default_lr(dense=self.dense, lora=self.lora))
         self.zo = replace(self.zo, total_steps=self.steps, seed=self.seed)
+        if self.zo.precondition != "none" and (self.dense or (self.lora and self.zo.precondition == "scores")):
+            raise ConfigError(f"--precondition {self.zo.precondition} does not apply to {'--dense' if self.dense else '--lora'}: "
+                              + ("the dense model perturbs its weights with plain z" if self.dense else "it preconditions by a mask's scores, and a LoRA run has no mask"),
+                              hint="drop --precondition, or train a mask's values (--mask)" + ("" if self.dense else "; --precondition online needs no scores"))
         from .tracking import REPORT_TO
 
         if self.report_to not in REPORT_TO:

@@ -22,7 +22,7 @@ from typing import Any, Callable, Protocol
 import torch
 from torch import nn
 
-from ..core.errors import TrainingError
+from ..core.errors import MaskError, TrainingError
 from ..data.models import ModelSource, fingerprint_from, parameter_layout, resolve_model
 from ..hub.refs import pinned_mask_ref
 from ..runtime.delta import DELTA_CARD_TAGS, DELTA_FILE, save_delta
@@ -86,14 +86,23 @@ class SparseTrainable:
         from ..runtime.sparse import load_sparse_model
 
         self.source, self.fingerprint, self.mask, self.mask_sha = open_model_and_mask(config.model, config.mask, config.revision)
+        if config.zo.precondition == "scores" and self.mask.scores is None:  # before any weight loads
+            raise MaskError(f"mask {config.mask} holds no scores, and --precondition scores preconditions by them",
+                            hint="build a fisher mask, which stores them: szoq mask build MODEL (or use --precondition online)")
         self.sparse = load_sparse_model(self.source, self.mask, quant=config.quant, device=device, compute_dtype=dtype)
         self.model, self.tokenizer = self.sparse.model, self.sparse.tokenizer
         self.values = self.sparse.values  # [nnz] fp32 master values
-        self.opt = make_optimizer(self.values, config.zo)
         self.mask_ref = pinned_mask_ref(config.mask, self.mask_sha)  # names this exact mask later (eval/merge defaults, messages)
+        self.opt = make_optimizer(self.values, config.zo, scores=self._scores(config))
         self.settings, self.writer = {**settings, "mask_ref": self.mask_ref}, writer
         self.best_values: torch.Tensor | None = None  # [nnz], on every rank
         self.perturbed = self.sparse.perturbed
+
+    def _scores(self, config: FinetuneConfig) -> torch.Tensor | None:
+        """The mask's scores [nnz] in value order when the preconditioner reads them (else None)."""
+        if config.zo.precondition == "none":
+            return None
+        return self.mask.flat_scores([name for name, _, _ in self.sparse.segments])  # [nnz] or None
 
     @property
     def nnz(self) -> int:
