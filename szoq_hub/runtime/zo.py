@@ -245,6 +245,42 @@ def precond_scale(curvature: torch.Tensor, alpha: float, lam: float) -> torch.Te
     return d if rms == 1.0 else d.div_(rms)
 
 
+def curvature_samples(record: StepRecord, curvature: str, eps: float) -> list[float]:
+    """Per sample, the scalar the online estimate correlates with z^2: g_i^2 (fisher) or
+    delta_i = (L+ + L- - 2 L0) / eps^2 (hessian).
+
+    Raises:
+        TrainingError: hessian, and the record has no loss at v.
+    """
+    if curvature == "hessian":
+        if record.loss_center is None:
+            raise TrainingError(f"step {record.step} has no loss at v, which curvature 'hessian' needs",
+                                hint="replay with the settings the run was recorded with")
+        return [(lp + lm - 2 * record.loss_center) / eps**2 for lp, lm in zip(record.loss_plus, record.loss_minus)]
+    return [g * g for g in record.grads]
+
+
+def curvature_estimate(record: StepRecord, scale: torch.Tensor, curvature: str, eps: float) -> torch.Tensor:
+    """One step's unbiased estimate of the diagonal: mean_i x_i (z_ij^2 - 1) / (2 d_j^2).
+
+    Args:
+        record: The step (its seeds and losses).
+        scale: D [nnz], the preconditioner the step's points were made with.
+        curvature: "fisher" (estimates (d_j L)^2) or "hessian" (estimates H_jj).
+        eps: The perturbation scale.
+
+    Returns:
+        [nnz] fp32 on the device of `scale` (very noisy: see the module doc).
+    """
+    xs = curvature_samples(record, curvature, eps)
+    n, q = scale.numel(), len(xs)
+    est = torch.zeros(n, dtype=torch.float32, device=scale.device)  # [nnz]
+    for seed, x in zip(record.seeds, xs):
+        z = perturbation(seed, n, scale.device)  # [nnz]
+        est.add_(z.square_().sub_(1.0), alpha=x / (2 * q))  # x (z^2 - 1) / 2, averaged over samples
+    return est.div_(scale.square())  # / d_j^2: the unpreconditioned diagonal
+
+
 def _check_scores(scores: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
     if scores.dim() != 1 or scores.numel() != values.numel():
         raise ConfigError(f"the scores hold {scores.numel()} values for {values.numel()} trainable values",
@@ -380,26 +416,16 @@ class ZOSGD:
             v.add_(self.noise(seed), alpha=-lr * g / len(record.seeds))
 
     def _update_curvature(self, record: StepRecord) -> None:
-        """h <- (1 - beta) h + beta h_hat from this step's losses, then D from h (see the module doc)."""
-        c, q = self.config, len(record.seeds)
-        if c.curvature == "hessian":
-            if record.loss_center is None:
-                raise TrainingError(f"step {record.step} has no loss at v, which curvature 'hessian' needs",
-                                    hint="replay with the settings the run was recorded with")
-            xs = [(lp + lm - 2 * record.loss_center) / c.eps**2 for lp, lm in zip(record.loss_plus, record.loss_minus)]  # delta_i
-        else:
-            xs = [g * g for g in record.grads]  # g_i^2
-        magnitude = sum(abs(x) for x in xs) / q
+        """h <- (1 - beta) h + beta h_hat / unit from this step's losses, then D from h (see the module doc)."""
+        c = self.config
+        xs = curvature_samples(record, c.curvature, c.eps)
+        magnitude = sum(abs(x) for x in xs) / len(xs)
         self.curvature_scale = magnitude if self.curvature_scale == 0.0 else (1 - _SCALE_RATE) * self.curvature_scale + _SCALE_RATE * magnitude
         unit = self.curvature_scale / self.values.numel()  # per-value size of the estimate
         if not unit > 0 or c.curvature_beta == 0.0:
             return
-        h_hat = torch.zeros_like(self.values)  # [nnz]
-        for seed, x in zip(record.seeds, xs):
-            z = perturbation(seed, self.values.numel(), self.values.device)  # [nnz]
-            h_hat.add_(z.square_().sub_(1.0), alpha=x / (2 * q * unit))  # x (z^2 - 1) / 2, in h's units
-        h_hat.div_(self.scale.square())  # / d_j^2: the estimate of the unpreconditioned diagonal
-        self.curvature.mul_(1 - c.curvature_beta).add_(h_hat, alpha=c.curvature_beta)
+        h_hat = curvature_estimate(record, self.scale, c.curvature, c.eps)  # [nnz]
+        self.curvature.mul_(1 - c.curvature_beta).add_(h_hat, alpha=c.curvature_beta / unit)
         self.scale = precond_scale(self.curvature, c.precond_alpha, c.precond_lambda)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
