@@ -114,7 +114,7 @@ def test_mask_save_and_push_round_trip_through_the_hub(hub, tiny_mask, tmp_path,
     pulled = SensitivityMask.from_pretrained(f"{repo}@v1")  # a Hub ref: pulled, verified, registered
     assert _same(pulled.indices, mask.indices) and pulled.config.fingerprint == mask.config.fingerprint and pulled.path != tiny_mask
 
-    built = SensitivityMask(dict(mask.indices), mask.config)  # in memory: no ref, no folder
+    built = SensitivityMask(dict(mask.indices), mask.config, scores=mask.scores)  # in memory: no ref, no folder
     again = built.push_to_hub(repo, tag="v1")
     assert again.status == "unchanged"  # the same bytes as v1: nothing pushed
 
@@ -174,7 +174,7 @@ def test_merge_into_refuses_another_mask(tiny_model_dir, tiny_mask, run_dir, tmp
         delta.merge_into(model, type(other)(other.indices, other.config))  # in memory, no folder: hashed as written
     assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())  # refused before writing anything
     right = load_mask(tiny_mask)
-    delta.merge_into(model, type(right)(right.indices, right.config))  # the right mask, in memory: its bytes hash the same
+    delta.merge_into(model, type(right)(right.indices, right.config, scores=right.scores))  # the right mask (scores too), in memory: its bytes hash the same
     assert not all(torch.equal(p, before[n]) for n, p in model.named_parameters())
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
     # the mask a delta names: a registry name is resolved (and must be the same file); a local folder is recorded
