@@ -709,13 +709,13 @@ def report() -> None:
 
 
 def _readme_table(lines: list[str], cells: list[dict]) -> None:
-    """Put the current table (what exists, n per cell, what is pending) into README's Results."""
-    readme = ROOT / "README.md"
+    """Put the current table (what exists, n per cell, what is pending) into the study page, docs/study.md."""
+    readme = ROOT / "docs" / "study.md"
     start, end = "<!-- quality-table -->", "<!-- /quality-table -->"
     text = readme.read_text() if readme.is_file() else ""
     if start not in text or end not in text:
         return
-    pngs = [f"![{name}](bench/results/{name}.png)" for name in ("quality_pareto", "quality_long", "quality_steps", "quality_density") if (RESULTS / f"{name}.png").is_file()]
+    pngs = [f"![{name}](../bench/results/{name}.png)" for name in ("quality_pareto", "quality_long", "quality_steps", "quality_density") if (RESULTS / f"{name}.png").is_file()]
     shas = sorted({c["git_sha"][:7] for c in cells})
     body = [start, f"Cells finished: {len(cells)} (git {', '.join(shas) or '-'}); accuracy in %, std over seeds where there are 2 or more.", "",
             *lines, "", *pngs, end]

@@ -1,4 +1,4 @@
-"""bench/quality.py's bookkeeping: the grid order, resumable cells, the summary and README table."""
+"""bench/quality.py's bookkeeping: the grid order, resumable cells, the summary and the study page's table (docs/study.md)."""
 
 from __future__ import annotations
 
@@ -139,7 +139,8 @@ def test_report_summarises_exactly_what_exists(tmp_path, monkeypatch):
               _cell("sst2", "zero-shot", 0, 0.5, density=None, steps=0)):
         (quality.CELLS / f"{c['key']}.json").write_text(json.dumps(c))
     (quality.TRANSFER / "sst2.json").write_text(json.dumps({"task": "sst2", "c4_share": 0.4, "task_share": 0.6, "random_share": 0.001}))
-    (tmp_path / "README.md").write_text("intro\n<!-- quality-table -->\nold\n<!-- /quality-table -->\nrest\n")
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "study.md").write_text("intro\n<!-- quality-table -->\nold\n<!-- /quality-table -->\nrest\n")
     quality.report()
     data = json.loads((quality.RESULTS / "quality.json").read_text())
     assert len(data["cells"]) == 4
@@ -148,7 +149,7 @@ def test_report_summarises_exactly_what_exists(tmp_path, monkeypatch):
     assert "sst2-senszoq-s0" not in data["pending"] and "sst2-random-s0" in data["pending"] and "transfer-rte" in data["pending"]
     assert "transfer-sst2" not in data["pending"] and "not_runnable" not in data
     assert {f"{t}-dense-d1-s{s}" for t in quality.PLAN_TASKS for s in quality.SEEDS} <= set(data["pending"])  # dense cells run like the others
-    readme = (tmp_path / "README.md").read_text()
+    readme = (tmp_path / "docs" / "study.md").read_text()
     assert readme.startswith("intro\n") and readme.endswith("rest\n") and "old" not in readme
     assert "| smollm2-135m-instruct | sst2 | senszoq | 0.001 | 300 | 0.0001 | fp32 | 70.0 ± 10.0 | 3 (0,1,2) | 500 | - | 1 |" in readme
     assert "| smollm2-135m-instruct | sst2 | zero-shot | - | 0 | - | fp32 | 50.0 | 1 (0) | 500 | - | - |" in readme
