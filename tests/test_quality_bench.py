@@ -151,6 +151,8 @@ def test_report_summarises_exactly_what_exists(tmp_path, monkeypatch):
         (settings.CELLS / f"{c['key']}.json").write_text(json.dumps(c))
     (settings.TRANSFER / "sst2.json").write_text(json.dumps({"task": "sst2", "c4_share": 0.4, "task_share": 0.6, "random_share": 0.001}))
     (tmp_path / "README.md").write_text("intro\n<!-- quality-table -->\nold\n<!-- /quality-table -->\nrest\n")
+    (tmp_path / "docs").mkdir()  # the study page, where the docs split moves the table
+    (tmp_path / "docs" / "study.md").write_text("page\n<!-- quality-table -->\nold\n<!-- /quality-table -->\n")
     report.report()
     data = json.loads((settings.RESULTS / "quality.json").read_text())
     assert len(data["cells"]) == 4
@@ -169,6 +171,10 @@ def test_report_summarises_exactly_what_exists(tmp_path, monkeypatch):
     assert "| senszoq | 0.0001 | 50: 60.0, 100: 70.0 | yes | 0.0001 |" in readme
     assert "| senszoq | 0.0003 | 50: 60.0, 100: 65.0 |  | 0.0001 |" in readme
     assert "| random | 0.001 | 50: 60.0, 100: 61.0 | yes | 0.001 |" in readme
+    study = (tmp_path / "docs" / "study.md").read_text()
+    table = lambda page: page.split("<!-- quality-table -->")[1].split("<!-- /quality-table -->")[0]  # noqa: E731
+    assert study.startswith("page\n") and "old" not in study
+    assert table(study) == table(readme).replace("](", "](../")  # the same table, its images linked from docs/
 
 
 def test_a_cell_run_at_another_lr_moves_to_its_lr_key_with_its_run(tmp_path, monkeypatch):

@@ -6,13 +6,17 @@ lr, dtype) with the mean and std over seeds, and the tables add the Σg² transf
 
 from __future__ import annotations
 
+import os
 import statistics
+from pathlib import Path
 
 from . import settings
 from .plan import lr_of, plan, sweep_choice, sweep_plan
 from .plots import plot_long, plot_pareto, plot_steps_and_density
 from .records import load_cells, read_all, write_json, write_text
 from .settings import SMOLLM2
+
+TABLE_PAGES = ("README.md", "docs/study.md")  # pages (from the repository root) that may carry the generated table
 
 
 def summary(cells: list[dict]) -> list[dict]:
@@ -44,7 +48,7 @@ def _fmt(r: dict) -> str:
 
 
 def report() -> None:
-    """Regenerate quality.json, quality.md, the PNG plots and README's Results table from the records."""
+    """Regenerate quality.json, quality.md, the PNG plots and the Results table of README (or docs/study.md) from the records."""
     cells = load_cells()
     done = {c["key"] for c in cells}
     pending = [c.key for c in plan() if c.key not in done]
@@ -122,16 +126,19 @@ def _verify_table(rows: list[dict]) -> list[str]:
 
 
 def _readme_table(lines: list[str], cells: list[dict]) -> None:
-    """Put the current table (what exists, n per cell, what is pending) into README's Results."""
-    readme = settings.ROOT / "README.md"
+    """Put the current table (what exists, n per cell, what is pending) between the quality-table markers of each page
+    that has them (README's Results, or the study page docs/study.md), images linked relative to that page."""
     start, end = "<!-- quality-table -->", "<!-- /quality-table -->"
-    text = readme.read_text() if readme.is_file() else ""
-    if start not in text or end not in text:
-        return
-    pngs = [f"![{name}](bench/results/{name}.png)" for name in ("quality_pareto", "quality_long", "quality_steps", "quality_density")
-            if (settings.RESULTS / f"{name}.png").is_file()]
-    shas = sorted({c["git_sha"][:7] for c in cells})
-    body = [start, f"Cells finished: {len(cells)} (git {', '.join(shas) or '-'}); accuracy in %, std over seeds where there are 2 or more.", "",
-            *lines, "", *pngs, end]
-    head, rest = text.split(start, 1)
-    write_text(readme, head + "\n".join(body) + rest.split(end, 1)[1])
+    for page in TABLE_PAGES:
+        path = settings.ROOT / page
+        text = path.read_text() if path.is_file() else ""
+        if start not in text or end not in text:
+            continue
+        results = Path(os.path.relpath(settings.RESULTS, path.parent)).as_posix()
+        pngs = [f"![{name}]({results}/{name}.png)" for name in ("quality_pareto", "quality_long", "quality_steps", "quality_density")
+                if (settings.RESULTS / f"{name}.png").is_file()]
+        shas = sorted({c["git_sha"][:7] for c in cells})
+        body = [start, f"Cells finished: {len(cells)} (git {', '.join(shas) or '-'}); accuracy in %, std over seeds where there are 2 or more.",
+                "", *lines, "", *pngs, end]
+        head, rest = text.split(start, 1)
+        write_text(path, head + "\n".join(body) + rest.split(end, 1)[1])
