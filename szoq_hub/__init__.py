@@ -43,18 +43,18 @@ _EXPORTS: dict[str, str] = {
     **dict.fromkeys(("Registry", "parse_ref"), ".masks.registry"),
     "collect_garbage": ".masks.cleanup",
     **dict.fromkeys(("SparseModel", "load_sparse_model"), ".runtime.sparse"),
-    "Delta": ".runtime.delta",
+    "Delta": ".methods.sparse.delta",
     **dict.fromkeys(("PushResult", "PullResult", "check_repo_id"), ".hub.transport"),
     **dict.fromkeys(("push_mask", "pull_mask", "mask_info", "search_masks"), ".hub.masks"),
-    **dict.fromkeys(("push_delta", "pull_delta"), ".hub.deltas"),
+    **dict.fromkeys(("push_delta", "pull_delta"), ".methods.sparse.hub"),
     **dict.fromkeys(("resolve_mask_ref", "resolve_delta_ref"), ".hub.refs"),
     "ZOConfig": ".runtime.zo_config",
     **dict.fromkeys(("FinetuneConfig", "FinetuneResult", "config_from_options", "default_of", "flag", "help_of", "option_fields"), ".training.config"),
     "finetune": ".training.finetune",
-    "model_and_mask_for": ".training.setup",
+    "model_and_mask_for": ".methods.sparse.setup",
     **dict.fromkeys(("EvalConfig", "EvalResult", "evaluate"), ".training.evaluate"),
     "merge": ".training.merge",
-    **dict.fromkeys(("export_peft", "push_peft"), ".export.peft"),
+    **dict.fromkeys(("export_peft", "push_peft"), ".methods.sparse.peft"),
     **dict.fromkeys(("plot_mask", "plot_runs"), ".export.plots"),
     "as_user_error": ".api",
 }
@@ -70,9 +70,9 @@ if TYPE_CHECKING:  # what IDEs and type checkers read; at run time __getattr__ i
     from .core.progress import set_progress_listener
     from .core.content import describe_content_hash
     from .core.defaults import DEFAULT_LR, DEFAULT_MASK, DEFAULT_MODEL, DENSE_LR, LORA_LR, default_lr
-    from .export.peft import export_peft, push_peft
+    from .methods.sparse.peft import export_peft, push_peft
     from .export.plots import plot_mask, plot_runs
-    from .hub.deltas import pull_delta, push_delta
+    from .methods.sparse.hub import pull_delta, push_delta
     from .hub.masks import mask_info, pull_mask, push_mask, search_masks
     from .hub.refs import resolve_delta_ref, resolve_mask_ref
     from .hub.transport import PullResult, PushResult, check_repo_id
@@ -83,13 +83,13 @@ if TYPE_CHECKING:  # what IDEs and type checkers read; at run time __getattr__ i
     from .masks.catalog import builtin_masks
     from .masks.cleanup import collect_garbage
     from .masks.registry import Registry, parse_ref
-    from .runtime.delta import Delta
+    from .methods.sparse.delta import Delta
     from .runtime.sparse import SparseModel, load_sparse_model
     from .training.evaluate import EvalConfig, EvalResult, evaluate
     from .runtime.zo_config import ZOConfig
     from .training.config import FinetuneConfig, FinetuneResult, config_from_options, default_of, flag, help_of, option_fields
     from .training.finetune import finetune
-    from .training.setup import model_and_mask_for
+    from .methods.sparse.setup import model_and_mask_for
     from .training.merge import merge
 
 

@@ -14,7 +14,7 @@ import torch
 from conftest import SHARED_DATA, TINY_TEXTS, make_tiny_llama
 from conftest import cli_in_process as run_cli
 from conftest import tiny_finetune_config as _config
-from szoq_hub.runtime.delta import load_delta, save_delta
+from szoq_hub.methods.sparse.delta import load_delta, save_delta
 from szoq_hub.core.errors import ConfigError, FingerprintMismatch, MaskError, TrainingError
 from szoq_hub.training.config import DEFAULT_LR, FinetuneConfig, config_from_options, flag
 from szoq_hub.training.finetune import finetune

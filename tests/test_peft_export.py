@@ -12,7 +12,7 @@ import torch
 from conftest import assert_one_line_error
 from szoq_hub.core.errors import ConfigError
 from szoq_hub.training.finetune import finetune
-from szoq_hub.export.peft import shira_entries, shira_rank
+from szoq_hub.methods.sparse.peft import shira_entries, shira_rank
 from conftest import tiny_finetune_config as _config
 from conftest import other_run
 
@@ -120,7 +120,7 @@ def test_export_push_publishes_an_adapter_peft_loads_from_the_hub(hub, tiny_mode
     config = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
     config["base_model_name_or_path"] = str(tiny_model_dir)
     (tmp_path / "adapter" / "adapter_config.json").write_text(json.dumps(config))
-    from szoq_hub.export.peft import push_peft
+    from szoq_hub.methods.sparse.peft import push_peft
 
     commits = len(hub.repos[repo].commits)
     with pytest.raises(ConfigError, match="local path"):

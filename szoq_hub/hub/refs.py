@@ -107,7 +107,7 @@ def resolve_delta_ref(ref: str | Path, *, token: str | None = None, offline: boo
     if not is_hub_ref(str(ref)):  # it looks like a path (see is_hub_ref): never asked of the Hub
         raise MaskError(f"no local folder {shorten(str(ref))}: {shorten(path)} not found",
                         hint=f"check the path (ls {shorten(path.parent)}/); a Hub ref is ORG/NAME[@REV]")
-    from .deltas import pull_delta
+    from ..methods.sparse.hub import pull_delta
 
     repo_id, revision = parse_ref(str(ref))
     try:

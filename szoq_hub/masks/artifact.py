@@ -20,7 +20,7 @@ from ..core.version import __version__
 from ..core import schema
 from ..core.errors import ConfigError, FingerprintMismatch, MaskError
 from ..core.content import CONTENT_KEY, tensors_sha256
-from ..core.hub_mixin import HubMixin
+from ..hub.mixin import HubMixin
 from ..core.paths import atomic_dir, file_sha256, path_exists  # noqa: F401  (file_sha256 re-exported: artifacts are addressed by it)
 from .card import CARD_TAGS, card_base_model, render_card  # noqa: F401  (re-exported: the names artifact has always had)
 
@@ -117,12 +117,12 @@ class SensitivityMask(HubMixin):
     # The hooks below resolve REFs and push through the hub layer, above this one: imported when called.
     @classmethod
     def _from_pretrained(cls, ref: str | Path, *, offline: bool = False, model: str | None = None) -> SensitivityMask:
-        from ..hub.mixin_hooks import mask_from_pretrained
+        from ..hub.sensitivity_mask import mask_from_pretrained
 
         return mask_from_pretrained(ref, model=model, offline=offline)
 
     def _push_to_hub(self, repo_id: str, **kwargs):
-        from ..hub.mixin_hooks import push_mask_object
+        from ..hub.sensitivity_mask import push_mask_object
 
         return push_mask_object(self, repo_id, **kwargs)
 

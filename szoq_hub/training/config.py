@@ -17,7 +17,7 @@ from pathlib import Path
 from ..core.specs import check_device_spec, check_dtype_spec
 from ..core.errors import ConfigError
 from ..data.tasks import CustomTask, Sampling, custom_task_from
-from ..runtime.lora_config import LoRASettings
+from ..methods.lora.config import LoRASettings
 from ..runtime.zo_config import ZOConfig
 
 from ..core.defaults import DEFAULT_LR, DEFAULT_MASK, DEFAULT_MODEL, DENSE_LR, LORA_LR, default_lr  # noqa: E402  (one place, read by `szoq --help` without torch)

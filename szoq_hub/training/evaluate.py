@@ -5,12 +5,12 @@ from __future__ import annotations
 import logging
 from dataclasses import asdict, dataclass, field
 
-from ..runtime.delta import load_delta
+from ..methods.sparse.delta import load_delta
 from ..core.devices import check_device_spec, check_dtype_spec, dtype_name, require_quant_backend, resolve_device, resolve_dtype
 from ..core.errors import ConfigError
 from ..data.models import DEFAULT_MODEL
 from .config import refuse_dense_options
-from .setup import model_and_mask_for, open_model_and_fitting_mask, open_model_and_mask, score
+from ..methods.sparse.setup import model_and_mask_for, open_model_and_fitting_mask, open_model_and_mask, score
 from ..data.scoring import encode, pad_id_of
 from ..data.tasks import CustomTask, Sampling, custom_task_from, load_task, with_demonstrations
 
@@ -97,8 +97,8 @@ def evaluate(config: EvalConfig) -> EvalResult:
         FingerprintMismatch: mask or delta for another model / mask.
         MaskError: corrupt delta.
     """
-    from ..runtime.dense import is_dense_file
-    from ..runtime.lora_file import is_lora_file
+    from ..methods.dense.runtime import is_dense_file
+    from ..methods.lora.file import is_lora_file
     from ..runtime.sparse import load_sparse_model
 
     dense = bool(config.delta) and is_dense_file(config.delta)
@@ -142,7 +142,7 @@ def evaluate(config: EvalConfig) -> EvalResult:
 
 def _evaluate_dense(config: EvalConfig, task, examples, device) -> EvalResult:
     """Score the fp32 base model with a dense run's trained linear weights (dense.py)."""
-    from ..runtime.dense import load_dense_result
+    from ..methods.dense.runtime import load_dense_result
 
     dense = load_dense_result(config.delta, model=config.model, revision=config.revision, device=device)
     tok = dense.tokenizer
@@ -156,8 +156,8 @@ def _evaluate_lora(config: EvalConfig, task, examples, device) -> EvalResult:
     """Score the quantized base with a `finetune --lora` run's adapter on it (runtime/lora.py);
     without --quant, the base is quantized as the run's was."""
     from ..data.models import model_fingerprint, resolve_model
-    from ..runtime.lora import attach_lora
-    from ..runtime.lora_file import load_lora
+    from ..methods.lora.runtime import attach_lora
+    from ..methods.lora.file import load_lora
     from ..runtime.sparse import load_sparse_model
 
     adapter = load_lora(config.delta)

@@ -38,9 +38,9 @@ from ..data.tasks import describe_split, load_task
 from ..runtime.zo import StepRecord
 from .config import FinetuneConfig, FinetuneResult, default_lr, settings_of
 from .run_folder import RunFolder
-from .setup import score
+from ..methods.sparse.setup import score
 from .tracking import check_report_to, open_tracker, scalars
-from .trainables import build_trainable
+from ..methods.sparse.trainable import build_trainable
 
 log = logging.getLogger(__name__)
 

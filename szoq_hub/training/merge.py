@@ -7,15 +7,15 @@ from pathlib import Path
 
 import torch
 
-from ..runtime.delta import load_delta, write_into
-from ..runtime.dense import is_dense_file, load_dense_result
-from ..runtime.lora_file import is_lora_file
+from ..methods.sparse.delta import load_delta, write_into
+from ..methods.dense.runtime import is_dense_file, load_dense_result
+from ..methods.lora.file import is_lora_file
 from ..core.devices import DTYPES, resolve_device
 from ..core.paths import disk_errors
 from ..core.paths import atomic_dir
 from ..core.errors import ConfigError, MaskError, TrainingError
 from .config import refuse_dense_options
-from .setup import model_and_mask_for, open_model_and_mask
+from ..methods.sparse.setup import model_and_mask_for, open_model_and_mask
 from ..data.models import DEFAULT_MODEL, load_model
 
 log = logging.getLogger(__name__)
@@ -92,7 +92,7 @@ def _merge_lora(delta: str | Path, *, model: str | None, mask_ref: str | None, r
             or one naming a weight the model lacks.
     """
     from ..data.models import model_fingerprint, resolve_model
-    from ..runtime.lora_file import load_lora
+    from ..methods.lora.file import load_lora
 
     if mask_ref is not None:
         raise ConfigError(f"--mask does not apply to {delta}: a LoRA run's adapters sit on the base model, no mask",

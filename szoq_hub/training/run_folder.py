@@ -28,9 +28,9 @@ from ..core.errors import TrainingError
 from ..core.paths import atomic_file
 from ..core.version import __version__
 from ..masks.artifact import card_base_model
-from ..runtime.delta import DELTA_FILE
-from ..runtime.dense import DENSE_FILE
-from ..runtime.lora_file import LORA_FILE
+from ..methods.sparse.delta import DELTA_FILE
+from ..methods.dense.runtime import DENSE_FILE
+from ..methods.lora.file import LORA_FILE
 from .config import FinetuneConfig, settings_of
 
 CONFIG_FILE = "finetune_config.json"

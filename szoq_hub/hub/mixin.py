@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:  # annotations only: the transport is a higher layer
-    from ..hub.transport import PushResult
+    from .transport import PushResult
 
 T = TypeVar("T", bound="HubMixin")
 

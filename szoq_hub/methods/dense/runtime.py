@@ -47,10 +47,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..data.checkpoint import iter_tensors, read_header, write_tensors
-from ..core.errors import ConfigError, ModelError, TrainingError
-from ..data.models import ModelSource, load_model, target_parameter_names
-from .zo import PairedClosure, StepRecord, ZOConfig, ZOSGD, estimate, make_optimizer, perturbation
+from ...data.checkpoint import iter_tensors, read_header, write_tensors
+from ...core.errors import ConfigError, ModelError, TrainingError
+from ...data.models import ModelSource, load_model, target_parameter_names
+from ...runtime.zo import PairedClosure, StepRecord, ZOConfig, ZOSGD, estimate, make_optimizer, perturbation
 
 log = logging.getLogger(__name__)
 
@@ -310,8 +310,8 @@ def load_dense_result(ref: str | Path, *, model: str | None = None, revision: st
         FingerprintMismatch: `model` is not the model the run trained.
         TrainingError: a corrupt or incomplete file.
     """
-    from ..core.errors import FingerprintMismatch
-    from ..data.models import DEFAULT_MODEL, fingerprint_from, parameter_layout, resolve_model
+    from ...core.errors import FingerprintMismatch
+    from ...data.models import DEFAULT_MODEL, fingerprint_from, parameter_layout, resolve_model
 
     path = Path(ref)
     path = path / DENSE_FILE if path.is_dir() else path

@@ -31,9 +31,9 @@ from pathlib import Path
 
 import torch
 
-from ..core.errors import ConfigError, DependencyError, TrainingError
-from ..core.paths import disk_errors
-from ..core.paths import atomic_dir
+from ...core.errors import ConfigError, DependencyError, TrainingError
+from ...core.paths import disk_errors
+from ...core.paths import atomic_dir
 
 ADAPTER_FILE = "adapter_model.safetensors"
 ADAPTER_CONFIG_FILE = "adapter_config.json"
@@ -165,11 +165,11 @@ def export_peft(*, delta: str | Path, out: str | Path, model: str | None = None,
     peft = _require_peft()
     from safetensors.torch import save_file
 
-    from ..runtime.delta import load_delta
-    from ..training.setup import model_and_mask_for, open_model_and_mask
-    from ..masks.artifact import card_base_model
-    from ..data.models import load_model
-    from ..runtime.lora_file import is_lora_file
+    from .delta import load_delta
+    from .setup import model_and_mask_for, open_model_and_mask
+    from ...masks.artifact import card_base_model
+    from ...data.models import load_model
+    from ..lora.file import is_lora_file
 
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
@@ -229,9 +229,9 @@ def _export_lora(peft, *, model: str | None, mask_ref: str | None, delta: str | 
     """A `finetune --lora` run as a native PEFT LoRA adapter folder (see the module doc)."""
     from safetensors.torch import save_file
 
-    from ..data.models import DEFAULT_MODEL, model_fingerprint, parameter_layout, resolve_model
-    from ..masks.artifact import card_base_model
-    from ..runtime.lora_file import LORA_FORMAT, load_lora
+    from ...data.models import DEFAULT_MODEL, model_fingerprint, parameter_layout, resolve_model
+    from ...masks.artifact import card_base_model
+    from ..lora.file import LORA_FORMAT, load_lora
 
     if mask_ref is not None:
         raise ConfigError(f"--mask does not apply to {delta}: a LoRA run's adapters sit on the base model, no mask",
@@ -313,7 +313,7 @@ def push_peft(folder: str | Path, *, repo_id: str, tag: str | None = None, priva
     Raises:
         ConfigError: not an adapter folder, or it names a local path. HubError: auth, race, tag taken.
     """
-    from ..hub.transport import Artifact, check_repo_id, push_artifact
+    from ...hub.transport import Artifact, check_repo_id, push_artifact
 
     check_repo_id(repo_id)
     art = Artifact("peft adapter", ADAPTER_FILE, PEFT_FILES, verify_adapter, _hub_card,

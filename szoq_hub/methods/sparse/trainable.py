@@ -22,15 +22,15 @@ from typing import Any, Callable, Protocol
 import torch
 from torch import nn
 
-from ..core.errors import TrainingError
-from ..data.models import ModelSource, fingerprint_from, parameter_layout, resolve_model
-from ..hub.refs import pinned_mask_ref
-from ..runtime.delta import DELTA_CARD_TAGS, DELTA_FILE, save_delta
-from ..runtime.dense import DENSE_FILE, DenseModel, DenseZO, dense_metadata, load_dense_model, save_dense
-from ..runtime.lora_file import LORA_FILE, save_lora
-from ..runtime.zo import StepRecord, make_optimizer
-from .config import FinetuneConfig
-from .run_folder import RunFolder, card_task, checkpoint_meta
+from ...core.errors import TrainingError
+from ...data.models import ModelSource, fingerprint_from, parameter_layout, resolve_model
+from ...hub.refs import pinned_mask_ref
+from .delta import DELTA_CARD_TAGS, DELTA_FILE, save_delta
+from ..dense.runtime import DENSE_FILE, DenseModel, DenseZO, dense_metadata, load_dense_model, save_dense
+from ..lora.file import LORA_FILE, save_lora
+from ...runtime.zo import StepRecord, make_optimizer
+from ...training.config import FinetuneConfig
+from ...training.run_folder import RunFolder, card_task, checkpoint_meta
 from .setup import open_model_and_mask
 
 DENSE_CHECKPOINT_FORMAT = "szoq.dense-checkpoint"
@@ -83,7 +83,7 @@ class SparseTrainable:
     final_file = DELTA_FILE
 
     def __init__(self, config: FinetuneConfig, device: torch.device, dtype: torch.dtype, settings: dict, writer: bool) -> None:
-        from ..runtime.sparse import load_sparse_model
+        from ...runtime.sparse import load_sparse_model
 
         self.source, self.fingerprint, self.mask, self.mask_sha = open_model_and_mask(config.model, config.mask, config.revision)
         self.sparse = load_sparse_model(self.source, self.mask, quant=config.quant, device=device, compute_dtype=dtype)
@@ -220,7 +220,7 @@ class DenseTrainable:
 
     def save_checkpoint(self, run: RunFolder, meta: dict[str, str]) -> None:
         """The trained weights (by parameter name) and `opt.J.K` optimizer state, tensor by tensor."""
-        from ..data.checkpoint import write_tensors
+        from ...data.checkpoint import write_tensors
 
         write_tensors(run.checkpoint, [*self.dense.tensors(), *((f"opt.{k}", t) for k, t in self.opt.state_tensors())],
                       {"format": DENSE_CHECKPOINT_FORMAT, **meta})
@@ -262,8 +262,8 @@ class LoRATrainable(SparseTrainable):
     final_file = LORA_FILE
 
     def __init__(self, config: FinetuneConfig, device: torch.device, dtype: torch.dtype, settings: dict, writer: bool) -> None:
-        from ..runtime.lora import attach_lora
-        from ..runtime.sparse import load_sparse_model
+        from ..lora.runtime import attach_lora
+        from ...runtime.sparse import load_sparse_model
 
         self.source = resolve_model(config.model, revision=config.revision)
         self.fingerprint = fingerprint_from(parameter_layout(self.source), self.source.identity)

@@ -16,9 +16,9 @@ from ..core.errors import FingerprintMismatch, MaskError, RegistryError
 from ..data.models import fingerprint_from, parameter_layout, resolve_model
 from ..masks.artifact import MASK_FILE, SensitivityMask, file_sha256, load_mask, save_mask
 from ..masks.registry import Registry
-from ..runtime.delta import DELTA_FILE, Delta, delta_path, load_delta, write_into
+from ..methods.sparse.delta import DELTA_FILE, Delta, delta_path, load_delta, write_into
 from ..runtime.sparse import SparseModel
-from .deltas import push_delta
+from ..methods.sparse.hub import push_delta
 from .masks import push_mask
 from .refs import resolve_delta_ref, resolve_mask_ref
 from .transport import PushResult

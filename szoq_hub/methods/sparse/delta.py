@@ -13,13 +13,13 @@ from pathlib import Path
 
 import torch
 
-from ..core import schema
-from ..core.content import CONTENT_KEY, tensors_sha256
-from ..core.errors import FingerprintMismatch, MaskError
-from ..core.hub_mixin import HubMixin
-from ..masks.artifact import SensitivityMask
-from ..core.paths import public
-from ..masks.registry import mask_name_for_sha256
+from ...core import schema
+from ...core.content import CONTENT_KEY, tensors_sha256
+from ...core.errors import FingerprintMismatch, MaskError
+from ...hub.mixin import HubMixin
+from ...masks.artifact import SensitivityMask
+from ...core.paths import public
+from ...masks.registry import mask_name_for_sha256
 
 FORMAT = "szoq.delta"
 FORMAT_VERSION = "1"
@@ -55,8 +55,8 @@ class Delta(HubMixin):
         """
         import shutil
 
-        from ..core.errors import ConfigError
-        from ..core.paths import atomic_dir
+        from ...core.errors import ConfigError
+        from ...core.paths import atomic_dir
 
         folder = Path(folder)
         if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
@@ -74,12 +74,12 @@ class Delta(HubMixin):
     # layers above this one (hub, runtime.sparse): imported when called.
     @classmethod
     def _from_pretrained(cls, ref: str | Path, *, offline: bool = False, token: str | None = None) -> Delta:
-        from ..hub.mixin_hooks import delta_from_pretrained
+        from ...hub.sensitivity_mask import delta_from_pretrained
 
         return delta_from_pretrained(ref, token=token, offline=offline)
 
     def _push_to_hub(self, repo_id: str, **kwargs):
-        from ..hub.mixin_hooks import push_delta_object
+        from ...hub.sensitivity_mask import push_delta_object
 
         return push_delta_object(self, repo_id, **kwargs)
 
@@ -99,7 +99,7 @@ class Delta(HubMixin):
         Raises:
             FingerprintMismatch: another mask. MaskError: names or sizes that do not fit the model.
         """
-        from ..hub.mixin_hooks import merge_delta_into
+        from ...hub.sensitivity_mask import merge_delta_into
 
         return merge_delta_into(self, model, mask)
 
@@ -107,7 +107,7 @@ class Delta(HubMixin):
         """Refuse a mask other than the one the delta was trained with (by the sha256 of its file)."""
         import tempfile
 
-        from ..masks.artifact import MASK_FILE, file_sha256, save_mask
+        from ...masks.artifact import MASK_FILE, file_sha256, save_mask
 
         if mask.path is not None and (Path(mask.path) / MASK_FILE).is_file():
             sha = file_sha256(Path(mask.path) / MASK_FILE)
@@ -171,7 +171,7 @@ def save_delta(path: Path, tensors: dict[str, torch.Tensor], *, mask_sha256: str
     Returns:
         The file written.
     """
-    from ..masks.artifact import write_safetensors
+    from ...masks.artifact import write_safetensors
 
     path = Path(path)
     if path.suffix != ".safetensors":

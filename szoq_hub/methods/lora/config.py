@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from ..core.errors import ConfigError
+from ...core.errors import ConfigError
 
 LORA_TARGETS = ("q_proj", "v_proj")  # MeZO's LoRA default
 

@@ -16,12 +16,12 @@ from pathlib import Path
 
 import torch
 
-from ..core import schema
-from ..core.content import CONTENT_KEY, tensors_sha256
-from ..core.errors import ConfigError, FingerprintMismatch, MaskError
-from ..core.paths import public
-from ..masks.artifact import write_safetensors
-from .lora import LoRASettings
+from ...core import schema
+from ...core.content import CONTENT_KEY, tensors_sha256
+from ...core.errors import ConfigError, FingerprintMismatch, MaskError
+from ...core.paths import public
+from ...masks.artifact import write_safetensors
+from .runtime import LoRASettings
 
 LORA_FORMAT = "szoq.lora"
 LORA_FILE = "lora.safetensors"

@@ -1,0 +1,1 @@
+"""Training methods: one folder per method (sparse, dense, lora)."""
