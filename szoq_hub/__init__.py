@@ -35,7 +35,8 @@ _EXPORTS: dict[str, str] = {
     "set_progress_listener": ".core.progress",
     "describe_content_hash": ".core.content",
     **dict.fromkeys(("DEFAULT_MODEL", "DEFAULT_MASK", "DEFAULT_LR", "DENSE_LR", "LORA_LR", "default_lr"), ".core.defaults"),
-    **dict.fromkeys(("SensitivityMask", "MaskConfig"), ".masks.artifact"),
+    "MaskConfig": ".masks.artifact",
+    "SensitivityMask": ".hub.sensitivity_mask",
     **dict.fromkeys(("diff_masks", "layer_order"), ".masks.diff"),
     **dict.fromkeys(("MaskBuildConfig", "build_mask"), ".masks.build"),
     "is_main_process": ".core.distributed",
@@ -46,15 +47,16 @@ _EXPORTS: dict[str, str] = {
     "Delta": ".methods.sparse.delta",
     **dict.fromkeys(("PushResult", "PullResult", "check_repo_id"), ".hub.transport"),
     **dict.fromkeys(("push_mask", "pull_mask", "mask_info", "search_masks"), ".hub.masks"),
-    **dict.fromkeys(("push_delta", "pull_delta"), ".methods.sparse.hub"),
-    **dict.fromkeys(("resolve_mask_ref", "resolve_delta_ref"), ".hub.refs"),
+    **dict.fromkeys(("push_delta", "pull_delta", "resolve_delta_ref"), ".methods.sharing"),
+    "resolve_mask_ref": ".hub.refs",
+    **dict.fromkeys(("register_method", "unregister_method", "get_method", "method_names"), ".methods"),
     "ZOConfig": ".runtime.zo_config",
     **dict.fromkeys(("FinetuneConfig", "FinetuneResult", "config_from_options", "default_of", "flag", "help_of", "option_fields"), ".training.config"),
     "finetune": ".training.finetune",
     "model_and_mask_for": ".methods.sparse.setup",
     **dict.fromkeys(("EvalConfig", "EvalResult", "evaluate"), ".training.evaluate"),
     "merge": ".training.merge",
-    **dict.fromkeys(("export_peft", "push_peft"), ".methods.sparse.peft"),
+    **dict.fromkeys(("export_peft", "push_peft"), ".export.peft"),
     **dict.fromkeys(("plot_mask", "plot_runs"), ".export.plots"),
     "as_user_error": ".api",
 }
@@ -70,13 +72,15 @@ if TYPE_CHECKING:  # what IDEs and type checkers read; at run time __getattr__ i
     from .core.progress import set_progress_listener
     from .core.content import describe_content_hash
     from .core.defaults import DEFAULT_LR, DEFAULT_MASK, DEFAULT_MODEL, DENSE_LR, LORA_LR, default_lr
-    from .methods.sparse.peft import export_peft, push_peft
+    from .export.peft import export_peft, push_peft
     from .export.plots import plot_mask, plot_runs
-    from .methods.sparse.hub import pull_delta, push_delta
+    from .methods import get_method, method_names, register_method, unregister_method
+    from .methods.sharing import pull_delta, push_delta, resolve_delta_ref
     from .hub.masks import mask_info, pull_mask, push_mask, search_masks
-    from .hub.refs import resolve_delta_ref, resolve_mask_ref
+    from .hub.refs import resolve_mask_ref
     from .hub.transport import PullResult, PushResult, check_repo_id
-    from .masks.artifact import MaskConfig, SensitivityMask
+    from .masks.artifact import MaskConfig
+    from .hub.sensitivity_mask import SensitivityMask
     from .masks.diff import diff_masks, layer_order
     from .core.distributed import is_main_process
     from .masks.build import MaskBuildConfig, build_mask

@@ -246,4 +246,4 @@ def test_cli_dense_json_and_resume_of_a_sparse_run_refused(tiny_model_dir, train
     code, out, err = run_cli(["finetune", "--dense", *common, "--out", str(sparse), "--resume"], monkeypatch, capsys)
     assert code == 2 and "other settings: dense (False -> True)" in err, err
     with pytest.raises(ConfigError, match="--mask"):
-        FinetuneConfig(dense=True, mask="x")
+        FinetuneConfig(method="dense", mask="x")

@@ -166,7 +166,7 @@ def test_export_peft_of_a_lora_run_loads_in_peft_and_equals_the_merge(tiny_model
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from szoq_hub.methods.sparse.peft import verify_adapter
+    from szoq_hub.export.peft import verify_adapter
     from szoq_hub.training.merge import merge
 
     out = tmp_path / "run"

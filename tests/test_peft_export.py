@@ -120,7 +120,7 @@ def test_export_push_publishes_an_adapter_peft_loads_from_the_hub(hub, tiny_mode
     config = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
     config["base_model_name_or_path"] = str(tiny_model_dir)
     (tmp_path / "adapter" / "adapter_config.json").write_text(json.dumps(config))
-    from szoq_hub.methods.sparse.peft import push_peft
+    from szoq_hub.export.peft import push_peft
 
     commits = len(hub.repos[repo].commits)
     with pytest.raises(ConfigError, match="local path"):

@@ -1,11 +1,18 @@
-"""`LoRASettings`: what a ZO-LoRA adapter is (rank, alpha, targets), torch-free; `runtime.lora` attaches it."""
+"""ZO-LoRA's settings, torch-free: `LoRASettings` (what an adapter is: rank, alpha, targets; `runtime.py`
+attaches it) and `LoRAConfig` (the method's `szoq finetune` options)."""
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, ClassVar
 
+from ...core.defaults import LORA_LR
 from ...core.errors import ConfigError
+from ..spec import MethodConfig, opt
+
+if TYPE_CHECKING:
+    from ...training.config import FinetuneConfig
 
 LORA_TARGETS = ("q_proj", "v_proj")  # MeZO's LoRA default
 
@@ -35,3 +42,43 @@ class LoRASettings:
     @property
     def scaling(self) -> float:
         return float(self.alpha) / int(self.rank)
+
+
+LORA_FILE = "lora.safetensors"
+
+
+@dataclass
+class LoRAConfig(MethodConfig):
+    """ZO-LoRA's settings: rank (`--lora R`, which picks the method), alpha and the adapted linears."""
+
+    lora: int = opt(0, "ZO-LoRA rank R (0 = off): low-rank adapters on the frozen quantized base (--lora-targets), trained by the same "
+                       "ZO estimator, no mask. Writes lora.safetensors instead of a delta. Not with --dense or --mask.", selects=True, example="8")
+    lora_alpha: float = opt(16.0, "ZO-LoRA alpha: the update is (alpha / R) B A (with --lora).")
+    lora_targets: str = opt("q_proj,v_proj", "ZO-LoRA: comma-separated names of the linears to adapt (with --lora; MeZO's q_proj,v_proj).")
+
+    final_file: ClassVar[str] = LORA_FILE
+    default_lr: ClassVar[float] = LORA_LR
+    title: ClassVar[str] = "LoRA"
+    summary: ClassVar[str] = "LoRA adapters on the frozen quantized base (ZO-LoRA; --lora R; writes lora.safetensors)"
+
+    def __post_init__(self) -> None:
+        if self.lora < 0:
+            raise ConfigError(f"--lora must be >= 0, got {self.lora}", hint="e.g. --lora 8")
+
+    def check_run(self, run: FinetuneConfig) -> None:
+        """A LoRA run adapts the quantized base itself: a rank, no mask; its settings are valid."""
+        if self.lora < 1:
+            raise ConfigError("a LoRA run needs its rank", hint="pass --lora R, e.g. --lora 8")
+        if run.mask is not None:
+            raise ConfigError(f"--mask {run.mask} does not apply to --lora: the adapters train on the quantized base, no mask selects weights",
+                              hint="drop --mask for a LoRA run, or drop --lora to train the masked weights")
+        self.settings()  # validates rank, alpha, targets
+
+    def settings(self) -> LoRASettings:
+        """The adapter the settings ask for.
+
+        Raises:
+            ConfigError: a rank that is not positive, a bad alpha or empty target names.
+        """
+        targets = tuple(t.strip() for t in self.lora_targets.split(","))
+        return LoRASettings(rank=self.lora, alpha=self.lora_alpha, targets=targets)

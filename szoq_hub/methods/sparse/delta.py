@@ -2,12 +2,21 @@
 
 `delta.safetensors` holds one fp32 [nnz_name] tensor per masked parameter (in mask order); its
 header (string -> string) names the format, the mask's sha256, the base model fingerprint and
-the run's settings as a JSON string. Loading verifies all of it against the mask in use.
+the run's settings as a JSON string (which name the method: `sparse`). Loading verifies all of it
+against the mask in use.
+
+`Delta` publishes itself (`HubMixin`, hub/mixin.py), so it sits above the Hub code and imports it
+here: a delta is one `Artifact` description for the transport (`DELTA`); a delta repo holds
+`delta.safetensors`, `finetune_config.json`, `metrics.jsonl` and the card (hub.py; never
+checkpoints). Pulled deltas stay in the Hugging Face cache (verified), or are copied to `--out`.
+Merging needs no Hub: the mask is checked by the sha256 of its bytes (masks/artifact.py).
 """
 
 from __future__ import annotations
 
 import json
+import shutil
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,17 +24,21 @@ import torch
 
 from ...core import schema
 from ...core.content import CONTENT_KEY, tensors_sha256
-from ...core.errors import FingerprintMismatch, MaskError
+from ...core.errors import ConfigError, FingerprintMismatch, HubError, MaskError, RegistryError
+from ...core.paths import atomic_dir, file_sha256, local_paths, path_exists, public, shorten
 from ...hub.mixin import HubMixin
-from ...masks.artifact import SensitivityMask
-from ...core.paths import public
-from ...masks.registry import mask_name_for_sha256
+from ...hub.refs import is_hub_ref, no_local_folder, resolve_mask_ref
+from ...hub.transport import Artifact, PullResult, PushResult, check_repo_id, copy_out, evict, fetch_artifact, push_artifact
+from ...masks.artifact import MASK_FILE, MaskData, load_mask, mask_sha256, write_safetensors
+from ...masks.registry import mask_name_for_sha256, parse_ref
+from .. import method_of_result
+from .config import DELTA_CARD_TAGS, DELTA_FILE
+from .hub import RUN_CONFIG_FILE, RUN_METRICS_FILE, publish_file, run_config_of, render_delta_card
 
 FORMAT = "szoq.delta"
 FORMAT_VERSION = "1"
-DELTA_FILE = "delta.safetensors"
-DELTA_CARD_TAGS = ["szoq", "sparse-delta", "zeroth-order"]
-RUN_FILES = ("finetune_config.json", "metrics.jsonl", "README.md")  # what a run folder shares besides the delta
+RUN_FILES = (RUN_CONFIG_FILE, RUN_METRICS_FILE, "README.md")  # what a run folder shares besides the delta
+__all__ = ["DELTA_CARD_TAGS", "DELTA_FILE", "Delta", "load_delta", "save_delta", "write_into"]
 
 
 @dataclass
@@ -53,11 +66,6 @@ class Delta(HubMixin):
         Raises:
             ConfigError: `folder` exists and is not empty.
         """
-        import shutil
-
-        from ...core.errors import ConfigError
-        from ...core.paths import atomic_dir
-
         folder = Path(folder)
         if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
             raise ConfigError(f"{folder} already exists and is not empty", hint="choose a new folder")
@@ -70,20 +78,30 @@ class Delta(HubMixin):
         self.path = folder
         return folder
 
-    # The hooks below (and merge_into) resolve REFs, push and reach the SparseModel through the
-    # layers above this one (hub, runtime.sparse): imported when called.
     @classmethod
     def _from_pretrained(cls, ref: str | Path, *, offline: bool = False, token: str | None = None) -> Delta:
-        from ...hub.sensitivity_mask import delta_from_pretrained
+        """A run folder, a `delta.safetensors`, or `ORG/NAME[@REV]` on the Hub (pulled into the cache, verified)."""
+        path = Path(ref).expanduser()
+        if not path_exists(path) and is_hub_ref(str(ref)):
+            repo_id, revision = parse_ref(str(ref))
+            try:
+                path = pull_delta(repo_id, revision=revision, token=token, offline=offline).path
+            except HubError as exc:
+                raise no_local_folder(str(ref), exc) from None
+        path = delta_path(path)
+        delta = load_delta(path)
+        delta.path = path.parent
+        return delta
 
-        return delta_from_pretrained(ref, token=token, offline=offline)
+    def _push_to_hub(self, repo_id: str, **kwargs) -> PushResult:
+        """A delta loaded from a folder pushes that folder's files (never checkpoints); one made in
+        memory is written to a temporary folder first. Default tag: `v1`, or the next `vN`."""
+        if self.path is not None and (Path(self.path) / DELTA_FILE).is_file():
+            return push_delta(self.path, repo_id=repo_id, **kwargs)
+        with tempfile.TemporaryDirectory(prefix="szoq-push-") as tmp:
+            return push_delta(self.save_pretrained(Path(tmp) / "delta"), repo_id=repo_id, **kwargs)
 
-    def _push_to_hub(self, repo_id: str, **kwargs):
-        from ...hub.sensitivity_mask import push_delta_object
-
-        return push_delta_object(self, repo_id, **kwargs)
-
-    def merge_into(self, model: torch.nn.Module, mask: SensitivityMask | None = None) -> torch.nn.Module:
+    def merge_into(self, model: torch.nn.Module, mask: MaskData | None = None) -> torch.nn.Module:
         """Write the fine-tuned values into a model's weights, in place.
 
         Args:
@@ -99,21 +117,22 @@ class Delta(HubMixin):
         Raises:
             FingerprintMismatch: another mask. MaskError: names or sizes that do not fit the model.
         """
-        from ...hub.sensitivity_mask import merge_delta_into
+        from ...runtime.sparse import SparseModel
 
-        return merge_delta_into(self, model, mask)
+        if isinstance(model, SparseModel):
+            self.check_mask(model.mask)
+            model.load_delta(self.tensors)
+            return model
+        if mask is None:
+            mask = _recorded_mask(self)
+        else:
+            self.check_mask(mask)
+        return write_into(model, self, mask)
 
-    def check_mask(self, mask: SensitivityMask) -> None:
-        """Refuse a mask other than the one the delta was trained with (by the sha256 of its file)."""
-        import tempfile
-
-        from ...masks.artifact import MASK_FILE, file_sha256, save_mask
-
-        if mask.path is not None and (Path(mask.path) / MASK_FILE).is_file():
-            sha = file_sha256(Path(mask.path) / MASK_FILE)
-        else:  # built in memory: its file is written byte-reproducibly, so hash that
-            with tempfile.TemporaryDirectory(prefix="szoq-mask-") as tmp:
-                sha = file_sha256(save_mask(mask, Path(tmp) / "mask") / MASK_FILE)
+    def check_mask(self, mask: MaskData) -> None:
+        """Refuse a mask other than the one the delta was trained with (by the sha256 of its file;
+        a mask built in memory hashes as the bytes `save_mask` writes, computed without a file)."""
+        sha = mask_sha256(mask)
         if sha != self.mask_sha256:
             raise FingerprintMismatch(f"delta was trained with mask {self.mask_sha256[:12]}, not {sha[:12]}",
                                       hint="pass the mask the delta was fine-tuned with (its finetune_config.json names it)")
@@ -131,7 +150,7 @@ class Delta(HubMixin):
         return schema.settings_of(self.meta)
 
 
-def write_into(model: torch.nn.Module, delta: Delta, mask: SensitivityMask) -> torch.nn.Module:
+def write_into(model: torch.nn.Module, delta: Delta, mask: MaskData) -> torch.nn.Module:
     """Set a model's masked weights to the delta's values in place: `W.flatten()[M] = values`.
 
     Args:
@@ -171,8 +190,6 @@ def save_delta(path: Path, tensors: dict[str, torch.Tensor], *, mask_sha256: str
     Returns:
         The file written.
     """
-    from ...masks.artifact import write_safetensors
-
     path = Path(path)
     if path.suffix != ".safetensors":
         path = path / DELTA_FILE
@@ -193,14 +210,14 @@ def delta_path(ref: str | Path) -> Path:
     return path if path.suffix == ".safetensors" else path / DELTA_FILE
 
 
-def _is_file(path: Path) -> bool:
+def file_exists(path: Path) -> bool:
     try:
         return path.is_file()
     except OSError:  # a name no file system accepts
         return False
 
 
-def load_delta(ref: str | Path, *, mask: SensitivityMask | None = None, mask_sha256: str | None = None,
+def load_delta(ref: str | Path, *, mask: MaskData | None = None, mask_sha256: str | None = None,
                fingerprint: str | None = None, mask_ref: str | None = None) -> Delta:
     """Load and verify a delta.
 
@@ -221,15 +238,12 @@ def load_delta(ref: str | Path, *, mask: SensitivityMask | None = None, mask_sha
     from safetensors import SafetensorError, safe_open
 
     path = delta_path(ref)
-    if not _is_file(path):
+    if not file_exists(path):
         folder = path.parent
-        if _is_file(folder / "dense.safetensors"):  # a `finetune --dense` run (dense.py): weights, not a delta
-            raise MaskError(f"{folder} is a --dense run: it holds trained weights (dense.safetensors), not a sparse delta",
-                            hint=f"szoq eval / szoq merge --delta {folder} take it; pushing and PEFT export are for sparse deltas")
-        if _is_file(folder / "lora.safetensors"):  # a `finetune --lora` run (lora_file.py): an adapter, not a delta
-            raise MaskError(f"{folder} is a --lora run: it holds a LoRA adapter (lora.safetensors), not a sparse delta",
-                            hint=f"szoq eval / szoq merge / szoq export peft --delta {folder} take it; pushing is for sparse deltas")
-        if _is_file(folder / "finetune_config.json"):  # a run folder without its last file: unfinished
+        other = method_of_result(folder)
+        if other.result_cls.file != DELTA_FILE:  # another method's finished run: its own file, not a delta
+            raise other.result_cls.not_a_delta(folder, "this")
+        if file_exists(folder / "finetune_config.json"):  # a run folder without its last file: unfinished
             raise MaskError(f"the run in {folder} is unfinished (no {DELTA_FILE} yet)",
                             hint=f"continue it: run the same szoq finetune command again (same options, --out {folder}); "
                                  "it resumes from its last checkpoint")
@@ -272,45 +286,123 @@ def trained_mask_ref(meta: dict[str, str]) -> str:
     (`NAME@vN` or a built-in name), else the ref recorded at training time, else its sha256."""
     sha = meta.get("mask_sha256", "")
     settings = schema.settings_of(meta)
-    return mask_name_for_sha256(sha) or _text(settings.get("mask_ref")) or _text(settings.get("mask")) or f"sha256 {sha[:12]}"
+    return mask_name_for_sha256(sha) or recorded_name(settings.get("mask_ref")) or recorded_name(settings.get("mask")) or f"sha256 {sha[:12]}"
 
 
-def _text(value: object) -> str | None:
+def recorded_name(value: object) -> str | None:
     """A name recorded in a header, when it is a short string (headers come from strangers)."""
     return value if isinstance(value, str) and 0 < len(value) <= 1000 else None
 
 
-def delta_origin(ref: str | Path) -> tuple[str | None, str | None]:
-    """(model, mask) a delta was trained with.
+def _recorded_mask(delta: Delta) -> MaskData:
+    """The mask a delta's settings name, refused unless it is the file it was trained with."""
+    ref = delta.settings.get("mask")
+    if not ref:
+        raise MaskError("the delta does not name its mask", hint="pass mask=SensitivityMask.from_pretrained(REF)")
+    try:
+        folder = resolve_mask_ref(ref)
+    except RegistryError:  # a local folder is recorded by its name only (deltas never carry local paths)
+        raise MaskError(f"the delta names its mask {ref!r}, which is no mask folder, registry, built-in or Hub mask here",
+                        hint="pass mask=SensitivityMask.from_pretrained(FOLDER) of the mask it was fine-tuned with") from None
+    if file_sha256(folder / MASK_FILE) != delta.mask_sha256:
+        raise FingerprintMismatch(f"the mask {ref} named by the delta is not the one it was fine-tuned with",
+                                  hint="pass mask=SensitivityMask.from_pretrained(REF) of the mask it was trained with")
+    mask = load_mask(folder)
+    mask.ref, mask.path = ref, folder
+    return mask
 
-    Used as the defaults of `eval --delta` and `merge --delta`: a delta is only valid with its
-    own base and mask. The run folder's `finetune_config.json` names them as given on this
-    machine (the delta header keeps only the last part of a local path: it is shared); else the
-    header's names serve (aliases and Hub refs are whole there). The mask is a local one holding
-    the same content when there is one (no download).
+
+def _verify_delta_folder(folder: Path) -> Delta:
+    if not (folder / DELTA_FILE).is_file() and not (folder / "checkpoint.safetensors").is_file():
+        raise ConfigError(f"{shorten(folder)} is not a szoq delta folder (no {DELTA_FILE})", hint="push the --out folder of a finished szoq finetune run")
+    delta = load_delta(folder)  # raises on a corrupt or unfinished delta, with its own hint
+    leaked = local_paths({"base_model": delta.meta.get("base_model", ""), "settings": delta.settings})
+    if leaked:  # in delta.safetensors itself, whose bytes are pushed as they are
+        raise MaskError(f"the delta records the local path {shorten(leaked[-1])}; pushing would publish it",
+                        hint="fine-tune again with this szoq, which records only file and folder names in the delta, then push")
+    run_config_of(folder)  # a damaged config is refused before it is published
+    return delta
+
+
+DELTA = Artifact("delta", DELTA_FILE, (DELTA_FILE, RUN_CONFIG_FILE, RUN_METRICS_FILE), _verify_delta_folder,
+                 lambda folder, delta, repo_id, tag: render_delta_card(folder, delta, repo_id=repo_id, tag=tag),
+                 "a delta repo holds delta.safetensors pushed by: szoq delta push RUN_FOLDER --repo ORG/NAME", publish_file)
+
+
+def push_delta(folder: str | Path, *, repo_id: str, tag: str | None = None, private: bool = False, token: str | None = None,
+               create_pr: bool = False, message: str | None = None) -> PushResult:
+    """Publish a fine-tuned delta (a `szoq finetune` output folder) to a Hub repo, like a mask.
+
+    Uploads `delta.safetensors`, `finetune_config.json`, `metrics.jsonl` (when present) and a
+    card in one commit on top of the head read just before, then tags it. Checkpoints are never
+    uploaded. Pushing a delta that a tag (or main) already holds makes no commit.
+
+    Args:
+        folder: The run folder (or its `delta.safetensors`).
+        repo_id: `ORG/NAME` of the Hub repo (created if missing, as a model repo).
+        tag: Tag to create; default `v1`, or the next `vN` when the repo has tags already.
+        private: Create the repo as private (an existing repo keeps its visibility).
+        token: Hub token; default `HF_TOKEN` or the login.
+        create_pr: Open a pull request instead of committing to main (no tag is created).
+        message: Commit title.
 
     Returns:
-        (model ref or None, mask ref or None); (None, None) when the header cannot be read
-        (`load_delta` then says why).
+        PushResult with the repo URL, commit sha, tag and status (`ref` is None).
+
+    Raises:
+        ConfigError: bad repo id or tag, or a folder that is not a delta.
+        MaskError: the local delta is corrupt, the run is unfinished, or it records a local path.
+        HubError: auth, race (parent moved), tag taken by another delta, network.
     """
-    path = delta_path(ref)
-    if not _is_file(path):
-        return None, None
+    check_repo_id(repo_id)
+    path = Path(folder).expanduser()
+    if not path_exists(path):
+        raise ConfigError(f"{shorten(path)} not found", hint="push the --out folder of a finished szoq finetune run")
+    return push_artifact(DELTA, path.parent if path.name == DELTA_FILE else path, repo_id=repo_id, tag=tag, private=private, token=token,
+                         create_pr=create_pr, message=message, ref=None)
+
+
+def pull_delta(repo_id: str, *, revision: str | None = None, token: str | None = None, offline: bool = False,
+               out: str | Path | None = None) -> PullResult:
+    """Download a fine-tuned delta at a revision into the Hugging Face cache and verify it.
+
+    Only `delta.safetensors`, `finetune_config.json`, `metrics.jsonl` and `README.md` are
+    fetched. The delta file must match the commit's hash and load as a szoq delta before its
+    folder is returned; a corrupt download is removed from the cache. Offline (or
+    `HF_HUB_OFFLINE=1`) it reads the cache only.
+
+    Args:
+        repo_id: `ORG/NAME`.
+        revision: Tag, branch or commit sha (full or short); default main.
+        token: Hub token; default `HF_TOKEN` or the login.
+        offline: Read only the local Hugging Face cache.
+        out: Also copy the files into this folder (new or empty) and return it.
+
+    Returns:
+        PullResult whose `path` is a verified delta folder (the cache snapshot, or `out`) and
+        whose `ref` is `ORG/NAME@<tag or short sha>`.
+
+    Raises:
+        ConfigError: bad repo id, or `out` holds other files.
+        HubError: repo/revision not found, no access, not a delta repo, hash mismatch, cut-off
+            download, offline without a cached copy.
+        MaskError: the downloaded file is not a valid szoq delta.
+    """
+    from huggingface_hub import constants
+    from huggingface_hub.file_download import repo_folder_name
+
+    check_repo_id(repo_id)
+    rev = revision or "main"
+    snapshots = Path(constants.HF_HUB_CACHE) / repo_folder_name(repo_id=repo_id, repo_type="model") / "snapshots"
+    known = {p.name: None for p in snapshots.iterdir()} if snapshots.is_dir() else {}
+    got = fetch_artifact(DELTA, repo_id, rev, token=token, offline=offline, known=known)
+    folder = got.paths[DELTA_FILE].parent  # the snapshot of `commit`: all its files sit side by side
     try:
-        meta = schema.read_header(path).metadata
+        load_delta(folder)  # never hand out a delta that does not verify
     except MaskError:
-        return None, None
-    if meta.get("format") != FORMAT:
-        return None, None
-    settings = schema.settings_of(meta)  # a hostile "[]" or deep nesting: no defaults, load_delta says why
-    run_config = path.parent / "finetune_config.json"
-    if _is_file(run_config):
-        try:
-            local = schema.run_config(run_config, MaskError)
-        except MaskError:
-            local = None
-        if local is not None and local.get("fingerprint") == meta.get("fingerprint"):  # the config of this very run
-            settings = {**settings, "model": local["settings"].get("model", settings.get("model")),
-                        "mask_ref": local.get("mask_ref") or settings.get("mask_ref")}
-    mask = mask_name_for_sha256(meta.get("mask_sha256", "")) or _text(settings.get("mask_ref")) or _text(settings.get("mask"))
-    return _text(settings.get("model")), mask
+        evict(got.paths)  # nor keep it in the cache, where a retry would find it again
+        raise
+    if out is not None:
+        folder = copy_out(got.paths, Path(out).expanduser())
+    return PullResult(f"{repo_id}@{got.tag or got.commit[:7]}", folder, repo_id, rev, got.commit, got.tag,
+                      file_sha256(got.paths[DELTA_FILE]), got.from_cache)

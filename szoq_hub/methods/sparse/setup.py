@@ -1,23 +1,22 @@
-"""Setup shared by finetune, evaluate, merge and the PEFT export: opening a model with its mask,
-the model and mask a delta names, and scoring a model on encoded examples (sharded under torchrun)."""
+"""Opening a model with its mask (the sparse method's training, eval, merge and PEFT export, and
+zero-shot eval), and the model and mask a delta names."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import torch.distributed as dist
-
-from ...core.distributed import world
+from ...core.defaults import DEFAULT_MASK
 from ...core.errors import FingerprintMismatch
 from ...data.models import DEFAULT_MODEL, ModelSource, fingerprint_from, parameter_layout, resolve_model
-from ...data.scoring import Encoded, metric_value, predict
 from ...hub.refs import resolve_mask_ref
-from ...masks.artifact import MASK_FILE, SensitivityMask, file_sha256, load_mask
-from .delta import delta_origin
-from ...training.config import DEFAULT_MASK
+from ...masks.artifact import MASK_FILE, MaskData, file_sha256, load_mask
+from ...core import schema
+from ...core.errors import MaskError
+from ...masks.registry import mask_name_for_sha256
+from .delta import FORMAT, delta_path, file_exists, recorded_name
 
 
-def open_model_and_mask(model: str, mask_ref: str, revision: str | None = None) -> tuple[ModelSource, str, SensitivityMask, str]:
+def open_model_and_mask(model: str, mask_ref: str, revision: str | None = None) -> tuple[ModelSource, str, MaskData, str]:
     """Resolve the model and open its mask, checking the fingerprint before any weight loads.
 
     Args:
@@ -40,7 +39,7 @@ def open_model_and_mask(model: str, mask_ref: str, revision: str | None = None) 
     return source, fingerprint, mask, file_sha256(folder / MASK_FILE)
 
 
-def open_model_and_fitting_mask(model: str, mask_ref: str, revision: str | None = None) -> tuple[ModelSource, SensitivityMask | None]:
+def open_model_and_fitting_mask(model: str, mask_ref: str, revision: str | None = None) -> tuple[ModelSource, MaskData | None]:
     """The model and, when it was built for this model, the mask: a score with no delta needs no mask.
 
     The built-in model keeps its built-in mask (its masked weights stay exact fp32, so zero-shot
@@ -74,21 +73,37 @@ def model_and_mask_for(delta: str | Path | None, model: str | None, mask: str | 
     return model or DEFAULT_MODEL, mask or DEFAULT_MASK
 
 
-def distributed_predict(model, examples: list[Encoded], pad_id: int, batch_size: int) -> list[int]:
-    """Predictions for all examples; under torchrun each rank scores a shard and they are gathered."""
-    rank, size = world()
-    if size == 1:
-        return predict(model, examples, pad_id, batch_size)
-    mine = predict(model, examples[rank::size], pad_id, batch_size) if examples[rank::size] else []
-    gathered: list[list[int]] = [None] * size  # type: ignore[list-item]
-    dist.all_gather_object(gathered, mine)
-    preds = [0] * len(examples)
-    for r, part in enumerate(gathered):
-        preds[r::size] = part
-    return preds
+def delta_origin(ref: str | Path) -> tuple[str | None, str | None]:
+    """(model, mask) a delta was trained with.
 
+    Used as the defaults of `eval --delta` and `merge --delta`: a delta is only valid with its
+    own base and mask. The run folder's `finetune_config.json` names them as given on this
+    machine (the delta header keeps only the last part of a local path: it is shared); else the
+    header's names serve (aliases and Hub refs are whole there). The mask is a local one holding
+    the same content when there is one (no download).
 
-def score(model, examples: list[Encoded], metric: str, pad_id: int, batch_size: int) -> float:
-    """The task metric of the model on encoded examples (sharded over ranks under torchrun)."""
-    preds = distributed_predict(model, examples, pad_id, batch_size)
-    return metric_value(metric, preds, [e.label for e in examples])
+    Returns:
+        (model ref or None, mask ref or None); (None, None) when the header cannot be read
+        (`load_delta` then says why).
+    """
+    path = delta_path(ref)
+    if not file_exists(path):
+        return None, None
+    try:
+        meta = schema.read_header(path).metadata
+    except MaskError:
+        return None, None
+    if meta.get("format") != FORMAT:
+        return None, None
+    settings = schema.settings_of(meta)  # a hostile "[]" or deep nesting: no defaults, load_delta says why
+    run_config = path.parent / "finetune_config.json"
+    if file_exists(run_config):
+        try:
+            local = schema.run_config(run_config, MaskError)
+        except MaskError:
+            local = None
+        if local is not None and local.get("fingerprint") == meta.get("fingerprint"):  # the config of this very run
+            settings = {**settings, "model": local["settings"].get("model", settings.get("model")),
+                        "mask_ref": local.get("mask_ref") or settings.get("mask_ref")}
+    mask = mask_name_for_sha256(meta.get("mask_sha256", "")) or recorded_name(settings.get("mask_ref")) or recorded_name(settings.get("mask"))
+    return recorded_name(settings.get("model")), mask
