@@ -11,9 +11,10 @@ The public Python API (the CLI is a thin layer over exactly these names; see REA
     Delta.from_pretrained("runs/sst2").merge_into(model)
 
 Layers, each importing only from those before it: `core` (errors, paths, schema, specs, devices),
-`data` (checkpoints, models, calibration, tasks), `masks` (scoring, selection, the artifact, registry),
-`runtime` (the quantized sparse model, dense trainable, ZO optimizers, delta), `hub` (transport, refs),
-`training` (finetune, evaluate, merge), `export` (PEFT, plots).
+`data` (checkpoints, models, calibration, tasks), `masks` (scoring, selection, the mask's data, registry),
+`runtime` (the quantized sparse model, ZO optimizers), `hub` (transport, refs, the Hub mixin, `SensitivityMask`),
+`methods` (one folder per training method, registered in one table: sparse, dense, lora), `training`
+(finetune, evaluate, merge), `export` (PEFT, plots).
 
 Names are imported on first use (PEP 562): `import szoq_hub`, `szoq --version` and `szoq --help`
 load no torch; `from szoq_hub import finetune` loads what `finetune` needs.

@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 
 from ..core.errors import ConfigError, DependencyError, TrainingError
-from ..methods import method_of_result
+from ..methods import method_of_result, methods
 from ..methods.peft import ADAPTER_CONFIG_FILE, ADAPTER_FILE, CARD_FILE, PEFT_FILES, PeftExport
 from ..methods.sparse.peft import PEFT_TAGS
 
@@ -81,10 +81,10 @@ def verify_adapter(folder: Path) -> dict:
             keys = list(fh.keys())
     except (OSError, ValueError, SafetensorError) as exc:
         raise ConfigError(f"{folder} is not a complete adapter folder ({str(exc).splitlines()[0]})", hint="export it again with szoq export peft") from None
-    shira = config.get("peft_type") == "SHIRA" and meta.get("szoq_format") == "szoq.delta.shira"
-    lora = config.get("peft_type") == "LORA" and meta.get("szoq_format") == "szoq.lora.peft"
-    n_weights = sum(1 for k in keys if k.endswith(".shira_weight" if shira else ".lora_A.weight"))
-    if not (shira or lora) or n_weights != len(config.get("target_modules") or []):
+    kinds = [m.result_cls.peft_adapter for m in methods() if m.result_cls.peft_adapter]  # (peft_type, szoq_format, weight suffix)
+    kind = next((k for k in kinds if config.get("peft_type") == k[0] and meta.get("szoq_format") == k[1]), None)
+    n_weights = sum(1 for k in keys if kind and k.endswith(kind[2]))
+    if kind is None or n_weights != len(config.get("target_modules") or []):
         raise ConfigError(f"{folder} is not a SHiRA or LoRA adapter written by szoq export peft", hint="export it again with szoq export peft")
     base = str(config.get("base_model_name_or_path") or "")
     if os.path.isabs(base) or base.startswith("~"):

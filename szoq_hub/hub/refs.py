@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..masks.catalog import find_builtin
-from ..core.errors import HubError, MaskError, RegistryError
+from ..core.errors import HubError, RegistryError
 from ..masks.artifact import MASK_FILE, MaskData, load_mask
 from ..core.paths import path_exists, shorten
 from ..masks.registry import Registry, mask_name_for_sha256, parse_ref

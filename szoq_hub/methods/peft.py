@@ -32,6 +32,12 @@ class PeftExport:
         """Zero-update entries added so that every layer holds r * (in + out)."""
         return self.entries - self.nnz
 
+    def summary(self) -> str:
+        """One line on what was written (the CLI's note)."""
+        name = {"SHIRA": "SHiRA", "LORA": "LoRA"}.get(self.peft_type, self.peft_type)
+        padding = f" + {self.padding:,} zero-update padding entries" if self.padding else ""
+        return f"{name} r={self.r}: {self.layers} layers, {self.nnz:,} trained values{padding}"
+
     def to_dict(self) -> dict:
         return asdict(self) | {"out": str(self.out), "padding": self.padding}
 

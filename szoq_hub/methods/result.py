@@ -58,12 +58,15 @@ class MethodResult:
         file: The run folder's final file (the method's `MethodConfig.final_file`).
         describes: What that file holds, for messages (`trained weights`, `a LoRA adapter`).
         hub: The transport `Artifact` a push uploads, or None (`delta push` refuses the run).
+        peft_adapter: (PEFT's peft_type, szoq_format header, a weight key suffix) of the adapter its
+            `export_peft` writes, which `verify_adapter` accepts before a push; None without one.
     """
 
     file: ClassVar[str] = ""
     describes: ClassVar[str] = "a fine-tuned result"
     flag: ClassVar[str] = ""  # how users chose the method (`--dense`), for messages
     hub: ClassVar[Any] = None
+    peft_adapter: ClassVar[tuple[str, str, str] | None] = None  # what its PEFT export writes: (peft_type, szoq_format, weight suffix)
 
     @classmethod
     def path_of(cls, ref: str | Path) -> Path:

@@ -1,36 +1,31 @@
-"""The settings of a fine-tuning run: `FinetuneConfig`, nesting the optimizer's `ZOConfig`.
+"""The settings of a fine-tuning run: `FinetuneConfig`, nesting the optimizer's `ZOConfig` and the
+method's own settings (`method_config`, a `MethodConfig` of the method `method` names).
 
 Every field carries its help and, where it is not `--name-with-dashes`, its command-line flag
 in `metadata`; `szoq finetune` builds its options from these fields (cli/finetune.py), so an
 option, its default and its help are written once. Error messages name flags through `flag()`,
 so a message never names a flag that does not exist.
 
-The run folder records the settings flat (`settings_of`): one key per option, the ZO fields
-beside the others, as the command line spells them.
+The run folder records the settings flat (`settings_of`): one key per option, the method's and
+the ZO fields beside the others, as the command line spells them, and the method by name.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields, replace
-from typing import Any
 from pathlib import Path
-
-from ..core.specs import check_device_spec, check_dtype_spec
-from ..core.errors import ConfigError
-from ..data.tasks import CustomTask, Sampling, custom_task_from
-from ..methods import DEFAULT_METHOD, Method, get_method, methods
-from ..methods.spec import MethodConfig, field_default, field_flag
-from ..runtime.zo_config import ZOConfig
+from typing import Any
 
 from ..core.defaults import DEFAULT_MASK, DEFAULT_MODEL
+from ..core.errors import ConfigError
+from ..core.specs import check_device_spec, check_dtype_spec
+from ..data.tasks import CustomTask, Sampling, custom_task_from
+from ..methods import DEFAULT_METHOD, Method, get_method, methods
+from ..methods.spec import MethodConfig, field_default, field_flag, opt
+from ..runtime.zo_config import ZOConfig
+
 # ZOConfig fields a run derives from its own settings (steps, seed): not options of their own.
 ZO_DERIVED = ("total_steps", "seed")
-
-
-def _opt(default, help: str, flag: str | None = None, **kw):
-    """A config field with its help text (and its flag when it is not `--name-with-dashes`)."""
-    meta = {"help": help, **({"flag": flag} if flag else {})}
-    return field(default=default, metadata=meta, **kw)
 
 
 def flag(name: str, cls: type | None = None) -> str:
@@ -54,44 +49,44 @@ def flag(name: str, cls: type | None = None) -> str:
 class FinetuneConfig:
     """Every setting of a fine-tuning run (validated on creation; saved as the run folder's config)."""
 
-    model: str = _opt(DEFAULT_MODEL, "Model alias, Hub id, local folder or .gguf file.")
-    mask: str | None = _opt(None, f"Mask: folder, registry NAME[@VERSION], built-in name, or ORG/NAME[@REV] (default {DEFAULT_MASK}; not with --dense).")
-    method: str | None = _opt(None, "Training method: sparse (the default: the masked values), dense or lora (--dense and --lora R choose "
+    model: str = opt(DEFAULT_MODEL, "Model alias, Hub id, local folder or .gguf file.")
+    mask: str | None = opt(None, f"Mask: folder, registry NAME[@VERSION], built-in name, or ORG/NAME[@REV] (default {DEFAULT_MASK}; not with --dense).")
+    method: str | None = opt(None, "Training method: sparse (the default: the masked values), dense or lora (--dense and --lora R choose "
                                     "those too), or one registered with szoq_hub.register_method.")
     method_config: MethodConfig | None = field(default=None, metadata={"help": "the method's own settings (its fields are options of their own); "
                                                                               "None: its defaults"})
-    task: str | None = _opt(None, "Built-in task: sst2, rte, cb, boolq, wic, wsc, copa or multirc (default sst2; not with a custom task).")
-    train_file: str | None = _opt(None, "Custom task: train file (jsonl/csv/tsv).", flag="--train")
-    eval_file: str | None = _opt(None, "Custom task: eval file (default: held out from --train).", flag="--eval")
-    dev_file: str | None = _opt(None, "Custom task: dev file (default: held out from --train).", flag="--dev")
-    template: str | None = _opt(None, "Custom task: format string over row fields, e.g. '{text} It was'.")
-    labels: str | None = _opt(None, "Custom task: label=word pairs, e.g. '0=terrible,1=great'.")
-    label_field: str = _opt("label", "Custom task: the row field holding the label.")
-    task_file: str | None = _opt(None, "Custom task as a JSON/YAML file.")
-    encoding: str = _opt("utf-8", "Custom task: text encoding of the data files, e.g. latin-1.")
-    data_dir: str | None = _opt(None, "GLUE/SuperGLUE folder (default $SZOQ_DATA_DIR; else `datasets` online).")
-    revision: str | None = _opt(None, "Hub revision of the model.")
-    quant: str | None = _opt(None, "Base quantization: nf4, fp4, int8 or none (default nf4; not with --dense).")
-    device: str = _opt("auto", "auto (CUDA when available), cpu, cuda or cuda:N.")
-    dtype: str | None = _opt("auto", "Compute dtype: auto (bf16 on CUDA and on CPUs with native bf16, else fp32; a resumed run keeps "
+    task: str | None = opt(None, "Built-in task: sst2, rte, cb, boolq, wic, wsc, copa or multirc (default sst2; not with a custom task).")
+    train_file: str | None = opt(None, "Custom task: train file (jsonl/csv/tsv).", flag="--train")
+    eval_file: str | None = opt(None, "Custom task: eval file (default: held out from --train).", flag="--eval")
+    dev_file: str | None = opt(None, "Custom task: dev file (default: held out from --train).", flag="--dev")
+    template: str | None = opt(None, "Custom task: format string over row fields, e.g. '{text} It was'.")
+    labels: str | None = opt(None, "Custom task: label=word pairs, e.g. '0=terrible,1=great'.")
+    label_field: str = opt("label", "Custom task: the row field holding the label.")
+    task_file: str | None = opt(None, "Custom task as a JSON/YAML file.")
+    encoding: str = opt("utf-8", "Custom task: text encoding of the data files, e.g. latin-1.")
+    data_dir: str | None = opt(None, "GLUE/SuperGLUE folder (default $SZOQ_DATA_DIR; else `datasets` online).")
+    revision: str | None = opt(None, "Hub revision of the model.")
+    quant: str | None = opt(None, "Base quantization: nf4, fp4, int8 or none (default nf4; not with --dense).")
+    device: str = opt("auto", "auto (CUDA when available), cpu, cuda or cuda:N.")
+    dtype: str | None = opt("auto", "Compute dtype: auto (bf16 on CUDA and on CPUs with native bf16, else fp32; a resumed run keeps "
                                      "its own), bf16, fp16 or fp32. Sparse values stay fp32 (--dense: fp32).")
-    steps: int = _opt(300, "ZO steps.")
-    batch_size: int = _opt(16, "Examples per step (all ranks together).")
-    micro_batch_size: int | None = _opt(None, "Examples per training forward, grouped by similar length (default: automatic, forwards of "
+    steps: int = opt(300, "ZO steps.")
+    batch_size: int = opt(16, "Examples per step (all ranks together).")
+    micro_batch_size: int | None = opt(None, "Examples per training forward, grouped by similar length (default: automatic, forwards of "
                                               "up to 128 padded tokens on a CPU, the whole batch on CUDA; a resumed run keeps its choice). "
                                               "Same loss; less activation memory and padding (see bench/micro_batch.py). May change on --resume.")
     zo: ZOConfig | None = field(default=None, metadata={"help": "the ZO optimizer (its fields are options of their own); None: ZOConfig "
                                                                 "defaults with the method's lr (`default_lr`)"})
-    eval_every: int = _opt(100, "Dev evaluation every K steps (0 = at the end).")
-    save_every: int = _opt(100, "Checkpoint every K steps.")
-    save_every_minutes: float = _opt(10.0, "Also checkpoint when this many minutes passed since the last checkpoint (0 = by steps only).")
-    seed: int = _opt(0, "Seed of sampling, batches and perturbations.")
-    train_samples: int = _opt(1000, "Train examples drawn.")
-    dev_samples: int = _opt(500, "Dev examples drawn (from --dev, else held out from the train split).")
-    eval_samples: int = _opt(1000, "Eval examples drawn (built-in task: from validation; custom: from --eval, else held out from --train).")
-    eval_batch_size: int = _opt(32, "Examples per evaluation forward (dev and eval).")
-    out: str = _opt("runs/finetune", "Output folder; a stopped run there with the same options is continued.")
-    report_to: str = _opt("none", "Also log metrics to: none, tensorboard, trackio or wandb (offline modes honoured).")
+    eval_every: int = opt(100, "Dev evaluation every K steps (0 = at the end).")
+    save_every: int = opt(100, "Checkpoint every K steps.")
+    save_every_minutes: float = opt(10.0, "Also checkpoint when this many minutes passed since the last checkpoint (0 = by steps only).")
+    seed: int = opt(0, "Seed of sampling, batches and perturbations.")
+    train_samples: int = opt(1000, "Train examples drawn.")
+    dev_samples: int = opt(500, "Dev examples drawn (from --dev, else held out from the train split).")
+    eval_samples: int = opt(1000, "Eval examples drawn (built-in task: from validation; custom: from --eval, else held out from --train).")
+    eval_batch_size: int = opt(32, "Examples per evaluation forward (dev and eval).")
+    out: str = opt("runs/finetune", "Output folder; a stopped run there with the same options is continued.")
+    report_to: str = opt("none", "Also log metrics to: none, tensorboard, trackio or wandb (offline modes honoured).")
 
     def __post_init__(self) -> None:
         for name, low, example in (("steps", 1, 300), ("batch_size", 1, 16), ("eval_batch_size", 1, 32), ("eval_every", 0, 100), ("save_every", 1, 100)):

@@ -30,6 +30,7 @@ class LoRAResult(MethodResult):
     file = LORA_FILE
     describes = "a LoRA adapter"
     flag = "--lora"
+    peft_adapter = ("LORA", "szoq.lora.peft", ".lora_A.weight")
 
     @classmethod
     def holds(cls, ref: str | Path) -> bool:

@@ -32,13 +32,12 @@ from ...hub.transport import Artifact, PullResult, PushResult, check_repo_id, co
 from ...masks.artifact import MASK_FILE, MaskData, load_mask, mask_sha256, write_safetensors
 from ...masks.registry import mask_name_for_sha256, parse_ref
 from .. import method_of_result
-from .config import DELTA_CARD_TAGS, DELTA_FILE
+from .config import DELTA_FILE
 from .hub import RUN_CONFIG_FILE, RUN_METRICS_FILE, publish_file, run_config_of, render_delta_card
 
 FORMAT = "szoq.delta"
 FORMAT_VERSION = "1"
 RUN_FILES = (RUN_CONFIG_FILE, RUN_METRICS_FILE, "README.md")  # what a run folder shares besides the delta
-__all__ = ["DELTA_CARD_TAGS", "DELTA_FILE", "Delta", "load_delta", "save_delta", "write_into"]
 
 
 @dataclass

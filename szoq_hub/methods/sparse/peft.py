@@ -90,16 +90,12 @@ def _card(result: PeftExport, source_ref: str, base_model: str | None) -> str:
 
 def export_shira(peft, *, delta: str | Path, out: Path, model: str | None = None, mask_ref: str | None = None,
                  revision: str | None = None) -> PeftExport:
-    """Write a PEFT SHiRA adapter folder holding a fine-tuned delta as a sparse update (a LoRA
-    run's folder: a PEFT LoRA adapter, see the module doc).
+    """Write a PEFT SHiRA adapter folder holding a fine-tuned delta as a sparse update (see the module doc).
 
     Args:
-        model: The base model the delta was trained on (alias, Hub id, folder, .gguf; None: the
-            one the delta records, else the built-in).
-        mask_ref: The mask the delta was trained with (None: the one the delta records, else the
-            built-in; a LoRA run takes none).
+        peft: The `peft` module (export/peft.py checked that it is installed and has SHiRA).
         delta: Run folder or delta file (local; resolve Hub refs first).
-        out: Output folder (must not exist or be empty): `adapter_config.json`,
+        out: Output folder, new or empty (export/peft.py checked it): `adapter_config.json`,
             `adapter_model.safetensors`, `README.md`.
         model: The base model the delta was trained on (alias, Hub id, folder, .gguf; default:
             the one the delta records, as for `merge` and `eval`).
@@ -110,7 +106,6 @@ def export_shira(peft, *, delta: str | Path, out: Path, model: str | None = None
         What was written (r, layers, nnz, padded entries).
 
     Raises:
-        DependencyError: peft is missing. TrainingError: `out` not empty.
         ConfigError: a mask SHiRA cannot express.
         FingerprintMismatch, MaskError: the delta does not fit the model/mask, or is corrupt.
     """

@@ -20,6 +20,7 @@ class SparseResult(MethodResult):
     file = DELTA_FILE
     describes = "a sparse delta"
     flag = "--mask"
+    peft_adapter = ("SHIRA", "szoq.delta.shira", ".shira_weight")
     hub = DELTA
 
     @classmethod

@@ -13,8 +13,8 @@ import torch
 
 from ...hub.refs import pinned_mask_ref
 from ..trainable import VectorTrainable, card_task
-from .config import DELTA_FILE
-from .delta import DELTA_CARD_TAGS, save_delta
+from .config import DELTA_CARD_TAGS, DELTA_FILE
+from .delta import save_delta
 from .setup import open_model_and_mask
 
 if TYPE_CHECKING:
