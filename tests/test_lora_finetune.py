@@ -153,7 +153,7 @@ def test_lora_flags_and_refusals(run_cli, tiny_model_dir, train_file, tmp_path):
     assert code == 0 and "--lora" in out and "--lora-alpha" in out and "--lora-targets" in out
     common = ("--model", str(tiny_model_dir), "--train", str(train_file), "--template", "{text} It was", "--labels", "0=bad,1=good",
               "--out", str(tmp_path / "x"))
-    assert_one_line_error(*run_cli("finetune", *common, "--lora", "8", "--dense")[:3:2], "--lora and --dense")
+    assert_one_line_error(*run_cli("finetune", *common, "--lora", "8", "--dense")[:3:2], "--lora", "--dense", "were both given")
     assert_one_line_error(*run_cli("finetune", *common, "--lora", "8", "--mask", "smollm2-135m-instruct")[:3:2], "--mask", "--lora")
     assert_one_line_error(*run_cli("finetune", *common, "--lora", "-1")[:3:2], "--lora must be >= 0")
     assert_one_line_error(*run_cli("finetune", *common, "--lora", "8", "--lora-alpha", "0")[:3:2], "alpha")

@@ -195,3 +195,21 @@ def test_cli_takes_a_method_by_name_and_refuses_two(tmp_path, run_cli):
     assert_one_line_error(code, err, "unknown method 'nope'")
     code, _, err = run_cli("finetune", "--method", "dense", "--lora", "4", "--out", tmp_path / "y")
     assert_one_line_error(code, err, "were both given")
+
+
+@pytest.mark.parametrize("method, old", [("dense", {"dense": True, "lora": 0, "lora_alpha": 16.0, "lora_targets": "q_proj,v_proj"}),
+                                         ("lora", {"dense": False, "lora": 8, "lora_alpha": 16.0, "lora_targets": "q_proj,v_proj"}),
+                                         ("sparse", {"dense": False, "lora": 0, "lora_alpha": 16.0, "lora_targets": "q_proj,v_proj"})])
+def test_a_run_folder_written_by_0_1_0_is_the_same_run(method, old, tmp_path):
+    """0.1.0 recorded `dense` / `lora` and no `method`: the same command finds its run (here: complete)."""
+    from szoq_hub import TrainingError, config_from_options
+    from szoq_hub.training.config import settings_of
+    from szoq_hub.training.run_folder import RunFolder
+
+    options = {"out": str(tmp_path), **({"dense": True} if method == "dense" else {"lora": 8} if method == "lora" else {})}
+    config = config_from_options(options)
+    settings = {k: v for k, v in settings_of(config).items() if k not in ("method", "dense", "lora", "lora_alpha", "lora_targets")}
+    (tmp_path / "finetune_config.json").write_text(json.dumps({"settings": {**settings, **old}, "task": {}}))
+    (tmp_path / get_method(method).config_cls.final_file).write_bytes(b"")
+    with pytest.raises(TrainingError, match="already complete"):
+        RunFolder(tmp_path).check_out(config, None)

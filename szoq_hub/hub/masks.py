@@ -3,7 +3,7 @@
 A mask is one `Artifact` description for the transport layer (`transport.py`): its files
 (`mask.safetensors`, `mask_config.json`), its verifier (`load_mask`) and its card (`render_card`
 with the repo id and tag). Pulled masks are registered in the local registry as
-`ALIAS@<tag or short sha>`. Fine-tuned deltas are the other description (`hub/deltas.py`).
+`ALIAS@<tag or short sha>`. Fine-tuned deltas are the other description (`methods/sparse/delta.py`).
 """
 
 from __future__ import annotations
