@@ -10,6 +10,7 @@ huggingface_hub's `ModelHubMixin` (szoq_hub/core/hub_mixin.py).
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -57,6 +58,9 @@ def _module_graph() -> dict[str, set[str]]:
                 targets = [mod] + [f"{mod}.{a.name}" for a in node.names]
             elif isinstance(node, ast.Import):
                 targets = [a.name for a in node.names]
+            elif isinstance(node, ast.Constant) and isinstance(node.value, str) and re.fullmatch(r"\.[\w.]+:\w+", node.value):
+                # ".sparse.trainable:SparseTrainable": a class the method table imports on first use
+                targets = [f"{pkg}.{node.value[1:].split(':')[0]}"]
             elif isinstance(node, ast.Tuple) and node.elts and all(isinstance(e, ast.Constant) and isinstance(e.value, str) for e in node.elts):
                 # ("mask_hub", "finetune", ...): command groups imported by name with __import__
                 targets = [f"{pkg}.{e.value}" for e in node.elts]
@@ -91,6 +95,7 @@ def test_the_graph_sees_imports_inside_functions():
     assert "szoq_hub.hub.masks" in graph["szoq_hub.hub.refs"]  # pull_mask is imported lazily, inside a function
     assert "szoq_hub.hub.transport" in graph["szoq_hub.hub.masks"]
     assert {"szoq_cli.mask", "szoq_cli.finetune"} <= graph["szoq_cli.app"]
+    assert "szoq_hub.methods.sparse.trainable" in graph["szoq_hub.methods"]  # registered as ".sparse.trainable:SparseTrainable"
 
 
 def test_the_graph_skips_only_type_checking_imports():

@@ -15,7 +15,7 @@ from ..core.paths import path_exists, shorten
 from ..hub.refs import is_hub_ref, no_local_folder
 from ..hub.transport import PullResult, PushResult, check_repo_id
 from ..masks.registry import parse_ref
-from . import method_of_result, methods
+from .registry import method_of_result, methods
 
 
 def push_delta(folder: str | Path, *, repo_id: str, tag: str | None = None, private: bool = False, token: str | None = None,

@@ -31,7 +31,7 @@ from ...hub.refs import is_hub_ref, no_local_folder, resolve_mask_ref
 from ...hub.transport import Artifact, PullResult, PushResult, check_repo_id, copy_out, evict, fetch_artifact, push_artifact
 from ...masks.artifact import MASK_FILE, MaskData, load_mask, mask_sha256, write_safetensors
 from ...masks.registry import mask_name_for_sha256, parse_ref
-from .. import method_of_result
+from ..registry import method_of_result
 from .config import DELTA_FILE
 from .hub import RUN_CONFIG_FILE, RUN_METRICS_FILE, publish_file, run_config_of, render_delta_card
 
