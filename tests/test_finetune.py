@@ -16,7 +16,8 @@ from conftest import cli_in_process as run_cli
 from conftest import tiny_finetune_config as _config
 from szoq_hub.methods.sparse.delta import load_delta, save_delta
 from szoq_hub.core.errors import ConfigError, FingerprintMismatch, MaskError, TrainingError
-from szoq_hub.training.config import DEFAULT_LR, FinetuneConfig, config_from_options, flag
+from szoq_hub import DEFAULT_LR
+from szoq_hub.training.config import FinetuneConfig, config_from_options, flag
 from szoq_hub.training.finetune import finetune
 from szoq_hub.training.run_folder import CHECKPOINT_FILE
 

@@ -81,7 +81,10 @@ class Delta(HubMixin):
     def _from_pretrained(cls, ref: str | Path, *, offline: bool = False, token: str | None = None) -> Delta:
         """A run folder, a `delta.safetensors`, or `ORG/NAME[@REV]` on the Hub (pulled into the cache, verified)."""
         path = Path(ref).expanduser()
-        if not path_exists(path) and is_hub_ref(str(ref)):
+        if not path_exists(path):
+            if not is_hub_ref(str(ref)):  # it looks like a path (see is_hub_ref): never asked of the Hub
+                raise MaskError(f"no local folder {shorten(str(ref))}: {shorten(path)} not found",
+                                hint=f"check the path (ls {shorten(path.parent)}/); a Hub ref is ORG/NAME[@REV]")
             repo_id, revision = parse_ref(str(ref))
             try:
                 path = pull_delta(repo_id, revision=revision, token=token, offline=offline).path
