@@ -8,10 +8,12 @@ nothing outside a method's folder asks which method it is.
 
     register_method(name="sparse", config_cls=SparseConfig, trainable_cls=SparseTrainable, result_cls=SparseResult)
 
-Adding a method is one new folder and one `register_method` line (here for a built-in method, or
-in the code that defines it). `trainable_cls` and `result_cls` may be given as
-`"module:Class"` (relative to this package), imported on first use: the settings are read by
-`szoq --help`, which loads no torch.
+Adding a method is one new folder and one `register_method` line (below for a built-in method, or
+in the code that defines it; tests/test_methods.py registers a fourth from the test file). The
+shared parts a method builds on: `spec.MethodConfig`, `trainable.VectorTrainable` (a flat fp32
+vector under a ZO optimizer) and `result.MethodResult`. The table itself is `registry.py`.
+`trainable_cls` and `result_cls` may be given as `"module:Class"` (relative to this package),
+imported on first use: the settings are read by `szoq --help`, which loads no torch.
 
 The run folder's `finetune_config.json` and a delta's header record the method by name
 (`settings["method"]`); a run written by 0.1.0 recorded `dense` / `lora` instead, which
