@@ -50,7 +50,7 @@ _EXPORTS: dict[str, str] = {
     **dict.fromkeys(("push_mask", "pull_mask", "mask_info", "search_masks"), ".hub.masks"),
     **dict.fromkeys(("push_delta", "pull_delta", "resolve_delta_ref"), ".methods.sharing"),
     "resolve_mask_ref": ".hub.refs",
-    **dict.fromkeys(("register_method", "unregister_method", "get_method", "method_names"), ".methods"),
+    **dict.fromkeys(("register_method", "unregister_method", "get_method", "method_names"), ".methods.registry"),
     "ZOConfig": ".runtime.zo_config",
     **dict.fromkeys(("FinetuneConfig", "FinetuneResult", "config_from_options", "default_of", "flag", "help_of", "option_fields"), ".training.config"),
     "finetune": ".training.finetune",
@@ -75,7 +75,7 @@ if TYPE_CHECKING:  # what IDEs and type checkers read; at run time __getattr__ i
     from .core.defaults import DEFAULT_LR, DEFAULT_MASK, DEFAULT_MODEL, DENSE_LR, LORA_LR, default_lr
     from .export.peft import export_peft, push_peft
     from .export.plots import plot_mask, plot_runs
-    from .methods import get_method, method_names, register_method, unregister_method
+    from .methods.registry import get_method, method_names, register_method, unregister_method
     from .methods.sharing import pull_delta, push_delta, resolve_delta_ref
     from .hub.masks import mask_info, pull_mask, push_mask, search_masks
     from .hub.refs import resolve_mask_ref
