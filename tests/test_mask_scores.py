@@ -10,7 +10,8 @@ import torch
 
 from szoq_hub.core import schema
 from szoq_hub.core.errors import MaskError
-from szoq_hub.masks.artifact import MaskConfig, SensitivityMask, load_mask, read_header, save_mask, write_safetensors
+from szoq_hub.masks.artifact import MaskConfig, load_mask, read_header, save_mask, write_safetensors
+from szoq_hub import SensitivityMask
 from szoq_hub.masks.selection import StreamingSelector
 
 SHAPES = {"a.weight": [8, 16], "b.weight": [4, 4]}

@@ -100,11 +100,11 @@ def test_the_online_estimate_is_unbiased_on_a_quadratic(curvature):
                          scores=scores)
     record = opt.estimate(quadratic(H, target), step=0)
     assert (record.loss_center is not None) == (curvature == "hessian")
-    est = curvature_estimate(record, opt.scale, curvature, 1e-2).double()  # [n]
+    est = curvature_estimate(record, opt.precond.scale, curvature, 1e-2).double()  # [n]
     grad = H @ (values.double() - target.double())
     expected = grad.square() if curvature == "fisher" else torch.diagonal(H)
     # the estimate's spread, from the samples themselves: x (z^2 - 1) / (2 d^2) per sample
-    d = opt.scale.double()
+    d = opt.precond.scale.double()
     zs = torch.stack([perturbation(s, n) for s in record.seeds]).double()  # [samples, n]
     xs = torch.tensor([g * g for g in record.grads] if curvature == "fisher" else
                       [(lp + lm - 2 * record.loss_center) / 1e-4 for lp, lm in zip(record.loss_plus, record.loss_minus)], dtype=torch.float64)
@@ -121,17 +121,17 @@ def test_one_online_step_updates_h_and_D_by_hand():
     config = ZOConfig(lr=0.0, eps=eps, precondition="online", curvature="fisher", curvature_beta=beta, zo_samples=2, seed=2)
     opt = make_optimizer(values, config, scores=SCORES)
     h0 = SCORES / SCORES.mean()
-    torch.testing.assert_close(opt.curvature, h0)
-    d0 = opt.scale.clone()
+    torch.testing.assert_close(opt.precond.curvature, h0)
+    d0 = opt.precond.scale.clone()
     record = opt.step(quadratic(H, target), 0)
     # hand: scale r = mean g^2 (first step), unit = r / n; h1 = (1 - beta) h0 + beta h_hat / unit
     r = sum(g * g for g in record.grads) / 2
     zs = [torch.randn(n, generator=torch.Generator().manual_seed(s)) for s in record.seeds]
     h_hat = sum(g * g * (z * z - 1) / 2 for g, z in zip(record.grads, zs)) / 2 / d0**2
     h1 = (1 - beta) * h0 + beta * h_hat / (r / n)
-    torch.testing.assert_close(opt.curvature, h1, rtol=1e-5, atol=1e-6)
-    assert opt.curvature_scale == pytest.approx(r)
-    torch.testing.assert_close(opt.scale, torch.tensor(_hand_scale(h1.clamp(min=0).tolist(), 1.0, 0.1)), rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(opt.precond.curvature, h1, rtol=1e-5, atol=1e-6)
+    assert opt.precond.curvature_scale == pytest.approx(r)
+    torch.testing.assert_close(opt.precond.scale, torch.tensor(_hand_scale(h1.clamp(min=0).tolist(), 1.0, 0.1)), rtol=1e-5, atol=1e-7)
 
 
 def test_rmsprop_matches_a_hand_written_reference_over_steps():
@@ -167,7 +167,7 @@ def test_replay_and_resume_are_exact(optimizer, case):
     logged = [StepRecord.from_dict(json.loads(json.dumps(r.to_dict()))) for r in records]  # through the step log's JSON
     assert torch.equal(replay(torch.zeros(n), config, logged, scores=scores), values)
     if case.get("precondition") == "online":
-        assert not torch.equal(opt.curvature, (SCORES / SCORES.mean()) if scores is not None else torch.ones(n))  # it moved
+        assert not torch.equal(opt.precond.curvature, (SCORES / SCORES.mean()) if scores is not None else torch.ones(n))  # it moved
     first = torch.zeros(n)
     opt1 = make_optimizer(first, config, scores=scores)
     for s in range(5):
@@ -185,10 +185,10 @@ def test_a_non_finite_online_step_leaves_the_estimate_as_it_was():
     opt = make_optimizer(values, ZOConfig(lr=1e-2, precondition="online", curvature_beta=0.1, seed=0), scores=SCORES)
     opt.step(quadratic(_spd(6), torch.ones(6)), 0)
     before = {k: v.clone() for k, v in opt.state_dict().items()}
-    scale = opt.scale.clone()
+    scale = opt.precond.scale.clone()
     with pytest.raises(TrainingError, match="non-finite"):
         opt.apply(StepRecord(step=1, lr=1e-2, seeds=[5], grads=[float("inf")], loss_plus=[1.0], loss_minus=[0.0]))
-    assert all(torch.equal(opt.state_dict()[k], before[k]) for k in before) and torch.equal(opt.scale, scale)
+    assert all(torch.equal(opt.state_dict()[k], before[k]) for k in before) and torch.equal(opt.precond.scale, scale)
 
 
 def test_two_forward_step_logs_read_as_before():
@@ -209,6 +209,18 @@ def test_precondition_settings_are_checked():
         make_optimizer(torch.zeros(6), ZOConfig(precondition="scores"), scores=SCORES[:5])
     with pytest.raises(ConfigError, match="negative"):
         make_optimizer(torch.zeros(6), ZOConfig(precondition="online"), scores=-SCORES)
+
+
+def test_each_method_checks_the_preconditioner_it_can_take():
+    from szoq_hub.training.config import FinetuneConfig
+
+    with pytest.raises(ConfigError, match="--precondition online does not apply to --dense"):
+        FinetuneConfig(method="dense", zo=ZOConfig(precondition="online"))
+    with pytest.raises(ConfigError, match="--precondition scores does not apply to --lora") as info:
+        FinetuneConfig(method="lora", method_config={"lora": 8}, zo=ZOConfig(precondition="scores"))
+    assert "online" in info.value.hint
+    assert FinetuneConfig(method="lora", method_config={"lora": 8}, zo=ZOConfig(precondition="online")).zo.precondition == "online"
+    assert FinetuneConfig(zo=ZOConfig(precondition="scores")).zo.precondition == "scores"  # sparse: checked against the mask when it opens
 
 
 # ---- through the fine-tuning loop (tiny model; its fisher mask has scores) ------------------------

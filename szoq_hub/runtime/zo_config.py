@@ -38,7 +38,7 @@ class ZOConfig:
     curvature: str = field(default="fisher", metadata={"help": "--precondition online: fisher (squared gradient, from the two forwards "
                                                                "already taken) or hessian (second difference, one extra forward per step)"})
     curvature_beta: float = field(default=1e-8, metadata={"help": "--precondition online: EMA rate of the diagonal estimate (one step's "
-                                                                  "estimate is very noisy: see runtime/zo.py)"})
+                                                                  "estimate is very noisy: see runtime/zo_curvature.py)"})
 
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZERS:
