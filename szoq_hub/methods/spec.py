@@ -73,7 +73,8 @@ class MethodConfig:
         """Check the run's settings for this method (`FinetuneConfig` calls it once the method is chosen).
 
         Args:
-            run: The run's settings (mask, quant, dtype, ... as given; None = not given).
+            run: The run's settings (mask, quant, dtype, ... as given; None = not given; `zo`,
+                the optimizer's settings, already set).
 
         Raises:
             ConfigError: a setting the method cannot run with.

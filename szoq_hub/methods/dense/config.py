@@ -33,7 +33,7 @@ class DenseConfig(MethodConfig):
         """Refuse a mask, a quantized base and a half-precision dtype (see `refuse_unquantized_options`),
         and a preconditioner (the dense model perturbs its weights itself, with plain z)."""
         refuse_unquantized_options("--dense", mask=run.mask, quant=run.quant, dtype=run.dtype, drop=", or drop --dense to train the masked weights")
-        if run.zo is not None and run.zo.precondition != "none":
+        if run.zo.precondition != "none":
             raise ConfigError(f"--precondition {run.zo.precondition} does not apply to --dense: the dense model perturbs its weights with plain z",
                               hint="drop --precondition, or train a mask's values (--mask)")
 

@@ -73,7 +73,7 @@ class LoRAConfig(MethodConfig):
         if run.mask is not None:
             raise ConfigError(f"--mask {run.mask} does not apply to --lora: the adapters train on the quantized base, no mask selects weights",
                               hint="drop --mask for a LoRA run, or drop --lora to train the masked weights")
-        if run.zo is not None and run.zo.precondition == "scores":
+        if run.zo.precondition == "scores":
             raise ConfigError("--precondition scores does not apply to --lora: it preconditions by a mask's scores, and a LoRA run has no mask",
                               hint="drop --precondition, or use --precondition online (it needs no scores)")
         self.settings()  # validates rank, alpha, targets
