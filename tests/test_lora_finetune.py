@@ -132,7 +132,7 @@ def test_lora_file_loader_refuses_bad_files(tiny_model_dir, tmp_path):
     good = {"m.q_proj.lora_A.weight": torch.zeros(2, 8), "m.q_proj.lora_B.weight": torch.zeros(6, 2)}
     kw = dict(settings=settings, fingerprint="f" * 64, base_model="tiny", run_settings={"seed": 0})
     loaded = load_lora(save_lora(tmp_path / "ok.safetensors", good, **kw))
-    assert loaded.modules == ["m.q_proj"] and loaded.weight_deltas()["m.q_proj.weight"].shape == (6, 8)
+    assert loaded.modules == ["m.q_proj"] and loaded.weight_deltas({"m.q_proj": (8, 6)})["m.q_proj.weight"].shape == (6, 8)
     with pytest.raises(FingerprintMismatch):
         loaded.check_fingerprint("0" * 64)
     with pytest.raises(MaskError, match="rank"):

@@ -276,6 +276,8 @@ def mask_fields(header: Header, where: str, *, scopes: tuple[str, ...], fmt: str
     }
     if meta.get("content_sha256"):
         fields["content_sha256"] = meta["content_sha256"]
+    if "hash_scheme" in meta:
+        fields["hash_scheme"] = meta["hash_scheme"]
     if "stats" in meta:
         fields["stats"] = check_stats(json_field(meta, "stats", where), where)
     if "command" in meta:

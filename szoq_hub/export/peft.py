@@ -229,20 +229,17 @@ def _export_lora(peft, *, model: str | None, mask_ref: str | None, delta: str | 
     """A `finetune --lora` run as a native PEFT LoRA adapter folder (see the module doc)."""
     from safetensors.torch import save_file
 
-    from ..data.models import DEFAULT_MODEL, model_fingerprint, parameter_layout, resolve_model
+    from ..data.models import DEFAULT_MODEL, model_fingerprint, resolve_model
     from ..masks.artifact import card_base_model
-    from ..runtime.lora_file import LORA_FORMAT, load_lora
+    from ..runtime.lora_file import LORA_FORMAT, load_lora, model_module_shapes
 
     if mask_ref is not None:
         raise ConfigError(f"--mask does not apply to {delta}: a LoRA run's adapters sit on the base model, no mask",
                           hint="drop --mask to export a --lora run")
-    adapter = load_lora(delta)
+    adapter = load_lora(delta)  # hash, ranges and targets verified
     source = resolve_model(model or adapter.model_ref or DEFAULT_MODEL, revision=revision)
     adapter.check_fingerprint(model_fingerprint(source))  # needs the config only, no weights
-    shapes = {name: tuple(shape) for name, shape, _ in parameter_layout(source)}
-    for name, update in adapter.weight_deltas().items():
-        if shapes.get(name) != tuple(update.shape):
-            raise ConfigError(f"the model has no weight {name} of shape {list(update.shape)}", hint="export against the base the LoRA run was trained on")
+    adapter.check_modules(model_module_shapes(source, adapter.settings))  # the modules and shapes its targets select on the model
     modules, s = adapter.modules, adapter.settings
     tensors = {f"base_model.model.{k}": t.contiguous() for k, t in adapter.tensors.items()}
     config = peft.LoraConfig(r=s.rank, lora_alpha=s.alpha, target_modules=modules, lora_dropout=0.0, bias="none", inference_mode=True,

@@ -19,7 +19,8 @@ import torch
 from ..core.version import __version__
 from ..core import schema
 from ..core.errors import ConfigError, FingerprintMismatch, MaskError
-from ..core.content import CONTENT_KEY, tensors_sha256
+from ..core import content
+from ..core.content import CONTENT_KEY, SCHEME_KEY
 from ..core.hub_mixin import HubMixin
 from ..core.paths import atomic_dir, file_sha256, path_exists  # noqa: F401  (file_sha256 re-exported: artifacts are addressed by it)
 from .card import CARD_TAGS, card_base_model, render_card  # noqa: F401  (re-exported: the names artifact has always had)
@@ -52,8 +53,10 @@ class MaskConfig:
     format: str = FORMAT
     format_version: str = FORMAT_VERSION
     stats: dict = field(default_factory=dict)
-    # sha256 of the index tensors' bytes (`core.content`); "" for masks written before it existed.
+    # sha256 over the header and the index tensors (`core.content`, scheme `hash_scheme`); "" for
+    # masks written before it existed, and hash_scheme "" for masks hashed by scheme 1 (indices only).
     content_sha256: str = ""
+    hash_scheme: str = ""
 
     def __post_init__(self) -> None:
         check_density(self.density)
@@ -82,6 +85,7 @@ class MaskConfig:
             "seed": str(int(self.seed)),
             # Left out when not known, so that an older mask's header reads back unchanged.
             **({CONTENT_KEY: self.content_sha256} if self.content_sha256 else {}),
+            **({SCHEME_KEY: self.hash_scheme} if self.hash_scheme else {}),
         }
 
 
@@ -189,8 +193,10 @@ def save_mask(mask: SensitivityMask, folder: Path) -> Path:
     for n, shape in mask.config.shapes.items():
         check_int32_range(n, math.prod(shape))
     tensors = {n: t.contiguous().to(torch.int32) for n, t in mask.indices.items()}
-    # A copy: the caller's config object may be shared with other masks.
-    config = replace(mask.config, content_sha256=tensors_sha256(tensors))  # every load recomputes it
+    # A copy: the caller's config object may be shared with other masks. The hash covers every
+    # header field and the indices (core.content); every load recomputes it.
+    config = replace(mask.config, content_sha256="", hash_scheme=content.SCHEME)
+    config = replace(config, content_sha256=content.stamp(config.header(), tensors)[CONTENT_KEY])
     with atomic_dir(folder) as tmp:
         write_safetensors(tensors, tmp / MASK_FILE, config.header())
         (tmp / CONFIG_FILE).write_text(config_json(config))
@@ -296,7 +302,8 @@ def load_mask(folder: Path, *, fingerprint: str | None = None, layout: list[tupl
         config_text = cfg_path.read_bytes() if cfg_path.is_file() else None
     except OSError as exc:
         raise MaskError(f"cannot read {cfg_path} ({exc.strerror})", hint="check the folder's permissions") from None
-    config = config_from_header(schema.read_header(path), str(path), config_text, str(cfg_path))
+    header = schema.read_header(path)
+    config = config_from_header(header, str(path), config_text, str(cfg_path))
     try:
         indices = load_file(str(path))
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
@@ -304,11 +311,10 @@ def load_mask(folder: Path, *, fingerprint: str | None = None, layout: list[tupl
     verify_indices(indices, config.shapes, where=str(path))
     if sum(int(t.numel()) for t in indices.values()) == 0:
         raise MaskError(f"{path} selects 0 weights (fine-tuning it would train nothing)", hint="rebuild the mask: szoq mask build MODEL")
-    # After the structural checks (their messages say more), before any use: indices that still
-    # look valid (sorted, unique, in range) but are not the ones written are refused here.
-    if config.content_sha256 and tensors_sha256(indices) != config.content_sha256:
-        raise MaskError(f"{path}: its indices do not match the content sha256 its header records (a flipped bit, or an edit)",
-                        hint="pull or build the mask again")
+    # After the structural checks (their messages say more), before any use: indices or header
+    # fields that still look valid (sorted, unique, in range) but are not the ones written are
+    # refused here. A mask of szoq 0.1.0 without a hash loads with a warning (nothing to check).
+    content.verify(header.metadata, str(path), MaskError, tensors=indices, hashless_ok=True, hint="pull or build the mask again")
     if fingerprint is not None and fingerprint != config.fingerprint:
         raise FingerprintMismatch(
             f"mask was built for {config.base_model} (fingerprint {config.fingerprint[:12]}), not for this model ({fingerprint[:12]})",

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from ..core import schema
-from ..core.content import CONTENT_KEY, tensors_sha256
+from ..core import content
 from ..core.errors import FingerprintMismatch, MaskError
 from ..core.hub_mixin import HubMixin
 from ..masks.artifact import SensitivityMask
@@ -179,8 +179,8 @@ def save_delta(path: Path, tensors: dict[str, torch.Tensor], *, mask_sha256: str
     values = {n: t.detach().to(torch.float32).contiguous() for n, t in tensors.items()}  # [nnz_name] each
     meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "mask_sha256": mask_sha256, "fingerprint": fingerprint,
             "base_model": base_model, "nnz": str(sum(int(t.numel()) for t in values.values())),
-            "settings": json.dumps(public(settings or {}), sort_keys=True),  # shared with the delta: no local paths
-            CONTENT_KEY: tensors_sha256(values)}  # every load recomputes it: a flipped bit is refused
+            "settings": json.dumps(public(settings or {}), sort_keys=True)}  # shared with the delta: no local paths
+    meta = content.stamp(meta, values)  # over the header and the values: every load recomputes it
     # Sorted header keys and tensor names: the same run writes the same bytes (the file's sha256
     # names a delta on the Hub, and `save_file` orders its header through a hash map).
     write_safetensors(values, path, meta)
@@ -242,9 +242,8 @@ def load_delta(ref: str | Path, *, mask: SensitivityMask | None = None, mask_sha
             tensors = {k: fh.get_tensor(k) for k in fh.keys()}
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         raise MaskError(f"{path} is corrupt or truncated ({str(exc).splitlines()[0]})", hint="fine-tune again or restore the file") from None
-    if fields["content_sha256"] and tensors_sha256(tensors) != fields["content_sha256"]:
-        raise MaskError(f"{path}: its values do not match the content sha256 its header records (a flipped bit, or an edit)",
-                        hint="the delta is corrupt: pull it again or fine-tune again")
+    # A delta of szoq 0.1.0 without a hash loads with a warning; any other header or value edit is refused here.
+    content.verify(meta, str(path), MaskError, tensors=tensors, hashless_ok=True, hint="the delta is corrupt: pull it again or fine-tune again")
     for name, t in tensors.items():
         if not bool(torch.isfinite(t).all()):
             raise MaskError(f"{path}: tensor {name} holds non-finite values", hint="the delta is corrupt")

@@ -47,6 +47,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..core import content, schema
 from ..data.checkpoint import iter_tensors, read_header, write_tensors
 from ..core.errors import ConfigError, ModelError, TrainingError
 from ..data.models import ModelSource, load_model, target_parameter_names
@@ -137,8 +138,12 @@ class DenseModel:
         """
         wanted = dict(zip(self.names, self.weights))
         seen = set()
+        meta = dense_metadata(path)
+        digests: list[tuple[str, str]] | None = [] if meta.get("format") == DENSE_FORMAT else None  # a dense file carries a content hash
         try:
             for key, tensor in iter_tensors([path]):
+                if digests is not None:
+                    digests.append((key, content.tensor_digest(key, tensor)))
                 if key in wanted:
                     if tensor.shape != wanted[key].shape:
                         raise TrainingError(f"{path}: {key} has shape {list(tensor.shape)}, the model's is {list(wanted[key].shape)}",
@@ -152,7 +157,10 @@ class DenseModel:
         missing = [n for n in self.names if n not in seen]
         if missing:
             raise TrainingError(f"{path} holds no {missing[0]} ({len(missing)} trained weights missing)", hint="start a new run in another --out folder")
-        return dense_metadata(path)
+        if digests is not None:  # dense files of szoq 0.1.0 had no hash: they load with a warning
+            content.verify(meta, str(path), TrainingError, digests=digests, hashless_ok=True,
+                           hint="the file is damaged or was edited: train again (its weights are not used)")
+        return meta
 
 
 def _perturbed_forward(index: int, points: Points):
@@ -269,7 +277,9 @@ def save_dense(path: Path, model: DenseModel, **meta: Any) -> None:
         **meta: Header facts (base_model, fingerprint, settings, ...); non-strings as JSON.
     """
     header = {"format": DENSE_FORMAT, **{k: v if isinstance(v, str) else json.dumps(v) for k, v in meta.items()}}
-    write_tensors(path, model.tensors(), header)
+    tensors = model.tensors()
+    header = content.stamp(header, digests=[(n, content.tensor_digest(n, t)) for n, t in tensors])  # over every field and weight
+    write_tensors(path, tensors, header)
 
 
 def dense_metadata(path: Path) -> dict[str, str]:
@@ -290,6 +300,8 @@ def is_dense_file(path: str | Path) -> bool:
         path = path / DENSE_FILE
     if not path.is_file():
         return False
+    if path.name == DENSE_FILE:  # a damaged dense file is still one: its loader says what is wrong
+        return True
     try:
         read_header(path)
         return dense_metadata(path).get("format") == DENSE_FORMAT
@@ -316,10 +328,10 @@ def load_dense_result(ref: str | Path, *, model: str | None = None, revision: st
     path = Path(ref)
     path = path / DENSE_FILE if path.is_dir() else path
     meta = dense_metadata(path)
-    try:
-        trained_on = json.loads(meta.get("settings", "{}")).get("model")
-    except ValueError:
-        trained_on = None
+    if meta.get("format") != DENSE_FORMAT:
+        raise TrainingError(f"{path} is not a szoq dense file (format {meta.get('format')!r:.40})", hint="pass the folder of a szoq finetune --dense run")
+    trained_on = schema.settings_of(meta).get("model")  # a hostile "[1,2]" names no model: the hash check refuses the file below
+    trained_on = trained_on if isinstance(trained_on, str) else None
     source = resolve_model(model or trained_on or DEFAULT_MODEL, revision=revision)
     if meta.get("fingerprint") not in (None, fingerprint_from(parameter_layout(source), source.identity)):
         raise FingerprintMismatch(f"{path} was trained on another model than {source.ref}",

@@ -92,19 +92,20 @@ def _merge_lora(delta: str | Path, *, model: str | None, mask_ref: str | None, r
             or one naming a weight the model lacks.
     """
     from ..data.models import model_fingerprint, resolve_model
-    from ..runtime.lora_file import load_lora
+    from ..runtime.lora_file import load_lora, model_module_shapes
 
     if mask_ref is not None:
         raise ConfigError(f"--mask does not apply to {delta}: a LoRA run's adapters sit on the base model, no mask",
                           hint="drop --mask to merge a --lora run")
-    adapter = load_lora(delta)
+    adapter = load_lora(delta)  # hash, ranges and targets verified
     source = resolve_model(model or adapter.model_ref or DEFAULT_MODEL, revision=revision)
     adapter.check_fingerprint(model_fingerprint(source))
+    updates = adapter.weight_deltas(model_module_shapes(source, adapter.settings))  # shapes checked against the model's before any product
     loaded = load_model(source, dtype=torch.float32)
     loaded.model.to(target)
     params = dict(loaded.model.named_parameters())
     with torch.no_grad():
-        for name, update in adapter.weight_deltas().items():  # [out, in] fp32
+        for name, update in updates.items():  # [out, in] fp32
             if name not in params or params[name].shape != update.shape:
                 raise MaskError(f"the model has no weight {name} of shape {list(update.shape)}",
                                 hint="merge into the base model the LoRA run was trained on")
