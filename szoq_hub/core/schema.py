@@ -328,6 +328,10 @@ def mask_config_extras(text: str, header_fields: dict[str, Any], where: str, for
         if key in config and config[key] != formats.get(key):
             raise MaskError(f"{where} does not match mask.safetensors ({key} differs: {str(config[key])[:40]!r} vs {formats.get(key)!r})",
                             hint="the safetensors header is the truth; this config was edited or mixed up: pull or build the mask again")
+    for key in ("content_sha256", "hash_scheme"):  # a hash the config mirrors but the header lost: stripped, not old
+        if config.get(key) and key not in header_fields:
+            raise MaskError(f"{where} records a {key} that mask.safetensors lacks (its hash was stripped)",
+                            hint="the safetensors header is the truth; this mask was edited: pull or build it again")
     extras: dict[str, Any] = {}
     if "stats" not in header_fields and "stats" in config:
         extras["stats"] = check_stats(config["stats"], where)
