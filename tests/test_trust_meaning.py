@@ -93,6 +93,19 @@ def run(lora_run, tmp_path) -> Path:
     return Path(shutil.copytree(lora_run, tmp_path / "run"))
 
 
+def raises(error, needle: str, tmp_path: Path, fn, *args, **kwargs):
+    """`fn` raises `error` whose message holds `needle` outside the test's temp path (test names are in it)."""
+    with pytest.raises(error) as exc:
+        fn(*args, **kwargs)
+    assert needle in exc.value.message.replace(str(tmp_path), "TMP"), exc.value.message
+    return exc.value
+
+
+def one_line(code: int, err: str, tmp_path: Path, *needles: str) -> None:
+    """`assert_one_line_error`, with the temp path (which holds the test's name) taken out first."""
+    assert_one_line_error(code, err.replace(str(tmp_path), "TMP"), *needles)
+
+
 def refused_everywhere(run_cli, run: Path, tmp_path: Path, train: Path, *needles: str, commands=("merge", "export", "eval")) -> None:
     """merge, export peft and eval of `run` each print one `error:` line (with the needles) and exit 2, writing nothing."""
     for command in commands:
@@ -105,7 +118,7 @@ def refused_everywhere(run_cli, run: Path, tmp_path: Path, train: Path, *needles
             args = ["eval", "--delta", run, "--train", train, *TRAIN_ARGS, "--eval-samples", "4", "--dtype", "fp32", "--quant", "none"]
         code, _, err = run_cli(*args)
         assert code == 2, (command, err)
-        assert_one_line_error(code, err, *needles)
+        one_line(code, err, tmp_path, *needles)
     assert not (tmp_path / "merged").exists() and not (tmp_path / "adapter").exists()
 
 
@@ -141,8 +154,7 @@ def test_old_files_still_verify_scheme_1_and_hashless(tmp_path, caplog):
     edit_header(path, set_meta(hash_scheme=None, content_sha256=v1))
     assert load_delta(path).tensors["a.weight"].tolist() == [1.0, 2.0]
     edit_header(path, set_meta(content_sha256="0" * 64))
-    with pytest.raises(MaskError, match="content sha256"):
-        load_delta(path)
+    raises(MaskError, "content sha256", tmp_path, lambda: load_delta(path))
     edit_header(path, set_meta(content_sha256=None))
     caplog.set_level(logging.WARNING)
     load_delta(path)
@@ -156,8 +168,7 @@ def test_a_mask_whose_hash_was_stripped_but_its_config_keeps_it_is_refused(tiny_
 
     folder = Path(shutil.copytree(tiny_mask, tmp_path / "m"))
     edit_header(folder / "mask.safetensors", set_meta(content_sha256=None, hash_scheme=None))
-    with pytest.raises(MaskError, match="stripped"):
-        load_mask(folder)
+    raises(MaskError, "stripped", tmp_path, lambda: load_mask(folder))
 
 
 @pytest.mark.parametrize("edit", ["hash_scheme_dropped", "hash_scheme_1", "hash_scheme_9"])
@@ -206,10 +217,9 @@ def test_case2_alpha_out_of_range(alpha, run, tmp_path, train_jsonl, run_cli):
 
 
 @pytest.mark.parametrize("rank", ["0", "-1", "4.0", "99999999", ""])
-def test_case2_rank_out_of_range(rank, run):
+def test_case2_rank_out_of_range(rank, run, tmp_path):
     edit_header(run / LORA_FILE, set_meta(rank=rank), restamp=True)
-    with pytest.raises(MaskError, match="rank"):
-        load_lora(run)
+    raises(MaskError, "rank", tmp_path, lambda: load_lora(run))
 
 
 # -- 5. settings that are not an object --------------------------------------------------------
@@ -347,11 +357,10 @@ def _task(tmp_path: Path, rows: list | None = None, raw: str | None = None, temp
 @pytest.mark.parametrize("template", ["{text!z}", "{text:%}", "{text:>300000000}", "{text!r}", "{text.upper}", "{text[0]}", "{}", "{0}",
                                       "{text:{label}}", "{text"])
 def test_case9_templates_allow_plain_field_references_only(template, tmp_path, run_cli, tiny_model_dir):
-    with pytest.raises(TaskError, match="template"):
-        _task(tmp_path, template=template)
+    raises(TaskError, "template", tmp_path, lambda: _task(tmp_path, template=template))
     code, _, err = run_cli("eval", "--model", tiny_model_dir, "--train", tmp_path / "rows.jsonl", "--template", template, "--labels", "0=bad,1=good")
     assert code == 2
-    assert_one_line_error(code, err, "template")
+    one_line(code, err, tmp_path, "template")
 
 
 def test_case9_a_legal_template_renders_as_before(tmp_path):
@@ -367,10 +376,9 @@ def test_case9_a_legal_template_renders_as_before(tmp_path):
     ('{"text": "ok", "label": 0}\n{"text": null, "label": 1}\n{"text": "y", "label": 1}\n', "null"),
 ])
 def test_case9_rows_that_are_not_text_are_refused_with_their_row(raw, needle, tmp_path, run_cli, tiny_model_dir):
-    with pytest.raises(TaskError, match=needle):
-        _task(tmp_path, raw=raw)
+    raises(TaskError, needle, tmp_path, lambda: _task(tmp_path, raw=raw))
     code, _, err = run_cli("eval", "--model", tiny_model_dir, "--train", tmp_path / "rows.jsonl", *TRAIN_ARGS)
-    assert_one_line_error(code, err, needle)
+    one_line(code, err, tmp_path, needle)
     assert code == 2
 
 
@@ -394,11 +402,10 @@ def test_case9_every_task_file_field_is_type_checked(fields, needle, tmp_path, r
     task.write_text(json.dumps({"train": "rows.jsonl", "template": "{text} It was", "labels": {"0": "bad", "1": "good"}, **fields}))
     from szoq_hub.data.tasks import load_task_file
 
-    with pytest.raises(TaskError, match=needle):
-        load_task_file(task)
+    raises(TaskError, needle, tmp_path, lambda: load_task_file(task))
     code, _, err = run_cli("eval", "--model", tiny_model_dir, "--task-file", task)
     assert code == 2
-    assert_one_line_error(code, err, needle)
+    one_line(code, err, tmp_path, needle)
 
 
 def test_case9_a_task_file_with_a_key_twice_or_nested_too_deep_is_refused(tmp_path):
@@ -406,19 +413,16 @@ def test_case9_a_task_file_with_a_key_twice_or_nested_too_deep_is_refused(tmp_pa
 
     task = tmp_path / "task.json"
     task.write_text('{"train": "r.jsonl", "template": "{text}", "labels": {"0": "bad", "0": "good", "1": "ok"}}')
-    with pytest.raises(TaskError, match="twice"):
-        load_task_file(task)
+    raises(TaskError, "twice", tmp_path, lambda: load_task_file(task))
     task.write_text("[" * 100_000)
-    with pytest.raises(TaskError, match="cannot parse"):
-        load_task_file(task)
+    raises(TaskError, "cannot parse", tmp_path, lambda: load_task_file(task))
 
 
 @pytest.mark.parametrize("labels,needle", [("0=bad,0=good", "twice"), ("1=good=x,0=bad", "second '='"), ("0=bad,1=bad", "same verbalizer")])
 def test_minor_labels_given_twice_or_with_a_second_equals_are_refused(labels, needle, tmp_path, run_cli, tiny_model_dir):
-    with pytest.raises(TaskError, match=needle):
-        _task(tmp_path, labels=labels)
+    raises(TaskError, needle, tmp_path, lambda: _task(tmp_path, labels=labels))
     code, _, err = run_cli("eval", "--model", tiny_model_dir, "--train", tmp_path / "rows.jsonl", "--template", "{text}", "--labels", labels)
-    assert_one_line_error(code, err, needle)
+    one_line(code, err, tmp_path, needle)
 
 
 @pytest.mark.parametrize("kind", ["folder", "fifo", "dev-zero-link", "missing", "dangling-link"])
@@ -436,11 +440,11 @@ def test_minor_a_data_path_that_is_not_a_regular_file_has_its_own_message(kind, 
         path.symlink_to(tmp_path / "gone.jsonl")
     code, _, err = run_cli("eval", "--model", tiny_model_dir, "--train", path, *TRAIN_ARGS)
     assert code == 2
-    assert_one_line_error(code, err, needle)
+    one_line(code, err, tmp_path, needle)
     task = tmp_path / "task.json"
     task.write_text(json.dumps({"train": str(path), "template": "{text}", "labels": "0=bad,1=good"}))
     code, _, err = run_cli("eval", "--model", tiny_model_dir, "--task-file", task)
-    assert_one_line_error(code, err, needle)
+    one_line(code, err, tmp_path, needle)
 
 
 # -- 10. tokens scrubbed by value --------------------------------------------------------------
