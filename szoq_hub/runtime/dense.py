@@ -123,23 +123,30 @@ class DenseModel:
         """(name, live weight) of every trained weight, for writing."""
         return list(zip(self.names, self.weights))
 
-    def load_weights(self, path: Path, other: Callable[[str, torch.Tensor], None] | None = None) -> dict[str, str]:
+    def load_weights(self, path: Path, other: Callable[[str, torch.Tensor], None] | None = None, *, dense_file: bool = False) -> dict[str, str]:
         """Copy trained weights from a dense file or checkpoint into the model, one tensor at a time.
 
         Args:
             path: A dense file (`save_dense`) or a dense checkpoint.
             other: Called with (key, tensor) for each tensor that is not a trained weight.
+            dense_file: `path` must be a dense file, and its content hash is checked (a dense
+                file of szoq 0.1.0 has none: it loads with a warning). A checkpoint has no hash.
 
         Returns:
             The file's header metadata.
 
         Raises:
-            TrainingError: the file lacks one of the trained weights or has another shape.
+            TrainingError: the file lacks one of the trained weights or has another shape; a dense
+                file whose format, header or weights do not match its content hash.
         """
         wanted = dict(zip(self.names, self.weights))
         seen = set()
         meta = dense_metadata(path)
-        digests: list[tuple[str, str]] | None = [] if meta.get("format") == DENSE_FORMAT else None  # a dense file carries a content hash
+        if dense_file and meta.get("format") != DENSE_FORMAT:
+            raise TrainingError(f"{path} is not a szoq dense file (format {meta.get('format')!r:.40})", hint="pass the folder of a szoq finetune --dense run")
+        # A dense file carries a content hash (and any file that records one is checked); checkpoints do not.
+        hashed = dense_file or content.CONTENT_KEY in meta or content.SCHEME_KEY in meta
+        digests: list[tuple[str, str]] | None = [] if hashed else None
         try:
             for key, tensor in iter_tensors([path]):
                 if digests is not None:
@@ -337,5 +344,5 @@ def load_dense_result(ref: str | Path, *, model: str | None = None, revision: st
         raise FingerprintMismatch(f"{path} was trained on another model than {source.ref}",
                                   hint=f"use the model it was trained on ({trained_on}): drop --model")
     dense = load_dense_model(source, device=device)
-    dense.load_weights(path)
+    dense.load_weights(path, dense_file=True)
     return dense
