@@ -500,3 +500,43 @@ def test_case10_scrub_reads_the_token_file_and_stored_tokens(tmp_path, monkeypat
     (tmp_path / "stored_tokens").write_text("[work]\nhf_token = other:value:42\n")
     text = scrub("a plain.value.99 b other:value:42 c Bearer plain.value.99 d [work]")
     assert "plain.value.99" not in text and "other:value:42" not in text and "hidden] hidden]" not in text and "[work]" in text
+
+
+# -- dense files: the same hash, settings checked before a model is chosen ----------------------
+@pytest.fixture(scope="module")
+def dense_run(tiny_model_dir, train_jsonl, tmp_path_factory) -> Path:
+    from szoq_hub import finetune
+
+    out = tmp_path_factory.mktemp("dense-31") / "run"
+    finetune(_config(tiny_model_dir, train_jsonl, out, dense=True, steps=2, eval_every=2, save_every=2))
+    return out
+
+
+@pytest.mark.parametrize("damage", ["header edit", "renamed weight", "settings [1,2] rehashed", "truncated", "wrong hash, bit flipped"])
+def test_a_changed_dense_file_is_refused_by_merge_and_eval(damage, dense_run, tmp_path, train_jsonl, run_cli):
+    run = Path(shutil.copytree(dense_run, tmp_path / "run"))
+    path = run / "dense.safetensors"
+    needle = {"header edit": "content sha256", "renamed weight": "content sha256", "settings [1,2] rehashed": "settings",
+              "truncated": "dense.safetensors", "wrong hash, bit flipped": ""}[damage]
+    if damage == "header edit":
+        edit_header(path, set_meta(base_model="someone/else"))
+    elif damage == "renamed weight":  # two weights of one shape swap names
+        def swap(header):
+            a, b = "model.layers.0.self_attn.q_proj.weight", "model.layers.0.self_attn.o_proj.weight"
+            header[a], header[b] = header[b], header[a]
+        edit_header(path, swap)
+    elif damage == "settings [1,2] rehashed":
+        edit_header(path, set_meta(settings="[1,2]"), restamp=True)
+    elif damage == "truncated":
+        path.write_bytes(path.read_bytes()[:1000])
+    else:
+        header, body = split(path)
+        header["__metadata__"]["content_sha256"] = "0" * 64
+        write(path, header, body[:-1] + bytes([body[-1] ^ 1]))
+    for args in (["merge", "--delta", run, "--out", tmp_path / "merged"],
+                 ["eval", "--delta", run, "--train", train_jsonl, *TRAIN_ARGS, "--eval-samples", "4"]):
+        code, _, err = run_cli(*args)
+        assert code == 2, err
+        one_line(code, err, tmp_path, needle)
+        assert "not a sparse delta" not in err
+    assert not (tmp_path / "merged").exists()

@@ -337,8 +337,10 @@ def load_dense_result(ref: str | Path, *, model: str | None = None, revision: st
     meta = dense_metadata(path)
     if meta.get("format") != DENSE_FORMAT:
         raise TrainingError(f"{path} is not a szoq dense file (format {meta.get('format')!r:.40})", hint="pass the folder of a szoq finetune --dense run")
-    trained_on = schema.settings_of(meta).get("model")  # a hostile "[1,2]" names no model: the hash check refuses the file below
-    trained_on = trained_on if isinstance(trained_on, str) else None
+    settings = schema.json_field(meta, "settings", str(path), error=TrainingError, default={})
+    if not isinstance(settings, dict):
+        raise TrainingError(f"{path}: header settings must be a JSON object", hint="the file is damaged or was edited: train again")
+    trained_on = settings.get("model") if isinstance(settings.get("model"), str) else None
     source = resolve_model(model or trained_on or DEFAULT_MODEL, revision=revision)
     if meta.get("fingerprint") not in (None, fingerprint_from(parameter_layout(source), source.identity)):
         raise FingerprintMismatch(f"{path} was trained on another model than {source.ref}",
