@@ -155,6 +155,8 @@ class DenseModel:
                     if tensor.shape != wanted[key].shape:
                         raise TrainingError(f"{path}: {key} has shape {list(tensor.shape)}, the model's is {list(wanted[key].shape)}",
                                             hint="the file belongs to another model; start a new run in another --out")
+                    if not bool(torch.isfinite(tensor).all()):
+                        raise TrainingError(f"{path}: {key} holds non-finite weights", hint="the file is damaged: train again")
                     wanted[key].copy_(tensor)
                     seen.add(key)
                 elif other is not None:
