@@ -107,7 +107,7 @@ def stamp(metadata: Mapping[str, str], tensors: Mapping[str, torch.Tensor] | Non
 
 
 def verify(metadata: Mapping[str, str], where: str, error: type[SzoqError], *, tensors: Mapping[str, torch.Tensor] | None = None,
-           digests: Iterable[tuple[str, str]] | None = None, hashless_ok: bool, hint: str) -> str:
+           digests: Iterable[tuple[str, str]] | None = None, hashless_ok: bool, hint: str, pinned: bool = False) -> str:
     """Check a file's recorded content hash against what it holds.
 
     Args:
@@ -117,9 +117,11 @@ def verify(metadata: Mapping[str, str], where: str, error: type[SzoqError], *, t
         tensors: Its tensors; or `digests` (name, `tensor_digest`) when they were streamed (scheme 2 only).
         hashless_ok: Whether a file without any hash is accepted (formats that predate hashes).
         hint: What to do about a mismatch.
+        pinned: The caller checked the whole file's sha256 against a pin (the catalog's): a
+            hashless file is then checked after all, and no warning is given.
 
     Returns:
-        "2" or "1" (the scheme checked), or "" for a hashless file accepted with a warning.
+        "2" or "1" (the scheme checked), "pinned", or "" for a hashless file accepted with a warning.
 
     Raises:
         error: a mismatch, an unknown scheme, a scheme-2 header without its hash, or a hashless
@@ -129,6 +131,9 @@ def verify(metadata: Mapping[str, str], where: str, error: type[SzoqError], *, t
     if scheme is None and not recorded:
         if not hashless_ok:
             raise error(f"{where} records no content hash: it cannot be checked, so it is refused", hint=hint)
+        if pinned:
+            log.info("%s records no content hash; its file sha256 is the one the catalog pins", where)
+            return "pinned"
         log.warning("%s records no content hash (written before szoq recorded them): its contents are not checked", where)
         return ""
     if scheme is None:  # scheme 1: the tensors' bytes only

@@ -274,6 +274,14 @@ def verify_indices(indices: dict[str, torch.Tensor], shapes: dict[str, list[int]
             raise MaskError(f"{where}: tensor {name!r} has duplicate indices", hint="the artifact is corrupt: rebuild it")
 
 
+def _pinned_by_catalog(path: Path) -> bool:
+    """Whether the file's sha256 is one that masks/catalog.json pins (the built-in masks predate content hashes)."""
+    from .catalog import builtin_masks
+
+    pins = {entry.sha256 for entry in builtin_masks()}
+    return bool(pins) and file_sha256(path) in pins
+
+
 def load_mask(folder: Path, *, fingerprint: str | None = None, layout: list[tuple[str, tuple[int, ...], str]] | None = None) -> SensitivityMask:
     """Load and verify a mask artifact folder (or a `mask.safetensors` path).
 
@@ -314,7 +322,9 @@ def load_mask(folder: Path, *, fingerprint: str | None = None, layout: list[tupl
     # After the structural checks (their messages say more), before any use: indices or header
     # fields that still look valid (sorted, unique, in range) but are not the ones written are
     # refused here. A mask of szoq 0.1.0 without a hash loads with a warning (nothing to check).
-    content.verify(header.metadata, str(path), MaskError, tensors=indices, hashless_ok=True, hint="pull or build the mask again")
+    hashless = not ({CONTENT_KEY, SCHEME_KEY} & set(header.metadata))
+    content.verify(header.metadata, str(path), MaskError, tensors=indices, hashless_ok=True, hint="pull or build the mask again",
+                   pinned=hashless and _pinned_by_catalog(path))
     if fingerprint is not None and fingerprint != config.fingerprint:
         raise FingerprintMismatch(
             f"mask was built for {config.base_model} (fingerprint {config.fingerprint[:12]}), not for this model ({fingerprint[:12]})",
