@@ -163,7 +163,8 @@ def _evaluate_lora(config: EvalConfig, task, examples, device) -> EvalResult:
     adapter = load_lora(config.delta)
     source = resolve_model(config.model or adapter.model_ref or DEFAULT_MODEL, revision=config.revision)
     adapter.check_fingerprint(model_fingerprint(source))  # before any weight loads
-    quant = config.quant or adapter.run_settings.get("quant") or "nf4"
+    recorded = adapter.run_settings.get("quant")  # a header value: used only when it is a name
+    quant = config.quant or (recorded if isinstance(recorded, str) else None) or "nf4"
     require_quant_backend(quant)
     dtype = resolve_dtype(config.dtype, device)
     base = load_sparse_model(source, None, quant=quant, device=device, compute_dtype=dtype)
