@@ -40,8 +40,4 @@ def peft_cmd(
     print(result.out)
     if pushed is not None:
         push_summary(pushed, repo=push, kind="peft adapter", what=str(out_dir), use="PeftModel.from_pretrained(base, '{ref}')")
-    if result.peft_type == "LORA":
-        note(f"LoRA r={result.r}: {result.layers} layers, {result.nnz:,} adapter values; load it with PeftModel.from_pretrained(base, {str(result.out)!r})")
-        return
-    note(f"SHiRA r={result.r}: {result.layers} layers, {result.nnz:,} fine-tuned weights + {result.padding:,} zero-update padding entries; "
-         f"load it with PeftModel.from_pretrained(base, {str(result.out)!r})")
+    note(f"{result.summary()}; load it with PeftModel.from_pretrained(base, {str(result.out)!r})")

@@ -29,7 +29,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from szoq_hub.core import schema
-from szoq_hub.runtime.delta import load_delta, save_delta
+from szoq_hub.methods.sparse.delta import load_delta, save_delta
 from szoq_hub.core.errors import SzoqError
 from szoq_hub.masks.artifact import CONFIG_FILE, MASK_FILE, load_mask
 from test_hub import SHAPES, make_mask
@@ -303,8 +303,8 @@ def delta_meaning(delta) -> tuple:
 
 def test_fuzz_lora_headers(tmp_path):
     """Header-only edits of a LoRA adapter (rank, alpha, targets, settings, tensor names and entries)."""
-    from szoq_hub.runtime.lora_file import LORA_FILE, load_lora, save_lora
-    from szoq_hub.runtime.lora import LoRASettings
+    from szoq_hub.methods.lora.file import LORA_FILE, load_lora, save_lora
+    from szoq_hub.methods.lora.config import LoRASettings
 
     g = torch.Generator().manual_seed(0)
     tensors = {n: torch.randn((2, 8) if n.endswith("A.weight") else (6, 2), generator=g) for n in LORA_NAMES}
@@ -348,7 +348,7 @@ def test_fuzz_dense_headers(tmp_path):
 
     from torch import nn
 
-    from szoq_hub.runtime.dense import DenseModel, save_dense
+    from szoq_hub.methods.dense.runtime import DenseModel, save_dense
 
     g = torch.Generator().manual_seed(0)
     weights = [(n, torch.randn(4, 3, generator=g)) for n in DENSE_NAMES]

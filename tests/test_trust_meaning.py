@@ -21,7 +21,7 @@ import torch
 from conftest import TRAIN_ARGS, assert_one_line_error
 from szoq_hub.core import content
 from szoq_hub.core.errors import MaskError, TaskError, TrainingError
-from szoq_hub.runtime.lora_file import LORA_FILE, load_lora
+from szoq_hub.methods.lora.file import LORA_FILE, load_lora
 
 Q1 = "model.layers.1.self_attn.q_proj"
 
@@ -145,7 +145,7 @@ def test_old_files_still_verify_scheme_1_and_hashless(tmp_path, caplog):
     the built-in mask (0.1.0, no hash) loads."""
     from szoq_hub.masks.artifact import load_mask
     from szoq_hub.masks.catalog import builtin_masks
-    from szoq_hub.runtime.delta import load_delta, save_delta
+    from szoq_hub.methods.sparse.delta import load_delta, save_delta
 
     path = save_delta(tmp_path / "d", {"a.weight": torch.tensor([1.0, 2.0])}, mask_sha256="a" * 64, fingerprint="b" * 64, base_model="m")
     from safetensors.torch import load_file
@@ -241,8 +241,8 @@ def test_case5_settings_not_an_object(settings, with_config, run, tmp_path, trai
 
 # -- 6. shapes before arithmetic ---------------------------------------------------------------
 def test_case6_adapter_shapes_are_checked_against_the_model_before_any_product(run, tmp_path, train_jsonl, run_cli, monkeypatch):
-    from szoq_hub.runtime.lora import LoRASettings
-    from szoq_hub.runtime.lora_file import save_lora
+    from szoq_hub.methods.lora.config import LoRASettings
+    from szoq_hub.methods.lora.file import save_lora
 
     good = load_lora(run)
     tensors = {k: v for k, v in good.tensors.items()}

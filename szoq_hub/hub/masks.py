@@ -3,7 +3,7 @@
 A mask is one `Artifact` description for the transport layer (`transport.py`): its files
 (`mask.safetensors`, `mask_config.json`), its verifier (`load_mask`) and its card (`render_card`
 with the repo id and tag). Pulled masks are registered in the local registry as
-`ALIAS@<tag or short sha>`. Fine-tuned deltas are the other description (`hub/deltas.py`).
+`ALIAS@<tag or short sha>`. Fine-tuned deltas are the other description (`methods/sparse/delta.py`).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 from ..core.version import __version__
 from ..core import schema
 from ..core.errors import ConfigError, HubError, MaskError, RegistryError
-from ..masks.artifact import CARD_TAGS, CONFIG_FILE, FORMAT, FORMAT_VERSION, MASK_FILE, SCOPES, SensitivityMask, load_mask, render_card
+from ..masks.artifact import CARD_TAGS, CONFIG_FILE, FORMAT, FORMAT_VERSION, MASK_FILE, SCOPES, MaskData, load_mask, render_card
 from ..core.paths import command_words, local_paths, path_exists, scratch_dir, shorten
 from .scrub import remember
 from ..masks.registry import Registry, RegistryEntry, check_name, name_from
@@ -65,7 +65,7 @@ class MaskListing:
 
 
 # -- the mask artifact -----------------------------------------------------------------------
-def verify_for_push(folder: Path) -> SensitivityMask:
+def verify_for_push(folder: Path) -> MaskData:
     """Load a mask for publishing: it must verify and record no local path of this machine.
 
     Raises:

@@ -21,7 +21,7 @@ from filelock import FileLock
 
 from .catalog import builtin_masks
 from ..core.errors import RegistryError
-from .artifact import CARD_FILE, CONFIG_FILE, MASK_FILE, SensitivityMask, config_json, file_sha256, load_mask
+from .artifact import CARD_FILE, CONFIG_FILE, MASK_FILE, MaskData, config_json, file_sha256, load_mask
 from ..core.paths import atomic_dir, atomic_file, ensure_writable_dir, shorten, szoq_home
 
 SCHEMA_VERSION = 2
@@ -224,7 +224,7 @@ class Registry:
                 raise
             return self._entry(name, raw)
 
-    def _existing(self, name: str, raw: dict, folder: Path, mask: SensitivityMask,
+    def _existing(self, name: str, raw: dict, folder: Path, mask: MaskData,
                   before_commit: Callable[[RegistryEntry], None] | None) -> RegistryEntry:
         """An entry that already holds this content: repair its object if damaged, run the hook."""
         self._store_object(folder, raw["sha256"], mask)
@@ -233,7 +233,7 @@ class Registry:
             before_commit(entry)
         return entry
 
-    def _store_object(self, folder: Path, sha: str, mask: SensitivityMask) -> None:
+    def _store_object(self, folder: Path, sha: str, mask: MaskData) -> None:
         target = self.objects / sha
         if (target / MASK_FILE).exists() and file_sha256(target / MASK_FILE) == sha:
             return

@@ -24,14 +24,14 @@ from pathlib import Path
 
 import torch
 
-from ..core import content, schema
-from ..core.errors import ConfigError, FingerprintMismatch, MaskError
-from ..core.paths import public
-from ..masks.artifact import write_safetensors
-from .lora import LoRASettings
+from ...core import content, schema
+from ...core.errors import ConfigError, FingerprintMismatch, MaskError
+from ...core.paths import public
+from ...masks.artifact import write_safetensors
+from .config import LORA_FILE
+from .runtime import LoRASettings, _in_out, target_modules
 
 LORA_FORMAT = "szoq.lora"
-LORA_FILE = "lora.safetensors"
 _SUFFIXES = (".lora_A.weight", ".lora_B.weight")
 MAX_RANK = 65536  # far above any LoRA rank in use; bounds r before any shape is believed
 MAX_ALPHA = 1e6  # PEFT's lora_alpha is 8-64 in practice; the update is (alpha / r) B A
@@ -146,8 +146,6 @@ def module_shapes(model: torch.nn.Module, settings: LoRASettings) -> dict[str, t
     Raises:
         ConfigError: the targets select no linear layer of the model.
     """
-    from .lora import _in_out, target_modules
-
     return {name: _in_out(module) for name, module in target_modules(model, settings.targets)}
 
 
@@ -155,7 +153,7 @@ def model_module_shapes(source, settings: LoRASettings) -> dict[str, tuple[int, 
     """`module_shapes` of a resolved model without loading its weights (a meta-device skeleton)."""
     from transformers import AutoModelForCausalLM
 
-    from ..data.models import load_config
+    from ...data.models import load_config
 
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(load_config(source), dtype=torch.float32)

@@ -29,10 +29,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..core.errors import ConfigError, MaskError
-from .sparse_linear import SparseValues as LoRAStore  # the same fp32 master vector + per-part views
+from ...core.errors import ConfigError, MaskError
+from ...runtime.sparse_linear import SparseValues as LoRAStore  # the same fp32 master vector + per-part views
 
-from .lora_config import LORA_TARGETS, LoRASettings  # noqa: F401,E402  (torch-free, read by FinetuneConfig)
+from .config import LORA_TARGETS, LoRASettings  # noqa: F401,E402  (torch-free, read by FinetuneConfig)
 
 
 @dataclass(frozen=True)
