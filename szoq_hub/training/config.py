@@ -19,7 +19,8 @@ from typing import Any
 from ..core.defaults import DEFAULT_MASK, DEFAULT_MODEL
 from ..core.errors import ConfigError
 from ..core.specs import check_device_spec, check_dtype_spec
-from ..data.tasks import CustomTask, Sampling, custom_task_from
+from ..data.custom_tasks import CustomTask, custom_task_from
+from ..data.tasks import Sampling
 from ..methods import DEFAULT_METHOD, Method, get_method, methods
 from ..methods.spec import MethodConfig, field_default, field_flag, opt
 from ..runtime.zo_config import ZOConfig

@@ -12,7 +12,8 @@ from ..core.devices import check_device_spec, check_dtype_spec, dtype_name, requ
 from ..core.distributed import world
 from ..core.errors import ConfigError
 from ..data.scoring import Encoded, encode, metric_value, pad_id_of, predict
-from ..data.tasks import CustomTask, Sampling, custom_task_from, load_task, with_demonstrations
+from ..data.custom_tasks import CustomTask, custom_task_from
+from ..data.tasks import Sampling, load_task, with_demonstrations
 from ..methods import method_of_result
 from ..methods.sparse.setup import model_and_mask_for, open_model_and_fitting_mask, open_model_and_mask
 
