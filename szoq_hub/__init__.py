@@ -37,7 +37,8 @@ _EXPORTS: dict[str, str] = {
     **dict.fromkeys(("DEFAULT_MODEL", "DEFAULT_MASK", "DEFAULT_LR", "DENSE_LR", "LORA_LR", "default_lr"), ".core.defaults"),
     **dict.fromkeys(("SensitivityMask", "MaskConfig"), ".masks.artifact"),
     **dict.fromkeys(("diff_masks", "layer_order"), ".masks.diff"),
-    **dict.fromkeys(("MaskBuildConfig", "build_mask"), ".masks.build"),
+    "MaskBuildConfig": ".masks.build_plan",
+    "build_mask": ".masks.build",
     "is_main_process": ".core.distributed",
     "builtin_masks": ".masks.catalog",
     **dict.fromkeys(("Registry", "parse_ref"), ".masks.registry"),
@@ -49,11 +50,12 @@ _EXPORTS: dict[str, str] = {
     **dict.fromkeys(("push_delta", "pull_delta"), ".hub.deltas"),
     **dict.fromkeys(("resolve_mask_ref", "resolve_delta_ref"), ".hub.refs"),
     "ZOConfig": ".runtime.zo_config",
-    **dict.fromkeys(("FinetuneConfig", "FinetuneResult", "config_from_options", "default_of", "flag", "help_of", "option_fields"), ".training.config"),
+    **dict.fromkeys(("FinetuneConfig", "FinetuneResult", "EvalConfig", "MergeConfig"), ".training.config"),
     "finetune": ".training.finetune",
     "model_and_mask_for": ".training.setup",
-    **dict.fromkeys(("EvalConfig", "EvalResult", "evaluate"), ".training.evaluate"),
+    **dict.fromkeys(("EvalResult", "evaluate"), ".training.evaluate"),
     "merge": ".training.merge",
+    "PeftExportConfig": ".export.config",
     **dict.fromkeys(("export_peft", "push_peft"), ".export.peft"),
     **dict.fromkeys(("plot_mask", "plot_runs"), ".export.plots"),
     "as_user_error": ".api",
@@ -70,6 +72,7 @@ if TYPE_CHECKING:  # what IDEs and type checkers read; at run time __getattr__ i
     from .core.progress import set_progress_listener
     from .core.content import describe_content_hash
     from .core.defaults import DEFAULT_LR, DEFAULT_MASK, DEFAULT_MODEL, DENSE_LR, LORA_LR, default_lr
+    from .export.config import PeftExportConfig
     from .export.peft import export_peft, push_peft
     from .export.plots import plot_mask, plot_runs
     from .hub.deltas import pull_delta, push_delta
@@ -79,15 +82,16 @@ if TYPE_CHECKING:  # what IDEs and type checkers read; at run time __getattr__ i
     from .masks.artifact import MaskConfig, SensitivityMask
     from .masks.diff import diff_masks, layer_order
     from .core.distributed import is_main_process
-    from .masks.build import MaskBuildConfig, build_mask
+    from .masks.build import build_mask
+    from .masks.build_plan import MaskBuildConfig
     from .masks.catalog import builtin_masks
     from .masks.cleanup import collect_garbage
     from .masks.registry import Registry, parse_ref
     from .runtime.delta import Delta
     from .runtime.sparse import SparseModel, load_sparse_model
-    from .training.evaluate import EvalConfig, EvalResult, evaluate
+    from .training.evaluate import EvalResult, evaluate
     from .runtime.zo_config import ZOConfig
-    from .training.config import FinetuneConfig, FinetuneResult, config_from_options, default_of, flag, help_of, option_fields
+    from .training.config import EvalConfig, FinetuneConfig, FinetuneResult, MergeConfig
     from .training.finetune import finetune
     from .training.setup import model_and_mask_for
     from .training.merge import merge

@@ -11,7 +11,7 @@ import torch
 from conftest import TINY_TEXTS, assert_one_line_error
 from szoq_hub.core.errors import ConfigError, FingerprintMismatch, MaskError
 from szoq_hub.runtime.lora_file import LORA_FILE, load_lora, save_lora
-from szoq_hub.training.config import config_from_options
+from szoq_cli.finetune import finetune_config
 from szoq_hub.training.finetune import finetune
 from szoq_hub.training.run_folder import CHECKPOINT_FILE
 
@@ -30,7 +30,7 @@ def _config(model, train_file, out, **kw):
                 quant="nf4", dtype="fp32", steps=6, batch_size=4, eval_every=3, save_every=3, train_samples=12, dev_samples=4,
                 eval_samples=4, lr=1e-2, out=str(out))
     base.update(kw)
-    return config_from_options(base)
+    return finetune_config(base)
 
 
 def _losses(out: Path) -> list[float]:

@@ -34,6 +34,7 @@ import torch
 from ..core.errors import ConfigError, DependencyError, TrainingError
 from ..core.paths import disk_errors
 from ..core.paths import atomic_dir
+from .config import PeftExportConfig
 
 ADAPTER_FILE = "adapter_model.safetensors"
 ADAPTER_CONFIG_FILE = "adapter_config.json"
@@ -136,23 +137,17 @@ def _card(result: PeftExport, source_ref: str, base_model: str | None) -> str:
     ])
 
 
-def export_peft(*, delta: str | Path, out: str | Path, model: str | None = None, mask_ref: str | None = None,
-                revision: str | None = None) -> PeftExport:
+def export_peft(config: PeftExportConfig | None = None, /, **settings) -> PeftExport:
     """Write a PEFT SHiRA adapter folder holding a fine-tuned delta as a sparse update (a LoRA
     run's folder: a PEFT LoRA adapter, see the module doc).
 
     Args:
-        model: The base model the delta was trained on (alias, Hub id, folder, .gguf; None: the
-            one the delta records, else the built-in).
-        mask_ref: The mask the delta was trained with (None: the one the delta records, else the
-            built-in; a LoRA run takes none).
-        delta: Run folder or delta file (local; resolve Hub refs first).
-        out: Output folder (must not exist or be empty): `adapter_config.json`,
-            `adapter_model.safetensors`, `README.md`.
-        model: The base model the delta was trained on (alias, Hub id, folder, .gguf; default:
-            the one the delta records, as for `merge` and `eval`).
-        mask_ref: The mask the delta was trained with (default: the one the delta records).
-        revision: Hub revision of the model.
+        config: The settings (`PeftExportConfig`): `delta`, a run folder or delta file (local;
+            resolve Hub refs first); `out`, the output folder (must not exist or be empty:
+            `adapter_config.json`, `adapter_model.safetensors`, `README.md`); `model` and
+            `mask_ref`, the base model and mask the delta was trained with (None: the ones the
+            delta records, as for `merge` and `eval`; a LoRA run takes no mask); `revision`.
+        **settings: Or the same settings as keywords, e.g. `export_peft(delta="runs/sst2", out="sst2-shira")`.
 
     Returns:
         What was written (r, layers, nnz, padded entries).
@@ -171,7 +166,9 @@ def export_peft(*, delta: str | Path, out: str | Path, model: str | None = None,
     from ..data.models import load_model
     from ..runtime.lora_file import is_lora_file
 
-    out = Path(out)
+    cfg = config if config is not None else PeftExportConfig(**settings)
+    delta, model, mask_ref, revision = cfg.delta, cfg.model, cfg.mask_ref, cfg.revision
+    out = Path(cfg.out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise TrainingError(f"--out {out} already exists and is not empty", hint="choose another --out folder or remove it")
     if is_lora_file(delta):

@@ -1,9 +1,10 @@
-"""The settings of a fine-tuning run: `FinetuneConfig`, nesting the optimizer's `ZOConfig`.
+"""The settings of the training layer's commands: a fine-tuning run (`FinetuneConfig`, nesting the
+optimizer's `ZOConfig`), an evaluation (`EvalConfig`) and a merge (`MergeConfig`). Torch-free.
 
 Every field carries its help and, where it is not `--name-with-dashes`, its command-line flag
-in `metadata`; `szoq finetune` builds its options from these fields (cli/finetune.py), so an
-option, its default and its help are written once. Error messages name flags through `flag()`,
-so a message never names a flag that does not exist.
+in `metadata`; `szoq finetune`, `szoq eval` and `szoq merge` build their options from these
+fields (cli/options.py), so an option, its default and its help are written once. Error
+messages name flags through `_flag()`, so a message never names a flag that does not exist.
 
 The run folder records the settings flat (`settings_of`): one key per option, the ZO fields
 beside the others, as the command line spells them.
@@ -11,18 +12,21 @@ beside the others, as the command line spells them.
 
 from __future__ import annotations
 
-from dataclasses import MISSING, asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
-from ..core.specs import check_device_spec, check_dtype_spec
+from ..core.specs import DTYPE_NAMES, check_device_spec, check_dtype_spec
 from ..core.errors import ConfigError
 from ..data.tasks import CustomTask, Sampling, custom_task_from
 from ..runtime.lora_config import LoRASettings
 from ..runtime.zo_config import ZOConfig
 
-from ..core.defaults import DEFAULT_LR, DEFAULT_MASK, DEFAULT_MODEL, DENSE_LR, LORA_LR, default_lr  # noqa: E402  (one place, read by `szoq --help` without torch)
+from ..core.defaults import DEFAULT_LR, DEFAULT_MASK, DEFAULT_MODEL, DENSE_LR, LORA_LR, default_lr
+
 # ZOConfig fields a run derives from its own settings (steps, seed): not options of their own.
 ZO_DERIVED = ("total_steps", "seed")
+_LR_HELP = (f"Learning rate (peak, after warmup). Default: {DEFAULT_LR:g} with a mask, {DENSE_LR:g} with --dense, {LORA_LR:g} with "
+            "--lora (each method's SST-2 dev sweep, README Results).")
 
 
 def _opt(default, help: str, flag: str | None = None, **kw):
@@ -31,8 +35,8 @@ def _opt(default, help: str, flag: str | None = None, **kw):
     return field(default=default, metadata=meta, **kw)
 
 
-def flag(name: str, cls: type | None = None) -> str:
-    """The command-line flag of a `FinetuneConfig` (or `ZOConfig`) field.
+def _flag(name: str, cls: type | None = None) -> str:
+    """The command-line flag of a config field, as error messages name it.
 
     Args:
         name: The field name.
@@ -103,9 +107,11 @@ class FinetuneConfig:
     batch_size: int = _opt(16, "Examples per step (all ranks together).")
     micro_batch_size: int | None = _opt(None, "Examples per training forward, grouped by similar length (default: automatic, forwards of "
                                               "up to 128 padded tokens on a CPU, the whole batch on CUDA; a resumed run keeps its choice). "
-                                              "Same loss; less activation memory and padding (see bench/micro_batch.py). May change on --resume.")
-    zo: ZOConfig | None = field(default=None, metadata={"help": "the ZO optimizer (its fields are options of their own); None: ZOConfig "
-                                                                "defaults with the method's lr (`default_lr`)"})
+                                              "Same loss; less activation memory and padding (see bench/bench_micro_batch.py). May change on --resume.")
+    # The ZO optimizer: its fields are options of their own (those a run derives left out), and --lr
+    # left out means the method's own lr (`default_lr`). None: ZOConfig defaults with that lr.
+    zo: ZOConfig | None = field(default=None, metadata={"help": "The ZO optimizer's settings.", "nested": True, "skip": ZO_DERIVED,
+                                                        "overrides": {"lr": {"default": None, "help": _LR_HELP}}})
     eval_every: int = _opt(100, "Dev evaluation every K steps (0 = at the end).")
     save_every: int = _opt(100, "Checkpoint every K steps.")
     save_every_minutes: float = _opt(10.0, "Also checkpoint when this many minutes passed since the last checkpoint (0 = by steps only).")
@@ -120,7 +126,7 @@ class FinetuneConfig:
     def __post_init__(self) -> None:
         for name, low, example in (("lora", 0, 8), ("steps", 1, 300), ("batch_size", 1, 16), ("eval_batch_size", 1, 32), ("eval_every", 0, 100), ("save_every", 1, 100)):
             if getattr(self, name) < low:
-                raise ConfigError(f"{flag(name)} must be >= {low}, got {getattr(self, name)}", hint=f"e.g. {flag(name)} {example}")
+                raise ConfigError(f"{_flag(name)} must be >= {low}, got {getattr(self, name)}", hint=f"e.g. {_flag(name)} {example}")
         if self.micro_batch_size is not None and self.micro_batch_size <= 0:
             raise ConfigError(f"--micro-batch-size must be > 0, got {self.micro_batch_size}", hint="e.g. --micro-batch-size 4, or leave it out for one forward per step")
         if not self.save_every_minutes >= 0:  # also NaN
@@ -141,7 +147,7 @@ class FinetuneConfig:
         if self.lora:
             self._check_lora()
         else:  # adapter settings without an adapter would be silently ignored
-            given = [flag(n) for n in ("lora_alpha", "lora_targets") if getattr(self, n) != FinetuneConfig.__dataclass_fields__[n].default]
+            given = [_flag(n) for n in ("lora_alpha", "lora_targets") if getattr(self, n) != FinetuneConfig.__dataclass_fields__[n].default]
             if given:
                 raise ConfigError(f"{' and '.join(given)} only apply to a LoRA run, and --lora was not given",
                                   hint="add --lora 8 to train LoRA adapters, or drop " + " and ".join(given))
@@ -196,33 +202,6 @@ def settings_of(config: FinetuneConfig) -> dict:
     return flat
 
 
-def option_fields() -> list[tuple[type, object]]:
-    """(dataclass, field) of every option, in the order `szoq finetune --help` lists them: the
-    run's fields with the ZO fields in place of `zo` (those a run derives left out)."""
-    out: list[tuple[type, object]] = []
-    for f in fields(FinetuneConfig):
-        if f.name == "zo":
-            out += [(ZOConfig, z) for z in fields(ZOConfig) if z.name not in ZO_DERIVED]
-        else:
-            out.append((FinetuneConfig, f))
-    return out
-
-
-def default_of(cls: type, f) -> object:
-    """A field's default as `szoq finetune` shows it (lr: None, the method's own, see `help_of`)."""
-    if cls is ZOConfig:
-        return None if f.name == "lr" else getattr(ZOConfig(), f.name)
-    return f.default if f.default is not MISSING else f.default_factory()
-
-
-def help_of(cls: type, f) -> str:
-    """A field's `--help` text (lr: with the default of each method)."""
-    if cls is ZOConfig and f.name == "lr":
-        return (f"Learning rate (peak, after warmup). Default: {DEFAULT_LR:g} with a mask, {DENSE_LR:g} with --dense, {LORA_LR:g} with "
-                "--lora (each method's SST-2 dev sweep, README Results).")
-    return f.metadata["help"]
-
-
 @dataclass
 class FinetuneResult:
     """What a run produced."""
@@ -240,15 +219,82 @@ class FinetuneResult:
     micro_batch_tokens: int | None = None
 
 
-def config_from_options(options: dict) -> FinetuneConfig:
-    """A FinetuneConfig from flat options (as `option_fields` lists them: the ZO fields beside the rest).
+def _like(cls: type, name: str):
+    """A field with the default and the help of `cls`'s field `name`: an option two commands share is written once."""
+    f = cls.__dataclass_fields__[name]
+    return field(default=f.default, metadata=f.metadata)
 
-    Raises:
-        ConfigError: an invalid value (see FinetuneConfig and ZOConfig).
-        TypeError: an option that is no field.
-    """
-    zo_names = {f.name for f in fields(ZOConfig)} - set(ZO_DERIVED)
-    zo = {k: v for k, v in options.items() if k in zo_names}
-    if zo.get("lr") is None:  # not given: the method's default
-        zo["lr"] = default_lr(dense=bool(options.get("dense")), lora=options.get("lora") or 0)
-    return FinetuneConfig(**{k: v for k, v in options.items() if k not in zo_names}, zo=ZOConfig(**zo))
+
+_DELTA_MODEL_HELP = "Model alias, Hub id, local folder or .gguf file (default: the one the delta was trained on, else the built-in)."
+_DELTA_MASK_HELP = "Mask REF (default: the one the delta was trained with, else the built-in)."
+
+
+@dataclass
+class EvalConfig:
+    """Settings of an evaluation (validated on creation)."""
+
+    model: str | None = _opt(None, _DELTA_MODEL_HELP)
+    mask: str | None = _opt(None, "Mask REF (default: the one the delta was trained with, else the built-in; zero-shot: the built-in "
+                                  "where it fits the model, else none, the quantized base as it is).")
+    task: str | None = _like(FinetuneConfig, "task")
+    train_file: str | None = _opt(None, "Custom task: train file (jsonl/csv/tsv; eval takes ICL demonstrations from it).", flag="--train")
+    eval_file: str | None = _opt(None, "Custom task: eval file (default: held out from --train; eval needs no --train for zero-shot).",
+                                 flag="--eval")
+    template: str | None = _like(FinetuneConfig, "template")
+    labels: str | None = _like(FinetuneConfig, "labels")
+    label_field: str = _like(FinetuneConfig, "label_field")
+    task_file: str | None = _like(FinetuneConfig, "task_file")
+    encoding: str = _like(FinetuneConfig, "encoding")
+    delta: str | None = _opt(None, "Run folder, delta.safetensors or ORG/NAME[@REV] on the Hub (default: zero-shot); also a --dense or "
+                                   "--lora run's folder.")
+    icl_shots: int = _opt(0, "In-context demonstrations per example.")
+    quant: str | None = _opt(None, "Base quantization: nf4, fp4, int8 or none (default nf4; a --dense run's weights: fp32, none).")
+    device: str = _like(FinetuneConfig, "device")
+    # None: the device type's default (`core.devices.DEFAULT_DTYPE`)
+    dtype: str | None = _opt("auto", "Compute dtype: auto (bf16 on CUDA and on CPUs with native bf16, else fp32), bf16, fp16 or fp32. "
+                                     "Sparse values stay fp32.")
+    eval_samples: int = _like(FinetuneConfig, "eval_samples")
+    batch_size: int = _opt(32, "Evaluation batch size.")
+    seed: int = _opt(0, "Seed of sampling and demonstrations.")
+    data_dir: str | None = _like(FinetuneConfig, "data_dir")
+    revision: str | None = _like(FinetuneConfig, "revision")
+
+    def __post_init__(self) -> None:
+        for name, low, example in (("icl_shots", 0, 16), ("batch_size", 1, 32), ("eval_samples", 1, 1000)):
+            if getattr(self, name) < low:
+                option = _flag(name, EvalConfig)
+                raise ConfigError(f"{option} must be >= {low}, got {getattr(self, name)}", hint=f"e.g. {option} {example}")
+        check_device_spec(self.device)
+        check_dtype_spec(self.dtype)
+        custom = self.custom_task()  # template, labels and files are checked here, before any model loads
+        if custom is not None:
+            if self.task not in (None, "custom"):
+                raise ConfigError(f"--task {self.task} and a custom task (--train / --eval / --task-file) were both given", hint="drop --task for a custom task")
+            if self.icl_shots and custom.train is None:
+                raise ConfigError(f"--icl-shots {self.icl_shots} draws demonstrations from --train FILE, and none was given", hint="pass --train FILE, or drop --icl-shots")
+            self.task = "custom"
+        elif self.task is None:
+            self.task = "sst2"
+
+    def custom_task(self) -> CustomTask | None:
+        return custom_task_from(task_file=self.task_file, train_file=self.train_file, eval_file=self.eval_file,
+                                template=self.template, labels=self.labels, label_field=self.label_field, encoding=self.encoding)
+
+
+@dataclass
+class MergeConfig:
+    """Settings of a merge: a delta baked into its base model, written as a plain transformers folder (validated on creation)."""
+
+    delta: str | Path = field(metadata={"help": "Run folder, delta.safetensors or ORG/NAME[@REV] on the Hub; also a --dense or --lora run's folder."})
+    out: str | Path = field(metadata={"help": "Folder for the merged transformers model (must not exist or be empty)."})
+    model: str | None = _opt(None, _DELTA_MODEL_HELP)
+    mask_ref: str | None = _opt(None, _DELTA_MASK_HELP, flag="--mask")
+    dtype: str = _opt("fp32", "dtype of the saved weights: fp32, bf16 or fp16.")
+    device: str = _opt("auto", "Where the weights are patched: auto (CUDA when available), cpu, cuda or cuda:N; the folder written is "
+                               "the same on every device.")
+    revision: str | None = _like(FinetuneConfig, "revision")
+
+    def __post_init__(self) -> None:
+        if self.dtype not in DTYPE_NAMES:
+            raise ConfigError(f"unknown --dtype {self.dtype!r}", hint=f"choose one of: {', '.join(DTYPE_NAMES)}")
+        check_device_spec(self.device)
