@@ -98,7 +98,8 @@ def main() -> int:
     args = ap.parse_args()
 
     from szoq_hub.core.content import CONTENT_KEY, tensors_sha256
-    from szoq_hub.masks.artifact import MASK_FILE, file_sha256, load_mask, read_header
+    from szoq_hub.masks.artifact import MASK_FILE, load_mask, read_header
+    from szoq_hub.core.files import file_sha256
 
     entry = catalog_entry(args.name)
     env_prefix, build_args = split_command(entry["command"])

@@ -10,7 +10,7 @@ The public Python API (the CLI is a thin layer over exactly these names; see REA
     result = finetune(FinetuneConfig(task="sst2", out="runs/sst2"))
     Delta.from_pretrained("runs/sst2").merge_into(model)
 
-Layers, each importing only from those before it: `core` (errors, paths, schema, specs, devices),
+Layers, each importing only from those before it: `core` (errors, defaults, home, files, schema, devices),
 `data` (checkpoints, models, calibration, tasks), `masks` (scoring, selection, the artifact, registry),
 `runtime` (the quantized sparse model, dense trainable, ZO optimizers, delta), `hub` (transport, refs),
 `training` (finetune, evaluate, merge), `export` (PEFT, plots).
@@ -24,7 +24,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
-from .core.version import __version__
+from .core.defaults import __version__
 
 # name -> the module that defines it (relative to this package); the one list of the public API
 _EXPORTS: dict[str, str] = {
@@ -39,7 +39,7 @@ _EXPORTS: dict[str, str] = {
     **dict.fromkeys(("diff_masks", "layer_order"), ".masks.diff"),
     "MaskBuildConfig": ".masks.build_plan",
     "build_mask": ".masks.build",
-    "is_main_process": ".core.distributed",
+    "is_main_process": ".core.devices",
     "builtin_masks": ".masks.catalog",
     **dict.fromkeys(("Registry", "parse_ref"), ".masks.registry"),
     "collect_garbage": ".masks.cleanup",
@@ -81,7 +81,7 @@ if TYPE_CHECKING:  # what IDEs and type checkers read; at run time __getattr__ i
     from .hub.transport import PullResult, PushResult, check_repo_id
     from .masks.artifact import MaskConfig, SensitivityMask
     from .masks.diff import diff_masks, layer_order
-    from .core.distributed import is_main_process
+    from .core.devices import is_main_process
     from .masks.build import build_mask
     from .masks.build_plan import MaskBuildConfig
     from .masks.catalog import builtin_masks

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from conftest import ROWS, TINY_TEXTS, assert_one_line_error
-from szoq_hub.core.devices import DTYPES, check_device_spec, check_dtype_spec, resolve_device, resolve_dtype
+from szoq_hub.core.devices import DTYPES, resolve_device, resolve_dtype
+from szoq_hub.core.defaults import check_device_spec, check_dtype_spec
 from szoq_hub.core.errors import ConfigError, TrainingError
 from szoq_cli.finetune import finetune_config
 from szoq_hub.training.config import FinetuneConfig

@@ -16,7 +16,8 @@ from conftest import tiny_finetune_config as _config
 from szoq_hub.runtime.delta import load_delta, save_delta
 from szoq_hub.core.errors import ConfigError, FingerprintMismatch, MaskError, TrainingError
 from szoq_cli.finetune import finetune_config
-from szoq_hub.training.config import DEFAULT_LR, FinetuneConfig, _flag as flag
+from szoq_hub.core.defaults import DEFAULT_LR
+from szoq_hub.training.config import FinetuneConfig, _flag as flag
 from szoq_hub.training.finetune import finetune
 from szoq_hub.training.run_folder import CHECKPOINT_FILE
 
@@ -25,7 +26,7 @@ def _delta_values(folder: Path) -> dict[str, torch.Tensor]:
 
 
 def test_run_writes_a_complete_linked_artifact(tiny_model_dir, tiny_mask, train_file, tmp_path):
-    from szoq_hub.masks.artifact import file_sha256
+    from szoq_hub.core.files import file_sha256
     from szoq_hub.data.models import model_fingerprint, resolve_model
 
     out = tmp_path / "run"
@@ -239,7 +240,7 @@ def test_delta_artifact_refuses_corrupt_and_mismatched(tiny_mask, tmp_path):
 def test_merge_matches_runtime_quant_none(tiny_model_dir, tiny_mask, tmp_path):
     from transformers import AutoModelForCausalLM
 
-    from szoq_hub.masks.artifact import file_sha256
+    from szoq_hub.core.files import file_sha256
     from szoq_hub.training.merge import merge
     from szoq_hub.data.models import model_fingerprint, resolve_model
     from szoq_hub.hub.refs import open_mask

@@ -32,8 +32,7 @@ from pathlib import Path
 import torch
 
 from ..core.errors import ConfigError, DependencyError, TrainingError
-from ..core.paths import disk_errors
-from ..core.paths import atomic_dir
+from ..core.files import atomic_dir, disk_errors
 from .config import PeftExportConfig
 
 ADAPTER_FILE = "adapter_model.safetensors"
@@ -162,7 +161,7 @@ def export_peft(config: PeftExportConfig | None = None, /, **settings) -> PeftEx
 
     from ..runtime.delta import load_delta
     from ..training.setup import model_and_mask_for, open_model_and_mask
-    from ..masks.artifact import card_base_model
+    from ..masks.card import card_base_model
     from ..data.models import load_model
     from ..runtime.lora_file import is_lora_file
 
@@ -227,7 +226,7 @@ def _export_lora(peft, *, model: str | None, mask_ref: str | None, delta: str | 
     from safetensors.torch import save_file
 
     from ..data.models import DEFAULT_MODEL, model_fingerprint, parameter_layout, resolve_model
-    from ..masks.artifact import card_base_model
+    from ..masks.card import card_base_model
     from ..runtime.lora_file import LORA_FORMAT, load_lora
 
     if mask_ref is not None:

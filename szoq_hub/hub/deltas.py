@@ -14,8 +14,10 @@ from pathlib import Path
 from ..core import schema
 from ..runtime.delta import DELTA_CARD_TAGS, DELTA_FILE, Delta, load_delta
 from ..core.errors import ConfigError, MaskError
-from ..masks.artifact import card_base_model
-from ..core.paths import file_sha256, local_paths, path_exists, public, public_text, shorten
+from ..masks.card import card_base_model
+from ..core.files import file_sha256, path_exists
+from ..core.public import local_paths, public, public_text
+from ..core.errors import shorten
 from .transport import CARD_FILE, Artifact, PullResult, PushResult, check_repo_id, copy_out, evict, fetch_artifact, push_artifact
 
 RUN_CONFIG_FILE = "finetune_config.json"  # the names szoq finetune writes (szoq_hub.training.finetune)

@@ -14,7 +14,8 @@ from pathlib import Path
 
 from ..core.errors import FingerprintMismatch, MaskError, RegistryError
 from ..data.models import fingerprint_from, parameter_layout, resolve_model
-from ..masks.artifact import MASK_FILE, SensitivityMask, file_sha256, load_mask, save_mask
+from ..masks.artifact import MASK_FILE, SensitivityMask, load_mask, save_mask
+from ..core.files import file_sha256
 from ..masks.registry import Registry
 from ..runtime.delta import DELTA_FILE, Delta, delta_path, load_delta, write_into
 from ..runtime.sparse import SparseModel

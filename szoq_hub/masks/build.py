@@ -23,11 +23,10 @@ from torch import nn
 from .build_plan import BuildPlan, MaskBuildConfig, activation_bytes, layer_of, parse_size, pass_cost, plan_groups, resident_bytes
 from ..data.calibration import load_windows
 from ..data.checkpoint import ST_DTYPES, KeyMapper, checkpoint_files, iter_tensors, read_header
-from ..core.devices import DTYPES as SHARED_DTYPES, resolve_device
-from ..core.thirdparty import import_bitsandbytes
-from ..core.distributed import init_distributed, is_main_process, world
+from ..core.devices import DTYPES as SHARED_DTYPES, import_bitsandbytes, init_distributed, is_main_process, resolve_device, world
 from ..core.errors import ConfigError, DependencyError, MaskError, ModelError
-from ..core.paths import ensure_writable_dir, public_word, scratch_dir
+from ..core.home import ensure_writable_dir, scratch_dir
+from ..core.public import public_word
 from .artifact import MaskConfig, SensitivityMask, mask_stats, save_mask
 from ..data.models import ModelSource, load_config, model_fingerprint, resolve_model, target_parameter_names
 from .registry import Registry, check_name, check_version, name_from

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Callable
 
 from ..core.defaults import DEFAULT_MODEL
 from ..core.errors import ConfigError
-from ..core.specs import DTYPE_NAMES, check_device_spec
+from ..core.defaults import DTYPE_NAMES, check_device_spec
 
 if TYPE_CHECKING:
     import torch

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 
-from ..core.paths import path_exists
+from ..core.files import path_exists
 
 
 # (MaskConfig is named in annotations only: artifact.py imports this module.)

@@ -18,7 +18,7 @@ from ..core.content import CONTENT_KEY, tensors_sha256
 from ..core.errors import FingerprintMismatch, MaskError
 from ..core.hub_mixin import HubMixin
 from ..masks.artifact import SensitivityMask
-from ..core.paths import public
+from ..core.public import public
 from ..masks.registry import mask_name_for_sha256
 
 FORMAT = "szoq.delta"
@@ -56,7 +56,7 @@ class Delta(HubMixin):
         import shutil
 
         from ..core.errors import ConfigError
-        from ..core.paths import atomic_dir
+        from ..core.files import atomic_dir
 
         folder = Path(folder)
         if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
@@ -107,7 +107,8 @@ class Delta(HubMixin):
         """Refuse a mask other than the one the delta was trained with (by the sha256 of its file)."""
         import tempfile
 
-        from ..masks.artifact import MASK_FILE, file_sha256, save_mask
+        from ..masks.artifact import MASK_FILE, save_mask
+        from ..core.files import file_sha256
 
         if mask.path is not None and (Path(mask.path) / MASK_FILE).is_file():
             sha = file_sha256(Path(mask.path) / MASK_FILE)

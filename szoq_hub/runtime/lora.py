@@ -30,9 +30,8 @@ import torch
 from torch import nn
 
 from ..core.errors import ConfigError, MaskError
+from .lora_config import LoRASettings
 from .sparse_linear import SparseValues as LoRAStore  # the same fp32 master vector + per-part views
-
-from .lora_config import LORA_TARGETS, LoRASettings  # noqa: F401,E402  (torch-free, read by FinetuneConfig)
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ import torch
 from ..core import schema
 from ..core.content import CONTENT_KEY, tensors_sha256
 from ..core.errors import ConfigError, FingerprintMismatch, MaskError
-from ..core.paths import public
+from ..core.public import public
 from ..masks.artifact import write_safetensors
 from .lora import LoRASettings
 

@@ -15,13 +15,12 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
-from ..core.specs import DTYPE_NAMES, check_device_spec, check_dtype_spec
+from ..core.defaults import (DEFAULT_LR, DEFAULT_MASK, DEFAULT_MODEL, DENSE_LR, DTYPE_NAMES, LORA_LR, check_device_spec, check_dtype_spec,
+                             default_lr)
 from ..core.errors import ConfigError
 from ..data.tasks import CustomTask, Sampling, custom_task_from
 from ..runtime.lora_config import LoRASettings
 from ..runtime.zo_config import ZOConfig
-
-from ..core.defaults import DEFAULT_LR, DEFAULT_MASK, DEFAULT_MODEL, DENSE_LR, LORA_LR, default_lr
 
 # ZOConfig fields a run derives from its own settings (steps, seed): not options of their own.
 ZO_DERIVED = ("total_steps", "seed")

@@ -11,8 +11,7 @@ from ..runtime.delta import load_delta, write_into
 from ..runtime.dense import is_dense_file, load_dense_result
 from ..runtime.lora_file import is_lora_file
 from ..core.devices import DTYPES, resolve_device
-from ..core.paths import disk_errors
-from ..core.paths import atomic_dir
+from ..core.files import atomic_dir, disk_errors
 from ..core.errors import ConfigError, MaskError, TrainingError
 from .config import MergeConfig, refuse_dense_options
 from .setup import model_and_mask_for, open_model_and_mask

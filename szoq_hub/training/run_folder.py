@@ -25,9 +25,9 @@ import torch
 
 from ..core import schema
 from ..core.errors import TrainingError
-from ..core.paths import atomic_file
-from ..core.version import __version__
-from ..masks.artifact import card_base_model
+from ..core.files import atomic_file
+from ..core.defaults import __version__
+from ..masks.card import card_base_model
 from ..runtime.delta import DELTA_FILE
 from ..runtime.dense import DENSE_FILE
 from ..runtime.lora_file import LORA_FILE

@@ -7,14 +7,15 @@ from pathlib import Path
 
 import torch.distributed as dist
 
-from ..core.distributed import world
+from ..core.devices import world
 from ..core.errors import FingerprintMismatch
 from ..data.models import DEFAULT_MODEL, ModelSource, fingerprint_from, parameter_layout, resolve_model
 from ..data.scoring import Encoded, metric_value, predict
 from ..hub.refs import resolve_mask_ref
-from ..masks.artifact import MASK_FILE, SensitivityMask, file_sha256, load_mask
+from ..masks.artifact import MASK_FILE, SensitivityMask, load_mask
+from ..core.files import file_sha256
 from ..runtime.delta import delta_origin
-from .config import DEFAULT_MASK
+from ..core.defaults import DEFAULT_MASK
 
 
 def open_model_and_mask(model: str, mask_ref: str, revision: str | None = None) -> tuple[ModelSource, str, SensitivityMask, str]:
