@@ -5,13 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..training.config import MergeConfig
-
-
-def _like_merge(name: str):
-    """A field with the default and the help of `MergeConfig`'s: export and merge read a delta alike."""
-    f = MergeConfig.__dataclass_fields__[name]
-    return field(default=f.default, metadata=f.metadata)
+from ..training.config import MergeConfig, shared_field
 
 
 @dataclass
@@ -21,7 +15,7 @@ class PeftExportConfig:
     # The library takes a local run folder or file; the CLI resolves a Hub ref first (`resolve_delta_ref`).
     delta: str | Path = field(metadata={"help": "Run folder, delta.safetensors, or ORG/NAME or ORG/NAME@REV on the Hub."})
     out: str | Path = field(metadata={"help": "New folder for the adapter (adapter_config.json, adapter_model.safetensors)."})
-    model: str | None = _like_merge("model")
+    model: str | None = shared_field(MergeConfig, "model")
     mask_ref: str | None = field(default=None, metadata={"flag": "--mask", "help": "Mask REF (default: the one the delta was trained "
                                                                                    "with, else the built-in; not for a --lora run)."})
-    revision: str | None = _like_merge("revision")
+    revision: str | None = shared_field(MergeConfig, "revision")

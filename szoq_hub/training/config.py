@@ -218,8 +218,8 @@ class FinetuneResult:
     micro_batch_tokens: int | None = None
 
 
-def _like(cls: type, name: str):
-    """A field with the default and the help of `cls`'s field `name`: an option two commands share is written once."""
+def shared_field(cls: type, name: str):
+    """A field with the default, help and flag of `cls`'s field `name`: an option two commands share is written once."""
     f = cls.__dataclass_fields__[name]
     return field(default=f.default, metadata=f.metadata)
 
@@ -235,28 +235,28 @@ class EvalConfig:
     model: str | None = _opt(None, _DELTA_MODEL_HELP)
     mask: str | None = _opt(None, "Mask REF (default: the one the delta was trained with, else the built-in; zero-shot: the built-in "
                                   "where it fits the model, else none, the quantized base as it is).")
-    task: str | None = _like(FinetuneConfig, "task")
+    task: str | None = shared_field(FinetuneConfig, "task")
     train_file: str | None = _opt(None, "Custom task: train file (jsonl/csv/tsv; eval takes ICL demonstrations from it).", flag="--train")
     eval_file: str | None = _opt(None, "Custom task: eval file (default: held out from --train; eval needs no --train for zero-shot).",
                                  flag="--eval")
-    template: str | None = _like(FinetuneConfig, "template")
-    labels: str | None = _like(FinetuneConfig, "labels")
-    label_field: str = _like(FinetuneConfig, "label_field")
-    task_file: str | None = _like(FinetuneConfig, "task_file")
-    encoding: str = _like(FinetuneConfig, "encoding")
+    template: str | None = shared_field(FinetuneConfig, "template")
+    labels: str | None = shared_field(FinetuneConfig, "labels")
+    label_field: str = shared_field(FinetuneConfig, "label_field")
+    task_file: str | None = shared_field(FinetuneConfig, "task_file")
+    encoding: str = shared_field(FinetuneConfig, "encoding")
     delta: str | None = _opt(None, "Run folder, delta.safetensors or ORG/NAME[@REV] on the Hub (default: zero-shot); also a --dense or "
                                    "--lora run's folder.")
     icl_shots: int = _opt(0, "In-context demonstrations per example.")
     quant: str | None = _opt(None, "Base quantization: nf4, fp4, int8 or none (default nf4; a --dense run's weights: fp32, none).")
-    device: str = _like(FinetuneConfig, "device")
+    device: str = shared_field(FinetuneConfig, "device")
     # None: the device type's default (`core.devices.DEFAULT_DTYPE`)
     dtype: str | None = _opt("auto", "Compute dtype: auto (bf16 on CUDA and on CPUs with native bf16, else fp32), bf16, fp16 or fp32. "
                                      "Sparse values stay fp32.")
-    eval_samples: int = _like(FinetuneConfig, "eval_samples")
+    eval_samples: int = shared_field(FinetuneConfig, "eval_samples")
     batch_size: int = _opt(32, "Evaluation batch size.")
     seed: int = _opt(0, "Seed of sampling and demonstrations.")
-    data_dir: str | None = _like(FinetuneConfig, "data_dir")
-    revision: str | None = _like(FinetuneConfig, "revision")
+    data_dir: str | None = shared_field(FinetuneConfig, "data_dir")
+    revision: str | None = shared_field(FinetuneConfig, "revision")
 
     def __post_init__(self) -> None:
         for name, low, example in (("icl_shots", 0, 16), ("batch_size", 1, 32), ("eval_samples", 1, 1000)):
@@ -291,7 +291,7 @@ class MergeConfig:
     dtype: str = _opt("fp32", "dtype of the saved weights: fp32, bf16 or fp16.")
     device: str = _opt("auto", "Where the weights are patched: auto (CUDA when available), cpu, cuda or cuda:N; the folder written is "
                                "the same on every device.")
-    revision: str | None = _like(FinetuneConfig, "revision")
+    revision: str | None = shared_field(FinetuneConfig, "revision")
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPE_NAMES:
