@@ -57,7 +57,7 @@ def main() -> None:
 
     from szoq_hub.core.defaults import DEFAULT_MASK
     from szoq_hub.training.finetune import batch_indices
-    from szoq_hub.training.setup import open_model_and_mask
+    from szoq_hub.methods.sparse.setup import open_model_and_mask
     from szoq_hub.runtime.sparse import load_sparse_model
     from szoq_hub.data.scoring import encode, loss_sums, pad_id_of
     from szoq_hub.data.tasks import Sampling, load_task

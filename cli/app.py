@@ -12,7 +12,7 @@ from .root import app
 
 def _register() -> None:
     """Import the command groups: each adds itself to `app`."""
-    from . import cleanup, delta, export, finetune, mask, mask_hub, plot  # noqa: F401
+    from . import cleanup, delta, export, finetune, mask, mask_hub  # noqa: F401
 
 
 def _interrupt_in(exc: BaseException) -> KeyboardInterrupt | None:

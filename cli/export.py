@@ -1,4 +1,5 @@
-"""`szoq export peft`: a fine-tuned delta as a PEFT SHiRA adapter (optionally pushed to the Hub)."""
+"""What leaves szoq as files (the library's `export/`): `szoq export peft`, a fine-tuned delta as a PEFT
+SHiRA adapter (optionally pushed to the Hub), and `szoq plot`, runs' curves as a PNG."""
 
 from __future__ import annotations
 
@@ -42,8 +43,18 @@ def peft_cmd(*, push: Optional[str] = None, tag: Optional[str] = None, private: 
     print(result.out)
     if pushed is not None:
         push_summary(pushed, repo=push, kind="peft adapter", what=str(out_dir), use="PeftModel.from_pretrained(base, '{ref}')")
-    if result.peft_type == "LORA":
-        note(f"LoRA r={result.r}: {result.layers} layers, {result.nnz:,} adapter values; load it with PeftModel.from_pretrained(base, {str(result.out)!r})")
-        return
-    note(f"SHiRA r={result.r}: {result.layers} layers, {result.nnz:,} fine-tuned weights + {result.padding:,} zero-update padding entries; "
-         f"load it with PeftModel.from_pretrained(base, {str(result.out)!r})")
+    note(f"{result.summary()}; load it with PeftModel.from_pretrained(base, {str(result.out)!r})")
+
+
+@app.command("plot")
+def plot_cmd(
+    runs: list[str] = typer.Argument(..., help="szoq finetune output folders (or deltas on the Hub: ORG/NAME or ORG/NAME@REV)."),
+    out_file: Path = typer.Option(Path("szoq-plot.png"), "--out", help="The PNG to write."),
+) -> None:
+    """Plot loss and dev metric against steps from metrics.jsonl. Example: szoq plot runs/sst2 runs/rte --out runs.png"""
+    from szoq_hub import plot_runs, resolve_delta_ref
+
+    folders = [resolve_delta_ref(r) for r in runs]
+    path = plot_runs([f.parent if f.suffix == ".safetensors" else f for f in folders], out_file, labels=runs)
+    print(path)
+    note(f"plotted {len(runs)} run(s)")

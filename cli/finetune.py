@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from szoq_hub import EvalConfig, FinetuneConfig, MergeConfig, default_lr  # torch-free: `szoq --help` builds the options from them
+from szoq_hub import EvalConfig, FinetuneConfig, MergeConfig  # torch-free: `szoq --help` builds the options from them
 
 from .options import command, config_from, extra
 from .render import note, out, print_json, progress_bar
@@ -17,13 +17,15 @@ _JSON = typer.Option(False, "--json", help="Print the result as JSON.")
 
 
 def finetune_config(options: dict) -> FinetuneConfig:
-    """The run's settings from flat options (ZO fields beside the rest); --lr left out: the method's own (`default_lr`).
+    """The run's settings from flat options: every method's and the ZO fields beside the rest.
+
+    The method is --method NAME, else the one a selecting option picks (--dense, --lora R), else
+    sparse; another method's options are refused, not ignored; --lr left out: the method's own.
 
     Raises:
-        ConfigError: an invalid value (see FinetuneConfig and ZOConfig).
+        ConfigError: an invalid value (see FinetuneConfig, ZOConfig and the method's config), two
+            methods chosen, or another method's options given.
     """
-    if options.get("lr") is None:
-        options = {**options, "lr": default_lr(dense=bool(options.get("dense")), lora=options.get("lora") or 0)}
     return config_from(FinetuneConfig, options)
 
 

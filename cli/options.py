@@ -5,11 +5,17 @@ Each field of a command's config (`FinetuneConfig`, `EvalConfig`, `MaskBuildConf
 that is not `--name-with-dashes`; `argument` makes it the command's positional argument, `hidden`
 keeps it out of `--help`. A field marked `nested` (FinetuneConfig's `zo`) holds a config of its
 own whose fields become options beside the others, less those it `skip`s, with the defaults and
-help it `overrides` (`--lr`: None, the method's own).
+help it `overrides` (`--lr`: None, the method's own). A field marked `variants` (FinetuneConfig's
+`method_config`) holds one of several configs, which `variants()` lists (every registered method's
+settings): the fields of all of them become options (`--dense`, `--lora R`, `--lora-alpha`, ...),
+and the config picks its variant from the values (a true `--dense` picks dense MeZO). A help text
+may be a function (help that lists the registered methods is read when the options are built).
 
 `parameters(Config)` turns the fields into the keyword parameters Typer reads; `command(...)` gives
 a function taking `**options` that signature; `config_from(Config, options)` builds the config
-back from the flat values. The configs are torch-free, so `szoq --help` loads no torch.
+back from the flat values (a nested or variant field as a dict of its fields' values, which the
+config resolves: FinetuneConfig fills a left-out `--lr` with the method's own). The configs are
+torch-free, so `szoq --help` loads no torch.
 """
 
 from __future__ import annotations
@@ -38,6 +44,15 @@ class Option:
 def flag_of(f: dataclasses.Field) -> str:
     """The flag of a config field: its metadata's `flag`, else `--name-with-dashes`."""
     return f.metadata.get("flag") or "--" + f.name.replace("_", "-")
+
+
+def _help(text: str | Callable[[], str]) -> str:
+    return text() if callable(text) else text
+
+
+def _inner(hints: dict, f: dataclasses.Field) -> type:
+    """The config class a nested field holds (`ZOConfig` of `ZOConfig | None`)."""
+    return next(a for a in typing.get_args(hints[f.name]) if a is not type(None))
 
 
 def _default_of(f: dataclasses.Field) -> Any:
@@ -69,17 +84,19 @@ def options_of(cls: type) -> list[Option]:
     out: list[Option] = []
     for f in dataclasses.fields(cls):
         meta = f.metadata
+        if meta.get("variants"):
+            out += [o for variant in meta["variants"]() for o in options_of(variant)]
+            continue
         if meta.get("nested"):
-            inner = next(a for a in typing.get_args(hints[f.name]) if a is not type(None))
             overrides = meta.get("overrides", {})
-            for o in options_of(inner):
+            for o in options_of(_inner(hints, f)):
                 if o.name not in meta.get("skip", ()):
                     over = overrides.get(o.name, {})
                     default = over.get("default", o.default)
-                    out.append(dataclasses.replace(o, default=default, help=over.get("help", o.help), annotation=_annotation(o.annotation, default)))
+                    out.append(dataclasses.replace(o, default=default, help=_help(over.get("help", o.help)), annotation=_annotation(o.annotation, default)))
             continue
         default = _default_of(f)
-        out.append(Option(f.name, flag_of(f), default, meta["help"], _annotation(hints[f.name], default),
+        out.append(Option(f.name, flag_of(f), default, _help(meta["help"]), _annotation(hints[f.name], default),
                           argument=bool(meta.get("argument")), hidden=bool(meta.get("hidden"))))
     return out
 
@@ -118,6 +135,9 @@ def command(*configs: type, extras: tuple[inspect.Parameter, ...] = ()) -> Calla
 def config_from(cls: type, options: dict) -> Any:
     """A config from flat option values (a nested config's options beside the rest); the others are left out.
 
+    A nested or variant field gets the values of its fields as a dict (the config builds its
+    settings from it: FinetuneConfig's `zo` and `method_config`).
+
     Args:
         cls: The config dataclass.
         options: name -> value; names that are no option of `cls` are ignored, missing ones keep their default.
@@ -128,10 +148,10 @@ def config_from(cls: type, options: dict) -> Any:
     hints = typing.get_type_hints(cls)
     kwargs = {}
     for f in dataclasses.fields(cls):
-        if f.metadata.get("nested"):
-            inner = next(a for a in typing.get_args(hints[f.name]) if a is not type(None))
-            names = {g.name for g in dataclasses.fields(inner)} - set(f.metadata.get("skip", ()))
-            kwargs[f.name] = inner(**{k: v for k, v in options.items() if k in names})
+        if f.metadata.get("variants") or f.metadata.get("nested"):
+            inner = f.metadata["variants"]() if f.metadata.get("variants") else [_inner(hints, f)]
+            names = {g.name for c in inner for g in dataclasses.fields(c)} - set(f.metadata.get("skip", ()))
+            kwargs[f.name] = {k: v for k, v in options.items() if k in names}
         elif f.name in options:
             kwargs[f.name] = options[f.name]
     return cls(**kwargs)

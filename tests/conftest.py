@@ -266,7 +266,7 @@ def other_run(run_dir: Path, dest: Path, shift: float = 0.01, base_model: str | 
     """A copy of the run whose delta holds other values (same mask and model unless `base_model`)."""
     import shutil
 
-    from szoq_hub.runtime.delta import load_delta, save_delta
+    from szoq_hub.methods.sparse.delta import load_delta, save_delta
 
     shutil.copytree(run_dir, dest)
     d = load_delta(dest)

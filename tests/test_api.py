@@ -69,7 +69,7 @@ def test_hub_methods_are_defined_on_the_classes():
     import pydoc
 
     from szoq_hub import Delta, SensitivityMask
-    from szoq_hub.core.hub_mixin import HubMixin
+    from szoq_hub.hub.mixin import HubMixin
 
     for cls in (SensitivityMask, Delta):
         assert issubclass(cls, HubMixin)
@@ -161,7 +161,7 @@ def test_merge_into_refuses_another_mask(tiny_model_dir, tiny_mask, run_dir, tmp
 
     from szoq_hub import Delta
     from szoq_hub.masks.build import MaskBuildConfig, build_mask
-    from szoq_hub.runtime.delta import save_delta
+    from szoq_hub.methods.sparse.delta import save_delta
 
     delta = Delta.from_pretrained(run_dir)
     other, _ = build_mask(MaskBuildConfig(model=str(tiny_model_dir), scorer="random", density=0.01), tmp_path / "random-mask")

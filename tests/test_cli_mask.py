@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from conftest import assert_one_line_error
-from szoq_hub.masks.artifact import MaskConfig, SensitivityMask, save_mask, write_safetensors
+from szoq_hub.masks.artifact import MaskConfig, save_mask, write_safetensors
+from szoq_hub import SensitivityMask
 
 
 def build_cli(run_cli, model, calib, *extra):

@@ -361,7 +361,7 @@ def stop_at_3(event: dict) -> None:
 
 
 def test_resume_is_exact_and_refuses_another_dtype(tiny_model_dir, devices_mask, train_file, tmp_path):
-    from szoq_hub.runtime.delta import load_delta
+    from szoq_hub.methods.sparse.delta import load_delta
 
     mask_dir = devices_mask[1]
     finetune(_config(tiny_model_dir, mask_dir, train_file, tmp_path / "straight", dtype="bf16"))

@@ -13,10 +13,10 @@ import torch
 from conftest import SHARED_DATA, TINY_TEXTS, make_tiny_llama
 from conftest import cli_in_process as run_cli
 from conftest import tiny_finetune_config as _config
-from szoq_hub.runtime.delta import load_delta, save_delta
+from szoq_hub.methods.sparse.delta import load_delta, save_delta
 from szoq_hub.core.errors import ConfigError, FingerprintMismatch, MaskError, TrainingError
 from szoq_cli.finetune import finetune_config
-from szoq_hub.core.defaults import DEFAULT_LR
+from szoq_hub import DEFAULT_LR
 from szoq_hub.training.config import FinetuneConfig, _flag as flag
 from szoq_hub.training.finetune import finetune
 from szoq_hub.training.run_folder import CHECKPOINT_FILE
@@ -465,8 +465,8 @@ def test_without_lr_each_method_gets_its_own_sweeps_lr_and_help_says_which(monke
     from szoq_cli.options import options_of
     from szoq_hub import DEFAULT_LR, DENSE_LR, LORA_LR, ZOConfig
 
-    assert (FinetuneConfig().zo.lr, FinetuneConfig(dense=True).zo.lr, FinetuneConfig(lora=8).zo.lr) == (DEFAULT_LR, DENSE_LR, LORA_LR)
-    assert FinetuneConfig(lora=8, zo=ZOConfig(lr=5e-3)).zo.lr == 5e-3
+    assert (FinetuneConfig().zo.lr, FinetuneConfig(method="dense").zo.lr, FinetuneConfig(method="lora", method_config={"lora": 8}).zo.lr) == (DEFAULT_LR, DENSE_LR, LORA_LR)
+    assert FinetuneConfig(method="lora", method_config={"lora": 8}, zo=ZOConfig(lr=5e-3)).zo.lr == 5e-3
     assert finetune_config(dict(lr=None)).zo.lr == DEFAULT_LR and finetune_config(dict(dense=True)).zo.lr == DENSE_LR
     assert finetune_config(dict(lora=4, lr=None)).zo.lr == LORA_LR and finetune_config(dict(lora=4, lr=0.0)).zo.lr == 0.0
     lr = next(o for o in options_of(FinetuneConfig) if o.name == "lr")
@@ -482,7 +482,7 @@ def test_lora_settings_without_lora_are_refused_not_ignored(kw):
         finetune_config(kw)
     named = {flag(k) for k in kw}
     assert all(f in info.value.message for f in named) and "--lora 8" in info.value.hint
-    assert finetune_config({**kw, "lora": 4}).lora_settings().rank == 4
+    assert finetune_config({**kw, "lora": 4}).method_config.settings().rank == 4
 
 
 def test_zo_options_are_settable_from_the_cli_and_recorded(tiny_model_dir, tiny_mask, train_file, tmp_path, monkeypatch, capsys):

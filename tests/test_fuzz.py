@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from szoq_hub.core import schema
-from szoq_hub.runtime.delta import load_delta, save_delta
+from szoq_hub.methods.sparse.delta import load_delta, save_delta
 from szoq_hub.core.errors import SzoqError
 from szoq_hub.masks.artifact import CONFIG_FILE, MASK_FILE, load_mask
 from test_hub import SHAPES, make_mask

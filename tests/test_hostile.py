@@ -301,7 +301,7 @@ def test_a_10k_character_path_is_a_one_line_error(tiny_model_dir, tmp_path, run_
 
 def test_delta_push_publishes_no_local_path(hub, run_dir, tmp_path, run_cli):  # noqa: F811
     """The tiny run was trained from absolute temp paths (model, mask, train file, --out)."""
-    from szoq_hub.runtime.delta import load_delta
+    from szoq_hub.methods.sparse.delta import load_delta
 
     run = json.loads((run_dir / "finetune_config.json").read_text())
     local = [v for v in run["settings"].values() if isinstance(v, str) and v.startswith("/")]

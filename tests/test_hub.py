@@ -16,7 +16,8 @@ import pytest
 import torch
 
 from szoq_hub.core.errors import ConfigError, HubError, MaskError, RegistryError
-from szoq_hub.masks.artifact import CARD_FILE, CONFIG_FILE, MASK_FILE, MaskConfig, SensitivityMask, mask_stats, save_mask
+from szoq_hub.masks.artifact import CARD_FILE, CONFIG_FILE, MASK_FILE, MaskConfig, mask_stats, save_mask
+from szoq_hub import SensitivityMask
 from szoq_hub.masks.registry import Registry
 
 WRITE = "hf_alice_write_0123456789"  # alice, member of org "team", write

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from szoq_hub.core.errors import RegistryError
-from szoq_hub.masks.artifact import MASK_FILE, MaskConfig, SensitivityMask, save_mask
+from szoq_hub.masks.artifact import MASK_FILE, MaskConfig, save_mask
+from szoq_hub import SensitivityMask
 from szoq_hub.masks.registry import SCHEMA_VERSION, Registry
 from szoq_hub.hub.refs import open_mask, resolve_mask_ref
 

@@ -234,6 +234,32 @@ def write_tensors(path: Path, tensors: list[tuple[str, torch.Tensor]], metadata:
     """
     from ..core.files import atomic_file
 
+    with atomic_file(path) as tmp:
+        with open(tmp, "wb") as fh:
+            for chunk in _file_chunks(tensors, metadata):
+                fh.write(chunk)
+
+
+def tensors_file_sha256(tensors: list[tuple[str, torch.Tensor]], metadata: dict[str, str] | None = None) -> str:
+    """The sha256 of the file `write_tensors` would write, computed without writing it.
+
+    Args:
+        tensors: (name, tensor) in file order.
+        metadata: str -> str header metadata.
+
+    Returns:
+        The hex digest.
+    """
+    import hashlib
+
+    digest = hashlib.sha256()
+    for chunk in _file_chunks(tensors, metadata):
+        digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _file_chunks(tensors: list[tuple[str, torch.Tensor]], metadata: dict[str, str] | None):
+    """The bytes of a safetensors file, in order: header length, header, each tensor's data."""
     header: dict = {"__metadata__": dict(metadata)} if metadata else {}
     offset = 0
     for name, t in tensors:
@@ -242,12 +268,10 @@ def write_tensors(path: Path, tensors: list[tuple[str, torch.Tensor]], metadata:
         offset += size
     raw = json.dumps(header, separators=(",", ":")).encode()
     raw += b" " * (-len(raw) % 8)  # the data section starts 8-byte aligned
-    with atomic_file(path) as tmp:
-        with open(tmp, "wb") as fh:
-            fh.write(len(raw).to_bytes(8, "little"))
-            fh.write(raw)
-            for _, t in tensors:
-                cpu = t.detach().contiguous().cpu()
-                if cpu.numel():
-                    fh.write(memoryview(cpu.view(-1).view(torch.uint8).numpy()))
-                del cpu
+    yield len(raw).to_bytes(8, "little")
+    yield raw
+    for _, t in tensors:
+        cpu = t.detach().contiguous().cpu()
+        if cpu.numel():
+            yield memoryview(cpu.view(-1).view(torch.uint8).numpy())
+        del cpu

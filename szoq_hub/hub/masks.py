@@ -3,7 +3,7 @@
 A mask is one `Artifact` description for the transport layer (`transport.py`): its files
 (`mask.safetensors`, `mask_config.json`), its verifier (`load_mask`) and its card (`render_card`
 with the repo id and tag). Pulled masks are registered in the local registry as
-`ALIAS@<tag or short sha>`. Fine-tuned deltas are the other description (`hub/deltas.py`).
+`ALIAS@<tag or short sha>`. Fine-tuned deltas are the other description (`methods/sparse/delta.py`).
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from pathlib import Path
 from ..core.defaults import __version__
 from ..core import schema
 from ..core.errors import ConfigError, HubError, MaskError, RegistryError
-from ..masks.card import CARD_TAGS
-from ..masks.artifact import CONFIG_FILE, FORMAT, FORMAT_VERSION, MASK_FILE, SCOPES, SensitivityMask, load_mask, render_card
+from ..masks.card import CARD_TAGS, render_card
+from ..masks.artifact import CONFIG_FILE, FORMAT, FORMAT_VERSION, MASK_FILE, SCOPES, MaskData, load_mask
 from ..core.public import command_words, local_paths
 from ..core.files import path_exists
 from ..core.home import scratch_dir
@@ -70,7 +70,7 @@ class MaskListing:
 
 
 # -- the mask artifact -----------------------------------------------------------------------
-def verify_for_push(folder: Path) -> SensitivityMask:
+def verify_for_push(folder: Path) -> MaskData:
     """Load a mask for publishing: it must verify and record no local path of this machine.
 
     Raises:

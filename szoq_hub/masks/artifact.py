@@ -20,8 +20,7 @@ from ..core.defaults import __version__
 from ..core import schema
 from ..core.errors import ConfigError, FingerprintMismatch, MaskError
 from ..core.content import CONTENT_KEY, tensors_sha256
-from ..core.hub_mixin import HubMixin
-from ..core.files import atomic_dir
+from ..core.files import atomic_dir, file_sha256, path_exists
 from .card import render_card
 
 FORMAT = "szoq.mask"
@@ -86,17 +85,17 @@ class MaskConfig:
 
 
 @dataclass
-class SensitivityMask(HubMixin):
+class MaskData:
     """A loaded, verified mask: sorted unique int32 flat indices per parameter name.
 
-    The Python API follows the Hugging Face mixins (`HubMixin`): `save_pretrained(folder)` writes
-    the artifact; `from_pretrained(ref, model=None)` takes any REF the CLI takes;
-    `push_to_hub(repo_id)` publishes it (a registry entry by its version).
+    The mask's data, which the runtime, the registry and the Hub transport read. The public
+    `SensitivityMask` (hub/sensitivity_mask.py) adds `from_pretrained` / `save_pretrained` /
+    `push_to_hub` on top of it.
 
     Attributes:
         indices: name -> sorted unique int32 flat indices [nnz_name].
         config: The facts (base model, fingerprint, density, stats, ...).
-        ref: The REF `from_pretrained` was given (None for a mask built in memory).
+        ref: The REF it was opened by (None for a mask built in memory).
         path: The artifact folder it was read from or written to (None when there is none).
     """
 
@@ -108,23 +107,6 @@ class SensitivityMask(HubMixin):
     @property
     def nnz(self) -> int:
         return sum(int(t.numel()) for t in self.indices.values())
-
-    def _save_pretrained(self, folder: Path) -> Path:
-        """Write the artifact folder (`mask.safetensors`, `mask_config.json`, card) atomically."""
-        self.path = save_mask(self, folder)
-        return self.path
-
-    # The hooks below resolve REFs and push through the hub layer, above this one: imported when called.
-    @classmethod
-    def _from_pretrained(cls, ref: str | Path, *, offline: bool = False, model: str | None = None) -> SensitivityMask:
-        from ..hub.mixin_hooks import mask_from_pretrained
-
-        return mask_from_pretrained(ref, model=model, offline=offline)
-
-    def _push_to_hub(self, repo_id: str, **kwargs):
-        from ..hub.mixin_hooks import push_mask_object
-
-        return push_mask_object(self, repo_id, **kwargs)
 
 
 INT32_MAX = 2**31 - 1
@@ -172,7 +154,28 @@ def config_json(config: MaskConfig) -> str:
     return json.dumps(asdict(config), indent=2, sort_keys=True) + "\n"
 
 
-def save_mask(mask: SensitivityMask, folder: Path) -> Path:
+def _file_parts(mask: MaskData) -> tuple[dict[str, torch.Tensor], MaskConfig]:
+    """The tensors `mask.safetensors` holds and the config whose header it carries (content hash set)."""
+    tensors = {n: t.contiguous().to(torch.int32) for n, t in mask.indices.items()}
+    # A copy: the caller's config object may be shared with other masks.
+    return tensors, replace(mask.config, content_sha256=tensors_sha256(tensors))  # every load recomputes it
+
+
+def mask_sha256(mask: MaskData) -> str:
+    """The sha256 of the mask's `mask.safetensors`: its file's when it was read from one, else the
+    bytes `save_mask` writes for it (byte-reproducible), hashed without writing a file.
+
+    Deltas name their mask by this hash; a mask built in memory is checked against it as it is.
+    """
+    if mask.path is not None and path_exists(Path(mask.path) / MASK_FILE):
+        return file_sha256(Path(mask.path) / MASK_FILE)
+    from ..data.checkpoint import tensors_file_sha256
+
+    tensors, config = _file_parts(mask)
+    return tensors_file_sha256(*_canonical(tensors, config.header()))
+
+
+def save_mask(mask: MaskData, folder: Path) -> Path:
     """Write the artifact folder atomically (a temp folder renamed into place).
 
     Returns:
@@ -188,9 +191,7 @@ def save_mask(mask: SensitivityMask, folder: Path) -> Path:
         raise MaskError(f"{folder} already exists and is not empty", hint="choose another --out folder or remove it")
     for n, shape in mask.config.shapes.items():
         check_int32_range(n, math.prod(shape))
-    tensors = {n: t.contiguous().to(torch.int32) for n, t in mask.indices.items()}
-    # A copy: the caller's config object may be shared with other masks.
-    config = replace(mask.config, content_sha256=tensors_sha256(tensors))  # every load recomputes it
+    tensors, config = _file_parts(mask)
     with atomic_dir(folder) as tmp:
         write_safetensors(tensors, tmp / MASK_FILE, config.header())
         (tmp / CONFIG_FILE).write_text(config_json(config))
@@ -209,7 +210,12 @@ def write_safetensors(tensors: dict[str, torch.Tensor], path: Path, metadata: di
     """
     from ..data.checkpoint import write_tensors
 
-    write_tensors(path, [(name, tensors[name]) for name in sorted(tensors)], dict(sorted(metadata.items())))
+    write_tensors(path, *_canonical(tensors, metadata))
+
+
+def _canonical(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> tuple[list[tuple[str, torch.Tensor]], dict[str, str]]:
+    """Tensors in sorted name order and sorted header keys: the canonical file layout."""
+    return [(name, tensors[name]) for name in sorted(tensors)], dict(sorted(metadata.items()))
 
 
 def read_header(path: Path) -> dict[str, str]:
@@ -268,7 +274,7 @@ def verify_indices(indices: dict[str, torch.Tensor], shapes: dict[str, list[int]
             raise MaskError(f"{where}: tensor {name!r} has duplicate indices", hint="the artifact is corrupt: rebuild it")
 
 
-def load_mask(folder: Path, *, fingerprint: str | None = None, layout: list[tuple[str, tuple[int, ...], str]] | None = None) -> SensitivityMask:
+def load_mask(folder: Path, *, fingerprint: str | None = None, layout: list[tuple[str, tuple[int, ...], str]] | None = None) -> MaskData:
     """Load and verify a mask artifact folder (or a `mask.safetensors` path).
 
     Args:
@@ -316,5 +322,5 @@ def load_mask(folder: Path, *, fingerprint: str | None = None, layout: list[tupl
         )
     if layout is not None:
         schema.check_fits_model(config.shapes, layout, str(path))
-    return SensitivityMask(indices, config, path=path.parent)
+    return MaskData(indices, config, path=path.parent)
 

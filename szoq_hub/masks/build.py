@@ -27,7 +27,7 @@ from ..core.devices import DTYPES as SHARED_DTYPES, import_bitsandbytes, init_di
 from ..core.errors import ConfigError, DependencyError, MaskError, ModelError
 from ..core.home import ensure_writable_dir, scratch_dir
 from ..core.public import public_word
-from .artifact import MaskConfig, SensitivityMask, mask_stats, save_mask
+from .artifact import MaskConfig, MaskData, mask_stats, save_mask
 from ..data.models import ModelSource, load_config, model_fingerprint, resolve_model, target_parameter_names
 from .registry import Registry, check_name, check_version, name_from
 from .selection import StreamingSelector
@@ -171,7 +171,7 @@ def default_mask_name(config: MaskBuildConfig) -> str:
 
 def build_mask(config: MaskBuildConfig, out: Path | None = None, *, register: bool = False, name: str | None = None,
                version: str | None = None, progress: ProgressFn | None = None, command: str | None = None,
-               plan_out: dict | None = None) -> tuple[SensitivityMask, Path | None]:
+               plan_out: dict | None = None) -> tuple[MaskData, Path | None]:
     """Compute a sensitivity mask, write its artifact folder and (optionally) register it.
 
     Under torchrun (WORLD_SIZE > 1) every rank scores its shard of the windows and the scores
@@ -222,7 +222,7 @@ def build_mask(config: MaskBuildConfig, out: Path | None = None, *, register: bo
 
 
 def _build(config: MaskBuildConfig, out: Path | None, *, progress: ProgressFn | None, command: str | None,
-           plan_out: dict | None) -> tuple[SensitivityMask, Path | None]:
+           plan_out: dict | None) -> tuple[MaskData, Path | None]:
     """Score, select and (rank 0, `out` given) write the artifact folder."""
     device = resolve_device(config.device)
     if config.fsdp:
@@ -283,7 +283,7 @@ def _build(config: MaskBuildConfig, out: Path | None, *, progress: ProgressFn | 
         created_at=build_timestamp(),
         stats=stats,
     )
-    mask = SensitivityMask(indices, mask_config)
+    mask = MaskData(indices, mask_config)
     if out is None or not is_main_process():
         return mask, None
     return mask, save_mask(mask, out)

@@ -21,7 +21,7 @@ from filelock import FileLock
 
 from .catalog import builtin_masks
 from ..core.errors import RegistryError
-from .artifact import CARD_FILE, CONFIG_FILE, MASK_FILE, SensitivityMask, config_json, load_mask
+from .artifact import CARD_FILE, CONFIG_FILE, MASK_FILE, MaskData, config_json, load_mask
 from ..core.files import atomic_dir, atomic_file, file_sha256
 from ..core.home import ensure_writable_dir, szoq_home
 from ..core.errors import shorten
@@ -223,7 +223,7 @@ class Registry:
                 raise
             return self._entry(name, raw)
 
-    def _existing(self, name: str, raw: dict, folder: Path, mask: SensitivityMask,
+    def _existing(self, name: str, raw: dict, folder: Path, mask: MaskData,
                   before_commit: Callable[[RegistryEntry], None] | None) -> RegistryEntry:
         """An entry that already holds this content: repair its object if damaged, run the hook."""
         self._store_object(folder, raw["sha256"], mask)
@@ -232,7 +232,7 @@ class Registry:
             before_commit(entry)
         return entry
 
-    def _store_object(self, folder: Path, sha: str, mask: SensitivityMask) -> None:
+    def _store_object(self, folder: Path, sha: str, mask: MaskData) -> None:
         target = self.objects / sha
         if (target / MASK_FILE).exists() and file_sha256(target / MASK_FILE) == sha:
             return

@@ -50,7 +50,7 @@ from torch import nn
 from ..data.checkpoint import KeyMapper, checkpoint_files, iter_tensors
 from ..core.devices import require_quant_backend, resolve_device, resolve_dtype
 from ..core.errors import ConfigError, FingerprintMismatch, MaskError, ModelError
-from ..masks.artifact import SensitivityMask
+from ..masks.artifact import MaskData
 from ..data.models import ModelSource, decoder_linears, model_fingerprint, resolve_model, set_module_tensor
 from .sparse_linear import QUANT_MODES, SparseQuantLinear, SparseValues, contiguous_input
 
@@ -74,7 +74,7 @@ class SparseModel:
     model: nn.Module
     tokenizer: Any
     source: ModelSource
-    mask: SensitivityMask
+    mask: MaskData
     store: SparseValues
     segments: list[tuple[str, int, int]]
     quant: str
@@ -152,7 +152,7 @@ class SparseModel:
 
 def load_sparse_model(
     model: str | ModelSource,
-    mask: SensitivityMask | None,
+    mask: MaskData | None,
     *,
     quant: str = "nf4",
     device: str | torch.device | None = "auto",

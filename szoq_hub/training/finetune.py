@@ -1,10 +1,11 @@
-"""`finetune`: the ZO fine-tuning loop, one loop over a `Trainable` (trainables.py).
+"""`finetune`: the ZO fine-tuning loop, one loop over a `Trainable` (szoq_hub/methods/trainable.py).
 
 The loop owns what every trainable shares: the task's batches (seeded epochs, any step
 reproducible), the step log, dev evaluation and the best-dev choice, checkpoint timing (every
 `save_every` steps, and every `save_every_minutes` of wall time), --resume, Ctrl-C and
 divergence messages. What is trained, and how its state is written, is the trainable's: the
-mask's values on the quantized runtime, or every linear weight of the fp32 model (--dense).
+method's (szoq_hub/methods/: the mask's values on the quantized runtime, every linear weight of the
+fp32 model, LoRA adapters, ...).
 The run folder's files are named and written in run_folder.py; settings in config.py.
 
 Each step evaluates its 2q perturbed points (v +- eps z_i) in ONE forward over 2q copies of the
@@ -35,11 +36,10 @@ from ..core.defaults import __version__
 from ..data.scoring import encode, loss_sums, pad_id_of
 from ..data.tasks import describe_split, load_task
 from ..runtime.zo import StepRecord
-from .config import FinetuneConfig, FinetuneResult, default_lr, settings_of
+from .config import FinetuneConfig, FinetuneResult, settings_of
+from .evaluate import score
 from .run_folder import RunFolder
-from .setup import score
 from .tracking import check_report_to, open_tracker, scalars
-from .trainables import build_trainable
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +106,7 @@ def _checkpoint_rule(config: FinetuneConfig) -> str:
 
 def _diverged_hint(config: FinetuneConfig, last_checkpoint: int | None) -> str:
     """A hint for a diverged run that works as written: --resume keeps --lr, so a lower --lr is a new run."""
-    lr, usual = config.zo.lr, default_lr(dense=config.dense, lora=config.lora)
+    lr, usual = config.zo.lr, config.method_spec.config_cls.default_lr
     lower = usual if lr > usual else lr / 10
     kept = (f"the checkpoint at step {last_checkpoint} in {config.out} is intact, but --resume keeps --lr"
             if last_checkpoint else f"no checkpoint was written yet ({_checkpoint_rule(config)})")
@@ -124,8 +124,9 @@ def _interrupted(config: FinetuneConfig, done: int, last_checkpoint: int | None)
 
 def finetune(config: FinetuneConfig, *, resume: bool | None = None, progress: ProgressFn | None = None,
              clock: Callable[[], float] = time.monotonic) -> FinetuneResult:
-    """Fine-tune the sparse values of a quantized model (or, with `config.dense`, every linear
-    weight of the fp32 model: the dense MeZO baseline, see runtime/dense.py) with ZO on a task.
+    """Fine-tune with ZO on a task, by the run's method (`config.method`, szoq_hub/methods/): the
+    sparse values of a quantized model (SensZOQ), every linear weight of the fp32 model (dense
+    MeZO), LoRA adapters on the quantized base, or any registered method.
 
     Args:
         config: The run's settings.
@@ -148,8 +149,9 @@ def finetune(config: FinetuneConfig, *, resume: bool | None = None, progress: Pr
     started = time.perf_counter()
     init_distributed()
     rank, size = world()
-    if config.dense and size > 1:
-        raise ConfigError("--dense runs in one process (no data-parallel path)", hint="run szoq finetune --dense without torchrun")
+    method = config.method_spec
+    if not method.config_cls.data_parallel and size > 1:
+        raise ConfigError(f"{method.flag} runs in one process (no data-parallel path)", hint=f"run szoq finetune {method.flag} without torchrun")
     emit = progress or (lambda _event: None)
     require_quant_backend(config.quant)
     check_report_to(config.report_to)
@@ -159,7 +161,7 @@ def finetune(config: FinetuneConfig, *, resume: bool | None = None, progress: Pr
     spec = config.dtype
     if resume and spec == "auto":  # the run's own choice, whatever `auto` picks here
         spec = (run.saved_runtime() or {}).get("dtype", spec)
-    dtype = torch.float32 if config.dense else resolve_dtype(spec, device)
+    dtype = resolve_dtype(spec, device) if method.config_cls.quantized else torch.float32  # unquantized weights train in fp32
     runtime = runtime_of(device, dtype)
     if resume:
         run.check_runtime(runtime)
@@ -168,7 +170,7 @@ def finetune(config: FinetuneConfig, *, resume: bool | None = None, progress: Pr
     # Data, template and labels are read and checked before anything loads (a bad row costs no model load).
     task = load_task(config.task, custom=config.custom_task(), data_dir=config.data_dir, sampling=config.sampling())
     settings = settings_of(config)
-    trainable = build_trainable(config, device=device, dtype=dtype, settings=settings, writer=rank == 0)
+    trainable = method.trainable_cls(config, device, dtype, settings, rank == 0)
     pad_id = pad_id_of(trainable.tokenizer)
     train, dev, evals = (encode(trainable.tokenizer, x) for x in (task.train, task.dev, task.eval))
     if rank == 0 and not resume:

@@ -2,11 +2,10 @@
 
 The shape of huggingface_hub's `ModelHubMixin`: the public methods live here, on the class, where
 `help()`, IDEs and type checkers see them; each calls a hook its subclass implements
-(`_from_pretrained`, `_save_pretrained`, `_push_to_hub`). `SensitivityMask` (masks layer) and
-`Delta` (runtime layer) sit low in the module graph because the registry, the Hub transport and
-the runtime load and verify them; resolving a REF or pushing needs exactly those higher layers.
-So a subclass's hooks import the hub layer inside the method, when called: at module level every
-import still points down the layers (tests/test_imports.py allows upward imports only there).
+(`_from_pretrained`, `_save_pretrained`, `_push_to_hub`). The mixin lives with the Hub code;
+the artifacts that publish themselves sit above it and import it, and the Hub functions they
+call, at the top of their module: `SensitivityMask` (hub/sensitivity_mask.py, over the mask's
+data in masks/artifact.py) and `Delta` (methods/sparse/delta.py).
 """
 
 from __future__ import annotations
@@ -14,8 +13,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-if TYPE_CHECKING:  # annotations only: the transport is a higher layer
-    from ..hub.transport import PushResult
+if TYPE_CHECKING:  # annotations only
+    from .transport import PushResult
 
 T = TypeVar("T", bound="HubMixin")
 

@@ -29,9 +29,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..core.errors import ConfigError, MaskError
-from .lora_config import LoRASettings
-from .sparse_linear import SparseValues as LoRAStore  # the same fp32 master vector + per-part views
+from ...core.errors import ConfigError, MaskError
+from ...runtime.sparse_linear import SparseValues as LoRAStore  # the same fp32 master vector + per-part views
+from .config import LoRASettings
 
 
 @dataclass(frozen=True)

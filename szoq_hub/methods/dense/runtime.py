@@ -2,7 +2,7 @@
 
 SensZOQ trains a sparse 0.1% of the weights on a quantized base; the baseline it should beat is
 MeZO over all weights. `szoq finetune --dense` runs that baseline through the same loop
-(training/finetune.py over a `DenseTrainable`, training/trainables.py: batches, seeds, step
+(training/finetune.py over a `DenseTrainable`, trainable.py: batches, seeds, step
 log, dev evaluation, best-dev, checkpoints, --resume) and the same update rules (zo.py), over
 the decoder's linear weights (`target_parameter_names`: attention and MLP projections;
 embeddings, norms and lm_head stay frozen) of the model loaded in fp32, unquantized.
@@ -26,7 +26,7 @@ The update is the sparse path's optimizer (ZO-SGD, momentum or Adam, zo.py) appl
 weight as a flat view, so the formulas are shared, not copied. Momentum keeps one fp32 copy of
 the trained weights, Adam two (memory 2x / 3x the linear weights).
 
-Files a dense run writes (training/trainables.py; named in training/run_folder.py):
+Files a dense run writes (trainable.py; its final file named in config.py):
 `checkpoint.safetensors` (the trained weights by parameter name + `opt.J.K` optimizer state), `best-dev.safetensors` and the final
 `dense.safetensors` (the trained weights, fp32, header linking the base model fingerprint), both
 written tensor by tensor (`checkpoint.write_tensors`). The delta format (values over a mask)
@@ -47,14 +47,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..data.checkpoint import iter_tensors, read_header, write_tensors
-from ..core.errors import ConfigError, ModelError, TrainingError
-from ..data.models import ModelSource, load_model, target_parameter_names
-from .zo import PairedClosure, StepRecord, ZOConfig, ZOSGD, estimate, make_optimizer, perturbation
+from ...data.checkpoint import iter_tensors, read_header, write_tensors
+from ...core.errors import ConfigError, ModelError, TrainingError
+from ...data.models import ModelSource, load_model, target_parameter_names
+from ...runtime.zo import PairedClosure, StepRecord, ZOConfig, ZOSGD, estimate, make_optimizer, perturbation
+from .config import DENSE_FILE
 
 log = logging.getLogger(__name__)
 
-DENSE_FILE = "dense.safetensors"
 DENSE_FORMAT = "szoq.dense"
 _GOLDEN = 0x9E3779B97F4A7C15  # splitmix64's increment: spreads consecutive weight indices over the seed space
 
@@ -310,8 +310,8 @@ def load_dense_result(ref: str | Path, *, model: str | None = None, revision: st
         FingerprintMismatch: `model` is not the model the run trained.
         TrainingError: a corrupt or incomplete file.
     """
-    from ..core.errors import FingerprintMismatch
-    from ..data.models import DEFAULT_MODEL, fingerprint_from, parameter_layout, resolve_model
+    from ...core.errors import FingerprintMismatch
+    from ...data.models import DEFAULT_MODEL, fingerprint_from, parameter_layout, resolve_model
 
     path = Path(ref)
     path = path / DENSE_FILE if path.is_dir() else path

@@ -16,15 +16,15 @@ from pathlib import Path
 
 import torch
 
-from ..core import schema
-from ..core.content import CONTENT_KEY, tensors_sha256
-from ..core.errors import ConfigError, FingerprintMismatch, MaskError
-from ..core.public import public
-from ..masks.artifact import write_safetensors
-from .lora import LoRASettings
+from ...core import schema
+from ...core.content import CONTENT_KEY, tensors_sha256
+from ...core.errors import ConfigError, FingerprintMismatch, MaskError
+from ...core.public import public
+from ...masks.artifact import write_safetensors
+from .config import LORA_FILE
+from .config import LoRASettings
 
 LORA_FORMAT = "szoq.lora"
-LORA_FILE = "lora.safetensors"
 _SUFFIXES = (".lora_A.weight", ".lora_B.weight")
 
 
