@@ -21,8 +21,7 @@ from ...core.content import CONTENT_KEY, tensors_sha256
 from ...core.errors import ConfigError, FingerprintMismatch, MaskError
 from ...core.public import public
 from ...masks.artifact import write_safetensors
-from .config import LORA_FILE
-from .config import LoRASettings
+from .config import LORA_FILE, LoRASettings
 
 LORA_FORMAT = "szoq.lora"
 _SUFFIXES = (".lora_A.weight", ".lora_B.weight")
