@@ -100,7 +100,8 @@ def main() -> int:
     from safetensors.torch import load_file
 
     from szoq_hub.core.content import CONTENT_KEY, SCHEME_KEY, tensors_sha256
-    from szoq_hub.masks.artifact import MASK_FILE, file_sha256, load_mask, read_header
+    from szoq_hub.core.files import file_sha256
+    from szoq_hub.masks.artifact import MASK_FILE, load_mask, read_header
 
     entry = catalog_entry(args.name)
     env_prefix, build_args = split_command(entry["command"])

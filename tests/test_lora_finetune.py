@@ -10,8 +10,9 @@ import torch
 
 from conftest import TINY_TEXTS, assert_one_line_error
 from szoq_hub.core.errors import ConfigError, FingerprintMismatch, MaskError
-from szoq_hub.methods.lora.file import LORA_FILE, load_lora, save_lora
-from szoq_hub.training.config import config_from_options
+from szoq_hub.methods.lora.config import LORA_FILE
+from szoq_hub.methods.lora.file import load_lora, save_lora
+from szoq_cli.finetune import finetune_config
 from szoq_hub.training.finetune import finetune
 from szoq_hub.training.run_folder import CHECKPOINT_FILE
 
@@ -30,7 +31,7 @@ def _config(model, train_file, out, **kw):
                 quant="nf4", dtype="fp32", steps=6, batch_size=4, eval_every=3, save_every=3, train_samples=12, dev_samples=4,
                 eval_samples=4, lr=1e-2, out=str(out))
     base.update(kw)
-    return config_from_options(base)
+    return finetune_config(base)
 
 
 def _losses(out: Path) -> list[float]:
@@ -126,7 +127,7 @@ def test_eval_and_merge_of_a_lora_run(tiny_model_dir, train_file, tmp_path, run_
 
 
 def test_lora_file_loader_refuses_bad_files(tiny_model_dir, tmp_path):
-    from szoq_hub.methods.lora.runtime import LoRASettings
+    from szoq_hub.methods.lora.config import LoRASettings
 
     settings = LoRASettings(rank=2, alpha=4.0)
     good = {"m.q_proj.lora_A.weight": torch.zeros(2, 8), "m.q_proj.lora_B.weight": torch.zeros(6, 2)}

@@ -166,16 +166,16 @@ def test_a_fourth_method_trains_saves_evaluates_and_merges_through_the_public_ap
 
 
 def test_a_method_is_chosen_by_name_or_by_its_option(toy_method):
-    from szoq_hub import config_from_options
+    from szoq_cli.finetune import finetune_config  # flat options, as `szoq finetune` gives them
 
-    assert config_from_options({"method": "toy-norm", "norm_scale": 2.0}).method_config == NormConfig(norm_scale=2.0)
-    assert config_from_options({"dense": True}).method == "dense"
-    assert config_from_options({"lora": 4}).method_config.settings().rank == 4
+    assert finetune_config({"method": "toy-norm", "norm_scale": 2.0}).method_config == NormConfig(norm_scale=2.0)
+    assert finetune_config({"dense": True}).method == "dense"
+    assert finetune_config({"lora": 4}).method_config.settings().rank == 4
     assert FinetuneConfig(method="dense").quant == "none" and FinetuneConfig(method="dense").mask is None
     with pytest.raises(ConfigError, match="only apply to a toy-norm run"):
-        config_from_options({"norm_scale": 2.0})
+        finetune_config({"norm_scale": 2.0})
     with pytest.raises(ConfigError, match="--lora and --dense were both given|--dense and --lora were both given"):
-        config_from_options({"dense": True, "lora": 4})
+        finetune_config({"dense": True, "lora": 4})
     with pytest.raises(ConfigError, match="unknown method"):
         FinetuneConfig(method="nope")
 
@@ -207,12 +207,13 @@ def test_cli_takes_a_method_by_name_and_refuses_two(tmp_path, run_cli):
                                          ("sparse", {"dense": False, "lora": 0, "lora_alpha": 16.0, "lora_targets": "q_proj,v_proj"})])
 def test_a_run_folder_written_by_0_1_0_is_the_same_run(method, old, tmp_path):
     """0.1.0 recorded `dense` / `lora` and no `method`: the same command finds its run (here: complete)."""
-    from szoq_hub import TrainingError, config_from_options
+    from szoq_cli.finetune import finetune_config
+    from szoq_hub import TrainingError
     from szoq_hub.training.config import settings_of
     from szoq_hub.training.run_folder import RunFolder
 
     options = {"out": str(tmp_path), **({"dense": True} if method == "dense" else {"lora": 8} if method == "lora" else {})}
-    config = config_from_options(options)
+    config = finetune_config(options)
     settings = {k: v for k, v in settings_of(config).items() if k not in ("method", "dense", "lora", "lora_alpha", "lora_targets")}
     (tmp_path / "finetune_config.json").write_text(json.dumps({"settings": {**settings, **old}, "task": {}}))
     (tmp_path / get_method(method).config_cls.final_file).write_bytes(b"")

@@ -16,7 +16,8 @@ from szoq_hub.core.errors import ConfigError, MaskError
 from szoq_hub.core.schema import read_header
 from szoq_hub.data.checkpoint import write_tensors
 from szoq_hub.masks.artifact import CONFIG_FILE, MASK_FILE, load_mask
-from szoq_hub.methods.sparse.delta import DELTA_FILE, load_delta, save_delta, trained_mask_ref
+from szoq_hub.methods.sparse.config import DELTA_FILE
+from szoq_hub.methods.sparse.delta import load_delta, save_delta, trained_mask_ref
 from szoq_hub.methods.sparse.setup import delta_origin
 from conftest import tiny_finetune_config as _config
 from test_hub import make_mask

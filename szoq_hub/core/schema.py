@@ -19,7 +19,7 @@ import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from .errors import MaskError, SzoqError
 
@@ -155,27 +155,48 @@ def parse_header(raw: bytes, where: str, *, data_size: int | None = None, error:
     return Header(dict(meta), tensors)
 
 
+def header_length(prefix: bytes, where: str, *, available: int | None = None, error: type[SzoqError] = MaskError) -> int:
+    """The header length a safetensors file's first 8 bytes give (`available`: bytes after them, when known).
+
+    Raises:
+        error: fewer than 8 bytes, or a length over `MAX_HEADER_BYTES` or past the end of the file.
+    """
+    n, limit = int.from_bytes(prefix[:8], "little"), MAX_HEADER_BYTES if available is None else min(MAX_HEADER_BYTES, available)
+    why = ("file shorter than a safetensors header" if len(prefix) < 8 else
+           "header length is implausible or the file is truncated" if n > limit else None)
+    if why:
+        raise error(f"{where} is not a readable safetensors file ({why})", hint="the file is corrupt or truncated: pull or build it again")
+    return n
+
+
+def read_raw_header(fh: BinaryIO, where: str, *, error: type[SzoqError] = MaskError) -> tuple[bytes, int, int]:
+    """(header JSON bytes, offset of the tensor data, bytes of tensor data) of an open safetensors file: every local header is read here.
+
+    Raises:
+        error: unreadable, or a length `header_length` refuses.
+    """
+    try:
+        fh.seek(0)
+        prefix, size = fh.read(8), fh.seek(0, 2)
+        n = header_length(prefix, where, available=size - 8, error=error)
+        fh.seek(8)
+        return fh.read(n), 8 + n, size - 8 - n
+    except OSError as exc:
+        raise error(f"{where} is not a readable safetensors file ({exc})", hint="the file is corrupt or truncated: pull or build it again") from None
+
+
 def read_header(path: Path, *, error: type[SzoqError] = MaskError) -> Header:
     """Read and type-check the header of a safetensors file (no tensor data is read).
 
     Raises:
         error: unreadable, truncated, or a header that fails `parse_header`.
     """
-    where = str(path)
     try:
         with open(path, "rb") as fh:
-            head = fh.read(8)
-            size = fh.seek(0, 2)
-            if len(head) < 8:
-                raise ValueError("file shorter than a safetensors header")
-            n = int.from_bytes(head, "little")
-            if n > min(MAX_HEADER_BYTES, size - 8):
-                raise ValueError("header length is implausible or the file is truncated")
-            fh.seek(8)
-            raw = fh.read(n)
-    except (OSError, ValueError) as exc:
-        raise error(f"{where} is not a readable safetensors file ({exc})", hint="the file is corrupt or truncated: pull or build it again") from None
-    return parse_header(raw, where, data_size=size - 8 - n, error=error)
+            raw, _, data_size = read_raw_header(fh, str(path), error=error)
+    except OSError as exc:
+        raise error(f"{path} is not a readable safetensors file ({exc})", hint="the file is corrupt or truncated: pull or build it again") from None
+    return parse_header(raw, str(path), data_size=data_size, error=error)
 
 
 def json_field(meta: dict[str, str], key: str, where: str, *, error: type[SzoqError] = MaskError, default: Any = None) -> Any:

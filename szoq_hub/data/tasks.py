@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..core.errors import TaskError
-from .custom_tasks import CustomTask, check_labels, custom_builder, custom_task_from, load_task_file, parse_labels, parse_template  # noqa: F401  (re-exported)
+from .custom_tasks import CustomTask, check_labels, custom_builder
 from .task_sources import load_builtin_rows, read_rows
 from .task_templates import BUILTIN, TASKS, Example
 

@@ -16,13 +16,13 @@ from pathlib import Path
 
 import torch
 
-from ..core.version import __version__
+from ..core.defaults import __version__
 from ..core import schema
 from ..core.errors import ConfigError, FingerprintMismatch, MaskError
 from ..core import content
 from ..core.content import CONTENT_KEY, SCHEME_KEY
-from ..core.paths import atomic_dir, file_sha256, path_exists  # noqa: F401  (file_sha256 re-exported: artifacts are addressed by it)
-from .card import CARD_TAGS, card_base_model, render_card  # noqa: F401  (re-exported: the names artifact has always had)
+from ..core.files import atomic_dir, file_sha256, path_exists
+from .card import render_card
 
 FORMAT = "szoq.mask"
 FORMAT_VERSION = "1"

@@ -30,7 +30,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from ..core.errors import ConfigError, TrainingError
-from .zo_config import LR_SCHEDULES, OPTIMIZERS, ZOConfig  # noqa: F401  (torch-free, read by FinetuneConfig)
+from .zo_config import ZOConfig
 
 log = logging.getLogger(__name__)
 

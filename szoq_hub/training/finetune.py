@@ -36,10 +36,9 @@ from typing import Callable
 import torch
 import torch.distributed as dist
 
-from ..core.devices import dtype_name, require_quant_backend, resolve_device, resolve_dtype
-from ..core.distributed import init_distributed, world
+from ..core.devices import dtype_name, init_distributed, require_quant_backend, resolve_device, resolve_dtype, world
 from ..core.errors import ConfigError, Interrupted, TrainingError
-from ..core.version import __version__
+from ..core.defaults import __version__
 from ..data.scoring import encode, loss_sums, pad_id_of
 from ..data.tasks import describe_split, load_task
 from ..runtime.zo import StepRecord

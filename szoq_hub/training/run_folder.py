@@ -25,9 +25,9 @@ import torch
 
 from ..core import schema
 from ..core.errors import TrainingError
-from ..core.paths import atomic_file
-from ..core.version import __version__
-from ..masks.artifact import card_base_model
+from ..core.files import atomic_file
+from ..core.defaults import __version__
+from ..masks.card import card_base_model
 from ..methods import method_of_settings, methods
 from ..methods.trainable import card_task
 from .config import FinetuneConfig, settings_of

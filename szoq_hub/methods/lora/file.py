@@ -26,10 +26,10 @@ import torch
 
 from ...core import content, schema
 from ...core.errors import ConfigError, FingerprintMismatch, MaskError
-from ...core.paths import public
+from ...core.public import public
 from ...masks.artifact import write_safetensors
-from .config import LORA_FILE
-from .runtime import LoRASettings, _in_out, target_modules
+from .config import LORA_FILE, LoRASettings
+from .runtime import _in_out, target_modules
 
 LORA_FORMAT = "szoq.lora"
 _SUFFIXES = (".lora_A.weight", ".lora_B.weight")

@@ -14,7 +14,7 @@ import torch
 
 from ...core.devices import dtype_name, require_quant_backend, resolve_dtype
 from ...core.errors import ConfigError, MaskError
-from ...core.paths import atomic_dir
+from ...core.files import atomic_dir
 from ...data.models import DEFAULT_MODEL, model_fingerprint, resolve_model
 from ..peft import ADAPTER_FILE, CARD_FILE, PeftExport, use_lines
 from ..result import Merged, MethodResult, Scorable, refuse_mask_for
@@ -93,7 +93,7 @@ class LoRAResult(MethodResult):
         """The run as a native PEFT LoRA adapter folder (see the module doc)."""
         from safetensors.torch import save_file
 
-        from ...masks.artifact import card_base_model
+        from ...masks.card import card_base_model
 
         refuse_mask_for(ref, mask_ref, what="a LoRA run's adapters sit on the base model, no mask", action="drop --mask to export a --lora run")
         adapter = load_lora(ref)  # hash, ranges and targets verified

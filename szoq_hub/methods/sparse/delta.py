@@ -23,11 +23,12 @@ from pathlib import Path
 import torch
 
 from ...core import content, schema
-from ...core.errors import ConfigError, FingerprintMismatch, HubError, MaskError, RegistryError
-from ...core.paths import atomic_dir, file_sha256, local_paths, path_exists, public, shorten
+from ...core.errors import ConfigError, FingerprintMismatch, HubError, MaskError, RegistryError, shorten
+from ...core.files import atomic_dir, file_sha256, path_exists
+from ...core.public import local_paths, public
 from ...hub.mixin import HubMixin
-from ...hub.refs import is_hub_ref, no_local_folder, resolve_mask_ref
-from ...hub.transport import Artifact, PullResult, PushResult, check_repo_id, copy_out, evict, fetch_artifact, push_artifact
+from ...hub.refs import no_local_folder, resolve_mask_ref
+from ...hub.transport import Artifact, PullResult, PushResult, check_repo_id, copy_out, evict, fetch_artifact, is_hub_ref, push_artifact
 from ...masks.artifact import MASK_FILE, MaskData, load_mask, mask_sha256, write_safetensors
 from ...masks.registry import mask_name_for_sha256, parse_ref
 from ..registry import method_of_result
