@@ -345,7 +345,8 @@ def test_case3_resume_refuses_rows_that_changed_and_continues_when_nothing_did(t
 
 # -- 9. templates and task files ---------------------------------------------------------------
 def _task(tmp_path: Path, rows: list | None = None, raw: str | None = None, template: str = "{text} It was", labels: str = "0=bad,1=good"):
-    from szoq_hub.data.tasks import Sampling, custom_task_from, load_task
+    from szoq_hub.data.custom_tasks import custom_task_from
+    from szoq_hub.data.tasks import Sampling, load_task
 
     path = tmp_path / "rows.jsonl"
     if raw is not None:
@@ -402,7 +403,7 @@ def test_case9_every_task_file_field_is_type_checked(fields, needle, tmp_path, r
     rows.write_text("".join(json.dumps({"text": f"r{i}", "label": i % 2}) + "\n" for i in range(8)))
     task = tmp_path / "task.json"
     task.write_text(json.dumps({"train": "rows.jsonl", "template": "{text} It was", "labels": {"0": "bad", "1": "good"}, **fields}))
-    from szoq_hub.data.tasks import load_task_file
+    from szoq_hub.data.custom_tasks import load_task_file
 
     raises(TaskError, needle, tmp_path, lambda: load_task_file(task))
     code, _, err = run_cli("eval", "--model", tiny_model_dir, "--task-file", task)
@@ -411,7 +412,7 @@ def test_case9_every_task_file_field_is_type_checked(fields, needle, tmp_path, r
 
 
 def test_case9_a_task_file_with_a_key_twice_or_nested_too_deep_is_refused(tmp_path):
-    from szoq_hub.data.tasks import load_task_file
+    from szoq_hub.data.custom_tasks import load_task_file
 
     task = tmp_path / "task.json"
     task.write_text('{"train": "r.jsonl", "template": "{text}", "labels": {"0": "bad", "0": "good", "1": "ok"}}')

@@ -413,7 +413,7 @@ def delta_fields(header: Header, where: str, *, fmt: str, version: str) -> dict[
             "nnz": int(meta["nnz"]), "settings": settings, "content_sha256": meta.get("content_sha256") or None}
 
 
-# -- run configs, cards and listings ---------------------------------------------------------
+# -- run configs and cards -----------------------------------------------------------------
 def run_config(path: Path, error: type[SzoqError] = MaskError, hint: str = "the run folder is damaged") -> dict[str, Any]:
     """`finetune_config.json` as a dict whose `settings` and `task` are objects ({} when absent).
 
@@ -435,22 +435,3 @@ def text_or_none(value: Any, limit: int = 200, *, one_item_list: bool = False) -
         value = value[0]
     return value[:limit] if isinstance(value, str) else None
 
-
-def listing_fields(card: Any) -> dict[str, Any]:
-    """What a Hub listing shows from a repo's card metadata; never raises.
-
-    Args:
-        card: The card data as the Hub sent it (any JSON value).
-
-    Returns:
-        {"base_model", "density", "scorer", "nnz"}; a missing or mistyped field is None.
-    """
-    card = card if isinstance(card, dict) else {}
-    block = card.get("szoq")
-    block = block if isinstance(block, dict) else {}
-    density = block.get("density")
-    nnz = block.get("nnz")
-    return {"base_model": text_or_none(card.get("base_model"), one_item_list=True),
-            "density": float(density) if is_number(density) else None,
-            "scorer": text_or_none(block.get("scorer"), 32),
-            "nnz": nnz if is_int(nnz) and nnz >= 0 else None}

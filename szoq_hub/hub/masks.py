@@ -11,6 +11,7 @@ from __future__ import annotations
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from ..core.defaults import __version__
 from ..core import schema
@@ -290,10 +291,29 @@ def search_masks(*, base_model: str | None = None, author: str | None = None, to
                 card = m.card_data.to_dict() if m.card_data is not None else {}
             except Exception:  # the client's own card parsing: a stranger's card may be anything
                 card = {}
-            fields = schema.listing_fields(card)
+            fields = listing_fields(card)
             modified = getattr(m, "last_modified", None)
             out.append(MaskListing(str(m.id), fields["base_model"], fields["density"], fields["scorer"], fields["nnz"],
                                    m.sha if isinstance(m.sha, str) else None, modified.isoformat() if hasattr(modified, "isoformat") else None,
                                    m.private if isinstance(m.private, bool) else None))
     return out
 
+
+def listing_fields(card: Any) -> dict[str, Any]:
+    """What a Hub listing shows from a repo's card metadata; never raises.
+
+    Args:
+        card: The card data as the Hub sent it (any JSON value).
+
+    Returns:
+        {"base_model", "density", "scorer", "nnz"}; a missing or mistyped field is None.
+    """
+    card = card if isinstance(card, dict) else {}
+    block = card.get("szoq")
+    block = block if isinstance(block, dict) else {}
+    density = block.get("density")
+    nnz = block.get("nnz")
+    return {"base_model": schema.text_or_none(card.get("base_model"), one_item_list=True),
+            "density": float(density) if schema.is_number(density) else None,
+            "scorer": schema.text_or_none(block.get("scorer"), 32),
+            "nnz": nnz if schema.is_int(nnz) and nnz >= 0 else None}
