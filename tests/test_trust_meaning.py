@@ -29,11 +29,11 @@ Q1 = "model.layers.1.self_attn.q_proj"
 # -- helpers ---------------------------------------------------------------------------------
 def _config(model, train, out, **kw):
     """A few steps on the tiny rows, no mask (--lora or --dense), quant none; `kw` overrides."""
-    from szoq_hub.training.config import config_from_options
+    from szoq_cli.finetune import finetune_config
 
     base = dict(model=str(model), task=None, train_file=str(train), template="{text} It was", labels="0=bad,1=good", quant="none",
                 steps=6, batch_size=4, eval_every=3, save_every=3, train_samples=12, dev_samples=4, eval_samples=4, out=str(out))
-    return config_from_options({**base, **kw})
+    return finetune_config({**base, **kw})
 
 
 def split(path: Path) -> tuple[dict, bytes]:
