@@ -10,7 +10,7 @@ The public Python API (the CLI is a thin layer over exactly these names; see REA
     result = finetune(FinetuneConfig(task="sst2", out="runs/sst2"))
     Delta.from_pretrained("runs/sst2").merge_into(model)
 
-Layers, each importing only from those before it: `core` (errors, paths, schema, specs, devices),
+Layers, each importing only from those before it: `core` (errors, defaults, home, files, schema, devices),
 `data` (checkpoints, models, calibration, tasks), `masks` (scoring, selection, the mask's data, registry),
 `runtime` (the quantized sparse model, ZO optimizers), `hub` (transport, refs, the Hub mixin, `SensitivityMask`),
 `methods` (one folder per training method, registered in one table: sparse, dense, lora), `training`
@@ -25,7 +25,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
-from .core.version import __version__
+from .core.defaults import __version__
 
 # name -> the module that defines it (relative to this package); the one list of the public API
 _EXPORTS: dict[str, str] = {
@@ -39,8 +39,9 @@ _EXPORTS: dict[str, str] = {
     "MaskConfig": ".masks.artifact",
     "SensitivityMask": ".hub.sensitivity_mask",
     **dict.fromkeys(("diff_masks", "layer_order"), ".masks.diff"),
-    **dict.fromkeys(("MaskBuildConfig", "build_mask"), ".masks.build"),
-    "is_main_process": ".core.distributed",
+    "MaskBuildConfig": ".masks.build_plan",
+    "build_mask": ".masks.build",
+    "is_main_process": ".core.devices",
     "builtin_masks": ".masks.catalog",
     **dict.fromkeys(("Registry", "parse_ref"), ".masks.registry"),
     "collect_garbage": ".masks.cleanup",
@@ -52,11 +53,12 @@ _EXPORTS: dict[str, str] = {
     "resolve_mask_ref": ".hub.refs",
     **dict.fromkeys(("register_method", "unregister_method", "get_method", "method_names"), ".methods.registry"),
     "ZOConfig": ".runtime.zo_config",
-    **dict.fromkeys(("FinetuneConfig", "FinetuneResult", "config_from_options", "default_of", "flag", "help_of", "option_fields"), ".training.config"),
+    **dict.fromkeys(("FinetuneConfig", "FinetuneResult", "EvalConfig", "MergeConfig"), ".training.config"),
     "finetune": ".training.finetune",
     "model_and_mask_for": ".methods.sparse.setup",
-    **dict.fromkeys(("EvalConfig", "EvalResult", "evaluate"), ".training.evaluate"),
+    **dict.fromkeys(("EvalResult", "evaluate"), ".training.evaluate"),
     "merge": ".training.merge",
+    "PeftExportConfig": ".export.config",
     **dict.fromkeys(("export_peft", "push_peft"), ".export.peft"),
     **dict.fromkeys(("plot_mask", "plot_runs"), ".export.plots"),
     "as_user_error": ".api",
@@ -73,6 +75,7 @@ if TYPE_CHECKING:  # what IDEs and type checkers read; at run time __getattr__ i
     from .core.progress import set_progress_listener
     from .core.content import describe_content_hash
     from .core.defaults import DEFAULT_LR, DEFAULT_MASK, DEFAULT_MODEL, DENSE_LR, LORA_LR, default_lr
+    from .export.config import PeftExportConfig
     from .export.peft import export_peft, push_peft
     from .export.plots import plot_mask, plot_runs
     from .methods.registry import get_method, method_names, register_method, unregister_method
@@ -83,16 +86,17 @@ if TYPE_CHECKING:  # what IDEs and type checkers read; at run time __getattr__ i
     from .masks.artifact import MaskConfig
     from .hub.sensitivity_mask import SensitivityMask
     from .masks.diff import diff_masks, layer_order
-    from .core.distributed import is_main_process
-    from .masks.build import MaskBuildConfig, build_mask
+    from .core.devices import is_main_process
+    from .masks.build import build_mask
+    from .masks.build_plan import MaskBuildConfig
     from .masks.catalog import builtin_masks
     from .masks.cleanup import collect_garbage
     from .masks.registry import Registry, parse_ref
     from .methods.sparse.delta import Delta
     from .runtime.sparse import SparseModel, load_sparse_model
-    from .training.evaluate import EvalConfig, EvalResult, evaluate
+    from .training.evaluate import EvalResult, evaluate
     from .runtime.zo_config import ZOConfig
-    from .training.config import FinetuneConfig, FinetuneResult, config_from_options, default_of, flag, help_of, option_fields
+    from .training.config import EvalConfig, FinetuneConfig, FinetuneResult, MergeConfig
     from .training.finetune import finetune
     from .methods.sparse.setup import model_and_mask_for
     from .training.merge import merge

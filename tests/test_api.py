@@ -34,7 +34,7 @@ def test_importing_the_package_loads_no_torch():
     assert "torch" in _loaded_after("from szoq_hub import SensitivityMask")  # a name is imported on first use
 
 
-@pytest.mark.parametrize("argv", ["--version", "--help", "finetune --help", "mask build --help"])
+@pytest.mark.parametrize("argv", ["--version", "--help", "finetune --help", "eval --help", "merge --help", "export peft --help", "mask build --help"])
 def test_szoq_version_and_help_load_no_torch(argv):
     # `szoq finetune`'s options come from FinetuneConfig's fields: its module and theirs stay torch-free
     assert _loaded_after(f"import sys; sys.argv = ['szoq', *{argv.split()!r}]\nfrom szoq_cli.app import main\ntry:\n    main()\nexcept SystemExit:\n    pass") == set()

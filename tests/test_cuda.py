@@ -101,7 +101,7 @@ def test_eval_and_merge_on_cuda(tiny_model_dir, devices_mask, tmp_path):
 
     from szoq_hub.methods.sparse.delta import save_delta
     from szoq_hub.training.evaluate import EvalConfig, evaluate
-    from szoq_hub.masks.artifact import file_sha256
+    from szoq_hub.core.files import file_sha256
     from szoq_hub.training.merge import merge
     from szoq_hub.data.models import model_fingerprint, resolve_model
 

@@ -10,9 +10,11 @@ import pytest
 import torch
 
 from conftest import TINY_TEXTS
-from szoq_hub.methods.dense.runtime import DENSE_FILE, DenseZO, load_dense_model, tensor_seed
+from szoq_hub.methods.dense.config import DENSE_FILE
+from szoq_hub.methods.dense.runtime import DenseZO, load_dense_model, tensor_seed
 from szoq_hub.core.errors import ConfigError, TrainingError
-from szoq_hub.training.config import FinetuneConfig, config_from_options
+from szoq_cli.finetune import finetune_config
+from szoq_hub.training.config import FinetuneConfig
 from szoq_hub.training.finetune import finetune
 from szoq_hub.training.run_folder import BEST_FILE, CHECKPOINT_FILE
 from szoq_hub.data.models import resolve_model
@@ -24,7 +26,7 @@ def _config(model, train_file, out, **kw) -> FinetuneConfig:
     base = dict(model=str(model), dense=True, task=None, train_file=str(train_file), template="{text} It was", labels="0=bad,1=good",
                 steps=6, batch_size=4, eval_every=3, save_every=3, train_samples=12, dev_samples=4, eval_samples=4, out=str(out))
     base.update(kw)
-    return config_from_options(base)
+    return finetune_config(base)
 
 
 def _weights(path: Path) -> dict[str, torch.Tensor]:

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from conftest import TRAIN_ARGS, assert_one_line_error, other_run
-from szoq_hub.methods.sparse.delta import DELTA_FILE, load_delta
+from szoq_hub.methods.sparse.config import DELTA_FILE
+from szoq_hub.methods.sparse.delta import load_delta
 from szoq_hub.core.errors import HubError, MaskError
 from test_hub import BOB, READ, WRITE, make_mask, repo_name
 

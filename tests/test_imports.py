@@ -118,11 +118,8 @@ def test_artifacts_that_publish_themselves_sit_above_the_hub_code():
 
 def test_folders_and_modules_stay_small():
     """No library folder over 12 modules, no module in szoq_hub/ or cli/ over 450 lines."""
-    # core/ (13 modules here) is brought to 12 by the core clean-up of issue 29 on its own branch
-    # (core/paths.py split, shims removed); drop this allowance once both are merged.
-    allowed = {PACKAGES["szoq_hub"] / "core": 13}
     for folder in [p for p in PACKAGES["szoq_hub"].rglob("*") if p.is_dir() and p.name != "__pycache__"] + [PACKAGES["szoq_cli"]]:
-        assert len(list(folder.glob("*.py"))) <= allowed.get(folder, 12), folder
+        assert len(list(folder.glob("*.py"))) <= 12, folder
     for pkg in PACKAGES.values():
         for path in pkg.rglob("*.py"):
             assert len(path.read_text().splitlines()) <= 450, path

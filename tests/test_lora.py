@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from szoq_hub.core.errors import ConfigError, MaskError
-from szoq_hub.methods.lora.runtime import LoRASettings, attach_lora
+from szoq_hub.methods.lora.config import LoRASettings
+from szoq_hub.methods.lora.runtime import attach_lora
 
 
 @pytest.fixture(scope="module")

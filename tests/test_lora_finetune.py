@@ -10,8 +10,9 @@ import torch
 
 from conftest import TINY_TEXTS, assert_one_line_error
 from szoq_hub.core.errors import ConfigError, FingerprintMismatch, MaskError
-from szoq_hub.methods.lora.file import LORA_FILE, load_lora, save_lora
-from szoq_hub.training.config import config_from_options
+from szoq_hub.methods.lora.config import LORA_FILE
+from szoq_hub.methods.lora.file import load_lora, save_lora
+from szoq_cli.finetune import finetune_config
 from szoq_hub.training.finetune import finetune
 from szoq_hub.training.run_folder import CHECKPOINT_FILE
 
@@ -30,7 +31,7 @@ def _config(model, train_file, out, **kw):
                 quant="nf4", dtype="fp32", steps=6, batch_size=4, eval_every=3, save_every=3, train_samples=12, dev_samples=4,
                 eval_samples=4, lr=1e-2, out=str(out))
     base.update(kw)
-    return config_from_options(base)
+    return finetune_config(base)
 
 
 def _losses(out: Path) -> list[float]:
@@ -126,13 +127,13 @@ def test_eval_and_merge_of_a_lora_run(tiny_model_dir, train_file, tmp_path, run_
 
 
 def test_lora_file_loader_refuses_bad_files(tiny_model_dir, tmp_path):
-    from szoq_hub.methods.lora.runtime import LoRASettings
+    from szoq_hub.methods.lora.config import LoRASettings
 
     settings = LoRASettings(rank=2, alpha=4.0)
     good = {"m.q_proj.lora_A.weight": torch.zeros(2, 8), "m.q_proj.lora_B.weight": torch.zeros(6, 2)}
     kw = dict(settings=settings, fingerprint="f" * 64, base_model="tiny", run_settings={"seed": 0})
     loaded = load_lora(save_lora(tmp_path / "ok.safetensors", good, **kw))
-    assert loaded.modules == ["m.q_proj"] and loaded.weight_deltas()["m.q_proj.weight"].shape == (6, 8)
+    assert loaded.modules == ["m.q_proj"] and loaded.weight_deltas({"m.q_proj": (8, 6)})["m.q_proj.weight"].shape == (6, 8)
     with pytest.raises(FingerprintMismatch):
         loaded.check_fingerprint("0" * 64)
     with pytest.raises(MaskError, match="rank"):

@@ -19,6 +19,7 @@ import torch
 from conftest import assert_one_line_error
 
 from szoq_hub import ConfigError, EvalConfig, FinetuneConfig, evaluate, finetune, get_method, merge, method_names, register_method, unregister_method
+from szoq_hub.core import content
 from szoq_hub.data.models import load_model, model_fingerprint, resolve_model
 from szoq_hub.methods import method_of_result, method_of_settings
 from szoq_hub.methods.result import Merged, MethodResult, Scorable
@@ -85,8 +86,9 @@ class NormTrainable(VectorTrainable):
     def save_values(self, path: Path, values: torch.Tensor, **facts) -> None:
         from safetensors.torch import save_file
 
+        tensors = {"model.norm.weight": values.detach().cpu().contiguous()}
         meta = {"format": "toy.norm", "fingerprint": self.fingerprint, "settings": json.dumps({**self.settings, **facts}, default=str)}
-        save_file({"model.norm.weight": values.detach().cpu().contiguous()}, str(path), metadata=meta)
+        save_file(tensors, str(path), metadata=content.stamp(meta, tensors))  # every method artifact records its content hash
 
     def write_final(self, run, config, result: dict) -> None:
         run.write_card(title="# toy norm", summary="toy", rows=[], config=config, result={**result, "base_model": self.source.base_model},
@@ -104,7 +106,10 @@ class NormResult(MethodResult):
         from safetensors import safe_open
 
         with safe_open(str(cls.path_of(ref)), framework="pt") as fh:
-            weight, settings = fh.get_tensor("model.norm.weight"), json.loads(fh.metadata()["settings"])
+            weight, meta = fh.get_tensor("model.norm.weight"), fh.metadata()
+        content.verify(meta, str(cls.path_of(ref)), ConfigError, tensors={"model.norm.weight": weight}, hashless_ok=False,
+                       hint="train the toy run again")  # before any value is used
+        settings = json.loads(meta["settings"])
         loaded = load_model(resolve_model(model or settings["model"], revision=revision), dtype=torch.float32)
         with torch.no_grad():
             loaded.model.model.norm.weight.copy_(weight)
@@ -161,16 +166,16 @@ def test_a_fourth_method_trains_saves_evaluates_and_merges_through_the_public_ap
 
 
 def test_a_method_is_chosen_by_name_or_by_its_option(toy_method):
-    from szoq_hub import config_from_options
+    from szoq_cli.finetune import finetune_config  # flat options, as `szoq finetune` gives them
 
-    assert config_from_options({"method": "toy-norm", "norm_scale": 2.0}).method_config == NormConfig(norm_scale=2.0)
-    assert config_from_options({"dense": True}).method == "dense"
-    assert config_from_options({"lora": 4}).method_config.settings().rank == 4
+    assert finetune_config({"method": "toy-norm", "norm_scale": 2.0}).method_config == NormConfig(norm_scale=2.0)
+    assert finetune_config({"dense": True}).method == "dense"
+    assert finetune_config({"lora": 4}).method_config.settings().rank == 4
     assert FinetuneConfig(method="dense").quant == "none" and FinetuneConfig(method="dense").mask is None
     with pytest.raises(ConfigError, match="only apply to a toy-norm run"):
-        config_from_options({"norm_scale": 2.0})
+        finetune_config({"norm_scale": 2.0})
     with pytest.raises(ConfigError, match="--lora and --dense were both given|--dense and --lora were both given"):
-        config_from_options({"dense": True, "lora": 4})
+        finetune_config({"dense": True, "lora": 4})
     with pytest.raises(ConfigError, match="unknown method"):
         FinetuneConfig(method="nope")
 
@@ -202,12 +207,13 @@ def test_cli_takes_a_method_by_name_and_refuses_two(tmp_path, run_cli):
                                          ("sparse", {"dense": False, "lora": 0, "lora_alpha": 16.0, "lora_targets": "q_proj,v_proj"})])
 def test_a_run_folder_written_by_0_1_0_is_the_same_run(method, old, tmp_path):
     """0.1.0 recorded `dense` / `lora` and no `method`: the same command finds its run (here: complete)."""
-    from szoq_hub import TrainingError, config_from_options
+    from szoq_cli.finetune import finetune_config
+    from szoq_hub import TrainingError
     from szoq_hub.training.config import settings_of
     from szoq_hub.training.run_folder import RunFolder
 
     options = {"out": str(tmp_path), **({"dense": True} if method == "dense" else {"lora": 8} if method == "lora" else {})}
-    config = config_from_options(options)
+    config = finetune_config(options)
     settings = {k: v for k, v in settings_of(config).items() if k not in ("method", "dense", "lora", "lora_alpha", "lora_targets")}
     (tmp_path / "finetune_config.json").write_text(json.dumps({"settings": {**settings, **old}, "task": {}}))
     (tmp_path / get_method(method).config_cls.final_file).write_bytes(b"")

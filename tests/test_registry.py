@@ -84,7 +84,7 @@ def test_crash_leftovers_leave_registry_readable(tmp_path):
 
 
 def test_damaged_object_is_stored_afresh(tmp_path):
-    from szoq_hub.masks.artifact import file_sha256
+    from szoq_hub.core.files import file_sha256
 
     folder = artifact(tmp_path, 1)
     sha = file_sha256(folder / MASK_FILE)

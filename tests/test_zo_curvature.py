@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from szoq_hub.core.errors import ConfigError, MaskError, TrainingError
-from szoq_hub.runtime.zo import (StepRecord, ZOConfig, curvature_estimate, make_optimizer, perturbation, precond_scale, replay,
-                                 step_seeds)
+from szoq_hub.runtime.zo import StepRecord, ZOConfig, curvature_estimate, make_optimizer, perturbation, replay, step_seeds
+from szoq_hub.runtime.zo_curvature import precond_scale
 
 SCORES = torch.tensor([1.0, 2.0, 3.0, 6.0, 0.0, 0.5])  # mean 2.0
 

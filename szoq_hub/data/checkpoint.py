@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..core import schema
 from ..core.errors import ModelError
 
 log = logging.getLogger(__name__)
@@ -86,12 +87,19 @@ ST_DTYPES = {
 
 
 def _read_header(fh, path: Path) -> tuple[dict, int]:
-    """The JSON header of an open safetensors file and the byte offset where its data starts."""
+    """The JSON header of an open safetensors file and the byte offset where its data starts.
+
+    The bytes are read where every safetensors header is (`core.schema.read_raw_header`); a
+    checkpoint's entries stay plain dicts, their dtypes checked as tensors are read.
+    """
+    raw, start, _ = schema.read_raw_header(fh, str(path), error=ModelError)
     try:
-        n = int.from_bytes(fh.read(8), "little")
-        return json.loads(fh.read(n)), 8 + n
-    except ValueError:
-        raise ModelError(f"{path} is not a readable safetensors file", hint="the checkpoint is corrupt: download or convert it again") from None
+        header = json.loads(raw)
+    except (ValueError, RecursionError):
+        header = None
+    if not isinstance(header, dict):
+        raise ModelError(f"{path} is not a readable safetensors file", hint="the checkpoint is corrupt: download or convert it again")
+    return header, start
 
 
 def read_header(path: Path) -> dict:
@@ -224,7 +232,7 @@ def write_tensors(path: Path, tensors: list[tuple[str, torch.Tensor]], metadata:
         tensors: (name, tensor) in file order; any device (copied to the CPU one at a time).
         metadata: str -> str header metadata (safetensors' `__metadata__`).
     """
-    from ..core.paths import atomic_file
+    from ..core.files import atomic_file
 
     with atomic_file(path) as tmp:
         with open(tmp, "wb") as fh:

@@ -16,6 +16,7 @@ from ..core.errors import ConfigError, DependencyError, TrainingError
 from ..methods import method_of_result, methods
 from ..methods.peft import ADAPTER_CONFIG_FILE, ADAPTER_FILE, CARD_FILE, PEFT_FILES, PeftExport
 from ..methods.sparse.peft import PEFT_TAGS
+from .config import PeftExportConfig
 
 PEFT_HINT = "pip install 'szoq[peft]'"
 
@@ -30,19 +31,18 @@ def require_peft():
     return peft
 
 
-def export_peft(*, delta: str | Path, out: str | Path, model: str | None = None, mask_ref: str | None = None,
-                revision: str | None = None) -> PeftExport:
+def export_peft(config: PeftExportConfig | None = None, /, **settings) -> PeftExport:
     """Write a PEFT adapter folder holding a fine-tuned run: a sparse delta as a SHiRA adapter, a
     LoRA run as a LoRA adapter (the run's method writes it).
 
     Args:
-        delta: Run folder or its final file (local; resolve Hub refs first).
-        out: Output folder (must not exist or be empty): `adapter_config.json`,
-            `adapter_model.safetensors`, `README.md`.
-        model: The base model the run was trained on (alias, Hub id, folder, .gguf; default:
-            the one the run records, as for `merge` and `eval`).
-        mask_ref: The mask a sparse delta was trained with (default: the one it records).
-        revision: Hub revision of the model.
+        config: The settings (`PeftExportConfig`): `delta`, the run folder or its final file (local;
+            resolve Hub refs first); `out`, the output folder (must not exist or be empty:
+            `adapter_config.json`, `adapter_model.safetensors`, `README.md`); `model`, the base
+            model the run was trained on (default: the one the run records, as for `merge` and
+            `eval`); `mask_ref`, the mask a sparse delta was trained with (default: the one it
+            records); `revision`, the model's Hub revision.
+        **settings: Or the same settings as keywords, e.g. `export_peft(delta="runs/sst2", out="sst2-shira")`.
 
     Returns:
         What was written (r, layers, nnz, padded entries).
@@ -53,12 +53,13 @@ def export_peft(*, delta: str | Path, out: str | Path, model: str | None = None,
         FingerprintMismatch, MaskError: the run does not fit the model/mask, is corrupt, or its
             method has no PEFT form.
     """
+    cfg = config if config is not None else PeftExportConfig(**settings)
     peft = require_peft()
-    out = Path(out)
+    delta, out = cfg.delta, Path(cfg.out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise TrainingError(f"--out {out} already exists and is not empty", hint="choose another --out folder or remove it")
     method = method_of_result(delta)
-    return method.result_cls.export_peft(peft, delta, out, model=model, mask_ref=mask_ref, revision=revision)
+    return method.result_cls.export_peft(peft, delta, out, model=cfg.model, mask_ref=cfg.mask_ref, revision=cfg.revision)
 
 
 def verify_adapter(folder: Path) -> dict:

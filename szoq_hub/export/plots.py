@@ -19,7 +19,7 @@ from pathlib import Path
 from ..core.errors import ConfigError, DependencyError
 from ..core.schema import is_int, is_number
 from ..masks.artifact import MaskData
-from ..core.paths import atomic_file
+from ..core.files import atomic_file
 
 PLOTS_HINT = "pip install 'szoq[plots]'  (matplotlib)"
 METRICS_FILE = "metrics.jsonl"  # what szoq finetune writes (szoq_hub.training.finetune)

@@ -13,9 +13,10 @@ from pathlib import Path
 from ..masks.catalog import find_builtin
 from ..core.errors import HubError, RegistryError
 from ..masks.artifact import MASK_FILE, MaskData, load_mask
-from ..core.paths import path_exists, shorten
+from ..core.files import path_exists
+from ..core.errors import shorten
 from ..masks.registry import Registry, mask_name_for_sha256, parse_ref
-from .transport import is_hub_ref  # noqa: F401  (re-exported)
+from .transport import is_hub_ref
 
 
 def resolve_mask_ref(ref: str, *, registry: Registry | None = None, offline: bool = False) -> Path:

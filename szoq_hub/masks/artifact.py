@@ -20,12 +20,13 @@ from pathlib import Path
 
 import torch
 
-from ..core.version import __version__
+from ..core.defaults import __version__
 from ..core import schema
 from ..core.errors import ConfigError, FingerprintMismatch, MaskError
-from ..core.content import CONTENT_KEY, tensors_sha256
-from ..core.paths import atomic_dir, file_sha256, path_exists  # noqa: F401  (file_sha256 re-exported: artifacts are addressed by it)
-from .card import CARD_TAGS, card_base_model, render_card  # noqa: F401  (re-exported: the names artifact has always had)
+from ..core import content
+from ..core.content import CONTENT_KEY, SCHEME_KEY
+from ..core.files import atomic_dir, file_sha256, path_exists
+from .card import render_card
 
 FORMAT = "szoq.mask"
 FORMAT_VERSION = "1"  # a mask without scores
@@ -57,8 +58,10 @@ class MaskConfig:
     format: str = FORMAT
     format_version: str = FORMAT_VERSION
     stats: dict = field(default_factory=dict)
-    # sha256 of the index tensors' bytes (`core.content`); "" for masks written before it existed.
+    # sha256 over the header and the index tensors (`core.content`, scheme `hash_scheme`); "" for
+    # masks written before it existed, and hash_scheme "" for masks hashed by scheme 1 (indices only).
     content_sha256: str = ""
+    hash_scheme: str = ""
 
     def __post_init__(self) -> None:
         check_density(self.density)
@@ -87,6 +90,7 @@ class MaskConfig:
             "seed": str(int(self.seed)),
             # Left out when not known, so that an older mask's header reads back unchanged.
             **({CONTENT_KEY: self.content_sha256} if self.content_sha256 else {}),
+            **({SCHEME_KEY: self.hash_scheme} if self.hash_scheme else {}),
         }
 
 
@@ -197,9 +201,11 @@ def _file_parts(mask: MaskData) -> tuple[dict[str, torch.Tensor], MaskConfig]:
     if mask.scores is not None:
         check_scores(mask.scores, tensors, "mask")
         tensors.update({schema.SCORES_PREFIX + n: t.detach().float().contiguous().cpu() for n, t in mask.scores.items()})
-    # A copy: the caller's config object may be shared with other masks. The hash covers the scores.
-    return tensors, replace(mask.config, content_sha256=tensors_sha256(tensors),  # every load recomputes it
-                            format_version=SCORES_FORMAT_VERSION if mask.scores is not None else FORMAT_VERSION)
+    # A copy: the caller's config object may be shared with other masks. The hash covers every
+    # header field, the indices and the scores (core.content, scheme 2); every load recomputes it.
+    config = replace(mask.config, content_sha256="", hash_scheme=content.SCHEME,
+                     format_version=SCORES_FORMAT_VERSION if mask.scores is not None else FORMAT_VERSION)
+    return tensors, replace(config, content_sha256=content.stamp(config.header(), tensors)[CONTENT_KEY])
 
 
 def mask_sha256(mask: MaskData) -> str:
@@ -333,6 +339,14 @@ def verify_indices(indices: dict[str, torch.Tensor], shapes: dict[str, list[int]
             raise MaskError(f"{where}: tensor {name!r} has duplicate indices", hint="the artifact is corrupt: rebuild it")
 
 
+def _pinned_by_catalog(path: Path) -> bool:
+    """Whether the file's sha256 is one that masks/catalog.json pins (the built-in masks predate content hashes)."""
+    from .catalog import builtin_masks
+
+    pins = {entry.sha256 for entry in builtin_masks()}
+    return bool(pins) and file_sha256(path) in pins
+
+
 def load_mask(folder: Path, *, fingerprint: str | None = None, layout: list[tuple[str, tuple[int, ...], str]] | None = None) -> MaskData:
     """Load and verify a mask artifact folder (or a `mask.safetensors` path).
 
@@ -361,7 +375,8 @@ def load_mask(folder: Path, *, fingerprint: str | None = None, layout: list[tupl
         config_text = cfg_path.read_bytes() if cfg_path.is_file() else None
     except OSError as exc:
         raise MaskError(f"cannot read {cfg_path} ({exc.strerror})", hint="check the folder's permissions") from None
-    config = config_from_header(schema.read_header(path), str(path), config_text, str(cfg_path))
+    header = schema.read_header(path)
+    config = config_from_header(header, str(path), config_text, str(cfg_path))
     try:
         tensors = load_file(str(path))
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
@@ -373,11 +388,12 @@ def load_mask(folder: Path, *, fingerprint: str | None = None, layout: list[tupl
         check_scores(scores, indices, where=str(path))
     if sum(int(t.numel()) for t in indices.values()) == 0:
         raise MaskError(f"{path} selects 0 weights (fine-tuning it would train nothing)", hint="rebuild the mask: szoq mask build MODEL")
-    # After the structural checks (their messages say more), before any use: indices that still
-    # look valid (sorted, unique, in range) but are not the ones written are refused here.
-    if config.content_sha256 and tensors_sha256(tensors) != config.content_sha256:
-        raise MaskError(f"{path}: its indices (or scores) do not match the content sha256 its header records (a flipped bit, or an edit)",
-                        hint="pull or build the mask again")
+    # After the structural checks (their messages say more), before any use: indices, scores or
+    # header fields that still look valid (sorted, unique, in range) but are not the ones written
+    # are refused here. A mask of szoq 0.1.0 without a hash loads with a warning (nothing to check).
+    hashless = not ({CONTENT_KEY, SCHEME_KEY} & set(header.metadata))
+    content.verify(header.metadata, str(path), MaskError, tensors=tensors, hashless_ok=True, hint="pull or build the mask again",
+                   pinned=hashless and _pinned_by_catalog(path))
     if fingerprint is not None and fingerprint != config.fingerprint:
         raise FingerprintMismatch(
             f"mask was built for {config.base_model} (fingerprint {config.fingerprint[:12]}), not for this model ({fingerprint[:12]})",

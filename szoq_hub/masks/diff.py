@@ -7,10 +7,14 @@ from __future__ import annotations
 
 import re
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
 from ..core.errors import MaskError
+
+if TYPE_CHECKING:
+    from .artifact import MaskData
 
 
 @dataclass

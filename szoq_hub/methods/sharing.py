@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..core.errors import ConfigError, HubError
-from ..core.paths import path_exists, shorten
-from ..hub.refs import is_hub_ref, no_local_folder
-from ..hub.transport import PullResult, PushResult, check_repo_id
+from ..core.errors import ConfigError, HubError, shorten
+from ..core.files import path_exists
+from ..hub.refs import no_local_folder
+from ..hub.transport import PullResult, PushResult, check_repo_id, is_hub_ref
 from ..masks.registry import parse_ref
 from .registry import method_of_result, methods
 

@@ -51,7 +51,7 @@ from ..data.checkpoint import KeyMapper, checkpoint_files, iter_tensors
 from ..core.devices import require_quant_backend, resolve_device, resolve_dtype
 from ..core.errors import ConfigError, FingerprintMismatch, MaskError, ModelError
 from ..masks.artifact import MaskData
-from ..data.models import ModelSource, model_fingerprint, resolve_model, set_module_tensor
+from ..data.models import ModelSource, decoder_linears, model_fingerprint, resolve_model, set_module_tensor
 from .sparse_linear import QUANT_MODES, SparseQuantLinear, SparseValues, contiguous_input
 
 log = logging.getLogger(__name__)
@@ -150,15 +150,6 @@ class SparseModel:
                 self.values[off : off + n].copy_(tensors[name].to(torch.float32))
 
 
-
-def _conv1d_type() -> type | None:
-    try:
-        from transformers.pytorch_utils import Conv1D
-    except ImportError:
-        return None
-    return Conv1D
-
-
 def load_sparse_model(
     model: str | ModelSource,
     mask: MaskData | None,
@@ -221,12 +212,9 @@ def load_sparse_model(
     # mask), plus anything masked, which must be a linear weight. GPT-2's Conv1D is a linear
     # whose weight is stored transposed ([in, out]).
     out_emb = lm.get_output_embeddings()
-    conv1d = _conv1d_type()
-    linear_types = (nn.Linear,) if conv1d is None else (nn.Linear, conv1d)
-    linear_names = {
-        f"{n}.weight" for n, m in lm.named_modules() if isinstance(m, linear_types) and m is not out_emb
-    }
-    transposed = {f"{n}.weight" for n, m in lm.named_modules() if conv1d is not None and isinstance(m, conv1d)}
+    linears = decoder_linears(lm)  # weight name -> stored transposed (Conv1D)
+    linear_names = set(linears)
+    transposed = {n for n, t in linears.items() if t}
     for name in indices:
         if name not in linear_names:
             raise MaskError(

@@ -34,8 +34,8 @@ from typing import Any, Callable, Sequence
 import torch
 
 from ..core.errors import ConfigError, TrainingError
-from .zo_config import LR_SCHEDULES, OPTIMIZERS, ZOConfig  # noqa: F401  (torch-free, read by FinetuneConfig)
-from .zo_curvature import Preconditioner, curvature_samples, precond_scale  # noqa: F401  (precond_scale: re-exported)
+from .zo_config import ZOConfig
+from .zo_curvature import Preconditioner, curvature_samples
 
 log = logging.getLogger(__name__)
 

@@ -1,10 +1,11 @@
-"""The settings of a fine-tuning run: `FinetuneConfig`, nesting the optimizer's `ZOConfig` and the
-method's own settings (`method_config`, a `MethodConfig` of the method `method` names).
+"""The settings of the training layer's commands: a fine-tuning run (`FinetuneConfig`, nesting the
+optimizer's `ZOConfig` and the method's own settings: `method_config`, a `MethodConfig` of the
+method `method` names), an evaluation (`EvalConfig`) and a merge (`MergeConfig`). Torch-free.
 
 Every field carries its help and, where it is not `--name-with-dashes`, its command-line flag
-in `metadata`; `szoq finetune` builds its options from these fields (cli/finetune.py), so an
-option, its default and its help are written once. Error messages name flags through `flag()`,
-so a message never names a flag that does not exist.
+in `metadata`; `szoq finetune`, `szoq eval` and `szoq merge` build their options from these
+fields (cli/options.py), so an option, its default and its help are written once. Error
+messages name flags through `_flag()`, so a message never names a flag that does not exist.
 
 The run folder records the settings flat (`settings_of`): one key per option, the method's and
 the ZO fields beside the others, as the command line spells them, and the method by name.
@@ -16,10 +17,10 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from ..core.defaults import DEFAULT_MASK, DEFAULT_MODEL
+from ..core.defaults import DEFAULT_MASK, DEFAULT_MODEL, DTYPE_NAMES, check_device_spec, check_dtype_spec
 from ..core.errors import ConfigError
-from ..core.specs import check_device_spec, check_dtype_spec
-from ..data.tasks import CustomTask, Sampling, custom_task_from
+from ..data.custom_tasks import CustomTask, custom_task_from
+from ..data.tasks import Sampling
 from ..methods import DEFAULT_METHOD, Method, get_method, methods
 from ..methods.spec import MethodConfig, field_default, field_flag, opt
 from ..runtime.zo_config import ZOConfig
@@ -28,8 +29,25 @@ from ..runtime.zo_config import ZOConfig
 ZO_DERIVED = ("total_steps", "seed")
 
 
-def flag(name: str, cls: type | None = None) -> str:
-    """The command-line flag of a `FinetuneConfig`, `ZOConfig` or method settings field.
+def _lr_help() -> str:
+    """`--lr`'s help: the default of each registered method."""
+    per = ", ".join(f"{m.config_cls.default_lr:g} with {m.flag if m.name != DEFAULT_METHOD else 'a mask'}" for m in methods())
+    return f"Learning rate (peak, after warmup). Default: {per} (each method's SST-2 dev sweep, README Results)."
+
+
+def _method_help() -> str:
+    """`--method`'s help: what each registered method trains."""
+    return ("Training method: sparse (the default: the masked values), dense or lora (--dense and --lora R choose those too), or one "
+            "registered with szoq_hub.register_method. " + "; ".join(f"{m.name}: {m.config_cls.summary}" for m in methods() if m.config_cls.summary) + ".")
+
+
+def _method_configs() -> list[type[MethodConfig]]:
+    """The settings class of every registered method (each one's fields are `szoq finetune` options)."""
+    return [m.config_cls for m in methods()]
+
+
+def _flag(name: str, cls: type | None = None) -> str:
+    """The command-line flag of a config field, as error messages name it.
 
     Args:
         name: The field name.
@@ -51,10 +69,11 @@ class FinetuneConfig:
 
     model: str = opt(DEFAULT_MODEL, "Model alias, Hub id, local folder or .gguf file.")
     mask: str | None = opt(None, f"Mask: folder, registry NAME[@VERSION], built-in name, or ORG/NAME[@REV] (default {DEFAULT_MASK}; not with --dense).")
-    method: str | None = opt(None, "Training method: sparse (the default: the masked values), dense or lora (--dense and --lora R choose "
-                                    "those too), or one registered with szoq_hub.register_method.")
-    method_config: MethodConfig | None = field(default=None, metadata={"help": "the method's own settings (its fields are options of their own); "
-                                                                              "None: its defaults"})
+    method: str | None = field(default=None, metadata={"help": _method_help})
+    # The method's own settings: the fields of every registered method's config are options of their
+    # own (`--dense`, `--lora R`, `--lora-alpha`, ...), and a true selecting one picks the method. Also
+    # a dict of those fields, as the command line gives them (see `_method_config`). None: its defaults.
+    method_config: MethodConfig | None = field(default=None, metadata={"help": "The method's own settings.", "variants": _method_configs})
     task: str | None = opt(None, "Built-in task: sst2, rte, cb, boolq, wic, wsc, copa or multirc (default sst2; not with a custom task).")
     train_file: str | None = opt(None, "Custom task: train file (jsonl/csv/tsv).", flag="--train")
     eval_file: str | None = opt(None, "Custom task: eval file (default: held out from --train).", flag="--eval")
@@ -69,14 +88,16 @@ class FinetuneConfig:
     quant: str | None = opt(None, "Base quantization: nf4, fp4, int8 or none (default nf4; not with --dense).")
     device: str = opt("auto", "auto (CUDA when available), cpu, cuda or cuda:N.")
     dtype: str | None = opt("auto", "Compute dtype: auto (bf16 on CUDA and on CPUs with native bf16, else fp32; a resumed run keeps "
-                                     "its own), bf16, fp16 or fp32. Sparse values stay fp32 (--dense: fp32).")
+                                    "its own), bf16, fp16 or fp32. Sparse values stay fp32 (--dense: fp32).")
     steps: int = opt(300, "ZO steps.")
     batch_size: int = opt(16, "Examples per step (all ranks together).")
     micro_batch_size: int | None = opt(None, "Examples per training forward, grouped by similar length (default: automatic, forwards of "
-                                              "up to 128 padded tokens on a CPU, the whole batch on CUDA; a resumed run keeps its choice). "
-                                              "Same loss; less activation memory and padding (see bench/micro_batch.py). May change on --resume.")
-    zo: ZOConfig | None = field(default=None, metadata={"help": "the ZO optimizer (its fields are options of their own); None: ZOConfig "
-                                                                "defaults with the method's lr (`default_lr`)"})
+                                             "up to 128 padded tokens on a CPU, the whole batch on CUDA; a resumed run keeps its choice). "
+                                             "Same loss; less activation memory and padding (see bench/bench_micro_batch.py). May change on --resume.")
+    # The ZO optimizer: its fields are options of their own (those a run derives left out), and --lr
+    # left out means the method's own lr (`MethodConfig.default_lr`). None: ZOConfig defaults with that lr.
+    zo: ZOConfig | None = field(default=None, metadata={"help": "The ZO optimizer's settings.", "nested": True, "skip": ZO_DERIVED,
+                                                        "overrides": {"lr": {"default": None, "help": _lr_help}}})
     eval_every: int = opt(100, "Dev evaluation every K steps (0 = at the end).")
     save_every: int = opt(100, "Checkpoint every K steps.")
     save_every_minutes: float = opt(10.0, "Also checkpoint when this many minutes passed since the last checkpoint (0 = by steps only).")
@@ -91,7 +112,7 @@ class FinetuneConfig:
     def __post_init__(self) -> None:
         for name, low, example in (("steps", 1, 300), ("batch_size", 1, 16), ("eval_batch_size", 1, 32), ("eval_every", 0, 100), ("save_every", 1, 100)):
             if getattr(self, name) < low:
-                raise ConfigError(f"{flag(name)} must be >= {low}, got {getattr(self, name)}", hint=f"e.g. {flag(name)} {example}")
+                raise ConfigError(f"{_flag(name)} must be >= {low}, got {getattr(self, name)}", hint=f"e.g. {_flag(name)} {example}")
         if self.micro_batch_size is not None and self.micro_batch_size <= 0:
             raise ConfigError(f"--micro-batch-size must be > 0, got {self.micro_batch_size}", hint="e.g. --micro-batch-size 4, or leave it out for one forward per step")
         if not self.save_every_minutes >= 0:  # also NaN
@@ -107,13 +128,15 @@ class FinetuneConfig:
             self.task = "sst2"
         from ..runtime.sparse import QUANT_MODES
 
-        spec = get_method(self.method or DEFAULT_METHOD)
+        spec = _chosen_method(self.method, self.method_config)
         self.method = spec.name
         self.method_config = _method_config(spec, self.method_config)
         # The optimizer's schedule and seeds follow the run's (validates lr, eps, optimizer, ...);
         # set before check_run, which may refuse optimizer options its method cannot use.
         if self.zo is None:
             self.zo = ZOConfig(lr=spec.config_cls.default_lr)
+        elif isinstance(self.zo, dict):  # its fields as the command line gives them: lr None = the method's own
+            self.zo = ZOConfig(**{**self.zo, "lr": spec.config_cls.default_lr if self.zo.get("lr") is None else self.zo["lr"]})
         self.zo = replace(self.zo, total_steps=self.steps, seed=self.seed)
         self.method_config.check_run(self)
         self.mask = self.mask or (DEFAULT_MASK if spec.config_cls.takes_mask else None)
@@ -141,16 +164,49 @@ class FinetuneConfig:
         return Sampling(self.train_samples, self.dev_samples, self.eval_samples, self.seed)
 
 
-def _method_config(spec: Method, given: Any) -> MethodConfig:
-    """The method's settings: as given (an instance, or a dict of its fields), else its defaults.
+def _chosen_method(name: str | None, given: Any) -> Method:
+    """The method a run trains with: `name`, else the one a true selecting field of `given` (a dict of
+    settings fields, as `szoq finetune` gives them: `dense` for --dense, `lora` for --lora R) picks,
+    else sparse.
 
     Raises:
-        ConfigError: settings of another method's type.
+        ConfigError: an unknown method, or two methods chosen.
+    """
+    if not isinstance(given, dict):
+        return get_method(name or DEFAULT_METHOD)
+    chosen = [m for m in methods() if m.selector and given.get(m.selector)]
+    if name:
+        chosen = [get_method(name), *(m for m in chosen if m.name != name)]
+    if len(chosen) > 1:
+        flags = [m.flag for m in chosen]
+        raise ConfigError(f"{' and '.join(flags)} were both given", hint=f"choose one method: drop {' or '.join(flags)}")
+    return chosen[0] if chosen else get_method(DEFAULT_METHOD)
+
+
+def _method_config(spec: Method, given: Any) -> MethodConfig:
+    """The method's settings: as given (an instance, or a dict of settings fields), else its defaults.
+
+    A dict may hold the fields of every registered method (the command line's options): those of
+    another method are refused unless they keep their defaults, never ignored.
+
+    Raises:
+        ConfigError: settings of another method's type, another method's options given, or a name
+            that is no method's setting.
     """
     if given is None:
         return spec.config_cls()
     if isinstance(given, dict):
-        return spec.config_cls(**given)
+        owner = {f.name: m for m in methods() for f in fields(m.config_cls)}
+        unknown = sorted(set(given) - set(owner))
+        if unknown:
+            raise ConfigError(f"no method has the settings {unknown}", hint="see szoq finetune --help for each method's options")
+        others = [f for m in methods() if m is not spec for f in fields(m.config_cls) if f.name in given and given[f.name] != field_default(f)]
+        if others:
+            names = [field_flag(f) for f in others]
+            other = owner[others[0].name]
+            raise ConfigError(f"{' and '.join(names)} only apply to a {other.config_cls.title or other.name} run, and {other.flag} was not given",
+                              hint=f"add {other.choice} to train with it, or drop " + " and ".join(names))
+        return spec.config_cls(**{f.name: given[f.name] for f in fields(spec.config_cls) if f.name in given})
     if not isinstance(given, spec.config_cls):
         raise ConfigError(f"method {spec.name!r} takes {spec.config_cls.__name__} settings, not {type(given).__name__}",
                           hint=f"pass method_config={spec.config_cls.__name__}(...), or leave it out for its defaults")
@@ -164,38 +220,6 @@ def settings_of(config: FinetuneConfig) -> dict:
     flat.update(config.method_config.record())
     flat.update({k: v for k, v in asdict(config.zo).items() if k not in ZO_DERIVED})
     return flat
-
-
-def option_fields() -> list[tuple[type, object]]:
-    """(dataclass, field) of every option, in the order `szoq finetune --help` lists them: the
-    run's fields with every registered method's fields in place of `method_config` and the ZO
-    fields in place of `zo` (those a run derives left out)."""
-    out: list[tuple[type, object]] = []
-    for f in fields(FinetuneConfig):
-        if f.name == "zo":
-            out += [(ZOConfig, z) for z in fields(ZOConfig) if z.name not in ZO_DERIVED]
-        elif f.name == "method_config":
-            out += [(m.config_cls, mf) for m in methods() for mf in fields(m.config_cls)]
-        else:
-            out.append((FinetuneConfig, f))
-    return out
-
-
-def default_of(cls: type, f) -> object:
-    """A field's default as `szoq finetune` shows it (lr: None, the method's own, see `help_of`)."""
-    if cls is ZOConfig:
-        return None if f.name == "lr" else getattr(ZOConfig(), f.name)
-    return field_default(f)
-
-
-def help_of(cls: type, f) -> str:
-    """A field's `--help` text (lr: with the default of each method)."""
-    if cls is ZOConfig and f.name == "lr":
-        per = ", ".join(f"{m.config_cls.default_lr:g} with {m.flag if m.name != DEFAULT_METHOD else 'a mask'}" for m in methods())
-        return f"Learning rate (peak, after warmup). Default: {per} (each method's SST-2 dev sweep, README Results)."
-    if cls is FinetuneConfig and f.name == "method":
-        return f.metadata["help"] + " " + "; ".join(f"{m.name}: {m.config_cls.summary}" for m in methods() if m.config_cls.summary) + "."
-    return f.metadata["help"]
 
 
 @dataclass
@@ -215,37 +239,82 @@ class FinetuneResult:
     micro_batch_tokens: int | None = None
 
 
-def config_from_options(options: dict) -> FinetuneConfig:
-    """A FinetuneConfig from flat options (as `option_fields` lists them: the method's and the ZO
-    fields beside the rest).
+def shared_field(cls: type, name: str):
+    """A field with the default, help and flag of `cls`'s field `name`: an option two commands share is written once."""
+    f = cls.__dataclass_fields__[name]
+    return field(default=f.default, metadata=f.metadata)
 
-    The method is `options["method"]`, else the one whose selecting option is given (`dense` for
-    --dense, `lora` for --lora R), else sparse. Options of another method are refused, not ignored.
 
-    Raises:
-        ConfigError: an invalid value (see FinetuneConfig, ZOConfig and the method's config), two
-            methods chosen, or another method's options given.
-        TypeError: an option that is no field.
-    """
-    zo_names = {f.name for f in fields(ZOConfig)} - set(ZO_DERIVED)
-    owner = {f.name: m for m in methods() for f in fields(m.config_cls)}
-    chosen = [m for m in methods() if m.selector and options.get(m.selector)]
-    if options.get("method"):
-        chosen = [get_method(options["method"]), *(m for m in chosen if m.name != options["method"])]
-    if len(chosen) > 1:
-        flags = [m.flag for m in chosen]
-        raise ConfigError(f"{' and '.join(flags)} were both given", hint=f"choose one method: drop {' or '.join(flags)}")
-    spec = chosen[0] if chosen else get_method(DEFAULT_METHOD)
-    given = [f for m in methods() if m is not spec for f in fields(m.config_cls)
-             if f.name in options and options[f.name] != field_default(f)]
-    if given:
-        names = [field_flag(f) for f in given]
-        other = owner[given[0].name]
-        raise ConfigError(f"{' and '.join(names)} only apply to a {other.config_cls.title or other.name} run, and {other.flag} was not given",
-                          hint=f"add {other.choice} to train with it, or drop " + " and ".join(names))
-    zo = {k: v for k, v in options.items() if k in zo_names}
-    if zo.get("lr") is None:  # not given: the method's default
-        zo["lr"] = spec.config_cls.default_lr
-    own = {f.name: options[f.name] for f in fields(spec.config_cls) if f.name in options}
-    rest = {k: v for k, v in options.items() if k not in zo_names and k not in owner and k != "method"}
-    return FinetuneConfig(**rest, method=spec.name, method_config=spec.config_cls(**own), zo=ZOConfig(**zo))
+_DELTA_MODEL_HELP = "Model alias, Hub id, local folder or .gguf file (default: the one the delta was trained on, else the built-in)."
+_DELTA_MASK_HELP = "Mask REF (default: the one the delta was trained with, else the built-in)."
+
+
+@dataclass
+class EvalConfig:
+    """Settings of an evaluation (validated on creation)."""
+
+    model: str | None = opt(None, _DELTA_MODEL_HELP)
+    mask: str | None = opt(None, "Mask REF (default: the one the delta was trained with, else the built-in; zero-shot: the built-in "
+                                 "where it fits the model, else none, the quantized base as it is).")
+    task: str | None = shared_field(FinetuneConfig, "task")
+    train_file: str | None = opt(None, "Custom task: train file (jsonl/csv/tsv; eval takes ICL demonstrations from it).", flag="--train")
+    eval_file: str | None = opt(None, "Custom task: eval file (default: held out from --train; eval needs no --train for zero-shot).",
+                                flag="--eval")
+    template: str | None = shared_field(FinetuneConfig, "template")
+    labels: str | None = shared_field(FinetuneConfig, "labels")
+    label_field: str = shared_field(FinetuneConfig, "label_field")
+    task_file: str | None = shared_field(FinetuneConfig, "task_file")
+    encoding: str = shared_field(FinetuneConfig, "encoding")
+    delta: str | None = opt(None, "Run folder, delta.safetensors or ORG/NAME[@REV] on the Hub (default: zero-shot); also a --dense or "
+                                  "--lora run's folder.")
+    icl_shots: int = opt(0, "In-context demonstrations per example.")
+    quant: str | None = opt(None, "Base quantization: nf4, fp4, int8 or none (default nf4; a --dense run's weights: fp32, none).")
+    device: str = shared_field(FinetuneConfig, "device")
+    # None: the device type's default (`core.devices.DEFAULT_DTYPE`)
+    dtype: str | None = opt("auto", "Compute dtype: auto (bf16 on CUDA and on CPUs with native bf16, else fp32), bf16, fp16 or fp32. "
+                                    "Sparse values stay fp32.")
+    eval_samples: int = shared_field(FinetuneConfig, "eval_samples")
+    batch_size: int = opt(32, "Evaluation batch size.")
+    seed: int = opt(0, "Seed of sampling and demonstrations.")
+    data_dir: str | None = shared_field(FinetuneConfig, "data_dir")
+    revision: str | None = shared_field(FinetuneConfig, "revision")
+
+    def __post_init__(self) -> None:
+        for name, low, example in (("icl_shots", 0, 16), ("batch_size", 1, 32), ("eval_samples", 1, 1000)):
+            if getattr(self, name) < low:
+                option = _flag(name, EvalConfig)
+                raise ConfigError(f"{option} must be >= {low}, got {getattr(self, name)}", hint=f"e.g. {option} {example}")
+        check_device_spec(self.device)
+        check_dtype_spec(self.dtype)
+        custom = self.custom_task()  # template, labels and files are checked here, before any model loads
+        if custom is not None:
+            if self.task not in (None, "custom"):
+                raise ConfigError(f"--task {self.task} and a custom task (--train / --eval / --task-file) were both given", hint="drop --task for a custom task")
+            if self.icl_shots and custom.train is None:
+                raise ConfigError(f"--icl-shots {self.icl_shots} draws demonstrations from --train FILE, and none was given", hint="pass --train FILE, or drop --icl-shots")
+            self.task = "custom"
+        elif self.task is None:
+            self.task = "sst2"
+
+    def custom_task(self) -> CustomTask | None:
+        return custom_task_from(task_file=self.task_file, train_file=self.train_file, eval_file=self.eval_file,
+                                template=self.template, labels=self.labels, label_field=self.label_field, encoding=self.encoding)
+
+
+@dataclass
+class MergeConfig:
+    """Settings of a merge: a delta baked into its base model, written as a plain transformers folder (validated on creation)."""
+
+    delta: str | Path = field(metadata={"help": "Run folder, delta.safetensors or ORG/NAME[@REV] on the Hub; also a --dense or --lora run's folder."})
+    out: str | Path = field(metadata={"help": "Folder for the merged transformers model (must not exist or be empty)."})
+    model: str | None = opt(None, _DELTA_MODEL_HELP)
+    mask_ref: str | None = opt(None, _DELTA_MASK_HELP, flag="--mask")
+    dtype: str = opt("fp32", "dtype of the saved weights: fp32, bf16 or fp16.")
+    device: str = opt("auto", "Where the weights are patched: auto (CUDA when available), cpu, cuda or cuda:N; the folder written is "
+                              "the same on every device.")
+    revision: str | None = shared_field(FinetuneConfig, "revision")
+
+    def __post_init__(self) -> None:
+        if self.dtype not in DTYPE_NAMES:
+            raise ConfigError(f"unknown --dtype {self.dtype!r}", hint=f"choose one of: {', '.join(DTYPE_NAMES)}")
+        check_device_spec(self.device)

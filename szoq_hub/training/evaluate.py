@@ -4,68 +4,18 @@ loaded by its `MethodResult`); `score`, the metric of a model on encoded example
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import torch.distributed as dist
 
-from ..core.devices import check_device_spec, check_dtype_spec, dtype_name, require_quant_backend, resolve_device, resolve_dtype
-from ..core.distributed import world
-from ..core.errors import ConfigError
+from ..core.devices import dtype_name, require_quant_backend, resolve_device, resolve_dtype, world
 from ..data.scoring import Encoded, encode, metric_value, pad_id_of, predict
-from ..data.tasks import CustomTask, Sampling, custom_task_from, load_task, with_demonstrations
+from ..data.tasks import Sampling, load_task, with_demonstrations
 from ..methods import method_of_result
 from ..methods.sparse.setup import model_and_mask_for, open_model_and_fitting_mask, open_model_and_mask
+from .config import EvalConfig
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class EvalConfig:
-    """Settings of an evaluation (validated on creation)."""
-
-    model: str | None = field(default=None, metadata={"help": "model alias, Hub id, folder or .gguf (default: the delta's, else the built-in)"})
-    mask: str | None = field(default=None, metadata={"help": "mask the runtime uses (default: the delta's; zero-shot: the built-in where it "
-                                                             "fits the model, else none: the quantized base as it is)"})
-    task: str | None = field(default=None, metadata={"help": "built-in task (default sst2); `custom` with train_file/eval_file/task_file"})
-    train_file: str | None = field(default=None, metadata={"help": "custom task: ICL demonstrations (and eval held out, without eval_file)"})
-    eval_file: str | None = field(default=None, metadata={"help": "custom task: eval rows (zero-shot needs no train_file)"})
-    template: str | None = None
-    labels: str | None = None
-    label_field: str = "label"
-    task_file: str | None = None
-    encoding: str = field(default="utf-8", metadata={"help": "custom task: text encoding of the data files"})
-    delta: str | None = field(default=None, metadata={"help": "run folder or delta file (or a dense run: folder or dense.safetensors); None = zero-shot"})
-    icl_shots: int = field(default=0, metadata={"help": "in-context demonstrations per example"})
-    quant: str | None = field(default=None, metadata={"help": "nf4, fp4, int8 or none (None: nf4; a dense run's weights: none)"})
-    device: str = field(default="auto", metadata={"help": "auto (CUDA when available), cpu, cuda or cuda:N"})
-    dtype: str | None = field(default="auto", metadata={"help": "compute dtype auto, bf16, fp16 or fp32 (auto: bf16 on CUDA and on CPUs with "
-                                                               "native bf16, else fp32; None: the device's default)"})
-    eval_samples: int = 1000
-    batch_size: int = 32
-    seed: int = 0
-    data_dir: str | None = None
-    revision: str | None = None
-
-    def __post_init__(self) -> None:
-        for option, value, low, example in (("--icl-shots", self.icl_shots, 0, 16), ("--batch-size", self.batch_size, 1, 32),
-                                             ("--eval-samples", self.eval_samples, 1, 1000)):
-            if value < low:
-                raise ConfigError(f"{option} must be >= {low}, got {value}", hint=f"e.g. {option} {example}")
-        check_device_spec(self.device)
-        check_dtype_spec(self.dtype)
-        custom = self.custom_task()  # template, labels and files are checked here, before any model loads
-        if custom is not None:
-            if self.task not in (None, "custom"):
-                raise ConfigError(f"--task {self.task} and a custom task (--train / --eval / --task-file) were both given", hint="drop --task for a custom task")
-            if self.icl_shots and custom.train is None:
-                raise ConfigError(f"--icl-shots {self.icl_shots} draws demonstrations from --train FILE, and none was given", hint="pass --train FILE, or drop --icl-shots")
-            self.task = "custom"
-        elif self.task is None:
-            self.task = "sst2"
-
-    def custom_task(self) -> CustomTask | None:
-        return custom_task_from(task_file=self.task_file, train_file=self.train_file, eval_file=self.eval_file,
-                                template=self.template, labels=self.labels, label_field=self.label_field, encoding=self.encoding)
 
 
 @dataclass

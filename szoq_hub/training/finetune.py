@@ -17,6 +17,12 @@ update.
 `device` / `dtype` are resolved once (core/devices.py) and recorded in the run's config as
 `runtime`; --resume refuses another device type or compute dtype, because z is drawn from the
 device's own generator and the losses depend on the compute dtype.
+
+--resume checks contents, not names: the config and every checkpoint record the model's
+fingerprint (for a local folder, the sha256 of its weight files) and `data_sha256`, the sha256
+of the examples the run trains, selects on and evaluates (`examples_sha256`). A resume whose model
+or rows changed behind the same paths is refused with both values shown, before any step runs
+(a run that went on would mix two trainings in one file).
 """
 
 from __future__ import annotations
@@ -30,10 +36,9 @@ from typing import Callable
 import torch
 import torch.distributed as dist
 
-from ..core.devices import dtype_name, require_quant_backend, resolve_device, resolve_dtype
-from ..core.distributed import init_distributed, world
+from ..core.devices import dtype_name, init_distributed, require_quant_backend, resolve_device, resolve_dtype, world
 from ..core.errors import ConfigError, Interrupted, TrainingError
-from ..core.version import __version__
+from ..core.defaults import __version__
 from ..data.scoring import encode, loss_sums, pad_id_of
 from ..data.tasks import describe_split, load_task
 from ..runtime.zo import StepRecord
@@ -73,6 +78,18 @@ def batch_indices(n: int, batch_size: int, step: int, seed: int, cache: dict[int
 # (~4 SST-2 sentences, 1-2 RTE pairs, one BoolQ passage). On CUDA the whole batch stays one
 # forward (a GPU forward is far from compute-bound at batch 16).
 MICRO_BATCH_TOKENS = 128
+
+
+def examples_sha256(task) -> str:
+    """sha256 of a task's sampled train, dev and eval examples (prompts, options, labels), in order."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for split in (task.train, task.dev, task.eval):
+        for e in split:
+            h.update(json.dumps([e.prompt, e.options, e.label, e.group], ensure_ascii=True).encode() + b"\n")
+        h.update(b"--\n")
+    return h.hexdigest()
 
 
 def runtime_of(device: torch.device, dtype: torch.dtype) -> dict[str, str]:
@@ -171,12 +188,17 @@ def finetune(config: FinetuneConfig, *, resume: bool | None = None, progress: Pr
     # Data, template and labels are read and checked before anything loads (a bad row costs no model load).
     task = load_task(config.task, custom=config.custom_task(), data_dir=config.data_dir, sampling=config.sampling())
     settings = settings_of(config)
+    data_sha = examples_sha256(task)
+    if resume:  # the rows first: no model loads for a run that cannot continue
+        run.check_contents(data_sha256=data_sha)
     trainable = method.trainable_cls(config, device, dtype, settings, rank == 0)
+    if resume:
+        run.check_contents(fingerprint=trainable.fingerprint, model=config.model, mask_sha256=trainable.record().get("mask_sha256"))
     pad_id = pad_id_of(trainable.tokenizer)
     train, dev, evals = (encode(trainable.tokenizer, x) for x in (task.train, task.dev, task.eval))
     if rank == 0 and not resume:
         run.write_config({"settings": settings, "task": {"name": task.name, "metric": task.metric, **task.info}, "base_model": trainable.source.base_model,
-                          "fingerprint": trainable.fingerprint, **trainable.record(), "szoq_version": __version__, "world_size": size, "runtime": runtime})
+                          "fingerprint": trainable.fingerprint, "data_sha256": data_sha, **trainable.record(), "szoq_version": __version__, "world_size": size, "runtime": runtime})
 
     start, best_dev, best_step = 0, -math.inf, None
     ckpt = trainable.restore(run) if resume else None
@@ -191,6 +213,7 @@ def finetune(config: FinetuneConfig, *, resume: bool | None = None, progress: Pr
           "nnz": trainable.nnz, "resumed": resume, "checkpoint": start if ckpt is not None else None, "redone": redone,
           "save_every": config.save_every, "split": describe_split(task, config.sampling()), "out": str(run.path), "dtype": runtime["dtype"], **micro})
     last_checkpoint = start if ckpt is not None else None
+    contents = {"fingerprint": trainable.fingerprint, "data_sha256": data_sha}  # every checkpoint records what it was trained on
     done = start
     perms: dict[int, list[int]] = {}
     metrics = tracker = None
@@ -234,10 +257,10 @@ def finetune(config: FinetuneConfig, *, resume: bool | None = None, progress: Pr
                 emit({"kind": "eval", "step": done, "dev": dev_score, "metric": task.metric})
                 if dev_score > best_dev:
                     best_dev, best_step = dev_score, done
-                    checkpointed = trainable.keep_best(run, done, dev_score, _meta(done, best_dev, best_step))
+                    checkpointed = trainable.keep_best(run, done, dev_score, _meta(done, best_dev, best_step, contents))
             timed = config.save_every_minutes > 0 and clock() - saved_at >= 60.0 * config.save_every_minutes
             if not checkpointed and rank == 0 and (done % config.save_every == 0 or done == config.steps or timed):
-                trainable.save_checkpoint(run, _meta(done, best_dev, best_step))
+                trainable.save_checkpoint(run, _meta(done, best_dev, best_step, contents))
                 checkpointed = True
             if checkpointed:
                 last_checkpoint, saved_at = done, clock()
@@ -263,6 +286,6 @@ def finetune(config: FinetuneConfig, *, resume: bool | None = None, progress: Pr
                           dtype=runtime["dtype"], **micro)
 
 
-def _meta(done: int, best_dev: float, best_step: int | None) -> dict[str, str]:
-    """The loop's part of a checkpoint header."""
-    return {"step": str(done), "best_dev": repr(best_dev), "best_step": str(best_step or "")}
+def _meta(done: int, best_dev: float, best_step: int | None, contents: dict[str, str]) -> dict[str, str]:
+    """The loop's part of a checkpoint header (with the model fingerprint and rows sha256 it was trained on)."""
+    return {"step": str(done), "best_dev": repr(best_dev), "best_step": str(best_step or ""), **contents}

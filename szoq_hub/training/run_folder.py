@@ -25,9 +25,9 @@ import torch
 
 from ..core import schema
 from ..core.errors import TrainingError
-from ..core.paths import atomic_file
-from ..core.version import __version__
-from ..masks.artifact import card_base_model
+from ..core.files import atomic_file
+from ..core.defaults import __version__
+from ..masks.card import card_base_model
 from ..methods import method_of_settings, methods
 from ..methods.trainable import card_task
 from .config import FinetuneConfig, settings_of
@@ -129,6 +129,40 @@ class RunFolder:
                     f"--resume: {self.path} ran on {saved.get('device_type')} in {saved.get('dtype')}, this resume would run on "
                     f"{runtime['device_type']} in {runtime['dtype']}",
                     hint=f"resume with --device {saved.get('device_type')} --dtype {saved.get('dtype')} (z is drawn by the device's own generator)")
+
+    def check_contents(self, *, fingerprint: str | None = None, data_sha256: str | None = None, model: str | None = None,
+                       mask_sha256: str | None = None) -> None:
+        """--resume: refuse a model or rows whose contents changed since the run started.
+
+        Compares with the checkpoint's record when it has one (it is what the run continues
+        from), else with the config's. Runs started before these were recorded have no rows hash:
+        only the fingerprint is compared for them.
+
+        Raises:
+            TrainingError: the model fingerprint or the rows sha256 differs, both values shown.
+        """
+        saved = self._recorded_contents()
+        hint = f"restore what the run was trained on, or start a new run in another --out (the run in {self.path} stays as it is)"
+        if fingerprint is not None and saved.get("fingerprint") and saved["fingerprint"] != fingerprint:
+            raise TrainingError(f"--resume: the model changed since the run in {self.path} started: it trained on fingerprint "
+                                f"{saved['fingerprint'][:12]}, {model or 'the model'} now has fingerprint {fingerprint[:12]}", hint=hint)
+        if mask_sha256 is not None and saved.get("mask_sha256") and saved["mask_sha256"] != mask_sha256:
+            raise TrainingError(f"--resume: the mask changed since the run in {self.path} started: mask sha256 "
+                                f"{saved['mask_sha256'][:12]} then, {mask_sha256[:12]} now", hint=hint)
+        if data_sha256 is not None and saved.get("data_sha256") and saved["data_sha256"] != data_sha256:
+            raise TrainingError(f"--resume: the task's rows changed since the run in {self.path} started: rows sha256 "
+                                f"{saved['data_sha256'][:12]} then, {data_sha256[:12]} now", hint=hint)
+
+    def _recorded_contents(self) -> dict[str, str]:
+        """{"fingerprint", "data_sha256", "mask_sha256"} as the checkpoint (else the config) records them; strings only."""
+        recorded: dict = {}
+        if self.config.is_file():
+            config = self.read_config()
+            recorded = {k: config.get(k) for k in ("fingerprint", "data_sha256", "mask_sha256")}
+        if self.checkpoint.is_file():
+            meta = schema.read_header(self.checkpoint, error=TrainingError).metadata
+            recorded.update({k: meta[k] for k in ("fingerprint", "data_sha256") if meta.get(k)})
+        return {k: v for k, v in recorded.items() if isinstance(v, str) and v}
 
     def write_config(self, record: dict) -> None:
         self.path.mkdir(parents=True, exist_ok=True)

@@ -47,6 +47,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ...core import content, schema
 from ...data.checkpoint import iter_tensors, read_header, write_tensors
 from ...core.errors import ConfigError, ModelError, TrainingError
 from ...data.models import ModelSource, load_model, target_parameter_names
@@ -122,27 +123,40 @@ class DenseModel:
         """(name, live weight) of every trained weight, for writing."""
         return list(zip(self.names, self.weights))
 
-    def load_weights(self, path: Path, other: Callable[[str, torch.Tensor], None] | None = None) -> dict[str, str]:
+    def load_weights(self, path: Path, other: Callable[[str, torch.Tensor], None] | None = None, *, dense_file: bool = False) -> dict[str, str]:
         """Copy trained weights from a dense file or checkpoint into the model, one tensor at a time.
 
         Args:
             path: A dense file (`save_dense`) or a dense checkpoint.
             other: Called with (key, tensor) for each tensor that is not a trained weight.
+            dense_file: `path` must be a dense file, and its content hash is checked (a dense
+                file of szoq 0.1.0 has none: it loads with a warning). A checkpoint has no hash.
 
         Returns:
             The file's header metadata.
 
         Raises:
-            TrainingError: the file lacks one of the trained weights or has another shape.
+            TrainingError: the file lacks one of the trained weights or has another shape; a dense
+                file whose format, header or weights do not match its content hash.
         """
         wanted = dict(zip(self.names, self.weights))
         seen = set()
+        meta = dense_metadata(path)
+        if dense_file and meta.get("format") != DENSE_FORMAT:
+            raise TrainingError(f"{path} is not a szoq dense file (format {meta.get('format')!r:.40})", hint="pass the folder of a szoq finetune --dense run")
+        # A dense file carries a content hash (and any file that records one is checked); checkpoints do not.
+        hashed = dense_file or content.CONTENT_KEY in meta or content.SCHEME_KEY in meta
+        digests: list[tuple[str, str]] | None = [] if hashed else None
         try:
             for key, tensor in iter_tensors([path]):
+                if digests is not None:
+                    digests.append((key, content.tensor_digest(key, tensor)))
                 if key in wanted:
                     if tensor.shape != wanted[key].shape:
                         raise TrainingError(f"{path}: {key} has shape {list(tensor.shape)}, the model's is {list(wanted[key].shape)}",
                                             hint="the file belongs to another model; start a new run in another --out")
+                    if not bool(torch.isfinite(tensor).all()):
+                        raise TrainingError(f"{path}: {key} holds non-finite weights", hint="the file is damaged: train again")
                     wanted[key].copy_(tensor)
                     seen.add(key)
                 elif other is not None:
@@ -152,7 +166,10 @@ class DenseModel:
         missing = [n for n in self.names if n not in seen]
         if missing:
             raise TrainingError(f"{path} holds no {missing[0]} ({len(missing)} trained weights missing)", hint="start a new run in another --out folder")
-        return dense_metadata(path)
+        if digests is not None:  # dense files of szoq 0.1.0 had no hash: they load with a warning
+            content.verify(meta, str(path), TrainingError, digests=digests, hashless_ok=True,
+                           hint="the file is damaged or was edited: train again (its weights are not used)")
+        return meta
 
 
 def _perturbed_forward(index: int, points: Points):
@@ -272,7 +289,9 @@ def save_dense(path: Path, model: DenseModel, **meta: Any) -> None:
         **meta: Header facts (base_model, fingerprint, settings, ...); non-strings as JSON.
     """
     header = {"format": DENSE_FORMAT, **{k: v if isinstance(v, str) else json.dumps(v) for k, v in meta.items()}}
-    write_tensors(path, model.tensors(), header)
+    tensors = model.tensors()
+    header = content.stamp(header, digests=[(n, content.tensor_digest(n, t)) for n, t in tensors])  # over every field and weight
+    write_tensors(path, tensors, header)
 
 
 def dense_metadata(path: Path) -> dict[str, str]:
@@ -293,6 +312,8 @@ def is_dense_file(path: str | Path) -> bool:
         path = path / DENSE_FILE
     if not path.is_file():
         return False
+    if path.name == DENSE_FILE:  # a damaged dense file is still one: its loader says what is wrong
+        return True
     try:
         read_header(path)
         return dense_metadata(path).get("format") == DENSE_FORMAT
@@ -319,14 +340,16 @@ def load_dense_result(ref: str | Path, *, model: str | None = None, revision: st
     path = Path(ref)
     path = path / DENSE_FILE if path.is_dir() else path
     meta = dense_metadata(path)
-    try:
-        trained_on = json.loads(meta.get("settings", "{}")).get("model")
-    except ValueError:
-        trained_on = None
+    if meta.get("format") != DENSE_FORMAT:
+        raise TrainingError(f"{path} is not a szoq dense file (format {meta.get('format')!r:.40})", hint="pass the folder of a szoq finetune --dense run")
+    settings = schema.json_field(meta, "settings", str(path), error=TrainingError, default={})
+    if not isinstance(settings, dict):
+        raise TrainingError(f"{path}: header settings must be a JSON object", hint="the file is damaged or was edited: train again")
+    trained_on = settings.get("model") if isinstance(settings.get("model"), str) else None
     source = resolve_model(model or trained_on or DEFAULT_MODEL, revision=revision)
     if meta.get("fingerprint") not in (None, fingerprint_from(parameter_layout(source), source.identity)):
         raise FingerprintMismatch(f"{path} was trained on another model than {source.ref}",
                                   hint=f"use the model it was trained on ({trained_on}): drop --model")
     dense = load_dense_model(source, device=device)
-    dense.load_weights(path)
+    dense.load_weights(path, dense_file=True)
     return dense

@@ -96,7 +96,7 @@ class DenseTrainable:
 
     def use_best(self, run: RunFolder, best_step: int | None, done: int) -> None:
         if best_step is not None and best_step != done:
-            self.dense.load_weights(run.best)
+            self.dense.load_weights(run.best, dense_file=True)
 
     def write_final(self, run: RunFolder, config: FinetuneConfig, result: dict) -> None:
         run.write_card(title=f"# Dense MeZO weights for {self.source.base_model}",

@@ -14,12 +14,12 @@ import torch
 
 from ...core.devices import dtype_name, require_quant_backend, resolve_dtype
 from ...core.errors import ConfigError, MaskError
-from ...core.paths import atomic_dir
+from ...core.files import atomic_dir
 from ...data.models import DEFAULT_MODEL, model_fingerprint, resolve_model
 from ..peft import ADAPTER_FILE, CARD_FILE, PeftExport, use_lines
 from ..result import Merged, MethodResult, Scorable, refuse_mask_for
 from .config import LORA_FILE
-from .file import LORA_FORMAT, is_lora_file, load_lora
+from .file import LORA_FORMAT, is_lora_file, load_lora, model_module_shapes
 
 PEFT_LORA_TAGS = ["szoq", "peft", "lora", "zeroth-order"]
 
@@ -53,7 +53,8 @@ class LoRAResult(MethodResult):
         adapter = load_lora(ref)
         source = resolve_model(model or adapter.model_ref or DEFAULT_MODEL, revision=revision)
         adapter.check_fingerprint(model_fingerprint(source))  # before any weight loads
-        quant = quant or adapter.run_settings.get("quant") or "nf4"
+        recorded = adapter.run_settings.get("quant")  # a header value: used only when it is a name
+        quant = quant or (recorded if isinstance(recorded, str) else None) or "nf4"
         require_quant_backend(quant)
         compute = resolve_dtype(dtype, device)
         base = load_sparse_model(source, None, quant=quant, device=device, compute_dtype=compute)
@@ -72,14 +73,15 @@ class LoRAResult(MethodResult):
         from ...data.models import load_model
 
         refuse_mask_for(ref, mask_ref, what="a LoRA run's adapters sit on the base model, no mask", action="drop --mask to merge a --lora run")
-        adapter = load_lora(ref)
+        adapter = load_lora(ref)  # hash, ranges and targets verified
         source = resolve_model(model or adapter.model_ref or DEFAULT_MODEL, revision=revision)
         adapter.check_fingerprint(model_fingerprint(source))
+        updates = adapter.weight_deltas(model_module_shapes(source, adapter.settings))  # shapes checked against the model's before any product
         loaded = load_model(source, dtype=torch.float32)
         loaded.model.to(device)
         params = dict(loaded.model.named_parameters())
         with torch.no_grad():
-            for name, update in adapter.weight_deltas().items():  # [out, in] fp32
+            for name, update in updates.items():  # [out, in] fp32
                 if name not in params or params[name].shape != update.shape:
                     raise MaskError(f"the model has no weight {name} of shape {list(update.shape)}",
                                     hint="merge into the base model the LoRA run was trained on")
@@ -91,17 +93,13 @@ class LoRAResult(MethodResult):
         """The run as a native PEFT LoRA adapter folder (see the module doc)."""
         from safetensors.torch import save_file
 
-        from ...data.models import parameter_layout
-        from ...masks.artifact import card_base_model
+        from ...masks.card import card_base_model
 
         refuse_mask_for(ref, mask_ref, what="a LoRA run's adapters sit on the base model, no mask", action="drop --mask to export a --lora run")
-        adapter = load_lora(ref)
+        adapter = load_lora(ref)  # hash, ranges and targets verified
         source = resolve_model(model or adapter.model_ref or DEFAULT_MODEL, revision=revision)
         adapter.check_fingerprint(model_fingerprint(source))  # needs the config only, no weights
-        shapes = {name: tuple(shape) for name, shape, _ in parameter_layout(source)}
-        for name, update in adapter.weight_deltas().items():
-            if shapes.get(name) != tuple(update.shape):
-                raise ConfigError(f"the model has no weight {name} of shape {list(update.shape)}", hint="export against the base the LoRA run was trained on")
+        adapter.check_modules(model_module_shapes(source, adapter.settings))  # the modules and shapes its targets select on the model
         modules, s = adapter.modules, adapter.settings
         tensors = {f"base_model.model.{k}": t.contiguous() for k, t in adapter.tensors.items()}
         config = peft.LoraConfig(r=s.rank, lora_alpha=s.alpha, target_modules=modules, lora_dropout=0.0, bias="none", inference_mode=True,

@@ -31,8 +31,7 @@ from torch import nn
 
 from ...core.errors import ConfigError, MaskError
 from ...runtime.sparse_linear import SparseValues as LoRAStore  # the same fp32 master vector + per-part views
-
-from .config import LORA_TARGETS, LoRASettings  # noqa: F401,E402  (torch-free, read by FinetuneConfig)
+from .config import LoRASettings
 
 
 @dataclass(frozen=True)

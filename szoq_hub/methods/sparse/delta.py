@@ -22,13 +22,13 @@ from pathlib import Path
 
 import torch
 
-from ...core import schema
-from ...core.content import CONTENT_KEY, tensors_sha256
-from ...core.errors import ConfigError, FingerprintMismatch, HubError, MaskError, RegistryError
-from ...core.paths import atomic_dir, file_sha256, local_paths, path_exists, public, shorten
+from ...core import content, schema
+from ...core.errors import ConfigError, FingerprintMismatch, HubError, MaskError, RegistryError, shorten
+from ...core.files import atomic_dir, file_sha256, path_exists
+from ...core.public import local_paths, public
 from ...hub.mixin import HubMixin
-from ...hub.refs import is_hub_ref, no_local_folder, resolve_mask_ref
-from ...hub.transport import Artifact, PullResult, PushResult, check_repo_id, copy_out, evict, fetch_artifact, push_artifact
+from ...hub.refs import no_local_folder, resolve_mask_ref
+from ...hub.transport import Artifact, PullResult, PushResult, check_repo_id, copy_out, evict, fetch_artifact, is_hub_ref, push_artifact
 from ...masks.artifact import MASK_FILE, MaskData, load_mask, mask_sha256, write_safetensors
 from ...masks.registry import mask_name_for_sha256, parse_ref
 from ..registry import method_of_result
@@ -198,8 +198,8 @@ def save_delta(path: Path, tensors: dict[str, torch.Tensor], *, mask_sha256: str
     values = {n: t.detach().to(torch.float32).contiguous() for n, t in tensors.items()}  # [nnz_name] each
     meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "mask_sha256": mask_sha256, "fingerprint": fingerprint,
             "base_model": base_model, "nnz": str(sum(int(t.numel()) for t in values.values())),
-            "settings": json.dumps(public(settings or {}), sort_keys=True),  # shared with the delta: no local paths
-            CONTENT_KEY: tensors_sha256(values)}  # every load recomputes it: a flipped bit is refused
+            "settings": json.dumps(public(settings or {}), sort_keys=True)}  # shared with the delta: no local paths
+    meta = content.stamp(meta, values)  # over the header and the values: every load recomputes it
     # Sorted header keys and tensor names: the same run writes the same bytes (the file's sha256
     # names a delta on the Hub, and `save_file` orders its header through a hash map).
     write_safetensors(values, path, meta)
@@ -258,9 +258,8 @@ def load_delta(ref: str | Path, *, mask: MaskData | None = None, mask_sha256: st
             tensors = {k: fh.get_tensor(k) for k in fh.keys()}
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         raise MaskError(f"{path} is corrupt or truncated ({str(exc).splitlines()[0]})", hint="fine-tune again or restore the file") from None
-    if fields["content_sha256"] and tensors_sha256(tensors) != fields["content_sha256"]:
-        raise MaskError(f"{path}: its values do not match the content sha256 its header records (a flipped bit, or an edit)",
-                        hint="the delta is corrupt: pull it again or fine-tune again")
+    # A delta of szoq 0.1.0 without a hash loads with a warning; any other header or value edit is refused here.
+    content.verify(meta, str(path), MaskError, tensors=tensors, hashless_ok=True, hint="the delta is corrupt: pull it again or fine-tune again")
     for name, t in tensors.items():
         if not bool(torch.isfinite(t).all()):
             raise MaskError(f"{path}: tensor {name} holds non-finite values", hint="the delta is corrupt")

@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ...core import schema
-from ...core.paths import local_paths, public, public_text
+from ...core.public import local_paths, public, public_text
 from ...hub.transport import CARD_FILE
-from ...masks.artifact import card_base_model
+from ...masks.card import card_base_model
 from .config import DELTA_CARD_TAGS
 
 if TYPE_CHECKING:

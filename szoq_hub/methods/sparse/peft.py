@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from ...core.errors import ConfigError
-from ...core.paths import atomic_dir, disk_errors
+from ...core.files import atomic_dir, disk_errors
 from ..peft import ADAPTER_FILE, CARD_FILE, PeftExport, use_lines
 
 PEFT_TAGS = ["szoq", "peft", "shira", "sparse-delta", "zeroth-order"]
@@ -113,7 +113,7 @@ def export_shira(peft, *, delta: str | Path, out: Path, model: str | None = None
 
     from .delta import load_delta
     from .setup import model_and_mask_for, open_model_and_mask
-    from ...masks.artifact import card_base_model
+    from ...masks.card import card_base_model
     from ...data.models import load_model
 
     load_delta(delta)  # a dense, unfinished or corrupt run is refused before the model loads (a GGUF converts for seconds)

@@ -6,12 +6,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from ...core.defaults import DEFAULT_MASK
-from ...core.errors import FingerprintMismatch
+from ...core.errors import FingerprintMismatch, MaskError
+from ...core.files import file_sha256
 from ...data.models import DEFAULT_MODEL, ModelSource, fingerprint_from, parameter_layout, resolve_model
 from ...hub.refs import resolve_mask_ref
-from ...masks.artifact import MASK_FILE, MaskData, file_sha256, load_mask
+from ...masks.artifact import MASK_FILE, MaskData, load_mask
 from ...core import schema
-from ...core.errors import MaskError
 from ...masks.registry import mask_name_for_sha256
 from .delta import FORMAT, delta_path, file_exists, recorded_name
 

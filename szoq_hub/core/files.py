@@ -1,4 +1,5 @@
-"""Where szoq keeps its state: everything lives under one directory set by `SZOQ_HOME`."""
+"""Writing files safely: atomically (readers see the old file or the new one), with one clean error
+for a full disk, under temp names `szoq gc` recognises; and a file's sha256."""
 
 from __future__ import annotations
 
@@ -6,57 +7,13 @@ import errno
 import hashlib
 import os
 import re
-import shlex
 import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from .errors import RegistryError, SzoqError
-
-
-def szoq_home() -> Path:
-    """Return the state directory (`$SZOQ_HOME`, default `~/.cache/szoq`).
-
-    Returns:
-        The directory path (not created).
-    """
-    env = os.environ.get("SZOQ_HOME")
-    if env:
-        return Path(env).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
-    return base / "szoq"
-
-
-def model_cache_dir() -> Path:
-    """Return where converted models (GGUF -> safetensors) are cached.
-
-    `SZOQ_MODEL_CACHE` overrides the default `$SZOQ_HOME/models`, so tests can share one
-    conversion across many isolated homes.
-    """
-    env = os.environ.get("SZOQ_MODEL_CACHE")
-    return Path(env).expanduser() if env else szoq_home() / "models"
-
-
-def ensure_writable_dir(path: Path, what: str) -> Path:
-    """Create `path` if needed and check that files can be written in it.
-
-    Raises:
-        RegistryError: when the directory cannot be created or written.
-    """
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / f".write-probe-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as exc:
-        raise RegistryError(
-            f"{what} {path} is not writable ({exc.strerror or exc})",
-            hint="set SZOQ_HOME to a writable directory, e.g. export SZOQ_HOME=~/.cache/szoq",
-        ) from None
-    return path
+from .errors import SzoqError
 
 
 def path_exists(path: str | Path) -> bool:
@@ -65,75 +22,6 @@ def path_exists(path: str | Path) -> bool:
         return Path(path).expanduser().exists()
     except (OSError, ValueError):  # e.g. ENAMETOOLONG, or a NUL byte
         return False
-
-
-def shorten(text: object, limit: int = 80) -> str:
-    """A value as it may appear in a one-line message: at most `limit` characters."""
-    text = str(text)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def is_local_path(value: object) -> bool:
-    """True for an absolute (or `~`) path: something private to this machine."""
-    return isinstance(value, str) and (os.path.isabs(value) or value.startswith("~"))
-
-
-# Hiding this machine's paths before anything is published (a mask's recipe, a delta's settings,
-# a run's config and card): the one place that decides what is local and what it becomes.
-def public(value: object) -> object:
-    """A JSON value with every absolute local path reduced to its file or folder name."""
-    if is_local_path(value):
-        return Path(value).name or value
-    if isinstance(value, dict):
-        return {k: public(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [public(v) for v in value]
-    return value
-
-
-def public_word(word: str) -> str:
-    """A command-line word safe to publish: a local path (absolute, `~`, or an existing relative
-    path with a folder part), alone or as `--key=PATH`, becomes its file or folder name."""
-    key, eq, value = word.partition("=")
-    if eq and key.startswith("--"):
-        return f"{key}={public_word(value)}"
-    if is_local_path(word) or (os.sep in word and path_exists(word)):
-        return Path(word).name or word
-    return word
-
-
-def command_words(command: str | None) -> list[str]:
-    """The words of a recorded shell command (split on spaces where it does not parse)."""
-    try:
-        return shlex.split(command or "")
-    except ValueError:
-        return (command or "").split()
-
-
-def local_paths(value: object) -> list[str]:
-    """The absolute local paths a JSON value records (at any depth; `--key=PATH` words too), longest first."""
-    found: set[str] = set()
-
-    def walk(v: object) -> None:
-        if isinstance(v, str):
-            path = v.partition("=")[2] if v.startswith("--") else v
-            if is_local_path(path):
-                found.add(path)
-        elif isinstance(v, dict):
-            for item in v.values():
-                walk(item)
-        elif isinstance(v, list):
-            for item in v:
-                walk(item)
-    walk(value)
-    return sorted(found, key=len, reverse=True)
-
-
-def public_text(text: str, paths: list[str]) -> str:
-    """Text with each of `paths` (longest first, from `local_paths`) reduced to its name."""
-    for path in paths:
-        text = text.replace(path, Path(path).name or path)
-    return text
 
 
 def temp_prefix(name: str) -> str:
@@ -154,24 +42,6 @@ def pid_alive(pid: int) -> bool:
     except (PermissionError, OverflowError, ValueError):
         return pid > 0  # exists but belongs to another user; absurd ids are not alive
     return True
-
-
-@contextmanager
-def scratch_dir(kind: str) -> Iterator[Path]:
-    """A private temp folder under `$SZOQ_HOME/tmp`, removed on exit.
-
-    Its name carries the pid (`KIND-PID-XXXX`), so the folder of a killed process is found and
-    removed by `szoq gc`, while one in use is left alone.
-
-    Yields:
-        The folder.
-    """
-    root = ensure_writable_dir(szoq_home() / "tmp", "SZOQ_HOME temp folder")
-    tmp = Path(tempfile.mkdtemp(prefix=f"{kind}-{os.getpid()}-", dir=root))
-    try:
-        yield tmp
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def file_sha256(path: Path) -> str:
