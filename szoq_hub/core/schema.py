@@ -434,7 +434,7 @@ def delta_fields(header: Header, where: str, *, fmt: str, version: str) -> dict[
             "nnz": int(meta["nnz"]), "settings": settings, "content_sha256": meta.get("content_sha256") or None}
 
 
-# -- run configs and cards -----------------------------------------------------------------
+# -- run configs --------------------------------------------------------------------------
 def run_config(path: Path, error: type[SzoqError] = MaskError, hint: str = "the run folder is damaged") -> dict[str, Any]:
     """`finetune_config.json` as a dict whose `settings` and `task` are objects ({} when absent).
 
@@ -448,11 +448,3 @@ def run_config(path: Path, error: type[SzoqError] = MaskError, hint: str = "the 
             config[key] = {}
         _expect(isinstance(config[key], dict), str(path), key, "a JSON object", error, hint=hint)
     return config
-
-
-def text_or_none(value: Any, limit: int = 200, *, one_item_list: bool = False) -> str | None:
-    """A short string from a stranger's card, else None (`one_item_list`: also `[string]`)."""
-    if one_item_list and isinstance(value, list) and len(value) == 1:  # `base_model:` may be a one-item list
-        value = value[0]
-    return value[:limit] if isinstance(value, str) else None
-

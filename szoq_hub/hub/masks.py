@@ -301,6 +301,12 @@ def search_masks(*, base_model: str | None = None, author: str | None = None, to
     return out
 
 
+def text_or_none(value: Any, limit: int = 200, *, one_item_list: bool = False) -> str | None:
+    """A short string from a stranger's card, else None (`one_item_list`: also `[string]`)."""
+    if one_item_list and isinstance(value, list) and len(value) == 1:  # `base_model:` may be a one-item list
+        value = value[0]
+    return value[:limit] if isinstance(value, str) else None
+
 def listing_fields(card: Any) -> dict[str, Any]:
     """What a Hub listing shows from a repo's card metadata; never raises.
 
@@ -315,7 +321,7 @@ def listing_fields(card: Any) -> dict[str, Any]:
     block = block if isinstance(block, dict) else {}
     density = block.get("density")
     nnz = block.get("nnz")
-    return {"base_model": schema.text_or_none(card.get("base_model"), one_item_list=True),
+    return {"base_model": text_or_none(card.get("base_model"), one_item_list=True),
             "density": float(density) if schema.is_number(density) else None,
-            "scorer": schema.text_or_none(block.get("scorer"), 32),
+            "scorer": text_or_none(block.get("scorer"), 32),
             "nnz": nnz if schema.is_int(nnz) and nnz >= 0 else None}

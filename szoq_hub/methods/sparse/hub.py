@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from ...core import schema
 from ...core.public import local_paths, public, public_text
+from ...hub.masks import text_or_none
 from ...hub.transport import CARD_FILE
 from ...masks.card import card_base_model
 from .config import DELTA_CARD_TAGS
@@ -48,8 +49,8 @@ def render_delta_card(folder: Path, delta: Delta, *, repo_id: str, tag: str | No
     run = run_config_of(folder)
     settings = run["settings"] or delta.settings
     base_model = delta.meta.get("base_model", "")
-    task = schema.text_or_none(run["task"].get("name")) or schema.text_or_none(settings.get("task")) or "TASK"
-    quant = schema.text_or_none(settings.get("quant"))
+    task = text_or_none(run["task"].get("name")) or text_or_none(settings.get("task")) or "TASK"
+    quant = text_or_none(settings.get("quant"))
     szoq_meta = {"kind": "delta", "task": task, "mask_sha256": delta.mask_sha256, "fingerprint": delta.fingerprint,
                  "nnz": int(delta.meta.get("nnz", 0)), "quant": quant}
     data = ModelCardData(library_name="szoq", base_model=card_base_model(base_model), tags=DELTA_CARD_TAGS, szoq=szoq_meta)
