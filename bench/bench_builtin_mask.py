@@ -97,8 +97,11 @@ def main() -> int:
     ap.add_argument("--shared-data", type=Path, default=Path(os.environ.get("SZOQ_SHARED_DATA", SHARED_DATA)))
     args = ap.parse_args()
 
-    from szoq_hub.core.content import CONTENT_KEY, tensors_sha256
-    from szoq_hub.masks.artifact import MASK_FILE, file_sha256, load_mask, read_header
+    from safetensors.torch import load_file
+
+    from szoq_hub.core.content import CONTENT_KEY, SCHEME_KEY, tensors_sha256
+    from szoq_hub.core.files import file_sha256
+    from szoq_hub.masks.artifact import MASK_FILE, load_mask, read_header
 
     entry = catalog_entry(args.name)
     env_prefix, build_args = split_command(entry["command"])
@@ -118,19 +121,19 @@ def main() -> int:
             mask = load_mask(out)
             header = read_header(out / MASK_FILE)
             runs.append({"seconds": round(seconds, 1), "sha256": file_sha256(out / MASK_FILE), "nnz": mask.nnz,
-                         "content_sha256": header.get(CONTENT_KEY), "header_without_content_hash": {k: v for k, v in header.items() if k != CONTENT_KEY},
+                         "content_sha256": header.get(CONTENT_KEY), "tensors_sha256": tensors_sha256(load_file(str(out / MASK_FILE))),
+                         "header_without_content_hash": {k: v for k, v in header.items() if k not in (CONTENT_KEY, SCHEME_KEY)},
                          "captured_share": mask.config.stats["captured_share"], "fingerprint": mask.config.fingerprint,
                          "command_recorded": mask.config.command, **compare(indices(shipped), indices(out / MASK_FILE))})
     peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
     first = runs[0]
-    # The shipped file predates content hashes (it records none, and its bytes stay as pinned); a rebuild records one. So a
-    # rebuild reproduces the mask when its tensors hash to the shipped file's and its header is the shipped one plus that hash.
-    from safetensors.torch import load_file
-
+    # The shipped file predates content hashes (it records none, and its bytes stay as pinned); a rebuild records one (scheme 2,
+    # over its header too). So a rebuild reproduces the mask when its tensors' bytes hash to the shipped file's (scheme 1) and its
+    # header is the shipped one plus its hash fields.
     shipped_content = tensors_sha256(load_file(shipped))
     shipped_header = read_header(shipped)
     checks = {
-        "content_sha256": all(r["content_sha256"] == shipped_content for r in runs),
+        "content_sha256": all(r["tensors_sha256"] == shipped_content for r in runs),
         "header": all(r["header_without_content_hash"] == shipped_header for r in runs),
         "shipped_file_sha256": file_sha256(shipped) == entry["sha256"],
         "nnz": first["nnz"] == entry["nnz"],
@@ -145,7 +148,7 @@ def main() -> int:
         ("catalog command", f"`{entry['command']}`", ""),
         ("build time (s)", ", ".join(str(r["seconds"]) for r in runs), f"load average {os.getloadavg()[0]:.1f} at the end"),
         ("peak RSS of a build", f"{peak / 1e9:.2f} GB", ""),
-        ("content sha256 of the rebuild", (first["content_sha256"] or "none")[:16],
+        ("tensor sha256 of the rebuild", first["tensors_sha256"][:16],
          f"shipped tensors {shipped_content[:16]}: {'match' if checks['content_sha256'] else 'MISMATCH'}"),
         ("header of the rebuild, less its content hash", "same as shipped" if checks["header"] else "DIFFERS", "same as shipped"),
         ("indices differing from the shipped file", str(first["indices_only_in_one"]), "0"),

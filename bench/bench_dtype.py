@@ -1,6 +1,6 @@
 """Compute dtype on the CPU: bf16 against fp32 for sparse ZO on the real SmolLM2-135M (nf4).
 
-Decides the CPU default of `--dtype` (szoq_hub/devices.py): the faster dtype at equal accuracy.
+Decides the CPU default of `--dtype` (szoq_hub/core/devices.py): the faster dtype at equal accuracy.
 In one process, interleaved (fp32 and bf16 alternate, order rotating), median of --runs:
 - speed: one inference forward and one paired ZO step (both perturbations in one pass), SST-2
   train batch of --batch-size;

@@ -29,6 +29,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from common import environment  # noqa: E402
+from quality_study.settings import WORK  # noqa: E402  (the quality grid's work folder)
 
 EVAL = ["--task", "sst2", "--eval-samples", "500", "--seed", "0", "--json"]
 BAR = 0.025
@@ -40,9 +41,8 @@ def szoq(*args: str) -> dict:
 
 
 def main() -> None:
-    work = Path(os.environ.get("SZOQ_QUALITY_WORK", Path.home() / ".cache" / "szoq" / "quality"))
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--run", type=Path, default=work / "runs" / "sst2-senszoq-bf16-s0", help="a finished sparse run folder")
+    ap.add_argument("--run", type=Path, default=WORK / "runs" / "sst2-senszoq-bf16-s0", help="a finished sparse run folder")
     args = ap.parse_args()
     acc: dict[str, float] = {}
     for dtype in ("fp32", "bf16"):

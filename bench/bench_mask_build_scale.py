@@ -110,7 +110,8 @@ def _local(recorded: str) -> Path:
 
 
 def _write(name: str, data: dict) -> None:
-    from szoq_hub.masks.artifact import file_sha256, load_mask
+    from szoq_hub.core.files import file_sha256
+    from szoq_hub.masks.artifact import load_mask
     from szoq_hub.masks.diff import diff_masks
 
     runs = data["runs"]

@@ -55,9 +55,9 @@ def main() -> None:
     if sizes[0] != args.batch_size:
         ap.error("--sizes must start with --batch-size (the whole-batch reference)")
 
-    from szoq_hub.training.config import DEFAULT_MASK
+    from szoq_hub.core.defaults import DEFAULT_MASK
     from szoq_hub.training.finetune import batch_indices
-    from szoq_hub.training.setup import open_model_and_mask
+    from szoq_hub.methods.sparse.setup import open_model_and_mask
     from szoq_hub.runtime.sparse import load_sparse_model
     from szoq_hub.data.scoring import encode, loss_sums, pad_id_of
     from szoq_hub.data.tasks import Sampling, load_task

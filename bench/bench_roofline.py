@@ -291,7 +291,7 @@ def main() -> None:
     ap.add_argument("--out", default="roofline", help="results name (bench/results/NAME.json, .md)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    from szoq_hub.core.thirdparty import import_bitsandbytes
+    from szoq_hub.core.devices import import_bitsandbytes
 
     import_bitsandbytes()  # the synthetic shapes build SparseQuantLinear directly: no Hub kernel lookup either
     load_before = os.getloadavg()[0]

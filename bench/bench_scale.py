@@ -77,7 +77,8 @@ def stream_random_mask(model_dir: Path, out: Path, density: float, seed: int = 0
     from transformers import AutoConfig, AutoModelForCausalLM
 
     from szoq_hub.masks.build import build_timestamp
-    from szoq_hub.masks.artifact import MaskConfig, SensitivityMask, mask_stats, save_mask
+    from szoq_hub.masks.artifact import MaskConfig, mask_stats, save_mask
+    from szoq_hub import SensitivityMask
     from szoq_hub.masks.selection import select
     from szoq_hub.data.models import model_fingerprint, resolve_model, target_parameter_names
 

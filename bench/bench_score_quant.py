@@ -40,7 +40,8 @@ def main() -> None:
 
     from szoq_hub.masks.build import load_scoring_model
     from szoq_hub.data.calibration import load_windows
-    from szoq_hub.masks.artifact import captured_share, SensitivityMask, MaskConfig
+    from szoq_hub.masks.artifact import captured_share, MaskConfig
+    from szoq_hub import SensitivityMask
     from szoq_hub.masks.diff import diff_masks
     from szoq_hub.masks.selection import select
     from szoq_hub.data.models import resolve_model, target_parameter_names

@@ -5,14 +5,14 @@ from __future__ import annotations
 import os
 import sys
 
-from szoq_hub import Interrupted, SzoqError, as_user_error, remember, scrub, scrub_logging, use_predictable_malloc
+from szoq_hub import Interrupted, SzoqError, as_user_error, scrub, scrub_logging, use_predictable_malloc
 
-from .root import app  # noqa: F401  (the app `main` runs; tests and tools import it from here)
+from .root import app
 
 
 def _register() -> None:
     """Import the command groups: each adds itself to `app`."""
-    from . import cleanup, delta, export, finetune, mask, mask_hub, plot  # noqa: F401
+    from . import cleanup, delta, export, finetune, mask, mask_hub  # noqa: F401
 
 
 def _interrupt_in(exc: BaseException) -> KeyboardInterrupt | None:
@@ -37,19 +37,9 @@ def _interrupted(exc: KeyboardInterrupt) -> None:
 
 def main() -> None:
     """Console-script entry: run the app, print errors as one line plus a hint."""
-    if sys.argv[1:] == ["--version"]:  # before the command groups register: their options come from the library's configs (torch)
-        from szoq_hub import __version__
-
-        print(f"szoq {__version__}")
-        return
-    _register()
+    _register()  # the command groups' options come from the library's configs, which are torch-free
     use_predictable_malloc()
-    for i, word in enumerate(sys.argv):  # a --token given here is scrubbed from all output, whatever its shape
-        if word == "--token" and i + 1 < len(sys.argv):
-            remember(sys.argv[i + 1])
-        elif word.startswith("--token="):
-            remember(word.partition("=")[2])
-    scrub_logging()
+    scrub_logging()  # a --token is remembered as it is parsed (mask_hub.TOKEN), then scrubbed from all output
     try:
         app()
     except KeyboardInterrupt as exc:

@@ -1,4 +1,5 @@
-"""`szoq export peft`: a fine-tuned delta as a PEFT SHiRA adapter (optionally pushed to the Hub)."""
+"""What leaves szoq as files (the library's `export/`): `szoq export peft`, a fine-tuned delta as a PEFT
+SHiRA adapter (optionally pushed to the Hub), and `szoq plot`, runs' curves as a PNG."""
 
 from __future__ import annotations
 
@@ -7,32 +8,34 @@ from typing import Optional
 
 import typer
 
-from .root import app
+from szoq_hub import PeftExportConfig  # torch-free: `szoq export peft --help` builds the options from it
+
 from .mask_hub import PRIVATE, TOKEN
+from .options import command, config_from, extra
 from .render import note, print_json, push_summary
+from .root import app
 
 export_app = typer.Typer(help="Export fine-tuned deltas to other ecosystems.", no_args_is_help=True)
 app.add_typer(export_app, name="export")
 
 
 @export_app.command("peft")
-def peft_cmd(
-    delta: str = typer.Option(..., "--delta", help="Run folder, delta.safetensors, or ORG/NAME or ORG/NAME@REV on the Hub."),
-    out_dir: Path = typer.Option(..., "--out", help="New folder for the adapter (adapter_config.json, adapter_model.safetensors)."),
-    model: Optional[str] = typer.Option(None, "--model", help="The base model the delta was fine-tuned from (default: the one the delta records, else the built-in)."),
-    mask: Optional[str] = typer.Option(None, "--mask", help="The mask the delta was fine-tuned with (default: the one the delta records, else the built-in; not for a --lora run)."),
-    push: Optional[str] = typer.Option(None, "--push", help="Also publish the adapter to this Hub repo ORG/NAME (one commit + a tag)."),
-    tag: Optional[str] = typer.Option(None, help="Tag for --push (default: v1, or the next vN)."),
-    private: bool = PRIVATE,
-    token: Optional[str] = TOKEN,
-    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
-) -> None:
+@command(PeftExportConfig, extras=(
+    extra("push", Optional[str], typer.Option(None, "--push", help="Also publish the adapter to this Hub repo ORG/NAME (one commit + a tag).")),
+    extra("tag", Optional[str], typer.Option(None, "--tag", help="Tag for --push (default: v1, or the next vN).")),
+    extra("private", bool, PRIVATE), extra("token", Optional[str], TOKEN),
+    extra("as_json", bool, typer.Option(False, "--json", help="Print the result as JSON.")),
+))
+def peft_cmd(*, push: Optional[str] = None, tag: Optional[str] = None, private: bool = False, token: Optional[str] = None,
+             as_json: bool = False, **options) -> None:
     """Write a PEFT SHiRA adapter (a --lora run: a PEFT LoRA adapter) equal to `szoq merge` of the delta. Example: szoq export peft --delta runs/sst2 --out sst2-shira"""
     from szoq_hub import check_repo_id, export_peft, push_peft, resolve_delta_ref
 
+    out_dir = Path(options["out"])
     if push is not None:
         check_repo_id(push)  # a bad repo id fails before the export
-    result = export_peft(model=model, mask_ref=mask, delta=resolve_delta_ref(delta, token=token), out=out_dir)
+    options["delta"] = resolve_delta_ref(options["delta"], token=token)
+    result = export_peft(config_from(PeftExportConfig, options))
     pushed = push_peft(out_dir, repo_id=push, tag=tag, private=private, token=token) if push is not None else None
     if as_json:
         print_json(result.to_dict() | ({"push": pushed.to_dict()} if pushed else {}))
@@ -40,8 +43,18 @@ def peft_cmd(
     print(result.out)
     if pushed is not None:
         push_summary(pushed, repo=push, kind="peft adapter", what=str(out_dir), use="PeftModel.from_pretrained(base, '{ref}')")
-    if result.peft_type == "LORA":
-        note(f"LoRA r={result.r}: {result.layers} layers, {result.nnz:,} adapter values; load it with PeftModel.from_pretrained(base, {str(result.out)!r})")
-        return
-    note(f"SHiRA r={result.r}: {result.layers} layers, {result.nnz:,} fine-tuned weights + {result.padding:,} zero-update padding entries; "
-         f"load it with PeftModel.from_pretrained(base, {str(result.out)!r})")
+    note(f"{result.summary()}; load it with PeftModel.from_pretrained(base, {str(result.out)!r})")
+
+
+@app.command("plot")
+def plot_cmd(
+    runs: list[str] = typer.Argument(..., help="szoq finetune output folders (or deltas on the Hub: ORG/NAME or ORG/NAME@REV)."),
+    out_file: Path = typer.Option(Path("szoq-plot.png"), "--out", help="The PNG to write."),
+) -> None:
+    """Plot loss and dev metric against steps from metrics.jsonl. Example: szoq plot runs/sst2 runs/rte --out runs.png"""
+    from szoq_hub import plot_runs, resolve_delta_ref
+
+    folders = [resolve_delta_ref(r) for r in runs]
+    path = plot_runs([f.parent if f.suffix == ".safetensors" else f for f in folders], out_file, labels=runs)
+    print(path)
+    note(f"plotted {len(runs)} run(s)")

@@ -2,51 +2,37 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Optional
 
 import typer
 
-from szoq_hub import DEFAULT_MODEL
+from szoq_hub import MaskBuildConfig  # torch-free: `szoq mask build --help` builds the options from it
 
-from .root import app
+from .options import command, config_from, extra
 from .render import note, print_json, progress_bar, table
+from .root import app
+
+_CALIBRATION_DEFAULT = MaskBuildConfig.__dataclass_fields__["calibration"].default
 
 mask_app = typer.Typer(help="Build, inspect and share sensitivity masks.", no_args_is_help=True)
 app.add_typer(mask_app, name="mask")
 
 
 @mask_app.command("build")
-def build(
-    model: str = typer.Argument(DEFAULT_MODEL, help="Model alias, Hub id, local folder or .gguf file."),
-    calibration: str = typer.Option("c4", help="'c4' (needs datasets + network) or a .jsonl(.gz)/.txt file."),
-    samples: int = typer.Option(32, help="Calibration windows N."),
-    seq_len: int = typer.Option(256, help="Tokens per window L."),
-    density: float = typer.Option(1e-3, help="Share of weights kept, in (0, 1)."),
-    scope: str = typer.Option("per-matrix", help="per-matrix or global."),
-    scorer: str = typer.Option("fisher", help="fisher, magnitude or random."),
-    targets: Optional[str] = typer.Option(None, help="Regex over parameter names (default: decoder linear weights)."),
-    seed: int = typer.Option(0, help="Seed of window order (and of random scores)."),
-    revision: Optional[str] = typer.Option(None, help="Hub revision of the model."),
-    name: Optional[str] = typer.Option(None, help="Registry name (default: derived from the model and scorer)."),
-    version: Optional[str] = typer.Option(None, help="Registry version (default: next vN)."),
-    out_dir: Optional[Path] = typer.Option(None, "--out", help="Also write the artifact folder here."),
-    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
-    dtype: str = typer.Option("auto", help="Scoring dtype: auto (the checkpoint's), bf16, fp16, fp32; Σg² is fp32."),
-    max_memory: Optional[str] = typer.Option(None, help="Memory bound of a fisher build, e.g. 3.5GB: scores in passes over groups of tensors (default: picked from the available memory; same mask)."),
-    # Experimental: on SmolLM2 an nf4-scored per-matrix mask keeps 90% (< 95%) of the fp32 mask's Σg² share (README).
-    score_quant: str = typer.Option("none", hidden=True, help="Frozen base while scoring: none or nf4 (bitsandbytes 4-bit, QLoRA-style)."),
-    device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
-    fsdp: bool = typer.Option(False, "--fsdp", help="Shard weights, gradients and scores with FSDP2 across torchrun ranks."),
-) -> None:
+@command(MaskBuildConfig, extras=(
+    extra("name", Optional[str], typer.Option(None, "--name", help="Registry name (default: derived from the model and scorer).")),
+    extra("version", Optional[str], typer.Option(None, "--version", help="Registry version (default: next vN).")),
+    extra("out_dir", Optional[Path], typer.Option(None, "--out", help="Also write the artifact folder here.")),
+    extra("as_json", bool, typer.Option(False, "--json", help="Print the result as JSON."))))
+def build(*, name: Optional[str] = None, version: Optional[str] = None, out_dir: Optional[Path] = None, as_json: bool = False,
+          **options) -> None:
     """Compute a sensitivity mask and register it. Example: szoq mask build smollm2-135m-instruct --calibration c4.jsonl.gz"""
-    from szoq_hub import MaskBuildConfig, Registry, build_mask
+    from szoq_hub import Registry, build_mask
 
-    config = MaskBuildConfig(model=model, revision=revision, calibration=calibration, samples=samples, seq_len=seq_len,
-                             density=density, scope=scope, scorer=scorer, targets=targets, seed=seed, dtype=dtype,
-                             max_memory=max_memory, score_quant=score_quant, device=device, fsdp=fsdp)
-    if scorer != "fisher" and _given("--calibration"):
+    config = config_from(MaskBuildConfig, options)
+    scorer, density = config.scorer, config.density
+    if scorer != "fisher" and config.calibration != _CALIBRATION_DEFAULT:
         note(f"--calibration is not read by --scorer {scorer}: ignored (and not recorded)")
     with progress_bar() as bar:
         task = bar.add_task("scoring windows" if scorer == "fisher" else f"{scorer} scores (tensors)", total=None, info="")
@@ -77,10 +63,6 @@ def build(
                  "(set it with --max-memory; the mask is the same either way)")
         passes = f" in {plan['passes']} passes" if plan.get("passes", 1) > 1 else ""
         note(f"built {mask.nnz:,} weights ({scorer}, density {density:g}){passes}; score mass captured {result['captured_share']}")
-
-
-def _given(option: str) -> bool:
-    return any(a == option or a.startswith(option + "=") for a in sys.argv)
 
 
 @mask_app.command("list")
@@ -121,12 +103,15 @@ def show(ref: str = typer.Argument(..., help="NAME[@VERSION], a folder, or ORG/N
               for n, s in sorted(cfg.shapes.items(), key=lambda item: layer_order(item[0]))]
     if as_json:
         from dataclasses import asdict
-        print_json({"path": str(folder), "config": asdict(cfg), "nnz": mask.nnz, "layers": layers})
+        print_json({"path": str(folder), "config": asdict(cfg), "nnz": mask.nnz, "scores": mask.score_summary(), "layers": layers})
         return
+    summary = mask.score_summary()
+    scores = ("none (not stored: a magnitude/random mask, or one built before szoq kept scores)" if summary is None
+              else f"Σg² per kept weight: min {summary['min']:.3g}, median {summary['median']:.3g}, max {summary['max']:.3g}")
     facts = [["base model", cfg.base_model], ["fingerprint", cfg.fingerprint[:16]], ["scorer", cfg.scorer],
              ["density", f"{cfg.density:g} ({cfg.scope})"], ["nnz", f"{mask.nnz:,}"],
              ["captured share", cfg.stats.get("captured_share", "n/a")], ["calibration", cfg.calibration],
-             ["created", cfg.created_at], ["content sha256", describe_content_hash(cfg.content_sha256)], ["path", folder]]
+             ["created", cfg.created_at], ["content sha256", describe_content_hash(cfg.content_sha256)], ["scores", scores], ["path", folder]]
     table(ref, ["fact", "value"], facts)
     table(None, ["tensor", "shape", "nnz", "density", "captured"],
           [[l["tensor"], "x".join(map(str, l["shape"])), l["nnz"], f"{l['density']:.2e}", "n/a" if l["captured_share"] is None else f"{l['captured_share']:.3f}"] for l in layers])

@@ -6,6 +6,7 @@ from typing import Optional
 
 import typer
 
+from szoq_hub import remember
 
 from .mask import mask_app
 from .render import note, print_json, push_summary, table
@@ -14,7 +15,16 @@ TOKEN_HELP = "Hub token (default: HF_TOKEN or the `hf auth login` token). Never 
 # Options shared by every Hub command (masks here, deltas in delta.py).
 REPO = typer.Option(..., "--repo", help="Hub repo ORG/NAME (created if missing).")
 PRIVATE = typer.Option(False, "--private", help="Create the repo as private.")
-TOKEN = typer.Option(None, "--token", help=TOKEN_HELP, show_default=False)
+
+
+def _remember_token(token: Optional[str]) -> Optional[str]:
+    """Scrub a --token from all output (errors, logs, echoes of a server), whatever its shape, as soon as it is parsed."""
+    if token:
+        remember(token)
+    return token
+
+
+TOKEN = typer.Option(None, "--token", help=TOKEN_HELP, show_default=False, callback=_remember_token)
 CREATE_PR = typer.Option(False, "--create-pr", help="Open a pull request instead of committing to main.")
 MESSAGE = typer.Option(None, "--message", "-m", help="Commit title.")
 OFFLINE = typer.Option(False, "--offline", help="Use only the local Hugging Face cache (also HF_HUB_OFFLINE=1).")

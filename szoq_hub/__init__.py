@@ -10,10 +10,11 @@ The public Python API (the CLI is a thin layer over exactly these names; see REA
     result = finetune(FinetuneConfig(task="sst2", out="runs/sst2"))
     Delta.from_pretrained("runs/sst2").merge_into(model)
 
-Layers, each importing only from those before it: `core` (errors, paths, schema, specs, devices),
-`data` (checkpoints, models, calibration, tasks), `masks` (scoring, selection, the artifact, registry),
-`runtime` (the quantized sparse model, dense trainable, ZO optimizers, delta), `hub` (transport, refs),
-`training` (finetune, evaluate, merge), `export` (PEFT, plots).
+Layers, each importing only from those before it: `core` (errors, defaults, home, files, schema, devices),
+`data` (checkpoints, models, calibration, tasks), `masks` (scoring, selection, the mask's data, registry),
+`runtime` (the quantized sparse model, ZO optimizers), `hub` (transport, refs, the Hub mixin, `SensitivityMask`),
+`methods` (one folder per training method, registered in one table: sparse, dense, lora), `training`
+(finetune, evaluate, merge), `export` (PEFT, plots).
 
 Names are imported on first use (PEP 562): `import szoq_hub`, `szoq --version` and `szoq --help`
 load no torch; `from szoq_hub import finetune` loads what `finetune` needs.
@@ -24,7 +25,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
-from .core.version import __version__
+from .core.defaults import __version__
 
 # name -> the module that defines it (relative to this package); the one list of the public API
 _EXPORTS: dict[str, str] = {
@@ -35,25 +36,29 @@ _EXPORTS: dict[str, str] = {
     "set_progress_listener": ".core.progress",
     "describe_content_hash": ".core.content",
     **dict.fromkeys(("DEFAULT_MODEL", "DEFAULT_MASK", "DEFAULT_LR", "DENSE_LR", "LORA_LR", "default_lr"), ".core.defaults"),
-    **dict.fromkeys(("SensitivityMask", "MaskConfig"), ".masks.artifact"),
+    "MaskConfig": ".masks.artifact",
+    "SensitivityMask": ".hub.sensitivity_mask",
     **dict.fromkeys(("diff_masks", "layer_order"), ".masks.diff"),
-    **dict.fromkeys(("MaskBuildConfig", "build_mask"), ".masks.build"),
-    "is_main_process": ".core.distributed",
+    "MaskBuildConfig": ".masks.build_plan",
+    "build_mask": ".masks.build",
+    "is_main_process": ".core.devices",
     "builtin_masks": ".masks.catalog",
     **dict.fromkeys(("Registry", "parse_ref"), ".masks.registry"),
     "collect_garbage": ".masks.cleanup",
     **dict.fromkeys(("SparseModel", "load_sparse_model"), ".runtime.sparse"),
-    "Delta": ".runtime.delta",
+    "Delta": ".methods.sparse.delta",
     **dict.fromkeys(("PushResult", "PullResult", "check_repo_id"), ".hub.transport"),
     **dict.fromkeys(("push_mask", "pull_mask", "mask_info", "search_masks"), ".hub.masks"),
-    **dict.fromkeys(("push_delta", "pull_delta"), ".hub.deltas"),
-    **dict.fromkeys(("resolve_mask_ref", "resolve_delta_ref"), ".hub.refs"),
+    **dict.fromkeys(("push_delta", "pull_delta", "resolve_delta_ref"), ".methods.sharing"),
+    "resolve_mask_ref": ".hub.refs",
+    **dict.fromkeys(("register_method", "unregister_method", "get_method", "method_names"), ".methods.registry"),
     "ZOConfig": ".runtime.zo_config",
-    **dict.fromkeys(("FinetuneConfig", "FinetuneResult", "config_from_options", "default_of", "flag", "help_of", "option_fields"), ".training.config"),
+    **dict.fromkeys(("FinetuneConfig", "FinetuneResult", "EvalConfig", "MergeConfig"), ".training.config"),
     "finetune": ".training.finetune",
-    "model_and_mask_for": ".training.setup",
-    **dict.fromkeys(("EvalConfig", "EvalResult", "evaluate"), ".training.evaluate"),
+    "model_and_mask_for": ".methods.sparse.setup",
+    **dict.fromkeys(("EvalResult", "evaluate"), ".training.evaluate"),
     "merge": ".training.merge",
+    "PeftExportConfig": ".export.config",
     **dict.fromkeys(("export_peft", "push_peft"), ".export.peft"),
     **dict.fromkeys(("plot_mask", "plot_runs"), ".export.plots"),
     "as_user_error": ".api",
@@ -70,26 +75,30 @@ if TYPE_CHECKING:  # what IDEs and type checkers read; at run time __getattr__ i
     from .core.progress import set_progress_listener
     from .core.content import describe_content_hash
     from .core.defaults import DEFAULT_LR, DEFAULT_MASK, DEFAULT_MODEL, DENSE_LR, LORA_LR, default_lr
+    from .export.config import PeftExportConfig
     from .export.peft import export_peft, push_peft
     from .export.plots import plot_mask, plot_runs
-    from .hub.deltas import pull_delta, push_delta
+    from .methods.registry import get_method, method_names, register_method, unregister_method
+    from .methods.sharing import pull_delta, push_delta, resolve_delta_ref
     from .hub.masks import mask_info, pull_mask, push_mask, search_masks
-    from .hub.refs import resolve_delta_ref, resolve_mask_ref
+    from .hub.refs import resolve_mask_ref
     from .hub.transport import PullResult, PushResult, check_repo_id
-    from .masks.artifact import MaskConfig, SensitivityMask
+    from .masks.artifact import MaskConfig
+    from .hub.sensitivity_mask import SensitivityMask
     from .masks.diff import diff_masks, layer_order
-    from .core.distributed import is_main_process
-    from .masks.build import MaskBuildConfig, build_mask
+    from .core.devices import is_main_process
+    from .masks.build import build_mask
+    from .masks.build_plan import MaskBuildConfig
     from .masks.catalog import builtin_masks
     from .masks.cleanup import collect_garbage
     from .masks.registry import Registry, parse_ref
-    from .runtime.delta import Delta
+    from .methods.sparse.delta import Delta
     from .runtime.sparse import SparseModel, load_sparse_model
-    from .training.evaluate import EvalConfig, EvalResult, evaluate
+    from .training.evaluate import EvalResult, evaluate
     from .runtime.zo_config import ZOConfig
-    from .training.config import FinetuneConfig, FinetuneResult, config_from_options, default_of, flag, help_of, option_fields
+    from .training.config import EvalConfig, FinetuneConfig, FinetuneResult, MergeConfig
     from .training.finetune import finetune
-    from .training.setup import model_and_mask_for
+    from .methods.sparse.setup import model_and_mask_for
     from .training.merge import merge
 
 

@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import errno
 
-from .core.errors import SzoqError
-from .core.paths import shorten
+from .core.errors import SzoqError, shorten
 
 # File-system refusals a user can act on (a bad path, permissions, a full disk), not bugs.
 _FILE_ERRNOS = {errno.ENAMETOOLONG, errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.ENOTDIR, errno.EISDIR,
@@ -28,7 +27,7 @@ def as_user_error(exc: BaseException) -> SzoqError | None:
     """
     if isinstance(exc, SzoqError):
         return exc
-    from .hub.transport import as_szoq_error
+    from .hub.errors import as_szoq_error
 
     mapped = as_szoq_error(exc)
     if mapped is None and isinstance(exc, OSError) and exc.errno in _FILE_ERRNOS and exc.filename is not None:

@@ -244,12 +244,12 @@ def train_jsonl(tmp_path_factory) -> Path:
 
 def tiny_finetune_config(model, mask, train_file, out, **kw):
     """A `FinetuneConfig` of a few steps on the tiny rows (quant none); `kw` overrides."""
-    from szoq_hub.training.config import config_from_options
+    from szoq_cli.finetune import finetune_config
 
     base = dict(model=str(model), mask=str(mask), task=None, train_file=str(train_file), template="{text} It was", labels="0=bad,1=good",
                 quant="none", steps=6, batch_size=4, eval_every=3, save_every=3, train_samples=12, dev_samples=4, eval_samples=4, out=str(out))
     base.update(kw)
-    return config_from_options(base)
+    return finetune_config(base)
 
 
 @pytest.fixture(scope="session")
@@ -266,7 +266,7 @@ def other_run(run_dir: Path, dest: Path, shift: float = 0.01, base_model: str | 
     """A copy of the run whose delta holds other values (same mask and model unless `base_model`)."""
     import shutil
 
-    from szoq_hub.runtime.delta import load_delta, save_delta
+    from szoq_hub.methods.sparse.delta import load_delta, save_delta
 
     shutil.copytree(run_dir, dest)
     d = load_delta(dest)

@@ -261,8 +261,10 @@ class _Handler(BaseHTTPRequestHandler):
         n = int(self.headers.get("Content-Length") or 0)
         self._raw = self.rfile.read(n) if n else b""  # always drain the body: connections are kept alive
         try:
-            if self.hub.faults.get("echo_auth"):  # a broken server that repeats the credentials it was sent
+            if self.hub.faults.get("echo_auth") or self.hub.faults.get("echo_token"):  # a broken server that repeats the credentials it was sent
                 auth = self.headers.get("Authorization") or "(none)"
+                if self.hub.faults.get("echo_token"):  # the bare token, without the word Bearer
+                    auth = auth.partition(" ")[2] or auth
                 raise HubError(400, f"boom {auth}", headers={"X-Error-Message": f"boom {auth}"})
             with self.hub.lock:
                 who = self.hub.caller(self.headers)

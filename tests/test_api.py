@@ -34,7 +34,7 @@ def test_importing_the_package_loads_no_torch():
     assert "torch" in _loaded_after("from szoq_hub import SensitivityMask")  # a name is imported on first use
 
 
-@pytest.mark.parametrize("argv", ["--version", "--help", "finetune --help", "mask build --help"])
+@pytest.mark.parametrize("argv", ["--version", "--help", "finetune --help", "eval --help", "merge --help", "export peft --help", "mask build --help"])
 def test_szoq_version_and_help_load_no_torch(argv):
     # `szoq finetune`'s options come from FinetuneConfig's fields: its module and theirs stay torch-free
     assert _loaded_after(f"import sys; sys.argv = ['szoq', *{argv.split()!r}]\nfrom szoq_cli.app import main\ntry:\n    main()\nexcept SystemExit:\n    pass") == set()
@@ -69,7 +69,7 @@ def test_hub_methods_are_defined_on_the_classes():
     import pydoc
 
     from szoq_hub import Delta, SensitivityMask
-    from szoq_hub.core.hub_mixin import HubMixin
+    from szoq_hub.hub.mixin import HubMixin
 
     for cls in (SensitivityMask, Delta):
         assert issubclass(cls, HubMixin)
@@ -114,7 +114,7 @@ def test_mask_save_and_push_round_trip_through_the_hub(hub, tiny_mask, tmp_path,
     pulled = SensitivityMask.from_pretrained(f"{repo}@v1")  # a Hub ref: pulled, verified, registered
     assert _same(pulled.indices, mask.indices) and pulled.config.fingerprint == mask.config.fingerprint and pulled.path != tiny_mask
 
-    built = SensitivityMask(dict(mask.indices), mask.config)  # in memory: no ref, no folder
+    built = SensitivityMask(dict(mask.indices), mask.config, scores=mask.scores)  # in memory: no ref, no folder
     again = built.push_to_hub(repo, tag="v1")
     assert again.status == "unchanged"  # the same bytes as v1: nothing pushed
 
@@ -161,7 +161,7 @@ def test_merge_into_refuses_another_mask(tiny_model_dir, tiny_mask, run_dir, tmp
 
     from szoq_hub import Delta
     from szoq_hub.masks.build import MaskBuildConfig, build_mask
-    from szoq_hub.runtime.delta import save_delta
+    from szoq_hub.methods.sparse.delta import save_delta
 
     delta = Delta.from_pretrained(run_dir)
     other, _ = build_mask(MaskBuildConfig(model=str(tiny_model_dir), scorer="random", density=0.01), tmp_path / "random-mask")
@@ -174,7 +174,7 @@ def test_merge_into_refuses_another_mask(tiny_model_dir, tiny_mask, run_dir, tmp
         delta.merge_into(model, type(other)(other.indices, other.config))  # in memory, no folder: hashed as written
     assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())  # refused before writing anything
     right = load_mask(tiny_mask)
-    delta.merge_into(model, type(right)(right.indices, right.config))  # the right mask, in memory: its bytes hash the same
+    delta.merge_into(model, type(right)(right.indices, right.config, scores=right.scores))  # the right mask (scores too), in memory: its bytes hash the same
     assert not all(torch.equal(p, before[n]) for n, p in model.named_parameters())
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
     # the mask a delta names: a registry name is resolved (and must be the same file); a local folder is recorded

@@ -13,7 +13,8 @@ import torch
 from szoq_hub.masks.build import MaskBuildConfig, build_mask
 from szoq_hub.data.calibration import load_windows
 from szoq_hub.core.errors import CalibrationError, ConfigError, DependencyError, ModelError
-from szoq_hub.masks.artifact import file_sha256, load_mask
+from szoq_hub.core.files import file_sha256
+from szoq_hub.masks.artifact import load_mask
 from szoq_hub.data.models import load_model, model_fingerprint, resolve_model, target_parameter_names
 from szoq_hub.masks.sensitivity import fisher_scores
 

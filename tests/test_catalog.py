@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from szoq_hub.masks.catalog import _catalog_dir, builtin_masks
-from szoq_hub.masks.artifact import MASK_FILE, file_sha256, load_mask
+from szoq_hub.masks.artifact import MASK_FILE, load_mask
+from szoq_hub.core.files import file_sha256
 
 
 def entries() -> list[dict]:

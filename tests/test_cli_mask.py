@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from conftest import assert_one_line_error
-from szoq_hub.masks.artifact import MaskConfig, SensitivityMask, save_mask, write_safetensors
+from szoq_hub.masks.artifact import MaskConfig, save_mask, write_safetensors
+from szoq_hub import SensitivityMask
 
 
 def build_cli(run_cli, model, calib, *extra):
@@ -51,7 +52,8 @@ def test_build_list_show_verify_diff_rm(run_cli, tiny_model_dir, tiny_text_file)
 
 def test_output_options_leave_the_mask_bytes_alone(run_cli, tiny_model_dir, tiny_text_file, tmp_path, monkeypatch):
     """--out, --name, --version and --json say where the mask goes, not what it is: same bytes."""
-    from szoq_hub.masks.artifact import MASK_FILE, file_sha256, load_mask
+    from szoq_hub.masks.artifact import MASK_FILE, load_mask
+    from szoq_hub.core.files import file_sha256
 
     monkeypatch.setenv("SOURCE_DATE_EPOCH", "1767225600")
     (tmp_path / "empty").mkdir()  # an existing empty --out and a new one; a relative and an absolute one

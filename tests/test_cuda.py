@@ -99,9 +99,9 @@ def test_cuda_run_is_bit_reproducible_and_resumes_exactly(tiny_model_dir, device
 def test_eval_and_merge_on_cuda(tiny_model_dir, devices_mask, tmp_path):
     from safetensors.torch import load_file
 
-    from szoq_hub.runtime.delta import save_delta
+    from szoq_hub.methods.sparse.delta import save_delta
     from szoq_hub.training.evaluate import EvalConfig, evaluate
-    from szoq_hub.masks.artifact import file_sha256
+    from szoq_hub.core.files import file_sha256
     from szoq_hub.training.merge import merge
     from szoq_hub.data.models import model_fingerprint, resolve_model
 

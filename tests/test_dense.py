@@ -10,9 +10,11 @@ import pytest
 import torch
 
 from conftest import TINY_TEXTS
-from szoq_hub.runtime.dense import DENSE_FILE, DenseZO, load_dense_model, tensor_seed
+from szoq_hub.methods.dense.config import DENSE_FILE
+from szoq_hub.methods.dense.runtime import DenseZO, load_dense_model, tensor_seed
 from szoq_hub.core.errors import ConfigError, TrainingError
-from szoq_hub.training.config import FinetuneConfig, config_from_options
+from szoq_cli.finetune import finetune_config
+from szoq_hub.training.config import FinetuneConfig
 from szoq_hub.training.finetune import finetune
 from szoq_hub.training.run_folder import BEST_FILE, CHECKPOINT_FILE
 from szoq_hub.data.models import resolve_model
@@ -24,7 +26,7 @@ def _config(model, train_file, out, **kw) -> FinetuneConfig:
     base = dict(model=str(model), dense=True, task=None, train_file=str(train_file), template="{text} It was", labels="0=bad,1=good",
                 steps=6, batch_size=4, eval_every=3, save_every=3, train_samples=12, dev_samples=4, eval_samples=4, out=str(out))
     base.update(kw)
-    return config_from_options(base)
+    return finetune_config(base)
 
 
 def _weights(path: Path) -> dict[str, torch.Tensor]:
@@ -160,7 +162,7 @@ def test_dense_fine_tuning_lowers_the_loss_on_a_learnable_task(tiny_model_dir, t
 def test_dense_resume_makes_best_dev_agree_with_the_checkpoint(tiny_model_dir, train_file, tmp_path):
     """best-dev.safetensors is written after the checkpoint that names its step: a run stopped
     between the two gets it back from the checkpoint; a file the checkpoint does not name is refused."""
-    from szoq_hub.runtime.dense import dense_metadata, save_dense
+    from szoq_hub.methods.dense.runtime import dense_metadata, save_dense
 
     class Stop(Exception):
         pass
@@ -246,4 +248,4 @@ def test_cli_dense_json_and_resume_of_a_sparse_run_refused(tiny_model_dir, train
     code, out, err = run_cli(["finetune", "--dense", *common, "--out", str(sparse), "--resume"], monkeypatch, capsys)
     assert code == 2 and "other settings: dense (False -> True)" in err, err
     with pytest.raises(ConfigError, match="--mask"):
-        FinetuneConfig(dense=True, mask="x")
+        FinetuneConfig(method="dense", mask="x")

@@ -9,9 +9,11 @@ import pytest
 import torch
 
 from conftest import ROWS, TINY_TEXTS, assert_one_line_error
-from szoq_hub.core.devices import DTYPES, check_device_spec, check_dtype_spec, resolve_device, resolve_dtype
+from szoq_hub.core.devices import DTYPES, resolve_device, resolve_dtype
+from szoq_hub.core.defaults import check_device_spec, check_dtype_spec
 from szoq_hub.core.errors import ConfigError, TrainingError
-from szoq_hub.training.config import FinetuneConfig, config_from_options
+from szoq_cli.finetune import finetune_config
+from szoq_hub.training.config import FinetuneConfig
 from szoq_hub.training.finetune import finetune
 from szoq_hub.training.run_folder import CHECKPOINT_FILE
 from szoq_hub.runtime.sparse import SparseQuantLinear, SparseValues, load_sparse_model
@@ -310,7 +312,7 @@ def _config(model, mask, train_file, out, **kw) -> FinetuneConfig:
                 quant="nf4", steps=4, batch_size=4, zo_samples=2, lr=1e-3, eval_every=0, save_every=2, train_samples=12, dev_samples=4,
                 eval_samples=4, device="cpu", out=str(out))
     base.update(kw)
-    return config_from_options(base)
+    return finetune_config(base)
 
 
 def test_paired_run_is_bit_reproducible_and_matches_the_two_pass_losses(tiny_model_dir, devices_mask, train_file, tmp_path):
@@ -359,7 +361,7 @@ def stop_at_3(event: dict) -> None:
 
 
 def test_resume_is_exact_and_refuses_another_dtype(tiny_model_dir, devices_mask, train_file, tmp_path):
-    from szoq_hub.runtime.delta import load_delta
+    from szoq_hub.methods.sparse.delta import load_delta
 
     mask_dir = devices_mask[1]
     finetune(_config(tiny_model_dir, mask_dir, train_file, tmp_path / "straight", dtype="bf16"))

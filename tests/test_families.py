@@ -83,7 +83,7 @@ def _end_to_end(model_dir: Path, tmp_path: Path) -> None:
     from transformers import AutoModelForCausalLM
 
     from szoq_hub.masks.build import MaskBuildConfig, build_mask
-    from szoq_hub.runtime.delta import load_delta
+    from szoq_hub.methods.sparse.delta import load_delta
     from szoq_hub.training.evaluate import EvalConfig, evaluate
     from szoq_hub.runtime.zo import ZOConfig
     from szoq_hub.training.finetune import FinetuneConfig, finetune
@@ -226,7 +226,7 @@ def test_cli_path_gpt2_checkpoint_without_prefix(tmp_path, run_cli):
     assert code == 0, err
     from transformers import AutoModelForCausalLM
 
-    from szoq_hub.runtime.delta import load_delta
+    from szoq_hub.methods.sparse.delta import load_delta
     from szoq_hub.hub.refs import open_mask
 
     merged = dict(AutoModelForCausalLM.from_pretrained(tmp_path / "merged").named_parameters())

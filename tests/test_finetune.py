@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-from dataclasses import fields
 import os
 from pathlib import Path
 
@@ -14,9 +13,11 @@ import torch
 from conftest import SHARED_DATA, TINY_TEXTS, make_tiny_llama
 from conftest import cli_in_process as run_cli
 from conftest import tiny_finetune_config as _config
-from szoq_hub.runtime.delta import load_delta, save_delta
+from szoq_hub.methods.sparse.delta import load_delta, save_delta
 from szoq_hub.core.errors import ConfigError, FingerprintMismatch, MaskError, TrainingError
-from szoq_hub.training.config import DEFAULT_LR, FinetuneConfig, config_from_options, flag
+from szoq_cli.finetune import finetune_config
+from szoq_hub import DEFAULT_LR
+from szoq_hub.training.config import FinetuneConfig, _flag as flag
 from szoq_hub.training.finetune import finetune
 from szoq_hub.training.run_folder import CHECKPOINT_FILE
 
@@ -25,7 +26,7 @@ def _delta_values(folder: Path) -> dict[str, torch.Tensor]:
 
 
 def test_run_writes_a_complete_linked_artifact(tiny_model_dir, tiny_mask, train_file, tmp_path):
-    from szoq_hub.masks.artifact import file_sha256
+    from szoq_hub.core.files import file_sha256
     from szoq_hub.data.models import model_fingerprint, resolve_model
 
     out = tmp_path / "run"
@@ -239,7 +240,7 @@ def test_delta_artifact_refuses_corrupt_and_mismatched(tiny_mask, tmp_path):
 def test_merge_matches_runtime_quant_none(tiny_model_dir, tiny_mask, tmp_path):
     from transformers import AutoModelForCausalLM
 
-    from szoq_hub.masks.artifact import file_sha256
+    from szoq_hub.core.files import file_sha256
     from szoq_hub.training.merge import merge
     from szoq_hub.data.models import model_fingerprint, resolve_model
     from szoq_hub.hub.refs import open_mask
@@ -270,7 +271,7 @@ def _dp_worker(rank: int, world: int, port: int, config_kw: dict, result_file: s
     torch.set_num_threads(1)
     import torch.distributed as dist
 
-    result = finetune(config_from_options(config_kw))
+    result = finetune(finetune_config(config_kw))
     if rank == 1:
         Path(result_file).write_text(json.dumps({"eval": result.eval_metric, "best": result.best_step}))
     # Both ranks leave together: a rank that tears gloo down while its peer is still busy makes
@@ -444,16 +445,16 @@ def test_every_setting_is_an_option_and_every_flag_an_error_names_exists(monkeyp
     """Options come from the config's fields; error messages name flags that `--help` lists."""
     import re
 
-    from szoq_hub.training.config import flag, option_fields
+    from szoq_cli.options import options_of
 
     flags = _help_flags(monkeypatch, capsys)
-    assert {flag(f.name, cls) for cls, f in option_fields()} <= flags
+    assert {o.flag for o in options_of(FinetuneConfig)} <= flags
     assert {"--momentum", "--beta1", "--beta2", "--adam-eps", "--save-every-minutes", "--eval-batch-size"} <= flags
     bad = [dict(steps=0), dict(batch_size=0), dict(eval_batch_size=0), dict(eval_every=-1), dict(save_every=0), dict(micro_batch_size=0),
            dict(save_every_minutes=-1.0), dict(lr=-1.0), dict(eps=0.0), dict(zo_samples=0), dict(warmup=-1), dict(weight_decay=-1.0)]
     for kw in bad:
         with pytest.raises(ConfigError) as info:
-            config_from_options(kw)
+            finetune_config(kw)
         named = re.findall(r"--[a-z0-9-]+", f"{info.value.message} {info.value.hint}")
         option = flag(next(iter(kw)))
         assert option in named and set(named) <= flags, (kw, named)
@@ -461,15 +462,16 @@ def test_every_setting_is_an_option_and_every_flag_an_error_names_exists(monkeyp
 
 def test_without_lr_each_method_gets_its_own_sweeps_lr_and_help_says_which(monkeypatch, capsys):
     """--lr left out: a mask run, a --dense run and a --lora run each take their method's default; a given --lr wins."""
-    from szoq_hub import DEFAULT_LR, DENSE_LR, LORA_LR, help_of
-    from szoq_hub.runtime.zo import ZOConfig
+    from szoq_cli.options import options_of
+    from szoq_hub import DEFAULT_LR, DENSE_LR, LORA_LR, ZOConfig
 
-    assert (FinetuneConfig().zo.lr, FinetuneConfig(dense=True).zo.lr, FinetuneConfig(lora=8).zo.lr) == (DEFAULT_LR, DENSE_LR, LORA_LR)
-    assert FinetuneConfig(lora=8, zo=ZOConfig(lr=5e-3)).zo.lr == 5e-3
-    assert config_from_options(dict(lr=None)).zo.lr == DEFAULT_LR and config_from_options(dict(dense=True)).zo.lr == DENSE_LR
-    assert config_from_options(dict(lora=4, lr=None)).zo.lr == LORA_LR and config_from_options(dict(lora=4, lr=0.0)).zo.lr == 0.0
-    lr_field = next(f for f in fields(ZOConfig) if f.name == "lr")
-    text = help_of(ZOConfig, lr_field)
+    assert (FinetuneConfig().zo.lr, FinetuneConfig(method="dense").zo.lr, FinetuneConfig(method="lora", method_config={"lora": 8}).zo.lr) == (DEFAULT_LR, DENSE_LR, LORA_LR)
+    assert FinetuneConfig(method="lora", method_config={"lora": 8}, zo=ZOConfig(lr=5e-3)).zo.lr == 5e-3
+    assert finetune_config(dict(lr=None)).zo.lr == DEFAULT_LR and finetune_config(dict(dense=True)).zo.lr == DENSE_LR
+    assert finetune_config(dict(lora=4, lr=None)).zo.lr == LORA_LR and finetune_config(dict(lora=4, lr=0.0)).zo.lr == 0.0
+    lr = next(o for o in options_of(FinetuneConfig) if o.name == "lr")
+    text = lr.help
+    assert lr.default is None  # left out: the method's own
     assert f"{DEFAULT_LR:g} with a mask" in text and f"{DENSE_LR:g} with --dense" in text and f"{LORA_LR:g} with --lora" in text
     assert "--lr" in _help_flags(monkeypatch, capsys)
 
@@ -477,10 +479,10 @@ def test_without_lr_each_method_gets_its_own_sweeps_lr_and_help_says_which(monke
 @pytest.mark.parametrize("kw", [dict(lora_alpha=32.0), dict(lora_targets="q_proj"), dict(lora_alpha=8.0, lora_targets="v_proj")])
 def test_lora_settings_without_lora_are_refused_not_ignored(kw):
     with pytest.raises(ConfigError) as info:
-        config_from_options(kw)
+        finetune_config(kw)
     named = {flag(k) for k in kw}
     assert all(f in info.value.message for f in named) and "--lora 8" in info.value.hint
-    assert config_from_options({**kw, "lora": 4}).lora_settings().rank == 4
+    assert finetune_config({**kw, "lora": 4}).method_config.settings().rank == 4
 
 
 def test_zo_options_are_settable_from_the_cli_and_recorded(tiny_model_dir, tiny_mask, train_file, tmp_path, monkeypatch, capsys):

@@ -18,9 +18,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from szoq_hub.core.errors import RegistryError
-from szoq_hub.masks.artifact import CARD_FILE, CONFIG_FILE, MASK_FILE
+from szoq_hub.masks.artifact import CARD_FILE, CONFIG_FILE, MASK_FILE, load_mask
 from szoq_hub.masks.registry import Registry
-from test_fuzz import FUZZ, MASK_KEYS, apply, apply_bytes, byte_edits, fuzz_totals, header_mutation, join, json_values, only_szoq_errors, split  # noqa: F401
+from test_fuzz import (FUZZ, MASK_KEYS, WARNINGS, apply, apply_bytes, byte_edits, fuzz_totals, header_mutation, join, json_values,  # noqa: F401
+                       mask_meaning, only_szoq_errors, same_meaning, split)
 from test_hub import WRITE, make_mask, repo_name
 
 SHA = "ab" * 32
@@ -62,6 +63,7 @@ def test_fuzz_register_a_mutated_artifact_registers_nothing_on_failure(tmp_path)
     original = (good / MASK_FILE).read_bytes()
     config = (good / CONFIG_FILE).read_bytes()
     reg = Registry()
+    meaning = mask_meaning(load_mask(good))
     seen = {"cases": 0, "registered": 0}
 
     @settings(max_examples=150, **FUZZ)
@@ -72,14 +74,18 @@ def test_fuzz_register_a_mutated_artifact_registers_nothing_on_failure(tmp_path)
         (folder / CONFIG_FILE).write_bytes(apply_bytes(config, edit) if kind == "config" else config)
         if kind == "header":
             header, body = split(original)
-            (folder / MASK_FILE).write_bytes(join(apply(header, edit), body))
+            mutated = apply(header, edit)
+            (folder / MASK_FILE).write_bytes(join(mutated, body))
         else:
             (folder / MASK_FILE).write_bytes(apply_bytes(original, edit) if kind == "bytes" else original)
         seen["cases"] += 1
         before = reg.entries()
         objects = sorted(p.name for p in reg.objects.glob("*")) if reg.objects.is_dir() else []
+        WARNINGS.seen.clear()
         if only_szoq_errors(reg.add, folder, f"fz{seen['cases']}"):
             seen["registered"] += 1
+            if kind == "header":  # registered: it must mean what the original meant (issue 31)
+                same_meaning(mask_meaning(load_mask(folder)), meaning, mutated)
         else:  # refused: the registry is exactly as it was
             assert reg.entries() == before
             assert (sorted(p.name for p in reg.objects.glob("*")) if reg.objects.is_dir() else []) == objects

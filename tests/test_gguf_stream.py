@@ -160,7 +160,7 @@ def test_base_exceptions_from_native_code_become_model_errors(tmp_path, monkeypa
     import transformers
 
     from szoq_hub.core.errors import ModelError
-    from szoq_hub.data.gguf_file import tokenizer_from_gguf
+    from szoq_hub.data.gguf_meta import tokenizer_from_gguf
 
     class PanicException(BaseException):  # pyo3_runtime's class is a BaseException subclass like this one
         pass

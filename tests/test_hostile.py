@@ -68,12 +68,17 @@ def forged(tiny_mask: Path, dest: Path, *, grow: bool = False, extra: bool = Fal
     mask = load_mask(tiny_mask)
     name = next(iter(mask.config.shapes))
     rows, cols = mask.config.shapes[name]
+    scores = mask.scores if mask.scores is not None else {}  # a fisher mask: one score per index, kept consistent
     if grow:  # 4x the rows, and an index valid only for that shape
         mask.config.shapes[name] = [4 * rows, cols]
         mask.indices[name] = torch.cat([mask.indices[name], torch.tensor([rows * cols + 5], dtype=torch.int32)])
+        if name in scores:
+            scores[name] = torch.cat([scores[name], torch.tensor([1.0])])
     if extra:  # a tensor the model lacks
         mask.config.shapes["model.layers.9.mlp.up_proj.weight"] = [8, 8]
         mask.indices["model.layers.9.mlp.up_proj.weight"] = torch.tensor([3], dtype=torch.int32)
+        if mask.scores is not None:
+            scores["model.layers.9.mlp.up_proj.weight"] = torch.tensor([1.0])
     mask.config.stats = mask_stats(mask.indices, mask.config.shapes)
     return save_mask(mask, dest)
 
@@ -301,7 +306,7 @@ def test_a_10k_character_path_is_a_one_line_error(tiny_model_dir, tmp_path, run_
 
 def test_delta_push_publishes_no_local_path(hub, run_dir, tmp_path, run_cli):  # noqa: F811
     """The tiny run was trained from absolute temp paths (model, mask, train file, --out)."""
-    from szoq_hub.runtime.delta import load_delta
+    from szoq_hub.methods.sparse.delta import load_delta
 
     run = json.loads((run_dir / "finetune_config.json").read_text())
     local = [v for v in run["settings"].values() if isinstance(v, str) and v.startswith("/")]

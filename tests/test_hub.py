@@ -16,7 +16,8 @@ import pytest
 import torch
 
 from szoq_hub.core.errors import ConfigError, HubError, MaskError, RegistryError
-from szoq_hub.masks.artifact import CARD_FILE, CONFIG_FILE, MASK_FILE, MaskConfig, SensitivityMask, mask_stats, save_mask
+from szoq_hub.masks.artifact import CARD_FILE, CONFIG_FILE, MASK_FILE, MaskConfig, mask_stats, save_mask
+from szoq_hub import SensitivityMask
 from szoq_hub.masks.registry import Registry
 
 WRITE = "hf_alice_write_0123456789"  # alice, member of org "team", write
@@ -31,8 +32,9 @@ def repo_name(prefix: str = "team") -> str:
     return f"{prefix}/mask-{os.getpid()}-{next(_counter)}"
 
 
-def make_mask(folder: Path, *, seed: int = 0, base_model: str = "HuggingFaceTB/SmolLM2-135M", scorer: str = "fisher", density: float = 0.05) -> Path:
-    """A real artifact folder written by szoq's own writer (random indices, tiny shapes)."""
+def make_mask(folder: Path, *, seed: int = 0, base_model: str = "HuggingFaceTB/SmolLM2-135M", scorer: str = "fisher", density: float = 0.05,
+              scores: bool = False) -> Path:
+    """A real artifact folder written by szoq's own writer (random indices, tiny shapes; with `scores`, random ones too)."""
     g = torch.Generator().manual_seed(seed)
     indices = {n: torch.randperm(s[0] * s[1], generator=g)[: int(s[0] * s[1] * density)].sort().values.to(torch.int32) for n, s in SHAPES.items()}
     config = MaskConfig(base_model=base_model, base_revision=None, fingerprint=hashlib.sha256(base_model.encode()).hexdigest(),
@@ -40,7 +42,8 @@ def make_mask(folder: Path, *, seed: int = 0, base_model: str = "HuggingFaceTB/S
                         calibration={"source": "c4", "samples": 4, "seq_len": 16, "seed": seed},
                         command=f"szoq mask build {base_model} --seed {seed}", created_at="2026-01-01T00:00:00+00:00")
     config.stats = mask_stats(indices, SHAPES)
-    return save_mask(SensitivityMask(indices, config), folder)
+    kept = {n: torch.rand(i.numel(), generator=g) for n, i in indices.items()} if scores else None
+    return save_mask(SensitivityMask(indices, config, scores=kept), folder)
 
 
 def register(tmp_path: Path, name: str = "m", **kw) -> str:
@@ -305,6 +308,23 @@ def test_info_reads_only_the_header(hub, tmp_path):
     assert downloads and all(r["range"] and r["status"] == 206 for r in downloads)
     served = sum(r["bytes"] for r in downloads)
     assert served == info.bytes_read and served < size / 4, (served, size)
+
+
+def test_a_mask_with_scores_travels_whole_and_its_info_counts_weights_only(hub, tmp_path):
+    from szoq_hub.hub.masks import mask_info, pull_mask, push_mask
+
+    repo = repo_name()
+    ref = register(tmp_path, density=0.2, scores=True)
+    push_mask(ref, repo_id=repo, token=WRITE)
+    info = mask_info(repo)
+    assert info.nnz == sum(int(s[0] * s[1] * 0.2) for s in SHAPES.values()) and info.tensors == len(SHAPES)
+    assert info.metadata["format_version"] == "2"
+    got = pull_mask(repo, name="scored")
+    local = Registry().get(ref)
+    from szoq_hub.masks.artifact import load_mask
+
+    mine, theirs = load_mask(local.path), load_mask(got.path)
+    assert all(torch.equal(mine.scores[n], theirs.scores[n]) for n in SHAPES)
 
 
 def test_search_filters_by_tag_base_model_and_author(hub, tmp_path):

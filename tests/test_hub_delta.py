@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from conftest import TRAIN_ARGS, assert_one_line_error, other_run
-from szoq_hub.runtime.delta import DELTA_FILE, load_delta
+from szoq_hub.methods.sparse.config import DELTA_FILE
+from szoq_hub.methods.sparse.delta import load_delta
 from szoq_hub.core.errors import HubError, MaskError
 from test_hub import BOB, READ, WRITE, make_mask, repo_name
 
@@ -21,7 +22,7 @@ SECRET = WRITE
 
 
 def test_push_pull_by_tag_and_sha_is_byte_equal_and_repush_is_a_noop(hub, run_dir, tmp_path):
-    from szoq_hub.hub.deltas import pull_delta, push_delta
+    from szoq_hub.methods.sharing import pull_delta, push_delta
 
     repo = repo_name()
     res = push_delta(run_dir, repo_id=repo, token=WRITE)
@@ -64,7 +65,7 @@ def test_push_pull_by_tag_and_sha_is_byte_equal_and_repush_is_a_noop(hub, run_di
 def test_corrupt_or_foreign_remote_delta_is_refused(hub, run_dir, tmp_path):
     from huggingface_hub import HfApi
 
-    from szoq_hub.hub.deltas import pull_delta, push_delta
+    from szoq_hub.methods.sharing import pull_delta, push_delta
     from szoq_hub.hub.masks import push_mask
 
     repo = repo_name()

@@ -10,6 +10,7 @@ huggingface_hub's `ModelHubMixin` (szoq_hub/core/hub_mixin.py).
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,7 @@ REPO = Path(__file__).resolve().parents[1]
 PACKAGES = {"szoq_hub": REPO / "szoq_hub", "szoq_cli": REPO / "cli"}
 
 
-LAYERS = ("core", "data", "masks", "runtime", "hub", "training", "export")  # szoq_hub's subpackages, lowest first
+LAYERS = ("core", "data", "masks", "runtime", "hub", "methods", "training", "export")  # szoq_hub's subpackages, lowest first
 
 
 def _module_name(pkg: str, folder: Path, path: Path) -> str:
@@ -26,13 +27,12 @@ def _module_name(pkg: str, folder: Path, path: Path) -> str:
 
 
 def _not_edges(tree: ast.AST) -> set[int]:
-    """ids of the nodes under `if TYPE_CHECKING:` and inside methods of `HubMixin` subclasses."""
+    """ids of the nodes under `if TYPE_CHECKING:` (annotations only, never run)."""
     skip: set[int] = set()
     for node in ast.walk(tree):
-        typing_only = isinstance(node, ast.If) and isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING"
-        mixin = isinstance(node, ast.ClassDef) and any(isinstance(b, ast.Name) and b.id == "HubMixin" for b in node.bases)
-        for part in (node.body if typing_only else [f for f in node.body if isinstance(f, ast.FunctionDef)] if mixin else []):
-            skip |= {id(n) for n in ast.walk(part)}
+        if isinstance(node, ast.If) and isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING":
+            for part in node.body:
+                skip |= {id(n) for n in ast.walk(part)}
     return skip
 
 
@@ -58,6 +58,9 @@ def _module_graph() -> dict[str, set[str]]:
                 targets = [mod] + [f"{mod}.{a.name}" for a in node.names]
             elif isinstance(node, ast.Import):
                 targets = [a.name for a in node.names]
+            elif isinstance(node, ast.Constant) and isinstance(node.value, str) and re.fullmatch(r"\.[\w.]+:\w+", node.value):
+                # ".sparse.trainable:SparseTrainable": a class the method table imports on first use
+                targets = [f"{pkg}.{node.value[1:].split(':')[0]}"]
             elif isinstance(node, ast.Tuple) and node.elts and all(isinstance(e, ast.Constant) and isinstance(e.value, str) for e in node.elts):
                 # ("mask_hub", "finetune", ...): command groups imported by name with __import__
                 targets = [f"{pkg}.{e.value}" for e in node.elts]
@@ -92,13 +95,34 @@ def test_the_graph_sees_imports_inside_functions():
     assert "szoq_hub.hub.masks" in graph["szoq_hub.hub.refs"]  # pull_mask is imported lazily, inside a function
     assert "szoq_hub.hub.transport" in graph["szoq_hub.hub.masks"]
     assert {"szoq_cli.mask", "szoq_cli.finetune"} <= graph["szoq_cli.app"]
+    assert "szoq_hub.methods.sparse.trainable" in graph["szoq_hub.methods"]  # registered as ".sparse.trainable:SparseTrainable"
 
 
-def test_the_graph_skips_type_checking_and_hub_mixin_hooks():
+def test_the_graph_skips_only_type_checking_imports():
     graph = _module_graph()
-    assert "szoq_hub.hub.mixin_hooks" not in graph["szoq_hub.masks.artifact"] | graph["szoq_hub.runtime.delta"]
-    assert "szoq_hub.hub.transport" not in graph["szoq_hub.core.hub_mixin"]
-    assert "szoq_hub.masks.artifact" in graph["szoq_hub.runtime.delta"]  # module-level imports still count
+    assert "szoq_hub.hub.transport" not in graph["szoq_hub.hub.mixin"]  # PushResult: an annotation only
+    assert "szoq_hub.training.config" not in graph["szoq_hub.methods.spec"]  # FinetuneConfig: an annotation only
+    assert "szoq_hub.masks.artifact" in graph["szoq_hub.methods.sparse.delta"]  # module-level imports count
+    assert "szoq_hub.runtime.sparse" in graph["szoq_hub.methods.sparse.delta"]  # so do imports inside methods (Delta.merge_into)
+
+
+def test_artifacts_that_publish_themselves_sit_above_the_hub_code():
+    """The runtime and the registry read the mask's data, never the Hub-aware class; the classes
+    with `push_to_hub` import the mixin at the top of their modules."""
+    graph = _module_graph()
+    for low in ("szoq_hub.masks.artifact", "szoq_hub.masks.registry", "szoq_hub.runtime.sparse"):
+        assert not {t for t in graph[low] if t.startswith("szoq_hub.hub")}, low
+    for artifact in ("szoq_hub.hub.sensitivity_mask", "szoq_hub.methods.sparse.delta"):
+        assert "szoq_hub.hub.mixin" in graph[artifact]
+
+
+def test_folders_and_modules_stay_small():
+    """No library folder over 12 modules, no module in szoq_hub/ or cli/ over 450 lines."""
+    for folder in [p for p in PACKAGES["szoq_hub"].rglob("*") if p.is_dir() and p.name != "__pycache__"] + [PACKAGES["szoq_cli"]]:
+        assert len(list(folder.glob("*.py"))) <= 12, folder
+    for pkg in PACKAGES.values():
+        for path in pkg.rglob("*.py"):
+            assert len(path.read_text().splitlines()) <= 450, path
 
 
 def test_no_import_cycles():

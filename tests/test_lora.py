@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from szoq_hub.core.errors import ConfigError, MaskError
-from szoq_hub.runtime.lora import LoRASettings, attach_lora
+from szoq_hub.methods.lora.config import LoRASettings
+from szoq_hub.methods.lora.runtime import attach_lora
 
 
 @pytest.fixture(scope="module")
@@ -112,7 +113,7 @@ def test_bad_settings_say_what_is_wrong(base, kwargs, needle):
 
 
 def test_adapter_file_is_byte_reproducible_and_refuses_a_flipped_bit(base, tmp_path):
-    from szoq_hub.runtime.lora_file import load_lora, save_lora
+    from szoq_hub.methods.lora.file import load_lora, save_lora
 
     model, tok, _ = base
     lora = attach_lora(copy.deepcopy(model), tok, LoRASettings(rank=2), seed=0)

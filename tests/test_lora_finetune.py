@@ -10,8 +10,9 @@ import torch
 
 from conftest import TINY_TEXTS, assert_one_line_error
 from szoq_hub.core.errors import ConfigError, FingerprintMismatch, MaskError
-from szoq_hub.runtime.lora_file import LORA_FILE, load_lora, save_lora
-from szoq_hub.training.config import config_from_options
+from szoq_hub.methods.lora.config import LORA_FILE
+from szoq_hub.methods.lora.file import load_lora, save_lora
+from szoq_cli.finetune import finetune_config
 from szoq_hub.training.finetune import finetune
 from szoq_hub.training.run_folder import CHECKPOINT_FILE
 
@@ -30,7 +31,7 @@ def _config(model, train_file, out, **kw):
                 quant="nf4", dtype="fp32", steps=6, batch_size=4, eval_every=3, save_every=3, train_samples=12, dev_samples=4,
                 eval_samples=4, lr=1e-2, out=str(out))
     base.update(kw)
-    return config_from_options(base)
+    return finetune_config(base)
 
 
 def _losses(out: Path) -> list[float]:
@@ -84,7 +85,7 @@ def test_lora_resume_is_bit_identical(tiny_model_dir, train_file, tmp_path):
 def test_eval_and_merge_of_a_lora_run(tiny_model_dir, train_file, tmp_path, run_cli, monkeypatch):
     from transformers import AutoModelForCausalLM
 
-    from szoq_hub.runtime.lora import attach_lora
+    from szoq_hub.methods.lora.runtime import attach_lora
     from szoq_hub.runtime.sparse import load_sparse_model
     from szoq_hub.training.evaluate import EvalConfig, evaluate
     from szoq_hub.training.merge import merge
@@ -126,13 +127,13 @@ def test_eval_and_merge_of_a_lora_run(tiny_model_dir, train_file, tmp_path, run_
 
 
 def test_lora_file_loader_refuses_bad_files(tiny_model_dir, tmp_path):
-    from szoq_hub.runtime.lora import LoRASettings
+    from szoq_hub.methods.lora.config import LoRASettings
 
     settings = LoRASettings(rank=2, alpha=4.0)
     good = {"m.q_proj.lora_A.weight": torch.zeros(2, 8), "m.q_proj.lora_B.weight": torch.zeros(6, 2)}
     kw = dict(settings=settings, fingerprint="f" * 64, base_model="tiny", run_settings={"seed": 0})
     loaded = load_lora(save_lora(tmp_path / "ok.safetensors", good, **kw))
-    assert loaded.modules == ["m.q_proj"] and loaded.weight_deltas()["m.q_proj.weight"].shape == (6, 8)
+    assert loaded.modules == ["m.q_proj"] and loaded.weight_deltas({"m.q_proj": (8, 6)})["m.q_proj.weight"].shape == (6, 8)
     with pytest.raises(FingerprintMismatch):
         loaded.check_fingerprint("0" * 64)
     with pytest.raises(MaskError, match="rank"):
@@ -153,7 +154,7 @@ def test_lora_flags_and_refusals(run_cli, tiny_model_dir, train_file, tmp_path):
     assert code == 0 and "--lora" in out and "--lora-alpha" in out and "--lora-targets" in out
     common = ("--model", str(tiny_model_dir), "--train", str(train_file), "--template", "{text} It was", "--labels", "0=bad,1=good",
               "--out", str(tmp_path / "x"))
-    assert_one_line_error(*run_cli("finetune", *common, "--lora", "8", "--dense")[:3:2], "--lora and --dense")
+    assert_one_line_error(*run_cli("finetune", *common, "--lora", "8", "--dense")[:3:2], "--lora", "--dense", "were both given")
     assert_one_line_error(*run_cli("finetune", *common, "--lora", "8", "--mask", "smollm2-135m-instruct")[:3:2], "--mask", "--lora")
     assert_one_line_error(*run_cli("finetune", *common, "--lora", "-1")[:3:2], "--lora must be >= 0")
     assert_one_line_error(*run_cli("finetune", *common, "--lora", "8", "--lora-alpha", "0")[:3:2], "alpha")

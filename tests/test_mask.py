@@ -11,7 +11,8 @@ import torch
 from safetensors.torch import save_file
 
 from szoq_hub.core.errors import ConfigError, FingerprintMismatch, MaskError
-from szoq_hub.masks.artifact import MaskConfig, SensitivityMask, load_mask, read_header, save_mask
+from szoq_hub.masks.artifact import MaskConfig, load_mask, read_header, save_mask
+from szoq_hub import SensitivityMask
 from szoq_hub.masks.diff import diff_masks
 from szoq_hub.masks.selection import select, top_k_flat
 

@@ -294,16 +294,16 @@ def test_merged_config_carries_no_gguf_internal_name(run_cli, tiny_mask, tiny_mo
 
 
 def test_readme_run_folder_and_custom_data_flags_match_what_szoq_does(run_dir, run_cli):
-    """README's "The run folder" list names what a finished run holds (checkpoints aside, which a
+    """The "run folder" list of docs/commands.md names what a finished run holds (checkpoints aside, which a
     finished run keeps only while running), and every flag its custom-data usage line shows exists."""
-    readme = (REPO / "README.md").read_text()
-    section = readme.split("### The run folder", 1)[1].split("\n\n", 2)[1]
+    page = (REPO / "docs" / "commands.md").read_text()
+    section = page.split("### The run folder", 1)[1].split("\n\n", 2)[1]
     documented = set(re.findall(r"^- `([^`]+)`", section, re.M))
     assert {"delta.safetensors", "best-dev.safetensors", "finetune_config.json", "metrics.jsonl", "README.md"} <= documented
     written = {p.name for p in run_dir.iterdir()}
     assert documented - {"checkpoint.safetensors"} <= written, (documented, written)
     assert written <= documented, written - documented  # nothing a run writes goes undocumented
-    usage = next(line for line in readme.splitlines() if "[--encoding" in line)
+    usage = next(line for line in page.splitlines() if "[--encoding" in line)
     code, out, _ = run_cli("finetune", "--help")
     assert code == 0
     for flag in re.findall(r"--[a-z-]+", usage):
@@ -449,8 +449,9 @@ def test_finetune_writes_whole_progress_lines_when_stderr_is_a_file(tiny_model_d
 
 
 def test_readme_plot_example_names_runs_the_readme_creates():
-    """Every run folder the plot example names is the --out of a README command (issue 22 item 9)."""
-    readme = (REPO / "README.md").read_text()
+    """Every run folder the plot example (docs/commands.md) names is the --out of a command in the README
+    or the docs (issue 22 item 9)."""
+    readme = "\n".join(p.read_text() for p in [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))])
     created = set(re.findall(r"--out (runs/[\w.-]+)", readme))
     plotted = [run for line in readme.splitlines() if line.startswith("szoq plot ")
                for run in re.findall(r"runs/[\w.-]+", line.split(" --out ")[0])]

@@ -12,7 +12,7 @@ import torch
 from conftest import assert_one_line_error
 from szoq_hub.core.errors import ConfigError
 from szoq_hub.training.finetune import finetune
-from szoq_hub.export.peft import shira_entries, shira_rank
+from szoq_hub.methods.sparse.peft import shira_entries, shira_rank
 from conftest import tiny_finetune_config as _config
 from conftest import other_run
 

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from szoq_hub.core.errors import RegistryError
-from szoq_hub.masks.artifact import MASK_FILE, MaskConfig, SensitivityMask, save_mask
+from szoq_hub.masks.artifact import MASK_FILE, MaskConfig, save_mask
+from szoq_hub import SensitivityMask
 from szoq_hub.masks.registry import SCHEMA_VERSION, Registry
 from szoq_hub.hub.refs import open_mask, resolve_mask_ref
 
@@ -83,7 +84,7 @@ def test_crash_leftovers_leave_registry_readable(tmp_path):
 
 
 def test_damaged_object_is_stored_afresh(tmp_path):
-    from szoq_hub.masks.artifact import file_sha256
+    from szoq_hub.core.files import file_sha256
 
     folder = artifact(tmp_path, 1)
     sha = file_sha256(folder / MASK_FILE)

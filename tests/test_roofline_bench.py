@@ -15,7 +15,7 @@ import bench_roofline  # noqa: E402
 @pytest.fixture(scope="module")
 def tiny_decoder():
     pytest.importorskip("bitsandbytes")
-    from szoq_hub.core.thirdparty import import_bitsandbytes
+    from szoq_hub.core.devices import import_bitsandbytes
 
     import_bitsandbytes()
     bench_roofline._install_timed_attention()

@@ -11,7 +11,8 @@ from conftest import SHARED_DATA
 from szoq_hub.core.errors import DependencyError, TaskError
 from szoq_hub.data.scoring import encode, loss_sum, metric_value, option_scores, shared_single_token
 from szoq_hub.data.task_templates import TASKS, Example, lowercase_sentence_start
-from szoq_hub.data.tasks import CustomTask, Sampling, load_task, load_task_file, parse_labels, with_demonstrations
+from szoq_hub.data.custom_tasks import CustomTask, load_task_file, parse_labels
+from szoq_hub.data.tasks import Sampling, load_task, with_demonstrations
 
 needs_data = pytest.mark.skipif(not (SHARED_DATA / "sst2").is_dir(), reason=f"shared data not found at {SHARED_DATA}")
 

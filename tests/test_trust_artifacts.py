@@ -16,7 +16,9 @@ from szoq_hub.core.errors import ConfigError, MaskError
 from szoq_hub.core.schema import read_header
 from szoq_hub.data.checkpoint import write_tensors
 from szoq_hub.masks.artifact import CONFIG_FILE, MASK_FILE, load_mask
-from szoq_hub.runtime.delta import DELTA_FILE, delta_origin, load_delta, save_delta, trained_mask_ref
+from szoq_hub.methods.sparse.config import DELTA_FILE
+from szoq_hub.methods.sparse.delta import load_delta, save_delta, trained_mask_ref
+from szoq_hub.methods.sparse.setup import delta_origin
 from conftest import tiny_finetune_config as _config
 from test_hub import make_mask
 
@@ -27,9 +29,15 @@ def body_flip(path: Path, offset_from_end: int = 1, bit: int = 0) -> None:
     path.write_bytes(bytes(data))
 
 
-def rewrite_meta(path: Path, **changes) -> None:
-    """Rewrite a safetensors header's metadata, keeping the tensors (None removes a key)."""
+def rewrite_meta(path: Path, restamp: bool = False, **changes) -> None:
+    """Rewrite a safetensors header's metadata, keeping the tensors (None removes a key).
+
+    `restamp`: record the content hash of the edited file (as a forger would), so that the checks
+    behind the hash are reached.
+    """
     from safetensors.torch import load_file
+
+    from szoq_hub.core import content
 
     meta = read_header(path).metadata
     for k, v in changes.items():
@@ -38,6 +46,8 @@ def rewrite_meta(path: Path, **changes) -> None:
         else:
             meta[k] = v
     tensors = load_file(str(path))
+    if restamp:
+        meta = content.stamp(meta, tensors)
     write_tensors(path, [(n, tensors[n]) for n in sorted(tensors)], dict(sorted(meta.items())))
 
 
@@ -61,7 +71,7 @@ def test_mask_records_a_content_hash_and_any_index_change_is_refused(tmp_path):
 
 def test_a_mask_written_before_content_hashes_still_loads_and_show_says_so(tmp_path, run_cli):
     folder = make_mask(tmp_path / "m")
-    rewrite_meta(folder / MASK_FILE, content_sha256=None)
+    rewrite_meta(folder / MASK_FILE, content_sha256=None, hash_scheme=None)  # as szoq 0.1.0 wrote it
     (folder / CONFIG_FILE).unlink()
     assert load_mask(folder).config.content_sha256 == ""
     code, out, err = run_cli("mask", "show", folder)
@@ -144,7 +154,7 @@ def test_hostile_delta_settings_are_clean_errors(settings, run_dir, tiny_model_d
     run = tmp_path / "run"
     shutil.copytree(run_dir, run)
     (run / "finetune_config.json").unlink()
-    rewrite_meta(run / DELTA_FILE, settings=settings)
+    rewrite_meta(run / DELTA_FILE, restamp=True, settings=settings)  # hashed again: the checks behind the hash are what is tried
     assert delta_origin(run) in ((None, None), (None, trained_mask_ref(read_header(run / DELTA_FILE).metadata)))
     assert isinstance(trained_mask_ref(read_header(run / DELTA_FILE).metadata), str)
     if settings.startswith("{"):  # a JSON object with odd values: loads (no names are taken from it)

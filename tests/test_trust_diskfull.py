@@ -17,7 +17,7 @@ import textwrap
 
 import pytest
 
-from szoq_hub.core.paths import disk_errors, full_disk_errno
+from szoq_hub.core.files import disk_errors, full_disk_errno
 from szoq_hub.core.errors import SzoqError
 
 CHILD = textwrap.dedent("""

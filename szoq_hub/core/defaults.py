@@ -1,8 +1,16 @@
-"""The defaults a user sees in `--help` (model, mask, learning rate), in a module that imports nothing.
+"""What `szoq --help` shows and checks without torch: the version, the defaults (model, mask,
+learning rate) and the spellings of `--device` and `--dtype`.
 
-The CLI builds its options from them at import, so `szoq --help` must read them without
-loading the model or training code (and torch).
+The CLI builds its options from the library's configs at import, so `szoq --help` must read
+these without loading the model or training code (and torch); `core.devices` turns the
+spellings into torch devices and dtypes.
 """
+
+from __future__ import annotations
+
+from .errors import ConfigError
+
+__version__ = "0.1.0"
 
 DEFAULT_MODEL = "smollm2-135m-instruct"  # the built-in model alias (data/models.py resolves it)
 DEFAULT_MASK = "smollm2-135m-instruct"  # the built-in mask (masks/catalog.py)
@@ -19,3 +27,32 @@ LORA_LR = 1e-3  # --lora R (ZO-LoRA, eps 1e-3): SST-2 dev 60.0% (the majority cl
 def default_lr(*, dense: bool = False, lora: int = 0) -> float:
     """The learning rate a run gets without --lr: DENSE_LR for --dense, LORA_LR for --lora, else DEFAULT_LR."""
     return DENSE_LR if dense else LORA_LR if lora else DEFAULT_LR
+
+
+# -- spellings of --device and --dtype, checked without torch (config validation) --------------
+DEVICE_CHOICES = ("auto", "cpu", "cuda", "cuda:N")
+DTYPE_NAMES = ("bf16", "fp16", "fp32")
+
+
+def check_device_spec(spec: str) -> None:
+    """Validate the spelling of a `--device` value without touching CUDA (for config checks).
+
+    Raises:
+        ConfigError: not `auto`, `cpu`, `cuda` or `cuda:N`.
+    """
+    kind, _, index = (spec or "").strip().lower().partition(":")
+    if kind in ("auto", "cpu") and not index:
+        return
+    if kind == "cuda" and (not index or index.isdigit()):
+        return
+    raise ConfigError(f"unknown --device {spec!r}", hint=f"choose one of: {', '.join(DEVICE_CHOICES)}")
+
+
+def check_dtype_spec(spec: str | None) -> None:
+    """Validate a `--dtype` value (None = the device's default).
+
+    Raises:
+        ConfigError: not `auto`, `bf16`, `fp16` or `fp32`.
+    """
+    if spec is not None and spec != "auto" and spec not in DTYPE_NAMES:
+        raise ConfigError(f"unknown --dtype {spec!r}", hint=f"choose one of: auto, {', '.join(DTYPE_NAMES)}")

@@ -1,9 +1,10 @@
-"""Where szoq computes and in which dtype: one resolver for `--device` and one for `--dtype`.
+"""Where szoq computes: one resolver for `--device` and one for `--dtype`, the rank under torchrun,
+and the quantization backend (bitsandbytes, imported quietly).
 
 `--device auto` picks CUDA when torch sees a GPU, else the CPU; `cuda` / `cuda:N` must exist.
 `--dtype` names the compute dtype of activations, embeddings, norms, lm_head and the
 dequantized base. The trainable sparse values are an fp32 master vector whatever the compute
-dtype (see runtime.py), so the choice trades speed for activation precision only.
+dtype (see runtime/sparse.py), so the choice trades speed for activation precision only.
 
 `--dtype auto` is the default of finetune and eval (the library's `None` keeps the device
 type's default below; a resumed run keeps the dtype it recorded):
@@ -19,19 +20,39 @@ type's default below; a resumed run keeps the dtype it recorded):
 kernels (x86 `avx512_bf16` / `amx_bf16`, Arm `bf16`: oneDNN runs bf16 matmuls there at up to
 twice the fp32 rate), fp32 on any other CPU (where bf16 is emulated and slower than fp32). The
 check reads the CPU's flags once per process.
+
+Rank and world size under torch.distributed (torchrun) are answered here too: mask building
+(FSDP / sharded scoring), the Fisher scorer and fine-tuning all ask whether a process group is
+up, which rank they are, and whether they are the one that writes files. Outside torchrun every
+answer is the single-process one: rank 0 of 1.
+
+Importing bitsandbytes has a side effect szoq does not want: bitsandbytes (0.50) looks up a CPU
+gemm kernel on the Hugging Face Hub *at import* when the CPU has avx512_bf16 (`bitsandbytes/backends/cpu/ops.py`: `kernels.get_kernel("kernels-community/
+quantization-bitsandbytes")`). It has no setting to skip that: online the lookup is refused
+unless the user sets `trust_remote_code`, offline it misses the cache, and either way it logs
+"Failed to load CPU gemm_4bit_forward from kernels-community ... Set trust_remote_code=True",
+an alarming warning about code szoq never asked for. The kernel is never used by szoq (the
+lookup always fails without trust), so `import_bitsandbytes` makes the lookup's
+`from kernels import get_kernel` fail locally (no network, no Hub code) and drops exactly that
+one log line; bitsandbytes then uses its own built-in CPU kernels, as it did before.
 """
 
 from __future__ import annotations
 
 import functools
 import importlib.util
+import logging
+import os
+import sys
 from pathlib import Path
+from types import ModuleType
 
 import torch
+import torch.distributed as dist
 
+from .defaults import DEVICE_CHOICES
 from .errors import ConfigError, DependencyError
 
-from .specs import DEVICE_CHOICES, check_device_spec, check_dtype_spec  # noqa: F401  (torch-free: read by config checks)
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 DEFAULT_DTYPE = {"cuda": "bf16", "cpu": "fp32"}
 
@@ -146,6 +167,67 @@ def require_quant_backend(quant: str) -> None:
     if quant != "none" and importlib.util.find_spec("bitsandbytes") is None:
         raise DependencyError(f"--quant {quant} needs bitsandbytes", hint="pip install 'bitsandbytes>=0.48' (or use --quant none)")
     if quant != "none":
-        from .thirdparty import import_bitsandbytes
-
         import_bitsandbytes()  # before any other bitsandbytes import: no Hub kernel lookup, no trust_remote_code warning
+
+
+# -- rank and world size under torch.distributed (torchrun) ------------------------------------
+def world() -> tuple[int, int]:
+    """(rank, world size) under an initialized torch.distributed group, else (0, 1)."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def is_main_process() -> bool:
+    """True outside torch.distributed, or on rank 0 (the rank that writes files)."""
+    return world()[0] == 0
+
+
+def init_distributed(device: torch.device | None = None) -> None:
+    """Start the process group when torchrun launched several processes (WORLD_SIZE > 1).
+
+    Args:
+        device: The compute device; CUDA uses NCCL, everything else Gloo.
+    """
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device is not None and device.type == "cuda" else "gloo")
+
+
+# -- importing bitsandbytes without its Hub kernel lookup ---------------------------------------
+# The logger bitsandbytes' CPU backend warns through, and the start of the one line we drop.
+_BNB_CPU_LOGGER = "bitsandbytes.backends.cpu.ops"
+_KERNEL_LOOKUP_WARNING = "Failed to load CPU gemm_4bit_forward from kernels-community"
+
+
+def _not_the_kernel_lookup(record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith(_KERNEL_LOOKUP_WARNING)
+
+
+def import_bitsandbytes() -> ModuleType:
+    """Import bitsandbytes without its Hub kernel lookup and the warning that lookup logs.
+
+    Every place in szoq that may import bitsandbytes first calls this; later imports are the
+    cached module. Other bitsandbytes warnings pass through.
+
+    Returns:
+        The `bitsandbytes` module.
+
+    Raises:
+        ImportError: bitsandbytes is not installed (callers turn it into a DependencyError).
+    """
+    if "bitsandbytes" in sys.modules:
+        return sys.modules["bitsandbytes"]
+    logger = logging.getLogger(_BNB_CPU_LOGGER)
+    if _not_the_kernel_lookup not in logger.filters:
+        logger.addFilter(_not_the_kernel_lookup)
+    missing = object()
+    saved = sys.modules.get("kernels", missing)
+    sys.modules["kernels"] = None  # type: ignore[assignment]  # `from kernels import ...` raises ImportError: no lookup
+    try:
+        import bitsandbytes
+    finally:
+        if saved is missing:
+            sys.modules.pop("kernels", None)
+        else:
+            sys.modules["kernels"] = saved
+    return bitsandbytes

@@ -74,3 +74,9 @@ class Interrupted(_MessageAndHint, KeyboardInterrupt):
         message: One line saying where the run stopped and what is on disk.
         hint: One line saying how to continue.
     """
+
+
+def shorten(text: object, limit: int = 80) -> str:
+    """A value as it may appear in a one-line message: at most `limit` characters."""
+    text = str(text)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -19,7 +19,7 @@ import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from .errors import MaskError, SzoqError
 
@@ -155,27 +155,48 @@ def parse_header(raw: bytes, where: str, *, data_size: int | None = None, error:
     return Header(dict(meta), tensors)
 
 
+def header_length(prefix: bytes, where: str, *, available: int | None = None, error: type[SzoqError] = MaskError) -> int:
+    """The header length a safetensors file's first 8 bytes give (`available`: bytes after them, when known).
+
+    Raises:
+        error: fewer than 8 bytes, or a length over `MAX_HEADER_BYTES` or past the end of the file.
+    """
+    n, limit = int.from_bytes(prefix[:8], "little"), MAX_HEADER_BYTES if available is None else min(MAX_HEADER_BYTES, available)
+    why = ("file shorter than a safetensors header" if len(prefix) < 8 else
+           "header length is implausible or the file is truncated" if n > limit else None)
+    if why:
+        raise error(f"{where} is not a readable safetensors file ({why})", hint="the file is corrupt or truncated: pull or build it again")
+    return n
+
+
+def read_raw_header(fh: BinaryIO, where: str, *, error: type[SzoqError] = MaskError) -> tuple[bytes, int, int]:
+    """(header JSON bytes, offset of the tensor data, bytes of tensor data) of an open safetensors file: every local header is read here.
+
+    Raises:
+        error: unreadable, or a length `header_length` refuses.
+    """
+    try:
+        fh.seek(0)
+        prefix, size = fh.read(8), fh.seek(0, 2)
+        n = header_length(prefix, where, available=size - 8, error=error)
+        fh.seek(8)
+        return fh.read(n), 8 + n, size - 8 - n
+    except OSError as exc:
+        raise error(f"{where} is not a readable safetensors file ({exc})", hint="the file is corrupt or truncated: pull or build it again") from None
+
+
 def read_header(path: Path, *, error: type[SzoqError] = MaskError) -> Header:
     """Read and type-check the header of a safetensors file (no tensor data is read).
 
     Raises:
         error: unreadable, truncated, or a header that fails `parse_header`.
     """
-    where = str(path)
     try:
         with open(path, "rb") as fh:
-            head = fh.read(8)
-            size = fh.seek(0, 2)
-            if len(head) < 8:
-                raise ValueError("file shorter than a safetensors header")
-            n = int.from_bytes(head, "little")
-            if n > min(MAX_HEADER_BYTES, size - 8):
-                raise ValueError("header length is implausible or the file is truncated")
-            fh.seek(8)
-            raw = fh.read(n)
-    except (OSError, ValueError) as exc:
-        raise error(f"{where} is not a readable safetensors file ({exc})", hint="the file is corrupt or truncated: pull or build it again") from None
-    return parse_header(raw, where, data_size=size - 8 - n, error=error)
+            raw, _, data_size = read_raw_header(fh, str(path), error=error)
+    except OSError as exc:
+        raise error(f"{path} is not a readable safetensors file ({exc})", hint="the file is corrupt or truncated: pull or build it again") from None
+    return parse_header(raw, str(path), data_size=data_size, error=error)
 
 
 def json_field(meta: dict[str, str], key: str, where: str, *, error: type[SzoqError] = MaskError, default: Any = None) -> Any:
@@ -231,19 +252,32 @@ def check_stats(value: Any, where: str, error: type[SzoqError] = MaskError) -> d
     return value
 
 
-def mask_fields(header: Header, where: str, *, scopes: tuple[str, ...], fmt: str, version: str) -> dict[str, Any]:
+# A mask may carry one fp32 tensor of its kept weights' scores per index tensor, named this prefix +
+# the parameter name (values in the order of the indices). No model parameter name starts with it.
+SCORES_PREFIX = "scores/"
+
+
+def is_scores_name(name: str) -> bool:
+    """Whether a mask tensor holds scores (`scores/PARAM`) rather than the indices of PARAM."""
+    return name.startswith(SCORES_PREFIX)
+
+
+def mask_fields(header: Header, where: str, *, scopes: tuple[str, ...], fmt: str, version: str | tuple[str, ...],
+                scores_version: str | None = None) -> dict[str, Any]:
     """The typed facts of a mask, from its safetensors header alone.
 
     Args:
         header: The parsed header.
         where: The file, for messages.
         scopes: The known selection scopes.
-        fmt: The expected `format`; version: the supported `format_version`.
+        fmt: The expected `format`; version: the supported `format_version`(s).
+        scores_version: The `format_version` a mask holding score tensors must have (None: any).
 
     Returns:
         The keyword arguments of `MaskConfig` that the header holds (`stats`, `command`,
         `targets` and `seed` only when it holds them: masks written before szoq 0.1 keep those
-        in mask_config.json alone).
+        in mask_config.json alone). Score tensors (`scores/PARAM`, fp32, one per index of PARAM)
+        are checked here and left out of the nnz count.
 
     Raises:
         MaskError: not a szoq mask, an unsupported version, or a field of the wrong type.
@@ -251,7 +285,7 @@ def mask_fields(header: Header, where: str, *, scopes: tuple[str, ...], fmt: str
     meta = header.metadata
     if meta.get("format") != fmt:
         raise MaskError(f"{where} is not a szoq mask (format={meta.get('format', None)!r:.40})", hint="a szoq mask has format=szoq.mask in its safetensors header")
-    if meta.get("format_version") != version:
+    if meta.get("format_version") not in ((version,) if isinstance(version, str) else version):
         raise MaskError(f"{where}: unsupported mask format_version {meta.get('format_version')!r:.40}", hint="upgrade szoq: pip install -U szoq")
     for key in ("base_model", "fingerprint", "density", "scope", "scorer", "shapes"):
         if key not in meta:
@@ -276,6 +310,8 @@ def mask_fields(header: Header, where: str, *, scopes: tuple[str, ...], fmt: str
     }
     if meta.get("content_sha256"):
         fields["content_sha256"] = meta["content_sha256"]
+    if "hash_scheme" in meta:
+        fields["hash_scheme"] = meta["hash_scheme"]
     if "stats" in meta:
         fields["stats"] = check_stats(json_field(meta, "stats", where), where)
     if "command" in meta:
@@ -285,12 +321,20 @@ def mask_fields(header: Header, where: str, *, scopes: tuple[str, ...], fmt: str
     if "seed" in meta:
         _expect(re.fullmatch(r"-?\d{1,20}", meta["seed"]) is not None, where, "seed", "an integer", MaskError)
         fields["seed"] = int(meta["seed"])
-    for name, t in header.tensors.items():
+    index = {n: t for n, t in header.tensors.items() if not is_scores_name(n)}
+    for name, t in index.items():
         if name not in fields["shapes"]:
             raise MaskError(f"{where}: tensor {name[:80]!r} has no recorded shape", hint="the artifact is inconsistent: rebuild it")
         _expect(t.dtype == "I32" and len(t.shape) == 1, where, f"tensor {name[:80]!r}", "int32 and 1-D", MaskError)
         _expect(t.numel <= math.prod(fields["shapes"][name]), where, f"tensor {name[:80]!r}", "no longer than its recorded shape", MaskError)
-    nnz = {n: t.numel for n, t in header.tensors.items()}
+    scored = {n.removeprefix(SCORES_PREFIX): t for n, t in header.tensors.items() if is_scores_name(n)}
+    if scored:  # all or none: one score per kept weight of every index tensor
+        _expect(set(scored) == set(index), where, "the score tensors", "one per index tensor", MaskError)
+        _expect(scores_version is None or meta["format_version"] == scores_version, where, "format_version", f"{scores_version} (the mask holds scores)", MaskError)
+        for name, t in scored.items():
+            _expect(t.dtype == "F32" and len(t.shape) == 1 and t.numel == index[name].numel, where, f"tensor {(SCORES_PREFIX + name)[:80]!r}",
+                    "fp32, 1-D, one score per index", MaskError)
+    nnz = {n: t.numel for n, t in index.items()}
     stats = fields.get("stats")
     if stats is not None and "total_nnz" in stats and stats["total_nnz"] != sum(nnz.values()):
         raise MaskError(f"{where}: the recorded stats say {stats['total_nnz']} weights, the file holds {sum(nnz.values())}", hint=REBUILD)
@@ -326,6 +370,10 @@ def mask_config_extras(text: str, header_fields: dict[str, Any], where: str, for
         if key in config and config[key] != formats.get(key):
             raise MaskError(f"{where} does not match mask.safetensors ({key} differs: {str(config[key])[:40]!r} vs {formats.get(key)!r})",
                             hint="the safetensors header is the truth; this config was edited or mixed up: pull or build the mask again")
+    for key in ("content_sha256", "hash_scheme"):  # a hash the config mirrors but the header lost: stripped, not old
+        if config.get(key) and key not in header_fields:
+            raise MaskError(f"{where} records a {key} that mask.safetensors lacks (its hash was stripped)",
+                            hint="the safetensors header is the truth; this mask was edited: pull or build it again")
     extras: dict[str, Any] = {}
     if "stats" not in header_fields and "stats" in config:
         extras["stats"] = check_stats(config["stats"], where)
@@ -370,7 +418,7 @@ def delta_fields(header: Header, where: str, *, fmt: str, version: str) -> dict[
     meta = header.metadata
     if meta.get("format") != fmt:
         raise MaskError(f"{where} is not a szoq delta (format={meta.get('format', None)!r:.40})", hint="pass the delta.safetensors written by szoq finetune")
-    if meta.get("format_version") != version:
+    if meta.get("format_version") not in ((version,) if isinstance(version, str) else version):
         raise MaskError(f"{where}: unsupported delta format_version {meta.get('format_version')!r:.40}", hint="upgrade szoq")
     for key in ("fingerprint", "mask_sha256"):
         _expect(bool(HEX64.match(meta.get(key, ""))), where, key, "64 hex digits", MaskError, hint="the delta is corrupt")
@@ -386,7 +434,7 @@ def delta_fields(header: Header, where: str, *, fmt: str, version: str) -> dict[
             "nnz": int(meta["nnz"]), "settings": settings, "content_sha256": meta.get("content_sha256") or None}
 
 
-# -- run configs, cards and listings ---------------------------------------------------------
+# -- run configs --------------------------------------------------------------------------
 def run_config(path: Path, error: type[SzoqError] = MaskError, hint: str = "the run folder is damaged") -> dict[str, Any]:
     """`finetune_config.json` as a dict whose `settings` and `task` are objects ({} when absent).
 
@@ -400,30 +448,3 @@ def run_config(path: Path, error: type[SzoqError] = MaskError, hint: str = "the 
             config[key] = {}
         _expect(isinstance(config[key], dict), str(path), key, "a JSON object", error, hint=hint)
     return config
-
-
-def text_or_none(value: Any, limit: int = 200, *, one_item_list: bool = False) -> str | None:
-    """A short string from a stranger's card, else None (`one_item_list`: also `[string]`)."""
-    if one_item_list and isinstance(value, list) and len(value) == 1:  # `base_model:` may be a one-item list
-        value = value[0]
-    return value[:limit] if isinstance(value, str) else None
-
-
-def listing_fields(card: Any) -> dict[str, Any]:
-    """What a Hub listing shows from a repo's card metadata; never raises.
-
-    Args:
-        card: The card data as the Hub sent it (any JSON value).
-
-    Returns:
-        {"base_model", "density", "scorer", "nnz"}; a missing or mistyped field is None.
-    """
-    card = card if isinstance(card, dict) else {}
-    block = card.get("szoq")
-    block = block if isinstance(block, dict) else {}
-    density = block.get("density")
-    nnz = block.get("nnz")
-    return {"base_model": text_or_none(card.get("base_model"), one_item_list=True),
-            "density": float(density) if is_number(density) else None,
-            "scorer": text_or_none(block.get("scorer"), 32),
-            "nnz": nnz if is_int(nnz) and nnz >= 0 else None}

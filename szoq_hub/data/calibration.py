@@ -12,7 +12,7 @@ from typing import Iterator
 import torch
 
 from ..core.errors import CalibrationError, DependencyError
-from ..core.paths import file_sha256
+from ..core.files import file_sha256
 
 log = logging.getLogger(__name__)
 

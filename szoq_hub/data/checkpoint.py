@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..core import schema
 from ..core.errors import ModelError
 
 log = logging.getLogger(__name__)
@@ -86,12 +87,19 @@ ST_DTYPES = {
 
 
 def _read_header(fh, path: Path) -> tuple[dict, int]:
-    """The JSON header of an open safetensors file and the byte offset where its data starts."""
+    """The JSON header of an open safetensors file and the byte offset where its data starts.
+
+    The bytes are read where every safetensors header is (`core.schema.read_raw_header`); a
+    checkpoint's entries stay plain dicts, their dtypes checked as tensors are read.
+    """
+    raw, start, _ = schema.read_raw_header(fh, str(path), error=ModelError)
     try:
-        n = int.from_bytes(fh.read(8), "little")
-        return json.loads(fh.read(n)), 8 + n
-    except ValueError:
-        raise ModelError(f"{path} is not a readable safetensors file", hint="the checkpoint is corrupt: download or convert it again") from None
+        header = json.loads(raw)
+    except (ValueError, RecursionError):
+        header = None
+    if not isinstance(header, dict):
+        raise ModelError(f"{path} is not a readable safetensors file", hint="the checkpoint is corrupt: download or convert it again")
+    return header, start
 
 
 def read_header(path: Path) -> dict:
@@ -224,8 +232,34 @@ def write_tensors(path: Path, tensors: list[tuple[str, torch.Tensor]], metadata:
         tensors: (name, tensor) in file order; any device (copied to the CPU one at a time).
         metadata: str -> str header metadata (safetensors' `__metadata__`).
     """
-    from ..core.paths import atomic_file
+    from ..core.files import atomic_file
 
+    with atomic_file(path) as tmp:
+        with open(tmp, "wb") as fh:
+            for chunk in _file_chunks(tensors, metadata):
+                fh.write(chunk)
+
+
+def tensors_file_sha256(tensors: list[tuple[str, torch.Tensor]], metadata: dict[str, str] | None = None) -> str:
+    """The sha256 of the file `write_tensors` would write, computed without writing it.
+
+    Args:
+        tensors: (name, tensor) in file order.
+        metadata: str -> str header metadata.
+
+    Returns:
+        The hex digest.
+    """
+    import hashlib
+
+    digest = hashlib.sha256()
+    for chunk in _file_chunks(tensors, metadata):
+        digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _file_chunks(tensors: list[tuple[str, torch.Tensor]], metadata: dict[str, str] | None):
+    """The bytes of a safetensors file, in order: header length, header, each tensor's data."""
     header: dict = {"__metadata__": dict(metadata)} if metadata else {}
     offset = 0
     for name, t in tensors:
@@ -234,12 +268,10 @@ def write_tensors(path: Path, tensors: list[tuple[str, torch.Tensor]], metadata:
         offset += size
     raw = json.dumps(header, separators=(",", ":")).encode()
     raw += b" " * (-len(raw) % 8)  # the data section starts 8-byte aligned
-    with atomic_file(path) as tmp:
-        with open(tmp, "wb") as fh:
-            fh.write(len(raw).to_bytes(8, "little"))
-            fh.write(raw)
-            for _, t in tensors:
-                cpu = t.detach().contiguous().cpu()
-                if cpu.numel():
-                    fh.write(memoryview(cpu.view(-1).view(torch.uint8).numpy()))
-                del cpu
+    yield len(raw).to_bytes(8, "little")
+    yield raw
+    for _, t in tensors:
+        cpu = t.detach().contiguous().cpu()
+        if cpu.numel():
+            yield memoryview(cpu.view(-1).view(torch.uint8).numpy())
+        del cpu

@@ -20,8 +20,9 @@ from torch import nn
 
 from .checkpoint import ST_DTYPES, checkpoint_files, iter_tensors, read_header
 from ..core import progress
-from ..core.errors import DependencyError, ModelError
-from ..core.paths import atomic_dir, atomic_file, file_sha256, model_cache_dir
+from ..core.errors import ModelError
+from ..core.files import atomic_dir, atomic_file, file_sha256
+from ..core.home import model_cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +117,8 @@ def _gguf_meta_folder(gguf_path: Path, digest: str) -> Path:
     target = model_cache_dir() / f"gguf-meta-{digest[:16]}"
     if (target / "config.json").exists():
         return target
-    from .gguf_file import GGUFModelFile, config_from_gguf, tokenizer_from_gguf
+    from .gguf_file import GGUFModelFile
+    from .gguf_meta import config_from_gguf, tokenizer_from_gguf
 
     log.info("reading the metadata of %s (one time)", gguf_path.name)
     with progress.job("convert", gguf_path.name):
@@ -379,19 +381,22 @@ def _load_gguf_model(source: ModelSource, dtype: torch.dtype) -> nn.Module:
     return model
 
 
-def _linear_weight_names(model: nn.Module) -> list[str]:
-    """Default targets: weights of the decoder's linear layers (not embeddings or lm_head)."""
+def decoder_linears(model: nn.Module) -> dict[str, bool]:
+    """The weights of the model's linear layers (not embeddings or lm_head), in model order: the one place linears are found.
+
+    GPT-2's `Conv1D` is a linear whose weight is stored transposed ([in, out]).
+
+    Returns:
+        `{module}.weight` -> True when the weight is stored transposed (Conv1D).
+    """
     try:
         from transformers.pytorch_utils import Conv1D
-        linear_types: tuple[type, ...] = (nn.Linear, Conv1D)
     except ImportError:
-        linear_types = (nn.Linear,)
+        Conv1D = None
+    linear_types: tuple[type, ...] = (nn.Linear,) if Conv1D is None else (nn.Linear, Conv1D)
     out_emb = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    names = []
-    for name, module in model.named_modules():
-        if isinstance(module, linear_types) and module is not out_emb:
-            names.append(f"{name}.weight")
-    return names
+    return {f"{name}.weight": Conv1D is not None and isinstance(module, Conv1D)
+            for name, module in model.named_modules() if isinstance(module, linear_types) and module is not out_emb}
 
 
 def target_parameter_names(model: nn.Module, targets: str | None = None) -> list[str]:
@@ -408,7 +413,7 @@ def target_parameter_names(model: nn.Module, targets: str | None = None) -> list
 
     params = dict(model.named_parameters())
     if targets is None:
-        names = [n for n in _linear_weight_names(model) if n in params]
+        names = [n for n in decoder_linears(model) if n in params]
     else:
         try:
             pattern = re.compile(targets)

@@ -29,6 +29,52 @@ def _decode(path: Path, raw: bytes, encoding: str) -> str:
     return text.removeprefix("\ufeff")  # a byte-order mark is not data
 
 
+MAX_JSON_DEPTH = 32  # a data row is an object of text and numbers; deeper nesting is refused before any use
+
+
+def check_regular_file(path: Path, what: str = "data file") -> None:
+    """Refuse a path that does not exist, or is a folder, a FIFO, a device or a socket (directly or through
+    a link): each would hang a read, read forever (/dev/zero) or fail with an OS error.
+
+    Raises:
+        TaskError: one message per case.
+    """
+    import stat
+
+    try:
+        mode = path.stat().st_mode  # follows links: a link to /dev/zero is a device
+    except FileNotFoundError:
+        link = " (a link to a missing file)" if path.is_symlink() else ""
+        raise TaskError(f"{what} {path} not found{link}", hint="check the path") from None
+    except OSError as exc:
+        raise TaskError(f"cannot read {what} {path} ({exc.strerror})", hint="check the path and its permissions") from None
+    if stat.S_ISDIR(mode):
+        raise TaskError(f"{what} {path} is a folder, not a file", hint="pass the data file inside it (.jsonl, .csv or .tsv)")
+    if not stat.S_ISREG(mode):
+        kind = "a FIFO" if stat.S_ISFIFO(mode) else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "a socket" if stat.S_ISSOCK(mode) else "not a regular file"
+        via = " (through a link)" if path.is_symlink() else ""
+        raise TaskError(f"{what} {path} is {kind}{via}, not a regular file", hint="copy the data into a regular file and pass that")
+
+
+def _check_row_values(value: object, where: str) -> None:
+    """Refuse nesting deeper than MAX_JSON_DEPTH and strings holding a lone surrogate (valid JSON, not text)."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > MAX_JSON_DEPTH:
+            raise TaskError(f"{where} nests deeper than {MAX_JSON_DEPTH} levels", hint="a row is an object of text and numbers")
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                raise TaskError(f"{where} holds a lone surrogate (an unpaired \\ud800-\\udfff escape), which is not text",
+                                hint="fix or drop that row (only a surrogate pair, e.g. \\ud83d\\ude00, makes a character)") from None
+        elif isinstance(item, dict):
+            stack.extend((x, depth + 1) for kv in item.items() for x in kv)
+        elif isinstance(item, list):
+            stack.extend((x, depth + 1) for x in item)
+
+
 def read_rows(path: Path, encoding: str = "utf-8") -> list[dict]:
     """Read a jsonl, csv or tsv file into a list of dict rows.
 
@@ -44,8 +90,7 @@ def read_rows(path: Path, encoding: str = "utf-8") -> list[dict]:
             the message names the line.
     """
     path = Path(path)
-    if not path.is_file():
-        raise TaskError(f"data file {path} not found", hint="check the path")
+    check_regular_file(path)
     suffix = path.suffix.lower()
     if suffix not in (".jsonl", ".json", ".csv", ".tsv"):
         raise TaskError(f"unsupported data file {path.name}", hint="use .jsonl, .csv or .tsv")
@@ -60,6 +105,9 @@ def read_rows(path: Path, encoding: str = "utf-8") -> list[dict]:
             except ValueError as exc:
                 reason = getattr(exc, "msg", str(exc).splitlines()[0])
                 raise TaskError(f"cannot parse {path} line {number}: {reason}", hint="jsonl: one JSON object per line") from None
+            except RecursionError:
+                raise TaskError(f"{path} line {number} nests deeper than {MAX_JSON_DEPTH} levels", hint="a row is an object of text and numbers") from None
+            _check_row_values(rows[-1], f"{path} line {number}")
     else:
         reader = csv.DictReader(io.StringIO(text, newline=""), delimiter="\t" if suffix == ".tsv" else ",",
                                 quoting=csv.QUOTE_NONE if suffix == ".tsv" else csv.QUOTE_MINIMAL)

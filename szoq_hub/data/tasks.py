@@ -1,24 +1,22 @@
-"""Tasks: custom tasks (`--train/--template/--labels`), seeded MeZO-like sampling, `load_task`.
+"""Tasks: seeded MeZO-like sampling and `load_task`, for built-in and custom tasks.
 
 A task turns raw rows into `Example`s: a prompt, the candidate continuations (options) and the
 index of the right one. Classification tasks share one option list (the verbalizers); COPA has
-per-example options. The built-in templates are in task_templates.py; where rows come from
+per-example options. The built-in templates are in task_templates.py; custom tasks (a task file
+or `--train/--template/--labels`, and their checks) in custom_tasks.py; where rows come from
 (files, the shared data folder, the Hub) in task_sources.py.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import string
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-
-from ..core.errors import DependencyError, TaskError
-
+from ..core.errors import TaskError
+from .custom_tasks import CustomTask, check_labels, custom_builder
 from .task_sources import load_builtin_rows, read_rows
 from .task_templates import BUILTIN, TASKS, Example
 
@@ -62,150 +60,6 @@ class Sampling:
                 raise TaskError(f"{option} must be >= {low}, got {value}", hint=f"MeZO uses {option} {mezo}")
 
 
-
-
-# --- custom tasks ----------------------------------------------------------------------------
-
-@dataclass
-class CustomTask:
-    """A user task: rows from files, a format-string template and label verbalizers.
-
-    Attributes:
-        train: Path of the training file (jsonl/csv/tsv); None for zero-shot evaluation of `eval`.
-        eval: Optional path of the evaluation file (else eval is held out from train).
-        template: Python format string over the row's fields, e.g. "{text} It was".
-        labels: Label value (as text) -> verbalizer word, e.g. {"0": "bad", "1": "good"}.
-        label_field: The row field that holds the label.
-        dev: Optional path of the dev file (else dev is held out from train).
-        encoding: Text encoding of the data files.
-    """
-
-    train: str | None
-    template: str
-    labels: dict[str, str]
-    eval: str | None = None
-    label_field: str = "label"
-    dev: str | None = None
-    encoding: str = "utf-8"
-
-    def __post_init__(self) -> None:
-        if self.train is None and self.eval is None:
-            raise TaskError("a custom task needs a data file", hint="pass --train FILE (and optionally --eval FILE), or --eval FILE for zero-shot evaluation")
-        if not self.labels:
-            raise TaskError("--labels is empty", hint="e.g. --labels '0=terrible,1=great'")
-        try:
-            fields = [f for _, f, _, _ in string.Formatter().parse(self.template) if f is not None]
-        except ValueError as exc:
-            raise TaskError(f"--template is not a valid format string: {exc}", hint='e.g. --template "{text} It was"') from None
-        if not fields:
-            raise TaskError("--template names no field", hint='e.g. --template "{text} It was"')
-        self.fields = [f.split(".")[0].split("[")[0] for f in fields]
-        if self.label_field in self.fields:
-            raise TaskError(f"--template includes {{{self.label_field}}}, the label field: every prompt would contain its answer",
-                            hint="leave the label out of --template; the answer words come from --labels")
-        try:
-            "".encode(self.encoding)
-        except LookupError:
-            raise TaskError(f"unknown --encoding {self.encoding!r}", hint="e.g. --encoding utf-8, latin-1 or cp1252") from None
-
-
-def parse_labels(text: str) -> dict[str, str]:
-    """Parse `value=word,value=word` into a dict.
-
-    Raises:
-        TaskError: an item without `=`, or an empty word.
-    """
-    out: dict[str, str] = {}
-    for item in [p for p in text.split(",") if p.strip()]:
-        if "=" not in item:
-            raise TaskError(f"--labels item {item!r} has no '='", hint="e.g. --labels '0=terrible,1=great'")
-        value, word = item.split("=", 1)
-        if not word.strip():
-            raise TaskError(f"label {value.strip()!r} has an empty verbalizer", hint="e.g. --labels '0=terrible,1=great'")
-        out[value.strip()] = word
-    return out
-
-
-def load_task_file(path: str | os.PathLike) -> CustomTask:
-    """Read a JSON or YAML task file with keys train, eval, dev, template, labels, label_field, encoding.
-
-    Relative data paths are resolved against the task file's folder.
-
-    Raises:
-        TaskError: unreadable file, missing keys.
-        DependencyError: a YAML file without PyYAML.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise TaskError(f"task file {path} not found", hint="check the path")
-    text = path.read_text(encoding="utf-8")
-    try:
-        if path.suffix.lower() in (".yaml", ".yml"):
-            try:
-                import yaml
-            except ImportError:
-                raise DependencyError("reading a YAML task file needs PyYAML", hint="pip install pyyaml, or write the task file as JSON") from None
-            data = yaml.safe_load(text)
-        else:
-            data = json.loads(text)
-    except ValueError as exc:
-        raise TaskError(f"cannot parse task file {path}: {str(exc).splitlines()[0]}", hint="keys: train, eval, dev, template, labels, label_field, encoding") from None
-    if not isinstance(data, dict) or not ({"train", "eval"} & set(data)) or "template" not in data or "labels" not in data:
-        raise TaskError(f"task file {path} needs the keys train (or eval), template and labels", hint='e.g. {"train": "t.jsonl", "template": "{text} It was", "labels": {"0": " bad", "1": " good"}}')
-    labels = data["labels"]
-    labels = parse_labels(labels) if isinstance(labels, str) else {str(k): str(v) for k, v in labels.items()}
-
-    def rel(p: str | None) -> str | None:
-        return None if p is None else str((path.parent / p) if not Path(p).is_absolute() else Path(p))
-
-    return CustomTask(train=rel(data.get("train")), eval=rel(data.get("eval")), dev=rel(data.get("dev")), template=data["template"], labels=labels,
-                      label_field=data.get("label_field", "label"), encoding=data.get("encoding", "utf-8"))
-
-
-def _label_key(value: object) -> str:
-    """A data label as --labels names it (JSON true/false as `true`/`false`)."""
-    return str(value).lower() if isinstance(value, bool) else str(value)
-
-
-def check_labels(rows: list[dict], task: CustomTask, where: str) -> None:
-    """Refuse data whose labels --labels does not cover, naming the data's own label values.
-
-    Raises:
-        TaskError: none of the data's labels is in --labels (e.g. pos/neg data with README's
-            `0=terrible,1=great`), or some are missing.
-    """
-    found = list(dict.fromkeys(_label_key(r[task.label_field]) for r in rows if isinstance(r, dict) and task.label_field in r))
-    missing = [v for v in found if v not in task.labels]
-    if not missing:
-        return
-    shown = ", ".join(found[:12]) + (", ..." if len(found) > 12 else "")
-    if len(missing) == len(found):
-        raise TaskError(f"none of the labels in {where} ({shown}) is in --labels ({', '.join(task.labels)})",
-                        hint=f"name the data's own labels, e.g. --labels '{','.join(f'{v}=WORD' for v in found[:12])}'")
-    raise TaskError(f"label {missing[0]!r} has no verbalizer in --labels ({', '.join(task.labels)}); the labels in {where}: {shown}",
-                    hint=f"add it, e.g. --labels '{','.join(f'{v}={w.strip()}' for v, w in task.labels.items())},{','.join(f'{m}=WORD' for m in missing[:12])}'")
-
-
-def _custom_builder(task: CustomTask) -> Callable[[dict], Example]:
-    values = list(task.labels)
-    prompt_ends_in_space = False
-
-    def build(row: dict) -> Example:
-        missing = [f for f in task.fields if f not in row]
-        if missing:
-            raise TaskError(f"--template names the field {missing[0]!r}, which the data rows do not have (fields: {', '.join(map(str, row))})", hint="use {FIELD} names from the data file's header / keys")
-        if task.label_field not in row:
-            raise TaskError(f"label field {task.label_field!r} is not in the data rows (fields: {', '.join(map(str, row))})", hint="pass --label-field NAME")
-        value = row[task.label_field]
-        key = _label_key(value)
-        if key not in task.labels:
-            raise TaskError(f"label {key!r} has no verbalizer in --labels ({', '.join(values)})", hint=f"add it, e.g. --labels '{','.join(f'{v}={w.strip()}' for v, w in task.labels.items())},{key}=WORD'")
-        prompt = task.template.format(**row)
-        # A word after a prompt that does not end in whitespace needs its leading space.
-        words = [w if (prompt[-1:].isspace() or w[:1].isspace() or prompt_ends_in_space) else " " + w for w in task.labels.values()]
-        return Example(prompt, words, values.index(key))
-
-    return build
 
 
 # --- sampling --------------------------------------------------------------------------------
@@ -274,7 +128,7 @@ def load_task(task: str | None = None, *, custom: CustomTask | None = None, data
     sampling = sampling or Sampling()
     dev_all: list[Example] | None = None
     if custom is not None:
-        build = _custom_builder(custom)
+        build = custom_builder(custom)
 
         def rows_of(path: str) -> list[Example]:
             rows = read_rows(Path(path), custom.encoding)
@@ -370,25 +224,3 @@ def with_demonstrations(examples: list[Example], pool: list[Example], shots: int
 def describe(task: TaskData) -> dict[str, Any]:
     """Small JSON-able summary of a loaded task."""
     return {"task": task.name, "metric": task.metric, **task.info}
-
-
-def custom_task_from(*, task_file: str | None, train_file: str | None, eval_file: str | None, template: str | None,
-                     labels: str | None, label_field: str = "label", dev_file: str | None = None,
-                     encoding: str = "utf-8") -> CustomTask | None:
-    """The custom task that command-line settings describe (a task file wins), or None for built-ins.
-
-    Raises:
-        TaskError: a template or labels without a data file, a data file without them, or a
-            template that includes the label field.
-    """
-    if task_file:
-        return load_task_file(task_file)
-    if train_file or eval_file or dev_file:
-        if template is None or labels is None:
-            raise TaskError("a custom task needs --template and --labels", hint="e.g. --template '{text} It was' --labels '0=terrible,1=great'")
-        return CustomTask(train=train_file, eval=eval_file, dev=dev_file, template=template, labels=parse_labels(labels), label_field=label_field,
-                          encoding=encoding)
-    if template is not None or labels is not None:
-        raise TaskError("--template and --labels describe a custom task, but no data file was given",
-                        hint="pass --train FILE (finetune), or --eval FILE for zero-shot evaluation")
-    return None

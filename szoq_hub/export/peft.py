@@ -1,70 +1,27 @@
-"""Export a fine-tuned delta as a PEFT SHiRA adapter (`pip install 'szoq[peft]'`).
+"""`szoq export peft`: a fine-tuned run as a PEFT adapter folder, and pushing that folder to the Hub.
 
-PEFT's SHiRA adapter is a sparse additive update: per adapted linear, a flat trainable vector
-`shira_weight` [K] and fixed `shira_indices` [2, K] (row, col), applied as W + sparse(indices,
-weight). A szoq delta instead holds the fine-tuned *values* of the masked weights, so the
-exported update is `values - W[mask]`, taken from the same full-precision weights `szoq merge`
-writes into; `PeftModel.from_pretrained(base, DIR)` then computes the merged model's logits
-(up to fp32 rounding of W + (v - W)).
-
-SHiRA fixes K = r * (in + out) for every adapted layer, with one `r` for the whole adapter,
-while a mask has its own nnz per matrix. The export picks the smallest r that holds every
-layer's nnz and pads each layer with zero-update entries at positions outside the mask (the
-first flat indices not selected): they add exactly 0. A per-matrix 0.1% mask on SmolLM2
-(nnz 110-884 per matrix) needs r = 1, i.e. 768-2112 entries per matrix.
-
-Only layers the mask touches are adapted (`target_modules` lists them by full name). The
-safetensors header also carries szoq's link to the delta (mask sha256, base fingerprint).
-
-A ZO-LoRA run (`finetune --lora R`) exports as what it is, a native PEFT LoRA adapter: its
-`{module}.lora_A/B.weight` tensors under PEFT's `base_model.model.` prefix, with r, lora_alpha
-and the adapted modules (by full name) in a `LoraConfig`; PEFT's update (alpha / r) B A is szoq's.
+The run's method (szoq_hub/methods/) writes the adapter: a sparse delta becomes a SHiRA adapter
+(methods/sparse/peft.py: a sparse additive update equal to `szoq merge`), a ZO-LoRA run a native
+PEFT LoRA adapter (methods/lora/result.py); a method without a PEFT form refuses. Here: the
+dependency check, the output folder, the dispatch, and the checks before a push.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import torch
-
 from ..core.errors import ConfigError, DependencyError, TrainingError
-from ..core.paths import disk_errors
-from ..core.paths import atomic_dir
+from ..methods import method_of_result, methods
+from ..methods.peft import ADAPTER_CONFIG_FILE, ADAPTER_FILE, CARD_FILE, PEFT_FILES, PeftExport
+from ..methods.sparse.peft import PEFT_TAGS
+from .config import PeftExportConfig
 
-ADAPTER_FILE = "adapter_model.safetensors"
-ADAPTER_CONFIG_FILE = "adapter_config.json"
-CARD_FILE = "README.md"
-PEFT_FILES = (ADAPTER_FILE, ADAPTER_CONFIG_FILE)
 PEFT_HINT = "pip install 'szoq[peft]'"
-PEFT_TAGS = ["szoq", "peft", "shira", "sparse-delta", "zeroth-order"]
 
 
-@dataclass
-class PeftExport:
-    """What `export_peft` wrote."""
-
-    out: Path
-    r: int
-    layers: int
-    nnz: int
-    entries: int
-    base_model: str
-    peft_type: str = "SHIRA"  # LORA for a --lora run
-
-    @property
-    def padding(self) -> int:
-        """Zero-update entries added so that every layer holds r * (in + out)."""
-        return self.entries - self.nnz
-
-    def to_dict(self) -> dict:
-        return asdict(self) | {"out": str(self.out), "padding": self.padding}
-
-
-def _require_peft():
+def require_peft():
     try:
         import peft
     except ImportError:
@@ -74,188 +31,35 @@ def _require_peft():
     return peft
 
 
-def shira_rank(shapes: dict[str, tuple[int, int]], nnz: dict[str, int]) -> int:
-    """The smallest SHiRA r with r * (out + in) >= nnz for every layer.
+def export_peft(config: PeftExportConfig | None = None, /, **settings) -> PeftExport:
+    """Write a PEFT adapter folder holding a fine-tuned run: a sparse delta as a SHiRA adapter, a
+    LoRA run as a LoRA adapter (the run's method writes it).
 
     Args:
-        shapes: name -> (out, in) of each adapted linear weight.
-        nnz: name -> selected weights in it.
-
-    Raises:
-        ConfigError: some layer cannot hold r * (out + in) entries (a mask far denser than SHiRA allows).
-    """
-    r = max([1, *(math.ceil(nnz[n] / (o + i)) for n, (o, i) in shapes.items())])
-    for name, (o, i) in shapes.items():
-        if r * (o + i) > o * i:
-            raise ConfigError(f"SHiRA cannot express this mask: r={r} needs {r * (o + i)} entries in {name}, which has {o * i} weights",
-                              hint="export a sparser mask's delta (SHiRA holds r * (in + out) entries per layer, one r for all)")
-    return r
-
-
-def shira_entries(flat_idx: torch.Tensor, update: torch.Tensor, shape: tuple[int, int], k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """One layer's SHiRA tensors: the mask's entries, then zero-update padding up to k.
-
-    Args:
-        flat_idx: sorted flat indices (row * in + col) of the masked weights, [nnz].
-        update: values - base at those positions, fp32 [nnz].
-        shape: (out, in) of the weight.
-        k: entries the layer must hold (r * (out + in)), >= nnz.
-
-    Returns:
-        (indices int32 [2, k] as (row, col), weight fp32 [k]).
-    """
-    flat_idx = flat_idx.long()
-    n_pad = k - flat_idx.numel()
-    candidates = torch.arange(k, dtype=torch.long)  # [k]: at most nnz of them are in the mask
-    pad = candidates[~torch.isin(candidates, flat_idx)][:n_pad]  # [n_pad]
-    flat = torch.cat([flat_idx, pad])  # [k]
-    cols = shape[1]
-    indices = torch.stack([flat // cols, flat % cols]).to(torch.int32)  # [2, k]
-    weight = torch.cat([update.to(torch.float32), torch.zeros(n_pad, dtype=torch.float32)])  # [k]
-    return indices, weight
-
-
-def _card(result: PeftExport, source_ref: str, base_model: str | None) -> str:
-    from huggingface_hub import ModelCardData
-
-    data = ModelCardData(library_name="peft", base_model=base_model, tags=PEFT_TAGS)
-    return "\n".join([
-        "---", data.to_yaml(), "---", "",
-        f"# SHiRA adapter for {result.base_model} (exported from a szoq delta)", "",
-        "A sparse update fine-tuned with zeroth-order SPSA on a quantized base (SensZOQ) and exported by `szoq export peft`.", "",
-        "| fact | value |", "|---|---|",
-        f"| adapted layers | {result.layers} |", f"| fine-tuned weights (nnz) | {result.nnz:,} |",
-        f"| SHiRA r | {result.r} (entries {result.entries:,}; {result.padding:,} zero-update padding) |",
-        f"| exported from | `{source_ref}` |", "",
-        "## Use", "", "```python",
-        "from peft import PeftModel",
-        "from transformers import AutoModelForCausalLM",
-        f'base = AutoModelForCausalLM.from_pretrained("{result.base_model}", dtype="float32")',
-        'model = PeftModel.from_pretrained(base, "THIS_REPO_OR_FOLDER")',
-        "```", "",
-    ])
-
-
-def export_peft(*, delta: str | Path, out: str | Path, model: str | None = None, mask_ref: str | None = None,
-                revision: str | None = None) -> PeftExport:
-    """Write a PEFT SHiRA adapter folder holding a fine-tuned delta as a sparse update (a LoRA
-    run's folder: a PEFT LoRA adapter, see the module doc).
-
-    Args:
-        model: The base model the delta was trained on (alias, Hub id, folder, .gguf; None: the
-            one the delta records, else the built-in).
-        mask_ref: The mask the delta was trained with (None: the one the delta records, else the
-            built-in; a LoRA run takes none).
-        delta: Run folder or delta file (local; resolve Hub refs first).
-        out: Output folder (must not exist or be empty): `adapter_config.json`,
-            `adapter_model.safetensors`, `README.md`.
-        model: The base model the delta was trained on (alias, Hub id, folder, .gguf; default:
-            the one the delta records, as for `merge` and `eval`).
-        mask_ref: The mask the delta was trained with (default: the one the delta records).
-        revision: Hub revision of the model.
+        config: The settings (`PeftExportConfig`): `delta`, the run folder or its final file (local;
+            resolve Hub refs first); `out`, the output folder (must not exist or be empty:
+            `adapter_config.json`, `adapter_model.safetensors`, `README.md`); `model`, the base
+            model the run was trained on (default: the one the run records, as for `merge` and
+            `eval`); `mask_ref`, the mask a sparse delta was trained with (default: the one it
+            records); `revision`, the model's Hub revision.
+        **settings: Or the same settings as keywords, e.g. `export_peft(delta="runs/sst2", out="sst2-shira")`.
 
     Returns:
         What was written (r, layers, nnz, padded entries).
 
     Raises:
         DependencyError: peft is missing. TrainingError: `out` not empty.
-        ConfigError: a mask SHiRA cannot express.
-        FingerprintMismatch, MaskError: the delta does not fit the model/mask, or is corrupt.
+        ConfigError: a mask SHiRA cannot express, or options the run cannot take.
+        FingerprintMismatch, MaskError: the run does not fit the model/mask, is corrupt, or its
+            method has no PEFT form.
     """
-    peft = _require_peft()
-    from safetensors.torch import save_file
-
-    from ..runtime.delta import load_delta
-    from ..training.setup import model_and_mask_for, open_model_and_mask
-    from ..masks.artifact import card_base_model
-    from ..data.models import load_model
-    from ..runtime.lora_file import is_lora_file
-
-    out = Path(out)
+    cfg = config if config is not None else PeftExportConfig(**settings)
+    peft = require_peft()
+    delta, out = cfg.delta, Path(cfg.out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise TrainingError(f"--out {out} already exists and is not empty", hint="choose another --out folder or remove it")
-    if is_lora_file(delta):
-        return _export_lora(peft, model=model, mask_ref=mask_ref, delta=delta, out=out, revision=revision)
-    load_delta(delta)  # a dense, unfinished or corrupt run is refused before the model loads (a GGUF converts for seconds)
-    model, mask_ref = model_and_mask_for(delta, model, mask_ref)  # the delta's own, like merge and eval
-    source, fingerprint, mask, mask_sha = open_model_and_mask(model, mask_ref, revision)
-    loaded_delta = load_delta(delta, mask=mask, mask_sha256=mask_sha, fingerprint=fingerprint)
-    params = dict(load_model(source, dtype=torch.float32).model.named_parameters())  # the weights merge writes into
-    names = [n for n, idx in mask.indices.items() if idx.numel()]
-    shapes = {n: tuple(params[n].shape) for n in names}
-    for name, shape in shapes.items():
-        if len(shape) != 2:
-            raise ConfigError(f"{name} is not a linear weight {list(shape)}", hint="SHiRA adapts linear layers only")
-    r = shira_rank(shapes, {n: int(mask.indices[n].numel()) for n in names})
-    tensors: dict[str, torch.Tensor] = {}
-    for name in names:
-        idx = mask.indices[name].long()
-        update = loaded_delta.tensors[name] - params[name].detach().reshape(-1)[idx]  # [nnz]: values - base
-        o, i = shapes[name]
-        indices, weight = shira_entries(idx, update, (o, i), r * (o + i))
-        module = name.removesuffix(".weight")
-        tensors[f"base_model.model.{module}.shira_indices"] = indices
-        tensors[f"base_model.model.{module}.shira_weight"] = weight
-    # The base as szoq names it (a Hub id, or a local folder's name: never an absolute path);
-    # the exact weights are pinned by szoq_fingerprint in the safetensors header.
-    base_name = source.base_model
-    config = peft.ShiraConfig(r=r, target_modules=[n.removesuffix(".weight") for n in names], random_seed=0, inference_mode=True,
-                              base_model_name_or_path=base_name, revision=source.revision if source.kind == "hub" else None)
-    result = PeftExport(out, r, len(names), mask.nnz, sum(int(t.numel()) for k, t in tensors.items() if k.endswith("shira_weight")), base_name)
-    meta = {"format": "pt", "szoq_format": "szoq.delta.shira", "szoq_mask_sha256": mask_sha, "szoq_fingerprint": fingerprint,
-            "szoq_base_model": source.base_model, "szoq_nnz": str(mask.nnz)}
-    with disk_errors(out), atomic_dir(out) as tmp:
-        config.save_pretrained(str(tmp))
-        save_file(tensors, str(tmp / ADAPTER_FILE), metadata=meta)
-        (tmp / CARD_FILE).write_text(_card(result, Path(delta).name, card_base_model(source.base_model)))
-    return result
-
-
-def _lora_card(result: PeftExport, alpha: float, source_ref: str, base_model: str | None) -> str:
-    from huggingface_hub import ModelCardData
-
-    data = ModelCardData(library_name="peft", base_model=base_model, tags=["szoq", "peft", "lora", "zeroth-order"])
-    use = _card(result, source_ref, base_model).split("## Use", 1)[1]  # the same PeftModel snippet
-    return "\n".join([
-        "---", data.to_yaml(), "---", "",
-        f"# LoRA adapter for {result.base_model} (a szoq ZO-LoRA run)", "",
-        f"Rank-{result.r} LoRA (alpha {alpha:g}) fine-tuned with zeroth-order SPSA on a quantized base (ZO-LoRA), exported by `szoq export peft`.", "",
-        "| fact | value |", "|---|---|",
-        f"| adapted layers | {result.layers} |", f"| adapter values | {result.nnz:,} |", f"| exported from | `{source_ref}` |", "",
-    ]) + "## Use" + use
-
-
-def _export_lora(peft, *, model: str | None, mask_ref: str | None, delta: str | Path, out: Path, revision: str | None) -> PeftExport:
-    """A `finetune --lora` run as a native PEFT LoRA adapter folder (see the module doc)."""
-    from safetensors.torch import save_file
-
-    from ..data.models import DEFAULT_MODEL, model_fingerprint, parameter_layout, resolve_model
-    from ..masks.artifact import card_base_model
-    from ..runtime.lora_file import LORA_FORMAT, load_lora
-
-    if mask_ref is not None:
-        raise ConfigError(f"--mask does not apply to {delta}: a LoRA run's adapters sit on the base model, no mask",
-                          hint="drop --mask to export a --lora run")
-    adapter = load_lora(delta)
-    source = resolve_model(model or adapter.model_ref or DEFAULT_MODEL, revision=revision)
-    adapter.check_fingerprint(model_fingerprint(source))  # needs the config only, no weights
-    shapes = {name: tuple(shape) for name, shape, _ in parameter_layout(source)}
-    for name, update in adapter.weight_deltas().items():
-        if shapes.get(name) != tuple(update.shape):
-            raise ConfigError(f"the model has no weight {name} of shape {list(update.shape)}", hint="export against the base the LoRA run was trained on")
-    modules, s = adapter.modules, adapter.settings
-    tensors = {f"base_model.model.{k}": t.contiguous() for k, t in adapter.tensors.items()}
-    config = peft.LoraConfig(r=s.rank, lora_alpha=s.alpha, target_modules=modules, lora_dropout=0.0, bias="none", inference_mode=True,
-                             base_model_name_or_path=source.base_model, revision=source.revision if source.kind == "hub" else None)
-    nnz = sum(int(t.numel()) for t in adapter.tensors.values())
-    result = PeftExport(out, s.rank, len(modules), nnz, nnz, source.base_model, peft_type="LORA")
-    meta = {"format": "pt", "szoq_format": f"{LORA_FORMAT}.peft", "szoq_fingerprint": adapter.fingerprint, "szoq_base_model": source.base_model}
-    card = _lora_card(result, s.alpha, Path(delta).name, card_base_model(source.base_model))
-    with atomic_dir(out) as tmp:
-        config.save_pretrained(str(tmp))
-        save_file(tensors, str(tmp / ADAPTER_FILE), metadata=meta)
-        (tmp / CARD_FILE).write_text(card)
-    return result
+    method = method_of_result(delta)
+    return method.result_cls.export_peft(peft, delta, out, model=cfg.model, mask_ref=cfg.mask_ref, revision=cfg.revision)
 
 
 def verify_adapter(folder: Path) -> dict:
@@ -278,10 +82,10 @@ def verify_adapter(folder: Path) -> dict:
             keys = list(fh.keys())
     except (OSError, ValueError, SafetensorError) as exc:
         raise ConfigError(f"{folder} is not a complete adapter folder ({str(exc).splitlines()[0]})", hint="export it again with szoq export peft") from None
-    shira = config.get("peft_type") == "SHIRA" and meta.get("szoq_format") == "szoq.delta.shira"
-    lora = config.get("peft_type") == "LORA" and meta.get("szoq_format") == "szoq.lora.peft"
-    n_weights = sum(1 for k in keys if k.endswith(".shira_weight" if shira else ".lora_A.weight"))
-    if not (shira or lora) or n_weights != len(config.get("target_modules") or []):
+    kinds = [m.result_cls.peft_adapter for m in methods() if m.result_cls.peft_adapter]  # (peft_type, szoq_format, weight suffix)
+    kind = next((k for k in kinds if config.get("peft_type") == k[0] and meta.get("szoq_format") == k[1]), None)
+    n_weights = sum(1 for k in keys if kind and k.endswith(kind[2]))
+    if kind is None or n_weights != len(config.get("target_modules") or []):
         raise ConfigError(f"{folder} is not a SHiRA or LoRA adapter written by szoq export peft", hint="export it again with szoq export peft")
     base = str(config.get("base_model_name_or_path") or "")
     if os.path.isabs(base) or base.startswith("~"):

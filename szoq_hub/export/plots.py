@@ -18,8 +18,8 @@ from pathlib import Path
 
 from ..core.errors import ConfigError, DependencyError
 from ..core.schema import is_int, is_number
-from ..masks.artifact import SensitivityMask
-from ..core.paths import atomic_file
+from ..masks.artifact import MaskData
+from ..core.files import atomic_file
 
 PLOTS_HINT = "pip install 'szoq[plots]'  (matplotlib)"
 METRICS_FILE = "metrics.jsonl"  # what szoq finetune writes (szoq_hub.training.finetune)
@@ -146,7 +146,7 @@ def plot_runs(runs: list[Path], out: Path, *, labels: list[str] | None = None) -
     return _save(fig, out)
 
 
-def mask_grid(mask: SensitivityMask) -> tuple[list[str], list[str], dict[tuple[str, str], dict]]:
+def mask_grid(mask: MaskData) -> tuple[list[str], list[str], dict[tuple[str, str], dict]]:
     """Arrange a mask's tensors as (layer, projection) cells.
 
     Returns:
@@ -175,7 +175,7 @@ def mask_grid(mask: SensitivityMask) -> tuple[list[str], list[str], dict[tuple[s
     return layers, projs, cells
 
 
-def plot_mask(mask: SensitivityMask, out: Path, *, title: str | None = None) -> Path:
+def plot_mask(mask: MaskData, out: Path, *, title: str | None = None) -> Path:
     """Heatmaps of a mask's density and captured score share per layer and projection.
 
     Args:

@@ -6,7 +6,7 @@ which asks the Hub who a refused token is) reach the client without importing ea
 
 from __future__ import annotations
 
-from ..core.version import __version__
+from ..core.defaults import __version__
 
 
 def api():

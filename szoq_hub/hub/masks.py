@@ -3,7 +3,7 @@
 A mask is one `Artifact` description for the transport layer (`transport.py`): its files
 (`mask.safetensors`, `mask_config.json`), its verifier (`load_mask`) and its card (`render_card`
 with the repo id and tag). Pulled masks are registered in the local registry as
-`ALIAS@<tag or short sha>`. Fine-tuned deltas are the other description (`hub/deltas.py`).
+`ALIAS@<tag or short sha>`. Fine-tuned deltas are the other description (`methods/sparse/delta.py`).
 """
 
 from __future__ import annotations
@@ -11,15 +11,21 @@ from __future__ import annotations
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
-from ..core.version import __version__
+from ..core.defaults import __version__
 from ..core import schema
 from ..core.errors import ConfigError, HubError, MaskError, RegistryError
-from ..masks.artifact import CARD_TAGS, CONFIG_FILE, FORMAT, FORMAT_VERSION, MASK_FILE, SCOPES, SensitivityMask, load_mask, render_card
-from ..core.paths import command_words, local_paths, path_exists, scratch_dir, shorten
+from ..masks.card import CARD_TAGS, render_card
+from ..masks.artifact import CONFIG_FILE, FORMAT, FORMAT_VERSIONS, MASK_FILE, SCORES_FORMAT_VERSION, SCOPES, MaskData, load_mask
+from ..core.public import command_words, local_paths
+from ..core.files import path_exists
+from ..core.home import scratch_dir
+from ..core.errors import shorten
 from .scrub import remember
 from ..masks.registry import Registry, RegistryEntry, check_name, name_from
-from .transport import CARD_FILE, Artifact, PullResult, PushResult, api, check_repo_id, endpoint, evict, fetch_artifact, git_blob_sha1, hub_errors, push_artifact
+from .transport import Artifact, PullResult, PushResult, api, check_repo_id, evict, fetch_artifact, hub_errors, push_artifact
+from .client import endpoint
 
 SEARCH_TAGS = CARD_TAGS[:2]  # szoq, sensitivity-mask
 
@@ -65,7 +71,7 @@ class MaskListing:
 
 
 # -- the mask artifact -----------------------------------------------------------------------
-def verify_for_push(folder: Path) -> SensitivityMask:
+def verify_for_push(folder: Path) -> MaskData:
     """Load a mask for publishing: it must verify and record no local path of this machine.
 
     Raises:
@@ -240,20 +246,23 @@ def mask_info(repo_id: str, *, revision: str | None = None, token: str | None = 
         # `bytes 0-7/1234`, or `bytes 0-7/*` when the server does not know the length (RFC 9110)
         total = first.headers.get("Content-Range", "").rpartition("/")[2].strip()
         size = int(total) if total.isdigit() and 0 < len(total) <= 18 else None
-        n = int.from_bytes(first.content[:8], "little")
-        if len(first.content) < 8 or n > schema.MAX_HEADER_BYTES:
-            raise HubError(f"{at}: {MASK_FILE} is not a safetensors file", hint="the repo does not hold a valid szoq mask")
+        try:
+            n = schema.header_length(first.content, f"{at}: {MASK_FILE}", available=None if size is None else size - 8, error=HubError)
+        except HubError as exc:
+            raise HubError(exc.message, hint="the repo does not hold a valid szoq mask") from None
         second = get_session().get(url, headers={**headers, "Range": f"bytes=8-{7 + n}"})
         hf_raise_for_status(second)
     try:
         header = schema.parse_header(second.content[:n], f"{at}: {MASK_FILE}", error=HubError,
                                      data_size=None if size is None else size - 8 - n)
-        fields = schema.mask_fields(header, f"{at}: {MASK_FILE}", scopes=SCOPES, fmt=FORMAT, version=FORMAT_VERSION)
+        fields = schema.mask_fields(header, f"{at}: {MASK_FILE}", scopes=SCOPES, fmt=FORMAT, version=FORMAT_VERSIONS,
+                                   scores_version=SCORES_FORMAT_VERSION)
     except MaskError as exc:
         raise HubError(exc.message, hint=exc.hint) from None
-    nnz = sum(t.numel for t in header.tensors.values())
+    index = {n: t for n, t in header.tensors.items() if not schema.is_scores_name(n)}  # score tensors are no weights
+    nnz = sum(t.numel for t in index.values())
     return MaskInfo(repo_id, rev, first.headers.get("X-Repo-Commit", ""), fields["base_model"], fields["density"], fields["scope"],
-                    fields["scorer"], fields["fingerprint"], fields["calibration"], nnz, len(header.tensors), size,
+                    fields["scorer"], fields["fingerprint"], fields["calibration"], nnz, len(index), size,
                     len(first.content) + len(second.content), header.metadata)
 
 
@@ -284,10 +293,35 @@ def search_masks(*, base_model: str | None = None, author: str | None = None, to
                 card = m.card_data.to_dict() if m.card_data is not None else {}
             except Exception:  # the client's own card parsing: a stranger's card may be anything
                 card = {}
-            fields = schema.listing_fields(card)
+            fields = listing_fields(card)
             modified = getattr(m, "last_modified", None)
             out.append(MaskListing(str(m.id), fields["base_model"], fields["density"], fields["scorer"], fields["nnz"],
                                    m.sha if isinstance(m.sha, str) else None, modified.isoformat() if hasattr(modified, "isoformat") else None,
                                    m.private if isinstance(m.private, bool) else None))
     return out
 
+
+def text_or_none(value: Any, limit: int = 200, *, one_item_list: bool = False) -> str | None:
+    """A short string from a stranger's card, else None (`one_item_list`: also `[string]`)."""
+    if one_item_list and isinstance(value, list) and len(value) == 1:  # `base_model:` may be a one-item list
+        value = value[0]
+    return value[:limit] if isinstance(value, str) else None
+
+def listing_fields(card: Any) -> dict[str, Any]:
+    """What a Hub listing shows from a repo's card metadata; never raises.
+
+    Args:
+        card: The card data as the Hub sent it (any JSON value).
+
+    Returns:
+        {"base_model", "density", "scorer", "nnz"}; a missing or mistyped field is None.
+    """
+    card = card if isinstance(card, dict) else {}
+    block = card.get("szoq")
+    block = block if isinstance(block, dict) else {}
+    density = block.get("density")
+    nnz = block.get("nnz")
+    return {"base_model": text_or_none(card.get("base_model"), one_item_list=True),
+            "density": float(density) if schema.is_number(density) else None,
+            "scorer": text_or_none(block.get("scorer"), 32),
+            "nnz": nnz if schema.is_int(nnz) and nnz >= 0 else None}

@@ -11,11 +11,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..masks.catalog import find_builtin
-from ..core.errors import HubError, MaskError, RegistryError
-from ..masks.artifact import MASK_FILE, SensitivityMask, load_mask
-from ..core.paths import path_exists, shorten
+from ..core.errors import HubError, RegistryError
+from ..masks.artifact import MASK_FILE, MaskData, load_mask
+from ..core.files import path_exists
+from ..core.errors import shorten
 from ..masks.registry import Registry, mask_name_for_sha256, parse_ref
-from .transport import is_hub_ref  # noqa: F401  (re-exported)
+from .transport import is_hub_ref
 
 
 def resolve_mask_ref(ref: str, *, registry: Registry | None = None, offline: bool = False) -> Path:
@@ -81,36 +82,6 @@ def pinned_mask_ref(ref: str, sha256: str, *, registry: Registry | None = None) 
 
 
 def open_mask(ref: str, *, fingerprint: str | None = None, layout: list[tuple[str, tuple[int, ...], str]] | None = None,
-              registry: Registry | None = None, offline: bool = False) -> SensitivityMask:
+              registry: Registry | None = None, offline: bool = False) -> MaskData:
     """Resolve and load a mask, verifying it, its fingerprint and its shapes against `layout` when given."""
     return load_mask(resolve_mask_ref(ref, registry=registry, offline=offline), fingerprint=fingerprint, layout=layout)
-
-
-def resolve_delta_ref(ref: str | Path, *, token: str | None = None, offline: bool = False) -> Path:
-    """Resolve `--delta`: a local run folder / delta file, or `ORG/NAME[@REV]` pulled from the Hub.
-
-    Args:
-        ref: A path, or a Hub ref (tag, branch or commit sha after `@`; default main).
-        token: Hub token; default `HF_TOKEN` or the login.
-        offline: Read Hub refs only from the local Hugging Face cache.
-
-    Returns:
-        A local path for `load_delta` (a pulled delta is already verified).
-
-    Raises:
-        HubError: a Hub ref that cannot be pulled (also names the missing local folder).
-        MaskError: the pulled file is not a valid delta.
-    """
-    path = Path(ref).expanduser()
-    if path_exists(path):
-        return path
-    if not is_hub_ref(str(ref)):  # it looks like a path (see is_hub_ref): never asked of the Hub
-        raise MaskError(f"no local folder {shorten(str(ref))}: {shorten(path)} not found",
-                        hint=f"check the path (ls {shorten(path.parent)}/); a Hub ref is ORG/NAME[@REV]")
-    from .deltas import pull_delta
-
-    repo_id, revision = parse_ref(str(ref))
-    try:
-        return pull_delta(repo_id, revision=revision, token=token, offline=offline).path
-    except HubError as exc:
-        raise no_local_folder(str(ref), exc) from None

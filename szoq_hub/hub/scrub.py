@@ -4,8 +4,10 @@ A Hub (or a proxy in front of it) may echo the request's `Authorization` header 
 text, and that text reaches `error:` lines, `--debug` tracebacks and logs. Everything szoq
 prints or raises from outside goes through `scrub`, which removes:
 
-- every token szoq was handed in this process (`remember`), and `HF_TOKEN` /
-  `HUGGING_FACE_HUB_TOKEN` from the environment, whatever their shape;
+- every token this process could send, whatever its shape: those szoq was handed (`remember`,
+  e.g. `--token`), `HF_TOKEN` / `HUGGING_FACE_HUB_TOKEN` from the environment, and the tokens
+  `hf auth login` saved (the token file and the stored-tokens file under `HF_HOME`, or where
+  `HF_TOKEN_PATH` / `HF_STORED_TOKENS_PATH` point), read when text is scrubbed;
 - `Bearer <anything>` (any scheme's credential after the word Bearer);
 - `hf_...`-shaped strings (Hugging Face user and organisation tokens).
 
@@ -17,10 +19,13 @@ from __future__ import annotations
 import logging
 import os
 import re
+import sys
 import traceback
+from pathlib import Path
 
 REDACTED = "[token hidden]"
-_BEARER = re.compile(r"(?i)\bbearer\s+[^\s'\",;)}\]]+")
+# A credential after "Bearer" that is not already the redaction (else "Bearer [token hidden] hidden]").
+_BEARER = re.compile(r"(?i)\bbearer\s+(?!\[token hidden\])[^\s'\",;)}\]]+")
 _HF_TOKEN = re.compile(r"\bhf_[A-Za-z0-9_\-]{4,}")
 _ENV_TOKENS = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")
 _remembered: set[str] = set()
@@ -32,9 +37,47 @@ def remember(token: str | None) -> None:
         _remembered.add(token)
 
 
+def _token_files() -> list[Path]:
+    """Where `hf auth login` keeps tokens: as huggingface_hub resolves them now, and as it would at import."""
+    hf_home = Path(os.environ.get("HF_HOME") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "huggingface").expanduser()
+    files = [Path(os.environ.get("HF_TOKEN_PATH") or hf_home / "token").expanduser(),
+             Path(os.environ.get("HF_STORED_TOKENS_PATH") or hf_home / "stored_tokens").expanduser()]
+    constants = sys.modules.get("huggingface_hub.constants")  # already imported: the paths the client itself reads
+    for name in ("HF_TOKEN_PATH", "HF_STORED_TOKENS_PATH"):
+        value = getattr(constants, name, None)
+        if isinstance(value, str):
+            files.append(Path(value))
+    return list(dict.fromkeys(files))
+
+
+_file_cache: dict[Path, tuple[tuple[int, int], set[str]]] = {}
+
+
+def _saved_tokens() -> set[str]:
+    """The tokens saved on disk (the token file, and every `name = token` of the stored-tokens file;
+    re-read when a file changes)."""
+    found: set[str] = set()
+    for path in _token_files():
+        try:
+            st = path.stat()
+            if not path.is_file() or st.st_size > 1_000_000:
+                continue
+            key = (st.st_mtime_ns, st.st_size)
+            if _file_cache.get(path, ((), set()))[0] != key:
+                text = path.read_text(encoding="utf-8", errors="replace")
+                stored = path.name != "token"  # stored_tokens: an INI file of `[name]` / `hf_token = TOKEN`
+                values = {(line.partition("=")[2] if stored else line).strip() for line in text.splitlines()
+                          if not (stored and (line.lstrip().startswith(("[", "#", ";")) or "=" not in line))}
+                _file_cache[path] = (key, values)
+        except OSError:
+            continue
+        found |= _file_cache[path][1]
+    return found
+
+
 def _known_tokens() -> list[str]:
     env = [os.environ.get(v) for v in _ENV_TOKENS]
-    tokens = {t for t in (*_remembered, *env) if t and len(t) >= 4}
+    tokens = {t for t in (*_remembered, *env, *_saved_tokens()) if t and len(t) >= 4}
     return sorted(tokens, key=len, reverse=True)  # a token that contains another goes first
 
 

@@ -9,7 +9,7 @@ what szoq pushes.
 
 Tokens come from the `token=` argument, `HF_TOKEN` or the Hugging Face login (the client looks
 them up); szoq never prints, logs or writes them, and scrubs them from what a server echoes
-(`errors.py`, `core/scrub.py`). Every fetched file is checked against the Hub's hash of it, and
+(`errors.py`, `scrub.py`). Every fetched file is checked against the Hub's hash of it, and
 a download with one bad file is evicted whole from the cache, so that a retry fetches it all.
 """
 
@@ -27,9 +27,10 @@ from typing import Callable
 from ..core import progress
 from ..core.errors import ConfigError, HubError, SzoqError
 from .scrub import remember
-from .client import api, endpoint  # noqa: F401  (re-exported: the names transport has always had)
-from .errors import LOGIN_HINT, as_szoq_error, hub_errors  # noqa: F401  (re-exported likewise)
-from ..core.paths import atomic_dir, path_exists, shorten
+from .client import api
+from .errors import hub_errors
+from ..core.errors import shorten
+from ..core.files import atomic_dir, path_exists
 from ..masks.registry import check_version, parse_ref, version_key
 
 log = logging.getLogger(__name__)
@@ -141,16 +142,13 @@ def is_hub_ref(ref: str) -> bool:
     return not path_exists(name.split("/")[0])
 
 
-def git_blob_sha1(data: bytes) -> str:
-    """The git object id of a blob, which the Hub reports for regular (non-LFS) files."""
-    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
-
-
 def content_matches(data: bytes, expected: str) -> bool:
     """True when `data` has the Hub hash `expected` (sha256 for LFS files, git sha1 otherwise)."""
     if len(expected) == 64:
         return hashlib.sha256(data).hexdigest() == expected
-    return git_blob_sha1(data) == expected
+    from huggingface_hub.utils.sha import git_hash  # the git object id of a blob, which the Hub reports for regular files
+
+    return git_hash(data) == expected
 
 
 def _remote_hash(file_info) -> str:

@@ -3,6 +3,10 @@
 Artifact layout (a folder; the same files go to the Hub):
 - `mask.safetensors`: one int32 tensor of sorted, unique flat indices per target parameter,
   keyed by the parameter name; `__metadata__` holds the facts as strings (JSON for structure).
+  Optionally (fisher builds since format_version 2), one fp32 tensor `scores/NAME` per index
+  tensor: the kept weights' Σg², in the order of the indices. The content sha256 covers them;
+  a mask with scores is written as format_version 2 (a reader that knows only 1 refuses it
+  with "upgrade szoq" instead of misreading it), one without stays byte-identical to version 1.
 - `mask_config.json`: the same facts as a typed config, plus stats.
 - `README.md`: a model card.
 """
@@ -16,16 +20,18 @@ from pathlib import Path
 
 import torch
 
-from ..core.version import __version__
+from ..core.defaults import __version__
 from ..core import schema
 from ..core.errors import ConfigError, FingerprintMismatch, MaskError
-from ..core.content import CONTENT_KEY, tensors_sha256
-from ..core.hub_mixin import HubMixin
-from ..core.paths import atomic_dir, file_sha256, path_exists  # noqa: F401  (file_sha256 re-exported: artifacts are addressed by it)
-from .card import CARD_TAGS, card_base_model, render_card  # noqa: F401  (re-exported: the names artifact has always had)
+from ..core import content
+from ..core.content import CONTENT_KEY, SCHEME_KEY
+from ..core.files import atomic_dir, file_sha256, path_exists
+from .card import render_card
 
 FORMAT = "szoq.mask"
-FORMAT_VERSION = "1"
+FORMAT_VERSION = "1"  # a mask without scores
+SCORES_FORMAT_VERSION = "2"  # a mask with `scores/NAME` tensors
+FORMAT_VERSIONS = (FORMAT_VERSION, SCORES_FORMAT_VERSION)
 MASK_FILE = "mask.safetensors"
 CONFIG_FILE = "mask_config.json"
 CARD_FILE = "README.md"
@@ -52,8 +58,10 @@ class MaskConfig:
     format: str = FORMAT
     format_version: str = FORMAT_VERSION
     stats: dict = field(default_factory=dict)
-    # sha256 of the index tensors' bytes (`core.content`); "" for masks written before it existed.
+    # sha256 over the header and the index tensors (`core.content`, scheme `hash_scheme`); "" for
+    # masks written before it existed, and hash_scheme "" for masks hashed by scheme 1 (indices only).
     content_sha256: str = ""
+    hash_scheme: str = ""
 
     def __post_init__(self) -> None:
         check_density(self.density)
@@ -82,49 +90,63 @@ class MaskConfig:
             "seed": str(int(self.seed)),
             # Left out when not known, so that an older mask's header reads back unchanged.
             **({CONTENT_KEY: self.content_sha256} if self.content_sha256 else {}),
+            **({SCHEME_KEY: self.hash_scheme} if self.hash_scheme else {}),
         }
 
 
 @dataclass
-class SensitivityMask(HubMixin):
-    """A loaded, verified mask: sorted unique int32 flat indices per parameter name.
+class MaskData:
+    """A loaded, verified mask: sorted unique int32 flat indices per parameter name (and, from
+    a fisher build, the kept weights' scores).
 
-    The Python API follows the Hugging Face mixins (`HubMixin`): `save_pretrained(folder)` writes
-    the artifact; `from_pretrained(ref, model=None)` takes any REF the CLI takes;
-    `push_to_hub(repo_id)` publishes it (a registry entry by its version).
+    The mask's data, which the runtime, the registry and the Hub transport read. The public
+    `SensitivityMask` (hub/sensitivity_mask.py) adds `from_pretrained` / `save_pretrained` /
+    `push_to_hub` on top of it.
 
     Attributes:
         indices: name -> sorted unique int32 flat indices [nnz_name].
         config: The facts (base model, fingerprint, density, stats, ...).
-        ref: The REF `from_pretrained` was given (None for a mask built in memory).
+        ref: The REF it was opened by (None for a mask built in memory).
         path: The artifact folder it was read from or written to (None when there is none).
+        scores: name -> fp32 scores of the kept weights [nnz_name], in the order of `indices`
+            (the fisher Σg² a build selected them by); None for masks without scores (magnitude,
+            random, and masks written before szoq stored them).
     """
 
     indices: dict[str, torch.Tensor]
     config: MaskConfig
     ref: str | None = field(default=None, compare=False, repr=False)
     path: Path | None = field(default=None, compare=False, repr=False)
+    scores: dict[str, torch.Tensor] | None = field(default=None, compare=False, repr=False)
 
     @property
     def nnz(self) -> int:
         return sum(int(t.numel()) for t in self.indices.values())
 
-    def _save_pretrained(self, folder: Path) -> Path:
-        """Write the artifact folder (`mask.safetensors`, `mask_config.json`, card) atomically."""
-        self.path = save_mask(self, folder)
-        return self.path
+    def flat_scores(self, names: list[str]) -> torch.Tensor | None:
+        """The scores concatenated in the order of `names` (the runtime's value order), or None.
 
-    # The hooks below resolve REFs and push through the hub layer, above this one: imported when called.
-    @classmethod
-    def _from_pretrained(cls, ref: str | Path, *, offline: bool = False, model: str | None = None) -> SensitivityMask:
-        from ..hub.mixin_hooks import mask_from_pretrained
+        Args:
+            names: Tensor names, each once, covering the mask (e.g. `SparseModel.segments`' names).
 
-        return mask_from_pretrained(ref, model=model, offline=offline)
+        Returns:
+            fp32 [nnz] scores, or None when the mask has none.
 
-    def _push_to_hub(self, repo_id: str, **kwargs):
-        from ..hub.mixin_hooks import push_mask_object
+        Raises:
+            MaskError: `names` does not cover exactly the mask's tensors.
+        """
+        if self.scores is None:
+            return None
+        if sorted(names) != sorted(self.indices):
+            raise MaskError("the tensor order given does not cover the mask's tensors", hint="pass the names of SparseModel.segments")
+        return torch.cat([self.scores[n].float().reshape(-1) for n in names])  # [nnz]
 
-        return push_mask_object(self, repo_id, **kwargs)
+    def score_summary(self) -> dict | None:
+        """min / median / max of the kept weights' scores (None when the mask has none)."""
+        if self.scores is None:
+            return None
+        flat = torch.cat([t.reshape(-1) for t in self.scores.values()])  # [nnz]
+        return {"count": int(flat.numel()), "min": float(flat.min()), "median": float(flat.median()), "max": float(flat.max())}
 
 
 INT32_MAX = 2**31 - 1
@@ -172,7 +194,35 @@ def config_json(config: MaskConfig) -> str:
     return json.dumps(asdict(config), indent=2, sort_keys=True) + "\n"
 
 
-def save_mask(mask: SensitivityMask, folder: Path) -> Path:
+def _file_parts(mask: MaskData) -> tuple[dict[str, torch.Tensor], MaskConfig]:
+    """The tensors `mask.safetensors` holds (the indices, then `scores/NAME` when the mask has scores)
+    and the config whose header it carries (content hash and format_version set)."""
+    tensors = {n: t.contiguous().to(torch.int32) for n, t in mask.indices.items()}
+    if mask.scores is not None:
+        check_scores(mask.scores, tensors, "mask")
+        tensors.update({schema.SCORES_PREFIX + n: t.detach().float().contiguous().cpu() for n, t in mask.scores.items()})
+    # A copy: the caller's config object may be shared with other masks. The hash covers every
+    # header field, the indices and the scores (core.content, scheme 2); every load recomputes it.
+    config = replace(mask.config, content_sha256="", hash_scheme=content.SCHEME,
+                     format_version=SCORES_FORMAT_VERSION if mask.scores is not None else FORMAT_VERSION)
+    return tensors, replace(config, content_sha256=content.stamp(config.header(), tensors)[CONTENT_KEY])
+
+
+def mask_sha256(mask: MaskData) -> str:
+    """The sha256 of the mask's `mask.safetensors`: its file's when it was read from one, else the
+    bytes `save_mask` writes for it (byte-reproducible), hashed without writing a file.
+
+    Deltas name their mask by this hash; a mask built in memory is checked against it as it is.
+    """
+    if mask.path is not None and path_exists(Path(mask.path) / MASK_FILE):
+        return file_sha256(Path(mask.path) / MASK_FILE)
+    from ..data.checkpoint import tensors_file_sha256
+
+    tensors, config = _file_parts(mask)
+    return tensors_file_sha256(*_canonical(tensors, config.header()))
+
+
+def save_mask(mask: MaskData, folder: Path) -> Path:
     """Write the artifact folder atomically (a temp folder renamed into place).
 
     Returns:
@@ -188,9 +238,10 @@ def save_mask(mask: SensitivityMask, folder: Path) -> Path:
         raise MaskError(f"{folder} already exists and is not empty", hint="choose another --out folder or remove it")
     for n, shape in mask.config.shapes.items():
         check_int32_range(n, math.prod(shape))
-    tensors = {n: t.contiguous().to(torch.int32) for n, t in mask.indices.items()}
-    # A copy: the caller's config object may be shared with other masks.
-    config = replace(mask.config, content_sha256=tensors_sha256(tensors))  # every load recomputes it
+        if schema.is_scores_name(n):
+            raise MaskError(f"tensor name {n!r} starts with {schema.SCORES_PREFIX!r}, which the mask format reserves for scores",
+                            hint="leave this tensor out with --targets")
+    tensors, config = _file_parts(mask)
     with atomic_dir(folder) as tmp:
         write_safetensors(tensors, tmp / MASK_FILE, config.header())
         (tmp / CONFIG_FILE).write_text(config_json(config))
@@ -209,7 +260,12 @@ def write_safetensors(tensors: dict[str, torch.Tensor], path: Path, metadata: di
     """
     from ..data.checkpoint import write_tensors
 
-    write_tensors(path, [(name, tensors[name]) for name in sorted(tensors)], dict(sorted(metadata.items())))
+    write_tensors(path, *_canonical(tensors, metadata))
+
+
+def _canonical(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> tuple[list[tuple[str, torch.Tensor]], dict[str, str]]:
+    """Tensors in sorted name order and sorted header keys: the canonical file layout."""
+    return [(name, tensors[name]) for name in sorted(tensors)], dict(sorted(metadata.items()))
 
 
 def read_header(path: Path) -> dict[str, str]:
@@ -237,10 +293,25 @@ def config_from_header(header: schema.Header, where: str, config_text: bytes | N
     Raises:
         MaskError: not a szoq mask, a field of the wrong type, or a config that disagrees.
     """
-    fields = schema.mask_fields(header, where, scopes=SCOPES, fmt=FORMAT, version=FORMAT_VERSION)
-    formats = {"format": FORMAT, "format_version": FORMAT_VERSION}
+    fields = schema.mask_fields(header, where, scopes=SCOPES, fmt=FORMAT, version=FORMAT_VERSIONS, scores_version=SCORES_FORMAT_VERSION)
+    formats = {"format": FORMAT, "format_version": header.metadata["format_version"]}  # checked by mask_fields
     extras = schema.mask_config_extras(config_text, fields, config_where, formats) if config_text is not None else {}
-    return MaskConfig(**fields, **extras)
+    return MaskConfig(**fields, **extras, format_version=formats["format_version"])
+
+
+def check_scores(scores: dict[str, torch.Tensor], indices: dict[str, torch.Tensor], where: str = "mask") -> None:
+    """Check that a mask's scores are one finite, non-negative fp32 value per kept weight.
+
+    Raises:
+        MaskError: naming the tensor and the problem.
+    """
+    if set(scores) != set(indices):
+        raise MaskError(f"{where}: the scores do not cover the same tensors as the indices", hint="the artifact is inconsistent: rebuild it")
+    for name, s in scores.items():
+        if s.dim() != 1 or s.numel() != indices[name].numel():
+            raise MaskError(f"{where}: the scores of {name!r} are not one value per kept weight", hint="the artifact is inconsistent: rebuild it")
+        if s.numel() and not bool(torch.isfinite(s).all() and (s >= 0).all()):
+            raise MaskError(f"{where}: the scores of {name!r} hold negative or non-finite values", hint="the artifact is corrupt: rebuild it")
 
 
 def verify_indices(indices: dict[str, torch.Tensor], shapes: dict[str, list[int]], where: str = "mask") -> None:
@@ -268,7 +339,15 @@ def verify_indices(indices: dict[str, torch.Tensor], shapes: dict[str, list[int]
             raise MaskError(f"{where}: tensor {name!r} has duplicate indices", hint="the artifact is corrupt: rebuild it")
 
 
-def load_mask(folder: Path, *, fingerprint: str | None = None, layout: list[tuple[str, tuple[int, ...], str]] | None = None) -> SensitivityMask:
+def _pinned_by_catalog(path: Path) -> bool:
+    """Whether the file's sha256 is one that masks/catalog.json pins (the built-in masks predate content hashes)."""
+    from .catalog import builtin_masks
+
+    pins = {entry.sha256 for entry in builtin_masks()}
+    return bool(pins) and file_sha256(path) in pins
+
+
+def load_mask(folder: Path, *, fingerprint: str | None = None, layout: list[tuple[str, tuple[int, ...], str]] | None = None) -> MaskData:
     """Load and verify a mask artifact folder (or a `mask.safetensors` path).
 
     Args:
@@ -296,19 +375,25 @@ def load_mask(folder: Path, *, fingerprint: str | None = None, layout: list[tupl
         config_text = cfg_path.read_bytes() if cfg_path.is_file() else None
     except OSError as exc:
         raise MaskError(f"cannot read {cfg_path} ({exc.strerror})", hint="check the folder's permissions") from None
-    config = config_from_header(schema.read_header(path), str(path), config_text, str(cfg_path))
+    header = schema.read_header(path)
+    config = config_from_header(header, str(path), config_text, str(cfg_path))
     try:
-        indices = load_file(str(path))
+        tensors = load_file(str(path))
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         raise MaskError(f"{path} is corrupt or truncated ({str(exc).splitlines()[0]})", hint="pull or build the mask again") from None
+    indices = {n: t for n, t in tensors.items() if not schema.is_scores_name(n)}
+    scores = {n.removeprefix(schema.SCORES_PREFIX): t for n, t in tensors.items() if schema.is_scores_name(n)} or None
     verify_indices(indices, config.shapes, where=str(path))
+    if scores is not None:
+        check_scores(scores, indices, where=str(path))
     if sum(int(t.numel()) for t in indices.values()) == 0:
         raise MaskError(f"{path} selects 0 weights (fine-tuning it would train nothing)", hint="rebuild the mask: szoq mask build MODEL")
-    # After the structural checks (their messages say more), before any use: indices that still
-    # look valid (sorted, unique, in range) but are not the ones written are refused here.
-    if config.content_sha256 and tensors_sha256(indices) != config.content_sha256:
-        raise MaskError(f"{path}: its indices do not match the content sha256 its header records (a flipped bit, or an edit)",
-                        hint="pull or build the mask again")
+    # After the structural checks (their messages say more), before any use: indices, scores or
+    # header fields that still look valid (sorted, unique, in range) but are not the ones written
+    # are refused here. A mask of szoq 0.1.0 without a hash loads with a warning (nothing to check).
+    hashless = not ({CONTENT_KEY, SCHEME_KEY} & set(header.metadata))
+    content.verify(header.metadata, str(path), MaskError, tensors=tensors, hashless_ok=True, hint="pull or build the mask again",
+                   pinned=hashless and _pinned_by_catalog(path))
     if fingerprint is not None and fingerprint != config.fingerprint:
         raise FingerprintMismatch(
             f"mask was built for {config.base_model} (fingerprint {config.fingerprint[:12]}), not for this model ({fingerprint[:12]})",
@@ -316,5 +401,5 @@ def load_mask(folder: Path, *, fingerprint: str | None = None, layout: list[tupl
         )
     if layout is not None:
         schema.check_fits_model(config.shapes, layout, str(path))
-    return SensitivityMask(indices, config, path=path.parent)
+    return MaskData(indices, config, path=path.parent, scores=scores)
 

@@ -13,72 +13,31 @@ import contextlib
 import logging
 import os
 import shlex
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from .build_plan import BuildPlan, activation_bytes, format_size, layer_of, parse_size, pass_cost, plan_groups, resident_bytes
+from .build_plan import BuildPlan, MaskBuildConfig, activation_bytes, format_size, layer_of, parse_size, pass_cost, plan_groups, resident_bytes
 from ..data.calibration import load_windows
 from ..data.checkpoint import KeyMapper, checkpoint_files, iter_tensors, read_header
-from ..core.devices import DTYPES as SHARED_DTYPES, check_device_spec, resolve_device
-from ..core.thirdparty import import_bitsandbytes
-from ..core.distributed import init_distributed, is_main_process, world
+from ..core.devices import DTYPES as SHARED_DTYPES, import_bitsandbytes, init_distributed, is_main_process, resolve_device, world
 from ..core.errors import ConfigError, DependencyError, MaskError, ModelError
-from ..core.paths import ensure_writable_dir, public_word, scratch_dir
-from .artifact import MaskConfig, SCOPES, SensitivityMask, check_density, mask_stats, save_mask
-from ..data.models import (DEFAULT_MODEL, ModelSource, load_config, model_fingerprint, resolve_model, source_dtype, source_tensors,
-                           target_parameter_names)
+from ..core.home import ensure_writable_dir, scratch_dir
+from ..core.public import public_word
+from .artifact import MaskConfig, MaskData, mask_stats, save_mask
+from ..data.models import ModelSource, load_config, model_fingerprint, resolve_model, source_dtype, source_tensors, target_parameter_names
 from .registry import Registry, check_name, check_version, name_from
 from .selection import StreamingSelector
-from .sensitivity import (SCORE_QUANTS, Frozen4bitLinear, ProgressFn, check_scorer, checkpointed_layers, decoder_layers, fisher_scores,
+from .sensitivity import (Frozen4bitLinear, ProgressFn, checkpointed_layers, decoder_layers, fisher_scores,
                           shard_windows, stream_magnitude_scores, stream_random_scores)
 
 log = logging.getLogger(__name__)
 
-DEFAULT_CALIBRATION = "c4"
-# `auto` = the checkpoint's own dtype (mask build scores in it); the rest as `--dtype` elsewhere
+# `build_plan.SCORING_DTYPES` as torch dtypes (`auto` = the checkpoint's own: mask build scores in it)
 DTYPES = {"auto": None, **SHARED_DTYPES, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-@dataclass
-class MaskBuildConfig:
-    """Options of `szoq mask build` (validated on creation)."""
-
-    model: str = field(default=DEFAULT_MODEL, metadata={"help": "model alias, Hub id, folder or .gguf"})
-    revision: str | None = field(default=None, metadata={"help": "Hub revision of the model"})
-    calibration: str = field(default=DEFAULT_CALIBRATION, metadata={"help": "'c4' or a .jsonl(.gz)/.txt file"})
-    samples: int = field(default=32, metadata={"help": "calibration windows N"})
-    seq_len: int = field(default=256, metadata={"help": "tokens per window L"})
-    density: float = field(default=1e-3, metadata={"help": "share of weights kept, in (0, 1)"})
-    scope: str = field(default="per-matrix", metadata={"help": "per-matrix or global"})
-    scorer: str = field(default="fisher", metadata={"help": "fisher, magnitude or random"})
-    targets: str | None = field(default=None, metadata={"help": "regex over parameter names"})
-    seed: int = field(default=0, metadata={"help": "seed of window order and random scores"})
-    dtype: str = field(default="auto", metadata={"help": "scoring dtype: auto (the checkpoint's), bf16, fp16, fp32"})
-    max_memory: str | None = field(default=None, metadata={"help": "memory bound of a fisher build, e.g. 3.5GB (default: what the process holds + 80% of the available memory)"})
-    score_quant: str = field(default="none", metadata={"help": "frozen base while scoring: none or nf4"})
-    device: str = field(default="auto", metadata={"help": "auto, cpu, cuda or cuda:N"})
-    fsdp: bool = field(default=False, metadata={"help": "shard the model with FSDP2 across torchrun ranks"})
-
-    def __post_init__(self) -> None:
-        check_density(self.density)
-        check_scorer(self.scorer)
-        if self.scope not in SCOPES:
-            raise ConfigError(f"unknown scope {self.scope!r}", hint=f"choose one of: {', '.join(SCOPES)}")
-        if self.samples < 1 or self.seq_len < 2:
-            raise ConfigError(f"need --samples >= 1 and --seq-len >= 2 (got {self.samples}, {self.seq_len})", hint="e.g. --samples 32 --seq-len 256")
-        if self.dtype not in DTYPES:
-            raise ConfigError(f"unknown --dtype {self.dtype!r}", hint="choose one of: auto (the checkpoint's), bf16, fp16, fp32")
-        if self.score_quant not in SCORE_QUANTS:
-            raise ConfigError(f"unknown --score-quant {self.score_quant!r}", hint=f"choose one of: {', '.join(SCORE_QUANTS)}")
-        if self.max_memory is not None:
-            parse_size(self.max_memory)
-        if self.score_quant != "none" and self.fsdp:
-            raise ConfigError("--score-quant nf4 and --fsdp cannot be combined", hint="FSDP shards full-precision weights; use one or the other")
-        check_device_spec(self.device)
 
 
 def build_timestamp() -> str:
@@ -221,7 +180,7 @@ def default_mask_name(config: MaskBuildConfig) -> str:
 
 def build_mask(config: MaskBuildConfig, out: Path | None = None, *, register: bool = False, name: str | None = None,
                version: str | None = None, progress: ProgressFn | None = None, command: str | None = None,
-               plan_out: dict | None = None) -> tuple[SensitivityMask, Path | None]:
+               plan_out: dict | None = None) -> tuple[MaskData, Path | None]:
     """Compute a sensitivity mask, write its artifact folder and (optionally) register it.
 
     Under torchrun (WORLD_SIZE > 1) every rank scores its shard of the windows and the scores
@@ -272,7 +231,7 @@ def build_mask(config: MaskBuildConfig, out: Path | None = None, *, register: bo
 
 
 def _build(config: MaskBuildConfig, out: Path | None, *, progress: ProgressFn | None, command: str | None,
-           plan_out: dict | None) -> tuple[SensitivityMask, Path | None]:
+           plan_out: dict | None) -> tuple[MaskData, Path | None]:
     """Score, select and (rank 0, `out` given) write the artifact folder."""
     device = resolve_device(config.device)
     if config.fsdp:
@@ -332,7 +291,9 @@ def _build(config: MaskBuildConfig, out: Path | None, *, progress: ProgressFn | 
         created_at=build_timestamp(),
         stats=stats,
     )
-    mask = SensitivityMask(indices, mask_config)
+    # fisher scores travel with the mask (a preconditioned ZO step reads them); magnitude and
+    # random scores say nothing about curvature and are not kept.
+    mask = MaskData(indices, mask_config, scores=selector.kept_scores if config.scorer == "fisher" else None)
     if out is None or not is_main_process():
         return mask, None
     return mask, save_mask(mask, out)

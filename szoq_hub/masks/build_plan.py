@@ -1,4 +1,7 @@
-"""Memory planning of a bounded mask build: which target tensors are scored in which pass.
+"""The plan of a mask build: its settings (`MaskBuildConfig`) and, under `--max-memory`, which target
+tensors are scored in which pass. Torch-free at import: `szoq mask build --help` reads the settings.
+
+Memory planning of a bounded build:
 
 A fisher pass holds the model, the activations of one window, an fp32 Σg² accumulator per
 target tensor of its group, and the transients of one tensor at a time (its gradient, that
@@ -12,19 +15,75 @@ the mask is the same for any plan; only time grows with the number of passes.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-import torch
-
+from ..core.defaults import DEFAULT_MODEL
 from ..core.errors import ConfigError
-from .selection import SELECT_CHUNK
+from ..core.defaults import DTYPE_NAMES, check_device_spec
+
+if TYPE_CHECKING:
+    import torch
+
+DEFAULT_CALIBRATION = "c4"
+# `auto` = the checkpoint's own dtype (mask build scores in it); the rest as `--dtype` elsewhere, and torch's names
+SCORING_DTYPES = ("auto", *DTYPE_NAMES, "float32", "bfloat16", "float16")
 
 _UNITS = {"": 1, "B": 1, "K": 10**3, "KB": 10**3, "M": 10**6, "MB": 10**6, "G": 10**9, "GB": 10**9, "T": 10**12, "TB": 10**12,
           "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
 _SAFETY = 1.10  # activations are estimated, not measured: keep 10% over the estimate
 _RESERVE = 160 * 2**20  # allocator slack kept after the first backward (measured ~140 MB on 1.1B), tokenizer, windows
+
+
+def _opt(default, help: str, **meta):
+    """A config field with its help text (and `argument` / `hidden` for the command line)."""
+    return field(default=default, metadata={"help": help, **meta})
+
+
+@dataclass
+class MaskBuildConfig:
+    """Options of `szoq mask build` (validated on creation)."""
+
+    # `argument`: the command's positional argument; `hidden`: an option `--help` does not list.
+    model: str = _opt(DEFAULT_MODEL, "Model alias, Hub id, local folder or .gguf file.", argument=True)
+    revision: str | None = _opt(None, "Hub revision of the model.")
+    calibration: str = _opt(DEFAULT_CALIBRATION, "'c4' (needs datasets + network) or a .jsonl(.gz)/.txt file.")
+    samples: int = _opt(32, "Calibration windows N.")
+    seq_len: int = _opt(256, "Tokens per window L.")
+    density: float = _opt(1e-3, "Share of weights kept, in (0, 1).")
+    scope: str = _opt("per-matrix", "per-matrix or global.")
+    scorer: str = _opt("fisher", "fisher, magnitude or random.")
+    targets: str | None = _opt(None, "Regex over parameter names (default: decoder linear weights).")
+    seed: int = _opt(0, "Seed of window order (and of random scores).")
+    dtype: str = _opt("auto", "Scoring dtype: auto (the checkpoint's), bf16, fp16, fp32; Σg² is fp32.")
+    max_memory: str | None = _opt(None, "Memory bound of a fisher build, e.g. 3.5GB: scores in passes over groups of tensors "
+                                    "(default: what the process holds + 80% of the available memory; same mask).")
+    # Experimental: on SmolLM2 an nf4-scored per-matrix mask keeps 90% (< 95%) of the fp32 mask's Σg² share (README).
+    score_quant: str = _opt("none", "Frozen base while scoring: none or nf4 (bitsandbytes 4-bit, QLoRA-style).", hidden=True)
+    device: str = _opt("auto", "auto, cpu, cuda or cuda:N.")
+    fsdp: bool = _opt(False, "Shard weights, gradients and scores with FSDP2 across torchrun ranks.")
+
+    def __post_init__(self) -> None:
+        from .artifact import SCOPES, check_density  # torch: loaded when a build is asked for, not by --help
+        from .sensitivity import SCORE_QUANTS, check_scorer
+
+        check_density(self.density)
+        check_scorer(self.scorer)
+        if self.scope not in SCOPES:
+            raise ConfigError(f"unknown scope {self.scope!r}", hint=f"choose one of: {', '.join(SCOPES)}")
+        if self.samples < 1 or self.seq_len < 2:
+            raise ConfigError(f"need --samples >= 1 and --seq-len >= 2 (got {self.samples}, {self.seq_len})", hint="e.g. --samples 32 --seq-len 256")
+        if self.dtype not in SCORING_DTYPES:
+            raise ConfigError(f"unknown --dtype {self.dtype!r}", hint="choose one of: auto (the checkpoint's), bf16, fp16, fp32")
+        if self.score_quant not in SCORE_QUANTS:
+            raise ConfigError(f"unknown --score-quant {self.score_quant!r}", hint=f"choose one of: {', '.join(SCORE_QUANTS)}")
+        if self.max_memory is not None:
+            parse_size(self.max_memory)
+        if self.score_quant != "none" and self.fsdp:
+            raise ConfigError("--score-quant nf4 and --fsdp cannot be combined", hint="FSDP shards full-precision weights; use one or the other")
+        check_device_spec(self.device)
+
 
 
 def parse_size(text: str) -> int:
@@ -46,6 +105,8 @@ def format_size(n: float) -> str:
 
 def resident_bytes(device: torch.device) -> int:
     """What the build holds now: process RSS on CPU, allocated memory on an accelerator."""
+    import torch
+
     if device.type == "cuda":
         return int(torch.cuda.memory_allocated(device))
     try:
@@ -78,6 +139,8 @@ def activation_bytes(config, seq_len: int, dtype: torch.dtype, first_layer: int 
     heads = config.num_attention_heads
     kv = getattr(config, "num_key_value_heads", heads) * (h // heads)
     vocab = config.vocab_size
+    import torch
+
     elt = torch.finfo(dtype).bits // 8
     per_layer = seq_len * (8 * h + 2 * kv + 5 * inter) * elt + 2 * heads * seq_len * seq_len * elt
     logits = seq_len * vocab * (elt + 3 * 4)
@@ -141,6 +204,8 @@ def plan_groups(targets: list[str], numels: dict[str, int], *, budget: int | Non
         return BuildPlan([list(targets)], None, resident, full, [4 * sum(numels[n] for n in targets)])
     largest = max(numels[n] for n in targets)
     # one gradient and its fp32 copy; selection works in chunks (selection.SELECT_CHUNK, ~16 B each)
+    from .selection import SELECT_CHUNK
+
     transient = largest * (grad_bytes + 4) + 16 * min(largest, SELECT_CHUNK)
 
     def room(first: str) -> int:  # accumulator bytes a pass starting at `first` can hold

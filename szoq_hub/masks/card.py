@@ -7,11 +7,13 @@ back, and the Hub's `szoq:` block in it serves search listings only.
 from __future__ import annotations
 
 import re
+from typing import TYPE_CHECKING
 
-from ..core.paths import path_exists
+from ..core.files import path_exists
 
+if TYPE_CHECKING:  # an annotation only: artifact.py imports this module
+    from .artifact import MaskConfig
 
-# (MaskConfig is named in annotations only: artifact.py imports this module.)
 CARD_TAGS = ["szoq", "sensitivity-mask", "zeroth-order"]
 
 

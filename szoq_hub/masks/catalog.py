@@ -7,8 +7,6 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..core.defaults import DEFAULT_MASK  # noqa: F401  (`szoq --help` reads it without torch)
-
 
 @dataclass(frozen=True)
 class CatalogEntry:

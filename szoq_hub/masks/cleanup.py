@@ -8,7 +8,7 @@ of builds and pulls under `$SZOQ_HOME/tmp`, and temp files in the model cache.
 Safety under a concurrent writer: registry debris is collected while holding the registry's
 own lock, under which every registry write (object, then index) happens, so nothing found
 there can belong to a write in progress. Everything else carries its writer's pid in its name
-(`paths.temp_prefix`, `paths.scratch_dir`) and is removed only when that process is gone.
+(`files.temp_prefix`, `home.scratch_dir`) and is removed only when that process is gone.
 """
 
 from __future__ import annotations
@@ -18,10 +18,11 @@ import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ..core.paths import model_cache_dir, pid_alive, szoq_home
+from ..core.home import model_cache_dir, szoq_home
+from ..core.files import pid_alive
 from .registry import Registry
 
-# `.NAME-PID-XXXXXXXX[.tmp]` (paths.temp_prefix + mkstemp/mkdtemp's 8 random characters)
+# `.NAME-PID-XXXXXXXX[.tmp]` (files.temp_prefix + mkstemp/mkdtemp's 8 random characters)
 _TEMP = re.compile(r"^\..+-(\d+)-[A-Za-z0-9_]{8}(\.tmp)?$")
 _SCRATCH = re.compile(r"^[a-z0-9-]+-(\d+)-[A-Za-z0-9_]{8}$")
 _PROBE = re.compile(r"^\.write-probe-(\d+)$")

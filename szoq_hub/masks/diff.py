@@ -7,10 +7,14 @@ from __future__ import annotations
 
 import re
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
 from ..core.errors import MaskError
+
+if TYPE_CHECKING:
+    from .artifact import MaskData
 
 
 @dataclass
@@ -69,7 +73,7 @@ def layer_order(name: str) -> tuple:
     return tuple((0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", name))
 
 
-def diff_masks(a: SensitivityMask, b: SensitivityMask) -> MaskDiff:
+def diff_masks(a: MaskData, b: MaskData) -> MaskDiff:
     """Compare two masks tensor by tensor.
 
     Raises:

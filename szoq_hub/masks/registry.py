@@ -21,8 +21,10 @@ from filelock import FileLock
 
 from .catalog import builtin_masks
 from ..core.errors import RegistryError
-from .artifact import CARD_FILE, CONFIG_FILE, MASK_FILE, SensitivityMask, config_json, file_sha256, load_mask
-from ..core.paths import atomic_dir, atomic_file, ensure_writable_dir, shorten, szoq_home
+from .artifact import CARD_FILE, CONFIG_FILE, MASK_FILE, MaskData, config_json, load_mask
+from ..core.files import atomic_dir, atomic_file, file_sha256
+from ..core.home import ensure_writable_dir, szoq_home
+from ..core.errors import shorten
 
 SCHEMA_VERSION = 2
 # fullmatch, never `$`: `$` also matches before a final newline, so `evil\n` would pass.
@@ -99,9 +101,6 @@ def version_key(v: str) -> tuple[int, int, str]:
     """Sort key of version labels: `vN` by N, after any other label."""
     m = re.fullmatch(r"v(\d+)", v)
     return (1, int(m.group(1)), "") if m else (0, 0, v)
-
-
-_version_key = version_key  # the name before 0.1
 
 
 class Registry:
@@ -224,7 +223,7 @@ class Registry:
                 raise
             return self._entry(name, raw)
 
-    def _existing(self, name: str, raw: dict, folder: Path, mask: SensitivityMask,
+    def _existing(self, name: str, raw: dict, folder: Path, mask: MaskData,
                   before_commit: Callable[[RegistryEntry], None] | None) -> RegistryEntry:
         """An entry that already holds this content: repair its object if damaged, run the hook."""
         self._store_object(folder, raw["sha256"], mask)
@@ -233,7 +232,7 @@ class Registry:
             before_commit(entry)
         return entry
 
-    def _store_object(self, folder: Path, sha: str, mask: SensitivityMask) -> None:
+    def _store_object(self, folder: Path, sha: str, mask: MaskData) -> None:
         target = self.objects / sha
         if (target / MASK_FILE).exists() and file_sha256(target / MASK_FILE) == sha:
             return

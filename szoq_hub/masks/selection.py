@@ -139,6 +139,8 @@ class StreamingSelector:
 
     Attributes:
         total_mass: name -> Σ score of the whole tensor (float64 sum, as `captured_share`).
+        kept_scores: after `result()`: name -> fp32 scores of the selected weights [nnz_name],
+            in the order of that tensor's indices (what a fisher mask stores beside them).
     """
 
     def __init__(self, targets: list[str], numels: dict[str, int], density: float, scope: str) -> None:
@@ -154,6 +156,7 @@ class StreamingSelector:
         self.numels = dict(numels)
         self.density, self.scope = density, scope
         self.total_mass: dict[str, float] = {}
+        self.kept_scores: dict[str, torch.Tensor] = {}
         if scope == "global":
             self.k = max(1, math.floor(sum(self.numels[n] for n in self.targets) * density))
             self._global = RunningTopK(self.k)
@@ -214,12 +217,14 @@ class StreamingSelector:
             groups = self._global.by_position()
             self._picked = {self.targets[pos]: iv for pos, iv in groups.items()}
         indices, kept, per_tensor = {}, 0.0, {}
+        self.kept_scores = {}
         for name in self.targets:
             mine = 0.0
             if name in self._picked:
-                idx, vals = self._picked[name]
+                idx, vals = self._picked[name]  # idx sorted; vals aligned with it
                 if idx.numel() or self.scope == "per-matrix":
                     indices[name] = idx.to(torch.int32)
+                    self.kept_scores[name] = vals.float().cpu()  # [nnz_name]
                     mine = float(vals.double().sum())
                     kept += mine
             own = self.total_mass.get(name, 0.0)

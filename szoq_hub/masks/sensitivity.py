@@ -23,7 +23,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from ..core.distributed import world
+from ..core.devices import world
 from ..core.errors import ConfigError
 
 log = logging.getLogger(__name__)

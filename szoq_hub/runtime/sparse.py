@@ -41,7 +41,6 @@ from __future__ import annotations
 import logging
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -50,8 +49,8 @@ from torch import nn
 from ..data.checkpoint import KeyMapper
 from ..core.devices import require_quant_backend, resolve_device, resolve_dtype
 from ..core.errors import ConfigError, FingerprintMismatch, MaskError, ModelError
-from ..masks.artifact import SensitivityMask
-from ..data.models import ModelSource, model_fingerprint, resolve_model, set_module_tensor, source_tensors
+from ..masks.artifact import MaskData
+from ..data.models import ModelSource, decoder_linears, model_fingerprint, resolve_model, set_module_tensor, source_tensors
 from .sparse_linear import QUANT_MODES, SparseQuantLinear, SparseValues, contiguous_input
 
 log = logging.getLogger(__name__)
@@ -74,7 +73,7 @@ class SparseModel:
     model: nn.Module
     tokenizer: Any
     source: ModelSource
-    mask: SensitivityMask
+    mask: MaskData
     store: SparseValues
     segments: list[tuple[str, int, int]]
     quant: str
@@ -150,18 +149,9 @@ class SparseModel:
                 self.values[off : off + n].copy_(tensors[name].to(torch.float32))
 
 
-
-def _conv1d_type() -> type | None:
-    try:
-        from transformers.pytorch_utils import Conv1D
-    except ImportError:
-        return None
-    return Conv1D
-
-
 def load_sparse_model(
     model: str | ModelSource,
-    mask: SensitivityMask | None,
+    mask: MaskData | None,
     *,
     quant: str = "nf4",
     device: str | torch.device | None = "auto",
@@ -229,12 +219,9 @@ def load_sparse_model(
     # mask), plus anything masked, which must be a linear weight. GPT-2's Conv1D is a linear
     # whose weight is stored transposed ([in, out]).
     out_emb = lm.get_output_embeddings()
-    conv1d = _conv1d_type()
-    linear_types = (nn.Linear,) if conv1d is None else (nn.Linear, conv1d)
-    linear_names = {
-        f"{n}.weight" for n, m in lm.named_modules() if isinstance(m, linear_types) and m is not out_emb
-    }
-    transposed = {f"{n}.weight" for n, m in lm.named_modules() if conv1d is not None and isinstance(m, conv1d)}
+    linears = decoder_linears(lm)  # weight name -> stored transposed (Conv1D)
+    linear_names = set(linears)
+    transposed = {n for n, t in linears.items() if t}
     for name in indices:
         if name not in linear_names:
             raise MaskError(

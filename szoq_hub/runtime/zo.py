@@ -18,6 +18,10 @@ point, v restored bitwise afterwards) for models that cannot batch the points.
 
 z is drawn on the device of `v` from a generator of that device type: a run, its step-log
 replay and --resume are exact on one device type (CPU and CUDA generators differ).
+
+Curvature (issue 33): with `config.precondition`, every perturbation is D z instead of z, D a
+diagonal preconditioner from the mask's scores or an online estimate; its derivation, its cost
+and the per-value step sizes of zo-rmsprop are in zo_curvature.py's module doc.
 """
 
 from __future__ import annotations
@@ -30,7 +34,8 @@ from typing import Any, Callable, Sequence
 import torch
 
 from ..core.errors import ConfigError, TrainingError
-from .zo_config import LR_SCHEDULES, OPTIMIZERS, ZOConfig  # noqa: F401  (torch-free, read by FinetuneConfig)
+from .zo_config import ZOConfig
+from .zo_curvature import Preconditioner, curvature_samples
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +54,7 @@ class StepRecord:
     grads: list[float]
     loss_plus: list[float]
     loss_minus: list[float]
+    loss_center: float | None = None  # L(v), only when the step took the extra forward (curvature "hessian")
 
     @property
     def loss(self) -> float:
@@ -61,11 +67,14 @@ class StepRecord:
         return sum(abs(g) for g in self.grads) / len(self.grads)
 
     def to_dict(self) -> dict:
-        return {**asdict(self), "loss": self.loss}
+        out = asdict(self)
+        if out["loss_center"] is None:  # step logs of two-forward runs read as before
+            del out["loss_center"]
+        return {**out, "loss": self.loss}
 
     @classmethod
     def from_dict(cls, data: dict) -> "StepRecord":
-        return cls(**{k: data[k] for k in ("step", "lr", "seeds", "grads", "loss_plus", "loss_minus")})
+        return cls(**{k: data[k] for k in ("step", "lr", "seeds", "grads", "loss_plus", "loss_minus")}, loss_center=data.get("loss_center"))
 
 
 def lr_at(config: ZOConfig, step: int) -> float:
@@ -102,7 +111,8 @@ def perturbation(seed: int, n: int, device: torch.device | str = "cpu") -> torch
     return torch.randn(n, generator=gen, dtype=torch.float32, device=device)
 
 
-def estimate(config: ZOConfig, step: int, closure: Callable[[Any], Sequence[float]], points_for: Callable[[list[int]], Any]) -> StepRecord:
+def estimate(config: ZOConfig, step: int, closure: Callable[[Any], Sequence[float]], points_for: Callable[[list[int]], Any],
+             *, center: bool = False) -> StepRecord:
     """The two-point SPSA estimate of one step, shared by the sparse and the dense optimizer.
 
     Args:
@@ -112,6 +122,7 @@ def estimate(config: ZOConfig, step: int, closure: Callable[[Any], Sequence[floa
         points_for: Builds the 2q points (v + eps z_1, v - eps z_1, ...) of the step's seeds in
             the form the closure takes ([2q, nnz] values for the sparse runtime; (seed, scale)
             pairs for the dense model, which perturbs its weights on the fly).
+        center: The points end with v itself (2q + 1 of them); its loss goes to `loss_center`.
 
     Returns:
         The step's record (lr, seeds, projected gradients, losses).
@@ -123,8 +134,10 @@ def estimate(config: ZOConfig, step: int, closure: Callable[[Any], Sequence[floa
     points = points_for(seeds)
     losses = [float(x) for x in closure(points)]
     del points
-    if len(losses) != 2 * len(seeds):
-        raise TrainingError(f"the loss closure returned {len(losses)} losses for {2 * len(seeds)} points", hint="return one loss per row of points")
+    expected = 2 * len(seeds) + int(center)
+    if len(losses) != expected:
+        raise TrainingError(f"the loss closure returned {len(losses)} losses for {expected} points", hint="return one loss per row of points")
+    loss_center = losses.pop() if center else None
     plus, minus = losses[0::2], losses[1::2]
     for lp, lm in zip(plus, minus):
         if not (math.isfinite(lp) and math.isfinite(lm)):
@@ -132,8 +145,11 @@ def estimate(config: ZOConfig, step: int, closure: Callable[[Any], Sequence[floa
                 f"non-finite loss at step {step} (L+={lp}, L-={lm})",
                 hint="lower --lr or --eps; the last checkpoint is intact and --resume continues from it",
             )
+    if loss_center is not None and not math.isfinite(loss_center):
+        raise TrainingError(f"non-finite loss at step {step} (L0={loss_center})",
+                            hint="lower --lr or --eps; the last checkpoint is intact and --resume continues from it")
     grads = [(lp - lm) / (2 * config.eps) for lp, lm in zip(plus, minus)]
-    return StepRecord(step, lr_at(config, step), seeds, grads, plus, minus)
+    return StepRecord(step, lr_at(config, step), seeds, grads, plus, minus, loss_center)
 
 
 def all_finite(t: torch.Tensor) -> bool:
@@ -170,23 +186,54 @@ def in_place(values: torch.Tensor, closure: Callable[[], float]) -> PairedClosur
     return paired
 
 
+def curvature_estimate(record: StepRecord, scale: torch.Tensor, curvature: str, eps: float) -> torch.Tensor:
+    """One step's unbiased estimate of the diagonal: mean_i x_i (z_ij^2 - 1) / (2 d_j^2).
+
+    Args:
+        record: The step (its seeds and losses).
+        scale: D [nnz], the preconditioner the step's points were made with.
+        curvature: "fisher" (estimates (d_j L)^2) or "hessian" (estimates H_jj).
+        eps: The perturbation scale.
+
+    Returns:
+        [nnz] fp32 on the device of `scale` (very noisy: see zo_curvature.py's module doc).
+    """
+    xs = curvature_samples(record, curvature, eps)
+    n, q = scale.numel(), len(xs)
+    est = torch.zeros(n, dtype=torch.float32, device=scale.device)  # [nnz]
+    for seed, x in zip(record.seeds, xs):
+        z = perturbation(seed, n, scale.device)  # [nnz]
+        est.add_(z.square_().sub_(1.0), alpha=x / (2 * q))  # x (z^2 - 1) / 2, averaged over samples
+    return est.div_(scale.square())  # / d_j^2: the unpreconditioned diagonal
+
+
 class ZOSGD:
     """Two-point SPSA (MeZO) over a flat value vector, plain SGD update.
+
+    With `config.precondition` other than "none", every perturbation is D z instead of z (see the
+    module doc); the update rules below then follow D^2 grad L.
 
     Args:
         values: The flat fp32 trainable tensor [nnz]; mutated in place.
         config: Optimizer settings.
+        scores: The mask's fisher scores [nnz] in the order of `values` (needed by
+            `precondition="scores"`; the starting point of "online"; otherwise unused).
+
+    Raises:
+        ConfigError: values that are not a flat fp32 tensor; `precondition="scores"` without
+            scores; scores that do not fit the values.
 
     Example:
         opt = ZOSGD(sparse.values, ZOConfig(lr=1e-4, total_steps=300))
         record = opt.step(lambda points: losses_at(points), step=0)  # points [2q, nnz]
     """
 
-    def __init__(self, values: torch.Tensor, config: ZOConfig) -> None:
+    def __init__(self, values: torch.Tensor, config: ZOConfig, scores: torch.Tensor | None = None) -> None:
         if values.dtype != torch.float32 or values.dim() != 1:
             raise ConfigError(f"ZO values must be a flat fp32 tensor, got {values.dtype} {tuple(values.shape)}", hint="pass SparseModel.values")
         self.values = values
         self.config = config
+        self.precond = Preconditioner(values, config, scores)  # D (identity without --precondition)
 
     def step(self, closure: PairedClosure, step: int) -> StepRecord:
         """Estimate the gradient from 2 q losses and apply the update.
@@ -211,25 +258,33 @@ class ZOSGD:
         Raises:
             TrainingError: a non-finite loss, or a closure that returned the wrong count.
         """
-        return estimate(self.config, step, closure, self._points)
+        return estimate(self.config, step, closure, self._points, center=self.precond.center)
+
+    def noise(self, seed: int) -> torch.Tensor:
+        """The perturbation direction of one seed: z, or D z with a preconditioner [nnz] fp32."""
+        z = perturbation(seed, self.values.numel(), self.values.device)  # [nnz]
+        return z if self.precond.scale is None else z.mul_(self.precond.scale)
 
     def _points(self, seeds: list[int]) -> torch.Tensor:
-        """The 2q points (v + eps z_1, v - eps z_1, ...) as [2q, nnz] fp32."""
+        """The 2q points (v + eps u_1, v - eps u_1, ...) as [2q, nnz] fp32 (u = z, or D z),
+        then v itself when the online estimate needs L(v) ([2q + 1, nnz])."""
         eps, v = self.config.eps, self.values
-        points = torch.empty(2 * len(seeds), v.numel(), dtype=torch.float32, device=v.device)  # [2q, nnz]
+        points = torch.empty(2 * len(seeds) + int(self.precond.center), v.numel(), dtype=torch.float32, device=v.device)  # [P, nnz]
         for i, seed in enumerate(seeds):
-            z = perturbation(seed, v.numel(), v.device)  # [nnz]
-            torch.add(v, z, alpha=eps, out=points[2 * i])
-            torch.add(v, z, alpha=-eps, out=points[2 * i + 1])
-            del z
+            u = self.noise(seed)  # [nnz]
+            torch.add(v, u, alpha=eps, out=points[2 * i])
+            torch.add(v, u, alpha=-eps, out=points[2 * i + 1])
+            del u
+        if self.precond.center:
+            points[-1].copy_(v)
         return points
 
     def direction(self, record: StepRecord) -> torch.Tensor:
-        """The gradient estimate mean_i g_i z_i [nnz], rebuilt from the seeds."""
+        """The gradient estimate mean_i g_i u_i [nnz] (u = z, or D z), rebuilt from the seeds."""
         n = self.values.numel()
         est = torch.zeros(n, dtype=torch.float32, device=self.values.device)
         for seed, g in zip(record.seeds, record.grads):
-            est.add_(perturbation(seed, n, self.values.device), alpha=g / len(record.seeds))
+            est.add_(self.noise(seed), alpha=g / len(record.seeds))
         return est
 
     def apply(self, record: StepRecord) -> None:
@@ -240,8 +295,9 @@ class ZOSGD:
         """
         snapshot, state = self.values.clone(), self.state_dict()  # state_dict() returns copies
         try:
-            self._update(record)
-            finite = all_finite(self.values)
+            self._update(record)  # with the D that made this step's points
+            self.precond.update(record, curvature_estimate)  # then (online) D for the next step
+            finite = all_finite(self.values) and (self.precond.scale is None or all_finite(self.precond.scale))
         except (RuntimeError, OverflowError):  # a step size beyond fp32 range
             finite = False
         if not finite:
@@ -256,23 +312,28 @@ class ZOSGD:
         lr, wd, v = record.lr, self.config.weight_decay, self.values
         if wd:
             v.mul_(1.0 - lr * wd)  # v - lr wd v, using v before the gradient step
-        n = v.numel()
         for seed, g in zip(record.seeds, record.grads):
-            v.add_(perturbation(seed, n, v.device), alpha=-lr * g / len(record.seeds))
+            v.add_(self.noise(seed), alpha=-lr * g / len(record.seeds))
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        """Optimizer state beyond `values` (none for SGD)."""
-        return {}
+        """Optimizer state beyond `values` (copies): none for plain SGD; the online estimate's
+        with `precondition="online"` (`Preconditioner.state_dict`)."""
+        return self.precond.state_dict()
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        """Restore state saved by `state_dict`."""
+        """Restore state saved by `state_dict`.
+
+        Raises:
+            TrainingError: the online estimate's state is missing.
+        """
+        self.precond.load_state_dict(state)
 
 
 class ZOMomentum(ZOSGD):
     """ZO-SGD with heavy-ball momentum: m <- mu m + (g_hat + wd v); v <- v - lr m."""
 
-    def __init__(self, values: torch.Tensor, config: ZOConfig) -> None:
-        super().__init__(values, config)
+    def __init__(self, values: torch.Tensor, config: ZOConfig, scores: torch.Tensor | None = None) -> None:
+        super().__init__(values, config, scores)
         self.m = torch.zeros_like(values)  # [nnz]
 
     def _update(self, record: StepRecord) -> None:
@@ -283,17 +344,18 @@ class ZOMomentum(ZOSGD):
         self.values.add_(self.m, alpha=-record.lr)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        return {"m": self.m.clone()}
+        return {**super().state_dict(), "m": self.m.clone()}
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        super().load_state_dict(state)
         self.m.copy_(state["m"])
 
 
 class ZOAdam(ZOSGD):
     """Adam over the ZO gradient estimate with decoupled weight decay (state: 2 x nnz floats)."""
 
-    def __init__(self, values: torch.Tensor, config: ZOConfig) -> None:
-        super().__init__(values, config)
+    def __init__(self, values: torch.Tensor, config: ZOConfig, scores: torch.Tensor | None = None) -> None:
+        super().__init__(values, config, scores)
         self.m = torch.zeros_like(values)  # [nnz]
         self.s = torch.zeros_like(values)  # [nnz]
         self.t = 0
@@ -311,32 +373,74 @@ class ZOAdam(ZOSGD):
         self.values.addcdiv_(m_hat, s_hat.sqrt().add_(c.adam_eps), value=-record.lr)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        return {"m": self.m.clone(), "s": self.s.clone(), "t": torch.tensor(self.t)}
+        return {**super().state_dict(), "m": self.m.clone(), "s": self.s.clone(), "t": torch.tensor(self.t)}
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        super().load_state_dict(state)
         self.m.copy_(state["m"])
         self.s.copy_(state["s"])
         self.t = int(state["t"])
 
 
-def make_optimizer(values: torch.Tensor, config: ZOConfig) -> ZOSGD:
-    """Build the optimizer named by `config.optimizer` over `values`."""
-    cls = {"zo-sgd": ZOSGD, "zo-momentum": ZOMomentum, "zo-adam": ZOAdam}[config.optimizer]
-    return cls(values, config)
+class ZORMSProp(ZOSGD):
+    """RMSProp over the ZO gradient estimate, bias-corrected, decoupled weight decay (state: nnz floats).
+
+    s <- b2 s + (1 - b2) g_hat^2;  v <- v - lr g_hat / (sqrt(s / (1 - b2^t)) + adam_eps)
+    (Adam without its first moment: what each value's step is divided by, see the module doc.)
+    """
+
+    def __init__(self, values: torch.Tensor, config: ZOConfig, scores: torch.Tensor | None = None) -> None:
+        super().__init__(values, config, scores)
+        self.s = torch.zeros_like(values)  # [nnz]
+        self.t = 0
+
+    def _update(self, record: StepRecord) -> None:
+        c = self.config
+        grad = self.direction(record)  # [nnz]
+        self.t += 1
+        self.s.mul_(c.beta2).addcmul_(grad, grad, value=1 - c.beta2)
+        s_hat = self.s / (1 - c.beta2**self.t)  # [nnz]
+        if c.weight_decay:
+            self.values.mul_(1.0 - record.lr * c.weight_decay)
+        self.values.addcdiv_(grad, s_hat.sqrt_().add_(c.adam_eps), value=-record.lr)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {**super().state_dict(), "s": self.s.clone(), "t": torch.tensor(self.t)}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        super().load_state_dict(state)
+        self.s.copy_(state["s"])
+        self.t = int(state["t"])
 
 
-def replay(values: torch.Tensor, config: ZOConfig, records: list[StepRecord]) -> torch.Tensor:
+def make_optimizer(values: torch.Tensor, config: ZOConfig, scores: torch.Tensor | None = None) -> ZOSGD:
+    """Build the optimizer named by `config.optimizer` over `values`.
+
+    Args:
+        values: The flat fp32 trainable tensor [nnz].
+        config: Optimizer settings.
+        scores: The mask's scores [nnz] in the order of `values` (see `ZOSGD`).
+
+    Raises:
+        ConfigError: as `ZOSGD`.
+    """
+    cls = {"zo-sgd": ZOSGD, "zo-momentum": ZOMomentum, "zo-adam": ZOAdam, "zo-rmsprop": ZORMSProp}[config.optimizer]
+    return cls(values, config, scores)
+
+
+def replay(values: torch.Tensor, config: ZOConfig, records: list[StepRecord], scores: torch.Tensor | None = None) -> torch.Tensor:
     """Re-apply a run's step log to initial values without any forward pass.
 
     Args:
         values: Initial values [nnz] (mutated in place).
         config: The run's optimizer settings.
         records: Step records in order.
+        scores: The mask's scores [nnz] when the run was preconditioned by them.
 
     Returns:
         `values`, now equal to the run's final values.
     """
-    opt = make_optimizer(values, config)
+    opt = make_optimizer(values, config, scores)
     for record in records:
         opt.apply(record)
     return values

@@ -7,8 +7,10 @@ from dataclasses import dataclass, field
 
 from ..core.errors import ConfigError
 
-OPTIMIZERS = ("zo-sgd", "zo-momentum", "zo-adam")
+OPTIMIZERS = ("zo-sgd", "zo-momentum", "zo-adam", "zo-rmsprop")
 LR_SCHEDULES = ("constant", "linear", "cosine")
+PRECONDITIONERS = ("none", "scores", "online")
+CURVATURES = ("fisher", "hessian")
 
 
 @dataclass
@@ -17,7 +19,7 @@ class ZOConfig:
 
     lr: float = field(default=1e-4, metadata={"help": "learning rate (peak, after warmup)"})
     eps: float = field(default=1e-3, metadata={"help": "perturbation scale"})
-    optimizer: str = field(default="zo-sgd", metadata={"help": "zo-sgd, zo-momentum or zo-adam"})
+    optimizer: str = field(default="zo-sgd", metadata={"help": "zo-sgd, zo-momentum, zo-adam or zo-rmsprop (per-value step sizes)"})
     zo_samples: int = field(default=1, metadata={"help": "SPSA estimates averaged per step (q)"})
     lr_schedule: str = field(default="constant", metadata={"help": "constant, linear or cosine"})
     warmup: int = field(default=0, metadata={"help": "linear warmup steps (lr = lr * step / warmup)"})
@@ -26,8 +28,17 @@ class ZOConfig:
     seed: int = field(default=0, metadata={"help": "run seed; step seeds derive from it"})
     momentum: float = field(default=0.9, metadata={"help": "zo-momentum: momentum factor"})
     beta1: float = field(default=0.9, metadata={"help": "zo-adam: first-moment decay"})
-    beta2: float = field(default=0.999, metadata={"help": "zo-adam: second-moment decay"})
-    adam_eps: float = field(default=1e-8, metadata={"help": "zo-adam: denominator epsilon"})
+    beta2: float = field(default=0.999, metadata={"help": "zo-adam, zo-rmsprop: second-moment decay"})
+    adam_eps: float = field(default=1e-8, metadata={"help": "zo-adam, zo-rmsprop: denominator epsilon"})
+    precondition: str = field(default="none", metadata={"help": "diagonal preconditioner D of the perturbation (the step follows D^2 times the "
+                                                                "gradient): none; scores (fixed, from the mask's Σg²); online (an estimate "
+                                                                "updated every step, started from the scores where the mask has them)"})
+    precond_alpha: float = field(default=1.0, metadata={"help": "preconditioner exponent α: D ∝ (F / mean F + λ)^(-α/2); 0 = no preconditioning"})
+    precond_lambda: float = field(default=0.1, metadata={"help": "preconditioner damping λ > 0 (bounds D for weights of small F)"})
+    curvature: str = field(default="fisher", metadata={"help": "--precondition online: fisher (squared gradient, from the two forwards "
+                                                               "already taken) or hessian (second difference, one extra forward per step)"})
+    curvature_beta: float = field(default=1e-8, metadata={"help": "--precondition online: EMA rate of the diagonal estimate (one step's "
+                                                                  "estimate is very noisy: see runtime/zo_curvature.py)"})
 
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZERS:
@@ -47,3 +58,13 @@ class ZOConfig:
         for name in ("momentum", "beta1", "beta2"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ConfigError(f"{name} must be in [0, 1), got {getattr(self, name)}", hint="e.g. 0.9")
+        if self.precondition not in PRECONDITIONERS:
+            raise ConfigError(f"unknown preconditioner {self.precondition!r}", hint=f"choose one of: {', '.join(PRECONDITIONERS)}")
+        if self.curvature not in CURVATURES:
+            raise ConfigError(f"unknown curvature estimate {self.curvature!r}", hint=f"choose one of: {', '.join(CURVATURES)}")
+        if not (math.isfinite(self.precond_alpha) and 0.0 <= self.precond_alpha <= 4.0):
+            raise ConfigError(f"--precond-alpha must be in [0, 4], got {self.precond_alpha}", hint="e.g. --precond-alpha 1 (D = (F/mean F + λ)^(-1/2))")
+        if not (math.isfinite(self.precond_lambda) and self.precond_lambda > 0):
+            raise ConfigError(f"--precond-lambda must be > 0, got {self.precond_lambda}", hint="e.g. --precond-lambda 0.1")
+        if not 0.0 <= self.curvature_beta < 1.0:
+            raise ConfigError(f"--curvature-beta must be in [0, 1), got {self.curvature_beta}", hint="e.g. --curvature-beta 1e-8")

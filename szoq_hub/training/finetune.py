@@ -1,10 +1,11 @@
-"""`finetune`: the ZO fine-tuning loop, one loop over a `Trainable` (trainables.py).
+"""`finetune`: the ZO fine-tuning loop, one loop over a `Trainable` (szoq_hub/methods/trainable.py).
 
 The loop owns what every trainable shares: the task's batches (seeded epochs, any step
 reproducible), the step log, dev evaluation and the best-dev choice, checkpoint timing (every
 `save_every` steps, and every `save_every_minutes` of wall time), --resume, Ctrl-C and
 divergence messages. What is trained, and how its state is written, is the trainable's: the
-mask's values on the quantized runtime, or every linear weight of the fp32 model (--dense).
+method's (szoq_hub/methods/: the mask's values on the quantized runtime, every linear weight of the
+fp32 model, LoRA adapters, ...).
 The run folder's files are named and written in run_folder.py; settings in config.py.
 
 Each step evaluates its 2q perturbed points (v +- eps z_i) in ONE forward over 2q copies of the
@@ -16,6 +17,12 @@ update.
 `device` / `dtype` are resolved once (core/devices.py) and recorded in the run's config as
 `runtime`; --resume refuses another device type or compute dtype, because z is drawn from the
 device's own generator and the losses depend on the compute dtype.
+
+--resume checks contents, not names: the config and every checkpoint record the model's
+fingerprint (for a local folder, the sha256 of its weight files) and `data_sha256`, the sha256
+of the examples the run trains, selects on and evaluates (`examples_sha256`). A resume whose model
+or rows changed behind the same paths is refused with both values shown, before any step runs
+(a run that went on would mix two trainings in one file).
 """
 
 from __future__ import annotations
@@ -29,18 +36,16 @@ from typing import Callable
 import torch
 import torch.distributed as dist
 
-from ..core.devices import dtype_name, require_quant_backend, resolve_device, resolve_dtype
-from ..core.distributed import init_distributed, world
+from ..core.devices import dtype_name, init_distributed, require_quant_backend, resolve_device, resolve_dtype, world
 from ..core.errors import ConfigError, Interrupted, TrainingError
-from ..core.version import __version__
+from ..core.defaults import __version__
 from ..data.scoring import encode, loss_sums, pad_id_of
 from ..data.tasks import describe_split, load_task
 from ..runtime.zo import StepRecord
-from .config import FinetuneConfig, FinetuneResult, default_lr, settings_of
+from .config import FinetuneConfig, FinetuneResult, settings_of
+from .evaluate import score
 from .run_folder import RunFolder
-from .setup import score
 from .tracking import check_report_to, open_tracker, scalars
-from .trainables import build_trainable
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +80,18 @@ def batch_indices(n: int, batch_size: int, step: int, seed: int, cache: dict[int
 MICRO_BATCH_TOKENS = 128
 
 
+def examples_sha256(task) -> str:
+    """sha256 of a task's sampled train, dev and eval examples (prompts, options, labels), in order."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for split in (task.train, task.dev, task.eval):
+        for e in split:
+            h.update(json.dumps([e.prompt, e.options, e.label, e.group], ensure_ascii=True).encode() + b"\n")
+        h.update(b"--\n")
+    return h.hexdigest()
+
+
 def runtime_of(device: torch.device, dtype: torch.dtype) -> dict[str, str]:
     """The resolved device type and compute dtype a run records (what --resume must match)."""
     return {"device_type": device.type, "dtype": dtype_name(dtype)}
@@ -107,7 +124,7 @@ def _checkpoint_rule(config: FinetuneConfig) -> str:
 
 def _diverged_hint(config: FinetuneConfig, last_checkpoint: int | None) -> str:
     """A hint for a diverged run that works as written: --resume keeps --lr, so a lower --lr is a new run."""
-    lr, usual = config.zo.lr, default_lr(dense=config.dense, lora=config.lora)
+    lr, usual = config.zo.lr, config.method_spec.config_cls.default_lr
     lower = usual if lr > usual else lr / 10
     kept = (f"the checkpoint at step {last_checkpoint} in {config.out} is intact, but --resume keeps --lr"
             if last_checkpoint else f"no checkpoint was written yet ({_checkpoint_rule(config)})")
@@ -125,8 +142,9 @@ def _interrupted(config: FinetuneConfig, done: int, last_checkpoint: int | None)
 
 def finetune(config: FinetuneConfig, *, resume: bool | None = None, progress: ProgressFn | None = None,
              clock: Callable[[], float] = time.monotonic) -> FinetuneResult:
-    """Fine-tune the sparse values of a quantized model (or, with `config.dense`, every linear
-    weight of the fp32 model: the dense MeZO baseline, see runtime/dense.py) with ZO on a task.
+    """Fine-tune with ZO on a task, by the run's method (`config.method`, szoq_hub/methods/): the
+    sparse values of a quantized model (SensZOQ), every linear weight of the fp32 model (dense
+    MeZO), LoRA adapters on the quantized base, or any registered method.
 
     Args:
         config: The run's settings.
@@ -149,8 +167,9 @@ def finetune(config: FinetuneConfig, *, resume: bool | None = None, progress: Pr
     started = time.perf_counter()
     init_distributed()
     rank, size = world()
-    if config.dense and size > 1:
-        raise ConfigError("--dense runs in one process (no data-parallel path)", hint="run szoq finetune --dense without torchrun")
+    method = config.method_spec
+    if not method.config_cls.data_parallel and size > 1:
+        raise ConfigError(f"{method.flag} runs in one process (no data-parallel path)", hint=f"run szoq finetune {method.flag} without torchrun")
     emit = progress or (lambda _event: None)
     require_quant_backend(config.quant)
     check_report_to(config.report_to)
@@ -160,7 +179,7 @@ def finetune(config: FinetuneConfig, *, resume: bool | None = None, progress: Pr
     spec = config.dtype
     if resume and spec == "auto":  # the run's own choice, whatever `auto` picks here
         spec = (run.saved_runtime() or {}).get("dtype", spec)
-    dtype = torch.float32 if config.dense else resolve_dtype(spec, device)
+    dtype = resolve_dtype(spec, device) if method.config_cls.quantized else torch.float32  # unquantized weights train in fp32
     runtime = runtime_of(device, dtype)
     if resume:
         run.check_runtime(runtime)
@@ -169,12 +188,17 @@ def finetune(config: FinetuneConfig, *, resume: bool | None = None, progress: Pr
     # Data, template and labels are read and checked before anything loads (a bad row costs no model load).
     task = load_task(config.task, custom=config.custom_task(), data_dir=config.data_dir, sampling=config.sampling())
     settings = settings_of(config)
-    trainable = build_trainable(config, device=device, dtype=dtype, settings=settings, writer=rank == 0)
+    data_sha = examples_sha256(task)
+    if resume:  # the rows first: no model loads for a run that cannot continue
+        run.check_contents(data_sha256=data_sha)
+    trainable = method.trainable_cls(config, device, dtype, settings, rank == 0)
+    if resume:
+        run.check_contents(fingerprint=trainable.fingerprint, model=config.model, mask_sha256=trainable.record().get("mask_sha256"))
     pad_id = pad_id_of(trainable.tokenizer)
     train, dev, evals = (encode(trainable.tokenizer, x) for x in (task.train, task.dev, task.eval))
     if rank == 0 and not resume:
         run.write_config({"settings": settings, "task": {"name": task.name, "metric": task.metric, **task.info}, "base_model": trainable.source.base_model,
-                          "fingerprint": trainable.fingerprint, **trainable.record(), "szoq_version": __version__, "world_size": size, "runtime": runtime})
+                          "fingerprint": trainable.fingerprint, "data_sha256": data_sha, **trainable.record(), "szoq_version": __version__, "world_size": size, "runtime": runtime})
 
     start, best_dev, best_step = 0, -math.inf, None
     ckpt = trainable.restore(run) if resume else None
@@ -189,6 +213,7 @@ def finetune(config: FinetuneConfig, *, resume: bool | None = None, progress: Pr
           "nnz": trainable.nnz, "resumed": resume, "checkpoint": start if ckpt is not None else None, "redone": redone,
           "save_every": config.save_every, "split": describe_split(task, config.sampling()), "out": str(run.path), "dtype": runtime["dtype"], **micro})
     last_checkpoint = start if ckpt is not None else None
+    contents = {"fingerprint": trainable.fingerprint, "data_sha256": data_sha}  # every checkpoint records what it was trained on
     done = start
     perms: dict[int, list[int]] = {}
     metrics = tracker = None
@@ -232,10 +257,10 @@ def finetune(config: FinetuneConfig, *, resume: bool | None = None, progress: Pr
                 emit({"kind": "eval", "step": done, "dev": dev_score, "metric": task.metric})
                 if dev_score > best_dev:
                     best_dev, best_step = dev_score, done
-                    checkpointed = trainable.keep_best(run, done, dev_score, _meta(done, best_dev, best_step))
+                    checkpointed = trainable.keep_best(run, done, dev_score, _meta(done, best_dev, best_step, contents))
             timed = config.save_every_minutes > 0 and clock() - saved_at >= 60.0 * config.save_every_minutes
             if not checkpointed and rank == 0 and (done % config.save_every == 0 or done == config.steps or timed):
-                trainable.save_checkpoint(run, _meta(done, best_dev, best_step))
+                trainable.save_checkpoint(run, _meta(done, best_dev, best_step, contents))
                 checkpointed = True
             if checkpointed:
                 last_checkpoint, saved_at = done, clock()
@@ -261,6 +286,6 @@ def finetune(config: FinetuneConfig, *, resume: bool | None = None, progress: Pr
                           dtype=runtime["dtype"], **micro)
 
 
-def _meta(done: int, best_dev: float, best_step: int | None) -> dict[str, str]:
-    """The loop's part of a checkpoint header."""
-    return {"step": str(done), "best_dev": repr(best_dev), "best_step": str(best_step or "")}
+def _meta(done: int, best_dev: float, best_step: int | None, contents: dict[str, str]) -> dict[str, str]:
+    """The loop's part of a checkpoint header (with the model fingerprint and rows sha256 it was trained on)."""
+    return {"step": str(done), "best_dev": repr(best_dev), "best_step": str(best_step or ""), **contents}

@@ -25,12 +25,11 @@ import torch
 
 from ..core import schema
 from ..core.errors import TrainingError
-from ..core.paths import atomic_file
-from ..core.version import __version__
-from ..masks.artifact import card_base_model
-from ..runtime.delta import DELTA_FILE
-from ..runtime.dense import DENSE_FILE
-from ..runtime.lora_file import LORA_FILE
+from ..core.files import atomic_file
+from ..core.defaults import __version__
+from ..masks.card import card_base_model
+from ..methods import method_of_settings, methods
+from ..methods.trainable import card_task
 from .config import FinetuneConfig, settings_of
 
 CONFIG_FILE = "finetune_config.json"
@@ -39,7 +38,6 @@ REDONE_FILE = "metrics.redone.jsonl"
 CHECKPOINT_FILE = "checkpoint.safetensors"
 BEST_FILE = "best-dev.safetensors"
 CARD_FILE = "README.md"
-FINAL_FILES = (DELTA_FILE, DENSE_FILE, LORA_FILE)
 # Settings that may differ when resuming (they do not change the trajectory; micro_batch_size changes
 # float rounding only, so a run that ran out of memory can resume with smaller forwards). device and
 # dtype are compared resolved (the `runtime` block), not as typed: `auto` and `cpu` can be the same.
@@ -92,7 +90,8 @@ class RunFolder:
             if resume:
                 raise TrainingError(f"--resume: {out} holds no {CONFIG_FILE}", hint="resume a folder written by szoq finetune, or drop --resume")
             raise TrainingError(f"--out {out} already exists and holds no szoq finetune run", hint="choose another --out folder")
-        saved = self.read_config()["settings"]
+        saved = dict(self.read_config()["settings"])
+        saved.setdefault("method", method_of_settings(saved).name)  # a 0.1.0 run recorded dense / lora only
         now = {k: v for k, v in settings_of(config).items() if k not in RESUME_FREE}
         # An option added after the run started (e.g. --adam-eps) compares as its default.
         defaults = settings_of(FinetuneConfig())
@@ -100,7 +99,7 @@ class RunFolder:
         if differ:
             raise TrainingError(f"{flag}--out {out} holds a run with other settings: {', '.join(differ[:3])}",
                                 hint=f"rerun with that run's options (see its {CONFIG_FILE}) to continue it, or choose another --out")
-        if any(self.file(name).is_file() for name in FINAL_FILES):
+        if any(self.file(m.config_cls.final_file).is_file() for m in methods()):
             raise TrainingError(f"{flag}the run in {out} is already complete",
                                 hint=f"use it (szoq eval --delta {out}), or choose another --out for a new run")
         return True
@@ -130,6 +129,40 @@ class RunFolder:
                     f"--resume: {self.path} ran on {saved.get('device_type')} in {saved.get('dtype')}, this resume would run on "
                     f"{runtime['device_type']} in {runtime['dtype']}",
                     hint=f"resume with --device {saved.get('device_type')} --dtype {saved.get('dtype')} (z is drawn by the device's own generator)")
+
+    def check_contents(self, *, fingerprint: str | None = None, data_sha256: str | None = None, model: str | None = None,
+                       mask_sha256: str | None = None) -> None:
+        """--resume: refuse a model or rows whose contents changed since the run started.
+
+        Compares with the checkpoint's record when it has one (it is what the run continues
+        from), else with the config's. Runs started before these were recorded have no rows hash:
+        only the fingerprint is compared for them.
+
+        Raises:
+            TrainingError: the model fingerprint or the rows sha256 differs, both values shown.
+        """
+        saved = self._recorded_contents()
+        hint = f"restore what the run was trained on, or start a new run in another --out (the run in {self.path} stays as it is)"
+        if fingerprint is not None and saved.get("fingerprint") and saved["fingerprint"] != fingerprint:
+            raise TrainingError(f"--resume: the model changed since the run in {self.path} started: it trained on fingerprint "
+                                f"{saved['fingerprint'][:12]}, {model or 'the model'} now has fingerprint {fingerprint[:12]}", hint=hint)
+        if mask_sha256 is not None and saved.get("mask_sha256") and saved["mask_sha256"] != mask_sha256:
+            raise TrainingError(f"--resume: the mask changed since the run in {self.path} started: mask sha256 "
+                                f"{saved['mask_sha256'][:12]} then, {mask_sha256[:12]} now", hint=hint)
+        if data_sha256 is not None and saved.get("data_sha256") and saved["data_sha256"] != data_sha256:
+            raise TrainingError(f"--resume: the task's rows changed since the run in {self.path} started: rows sha256 "
+                                f"{saved['data_sha256'][:12]} then, {data_sha256[:12]} now", hint=hint)
+
+    def _recorded_contents(self) -> dict[str, str]:
+        """{"fingerprint", "data_sha256", "mask_sha256"} as the checkpoint (else the config) records them; strings only."""
+        recorded: dict = {}
+        if self.config.is_file():
+            config = self.read_config()
+            recorded = {k: config.get(k) for k in ("fingerprint", "data_sha256", "mask_sha256")}
+        if self.checkpoint.is_file():
+            meta = schema.read_header(self.checkpoint, error=TrainingError).metadata
+            recorded.update({k: meta[k] for k in ("fingerprint", "data_sha256") if meta.get(k)})
+        return {k: v for k, v in recorded.items() if isinstance(v, str) and v}
 
     def write_config(self, record: dict) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
@@ -221,24 +254,3 @@ class RunFolder:
         lines = ["---", data.to_yaml(), "---", "", title, "", summary, "", "| fact | value |", "|---|---|",
                  *[f"| {k} | {v} |" for k, v in facts], "", "## Use", "", "```", *use, "```", ""]
         self.card.write_text("\n".join(lines))
-
-
-def card_task(config: FinetuneConfig) -> str:
-    """The task as a card names it (`custom` for data files)."""
-    return config.task if not (config.train_file or config.task_file) else "custom"
-
-
-def checkpoint_meta(path: Path, meta: dict[str, str]) -> tuple[int, int | None, float]:
-    """(step, best step, best dev) from the header of the checkpoint at `path`.
-
-    Raises:
-        TrainingError: no step, or a best step / best dev that is not a number.
-    """
-    try:
-        ok = meta.get("step", "").isdigit() and (meta.get("best_step") or "0").isdigit()
-        best_dev = float(meta.get("best_dev", "-inf"))
-    except ValueError:
-        ok = False
-    if not ok:
-        raise TrainingError(f"{path} is corrupt (no step)", hint="start a new run in another --out folder")
-    return int(meta["step"]), (int(meta["best_step"]) if meta.get("best_step") else None), best_dev

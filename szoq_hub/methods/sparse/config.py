@@ -1,0 +1,26 @@
+"""`SparseConfig`: SensZOQ, the fp32 values of a sensitivity mask's weights on the quantized base.
+
+The method's only setting is the mask, which `FinetuneConfig.mask` holds (`eval` and `merge`
+take a mask too, with or without a run), so the dataclass has no fields of its own.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+from ...core.defaults import DEFAULT_LR
+from ..spec import MethodConfig
+
+DELTA_FILE = "delta.safetensors"
+DELTA_CARD_TAGS = ["szoq", "sparse-delta", "zeroth-order"]
+
+
+@dataclass
+class SparseConfig(MethodConfig):
+    """SensZOQ's settings (the mask: `FinetuneConfig.mask`)."""
+
+    final_file: ClassVar[str] = DELTA_FILE
+    default_lr: ClassVar[float] = DEFAULT_LR
+    takes_mask: ClassVar[bool] = True
+    summary: ClassVar[str] = "the fp32 values of a sensitivity mask's weights on the quantized base (SensZOQ; writes delta.safetensors)"
