@@ -20,13 +20,12 @@ from torch import nn
 
 from .checkpoint import ST_DTYPES, checkpoint_files, iter_tensors, read_header
 from ..core import progress
+from ..core.defaults import DEFAULT_MODEL
 from ..core.errors import ModelError
 from ..core.files import atomic_dir, atomic_file, file_sha256
 from ..core.home import model_cache_dir
 
 log = logging.getLogger(__name__)
-
-from ..core.defaults import DEFAULT_MODEL  # noqa: E402,F401  (`szoq --help` reads it without torch)
 
 # Built-in aliases: name -> (python package holding a GGUF, file name, upstream Hub id).
 ALIASES: dict[str, tuple[str, str, str]] = {

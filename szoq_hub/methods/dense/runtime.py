@@ -334,8 +334,9 @@ def load_dense_result(ref: str | Path, *, model: str | None = None, revision: st
         FingerprintMismatch: `model` is not the model the run trained.
         TrainingError: a corrupt or incomplete file.
     """
+    from ...core.defaults import DEFAULT_MODEL
     from ...core.errors import FingerprintMismatch
-    from ...data.models import DEFAULT_MODEL, fingerprint_from, parameter_layout, resolve_model
+    from ...data.models import fingerprint_from, parameter_layout, resolve_model
 
     path = Path(ref)
     path = path / DENSE_FILE if path.is_dir() else path

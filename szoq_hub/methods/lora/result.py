@@ -12,10 +12,11 @@ from typing import Any
 
 import torch
 
+from ...core.defaults import DEFAULT_MODEL
 from ...core.devices import dtype_name, require_quant_backend, resolve_dtype
 from ...core.errors import ConfigError, MaskError
 from ...core.files import atomic_dir
-from ...data.models import DEFAULT_MODEL, model_fingerprint, resolve_model
+from ...data.models import model_fingerprint, resolve_model
 from ..peft import ADAPTER_FILE, CARD_FILE, PeftExport, use_lines
 from ..result import Merged, MethodResult, Scorable, refuse_mask_for
 from .config import LORA_FILE

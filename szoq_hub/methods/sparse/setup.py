@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ...core.defaults import DEFAULT_MASK
+from ...core.defaults import DEFAULT_MASK, DEFAULT_MODEL
 from ...core.errors import FingerprintMismatch, MaskError
 from ...core.files import file_sha256
-from ...data.models import DEFAULT_MODEL, ModelSource, fingerprint_from, parameter_layout, resolve_model
+from ...data.models import ModelSource, fingerprint_from, parameter_layout, resolve_model
 from ...hub.refs import resolve_mask_ref
 from ...masks.artifact import MASK_FILE, MaskData, load_mask
 from ...core import schema
