@@ -55,9 +55,10 @@ def test_llama_qk_permutation_is_undone_not_skipped(tmp_path):
     path = write_tiny_gguf(tmp_path / "m.gguf", arch="llama", qtype="F32", kv_heads=2)
     raw = {t.name: np.array(dequantize(t.data, t.tensor_type)) for t in gguf.GGUFReader(str(path)).tensors}
     file = GGUFModelFile(path)
-    from szoq_hub.data.models import _skeleton, load_config, resolve_model
+    from szoq_hub.data.footprint import load_config, skeleton
+    from szoq_hub.data.models import resolve_model
 
-    skeleton = _skeleton(load_config(resolve_model(str(path))))
+    skeleton = skeleton(load_config(resolve_model(str(path))))
     got = dict(file.iter_tensors(file.hf_names(skeleton)))
     q = got["model.layers.0.self_attn.q_proj.weight"]
     assert not torch.equal(q, torch.from_numpy(raw["blk.0.attn_q.weight"]))
@@ -67,10 +68,11 @@ def test_llama_qk_permutation_is_undone_not_skipped(tmp_path):
 
 def test_cast_slabs_equal_the_whole_tensor_cast(tmp_path, monkeypatch):
     from szoq_hub.data import gguf_file
-    from szoq_hub.data.models import _skeleton, load_config, resolve_model
+    from szoq_hub.data.footprint import load_config, skeleton
+    from szoq_hub.data.models import resolve_model
 
     path = write_tiny_gguf(tmp_path / "m.gguf", arch="qwen2", qtype="Q4_0")
-    skeleton = _skeleton(load_config(resolve_model(str(path))))
+    skeleton = skeleton(load_config(resolve_model(str(path))))
     file = gguf_file.GGUFModelFile(path)
     whole = {k: v.to(torch.bfloat16) for k, v in file.iter_tensors(file.hf_names(skeleton))}
     monkeypatch.setattr(gguf_file, "SLAB_BYTES", 7 * 64 * 4)  # 7 rows a slab: the last slab is short

@@ -37,10 +37,11 @@ def test_mask_build_picks_a_bound_and_builds_the_unbounded_mask(tiny_gguf, tmp_p
     # a machine with little memory left: room for about half the accumulators, so the picked bound splits the build
     import torch
 
-    from szoq_hub.data.models import _skeleton, load_config, resolve_model, target_parameter_names
+    from szoq_hub.data.footprint import load_config, skeleton
+    from szoq_hub.data.models import resolve_model, target_parameter_names
     from szoq_hub.masks import build_plan
 
-    skeleton = _skeleton(load_config(resolve_model(str(tiny_gguf))))
+    skeleton = skeleton(load_config(resolve_model(str(tiny_gguf))))
     numels = {n: p.numel() for n, p in skeleton.named_parameters() if n in set(target_parameter_names(skeleton))}
     largest = max(numels.values())
     fixed = (build_plan.activation_bytes(skeleton.config, 16, torch.float32, 0, False) + largest * 8 + 16 * largest

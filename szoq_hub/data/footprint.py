@@ -19,6 +19,7 @@ import logging
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from ..core.errors import ModelError
 
@@ -55,10 +56,8 @@ def model_bytes(source, *, quant: str, dtype: torch.dtype, extra_linear_copies: 
         extra_linear_copies: fp32 copies of the decoder linears the method keeps besides the
             weights (dense ZO momentum: 1, Adam: 2).
     """
-    from .models import _linear_weight_names, _skeleton, load_config
-
-    model = _skeleton(load_config(source))
-    linears = set(_linear_weight_names(model))
+    model = skeleton(load_config(source))
+    linears = set(decoder_linears(model))
     size = torch.finfo(dtype).bits // 8
     total = 0.0
     linear_numel = 0
@@ -90,3 +89,36 @@ def check_fits(need: int, *, what: str, hint: str) -> None:
     log.info("%s needs ~%s; %s available", what, format_gb(need), format_gb(avail) if avail is not None else "unknown")
     if avail is not None and need > avail:
         raise ModelError(f"not enough memory: {what} needs about {format_gb(need)}, this machine has {format_gb(avail)} available", hint=hint)
+
+
+def load_config(source):
+    """Load the transformers config of a resolved source (a `models.ModelSource`; no weights)."""
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(source.path)
+
+
+def skeleton(config, dtype: torch.dtype = torch.float32) -> nn.Module:
+    """The causal LM of `config` with every parameter on the meta device (no weight memory)."""
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(config, dtype=dtype)
+
+
+def decoder_linears(model: nn.Module) -> dict[str, bool]:
+    """The weights of the model's linear layers (not embeddings or lm_head), in model order: the one place linears are found.
+
+    GPT-2's `Conv1D` is a linear whose weight is stored transposed ([in, out]).
+
+    Returns:
+        `{module}.weight` -> True when the weight is stored transposed (Conv1D).
+    """
+    try:
+        from transformers.pytorch_utils import Conv1D
+    except ImportError:
+        Conv1D = None
+    linear_types: tuple[type, ...] = (nn.Linear,) if Conv1D is None else (nn.Linear, Conv1D)
+    out_emb = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    return {f"{name}.weight": Conv1D is not None and isinstance(module, Conv1D)
+            for name, module in model.named_modules() if isinstance(module, linear_types) and module is not out_emb}

@@ -24,6 +24,7 @@ from ..core.defaults import DEFAULT_MODEL
 from ..core.errors import ModelError
 from ..core.files import atomic_dir, atomic_file, file_sha256
 from ..core.home import model_cache_dir
+from .footprint import check_fits, decoder_linears, format_gb, load_config, model_bytes, skeleton
 
 log = logging.getLogger(__name__)
 
@@ -126,9 +127,9 @@ def _gguf_meta_folder(gguf_path: Path, digest: str) -> Path:
         config = config_from_gguf(gguf_path)
         vars(config).pop("_name_or_path", None)
         vars(config).pop("_model_name_or_path", None)  # the GGUF's internal name, not a model id
-        skeleton = _skeleton(config)
-        config.architectures = [type(skeleton).__name__]  # as a converted copy's config.json records it
-        file.check_against(skeleton, file.hf_names(skeleton), tied=bool(getattr(config, "tie_word_embeddings", False)))
+        meta_model = skeleton(config)
+        config.architectures = [type(meta_model).__name__]  # as a converted copy's config.json records it
+        file.check_against(meta_model, file.hf_names(meta_model), tied=bool(getattr(config, "tie_word_embeddings", False)))
         tokenizer = tokenizer_from_gguf(gguf_path)
     target.parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -141,14 +142,6 @@ def _gguf_meta_folder(gguf_path: Path, digest: str) -> Path:
             raise
         # another process wrote the same folder first: use its copy
     return target
-
-
-def _skeleton(config, dtype: torch.dtype = torch.float32) -> nn.Module:
-    """The causal LM of `config` with every parameter on the meta device (no weight memory)."""
-    from transformers import AutoModelForCausalLM
-
-    with torch.device("meta"):
-        return AutoModelForCausalLM.from_config(config, dtype=dtype)
 
 
 def _alias_gguf(name: str) -> tuple[Path, str]:
@@ -250,13 +243,6 @@ def resolve_model(ref: str, *, revision: str | None = None) -> ModelSource:
     )
 
 
-def load_config(source: ModelSource):
-    """Load the transformers config of a resolved source (no weights)."""
-    from transformers import AutoConfig
-
-    return AutoConfig.from_pretrained(source.path)
-
-
 def parameter_layout(source: ModelSource) -> list[tuple[str, tuple[int, ...], str]]:
     """List (name, shape, dtype) of every parameter without loading weights (meta device)."""
     from transformers import AutoModelForCausalLM
@@ -339,8 +325,6 @@ def load_model(source: ModelSource, *, dtype: torch.dtype = torch.float32) -> Lo
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from .footprint import check_fits, format_gb, model_bytes
-
     dtype_name = str(dtype).removeprefix("torch.")
     check_fits(model_bytes(source, quant="none", dtype=dtype), what=f"{source.ref} in {dtype_name} (every weight, unquantized)",
                hint=f"this step holds the whole model in {dtype_name}: run it on a machine with more memory; fine-tuning and eval "
@@ -378,24 +362,6 @@ def _load_gguf_model(source: ModelSource, dtype: torch.dtype) -> nn.Module:
         raise ModelError(f"{source.gguf.name} lacks {len(missing)} tensor(s) the model needs (e.g. {missing[0]})",
                          hint="the file is incomplete: download it again")
     return model
-
-
-def decoder_linears(model: nn.Module) -> dict[str, bool]:
-    """The weights of the model's linear layers (not embeddings or lm_head), in model order: the one place linears are found.
-
-    GPT-2's `Conv1D` is a linear whose weight is stored transposed ([in, out]).
-
-    Returns:
-        `{module}.weight` -> True when the weight is stored transposed (Conv1D).
-    """
-    try:
-        from transformers.pytorch_utils import Conv1D
-    except ImportError:
-        Conv1D = None
-    linear_types: tuple[type, ...] = (nn.Linear,) if Conv1D is None else (nn.Linear, Conv1D)
-    out_emb = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    return {f"{name}.weight": Conv1D is not None and isinstance(module, Conv1D)
-            for name, module in model.named_modules() if isinstance(module, linear_types) and module is not out_emb}
 
 
 def target_parameter_names(model: nn.Module, targets: str | None = None) -> list[str]:

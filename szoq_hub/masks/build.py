@@ -28,7 +28,8 @@ from ..core.errors import ConfigError, DependencyError, MaskError, ModelError
 from ..core.home import ensure_writable_dir, scratch_dir
 from ..core.public import public_word
 from .artifact import MaskConfig, MaskData, mask_stats, save_mask
-from ..data.models import ModelSource, load_config, model_fingerprint, resolve_model, source_dtype, source_tensors, target_parameter_names
+from ..data.footprint import load_config
+from ..data.models import ModelSource, model_fingerprint, resolve_model, source_dtype, source_tensors, target_parameter_names
 from .registry import Registry, check_name, check_version, name_from
 from .selection import StreamingSelector
 from .sensitivity import (Frozen4bitLinear, ProgressFn, checkpointed_layers, decoder_layers, fisher_scores,

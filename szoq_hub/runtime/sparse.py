@@ -50,7 +50,8 @@ from ..data.checkpoint import KeyMapper
 from ..core.devices import require_quant_backend, resolve_device, resolve_dtype
 from ..core.errors import ConfigError, FingerprintMismatch, MaskError, ModelError
 from ..masks.artifact import MaskData
-from ..data.models import ModelSource, decoder_linears, model_fingerprint, resolve_model, set_module_tensor, source_tensors
+from ..data.footprint import decoder_linears
+from ..data.models import ModelSource, model_fingerprint, resolve_model, set_module_tensor, source_tensors
 from .sparse_linear import QUANT_MODES, SparseQuantLinear, SparseValues, contiguous_input
 
 log = logging.getLogger(__name__)

@@ -153,7 +153,7 @@ def model_module_shapes(source, settings: LoRASettings) -> dict[str, tuple[int, 
     """`module_shapes` of a resolved model without loading its weights (a meta-device skeleton)."""
     from transformers import AutoModelForCausalLM
 
-    from ...data.models import load_config
+    from ...data.footprint import load_config
 
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(load_config(source), dtype=torch.float32)
