@@ -1,4 +1,5 @@
-"""How much memory a model will take once opened, and whether this machine has it, before loading.
+"""A model before its weights: its config, a meta-device skeleton, its decoder linears, and how
+much memory it will take once opened (and whether this machine has it), all before loading.
 
 Loading a model that does not fit ends in the kernel's OOM killer (a bare `Killed`, no message)
 or in swap, minutes in. The estimate below needs only the config (a meta-device skeleton) and is
