@@ -354,43 +354,11 @@ class ZOMomentum(ZOSGD):
 class ZOAdam(ZOSGD):
     """Adam over the ZO gradient estimate with decoupled weight decay (state: 2 x nnz floats)."""
 
-    def __init__(self, values: torch.Tensor, config: ZOConfig, scores: torch.Tensor | None = None) -> None:
-        super().__init__(values, config, scores)
-        self.m = torch.zeros_like(values)  # [nnz]
-        self.s = torch.zeros_like(values)  # [nnz]
-        self.t = 0
-
-    def _update(self, record: StepRecord) -> None:
-        c = self.config
-        grad = self.direction(record)  # [nnz]
-        self.t += 1
-        self.m.mul_(c.beta1).add_(grad, alpha=1 - c.beta1)
-        self.s.mul_(c.beta2).addcmul_(grad, grad, value=1 - c.beta2)
-        m_hat = self.m / (1 - c.beta1**self.t)
-        s_hat = self.s / (1 - c.beta2**self.t)
-        if c.weight_decay:
-            self.values.mul_(1.0 - record.lr * c.weight_decay)
-        self.values.addcdiv_(m_hat, s_hat.sqrt().add_(c.adam_eps), value=-record.lr)
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        return {**super().state_dict(), "m": self.m.clone(), "s": self.s.clone(), "t": torch.tensor(self.t)}
-
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        super().load_state_dict(state)
-        self.m.copy_(state["m"])
-        self.s.copy_(state["s"])
-        self.t = int(state["t"])
-
-
-class ZORMSProp(ZOSGD):
-    """RMSProp over the ZO gradient estimate, bias-corrected, decoupled weight decay (state: nnz floats).
-
-    s <- b2 s + (1 - b2) g_hat^2;  v <- v - lr g_hat / (sqrt(s / (1 - b2^t)) + adam_eps)
-    (Adam without its first moment: what each value's step is divided by, see the module doc.)
-    """
+    first_moment = True  # ZORMSProp: False (no m; the estimate itself is the step's direction)
 
     def __init__(self, values: torch.Tensor, config: ZOConfig, scores: torch.Tensor | None = None) -> None:
         super().__init__(values, config, scores)
+        self.m = torch.zeros_like(values) if self.first_moment else None  # [nnz]
         self.s = torch.zeros_like(values)  # [nnz]
         self.t = 0
 
@@ -399,18 +367,34 @@ class ZORMSProp(ZOSGD):
         grad = self.direction(record)  # [nnz]
         self.t += 1
         self.s.mul_(c.beta2).addcmul_(grad, grad, value=1 - c.beta2)
+        if self.m is not None:
+            self.m.mul_(c.beta1).add_(grad, alpha=1 - c.beta1)
+            grad = self.m / (1 - c.beta1**self.t)  # m_hat
         s_hat = self.s / (1 - c.beta2**self.t)  # [nnz]
         if c.weight_decay:
             self.values.mul_(1.0 - record.lr * c.weight_decay)
         self.values.addcdiv_(grad, s_hat.sqrt_().add_(c.adam_eps), value=-record.lr)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        return {**super().state_dict(), "s": self.s.clone(), "t": torch.tensor(self.t)}
+        moments = {"m": self.m.clone()} if self.m is not None else {}
+        return {**super().state_dict(), **moments, "s": self.s.clone(), "t": torch.tensor(self.t)}
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         super().load_state_dict(state)
+        if self.m is not None:
+            self.m.copy_(state["m"])
         self.s.copy_(state["s"])
         self.t = int(state["t"])
+
+
+class ZORMSProp(ZOAdam):
+    """RMSProp over the ZO gradient estimate, bias-corrected, decoupled weight decay (state: nnz floats).
+
+    s <- b2 s + (1 - b2) g_hat^2;  v <- v - lr g_hat / (sqrt(s / (1 - b2^t)) + adam_eps)
+    (Adam without its first moment: what each value's step is divided by, see the module doc.)
+    """
+
+    first_moment = False
 
 
 def make_optimizer(values: torch.Tensor, config: ZOConfig, scores: torch.Tensor | None = None) -> ZOSGD:

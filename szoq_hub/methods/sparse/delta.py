@@ -334,26 +334,8 @@ def push_delta(folder: str | Path, *, repo_id: str, tag: str | None = None, priv
                create_pr: bool = False, message: str | None = None) -> PushResult:
     """Publish a fine-tuned delta (a `szoq finetune` output folder) to a Hub repo, like a mask.
 
-    Uploads `delta.safetensors`, `finetune_config.json`, `metrics.jsonl` (when present) and a
-    card in one commit on top of the head read just before, then tags it. Checkpoints are never
-    uploaded. Pushing a delta that a tag (or main) already holds makes no commit.
-
-    Args:
-        folder: The run folder (or its `delta.safetensors`).
-        repo_id: `ORG/NAME` of the Hub repo (created if missing, as a model repo).
-        tag: Tag to create; default `v1`, or the next `vN` when the repo has tags already.
-        private: Create the repo as private (an existing repo keeps its visibility).
-        token: Hub token; default `HF_TOKEN` or the login.
-        create_pr: Open a pull request instead of committing to main (no tag is created).
-        message: Commit title.
-
-    Returns:
-        PushResult with the repo URL, commit sha, tag and status (`ref` is None).
-
-    Raises:
-        ConfigError: bad repo id or tag, or a folder that is not a delta.
-        MaskError: the local delta is corrupt, the run is unfinished, or it records a local path.
-        HubError: auth, race (parent moved), tag taken by another delta, network.
+    The sparse method's side of `methods.sharing.push_delta` (`Delta.push_to_hub` calls it
+    directly): the same arguments, return value and errors, documented there.
     """
     check_repo_id(repo_id)
     path = Path(folder).expanduser()
@@ -367,27 +349,8 @@ def pull_delta(repo_id: str, *, revision: str | None = None, token: str | None =
                out: str | Path | None = None) -> PullResult:
     """Download a fine-tuned delta at a revision into the Hugging Face cache and verify it.
 
-    Only `delta.safetensors`, `finetune_config.json`, `metrics.jsonl` and `README.md` are
-    fetched. The delta file must match the commit's hash and load as a szoq delta before its
-    folder is returned; a corrupt download is removed from the cache. Offline (or
-    `HF_HUB_OFFLINE=1`) it reads the cache only.
-
-    Args:
-        repo_id: `ORG/NAME`.
-        revision: Tag, branch or commit sha (full or short); default main.
-        token: Hub token; default `HF_TOKEN` or the login.
-        offline: Read only the local Hugging Face cache.
-        out: Also copy the files into this folder (new or empty) and return it.
-
-    Returns:
-        PullResult whose `path` is a verified delta folder (the cache snapshot, or `out`) and
-        whose `ref` is `ORG/NAME@<tag or short sha>`.
-
-    Raises:
-        ConfigError: bad repo id, or `out` holds other files.
-        HubError: repo/revision not found, no access, not a delta repo, hash mismatch, cut-off
-            download, offline without a cached copy.
-        MaskError: the downloaded file is not a valid szoq delta.
+    The sparse method's side of `methods.sharing.pull_delta` (`Delta.from_pretrained` calls it
+    directly): the same arguments, return value and errors, documented there.
     """
     from huggingface_hub import constants
     from huggingface_hub.file_download import repo_folder_name
