@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass
 
 from . import settings
-from .settings import DENSITY, GEMMA, SMOLLM2, STEPS
+from .settings import DENSITY, GEMMA, QWEN05, SMOLLM2, STEPS
 
 
 def lr_of(method: str, model: str = SMOLLM2) -> float | None:
@@ -32,7 +32,7 @@ class Cell:
     steps: int = STEPS
     lr: float | None = None  # None: LR[method]
     dtype: str | None = None  # None: the CLI's default as the cell was recorded (fp32 on CPU); "bf16": `--dtype bf16`
-    model: str = SMOLLM2  # SMOLLM2 or GEMMA
+    model: str = SMOLLM2  # SMOLLM2, GEMMA or QWEN05
 
     @property
     def learning_rate(self) -> float | None:
@@ -93,6 +93,15 @@ def plan() -> list[Cell]:
     for s in (1, 2):
         if ready("senszoq"):
             add(Cell("sst2", "senszoq", s, dtype="bf16", model=GEMMA))
+    # Issue 32: Qwen2.5-Coder-0.5B (its zero-shot and ICL first; SensZOQ with its own C4 mask once its dev sweep is complete)
+    add(Cell("sst2", "zero-shot", 0, None, 0, dtype="bf16", model=QWEN05))
+    add(Cell("trec", "zero-shot", 0, None, 0, dtype="bf16", model=QWEN05))
+    add(Cell("sst2", "icl", 0, None, 0, dtype="bf16", model=QWEN05))
+    if "senszoq" in settings.MODEL_LR.get(QWEN05, {}):
+        for s in settings.SEEDS:
+            add(Cell("sst2", "senszoq", s, dtype="bf16", model=QWEN05))
+        add(Cell("trec", "senszoq", 0, dtype="bf16", model=QWEN05))
+        add(Cell("sst2", "random", 0, dtype="bf16", lr=settings.MODEL_LR[QWEN05]["senszoq"], model=QWEN05))
     for s in (0, 1):  # does the 300-step ordering hold at 1000?
         add(Cell("sst2", "senszoq", s, steps=settings.LONG_STEPS, dtype="bf16"))
         if lora:

