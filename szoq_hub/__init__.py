@@ -36,6 +36,7 @@ _EXPORTS: dict[str, str] = {
     "set_progress_listener": ".core.progress",
     "describe_content_hash": ".core.content",
     **dict.fromkeys(("DEFAULT_MODEL", "DEFAULT_MASK", "DEFAULT_LR", "DENSE_LR", "LORA_LR", "default_lr"), ".core.defaults"),
+    **dict.fromkeys(("resolve_model", "load_model"), ".data.models"),
     "MaskConfig": ".masks.artifact",
     "SensitivityMask": ".hub.sensitivity_mask",
     **dict.fromkeys(("diff_masks", "layer_order"), ".masks.diff"),
@@ -87,6 +88,7 @@ if TYPE_CHECKING:  # what IDEs and type checkers read; at run time __getattr__ i
     from .hub.sensitivity_mask import SensitivityMask
     from .masks.diff import diff_masks, layer_order
     from .core.devices import is_main_process
+    from .data.models import load_model, resolve_model
     from .masks.build import build_mask
     from .masks.build_plan import MaskBuildConfig
     from .masks.catalog import builtin_masks
