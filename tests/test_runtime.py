@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from szoq_hub.data.checkpoint import iter_tensors
+from szoq_hub.data.models import source_tensors
 from szoq_hub.runtime import sparse as runtime
 from szoq_hub.core.errors import ConfigError, DependencyError, FingerprintMismatch, MaskError
 from szoq_hub.runtime.sparse import SparseQuantLinear, load_sparse_model
@@ -222,7 +224,7 @@ def test_fingerprint_mismatch_refused_before_weights(tiny_model_dir, runtime_mas
     def no_weights(*args, **kwargs):
         raise AssertionError("weights were read before the fingerprint check")
 
-    monkeypatch.setattr(runtime, "iter_tensors", no_weights)
+    monkeypatch.setattr(runtime, "source_tensors", no_weights)
     runtime_mask.config.fingerprint = "0" * 64
     with pytest.raises(FingerprintMismatch) as err:
         load_sparse_model(str(tiny_model_dir), runtime_mask)
@@ -246,12 +248,12 @@ def test_bad_quant_and_missing_bitsandbytes(tiny_model_dir, runtime_mask, monkey
 def test_streaming_load_holds_one_linear_weight_at_a_time(tiny_model_dir, runtime_mask, monkeypatch):
     """Every full-precision linear weight the checkpoint yields must be dead before the next
     one is read: a loader that collected the state dict first would keep them all alive."""
-    real_iter = runtime.iter_tensors
+    real_iter = runtime.source_tensors
     alive: list[weakref.ref] = []
     peak = {"n": 0}
 
-    def tracking(files, map_if=None):
-        for name, tensor in real_iter(files, map_if=map_if):
+    def tracking(source, model, map_if=None, cast=None):
+        for name, tensor in real_iter(source, model, map_if=map_if, cast=cast):
             if name.endswith("_proj.weight"):
                 live = sum(r() is not None for r in alive)
                 peak["n"] = max(peak["n"], live)
@@ -265,7 +267,7 @@ def test_streaming_load_holds_one_linear_weight_at_a_time(tiny_model_dir, runtim
 
     packed, state = bnbf.quantize_4bit(torch.ones(64, 64), blocksize=64, quant_type="nf4")
     bnbf.dequantize_4bit(packed, state)
-    monkeypatch.setattr(runtime, "iter_tensors", tracking)
+    monkeypatch.setattr(runtime, "source_tensors", tracking)
     load_sparse_model(str(tiny_model_dir), runtime_mask, quant="nf4")
     assert len(alive) == 14
     assert peak["n"] == 0, f"{peak['n']} earlier fp32 linear weights were still alive"
@@ -308,7 +310,7 @@ def test_mapped_reader_refuses_a_truncated_file(tiny_model_dir, tmp_path):
     cut = tmp_path / "cut.safetensors"
     cut.write_bytes((tiny_model_dir / "model.safetensors").read_bytes()[:-100])
     with pytest.raises(ModelError, match="truncated"):
-        list(runtime.iter_tensors([cut], map_if=lambda key, dtype: True))
+        list(iter_tensors([cut], map_if=lambda key, dtype: True))
 
 
 def test_checkpoint_reader_matches_safetensors_and_refuses_truncation(tiny_model_dir, tmp_path):
@@ -317,14 +319,14 @@ def test_checkpoint_reader_matches_safetensors_and_refuses_truncation(tiny_model
     from szoq_hub.core.errors import ModelError
 
     path = tiny_model_dir / "model.safetensors"
-    ours = dict(runtime.iter_tensors([path]))
+    ours = dict(iter_tensors([path]))
     theirs = load_file(str(path))
     assert ours.keys() == theirs.keys()
     assert all(torch.equal(ours[k], theirs[k]) and ours[k].dtype == theirs[k].dtype for k in theirs)
     cut = tmp_path / "cut.safetensors"
     cut.write_bytes(path.read_bytes()[:-100])
     with pytest.raises(ModelError, match="truncated"):
-        list(runtime.iter_tensors([cut]))
+        list(iter_tensors([cut]))
 
 
 def test_predictable_malloc_returns_freed_blocks_to_the_os():
@@ -368,10 +370,7 @@ def test_logits_to_keep_matches_full_logits(tiny_model_dir, runtime_mask, batch)
 @pytest.mark.slow
 def test_real_smollm2_nf4_with_builtin_mask(real_model_available):
     """The real model and its built-in mask: loads, values are the checkpoint's, forward runs."""
-    from pathlib import Path
-
-    from safetensors import safe_open
-
+    from szoq_hub.data.footprint import load_config, skeleton
     from szoq_hub.masks.artifact import load_mask
     from szoq_hub.data.models import resolve_model
 
@@ -382,8 +381,8 @@ def test_real_smollm2_nf4_with_builtin_mask(real_model_available):
     mask = load_mask(folder)
     sm = load_sparse_model(source, mask, quant="nf4")
     name, off, n = sm.segments[0]
-    with safe_open(str(next(Path(source.path).glob("*.safetensors"))), framework="pt") as fh:
-        expected = fh.get_tensor(name).reshape(-1)[mask.indices[name].long()]
+    weight = next(tensor for key, tensor in source_tensors(source, skeleton(load_config(source))) if key == name)  # the GGUF's
+    expected = weight.reshape(-1)[mask.indices[name].long()]
     assert torch.equal(sm.values[off : off + n], expected)
     enc = sm.tokenizer(["a gripping, funny film . It was"], return_tensors="pt")
     with torch.no_grad():
