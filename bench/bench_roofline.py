@@ -30,6 +30,7 @@ dtype, batch) and of its roofline are interleaved and the medians reported; rati
 run. The 1-minute load average before and after is recorded.
 
 Usage: SZOQ_DATA_DIR=../shared/data python bench/bench_roofline.py [--runs 5] [--shapes smollm2-135m,llama-1.1b,llama-2-7b]
+       (also qwen2.5-0.5b, qwen2.5-1.5b: --layers-other of their decoder layers, q/k/v biases included; --out roofline_qwen)
 Writes bench/results/roofline.json and roofline.md.
 """
 
@@ -134,7 +135,7 @@ def synthetic(shape: str, layers: int, seed: int = 0):
     for (name, m), idx in zip(linears, picks):
         with torch.no_grad():
             store.values[offset : offset + idx.numel()] = m.weight.reshape(-1)[idx]
-        layer = SparseQuantLinear(m.weight.detach().clone(), None, idx, store, offset, "nf4", torch.float32)
+        layer = SparseQuantLinear(m.weight.detach().clone(), None if m.bias is None else m.bias.detach().clone(), idx, store, offset, "nf4", torch.float32)
         parent, _, leaf = name.rpartition(".")
         setattr(decoder.get_submodule(parent), leaf, layer)
         offset += idx.numel()
@@ -287,6 +288,7 @@ def main() -> None:
     ap.add_argument("--shapes", default="smollm2-135m,llama-1.1b,llama-2-7b")
     ap.add_argument("--layers-1b", type=int, default=2)
     ap.add_argument("--layers-7b", type=int, default=1)
+    ap.add_argument("--layers-other", type=int, default=2, help="decoder layers built for any other shape (the Qwen2.5 ones)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default="roofline", help="results name (bench/results/NAME.json, .md)")
     args = ap.parse_args()
@@ -304,7 +306,7 @@ def main() -> None:
         if shape == "smollm2-135m":
             decoder, tokenizer, full = real_smollm2()
         else:
-            decoder, full = synthetic(shape, args.layers_1b if shape == "llama-1.1b" else args.layers_7b)
+            decoder, full = synthetic(shape, {"llama-1.1b": args.layers_1b, "llama-2-7b": args.layers_7b}.get(shape, args.layers_other))
         decoder.config._attn_implementation = TIMED_ATTENTION
         models[shape] = {"decoder": decoder, "layers": _time_linears(decoder), "full_layers": full,
                          "built_layers": decoder.config.num_hidden_layers}

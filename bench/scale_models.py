@@ -53,6 +53,13 @@ SHAPES: dict[str, dict] = {
     "llama-1.1b": dict(model_type="llama", hidden_size=2048, num_hidden_layers=22, intermediate_size=5632,
                        num_attention_heads=32, num_key_value_heads=4, vocab_size=VOCAB, tie_word_embeddings=False,
                        max_position_embeddings=2048, rms_norm_eps=1e-5),
+    # Qwen2.5(-Coder) 0.5B / 1.5B shapes (attention biases on q/k/v, tied embeddings): the roofline's real sizes.
+    "qwen2.5-0.5b": dict(model_type="qwen2", hidden_size=896, num_hidden_layers=24, intermediate_size=4864,
+                         num_attention_heads=14, num_key_value_heads=2, vocab_size=VOCAB, tie_word_embeddings=True,
+                         max_position_embeddings=32768, rms_norm_eps=1e-6),
+    "qwen2.5-1.5b": dict(model_type="qwen2", hidden_size=1536, num_hidden_layers=28, intermediate_size=8960,
+                         num_attention_heads=12, num_key_value_heads=2, vocab_size=VOCAB, tie_word_embeddings=True,
+                         max_position_embeddings=32768, rms_norm_eps=1e-6),
     # A few-MB shape for tests of this script and quick smoke runs of the scale benchmark.
     "llama-tiny": dict(model_type="llama", hidden_size=64, num_hidden_layers=2, intermediate_size=128,
                        num_attention_heads=4, num_key_value_heads=2, vocab_size=VOCAB, tie_word_embeddings=False,
