@@ -358,3 +358,31 @@ def test_fo_lora_reference_trains_peft_lora_on_the_nf4_base_within_its_budget(ti
     assert row["steps"] == 3 and row["trainable"] > 0 and row["n"] == 8 and 0.0 <= row["accuracy"] <= 1.0
     assert row["peak_rss_mb"] > 50 and row["s_per_step"] > 0 and row["quant"] == "nf4" and row["model"] == str(tiny_model_dir)
     assert row["loss_first10"] == pytest.approx(row["loss_first10"]) and row["loss_last10"] < 1e3  # finite losses
+
+
+def test_lora_regime_sweep_picks_eps_alpha_lr_and_plans_its_cells_with_those_flags(tmp_path, monkeypatch):
+    """Issue 33's ZO-LoRA regime sweep: eps x alpha x lr keys (the grid's eps and alpha left out of the key, so its corner
+    reuses the first sweep's records); once complete, its best final dev picks the cells' eps, alpha and lr, which show in
+    their keys and argv; the first sweep's choice ignores the regime records."""
+    monkeypatch.setattr(settings, "SWEEP", tmp_path / "sweep")
+    monkeypatch.setattr(settings, "LORA_REGIME", {"eps": (1e-3, 1e-2), "alpha": (16.0, 128.0), "lr": (1e-5, 1e-4)})
+    settings.SWEEP.mkdir()
+    runs = plan.lora_regime_runs()
+    keys = [r.key for r in runs]
+    assert len(runs) == 8 and "sweep-zo-lora-lr0.0001" in keys and "sweep-zo-lora-eps0.01-a128-lr1e-05" in keys
+    assert "sweep-zo-lora-a128-lr0.0001" in keys and not any(k.startswith("sweep-zo-lora-eps0.001") for k in keys)
+    for i, r in enumerate(runs):
+        dev = 0.7 if (r.eps, r.alpha, r.lr) == (1e-2, 128.0, 1e-4) else 0.59
+        if i < len(runs) - 1:
+            assert plan.lora_regime() is None  # an incomplete sweep chooses nothing
+        (settings.SWEEP / f"{r.key}.json").write_text(json.dumps({"method": "zo-lora", "lr": r.lr, "eps": r.eps or settings.EPS,
+                                                                  "alpha": r.alpha, "key": r.key, "dev_final": dev}))
+    assert plan.lora_regime() == (1e-2, 128.0, 1e-4)
+    cells = [c for c in plan.plan() if c.method == "zo-lora" and c.alpha == 128.0]
+    assert {c.key for c in cells} == {f"sst2-zo-lora-eps0.01-a128-lr0.0001-bf16-s{s}" for s in settings.SEEDS} | {"trec-zo-lora-eps0.01-a128-lr0.0001-bf16-s0"}
+    monkeypatch.setattr(settings, "LR", {**settings.LR, "zo-lora": 1e-3})
+    argv = run.finetune_argv("sst2", run.trained_args(cells[0])[0], cells[0].learning_rate, cells[0].eps, 300, 0, 500, "bf16")
+    assert argv[argv.index("--lora-alpha") + 1] == "128" and argv[argv.index("--eps") + 1] == "0.01" and argv[argv.index("--lr") + 1] == "0.0001"
+    record = {**dataclasses.asdict(cells[0]), "eps": 1e-2, "lr": 1e-4}
+    assert plan.cell_of(record) == cells[0] and plan.on_pareto({**record, "density": None, "steps": settings.STEPS})
+    assert not plan.on_pareto({**record, "alpha": None, "density": None, "steps": settings.STEPS})  # another regime, not the chosen one

@@ -33,6 +33,8 @@ class Cell:
     lr: float | None = None  # None: LR[method]
     dtype: str | None = None  # None: the CLI's default as the cell was recorded (fp32 on CPU); "bf16": `--dtype bf16`
     model: str = SMOLLM2  # SMOLLM2, GEMMA or QWEN05
+    eps: float | None = None  # None: settings.EPS
+    alpha: float | None = None  # ZO-LoRA's --lora-alpha; None: the CLI's default
 
     @property
     def learning_rate(self) -> float | None:
@@ -44,11 +46,16 @@ class Cell:
         lr = "" if self.learning_rate == lr_of(self.method, self.model) else f"-lr{self.learning_rate:g}"
         dt = f"-{self.dtype}" if self.dtype else ""
         steps = f"-{self.steps}steps" if self.trains and self.steps != settings.STEPS else ""
-        return f"{settings.MODEL_TAGS[self.model]}{self.task}-{self.method}{dens}{lr}{steps}{dt}-s{self.seed}"
+        return f"{settings.MODEL_TAGS[self.model]}{self.task}-{self.method}{regime(self.eps, self.alpha)}{dens}{lr}{steps}{dt}-s{self.seed}"
 
     @property
     def trains(self) -> bool:
         return self.method not in ("zero-shot", "icl")
+
+
+def regime(eps: float | None, alpha: float | None) -> str:
+    """The key part of a run's eps and LoRA alpha where they are not the grid's (`-eps0.01-a128`; empty otherwise)."""
+    return (f"-eps{eps:g}" if eps not in (None, settings.EPS) else "") + (f"-a{alpha:g}" if alpha not in (None, settings.LORA_ALPHA) else "")
 
 
 def plan() -> list[Cell]:
@@ -79,6 +86,11 @@ def plan() -> list[Cell]:
         for s in settings.SEEDS:
             add(Cell("sst2", "zo-lora", s, None, dtype="bf16"))
         add(Cell("trec", "zo-lora", 0, None, dtype="bf16"))
+    if (best := lora_regime()) is not None:  # issue 33: ZO-LoRA at its own regime sweep's best eps, alpha and lr
+        eps, alpha, lr = best
+        for s in settings.SEEDS:
+            add(Cell("sst2", "zo-lora", s, None, lr=lr, dtype="bf16", eps=eps, alpha=alpha))
+        add(Cell("trec", "zo-lora", 0, None, lr=lr, dtype="bf16", eps=eps, alpha=alpha))
     # a Gemma sweep, if the method has one, is done
     ready = lambda m: m not in settings.MODEL_SWEEP_LRS[GEMMA] or m in settings.MODEL_LR[GEMMA]  # noqa: E731
     add(Cell("sst2", "zero-shot", 0, None, 0, dtype="bf16", model=GEMMA))
@@ -139,14 +151,20 @@ def plan() -> list[Cell]:
 
 def on_pareto(c: dict) -> bool:
     """Whether a cell record or summary row is a configuration a user would pick: the grid's lr and density, 300 steps or an eval."""
-    return (c.get("lr") == lr_of(c["method"], c.get("model", SMOLLM2)) and c["density"] in (None, DENSITY, 1.0)
+    best = lora_regime() if c["method"].startswith("zo-lora") else None  # ZO-LoRA's regime-sweep configuration, once it has one
+    label = c["method"] + regime(c.get("eps"), c.get("alpha"))  # a record's method and regime; a summary row's label has both
+    grid = (best is not None and c.get("model", SMOLLM2) == SMOLLM2 and label == "zo-lora" + regime(*best[:2]) and c.get("lr") == best[2]
+            or label == c["method"] and c.get("lr") == lr_of(c["method"], c.get("model", SMOLLM2)))
+    return (grid and c["density"] in (None, DENSITY, 1.0)
             and c["steps"] in (0, settings.STEPS) and c["method"] != "task-fisher")  # task-fisher is a reference mask, not a user's choice
 
 
 def cell_of(c: dict) -> Cell:
     """The Cell a record describes today (its lr kept explicitly, so an lr other than its method's shows in the key)."""
     return Cell(c["task"], c["method"], c["seed"], c["density"], c["steps"], c.get("lr") if c["method"] in settings.LR else None,
-                c.get("dtype") if c.get("dtype") != "fp32" else None, c.get("model", SMOLLM2))
+                c.get("dtype") if c.get("dtype") != "fp32" else None, c.get("model", SMOLLM2),
+                c.get("eps") if c.get("eps") not in (None, settings.EPS) else None,
+                c.get("alpha") if c.get("alpha") not in (None, settings.LORA_ALPHA) else None)
 
 
 def record_key(c: dict) -> str:
@@ -163,16 +181,39 @@ class SweepRun:
     method: str
     lr: float
     model: str = SMOLLM2
+    eps: float | None = None  # None: settings.EPS (every sweep but ZO-LoRA's regime sweep)
+    alpha: float | None = None  # ZO-LoRA's --lora-alpha; None: the CLI's default
 
     @property
     def key(self) -> str:
-        return f"sweep-{settings.MODEL_TAGS[self.model]}{self.method}-lr{self.lr:g}"
+        return f"sweep-{settings.MODEL_TAGS[self.model]}{self.method}{regime(self.eps, self.alpha)}-lr{self.lr:g}"
 
 
 def sweep_plan() -> list[SweepRun]:
     """Every run of the lr sweep: SmolLM2's ranges, then each other model's own."""
-    return [*(SweepRun(m, lr) for m, lrs in settings.SWEEP_LRS.items() for lr in lrs),
+    runs = [*(SweepRun(m, lr) for m, lrs in settings.SWEEP_LRS.items() for lr in lrs),
             *(SweepRun(m, lr, model) for model, lrs_of in settings.MODEL_SWEEP_LRS.items() for m, lrs in lrs_of.items() for lr in lrs)]
+    return runs + [r for r in lora_regime_runs() if r not in runs]  # its (1e-3, 16) corner reuses the first ZO-LoRA sweep's records
+
+
+def lora_regime_runs() -> list[SweepRun]:
+    """ZO-LoRA's regime sweep (issue 33): eps x alpha x lr on SmolLM2, eps and alpha left None at the grid's values."""
+    g = settings.LORA_REGIME
+    return [SweepRun("zo-lora", lr, SMOLLM2, None if eps == settings.EPS else eps, None if alpha == settings.LORA_ALPHA else alpha)
+            for eps in g["eps"] for alpha in g["alpha"] for lr in g["lr"]]
+
+
+def lora_regime() -> tuple[float | None, float | None, float] | None:
+    """(eps, alpha, lr) of the regime sweep's best final dev once all its runs are recorded (ties: the smaller lr, then the
+    smaller eps, then the smaller alpha), else None."""
+    rows = []
+    for run in lora_regime_runs():
+        path = settings.SWEEP / f"{run.key}.json"
+        if not path.is_file():
+            return None
+        rows.append((-json.loads(path.read_text())["dev_final"], run.lr, run.eps or settings.EPS, run.alpha or settings.LORA_ALPHA, run))
+    best = min(rows, key=lambda r: r[:4])[4]
+    return best.eps, best.alpha, best.lr
 
 
 def sweep_choice(rows: list[dict]) -> dict[str, float]:
@@ -184,11 +225,16 @@ def sweep_choice(rows: list[dict]) -> dict[str, float]:
     return {m: r["lr"] for m, r in best.items()}
 
 
+def is_regime(r: dict) -> bool:
+    """Whether a sweep record is off the grid's eps and LoRA alpha (ZO-LoRA's regime sweep)."""
+    return r.get("eps") not in (None, settings.EPS) or r.get("alpha") not in (None, settings.LORA_ALPHA)
+
+
 def swept_lr(method: str, model: str = SMOLLM2) -> float | None:
     """The sweep's lr for `method` on `model` once every lr of its range has a record, else None."""
     lrs = settings.SWEEP_LRS[method] if model == SMOLLM2 else settings.MODEL_SWEEP_LRS[model][method]
     rows = [json.loads(p.read_text()) for p in settings.SWEEP.glob(f"sweep-{settings.MODEL_TAGS[model]}{method}-lr*.json")]
-    rows = [r for r in rows if r["method"] == method and r.get("model", SMOLLM2) == model]
+    rows = [r for r in rows if r["method"] == method and r.get("model", SMOLLM2) == model and not is_regime(r) and r["lr"] in lrs]
     return sweep_choice(rows)[method] if {r["lr"] for r in rows} >= set(lrs) else None
 
 

@@ -11,7 +11,7 @@ import statistics
 from pathlib import Path
 
 from . import settings
-from .plan import lr_of, plan, sweep_choice, sweep_plan
+from .plan import is_regime, lora_regime, lr_of, plan, regime, sweep_choice, sweep_plan
 from .plots import plot_long, plot_pareto, plot_steps_and_density
 from .records import load_cells, read_all, write_json, write_text
 from .settings import SMOLLM2
@@ -23,7 +23,8 @@ def summary(cells: list[dict]) -> list[dict]:
     """One row per configuration: mean and std of the accuracy over its seeds, median peak RSS and wall time."""
     groups: dict[tuple, list[dict]] = {}
     for c in cells:
-        groups.setdefault((c.get("model", SMOLLM2), c["task"], c["method"], c["density"], c["steps"], c.get("lr"), c.get("dtype") or "fp32"),
+        method = c["method"] + regime(c.get("eps"), c.get("alpha"))  # ZO-LoRA at its own eps / alpha is a configuration of its own
+        groups.setdefault((c.get("model", SMOLLM2), c["task"], method, c["density"], c["steps"], c.get("lr"), c.get("dtype") or "fp32"),
                           []).append(c)
     rows = []
     tasks = settings.ALL_TASKS
@@ -56,7 +57,7 @@ def report() -> None:
     pending += [f"transfer-{t}" for t in settings.TASKS if not (settings.TRANSFER / f"{t}.json").is_file()]
     sweep_rows = read_all(settings.SWEEP)
     pending += [r.key for r in sweep_plan() if not (settings.SWEEP / f"{r.key}.json").is_file()]
-    choice = sweep_choice([r for r in sweep_rows if r.get("model", SMOLLM2) == SMOLLM2])
+    choice = sweep_choice([r for r in sweep_rows if r.get("model", SMOLLM2) == SMOLLM2 and not is_regime(r)])
     model_choice = {m: sweep_choice([r for r in sweep_rows if r.get("model", SMOLLM2) == m]) for m in settings.MODEL_SWEEP_LRS}
     verify_rows = read_all(settings.VERIFY)
     data = {"cells": cells, "summary": summary(cells), "transfer": transfer_rows, "sweep": sweep_rows, "sweep_choice": choice,
@@ -104,6 +105,7 @@ def _sweep_table(rows: list[dict], choice: dict[str, float], model_choice: dict[
              f"eps {settings.EPS:g}; chosen = best dev at the last step", "", "| method | lr | dev % by step | chosen | grid lr |",
              "|---|---|---|---|---|"]
     methods = list(settings.SWEEP_LRS)
+    regime_best = lora_regime()
     for r in sorted(rows, key=lambda r: (list(settings.MODEL_REFS).index(r.get("model", SMOLLM2)),
                                          methods.index(r["method"]) if r["method"] in methods else 99, r["lr"])):
         model = r.get("model", SMOLLM2)
@@ -112,7 +114,10 @@ def _sweep_table(rows: list[dict], choice: dict[str, float], model_choice: dict[
         swept = model == SMOLLM2 or r["method"] in settings.MODEL_LR[model]
         grid_lr = f"{grid:g}" if grid is not None and swept else "- (sweep not complete)"
         chosen = (choice if model == SMOLLM2 else model_choice[model]).get(r["method"]) == r["lr"]
-        lines.append(f"| {settings.MODEL_TAGS[model]}{r['method']} | {r['lr']:g} | {by_step} | {'yes' if chosen else ''} | {grid_lr} |")
+        chosen = "yes" if chosen and not is_regime(r) else ""
+        if model == SMOLLM2 and r["method"] == "zo-lora" and regime_best == (r.get("eps"), r.get("alpha"), r["lr"]):
+            chosen = (chosen + ", " if chosen else "") + "regime best"
+        lines.append(f"| {settings.MODEL_TAGS[model]}{r['method']}{regime(r.get('eps'), r.get('alpha'))} | {r['lr']:g} | {by_step} | {chosen} | {grid_lr} |")
     return lines
 
 

@@ -86,7 +86,8 @@ def trained_args(cell: Cell) -> tuple[list[str], list[str] | None]:
     if cell.method == "dense":  # every linear weight, fp32, no mask, no quantization
         return ["--dense"], None
     if cell.method == "zo-lora":  # LoRA r=8, alpha 16 on q_proj,v_proj (the CLI's defaults) over the nf4 base, no mask
-        return ["--lora", str(settings.LORA_RANK)], None
+        alpha = [] if cell.alpha in (None, settings.LORA_ALPHA) else ["--lora-alpha", f"{cell.alpha:g}"]
+        return ["--lora", str(settings.LORA_RANK), *alpha], None
     mask, mask_argv = mask_for(cell)
     return ["--mask", mask], mask_argv
 
@@ -153,7 +154,7 @@ def run_cell(cell: Cell) -> dict:
     else:
         trained, extra["mask_argv"] = trained_args(cell)
         lr = cell.learning_rate
-        eps = settings.EPS
+        eps = cell.eps or settings.EPS
         argv = finetune_argv(cell.task, trained, lr, eps, cell.steps, cell.seed, settings.EVAL, cell.dtype, cell.model)
         rows, cfg, resumed = run_finetune(argv, settings.WORK / "runs" / cell.key)
         extra["peak_rss_mb"] = PEAK_RSS_MB[-1] if PEAK_RSS_MB else None  # the fine-tuning child (None: the run had finished already)
@@ -172,8 +173,8 @@ def run_sweep(run: SweepRun) -> dict:
     """Fine-tune for SWEEP_STEPS on SWEEP_TASK and record the dev curve (the eval split is not looked at: 1 example)."""
     t0, sha = time.perf_counter(), records.git_sha()
     dtype = settings.SWEEP_DTYPE.get(run.method) if run.model == SMOLLM2 else None if run.method == "dense" else "bf16"
-    task, seed, steps, eps = settings.SWEEP_TASK, settings.SWEEP_SEED, settings.SWEEP_STEPS, settings.EPS
-    trained, mask_argv = trained_args(Cell(task, run.method, seed, dtype=dtype, model=run.model))
+    task, seed, steps, eps = settings.SWEEP_TASK, settings.SWEEP_SEED, settings.SWEEP_STEPS, run.eps or settings.EPS
+    trained, mask_argv = trained_args(Cell(task, run.method, seed, dtype=dtype, model=run.model, alpha=run.alpha))
     argv = finetune_argv(task, trained, run.lr, eps, steps, seed, 1, dtype, run.model)
     rows, cfg, resumed = run_finetune(argv, settings.WORK / "sweep" / run.key)
     metric = rows[-1]["metric"]

@@ -89,6 +89,12 @@ SWEEP_DTYPE = {"zo-lora": "bf16"}  # methods swept after bf16 became the CPU def
 MODEL_SWEEP_LRS = {GEMMA: {"senszoq": (3e-5, 1e-4), "random": (1e-3, 1e-2)}, QWEN05: {"senszoq": (1e-5, 3e-5, 1e-4)}}
 MODEL_LR_SCALE = {GEMMA: 0.1}
 MODEL_LR: dict[str, dict[str, float]] = {GEMMA: {}, QWEN05: {}}  # filled from complete sweeps when `plan` is imported
+# Issue 33, ZO-LoRA in its own regime: every cell above ran at eps 1e-3 (MeZO's full-parameter value) and alpha / r = 2, and
+# never left the majority class. MeZO's LoRA runs use a larger eps; the adapter's scale (alpha / r) and the lr range are the
+# other suspects. So a second SST-2 dev sweep (same protocol, SmolLM2, bf16) spans eps x lr (three decades) x alpha (r = 8:
+# alpha / r = 2, MeZO's, and 16); its best (eps, alpha, lr) gets 3 SST-2 seeds and 1 TREC cell (`plan.lora_regime`).
+LORA_REGIME = {"eps": (1e-3, 1e-2, 1e-1), "alpha": (16.0, 128.0), "lr": (1e-5, 1e-4, 1e-3)}
+LORA_ALPHA = 16.0  # the CLI's default (--lora-alpha)
 
 # Memory and time probes (probes.py): a few steps of one cell's argv per configuration, with few dev and eval rows.
 PROBE_STEPS, PROBE_ROWS = 12, 32
