@@ -1,4 +1,4 @@
-"""`szoq gc`: remove the debris of interrupted writes and say what was freed."""
+"""`szoq gc`: remove the debris of interrupted writes (and obsolete caches) and say what was freed."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ def gc_cmd(
     dry_run: bool = typer.Option(False, "--dry-run", help="Only list what would be removed."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
-    """Remove what interrupted writes left behind (never a complete entry). Example: szoq gc --dry-run"""
+    """Remove what interrupted writes left behind and old GGUF fp32 copies (never a complete entry in use). Example: szoq gc --dry-run"""
     from szoq_hub import collect_garbage
 
     report = collect_garbage(dry_run=dry_run)

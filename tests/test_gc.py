@@ -68,11 +68,13 @@ def test_gc_removes_exactly_the_debris_and_reports_it(own_caches, tmp_path, run_
         debris(home / "tmp" / f"szoq-build-{gone}-abcd1234", 5000),
         debris(home / "tmp" / f"szoq-pull-{gone}-abcd1234"),
         debris(Path(os.environ["SZOQ_MODEL_CACHE"]) / f".gguf-0123456789abcdef-{gone}-abcd1234"),
+        debris(Path(os.environ["SZOQ_MODEL_CACHE"]) / "gguf-0123456789abcdef", 7000),  # szoq 0.1's fp32 copy of a GGUF file
     }
     keep = {
         debris(home / "tmp" / f"szoq-build-{os.getpid()}-abcd1234"),  # a live build (this process)
         debris(Path(os.environ["SZOQ_MODEL_CACHE"]) / f".gguf-0123456789abcdef-{os.getpid()}-abcd1234"),  # a live conversion
         debris(own_caches / "systmp" / "szoq-pull-oldone12"),  # the system temp dir is not szoq's to sweep
+        debris(Path(os.environ["SZOQ_MODEL_CACHE"]) / "gguf-meta-0123456789abcdef"),  # what GGUF loading reads today
     }
 
     code, out, err = run_cli("gc", "--dry-run", "--json")
@@ -83,8 +85,8 @@ def test_gc_removes_exactly_the_debris_and_reports_it(own_caches, tmp_path, run_
 
     code, out, err = run_cli("gc")
     assert code == 0, err
-    assert "freed" in err and "in 8 item(s)" in err and "2 temp file(s) of running szoq processes left alone" in err
-    assert "unindexed object" in out and "scratch folder" in out
+    assert "freed" in err and "in 9 item(s)" in err and "2 temp file(s) of running szoq processes left alone" in err
+    assert "unindexed object" in out and "scratch folder" in out and "old GGUF fp32 copy" in out
     assert not any(p.exists() for p in expected)
     assert all(p.exists() for p in keep)
     for entry in entries:  # complete entries are untouched and still verify

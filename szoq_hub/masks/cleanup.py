@@ -1,9 +1,13 @@
-"""`szoq gc`: remove what interrupted writes left behind, never a complete entry.
+"""`szoq gc`: remove what interrupted writes left behind and caches nothing reads any more, never a
+complete entry in use.
 
 Every szoq write goes to a temp name first and is renamed into place, so a killed process
 (kill -9, power loss) leaves only debris beside complete files: `.index.json-*.tmp` and
 `objects/.<sha>-*` folders in the registry, objects that no index entry names, scratch folders
-of builds and pulls under `$SZOQ_HOME/tmp`, and temp files in the model cache.
+of builds and pulls under `$SZOQ_HOME/tmp`, and temp files in the model cache. Besides debris, the
+model cache may hold `gguf-<16 hex>` folders: the fp32 safetensors copies szoq 0.1 converted every
+GGUF file into (6.7 GB for a 1.5B model). GGUF files are streamed now (data/gguf_file.py) and only
+the few-MB `gguf-meta-<16 hex>` folders are read, so gc removes the old copies too.
 
 Safety under a concurrent writer: registry debris is collected while holding the registry's
 own lock, under which every registry write (object, then index) happens, so nothing found
@@ -26,6 +30,7 @@ from .registry import Registry
 _TEMP = re.compile(r"^\..+-(\d+)-[A-Za-z0-9_]{8}(\.tmp)?$")
 _SCRATCH = re.compile(r"^[a-z0-9-]+-(\d+)-[A-Za-z0-9_]{8}$")
 _PROBE = re.compile(r"^\.write-probe-(\d+)$")
+_OLD_GGUF_COPY = re.compile(r"^gguf-[0-9a-f]{16}$")  # szoq 0.1's fp32 copy of a GGUF file (not `gguf-meta-...`, read today)
 
 
 @dataclass
@@ -89,7 +94,8 @@ def _sweep_pid_named(folder: Path, report: GcReport, kind: str) -> None:
 
 
 def collect_garbage(*, dry_run: bool = False, registry: Registry | None = None) -> GcReport:
-    """Remove the debris of interrupted writes under `$SZOQ_HOME` (and the model cache).
+    """Remove the debris of interrupted writes under `$SZOQ_HOME` (and the model cache), and
+    szoq 0.1's fp32 copies of GGUF files in the model cache (nothing reads them today).
 
     Args:
         dry_run: Only report what would be removed.
@@ -127,5 +133,9 @@ def collect_garbage(*, dry_run: bool = False, registry: Registry | None = None) 
             elif m or _PROBE.match(path.name) and not pid_alive(int(_PROBE.match(path.name).group(1))):
                 _remove(path, "scratch folder", report)
     _sweep_pid_named(model_cache_dir(), report, "model cache temp")
+    if model_cache_dir().is_dir():
+        for path in sorted(model_cache_dir().iterdir()):
+            if _OLD_GGUF_COPY.match(path.name) and path.is_dir() and not path.is_symlink():
+                _remove(path, "old GGUF fp32 copy", report)
     _sweep_pid_named(szoq_home(), report, "temp file")
     return report
