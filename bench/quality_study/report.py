@@ -62,7 +62,7 @@ def report() -> None:
     verify_rows = read_all(settings.VERIFY)
     data = {"cells": cells, "summary": summary(cells), "transfer": transfer_rows, "sweep": sweep_rows, "sweep_choice": choice,
             "model_sweep_choice": model_choice, "verify": verify_rows,
-            "pending": pending,
+            "pending": pending, "not_planned": settings.NOT_PLANNED,
             "settings": {"model": settings.MODEL, "quant": "nf4", "steps": settings.STEPS, "batch": settings.BATCH, "lr": settings.LR,
                          "eps": settings.EPS, "train": settings.TRAIN, "dev": settings.DEV, "eval": settings.EVAL,
                          "eval_every": settings.EVAL_EVERY, "density": settings.DENSITY, "icl_shots": settings.ICL_SHOTS,
@@ -71,6 +71,7 @@ def report() -> None:
     lines = _summary_table(data["summary"]) + _transfer_table(transfer_rows) + _sweep_table(sweep_rows, choice, model_choice)
     lines += _verify_table(verify_rows)
     lines += ["", f"Pending cells ({len(pending)}): " + (", ".join(pending) if pending else "none")]
+    lines += ["", "Not planned yet:", "", *(f"- {what}: {why}" for what, why in settings.NOT_PLANNED.items())]
     write_text(settings.RESULTS / "quality.md", "\n".join(lines) + "\n")
     plot_steps_and_density(cells)
     plot_long(cells)

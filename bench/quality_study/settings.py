@@ -96,5 +96,17 @@ MODEL_LR: dict[str, dict[str, float]] = {GEMMA: {}, QWEN05: {}}  # filled from c
 LORA_REGIME = {"eps": (1e-3, 1e-2, 1e-1), "alpha": (16.0, 128.0), "lr": (1e-5, 1e-4, 1e-3)}
 LORA_ALPHA = 16.0  # the CLI's default (--lora-alpha)
 
+# Issue 32's cells that are not in the plan yet, and why (quality.md lists them under the pending cells).
+NOT_PLANNED = {
+    "qwen05 dense MeZO (SST-2 x2, TREC x1)": "needs its own dev lr sweep at 0.5B first; a dense step costs 5.4x a sparse one (13.5 vs 2.5 s "
+                                             "at 2 threads, quiet; bench/results/real_models_quiet.md): ~70 min of steps per 300-step cell",
+    "qwen05 ZO-LoRA (SST-2 x2, TREC x1)": "waits for ZO-LoRA's regime sweep on SmolLM2 (issue 33), whose (eps, alpha) it then takes",
+    "qwen05 the best new method (SST-2 x3, TREC x1)": "waits for issue 33's sweep: no curvature variant has beaten SensZOQ on SmolLM2 dev yet",
+    "qwen05 first-order LoRA (SST-2 x1)": "bench_fo_lora.py reads SmolLM2 only; not ported to a GGUF model yet",
+    "qwen05 task-fisher mask (SST-2 x1)": "after the SensZOQ cells",
+    "qwen2.5-coder-1.5b (every cell)": "not a study model yet: a sparse step is ~4x the 0.5B one and a dense step needs the fp32 model "
+                                       "(6.9 GB); planned once the 0.5B cells are recorded",
+}
+
 # Memory and time probes (probes.py): a few steps of one cell's argv per configuration, with few dev and eval rows.
 PROBE_STEPS, PROBE_ROWS = 12, 32
