@@ -11,7 +11,6 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from ...core.errors import MaskError
 from ...hub.refs import pinned_mask_ref
 from ..trainable import VectorTrainable, card_task
 from .config import DELTA_CARD_TAGS, DELTA_FILE
@@ -32,9 +31,7 @@ class SparseTrainable(VectorTrainable):
         from ...runtime.sparse import load_sparse_model
 
         self.source, self.fingerprint, self.mask, self.mask_sha = open_model_and_mask(config.model, config.mask, config.revision)
-        if config.zo.precondition == "scores" and self.mask.scores is None:  # before any weight loads
-            raise MaskError(f"mask {config.mask} holds no scores, and --precondition scores preconditions by them",
-                            hint="build a fisher mask, which stores them: szoq mask build MODEL (or use --precondition online)")
+        config.method_config.check_mask(config, self.mask)  # before any weight loads
         self.sparse = load_sparse_model(self.source, self.mask, quant=config.quant, device=device, compute_dtype=dtype)
         self.model, self.tokenizer = self.sparse.model, self.sparse.tokenizer
         self.mask_ref = pinned_mask_ref(config.mask, self.mask_sha)  # names this exact mask later (eval/merge defaults, messages)
