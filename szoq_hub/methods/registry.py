@@ -16,7 +16,7 @@ from ..core.errors import ConfigError
 from .spec import MethodConfig, field_flag
 
 DEFAULT_METHOD = "sparse"
-BUILTIN_METHODS = ("sparse", "dense", "lora")
+BUILTIN_METHODS = ("sparse", "senszoq-curvature", "dense", "lora")
 
 
 def _load(ref: Any) -> Any:

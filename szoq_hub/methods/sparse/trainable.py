@@ -1,7 +1,9 @@
 """`SparseTrainable`: the mask's fp32 values on the quantized runtime (runtime/sparse.py).
 
 A `VectorTrainable` over the sparse value vector [nnz]; its best-dev and final files are deltas
-(`delta.py`), its card says which mask and quantization it trained with.
+(`delta.py`), its card says which mask and quantization it trained with. Curvature-aware SensZOQ
+(methods/curvature/) trains with it too: the run's method checks the mask (`check_mask`) and its
+`zo` settings shape the optimizer, so nothing here asks which of the two it is.
 """
 
 from __future__ import annotations
