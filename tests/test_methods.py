@@ -18,6 +18,9 @@ import pytest
 import torch
 from conftest import assert_one_line_error
 
+# `szoq finetune`'s options are built once, when its module is imported: import it before the toy method
+# registers, or every later test of the CLI's options would see the toy's --norm-scale.
+import szoq_cli.finetune  # noqa: F401  (before the toy registers)
 from szoq_hub import ConfigError, EvalConfig, FinetuneConfig, evaluate, finetune, get_method, merge, method_names, register_method, unregister_method
 from szoq_hub.core import content
 from szoq_hub.data.models import load_model, model_fingerprint, resolve_model

@@ -22,6 +22,7 @@ The run folder's `finetune_config.json` and a delta's header record the method b
 
 from __future__ import annotations
 
+from .curvature.config import CURVATURE_METHOD, CurvatureConfig
 from .dense.config import DenseConfig
 from .lora.config import LoRAConfig
 from .registry import (BUILTIN_METHODS, DEFAULT_METHOD, Method, get_method, method_names, method_of_result, method_of_settings, methods,
@@ -33,5 +34,8 @@ __all__ = ["BUILTIN_METHODS", "DEFAULT_METHOD", "Method", "get_method", "method_
 
 # The built-in methods: one line each.
 register_method(name="sparse", config_cls=SparseConfig, trainable_cls=".sparse.trainable:SparseTrainable", result_cls=".sparse.result:SparseResult")
+# Curvature-aware SensZOQ trains and writes what SensZOQ does: only its optimizer settings differ.
+register_method(name=CURVATURE_METHOD, config_cls=CurvatureConfig, trainable_cls=".sparse.trainable:SparseTrainable",
+                result_cls=".sparse.result:SparseResult")
 register_method(name="dense", config_cls=DenseConfig, trainable_cls=".dense.trainable:DenseTrainable", result_cls=".dense.result:DenseResult")
 register_method(name="lora", config_cls=LoRAConfig, trainable_cls=".lora.trainable:LoRATrainable", result_cls=".lora.result:LoRAResult")

@@ -16,7 +16,7 @@ from ..core.errors import ConfigError
 from .spec import MethodConfig, field_flag
 
 DEFAULT_METHOD = "sparse"
-BUILTIN_METHODS = ("sparse", "dense", "lora")
+BUILTIN_METHODS = ("sparse", "senszoq-curvature", "dense", "lora")
 
 
 def _load(ref: Any) -> Any:
@@ -146,11 +146,17 @@ def method_of_settings(settings: dict) -> Method:
 def method_of_result(ref: str | Path) -> Method:
     """The method whose finished run `ref` (a run folder or its final file) holds.
 
-    A folder or file no method recognises is the default method's to judge: its loader says
-    what is missing (an unfinished run, a wrong path).
+    Methods that write the same artifact (SensZOQ and its curvature-aware variant both write a
+    delta) share a result class: among them, the one the file records by name, else the first
+    registered. A folder or file no method recognises is the default method's to judge: its
+    loader says what is missing (an unfinished run, a wrong path).
     """
     default = _METHODS[DEFAULT_METHOD]
     for method in [m for m in _METHODS.values() if m is not default] + [default]:
         if method.result_cls.holds(ref):
-            return method
+            sharing = [m for m in _METHODS.values() if m.result_cls is method.result_cls]
+            if len(sharing) == 1:
+                return method
+            recorded = method.result_cls.recorded_method(ref)
+            return next((m for m in sharing if m.name == recorded), sharing[0])
     return default

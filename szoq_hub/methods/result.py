@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from ..core.errors import ConfigError, MaskError
+from ..core import schema
+from ..core.errors import ConfigError, MaskError, SzoqError
 from ..data.models import ModelSource
 
 
@@ -82,6 +83,19 @@ class MethodResult:
             return path.name == cls.file and path.is_file()
         except OSError:  # a name no file system accepts
             return False
+
+    @classmethod
+    def recorded_method(cls, ref: str | Path) -> str | None:
+        """The method a finished run's final file records by name (`settings["method"]`, a JSON string in
+        its safetensors header; only the header is read), None when it records none or cannot be read.
+
+        `method_of_result` asks it only when several methods share this result class.
+        """
+        try:
+            name = schema.settings_of(schema.read_header(cls.path_of(ref)).metadata).get("method")
+        except SzoqError:
+            return None  # its loader says what is wrong with the file
+        return name if isinstance(name, str) else None
 
     @classmethod
     def check_eval(cls, ref: str | Path, *, mask: str | None, quant: str | None, dtype: str | None) -> None:

@@ -79,7 +79,7 @@ def pull_delta(repo_id: str, *, revision: str | None = None, token: str | None =
             download, offline without a cached copy.
         MaskError: the downloaded file does not verify.
     """
-    shared = [m.result_cls for m in methods() if m.result_cls.hub is not None]
+    shared = list(dict.fromkeys(m.result_cls for m in methods() if m.result_cls.hub is not None))  # methods may share one artifact
     error: HubError | None = None
     for result in shared:
         try:

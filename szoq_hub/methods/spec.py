@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from ..core.errors import ConfigError
 
 if TYPE_CHECKING:
+    from ..masks.artifact import MaskData
     from ..training.config import FinetuneConfig
 
 
@@ -78,6 +79,18 @@ class MethodConfig:
 
         Raises:
             ConfigError: a setting the method cannot run with.
+        """
+
+    def check_mask(self, run: FinetuneConfig, mask: MaskData) -> None:
+        """Check the run's mask once it is open, before any weight loads (a method that `takes_mask`;
+        its trainable calls it).
+
+        Args:
+            run: The run's settings (`run.mask` names the mask).
+            mask: The opened mask.
+
+        Raises:
+            SzoqError: a mask the run's settings cannot train with (e.g. no scores to precondition by).
         """
 
     def record(self) -> dict:

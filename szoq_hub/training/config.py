@@ -37,7 +37,8 @@ def _lr_help() -> str:
 
 def _method_help() -> str:
     """`--method`'s help: what each registered method trains."""
-    return ("Training method: sparse (the default: the masked values), dense or lora (--dense and --lora R choose those too), or one "
+    return ("Training method: sparse (the default: the masked values), senszoq-curvature (the same values, a curvature-preconditioned "
+            "step), dense or lora (--dense and --lora R choose those too), or one "
             "registered with szoq_hub.register_method. " + "; ".join(f"{m.name}: {m.config_cls.summary}" for m in methods() if m.config_cls.summary) + ".")
 
 

@@ -1,7 +1,9 @@
 """`SparseTrainable`: the mask's fp32 values on the quantized runtime (runtime/sparse.py).
 
 A `VectorTrainable` over the sparse value vector [nnz]; its best-dev and final files are deltas
-(`delta.py`), its card says which mask and quantization it trained with.
+(`delta.py`), its card says which mask and quantization it trained with. Curvature-aware SensZOQ
+(methods/curvature/) trains with it too: the run's method checks the mask (`check_mask`) and its
+`zo` settings shape the optimizer, so nothing here asks which of the two it is.
 """
 
 from __future__ import annotations
@@ -11,7 +13,6 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from ...core.errors import MaskError
 from ...hub.refs import pinned_mask_ref
 from ..trainable import VectorTrainable, card_task
 from .config import DELTA_CARD_TAGS, DELTA_FILE
@@ -32,9 +33,7 @@ class SparseTrainable(VectorTrainable):
         from ...runtime.sparse import load_sparse_model
 
         self.source, self.fingerprint, self.mask, self.mask_sha = open_model_and_mask(config.model, config.mask, config.revision)
-        if config.zo.precondition == "scores" and self.mask.scores is None:  # before any weight loads
-            raise MaskError(f"mask {config.mask} holds no scores, and --precondition scores preconditions by them",
-                            hint="build a fisher mask, which stores them: szoq mask build MODEL (or use --precondition online)")
+        config.method_config.check_mask(config, self.mask)  # before any weight loads
         self.sparse = load_sparse_model(self.source, self.mask, quant=config.quant, device=device, compute_dtype=dtype)
         self.model, self.tokenizer = self.sparse.model, self.sparse.tokenizer
         self.mask_ref = pinned_mask_ref(config.mask, self.mask_sha)  # names this exact mask later (eval/merge defaults, messages)

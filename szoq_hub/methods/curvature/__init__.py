@@ -1,0 +1,1 @@
+"""The curvature-aware SensZOQ method (`senszoq-curvature`): SensZOQ's values, a preconditioned ZO step."""
