@@ -86,6 +86,10 @@ def plan() -> list[Cell]:
         for s in settings.SEEDS:
             add(Cell("sst2", "zo-lora", s, None, dtype="bf16"))
         add(Cell("trec", "zo-lora", 0, None, dtype="bf16"))
+    # Issue 33: in bf16 the two-point estimate at eps 1e-3 is mostly rounding noise (bench/results/estimator.md: SensZOQ's
+    # correlation with the exact directional derivative 0.79 at 1e-3, 0.99 at 1e-2; ZO-LoRA's -0.13 and 0.94): SensZOQ at 1e-2
+    for s in settings.SEEDS:
+        add(Cell("sst2", "senszoq", s, dtype="bf16", eps=1e-2))
     if (best := lora_regime()) is not None:  # issue 33: ZO-LoRA at its own regime sweep's best eps, alpha and lr
         eps, alpha, lr = best
         for s in settings.SEEDS:
