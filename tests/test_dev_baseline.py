@@ -223,3 +223,23 @@ def test_cli_says_the_untouched_model_was_kept(tiny_model_dir, tiny_mask, task_f
     assert code == 0, err
     assert json.loads(out)["best_step"] in (2, 4) and "no step beat" not in err
     assert [s for s, _ in _dev(tmp_path / "off")] == [2, 4]
+
+
+@pytest.mark.parametrize("given", [True, False])
+def test_a_run_recorded_before_the_option_resumes_under_either_value(given, tiny_model_dir, tiny_mask, task_files, tmp_path):
+    """A run folder written before --dev-baseline existed has no `dev_baseline` setting: it continues from its
+    checkpoint with or without the flag (from a checkpoint the baseline changes nothing), and the flag is not
+    taken for another setting. A run that recorded it is continued under its own value only."""
+    from szoq_hub import TrainingError
+
+    out = tmp_path / "old"
+    config = _config("sparse", tiny_model_dir, tiny_mask, task_files, out, dev_baseline=False, lr=1e-2)
+    with pytest.raises(_Stop):
+        finetune(config, progress=_stop_at(4))
+    with pytest.raises(TrainingError, match=r"other settings: dev_baseline \(False -> True\)"):
+        finetune(_config("sparse", tiny_model_dir, tiny_mask, task_files, out, lr=1e-2))
+    recorded = json.loads((out / "finetune_config.json").read_text())
+    del recorded["settings"]["dev_baseline"]
+    (out / "finetune_config.json").write_text(json.dumps(recorded))
+    resumed = finetune(_config("sparse", tiny_model_dir, tiny_mask, task_files, out, dev_baseline=given, lr=1e-2))
+    assert resumed.resumed_from == 3 and [s for s, _ in _dev(out)] == [2, 4, 6]

@@ -43,6 +43,11 @@ CARD_FILE = "README.md"
 # float rounding only, so a run that ran out of memory can resume with smaller forwards). device and
 # dtype are compared resolved (the `runtime` block), not as typed: `auto` and `cpu` can be the same.
 RESUME_FREE = ("out", "data_dir", "eval_batch_size", "micro_batch_size", "device", "dtype", "report_to", "save_every_minutes")
+# Options added after runs were recorded without them, whose default is not what those runs did but
+# which change nothing a resume from a checkpoint does: such a run continues under either value.
+# dev_baseline: the step-0 dev score is taken at a fresh start only (a run without a checkpoint
+# starts over, under the value given now).
+ADDED_WITHOUT_EFFECT_ON_RESUME = ("dev_baseline",)
 
 
 class RunFolder:
@@ -94,8 +99,9 @@ class RunFolder:
         saved = dict(self.read_config()["settings"])
         saved.setdefault("method", method_of_settings(saved).name)  # a 0.1.0 run recorded dense / lora only
         now = {k: v for k, v in settings_of(config).items() if k not in RESUME_FREE}
-        # An option added after the run started (e.g. --adam-eps) compares as its default.
+        # An option added after the run started (e.g. --adam-eps) compares as its default (or as given now, see above).
         defaults = settings_of(FinetuneConfig())
+        defaults.update({k: now[k] for k in ADDED_WITHOUT_EFFECT_ON_RESUME})
         differ = [f"{k} ({saved.get(k, defaults.get(k))!r} -> {now[k]!r})" for k in sorted(now) if saved.get(k, defaults.get(k)) != now[k]]
         if differ:
             raise TrainingError(f"{flag}--out {out} holds a run with other settings: {', '.join(differ[:3])}",
