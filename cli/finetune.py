@@ -65,9 +65,12 @@ def finetune_cmd(*, resume: bool = False, as_json: bool = False, **options) -> N
             "dtype": result.dtype, "micro_batch_size": result.micro_batch_size, "micro_batch_tokens": result.micro_batch_tokens}
     if as_json:
         print_json(data)
-        return
-    out.print(str(result.out), markup=False)
-    note(f"eval {result.metric} {result.eval_metric:.4f} (best dev {result.best_dev} at step {result.best_step}); {result.seconds:.0f} s")
+    else:
+        out.print(str(result.out), markup=False)
+        note(f"eval {result.metric} {result.eval_metric:.4f} (best dev {result.best_dev} at step {result.best_step}); {result.seconds:.0f} s")
+    if result.kept_start:
+        note("no step beat the untouched model on dev: kept it (the result is the model you started from)")
+        note(f"hint: try a smaller --lr, e.g. --lr {config.zo.lr / 10:g}, in a new --out")
 
 
 def _resume_note(e: dict, out_dir: Path) -> str:

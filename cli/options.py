@@ -3,7 +3,8 @@
 Each field of a command's config (`FinetuneConfig`, `EvalConfig`, `MaskBuildConfig`, `MergeConfig`,
 `PeftExportConfig`) carries its help in `metadata["help"]`, and its flag in `metadata["flag"]` when
 that is not `--name-with-dashes`; `argument` makes it the command's positional argument, `hidden`
-keeps it out of `--help`. A field marked `nested` (FinetuneConfig's `zo`) holds a config of its
+keeps it out of `--help`. A bool field is a flag (`--dense`); one that defaults to true also gets its
+`--no-` form (`--dev-baseline/--no-dev-baseline`). A field marked `nested` (FinetuneConfig's `zo`) holds a config of its
 own whose fields become options beside the others, less those it `skip`s, with the defaults and
 help it `overrides` (`--lr`: None, the method's own). A field marked `variants` (FinetuneConfig's
 `method_config`) holds one of several configs, which `variants()` lists (every registered method's
@@ -107,6 +108,8 @@ def parameters(cls: type) -> list[inspect.Parameter]:
     for o in options_of(cls):
         if o.argument:
             info = typer.Argument(o.default, help=o.help, hidden=o.hidden)
+        elif o.annotation is bool and o.default is True:  # on by default: only its `--no-` form can turn it off
+            info = typer.Option(o.default, f"{o.flag}/--no-{o.flag.removeprefix('--')}", help=o.help, hidden=o.hidden)
         else:
             info = typer.Option(o.default, o.flag, help=o.help, hidden=o.hidden)
         params.append(inspect.Parameter(o.name, inspect.Parameter.KEYWORD_ONLY, default=info, annotation=o.annotation))

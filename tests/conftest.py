@@ -243,11 +243,17 @@ def train_jsonl(tmp_path_factory) -> Path:
 
 
 def tiny_finetune_config(model, mask, train_file, out, **kw):
-    """A `FinetuneConfig` of a few steps on the tiny rows (quant none); `kw` overrides."""
+    """A `FinetuneConfig` of a few steps on the tiny rows (quant none); `kw` overrides.
+
+    Without the step-0 dev baseline (`dev_baseline=False`): these runs are about the steps and what
+    they write, and on 4 dev rows the random model's untouched score often ties every later one, which
+    would keep the starting values. tests/test_dev_baseline.py tests the baseline (the default).
+    """
     from szoq_cli.finetune import finetune_config
 
     base = dict(model=str(model), mask=str(mask), task=None, train_file=str(train_file), template="{text} It was", labels="0=bad,1=good",
-                quant="none", steps=6, batch_size=4, eval_every=3, save_every=3, train_samples=12, dev_samples=4, eval_samples=4, out=str(out))
+                quant="none", steps=6, batch_size=4, eval_every=3, save_every=3, train_samples=12, dev_samples=4, eval_samples=4, out=str(out),
+                dev_baseline=False)
     base.update(kw)
     return finetune_config(base)
 

@@ -103,3 +103,14 @@ def test_hidden_options_stay_hidden_and_help_reads_the_config():
     assert params["score_quant"].hidden and not params["density"].hidden
     lr = {p.name: p for p in _command(("finetune",)).params}["lr"]
     assert lr.default is None and "with --dense" in lr.help  # --lr left out: the method's own
+
+
+def test_a_bool_option_on_by_default_can_be_turned_off():
+    """A bool field that defaults to true gets its `--no-` form (`--dev-baseline/--no-dev-baseline`); one off by default is a flag."""
+    from szoq_cli.finetune import finetune_config
+
+    params = {p.name: p for p in _command(("finetune",)).params}
+    assert (list(params["dev_baseline"].opts), list(params["dev_baseline"].secondary_opts), params["dev_baseline"].default) == \
+        (["--dev-baseline"], ["--no-dev-baseline"], True)
+    assert list(params["dense"].secondary_opts) == []
+    assert finetune_config({"dev_baseline": False}).dev_baseline is False and finetune_config({}).dev_baseline is True

@@ -23,8 +23,10 @@ from conftest import cli_in_process as run_cli
 
 
 def _config(model, train_file, out, **kw) -> FinetuneConfig:
+    """A dense run of a few steps on the tiny rows, without the step-0 dev baseline (see conftest's tiny_finetune_config)."""
     base = dict(model=str(model), dense=True, task=None, train_file=str(train_file), template="{text} It was", labels="0=bad,1=good",
-                steps=6, batch_size=4, eval_every=3, save_every=3, train_samples=12, dev_samples=4, eval_samples=4, out=str(out))
+                steps=6, batch_size=4, eval_every=3, save_every=3, train_samples=12, dev_samples=4, eval_samples=4, out=str(out),
+                dev_baseline=False)
     base.update(kw)
     return finetune_config(base)
 
@@ -214,7 +216,8 @@ def test_cli_dense_refuses_options_that_do_not_apply(extra, words, tiny_model_di
 
 def test_cli_dense_json_and_resume_of_a_sparse_run_refused(tiny_model_dir, train_file, tmp_path, monkeypatch, capsys):
     common = ["--model", str(tiny_model_dir), "--train", str(train_file), "--template", "{text} It was", "--labels", "0=bad,1=good",
-              "--steps", "2", "--batch-size", "4", "--eval-every", "1", "--train-samples", "12", "--dev-samples", "4", "--eval-samples", "4"]
+              "--steps", "2", "--batch-size", "4", "--eval-every", "1", "--train-samples", "12", "--dev-samples", "4", "--eval-samples", "4",
+              "--no-dev-baseline"]  # trained weights, not the untouched ones a 4-row dev may keep
     code, out, err = run_cli(["finetune", "--dense", *common, "--out", str(tmp_path / "dense"), "--json"], monkeypatch, capsys)
     assert code == 0, err
     got = json.loads(out)

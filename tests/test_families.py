@@ -99,7 +99,8 @@ def _end_to_end(model_dir: Path, tmp_path: Path) -> None:
     task = dict(task=None, train_file=str(train), template="{text} It was", labels="0=bad,1=good")
     run = tmp_path / "run"
     result = finetune(FinetuneConfig(model=str(model_dir), mask=str(tmp_path / "mask"), **task, quant="nf4", steps=2, batch_size=4,
-                                     zo=ZOConfig(lr=1.0, eps=1e-2), eval_every=0, save_every=2, train_samples=8, dev_samples=4, eval_samples=4, out=str(run)))
+                                     zo=ZOConfig(lr=1.0, eps=1e-2), eval_every=0, save_every=2, train_samples=8, dev_samples=4, eval_samples=4, out=str(run),
+                                     dev_baseline=False))  # the trained values, not the untouched ones a 4-row dev may keep
     assert result.steps == 2
     delta = load_delta(run).tensors
     base = {n: p.detach().clone() for n, p in AutoModelForCausalLM.from_pretrained(model_dir).named_parameters()}

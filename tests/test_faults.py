@@ -30,7 +30,7 @@ def cli_args(model, mask, train, out, *extra) -> list[str]:
     """The CLI form of test_finetune._config(...) (a custom task) with the given extra options."""
     return ["finetune", "--model", str(model), "--mask", str(mask), "--train", str(train), "--template", "{text} It was",
             "--labels", "0=bad,1=good", "--quant", "none", "--batch-size", "4", "--eval-every", "3", "--train-samples", "12",
-            "--dev-samples", "4", "--eval-samples", "4", "--out", str(out), *extra]
+            "--dev-samples", "4", "--eval-samples", "4", "--no-dev-baseline", "--out", str(out), *extra]
 
 
 def step_lines(path: Path) -> list[int]:

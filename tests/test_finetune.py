@@ -370,7 +370,7 @@ def test_cli_bad_input(case, tiny_model_dir, tiny_mask, train_file, tmp_path, mo
     elif case == "resume_other":
         finetune(_config(tiny_model_dir, tiny_mask, train_file, out_dir, steps=2, eval_every=0))
         (out_dir / "delta.safetensors").unlink()  # a stopped run
-        extra = [*custom, "--lr", "0.5", "--resume"]
+        extra = [*custom, "--lr", "0.5", "--no-dev-baseline", "--resume"]  # as _config
     elif case == "no_bnb":
         real = importlib.util.find_spec
         monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a, **k: None if name == "bitsandbytes" else real(name, *a, **k))
@@ -404,7 +404,7 @@ def test_real_model_sst2_end_to_end(real_model_available, tmp_path, monkeypatch,
     assert code == 0, err
     result = json.loads(out)
     dev = [(r["step"], r["accuracy"]) for r in map(json.loads, (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) if r["kind"] == "eval"]
-    assert [s for s, _ in dev] == [2, 4] and (result["best_step"], result["best_dev"]) == max(dev, key=lambda sd: sd[1])
+    assert [s for s, _ in dev] == [0, 2, 4] and (result["best_step"], result["best_dev"]) == max(dev, key=lambda sd: sd[1])  # 0: untouched
     code, out, err = run_cli(["eval", "--delta", str(tmp_path / "run"), "--eval-samples", "32", "--json"], monkeypatch, capsys)
     assert code == 0, err
     assert json.loads(out)["value"] == pytest.approx(result["eval"])

@@ -27,9 +27,10 @@ def train_file(tmp_path) -> Path:
 
 
 def _config(model, train_file, out, **kw):
+    """A LoRA run of a few steps on the tiny rows, without the step-0 dev baseline (see conftest's tiny_finetune_config)."""
     base = dict(model=str(model), task=None, train_file=str(train_file), template="{text} It was", labels="0=bad,1=good", lora=4,
                 quant="nf4", dtype="fp32", steps=6, batch_size=4, eval_every=3, save_every=3, train_samples=12, dev_samples=4,
-                eval_samples=4, lr=1e-2, out=str(out))
+                eval_samples=4, lr=1e-2, out=str(out), dev_baseline=False)
     base.update(kw)
     return finetune_config(base)
 

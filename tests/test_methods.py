@@ -145,7 +145,7 @@ def _run(tiny_model_dir, train_file, out, **kw) -> FinetuneConfig:
 
 def test_a_fourth_method_trains_saves_evaluates_and_merges_through_the_public_api(toy_method, tiny_model_dir, train_file, tmp_path):
     assert "toy-norm" in method_names()
-    config = _run(tiny_model_dir, train_file, tmp_path / "run", method="toy-norm")
+    config = _run(tiny_model_dir, train_file, tmp_path / "run", method="toy-norm", dev_baseline=False)  # trained, not kept at step 0
     assert config.quant == "none" and config.mask is None and config.zo.lr == 1e-3  # the method's facts
     result = finetune(config)
     run = Path(result.out)

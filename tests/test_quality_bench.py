@@ -104,11 +104,12 @@ def test_bench_quality_py_keeps_its_command_line():
 
 def test_old_cells_rerun_pinned_to_the_settings_they_ran_under():
     fp32 = {"argv": ["finetune", "--model", "m", "--task", "sst2", "--json"]}
-    assert verify.pinned(fp32) == ["finetune", "--model", "m", "--task", "sst2", "--dtype", "fp32", "--micro-batch-size", "16", "--json"]
-    bf16 = {"argv": ["finetune", "--task", "sst2", "--dtype", "bf16", "--micro-batch-size", "4", "--json"], "dtype": "bf16"}
+    assert verify.pinned(fp32) == ["finetune", "--model", "m", "--task", "sst2", "--dtype", "fp32", "--micro-batch-size", "16",
+                                   "--no-dev-baseline", "--json"]
+    bf16 = {"argv": ["finetune", "--task", "sst2", "--dtype", "bf16", "--micro-batch-size", "4", "--no-dev-baseline", "--json"], "dtype": "bf16"}
     assert verify.pinned(bf16) == bf16["argv"]
-    dense = {"argv": ["finetune", "--dense", "--task", "sst2", "--json"]}
-    assert verify.pinned(dense) == ["finetune", "--dense", "--task", "sst2", "--micro-batch-size", "16", "--json"]
+    dense = {"argv": ["finetune", "--dense", "--task", "sst2", "--json"]}  # recorded before the step-0 dev baseline: it had none
+    assert verify.pinned(dense) == ["finetune", "--dense", "--task", "sst2", "--micro-batch-size", "16", "--no-dev-baseline", "--json"]
     assert verify.pinned({"argv": ["eval", "--task", "cb", "--json"]}) == ["eval", "--task", "cb", "--dtype", "fp32", "--json"]
 
 

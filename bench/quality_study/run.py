@@ -105,7 +105,8 @@ def finetune_argv(task: str, trained: list[str], lr: float, eps: float, steps: i
     return ["finetune", "--model", model_ref(model), *trained, *task_argv(task), "--steps", str(steps), "--batch-size", str(settings.BATCH),
             "--lr", f"{lr:g}", "--eps", f"{eps:g}", "--eval-every", str(settings.EVAL_EVERY), "--save-every", str(settings.SAVE_EVERY),
             "--seed", str(seed), "--train-samples", str(settings.TRAIN), "--dev-samples", str(settings.DEV), "--eval-samples", str(eval_samples),
-            *(["--dtype", dtype] if dtype else []), *(["--micro-batch-size", str(micro)] if micro else []), "--json"]
+            *(["--dtype", dtype] if dtype else []), *(["--micro-batch-size", str(micro)] if micro else []),
+            "--no-dev-baseline", "--json"]  # the paper's protocol: the best of the evals every EVAL_EVERY steps, not the untouched model
 
 
 def run_finetune(argv: list[str], out: Path) -> tuple[list[dict], dict, bool]:

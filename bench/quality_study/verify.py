@@ -13,12 +13,15 @@ from .szoq_process import portable
 
 def pinned(cell: dict) -> list[str]:
     """A recorded argv with the settings it ran under made explicit: cells recorded before `--dtype auto` and automatic
-    micro-batches became the defaults ran in fp32 (CPU) with the whole batch in one forward; say so, so they rerun alike."""
+    micro-batches became the defaults ran in fp32 (CPU) with the whole batch in one forward, and those recorded before
+    the step-0 dev baseline had none; say so, so they rerun alike."""
     argv = list(cell["argv"])
     if "--dense" not in argv and "--dtype" not in argv:
         argv[-1:-1] = ["--dtype", cell.get("dtype") or "fp32"]
     if argv[0] == "finetune" and "--micro-batch-size" not in argv:
         argv[-1:-1] = ["--micro-batch-size", str(settings.BATCH)]
+    if argv[0] == "finetune" and not {"--dev-baseline", "--no-dev-baseline"} & set(argv):
+        argv[-1:-1] = ["--no-dev-baseline"]
     return argv
 
 

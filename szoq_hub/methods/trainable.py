@@ -66,10 +66,14 @@ class Trainable(Protocol):
         """(writer) Write the checkpoint with the loop's `meta` (step, best step, best dev)."""
 
     def keep_best(self, run: RunFolder, step: int, dev: float, meta: dict[str, str]) -> bool:
-        """Keep the current state as the best; returns True when that wrote the checkpoint too."""
+        """Keep the current state as the best; returns True when that wrote the checkpoint too.
+
+        `step` 0 is the untouched model (the loop's dev baseline, before any step): what is kept
+        then must give back exactly the starting state.
+        """
 
     def use_best(self, run: RunFolder, best_step: int | None, done: int) -> None:
-        """Load the best-dev state (if any) for the final evaluation."""
+        """Load the best-dev state (if any) for the final evaluation; `best_step` 0: the starting state."""
 
     def write_final(self, run: RunFolder, config: FinetuneConfig, result: dict) -> None:
         """(writer) Write the card and the final file; `result` holds the metric, scores and task name."""

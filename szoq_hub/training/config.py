@@ -100,6 +100,9 @@ class FinetuneConfig:
     zo: ZOConfig | None = field(default=None, metadata={"help": "The ZO optimizer's settings.", "nested": True, "skip": ZO_DERIVED,
                                                         "overrides": {"lr": {"default": None, "help": _lr_help}}})
     eval_every: int = opt(100, "Dev evaluation every K steps (0 = at the end).")
+    dev_baseline: bool = opt(True, "Also score dev before the first step (step 0): the untouched model is a best-dev candidate, so a "
+                                   "run that never beats it on dev ends with the model it started from. --no-dev-baseline: only the "
+                                   "evaluations every --eval-every steps are candidates. Without a dev set the run keeps its last step either way.")
     save_every: int = opt(100, "Checkpoint every K steps.")
     save_every_minutes: float = opt(10.0, "Also checkpoint when this many minutes passed since the last checkpoint (0 = by steps only).")
     seed: int = opt(0, "Seed of sampling, batches and perturbations.")
@@ -230,7 +233,7 @@ class FinetuneResult:
     out: Path
     steps: int
     metric: str
-    best_step: int | None
+    best_step: int | None  # the step whose state the run kept: 0 = the untouched model (`kept_start`); None: no dev set, the last step
     best_dev: float | None
     eval_metric: float
     seconds: float
@@ -238,6 +241,11 @@ class FinetuneResult:
     dtype: str = "fp32"  # the compute dtype it ran in (resolved)
     micro_batch_size: int | None = None  # how a step's batch was split into forwards (see finetune.micro_batch_of)
     micro_batch_tokens: int | None = None
+
+    @property
+    def kept_start(self) -> bool:
+        """Whether no step beat the untouched model on dev, so the run ended with the model it started from."""
+        return self.best_step == 0
 
 
 def shared_field(cls: type, name: str):

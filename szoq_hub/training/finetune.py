@@ -1,9 +1,10 @@
 """`finetune`: the ZO fine-tuning loop, one loop over a `Trainable` (szoq_hub/methods/trainable.py).
 
 The loop owns what every trainable shares: the task's batches (seeded epochs, any step
-reproducible), the step log, dev evaluation and the best-dev choice, checkpoint timing (every
-`save_every` steps, and every `save_every_minutes` of wall time), --resume, Ctrl-C and
-divergence messages. What is trained, and how its state is written, is the trainable's: the
+reproducible), the step log, dev evaluation and the best-dev choice (the untouched model, scored
+at step 0 unless --no-dev-baseline, is the first candidate: a run is never left worse on dev than
+it started), checkpoint timing (every `save_every` steps, and every `save_every_minutes` of wall
+time), --resume, Ctrl-C and divergence messages. What is trained, and how its state is written, is the trainable's: the
 method's (szoq_hub/methods/: the mask's values on the quantized runtime, every linear weight of the
 fp32 model, LoRA adapters, ...).
 The run folder's files are named and written in run_folder.py; settings in config.py.
@@ -152,11 +153,13 @@ def finetune(config: FinetuneConfig, *, resume: bool | None = None, progress: Pr
             settings, else start a new run (a folder with another run is refused). True: there
             must be a stopped run to continue. False: `config.out` must be new or empty.
         progress: Called with dicts: {"kind": "start"|"step"|"eval"|"final", ...}; "start" carries
-            "split" (a line on the data split), "start" (first step) and "resumed".
+            "split" (a line on the data split), "start" (first step) and "resumed"; an "eval" at
+            "step" 0 scores the untouched model (`config.dev_baseline`).
         clock: Seconds of a monotonic clock, for checkpoints by time (tests pass their own).
 
     Returns:
-        The run's `FinetuneResult` (on every rank; only rank 0 writes files).
+        The run's `FinetuneResult` (on every rank; only rank 0 writes files). Its `best_step` 0
+        (`kept_start`): no step beat the untouched model on dev, and the run kept its starting state.
 
     Raises:
         ConfigError, TaskError, DependencyError: bad input (before anything is written).
@@ -204,7 +207,7 @@ def finetune(config: FinetuneConfig, *, resume: bool | None = None, progress: Pr
     ckpt = trainable.restore(run) if resume else None
     if ckpt is not None:
         start, best_step, best_dev = ckpt
-    redone = run.truncate_metrics(start) if rank == 0 and resume else 0
+    redone = run.truncate_metrics(start if ckpt is not None else None) if rank == 0 and resume else 0
     if resume:
         log.info("resuming %s at step %d (%s)", run.path, start, "checkpoint" if ckpt is not None else "no checkpoint yet")
         if rank == 0:
@@ -228,6 +231,22 @@ def finetune(config: FinetuneConfig, *, resume: bool | None = None, progress: Pr
             if tracker is not None:
                 tracker.log(scalars(row), x)
 
+        def evaluate_dev(at: int) -> bool:
+            """Score dev with `at` steps done and keep a new best; returns whether keeping it wrote the checkpoint."""
+            nonlocal best_dev, best_step
+            dev_score = score(trainable.model, dev, task.metric, pad_id, config.eval_batch_size)
+            log_row({"kind": "eval", "step": at, "split": "dev", task.metric: dev_score}, at)
+            emit({"kind": "eval", "step": at, "dev": dev_score, "metric": task.metric})
+            if dev_score > best_dev:  # strict: a tie keeps the earlier step
+                best_dev, best_step = dev_score, at
+                return trainable.keep_best(run, at, dev_score, _meta(at, best_dev, best_step, contents))
+            return False
+
+        # The untouched model is the first best-dev candidate (step 0), so a run whose steps never beat
+        # it on dev ends with the model it started from, not a worse one. Only from the start: a run
+        # resumed from a checkpoint has that score in its best dev already.
+        if config.dev_baseline and dev and ckpt is None and evaluate_dev(0):
+            last_checkpoint = 0
         saved_at = clock()
         for step in range(start, config.steps):
             t0 = time.perf_counter()
@@ -252,12 +271,7 @@ def finetune(config: FinetuneConfig, *, resume: bool | None = None, progress: Pr
             emit({"kind": "step", "step": done, "steps": config.steps, "loss": record.loss, "grad": record.grad_norm, "lr": record.lr})
             checkpointed = False
             if dev and ((config.eval_every and done % config.eval_every == 0) or done == config.steps):
-                dev_score = score(trainable.model, dev, task.metric, pad_id, config.eval_batch_size)
-                log_row({"kind": "eval", "step": done, "split": "dev", task.metric: dev_score}, done)
-                emit({"kind": "eval", "step": done, "dev": dev_score, "metric": task.metric})
-                if dev_score > best_dev:
-                    best_dev, best_step = dev_score, done
-                    checkpointed = trainable.keep_best(run, done, dev_score, _meta(done, best_dev, best_step, contents))
+                checkpointed = evaluate_dev(done)
             timed = config.save_every_minutes > 0 and clock() - saved_at >= 60.0 * config.save_every_minutes
             if not checkpointed and rank == 0 and (done % config.save_every == 0 or done == config.steps or timed):
                 trainable.save_checkpoint(run, _meta(done, best_dev, best_step, contents))
@@ -265,7 +279,7 @@ def finetune(config: FinetuneConfig, *, resume: bool | None = None, progress: Pr
             if checkpointed:
                 last_checkpoint, saved_at = done, clock()
 
-        # Keep the best-dev state (the paper's protocol); without a dev set, the final one.
+        # Keep the best-dev state (the paper's protocol; best step 0: the untouched model); without a dev set, the final one.
         trainable.use_best(run, best_step, done)
         eval_score = score(trainable.model, evals, task.metric, pad_id, config.eval_batch_size)
         result = {"metric": task.metric, "eval_metric": eval_score, "best_dev": None if best_step is None else best_dev, "best_step": best_step}
@@ -288,4 +302,4 @@ def finetune(config: FinetuneConfig, *, resume: bool | None = None, progress: Pr
 
 def _meta(done: int, best_dev: float, best_step: int | None, contents: dict[str, str]) -> dict[str, str]:
     """The loop's part of a checkpoint header (with the model fingerprint and rows sha256 it was trained on)."""
-    return {"step": str(done), "best_dev": repr(best_dev), "best_step": str(best_step or ""), **contents}
+    return {"step": str(done), "best_dev": repr(best_dev), "best_step": "" if best_step is None else str(best_step), **contents}

@@ -5,7 +5,8 @@ Rank 0 writes; the run is complete once its final file exists, which is written 
                            `runtime` (device type, compute dtype, micro-batch); --resume refuses
                            other settings
 - `metrics.jsonl`          one line per step (step, seeds, g, losses, lr: a replayable log), per
-                           dev evaluation, and the final evaluation
+                           dev evaluation (the first at step 0, the untouched model, unless
+                           --no-dev-baseline), and the final evaluation
 - `metrics.redone.jsonl`   log lines past the checkpoint, set aside on resume
 - `checkpoint.safetensors` the trainable's state + optimizer state + step (atomic temp + rename)
 - `best-dev.safetensors`   the best dev state so far (what the paper keeps)
@@ -42,6 +43,11 @@ CARD_FILE = "README.md"
 # float rounding only, so a run that ran out of memory can resume with smaller forwards). device and
 # dtype are compared resolved (the `runtime` block), not as typed: `auto` and `cpu` can be the same.
 RESUME_FREE = ("out", "data_dir", "eval_batch_size", "micro_batch_size", "device", "dtype", "report_to", "save_every_minutes")
+# Options added after runs were recorded without them, whose default is not what those runs did but
+# which change nothing a resume from a checkpoint does: such a run continues under either value.
+# dev_baseline: the step-0 dev score is taken at a fresh start only (a run without a checkpoint
+# starts over, under the value given now).
+ADDED_WITHOUT_EFFECT_ON_RESUME = ("dev_baseline",)
 
 
 class RunFolder:
@@ -93,8 +99,9 @@ class RunFolder:
         saved = dict(self.read_config()["settings"])
         saved.setdefault("method", method_of_settings(saved).name)  # a 0.1.0 run recorded dense / lora only
         now = {k: v for k, v in settings_of(config).items() if k not in RESUME_FREE}
-        # An option added after the run started (e.g. --adam-eps) compares as its default.
+        # An option added after the run started (e.g. --adam-eps) compares as its default (or as given now, see above).
         defaults = settings_of(FinetuneConfig())
+        defaults.update({k: now[k] for k in ADDED_WITHOUT_EFFECT_ON_RESUME})
         differ = [f"{k} ({saved.get(k, defaults.get(k))!r} -> {now[k]!r})" for k in sorted(now) if saved.get(k, defaults.get(k)) != now[k]]
         if differ:
             raise TrainingError(f"{flag}--out {out} holds a run with other settings: {', '.join(differ[:3])}",
@@ -178,10 +185,15 @@ class RunFolder:
         with self.open_metrics() as fh:
             fh.write(json.dumps(row) + "\n")
 
-    def truncate_metrics(self, step: int) -> int:
+    def truncate_metrics(self, step: int | None) -> int:
         """Set aside log lines past the checkpoint (their steps are redone, bit for bit, on resume).
 
         The lines are appended to `metrics.redone.jsonl` beside the log rather than lost.
+
+        Args:
+            step: The checkpoint's step: steps before it and evaluations up to it (the checkpoint
+                holds their best) are kept. None: no checkpoint, every line is set aside (the run
+                starts over, its step-0 dev evaluation included).
 
         Returns:
             How many step lines were set aside.
@@ -194,7 +206,7 @@ class RunFolder:
             try:
                 row = json.loads(line)
                 kind = row.get("kind")
-                kept = (kind == "step" and row["step"] < step) or (kind == "eval" and row["step"] <= step)
+                kept = step is not None and ((kind == "step" and row["step"] < step) or (kind == "eval" and row["step"] <= step))
             except (ValueError, TypeError, KeyError, AttributeError):
                 kind, kept = None, False  # a line cut by a crash, or not one szoq wrote
             (keep if kept else drop).append(line)
@@ -249,7 +261,8 @@ class RunFolder:
         zo = config.zo
         facts = [("base model", f"`{result.get('base_model')}`"), *rows, ("task", card_task(config)),
                  ("optimizer", f"{zo.optimizer}, lr {zo.lr:g}, eps {zo.eps:g}, batch {config.batch_size}, {config.steps} steps"),
-                 ("best dev", f"{result.get('best_dev')} at step {result.get('best_step')}"), (f"eval {result.get('metric')}", result.get("eval_metric")),
+                 ("best dev", f"{result.get('best_dev')} at step {result.get('best_step')}"
+                              + (" (the untouched model: no step beat it on dev, so the run kept its starting state)" if result.get("best_step") == 0 else "")), (f"eval {result.get('metric')}", result.get("eval_metric")),
                  ("seed", config.seed), ("szoq version", __version__)]
         lines = ["---", data.to_yaml(), "---", "", title, "", summary, "", "| fact | value |", "|---|---|",
                  *[f"| {k} | {v} |" for k, v in facts], "", "## Use", "", "```", *use, "```", ""]

@@ -89,10 +89,14 @@ class DenseTrainable:
     def keep_best(self, run: RunFolder, step: int, dev: float, meta: dict[str, str]) -> bool:
         # No copy of the weights is kept in memory: the checkpoint naming this step is written
         # first, then the best-dev file, so a best-dev file is never newer than the checkpoint's best.
+        # At step 0 (the untouched model) the checkpoint is skipped: it would hold the base weights and
+        # a fresh optimizer, what a new start gives; a run stopped before its first checkpoint starts
+        # over, and resume_best drops this best-dev file then.
         if self.writer:
-            self.save_checkpoint(run, meta)
+            if step > 0:
+                self.save_checkpoint(run, meta)
             self._save_dense(run.best, settings={**self.settings, "step": step, "dev": dev}, step=str(step))
-        return True
+        return step > 0
 
     def use_best(self, run: RunFolder, best_step: int | None, done: int) -> None:
         if best_step is not None and best_step != done:
