@@ -71,3 +71,42 @@ def test_bench_stopgap_random_mask_equals_mask_build(tiny_model_dir, tmp_path):
     assert sorted(ours.indices) == sorted(theirs.indices)
     assert all(torch.equal(ours.indices[n], theirs.indices[n]) for n in ours.indices)
     assert ours.config.fingerprint == theirs.config.fingerprint
+
+
+def test_gguf_writer_q4_k_m_reopens_through_szoq(tmp_path):
+    """A llama-tiny-k GGUF: Q4_K_M's types, weights of the intended scale through szoq's reader,
+    SmolLM2's tokenizer from the file alone; an interrupted write resumes byte-identically."""
+    from szoq_hub.data.gguf_file import GGUFModelFile
+    from szoq_hub.data.gguf_meta import tokenizer_from_gguf
+
+    path = tmp_path / "tiny.gguf"
+    scale_models.write_gguf("llama-tiny-k", path, seed=1, log=lambda s: None)
+    file = GGUFModelFile(path)
+    file.check_ranges()
+    types = {name: info.qtype.name for name, info in file.tensors.items()}
+    assert (types["token_embd.weight"], types["output.weight"], types["blk.0.ffn_norm.weight"]) == ("Q4_K", "Q6_K", "F32")
+    assert (types["blk.0.attn_v.weight"], types["blk.1.attn_v.weight"], types["blk.1.ffn_down.weight"]) == ("Q4_K", "Q6_K", "Q6_K")
+    assert file.meta("feed_forward_length") == 512 and file.heads() == (4, 2)
+    for name, tensor in file.iter_tensors({g: g for g in file.tensors}):
+        assert tensor.shape == file.tensors[name].shape and tensor.isfinite().all()
+        if name.endswith("norm.weight"):
+            assert (tensor == 1).all()
+        else:
+            assert abs(tensor.mean()) < 2e-3 and 0.018 < tensor.std() < 0.022, name
+
+    tok = tokenizer_from_gguf(path)
+    assert len(tok) == scale_models.VOCAB and tok.eos_token == "<|im_end|>"
+    assert tok.decode(tok("the movie was great")["input_ids"]) == "the movie was great"
+
+    # complete: skipped; interrupted mid-tensor: resumed to the same bytes; another seed: refused
+    whole, mtime = path.read_bytes(), path.stat().st_mtime_ns
+    scale_models.write_gguf("llama-tiny-k", path, seed=1, log=lambda s: None)
+    assert path.stat().st_mtime_ns == mtime
+    partial = path.with_name(f".{path.name}.partial")
+    path.rename(partial)
+    with open(partial, "r+b") as fh:
+        fh.truncate(len(whole) // 2 + 7)
+    scale_models.write_gguf("llama-tiny-k", path, seed=1, log=lambda s: None)
+    assert path.read_bytes() == whole and not partial.exists()
+    with pytest.raises(SystemExit, match="another spec"):
+        scale_models.write_gguf("llama-tiny-k", path, seed=2, log=lambda s: None)
