@@ -7,6 +7,7 @@ lr, dtype) with the mean and std over seeds, and the tables add the Σg² transf
 from __future__ import annotations
 
 import os
+import re
 import statistics
 from pathlib import Path
 
@@ -41,6 +42,11 @@ def summary(cells: list[dict]) -> list[dict]:
                      "peak_rss_mb": statistics.median(rss) if rss else None, "rss_complete": len(rss) == len(cs),
                      "wall_s": statistics.median(walls) if walls else None})
     return rows
+
+
+def base_method(label: str) -> str:
+    """The method of a summary row's label (`zo-lora-eps0.01-a128` -> `zo-lora`)."""
+    return re.sub(r"(-eps[0-9.e+-]+?)?(-a[0-9.]+)?$", "", label)
 
 
 def _fmt(r: dict) -> str:
@@ -84,7 +90,7 @@ def _summary_table(rows: list[dict]) -> list[str]:
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         dens = "-" if r["density"] is None else f"{r['density']:g}"
-        lr = "-" if r["lr"] is None else f"{r['lr']:g}" + ("" if r["lr"] == lr_of(r["method"], r["model"]) else " (not the sweep's)")
+        lr = "-" if r["lr"] is None else f"{r['lr']:g}" + ("" if r["lr"] == lr_of(base_method(r["method"]), r["model"]) else " (not the sweep's)")
         rss = "-" if r["peak_rss_mb"] is None else f"{r['peak_rss_mb']:.0f}"
         wall = "-" if r["wall_s"] is None else f"{r['wall_s']:.0f}"
         lines.append(f"| {r['model']} | {r['task']} | {r['method']} | {dens} | {r['steps']} | {lr} | {r['dtype']} | {_fmt(r)} | "
