@@ -50,6 +50,9 @@ def finetune_cmd(*, resume: bool = False, as_json: bool = False, **options) -> N
                 if e.get("resumed"):
                     note(_resume_note(e, out_dir))
                 bar.update(bar_task, description=f"{e['task']} ZO", completed=e["start"], first=e["start"], begun=bar.tasks[bar_task].elapsed or 0.0)
+            elif e["kind"] == "lr_auto":
+                kept = " (kept from the run's probe)" if e["resumed"] else ""
+                note(f"lr auto: median |g| {e['median_grad']:.3g} over {e['probes']} probes -> lr {e['lr']:g}{kept}")
             elif e["kind"] == "eval":
                 state["dev"] = f"{e['dev']:.3f}"
             elif e["kind"] == "step":
@@ -70,7 +73,7 @@ def finetune_cmd(*, resume: bool = False, as_json: bool = False, **options) -> N
         note(f"eval {result.metric} {result.eval_metric:.4f} (best dev {result.best_dev} at step {result.best_step}); {result.seconds:.0f} s")
     if result.kept_start:
         note("no step beat the untouched model on dev: kept it (the result is the model you started from)")
-        note(f"hint: try a smaller --lr, e.g. --lr {config.zo.lr / 10:g}, in a new --out")
+        note(f"hint: try a smaller --lr, e.g. --lr {result.lr / 10:g}, in a new --out")
 
 
 def _resume_note(e: dict, out_dir: Path) -> str:

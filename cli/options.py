@@ -65,9 +65,11 @@ def _default_of(f: dataclasses.Field) -> Any:
 
 
 def _annotation(hint: Any, default: Any) -> Any:
-    """The type Typer reads: `Optional[X]` for `X | None` (or a None default), else X (the first of a union such as `str | Path`)."""
+    """The type Typer reads: `Optional[X]` for `X | None` (or a None default), else X (the first of a union such as `str | Path`;
+    text for a number or a word, `float | Literal["auto"]`: the config parses it)."""
     args = [a for a in typing.get_args(hint) if a is not type(None)]
-    base = args[0] if args else hint
+    words = any(typing.get_origin(a) is typing.Literal for a in args)
+    base = str if words else args[0] if args else hint
     optional = type(None) in typing.get_args(hint) or default is None
     return Optional[base] if optional else base
 

@@ -14,6 +14,7 @@ how values become its files (`save_values`) and what its card says (`write_final
 from __future__ import annotations
 
 from contextlib import AbstractContextManager
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Protocol
 
@@ -55,6 +56,12 @@ class Trainable(Protocol):
 
     def step(self, closure: Callable[[Any], list[float]], step: int) -> StepRecord:
         """One ZO step: the closure maps the step's 2q points to their losses; then the update."""
+
+    def estimate(self, closure: Callable[[Any], list[float]], step: int) -> StepRecord:
+        """The step's two-point estimate without the update (the `--lr auto` probe takes negative steps)."""
+
+    def set_lr(self, lr: float) -> None:
+        """The base lr of the schedule from now on (`--lr auto`: the probe's choice, or the one a resumed run recorded)."""
 
     def restore(self, run: RunFolder) -> tuple[int, int | None, float] | None:
         """Load the checkpoint (state, optimizer, best); returns (step, best step, best dev), None without one."""
@@ -110,6 +117,12 @@ class VectorTrainable:
 
     def step(self, closure, step: int) -> StepRecord:
         return self.opt.step(closure, step)
+
+    def estimate(self, closure, step: int) -> StepRecord:
+        return self.opt.estimate(closure, step)
+
+    def set_lr(self, lr: float) -> None:
+        self.opt.config = replace(self.opt.config, lr=lr)
 
     def restore(self, run: RunFolder) -> tuple[int, int | None, float] | None:
         ckpt = run.read_checkpoint()

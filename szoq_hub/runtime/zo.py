@@ -86,7 +86,12 @@ def lr_at(config: ZOConfig, step: int) -> float:
 
     Returns:
         The learning rate.
+
+    Raises:
+        ConfigError: `lr` is still "auto" (a run chooses it with its probe before the first step).
     """
+    if isinstance(config.lr, str):
+        raise ConfigError("--lr auto has no value before the run's probe chose it", hint="finetune() chooses it; elsewhere pass a number")
     if step < config.warmup:
         return config.lr * step / config.warmup
     if config.lr_schedule == "constant":
@@ -149,7 +154,8 @@ def estimate(config: ZOConfig, step: int, closure: Callable[[Any], Sequence[floa
         raise TrainingError(f"non-finite loss at step {step} (L0={loss_center})",
                             hint="lower --lr or --eps; the last checkpoint is intact and --resume continues from it")
     grads = [(lp - lm) / (2 * config.eps) for lp, lm in zip(plus, minus)]
-    return StepRecord(step, lr_at(config, step), seeds, grads, plus, minus, loss_center)
+    lr = lr_at(config, step) if step >= 0 else 0.0  # a negative step is a probe (--lr auto, training/lr_probe.py): no update, no lr
+    return StepRecord(step, lr, seeds, grads, plus, minus, loss_center)
 
 
 def all_finite(t: torch.Tensor) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Literal
 
 from ..core.errors import ConfigError
 
@@ -11,13 +12,18 @@ OPTIMIZERS = ("zo-sgd", "zo-momentum", "zo-adam", "zo-rmsprop")
 LR_SCHEDULES = ("constant", "linear", "cosine")
 PRECONDITIONERS = ("none", "scores", "online")
 CURVATURES = ("fisher", "hessian")
+# `--lr auto`: the run picks its lr from a short probe of |g| before its first step (training/lr_probe.py).
+AUTO_LR = "auto"
+AUTO_C = 1e-3  # its target lr x median |g| (the sweeps' best runs: ~1.5e-4..2e-3 across models)
+AUTO_PROBES = 8  # K: estimates in the probe
 
 
 @dataclass
 class ZOConfig:
     """Settings of a ZO optimizer (validated on creation)."""
 
-    lr: float = field(default=1e-4, metadata={"help": "learning rate (peak, after warmup)"})
+    lr: float | Literal["auto"] = field(default=1e-4, metadata={"help": "learning rate (peak, after warmup), or auto: chosen by the run's "
+                                                                      "probe (training/lr_probe.py)"})
     eps: float = field(default=1e-3, metadata={"help": "perturbation scale"})
     optimizer: str = field(default="zo-sgd", metadata={"help": "zo-sgd, zo-momentum, zo-adam or zo-rmsprop (per-value step sizes)"})
     zo_samples: int = field(default=1, metadata={"help": "SPSA estimates averaged per step (q)"})
@@ -45,8 +51,7 @@ class ZOConfig:
             raise ConfigError(f"unknown optimizer {self.optimizer!r}", hint=f"choose one of: {', '.join(OPTIMIZERS)}")
         if self.lr_schedule not in LR_SCHEDULES:
             raise ConfigError(f"unknown lr schedule {self.lr_schedule!r}", hint=f"choose one of: {', '.join(LR_SCHEDULES)}")
-        if not (math.isfinite(self.lr) and self.lr >= 0):
-            raise ConfigError(f"--lr must be a finite number >= 0, got {self.lr}", hint="e.g. --lr 1e-4")
+        self.lr = _lr_of(self.lr)
         if not (math.isfinite(self.eps) and self.eps > 0):
             raise ConfigError(f"--eps must be > 0, got {self.eps}", hint="the paper uses --eps 1e-3")
         if self.zo_samples < 1:
@@ -68,3 +73,23 @@ class ZOConfig:
             raise ConfigError(f"--precond-lambda must be > 0, got {self.precond_lambda}", hint="e.g. --precond-lambda 0.1")
         if not 0.0 <= self.curvature_beta < 1.0:
             raise ConfigError(f"--curvature-beta must be in [0, 1), got {self.curvature_beta}", hint="e.g. --curvature-beta 1e-8")
+
+
+def _lr_of(given: object) -> float | Literal["auto"]:
+    """`--lr` as given (a number, or text as the command line gives it): a float >= 0, or "auto".
+
+    Raises:
+        ConfigError: anything else (one line, with a hint).
+    """
+    value = given
+    if isinstance(given, str):
+        if given.strip().lower() == AUTO_LR:
+            return AUTO_LR
+        try:
+            value = float(given)
+        except ValueError:
+            value = None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value >= 0):
+        raise ConfigError(f"--lr must be a finite number >= 0 or auto, got {given!r}",
+                          hint="e.g. --lr 1e-4, or --lr auto (chosen from a short probe of the projected gradient |g|)")
+    return float(value)

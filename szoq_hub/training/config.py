@@ -23,7 +23,7 @@ from ..data.custom_tasks import CustomTask, custom_task_from
 from ..data.tasks import Sampling
 from ..methods import DEFAULT_METHOD, Method, get_method, methods
 from ..methods.spec import MethodConfig, field_default, field_flag, opt
-from ..runtime.zo_config import ZOConfig
+from ..runtime.zo_config import AUTO_C, AUTO_PROBES, ZOConfig
 
 # ZOConfig fields a run derives from its own settings (steps, seed): not options of their own.
 ZO_DERIVED = ("total_steps", "seed")
@@ -32,7 +32,9 @@ ZO_DERIVED = ("total_steps", "seed")
 def _lr_help() -> str:
     """`--lr`'s help: the default of each registered method."""
     per = ", ".join(f"{m.config_cls.default_lr:g} with {m.flag if m.name != DEFAULT_METHOD else 'a mask'}" for m in methods())
-    return f"Learning rate (peak, after warmup). Default: {per} (each method's SST-2 dev sweep, README Results)."
+    return (f"Learning rate (peak, after warmup), or auto: {AUTO_C:g} / the median |g| of {AUTO_PROBES} two-point estimates taken before "
+            f"the first step (the best lr follows |g| across models; recorded, --resume keeps it). Default: {per} (each method's SST-2 "
+            "dev sweep, README Results).")
 
 
 def _method_help() -> str:
@@ -241,6 +243,7 @@ class FinetuneResult:
     dtype: str = "fp32"  # the compute dtype it ran in (resolved)
     micro_batch_size: int | None = None  # how a step's batch was split into forwards (see finetune.micro_batch_of)
     micro_batch_tokens: int | None = None
+    lr: float | None = None  # the base lr the run used (--lr auto: the probe's choice)
 
     @property
     def kept_start(self) -> bool:

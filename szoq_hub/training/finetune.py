@@ -43,8 +43,10 @@ from ..core.defaults import __version__
 from ..data.scoring import encode, loss_sums, pad_id_of
 from ..data.tasks import describe_split, load_task
 from ..runtime.zo import StepRecord
+from ..runtime.zo_config import AUTO_LR
 from .config import FinetuneConfig, FinetuneResult, settings_of
 from .evaluate import score
+from .lr_probe import LrProbe, probe_lr
 from .run_folder import RunFolder
 from .tracking import check_report_to, open_tracker, scalars
 
@@ -123,9 +125,9 @@ def _checkpoint_rule(config: FinetuneConfig) -> str:
     return f"every {config.save_every} steps{minutes}"
 
 
-def _diverged_hint(config: FinetuneConfig, last_checkpoint: int | None) -> str:
+def _diverged_hint(config: FinetuneConfig, lr: float, last_checkpoint: int | None) -> str:
     """A hint for a diverged run that works as written: --resume keeps --lr, so a lower --lr is a new run."""
-    lr, usual = config.zo.lr, config.method_spec.config_cls.default_lr
+    usual = config.method_spec.config_cls.default_lr
     lower = usual if lr > usual else lr / 10
     kept = (f"the checkpoint at step {last_checkpoint} in {config.out} is intact, but --resume keeps --lr"
             if last_checkpoint else f"no checkpoint was written yet ({_checkpoint_rule(config)})")
@@ -154,7 +156,8 @@ def finetune(config: FinetuneConfig, *, resume: bool | None = None, progress: Pr
             must be a stopped run to continue. False: `config.out` must be new or empty.
         progress: Called with dicts: {"kind": "start"|"step"|"eval"|"final", ...}; "start" carries
             "split" (a line on the data split), "start" (first step) and "resumed"; an "eval" at
-            "step" 0 scores the untouched model (`config.dev_baseline`).
+            "step" 0 scores the untouched model (`config.dev_baseline`); "lr_auto" (`--lr auto`,
+            before "start") carries the chosen "lr", "median_grad", "probes", "c" and "resumed".
         clock: Seconds of a monotonic clock, for checkpoints by time (tests pass their own).
 
     Returns:
@@ -199,6 +202,30 @@ def finetune(config: FinetuneConfig, *, resume: bool | None = None, progress: Pr
         run.check_contents(fingerprint=trainable.fingerprint, model=config.model, mask_sha256=trainable.record().get("mask_sha256"))
     pad_id = pad_id_of(trainable.tokenizer)
     train, dev, evals = (encode(trainable.tokenizer, x) for x in (task.train, task.dev, task.eval))
+    perms: dict[int, list[int]] = {}
+
+    def closure_at(step: int) -> Callable[[object], list[float]]:
+        """The paired closure of the step's batch (this rank's shard): 2q points -> their 2q losses, mean over the whole batch."""
+        batch = batch_indices(len(train), config.batch_size, step, config.seed, perms)
+        shard = [train[i] for i in batch[rank::size]]
+
+        def closure(points) -> list[float]:  # the step's 2q points, in the trainable's form
+            with trainable.perturbed(points) as parts:  # one forward over P copies of the shard
+                local = loss_sums(trainable.model, shard, pad_id, copies=parts, **micro) if shard else [0.0] * parts
+            if size == 1:
+                return [x / len(batch) for x in local]
+            total = torch.tensor([*local, float(len(shard))], dtype=torch.float64)  # [P + 1]
+            dist.all_reduce(total)
+            return [float(x / total[-1]) for x in total[:-1]]
+        return closure
+
+    lr = config.zo.lr
+    if lr == AUTO_LR:  # a resumed run keeps the lr its probe chose; only a new run probes (lr_probe.py)
+        auto = _recorded_probe(run) if resume else probe_lr(lambda at: trainable.estimate(closure_at(-at - 1), at))  # probe step -(k+1): step k's batch
+        lr = auto.lr
+        trainable.set_lr(lr)
+        settings["lr_auto"] = auto.record()  # the trainable's files record the same dict
+        emit({"kind": "lr_auto", "resumed": resume, **auto.record()})
     if rank == 0 and not resume:
         run.write_config({"settings": settings, "task": {"name": task.name, "metric": task.metric, **task.info}, "base_model": trainable.source.base_model,
                           "fingerprint": trainable.fingerprint, "data_sha256": data_sha, **trainable.record(), "szoq_version": __version__, "world_size": size, "runtime": runtime})
@@ -218,7 +245,6 @@ def finetune(config: FinetuneConfig, *, resume: bool | None = None, progress: Pr
     last_checkpoint = start if ckpt is not None else None
     contents = {"fingerprint": trainable.fingerprint, "data_sha256": data_sha}  # every checkpoint records what it was trained on
     done = start
-    perms: dict[int, list[int]] = {}
     metrics = tracker = None
     try:
         metrics = run.open_metrics() if rank == 0 else None
@@ -250,22 +276,10 @@ def finetune(config: FinetuneConfig, *, resume: bool | None = None, progress: Pr
         saved_at = clock()
         for step in range(start, config.steps):
             t0 = time.perf_counter()
-            batch = batch_indices(len(train), config.batch_size, step, config.seed, perms)
-            shard = [train[i] for i in batch[rank::size]]
-
-            def closure(points) -> list[float]:  # the step's 2q points, in the trainable's form
-                with trainable.perturbed(points) as parts:  # one forward over P copies of the shard
-                    local = loss_sums(trainable.model, shard, pad_id, copies=parts, **micro) if shard else [0.0] * parts
-                if size == 1:
-                    return [x / len(batch) for x in local]
-                total = torch.tensor([*local, float(len(shard))], dtype=torch.float64)  # [P + 1]
-                dist.all_reduce(total)
-                return [float(x / total[-1]) for x in total[:-1]]
-
             try:
-                record: StepRecord = trainable.step(closure, step)
+                record: StepRecord = trainable.step(closure_at(step), step)
             except TrainingError as exc:
-                raise TrainingError(exc.message, hint=_diverged_hint(config, last_checkpoint)) from None
+                raise TrainingError(exc.message, hint=_diverged_hint(config, lr, last_checkpoint)) from None
             done = step + 1
             log_row({"kind": "step", **record.to_dict(), "seconds": round(time.perf_counter() - t0, 4)}, done)  # x axis: steps done
             emit({"kind": "step", "step": done, "steps": config.steps, "loss": record.loss, "grad": record.grad_norm, "lr": record.lr})
@@ -286,7 +300,7 @@ def finetune(config: FinetuneConfig, *, resume: bool | None = None, progress: Pr
         emit({"kind": "final", **result})
         if rank == 0:
             log_row({"kind": "final", "split": "eval", **result}, config.steps)
-            trainable.write_final(run, config, {**result, "task": task.name})
+            trainable.write_final(run, config, {**result, "task": task.name, "lr": lr})
     except KeyboardInterrupt:
         raise _interrupted(config, done, last_checkpoint) from None
     finally:
@@ -297,7 +311,19 @@ def finetune(config: FinetuneConfig, *, resume: bool | None = None, progress: Pr
     if size > 1:
         dist.barrier()
     return FinetuneResult(run.path, config.steps, task.metric, best_step, result["best_dev"], eval_score, time.perf_counter() - started, start,
-                          dtype=runtime["dtype"], **micro)
+                          dtype=runtime["dtype"], lr=lr, **micro)
+
+
+def _recorded_probe(run: RunFolder) -> LrProbe:
+    """The lr a resumed `--lr auto` run chose when it started (its settings' `lr_auto`).
+
+    Raises:
+        TrainingError: the run recorded no choice.
+    """
+    recorded = run.read_config()["settings"].get("lr_auto")
+    if not isinstance(recorded, dict) or "lr" not in recorded:
+        raise TrainingError(f"--lr auto: {run.config} records no chosen lr (lr_auto)", hint="resume with the --lr the run used, or start a new run")
+    return LrProbe.from_record(recorded)
 
 
 def _meta(done: int, best_dev: float, best_step: int | None, contents: dict[str, str]) -> dict[str, str]:

@@ -259,8 +259,9 @@ class RunFolder:
 
         data = ModelCardData(library_name="szoq", base_model=card_base_model(result.get("base_model")), tags=tags)
         zo = config.zo
+        lr = f"{result.get('lr', zo.lr):g}" + (" (--lr auto)" if zo.lr == "auto" else "")
         facts = [("base model", f"`{result.get('base_model')}`"), *rows, ("task", card_task(config)),
-                 ("optimizer", f"{zo.optimizer}, lr {zo.lr:g}, eps {zo.eps:g}, batch {config.batch_size}, {config.steps} steps"),
+                 ("optimizer", f"{zo.optimizer}, lr {lr}, eps {zo.eps:g}, batch {config.batch_size}, {config.steps} steps"),
                  ("best dev", f"{result.get('best_dev')} at step {result.get('best_step')}"
                               + (" (the untouched model: no step beat it on dev, so the run kept its starting state)" if result.get("best_step") == 0 else "")), (f"eval {result.get('metric')}", result.get("eval_metric")),
                  ("seed", config.seed), ("szoq version", __version__)]

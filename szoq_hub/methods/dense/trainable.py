@@ -7,6 +7,7 @@ copies (hundreds of MB each, only needed to resume) are removed.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import torch
@@ -48,6 +49,12 @@ class DenseTrainable:
 
     def step(self, closure, step: int) -> StepRecord:
         return self.opt.step(closure, step)
+
+    def estimate(self, closure, step: int) -> StepRecord:
+        return self.opt.estimate(closure, step)
+
+    def set_lr(self, lr: float) -> None:
+        self.opt.config = replace(self.opt.config, lr=lr)  # the lr enters through the estimate (the record's lr)
 
     def _save_dense(self, path, **facts) -> None:
         save_dense(path, self.dense, fingerprint=self.fingerprint, base_model=self.source.base_model, **facts)
