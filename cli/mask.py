@@ -52,6 +52,7 @@ def build(*, name: Optional[str] = None, version: Optional[str] = None, out_dir:
         result["passes"] = plan["passes"]
         result["max_memory"] = plan.get("budget")
         result["max_memory_picked"] = bool(plan.get("budget_picked"))
+        result["compact_weights"] = bool(plan.get("compact"))  # GGUF linears dequantized on use outside their passes
     if out_dir is not None:
         result["out"] = str(out_dir)
     if as_json:
@@ -62,6 +63,7 @@ def build(*, name: Optional[str] = None, version: Optional[str] = None, out_dir:
             note(f"memory bound {plan['budget'] / 1e9:.2f} GB, picked from the {plan['available'] / 1e9:.2f} GB available "
                  "(set it with --max-memory; the mask is the same either way)")
         passes = f" in {plan['passes']} passes" if plan.get("passes", 1) > 1 else ""
+        passes += " (decoder linears held as GGUF bytes outside their pass: slower, same mask)" if plan.get("compact") else ""
         note(f"built {mask.nnz:,} weights ({scorer}, density {density:g}){passes}; score mass captured {result['captured_share']}")
 
 

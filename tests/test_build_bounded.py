@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -295,3 +296,112 @@ def test_fsdp_two_ranks_on_cpu_gloo_equal_one_process(tmp_path, bf16_model_dir, 
 def test_fsdp_on_cuda_nccl_equals_one_process(tmp_path, bf16_model_dir, tiny_text_file):
     # NCCL needs one device per rank: 2 ranks where 2 GPUs exist, else FSDP over 1 rank
     _fsdp_case(tmp_path, bf16_model_dir, tiny_text_file, ["--device", "cuda"], ranks=min(2, torch.cuda.device_count()))
+
+
+# ---- GGUF decoder linears held compact (issue 30: a 1.5B GGUF under --max-memory 4GB) ----------------
+
+def test_compact_plan_counts_materialised_weights_and_holds_more_in_the_rest_of_each_pass():
+    from szoq_hub.masks.build_plan import plan_groups
+
+    names = [f"model.layers.{i}.mlp.{p}.weight" for i in range(3) for p in ("up", "down")]
+    numels = {n: 1000 for n in names}
+    weights = {n: 2000 for n in names}  # bf16 once materialised
+    reserve = 160 * 2**20
+    transient = 1000 * (2 + 4 + 16) + 500
+    room = 2 * (4000 + 2000) + 2000  # two tensors' accumulators + their weights, one more weight
+    plan = plan_groups(names, numels, budget=reserve + transient + room, resident=0, activations=0, grad_bytes=2,
+                       weights=weights, dequant_bytes=500)
+    assert plan.compact and plan.groups == [names[0:2], names[2:4], names[4:6]]
+    assert plan.accumulators == [8000, 8000, 8000]  # accumulators alone; the weights are in `materialised`
+    # each pass holds its own two linears, then the first other one its backward reaches (a later layer first)
+    assert plan.materialised == [names[0:2] + [names[2]], names[2:4] + [names[4]], names[4:6] + [names[0]]]
+    assert plan.weight_bytes == [6000] * 3
+    with pytest.raises(ConfigError, match="cannot hold"):  # one tensor's accumulator and weight must fit
+        plan_groups(names, numels, budget=reserve + transient + 5999, resident=0, activations=0, grad_bytes=2,
+                    weights=weights, dequant_bytes=500)
+
+
+@pytest.mark.parametrize("arch,qtype,dtype", [("qwen2", "Q4_1", torch.bfloat16), ("llama", "Q8_0", torch.float32)])
+def test_compact_gguf_linears_score_bit_for_bit_as_materialised_ones(tmp_path, arch, qtype, dtype):
+    """Frozen compact linears dequantize in forward and backward; a pass scores its materialised ones.
+    The scores equal those of the model loaded whole, bit for bit (q/k/v biases; llama's q/k fix-up)."""
+    from szoq_hub.masks.sensitivity import CompactLinear, checkpointed_layers, compact_linears
+    from tiny_gguf import write_tiny_gguf
+
+    source = resolve_model(str(write_tiny_gguf(tmp_path / "m.gguf", arch=arch, qtype=qtype, hidden=128, ffn=256, layers=3)))
+    whole = load_scoring_model(source, dtype=dtype)
+    compact = load_scoring_model(source, dtype=dtype, compact=True)
+    layers = compact_linears(compact)
+    targets = target_parameter_names(whole)
+    assert sorted(layers) == sorted(targets) and all(m.weight is None for m in layers.values())
+    assert not any(isinstance(m, CompactLinear) for m in whole.modules())
+    windows = torch.randint(0, 250, (3, 16), generator=torch.Generator().manual_seed(0))  # [N, L]
+    want = fisher_scores(whole, targets, windows)
+    with torch.no_grad():
+        assert torch.equal(compact(input_ids=windows).logits, whole(input_ids=windows).logits)
+    for group, ckpt in ((targets[8:12], False), (targets[:3], True), (targets[-2:], False)):
+        for layer in layers.values():
+            layer.compact()
+        for name in group:
+            layers[name].materialise()
+        with checkpointed_layers(compact) if ckpt else contextlib.nullcontext():
+            got = fisher_scores(compact, group, windows)
+        for name in group:
+            assert torch.equal(got[name], want[name]), name
+        assert sum(m.weight is not None for m in layers.values()) == len(group)
+
+
+def test_a_bound_only_compact_weights_fit_gives_the_unbounded_mask_and_scores(tmp_path, tiny_text_file, monkeypatch):
+    from szoq_hub.data import gguf_file
+    from szoq_hub.masks import build
+    from tiny_gguf import write_tiny_gguf
+
+    path = write_tiny_gguf(tmp_path / "m.gguf", arch="qwen2", qtype="Q8_0", hidden=128, ffn=384, layers=3)
+    free, _ = build_mask(cfg(path, tiny_text_file, dtype="bf16", density=0.02), None)
+    monkeypatch.setattr(build, "resident_bytes", lambda device: 0)  # the bound is about the build, not this test process
+    monkeypatch.setattr(gguf_file, "SLAB_BYTES", 8 * 128 * 4)  # slabs of 8 rows: a dequantization's transient is small
+    config = cfg(path, tiny_text_file, dtype="bf16", density=0.02)
+    source = resolve_model(str(path))
+    model = load_scoring_model(source, dtype=torch.bfloat16, compact=True)
+    meta = build._meta_model(source)
+    targets = target_parameter_names(meta)  # the compact model has no weight parameters to name
+    numels = {n: meta.get_parameter(n).numel() for n in targets}
+
+    def plan(budget):
+        return build._plan(model, config, targets, numels, budget, 0, 12, torch.bfloat16)
+
+    low, high = 1, 10**10  # the smallest bound that holds any plan
+    while high - low > 1:
+        mid = (low + high) // 2
+        try:
+            plan(mid)
+            high = mid
+        except ConfigError:
+            low = mid
+    tight = plan(high)
+    assert tight.compact and len(tight.groups) > 1  # a model materialised whole would not fit
+    figures: dict = {}
+    bounded, _ = build_mask(cfg(path, tiny_text_file, dtype="bf16", density=0.02, max_memory=str(high)), None, plan_out=figures)
+    assert figures["compact"] and figures["passes"] == len(tight.groups)
+    assert_same_indices(bounded.indices, free.indices)  # Jaccard 1.0
+    assert list(bounded.scores) == list(free.scores)
+    assert all(torch.equal(bounded.scores[n], free.scores[n]) for n in free.scores)  # the kept Σg², bit for bit
+    assert bounded.config.stats == free.config.stats
+
+
+@pytest.mark.slow
+def test_real_smollm2_gguf_scores_the_same_compact(real_model_available, tiny_text_file):
+    from szoq_hub.data.models import ALIASES
+    from szoq_hub.masks.sensitivity import compact_linears
+
+    source = resolve_model(next(iter(ALIASES)))
+    whole = load_scoring_model(source, dtype=torch.bfloat16)
+    compact = load_scoring_model(source, dtype=torch.bfloat16, compact=True)
+    targets = target_parameter_names(whole)
+    layers = compact_linears(compact)
+    group = targets[:2] + targets[-3:]  # a q/k fix-up pair at the bottom, the MLP at the top
+    for name in group:
+        layers[name].materialise()
+    windows = torch.randint(0, 49152, (2, 12), generator=torch.Generator().manual_seed(0))  # [N, L]
+    want, got = fisher_scores(whole, group, windows), fisher_scores(compact, group, windows)
+    assert all(torch.equal(got[n], want[n]) for n in group)

@@ -10,7 +10,8 @@ needs (nf4 codes, a few exact fp32 values) and drops the rest before the next te
 opening costs the runtime model + one fp32 tensor. A tensor the consumer will cast anyway (the
 embedding, kept in the compute dtype) is dequantized a slab of rows at a time straight into the
 cast buffer: quantization blocks never cross a row, so row slabs dequantize independently and
-give the same numbers as the whole tensor.
+give the same numbers as the whole tensor. A consumer short of memory may also keep tensors as their
+file bytes (`read_raw`, Q4_K: 0.56 bytes a weight) and dequantize on each use (`dequantize_cast`).
 
 The values are bit for bit what transformers loads: the same `dequantize`, in fp32, then the same
 per-architecture fix-ups of llama.cpp's conversion (the llama q/k rotary permutation undone,
@@ -46,7 +47,7 @@ _NORM_PLUS_ONE = {"gemma2", "gemma3"}  # Gemma stores norm weights as w + 1
 # Architectures whose transformers conversion fuses, splits or reshapes tensors: not streamable.
 _REFUSED = {"qwen2moe", "qwen3moe", "gpt-oss", "gpt_oss", "bloom", "t5", "t5encoder", "gpt2", "mamba", "nemotron", "lfm2",
             "minimax-m2"}
-SLAB_BYTES = 32 << 20  # fp32 bytes of one dequantized slab of rows when a tensor is cast on the fly
+SLAB_BYTES = 4 << 20  # fp32 bytes of one dequantized slab of rows when a tensor is cast on the fly (gguf-py's temporaries: ~2x)
 _BLOCK = re.compile(r"^blk\.(\d+)\.")
 
 
@@ -271,10 +272,6 @@ class GGUFModelFile:
             return None, None
         return heads, kv
 
-    def payload_bytes(self) -> int:
-        """fp32 bytes of all tensors once dequantized (what transformers' loader materialised)."""
-        return sum(t.numel * 4 for t in self.tensors.values())
-
     def iter_tensors(self, names: dict[str, str], cast=None, skip: frozenset[str] = frozenset()):
         """Yield (model name, tensor) one tensor at a time, in file order.
 
@@ -290,52 +287,73 @@ class GGUFModelFile:
         skipped = [g for g in self.tensors if g not in names]
         if skipped:
             log.info("%d GGUF tensor(s) have no place in the model (e.g. %s)", len(skipped), skipped[0])
-        heads = self.heads()
         entries = sorted((t for t in self.tensors.values() if t.name in names and names[t.name] not in skip), key=lambda t: t.offset)
         with open(self.path, "rb") as fh:
             for info in entries:
                 hf = names[info.name]
                 dtype = cast(hf) if cast is not None else None
-                fixup = self._fixup(info.name)
-                if dtype is not None and fixup is None and info.shape and len(info.shape) >= 1:
-                    tensor = self._read_cast(fh, info, dtype)
+                fixup = self.fixup(info.name)
+                if dtype is not None and fixup is None and info.shape:
+                    tensor = cast_rows(lambda r0, r1: self._raw(fh, info, r0, r1), info, dtype, self.path.name)
                 else:
-                    tensor = self._read(fh, info, 0, _rows(info))  # [rows, row] fp32
+                    tensor = dequantize_rows(self._raw(fh, info, 0, _rows(info)), info, self.path.name)  # [rows, row] fp32
                     tensor = tensor.reshape(info.shape) if info.shape else tensor.reshape(())
                     if fixup is not None:
-                        tensor = fixup(tensor, heads)
+                        tensor = fixup(tensor)
                     if dtype is not None:
                         tensor = tensor.to(dtype)
                 yield hf, tensor
                 del tensor
 
-    def _fixup(self, gguf_name: str):
-        """The inverse of llama.cpp's change to this tensor's values, or None."""
+    def read_raw(self, gguf_names: list[str]) -> dict[str, torch.Tensor]:
+        """The file bytes of these tensors, uint8 [rows, row_bytes] each: views of one buffer, freed as a
+        whole when the last view goes (`dequantize_cast` gives the values). Raises ModelError on a short read."""
+        infos = sorted((self.tensors[g] for g in gguf_names), key=lambda t: t.offset)
+        buffer = torch.empty(sum(t.n_bytes for t in infos), dtype=torch.uint8)
+        out, at = {}, 0
+        with open(self.path, "rb") as fh:
+            for info in infos:
+                out[info.name] = buffer[at : at + info.n_bytes].view(_rows(info), -1)  # [rows, row_bytes]
+                self._raw(fh, info, 0, _rows(info), into=out[info.name].numpy())
+                at += info.n_bytes
+        return out
+
+    def fixup(self, gguf_name: str):
+        """The inverse of llama.cpp's change to this tensor's values (fp32 tensor -> tensor), or None."""
         if self.architecture in _PERMUTED_QK and (".attn_q." in gguf_name or ".attn_k." in gguf_name):
-            is_k = ".attn_k." in gguf_name
-            return lambda t, heads: unpermute_qk(t, heads[1] if is_k else heads[0])
+            n_head = self.heads()[1 if ".attn_k." in gguf_name else 0]
+            return lambda t: unpermute_qk(t, n_head)
         if self.architecture in _NORM_PLUS_ONE and "norm.weight" in gguf_name:
-            return lambda t, heads: t - 1
+            return lambda t: t - 1
         return None
 
-    def _read(self, fh, info: GGUFTensorInfo, row0: int, row1: int) -> torch.Tensor:
-        """fp32 [row1 - row0, row] of one tensor's rows (a row = its innermost dim)."""
-        rows = _rows(info)
-        row_bytes = info.n_bytes // rows
-        raw = np.empty((row1 - row0) * row_bytes, dtype=np.uint8)
+    def _raw(self, fh, info: GGUFTensorInfo, row0: int, row1: int, into: np.ndarray | None = None) -> np.ndarray:
+        """The file bytes of rows [row0, row1) of one tensor (a row = its innermost dim): uint8 [n, row_bytes]."""
+        row_bytes = info.n_bytes // _rows(info)
+        raw = np.empty((row1 - row0, row_bytes), dtype=np.uint8) if into is None else into
         fh.seek(info.offset + row0 * row_bytes)
-        if fh.readinto(memoryview(raw)) != raw.size:
+        if fh.readinto(memoryview(raw.reshape(-1))) != raw.size:
             raise ModelError(f"{self.path.name} is truncated (tensor {info.name})", hint="the file is incomplete: download it again")
-        return dequantize_rows(raw.reshape(row1 - row0, row_bytes), info, self.path.name)
+        return raw
 
-    def _read_cast(self, fh, info: GGUFTensorInfo, dtype: torch.dtype) -> torch.Tensor:
-        rows = _rows(info)
-        row_len = info.shape[-1]
-        out = torch.empty(rows, row_len, dtype=dtype)  # [rows, row]
-        step = max(1, SLAB_BYTES // (4 * row_len))
-        for r in range(0, rows, step):
-            out[r : r + step].copy_(self._read(fh, info, r, min(rows, r + step)))
-        return out.view(info.shape)
+
+def cast_rows(read, info: GGUFTensorInfo, dtype: torch.dtype, where: str) -> torch.Tensor:
+    """A tensor in `dtype`, dequantized into it a slab of rows at a time; `read(row0, row1)` gives those
+    rows' file bytes (uint8 [n, row_bytes]). Blocks never cross a row: the whole tensor's values, cast."""
+    rows, row_len = _rows(info), info.shape[-1]
+    out = torch.empty(rows, row_len, dtype=dtype)  # [rows, row]
+    step = max(1, SLAB_BYTES // (4 * row_len))
+    for r in range(0, rows, step):
+        out[r : r + step].copy_(dequantize_rows(read(r, min(rows, r + step)), info, where))
+    return out.view(info.shape)
+
+
+def dequantize_cast(raw: torch.Tensor, info: GGUFTensorInfo, dtype: torch.dtype, fixup, where: str) -> torch.Tensor:
+    """Tensor `info` from its file bytes (uint8 [rows, row_bytes]): bit for bit what `iter_tensors`
+    yields cast to `dtype` (the same slabs, or, with a `fixup`, the same fp32 tensor fixed then cast)."""
+    if fixup is None:
+        return cast_rows(lambda r0, r1: raw[r0:r1].numpy(), info, dtype, where)
+    return fixup(dequantize_rows(raw.numpy(), info, where).reshape(info.shape)).to(dtype)
 
 
 def dequantize_rows(raw: np.ndarray, info: GGUFTensorInfo, where: str) -> torch.Tensor:

@@ -4,7 +4,9 @@ Memory (see README "Building masks for large models"): the model is streamed fro
 safetensors files into the scoring dtype (the checkpoint's own by default; `--score-quant nf4`
 quantizes each decoder linear as it is read), scores are turned into a selection tensor by
 tensor (`selection.StreamingSelector`), and `--max-memory` splits the fisher build into passes
-over groups of target tensors (`build_plan`). Magnitude and random builds load no model.
+over groups of target tensors (`build_plan`); a GGUF model on the CPU loads its decoder linears as
+the file's bytes and materialises them all when the plan holds them, else only those each pass
+needs (`sensitivity.CompactLinear`, same scores). Magnitude and random builds load no model.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .build_plan import BuildPlan, MaskBuildConfig, activation_bytes, format_size, layer_of, parse_size, pass_cost, plan_groups, resident_bytes
+from .build_plan import BuildPlan, MaskBuildConfig, format_size, layer_of, parse_size, plan_build, resident_bytes
 from ..data.calibration import load_windows
 from ..data.checkpoint import KeyMapper, checkpoint_files, iter_tensors, read_header
 from ..core.devices import DTYPES as SHARED_DTYPES, import_bitsandbytes, init_distributed, is_main_process, resolve_device, world
@@ -32,8 +34,8 @@ from ..data.footprint import load_config
 from ..data.models import ModelSource, model_fingerprint, resolve_model, source_dtype, source_tensors, target_parameter_names
 from .registry import Registry, check_name, check_version, name_from
 from .selection import StreamingSelector
-from .sensitivity import (Frozen4bitLinear, ProgressFn, checkpointed_layers, decoder_layers, fisher_scores,
-                          shard_windows, stream_magnitude_scores, stream_random_scores)
+from .sensitivity import (CompactLinear, Frozen4bitLinear, ProgressFn, checkpointed_layers, compact_linears, decoder_layers,
+                          fisher_scores, shard_windows, stream_magnitude_scores, stream_random_scores)
 
 log = logging.getLogger(__name__)
 
@@ -68,15 +70,18 @@ def _iter_named(source: ModelSource, model: nn.Module, names: set[str]):
                 del tensor
 
 
-def load_scoring_model(source: ModelSource, *, dtype: torch.dtype, quant: str = "none", device: torch.device | None = None) -> nn.Module:
+def load_scoring_model(source: ModelSource, *, dtype: torch.dtype, quant: str = "none", device: torch.device | None = None,
+                       compact: bool = False) -> nn.Module:
     """The causal LM for scoring, streamed from safetensors straight into `dtype` on `device`.
 
     Only one full-precision tensor is in flight at a time; with `quant="nf4"` every decoder
-    linear becomes a `Frozen4bitLinear` as its weight is read.
+    linear becomes a `Frozen4bitLinear` as its weight is read. With `compact` (GGUF on the CPU,
+    no `quant`), every decoder linear becomes a `CompactLinear` holding its file bytes: the build
+    plan then materialises them all, or only those each pass needs (`plan_build`).
 
     Raises:
         DependencyError: `nf4` without bitsandbytes.
-        ModelError: the checkpoint does not match its config.
+        ModelError: the checkpoint does not match its config, or (CPU) the machine lacks the memory.
     """
     from accelerate import init_empty_weights
     from transformers import AutoModelForCausalLM
@@ -89,27 +94,48 @@ def load_scoring_model(source: ModelSource, *, dtype: torch.dtype, quant: str = 
         except ImportError:
             raise DependencyError("--score-quant nf4 needs bitsandbytes", hint="pip install 'bitsandbytes>=0.48'") from None
     device = device or torch.device("cpu")
-    if device.type == "cpu":  # before any weight is read: a model that cannot fit says so instead of meeting the OOM killer
-        from ..data.footprint import check_fits, model_bytes
-
-        name = str(dtype).removeprefix("torch.")
-        check_fits(model_bytes(source, quant="nf4" if quant == "nf4" else "none", dtype=dtype), what=f"{source.ref} scored in {name}",
-                   hint="score in a smaller dtype (--dtype bf16), or run the build on a machine with more memory")
+    compact = compact and source.gguf is not None and device.type == "cpu" and quant == "none"
     config = load_config(source)
     with init_empty_weights(include_buffers=False):  # parameters on meta, buffers (rotary) real
         lm = AutoModelForCausalLM.from_config(config, dtype=dtype)
     lm.eval()
     out_emb = lm.get_output_embeddings()
-    linears = {f"{n}.weight" for n, m in lm.named_modules() if type(m) is nn.Linear and m is not out_emb} if quant == "nf4" else set()
-    if source.gguf is not None and device.type == "cpu":  # the frozen input embedding stays in the file (see runtime/sparse.py)
+    linears = {f"{n}.weight" for n, m in lm.named_modules() if type(m) is nn.Linear and m is not out_emb} if quant == "nf4" or compact else set()
+    gfile = None
+    if source.gguf is not None:
         from ..data.models import gguf_model_file
 
         gfile = gguf_model_file(source)
+    by_model = {hf: g for g, hf in gfile.hf_names(lm).items()} if compact else {}
+    if compact:
+        linears = {n for n in linears if n in by_model}  # one the file lacks is reported missing below
+    if device.type == "cpu":  # before any weight is read: a model that cannot fit says so instead of meeting the OOM killer
+        from ..data.footprint import check_fits, model_bytes
+
+        name = str(dtype).removeprefix("torch.")
+        need = model_bytes(source, quant="nf4" if quant == "nf4" else "none", dtype=dtype)
+        if compact:  # decoder linears as their file bytes
+            params = dict(lm.named_parameters())
+            need -= sum(params[n].numel() * params[n].element_size() - gfile.tensors[by_model[n]].n_bytes for n in linears)
+        check_fits(need, what=f"{source.ref} scored in {name}",
+                   hint="score in a smaller dtype (--dtype bf16), or run the build on a machine with more memory")
+    if gfile is not None and device.type == "cpu":  # the frozen input embedding stays in the file (see runtime/sparse.py)
         gfile.mapped_embedding(lm, gfile.hf_names(lm), dtype)
     to_name = KeyMapper(lm)  # before any module is replaced
     loaded: set[str] = set()
-    cast = lambda name: None if name in linears else dtype  # noqa: E731 (GGUF: nf4 input stays fp32, as from a safetensors copy)
-    for ckpt_key, tensor in source_tensors(source, lm, cast=cast):
+    if compact:  # the decoder linears' file bytes in one buffer; the rest streamed as below
+        names = gfile.hf_names(lm)
+        raws = gfile.read_raw([by_model[n] for n in linears])
+        for key in linears:
+            prefix, g = key[: -len(".weight")], by_model[key]
+            parent, _, leaf = prefix.rpartition(".")
+            layer = CompactLinear(raws.pop(g), gfile.tensors[g], dtype, gfile.fixup(g), lm.get_submodule(prefix).bias, gfile.path.name)
+            setattr(lm.get_submodule(parent), leaf, layer)
+        loaded |= linears
+        tensors = gfile.iter_tensors(names, cast=lambda name: dtype, skip=frozenset(linears))
+    else:  # GGUF: nf4 input stays fp32, as from a safetensors copy
+        tensors = source_tensors(source, lm, cast=lambda name: None if name in linears else dtype)
+    for ckpt_key, tensor in tensors:
         key = to_name(ckpt_key)
         if key is None:
             log.warning("checkpoint tensor %s has no place in the model; ignored", ckpt_key)
@@ -310,7 +336,8 @@ def _fisher_select(config: MaskBuildConfig, source: ModelSource, targets: list[s
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     windows, info = load_windows(config.calibration, tokenizer, samples=config.samples, seq_len=config.seq_len, seed=config.seed)
-    model = load_scoring_model(source, dtype=dtype, quant=config.score_quant, device=device)
+    # GGUF on the CPU: decoder linears load as their file bytes; the plan materialises them all when they fit
+    model = load_scoring_model(source, dtype=dtype, quant=config.score_quant, device=device, compact=not config.fsdp)
     shard_numels = numels
     if config.fsdp:
         from .fsdp_scoring import shard_model
@@ -324,11 +351,13 @@ def _fisher_select(config: MaskBuildConfig, source: ModelSource, targets: list[s
             raise
         raise ConfigError(f"this build does not fit the memory available ({format_size(available)}; no --max-memory given): "
                           + exc.message.split("cannot hold this build: ", 1)[-1], hint=exc.hint) from None
+    if not plan.compact:  # the whole model in `dtype`, as from any checkpoint
+        _materialise_all(model, source)
     if plan_out is not None:
         plan_out.update(plan.to_dict())
         if available is not None:
             plan_out.update(budget_picked=True, available=available)
-    log.info("fisher build in %d pass(es)", len(plan.groups))
+    log.info("fisher build in %d pass(es)%s", len(plan.groups), ", decoder linears compact outside their passes" if plan.compact else "")
     per_pass = windows.shape[0]
     rank, size = world()
     if not config.fsdp and size > 1:  # data-parallel: this rank's share
@@ -337,6 +366,20 @@ def _fisher_select(config: MaskBuildConfig, source: ModelSource, targets: list[s
     with checkpointed_layers(model) if plan.checkpointed else contextlib.nullcontext():
         _run_passes(model, config, plan, windows, selector, progress, per_pass, total)
     return info.to_dict()
+
+
+def _materialise_all(model: nn.Module, source: ModelSource) -> None:
+    """Every `CompactLinear` of the model materialised for good. The buffer of file bytes goes first
+    (the plan counted the model without it), then each weight is read and dequantized on its own."""
+    from ..data.models import gguf_model_file
+
+    layers = compact_linears(model)
+    for layer in layers.values():
+        layer.raw = None
+    gfile = gguf_model_file(source) if layers else None
+    for layer in layers.values():
+        layer.raw = gfile.read_raw([layer.info.name])[layer.info.name]
+        layer.materialise(keep_raw=False)
 
 
 AUTO_BUDGET_SHARE = 0.8  # of the memory available once the model is loaded: room for the OS and other programs
@@ -359,33 +402,37 @@ def _default_budget(config: MaskBuildConfig, device: torch.device) -> tuple[int 
 
 def _plan(model: nn.Module, config: MaskBuildConfig, targets: list[str], numels: dict[str, int], budget: int | None,
           resident: int, seq_len: int, dtype: torch.dtype) -> BuildPlan:
-    """The cheaper of the plans with and without checkpointed decoder layers that fits.
+    """`build_plan.plan_build` for this model (see there).
 
     Raises:
-        ConfigError: neither fits the budget (the error of the smaller need).
+        ConfigError: no plan fits the budget.
     """
     # In 4-bit mode the embedded sequence needs a gradient, so every layer keeps activations.
     first = (lambda name: 0) if config.score_quant != "none" else layer_of
-    n_layers = getattr(model.config, "num_hidden_layers", 1)
-    options = [False] + ([True] if budget is not None and decoder_layers(model) and not config.fsdp else [])
-    plans, errors = [], []
-    for ckpt in options:
-        try:
-            plan = plan_groups(targets, numels, budget=budget, resident=resident, grad_bytes=torch.finfo(dtype).bits // 8,
-                               activations=lambda name, ckpt=ckpt: activation_bytes(model.config, seq_len, dtype, first(name), ckpt))
-        except ConfigError as exc:
-            errors.append(exc)
-            continue
-        plan.checkpointed = ckpt
-        plans.append(plan)
-    if not plans:
-        raise errors[-1]
-    return min(plans, key=lambda p: pass_cost(p.groups, n_layers, p.checkpointed, first))
+    layers = compact_linears(model)
+    elt = torch.finfo(dtype).bits // 8
+    weights = {n: m.in_features * m.out_features * elt for n, m in layers.items()}
+    # one dequantization: the weight in `dtype` and an fp32 slab with gguf-py's temporaries (the whole fp32 tensor with a fix-up)
+    from ..data.gguf_file import SLAB_BYTES
+
+    dequant = max((weights[n] + 3 * (4 * m.in_features * m.out_features if m.fixup else max(SLAB_BYTES, 4 * m.in_features))
+                   for n, m in layers.items()), default=0)
+    return plan_build(model.config, targets, numels, budget=budget, resident=resident, seq_len=seq_len, dtype=dtype,
+                      first_layer=first, checkpointable=bool(decoder_layers(model)) and not config.fsdp,
+                      compact=weights, held=sum(m.compact_bytes for m in layers.values()), dequant_bytes=dequant)
 
 
 def _run_passes(model: nn.Module, config: MaskBuildConfig, plan: BuildPlan, windows: torch.Tensor, selector: StreamingSelector,
                 progress: ProgressFn | None, per_pass: int, total: int) -> None:
+    layers = compact_linears(model) if plan.compact else {}
     for p, group in enumerate(plan.groups):
+        if plan.compact:  # this pass's weights materialised; last pass's others dropped first
+            held = set(plan.materialised[p])
+            for name, layer in layers.items():
+                if name not in held:
+                    layer.compact()
+            for name in plan.materialised[p]:
+                layers[name].materialise()
         if config.fsdp:
             from .fsdp_scoring import fsdp_fisher_select
 

@@ -10,6 +10,12 @@ once the model is loaded, estimates activations from the config, and packs targe
 in model order into groups whose accumulators fit the rest of `--max-memory`. Scores do not
 depend on the grouping (each weight's gradient is the same whichever others are scored), so
 the mask is the same for any plan; only time grows with the number of passes.
+
+A GGUF model scored on the CPU is measured with its decoder linears still in their file bytes.
+When no plan holds them all materialised, a pass materialises its group's linears (their bytes
+count with its accumulators) and fills the rest of its room with others; the rest stay compact
+and are dequantized at each use (`sensitivity.CompactLinear`): Qwen2.5-1.5B's linears take 0.79 GB
+that way instead of 2.62 GB in bf16.
 """
 
 from __future__ import annotations
@@ -168,7 +174,11 @@ def pass_cost(plan_groups_: list[list[str]], n_layers: int, checkpointed: bool,
 
 @dataclass
 class BuildPlan:
-    """Groups of target tensors, one fisher pass each, and the figures behind them."""
+    """Groups of target tensors, one fisher pass each, and the figures behind them.
+
+    With `compact`, decoder linears stay in their GGUF bytes except those `materialised` lists
+    for each pass (its group's own, then any the rest of the bound holds).
+    """
 
     groups: list[list[str]]
     budget: int | None
@@ -176,14 +186,27 @@ class BuildPlan:
     activations: int
     accumulators: list[int]
     checkpointed: bool = False
+    compact: bool = False
+    materialised: list[list[str]] = field(default_factory=list)
+    weight_bytes: list[int] = field(default_factory=list)
 
     def to_dict(self) -> dict:
-        return {"passes": len(self.groups), "budget": self.budget, "checkpointed": self.checkpointed, "resident": self.resident,
-                "activations": self.activations, "accumulator_bytes": self.accumulators}
+        out = {"passes": len(self.groups), "budget": self.budget, "checkpointed": self.checkpointed, "resident": self.resident,
+               "activations": self.activations, "accumulator_bytes": self.accumulators, "compact": self.compact}
+        if self.compact:
+            out["materialised_bytes"] = self.weight_bytes
+        return out
+
+
+def linear_of(name: str, weights: dict[str, int]) -> str | None:
+    """The compact linear (`{module}.weight` in `weights`) a target belongs to: its weight or its bias."""
+    weight = name[: -len(".bias")] + ".weight" if name.endswith(".bias") else name
+    return weight if weight in weights else None
 
 
 def plan_groups(targets: list[str], numels: dict[str, int], *, budget: int | None, resident: int,
-                activations: int | Callable[[str], int], grad_bytes: int) -> BuildPlan:
+                activations: int | Callable[[str], int], grad_bytes: int, weights: dict[str, int] | None = None,
+                dequant_bytes: int = 0) -> BuildPlan:
     """Pack targets in order into passes whose accumulators fit the budget.
 
     Args:
@@ -194,39 +217,114 @@ def plan_groups(targets: list[str], numels: dict[str, int], *, budget: int | Non
         activations: Estimated activation bytes of one window, or a function giving them for
             a pass whose group starts at the named tensor (later layers keep less).
         grad_bytes: Bytes per element of a weight gradient (the scoring dtype).
+        weights: Compact mode: `{module}.weight` -> bytes of that linear once materialised, for
+            every linear held in its file bytes (model order). A pass materialises its group's
+            linears, then as many of the others as the rest of its room holds (first those its
+            backward reaches: they are dequantized twice a window when compact).
+        dequant_bytes: Compact mode: the transient of one dequantization (weight + slab temporaries).
 
     Raises:
         ConfigError: the budget cannot hold the model, activations and one tensor's pass.
     """
     act = activations if callable(activations) else (lambda name: activations)
     full = max(act(n) for n in targets)
+    weights = weights or {}
     if budget is None:
-        return BuildPlan([list(targets)], None, resident, full, [4 * sum(numels[n] for n in targets)])
+        return BuildPlan([list(targets)], None, resident, full, [4 * sum(numels[n] for n in targets)], compact=bool(weights),
+                         materialised=[list(weights)] if weights else [], weight_bytes=[sum(weights.values())] if weights else [])
     largest = max(numels[n] for n in targets)
     # one gradient and its fp32 copy; selection works in chunks (selection.SELECT_CHUNK, ~16 B each)
     from .selection import SELECT_CHUNK
 
-    transient = largest * (grad_bytes + 4) + 16 * min(largest, SELECT_CHUNK)
+    transient = largest * (grad_bytes + 4) + 16 * min(largest, SELECT_CHUNK) + dequant_bytes
 
-    def room(first: str) -> int:  # accumulator bytes a pass starting at `first` can hold
+    def room(first: str) -> int:  # accumulator (and materialised weight) bytes a pass starting at `first` can hold
         return budget - resident - act(first) - transient - _RESERVE
 
-    worst = min(targets, key=lambda n: room(n) - 4 * numels[n])
-    if room(worst) < 4 * numels[worst]:
-        need = resident + act(worst) + transient + _RESERVE + 4 * numels[worst]
+    def cost(name: str, group: list[str]) -> int:  # what scoring `name` adds to a pass over `group`
+        linear = linear_of(name, weights)
+        fresh = linear is not None and not any(linear_of(n, weights) == linear for n in group)
+        return 4 * numels[name] + (weights[linear] if fresh else 0)
+
+    worst = min(targets, key=lambda n: room(n) - cost(n, []))
+    if room(worst) < cost(worst, []):
+        need = resident + act(worst) + transient + _RESERVE + cost(worst, [])
         raise ConfigError(
             f"--max-memory {format_size(budget)} cannot hold this build: {format_size(resident)} resident with the model, "
-            f"~{format_size(act(worst))} activations and {format_size(transient + 4 * numels[worst])} for one tensor's pass",
+            f"~{format_size(act(worst))} activations and {format_size(transient + cost(worst, []))} for one tensor's pass",
             hint=f"raise --max-memory to at least {format_size(need * 1.02)}, or shrink the resident model: --score-quant nf4, --dtype bfloat16, --seq-len",
         )
     groups: list[list[str]] = []
     sizes: list[int] = []
     for name in targets:
-        cost = 4 * numels[name]
-        if groups and sizes[-1] + cost <= room(groups[-1][0]):
+        if groups and sizes[-1] + cost(name, groups[-1]) <= room(groups[-1][0]):
+            sizes[-1] += cost(name, groups[-1])
             groups[-1].append(name)
-            sizes[-1] += cost
         else:
             groups.append([name])
-            sizes.append(cost)
-    return BuildPlan(groups, budget, resident, full, sizes)
+            sizes.append(cost(name, []))
+    accumulators = [4 * sum(numels[n] for n in g) for g in groups]
+    plan = BuildPlan(groups, budget, resident, full, accumulators, compact=bool(weights))
+    for group, size in zip(groups, sizes) if weights else ():  # the rest of each pass's room: more linears materialised
+        own = list(dict.fromkeys(linear for n in group if (linear := linear_of(n, weights))))
+        free = room(group[0]) - size
+        start = layer_of(group[0])
+        held = list(own)
+        for linear in sorted((w for w in weights if w not in own), key=lambda w: layer_of(w) < start):  # stable: model order
+            if weights[linear] <= free:
+                held.append(linear)
+                free -= weights[linear]
+        plan.materialised.append(held)
+        plan.weight_bytes.append(sum(weights[w] for w in held))
+    return plan
+
+
+def plan_build(model_config, targets: list[str], numels: dict[str, int], *, budget: int | None, resident: int, seq_len: int,
+               dtype: torch.dtype, first_layer: Callable[[str], int], checkpointable: bool,
+               compact: dict[str, int] | None = None, held: int = 0, dequant_bytes: int = 0) -> BuildPlan:
+    """The plan of a fisher build: the cheapest (`pass_cost`) of those that fit, with and without
+    checkpointed decoder layers; with every weight materialised when any such plan fits, else
+    (a GGUF model on the CPU) with decoder linears held compact outside their passes.
+
+    Compact plans come second because each use of a compact weight costs a dequantization
+    (gguf-py: a 1.5B decoder's linears take ~5.5 s a thread on a quiet machine, per forward and
+    again per backward), while a bound that holds the materialised model only adds passes.
+
+    Args:
+        model_config: The transformers config (for the activation estimate).
+        targets, numels, budget, resident: As `plan_groups` (`resident` measured with the model loaded).
+        seq_len: Tokens per window.
+        dtype: The scoring dtype.
+        first_layer: The first layer a pass starting at a tensor backpropagates to.
+        checkpointable: The model has decoder blocks to checkpoint.
+        compact: `{module}.weight` -> bytes once materialised, for every linear the model holds
+            in its file bytes (none: the model is materialised already).
+        held: Bytes of those file bytes (freed before every linear is materialised for good).
+        dequant_bytes: The transient of one dequantization.
+
+    Raises:
+        ConfigError: no plan fits the budget (the error of the smallest need).
+    """
+    import torch
+
+    compact = compact or {}
+    n_layers = getattr(model_config, "num_hidden_layers", 1)
+    options = [False] + ([True] if budget is not None and checkpointable else [])
+    grad_bytes = torch.finfo(dtype).bits // 8
+    errors: list[ConfigError] = []
+    for keep_compact in ([False, True] if compact else [False]):
+        plans = []
+        for ckpt in options:
+            try:
+                plan = plan_groups(targets, numels, budget=budget, grad_bytes=grad_bytes,
+                                   resident=resident if keep_compact else resident - held + sum(compact.values()),
+                                   activations=lambda name, ckpt=ckpt: activation_bytes(model_config, seq_len, dtype, first_layer(name), ckpt),
+                                   weights=compact if keep_compact else None, dequant_bytes=dequant_bytes if keep_compact else 0)
+            except ConfigError as exc:
+                errors.append(exc)
+                continue
+            plan.checkpointed = ckpt
+            plans.append(plan)
+        if plans:
+            return min(plans, key=lambda p: pass_cost(p.groups, n_layers, p.checkpointed, first_layer))
+    raise errors[-1]

@@ -10,6 +10,13 @@ as bitsandbytes NF4 and dequantized on the fly, forward and backward, as QLoRA b
 through its frozen 4-bit base. No weight is an autograd leaf; a scored layer keeps its input
 and forms its weight gradient itself, g = grad_out^T @ x (fp32), one window at a time.
 
+A GGUF model scored on the CPU under a tight `--max-memory` keeps its decoder linears as the
+file's bytes (`CompactLinear`: Q4_K is 0.56 bytes a weight, bf16 2) except those a pass scores or
+has room for: a frozen compact layer dequantizes its weight in forward and again in backward to
+the very values the loader gives, and forms grad_x with the same product autograd's linear does,
+so every gradient, and every score, is the materialised model's bit for bit. Its cost is those
+dequantizations (gguf-py, one thread: ~5.5 s per forward of a 1.5B decoder on a quiet machine).
+
 Magnitude and random scores need no model: they stream tensor by tensor (`stream_*`).
 """
 
@@ -94,6 +101,85 @@ class Frozen4bitLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x [..., in]
         out = _Frozen4bitMatmul.apply(x.to(self.compute_dtype), self)
         return out if self.bias is None else out + self.bias
+
+
+class _CompactMatmul(torch.autograd.Function):
+    """y = x @ W^T + b with W dequantized from its file bytes in forward and again in backward (never
+    saved). grad_x is the product autograd's linear backward forms, so it is the same bit for bit."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, layer: "CompactLinear") -> torch.Tensor:  # x [..., in]
+        ctx.layer = layer
+        return nn.functional.linear(x, layer.dequantized(), layer.bias)  # [..., out]: nn.Linear's own call
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):  # grad_out [..., out]
+        if not ctx.needs_input_grad[0]:
+            return None, None
+        w = ctx.layer.dequantized()  # [out, in]
+        grad_x = grad_out.reshape(-1, grad_out.shape[-1]).mm(w)  # [N, in], as mm's backward: grad @ (W^T)^T
+        return grad_x.view(*grad_out.shape[:-1], w.shape[1]), None
+
+
+class CompactLinear(nn.Module):
+    """A frozen linear whose weight stays in its GGUF file bytes until it is materialised.
+
+    Compact (`weight` is None), each forward and each backward dequantizes the weight again
+    (`gguf_file.dequantize_cast`: the values the loader gives), and no weight gradient exists.
+    Materialised, `weight` is a frozen parameter and the layer is `nn.Linear`'s F.linear, so a
+    pass can score it; `compact()` drops that copy again. Costs one dequantization per use
+    (gguf-py: ~240 Mparam/s a thread on a quiet machine) instead of the dtype's bytes per weight.
+
+    Args:
+        raw: uint8 [rows, row_bytes], the weight's bytes in the file (`GGUFModelFile.read_raw`).
+        info: Its `GGUFTensorInfo` (shape [out, in], quant type).
+        dtype: The compute dtype of the dequantized weight.
+        fixup: `GGUFModelFile.fixup` of the weight, or None.
+        bias: [out] frozen bias parameter or None.
+        where: The file's name, for errors.
+    """
+
+    def __init__(self, raw: torch.Tensor, info, dtype: torch.dtype, fixup, bias: nn.Parameter | None, where: str) -> None:
+        super().__init__()
+        self.out_features, self.in_features = info.shape
+        self.raw, self.info, self.dtype, self.fixup, self.where = raw, info, dtype, fixup, where
+        self.register_parameter("weight", None)
+        self.bias = bias
+
+    @property
+    def compact_bytes(self) -> int:
+        return self.raw.numel() if self.raw is not None else 0
+
+    def dequantized(self) -> torch.Tensor:  # [out, in] in dtype
+        from ..data.gguf_file import dequantize_cast
+
+        return dequantize_cast(self.raw, self.info, self.dtype, self.fixup, self.where)
+
+    def materialise(self, keep_raw: bool = True) -> None:
+        """Hold the weight as a frozen parameter (without `keep_raw`, for good: the bytes go)."""
+        if self.weight is None:
+            self.weight = nn.Parameter(self.dequantized(), requires_grad=False)
+        if not keep_raw:
+            self.raw = None
+
+    def compact(self) -> None:
+        """Drop the materialised weight (the file bytes stay)."""
+        if self.raw is not None:
+            self.weight = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x [..., in] -> [..., out]
+        if self.weight is not None:
+            return nn.functional.linear(x, self.weight, self.bias)
+        return _CompactMatmul.apply(x, self)
+
+    def extra_repr(self) -> str:
+        form = "materialised" if self.weight is not None else f"compact {getattr(self.info.qtype, 'name', '?')}"
+        return f"in_features={self.in_features}, out_features={self.out_features}, {form}"
+
+
+def compact_linears(model: nn.Module) -> dict[str, CompactLinear]:
+    """`{module}.weight` -> its `CompactLinear`, in model order."""
+    return {f"{n}.weight": m for n, m in model.named_modules() if isinstance(m, CompactLinear)}
 
 
 def _module_of(model: nn.Module, name: str) -> nn.Module | None:
