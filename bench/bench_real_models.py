@@ -139,6 +139,7 @@ def measure(size: str, args, work: Path, res: dict) -> None:
         b = run("mask_bounded", [*common, "--name", f"bounded-{args.samples}x{args.seq_len}", "--max-memory", args.max_memory], home_env)
         if a["rc"] == 0 and b["rc"] == 0:
             res["mask_jaccard"] = jaccard(json.loads(a["stdout"])["path"], json.loads(b["stdout"])["path"])
+            res["mask_scores_identical"] = same_scores(json.loads(a["stdout"])["path"], json.loads(b["stdout"])["path"])
             for r in (a, b):
                 r["result"] = json.loads(r["stdout"])
     if "finetune" in args.only:
@@ -164,6 +165,16 @@ def jaccard(a: str, b: str) -> float:
         inter += len(x & y)
         union += len(x | y)
     return round(inter / union, 6) if union else 1.0
+
+
+def same_scores(a: str, b: str) -> bool:
+    """The two masks keep the same Σg² of their selected weights, bit for bit."""
+    import torch
+
+    from szoq_hub.masks.artifact import load_mask
+
+    sa, sb = load_mask(Path(a)).scores, load_mask(Path(b)).scores
+    return sa is not None and sb is not None and list(sa) == list(sb) and all(torch.equal(sa[n], sb[n]) for n in sa)
 
 
 results: dict = {}
@@ -194,12 +205,15 @@ def save(name: str, data: dict) -> None:
             if key == "eval" and "result" in r:
                 extra.append(f"{100 * r['result']['value']:.1f}% (n={r['result']['n']})")
             if key.startswith("mask") and "result" in r:
-                extra.append(f"{r['result']['nnz']:,} weights, {r['result'].get('passes', 1)} pass(es), bound {r['result'].get('max_memory')}")
+                extra.append(f"{r['result']['nnz']:,} weights, {r['result'].get('passes', 1)} pass(es), bound {r['result'].get('max_memory')}"
+                             + (", decoder linears compact (GGUF bytes) outside their pass" if r["result"].get("compact_weights") else ""))
             if key == "timing" and "ratio" in r:
                 extra.append(f"forward {r['forward_s']} s, ZO step {r['zo_step_s']} s: ZO step / forward {r['ratio']} (batch {r['batch']}, median of {r['runs']})")
             rows.append(f"| {size} | {key} | {r['peak_rss_gb']} | {r['wall_s']} | {'; '.join(extra)} | {r['load_1min'][0]}-{r['load_1min'][1]} | {r['rc']} |")
         if "mask_jaccard" in res:
             rows.append(f"| {size} | mask Jaccard (auto vs bounded) | | | {res['mask_jaccard']} | | |")
+        if "mask_scores_identical" in res:
+            rows.append(f"| {size} | kept Σg² bit for bit (auto vs bounded) | | | {res['mask_scores_identical']} | | |")
     md = ["# real models (Qwen2.5-Coder GGUF, nf4 runtime, CPU)", "", "Shared machine (load average in the table); compare only within one run.", "",
           "| size | step | peak RSS GB | wall s | result | load 1 min | rc |", "|---|---|---|---|---|---|---|", *rows, ""]
     (RESULTS / f"{name}.md").write_text(scrub("\n".join(md)))
