@@ -12,7 +12,7 @@ import statistics
 from pathlib import Path
 
 from . import settings
-from .plan import is_regime, lora_regime, lr_of, plan, regime, sweep_choice, sweep_plan
+from .plan import is_regime, lora_regime, lr_of, on_pareto, plan, regime, sweep_choice, sweep_plan
 from .plots import plot_long, plot_pareto, plot_steps_and_density
 from .records import load_cells, read_all, write_json, write_text
 from .settings import SMOLLM2
@@ -90,7 +90,7 @@ def _summary_table(rows: list[dict]) -> list[str]:
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         dens = "-" if r["density"] is None else f"{r['density']:g}"
-        lr = "-" if r["lr"] is None else f"{r['lr']:g}" + ("" if r["lr"] == lr_of(base_method(r["method"]), r["model"]) else " (not the sweep's)")
+        lr = "-" if r["lr"] is None else f"{r['lr']:g}" + ("" if r["lr"] == lr_of(base_method(r["method"]), r["model"]) else " (its regime sweep's)" if on_pareto(r) and r["method"] != base_method(r["method"]) else " (not the sweep's)")
         rss = "-" if r["peak_rss_mb"] is None else f"{r['peak_rss_mb']:.0f}"
         wall = "-" if r["wall_s"] is None else f"{r['wall_s']:.0f}"
         lines.append(f"| {r['model']} | {r['task']} | {r['method']} | {dens} | {r['steps']} | {lr} | {r['dtype']} | {_fmt(r)} | "
