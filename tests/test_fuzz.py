@@ -302,6 +302,27 @@ def delta_meaning(delta) -> tuple:
     return json.dumps({k: v for k, v in delta.meta.items() if k not in HASH_KEYS}, sort_keys=True), tensor_view(delta.tensors)
 
 
+def fuzz_header_meaning(path: Path, original: bytes, mutations, use, want, n: int) -> None:
+    """Write `n` header mutations of `original` to `path`: each either fails with a szoq error or `use()` gives `want`;
+    some must fail (the fuzzer reaches the checks)."""
+    seen = {"cases": 0, "loaded": 0}
+
+    @settings(max_examples=n, **FUZZ)
+    @given(mutations)
+    def run(edits):
+        header, body = split(original)
+        mutated = apply(header, edits)
+        path.write_bytes(join(mutated, body))
+        seen["cases"] += 1
+        WARNINGS.seen.clear()
+        if only_szoq_errors(use):
+            seen["loaded"] += 1
+            same_meaning(use(), want, mutated)
+
+    run()
+    assert seen["cases"] >= n and seen["loaded"] < seen["cases"]
+
+
 def test_fuzz_lora_headers(tmp_path):
     """Header-only edits of a LoRA adapter (rank, alpha, targets, settings, tensor names and entries)."""
     from szoq_hub.methods.lora.file import LORA_FILE, load_lora, save_lora
@@ -318,29 +339,12 @@ def test_fuzz_lora_headers(tmp_path):
         return (json.dumps({k: v for k, v in adapter.meta.items() if k not in HASH_KEYS}, sort_keys=True), tensor_view(adapter.tensors),
                 adapter.settings, {k: v.tolist() for k, v in adapter.weight_deltas(shapes).items()})
 
-    want = meaning(load_lora(path))
-    seen = {"cases": 0, "loaded": 0}
+    def use():  # what merge and export do with it
+        adapter = load_lora(path)
+        adapter.check_fingerprint("f" * 64)
+        return meaning(adapter)
 
-    @settings(max_examples=1000, **FUZZ)
-    @given(header_mutation(LORA_KEYS, LORA_NAMES))
-    def run(edits):
-        header, body = split(original)
-        mutated = apply(header, edits)
-        path.write_bytes(join(mutated, body))
-        seen["cases"] += 1
-        WARNINGS.seen.clear()
-
-        def use():  # what merge and export do with it
-            adapter = load_lora(path)
-            adapter.check_fingerprint("f" * 64)
-            return meaning(adapter)
-
-        if only_szoq_errors(use):
-            seen["loaded"] += 1
-            same_meaning(use(), want, mutated)
-
-    run()
-    assert seen["cases"] >= 1000 and seen["loaded"] < seen["cases"]
+    fuzz_header_meaning(path, original, header_mutation(LORA_KEYS, LORA_NAMES), use, meaning(load_lora(path)), 1000)
 
 
 def test_fuzz_dense_headers(tmp_path):
@@ -363,23 +367,7 @@ def test_fuzz_dense_headers(tmp_path):
         return (json.dumps({k: v for k, v in meta.items() if k not in HASH_KEYS}, sort_keys=True),
                 [m.weight.detach().flatten().tolist() for m in modules])
 
-    want = use()
-    seen = {"cases": 0, "loaded": 0}
-
-    @settings(max_examples=500, **FUZZ)
-    @given(header_mutation(DENSE_KEYS, DENSE_NAMES))
-    def run(edits):
-        header, body = split(original)
-        mutated = apply(header, edits)
-        path.write_bytes(join(mutated, body))
-        seen["cases"] += 1
-        WARNINGS.seen.clear()
-        if only_szoq_errors(use):
-            seen["loaded"] += 1
-            same_meaning(use(), want, mutated)
-
-    run()
-    assert seen["cases"] >= 500 and seen["loaded"] < seen["cases"]
+    fuzz_header_meaning(path, original, header_mutation(DENSE_KEYS, DENSE_NAMES), use, use(), 500)
 
 
 def test_fuzz_run_configs_and_resume(tmp_path):
