@@ -18,6 +18,7 @@ from conftest import cli_in_process as run_cli
 from szoq_cli.finetune import finetune_config
 from szoq_hub.training.finetune import finetune
 from szoq_hub.training.run_folder import BEST_FILE, CHECKPOINT_FILE
+from test_trust_meaning import _Stop, _stop_after  # a progress callback that interrupts a run at a step
 
 TEMPLATE, LABELS = "{text} It was", "0=bad,1=good"
 DEV_TEXTS = [*dict.fromkeys(TINY_TEXTS), "an awful waste of two hours", "the best film of the year", "sparse values on a quantized base",
@@ -167,17 +168,6 @@ def test_no_dev_baseline_is_the_loop_as_it_was(method, tiny_model_dir, tiny_mask
     assert settings["dev_baseline"] is False
 
 
-class _Stop(Exception):
-    pass
-
-
-def _stop_at(step: int):
-    def stop(event):
-        if event["kind"] == "step" and event["step"] == step:
-            raise _Stop
-    return stop
-
-
 @pytest.mark.parametrize("method", ["sparse", "dense", "lora"])
 def test_resume_across_the_baseline(method, tiny_model_dir, tiny_mask, task_files, tmp_path):
     """Killed after the checkpoint at step 3 (best step 0): the resumed run restores best step 0 and its
@@ -190,7 +180,7 @@ def test_resume_across_the_baseline(method, tiny_model_dir, tiny_mask, task_file
     assert straight.best_step == 0
     out = tmp_path / "resumed"
     with pytest.raises(_Stop):
-        finetune(_config(method, tiny_model_dir, tiny_mask, task_files, out, **kw), progress=_stop_at(4))
+        finetune(_config(method, tiny_model_dir, tiny_mask, task_files, out, **kw), progress=_stop_after(4))
     with safe_open(str(out / CHECKPOINT_FILE), framework="pt") as fh:
         meta = fh.metadata()
     assert (meta["step"], meta["best_step"], float(meta["best_dev"])) == ("3", "0", 1.0)
@@ -204,7 +194,7 @@ def test_resume_across_the_baseline(method, tiny_model_dir, tiny_mask, task_file
 
     early = tmp_path / "early"
     with pytest.raises(_Stop):
-        finetune(_config(method, tiny_model_dir, tiny_mask, task_files, early, **kw), progress=_stop_at(2))
+        finetune(_config(method, tiny_model_dir, tiny_mask, task_files, early, **kw), progress=_stop_after(2))
     assert not (early / CHECKPOINT_FILE).exists() and (early / BEST_FILE).exists()  # the step-0 best-dev file, nothing to resume from
     again = finetune(_config(method, tiny_model_dir, tiny_mask, task_files, early, **kw))
     assert again.resumed_from == 0 and _dev(early) == _dev(tmp_path / "straight")
@@ -235,7 +225,7 @@ def test_a_run_recorded_before_the_option_resumes_under_either_value(given, tiny
     out = tmp_path / "old"
     config = _config("sparse", tiny_model_dir, tiny_mask, task_files, out, dev_baseline=False, lr=1e-2)
     with pytest.raises(_Stop):
-        finetune(config, progress=_stop_at(4))
+        finetune(config, progress=_stop_after(4))
     with pytest.raises(TrainingError, match=r"other settings: dev_baseline \(False -> True\)"):
         finetune(_config("sparse", tiny_model_dir, tiny_mask, task_files, out, lr=1e-2))
     recorded = json.loads((out / "finetune_config.json").read_text())
