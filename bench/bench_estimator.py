@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 import time
@@ -47,7 +46,8 @@ def loss_fn(model, batch, pad_id: int, grad: bool) -> torch.Tensor:
 
 
 def build(method: str, dtype: str, alpha: float):
-    """(model, values, tokenizer): the nf4 runtime over SmolLM2's built-in mask (sparse) or with LoRA r=8 (no mask)."""
+    """(model, values, tokenizer, LoRA segments or None): the nf4 runtime over SmolLM2's built-in mask (sparse) or with
+    LoRA r=8 (no mask)."""
     from szoq_hub.hub.refs import open_mask
     from szoq_hub.methods.lora.config import LoRASettings
     from szoq_hub.methods.lora.runtime import attach_lora
@@ -55,10 +55,10 @@ def build(method: str, dtype: str, alpha: float):
 
     if method == "sparse":
         sp = load_sparse_model(MODEL, open_mask(MODEL), quant="nf4", device="cpu", compute_dtype=dtype)
-        return sp.model, sp.values, sp.tokenizer
+        return sp.model, sp.values, sp.tokenizer, None
     sp = load_sparse_model(MODEL, None, quant="nf4", device="cpu", compute_dtype=dtype)
     lm = attach_lora(sp.model, sp.tokenizer, LoRASettings(rank=8, alpha=alpha), seed=0)
-    return lm.model, lm.values, lm.tokenizer
+    return lm.model, lm.values, lm.tokenizer, lm.segments
 
 
 def check(method: str, alpha: float, k: int, batch_of, point: str) -> list[dict]:
@@ -66,11 +66,11 @@ def check(method: str, alpha: float, k: int, batch_of, point: str) -> list[dict]
     rows = []
     grads = {}
     models = {d: build(method, d, alpha) for d in ("fp32", "bf16")}
-    for d, (model, values, tok) in models.items():  # the same starting point in both runtimes
+    for d, (model, values, tok, segments) in models.items():  # the same starting point in both runtimes
         if point == "moved" and method == "lora":
-            is_b = _b_entries(model, values)
+            is_b = _b_entries(values, segments)
             values[is_b] = torch.randn(int(is_b.sum()), generator=torch.Generator().manual_seed(1)) * 1e-3
-    model, values, tok = models["fp32"]
+    model, values, tok, segments = models["fp32"]
     batch = batch_of(tok)
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     v0 = values.detach().clone()
@@ -81,9 +81,9 @@ def check(method: str, alpha: float, k: int, batch_of, point: str) -> list[dict]
     grads["g"] = g.double()
     share_a = None
     if method == "lora":
-        is_b = _b_entries(model, values)
+        is_b = _b_entries(values, segments)
         share_a = float(g[~is_b].norm() / g.norm())
-    for d, (model, values, tok) in models.items():
+    for d, (model, values, tok, _) in models.items():
         for eps in EPS:
             est, exact = [], []
             for i in range(k):
@@ -107,17 +107,12 @@ def check(method: str, alpha: float, k: int, batch_of, point: str) -> list[dict]
     return rows
 
 
-def _b_entries(model, values: torch.Tensor) -> torch.Tensor:
-    """[n] bool: the B entries of the flat LoRA vector (A row-major then B row-major per target, in model order)."""
-    from szoq_hub.methods.lora.runtime import _in_out, target_modules
-
-    is_b, offset = torch.zeros(values.numel(), dtype=torch.bool), 0
-    for _, module in target_modules(model, ("q_proj", "v_proj")):
-        n_in, n_out = _in_out(module)
-        offset += 8 * n_in
-        is_b[offset : offset + 8 * n_out] = True
-        offset += 8 * n_out
-    assert offset == values.numel()
+def _b_entries(values: torch.Tensor, segments) -> torch.Tensor:
+    """[n] bool: the B entries of the flat LoRA vector (the LoRA segments' own layout)."""
+    is_b = torch.zeros(values.numel(), dtype=torch.bool)
+    for seg in segments:
+        start = seg.offset + seg.rank * seg.in_features  # B follows A [r, in]
+        is_b[start : start + seg.out_features * seg.rank] = True
     return is_b
 
 
