@@ -387,3 +387,39 @@ def test_lora_regime_sweep_picks_eps_alpha_lr_and_plans_its_cells_with_those_fla
     record = {**dataclasses.asdict(cells[0]), "eps": 1e-2, "lr": 1e-4}
     assert plan.cell_of(record) == cells[0] and plan.on_pareto({**record, "density": None, "steps": settings.STEPS})
     assert not plan.on_pareto({**record, "alpha": None, "density": None, "steps": settings.STEPS})  # another regime, not the chosen one
+
+
+def test_senszoq_variants_sweep_through_the_cli_then_plan_their_cells_best_first(tiny_model_dir, tmp_path, monkeypatch):
+    """Issue 33's SensZOQ variants: a scored variant's sweep run trains `--method senszoq-curvature` on a C4 fisher mask built with
+    its scores, at eps VARIANT_EPS in bf16, and its argv reruns it; once a variant's range is recorded, its best final dev
+    sets its lr, its cells are planned (the best variant first, with TREC and 1000 steps) and sit on the Pareto set."""
+    _tiny_grid(monkeypatch, tmp_path, tiny_model_dir, SWEEP_STEPS=2, LR=dict(settings.LR),
+               VARIANT_SWEEP_LRS={"senszoq-precond": (1e-3, 3e-3), "senszoq-cosine": (3e-4,)},
+               VARIANTS={k: settings.VARIANTS[k] for k in ("senszoq-precond", "senszoq-cosine")})
+    settings.SWEEP.mkdir(parents=True)
+    record = run.run_sweep(plan.SweepRun("senszoq-precond", 1e-3, settings.SMOLLM2, settings.VARIANT_EPS))
+    argv = record["argv"]
+    assert record["key"] == "sweep-senszoq-precond-eps0.01-lr0.001" and argv[argv.index("--method") + 1] == "senszoq-curvature"
+    assert argv[argv.index("--eps") + 1] == "0.01" and argv[argv.index("--dtype") + 1] == "bf16" and record["dtype"] == "bf16"
+    assert argv[argv.index("--mask") + 1] == "{work}/masks/c4-fisher-d0.001" and "--calibration" in record["mask_argv"]
+    from szoq_hub import SensitivityMask
+
+    assert SensitivityMask.from_pretrained(settings.WORK / "masks" / "c4-fisher-d0.001").scores is not None  # what the preconditioner reads
+    rerun = json.loads(szoq_process.szoq([*argv, "--out", str(tmp_path / "rerun")]))
+    assert rerun["best_dev"] == max(v for _, v in record["dev_curve"])
+    assert run.trained_args(plan.Cell("sst2", "senszoq-cosine", 0))[0] == ["--mask", settings.MODEL, "--lr-schedule", "cosine"]
+    records.write_json(settings.SWEEP / f"{record['key']}.json", {**record, "dev_final": 0.6})
+    assert plan.swept_variants() == [] and not any(c.method in settings.VARIANTS for c in plan.plan())  # incomplete: nothing planned
+    for v, lr, dev in (("senszoq-precond", 3e-3, 0.7), ("senszoq-cosine", 3e-4, 0.8)):
+        key = plan.SweepRun(v, lr, settings.SMOLLM2, settings.VARIANT_EPS).key
+        records.write_json(settings.SWEEP / f"{key}.json", {"method": v, "lr": lr, "eps": 1e-2, "key": key, "dev_final": dev})
+    plan.adopt_swept_lrs()
+    assert settings.LR["senszoq-precond"] == 3e-3 and settings.LR["senszoq-cosine"] == 3e-4 and plan.swept_variants() == ["senszoq-cosine", "senszoq-precond"]
+    keys = [c.key for c in plan.plan() if c.method in settings.VARIANTS]
+    assert keys == ["sst2-senszoq-cosine-eps0.01-bf16-s0", "sst2-senszoq-cosine-eps0.01-bf16-s1", "sst2-senszoq-cosine-eps0.01-bf16-s2",
+                    "trec-senszoq-cosine-eps0.01-bf16-s0", "sst2-senszoq-precond-eps0.01-bf16-s0", "sst2-senszoq-precond-eps0.01-bf16-s1",
+                    "sst2-senszoq-precond-eps0.01-bf16-s2", "sst2-senszoq-cosine-eps0.01-1000steps-bf16-s0",
+                    "sst2-senszoq-cosine-eps0.01-1000steps-bf16-s1"]
+    cell = next(c for c in plan.plan() if c.method == "senszoq-precond")
+    rec = {**dataclasses.asdict(cell), "eps": 1e-2, "lr": 3e-3, "density": settings.DENSITY}
+    assert plan.cell_of(rec).key == cell.key and plan.on_pareto(rec) and not plan.on_pareto({**rec, "lr": 1e-3})

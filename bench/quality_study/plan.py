@@ -26,7 +26,7 @@ class Cell:
     """One point of the grid."""
 
     task: str
-    method: str  # zero-shot | icl | senszoq | random | magnitude | task-fisher | dense | zo-lora
+    method: str  # zero-shot | icl | senszoq | random | magnitude | task-fisher | dense | zo-lora | a SensZOQ variant (settings.VARIANTS)
     seed: int
     density: float | None = DENSITY
     steps: int = STEPS
@@ -95,6 +95,16 @@ def plan() -> list[Cell]:
         for s in settings.SEEDS:
             add(Cell("sst2", "zo-lora", s, None, lr=lr, dtype="bf16", eps=eps, alpha=alpha))
         add(Cell("trec", "zo-lora", 0, None, lr=lr, dtype="bf16", eps=eps, alpha=alpha))
+    # Issue 33's SensZOQ variants, once each one's sweep is complete, best sweep dev first: 3 SST-2 seeds and a TREC cell of
+    # the best, then the others' SST-2 seeds, then the best over 1000 steps (does it hold its peak?)
+    variants = swept_variants()
+    for i, v in enumerate(variants):
+        for s in settings.SEEDS:
+            add(Cell("sst2", v, s, dtype="bf16", eps=settings.VARIANT_EPS))
+        if i == 0:
+            add(Cell("trec", v, 0, dtype="bf16", eps=settings.VARIANT_EPS))
+    for s in (0, 1) if variants else ():
+        add(Cell("sst2", variants[0], s, steps=settings.LONG_STEPS, dtype="bf16", eps=settings.VARIANT_EPS))
     # a Gemma sweep, if the method has one, is done
     ready = lambda m: m not in settings.MODEL_SWEEP_LRS[GEMMA] or m in settings.MODEL_LR[GEMMA]  # noqa: E731
     add(Cell("sst2", "zero-shot", 0, None, 0, dtype="bf16", model=GEMMA))
@@ -157,7 +167,9 @@ def on_pareto(c: dict) -> bool:
     """Whether a cell record or summary row is a configuration a user would pick: the grid's lr and density, 300 steps or an eval."""
     best = lora_regime() if c["method"].startswith("zo-lora") else None  # ZO-LoRA's regime-sweep configuration, once it has one
     label = c["method"] + regime(c.get("eps"), c.get("alpha"))  # a record's method and regime; a summary row's label has both
-    grid = (best is not None and c.get("model", SMOLLM2) == SMOLLM2 and label == "zo-lora" + regime(*best[:2]) and c.get("lr") == best[2]
+    variant = label.removesuffix(regime(settings.VARIANT_EPS, None))  # a SensZOQ variant at its sweep's eps and lr
+    grid = (variant in settings.VARIANTS and label == variant + regime(settings.VARIANT_EPS, None) and c.get("lr") == lr_of(variant)
+            or best is not None and c.get("model", SMOLLM2) == SMOLLM2 and label == "zo-lora" + regime(*best[:2]) and c.get("lr") == best[2]
             or label == c["method"] and c.get("lr") == lr_of(c["method"], c.get("model", SMOLLM2)))
     return (grid and c["density"] in (None, DENSITY, 1.0)
             and c["steps"] in (0, settings.STEPS) and c["method"] != "task-fisher")  # task-fisher is a reference mask, not a user's choice
@@ -197,7 +209,20 @@ def sweep_plan() -> list[SweepRun]:
     """Every run of the lr sweep: SmolLM2's ranges, then each other model's own."""
     runs = [*(SweepRun(m, lr) for m, lrs in settings.SWEEP_LRS.items() for lr in lrs),
             *(SweepRun(m, lr, model) for model, lrs_of in settings.MODEL_SWEEP_LRS.items() for m, lrs in lrs_of.items() for lr in lrs)]
+    runs += [SweepRun(v, lr, SMOLLM2, settings.VARIANT_EPS) for v, lrs in settings.VARIANT_SWEEP_LRS.items() for lr in lrs]
     return runs + [r for r in lora_regime_runs() if r not in runs]  # its (1e-3, 16) corner reuses the first ZO-LoRA sweep's records
+
+
+def variant_sweep(method: str) -> list[dict] | None:
+    """The sweep records of a SensZOQ variant (issue 33) once every lr of its range has one, else None."""
+    paths = [settings.SWEEP / f"{SweepRun(method, lr, SMOLLM2, settings.VARIANT_EPS).key}.json" for lr in settings.VARIANT_SWEEP_LRS[method]]
+    return [json.loads(p.read_text()) for p in paths] if all(p.is_file() for p in paths) else None
+
+
+def swept_variants() -> list[str]:
+    """The SensZOQ variants whose sweep is complete, best final dev first (ties: in VARIANTS' order)."""
+    done = {v: rows for v in settings.VARIANTS if (rows := variant_sweep(v)) is not None}
+    return sorted(done, key=lambda v: -max(r["dev_final"] for r in done[v]))
 
 
 def lora_regime_runs() -> list[SweepRun]:
@@ -243,13 +268,16 @@ def swept_lr(method: str, model: str = SMOLLM2) -> float | None:
 
 
 def adopt_swept_lrs() -> None:
-    """Take the lrs that complete sweeps chose into the grid: ZO-LoRA's on SmolLM2, and each other model's own."""
+    """Take the lrs that complete sweeps chose into the grid: ZO-LoRA's and the SensZOQ variants' on SmolLM2, each other model's own."""
     if (lora_lr := swept_lr("zo-lora")) is not None:
         settings.LR["zo-lora"] = lora_lr
     for model, lrs_of in settings.MODEL_SWEEP_LRS.items():
         for method in lrs_of:
             if (lr := swept_lr(method, model)) is not None:
                 settings.MODEL_LR[model][method] = lr
+    for v in settings.VARIANTS:
+        if (rows := variant_sweep(v)) is not None:
+            settings.LR[v] = sweep_choice(rows)[v]
 
 
 adopt_swept_lrs()  # once, on import: the grid (its keys, its pending cells) depends on them

@@ -62,10 +62,12 @@ def model_ref(model: str) -> str:
 
 def mask_for(cell: Cell) -> tuple[str, list[str] | None]:
     """(--mask value, the `szoq mask build` argv that made it or None for the built-in mask)."""
-    if cell.method == "senszoq" and cell.density == DENSITY and cell.model == SMOLLM2:
+    scored = settings.VARIANTS.get(cell.method, ((), False))[1]  # a variant that reads the mask's fisher scores
+    method = "senszoq" if cell.method in settings.VARIANTS else cell.method
+    if method == "senszoq" and cell.density == DENSITY and cell.model == SMOLLM2 and not scored:
         return settings.MODEL, None
     calibration = ["--samples", "32", "--seq-len", "256"]
-    if cell.method == "senszoq":  # SmolLM2's built-in mask is this build at 1e-3 (README Quickstart: Jaccard 1.0)
+    if method == "senszoq":  # SmolLM2's built-in mask is this build at 1e-3 (README Quickstart: Jaccard 1.0)
         name, build = f"c4-fisher-d{cell.density:g}", ["--calibration", portable(str(settings.C4)), *calibration]
     elif cell.method in ("random", "magnitude"):
         name, build = f"{cell.method}-d{cell.density:g}", ["--scorer", cell.method]
@@ -89,7 +91,7 @@ def trained_args(cell: Cell) -> tuple[list[str], list[str] | None]:
         alpha = [] if cell.alpha in (None, settings.LORA_ALPHA) else ["--lora-alpha", f"{cell.alpha:g}"]
         return ["--lora", str(settings.LORA_RANK), *alpha], None
     mask, mask_argv = mask_for(cell)
-    return ["--mask", mask], mask_argv
+    return ["--mask", mask, *settings.VARIANTS.get(cell.method, ((), False))[0]], mask_argv
 
 
 def task_argv(task: str) -> list[str]:

@@ -96,6 +96,23 @@ MODEL_LR: dict[str, dict[str, float]] = {GEMMA: {}, QWEN05: {}}  # filled from c
 LORA_REGIME = {"eps": (1e-3, 1e-2, 1e-1), "alpha": (16.0, 128.0), "lr": (1e-5, 1e-4, 1e-3)}
 LORA_ALPHA = 16.0  # the CLI's default (--lora-alpha)
 
+# Issue 33, a ZO step that uses what the mask knows: variants of SensZOQ, each a study method of its own (the `szoq finetune`
+# options it adds to a SensZOQ run, and whether it needs the mask's fisher scores), swept on SST-2 dev like the others (seed 0,
+# SWEEP_STEPS, bf16) at eps VARIANT_EPS: in bf16 eps 1e-3 leaves a two-point estimate of mostly rounding noise (correlation
+# 0.79 with the exact directional derivative, 0.99 at 1e-2; bench/results/estimator.md), and SensZOQ at 1e-2 is their
+# comparison (`sst2-senszoq-eps0.01-bf16-*`, same code path). Scored variants train on SmolLM2's C4 fisher mask built with
+# its scores (32 x 256 windows: the built-in mask's indices); the others on the built-in mask, as SensZOQ. `--curvature-source
+# online` is not a variant: a per-value estimate from SPSA is noise at nnz ~ 1e5, so its default EMA rate (1e-8) moves the
+# mean-1 diagonal by about beta sqrt(T) nnz ~ 2% over 300 steps (runtime/zo_curvature.py): it would repeat senszoq-precond.
+VARIANTS: dict[str, tuple[tuple[str, ...], bool]] = {
+    "senszoq-precond": (("--method", "senszoq-curvature"), True),  # D from the scores, alpha 1, lambda 0.1, zo-sgd
+    "senszoq-adaptive": (("--method", "senszoq-curvature", "--curvature-adaptive"), True),  # the same D, zo-rmsprop per value
+    "senszoq-cosine": (("--lr-schedule", "cosine"), False),  # plain SensZOQ, lr decayed to 0 over the run (its dev peaks early)
+}
+VARIANT_EPS = 1e-2
+VARIANT_SWEEP_LRS = {"senszoq-precond": (3e-4, 1e-3, 3e-3), "senszoq-adaptive": (1e-4, 3e-4, 1e-3), "senszoq-cosine": (3e-4, 1e-3)}
+SWEEP_DTYPE.update({v: "bf16" for v in VARIANTS})
+
 # Issue 32's cells that are not in the plan yet, and why (quality.md lists them under the pending cells).
 NOT_PLANNED = {
     "qwen05 dense MeZO (SST-2 x2, TREC x1)": "needs its own dev lr sweep at 0.5B first; a dense step costs 5.4x a sparse one (13.5 vs 2.5 s "
