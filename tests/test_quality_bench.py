@@ -423,3 +423,24 @@ def test_senszoq_variants_sweep_through_the_cli_then_plan_their_cells_best_first
     cell = next(c for c in plan.plan() if c.method == "senszoq-precond")
     rec = {**dataclasses.asdict(cell), "eps": 1e-2, "lr": 3e-3, "density": settings.DENSITY}
     assert plan.cell_of(rec).key == cell.key and plan.on_pareto(rec) and not plan.on_pareto({**rec, "lr": 1e-3})
+
+
+def test_size_plot_needs_two_models_and_takes_each_model_s_bf16_row(tmp_path, monkeypatch):
+    """quality_size.png: one line per method across model sizes, drawn once a second model has a point; a model with both
+    fp32 and bf16 cells of a method plots its bf16 row."""
+    pytest.importorskip("matplotlib")
+    _isolate(monkeypatch, tmp_path)
+    settings.RESULTS.mkdir(parents=True)
+    smol = [{**_cell("sst2", "senszoq", s, 0.6 + s / 100), "dtype": d} for s in (0, 1) for d in ("fp32", "bf16")]
+    smol[1]["key"] += "-bf16"
+    smol[3]["key"] += "-bf16"
+    plots.plot_size(report.summary(smol))
+    assert not (settings.RESULTS / "quality_size.png").exists()  # one model: no size axis
+    qwen = {**_cell("sst2", "zero-shot", 0, 0.61, density=None, steps=0), "model": settings.QWEN05, "dtype": "bf16"}
+    rows = report.summary([*smol, qwen])
+    assert {p["dtype"] for p in plots.pareto_points(rows) if p["method"] == "senszoq"} == {"fp32", "bf16"}
+    lines = plots.size_lines(rows)
+    assert [(p["model"], p["dtype"]) for p in lines["senszoq"]] == [(settings.SMOLLM2, "bf16")]
+    assert [p["model"] for p in lines["zero-shot"]] == [settings.QWEN05]
+    plots.plot_size(rows)
+    assert (settings.RESULTS / "quality_size.png").stat().st_size > 1000

@@ -8,6 +8,7 @@ key has changed (its method's lr moved on) to the key it has today.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 
 from . import settings
@@ -51,6 +52,11 @@ class Cell:
     @property
     def trains(self) -> bool:
         return self.method not in ("zero-shot", "icl")
+
+
+def base_method(label: str) -> str:
+    """The method of a summary row's label (`zo-lora-eps0.01-a128` -> `zo-lora`)."""
+    return re.sub(r"(-eps[0-9.e+-]+?)?(-a[0-9.]+)?$", "", label)
 
 
 def regime(eps: float | None, alpha: float | None) -> str:

@@ -3,6 +3,7 @@
 - quality_steps.png / quality_density.png: SST-2 dev curves of the fp32 cells at the grid's lr, and eval accuracy by density.
 - quality_long.png: the 1000-step cells over the same methods' 300-step cells.
 - quality_pareto.png (+ quality_pareto.json): SST-2 accuracy against peak memory and against training time.
+- quality_size.png: SST-2 accuracy against model size, a line per method at the 300-step budget.
 """
 
 from __future__ import annotations
@@ -12,12 +13,12 @@ import statistics
 import sys
 
 from . import settings
-from .plan import lr_of, on_pareto
+from .plan import base_method, lr_of, on_pareto
 from .records import read_all, write_json
 from .settings import DENSITY, GEMMA, SMOLLM2
 
 COLORS = {"zero-shot": "0.5", "icl": "0.25", "senszoq": "C0", "random": "C1", "magnitude": "C2", "task-fisher": "C3", "dense": "C4",
-          "zo-lora": "C5", "fo-lora": "C6"}
+          "zo-lora": "C5", "fo-lora": "C6", "senszoq-precond": "C7", "senszoq-adaptive": "C8", "senszoq-cosine": "C9"}
 
 
 def _pyplot():
@@ -155,7 +156,7 @@ def plot_pareto(summary: list[dict], cells: list[dict]) -> None:
     for pt in points:
         label = f"{pt['method']} ({settings.MODEL_NAMES[pt['model']]}, {pt['dtype']}"
         label += f", {pt['steps']} steps)" if pt["steps"] not in (0, settings.STEPS) else ")"
-        style = dict(color=COLORS.get(pt["method"], "k"), marker=markers.get(pt["model"], "^"), ms=8, capsize=3,
+        style = dict(color=COLORS.get(base_method(pt["method"]), "k"), marker=markers.get(pt["model"], "^"), ms=8, capsize=3,
                      mfc="none" if pt["dtype"] == "fp32" else None, ls="none")
         yerr = 100 * pt["std"] if pt["std"] else None
         if pt["rss_mb"] and pt["steps"] in (0, settings.STEPS) or pt["method"] == "fo-lora":
@@ -171,8 +172,47 @@ def plot_pareto(summary: list[dict], cells: list[dict]) -> None:
     h1, l1 = axes[1].get_legend_handles_labels()
     uniq = dict(zip(labels + l1, handles + h1))
     fig.legend(uniq.values(), uniq.keys(), fontsize=7, loc="center right")
-    fig.suptitle("SST-2: where each method sits (filled: bf16 compute, hollow: fp32; circles SmolLM2-135M, squares Gemma-3-270M)",
+    fig.suptitle("SST-2: where each method sits (filled: bf16 compute, hollow: fp32; circles SmolLM2-135M, squares Gemma-3-270M, diamonds Qwen2.5-Coder-0.5B)",
                  fontsize=9)
     fig.tight_layout(rect=(0, 0, 0.74, 1))
     fig.savefig(settings.RESULTS / "quality_pareto.png", dpi=110)
+    plt.close(fig)
+
+
+def size_lines(summary: list[dict]) -> dict[str, list[dict]]:
+    """Per method, its Pareto points at the 300-step budget (or no training) by model size, one per model: the bf16 row
+    where a model has both (the CPU default)."""
+    by_method: dict[str, dict[str, dict]] = {}
+    for pt in pareto_points(summary):
+        if pt["steps"] in (0, settings.STEPS) and pt["method"] != "fo-lora":
+            models = by_method.setdefault(pt["method"], {})
+            if pt["model"] not in models or pt["dtype"] == "bf16":
+                models[pt["model"]] = pt
+    return {m: sorted(models.values(), key=lambda p: settings.MODEL_PARAMS[p["model"]]) for m, models in by_method.items()}
+
+
+def plot_size(summary: list[dict]) -> None:
+    """bench/results/quality_size.png: SST-2 accuracy against model size, a line per method over the models it has a point
+    on, at the 300-step budget (each method at its grid lr, as on the Pareto plot; a model's bf16 row where it has one)."""
+    plt = _pyplot()
+    lines = size_lines(summary)
+    if plt is None or len({p["model"] for pts in lines.values() for p in pts}) < 2:  # no matplotlib: `plot_steps_and_density` has said so
+        return
+    fig, ax = plt.subplots(figsize=(8, 4.2))
+    for method, pts in sorted(lines.items()):
+        ax.errorbar([settings.MODEL_PARAMS[p["model"]] / 1e6 for p in pts], [100 * p["mean"] for p in pts],
+                    yerr=[100 * (p["std"] or 0) for p in pts], color=COLORS.get(base_method(method), "k"), marker="o", ms=5, capsize=3,
+                    label=f"{method} (seeds: {', '.join(str(len(p['seeds'])) for p in pts)})")
+    sizes = sorted({settings.MODEL_PARAMS[p["model"]] for pts in lines.values() for p in pts})
+    names = {settings.MODEL_PARAMS[m]: settings.MODEL_NAMES[m] for m in settings.MODEL_PARAMS}
+    ax.set_xscale("log")
+    ax.set_xticks([s / 1e6 for s in sizes], [names[s] for s in sizes], fontsize=7)
+    ax.minorticks_off()
+    ax.set(xlabel="model", ylabel="SST-2 accuracy % (n=500; mean ± std over seeds)",
+           title=f"SST-2 by model size: {settings.STEPS} ZO steps (zero-shot and ICL: no training)")
+    ax.title.set_fontsize(9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    fig.tight_layout()
+    fig.savefig(settings.RESULTS / "quality_size.png", dpi=110)
     plt.close(fig)

@@ -7,13 +7,12 @@ lr, dtype) with the mean and std over seeds, and the tables add the Σg² transf
 from __future__ import annotations
 
 import os
-import re
 import statistics
 from pathlib import Path
 
 from . import settings
-from .plan import is_regime, lora_regime, lr_of, on_pareto, plan, regime, sweep_choice, sweep_plan
-from .plots import plot_long, plot_pareto, plot_steps_and_density
+from .plan import base_method, is_regime, lora_regime, lr_of, on_pareto, plan, regime, sweep_choice, sweep_plan
+from .plots import plot_long, plot_pareto, plot_size, plot_steps_and_density
 from .records import load_cells, read_all, write_json, write_text
 from .settings import SMOLLM2
 
@@ -42,11 +41,6 @@ def summary(cells: list[dict]) -> list[dict]:
                      "peak_rss_mb": statistics.median(rss) if rss else None, "rss_complete": len(rss) == len(cs),
                      "wall_s": statistics.median(walls) if walls else None})
     return rows
-
-
-def base_method(label: str) -> str:
-    """The method of a summary row's label (`zo-lora-eps0.01-a128` -> `zo-lora`)."""
-    return re.sub(r"(-eps[0-9.e+-]+?)?(-a[0-9.]+)?$", "", label)
 
 
 def _fmt(r: dict) -> str:
@@ -82,6 +76,7 @@ def report() -> None:
     plot_steps_and_density(cells)
     plot_long(cells)
     plot_pareto(data["summary"], cells)
+    plot_size(data["summary"])
     _readme_table(lines, cells)
 
 
@@ -147,7 +142,7 @@ def _readme_table(lines: list[str], cells: list[dict]) -> None:
         if start not in text or end not in text:
             continue
         results = Path(os.path.relpath(settings.RESULTS, path.parent)).as_posix()
-        pngs = [f"![{name}]({results}/{name}.png)" for name in ("quality_pareto", "quality_long", "quality_steps", "quality_density")
+        pngs = [f"![{name}]({results}/{name}.png)" for name in ("quality_pareto", "quality_size", "quality_long", "quality_steps", "quality_density")
                 if (settings.RESULTS / f"{name}.png").is_file()]
         shas = sorted({c["git_sha"][:7] for c in cells})
         body = [start, f"Cells finished: {len(cells)} (git {', '.join(shas) or '-'}); accuracy in %, std over seeds where there are 2 or more.",

@@ -34,6 +34,7 @@ QWEN05_FILE = "models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"  # under WORK
 MODEL_REFS = {SMOLLM2: SMOLLM2, GEMMA: "{work}/" + GEMMA_FILE, QWEN05: "{work}/" + QWEN05_FILE}  # a cell's `--model`, as recorded
 MODEL_TAGS = {SMOLLM2: "", GEMMA: "gemma3-", QWEN05: "qwen05-"}  # key prefix: SmolLM2 cells keep their unprefixed keys
 MODEL_NAMES = {SMOLLM2: "SmolLM2-135M", GEMMA: "Gemma-3-270M", QWEN05: "Qwen2.5-Coder-0.5B"}  # in plots
+MODEL_PARAMS = {SMOLLM2: 134.5e6, GEMMA: 268.1e6, QWEN05: 494.0e6}  # parameters, embeddings included (the models' cards)
 C4 = DATA / "c4" / "c4_validation_2k.jsonl.gz"
 
 EPS = 1e-3  # MeZO's and FINDINGS.md's; not swept
