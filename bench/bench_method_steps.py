@@ -54,11 +54,12 @@ def szoq(args: list[str]) -> float:
 
 
 def fisher_mask() -> Path:
-    """A C4 fisher mask of SmolLM2 with its scores (built once into the work folder)."""
+    """A C4 fisher mask of SmolLM2 with its scores (built once into the work folder; registered under its own name: a build
+    registered as the model's name would stand in for the built-in mask in every later `--mask smollm2-135m-instruct`)."""
     folder = WORK / "smollm2-c4-fisher-8x128"
     if not (folder / "mask.safetensors").is_file():
         szoq(["mask", "build", "smollm2-135m-instruct", "--calibration", str(DATA / "c4" / "c4_validation_2k.jsonl.gz"),
-              "--samples", "8", "--seq-len", "128", "--density", "0.001", "--out", str(folder)])
+              "--samples", "8", "--seq-len", "128", "--density", "0.001", "--name", "bench-method-steps", "--out", str(folder)])
     return folder
 
 

@@ -117,7 +117,7 @@ def _isolate(monkeypatch, tmp_path, **overrides) -> None:
     """Point every results and work folder of the quality study into tmp_path, then set `overrides` (names in settings)."""
     results = tmp_path / "results"
     folders = {"ROOT": tmp_path, "RESULTS": results, "CELLS": results / "cells", "TRANSFER": results / "transfer",
-               "SWEEP": results / "sweep", "VERIFY": results / "verify", "PROBE": results / "probe", "WORK": tmp_path / "work"}
+               "SWEEP": results / "sweep", "VERIFY": results / "verify", "PROBE": results / "probe", "MASKS": results / "masks", "WORK": tmp_path / "work"}
     for name, value in {**folders, **overrides}.items():
         monkeypatch.setattr(settings, name, value)
 
@@ -389,27 +389,32 @@ def test_lora_regime_sweep_picks_eps_alpha_lr_and_plans_its_cells_with_those_fla
     assert not plan.on_pareto({**record, "alpha": None, "density": None, "steps": settings.STEPS})  # another regime, not the chosen one
 
 
-def test_senszoq_variants_sweep_through_the_cli_then_plan_their_cells_best_first(tiny_model_dir, tmp_path, monkeypatch):
-    """Issue 33's SensZOQ variants: a scored variant's sweep run trains `--method senszoq-curvature` on a C4 fisher mask built with
-    its scores, at eps VARIANT_EPS in bf16, and its argv reruns it; once a variant's range is recorded, its best final dev
-    sets its lr, its cells are planned (the best variant first, with TREC and 1000 steps) and sit on the Pareto set."""
-    _tiny_grid(monkeypatch, tmp_path, tiny_model_dir, SWEEP_STEPS=2, LR=dict(settings.LR),
+def test_senszoq_variants_train_senszoq_s_mask_then_plan_their_cells_best_first(tiny_model_dir, tmp_path, monkeypatch):
+    """Issue 33's SensZOQ variants: a variant trains SensZOQ's C4 fisher mask (a scored one: the build with its scores, as the
+    built-in file stores none) with its options added, at eps VARIANT_EPS in bf16, and its argv reruns it; once a
+    variant's sweep range is recorded, its best final dev sets its lr, its cells are planned (the best variant first, with
+    TREC and 1000 steps) and sit on the Pareto set."""
+    _tiny_grid(monkeypatch, tmp_path, tiny_model_dir, EVAL=4, LR={**settings.LR, "senszoq-precond": 1e-3},
                VARIANT_SWEEP_LRS={"senszoq-precond": (1e-3, 3e-3), "senszoq-cosine": (3e-4,)},
                VARIANTS={k: settings.VARIANTS[k] for k in ("senszoq-precond", "senszoq-cosine")})
-    settings.SWEEP.mkdir(parents=True)
-    record = run.run_sweep(plan.SweepRun("senszoq-precond", 1e-3, settings.SMOLLM2, settings.VARIANT_EPS))
+    assert run.trained_args(plan.Cell("sst2", "senszoq-cosine", 0)) == (["--mask", settings.MODEL, "--lr-schedule", "cosine"], None)
+    record = run.run_cell(plan.Cell("sst2", "senszoq-precond", 0, steps=2, dtype="bf16", eps=settings.VARIANT_EPS))
     argv = record["argv"]
-    assert record["key"] == "sweep-senszoq-precond-eps0.01-lr0.001" and argv[argv.index("--method") + 1] == "senszoq-curvature"
-    assert argv[argv.index("--eps") + 1] == "0.01" and argv[argv.index("--dtype") + 1] == "bf16" and record["dtype"] == "bf16"
+    assert record["key"] == "sst2-senszoq-precond-eps0.01-2steps-bf16-s0" and argv[argv.index("--method") + 1] == "senszoq-curvature"
+    assert argv[argv.index("--eps") + 1] == "0.01" and argv[argv.index("--dtype") + 1] == "bf16" and argv[argv.index("--lr") + 1] == "0.001"
     assert argv[argv.index("--mask") + 1] == "{work}/masks/c4-fisher-d0.001" and "--calibration" in record["mask_argv"]
     from szoq_hub import SensitivityMask
 
     assert SensitivityMask.from_pretrained(settings.WORK / "masks" / "c4-fisher-d0.001").scores is not None  # what the preconditioner reads
+    mask = (settings.MASKS / "c4-fisher-d0.001.json").read_text()
+    assert json.loads(mask)["captured_share"] > 0 and json.loads(mask)["samples"] == 32  # the study keeps what its mask holds
     rerun = json.loads(szoq_process.szoq([*argv, "--out", str(tmp_path / "rerun")]))
-    assert rerun["best_dev"] == max(v for _, v in record["dev_curve"])
-    assert run.trained_args(plan.Cell("sst2", "senszoq-cosine", 0))[0] == ["--mask", settings.MODEL, "--lr-schedule", "cosine"]
-    records.write_json(settings.SWEEP / f"{record['key']}.json", {**record, "dev_final": 0.6})
-    assert plan.swept_variants() == [] and not any(c.method in settings.VARIANTS for c in plan.plan())  # incomplete: nothing planned
+    assert rerun["eval"] == record["accuracy"]
+    settings.SWEEP.mkdir(parents=True)
+    first = plan.SweepRun("senszoq-precond", 1e-3, settings.SMOLLM2, settings.VARIANT_EPS).key
+    records.write_json(settings.SWEEP / f"{first}.json", {"method": "senszoq-precond", "lr": 1e-3, "eps": 1e-2, "key": first, "dev_final": 0.6})
+    assert plan.swept_variants() == [] and not any(c.method in settings.VARIANTS and c.model == settings.SMOLLM2 and c.steps == settings.STEPS
+                                                   for c in plan.plan())  # incomplete: nothing planned
     for v, lr, dev in (("senszoq-precond", 3e-3, 0.7), ("senszoq-cosine", 3e-4, 0.8)):
         key = plan.SweepRun(v, lr, settings.SMOLLM2, settings.VARIANT_EPS).key
         records.write_json(settings.SWEEP / f"{key}.json", {"method": v, "lr": lr, "eps": 1e-2, "key": key, "dev_final": dev})

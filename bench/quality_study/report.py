@@ -61,7 +61,7 @@ def report() -> None:
     model_choice = {m: sweep_choice([r for r in sweep_rows if r.get("model", SMOLLM2) == m]) for m in settings.MODEL_SWEEP_LRS}
     verify_rows = read_all(settings.VERIFY)
     data = {"cells": cells, "summary": summary(cells), "transfer": transfer_rows, "sweep": sweep_rows, "sweep_choice": choice,
-            "model_sweep_choice": model_choice, "verify": verify_rows,
+            "model_sweep_choice": model_choice, "verify": verify_rows, "masks": read_all(settings.MASKS),
             "pending": pending, "not_planned": settings.NOT_PLANNED,
             "settings": {"model": settings.MODEL, "quant": "nf4", "steps": settings.STEPS, "batch": settings.BATCH, "lr": settings.LR,
                          "eps": settings.EPS, "train": settings.TRAIN, "dev": settings.DEV, "eval": settings.EVAL,
@@ -69,7 +69,7 @@ def report() -> None:
                          "micro_batch": settings.MICRO_BATCH}}
     write_json(settings.RESULTS / "quality.json", data)
     lines = _summary_table(data["summary"]) + _transfer_table(transfer_rows) + _sweep_table(sweep_rows, choice, model_choice)
-    lines += _verify_table(verify_rows)
+    lines += _verify_table(verify_rows) + _mask_table(read_all(settings.MASKS))
     lines += ["", f"Pending cells ({len(pending)}): " + (", ".join(pending) if pending else "none")]
     lines += ["", "Not planned yet:", "", *(f"- {what}: {why}" for what, why in settings.NOT_PLANNED.items())]
     write_text(settings.RESULTS / "quality.md", "\n".join(lines) + "\n")
@@ -130,6 +130,17 @@ def _verify_table(rows: list[dict]) -> list[str]:
             "| cell | recorded | rerun | same | recorded at | rerun at |", "|---|---|---|---|---|---|",
             *(f"| {v['key']} | {100 * v['recorded']:.1f} | {100 * v['rerun']:.1f} | {'yes' if v['same'] else 'NO'} | "
               f"{v['recorded_git_sha'][:7]} | {v['git_sha'][:7]} |" for v in rows)]
+
+
+def _mask_table(rows: list[dict]) -> list[str]:
+    if not rows:
+        return []
+    order = lambda r: (list(settings.MODEL_REFS).index(r["model"]), r["mask"])  # noqa: E731
+    return ["", "Masks the study built (`bench/results/quality/masks/`): the share of the squared-gradient mass (Σg² over the "
+            "calibration windows) that the kept weights carry:", "",
+            "| mask | model | scorer | windows | nnz | Σg² share |", "|---|---|---|---|---|---|",
+            *(f"| {r['mask']} | {settings.MODEL_NAMES[r['model']]} | {r['scorer']} | {r['samples'] or '-'} x {r['seq_len'] or '-'} | {r['nnz']:,} | "
+              + ("-" if r["captured_share"] is None else f"{100 * r['captured_share']:.1f}%") + " |" for r in sorted(rows, key=order))]
 
 
 def _readme_table(lines: list[str], cells: list[dict]) -> None:

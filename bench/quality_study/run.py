@@ -63,7 +63,7 @@ def model_ref(model: str) -> str:
 def mask_for(cell: Cell) -> tuple[str, list[str] | None]:
     """(--mask value, the `szoq mask build` argv that made it or None for the built-in mask)."""
     scored = settings.VARIANTS.get(cell.method, ((), False))[1]  # a variant that reads the mask's fisher scores
-    method = "senszoq" if cell.method in settings.VARIANTS else cell.method
+    method = "senszoq" if cell.method in settings.VARIANTS else cell.method  # a SensZOQ variant trains SensZOQ's mask
     if method == "senszoq" and cell.density == DENSITY and cell.model == SMOLLM2 and not scored:
         return settings.MODEL, None
     calibration = ["--samples", "32", "--seq-len", "256"]
@@ -80,7 +80,23 @@ def mask_for(cell: Cell) -> tuple[str, list[str] | None]:
     folder = settings.WORK / "masks" / name
     if not (folder / "mask.safetensors").is_file():
         szoq_process.szoq([*argv, "--out", str(folder)])
+    record_mask(name, folder, cell.model, argv)
     return portable(str(folder)), argv
+
+
+def record_mask(name: str, folder: Path, model: str, argv: list[str]) -> None:
+    """Keep what a built mask holds as `MASKS/NAME.json` (once): its model, scorer, calibration windows, nnz and the share
+    of the squared-gradient mass its kept weights carry (the mask's own config, written by `szoq mask build`)."""
+    path = settings.MASKS / f"{name}.json"
+    if path.is_file():
+        return
+    settings.MASKS.mkdir(parents=True, exist_ok=True)
+    cfg = json.loads((folder / "mask_config.json").read_text())
+    cal, stats = cfg.get("calibration") or {}, cfg.get("stats") or {}
+    records.write_json(path, {"mask": name, "model": model, "scorer": cfg.get("scorer"), "density": cfg.get("density"),
+                              "samples": cal.get("samples"), "seq_len": cal.get("seq_len"), "nnz": stats.get("total_nnz"),
+                              "numel": stats.get("total_numel"), "captured_share": stats.get("captured_share"),
+                              "content_sha256": cfg.get("content_sha256"), "argv": argv})
 
 
 def trained_args(cell: Cell) -> tuple[list[str], list[str] | None]:

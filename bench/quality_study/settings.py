@@ -17,6 +17,7 @@ TRANSFER = RESULTS / "quality" / "transfer"
 SWEEP = RESULTS / "quality" / "sweep"
 VERIFY = RESULTS / "quality" / "verify"
 PROBE = RESULTS / "quality" / "probe"
+MASKS = RESULTS / "quality" / "masks"  # what each mask the study built holds (its config's stats: the Σg² share by model size)
 DATA = Path(os.environ.get("SZOQ_DATA_DIR", ROOT.parent / "shared" / "data"))
 WORK = Path(os.environ.get("SZOQ_QUALITY_WORK", Path.home() / ".cache" / "szoq" / "quality"))
 SMOLLM2 = "smollm2-135m-instruct"
@@ -101,11 +102,12 @@ LORA_ALPHA = 16.0  # the CLI's default (--lora-alpha)
 # options it adds to a SensZOQ run, and whether it needs the mask's fisher scores), swept on SST-2 dev like the others (seed 0,
 # SWEEP_STEPS, bf16) at eps VARIANT_EPS: in bf16 eps 1e-3 leaves a two-point estimate of mostly rounding noise (correlation
 # 0.79 with the exact directional derivative, 0.99 at 1e-2; bench/results/estimator.md), and SensZOQ at 1e-2 is their
-# comparison (`sst2-senszoq-eps0.01-bf16-*`, same code path). Scored variants train on SmolLM2's C4 fisher mask built with
-# its scores (32 x 256 windows: the built-in mask's indices); the others on the built-in mask, as SensZOQ. `--curvature-source
+# comparison (`sst2-senszoq-eps0.01-bf16-*`, same code path). Every variant trains SensZOQ's mask, so only the step differs:
+# the scored ones SmolLM2's C4 fisher mask rebuilt with its scores (the built-in file stores none; `szoq mask diff`: Jaccard
+# 1.0, 106,019 of 106,020 indices shared, the one near-tie of docs/mask-artifact.md), the others the built-in. `--curvature-source
 # online` is not a variant: a per-value estimate from SPSA is noise at nnz ~ 1e5, so its default EMA rate (1e-8) moves the
 # mean-1 diagonal by about beta sqrt(T) nnz ~ 2% over 300 steps (runtime/zo_curvature.py): it would repeat senszoq-precond.
-VARIANTS: dict[str, tuple[tuple[str, ...], bool]] = {
+VARIANTS: dict[str, tuple[tuple[str, ...], bool]] = {  # name: (its `szoq finetune` options, whether it reads the mask's scores)
     "senszoq-precond": (("--method", "senszoq-curvature"), True),  # D from the scores, alpha 1, lambda 0.1, zo-sgd
     "senszoq-adaptive": (("--method", "senszoq-curvature", "--curvature-adaptive"), True),  # the same D, zo-rmsprop per value
     "senszoq-cosine": (("--lr-schedule", "cosine"), False),  # plain SensZOQ, lr decayed to 0 over the run (its dev peaks early)
