@@ -449,3 +449,32 @@ def test_size_plot_needs_two_models_and_takes_each_model_s_bf16_row(tmp_path, mo
     assert [p["model"] for p in lines["zero-shot"]] == [settings.QWEN05]
     plots.plot_size(rows)
     assert (settings.RESULTS / "quality_size.png").stat().st_size > 1000
+
+
+def test_qwen_competitors_sweep_at_zo_lora_s_regime_then_plan_their_cells(tmp_path, monkeypatch):
+    """Issue 32: Qwen's own ZO-LoRA sweep waits for SmolLM2's regime sweep and runs at its (eps, alpha); once Qwen's ZO-LoRA
+    and dense sweeps are recorded, their choices plan SST-2 (2 seeds) and TREC cells at those settings, dense in fp32."""
+    qwen = settings.QWEN05
+    _isolate(monkeypatch, tmp_path, LORA_REGIME={"eps": (1e-3, 1e-2), "alpha": (16.0, 128.0), "lr": (1e-4,)},
+             MODEL_LR={settings.GEMMA: {}, qwen: {"senszoq": 1e-5}})
+    settings.SWEEP.mkdir(parents=True)
+    assert not [r for r in plan.sweep_plan() if r.model == qwen and r.method == "zo-lora"]  # no regime yet: no Qwen ZO-LoRA run
+    for r in plan.lora_regime_runs():
+        dev = 0.7 if (r.eps, r.alpha) == (1e-2, 128.0) else 0.59
+        records.write_json(settings.SWEEP / f"{r.key}.json", {"method": "zo-lora", "lr": r.lr, "eps": r.eps or settings.EPS, "alpha": r.alpha,
+                                                              "key": r.key, "dev_final": dev})
+    runs = [r for r in plan.sweep_plan() if r.model == qwen and r.method in ("zo-lora", "dense")]
+    assert {(r.method, r.eps, r.alpha) for r in runs} == {("zo-lora", 1e-2, 128.0), ("dense", None, None)}
+    assert "sweep-qwen05-zo-lora-eps0.01-a128-lr3e-05" in {r.key for r in runs}
+    for i, r in enumerate(runs):
+        if i == len(runs) - 1:
+            assert plan.swept_lr(r.method, qwen) is None  # a sweep chooses once its last run is recorded
+        dev = 0.8 if r.lr == 3e-5 or r.lr == 3e-6 else 0.6
+        records.write_json(settings.SWEEP / f"{r.key}.json", {"method": r.method, "lr": r.lr, "model": qwen, "eps": r.eps, "alpha": r.alpha,
+                                                              "key": r.key, "dev_final": dev})
+    plan.adopt_swept_lrs()
+    assert settings.MODEL_LR[qwen]["zo-lora"] == 3e-5 and settings.MODEL_LR[qwen]["dense"] == 3e-6
+    cells = {c.key: c for c in plan.plan() if c.model == qwen and c.method in ("zo-lora", "dense")}
+    assert set(cells) == {"qwen05-sst2-zo-lora-eps0.01-a128-bf16-s0", "qwen05-sst2-zo-lora-eps0.01-a128-bf16-s1", "qwen05-trec-zo-lora-eps0.01-a128-bf16-s0",
+                          "qwen05-sst2-dense-d1-s0", "qwen05-sst2-dense-d1-s1", "qwen05-trec-dense-d1-s0"}
+    assert cells["qwen05-sst2-dense-d1-s0"].dtype is None and cells["qwen05-sst2-zo-lora-eps0.01-a128-bf16-s0"].learning_rate == 3e-5

@@ -134,6 +134,13 @@ def plan() -> list[Cell]:
             add(Cell("sst2", "senszoq", s, dtype="bf16", model=QWEN05))
         add(Cell("trec", "senszoq", 0, dtype="bf16", model=QWEN05))
         add(Cell("sst2", "random", 0, dtype="bf16", lr=settings.MODEL_LR[QWEN05]["senszoq"], model=QWEN05))
+    qwen, best = settings.MODEL_LR.get(QWEN05, {}), lora_regime()
+    for task, seeds in (("sst2", (0, 1)), ("trec", (0,))):  # the competitors at their own Qwen sweep's lr (issue 32)
+        for s in seeds:
+            if "zo-lora" in qwen and best:
+                add(Cell(task, "zo-lora", s, None, dtype="bf16", model=QWEN05, eps=best[0], alpha=best[1]))
+            if "dense" in qwen:
+                add(Cell(task, "dense", s, 1.0, model=QWEN05))  # fp32, no quantization, as SmolLM2's dense cells
     for s in (0, 1):  # does the 300-step ordering hold at 1000?
         add(Cell("sst2", "senszoq", s, steps=settings.LONG_STEPS, dtype="bf16"))
         if lora:
@@ -213,10 +220,16 @@ class SweepRun:
 
 def sweep_plan() -> list[SweepRun]:
     """Every run of the lr sweep: SmolLM2's ranges, then each other model's own."""
-    runs = [*(SweepRun(m, lr) for m, lrs in settings.SWEEP_LRS.items() for lr in lrs),
-            *(SweepRun(m, lr, model) for model, lrs_of in settings.MODEL_SWEEP_LRS.items() for m, lrs in lrs_of.items() for lr in lrs)]
+    runs = [*(SweepRun(m, lr) for m, lrs in settings.SWEEP_LRS.items() for lr in lrs), *model_sweep_runs()]
     runs += [SweepRun(v, lr, SMOLLM2, settings.VARIANT_EPS) for v, lrs in settings.VARIANT_SWEEP_LRS.items() for lr in lrs]
     return runs + [r for r in lora_regime_runs() if r not in runs]  # its (1e-3, 16) corner reuses the first ZO-LoRA sweep's records
+
+
+def model_sweep_runs() -> list[SweepRun]:
+    """Each other model's own sweeps; ZO-LoRA's at the eps and alpha of its SmolLM2 regime sweep, so only once that is complete."""
+    best = lora_regime()
+    return [SweepRun(m, lr, model, *(best[:2] if m == "zo-lora" else (None, None)))
+            for model, lrs_of in settings.MODEL_SWEEP_LRS.items() for m, lrs in lrs_of.items() if m != "zo-lora" or best for lr in lrs]
 
 
 def variant_sweep(method: str) -> list[dict] | None:
@@ -267,7 +280,10 @@ def is_regime(r: dict) -> bool:
 
 def swept_lr(method: str, model: str = SMOLLM2) -> float | None:
     """The sweep's lr for `method` on `model` once every lr of its range has a record, else None."""
-    lrs = settings.SWEEP_LRS[method] if model == SMOLLM2 else settings.MODEL_SWEEP_LRS[model][method]
+    if model != SMOLLM2:  # its own runs, by key (ZO-LoRA's carry the regime's eps and alpha)
+        paths = [settings.SWEEP / f"{r.key}.json" for r in model_sweep_runs() if r.model == model and r.method == method]
+        return sweep_choice([json.loads(p.read_text()) for p in paths])[method] if paths and all(p.is_file() for p in paths) else None
+    lrs = settings.SWEEP_LRS[method]
     rows = [json.loads(p.read_text()) for p in settings.SWEEP.glob(f"sweep-{settings.MODEL_TAGS[model]}{method}-lr*.json")]
     rows = [r for r in rows if r["method"] == method and r.get("model", SMOLLM2) == model and not is_regime(r) and r["lr"] in lrs]
     return sweep_choice(rows)[method] if {r["lr"] for r in rows} >= set(lrs) else None

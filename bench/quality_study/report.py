@@ -116,7 +116,7 @@ def _sweep_table(rows: list[dict], choice: dict[str, float], model_choice: dict[
         swept = model == SMOLLM2 or r["method"] in settings.MODEL_LR[model]
         grid_lr = f"{grid:g}" if grid is not None and swept else "- (sweep not complete)"
         chosen = (choice if model == SMOLLM2 else model_choice[model]).get(r["method"]) == r["lr"]
-        chosen = "yes" if chosen and not is_regime(r) or r["method"] in settings.VARIANTS and settings.LR.get(r["method"]) == r["lr"] else ""
+        chosen = "yes" if chosen and (not is_regime(r) or model != SMOLLM2) or r["method"] in settings.VARIANTS and settings.LR.get(r["method"]) == r["lr"] else ""
         if model == SMOLLM2 and r["method"] == "zo-lora" and regime_best == (r.get("eps"), r.get("alpha"), r["lr"]):
             chosen = (chosen + ", " if chosen else "") + "regime best"
         lines.append(f"| {settings.MODEL_TAGS[model]}{r['method']}{regime(r.get('eps'), r.get('alpha'))} | {r['lr']:g} | {by_step} | {chosen} | {grid_lr} |")

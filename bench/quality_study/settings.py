@@ -88,7 +88,11 @@ SWEEP_DTYPE = {"zo-lora": "bf16"}  # methods swept after bf16 became the CPU def
 # Qwen2.5-Coder-0.5B: SmolLM2's default lr made its model worse on a custom sentiment task (issue 33: 55.6% zero-shot, 48.4%
 # after 60 steps at 1e-4), so SensZOQ gets its own SST-2 dev sweep (bf16) before its cells are planned; dense MeZO and ZO-LoRA
 # wait for their own (issue 32: "each method at its own swept lr").
-MODEL_SWEEP_LRS = {GEMMA: {"senszoq": (3e-5, 1e-4), "random": (1e-3, 1e-2)}, QWEN05: {"senszoq": (1e-5, 3e-5, 1e-4)}}
+# Qwen's ZO-LoRA sweep runs at the eps and alpha of SmolLM2's regime sweep (`plan.model_sweep_runs`), over lrs a decade and a
+# half below SmolLM2's 1e-4 (SensZOQ's best Qwen lr is 30x below SmolLM2's); dense MeZO (fp32) around SensZOQ's 1e-5 x 1/3,
+# SmolLM2's dense-to-SensZOQ ratio. A dense Qwen sweep run is ~45 min of one-thread steps.
+MODEL_SWEEP_LRS = {GEMMA: {"senszoq": (3e-5, 1e-4), "random": (1e-3, 1e-2)},
+                   QWEN05: {"senszoq": (1e-5, 3e-5, 1e-4), "zo-lora": (1e-5, 3e-5, 1e-4), "dense": (1e-6, 3e-6, 1e-5)}}
 MODEL_LR_SCALE = {GEMMA: 0.1}
 MODEL_LR: dict[str, dict[str, float]] = {GEMMA: {}, QWEN05: {}}  # filled from complete sweeps when `plan` is imported
 # Issue 33, ZO-LoRA in its own regime: every cell above ran at eps 1e-3 (MeZO's full-parameter value) and alpha / r = 2, and
@@ -118,10 +122,8 @@ SWEEP_DTYPE.update({v: "bf16" for v in VARIANTS})
 
 # Issue 32's cells that are not in the plan yet, and why (quality.md lists them under the pending cells).
 NOT_PLANNED = {
-    "qwen05 dense MeZO (SST-2 x2, TREC x1)": "needs its own dev lr sweep at 0.5B first; a dense step costs 5.4x a sparse one (13.5 vs 2.5 s "
-                                             "at 2 threads, quiet; bench/results/real_models_quiet.md): ~70 min of steps per 300-step cell",
-    "qwen05 ZO-LoRA (SST-2 x2, TREC x1)": "waits for ZO-LoRA's regime sweep on SmolLM2 (issue 33), whose (eps, alpha) it then takes",
-    "qwen05 the best new method (SST-2 x3, TREC x1)": "waits for issue 33's sweep: no curvature variant has beaten SensZOQ on SmolLM2 dev yet",
+    "qwen05 the best new method (SST-2 x3, TREC x1)": "waits for issue 33's variant sweeps and cells on SmolLM2 (VARIANTS): a variant "
+                                                      "comes to 0.5B once it beats SensZOQ there",
     "qwen05 first-order LoRA (SST-2 x1)": "bench_fo_lora.py reads SmolLM2 only; not ported to a GGUF model yet",
     "qwen05 task-fisher mask (SST-2 x1)": "after the SensZOQ cells",
     "qwen2.5-coder-1.5b (every cell)": "not a study model yet: a sparse step is ~4x the 0.5B one and a dense step needs the fp32 model "
