@@ -477,4 +477,7 @@ def test_qwen_competitors_sweep_at_zo_lora_s_regime_then_plan_their_cells(tmp_pa
     cells = {c.key: c for c in plan.plan() if c.model == qwen and c.method in ("zo-lora", "dense")}
     assert set(cells) == {"qwen05-sst2-zo-lora-eps0.01-a128-bf16-s0", "qwen05-sst2-zo-lora-eps0.01-a128-bf16-s1", "qwen05-trec-zo-lora-eps0.01-a128-bf16-s0",
                           "qwen05-sst2-dense-d1-s0", "qwen05-sst2-dense-d1-s1", "qwen05-trec-dense-d1-s0"}
-    assert cells["qwen05-sst2-dense-d1-s0"].dtype is None and cells["qwen05-sst2-zo-lora-eps0.01-a128-bf16-s0"].learning_rate == 3e-5
+    lora = cells["qwen05-sst2-zo-lora-eps0.01-a128-bf16-s0"]
+    assert cells["qwen05-sst2-dense-d1-s0"].dtype is None and lora.learning_rate == 3e-5
+    row = {**dataclasses.asdict(lora), "lr": 3e-5, "density": None}
+    assert plan.on_pareto(row) and not plan.on_pareto({**row, "lr": 1e-4})  # at Qwen's own ZO-LoRA lr, not SmolLM2's

@@ -182,7 +182,8 @@ def on_pareto(c: dict) -> bool:
     label = c["method"] + regime(c.get("eps"), c.get("alpha"))  # a record's method and regime; a summary row's label has both
     variant = label.removesuffix(regime(settings.VARIANT_EPS, None))  # a SensZOQ variant at its sweep's eps and lr
     grid = (variant in settings.VARIANTS and label == variant + regime(settings.VARIANT_EPS, None) and c.get("lr") == lr_of(variant)
-            or best is not None and c.get("model", SMOLLM2) == SMOLLM2 and label == "zo-lora" + regime(*best[:2]) and c.get("lr") == best[2]
+            or best is not None and label == "zo-lora" + regime(*best[:2])  # other models: at their own sweep's lr
+            and c.get("lr") == (best[2] if c.get("model", SMOLLM2) == SMOLLM2 else lr_of("zo-lora", c["model"]))
             or label == c["method"] and c.get("lr") == lr_of(c["method"], c.get("model", SMOLLM2)))
     return (grid and c["density"] in (None, DENSITY, 1.0)
             and c["steps"] in (0, settings.STEPS) and c["method"] != "task-fisher")  # task-fisher is a reference mask, not a user's choice
