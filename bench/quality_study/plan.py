@@ -227,9 +227,10 @@ def sweep_plan() -> list[SweepRun]:
 
 
 def model_sweep_runs() -> list[SweepRun]:
-    """Each other model's own sweeps; ZO-LoRA's at the eps and alpha of its SmolLM2 regime sweep, so only once that is complete."""
+    """Each other model's own sweeps; ZO-LoRA's at the eps and alpha of its SmolLM2 regime sweep, so only once that is complete,
+    a SensZOQ variant's at VARIANT_EPS."""
     best = lora_regime()
-    return [SweepRun(m, lr, model, *(best[:2] if m == "zo-lora" else (None, None)))
+    return [SweepRun(m, lr, model, *(best[:2] if m == "zo-lora" else (settings.VARIANT_EPS, None) if m in settings.VARIANTS else (None, None)))
             for model, lrs_of in settings.MODEL_SWEEP_LRS.items() for m, lrs in lrs_of.items() if m != "zo-lora" or best for lr in lrs]
 
 

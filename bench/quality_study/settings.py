@@ -92,7 +92,9 @@ SWEEP_DTYPE = {"zo-lora": "bf16"}  # methods swept after bf16 became the CPU def
 # half below SmolLM2's 1e-4 (SensZOQ's best Qwen lr is 30x below SmolLM2's); dense MeZO (fp32) around SensZOQ's 1e-5 x 1/3,
 # SmolLM2's dense-to-SensZOQ ratio. A dense Qwen sweep run is ~45 min of one-thread steps.
 MODEL_SWEEP_LRS = {GEMMA: {"senszoq": (3e-5, 1e-4), "random": (1e-3, 1e-2)},
-                   QWEN05: {"senszoq": (1e-5, 3e-5, 1e-4), "zo-lora": (1e-5, 3e-5, 1e-4), "dense": (1e-6, 3e-6, 1e-5)}}
+                   QWEN05: {"senszoq": (1e-5, 3e-5, 1e-4), "zo-lora": (1e-5, 3e-5, 1e-4), "dense": (1e-6, 3e-6, 1e-5),
+                            # issue 33: does a per-value normalised step carry SmolLM2's lr to Qwen, where SensZOQ's does not?
+                            "senszoq-adaptive": (3e-3,)}}
 MODEL_LR_SCALE = {GEMMA: 0.1}
 MODEL_LR: dict[str, dict[str, float]] = {GEMMA: {}, QWEN05: {}}  # filled from complete sweeps when `plan` is imported
 # Issue 33, ZO-LoRA in its own regime: every cell above ran at eps 1e-3 (MeZO's full-parameter value) and alpha / r = 2, and
