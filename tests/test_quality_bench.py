@@ -30,7 +30,7 @@ def test_plan_starts_with_the_informative_cells_and_has_unique_keys():
     assert max(keys.index(f"{t}-{m}-s0") for t in settings.PLAN_TASKS for m in ("magnitude", "task-fisher")) < first_extra
     # TREC runs from the shared files with a placeholder for the data folder: the recorded argv names no machine path
     trec = [c for c in plan.plan() if c.task == "trec"]
-    assert {c.method for c in trec} - {"zo-lora"} == {"zero-shot", "icl", "senszoq", "random", "dense"}
+    assert {c.method for c in trec} - {"zo-lora", *settings.VARIANTS} == {"zero-shot", "icl", "senszoq", "random", "dense"}
     assert keys.index("trec-senszoq-bf16-s0") < keys.index("cb-icl-s0")
     argv = run.finetune_argv("trec", ["--mask", "m"], 3e-4, 1e-3, 300, 0, 500, "bf16")
     assert "{data}/trec/train.jsonl" in argv and "--task" not in argv and argv[argv.index("--dtype") + 1] == "bf16"
