@@ -33,6 +33,16 @@ def _pyplot():
     return plt
 
 
+def _save_with_legend_outside(plt, fig, ax, name: str, legend_size: float) -> None:
+    """Small title, a grid, the legend right of the axes (the lines overlap), then write results/NAME and close."""
+    ax.title.set_fontsize(9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=legend_size, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    fig.tight_layout()
+    fig.savefig(settings.RESULTS / name, dpi=110)
+    plt.close(fig)
+
+
 def plot_steps_and_density(cells: list[dict]) -> None:
     """accuracy vs steps (SST-2 dev curves) and accuracy vs density (SST-2 senszoq)."""
     plt = _pyplot()
@@ -105,12 +115,7 @@ def plot_long(cells: list[dict]) -> None:
     ax.axvline(steps, color="0.6", lw=0.8)
     ax.set(xlabel="ZO steps", ylabel=f"SST-2 dev accuracy % (n={long[0].get('dev_n', '?')})",
            title=f"SmolLM2-135M, SST-2: {long_steps} steps thick, {steps} thin; dash-dot: not the grid's lr")
-    ax.title.set_fontsize(9)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=6.5, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    fig.tight_layout()
-    fig.savefig(settings.RESULTS / "quality_long.png", dpi=110)
-    plt.close(fig)
+    _save_with_legend_outside(plt, fig, ax, "quality_long.png", 6.5)
 
 
 def pareto_points(summary: list[dict]) -> list[dict]:
@@ -210,9 +215,4 @@ def plot_size(summary: list[dict]) -> None:
     ax.minorticks_off()
     ax.set(xlabel="model", ylabel="SST-2 accuracy % (n=500; mean ± std over seeds)",
            title=f"SST-2 by model size: {settings.STEPS} ZO steps (zero-shot and ICL: no training)")
-    ax.title.set_fontsize(9)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    fig.tight_layout()
-    fig.savefig(settings.RESULTS / "quality_size.png", dpi=110)
-    plt.close(fig)
+    _save_with_legend_outside(plt, fig, ax, "quality_size.png", 7)
