@@ -481,3 +481,25 @@ def test_qwen_competitors_sweep_at_zo_lora_s_regime_then_plan_their_cells(tmp_pa
     assert cells["qwen05-sst2-dense-d1-s0"].dtype is None and lora.learning_rate == 3e-5
     row = {**dataclasses.asdict(lora), "lr": 3e-5, "density": None}
     assert plan.on_pareto(row) and not plan.on_pareto({**row, "lr": 1e-4})  # at Qwen's own ZO-LoRA lr, not SmolLM2's
+
+
+def test_floor_cell_runs_szoq_finetune_at_its_defaults_and_the_report_sets_it_beside_zero_shot(tiny_model_dir, tmp_path, monkeypatch):
+    """Issue 33's floor check: a `defaults` cell passes no training setting (no --lr, --eps, --dtype, --micro-batch-size,
+    --no-dev-baseline), records what they resolved to, keeps its key, and the report sets it beside the bf16 zero-shot."""
+    _tiny_grid(monkeypatch, tmp_path, tiny_model_dir, EVAL=4)
+    settings.CELLS.mkdir(parents=True)
+    cell = plan.Cell("sst2", "defaults", 0, steps=settings.STEPS, dtype="auto")
+    argv = run.defaults_argv(cell, run.trained_args(plan.Cell("sst2", "defaults", 0, 1e-2))[0])
+    assert not {"--lr", "--eps", "--dtype", "--micro-batch-size", "--no-dev-baseline", "--steps", "--eval-every"} & set(argv)
+    assert argv[argv.index("--mask") + 1] == "{work}/masks/c4-fisher-d0.01" and argv[argv.index("--eval-samples") + 1] == "4"
+    from szoq_hub import FinetuneConfig
+
+    assert settings.STEPS == FinetuneConfig().steps  # the grid's 300 steps are the CLI's default: the floor cells pass no --steps
+    record = run.run_cell(plan.Cell("sst2", "defaults", 0, 1e-2, steps=2, dtype="auto"))
+    assert record["argv"][record["argv"].index("--steps") + 1] == "2"
+    assert record["lr"] == 1e-4 and record["eps"] == 1e-3 and record["resolved_dtype"] in ("bf16", "fp32") and record["dtype"] == "auto"
+    assert plan.cell_of(record).key == record["key"] == "sst2-defaults-d0.01-2steps-auto-s0"  # no move, no rerun
+    zero = {**_cell("sst2", "zero-shot", 0, record["accuracy"] + 0.1, density=None, steps=0), "dtype": "bf16"}
+    (row,) = report.floor_rows([record, zero])
+    assert row["zero_shot"] == zero["accuracy"] and row["defaults"] == record["accuracy"] and row["best_step"] == record["best_step"]
+    assert "| YES |" in "\n".join(report._floor_table([record, zero]))

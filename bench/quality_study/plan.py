@@ -28,6 +28,7 @@ class Cell:
 
     task: str
     method: str  # zero-shot | icl | senszoq | random | magnitude | task-fisher | dense | zo-lora | a SensZOQ variant (settings.VARIANTS)
+    # | defaults (`szoq finetune` with SensZOQ's mask and nothing else set: the floor check)
     seed: int
     density: float | None = DENSITY
     steps: int = STEPS
@@ -111,6 +112,11 @@ def plan() -> list[Cell]:
             add(Cell("trec", v, 0, dtype="bf16", eps=settings.VARIANT_EPS))
     for s in (0, 1) if variants else ():
         add(Cell("sst2", variants[0], s, steps=settings.LONG_STEPS, dtype="bf16", eps=settings.VARIANT_EPS))
+    # Issue 33's floor check: the product's defaults on each model and task, beside that model's bf16 zero-shot
+    for model in settings.FLOOR_MODELS:
+        for task in settings.FLOOR_TASKS:
+            add(Cell(task, "zero-shot", 0, None, 0, dtype="bf16", model=model))
+            add(Cell(task, "defaults", 0, dtype="auto", model=model))
     # a Gemma sweep, if the method has one, is done
     ready = lambda m: m not in settings.MODEL_SWEEP_LRS[GEMMA] or m in settings.MODEL_LR[GEMMA]  # noqa: E731
     add(Cell("sst2", "zero-shot", 0, None, 0, dtype="bf16", model=GEMMA))

@@ -69,7 +69,7 @@ def report() -> None:
                          "micro_batch": settings.MICRO_BATCH}}
     write_json(settings.RESULTS / "quality.json", data)
     lines = _summary_table(data["summary"]) + _transfer_table(transfer_rows) + _sweep_table(sweep_rows, choice, model_choice)
-    lines += _verify_table(verify_rows) + _mask_table(read_all(settings.MASKS))
+    lines += _verify_table(verify_rows) + _mask_table(read_all(settings.MASKS)) + _floor_table(cells)
     lines += ["", f"Pending cells ({len(pending)}): " + (", ".join(pending) if pending else "none")]
     lines += ["", "Not planned yet:", "", *(f"- {what}: {why}" for what, why in settings.NOT_PLANNED.items())]
     write_text(settings.RESULTS / "quality.md", "\n".join(lines) + "\n")
@@ -130,6 +130,29 @@ def _verify_table(rows: list[dict]) -> list[str]:
             "| cell | recorded | rerun | same | recorded at | rerun at |", "|---|---|---|---|---|---|",
             *(f"| {v['key']} | {100 * v['recorded']:.1f} | {100 * v['rerun']:.1f} | {'yes' if v['same'] else 'NO'} | "
               f"{v['recorded_git_sha'][:7]} | {v['git_sha'][:7]} |" for v in rows)]
+
+
+def floor_rows(cells: list[dict]) -> list[dict]:
+    """Issue 33's floor check: each `defaults` cell beside its model's bf16 zero-shot on the same task (None until run)."""
+    zero = {(c.get("model", SMOLLM2), c["task"]): c["accuracy"] for c in cells if c["method"] == "zero-shot" and c.get("dtype") == "bf16"}
+    return [{"model": c.get("model", SMOLLM2), "task": c["task"], "zero_shot": zero.get((c.get("model", SMOLLM2), c["task"])),
+             "defaults": c["accuracy"], "best_step": c.get("best_step"), "lr": c.get("lr"), "dtype": c.get("resolved_dtype")}
+            for c in cells if c["method"] == "defaults"]
+
+
+def _floor_table(cells: list[dict]) -> list[str]:
+    rows = floor_rows(cells)
+    if not rows:
+        return []
+    lines = ["", "Floor check (issue 33): `szoq finetune` at its defaults (SensZOQ's mask, 300 steps, the dev baseline on) against the "
+             "model's zero-shot, eval n=500:", "", "| model | task | zero-shot % | defaults % | best step | lr | dtype | below zero-shot |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        zero = "-" if r["zero_shot"] is None else f"{100 * r['zero_shot']:.1f}"
+        below = "-" if r["zero_shot"] is None else "YES" if r["defaults"] < r["zero_shot"] else "no"
+        lines.append(f"| {settings.MODEL_NAMES[r['model']]} | {r['task']} | {zero} | {100 * r['defaults']:.1f} | {r['best_step']} | "
+                     f"{r['lr']:g} | {r['dtype']} | {below} |")
+    return lines
 
 
 def _mask_table(rows: list[dict]) -> list[str]:

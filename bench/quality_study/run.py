@@ -63,7 +63,7 @@ def model_ref(model: str) -> str:
 def mask_for(cell: Cell) -> tuple[str, list[str] | None]:
     """(--mask value, the `szoq mask build` argv that made it or None for the built-in mask)."""
     scored = settings.VARIANTS.get(cell.method, ((), False))[1]  # a variant that reads the mask's fisher scores
-    method = "senszoq" if cell.method in settings.VARIANTS else cell.method  # a SensZOQ variant trains SensZOQ's mask
+    method = "senszoq" if cell.method in (*settings.VARIANTS, "defaults") else cell.method  # SensZOQ's mask, another step
     if method == "senszoq" and cell.density == DENSITY and cell.model == SMOLLM2 and not scored:
         return settings.MODEL, None
     calibration = ["--samples", "32", "--seq-len", "256"]
@@ -127,6 +127,14 @@ def finetune_argv(task: str, trained: list[str], lr: float, eps: float, steps: i
             "--no-dev-baseline", "--json"]  # the paper's protocol: the best of the evals every EVAL_EVERY steps, not the untouched model
 
 
+def defaults_argv(cell: Cell, trained: list[str]) -> list[str]:
+    """The floor check's `szoq finetune`: the model, its SensZOQ mask, the task and seed, a 500-row eval (as the zero-shot
+    cells) and frequent checkpoints; every training setting at the CLI's default (--steps only where the cell's differs)."""
+    steps = ["--steps", str(cell.steps)] if cell.steps != settings.STEPS else []
+    return ["finetune", "--model", model_ref(cell.model), *trained, *task_argv(cell.task), *steps, "--seed", str(cell.seed),
+            "--eval-samples", str(settings.EVAL), "--save-every", str(settings.SAVE_EVERY), "--json"]
+
+
 def run_finetune(argv: list[str], out: Path) -> tuple[list[dict], dict, bool]:
     """Run (or resume, or just read back) one fine-tuning run into `out`: (metrics rows, its config, resumed?)."""
     resume = ["--resume"] if (out / "finetune_config.json").is_file() else []
@@ -134,7 +142,7 @@ def run_finetune(argv: list[str], out: Path) -> tuple[list[dict], dict, bool]:
         json.loads(szoq_process.szoq([*argv, "--out", str(out), *resume]))
     cfg = json.loads((out / "finetune_config.json").read_text())
     for flag, name in (("--lr", "lr"), ("--eps", "eps"), ("--steps", "steps"), ("--seed", "seed")):  # never read back another run's results
-        if float(argv[argv.index(flag) + 1]) != float(cfg["settings"][name]):
+        if flag in argv and float(argv[argv.index(flag) + 1]) != float(cfg["settings"][name]):
             raise RuntimeError(f"{out} holds a run with {name} {cfg['settings'][name]}, not {argv[argv.index(flag) + 1]}: move it away")
     return metrics(out), cfg, bool(resume)
 
@@ -174,8 +182,11 @@ def run_cell(cell: Cell) -> dict:
         trained, extra["mask_argv"] = trained_args(cell)
         lr = cell.learning_rate
         eps = cell.eps or settings.EPS
-        argv = finetune_argv(cell.task, trained, lr, eps, cell.steps, cell.seed, settings.EVAL, cell.dtype, cell.model)
+        argv = (defaults_argv(cell, trained) if cell.method == "defaults" else
+                finetune_argv(cell.task, trained, lr, eps, cell.steps, cell.seed, settings.EVAL, cell.dtype, cell.model))
         rows, cfg, resumed = run_finetune(argv, settings.WORK / "runs" / cell.key)
+        if cell.method == "defaults":  # what the defaults resolved to (the cell's dtype stays "auto", the CLI's default)
+            lr, eps, extra["resolved_dtype"] = cfg["settings"]["lr"], cfg["settings"]["eps"], (cfg.get("runtime") or {}).get("dtype")
         extra["peak_rss_mb"] = PEAK_RSS_MB[-1] if PEAK_RSS_MB else None  # the fine-tuning child (None: the run had finished already)
         res = rows[-1]  # the run's "final" row
         metric = res["metric"]

@@ -125,6 +125,12 @@ VARIANT_SWEEP_LRS = {"senszoq-precond": (3e-4, 1e-3, 3e-3, 1e-2), "senszoq-adapt
                      "senszoq-cosine": (3e-4, 1e-3)}
 SWEEP_DTYPE.update({v: "bf16" for v in VARIANTS})
 
+# Issue 33's floor check: `szoq finetune` at its defaults (lr, eps, dtype, micro-batches, dev size, eval-every, the dev
+# baseline: nothing but the model, its SensZOQ mask, the task, the seed, a 500-row eval to match the zero-shot cells and
+# a checkpoint every SAVE_EVERY steps) must not end below the model's zero-shot (bf16, the CPU default) on either task.
+FLOOR_MODELS = (SMOLLM2, GEMMA, QWEN05)
+FLOOR_TASKS = ("sst2", "trec")
+
 # Issue 32's cells that are not in the plan yet, and why (quality.md lists them under the pending cells).
 NOT_PLANNED = {
     "qwen05 the best new method (SST-2 x3, TREC x1)": "waits for issue 33's variant sweeps and cells on SmolLM2 (VARIANTS): a variant "
