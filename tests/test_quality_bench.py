@@ -30,7 +30,7 @@ def test_plan_starts_with_the_informative_cells_and_has_unique_keys():
     assert max(keys.index(f"{t}-{m}-s0") for t in settings.PLAN_TASKS for m in ("magnitude", "task-fisher")) < first_extra
     # TREC runs from the shared files with a placeholder for the data folder: the recorded argv names no machine path
     trec = [c for c in plan.plan() if c.task == "trec"]
-    assert {c.method for c in trec} - {"zo-lora", *settings.VARIANTS} == {"zero-shot", "icl", "senszoq", "random", "dense"}
+    assert {c.method for c in trec} - {"zo-lora", "defaults", *settings.VARIANTS} == {"zero-shot", "icl", "senszoq", "random", "dense"}
     assert keys.index("trec-senszoq-bf16-s0") < keys.index("cb-icl-s0")
     argv = run.finetune_argv("trec", ["--mask", "m"], 3e-4, 1e-3, 300, 0, 500, "bf16")
     assert "{data}/trec/train.jsonl" in argv and "--task" not in argv and argv[argv.index("--dtype") + 1] == "bf16"
@@ -379,7 +379,7 @@ def test_lora_regime_sweep_picks_eps_alpha_lr_and_plans_its_cells_with_those_fla
         (settings.SWEEP / f"{r.key}.json").write_text(json.dumps({"method": "zo-lora", "lr": r.lr, "eps": r.eps or settings.EPS,
                                                                   "alpha": r.alpha, "key": r.key, "dev_final": dev}))
     assert plan.lora_regime() == (1e-2, 128.0, 1e-4)
-    cells = [c for c in plan.plan() if c.method == "zo-lora" and c.alpha == 128.0]
+    cells = [c for c in plan.plan() if c.method == "zo-lora" and c.alpha == 128.0 and c.model == settings.SMOLLM2]
     assert {c.key for c in cells} == {f"sst2-zo-lora-eps0.01-a128-lr0.0001-bf16-s{s}" for s in settings.SEEDS} | {"trec-zo-lora-eps0.01-a128-lr0.0001-bf16-s0"}
     monkeypatch.setattr(settings, "LR", {**settings.LR, "zo-lora": 1e-3})
     argv = run.finetune_argv("sst2", run.trained_args(cells[0])[0], cells[0].learning_rate, cells[0].eps, 300, 0, 500, "bf16")
