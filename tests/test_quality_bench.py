@@ -428,6 +428,13 @@ def test_senszoq_variants_train_senszoq_s_mask_then_plan_their_cells_best_first(
     cell = next(c for c in plan.plan() if c.method == "senszoq-precond")
     rec = {**dataclasses.asdict(cell), "eps": 1e-2, "lr": 3e-3, "density": settings.DENSITY}
     assert plan.cell_of(rec).key == cell.key and plan.on_pareto(rec) and not plan.on_pareto({**rec, "lr": 1e-3})
+    settings.CELLS.mkdir(parents=True, exist_ok=True)
+    for v, acc in (("senszoq-precond", 0.7), ("senszoq-cosine", 0.6)):  # once every variant has its seeds, their eval ranks them
+        for seed in settings.SEEDS:
+            key = plan.Cell("sst2", v, seed, dtype="bf16", eps=settings.VARIANT_EPS).key
+            records.write_json(settings.CELLS / f"{key}.json", {"accuracy": acc + seed / 100})
+            assert plan.swept_variants()[0] == ("senszoq-precond" if (v, seed) == ("senszoq-cosine", 2) else "senszoq-cosine")
+    assert "trec-senszoq-precond-eps0.01-bf16-s0" in {c.key for c in plan.plan()}
 
 
 def test_size_plot_needs_two_models_and_takes_each_model_s_bf16_row(tmp_path, monkeypatch):
