@@ -59,9 +59,9 @@ def report() -> None:
     pending += [r.key for r in sweep_plan() if not (settings.SWEEP / f"{r.key}.json").is_file()]
     choice = sweep_choice([r for r in sweep_rows if r.get("model", SMOLLM2) == SMOLLM2 and not is_regime(r)])
     model_choice = {m: sweep_choice([r for r in sweep_rows if r.get("model", SMOLLM2) == m]) for m in settings.MODEL_SWEEP_LRS}
-    verify_rows = read_all(settings.VERIFY)
+    verify_rows, mask_rows = read_all(settings.VERIFY), read_all(settings.MASKS)
     data = {"cells": cells, "summary": summary(cells), "transfer": transfer_rows, "sweep": sweep_rows, "sweep_choice": choice,
-            "model_sweep_choice": model_choice, "verify": verify_rows, "masks": read_all(settings.MASKS),
+            "model_sweep_choice": model_choice, "verify": verify_rows, "masks": mask_rows,
             "pending": pending, "not_planned": settings.NOT_PLANNED,
             "settings": {"model": settings.MODEL, "quant": "nf4", "steps": settings.STEPS, "batch": settings.BATCH, "lr": settings.LR,
                          "eps": settings.EPS, "train": settings.TRAIN, "dev": settings.DEV, "eval": settings.EVAL,
@@ -69,7 +69,7 @@ def report() -> None:
                          "micro_batch": settings.MICRO_BATCH}}
     write_json(settings.RESULTS / "quality.json", data)
     lines = _summary_table(data["summary"]) + _transfer_table(transfer_rows) + _sweep_table(sweep_rows, choice, model_choice)
-    lines += _verify_table(verify_rows) + _mask_table(read_all(settings.MASKS)) + _floor_table(cells)
+    lines += _verify_table(verify_rows) + _mask_table(mask_rows) + _floor_table(cells)
     lines += ["", f"Pending cells ({len(pending)}): " + (", ".join(pending) if pending else "none")]
     lines += ["", "Not planned yet:", "", *(f"- {what}: {why}" for what, why in settings.NOT_PLANNED.items())]
     write_text(settings.RESULTS / "quality.md", "\n".join(lines) + "\n")
