@@ -56,9 +56,10 @@ def test_run_writes_a_complete_linked_artifact(tiny_model_dir, tiny_mask, train_
     evals = encode(sparse.tokenizer, load_task(custom=config.custom_task(), sampling=config.sampling()).eval)
     preds = predict(sparse.model, evals, sparse.tokenizer.pad_token_id)
     assert len(evals) == 4 and result.eval_metric == sum(p == e.label for p, e in zip(preds, evals)) / 4
-    assert {e["kind"] for e in events} == {"start", "step", "eval", "final"}
+    assert {e["kind"] for e in events} == {"lr_scores", "start", "step", "eval", "final"}  # the tiny mask is a fisher build: it has scores
     cfg = json.loads((out / "finetune_config.json").read_text())
-    assert cfg["settings"]["seed"] == 0 and cfg["settings"]["lr"] == DEFAULT_LR and cfg["mask_sha256"] == delta.mask_sha256
+    assert cfg["settings"]["seed"] == 0 and cfg["settings"]["lr"] == "scores" and cfg["mask_sha256"] == delta.mask_sha256
+    assert result.lr == cfg["settings"]["lr_scores"]["lr"] != DEFAULT_LR
 
 
 def test_zo_fine_tuning_lowers_the_loss_on_a_learnable_task(tiny_model_dir, tiny_mask, tmp_path):
@@ -465,14 +466,14 @@ def test_without_lr_each_method_gets_its_own_sweeps_lr_and_help_says_which(monke
     from szoq_cli.options import options_of
     from szoq_hub import DEFAULT_LR, DENSE_LR, LORA_LR, ZOConfig
 
-    assert (FinetuneConfig().zo.lr, FinetuneConfig(method="dense").zo.lr, FinetuneConfig(method="lora", method_config={"lora": 8}).zo.lr) == (DEFAULT_LR, DENSE_LR, LORA_LR)
+    assert (FinetuneConfig().zo.lr, FinetuneConfig(method="dense").zo.lr, FinetuneConfig(method="lora", method_config={"lora": 8}).zo.lr) == ("scores", DENSE_LR, LORA_LR)
     assert FinetuneConfig(method="lora", method_config={"lora": 8}, zo=ZOConfig(lr=5e-3)).zo.lr == 5e-3
-    assert finetune_config(dict(lr=None)).zo.lr == DEFAULT_LR and finetune_config(dict(dense=True)).zo.lr == DENSE_LR
+    assert finetune_config(dict(lr=None)).zo.lr == "scores" and finetune_config(dict(dense=True)).zo.lr == DENSE_LR
     assert finetune_config(dict(lora=4, lr=None)).zo.lr == LORA_LR and finetune_config(dict(lora=4, lr=0.0)).zo.lr == 0.0
     lr = next(o for o in options_of(FinetuneConfig) if o.name == "lr")
     text = lr.help
     assert lr.default is None  # left out: the method's own
-    assert f"{DEFAULT_LR:g} with a mask" in text and f"{DENSE_LR:g} with --dense" in text and f"{LORA_LR:g} with --lora" in text
+    assert f"scores ({DEFAULT_LR:g} without scores) with a mask" in text and f"{DENSE_LR:g} with --dense" in text and f"{LORA_LR:g} with --lora" in text
     assert "--lr" in _help_flags(monkeypatch, capsys)
 
 

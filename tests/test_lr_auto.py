@@ -60,7 +60,7 @@ def test_probe_takes_k_negative_steps_and_picks_c_over_the_median():
 
 @pytest.mark.parametrize("bad", ["fast", "-1", "nan", "inf", -1.0, float("nan")])
 def test_bad_lr_values_are_refused(bad):
-    with pytest.raises(ConfigError, match="--lr must be a finite number >= 0 or auto") as info:
+    with pytest.raises(ConfigError, match="--lr must be a finite number >= 0, auto or scores") as info:
         FinetuneConfig(zo={"lr": bad})
     assert "--lr auto" in info.value.hint
     with pytest.raises(ConfigError):

@@ -504,9 +504,11 @@ def test_floor_cell_runs_szoq_finetune_at_its_defaults_and_the_report_sets_it_be
     assert settings.STEPS == FinetuneConfig().steps  # the grid's 300 steps are the CLI's default: the floor cells pass no --steps
     record = run.run_cell(plan.Cell("sst2", "defaults", 0, 1e-2, steps=2, dtype="auto"))
     assert record["argv"][record["argv"].index("--steps") + 1] == "2"
-    assert record["lr"] == 1e-4 and record["eps"] == 1e-3 and record["resolved_dtype"] in ("bf16", "fp32") and record["dtype"] == "auto"
+    chosen = json.loads((settings.WORK / "runs" / record["key"] / "finetune_config.json").read_text())["settings"]["lr_scores"]
+    assert record["lr_rule"] == "scores" and record["lr"] == chosen["lr"] and chosen["per_window"] > 0  # the fisher mask's scores set it
+    assert record["eps"] == 1e-3 and record["resolved_dtype"] in ("bf16", "fp32") and record["dtype"] == "auto"
     assert plan.cell_of(record).key == record["key"] == "sst2-defaults-d0.01-2steps-auto-s0"  # no move, no rerun
     zero = {**_cell("sst2", "zero-shot", 0, record["accuracy"] + 0.1, density=None, steps=0), "dtype": "bf16"}
     (row,) = report.floor_rows([record, zero])
     assert row["zero_shot"] == zero["accuracy"] and row["defaults"] == record["accuracy"] and row["best_step"] == record["best_step"]
-    assert "| YES |" in "\n".join(report._floor_table([record, zero]))
+    assert "| YES |" in "\n".join(report._floor_table([record, zero])) and "| scores |" in "\n".join(report._floor_table([record, zero]))

@@ -136,7 +136,8 @@ def floor_rows(cells: list[dict]) -> list[dict]:
     """Issue 33's floor check: each `defaults` cell beside its model's bf16 zero-shot on the same task (None until run)."""
     zero = {(c.get("model", SMOLLM2), c["task"]): c["accuracy"] for c in cells if c["method"] == "zero-shot" and c.get("dtype") == "bf16"}
     return [{"model": c.get("model", SMOLLM2), "task": c["task"], "zero_shot": zero.get((c.get("model", SMOLLM2), c["task"])),
-             "defaults": c["accuracy"], "best_step": c.get("best_step"), "lr": c.get("lr"), "dtype": c.get("resolved_dtype")}
+             "defaults": c["accuracy"], "best_step": c.get("best_step"), "lr": c.get("lr"), "lr_rule": c.get("lr_rule", "fixed"),
+             "dtype": c.get("resolved_dtype")}
             for c in cells if c["method"] == "defaults"]
 
 
@@ -145,13 +146,14 @@ def _floor_table(cells: list[dict]) -> list[str]:
     if not rows:
         return []
     lines = ["", "Floor check (issue 33): `szoq finetune` at its defaults (SensZOQ's mask, 300 steps, the dev baseline on) against the "
-             "model's zero-shot, eval n=500:", "", "| model | task | zero-shot % | defaults % | best step | lr | dtype | below zero-shot |",
-             "|---|---|---|---|---|---|---|---|"]
+             "model's zero-shot, eval n=500; lr from the mask's scores where it has them (`--lr scores`), else the fixed 1e-4:", "",
+             "| model | task | zero-shot % | defaults % | best step | lr | lr from | dtype | below zero-shot |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         zero = "-" if r["zero_shot"] is None else f"{100 * r['zero_shot']:.1f}"
         below = "-" if r["zero_shot"] is None else "YES" if r["defaults"] < r["zero_shot"] else "no"
         lines.append(f"| {settings.MODEL_NAMES[r['model']]} | {r['task']} | {zero} | {100 * r['defaults']:.1f} | {r['best_step']} | "
-                     f"{r['lr']:g} | {r['dtype']} | {below} |")
+                     f"{r['lr']:g} | {r['lr_rule']} | {r['dtype']} | {below} |")
     return lines
 
 

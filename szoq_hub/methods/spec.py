@@ -53,7 +53,9 @@ class MethodConfig:
 
     Class attributes (facts about the method, not options):
         final_file: The run folder's last file: the run is complete once it exists.
-        default_lr: The learning rate a run gets without `--lr`.
+        default_lr: The learning rate a run gets without `--lr`: a number, or "scores" (from the mask's
+            Σg², `training/lr_scores.py`; `fixed_lr` when the mask has none).
+        fixed_lr: The method's numeric default (what "scores" falls back to; hints suggest it).
         takes_mask: Whether the method trains over a sensitivity mask (`--mask`).
         quantized: Whether it runs on the quantized base (`--quant`, `--dtype`); False: the fp32
             model, unquantized.
@@ -63,7 +65,8 @@ class MethodConfig:
     """
 
     final_file: ClassVar[str] = ""
-    default_lr: ClassVar[float] = 1e-4
+    default_lr: ClassVar[float | str] = 1e-4
+    fixed_lr: ClassVar[float] = 1e-4
     takes_mask: ClassVar[bool] = False
     quantized: ClassVar[bool] = True
     data_parallel: ClassVar[bool] = True

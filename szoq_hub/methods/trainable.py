@@ -63,6 +63,9 @@ class Trainable(Protocol):
     def set_lr(self, lr: float) -> None:
         """The base lr of the schedule from now on (`--lr auto`: the probe's choice, or the one a resumed run recorded)."""
 
+    def lr_scores(self) -> tuple[torch.Tensor | None, int | None]:
+        """For `--lr scores`: the trained values' Σg² [n] and the calibration windows they sum over; (None, None) without."""
+
     def restore(self, run: RunFolder) -> tuple[int, int | None, float] | None:
         """Load the checkpoint (state, optimizer, best); returns (step, best step, best dev), None without one."""
 
@@ -123,6 +126,9 @@ class VectorTrainable:
 
     def set_lr(self, lr: float) -> None:
         self.opt.config = replace(self.opt.config, lr=lr)
+
+    def lr_scores(self) -> tuple[torch.Tensor | None, int | None]:
+        return None, None  # a method with scores (the sparse one) overrides this
 
     def restore(self, run: RunFolder) -> tuple[int, int | None, float] | None:
         ckpt = run.read_checkpoint()

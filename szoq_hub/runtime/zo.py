@@ -88,10 +88,10 @@ def lr_at(config: ZOConfig, step: int) -> float:
         The learning rate.
 
     Raises:
-        ConfigError: `lr` is still "auto" (a run chooses it with its probe before the first step).
+        ConfigError: `lr` is still "auto" or "scores" (a run chooses it before the first step).
     """
     if isinstance(config.lr, str):
-        raise ConfigError("--lr auto has no value before the run's probe chose it", hint="finetune() chooses it; elsewhere pass a number")
+        raise ConfigError(f"--lr {config.lr} has no value before the run chose it", hint="finetune() chooses it; elsewhere pass a number")
     if step < config.warmup:
         return config.lr * step / config.warmup
     if config.lr_schedule == "constant":

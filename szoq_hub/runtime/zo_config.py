@@ -16,14 +16,19 @@ CURVATURES = ("fisher", "hessian")
 AUTO_LR = "auto"
 AUTO_C = 1e-3  # its target lr x median |g| (the sweeps' best runs: ~1.5e-4..2e-3 across models)
 AUTO_PROBES = 8  # K: estimates in the probe
+# `--lr scores` (a sparse run's default): lr = SCORES_C / (the mask's Σg² / calibration windows) (training/lr_scores.py).
+SCORES_LR = "scores"
+SCORES_C = 2.3e-3  # the swept best lr x Σg²/window, the same across SmolLM2, Gemma-3 and Qwen2.5 0.5B (bench/results/lr_scores.md)
+LR_MODES = (AUTO_LR, SCORES_LR)
 
 
 @dataclass
 class ZOConfig:
     """Settings of a ZO optimizer (validated on creation)."""
 
-    lr: float | Literal["auto"] = field(default=1e-4, metadata={"help": "learning rate (peak, after warmup), or auto: chosen by the run's "
-                                                                      "probe (training/lr_probe.py)"})
+    lr: float | Literal["auto", "scores"] = field(default=1e-4, metadata={"help": "learning rate (peak, after warmup); auto: chosen by "
+                                                                                "the run's probe (training/lr_probe.py); scores: from the "
+                                                                                "mask's Σg² (training/lr_scores.py)"})
     eps: float = field(default=1e-3, metadata={"help": "perturbation scale"})
     optimizer: str = field(default="zo-sgd", metadata={"help": "zo-sgd, zo-momentum, zo-adam or zo-rmsprop (per-value step sizes)"})
     zo_samples: int = field(default=1, metadata={"help": "SPSA estimates averaged per step (q)"})
@@ -75,21 +80,21 @@ class ZOConfig:
             raise ConfigError(f"--curvature-beta must be in [0, 1), got {self.curvature_beta}", hint="e.g. --curvature-beta 1e-8")
 
 
-def _lr_of(given: object) -> float | Literal["auto"]:
-    """`--lr` as given (a number, or text as the command line gives it): a float >= 0, or "auto".
+def _lr_of(given: object) -> float | Literal["auto", "scores"]:
+    """`--lr` as given (a number, or text as the command line gives it): a float >= 0, "auto" or "scores".
 
     Raises:
         ConfigError: anything else (one line, with a hint).
     """
     value = given
     if isinstance(given, str):
-        if given.strip().lower() == AUTO_LR:
-            return AUTO_LR
+        if given.strip().lower() in LR_MODES:
+            return given.strip().lower()
         try:
             value = float(given)
         except ValueError:
             value = None
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value >= 0):
-        raise ConfigError(f"--lr must be a finite number >= 0 or auto, got {given!r}",
-                          hint="e.g. --lr 1e-4, or --lr auto (chosen from a short probe of the projected gradient |g|)")
+        raise ConfigError(f"--lr must be a finite number >= 0, auto or scores, got {given!r}",
+                          hint="e.g. --lr 1e-4, --lr scores (from the mask's Σg²) or --lr auto (a short probe of the projected gradient |g|)")
     return float(value)

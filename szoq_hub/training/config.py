@@ -23,7 +23,7 @@ from ..data.custom_tasks import CustomTask, custom_task_from
 from ..data.tasks import Sampling
 from ..methods import DEFAULT_METHOD, Method, get_method, methods
 from ..methods.spec import MethodConfig, field_default, field_flag, opt
-from ..runtime.zo_config import AUTO_C, AUTO_PROBES, ZOConfig
+from ..runtime.zo_config import AUTO_C, AUTO_PROBES, SCORES_C, ZOConfig
 
 # ZOConfig fields a run derives from its own settings (steps, seed): not options of their own.
 ZO_DERIVED = ("total_steps", "seed")
@@ -31,10 +31,17 @@ ZO_DERIVED = ("total_steps", "seed")
 
 def _lr_help() -> str:
     """`--lr`'s help: the default of each registered method."""
-    per = ", ".join(f"{m.config_cls.default_lr:g} with {m.flag if m.name != DEFAULT_METHOD else 'a mask'}" for m in methods())
-    return (f"Learning rate (peak, after warmup), or auto: {AUTO_C:g} / the median |g| of {AUTO_PROBES} two-point estimates taken before "
-            f"the first step (the best lr follows |g| across models; recorded, --resume keeps it). Default: {per} (each method's SST-2 "
-            "dev sweep, README Results).")
+    per = ", ".join(f"{_lr_text(m.config_cls)} with {m.flag if m.name != DEFAULT_METHOD else 'a mask'}" for m in methods())
+    return (f"Learning rate (peak, after warmup); scores: {SCORES_C:g} / (the mask's Σg² / calibration windows), the best lr of three "
+            f"models' sweeps (a mask without scores: the method's fixed default); auto: {AUTO_C:g} / the median |g| of {AUTO_PROBES} "
+            f"two-point estimates taken before the first step (recorded, --resume keeps it). Default: {per} (README Results).")
+
+
+def _lr_text(cls: type[MethodConfig]) -> str:
+    """A method's default lr as `--lr`'s help names it."""
+    if isinstance(cls.default_lr, str):
+        return f"{cls.default_lr} ({cls.fixed_lr:g} without scores)"
+    return f"{cls.default_lr:g}"
 
 
 def _method_help() -> str:
@@ -243,7 +250,7 @@ class FinetuneResult:
     dtype: str = "fp32"  # the compute dtype it ran in (resolved)
     micro_batch_size: int | None = None  # how a step's batch was split into forwards (see finetune.micro_batch_of)
     micro_batch_tokens: int | None = None
-    lr: float | None = None  # the base lr the run used (--lr auto: the probe's choice)
+    lr: float | None = None  # the base lr the run used (--lr auto: the probe's choice; --lr scores: the mask's)
 
     @property
     def kept_start(self) -> bool:

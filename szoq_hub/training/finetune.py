@@ -43,10 +43,11 @@ from ..core.defaults import __version__
 from ..data.scoring import encode, loss_sums, pad_id_of
 from ..data.tasks import describe_split, load_task
 from ..runtime.zo import StepRecord
-from ..runtime.zo_config import AUTO_LR
+from ..runtime.zo_config import AUTO_LR, SCORES_LR
 from .config import FinetuneConfig, FinetuneResult, settings_of
 from .evaluate import score
 from .lr_probe import LrProbe, probe_lr
+from .lr_scores import lr_from_scores
 from .run_folder import RunFolder
 from .tracking import check_report_to, open_tracker, scalars
 
@@ -127,7 +128,7 @@ def _checkpoint_rule(config: FinetuneConfig) -> str:
 
 def _diverged_hint(config: FinetuneConfig, lr: float, last_checkpoint: int | None) -> str:
     """A hint for a diverged run that works as written: --resume keeps --lr, so a lower --lr is a new run."""
-    usual = config.method_spec.config_cls.default_lr
+    usual = config.method_spec.config_cls.fixed_lr
     lower = usual if lr > usual else lr / 10
     kept = (f"the checkpoint at step {last_checkpoint} in {config.out} is intact, but --resume keeps --lr"
             if last_checkpoint else f"no checkpoint was written yet ({_checkpoint_rule(config)})")
@@ -157,7 +158,9 @@ def finetune(config: FinetuneConfig, *, resume: bool | None = None, progress: Pr
         progress: Called with dicts: {"kind": "start"|"step"|"eval"|"final", ...}; "start" carries
             "split" (a line on the data split), "start" (first step) and "resumed"; an "eval" at
             "step" 0 scores the untouched model (`config.dev_baseline`); "lr_auto" (`--lr auto`,
-            before "start") carries the chosen "lr", "median_grad", "probes", "c" and "resumed".
+            before "start") carries the chosen "lr", "median_grad", "probes", "c" and "resumed";
+            "lr_scores" (`--lr scores`, a sparse run's default) the chosen "lr", "c", "score_sum",
+            "windows" and "per_window" (None, None, None: the mask has no scores, "lr" is the fixed default).
         clock: Seconds of a monotonic clock, for checkpoints by time (tests pass their own).
 
     Returns:
@@ -220,6 +223,12 @@ def finetune(config: FinetuneConfig, *, resume: bool | None = None, progress: Pr
         return closure
 
     lr = config.zo.lr
+    if lr == SCORES_LR:  # deterministic given the mask (a resumed run's mask is checked by sha256): recomputed, never read back
+        chosen = lr_from_scores(*trainable.lr_scores(), fallback=config.method_spec.config_cls.fixed_lr)
+        lr = chosen.lr
+        trainable.set_lr(lr)
+        settings["lr_scores"] = chosen.record()  # the trainable's files record the same dict
+        emit({"kind": "lr_scores", "resumed": resume, **chosen.record()})
     if lr == AUTO_LR:  # a resumed run keeps the lr its probe chose; only a new run probes (lr_probe.py)
         auto = _recorded_probe(run) if resume else probe_lr(lambda at: trainable.estimate(closure_at(-at - 1), at))  # probe step -(k+1): step k's batch
         lr = auto.lr

@@ -259,7 +259,7 @@ class RunFolder:
 
         data = ModelCardData(library_name="szoq", base_model=card_base_model(result.get("base_model")), tags=tags)
         zo = config.zo
-        lr = f"{result.get('lr', zo.lr):g}" + (" (--lr auto)" if zo.lr == "auto" else "")
+        lr = f"{result.get('lr', zo.lr):g}" + (f" (--lr {zo.lr})" if isinstance(zo.lr, str) else "")
         facts = [("base model", f"`{result.get('base_model')}`"), *rows, ("task", card_task(config)),
                  ("optimizer", f"{zo.optimizer}, lr {lr}, eps {zo.eps:g}, batch {config.batch_size}, {config.steps} steps"),
                  ("best dev", f"{result.get('best_dev')} at step {result.get('best_step')}"

@@ -24,7 +24,8 @@ class DenseConfig(MethodConfig):
                              "weights) instead of a delta. Memory: the fp32 model + one weight.", selects=True)
 
     final_file: ClassVar[str] = DENSE_FILE
-    default_lr: ClassVar[float] = DENSE_LR
+    default_lr: ClassVar[float | str] = DENSE_LR
+    fixed_lr: ClassVar[float] = DENSE_LR
     quantized: ClassVar[bool] = False
     data_parallel: ClassVar[bool] = False
     summary: ClassVar[str] = "every decoder linear weight of the fp32 model (dense MeZO; writes dense.safetensors)"

@@ -57,7 +57,8 @@ class LoRAConfig(MethodConfig):
     lora_targets: str = opt("q_proj,v_proj", "ZO-LoRA: comma-separated names of the linears to adapt (with --lora; MeZO's q_proj,v_proj).")
 
     final_file: ClassVar[str] = LORA_FILE
-    default_lr: ClassVar[float] = LORA_LR
+    default_lr: ClassVar[float | str] = LORA_LR
+    fixed_lr: ClassVar[float] = LORA_LR
     title: ClassVar[str] = "LoRA"
     summary: ClassVar[str] = "LoRA adapters on the frozen quantized base (ZO-LoRA; --lora R; writes lora.safetensors)"
 

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, ClassVar
 
 from ...core.defaults import DEFAULT_LR
 from ...core.errors import MaskError
+from ...runtime.zo_config import SCORES_LR
 from ..spec import MethodConfig
 
 if TYPE_CHECKING:
@@ -26,7 +27,8 @@ class SparseConfig(MethodConfig):
     """SensZOQ's settings (the mask: `FinetuneConfig.mask`)."""
 
     final_file: ClassVar[str] = DELTA_FILE
-    default_lr: ClassVar[float] = DEFAULT_LR
+    default_lr: ClassVar[float | str] = SCORES_LR  # from the mask's Σg² (training/lr_scores.py); DEFAULT_LR without scores
+    fixed_lr: ClassVar[float] = DEFAULT_LR
     takes_mask: ClassVar[bool] = True
     summary: ClassVar[str] = "the fp32 values of a sensitivity mask's weights on the quantized base (SensZOQ; writes delta.safetensors)"
 

@@ -47,6 +47,11 @@ class SparseTrainable(VectorTrainable):
             return None
         return self.mask.flat_scores([name for name, _, _ in self.sparse.segments])  # [nnz] or None
 
+    def lr_scores(self) -> tuple[torch.Tensor | None, int | None]:
+        """The mask's Σg² [nnz] (in value order) and its calibration windows; (None, None) for a mask without scores."""
+        scores = self.mask.flat_scores([name for name, _, _ in self.sparse.segments])  # [nnz] or None
+        return (None, None) if scores is None else (scores, (self.mask.config.calibration or {}).get("samples"))
+
     @property
     def nnz(self) -> int:
         return self.mask.nnz
