@@ -188,7 +188,9 @@ def run_cell(cell: Cell) -> dict:
         if cell.method == "defaults":  # what the defaults resolved to (the cell's dtype stays "auto", the CLI's default)
             lr, eps, extra["resolved_dtype"] = cfg["settings"]["lr"], cfg["settings"]["eps"], (cfg.get("runtime") or {}).get("dtype")
             if isinstance(lr, str):  # --lr scores (a mask run's default) or auto: the value the run chose, and how
-                extra["lr_rule"], lr = lr, cfg["settings"][f"lr_{lr}"]["lr"]
+                chosen = cfg["settings"][f"lr_{lr}"]
+                extra["lr_rule"] = "fixed" if lr == "scores" and chosen.get("per_window") is None else lr  # a mask without scores: 1e-4
+                lr = chosen["lr"]
         extra["peak_rss_mb"] = PEAK_RSS_MB[-1] if PEAK_RSS_MB else None  # the fine-tuning child (None: the run had finished already)
         res = rows[-1]  # the run's "final" row
         metric = res["metric"]
