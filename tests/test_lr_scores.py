@@ -136,3 +136,14 @@ def test_a_resumed_run_recomputes_the_same_lr_and_steps(tiny_model_dir, tiny_mas
     assert result.resumed_from == 2 and len(chosen) == 1 and chosen[0]["resumed"] and chosen[0]["lr"] == _expected_lr(tiny_mask)
     assert _settings(tmp_path / "resumed")["lr_scores"] == _settings(tmp_path / "straight")["lr_scores"]
     assert _steps(tmp_path / "resumed") == _steps(tmp_path / "straight")
+
+
+def test_a_method_without_scores_given_lr_scores_takes_its_own_fixed_default(tiny_model_dir, train_file, tmp_path):
+    from szoq_cli.finetune import finetune_config
+    from szoq_hub import DENSE_LR
+
+    config = finetune_config(dict(model=str(tiny_model_dir), dense=True, task=None, train_file=str(train_file), template="{text} It was",
+                                  labels="0=bad,1=good", steps=1, batch_size=4, eval_every=1, save_every=1, train_samples=12, dev_samples=4,
+                                  eval_samples=4, out=str(tmp_path / "dense"), dev_baseline=False, lr="scores"))
+    result = finetune(config)
+    assert result.lr == DENSE_LR and _settings(tmp_path / "dense")["lr_scores"] == lr_from_scores(None, None, DENSE_LR).record()

@@ -224,7 +224,8 @@ def finetune(config: FinetuneConfig, *, resume: bool | None = None, progress: Pr
 
     lr = config.zo.lr
     if lr == SCORES_LR:  # deterministic given the mask (a resumed run's mask is checked by sha256): recomputed, never read back
-        chosen = lr_from_scores(*trainable.lr_scores(), fallback=config.method_spec.config_cls.fixed_lr)
+        scores_of = getattr(trainable, "lr_scores", lambda: (None, None))  # a method without scores (dense, a plugin's) may not define it
+        chosen = lr_from_scores(*scores_of(), fallback=config.method_spec.config_cls.fixed_lr)
         lr = chosen.lr
         trainable.set_lr(lr)
         settings["lr_scores"] = chosen.record()  # the trainable's files record the same dict
