@@ -52,7 +52,7 @@ def finetune_cmd(*, resume: bool = False, as_json: bool = False, **options) -> N
                 bar.update(bar_task, description=f"{e['task']} ZO", completed=e["start"], first=e["start"], begun=bar.tasks[bar_task].elapsed or 0.0)
             elif e["kind"] == "lr_scores":
                 note(f"lr scores: Σg² {e['per_window']:.3g} per calibration window -> lr {e['lr']:g}" if e["per_window"] is not None
-                     else f"lr {e['lr']:g}: the mask stores no scores, so the method's fixed default (--lr scores needs a fisher mask)")
+                     else f"lr {e['lr']:g}: the method's default (the mask stores no Σg² scores to set it from)")
             elif e["kind"] == "lr_auto":
                 kept = " (kept from the run's probe)" if e["resumed"] else ""
                 note(f"lr auto: median |g| {e['median_grad']:.3g} over {e['probes']} probes -> lr {e['lr']:g}{kept}")

@@ -103,7 +103,7 @@ def test_a_mask_without_scores_falls_back_to_the_fixed_default_and_says_so(tiny_
     code, _, err = cli_in_process(["finetune", *args, "--out", tmp_path / "run"], monkeypatch, capsys)
     assert code == 0, err
     assert _settings(tmp_path / "run")["lr_scores"]["lr"] == DEFAULT_LR
-    assert f"lr {DEFAULT_LR:g}: the mask stores no scores" in err
+    assert f"lr {DEFAULT_LR:g}: the method's default (the mask stores no Σg² scores to set it from)" in err
     assert [r["lr"] for r in _steps(tmp_path / "run")] == [DEFAULT_LR] * 2
 
 

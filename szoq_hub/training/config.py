@@ -32,8 +32,8 @@ ZO_DERIVED = ("total_steps", "seed")
 def _lr_help() -> str:
     """`--lr`'s help: the default of each registered method."""
     per = ", ".join(f"{_lr_text(m.config_cls)} with {m.flag if m.name != DEFAULT_METHOD else 'a mask'}" for m in methods())
-    return (f"Learning rate (peak, after warmup); scores: {SCORES_C:g} / (the mask's Σg² / calibration windows), the best lr of three "
-            f"models' sweeps (a mask without scores: the method's fixed default); auto: {AUTO_C:g} / the median |g| of {AUTO_PROBES} "
+    return (f"Learning rate (peak, after warmup); scores: {SCORES_C:g} / (the mask's Σg² / calibration windows), SmolLM2's and Qwen2.5-0.5B's "
+            f"swept best from one constant, not Gemma-3's (a mask without scores: the method's fixed default); auto: {AUTO_C:g} / the median |g| of {AUTO_PROBES} "
             f"two-point estimates taken before the first step (recorded, --resume keeps it). Default: {per} (README Results).")
 
 
