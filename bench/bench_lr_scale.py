@@ -11,6 +11,7 @@ and sets each against the model's best lr of its SST-2 100-step dev sweep (bench
 that carries across models keeps lr x statistic the same.
 
     OMP_NUM_THREADS=1 SZOQ_DATA_DIR=../shared/data python bench/bench_lr_scale.py   # -> bench/results/lr_scale.{json,md}
+    ... python bench/bench_lr_scale.py --check gemma-3-270m:1e-5   # also: an lr the sweep did not try, in its protocol
 
 Needs the study's masks and models under $SZOQ_QUALITY_WORK (built by `python bench/quality.py`).
 """
@@ -101,24 +102,46 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def check_table(checks: list[dict]) -> str:
+    """The extra lrs' 100-step SST-2 dev curves beside the sweep's (same protocol: `quality_study.run.run_sweep`)."""
+    if not checks:
+        return ""
+    lines = ["", "Extra lrs in the sweep's protocol (SensZOQ, SST-2, 100 steps, seed 0, dev n=200), outside the study's plan:", "",
+             "| model | lr | dev at 50 | dev at 100 |", "|---|---|---|---|"]
+    for c in sorted(checks, key=lambda c: (c["model"], c["lr"])):
+        curve = dict(c["dev_curve"])
+        lines.append(f"| {c['model']} | {c['lr']:g} | {100 * curve.get(50, float('nan')):.1f} | {100 * curve.get(100, float('nan')):.1f} |")
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default=",".join((plan.SMOLLM2, plan.GEMMA, plan.QWEN05)))
+    ap.add_argument("--check", default="", help="MODEL:LR,... extra SensZOQ lrs to run in the sweep's protocol (e.g. gemma-3-270m:1e-5)")
     args = ap.parse_args()
     out = RESULTS / "lr_scale.json"
-    done = {r["model"]: r for r in json.loads(out.read_text())["rows"]} if out.is_file() else {}
+    saved = json.loads(out.read_text()) if out.is_file() else {}
+    done = {r["model"]: r for r in saved.get("rows", [])}
+    checks = {(c["model"], c["lr"]): c for c in saved.get("checks", [])}
+    for item in filter(None, args.check.split(",")):
+        model, lr = item.rsplit(":", 1)
+        if (model, float(lr)) not in checks:
+            rec = run.run_sweep(plan.SweepRun("senszoq", float(lr), model=model))
+            checks[(model, float(lr))] = {k: rec[k] for k in ("model", "lr", "dev_curve", "dev_n", "steps", "dtype", "argv", "git_sha")}
+            saved["checks"] = list(checks.values())
+            out.write_text(json.dumps(saved, indent=1) + "\n")
     for model in args.models.split(","):
         if model not in done:
             done[model] = measure(model)
             out.write_text(json.dumps({"threads": int(os.environ.get("OMP_NUM_THREADS", "0") or 0), "probes": PROBES, "ladder": LADDER,
-                                       "floor": FLOOR, "rows": list(done.values())}, indent=1) + "\n")
+                                       "floor": FLOOR, "rows": list(done.values()), "checks": list(checks.values())}, indent=1) + "\n")
             print(json.dumps(done[model]), flush=True)
     rows = [done[m] for m in (plan.SMOLLM2, plan.GEMMA, plan.QWEN05) if m in done]
     intro = ("Each model's best lr from its SST-2 SensZOQ 100-step dev sweep (3x grid), against three statistics measured at the "
              f"starting values: the C4 fisher mask's Σg² per calibration window (32 x 256), the median abs(g) at eps 1e-3 and the SST-2 "
              f"loss's curvature zᵀHz along the run's own directions (second difference at r from {LADDER}), {PROBES} probes each, batch 16, "
              "bf16, nf4. `--lr scores` (the sparse default) is SCORES_C / the Σg² column, SCORES_C = 2.3e-3.\n\n")
-    (RESULTS / "lr_scale.md").write_text("# What sets the best lr across models\n\n" + intro + table(rows))
+    (RESULTS / "lr_scale.md").write_text("# What sets the best lr across models\n\n" + intro + table(rows) + check_table(list(checks.values())))
     print(table(rows))
 
 
