@@ -37,7 +37,7 @@ from szoq_hub.data.tasks import load_task  # noqa: E402
 from szoq_hub.training.finetune import batch_indices, micro_batch_of, settings_of  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
-SWEPT = {plan.SMOLLM2: 3e-4, plan.GEMMA: 3e-5, plan.QWEN05: 1e-5}  # the SST-2 SensZOQ sweeps' best (quality.md)
+SWEPT = {plan.SMOLLM2: 3e-4, plan.GEMMA: 1e-5, plan.QWEN05: 1e-5}  # the SST-2 SensZOQ sweeps' best (quality.md; Gemma's extended)
 LADDER = (1e-2, 3e-2, 1e-1, 3e-1)  # r of the second difference
 FLOOR = 2e-2  # a second difference below this (nats) is not trusted over bf16 rounding
 PROBES = 4
@@ -136,7 +136,7 @@ def main() -> None:
             out.write_text(json.dumps({"threads": int(os.environ.get("OMP_NUM_THREADS", "0") or 0), "probes": PROBES, "ladder": LADDER,
                                        "floor": FLOOR, "rows": list(done.values()), "checks": list(checks.values())}, indent=1) + "\n")
             print(json.dumps(done[model]), flush=True)
-    rows = [done[m] for m in (plan.SMOLLM2, plan.GEMMA, plan.QWEN05) if m in done]
+    rows = [{**done[m], "swept_lr": SWEPT[m]} for m in (plan.SMOLLM2, plan.GEMMA, plan.QWEN05) if m in done]  # the sweeps' best as of now
     intro = ("Each model's best lr from its SST-2 SensZOQ 100-step dev sweep (3x grid), against three statistics measured at the "
              f"starting values: the C4 fisher mask's Σg² per calibration window (32 x 256), the median abs(g) at eps 1e-3 and the SST-2 "
              f"loss's curvature zᵀHz along the run's own directions (second difference at r from {LADDER}), {PROBES} probes each, batch 16, "

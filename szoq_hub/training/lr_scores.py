@@ -17,11 +17,10 @@ Measured (`bench/bench_lr_scale.py`, `bench/results/lr_scale.md`; the SST-2 Sens
 a 3x grid; C4 fisher masks of 32 x 256 windows): SmolLM2-135M best 3e-4 at Σ/windows 7.75, Qwen2.5-Coder-0.5B
 best 1e-5 at 226: lr x Σ/windows is 2.3e-3 for both, where the best lr itself differs 30x. SCORES_C = 2.3e-3.
 It does not carry to Gemma-3-270M: its C4 Σ/windows is 15,159 (2,000x SmolLM2's, while its SST-2 loss's own
-curvature along the run's directions is 130x), so the rule picks 1.5e-7 where the sweep picked 3e-5 (whose
-300-step runs peak on dev by step 50-150 and fall: a smaller lr is right there, 200x smaller is not). There the
-run barely moves, and the dev baseline (on by default) keeps the start if no step beats it; a fixed 1e-4
-diverges on Gemma. The other statistics measured spread less on Gemma but more elsewhere: lr x median |g|
-spreads 7x across the three models, lr x the SST-2 loss's curvature 13x (2.5x between SmolLM2 and Qwen).
+curvature along the run's directions is 130x), so the rule picks 1.5e-7 where Gemma's sweep picked 1e-5, 67x
+under. There the run barely moves, and the dev baseline (on by default) keeps the start if no step beats it; a
+fixed 1e-4 diverges on Gemma. Across all three, lr x the SST-2 loss's curvature spreads 4.3x (2.5x between
+SmolLM2 and Qwen), lr x median |g| 16x, lr x Σ/windows 67x (1.0x between SmolLM2 and Qwen).
 
 A mask without scores (the built-in SmolLM2 mask, magnitude and random masks, masks written before
 szoq stored scores) gives no estimate: the run takes the method's fixed default (`DEFAULT_LR`, 1e-4,
