@@ -228,13 +228,13 @@ def finetune(config: FinetuneConfig, *, resume: bool | None = None, progress: Pr
         chosen = lr_from_scores(*scores_of(), fallback=config.method_spec.config_cls.fixed_lr)
         lr = chosen.lr
         trainable.set_lr(lr)
-        settings["lr_scores"] = chosen.record()  # the trainable's files record the same dict
+        settings["lr_scores"] = chosen.record()  # finetune_config.json records how; the result files, the lr itself
         emit({"kind": "lr_scores", "resumed": resume, **chosen.record()})
     if lr == AUTO_LR:  # a resumed run keeps the lr its probe chose; only a new run probes (lr_probe.py)
         auto = _recorded_probe(run) if resume else probe_lr(lambda at: trainable.estimate(closure_at(-at - 1), at))  # probe step -(k+1): step k's batch
         lr = auto.lr
         trainable.set_lr(lr)
-        settings["lr_auto"] = auto.record()  # the trainable's files record the same dict
+        settings["lr_auto"] = auto.record()  # finetune_config.json records how; the result files, the lr itself
         emit({"kind": "lr_auto", "resumed": resume, **auto.record()})
     if rank == 0 and not resume:
         run.write_config({"settings": settings, "task": {"name": task.name, "metric": task.metric, **task.info}, "base_model": trainable.source.base_model,
