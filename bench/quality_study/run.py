@@ -62,7 +62,7 @@ def model_ref(model: str) -> str:
 
 def mask_for(cell: Cell) -> tuple[str, list[str] | None]:
     """(--mask value, the `szoq mask build` argv that made it or None for the built-in mask)."""
-    scored = settings.VARIANTS.get(cell.method, ((), False))[1]  # a variant that reads the mask's fisher scores
+    scored = settings.VARIANTS.get(cell.method, settings.NO_VARIANT).scored  # a variant that reads the mask's fisher scores
     method = "senszoq" if cell.method in (*settings.VARIANTS, "defaults") else cell.method  # SensZOQ's mask, another step
     if method == "senszoq" and cell.density == DENSITY and cell.model == SMOLLM2 and not scored:
         return settings.MODEL, None
@@ -107,7 +107,7 @@ def trained_args(cell: Cell) -> tuple[list[str], list[str] | None]:
         alpha = [] if cell.alpha in (None, settings.LORA_ALPHA) else ["--lora-alpha", f"{cell.alpha:g}"]
         return ["--lora", str(settings.LORA_RANK), *alpha], None
     mask, mask_argv = mask_for(cell)
-    return ["--mask", mask, *settings.VARIANTS.get(cell.method, ((), False))[0]], mask_argv
+    return ["--mask", mask, *settings.VARIANTS.get(cell.method, settings.NO_VARIANT).options], mask_argv
 
 
 def task_argv(task: str) -> list[str]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import NamedTuple
 
 ROOT = Path(__file__).resolve().parents[2]  # the repository
 RESULTS = ROOT / "bench" / "results"
@@ -116,10 +117,18 @@ LORA_ALPHA = 16.0  # the CLI's default (--lora-alpha)
 # 1.0, 106,019 of 106,020 indices shared, the one near-tie of docs/mask-artifact.md), the others the built-in. `--curvature-source
 # online` is not a variant: a per-value estimate from SPSA is noise at nnz ~ 1e5, so its default EMA rate (1e-8) moves the
 # mean-1 diagonal by about beta sqrt(T) nnz ~ 2% over 300 steps (runtime/zo_curvature.py): it would repeat senszoq-precond.
-VARIANTS: dict[str, tuple[tuple[str, ...], bool]] = {  # name: (its `szoq finetune` options, whether it reads the mask's scores)
-    "senszoq-precond": (("--method", "senszoq-curvature"), True),  # D from the scores, alpha 1, lambda 0.1, zo-sgd
-    "senszoq-adaptive": (("--method", "senszoq-curvature", "--curvature-adaptive"), True),  # the same D, zo-rmsprop per value
-    "senszoq-cosine": (("--lr-schedule", "cosine"), False),  # plain SensZOQ, lr decayed to 0 over the run (its dev peaks early)
+class Variant(NamedTuple):
+    """A SensZOQ variant of the study: its `szoq finetune` options, and whether it reads the mask's scores."""
+
+    options: tuple[str, ...]
+    scored: bool
+
+
+NO_VARIANT = Variant((), False)  # SensZOQ itself (and every other method)
+VARIANTS: dict[str, Variant] = {
+    "senszoq-precond": Variant(("--method", "senszoq-curvature"), True),  # D from the scores, alpha 1, lambda 0.1, zo-sgd
+    "senszoq-adaptive": Variant(("--method", "senszoq-curvature", "--curvature-adaptive"), True),  # the same D, zo-rmsprop per value
+    "senszoq-cosine": Variant(("--lr-schedule", "cosine"), False),  # plain SensZOQ, lr decayed to 0 over the run (its dev peaks early)
 }
 VARIANT_EPS = 1e-2
 # Ranges best at their upper edge were extended upward: senszoq-precond's (3e-4, 1e-3, 3e-3: 61.0, 63.5, 69.5%) by 1e-2,
