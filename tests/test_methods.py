@@ -191,6 +191,19 @@ def test_registering_twice_or_over_a_builtin_is_refused(toy_method):
         unregister_method("sparse")
 
 
+def test_a_plugin_falls_back_to_its_own_lr_and_a_rule_default_needs_a_fixed_lr():
+    """`--lr scores` without scores falls back to the method's own numeric lr (the toy's 1e-3, not the base 1e-4);
+    a method whose default is the rule must say what it falls back to."""
+    assert NormConfig.numeric_lr() == 1e-3 and get_method("sparse").config_cls.numeric_lr() == 1e-4
+
+    @dataclass
+    class RuleConfig(NormConfig):
+        default_lr: ClassVar[float | str] = "scores"
+
+    with pytest.raises(ConfigError, match="needs a numeric fixed_lr"):
+        register_method(name="toy-rule", config_cls=RuleConfig, trainable_cls=NormTrainable, result_cls=NormResult)
+
+
 def test_a_0_1_0_run_config_names_its_method_by_its_options():
     assert method_of_settings({"dense": True, "lora": 0}).name == "dense"
     assert method_of_settings({"dense": False, "lora": 8}).name == "lora"

@@ -86,11 +86,15 @@ def register_method(*, name: str, config_cls: type[MethodConfig], trainable_cls:
         The registered `Method`.
 
     Raises:
-        ConfigError: the name is taken by another method, or a settings field clashes with
-            another method's (every method's fields are options of one command).
+        ConfigError: the name is taken by another method, a settings field clashes with
+            another method's (every method's fields are options of one command), or a rule
+            `default_lr` ("scores") comes without the numeric `fixed_lr` it falls back to.
     """
     if not issubclass(config_cls, MethodConfig):
         raise ConfigError(f"method {name!r}: config_cls must subclass MethodConfig", hint="see szoq_hub/methods/spec.py")
+    if isinstance(config_cls.default_lr, str) and not isinstance(config_cls.fixed_lr, (int, float)):
+        raise ConfigError(f"method {name!r}: default_lr {config_cls.default_lr!r} needs a numeric fixed_lr to fall back to",
+                          hint="set fixed_lr, e.g. fixed_lr: ClassVar[float] = 1e-4")
     old = _METHODS.get(name)
     if old is not None and old.config_cls is not config_cls:
         raise ConfigError(f"a method named {name!r} is registered already", hint="choose another name")

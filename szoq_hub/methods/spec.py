@@ -55,7 +55,8 @@ class MethodConfig:
         final_file: The run folder's last file: the run is complete once it exists.
         default_lr: The learning rate a run gets without `--lr`: a number, or "scores" (from the mask's
             Σg², `training/lr_scores.py`; `fixed_lr` when the mask has none).
-        fixed_lr: The method's numeric default (what "scores" falls back to; hints suggest it).
+        fixed_lr: The numeric lr "scores" falls back to; only a method whose `default_lr` is "scores"
+            sets it (`numeric_lr()` reads the right one).
         takes_mask: Whether the method trains over a sensitivity mask (`--mask`).
         quantized: Whether it runs on the quantized base (`--quant`, `--dtype`); False: the fp32
             model, unquantized.
@@ -66,12 +67,17 @@ class MethodConfig:
 
     final_file: ClassVar[str] = ""
     default_lr: ClassVar[float | str] = 1e-4
-    fixed_lr: ClassVar[float] = 1e-4
+    fixed_lr: ClassVar[float | None] = None
     takes_mask: ClassVar[bool] = False
     quantized: ClassVar[bool] = True
     data_parallel: ClassVar[bool] = True
     summary: ClassVar[str] = ""
     title: ClassVar[str] = ""  # how messages name a run of it ("a LoRA run"); default: its registered name
+
+    @classmethod
+    def numeric_lr(cls) -> float:
+        """The method's numeric default lr: `default_lr`, or `fixed_lr` where `default_lr` is a rule ("scores")."""
+        return cls.fixed_lr if isinstance(cls.default_lr, str) else cls.default_lr
 
     def check_run(self, run: FinetuneConfig) -> None:
         """Check the run's settings for this method (`FinetuneConfig` calls it once the method is chosen).

@@ -18,7 +18,7 @@ AUTO_C = 1e-3  # its target lr x median |g| (the sweeps' best runs: ~1.5e-4..2e-
 AUTO_PROBES = 8  # K: estimates in the probe
 # `--lr scores` (a sparse run's default): lr = SCORES_C / (the mask's Σg² / calibration windows) (training/lr_scores.py).
 SCORES_LR = "scores"
-SCORES_C = 2.3e-3  # the swept best lr x Σg²/window, the same across SmolLM2, Gemma-3 and Qwen2.5 0.5B (bench/results/lr_scores.md)
+SCORES_C = 2.3e-3  # the swept best lr x Σg²/window, the same for SmolLM2 and Qwen2.5 0.5B, not Gemma-3 (bench/results/lr_scale.md)
 LR_MODES = (AUTO_LR, SCORES_LR)
 
 

@@ -40,7 +40,7 @@ def _lr_help() -> str:
 def _lr_text(cls: type[MethodConfig]) -> str:
     """A method's default lr as `--lr`'s help names it."""
     if isinstance(cls.default_lr, str):
-        return f"{cls.default_lr} ({cls.fixed_lr:g} without scores)"
+        return f"{cls.default_lr} ({cls.numeric_lr():g} without scores)"
     return f"{cls.default_lr:g}"
 
 

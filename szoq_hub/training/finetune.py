@@ -128,7 +128,7 @@ def _checkpoint_rule(config: FinetuneConfig) -> str:
 
 def _diverged_hint(config: FinetuneConfig, lr: float, last_checkpoint: int | None) -> str:
     """A hint for a diverged run that works as written: --resume keeps --lr, so a lower --lr is a new run."""
-    usual = config.method_spec.config_cls.fixed_lr
+    usual = config.method_spec.config_cls.numeric_lr()
     lower = usual if lr > usual else lr / 10
     kept = (f"the checkpoint at step {last_checkpoint} in {config.out} is intact, but --resume keeps --lr"
             if last_checkpoint else f"no checkpoint was written yet ({_checkpoint_rule(config)})")
@@ -225,7 +225,7 @@ def finetune(config: FinetuneConfig, *, resume: bool | None = None, progress: Pr
     lr = config.zo.lr
     if lr == SCORES_LR:  # deterministic given the mask (a resumed run's mask is checked by sha256): recomputed, never read back
         scores_of = getattr(trainable, "lr_scores", lambda: (None, None))  # a method without scores (dense, a plugin's) may not define it
-        chosen = lr_from_scores(*scores_of(), fallback=config.method_spec.config_cls.fixed_lr)
+        chosen = lr_from_scores(*scores_of(), fallback=config.method_spec.config_cls.numeric_lr())
         lr = chosen.lr
         trainable.set_lr(lr)
         settings["lr_scores"] = chosen.record()  # finetune_config.json records how; the result files, the lr itself

@@ -64,7 +64,6 @@ class CurvatureConfig(MethodConfig):
 
     final_file: ClassVar[str] = DELTA_FILE
     default_lr: ClassVar[float | str] = CURVATURE_LR
-    fixed_lr: ClassVar[float] = CURVATURE_LR
     takes_mask: ClassVar[bool] = True
     summary: ClassVar[str] = ("SensZOQ's masked values with a curvature-preconditioned ZO step, D from the mask's fisher scores "
                               "(--curvature-source, --curvature-alpha, --curvature-lambda, --curvature-adaptive; writes delta.safetensors)")

@@ -25,7 +25,6 @@ class DenseConfig(MethodConfig):
 
     final_file: ClassVar[str] = DENSE_FILE
     default_lr: ClassVar[float | str] = DENSE_LR
-    fixed_lr: ClassVar[float] = DENSE_LR
     quantized: ClassVar[bool] = False
     data_parallel: ClassVar[bool] = False
     summary: ClassVar[str] = "every decoder linear weight of the fp32 model (dense MeZO; writes dense.safetensors)"

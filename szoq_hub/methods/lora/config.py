@@ -58,7 +58,6 @@ class LoRAConfig(MethodConfig):
 
     final_file: ClassVar[str] = LORA_FILE
     default_lr: ClassVar[float | str] = LORA_LR
-    fixed_lr: ClassVar[float] = LORA_LR
     title: ClassVar[str] = "LoRA"
     summary: ClassVar[str] = "LoRA adapters on the frozen quantized base (ZO-LoRA; --lora R; writes lora.safetensors)"
 

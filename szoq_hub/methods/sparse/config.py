@@ -28,7 +28,7 @@ class SparseConfig(MethodConfig):
 
     final_file: ClassVar[str] = DELTA_FILE
     default_lr: ClassVar[float | str] = SCORES_LR  # from the mask's Σg² (training/lr_scores.py); DEFAULT_LR without scores
-    fixed_lr: ClassVar[float] = DEFAULT_LR
+    fixed_lr: ClassVar[float | None] = DEFAULT_LR
     takes_mask: ClassVar[bool] = True
     summary: ClassVar[str] = "the fp32 values of a sensitivity mask's weights on the quantized base (SensZOQ; writes delta.safetensors)"
 

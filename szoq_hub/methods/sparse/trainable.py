@@ -45,11 +45,15 @@ class SparseTrainable(VectorTrainable):
         """The mask's scores [nnz] in value order when the preconditioner reads them (else None)."""
         if config.zo.precondition == "none":
             return None
-        return self.mask.flat_scores([name for name, _, _ in self.sparse.segments])  # [nnz] or None
+        return self._value_scores()
+
+    def _value_scores(self) -> torch.Tensor | None:
+        """The mask's scores [nnz] in the order of the values, or None when it stores none."""
+        return self.mask.flat_scores([name for name, _, _ in self.sparse.segments])
 
     def lr_scores(self) -> tuple[torch.Tensor | None, int | None]:
         """The mask's Σg² [nnz] (in value order) and its calibration windows; (None, None) for a mask without scores."""
-        scores = self.mask.flat_scores([name for name, _, _ in self.sparse.segments])  # [nnz] or None
+        scores = self._value_scores()  # [nnz] or None
         return (None, None) if scores is None else (scores, (self.mask.config.calibration or {}).get("samples"))
 
     @property
