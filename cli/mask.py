@@ -109,7 +109,8 @@ def show(ref: str = typer.Argument(..., help="NAME[@VERSION], a folder, or ORG/N
         return
     summary = mask.score_summary()
     scores = ("none (not stored: a magnitude/random mask, or one built before szoq kept scores)" if summary is None
-              else f"Σg² per kept weight: min {summary['min']:.3g}, median {summary['median']:.3g}, max {summary['max']:.3g}")
+              else f"Σg² per kept weight: min {summary['min']:.3g}, median {summary['median']:.3g}, max {summary['max']:.3g}"
+              + ("" if summary["lr"] is None else f"; Σ {summary['per_window']:.3g} per calibration window -> --lr scores takes {summary['lr']:g}"))
     facts = [["base model", cfg.base_model], ["fingerprint", cfg.fingerprint[:16]], ["scorer", cfg.scorer],
              ["density", f"{cfg.density:g} ({cfg.scope})"], ["nnz", f"{mask.nnz:,}"],
              ["captured share", cfg.stats.get("captured_share", "n/a")], ["calibration", cfg.calibration],

@@ -10,6 +10,7 @@ import torch
 
 from szoq_hub.core import schema
 from szoq_hub.core.errors import MaskError
+from szoq_hub.runtime.zo_config import SCORES_C
 from szoq_hub.masks.artifact import MaskConfig, load_mask, read_header, save_mask, write_safetensors
 from szoq_hub import SensitivityMask
 from szoq_hub.masks.selection import StreamingSelector
@@ -41,7 +42,14 @@ def test_scores_round_trip_in_the_order_of_the_indices(tmp_path):
         assert torch.equal(loaded.indices[n], mask.indices[n])
         assert loaded.scores[n].dtype == torch.float32 and torch.equal(loaded.scores[n], mask.scores[n])
     assert torch.equal(loaded.flat_scores(["b.weight", "a.weight"]), torch.tensor([3.25, 0.5, 2.0, 1e-7]))
-    assert loaded.score_summary() == {"count": 4, "min": pytest.approx(1e-7), "median": 0.5, "max": 3.25}
+    summary = loaded.score_summary()
+    assert {k: summary[k] for k in ("count", "min", "median", "max")} == {"count": 4, "min": pytest.approx(1e-7), "median": 0.5, "max": 3.25}
+    assert summary["sum"] == pytest.approx(5.75) and summary["lr"] is None  # no calibration record: no window count, no lr
+    # with the window count a build records: the sum per window and the lr `--lr scores` takes, by hand (2.3e-3 / (5.75 / 8))
+    calibrated = SensitivityMask(mask.indices, make_config(calibration={"samples": 8, "seq_len": 16}), scores=mask.scores)
+    summary = calibrated.score_summary()
+    assert summary["windows"] == 8 and summary["per_window"] == pytest.approx(5.75 / 8)
+    assert summary["lr"] == float(f"{SCORES_C / (5.75 / 8):.2g}") == 3.2e-3
     assert json.loads((folder / "mask_config.json").read_text())["format_version"] == "2"
     # saved again without scores: a version-1 file, as before scores existed
     plain = save_mask(SensitivityMask(loaded.indices, loaded.config), tmp_path / "plain")

@@ -512,3 +512,25 @@ def test_floor_cell_runs_szoq_finetune_at_its_defaults_and_the_report_sets_it_be
     (row,) = report.floor_rows([record, zero])
     assert row["zero_shot"] == zero["accuracy"] and row["defaults"] == record["accuracy"] and row["best_step"] == record["best_step"]
     assert "| YES |" in "\n".join(report._floor_table([record, zero])) and "| scores |" in "\n".join(report._floor_table([record, zero]))
+
+
+def test_qwen_1_5b_borrows_each_method_s_0_5b_lr_and_plans_dense_at_equal_time_and_equal_steps(tmp_path, monkeypatch):
+    """Issue 32 at 1.5B: no sweep of its own; a method's 1.5B cells appear once its 0.5B sweep has chosen, at that lr (no lr in
+    the key), dense at QWEN15_EQUAL_TIME_STEPS before dense at the full 300; the 0.5B task-fisher cell trains at SensZOQ's lr."""
+    q05, q15 = settings.QWEN05, settings.QWEN15
+    _isolate(monkeypatch, tmp_path, MODEL_LR={settings.GEMMA: {}, q05: {}, q15: {}})
+    monkeypatch.setattr(plan, "lora_regime", lambda: (1e-2, 128.0, 1e-4))
+    assert [c.key for c in plan.plan() if c.model == q15] == ["qwen15-sst2-zero-shot-bf16-s0"]  # nothing trains before 0.5B's sweeps
+    settings.MODEL_LR[q05].update({"senszoq": 1e-5, "zo-lora": 3e-5, "dense": 3e-6})
+    cells = {c.key: c for c in plan.plan() if c.model == q15}
+    assert list(cells) == ["qwen15-sst2-zero-shot-bf16-s0", "qwen15-sst2-senszoq-bf16-s0", "qwen15-sst2-senszoq-bf16-s1",
+                           "qwen15-sst2-zo-lora-eps0.01-a128-bf16-s0", f"qwen15-sst2-dense-d1-{settings.QWEN15_EQUAL_TIME_STEPS}steps-s0",
+                           "qwen15-sst2-dense-d1-s0"]
+    assert [cells[k].learning_rate for k in list(cells)[1:]] == [1e-5, 1e-5, 3e-5, 3e-6, 3e-6]
+    assert cells["qwen15-sst2-dense-d1-s0"].dtype is None and cells["qwen15-sst2-dense-d1-s0"].steps == settings.STEPS
+    settings.MODEL_LR[q15]["senszoq"] = 2e-5  # a sweep of its own would win over the borrowed lr
+    assert plan.lr_of("senszoq", q15) == 2e-5 and plan.lr_of("dense", q15) == 3e-6
+    fisher = [c for c in plan.plan() if c.model == q05 and c.method == "task-fisher"]
+    assert [(c.key, c.learning_rate) for c in fisher] == [("qwen05-sst2-task-fisher-lr1e-05-bf16-s0", 1e-5)]
+    argv, _ = run.trained_args(plan.Cell("sst2", "dense", 0, 1.0, model=q15))
+    assert argv == ["--dense"] and settings.MODEL_REFS[q15] == "{work}/" + settings.QWEN15_FILE

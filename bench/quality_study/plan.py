@@ -12,13 +12,16 @@ import re
 from dataclasses import dataclass
 
 from . import settings
-from .settings import DENSITY, GEMMA, QWEN05, SMOLLM2, STEPS
+from .settings import DENSITY, GEMMA, QWEN05, QWEN15, SMOLLM2, STEPS
 
 
 def lr_of(method: str, model: str = SMOLLM2) -> float | None:
-    """The grid's lr for `method` on `model`: the model's own sweep's choice where it has one, else SmolLM2's (scaled)."""
+    """The grid's lr for `method` on `model`: the model's own sweep's choice where it has one, else the sweep of the model it
+    borrows from (MODEL_LR_FROM), else SmolLM2's (scaled)."""
     if method in settings.MODEL_LR.get(model, {}):
         return settings.MODEL_LR[model][method]
+    if model in settings.MODEL_LR_FROM:
+        return lr_of(method, settings.MODEL_LR_FROM[model])
     return None if method not in settings.LR else settings.LR[method] * settings.MODEL_LR_SCALE.get(model, 1.0)
 
 
@@ -34,7 +37,7 @@ class Cell:
     steps: int = STEPS
     lr: float | None = None  # None: LR[method]
     dtype: str | None = None  # None: the CLI's default as the cell was recorded (fp32 on CPU); "bf16": `--dtype bf16`
-    model: str = SMOLLM2  # SMOLLM2, GEMMA or QWEN05
+    model: str = SMOLLM2  # SMOLLM2, GEMMA, QWEN05 or QWEN15
     eps: float | None = None  # None: settings.EPS
     alpha: float | None = None  # ZO-LoRA's --lora-alpha; None: the CLI's default
 
@@ -147,6 +150,19 @@ def plan() -> list[Cell]:
                 add(Cell(task, "zo-lora", s, None, dtype="bf16", model=QWEN05, eps=best[0], alpha=best[1]))
             if "dense" in qwen:
                 add(Cell(task, "dense", s, 1.0, model=QWEN05))  # fp32, no quantization, as SmolLM2's dense cells
+    if "senszoq" in qwen:  # does a task-data mask close the gap to dense at 0.5B? (SST-2's train rows, SensZOQ's lr)
+        add(Cell("sst2", "task-fisher", 0, dtype="bf16", lr=qwen["senszoq"], model=QWEN05))
+    # Issue 32 at 1.5B (SST-2): each method at its 0.5B sweep's lr (MODEL_LR_FROM), planned once that sweep is complete; dense
+    # at equal wall time (QWEN15_EQUAL_TIME_STEPS) before dense at equal steps (300: ~5 h of two-thread steps, resumable)
+    add(Cell("sst2", "zero-shot", 0, None, 0, dtype="bf16", model=QWEN15))
+    if "senszoq" in qwen:
+        for s in (0, 1):
+            add(Cell("sst2", "senszoq", s, dtype="bf16", model=QWEN15))  # its own C4 fisher mask
+    if "zo-lora" in qwen and best:
+        add(Cell("sst2", "zo-lora", 0, None, dtype="bf16", model=QWEN15, eps=best[0], alpha=best[1]))
+    if "dense" in qwen:
+        add(Cell("sst2", "dense", 0, 1.0, settings.QWEN15_EQUAL_TIME_STEPS, model=QWEN15))
+        add(Cell("sst2", "dense", 0, 1.0, model=QWEN15))
     for s in (0, 1):  # does the 300-step ordering hold at 1000?
         add(Cell("sst2", "senszoq", s, steps=settings.LONG_STEPS, dtype="bf16"))
         if lora:

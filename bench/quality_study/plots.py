@@ -157,11 +157,11 @@ def plot_pareto(summary: list[dict], cells: list[dict]) -> None:
         return
     write_json(settings.RESULTS / "quality_pareto.json", {"points": points})
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.8), sharey=True)
-    markers = {SMOLLM2: "o", GEMMA: "s", settings.QWEN05: "D"}
+    markers = {SMOLLM2: "o", GEMMA: "s", settings.QWEN05: "D", settings.QWEN15: "^"}
     for pt in points:
         label = f"{pt['method']} ({settings.MODEL_NAMES[pt['model']]}, {pt['dtype']}"
         label += f", {pt['steps']} steps)" if pt["steps"] not in (0, settings.STEPS) else ")"
-        style = dict(color=COLORS.get(base_method(pt["method"]), "k"), marker=markers.get(pt["model"], "^"), ms=8, capsize=3,
+        style = dict(color=COLORS.get(base_method(pt["method"]), "k"), marker=markers.get(pt["model"], "v"), ms=8, capsize=3,
                      mfc="none" if pt["dtype"] == "fp32" else None, ls="none")
         yerr = 100 * pt["std"] if pt["std"] else None
         if pt["rss_mb"] and pt["steps"] in (0, settings.STEPS) or pt["method"] == "fo-lora":
@@ -177,7 +177,7 @@ def plot_pareto(summary: list[dict], cells: list[dict]) -> None:
     h1, l1 = axes[1].get_legend_handles_labels()
     uniq = dict(zip(labels + l1, handles + h1))
     fig.legend(uniq.values(), uniq.keys(), fontsize=7, loc="center right")
-    fig.suptitle("SST-2: where each method sits (filled: bf16 compute, hollow: fp32; circles SmolLM2-135M, squares Gemma-3-270M, diamonds Qwen2.5-Coder-0.5B)",
+    fig.suptitle("SST-2: where each method sits (filled: bf16 compute, hollow: fp32; circles SmolLM2-135M, squares Gemma-3-270M, diamonds Qwen2.5-Coder-0.5B, triangles 1.5B)",
                  fontsize=9)
     fig.tight_layout(rect=(0, 0, 0.74, 1))
     fig.savefig(settings.RESULTS / "quality_pareto.png", dpi=110)

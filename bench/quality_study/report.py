@@ -163,9 +163,10 @@ def _mask_table(rows: list[dict]) -> list[str]:
     order = lambda r: (list(settings.MODEL_REFS).index(r["model"]), r["mask"])  # noqa: E731
     return ["", "Masks the study built (`bench/results/quality/masks/`): the share of the squared-gradient mass (Σg² over the "
             "calibration windows) that the kept weights carry:", "",
-            "| mask | model | scorer | windows | nnz | Σg² share |", "|---|---|---|---|---|---|",
+            "| mask | model | scorer | windows | nnz | Σg² share | `--lr scores` |", "|---|---|---|---|---|---|---|",
             *(f"| {r['mask']} | {settings.MODEL_NAMES[r['model']]} | {r['scorer']} | {r['samples'] or '-'} x {r['seq_len'] or '-'} | {r['nnz']:,} | "
-              + ("-" if r["captured_share"] is None else f"{100 * r['captured_share']:.1f}%") + " |" for r in sorted(rows, key=order))]
+              + ("-" if r["captured_share"] is None else f"{100 * r['captured_share']:.1f}%") + " | "
+              + ("-" if r.get("lr_scores") is None else f"{r['lr_scores']:g}") + " |" for r in sorted(rows, key=order))]
 
 
 def _readme_table(lines: list[str], cells: list[dict]) -> None:

