@@ -200,6 +200,22 @@ def test_a_cell_run_at_another_lr_moves_to_its_lr_key_with_its_run(tmp_path, mon
     assert "| sst2 | senszoq | 0.001 | 300 | 0.0001 (not the sweep's) | fp32 | 67.0 | 1 (0) | 500 |" in (settings.RESULTS / "quality.md").read_text()
 
 
+def test_a_re_key_leaves_the_run_folder_a_lane_trains_the_new_lr_in(tmp_path, monkeypatch):
+    """A lane may already train a cell's new configuration in the folder of the old key (same name) when another process
+    re-keys the old record: the record moves, the folder (its config records the new lr) stays where the lane writes."""
+    _isolate(monkeypatch, tmp_path)
+    settings.CELLS.mkdir(parents=True)
+    monkeypatch.setattr(settings, "LR", {**settings.LR, "senszoq": 1e-4})
+    (settings.CELLS / "sst2-senszoq-s1.json").write_text(json.dumps(_cell("sst2", "senszoq", 1, 0.66)))
+    monkeypatch.setattr(settings, "LR", {**settings.LR, "senszoq": 3e-4})
+    running = settings.WORK / "runs" / "sst2-senszoq-s1"
+    running.mkdir(parents=True)
+    (running / "finetune_config.json").write_text(json.dumps({"settings": {"lr": 3e-4, "seed": 1}}))
+    assert records.trains_another_lr(running, 1e-4) and not records.trains_another_lr(running, 3e-4)
+    assert [c["key"] for c in records.load_cells()] == ["sst2-senszoq-lr0.0001-s1"]
+    assert (running / "finetune_config.json").is_file() and not (settings.WORK / "runs" / "sst2-senszoq-lr0.0001-s1").exists()
+
+
 def test_only_runs_a_cell_whose_record_an_lr_change_moved_away(tmp_path, monkeypatch, capsys):
     """`--only KEY` right after LR changes: the old record moves to `-lr<old>` before pending is decided, so KEY runs."""
     _isolate(monkeypatch, tmp_path)

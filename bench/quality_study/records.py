@@ -41,15 +41,23 @@ def git_sha() -> str:
     return subprocess.run(["git", "rev-parse", "HEAD"], cwd=settings.ROOT, capture_output=True, text=True).stdout.strip()
 
 
+def trains_another_lr(run: Path, lr: float | None) -> bool:
+    """Whether the run folder `run` records an lr other than `lr`: the folder of a cell's new configuration, which a lane
+    may be training under the old record's key while another process re-keys that record."""
+    cfg = run / "finetune_config.json"
+    return cfg.is_file() and json.loads(cfg.read_text()).get("settings", {}).get("lr") not in (None, lr)
+
+
 def load_cells() -> list[dict]:
-    """The finished cells; a cell whose lr is no longer its method's LR moves (with its run folder) to its `-lr` key."""
+    """The finished cells; a cell whose lr is no longer its method's LR moves (with its run folder, unless that folder
+    already holds a run at another lr) to its `-lr` key."""
     cells = []
     for p in sorted(settings.CELLS.glob("*.json")):
         c = json.loads(p.read_text())
         key = record_key(c)
         if key != c["key"]:
             run, new_run = settings.WORK / "runs" / c["key"], settings.WORK / "runs" / key
-            if run.is_dir() and not new_run.exists():
+            if run.is_dir() and not new_run.exists() and not trains_another_lr(run, c.get("lr")):
                 run.rename(new_run)
             c["key"] = key
             write_json(settings.CELLS / f"{key}.json", c)
