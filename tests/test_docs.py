@@ -72,11 +72,12 @@ def test_relative_links_resolve(page):
     assert not broken, f"{page.relative_to(REPO)}: {broken}"
 
 
-def test_readme_what_to_pick_table_is_the_studys():
-    """The README's "what to pick" table is a copy of the study's: same rows, same numbers."""
+@pytest.mark.parametrize("title", ["**What to pick", "**Per memory budget"])
+def test_readme_summary_tables_are_the_studys(title):
+    """The README's "what to pick" and per-budget tables are copies of the study's: same rows, same numbers."""
     readme = README.read_text()
     study = (DOCS / "study.md").read_text()
-    rows = [line for line in readme.split("**What to pick", 1)[1].split("\n\n", 2)[1].splitlines() if line.startswith("|")]
+    rows = [line for line in readme.split(title, 1)[1].split("\n\n", 2)[1].splitlines() if line.startswith("|")]
     assert len(rows) >= 4, rows
     missing = [row for row in rows if row not in study]
     assert not missing, f"README rows not in docs/study.md: {missing}"
