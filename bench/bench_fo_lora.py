@@ -13,8 +13,12 @@ seconds per step and the accuracy; `bench/quality.py --report` puts it on the Pa
 
 Writes bench/results/fo_lora.json and .md (one row per seed; a finished seed is not rerun).
 
-Usage: OMP_NUM_THREADS=1 SZOQ_DATA_DIR=../shared/data python bench/bench_fo_lora.py [--seeds 0] [--budget-s 400]
-Needs `pip install -e '.[peft]'`.
+A GGUF model (the study's Gemma and Qwen models) cannot take transformers' quantization_config (it refuses one beside
+`gguf_file=`), so its weights stream into bf16 through szoq's loader and every linear but the output layer becomes a
+bitsandbytes nf4 `Linear4bit`, the layer transformers' quantizer would have made (`nf4_linears`).
+
+Usage: OMP_NUM_THREADS=1 SZOQ_DATA_DIR=../shared/data python bench/bench_fo_lora.py [--model qwen2.5-coder-0.5b] [--seeds 0] [--budget-s 400]
+(--model: a study model, bench/quality_study/settings.py MODEL_REFS). Needs `pip install -e '.[peft]'`.
 """
 
 from __future__ import annotations
@@ -36,15 +40,38 @@ from common import environment  # noqa: E402
 TRAIN, DEV, EVAL, BATCH = 1000, 200, 500, 16  # the quality grid's (bench/quality.py)
 
 
+def nf4_linears(model) -> int:
+    """Swap every `nn.Linear` of `model` but its output layer for a bitsandbytes nf4 `Linear4bit` (bf16 compute, frozen),
+    quantized where the weight lies; returns how many were swapped."""
+    import bitsandbytes as bnb
+    import torch
+
+    out_layer = model.get_output_embeddings()
+    swapped = 0
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if type(child) is not torch.nn.Linear or child is out_layer:
+                continue
+            q = bnb.nn.Linear4bit(child.in_features, child.out_features, bias=child.bias is not None, compute_dtype=torch.bfloat16,
+                                  quant_type="nf4", device="meta")
+            q.weight = bnb.nn.Params4bit(child.weight.data, requires_grad=False, quant_type="nf4")
+            if child.bias is not None:
+                q.bias = torch.nn.Parameter(child.bias.data, requires_grad=False)
+            setattr(parent, name, q.to(child.weight.device))  # .to() quantizes the weight
+            swapped += 1
+    return swapped
+
+
 def run(seed: int, lr: float, budget_s: float, max_steps: int, data_dir: Path, model_ref: str | None = None,
-        sampling: tuple[int, int, int] = (TRAIN, DEV, EVAL)) -> dict:
+        sampling: tuple[int, int, int] = (TRAIN, DEV, EVAL), model_name: str | None = None) -> dict:
+    import bitsandbytes as bnb
     import torch
     import torch.nn.functional as F
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
     from szoq_hub.core.defaults import DEFAULT_MODEL
-    from szoq_hub.data.models import resolve_model
+    from szoq_hub.data.models import load_model, resolve_model
     from szoq_hub.data.scoring import encode, option_scores, pad_id_of, predict, metric_value
     from szoq_hub.data.tasks import Sampling, load_task
 
@@ -53,8 +80,13 @@ def run(seed: int, lr: float, budget_s: float, max_steps: int, data_dir: Path, m
     model_ref = model_ref or DEFAULT_MODEL
     source = resolve_model(model_ref)
     tokenizer = AutoTokenizer.from_pretrained(source.path)
-    quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16)
-    base = AutoModelForCausalLM.from_pretrained(source.path, quantization_config=quant, device_map="cpu", dtype=torch.bfloat16)
+    if source.gguf is not None:  # streamed in bf16, then nf4 linears (see the module doc)
+        base = load_model(source, dtype=torch.bfloat16).model
+        nf4_linears(base)
+    else:
+        quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16)
+        base = AutoModelForCausalLM.from_pretrained(source.path, quantization_config=quant, device_map="cpu", dtype=torch.bfloat16)
+    quantized = sum(isinstance(m, bnb.nn.Linear4bit) for m in base.modules())
     model = get_peft_model(base, LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"], lora_dropout=0.0,
                                             task_type="CAUSAL_LM"))
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -81,13 +113,13 @@ def run(seed: int, lr: float, budget_s: float, max_steps: int, data_dir: Path, m
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
         step_s.append(time.perf_counter() - t)
     train_s = time.perf_counter() - t0
     model.eval()
     preds = predict(model, evals, pad)
     acc = metric_value("accuracy", preds, [e.label for e in task.eval])
-    return {"method": "fo-lora", "model": model_ref, "task": "sst2", "seed": seed, "lr": lr, "optimizer": "AdamW",
+    return {"method": "fo-lora", "model": model_name or model_ref, "task": "sst2", "nf4_linears": quantized, "seed": seed, "lr": lr, "optimizer": "AdamW",
             "lora": {"r": 8, "alpha": 16, "targets": ["q_proj", "v_proj"]}, "quant": "nf4", "dtype": "bf16", "batch": BATCH,
             "trainable": trainable, "steps": len(step_s), "budget_s": budget_s, "train_s": round(train_s, 1),
             "s_per_step": round(statistics.median(step_s), 3), "load_s": round(load_s, 1), "accuracy": acc, "n": len(task.eval),
@@ -98,6 +130,7 @@ def run(seed: int, lr: float, budget_s: float, max_steps: int, data_dir: Path, m
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="smollm2-135m-instruct", help="a study model (settings.MODEL_REFS), e.g. qwen2.5-coder-0.5b")
     ap.add_argument("--seeds", default="0", help="comma-separated seeds")
     ap.add_argument("--lr", type=float, default=2e-4, help="AdamW lr (QLoRA's; not swept)")
     ap.add_argument("--budget-s", type=float, default=400.0, help="training wall seconds (a 300-step bf16 SensZOQ cell's training)")
@@ -107,12 +140,15 @@ def main() -> None:
     data_dir = Path(os.environ.get("SZOQ_DATA_DIR", HERE.parent.parent / "shared" / "data"))
     path = RESULTS / "fo_lora.json"
     rows = json.loads(path.read_text())["rows"] if path.is_file() else []
+    from quality_study import run as study_run, szoq_process
+
+    ref = szoq_process.expand(study_run.model_ref(args.model))  # a GGUF assembled from its packages on first use
     for seed in (int(s) for s in args.seeds.split(",")):
-        if any(r["seed"] == seed and r["lr"] == args.lr and r["budget_s"] == args.budget_s for r in rows):
+        if any(r["model"] == args.model and r["seed"] == seed and r["lr"] == args.lr and r["budget_s"] == args.budget_s for r in rows):
             continue
-        rows.append(run(seed, args.lr, args.budget_s, args.max_steps, data_dir))
+        rows.append(run(seed, args.lr, args.budget_s, args.max_steps, data_dir, model_ref=ref, model_name=args.model))
         print(json.dumps(rows[-1]), flush=True)
-    header = ["seed", "lr", "steps", "train_s", "s_per_step", "accuracy", "n", "peak_rss_mb", "trainable", "threads"]
+    header = ["model", "seed", "lr", "steps", "train_s", "s_per_step", "accuracy", "n", "peak_rss_mb", "trainable", "threads"]
     path.write_text(json.dumps({"rows": rows, "environment": environment()}, indent=1) + "\n")
     lines = ["# fo-lora: PEFT LoRA r=8 (q_proj, v_proj) on the nf4 base, autograd + AdamW, SST-2, a training wall-time budget", "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header), *("| " + " | ".join(str(r[h]) for h in header) + " |" for r in rows), ""]

@@ -375,6 +375,30 @@ def test_fo_lora_reference_trains_peft_lora_on_the_nf4_base_within_its_budget(ti
     assert row["steps"] == 3 and row["trainable"] > 0 and row["n"] == 8 and 0.0 <= row["accuracy"] <= 1.0
     assert row["peak_rss_mb"] > 50 and row["s_per_step"] > 0 and row["quant"] == "nf4" and row["model"] == str(tiny_model_dir)
     assert row["loss_first10"] == pytest.approx(row["loss_first10"]) and row["loss_last10"] < 1e3  # finite losses
+    assert row["nf4_linears"] == 2 * 7  # every q/k/v/o and MLP linear of the 2 layers, not the output layer
+
+
+def test_fo_lora_reference_runs_a_gguf_model_on_nf4_linears_of_its_own(tmp_path, monkeypatch):
+    """A GGUF model (transformers refuses a quantization_config beside gguf_file): streamed in bf16, every linear but the
+    output layer swapped for a bitsandbytes nf4 Linear4bit, then the same PEFT LoRA training; the row names the study model."""
+    from conftest import SHARED_DATA
+    from tiny_gguf import write_tiny_gguf
+
+    pytest.importorskip("peft")
+    if not (SHARED_DATA / "sst2").is_dir():
+        pytest.skip(f"shared data not found at {SHARED_DATA}")
+    import bench_fo_lora
+
+    path = write_tiny_gguf(tmp_path / "m.gguf", arch="qwen2", qtype="Q8_0")
+    row = bench_fo_lora.run(0, 1e-2, budget_s=600.0, max_steps=2, data_dir=SHARED_DATA, model_ref=str(path), sampling=(16, 0, 8),
+                            model_name=settings.QWEN05)
+    assert row["model"] == settings.QWEN05 and row["nf4_linears"] == 2 * 7 and row["steps"] == 2 and row["trainable"] > 0
+    assert row["loss_last10"] < 1e3 and 0.0 <= row["accuracy"] <= 1.0
+    _isolate(monkeypatch, tmp_path)
+    settings.RESULTS.mkdir()
+    (settings.RESULTS / "fo_lora.json").write_text(json.dumps({"rows": [{**row, "accuracy": 0.7}, {**row, "model": settings.SMOLLM2, "accuracy": 0.78}]}))
+    points = {p["model"]: p["mean"] for p in plots.pareto_points([]) if p["method"] == "fo-lora"}
+    assert points == {settings.QWEN05: 0.7, settings.SMOLLM2: 0.78}  # one Pareto point per model
 
 
 def test_lora_regime_sweep_picks_eps_alpha_lr_and_plans_its_cells_with_those_flags(tmp_path, monkeypatch):

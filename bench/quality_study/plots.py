@@ -137,10 +137,12 @@ def pareto_points(summary: list[dict]) -> list[dict]:
         train_s = pr["s_per_step"] * r["steps"] if pr and pr["s_per_step"] and r["steps"] else None
         points.append({**r, "rss_mb": rss, "rss_source": "probe" if pr else "cells" if cells_rss else None, "train_s": train_s})
     fo = settings.RESULTS / "fo_lora.json"
-    if fo.is_file():  # bench_fo_lora.py's first-order reference
-        rows = json.loads(fo.read_text())["rows"]
+    by_model: dict[str, list[dict]] = {}
+    for x in json.loads(fo.read_text())["rows"] if fo.is_file() else []:  # bench_fo_lora.py's first-order reference, per model
+        by_model.setdefault(x.get("model", SMOLLM2), []).append(x)
+    for model, rows in by_model.items():
         accs = [x["accuracy"] for x in rows]
-        points.append({"model": SMOLLM2, "task": "sst2", "method": "fo-lora", "dtype": "bf16", "steps": round(statistics.mean(x["steps"] for x in rows)),
+        points.append({"model": model, "task": "sst2", "method": "fo-lora", "dtype": "bf16", "steps": round(statistics.mean(x["steps"] for x in rows)),
                        "mean": statistics.mean(accs), "std": statistics.stdev(accs) if len(accs) > 1 else None, "n": rows[0]["n"],
                        "seeds": [x["seed"] for x in rows], "rss_mb": max(x["peak_rss_mb"] for x in rows), "rss_source": "bench_fo_lora",
                        "train_s": statistics.mean(x["train_s"] for x in rows)})
