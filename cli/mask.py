@@ -103,14 +103,19 @@ def show(ref: str = typer.Argument(..., help="NAME[@VERSION], a folder, or ORG/N
                "density": (int(mask.indices[n].numel()) if n in mask.indices else 0) / math.prod(s),
                "captured_share": cfg.stats.get("captured_share_per_tensor", {}).get(n)}
               for n, s in sorted(cfg.shapes.items(), key=lambda item: layer_order(item[0]))]
+    from szoq_hub import lr_of_mask
+
+    chosen = lr_of_mask(mask)  # the lr `--lr scores` takes from this mask, None without scores
     if as_json:
         from dataclasses import asdict
-        print_json({"path": str(folder), "config": asdict(cfg), "nnz": mask.nnz, "scores": mask.score_summary(), "layers": layers})
+        summary = mask.score_summary()
+        scores = None if summary is None else {**summary, "lr_scores": None if chosen is None else chosen.record()}
+        print_json({"path": str(folder), "config": asdict(cfg), "nnz": mask.nnz, "scores": scores, "layers": layers})
         return
     summary = mask.score_summary()
     scores = ("none (not stored: a magnitude/random mask, or one built before szoq kept scores)" if summary is None
               else f"Σg² per kept weight: min {summary['min']:.3g}, median {summary['median']:.3g}, max {summary['max']:.3g}"
-              + ("" if summary["lr"] is None else f"; Σ {summary['per_window']:.3g} per calibration window -> --lr scores takes {summary['lr']:g}"))
+              + ("" if chosen is None else f"; Σ {chosen.per_window:.3g} per calibration window -> --lr scores takes {chosen.lr:g}"))
     facts = [["base model", cfg.base_model], ["fingerprint", cfg.fingerprint[:16]], ["scorer", cfg.scorer],
              ["density", f"{cfg.density:g} ({cfg.scope})"], ["nnz", f"{mask.nnz:,}"],
              ["captured share", cfg.stats.get("captured_share", "n/a")], ["calibration", cfg.calibration],

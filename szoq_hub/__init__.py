@@ -56,6 +56,7 @@ _EXPORTS: dict[str, str] = {
     "ZOConfig": ".runtime.zo_config",
     **dict.fromkeys(("FinetuneConfig", "FinetuneResult", "EvalConfig", "MergeConfig"), ".training.config"),
     "finetune": ".training.finetune",
+    "lr_of_mask": ".training.lr_scores",
     "model_and_mask_for": ".methods.sparse.setup",
     **dict.fromkeys(("EvalResult", "evaluate"), ".training.evaluate"),
     "merge": ".training.merge",
@@ -76,6 +77,7 @@ if TYPE_CHECKING:  # what IDEs and type checkers read; at run time __getattr__ i
     from .core.progress import set_progress_listener
     from .core.content import describe_content_hash
     from .core.defaults import DEFAULT_LR, DEFAULT_MASK, DEFAULT_MODEL, DENSE_LR, LORA_LR, default_lr
+    from .training.lr_scores import lr_of_mask
     from .export.config import PeftExportConfig
     from .export.peft import export_peft, push_peft
     from .export.plots import plot_mask, plot_runs

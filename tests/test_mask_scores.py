@@ -11,6 +11,7 @@ import torch
 from szoq_hub.core import schema
 from szoq_hub.core.errors import MaskError
 from szoq_hub.runtime.zo_config import SCORES_C
+from szoq_hub.training.lr_scores import lr_of_mask
 from szoq_hub.masks.artifact import MaskConfig, load_mask, read_header, save_mask, write_safetensors
 from szoq_hub import SensitivityMask
 from szoq_hub.masks.selection import StreamingSelector
@@ -44,12 +45,12 @@ def test_scores_round_trip_in_the_order_of_the_indices(tmp_path):
     assert torch.equal(loaded.flat_scores(["b.weight", "a.weight"]), torch.tensor([3.25, 0.5, 2.0, 1e-7]))
     summary = loaded.score_summary()
     assert {k: summary[k] for k in ("count", "min", "median", "max")} == {"count": 4, "min": pytest.approx(1e-7), "median": 0.5, "max": 3.25}
-    assert summary["sum"] == pytest.approx(5.75) and summary["lr"] is None  # no calibration record: no window count, no lr
+    assert summary["sum"] == pytest.approx(5.75) and lr_of_mask(loaded) is None  # no calibration record: no window count, no lr
     # with the window count a build records: the sum per window and the lr `--lr scores` takes, by hand (2.3e-3 / (5.75 / 8))
-    calibrated = SensitivityMask(mask.indices, make_config(calibration={"samples": 8, "seq_len": 16}), scores=mask.scores)
-    summary = calibrated.score_summary()
-    assert summary["windows"] == 8 and summary["per_window"] == pytest.approx(5.75 / 8)
-    assert summary["lr"] == float(f"{SCORES_C / (5.75 / 8):.2g}") == 3.2e-3
+    chosen = lr_of_mask(SensitivityMask(mask.indices, make_config(calibration={"samples": 8, "seq_len": 16}), scores=mask.scores))
+    assert chosen.windows == 8 and chosen.per_window == pytest.approx(5.75 / 8)
+    assert chosen.lr == float(f"{SCORES_C / (5.75 / 8):.2g}") == 3.2e-3
+    assert lr_of_mask(SensitivityMask(mask.indices, make_config(calibration={"samples": 8}))) is None  # no scores
     assert json.loads((folder / "mask_config.json").read_text())["format_version"] == "2"
     # saved again without scores: a version-1 file, as before scores existed
     plain = save_mask(SensitivityMask(loaded.indices, loaded.config), tmp_path / "plain")
@@ -126,6 +127,11 @@ def test_mask_show_reports_scores(run_cli, tiny_mask):
     assert code == 0, err
     summary = json.loads(out)["scores"]
     assert summary["count"] == json.loads(out)["nnz"] and 0 < summary["min"] <= summary["median"] <= summary["max"]
+    windows = json.loads(out)["config"]["calibration"]["samples"]  # the lr --lr scores takes, beside the scores it comes from
+    assert summary["lr_scores"]["lr"] == float(f"{SCORES_C / (summary['sum'] / windows):.2g}") and summary["lr_scores"]["windows"] == windows
+    code, out, err = run_cli("mask", "show", str(tiny_mask))
+    assert code == 0, err
+    assert "--lr scores takes" in " ".join(out.split())
     code, out, err = run_cli("mask", "show", str(BUILTIN))
     assert code == 0, err
     assert "scores" in out and "none" in out

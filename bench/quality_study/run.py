@@ -98,7 +98,7 @@ def record_mask(name: str, folder: Path, model: str, argv: list[str]) -> None:
     records.write_json(path, {"mask": name, "model": model, "scorer": cfg.get("scorer"), "density": cfg.get("density"),
                               "samples": cal.get("samples"), "seq_len": cal.get("seq_len"), "nnz": stats.get("total_nnz"),
                               "numel": stats.get("total_numel"), "captured_share": stats.get("captured_share"),
-                              "lr_scores": None if scores is None else scores["lr"],  # the lr `--lr scores` takes from this mask
+                              "lr_scores": None if scores is None or scores["lr_scores"] is None else scores["lr_scores"]["lr"],  # the lr `--lr scores` takes from this mask
                               "content_sha256": cfg.get("content_sha256"), "argv": argv})
 
 

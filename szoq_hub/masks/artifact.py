@@ -142,18 +142,13 @@ class MaskData:
         return torch.cat([self.scores[n].float().reshape(-1) for n in names])  # [nnz]
 
     def score_summary(self) -> dict | None:
-        """The kept weights' scores: count, min / median / max, their sum, the sum per calibration window and the lr
-        `--lr scores` takes from them (`lr` None where the mask records no window count). None when the mask has none."""
+        """count, min / median / max and sum of the kept weights' scores (None when the mask has none); the lr `--lr scores`
+        takes from them is `szoq_hub.training.lr_scores.lr_of_mask`."""
         if self.scores is None:
             return None
-        from ..training.lr_scores import lr_from_scores  # training imports masks: resolved at call time
-
         flat = torch.cat([t.reshape(-1) for t in self.scores.values()])  # [nnz]
-        windows = (self.config.calibration or {}).get("samples")
-        chosen = lr_from_scores(flat, windows, fallback=math.nan) if windows and float(flat.double().sum()) > 0 else None
         return {"count": int(flat.numel()), "min": float(flat.min()), "median": float(flat.median()), "max": float(flat.max()),
-                "sum": float(flat.double().sum()), "windows": windows, "per_window": None if chosen is None else chosen.per_window,
-                "lr": None if chosen is None else chosen.lr}
+                "sum": float(flat.double().sum())}
 
 
 INT32_MAX = 2**31 - 1

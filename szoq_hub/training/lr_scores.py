@@ -37,6 +37,7 @@ from dataclasses import dataclass
 import torch
 
 from ..core.errors import TrainingError
+from ..masks.artifact import MaskData
 from ..runtime.zo_config import SCORES_C
 
 
@@ -85,3 +86,15 @@ def lr_from_scores(scores: torch.Tensor | None, windows: int | None, fallback: f
         raise TrainingError(f"--lr scores: the mask's scores sum to {total:g}, no step size follows from them",
                             hint="give --lr a number (a mask of all-zero scores ranks nothing: rebuild it on more text)")
     return LrFromScores(float(f"{c / (total / windows):.2g}"), c, total, int(windows))
+
+
+def lr_of_mask(mask: MaskData) -> LrFromScores | None:
+    """What `--lr scores` takes from `mask`'s stored scores (as `szoq mask show` reports it); None when the mask stores
+    no scores, records no calibration window count, or its scores sum to 0."""
+    if mask.scores is None:
+        return None
+    try:
+        return lr_from_scores(torch.cat([t.reshape(-1) for t in mask.scores.values()]), (mask.config.calibration or {}).get("samples"),
+                              fallback=math.nan)
+    except TrainingError:
+        return None
