@@ -156,8 +156,9 @@ def plan() -> list[Cell]:
     # at equal wall time (QWEN15_EQUAL_TIME_STEPS) before dense at equal steps (300: ~5 h of two-thread steps, resumable)
     add(Cell("sst2", "zero-shot", 0, None, 0, dtype="bf16", model=QWEN15))
     if "senszoq" in qwen:
-        for s in (0, 1):
-            add(Cell("sst2", "senszoq", s, dtype="bf16", model=QWEN15))  # its own C4 fisher mask
+        add(Cell("sst2", "senszoq", 0, dtype="bf16", model=QWEN15))  # its own C4 fisher mask
+        add(Cell("sst2", "defaults", 0, dtype="auto", model=QWEN15))  # the same mask at the product's defaults: `--lr scores`' 4.2e-5
+        add(Cell("sst2", "senszoq", 1, dtype="bf16", model=QWEN15))
     if "zo-lora" in qwen and best:
         add(Cell("sst2", "zo-lora", 0, None, dtype="bf16", model=QWEN15, eps=best[0], alpha=best[1]))
     if "dense" in qwen:

@@ -108,8 +108,9 @@ MODEL_LR_SCALE = {GEMMA: 0.1}
 MODEL_LR: dict[str, dict[str, float]] = {GEMMA: {}, QWEN05: {}, QWEN15: {}}  # filled from complete sweeps when `plan` is imported
 # Qwen2.5-Coder-1.5B has no sweep of its own (a dense run of 100 steps is ~2 h of one-thread steps there): each method takes
 # its 0.5B sweep's lr, and its cells are planned once that sweep is complete. The check that SensZOQ's carries is the
-# mask's own Σg² rule (`--lr scores`, SCORES_C): it gave the 0.5B model 1e-5, its swept best; the 1.5B value is in quality.md's
-# mask table (`lr scores` column) once the mask is built.
+# mask's own Σg² rule (`--lr scores`, SCORES_C), which gave the 0.5B model its swept best (1e-5): for the 1.5B mask it gives
+# 4.2e-5 (Σg² 55 per window against 226; quality.md's mask table), 4x the borrowed lr. So the 1.5B floor cell (`defaults`:
+# `szoq finetune` at its defaults, the rule's lr) runs beside SensZOQ's seeds as the second lr; a 1.5B sweep follows if it wins.
 MODEL_LR_FROM = {QWEN15: QWEN05}
 # Issue 32 at 1.5B, equal wall time: a dense MeZO step there took 56-71 s against 8.3-12.2 s for a sparse one (2 threads, SST-2
 # batch 16, quiet machine; the issue's measurement), ~6x: dense gets 50 steps against SensZOQ's 300.
