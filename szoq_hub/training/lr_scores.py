@@ -91,10 +91,10 @@ def lr_from_scores(scores: torch.Tensor | None, windows: int | None, fallback: f
 def lr_of_mask(mask: MaskData) -> LrFromScores | None:
     """What `--lr scores` takes from `mask`'s stored scores (as `szoq mask show` reports it); None when the mask stores
     no scores, records no calibration window count, or its scores sum to 0."""
-    if mask.scores is None:
+    scores = mask.flat_scores(list(mask.indices))  # [nnz], None without scores
+    if scores is None:
         return None
     try:
-        return lr_from_scores(torch.cat([t.reshape(-1) for t in mask.scores.values()]), (mask.config.calibration or {}).get("samples"),
-                              fallback=math.nan)
+        return lr_from_scores(scores, (mask.config.calibration or {}).get("samples"), fallback=math.nan)
     except TrainingError:
         return None
