@@ -8,6 +8,11 @@ the options' mean log-probabilities, `szoq_hub.data.scoring`), for at most --bud
 training (the wall time of a SensZOQ cell's 300 ZO steps) or --max-steps steps, whichever comes first.
 Then accuracy on the same 500 SST-2 validation rows the cells score.
 
+`--budget-of KEY` sets that budget in this run instead: a probe of the recorded cell KEY (a few of its ZO steps, the
+study's `--probe`) runs first, under the same machine load as the training that follows, and the budget is the cell's
+steps x the probe's median seconds per step. On a machine other jobs share, the two methods then get equal time as
+measured side by side, not a quiet machine's seconds spent on a loaded one.
+
 A benchmark row, not a szoq command. Records peak RSS of this process, training seconds, steps done,
 seconds per step and the accuracy; `bench/quality.py --report` puts it on the Pareto plot.
 
@@ -125,7 +130,18 @@ def run(seed: int, lr: float, budget_s: float, max_steps: int, data_dir: Path, m
             "s_per_step": round(statistics.median(step_s), 3), "load_s": round(load_s, 1), "accuracy": acc, "n": len(task.eval),
             "loss_first10": round(statistics.mean(losses[:10]), 4), "loss_last10": round(statistics.mean(losses[-10:]), 4),
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-            "threads": os.environ.get("OMP_NUM_THREADS", "default")}
+            "threads": os.environ.get("OMP_NUM_THREADS", "default"), "load": round(os.getloadavg()[0], 2)}
+
+
+def budget_probe(key: str) -> dict:
+    """The training budget of an equal-time comparison with the recorded cell `key`: a probe of a few of its ZO steps,
+    run now (under this moment's machine load), times the cell's steps."""
+    from quality_study import probes, settings
+
+    cell = json.loads((settings.CELLS / f"{key}.json").read_text())
+    p = probes.probe(key)
+    return {"key": key, "cell_steps": cell["steps"], "probe_s_per_step": round(p["s_per_step"], 3), "load": p["load"],
+            "budget_s": round(cell["steps"] * p["s_per_step"], 2)}
 
 
 def main() -> None:
@@ -134,6 +150,8 @@ def main() -> None:
     ap.add_argument("--seeds", default="0", help="comma-separated seeds")
     ap.add_argument("--lr", type=float, default=2e-4, help="AdamW lr (QLoRA's; not swept)")
     ap.add_argument("--budget-s", type=float, default=400.0, help="training wall seconds (a 300-step bf16 SensZOQ cell's training)")
+    ap.add_argument("--budget-of", default=None, metavar="KEY",
+                    help="a recorded quality cell: the budget is its steps x a probe's s/step of it, measured first in this run")
     ap.add_argument("--max-steps", type=int, default=300)
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # bitsandbytes' optional Hub kernels: never fetched
@@ -144,14 +162,22 @@ def main() -> None:
 
     ref = szoq_process.expand(study_run.model_ref(args.model))  # a GGUF assembled from its packages on first use
     for seed in (int(s) for s in args.seeds.split(",")):
-        if any(r["model"] == args.model and r["seed"] == seed and r["lr"] == args.lr and r["budget_s"] == args.budget_s for r in rows):
+        same = lambda r: r["model"] == args.model and r["seed"] == seed and r["lr"] == args.lr  # noqa: E731
+        if any(same(r) and (r.get("budget_of", {}).get("key") == args.budget_of if args.budget_of else r["budget_s"] == args.budget_s)
+               for r in rows):
             continue
-        rows.append(run(seed, args.lr, args.budget_s, args.max_steps, data_dir, model_ref=ref, model_name=args.model))
+        budget_s, budget_of = args.budget_s, None
+        if args.budget_of:
+            budget_of = budget_probe(args.budget_of)
+            budget_s = budget_of["budget_s"]
+        row = run(seed, args.lr, budget_s, args.max_steps, data_dir, model_ref=ref, model_name=args.model)
+        rows.append({**row, **({"budget_of": budget_of} if budget_of else {})})
         print(json.dumps(rows[-1]), flush=True)
-    header = ["model", "seed", "lr", "steps", "train_s", "s_per_step", "accuracy", "n", "peak_rss_mb", "trainable", "threads"]
+    header = ["model", "seed", "lr", "budget_s", "steps", "train_s", "s_per_step", "accuracy", "n", "peak_rss_mb", "trainable",
+              "threads", "load"]
     path.write_text(json.dumps({"rows": rows, "environment": environment()}, indent=1) + "\n")
     lines = ["# fo-lora: PEFT LoRA r=8 (q_proj, v_proj) on the nf4 base, autograd + AdamW, SST-2, a training wall-time budget", "",
-             "| " + " | ".join(header) + " |", "|" + "---|" * len(header), *("| " + " | ".join(str(r[h]) for h in header) + " |" for r in rows), ""]
+             "| " + " | ".join(header) + " |", "|" + "---|" * len(header), *("| " + " | ".join(str(r.get(h, "-")) for h in header) + " |" for r in rows), ""]
     (RESULTS / "fo_lora.md").write_text("\n".join(lines))
     print("\n".join(lines))
 

@@ -356,6 +356,11 @@ def test_zo_lora_cell_runs_through_the_cli_and_a_probe_puts_it_on_the_pareto_plo
     (settings.PROBE / f"{record['key']}.json").write_text(json.dumps(row))
     (point,) = plots.pareto_points(report.summary(records.load_cells()))
     assert point["rss_mb"] == row["peak_rss_mb"] and point["rss_source"] == "probe"  # every point measured alike where probed
+    import bench_fo_lora  # the first-order reference's equal-time budget: the cell's steps x a probe run beside it
+
+    budget = bench_fo_lora.budget_probe(record["key"])
+    assert budget["key"] == record["key"] and budget["cell_steps"] == 4 and budget["probe_s_per_step"] > 0
+    assert budget["budget_s"] == pytest.approx(4 * budget["probe_s_per_step"], abs=0.02) and budget["load"] >= 0
     assert point["train_s"] == pytest.approx(4 * row["s_per_step"]) and point["mean"] == record["accuracy"]
     settings.RESULTS.mkdir(exist_ok=True)
     plots.plot_pareto(report.summary(records.load_cells()), records.load_cells())

@@ -163,8 +163,8 @@ NOT_PLANNED = {
         "SST-2 and TREC at 135M (senszoq-precond: SST-2 69.3 against SensZOQ's 67.5 at the same eps, TREC 24.4 against 40.0), so the best method is SensZOQ itself, "
         "whose cells are in the plan",
     "qwen05 and qwen15 first-order LoRA (SST-2 x1 each)": "a bench_fo_lora.py row, not a plan cell: `python bench/bench_fo_lora.py "
-        "--model qwen2.5-coder-0.5b --budget-s S`, S = 300 x the model's SensZOQ probe s/step (`--probe 'qwen05-sst2-senszoq-*'`), "
-        "as SmolLM2's 400 s",
+        "--model qwen2.5-coder-0.5b --budget-of qwen05-sst2-senszoq-bf16-s0` (the budget: 300 x that cell's probe s/step, "
+        "probed in the same run), as SmolLM2's 400 s",
 }
 
 # Memory and time probes (probes.py): a few steps of one cell's argv per configuration, with few dev and eval rows.
