@@ -580,3 +580,26 @@ def test_qwen_1_5b_borrows_each_method_s_0_5b_lr_and_plans_dense_at_equal_time_a
     assert [(c.key, c.learning_rate) for c in fisher] == [("qwen05-sst2-task-fisher-lr1e-05-bf16-s0", 1e-5)]
     argv, _ = run.trained_args(plan.Cell("sst2", "dense", 0, 1.0, model=q15))
     assert argv == ["--dense"] and settings.MODEL_REFS[q15] == "{work}/" + settings.QWEN15_FILE
+
+
+def test_budget_table_picks_per_model_the_best_run_that_fits_each_budget(monkeypatch):
+    """Issue 32's per-budget verdict: per budget and model the best SST-2 point whose whole-run peak RSS fits, the best
+    of another method after it, "does not fit" where nothing does; 1000-step points are not a budget's choice."""
+    def pt(model, method, mean, rss, steps=300, seeds=(0,), std=None):
+        return {"model": model, "task": "sst2", "method": method, "mean": mean, "std": std, "seeds": list(seeds), "steps": steps,
+                "peak_rss_mb": rss, "rss_complete": True, "rss_mb": rss - 50}
+
+    points = [pt(settings.SMOLLM2, "dense", 0.73, 970, seeds=(0, 1, 2), std=0.043), pt(settings.SMOLLM2, "senszoq", 0.66, 810),
+              pt(settings.SMOLLM2, "dense", 0.90, 970, steps=1000), pt(settings.SMOLLM2, "zero-shot", 0.52, 660, steps=0),
+              pt(settings.QWEN05, "zero-shot", 0.61, 1170, steps=0), pt(settings.QWEN05, "senszoq", 0.79, 1400),
+              pt(settings.QWEN05, "dense", 0.83, 3100)]
+    lines = report.budget_table(points, ["qwen05-sst2-dense-d1-s1", "qwen05-trec-dense-d1-s0", "gemma3-sst2-x"])
+    rows = {line.split(" | ")[0].strip("| "): line.split(" | ")[1:] for line in lines if line.startswith("| ") and " GB |" in line}
+    assert lines[0] == "| peak memory | SmolLM2-135M | Qwen2.5-Coder-0.5B | best that fits |"
+    assert rows["1 GB"] == ["dense MeZO **73.0 ± 4.3%** (3 seeds, 0.97 GB); SensZOQ 66.0% (1 seed, 0.81 GB)", "does not fit (1.17 GB)",
+                            "SmolLM2-135M, dense MeZO |"]
+    assert rows["2 GB"][1] == "SensZOQ **79.0%** (1 seed, 1.40 GB); zero-shot 61.0% (1 seed, 1.17 GB)"
+    assert rows["2 GB"][2] == "Qwen2.5-Coder-0.5B, SensZOQ |"
+    assert rows["4 GB"][1].startswith("dense MeZO **83.0%** (1 seed, 3.10 GB); SensZOQ 79.0%")
+    assert "90.0" not in "\n".join(lines)  # the 1000-step point is another time budget
+    assert lines[-1].endswith("pending for these models: 1 (qwen05-sst2-dense-d1-s1).")

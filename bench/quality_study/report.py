@@ -12,11 +12,15 @@ from pathlib import Path
 
 from . import settings
 from .plan import base_method, is_regime, lora_regime, lr_of, on_pareto, plan, regime, sweep_choice, sweep_plan
-from .plots import plot_long, plot_pareto, plot_size, plot_steps_and_density
+from .plots import pareto_points, plot_long, plot_pareto, plot_size, plot_steps_and_density
 from .records import load_cells, read_all, write_json, write_text
 from .settings import SMOLLM2
 
 TABLE_PAGES = ("README.md", "docs/study.md")  # pages (from the repository root) that may carry the generated table
+BUDGETS_GB = (1, 2, 4, 8)  # the per-budget table's rows (issue 32)
+METHOD_NAMES = {"senszoq": "SensZOQ", "dense": "dense MeZO", "zo-lora": "ZO-LoRA", "zo-lora-eps0.01-a128": "ZO-LoRA",
+                "fo-lora": "first-order LoRA", "icl": "ICL", "random": "random mask", "magnitude": "magnitude mask",
+                "task-fisher": "task-fisher mask", "senszoq-precond-eps0.01": "SensZOQ-precond", "senszoq-eps0.01": "SensZOQ (eps 1e-2)"}
 
 
 def summary(cells: list[dict]) -> list[dict]:
@@ -70,6 +74,8 @@ def report() -> None:
     write_json(settings.RESULTS / "quality.json", data)
     lines = _summary_table(data["summary"]) + _transfer_table(transfer_rows) + _sweep_table(sweep_rows, choice, model_choice)
     lines += _verify_table(verify_rows) + _mask_table(mask_rows) + _floor_table(cells)
+    budget = budget_table(pareto_points(data["summary"]), pending)
+    lines += ["", "Per memory budget:", "", *budget]
     lines += ["", f"Pending cells ({len(pending)}): " + (", ".join(pending) if pending else "none")]
     lines += ["", "Not planned yet:", "", *(f"- {what}: {why}" for what, why in settings.NOT_PLANNED.items())]
     write_text(settings.RESULTS / "quality.md", "\n".join(lines) + "\n")
@@ -78,6 +84,7 @@ def report() -> None:
     plot_pareto(data["summary"], cells)
     plot_size(data["summary"])
     _readme_table(lines, cells)
+    _budget_table(budget)
 
 
 def _summary_table(rows: list[dict]) -> list[str]:
@@ -167,6 +174,65 @@ def _mask_table(rows: list[dict]) -> list[str]:
             *(f"| {r['mask']} | {settings.MODEL_NAMES[r['model']]} | {r['scorer']} | {r['samples'] or '-'} x {r['seq_len'] or '-'} | {r['nnz']:,} | "
               + ("-" if r["captured_share"] is None else f"{100 * r['captured_share']:.1f}%") + " | "
               + ("-" if r.get("lr_scores") is None else f"{r['lr_scores']:g}") + " |" for r in sorted(rows, key=order))]
+
+
+def budget_points(points: list[dict]) -> list[dict]:
+    """The SST-2 points a memory budget chooses among: 300 ZO steps, an eval (zero-shot, ICL) or first-order LoRA in a
+    SensZOQ run's time, each with its memory as a whole run measures it (the cells' median peak RSS, 500-row eval
+    included; a probe's where the cells recorded none)."""
+    out = []
+    for p in points:
+        if p["steps"] not in (0, settings.STEPS) and p["method"] != "fo-lora":
+            continue
+        rss = p["peak_rss_mb"] if p.get("rss_complete") and p.get("peak_rss_mb") else p["rss_mb"]
+        if rss:
+            out.append({**p, "budget_rss_mb": rss})
+    return out
+
+
+def _point_text(p: dict, bold: bool) -> str:
+    acc = _fmt(p)
+    seeds = f"{len(p['seeds'])} seeds" if len(p["seeds"]) > 1 else "1 seed"
+    return f"{METHOD_NAMES.get(p['method'], p['method'])} " + (f"**{acc}%**" if bold else f"{acc}%") + f" ({seeds}, {p['budget_rss_mb'] / 1000:.2f} GB)"
+
+
+def budget_table(points: list[dict], pending: list[str]) -> list[str]:
+    """Issue 32's verdict table: per memory budget (rows) and model (columns) the best SST-2 method whose whole run fits,
+    and the next best method beside it; a model does not fit where not even its smallest run (its zero-shot eval) does."""
+    pts = budget_points(points)
+    models = [m for m in settings.MODEL_REFS if any(p["model"] == m for p in pts)]
+    lines = ["| peak memory | " + " | ".join(settings.MODEL_NAMES[m] for m in models) + " | best that fits |",
+             "|---|" + "---|" * (len(models) + 1)]
+    for gb in BUDGETS_GB:
+        row, best = [], None
+        for m in models:
+            mine = [p for p in pts if p["model"] == m]
+            fits = sorted((p for p in mine if p["budget_rss_mb"] <= 1000 * gb), key=lambda p: -p["mean"])
+            if not fits:
+                row.append(f"does not fit ({min(p['budget_rss_mb'] for p in mine) / 1000:.2f} GB)")
+                continue
+            top = fits[0]
+            other = next((p for p in fits[1:] if base_method(p["method"]) != base_method(top["method"])), None)
+            row.append(_point_text(top, True) + (f"; {_point_text(other, False)}" if other else ""))
+            best = top if best is None or top["mean"] > best["mean"] else best
+        pick = "-" if best is None else f"{settings.MODEL_NAMES[best['model']]}, {METHOD_NAMES.get(best['method'], best['method'])}"
+        lines.append(f"| {gb} GB | " + " | ".join(row) + f" | {pick} |")
+    waiting = [k for k in pending if "-sst2-" in k and any(k.startswith(settings.MODEL_TAGS[m]) for m in models if settings.MODEL_TAGS.get(m))]
+    lines += ["", f"SST-2, n=500 eval rows, accuracy mean ± std over seeds; 300 ZO steps (first-order LoRA: as long as a SensZOQ "
+              f"run); memory: the whole run's peak RSS. Cells still pending for these models: {len(waiting)}"
+              + (f" ({', '.join(waiting)})." if waiting else ".")]
+    return lines
+
+
+def _budget_table(budget: list[str]) -> None:
+    """The per-budget table between the budget-table markers of each page that has them (README, docs/study.md)."""
+    start, end = "<!-- budget-table -->", "<!-- /budget-table -->"
+    for page in TABLE_PAGES:
+        path = settings.ROOT / page
+        text = path.read_text() if path.is_file() else ""
+        if start in text and end in text:
+            head, rest = text.split(start, 1)
+            write_text(path, head + "\n".join([start, *budget, end]) + rest.split(end, 1)[1])
 
 
 def _readme_table(lines: list[str], cells: list[dict]) -> None:
