@@ -499,6 +499,9 @@ def test_size_plot_needs_two_models_and_takes_each_model_s_bf16_row(tmp_path, mo
     lines = plots.size_lines(rows)
     assert [(p["model"], p["dtype"]) for p in lines["senszoq"]] == [(settings.SMOLLM2, "bf16")]
     assert [p["model"] for p in lines["zero-shot"]] == [settings.QWEN05]
+    fo = {"model": settings.QWEN05, "seed": 0, "steps": 40, "accuracy": 0.8, "n": 500, "peak_rss_mb": 4000.0, "train_s": 900.0}
+    (settings.RESULTS / "fo_lora.json").write_text(json.dumps({"rows": [fo]}))  # first-order LoRA: a SensZOQ run's time, any steps
+    assert [(p["model"], p["mean"]) for p in plots.size_lines(rows)["fo-lora"]] == [(settings.QWEN05, 0.8)]
     plots.plot_size(rows)
     assert (settings.RESULTS / "quality_size.png").stat().st_size > 1000
 

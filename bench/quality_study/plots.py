@@ -17,8 +17,8 @@ from .plan import base_method, lr_of, on_pareto
 from .records import read_all, write_json
 from .settings import DENSITY, GEMMA, SMOLLM2
 
-COLORS = {"zero-shot": "0.5", "icl": "0.25", "senszoq": "C0", "random": "C1", "magnitude": "C2", "task-fisher": "C3", "dense": "C4",
-          "zo-lora": "C5", "fo-lora": "C6", "senszoq-precond": "C7", "senszoq-adaptive": "C8", "senszoq-cosine": "C9"}
+COLORS = {"zero-shot": "0.65", "icl": "0.25", "senszoq": "C0", "random": "C1", "magnitude": "C2", "task-fisher": "C3", "dense": "C4",
+          "zo-lora": "C5", "fo-lora": "C6", "senszoq-precond": "olive", "senszoq-adaptive": "C8", "senszoq-cosine": "C9"}
 
 
 def _pyplot():
@@ -187,11 +187,11 @@ def plot_pareto(summary: list[dict], cells: list[dict]) -> None:
 
 
 def size_lines(summary: list[dict]) -> dict[str, list[dict]]:
-    """Per method, its Pareto points at the 300-step budget (or no training) by model size, one per model: the bf16 row
-    where a model has both (the CPU default)."""
+    """Per method, its Pareto points at the 300-step budget (or no training; first-order LoRA: a 300-step SensZOQ run's
+    time) by model size, one per model: the bf16 row where a model has both (the CPU default)."""
     by_method: dict[str, dict[str, dict]] = {}
     for pt in pareto_points(summary):
-        if pt["steps"] in (0, settings.STEPS) and pt["method"] != "fo-lora":
+        if pt["steps"] in (0, settings.STEPS) or pt["method"] == "fo-lora":
             models = by_method.setdefault(pt["method"], {})
             if pt["model"] not in models or pt["dtype"] == "bf16":
                 models[pt["model"]] = pt
@@ -207,14 +207,15 @@ def plot_size(summary: list[dict]) -> None:
         return
     fig, ax = plt.subplots(figsize=(8, 4.2))
     for method, pts in sorted(lines.items()):
+        variant = method != base_method(method)  # a method at other settings (ZO-LoRA's own regime, eps 1e-2): dashed, square
         ax.errorbar([settings.MODEL_PARAMS[p["model"]] / 1e6 for p in pts], [100 * p["mean"] for p in pts],
-                    yerr=[100 * (p["std"] or 0) for p in pts], color=COLORS.get(base_method(method), "k"), marker="o", ms=5, capsize=3,
-                    label=f"{method} (seeds: {', '.join(str(len(p['seeds'])) for p in pts)})")
+                    yerr=[100 * (p["std"] or 0) for p in pts], color=COLORS.get(base_method(method), "k"), marker="s" if variant else "o",
+                    ls="--" if variant else "-", ms=5, capsize=3, label=f"{method} (seeds: {', '.join(str(len(p['seeds'])) for p in pts)})")
     sizes = sorted({settings.MODEL_PARAMS[p["model"]] for pts in lines.values() for p in pts})
     names = {settings.MODEL_PARAMS[m]: settings.MODEL_NAMES[m] for m in settings.MODEL_PARAMS}
     ax.set_xscale("log")
     ax.set_xticks([s / 1e6 for s in sizes], [names[s] for s in sizes], fontsize=7)
     ax.minorticks_off()
     ax.set(xlabel="model", ylabel="SST-2 accuracy % (n=500; mean ± std over seeds)",
-           title=f"SST-2 by model size: {settings.STEPS} ZO steps (zero-shot and ICL: no training)")
+           title=f"SST-2 by model size at {settings.STEPS} ZO steps (first-order LoRA: the same time)")
     _save_with_legend_outside(plt, fig, ax, "quality_size.png", 7)
