@@ -216,6 +216,19 @@ def test_a_re_key_leaves_the_run_folder_a_lane_trains_the_new_lr_in(tmp_path, mo
     assert (running / "finetune_config.json").is_file() and not (settings.WORK / "runs" / "sst2-senszoq-lr0.0001-s1").exists()
 
 
+def test_a_cell_of_a_model_this_code_does_not_know_is_left_out_with_a_note(tmp_path, monkeypatch, capsys):
+    """A lane running older code meets a record that newer code wrote for a newly added model: its report leaves that
+    record out (and says so) instead of stopping on it; the file stays for the code that knows the model."""
+    _isolate(monkeypatch, tmp_path)
+    settings.CELLS.mkdir(parents=True)
+    (settings.CELLS / "sst2-senszoq-s0.json").write_text(json.dumps(_cell("sst2", "senszoq", 0, 0.66)))
+    newer = {**_cell("sst2", "senszoq", 0, 0.8), "key": "qwen7-sst2-senszoq-bf16-s0", "model": "qwen2.5-7b"}
+    (settings.CELLS / "qwen7-sst2-senszoq-bf16-s0.json").write_text(json.dumps(newer))
+    assert [c["key"] for c in records.load_cells()] == ["sst2-senszoq-s0"]
+    assert "qwen7-sst2-senszoq-bf16-s0.json is a cell of qwen2.5-7b" in capsys.readouterr().err
+    assert (settings.CELLS / "qwen7-sst2-senszoq-bf16-s0.json").is_file()
+
+
 def test_only_runs_a_cell_whose_record_an_lr_change_moved_away(tmp_path, monkeypatch, capsys):
     """`--only KEY` right after LR changes: the old record moves to `-lr<old>` before pending is decided, so KEY runs."""
     _isolate(monkeypatch, tmp_path)
