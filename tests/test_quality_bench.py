@@ -594,6 +594,13 @@ def test_qwen_1_5b_borrows_each_method_s_0_5b_lr_and_plans_dense_at_equal_time_a
     assert plan.lr_of("senszoq", q15) == 2e-5 and plan.lr_of("dense", q15) == 3e-6
     fisher = [c for c in plan.plan() if c.model == q05 and c.method == "task-fisher"]
     assert [(c.key, c.learning_rate) for c in fisher] == [("qwen05-sst2-task-fisher-lr1e-05-bf16-s0", 1e-5)]
+    randoms = lambda: [(c.key, c.learning_rate) for c in plan.plan() if c.model == q05 and c.method == "random"]  # noqa: E731
+    assert randoms() == [("qwen05-sst2-random-lr1e-05-bf16-s0", 1e-5)]  # at SensZOQ's lr until its own sweep chooses
+    assert [r.lr for r in plan.sweep_plan() if r.model == q05 and r.method == "random"] == [1e-5, 1e-4, 1e-3]
+    settings.MODEL_LR[q05]["random"] = 1e-3
+    assert randoms() == [("qwen05-sst2-random-lr1e-05-bf16-s0", 1e-5), ("qwen05-sst2-random-bf16-s0", 1e-3)]
+    settings.MODEL_LR[q05]["random"] = 1e-5  # the sweep agrees with SensZOQ's lr: the recorded cell is the cell
+    assert randoms() == [("qwen05-sst2-random-bf16-s0", 1e-5)]
     argv, _ = run.trained_args(plan.Cell("sst2", "dense", 0, 1.0, model=q15))
     assert argv == ["--dense"] and settings.MODEL_REFS[q15] == "{work}/" + settings.QWEN15_FILE
 

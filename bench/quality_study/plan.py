@@ -142,7 +142,9 @@ def plan() -> list[Cell]:
         for s in settings.SEEDS:
             add(Cell("sst2", "senszoq", s, dtype="bf16", model=QWEN05))
         add(Cell("trec", "senszoq", 0, dtype="bf16", model=QWEN05))
-        add(Cell("sst2", "random", 0, dtype="bf16", lr=settings.MODEL_LR[QWEN05]["senszoq"], model=QWEN05))
+        add(Cell("sst2", "random", 0, dtype="bf16", lr=settings.MODEL_LR[QWEN05]["senszoq"], model=QWEN05))  # SensZOQ's lr
+    if "random" in settings.MODEL_LR.get(QWEN05, {}) and settings.MODEL_LR[QWEN05]["random"] != settings.MODEL_LR[QWEN05].get("senszoq"):
+        add(Cell("sst2", "random", 0, dtype="bf16", model=QWEN05))  # and its own sweep's, where that is another
     qwen, best = settings.MODEL_LR.get(QWEN05, {}), lora_regime()
     for task, seeds in (("sst2", (0, 1)), ("trec", (0,))):  # the competitors at their own Qwen sweep's lr (issue 32)
         for s in seeds:

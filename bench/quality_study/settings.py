@@ -103,7 +103,10 @@ SWEEP_DTYPE = {"zo-lora": "bf16"}  # methods swept after bf16 became the CPU def
 MODEL_SWEEP_LRS = {GEMMA: {"senszoq": (3e-6, 1e-5, 3e-5, 1e-4), "random": (1e-3, 1e-2)},
                    QWEN05: {"senszoq": (1e-5, 3e-5, 1e-4), "zo-lora": (1e-5, 3e-5, 1e-4), "dense": (1e-6, 3e-6, 1e-5),
                             # issue 33: does a per-value normalised step carry SmolLM2's lr to Qwen, where SensZOQ's does not?
-                            "senszoq-adaptive": (3e-3,)}}
+                            "senszoq-adaptive": (3e-3,),
+                            # issue 32: at SensZOQ's 1e-5 the random mask stayed at zero-shot (62.0 against 61.4); its own lr
+                            # was 333x SensZOQ's on SmolLM2 and 100x on Gemma, so its Qwen cell waits for a sweep of its own
+                            "random": (1e-5, 1e-4, 1e-3)}}
 MODEL_LR_SCALE = {GEMMA: 0.1}
 MODEL_LR: dict[str, dict[str, float]] = {GEMMA: {}, QWEN05: {}, QWEN15: {}}  # filled from complete sweeps when `plan` is imported
 # Qwen2.5-Coder-1.5B has no sweep of its own (a dense run of 100 steps is ~2 h of one-thread steps there): each method takes
