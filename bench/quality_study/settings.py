@@ -165,9 +165,9 @@ NOT_PLANNED = {
     "qwen05 and qwen15 the best new method (0.5B: SST-2 x3, TREC x1; 1.5B: SST-2 x2)": "no variant of issue 33 beat SensZOQ on both "
         "SST-2 and TREC at 135M (senszoq-precond: SST-2 69.3 against SensZOQ's 67.5 at the same eps, TREC 24.4 against 40.0), so the best method is SensZOQ itself, "
         "whose cells are in the plan",
-    "qwen05 and qwen15 first-order LoRA (SST-2 x1 each)": "a bench_fo_lora.py row, not a plan cell: `python bench/bench_fo_lora.py "
-        "--model qwen2.5-coder-0.5b --budget-of qwen05-sst2-senszoq-bf16-s0` (the budget: 300 x that cell's probe s/step, "
-        "probed in the same run), as SmolLM2's 400 s",
+    "qwen15 first-order LoRA (SST-2 x1; 0.5B's row is recorded)": "a bench_fo_lora.py row, not a plan cell: `python "
+        "bench/bench_fo_lora.py --model qwen2.5-coder-1.5b --budget-of qwen15-sst2-senszoq-bf16-s1` once that cell is recorded "
+        "(the budget: 300 x the cell's probe s/step, probed in the same run; not resumable, so on a quiet machine: ~1 h there)",
 }
 
 # Memory and time probes (probes.py): a few steps of one cell's argv per configuration, with few dev and eval rows.
