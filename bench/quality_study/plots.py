@@ -186,12 +186,18 @@ def plot_pareto(summary: list[dict], cells: list[dict]) -> None:
     plt.close(fig)
 
 
+def at_step_budget(pt: dict) -> bool:
+    """Whether a Pareto point is at the grid's budget: 300 ZO steps, no training (zero-shot, ICL), or first-order LoRA
+    (its steps are whatever fits a 300-step SensZOQ run's time)."""
+    return pt["steps"] in (0, settings.STEPS) or pt["method"] == "fo-lora"
+
+
 def size_lines(summary: list[dict]) -> dict[str, list[dict]]:
     """Per method, its Pareto points at the 300-step budget (or no training; first-order LoRA: a 300-step SensZOQ run's
     time) by model size, one per model: the bf16 row where a model has both (the CPU default)."""
     by_method: dict[str, dict[str, dict]] = {}
     for pt in pareto_points(summary):
-        if pt["steps"] in (0, settings.STEPS) or pt["method"] == "fo-lora":
+        if at_step_budget(pt):
             models = by_method.setdefault(pt["method"], {})
             if pt["model"] not in models or pt["dtype"] == "bf16":
                 models[pt["model"]] = pt

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from . import settings
 from .plan import base_method, is_regime, lora_regime, lr_of, on_pareto, plan, regime, sweep_choice, sweep_plan
-from .plots import pareto_points, plot_long, plot_pareto, plot_size, plot_steps_and_density
+from .plots import at_step_budget, pareto_points, plot_long, plot_pareto, plot_size, plot_steps_and_density
 from .records import load_cells, read_all, write_json, write_text
 from .settings import SMOLLM2
 
@@ -182,7 +182,7 @@ def budget_points(points: list[dict]) -> list[dict]:
     included; a probe's where the cells recorded none)."""
     out = []
     for p in points:
-        if p["steps"] not in (0, settings.STEPS) and p["method"] != "fo-lora":
+        if not at_step_budget(p):
             continue
         rss = p["peak_rss_mb"] if p.get("rss_complete") and p.get("peak_rss_mb") else p["rss_mb"]
         if rss:
@@ -224,31 +224,33 @@ def budget_table(points: list[dict], pending: list[str]) -> list[str]:
     return lines
 
 
-def _budget_table(budget: list[str]) -> None:
-    """The per-budget table between the budget-table markers of each page that has them (README, docs/study.md)."""
-    start, end = "<!-- budget-table -->", "<!-- /budget-table -->"
+def _between_markers(name: str, body_of) -> None:
+    """Rewrite the text between `<!-- NAME -->` and `<!-- /NAME -->` of each page in TABLE_PAGES that has both markers
+    with the lines `body_of(page_path)` returns."""
+    start, end = f"<!-- {name} -->", f"<!-- /{name} -->"
     for page in TABLE_PAGES:
         path = settings.ROOT / page
         text = path.read_text() if path.is_file() else ""
         if start in text and end in text:
             head, rest = text.split(start, 1)
-            write_text(path, head + "\n".join([start, *budget, end]) + rest.split(end, 1)[1])
+            write_text(path, head + "\n".join([start, *body_of(path), end]) + rest.split(end, 1)[1])
+
+
+def _budget_table(budget: list[str]) -> None:
+    """The per-budget table between the budget-table markers of each page that has them (README, docs/study.md)."""
+    _between_markers("budget-table", lambda path: budget)
 
 
 def _readme_table(lines: list[str], cells: list[dict]) -> None:
     """Put the current table (what exists, n per cell, what is pending) between the quality-table markers of each page
     that has them (README's Results, or the study page docs/study.md), images linked relative to that page."""
-    start, end = "<!-- quality-table -->", "<!-- /quality-table -->"
-    for page in TABLE_PAGES:
-        path = settings.ROOT / page
-        text = path.read_text() if path.is_file() else ""
-        if start not in text or end not in text:
-            continue
+    shas = sorted({c["git_sha"][:7] for c in cells})
+
+    def body(path: Path) -> list[str]:
         results = Path(os.path.relpath(settings.RESULTS, path.parent)).as_posix()
         pngs = [f"![{name}]({results}/{name}.png)" for name in ("quality_pareto", "quality_size", "quality_long", "quality_steps", "quality_density")
                 if (settings.RESULTS / f"{name}.png").is_file()]
-        shas = sorted({c["git_sha"][:7] for c in cells})
-        body = [start, f"Cells finished: {len(cells)} (git {', '.join(shas) or '-'}); accuracy in %, std over seeds where there are 2 or more.",
-                "", *lines, "", *pngs, end]
-        head, rest = text.split(start, 1)
-        write_text(path, head + "\n".join(body) + rest.split(end, 1)[1])
+        return [f"Cells finished: {len(cells)} (git {', '.join(shas) or '-'}); accuracy in %, std over seeds where there are 2 or more.",
+                "", *lines, "", *pngs]
+
+    _between_markers("quality-table", body)
